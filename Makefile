@@ -1,0 +1,103 @@
+# AIOS developer commands. `make help` lists them; deploy/README.md explains the embedded stack.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+DATA_DIR := $(or $(AIOS_DATA_DIR),.data)
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium
+
+help:
+	@echo "AIOS — make targets"
+	@echo "  make run         set up $(VENV) and start the whole product on http://127.0.0.1:8000 (Ctrl-C stops it)"
+	@echo "  make test        run the full test suite against real services; narrow it with PYTEST_ARGS='-k name'"
+	@echo "  make services    start only PostgreSQL, Redis and the inference server, to run the app yourself"
+	@echo "  make lint        ruff check, ruff format --check, mypy"
+	@echo "  make clean-data  delete $(DATA_DIR)/ (every local database and log) without asking; stops nothing,"
+	@echo "                   and refuses while a stack started by make run/test is still using it"
+
+run: requirements
+	@exec $(PY) deploy/devstack.py run
+
+services: requirements
+	@exec $(PY) deploy/devstack.py services
+
+# pytest's exit code passes through devstack.py, which turns 5 (no test ran) into a failure with a message.
+# The figures file is removed first so that what is printed comes from this run only.
+test: requirements-dev chromium
+	@rm -f reports/figures.txt
+	@status=0; \
+	$(PY) deploy/devstack.py test -- $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ -f reports/figures.txt ]; then \
+		echo; echo "=== reports/figures.txt ==="; cat reports/figures.txt; \
+	fi; \
+	exit $$status
+
+lint: requirements-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy apps
+
+clean-data:
+	@for lock in "$(DATA_DIR)/devstack.lock" "$(DATA_DIR)/test/devstack.lock"; do \
+		if [ -f "$$lock" ] && command -v flock >/dev/null && ! flock -n "$$lock" true; then \
+			echo "A stack is still running on $(DATA_DIR) (it holds $$lock): stop it first (Ctrl-C in its terminal)."; \
+			exit 1; \
+		fi; \
+	done
+	@if [ -e "$(DATA_DIR)" ] && [ ! -f "$(DATA_DIR)/.aios-devstack" ]; then \
+		echo "$(DATA_DIR) was not made by deploy/devstack.py (it has no .aios-devstack file): not deleting it."; \
+		exit 1; \
+	fi
+	rm -rf -- "$(DATA_DIR)"
+
+# A venv is (re)made when it is missing, broken (an interrupted creation leaves python without pip) or too old.
+venv:
+	@if ! $(PY) -c 'import sys, pip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+		if ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+			echo "AIOS needs Python 3.11 or newer; '$(PYTHON)' is not. Run: make $(MAKECMDGOALS) PYTHON=python3.11"; \
+			exit 1; \
+		fi; \
+		rm -rf $(VENV); \
+		echo "Creating $(VENV) with $$($(PYTHON) --version) ..."; \
+		if ! $(PYTHON) -m venv $(VENV); then \
+			rm -rf $(VENV); \
+			echo "Could not create $(VENV). On Debian or Ubuntu: apt-get install python3-venv"; \
+			exit 1; \
+		fi; \
+	fi
+
+# $(call install,<requirements file>,<stamp file>,<files whose content decides>)
+# pip runs only when the checksum of those files differs from the one recorded after the last successful install,
+# so a second `make run` skips straight to starting the stack.
+define install
+	@sum=$$(cat $(3) | $(PY) -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'); \
+	if [ "$$sum" != "$$(cat $(2) 2>/dev/null)" ]; then \
+		echo "Installing $(1) into $(VENV) ..."; \
+		$(PY) -m pip install --disable-pip-version-check -r $(1) && echo "$$sum" > $(2); \
+	fi
+endef
+
+requirements: venv
+	$(call install,requirements.txt,$(VENV)/.requirements.stamp,requirements.txt)
+
+# requirements-dev.txt includes requirements.txt, so its stamp covers both files.
+requirements-dev: venv
+	$(call install,requirements-dev.txt,$(VENV)/.requirements-dev.stamp,requirements.txt requirements-dev.txt)
+
+# The browser tests drive Debian's Chromium: Playwright's own browser download is not reachable from CI.
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing Chromium from Debian's packages for the browser tests ..."; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update && apt-get install -y chromium; \
+		else \
+			echo "warning: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get);"; \
+			echo "         install Debian's chromium package for the browser tests."; \
+		fi; \
+	fi

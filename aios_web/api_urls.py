@@ -1,0 +1,23 @@
+"""The REST API under /api/: one router for every app, schema and docs."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from apps.runs.api.views import RunViewSet, run_start_view
+from apps.workflows.api.views import WorkflowViewSet
+
+router = DefaultRouter()
+router.register("workflows", WorkflowViewSet, basename="workflow")
+router.register("runs", RunViewSet, basename="run")
+
+urlpatterns = [
+    path("workflows/<slug:slug>/runs/", run_start_view, name="workflow-run-start"),
+    path("auth/token/", obtain_auth_token, name="auth-token"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,13 @@
+"""Test settings: the real services (Postgres, Redis, the development inference server), faster hashing."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("AIOS_ENV", "test")
+
+from aios_web.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+AIOS_TOKEN_FLUSH_SECONDS = 0.05
+CACHES["default"]["KEY_PREFIX"] = "aios-test"  # noqa: F405

@@ -1,0 +1,19 @@
+"""Top-level URLs: pages, the API, the admin and the health check."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+from apps.accounts.views import home
+from apps.core.views import healthz
+
+urlpatterns = [
+    path("", home, name="home"),
+    path("accounts/", include("apps.accounts.urls")),
+    path("workflows/", include("apps.workflows.urls")),
+    path("runs/", include("apps.runs.urls")),
+    path("api/", include(("aios_web.api_urls", "api"))),
+    path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+]

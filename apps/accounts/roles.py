@@ -1,0 +1,61 @@
+"""The four roles, as groups, and the model-level permissions each one holds.
+
+A model-level permission held by a role counts for every object of that model (see
+`apps.core.permissions.restrict`); everything else is granted per object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ANALYST = "analyst"
+REVIEWER = "reviewer"
+MANAGER = "manager"
+ADMIN = "admin"
+ROLES = (ANALYST, REVIEWER, MANAGER, ADMIN)
+
+ROLE_DESCRIPTIONS = {
+    ANALYST: "Builds workflows, tests them, publishes versions and watches runs live.",
+    REVIEWER: "Works the approval inbox for their team's queues.",
+    MANAGER: "Reads every workflow and run, and the KPI dashboards.",
+    ADMIN: "Manages users, roles, model endpoints and connectors, and reads the audit trail.",
+}
+
+
+# Model-level permissions per role, as "app_label.codename". Object permissions are granted by services.
+ROLE_PERMISSIONS: dict[str, list[str]] = {
+    ANALYST: ["workflows.add_workflow"],
+    REVIEWER: [],
+    MANAGER: ["workflows.view_workflow", "workflows.view_workflowversion", "runs.view_run"],
+    ADMIN: [
+        "accounts.view_user",
+        "accounts.view_team",
+        "accounts.add_team",
+        "accounts.change_team",
+        "audit.view_auditevent",
+        "workflows.view_workflow",
+        "workflows.view_workflowversion",
+        "workflows.change_workflow",
+        "workflows.run_workflow",
+        "runs.view_run",
+    ],
+}
+
+
+def roles_sync(**kwargs: Any) -> None:
+    """Make sure every role group exists and holds exactly its ROLE_PERMISSIONS (idempotent).
+
+    Connected to post_migrate, so `migrate` and test-database flushes both leave the roles equipped;
+    permissions of apps not migrated yet are skipped until their own post_migrate.
+    """
+    from django.contrib.auth.models import Group, Permission
+
+    for role, names in ROLE_PERMISSIONS.items():
+        group, _ = Group.objects.get_or_create(name=role)
+        wanted = []
+        for name in names:
+            app_label, codename = name.split(".")
+            permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
+            if permission is not None:
+                wanted.append(permission)
+        group.permissions.add(*wanted)

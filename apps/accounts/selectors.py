@@ -1,0 +1,25 @@
+"""Reads about users and their roles."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+from apps.accounts.models import Team
+from apps.accounts.roles import ROLES
+
+
+def user_roles(user: AbstractBaseUser | AnonymousUser) -> list[str]:
+    """The role names `user` holds, in the canonical order; superusers hold the admin role."""
+    if not user.is_authenticated:
+        return []
+    names = set(user.groups.values_list("name", flat=True))  # type: ignore[attr-defined]
+    if user.is_superuser:
+        names.add("admin")
+    return [role for role in ROLES if role in names]
+
+
+def user_teams(user: AbstractBaseUser | AnonymousUser) -> list[Team]:
+    """The teams `user` belongs to."""
+    if not user.is_authenticated:
+        return []
+    return list(Team.objects.filter(group__user=user).order_by("name"))

@@ -1,0 +1,118 @@
+"""Writes for users, teams and sign-in."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.cache import cache
+from django.db import transaction
+from django.utils.text import slugify
+
+from apps.accounts.models import Team, User
+from apps.accounts.roles import ROLES
+from apps.audit.services import audit_record
+from apps.core.exceptions import ApplicationError
+
+
+@transaction.atomic
+def user_create(
+    *,
+    username: str,
+    password: str,
+    roles: list[str],
+    first_name: str = "",
+    last_name: str = "",
+    email: str = "",
+    actor: User | None = None,
+) -> User:
+    """Create an active user holding `roles` (names from `apps.accounts.roles.ROLES`)."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ApplicationError(f"Unknown roles: {', '.join(sorted(unknown))}.")
+    if User.objects.filter(username__iexact=username).exists():
+        raise ApplicationError(f'A user named "{username}" already exists.')
+    user = User.objects.create_user(
+        username=username, password=password, first_name=first_name, last_name=last_name, email=email
+    )
+    user.groups.add(*Group.objects.filter(name__in=roles))
+    audit_record(actor=actor, verb="user.created", target=user, data={"roles": sorted(roles)})
+    return user
+
+
+@transaction.atomic
+def user_set_password(*, user: User, password: str, actor: User | None = None) -> User:
+    """Replace a user's password (never recorded anywhere but as its hash)."""
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    audit_record(actor=actor, verb="user.password_set", target=user)
+    return user
+
+
+@transaction.atomic
+def team_create(*, name: str, members: list[User], actor: User | None = None) -> Team:
+    """Create a team with its own permission group, and add `members` to it."""
+    slug = slugify(name)
+    if not slug:
+        raise ApplicationError("A team needs a name with letters or digits.")
+    if Team.objects.filter(slug=slug).exists():
+        raise ApplicationError(f'A team named "{name}" already exists.')
+    group = Group.objects.create(name=f"team:{slug}")
+    team = Team.objects.create(name=name, slug=slug, group=group)
+    for member in members:
+        member.groups.add(group)
+    audit_record(
+        actor=actor, verb="team.created", target=team, data={"members": sorted(m.username for m in members)}
+    )
+    return team
+
+
+def _keys(username: str, client_ip: str) -> list[tuple[str, str]]:
+    """(failure counter key, lock key) for the username and for the address."""
+    return [
+        (f"login-failures:user:{username.strip().lower()}", f"login-locked:user:{username.strip().lower()}"),
+        (f"login-failures:ip:{client_ip}", f"login-locked:ip:{client_ip}"),
+    ]
+
+
+def login_lockout_remaining(*, username: str, client_ip: str) -> int:
+    """Seconds until sign-in is allowed again for this username or address; 0 when not locked out.
+
+    Both count, so many usernames from one address and one username from many addresses are both slowed.
+    """
+    now = time.time()
+    locked_until = [cache.get(lock_key) or 0 for _, lock_key in _keys(username, client_ip)]
+    return max(0, math.ceil(max(locked_until) - now))
+
+
+def login_failure_record(*, username: str, client_ip: str) -> None:
+    """Count a failed sign-in; reaching the limit locks the name or address out for the lockout period."""
+    lockout = settings.AIOS_LOGIN_LOCKOUT_SECONDS
+    locked = False
+    for counter_key, lock_key in _keys(username, client_ip):
+        cache.add(counter_key, 0, timeout=lockout)
+        try:
+            count = cache.incr(counter_key)
+        except ValueError:  # expired between add and incr
+            cache.set(counter_key, 1, timeout=lockout)
+            count = 1
+        if count >= settings.AIOS_LOGIN_MAX_FAILURES:
+            cache.set(lock_key, time.time() + lockout, timeout=lockout)
+            cache.delete(counter_key)
+            locked = True
+    if locked:
+        target = User.objects.filter(username__iexact=username).first()
+        audit_record(
+            actor=None,
+            verb="user.login_locked",
+            target=target,
+            data={"username": username[:150], "client_ip": client_ip},
+        )
+
+
+def login_success_record(*, user: User, client_ip: str) -> None:
+    """Clear the failure count for this username and audit the sign-in."""
+    cache.delete(_keys(user.get_username(), client_ip)[0][0])
+    audit_record(actor=user, verb="user.logged_in", target=user, data={"client_ip": client_ip})

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class CoreConfig(AppConfig):
+    """Shared code with no models: permissions, env, errors, middleware, registries."""
+
+    name = "apps.core"
+    label = "core"

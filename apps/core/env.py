@@ -1,0 +1,115 @@
+"""Typed readers for settings that come from the environment.
+
+Every reader names the variable in its error, so a broken `.env` value stops start-up with a message an
+operator can act on instead of a traceback deep inside Django.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    """The variable's value, or `default`; a missing variable without a default is an error."""
+    value = os.environ.get(name)
+    if value is None:
+        if default is None:
+            raise ImproperlyConfigured(f"{name} must be set.")
+        return default
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """A yes/no variable: 1/true/yes/on or 0/false/no/off, case-insensitive."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ImproperlyConfigured(f'{name} must be true or false (got "{value}").')
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer variable, optionally bounded."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f'{name} must be an integer (got "{value}").') from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum} (got {number}).")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum} (got {number}).")
+    return number
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    """A decimal variable, optionally bounded below."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f'{name} must be a number (got "{value}").') from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum} (got {number}).")
+    return number
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list; blanks are dropped."""
+    value = os.environ.get(name)
+    if value is None:
+        return list(default)
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of a fixed set of words."""
+    value = os.environ.get(name, default).strip()
+    if value not in choices:
+        raise ImproperlyConfigured(f'{name} must be one of {", ".join(choices)} (got "{value}").')
+    return value
+
+
+def env_url(name: str, default: str, *, schemes: tuple[str, ...]) -> str:
+    """A URL whose scheme is one of `schemes` and which names a host."""
+    value = os.environ.get(name, default).strip()
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ImproperlyConfigured(
+            f'{name} must be a URL starting with {" or ".join(s + "://" for s in schemes)} (got "{value}").'
+        )
+    try:
+        parts.port  # noqa: B018 - touching .port validates it
+    except ValueError:
+        raise ImproperlyConfigured(f'{name} has an invalid port (got "{value}").') from None
+    return value
+
+
+def database_from_url(name: str, url: str) -> dict[str, object]:
+    """Django's DATABASES entry for a postgres:// URL (validated by `env_url`)."""
+    parts = urlsplit(url)
+    database = parts.path.lstrip("/")
+    if not database:
+        raise ImproperlyConfigured(f'{name} must name a database, e.g. postgres://user@host:5432/aios (got "{url}").')
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": database,
+        "USER": parts.username or "postgres",
+        "PASSWORD": parts.password or "",
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or 5432),
+    }

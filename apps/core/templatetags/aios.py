@@ -1,0 +1,30 @@
+"""Template filters shared by every page. Output is escaped by the template engine, never marked safe."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import template
+from django.core.serializers.json import DjangoJSONEncoder
+
+register = template.Library()
+
+
+@register.filter
+def pretty_json(value: Any) -> str:
+    """Indented JSON text for display in a <pre> (escaped by the engine like any text)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, cls=DjangoJSONEncoder)
+
+
+@register.filter
+def seconds(value: float | None) -> str:
+    """A duration for people: 850 ms, 4.2 s, 3 min 5 s."""
+    if value is None:
+        return "—"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, rest = divmod(int(value), 60)
+    return f"{minutes} min {rest} s"

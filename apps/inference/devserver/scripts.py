@@ -1,0 +1,246 @@
+"""What the development server says: scripted rules, schema-shaped values, a deterministic fallback.
+
+A script is a JSON file:
+
+    {"rules": [
+        {"name": "claim POL-10442",                     # optional, shows up in logs
+         "match": {"contains": "POL-10442",             # str or list of str, all must occur
+                   "regex": "collision|accident",       # Python regex, searched (DOTALL)
+                   "ignore_case": false},
+         "route": ["chat", "generate"],                 # optional: chat | generate | completions
+         "response": {"json": {...}},                   # or a plain string
+         "fault": "overloaded",                         # optional: overloaded | generation | timeout | midstream
+         "fault_after_tokens": 3}                       # optional, for midstream
+    ]}
+
+A bare list of rules is accepted too. Each rule has an implicit `"kind": "scripted"`; the field is
+reserved so that recorded exchanges can join the same file later without a format change.
+
+Selection order for one request: the first matching rule; otherwise, if the request constrains the
+output (a JSON schema or regex), a deterministic value that satisfies it; otherwise a fallback text
+derived from the prompt. A scripted reply that does not satisfy the request's constraint is replaced
+by the constrained value, because a server doing guided decoding could never have produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import schema as json_schema
+from .engine import Constraint
+
+ROUTES = ("chat", "generate", "completions")
+FAULTS = ("overloaded", "generation", "timeout", "midstream")
+RULE_KINDS = ("scripted",)
+FALLBACK_PREFIX = "[AIOS development server] "
+
+
+class ScriptError(ValueError):
+    """The script file is unusable; the message names the file and the rule."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One scripted rule, already checked."""
+
+    name: str
+    contains: tuple[str, ...]
+    regex: re.Pattern[str] | None
+    ignore_case: bool
+    routes: tuple[str, ...]
+    response: str | None
+    response_json: Any
+    has_json: bool
+    fault: str | None
+    fault_after_tokens: int | None
+
+    def matches(self, text: str, route: str) -> bool:
+        if self.routes and route not in self.routes:
+            return False
+        haystack = text.lower() if self.ignore_case else text
+        for needle in self.contains:
+            if (needle.lower() if self.ignore_case else needle) not in haystack:
+                return False
+        return not (self.regex is not None and self.regex.search(text) is None)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The chosen reply text and any fault the rule asks for."""
+
+    text: str
+    source: str  # "script" | "schema" | "fallback"
+    rule: str | None = None
+    fault: str | None = None
+    fault_after_tokens: int | None = None
+
+
+class Script:
+    """An ordered list of rules loaded from a script file (or none)."""
+
+    def __init__(self, rules: list[Rule], origin: str = "<none>") -> None:
+        self.rules = rules
+        self.origin = origin
+
+    @classmethod
+    def empty(cls) -> Script:
+        return cls([], "<none>")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Script:
+        """Read and check a script file; raises ScriptError with a readable reason."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ScriptError(f"{path}: cannot read script ({exc.strerror})") from exc
+        except json.JSONDecodeError as exc:
+            raise ScriptError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        return cls.from_data(data, str(path))
+
+    @classmethod
+    def from_data(cls, data: Any, origin: str = "<inline>") -> Script:
+        raw_rules = data.get("rules") if isinstance(data, dict) else data
+        if not isinstance(raw_rules, list):
+            raise ScriptError(f"{origin}: expected a list of rules or an object with a 'rules' list")
+        return cls([_parse_rule(raw, index, origin) for index, raw in enumerate(raw_rules)], origin)
+
+    def find(self, text: str, route: str) -> Rule | None:
+        for rule in self.rules:
+            if rule.matches(text, route):
+                return rule
+        return None
+
+
+def _parse_rule(raw: Any, index: int, origin: str) -> Rule:  # noqa: C901, PLR0912
+    where = f"{origin}: rule {index + 1}"
+    if not isinstance(raw, dict):
+        raise ScriptError(f"{where}: expected an object")
+    kind = raw.get("kind", "scripted")
+    if kind not in RULE_KINDS:
+        raise ScriptError(f"{where}: kind {kind!r} is not supported (known: {', '.join(RULE_KINDS)})")
+    match = raw.get("match", {})
+    if not isinstance(match, dict):
+        raise ScriptError(f"{where}: 'match' must be an object")
+    contains = match.get("contains", [])
+    if isinstance(contains, str):
+        contains = [contains]
+    if not isinstance(contains, list) or not all(isinstance(c, str) for c in contains):
+        raise ScriptError(f"{where}: 'match.contains' must be a string or a list of strings")
+    ignore_case = bool(match.get("ignore_case", False))
+    regex = None
+    if "regex" in match:
+        try:
+            regex = re.compile(str(match["regex"]), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+        except re.error as exc:
+            raise ScriptError(f"{where}: 'match.regex' is not a valid regular expression ({exc})") from exc
+    routes = raw.get("route", [])
+    if isinstance(routes, str):
+        routes = [routes]
+    if not isinstance(routes, list) or any(r not in ROUTES for r in routes):
+        raise ScriptError(f"{where}: 'route' must list some of {', '.join(ROUTES)}")
+    fault = raw.get("fault")
+    if fault is not None and fault not in FAULTS:
+        raise ScriptError(f"{where}: 'fault' must be one of {', '.join(FAULTS)}")
+    fault_after = raw.get("fault_after_tokens")
+    if fault_after is not None and (not isinstance(fault_after, int) or fault_after < 0):
+        raise ScriptError(f"{where}: 'fault_after_tokens' must be a non-negative integer")
+    response = raw.get("response")
+    text: str | None = None
+    json_value: Any = None
+    has_json = False
+    if isinstance(response, str):
+        text = response
+    elif isinstance(response, dict) and "json" in response:
+        json_value = response["json"]
+        has_json = True
+    elif isinstance(response, dict) and "text" in response and isinstance(response["text"], str):
+        text = response["text"]
+    elif response is None and fault is not None:
+        text = None
+    else:
+        raise ScriptError(f"{where}: 'response' must be a string, {{\"text\": ...}} or {{\"json\": ...}}")
+    return Rule(
+        name=str(raw.get("name") or f"rule {index + 1}"),
+        contains=tuple(contains),
+        regex=regex,
+        ignore_case=ignore_case,
+        routes=tuple(routes),
+        response=text,
+        response_json=json_value,
+        has_json=has_json,
+        fault=fault,
+        fault_after_tokens=fault_after,
+    )
+
+
+def satisfies(text: str, constraint: Constraint) -> bool:
+    """Whether a finished reply meets the request's grammar."""
+    if constraint.kind == "regex":
+        try:
+            return re.fullmatch(constraint.pattern, text, re.DOTALL) is not None
+        except re.error:
+            return False
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return json_schema.is_valid(value, constraint.schema)
+
+
+def constrained_text(constraint: Constraint, fallback: str) -> str:
+    """A deterministic reply that satisfies `constraint`."""
+    if constraint.kind == "regex":
+        generated = json_schema.regex_example(constraint.pattern)
+        return generated if generated is not None else fallback
+    try:
+        value = json_schema.example_value(constraint.schema)
+    except json_schema.SchemaError:
+        value = {}
+    return json.dumps(value, ensure_ascii=False)
+
+
+def fallback_text(prompt_tail_source: str) -> str:
+    """The deterministic reply when nothing is scripted: labelled, and derived from the prompt."""
+    lines = [line.strip() for line in prompt_tail_source.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    if len(last) > 120:
+        last = last[:117].rstrip() + "..."
+    words = len(prompt_tail_source.split())
+    if not last:
+        return FALLBACK_PREFIX + "No language model runs here; this is a deterministic placeholder reply."
+    return (
+        FALLBACK_PREFIX
+        + f'This is a deterministic placeholder reply to a {words}-word prompt ending with: "{last}"'
+    )
+
+
+def choose_reply(
+    script: Script,
+    *,
+    route: str,
+    match_text: str,
+    tail_source: str,
+    constraint: Constraint | None,
+) -> Reply:
+    """Pick the reply for one request (see the module docstring for the order)."""
+    rule = script.find(match_text, route)
+    fallback = fallback_text(tail_source)
+    if rule is not None:
+        if rule.has_json:
+            text = json.dumps(rule.response_json, ensure_ascii=False)
+        elif rule.response is not None:
+            text = rule.response
+        else:
+            text = fallback
+        if constraint is not None and not satisfies(text, constraint):
+            text = constrained_text(constraint, fallback)
+            return Reply(text, "schema", rule.name, rule.fault, rule.fault_after_tokens)
+        return Reply(text, "script", rule.name, rule.fault, rule.fault_after_tokens)
+    if constraint is not None:
+        return Reply(constrained_text(constraint, fallback), "schema")
+    return Reply(fallback, "fallback")

@@ -1,0 +1,75 @@
+"""The run page's WebSocket: pushes the same fragments the page renders, as htmx out-of-band swaps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.generic.websocket import WebsocketConsumer
+from django.http import Http404
+from django.template.loader import render_to_string
+from django.utils.html import escape
+
+from apps.runs.events import run_group
+from apps.runs.models import Run
+from apps.runs.selectors import run_get_for_user, step_run_list
+
+# Close codes in the application range (4000-4999): the client should not retry.
+CLOSE_NOT_FOUND = 4404
+
+
+class RunConsumer(WebsocketConsumer):
+    """One viewer of one run. Permission is checked once at connect, exactly as the page checks it.
+
+    It tracks how much streamed text each step's fragment already shows, so token chunks that overlap a
+    re-render are trimmed and a gap triggers a re-render instead of showing a hole.
+    """
+
+    def connect(self) -> None:
+        self.run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
+        try:
+            run_get_for_user(self.scope["user"], run_id=self.run_id)
+        except Http404:
+            self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.shown_lengths: dict[str, int] = {}
+        async_to_sync(self.channel_layer.group_add)(run_group(self.run_id), self.channel_name)
+        self.accept()
+        # Whatever happened between the page render and this connection is sent now.
+        self._send_fragments(None)
+
+    def disconnect(self, code: int) -> None:
+        if hasattr(self, "shown_lengths"):
+            async_to_sync(self.channel_layer.group_discard)(run_group(self.run_id), self.channel_name)
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Viewers only listen; anything they send is ignored."""
+
+    def run_changed(self, event: dict[str, Any]) -> None:
+        self._send_fragments(list(event.get("step_keys") or []))
+
+    def step_tokens(self, event: dict[str, Any]) -> None:
+        key, offset, text = str(event["step_key"]), int(event["offset"]), str(event["text"])
+        shown = self.shown_lengths.get(key)
+        if shown is None or offset > shown:
+            self._send_fragments([key])
+            return
+        new_text = text[shown - offset :]
+        if not new_text:
+            return
+        self.shown_lengths[key] = offset + len(text)
+        self.send(
+            text_data=f'<span id="step-{escape(key)}-stream" hx-swap-oob="beforeend">{escape(new_text)}</span>'
+        )
+
+    def _send_fragments(self, keys: list[str] | None) -> None:
+        run = Run.objects.select_related("workflow", "version", "initiator").filter(pk=self.run_id).first()
+        if run is None:
+            self.close(code=CLOSE_NOT_FOUND)
+            return
+        steps = list(step_run_list(run, keys=keys))
+        for step in steps:
+            self.shown_lengths[step.step_key] = len(step.streamed_text)
+        html = render_to_string("runs/_run_header.html", {"run": run, "oob": True})
+        html += "".join(render_to_string("runs/_step.html", {"step": step, "oob": True}) for step in steps)
+        self.send(text_data=html)

@@ -1,0 +1,78 @@
+"""The contract every step type fulfils.
+
+A step type is one small class: a stable slug, a pydantic `Config` (which also yields the JSON Schema the
+builder renders), the queue it runs on, and `execute(config, context) -> StepOutcome`. Step types never
+touch the database: the engine hands them what they need in `StepContext` and records what they return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StepConfig(BaseModel):
+    """Base for step configs: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepError(Exception):
+    """The step failed in a way the analyst can act on; `message` is shown on the run page.
+
+    Picklable (it may cross process boundaries), so it keeps its state in `args`.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message, retryable)
+        self.message = message
+        self.retryable = retryable
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class StepContext:
+    """What a step sees: the run's input, earlier steps' outputs by key, and a token sink."""
+
+    run_id: int
+    step_key: str
+    input: dict[str, Any]
+    steps: dict[str, dict[str, Any]]
+    idempotency_key: str
+    emit_tokens: Callable[[str], None] = lambda text: None
+
+    def expression_variables(self) -> dict[str, Any]:
+        """The names expressions and templates may use: `input` and `steps`."""
+        return {"input": self.input, "steps": self.steps}
+
+
+@dataclass
+class StepOutcome:
+    """A step's result: `output` is what later steps read; `usage` is provenance and metering."""
+
+    output: dict[str, Any]
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class StepType:
+    """Base class of every step type (see module docstring)."""
+
+    slug: ClassVar[str]
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type[StepConfig]]
+    queue: ClassVar[str] = "engine"
+    streams_tokens: ClassVar[bool] = False
+
+    def execute(self, config: StepConfig, context: StepContext) -> StepOutcome:
+        raise NotImplementedError
+
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of this step's config, for builder forms and the API."""
+        return cls.Config.model_json_schema()

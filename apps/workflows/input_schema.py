@@ -1,0 +1,90 @@
+"""A workflow's input schema (a small JSON Schema subset) as a Django form: one definition drives the
+"Run" form's fields, its inline errors, and the API's 400 field errors.
+
+Supported per property: `type` string / integer / number / boolean, `title`, `description`, `enum`,
+`default`, `minLength`, `maxLength`, `minimum`, `maximum`, `format: "textarea"`; `required` at the top.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+_TYPES = {"string", "integer", "number", "boolean"}
+
+
+def input_schema_errors(schema: Any) -> list[str]:
+    """Every problem with an input schema, as readable messages (empty when valid)."""
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        return ['input schema: must be an object schema ({"type": "object", "properties": {...}})']
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict):
+        return ["input schema: properties must be an object"]
+    problems = []
+    for name, spec in properties.items():
+        if not str(name).isidentifier():
+            problems.append(f'input schema: "{name}" is not a valid field name')
+        if not isinstance(spec, dict) or spec.get("type") not in _TYPES:
+            problems.append(f'input schema: field "{name}" needs a type of {", ".join(sorted(_TYPES))}')
+    for name in schema.get("required", []):
+        if name not in properties:
+            problems.append(f'input schema: required field "{name}" is not defined')
+    return problems
+
+
+def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
+    common: dict[str, Any] = {
+        "label": spec.get("title") or name.replace("_", " ").capitalize(),
+        "help_text": spec.get("description", ""),
+        "required": required,
+    }
+    if "default" in spec:
+        common["initial"] = spec["default"]
+    kind = spec["type"]
+    if "enum" in spec:
+        choices = [(value, str(value)) for value in spec["enum"]]
+        field_class = forms.TypedChoiceField
+        coerce = {"integer": int, "number": float}.get(kind, str)
+        return field_class(choices=([("", "—")] if not required else []) + choices, coerce=coerce, **common)
+    if kind == "string":
+        widget = forms.Textarea(attrs={"rows": 8}) if spec.get("format") == "textarea" else forms.TextInput
+        return forms.CharField(
+            min_length=spec.get("minLength"), max_length=spec.get("maxLength"), widget=widget, strip=True, **common
+        )
+    if kind == "integer":
+        return forms.IntegerField(min_value=spec.get("minimum"), max_value=spec.get("maximum"), **common)
+    if kind == "number":
+        return forms.FloatField(min_value=spec.get("minimum"), max_value=spec.get("maximum"), **common)
+    # A required checkbox would force "true"; booleans are always optional and default to false.
+    common["required"] = False
+    return forms.BooleanField(**common)
+
+
+def input_form_class(schema: dict[str, Any]) -> type[forms.Form]:
+    """A Form class with one field per schema property, in schema order."""
+    required = set(schema.get("required", []))
+    fields = {name: _field_for(name, spec, name in required) for name, spec in schema.get("properties", {}).items()}
+    return type("RunInputForm", (forms.Form,), fields)
+
+
+def input_validate(schema: dict[str, Any], data: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """(cleaned values, {}) when `data` is valid for `schema`, else ({}, field → messages).
+
+    Unknown keys are errors too: silently dropping a misspelt field would lose the user's input.
+    """
+    if not isinstance(data, dict):
+        return {}, {"inputs": ["Must be an object of field values."]}
+    properties = schema.get("properties", {})
+    unknown = sorted(set(data) - set(properties))
+    form_data = {key: value for key, value in data.items() if key in properties}
+    # Form fields parse strings; JSON booleans arrive as real booleans and must stay so.
+    form = input_form_class(schema)(data=form_data)
+    errors: dict[str, list[str]] = {}
+    if not form.is_valid():
+        errors = {field: [str(message) for message in messages] for field, messages in form.errors.items()}
+    for key in unknown:
+        errors[key] = ["This field is not part of the workflow's input."]
+    if errors:
+        return {}, errors
+    return dict(form.cleaned_data), {}

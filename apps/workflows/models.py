@@ -1,0 +1,74 @@
+"""Workflows and versions. A published version is frozen: runs pin it, triggers refuse to change it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from simple_history.models import HistoricalRecords
+
+
+class Workflow(models.Model):
+    """A business process that analysts automate. Its steps live in its versions."""
+
+    name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=120, unique=True)
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_workflows")
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, null=True, blank=True, related_name="workflows")
+    baseline_minutes_per_case = models.DecimalField(
+        max_digits=8, decimal_places=2, default=0, help_text="Minutes a person spends per case without AIOS (for ROI)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("run_workflow", "Can start runs of the workflow")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkflowVersion(models.Model):
+    """One numbered version of a workflow's graph and input schema.
+
+    `graph` is `{"steps": [{"key", "type", "name", "config"}, ...]}`, executed in order. Once `state` is
+    published the row is immutable (a database trigger refuses UPDATE and DELETE) and `checksum` is the
+    SHA-256 of its canonical graph and input schema.
+    """
+
+    class State(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        PUBLISHED = "published", "Published"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT)
+    graph = models.JSONField()
+    input_schema = models.JSONField()
+    checksum = models.CharField(max_length=64, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    published_at = models.DateTimeField(null=True, blank=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["workflow", "-number"]
+        constraints = [models.UniqueConstraint(fields=["workflow", "number"], name="workflow_version_number_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.name} v{self.number}"
+
+    @property
+    def is_published(self) -> bool:
+        return self.state == self.State.PUBLISHED
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        return list(self.graph.get("steps", []))

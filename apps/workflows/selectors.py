@@ -1,0 +1,37 @@
+"""Permission-aware reads of workflows."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import QuerySet
+from django.http import Http404
+
+from apps.core.permissions import has_object_perm, restrict
+from apps.workflows.models import Workflow, WorkflowVersion
+
+AnyUser = AbstractBaseUser | AnonymousUser
+
+
+def workflow_list_for_user(user: AnyUser) -> QuerySet[Workflow]:
+    """The workflows `user` may view, by name."""
+    return restrict(Workflow.objects.select_related("team", "owner"), user, "workflows.view_workflow").order_by(
+        "name"
+    )
+
+
+def workflow_get_for_user(user: AnyUser, *, slug: str) -> Workflow:
+    """The workflow named by `slug` if `user` may view it; Http404 otherwise (existence is not revealed)."""
+    workflow = workflow_list_for_user(user).filter(slug=slug).first()
+    if workflow is None:
+        raise Http404("No such workflow.")
+    return workflow
+
+
+def workflow_can_run(user: AnyUser, workflow: Workflow) -> bool:
+    """Whether `user` may start runs of `workflow`."""
+    return has_object_perm(user, "workflows.run_workflow", workflow)
+
+
+def workflow_version_published_latest(workflow: Workflow) -> WorkflowVersion | None:
+    """The newest published version, which new runs use; None before the first publish."""
+    return workflow.versions.filter(state=WorkflowVersion.State.PUBLISHED).order_by("-number").first()

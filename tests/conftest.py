@@ -1,0 +1,99 @@
+"""Shared fixtures: the named personas, the demo workflow, and real service processes.
+
+Personas (CONVENTIONS.md): Ana the analyst owns workflows; Rita the reviewer is on her team; Max the
+manager reads everything; Otto the outsider has no rights at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.processes import (
+    asgi_server_argv,
+    celery_worker_argv,
+    free_port,
+    http_ok,
+    running,
+    service_env,
+)
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def analyst(db: Any) -> Any:
+    from apps.accounts.services import user_create
+
+    return user_create(username="ana", password=PASSWORD, roles=["analyst"], first_name="Ana", last_name="Analyst")
+
+
+@pytest.fixture
+def reviewer(db: Any) -> Any:
+    from apps.accounts.services import user_create
+
+    return user_create(username="rita", password=PASSWORD, roles=["reviewer"], first_name="Rita")
+
+
+@pytest.fixture
+def manager(db: Any) -> Any:
+    from apps.accounts.services import user_create
+
+    return user_create(username="max", password=PASSWORD, roles=["manager"], first_name="Max")
+
+
+@pytest.fixture
+def outsider(db: Any) -> Any:
+    from apps.accounts.services import user_create
+
+    return user_create(username="otto", password=PASSWORD, roles=[], first_name="Otto")
+
+
+@pytest.fixture
+def team(analyst: Any, reviewer: Any) -> Any:
+    from apps.accounts.services import team_create
+
+    return team_create(name="Claims", members=[analyst, reviewer])
+
+
+@pytest.fixture
+def claims_workflow(analyst: Any, team: Any) -> Any:
+    """The demo claims-triage workflow, published, owned by Ana, shared with her team."""
+    from apps.workflows.demo import CLAIMS_TRIAGE_GRAPH, CLAIMS_TRIAGE_INPUT_SCHEMA
+    from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
+
+    workflow = workflow_create(actor=analyst, name="Claims triage", description="Demo", team=team)
+    version = workflow_version_create(
+        actor=analyst, workflow=workflow, graph=CLAIMS_TRIAGE_GRAPH, input_schema=CLAIMS_TRIAGE_INPUT_SCHEMA
+    )
+    workflow_version_publish(actor=analyst, version=version)
+    return workflow
+
+
+@pytest.fixture
+def sample_claim() -> str:
+    from apps.workflows.demo import SAMPLE_CLAIMS
+
+    return SAMPLE_CLAIMS[0]["claim_text"]
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """A real Celery worker process (prefork, all queues) on the test database."""
+    with django_db_blocker.unblock():
+        env = service_env()
+    with running("celery-worker", celery_worker_argv(), ready=lambda log: " ready." in log, env=env):
+        yield
+
+
+@pytest.fixture(scope="session")
+def asgi_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
+    """The real ASGI app (HTTP + WebSocket) under uvicorn on a free port; yields its base URL."""
+    port = free_port()
+    with django_db_blocker.unblock():
+        env = service_env(DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost")
+    base = f"http://127.0.0.1:{port}"
+    with running("asgi", asgi_server_argv(port), ready=lambda log: http_ok(f"{base}/healthz"), env=env):
+        yield base

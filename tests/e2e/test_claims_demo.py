@@ -1,0 +1,85 @@
+"""In Chromium: sign in as the analyst, run the claims demo, watch it complete live, save a screenshot."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import PASSWORD
+from tests.support.processes import REPO
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+SCREENSHOT_DIR = REPO / "reports" / "screenshots"
+
+
+def chromium_path() -> str:
+    path = os.environ.get("AIOS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("Chromium is not installed: `make test` installs Debian's chromium package (apt-get).")
+    return path
+
+
+@pytest.fixture
+def browser_page():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        yield page, errors
+        context.close()
+        browser.close()
+
+
+def test_analyst_runs_the_claims_demo_and_watches_it_live(
+    asgi_server, celery_worker_process, browser_page, analyst, claims_workflow
+):
+    page, errors = browser_page
+    page.goto(f"{asgi_server}/")
+    expect(page.get_by_role("heading", name="Sign in to AIOS")).to_be_visible()
+    page.get_by_label("Username").fill("ana")
+    page.get_by_label("Password").fill("wrong password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("do not match")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Welcome, Ana Analyst")).to_be_visible()
+
+    page.get_by_role("link", name="Open workflows").click()
+    page.get_by_role("link", name="Claims triage").click()
+    expect(page.get_by_text("Extract claim fields")).to_be_visible()
+    page.get_by_role("link", name="Run", exact=True).click()
+
+    page.get_by_role("button", name="Start run").click()  # empty: inline error, nothing started
+    expect(page.get_by_text("This field is required.")).to_be_visible()
+    page.get_by_role("link", name="Slip and fall with injury").click()
+    expect(page.get_by_label("Claim text")).to_have_value(re.compile("POL-31808"))
+    page.get_by_role("button", name="Start run").click()
+
+    page.wait_for_url(re.compile(r"/runs/\d+/$"))
+    header = page.locator("#run-header")
+    expect(header).to_have_attribute("data-status", "succeeded", timeout=60_000)
+    expect(page.locator("#step-extract")).to_have_attribute("data-state", "succeeded")
+    expect(page.locator("#step-decide")).to_have_attribute("data-state", "succeeded")
+    expect(page.locator("#run-output")).to_contain_text("adjuster_queue")
+    expect(page.locator("#step-extract-stream")).to_contain_text("Aisha Khan")
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT_DIR / "run-live.png"), full_page=True)
+
+    page.reload()  # the same truth on reload
+    expect(page.locator("#run-header")).to_have_attribute("data-status", "succeeded")
+    expect(page.locator("#run-output")).to_contain_text("adjuster_queue")
+    assert not errors, errors
+    assert Path(SCREENSHOT_DIR / "run-live.png").stat().st_size > 10_000

@@ -1,0 +1,62 @@
+"""Publishing: every problem reported at once; published versions frozen in the database."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import DatabaseError, transaction
+
+from apps.audit.models import AuditEvent
+from apps.core.exceptions import ApplicationError, Conflict
+from apps.workflows.demo import CLAIMS_TRIAGE_INPUT_SCHEMA
+from apps.workflows.models import WorkflowVersion
+from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
+
+
+@pytest.fixture
+def workflow(analyst):
+    return workflow_create(actor=analyst, name="Invoice review")
+
+
+def test_publish_lists_every_problem_naming_its_step(analyst, workflow):
+    graph = {
+        "steps": [
+            {"key": "extract", "type": "llm.generate", "config": {"prompt": "{{ unclosed", "output": "json"}},
+            {"key": "extract", "type": "data.transform", "config": {"fields": {"route": "1 +"}}},
+            {"key": "ship", "type": "no.such.step", "config": {}},
+        ]
+    }
+    version = workflow_version_create(actor=analyst, workflow=workflow, graph=graph, input_schema={"type": "object"})
+    with pytest.raises(ApplicationError) as refusal:
+        workflow_version_publish(actor=analyst, version=version)
+    problems = refusal.value.extra["problems"]
+    assert any(p.startswith('step "extract": prompt: the template does not parse') for p in problems)
+    assert 'step "extract": json_schema: required when output is json' in problems
+    assert 'step "extract": key is used by an earlier step' in problems
+    assert any(p.startswith('step "extract": fields.route: the expression does not parse') for p in problems)
+    assert 'step "ship": unknown step type "no.such.step"' in problems
+    version.refresh_from_db()
+    assert version.state == WorkflowVersion.State.DRAFT
+
+
+def test_published_version_is_immutable(claims_workflow, analyst):
+    version = claims_workflow.versions.get()
+    assert version.is_published and len(version.checksum) == 64
+    with pytest.raises(Conflict):
+        workflow_version_publish(actor=analyst, version=version)
+    with pytest.raises(DatabaseError, match="immutable"), transaction.atomic():
+        WorkflowVersion.objects.filter(pk=version.pk).update(graph={"steps": []})
+    with pytest.raises(DatabaseError, match="immutable"), transaction.atomic():
+        WorkflowVersion.objects.filter(pk=version.pk).delete()
+    assert AuditEvent.objects.filter(verb="workflow.published", target_id=str(version.pk)).exists()
+
+
+def test_new_versions_are_numbered_and_drafts_stay_editable(claims_workflow, analyst):
+    draft = workflow_version_create(
+        actor=analyst,
+        workflow=claims_workflow,
+        graph={"steps": []},
+        input_schema=CLAIMS_TRIAGE_INPUT_SCHEMA,
+    )
+    assert draft.number == 2
+    WorkflowVersion.objects.filter(pk=draft.pk).update(graph={"steps": [{"key": "a"}]})
+    assert claims_workflow.history.count() == 1
