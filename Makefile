@@ -37,10 +37,13 @@ test: requirements-dev chromium
 	fi; \
 	exit $$status
 
+# All three run even when one fails, so one pass shows every problem.
 lint: requirements-dev
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy apps
+	@status=0; \
+	echo "ruff check ."; $(VENV)/bin/ruff check . || status=1; \
+	echo "ruff format --check ."; $(VENV)/bin/ruff format --check . || status=1; \
+	echo "mypy apps"; $(VENV)/bin/mypy apps || status=1; \
+	exit $$status
 
 clean-data:
 	@for lock in "$(DATA_DIR)/devstack.lock" "$(DATA_DIR)/test/devstack.lock"; do \
@@ -95,7 +98,7 @@ chromium:
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			echo "Installing Chromium from Debian's packages for the browser tests ..."; \
 			export DEBIAN_FRONTEND=noninteractive; \
-			apt-get update && apt-get install -y chromium; \
+			apt-get update -q && apt-get install -y -q chromium; \
 		else \
 			echo "warning: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get);"; \
 			echo "         install Debian's chromium package for the browser tests."; \

@@ -16,6 +16,8 @@ from tests.support.processes import (
     celery_worker_argv,
     free_port,
     http_ok,
+    inference_server_argv,
+    redis_url_with_db,
     running,
     service_env,
 )
@@ -96,4 +98,34 @@ def asgi_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
         env = service_env(DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost")
     base = f"http://127.0.0.1:{port}"
     with running("asgi", asgi_server_argv(port), ready=lambda log: http_ok(f"{base}/healthz"), env=env):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def paced_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
+    """A whole product at a human pace, for browser tests: its own inference server streaming at about
+    25 tokens/s, its own worker and ASGI server, on a Redis database of their own so the session-wide
+    worker never takes its tasks. Yields the web server's base URL."""
+    from django.conf import settings
+
+    inference_port, web_port = free_port(), free_port()
+    inference_url = f"http://127.0.0.1:{inference_port}"
+    with django_db_blocker.unblock():
+        env = service_env(
+            REDIS_URL=redis_url_with_db(settings.REDIS_URL, 3),
+            CELERY_BROKER_URL=redis_url_with_db(settings.REDIS_URL, 3),
+            AIOS_INFERENCE_URL=inference_url,
+            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        )
+    base = f"http://127.0.0.1:{web_port}"
+    with (
+        running(
+            "paced-inference",
+            inference_server_argv(inference_port, ttft_ms=400, tpot_ms=40),
+            ready=lambda log: http_ok(f"{inference_url}/health"),
+            env=env,
+        ),
+        running("paced-worker", celery_worker_argv(), ready=lambda log: " ready." in log, env=env),
+        running("paced-asgi", asgi_server_argv(web_port), ready=lambda log: http_ok(f"{base}/healthz"), env=env),
+    ):
         yield base

@@ -37,12 +37,11 @@ def test_viewer_sees_the_run_finish_and_reload_shows_the_same(
     asgi_server, celery_worker_process, analyst, reviewer, claims_workflow, sample_claim
 ):
     run, _ = run_start(actor=analyst, workflow=claims_workflow, inputs={"claim_text": sample_claim})
+    cookie = session_cookie(reviewer)
 
     async def watch() -> list[str]:
         messages: list[str] = []
-        async with connect(
-            ws_url(asgi_server, run.pk), origin=asgi_server, additional_headers={"Cookie": session_cookie(reviewer)}
-        ) as socket:
+        async with connect(ws_url(asgi_server, run.pk), origin=asgi_server, additional_headers={"Cookie": cookie}) as socket:
             async with asyncio.timeout(60):
                 while not any('data-status="succeeded"' in m for m in messages):
                     messages.append(await recv(socket, 60))
@@ -77,12 +76,13 @@ def running_step(analyst, claims_workflow, sample_claim):
 def test_tokens_are_pushed_escaped_in_order_without_duplicates(asgi_server, analyst, running_step):
     stream = TokenStream(running_step, interval=0)
     layer = get_channel_layer()
+    cookie = session_cookie(analyst)
 
     async def scenario() -> list[str]:
         async with connect(
             ws_url(asgi_server, running_step.run_id),
             origin=asgi_server,
-            additional_headers={"Cookie": session_cookie(analyst)},
+            additional_headers={"Cookie": cookie},
         ) as socket:
             catch_up = await recv(socket)
             assert 'id="step-extract"' in catch_up and 'id="step-decide"' in catch_up

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from django.db import connection
 
@@ -45,7 +46,9 @@ def service_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def running(name: str, argv: list[str], *, ready: callable, env: dict[str, str], timeout: float = 60) -> Iterator[Path]:  # type: ignore[valid-type]
+def running(
+    name: str, argv: list[str], *, ready: Callable[[str], bool], env: dict[str, str], timeout: float = 60
+) -> Iterator[Path]:
     """Start `argv`, wait until `ready(log_text)` is true, yield the log path, then stop it (SIGTERM, then
     SIGKILL) and its children."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -99,3 +102,17 @@ def asgi_server_argv(port: int) -> list[str]:
         sys.executable, "-m", "uvicorn", "aios_web.asgi:application", "--host", "127.0.0.1", "--port", str(port),
         "--lifespan", "off", "--log-level", "warning",
     ]
+
+
+def inference_server_argv(port: int, *, ttft_ms: int, tpot_ms: int) -> list[str]:
+    return [
+        sys.executable, "-m", "apps.inference.devserver", "--host", "127.0.0.1", "--port", str(port),
+        "--script", str(REPO / "apps" / "inference" / "devserver" / "demo_script.json"),
+        "--ttft-ms", str(ttft_ms), "--tpot-ms", str(tpot_ms),
+    ]
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    """The same Redis server, another database number: a broker and channel layer of their own."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
