@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("AIOS_ENV", "test")
 
-from aios_web.settings import *  # noqa: E402,F403
+from aios_web.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 AIOS_TOKEN_FLUSH_SECONDS = 0.05

@@ -10,9 +10,6 @@ from simple_history.models import HistoricalRecords
 class User(AbstractUser):
     """A person who signs in to AIOS. What they may do comes from their roles and object permissions."""
 
-    class Meta(AbstractUser.Meta):
-        swappable = "AUTH_USER_MODEL"
-
     @property
     def display_name(self) -> str:
         return self.get_full_name() or self.username

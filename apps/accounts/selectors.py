@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractUser, AnonymousUser
 
 from apps.accounts.models import Team
 from apps.accounts.roles import ROLES
 
 
-def user_roles(user: AbstractBaseUser | AnonymousUser) -> list[str]:
+def user_roles(user: AbstractUser | AnonymousUser) -> list[str]:
     """The role names `user` holds, in the canonical order; superusers hold the admin role."""
     if not user.is_authenticated:
         return []
-    names = set(user.groups.values_list("name", flat=True))  # type: ignore[attr-defined]
+    names = set(user.groups.values_list("name", flat=True))
     if user.is_superuser:
         names.add("admin")
     return [role for role in ROLES if role in names]
 
 
-def user_teams(user: AbstractBaseUser | AnonymousUser) -> list[Team]:
+def user_teams(user: AbstractUser | AnonymousUser) -> list[Team]:
     """The teams `user` belongs to."""
     if not user.is_authenticated:
         return []
-    return list(Team.objects.filter(group__user=user).order_by("name"))
+    return list(Team.objects.filter(group__user__pk=user.pk).order_by("name"))

@@ -63,9 +63,7 @@ def team_create(*, name: str, members: list[User], actor: User | None = None) ->
     team = Team.objects.create(name=name, slug=slug, group=group)
     for member in members:
         member.groups.add(group)
-    audit_record(
-        actor=actor, verb="team.created", target=team, data={"members": sorted(m.username for m in members)}
-    )
+    audit_record(actor=actor, verb="team.created", target=team, data={"members": sorted(m.username for m in members)})
     return team
 
 

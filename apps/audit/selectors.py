@@ -42,12 +42,19 @@ def audit_chain_verify() -> ChainReport:
     for event in _iter_chain():
         if event.sequence != expected_sequence:
             return ChainReport(
-                checked, event.sequence, f"sequence jumps from {expected_sequence - 1} to {event.sequence}", expected_prev
+                checked,
+                event.sequence,
+                f"sequence jumps from {expected_sequence - 1} to {event.sequence}",
+                expected_prev,
             )
         if event.prev_hash != expected_prev:
-            return ChainReport(checked, event.sequence, "prev_hash does not match the previous event's hash", expected_prev)
+            return ChainReport(
+                checked, event.sequence, "prev_hash does not match the previous event's hash", expected_prev
+            )
         if event.compute_hash() != event.hash:
-            return ChainReport(checked, event.sequence, "content does not match its hash (the row was altered)", expected_prev)
+            return ChainReport(
+                checked, event.sequence, "content does not match its hash (the row was altered)", expected_prev
+            )
         checked += 1
         expected_prev = event.hash
         expected_sequence += 1

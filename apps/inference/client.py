@@ -143,7 +143,11 @@ def _classify_server_message(message: str) -> type[InferenceError]:
     lowered = message.lower()
     if "overloaded" in lowered:
         return InferenceOverloadedError
-    if lowered.startswith("input validation error") or lowered.startswith("template error") or lowered.startswith("tool error"):
+    if (
+        lowered.startswith("input validation error")
+        or lowered.startswith("template error")
+        or lowered.startswith("tool error")
+    ):
         return InferenceValidationError
     return InferenceGenerationError
 
@@ -157,7 +161,9 @@ def translate_error(exc: BaseException, *, base_url: str, timeout: float | None 
 
     # TGI errors that huggingface_hub typed from the `error_type` field (text_generation path).
     if isinstance(exc, hf_errors.ValidationError):
-        return InferenceValidationError(f"{where} rejected the request: {exc}", base_url=base_url, status_code=422, server_message=str(exc))
+        return InferenceValidationError(
+            f"{where} rejected the request: {exc}", base_url=base_url, status_code=422, server_message=str(exc)
+        )
     if isinstance(exc, hf_errors.OverloadedError):
         return InferenceOverloadedError(
             f"{where} is overloaded (too many requests at once); try again shortly.",
@@ -166,7 +172,9 @@ def translate_error(exc: BaseException, *, base_url: str, timeout: float | None 
             server_message=str(exc),
         )
     if isinstance(exc, hf_errors.GenerationError | hf_errors.IncompleteGenerationError):
-        return InferenceGenerationError(f"The model at {base_url} failed while generating: {exc}", base_url=base_url, server_message=str(exc))
+        return InferenceGenerationError(
+            f"The model at {base_url} failed while generating: {exc}", base_url=base_url, server_message=str(exc)
+        )
     if isinstance(exc, hf_errors.UnknownError):
         # A chat stream's in-band error: huggingface_hub passes TGI's {"message", "http_status_code"}
         # object through untyped, so classify by TGI's message wording.
@@ -192,7 +200,12 @@ def translate_error(exc: BaseException, *, base_url: str, timeout: float | None 
         words = _server_words(exc)
         detail = f": {words}" if words else ""
         if status in (400, 413, 415, 422):
-            return InferenceValidationError(f"{where} rejected the request (HTTP {status}){detail}", base_url=base_url, status_code=status, server_message=words)
+            return InferenceValidationError(
+                f"{where} rejected the request (HTTP {status}){detail}",
+                base_url=base_url,
+                status_code=status,
+                server_message=words,
+            )
         if status in (401, 403):
             return InferenceAuthenticationError(
                 f"{where} refused the credentials (HTTP {status}); check the endpoint's API key.",
@@ -215,10 +228,25 @@ def translate_error(exc: BaseException, *, base_url: str, timeout: float | None 
                 server_message=words,
             )
         if status == 503:
-            return InferenceOverloadedError(f"{where} is temporarily unavailable (HTTP 503){detail}", base_url=base_url, status_code=status, server_message=words)
+            return InferenceOverloadedError(
+                f"{where} is temporarily unavailable (HTTP 503){detail}",
+                base_url=base_url,
+                status_code=status,
+                server_message=words,
+            )
         if status == 504:
-            return InferenceTimeoutError(f"{where} timed out behind a gateway (HTTP 504).", base_url=base_url, status_code=status, server_message=words)
-        return InferenceGenerationError(f"The model at {base_url} failed (HTTP {status}){detail}", base_url=base_url, status_code=status, server_message=words)
+            return InferenceTimeoutError(
+                f"{where} timed out behind a gateway (HTTP 504).",
+                base_url=base_url,
+                status_code=status,
+                server_message=words,
+            )
+        return InferenceGenerationError(
+            f"The model at {base_url} failed (HTTP {status}){detail}",
+            base_url=base_url,
+            status_code=status,
+            server_message=words,
+        )
 
     # Raw transport errors: huggingface_hub lets these through (connect errors always; read timeouts
     # while iterating a stream, and in versions before 2.3 for every call).
@@ -227,16 +255,24 @@ def translate_error(exc: BaseException, *, base_url: str, timeout: float | None 
     if isinstance(exc, httpx2.TimeoutException):
         return InferenceTimeoutError(f"{where} did not respond within {patience}.", base_url=base_url)
     if isinstance(exc, httpx2.ConnectError):
-        return InferenceConnectionError(f"{where} is not reachable ({_reason_for_connect_error(exc)}).", base_url=base_url)
+        return InferenceConnectionError(
+            f"{where} is not reachable ({_reason_for_connect_error(exc)}).", base_url=base_url
+        )
     if isinstance(exc, httpx2.RemoteProtocolError | httpx2.ReadError | httpx2.WriteError):
-        return InferenceConnectionError(f"{where} closed the connection before the reply was complete.", base_url=base_url)
+        return InferenceConnectionError(
+            f"{where} closed the connection before the reply was complete.", base_url=base_url
+        )
     if isinstance(exc, httpx2.TransportError):
         return InferenceConnectionError(f"{where} could not be reached ({type(exc).__name__}).", base_url=base_url)
     if isinstance(exc, json.JSONDecodeError):
-        return InferenceGenerationError(f"{where} sent an unreadable reply before the generation finished.", base_url=base_url)
+        return InferenceGenerationError(
+            f"{where} sent an unreadable reply before the generation finished.", base_url=base_url
+        )
     if isinstance(exc, ConnectionError):
         return InferenceConnectionError(f"{where} is not reachable ({exc}).", base_url=base_url)
-    return InferenceError(f"Calling the inference server at {base_url} failed: {type(exc).__name__}: {exc}", base_url=base_url)
+    return InferenceError(
+        f"Calling the inference server at {base_url} failed: {type(exc).__name__}: {exc}", base_url=base_url
+    )
 
 
 def _guarded(iterator: Iterator[T], base_url: str, timeout: float) -> Iterator[T]:
@@ -601,7 +637,9 @@ def server_info(base_url: str, token: str | None = None, timeout: float = 5) -> 
     except Exception as exc:
         raise translate_error(exc, base_url=base_url, timeout=timeout) from exc
     if not isinstance(info, dict):
-        raise InferenceError(f"The inference server at {base_url} returned an unexpected /info reply.", base_url=base_url)
+        raise InferenceError(
+            f"The inference server at {base_url} returned an unexpected /info reply.", base_url=base_url
+        )
     return info
 
 
@@ -665,7 +703,9 @@ async def aembed(
             async with AsyncInferenceClient(model=url, api_key=token or _NO_KEY, timeout=timeout) as client:
                 return _as_rows(await client.feature_extraction(list(texts), normalize=normalize))  # type: ignore[arg-type]
         async with httpx2.AsyncClient(timeout=timeout) as http:
-            response = await http.post(url, json={"inputs": list(texts), "normalize": normalize}, headers=_auth_headers(token))
+            response = await http.post(
+                url, json={"inputs": list(texts), "normalize": normalize}, headers=_auth_headers(token)
+            )
         hf_raise_for_status(response)
         return _as_rows(response.json())
     except Exception as exc:

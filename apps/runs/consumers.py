@@ -58,9 +58,7 @@ class RunConsumer(WebsocketConsumer):
         if not new_text:
             return
         self.shown_lengths[key] = offset + len(text)
-        self.send(
-            text_data=f'<span id="step-{escape(key)}-stream" hx-swap-oob="beforeend">{escape(new_text)}</span>'
-        )
+        self.send(text_data=f'<span id="step-{escape(key)}-stream" hx-swap-oob="beforeend">{escape(new_text)}</span>')
 
     def _send_fragments(self, keys: list[str] | None) -> None:
         run = Run.objects.select_related("workflow", "version", "initiator").filter(pk=self.run_id).first()
@@ -70,6 +68,6 @@ class RunConsumer(WebsocketConsumer):
         steps = list(step_run_list(run, keys=keys))
         for step in steps:
             self.shown_lengths[step.step_key] = len(step.streamed_text)
-        html = render_to_string("runs/_run_header.html", {"run": run, "oob": True})
+        html = str(render_to_string("runs/_run_header.html", {"run": run, "oob": True}))
         html += "".join(render_to_string("runs/_step.html", {"step": step, "oob": True}) for step in steps)
         self.send(text_data=html)

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -34,9 +35,10 @@ def step_run_execute(*, step_run_id: int) -> None:
     try:
         step_type = step_type_get(step_run.step_type)
         config = step_config_parse(step_run.step_type, step_def.get("config", {}))
-        outputs = dict(
-            StepRun.objects.filter(run=run, state=StepRun.State.SUCCEEDED).values_list("step_key", "output")
-        )
+        succeeded = StepRun.objects.filter(run=run, state=StepRun.State.SUCCEEDED)
+        outputs: dict[str, dict[str, Any]] = {
+            key: out or {} for key, out in succeeded.values_list("step_key", "output")
+        }
         context = StepContext(
             run_id=run.pk,
             step_key=step_run.step_key,
@@ -52,7 +54,9 @@ def step_run_execute(*, step_run_id: int) -> None:
         return
     except ValidationError as error:
         stream.flush()
-        step_run_fail(step_run=step_run, error=f"The step's configuration is invalid: {error}", streamed_text=stream.text)
+        step_run_fail(
+            step_run=step_run, error=f"The step's configuration is invalid: {error}", streamed_text=stream.text
+        )
         return
     except Exception as error:
         # A bug in a step type must fail the step, visibly, not kill the worker or leave the run hanging.

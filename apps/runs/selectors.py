@@ -6,7 +6,7 @@ it (directly or through a role).
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
@@ -14,7 +14,7 @@ from apps.core.permissions import restrict
 from apps.runs.models import Run, StepRun
 from apps.workflows.selectors import workflow_list_for_user
 
-AnyUser = AbstractBaseUser | AnonymousUser
+AnyUser = AbstractUser | AnonymousUser
 
 
 def run_list_for_user(user: AnyUser) -> QuerySet[Run]:

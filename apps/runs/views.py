@@ -9,6 +9,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.htmx import HtmxHttpRequest
 from apps.runs.selectors import run_get_for_user, run_list_for_user, step_run_list
 from apps.runs.services import run_start
 from apps.workflows.input_schema import input_form_class
@@ -72,7 +73,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 
 
 @login_required
-def run_list(request: HttpRequest) -> HttpResponse:
+def run_list(request: HtmxHttpRequest) -> HttpResponse:
     """Recent runs the user may see; with `?workflow=<slug>` only that workflow's (an htmx fragment)."""
     runs = run_list_for_user(request.user)
     slug = request.GET.get("workflow")

@@ -97,7 +97,7 @@ CLAIMS_TRIAGE_GRAPH: dict[str, Any] = {
             "config": {
                 "fields": {
                     "route": (
-                        'steps.extract.data.amount <= 1000.0 && !steps.extract.data.injury_reported '
+                        "steps.extract.data.amount <= 1000.0 && !steps.extract.data.injury_reported "
                         '&& steps.extract.data.incident_type != "injury" ? "auto_approve" : "adjuster_queue"'
                     ),
                     "reason": (

@@ -7,11 +7,13 @@ Supported per property: `type` string / integer / number / boolean, `title`, `de
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
 
 _TYPES = {"string", "integer", "number", "boolean"}
+_COERCE: dict[str, Callable[[Any], Any]] = {"integer": int, "number": float}
 
 
 def input_schema_errors(schema: Any) -> list[str]:
@@ -45,8 +47,9 @@ def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
     if "enum" in spec:
         choices = [(value, str(value)) for value in spec["enum"]]
         field_class = forms.TypedChoiceField
-        coerce = {"integer": int, "number": float}.get(kind, str)
-        return field_class(choices=([("", "—")] if not required else []) + choices, coerce=coerce, **common)
+        return field_class(
+            choices=([("", "—")] if not required else []) + choices, coerce=_COERCE.get(kind, str), **common
+        )
     if kind == "string":
         widget = forms.Textarea(attrs={"rows": 8}) if spec.get("format") == "textarea" else forms.TextInput
         return forms.CharField(

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.db.models import QuerySet
 from django.http import Http404
 
 from apps.core.permissions import has_object_perm, restrict
 from apps.workflows.models import Workflow, WorkflowVersion
 
-AnyUser = AbstractBaseUser | AnonymousUser
+AnyUser = AbstractUser | AnonymousUser
 
 
 def workflow_list_for_user(user: AnyUser) -> QuerySet[Workflow]:
     """The workflows `user` may view, by name."""
-    return restrict(Workflow.objects.select_related("team", "owner"), user, "workflows.view_workflow").order_by(
-        "name"
-    )
+    return restrict(Workflow.objects.select_related("team", "owner"), user, "workflows.view_workflow").order_by("name")
 
 
 def workflow_get_for_user(user: AnyUser, *, slug: str) -> Workflow:

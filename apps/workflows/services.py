@@ -38,7 +38,11 @@ def workflow_create(
     if Workflow.objects.filter(slug=slug).exists():
         raise ValidationFailed("That name is taken.", fields={"name": [f'A workflow named "{name}" exists.']})
     workflow = Workflow.objects.create(
-        name=name, slug=slug, description=description, owner=actor, team=team,
+        name=name,
+        slug=slug,
+        description=description,
+        owner=actor,
+        team=team,
         baseline_minutes_per_case=baseline_minutes_per_case,
     )
     for perm in OWNER_PERMISSIONS:

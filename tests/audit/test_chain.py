@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -14,7 +16,6 @@ from apps.audit.services import GENESIS_HASH, audit_record
 
 @pytest.fixture
 def three_events(analyst):
-    AuditEvent.objects.all()  # the persona's creation is already event 1
     audit_record(actor=analyst, verb="test.first", data={"amount": 1e20, "text": "naïve ✓"})
     audit_record(actor=None, verb="test.second", data={"n": 0.1})
     return list(AuditEvent.objects.order_by("sequence"))
@@ -22,7 +23,7 @@ def three_events(analyst):
 
 def test_events_form_a_linked_chain(three_events):
     assert three_events[0].prev_hash == GENESIS_HASH
-    for before, after in zip(three_events, three_events[1:], strict=False):
+    for before, after in pairwise(three_events):
         assert after.prev_hash == before.hash
         assert after.sequence == before.sequence + 1
     report = audit_chain_verify()

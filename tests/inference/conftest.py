@@ -137,8 +137,10 @@ def _nullable_composites(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     converted = {key: _nullable_composites(value) for key, value in node.items()}
-    if converted.get("nullable") is True and "type" not in converted and (
-        {"allOf", "oneOf", "anyOf", "$ref"} & converted.keys()
+    if (
+        converted.get("nullable") is True
+        and "type" not in converted
+        and ({"allOf", "oneOf", "anyOf", "$ref"} & converted.keys())
     ):
         inner = {key: value for key, value in converted.items() if key != "nullable"}
         return {"anyOf": [inner, {"enum": [None]}]}
@@ -157,7 +159,9 @@ class Contract:
 
         wrapped = {**_nullable_composites(schema), "components": self.components}
         validator = OAS30Validator(wrapped, format_checker=oas30_format_checker)
-        return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(instance)]
+        return [
+            f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(instance)
+        ]
 
     def component(self, name: str) -> dict[str, Any]:
         assert name in self.spec["components"]["schemas"], f"{name} is not a schema in the contract"
@@ -177,8 +181,8 @@ class Contract:
     def check_response(self, path: str, method: str, status: int, content_type: str, instance: Any) -> None:
         """Assert `instance` matches what the spec documents for that route, status and content type."""
         problems = self.errors(self.response_schema(path, method, status, content_type), instance)
-        assert not problems, (
-            f"{method.upper()} {path} {status} {content_type} contract violated:\n" + "\n".join(problems)
+        assert not problems, f"{method.upper()} {path} {status} {content_type} contract violated:\n" + "\n".join(
+            problems
         )
 
 

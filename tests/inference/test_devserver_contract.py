@@ -90,7 +90,14 @@ def test_info_matches_contract(base_url: str, tgi_contract: Any) -> None:
     "parameters",
     [
         {"details": True, "max_new_tokens": 12},
-        {"details": True, "decoder_input_details": True, "top_n_tokens": 3, "max_new_tokens": 8, "seed": 7, "do_sample": True},
+        {
+            "details": True,
+            "decoder_input_details": True,
+            "top_n_tokens": 3,
+            "max_new_tokens": 8,
+            "seed": 7,
+            "do_sample": True,
+        },
         {"details": True, "best_of": 2, "do_sample": True, "max_new_tokens": 5},
         {"max_new_tokens": 4},
     ],
@@ -106,7 +113,9 @@ def test_compat_route_matches_contract(base_url: str, tgi_contract: Any, parse_s
     assert response.status_code == 200
     tgi_contract.check_response("/", "post", 200, JSON, response.json())
 
-    _, raw = stream_body(base_url, "/", {"inputs": "Hello", "stream": True, "parameters": {"details": True, "max_new_tokens": 5}})
+    _, raw = stream_body(
+        base_url, "/", {"inputs": "Hello", "stream": True, "parameters": {"details": True, "max_new_tokens": 5}}
+    )
     events = parse_sse(raw)
     assert len(events) == 5
     for event in events:
@@ -115,9 +124,15 @@ def test_compat_route_matches_contract(base_url: str, tgi_contract: Any, parse_s
 
 @pytest.mark.parametrize(
     "parameters",
-    [{"details": True, "max_new_tokens": 6}, {"max_new_tokens": 6}, {"details": True, "top_n_tokens": 2, "max_new_tokens": 3}],
+    [
+        {"details": True, "max_new_tokens": 6},
+        {"max_new_tokens": 6},
+        {"details": True, "top_n_tokens": 2, "max_new_tokens": 3},
+    ],
 )
-def test_generate_stream_events_match_contract(base_url: str, tgi_contract: Any, parse_sse: Parse, parameters: dict[str, Any]) -> None:
+def test_generate_stream_events_match_contract(
+    base_url: str, tgi_contract: Any, parse_sse: Parse, parameters: dict[str, Any]
+) -> None:
     response, raw = stream_body(base_url, "/generate_stream", {"inputs": "Say hello", "parameters": parameters})
     assert response.status_code == 200
     events = parse_sse(raw)
@@ -187,7 +202,10 @@ CLAIM_SCHEMA = {
         {},
         {"logprobs": True, "top_logprobs": 2},
         {"response_format": {"type": "json_object", "value": CLAIM_SCHEMA}},
-        {"tools": [{"type": "function", "function": {"name": "file_claim", "parameters": CLAIM_SCHEMA}}], "tool_choice": "required"},
+        {
+            "tools": [{"type": "function", "function": {"name": "file_claim", "parameters": CLAIM_SCHEMA}}],
+            "tool_choice": "required",
+        },
     ],
 )
 def test_chat_completion_matches_contract(base_url: str, tgi_contract: Any, extra: dict[str, Any]) -> None:
@@ -205,7 +223,9 @@ def test_chat_completion_matches_contract(base_url: str, tgi_contract: Any, extr
         {"tools": [{"type": "function", "function": {"name": "file_claim", "parameters": CLAIM_SCHEMA}}]},
     ],
 )
-def test_chat_stream_chunks_match_contract(base_url: str, tgi_contract: Any, parse_sse: Parse, extra: dict[str, Any]) -> None:
+def test_chat_stream_chunks_match_contract(
+    base_url: str, tgi_contract: Any, parse_sse: Parse, extra: dict[str, Any]
+) -> None:
     body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 30, "stream": True, **extra}
     response, raw = stream_body(base_url, "/v1/chat/completions", body)
     assert response.status_code == 200
@@ -248,10 +268,18 @@ def test_deviation_object_field(base_url: str, tgi_contract: Any, parse_sse: Par
     schemas = tgi_contract.spec["components"]["schemas"]
     for name in ("ChatCompletion", "ChatCompletionChunk", "Chunk", "CompletionFinal"):
         assert "object" not in schemas[name]["properties"], reason
-    chat = post(base_url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 3}).json()
+    chat = post(
+        base_url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
+    ).json()
     assert next(iter(chat)) == "object" and chat["object"] == "chat.completion", reason
-    _, raw = stream_body(base_url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True})
-    assert all(next(iter(e)) == "object" and e["object"] == "chat.completion.chunk" for e in parse_sse(raw)[:-1]), reason
+    _, raw = stream_body(
+        base_url,
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True},
+    )
+    assert all(next(iter(e)) == "object" and e["object"] == "chat.completion.chunk" for e in parse_sse(raw)[:-1]), (
+        reason
+    )
     completion = post(base_url, "/v1/completions", {"prompt": "x", "max_tokens": 3}).json()
     assert completion["object"] == "text_completion", reason
 
@@ -267,7 +295,9 @@ def test_deviation_models_list_wrapper(base_url: str, tgi_contract: Any) -> None
 
 def test_deviation_details_default_false(base_url: str, tgi_contract: Any) -> None:
     reason = DEVIATIONS["details_default_false"]
-    assert tgi_contract.spec["components"]["schemas"]["GenerateParameters"]["properties"]["details"]["default"] == "true"
+    assert (
+        tgi_contract.spec["components"]["schemas"]["GenerateParameters"]["properties"]["details"]["default"] == "true"
+    )
     body = post(base_url, "/generate", {"inputs": "x", "parameters": {"max_new_tokens": 3}}).json()
     assert "details" not in body, reason
     tgi_contract.check("GenerateResponse", body)
@@ -379,6 +409,10 @@ def test_deviation_tei_openai_error_type_key(base_url: str, tei_contract: Any) -
     response = post(base_url, "/v1/embeddings", {"input": ["x"] * 40})
     assert response.status_code == 422
     body = response.json()
-    assert body == {"message": "batch size 40 > maximum allowed batch size 32", "code": 422, "type": "Validation"}, reason
+    assert body == {"message": "batch size 40 > maximum allowed batch size 32", "code": 422, "type": "Validation"}, (
+        reason
+    )
     assert tei_contract.errors(tei_contract.component("OpenAICompatErrorResponse"), body), reason
-    tei_contract.check("OpenAICompatErrorResponse", {"message": body["message"], "code": body["code"], "error_type": body["type"]})
+    tei_contract.check(
+        "OpenAICompatErrorResponse", {"message": body["message"], "code": body["code"], "error_type": body["type"]}
+    )

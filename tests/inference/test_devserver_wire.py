@@ -192,7 +192,12 @@ def test_details_tokens_seed_prefill_and_top_tokens(base_url: str) -> None:
     assert greedy["prefill"] == []
     assert "top_tokens" not in greedy
     assert all(t["logprob"] < 0 for t in greedy["tokens"])
-    assert greedy["tokens"][-1] == {"id": 2, "text": "</s>", "logprob": greedy["tokens"][-1]["logprob"], "special": True}
+    assert greedy["tokens"][-1] == {
+        "id": 2,
+        "text": "</s>",
+        "logprob": greedy["tokens"][-1]["logprob"],
+        "special": True,
+    }
 
     again = post(base_url, "/generate", {"inputs": "Say hello", "parameters": {"details": True}}).json()["details"]
     assert again == greedy, "the dev server is deterministic"
@@ -202,7 +207,9 @@ def test_details_tokens_seed_prefill_and_top_tokens(base_url: str) -> None:
     assert sampled["seed"] == 42
     assert sampled["prefill"][0]["logprob"] is None
     assert [p["text"] for p in sampled["prefill"]] == ["Say", " hello"]
-    assert all(len(row) == 2 and row[0] == tok for row, tok in zip(sampled["top_tokens"], sampled["tokens"], strict=True))
+    assert all(
+        len(row) == 2 and row[0] == tok for row, tok in zip(sampled["top_tokens"], sampled["tokens"], strict=True)
+    )
 
     no_parameters = post(base_url, "/generate", {"inputs": "Say hello"}).json()
     assert "details" not in no_parameters
@@ -272,8 +279,14 @@ def test_tokenize(base_url: str) -> None:
         ({"typical_p": 1.5}, "`typical_p` must be > 0.0 and < 1.0"),
         ({"repetition_penalty": 0}, "`repetition_penalty` must be strictly positive"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "`stop` supports up to 4 stop sequences. Given: 5"),
-        ({"max_new_tokens": 8190}, "`inputs` tokens + `max_new_tokens` must be <= 8192. Given: 3 `inputs` tokens and 8190 `max_new_tokens`"),
-        ({"grammar": {"type": "json", "value": {"type": "object"}}}, "grammar is not valid: Grammar must have a 'properties' field"),
+        (
+            {"max_new_tokens": 8190},
+            "`inputs` tokens + `max_new_tokens` must be <= 8192. Given: 3 `inputs` tokens and 8190 `max_new_tokens`",
+        ),
+        (
+            {"grammar": {"type": "json", "value": {"type": "object"}}},
+            "grammar is not valid: Grammar must have a 'properties' field",
+        ),
         ({"top_n_tokens": 9}, "`top_n_tokens` must be >= 0 and <= 5. Given: 9"),
         ({"best_of": 2}, "you must use sampling when `best_of` is > 1"),
     ],
@@ -286,21 +299,32 @@ def test_validation_errors(base_url: str, parameters: dict[str, Any], message: s
 
 
 def test_streaming_only_validation_errors_are_in_band(base_url: str, parse_sse: Parse) -> None:
-    response, raw = stream_raw(base_url, "/generate_stream", {"inputs": "x", "parameters": {"decoder_input_details": True}})
+    response, raw = stream_raw(
+        base_url, "/generate_stream", {"inputs": "x", "parameters": {"decoder_input_details": True}}
+    )
     assert response.status_code == 200
     assert raw == (
         b'data:{"error":"Input validation error: `decoder_input_details` == true is not supported when streaming '
         b'tokens","error_type":"validation"}\n\n'
     )
-    accepted = post(base_url, "/generate", {"inputs": "x", "parameters": {"decoder_input_details": True, "max_new_tokens": 1}})
+    accepted = post(
+        base_url, "/generate", {"inputs": "x", "parameters": {"decoder_input_details": True, "max_new_tokens": 1}}
+    )
     assert accepted.status_code == 200
 
     response, raw = stream_raw(
-        base_url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True, "temperature": -1}
+        base_url,
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "stream": True, "temperature": -1},
     )
     assert response.status_code == 200
     assert parse_sse(raw) == [
-        {"error": {"message": "Input validation error: `temperature` must be strictly positive", "http_status_code": 422}},
+        {
+            "error": {
+                "message": "Input validation error: `temperature` must be strictly positive",
+                "http_status_code": 422,
+            }
+        },
         "[DONE]",
     ]
 
@@ -311,8 +335,18 @@ def test_streaming_only_validation_errors_are_in_band(base_url: str, parse_sse: 
         (b"{}", None, 415, "Expected request with `Content-Type: application/json`"),
         (b"{}", "text/plain", 415, "Expected request with `Content-Type: application/json`"),
         (b'{"inputs": "x"', "application/json", 400, None),
-        (b"not json", "application/json", 400, "Failed to parse the request body as JSON: expected value at line 1 column 1"),
-        (b"{}", "application/json", 422, "Failed to deserialize the JSON body into the target type: missing field `inputs` at line 1 column 2"),
+        (
+            b"not json",
+            "application/json",
+            400,
+            "Failed to parse the request body as JSON: expected value at line 1 column 1",
+        ),
+        (
+            b"{}",
+            "application/json",
+            422,
+            "Failed to deserialize the JSON body into the target type: missing field `inputs` at line 1 column 2",
+        ),
         (
             b'{"parameters": {}}',
             "application/json",
@@ -443,7 +477,8 @@ def test_concurrency_limit_answers_overloaded(make_server: Any, parse_sse: Parse
                 {"error": {"message": "Model is overloaded", "http_status_code": 422}},
                 "[DONE]",
             ]
-            assert all((await holder).status_code == 200 for holder in holders)
+            for holder in holders:
+                assert (await holder).status_code == 200
             assert (await client.post("/generate", json=body)).status_code == 200
 
     with make_server(max_concurrent_requests=2, ttft_ms=600) as url:
@@ -514,12 +549,15 @@ def test_script_faults(base_url: str) -> None:
 def test_timeout_fault_stalls_past_the_client_timeout(base_url: str) -> None:
     started = time.perf_counter()
     with pytest.raises(httpx2.ReadTimeout):
-        post_timeout = httpx2.post(base_url + "/generate", json={"inputs": "x"}, headers={"x-aios-fault": "timeout"}, timeout=0.4)
+        post_timeout = httpx2.post(
+            base_url + "/generate", json={"inputs": "x"}, headers={"x-aios-fault": "timeout"}, timeout=0.4
+        )
         del post_timeout
     assert time.perf_counter() - started < 2
-    with pytest.raises(httpx2.ReadTimeout), httpx2.stream(
-        "POST", base_url + "/generate_stream", json={"inputs": "FAULT-TIMEOUT"}, timeout=0.4
-    ) as response:
+    with (
+        pytest.raises(httpx2.ReadTimeout),
+        httpx2.stream("POST", base_url + "/generate_stream", json={"inputs": "FAULT-TIMEOUT"}, timeout=0.4) as response,
+    ):
         assert response.status_code == 200, "headers go out before the stall"
         response.read()
 
@@ -595,7 +633,9 @@ def test_scripted_json_kept_when_it_fits_the_schema(base_url: str) -> None:
 
 def test_regex_grammar(base_url: str) -> None:
     grammar = {"type": "regex", "value": r"(yes|no) [A-Z]{3}-\d{2}"}
-    text = post(base_url, "/generate", {"inputs": "anything", "parameters": {"grammar": grammar}}).json()["generated_text"]
+    text = post(base_url, "/generate", {"inputs": "anything", "parameters": {"grammar": grammar}}).json()[
+        "generated_text"
+    ]
     assert re.fullmatch(grammar["value"], text)
 
 
@@ -697,7 +737,9 @@ def test_metrics_use_tgi_names(base_url: str) -> None:
 
 def test_startup_line_and_configuration_sources(devserver: Any, base_url: str) -> None:
     log = devserver.log_path.read_text()
-    assert re.search(r"AIOS development inference server \(not a language model\) listening on http://127\.0\.0\.1:\d+", log)
+    assert re.search(
+        r"AIOS development inference server \(not a language model\) listening on http://127\.0\.0\.1:\d+", log
+    )
     assert "ttft 3 ms" in log, "the --ttft-ms flag wins over AIOS_DEVSERVER_TTFT_MS"
     assert httpx2.get(base_url + "/info").json()["model_id"] == "aios/test-model", "environment is read"
     started = time.perf_counter()
@@ -721,7 +763,11 @@ def test_cli_rejects_a_broken_script(tmp_path: Any) -> None:
 
 def test_cli_help_names_the_environment_variables() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "apps.inference.devserver", "--help"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
+        [sys.executable, "-m", "apps.inference.devserver", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0
     assert "AIOS_DEVSERVER_TTFT_MS" in result.stdout

@@ -41,7 +41,9 @@ def test_viewer_sees_the_run_finish_and_reload_shows_the_same(
 
     async def watch() -> list[str]:
         messages: list[str] = []
-        async with connect(ws_url(asgi_server, run.pk), origin=asgi_server, additional_headers={"Cookie": cookie}) as socket:
+        async with connect(
+            ws_url(asgi_server, run.pk), origin=asgi_server, additional_headers={"Cookie": cookie}
+        ) as socket:
             async with asyncio.timeout(60):
                 while not any('data-status="succeeded"' in m for m in messages):
                     messages.append(await recv(socket, 60))
@@ -62,12 +64,23 @@ def running_step(analyst, claims_workflow, sample_claim):
     """A run whose first step is held by a (pretend) worker: rows written directly, nothing enqueued."""
     version = claims_workflow.versions.get()
     run = Run.objects.create(
-        workflow=claims_workflow, version=version, inputs={"claim_text": sample_claim}, initiator=analyst,
-        status=Run.Status.RUNNING, started_at=timezone.now(),
+        workflow=claims_workflow,
+        version=version,
+        inputs={"claim_text": sample_claim},
+        initiator=analyst,
+        status=Run.Status.RUNNING,
+        started_at=timezone.now(),
     )
     step = StepRun.objects.create(
-        run=run, step_key="extract", step_type="llm.generate", name="Extract", position=0,
-        state=StepRun.State.RUNNING, attempt=1, fencing_token=1, started_at=timezone.now(),
+        run=run,
+        step_key="extract",
+        step_type="llm.generate",
+        name="Extract",
+        position=0,
+        state=StepRun.State.RUNNING,
+        attempt=1,
+        fencing_token=1,
+        started_at=timezone.now(),
     )
     StepRun.objects.create(run=run, step_key="decide", step_type="data.transform", name="Decide", position=1)
     return step

@@ -39,7 +39,9 @@ def test_claims_demo_runs_to_completion_on_a_real_worker(celery_worker_process, 
         assert extract.streamed_text == extract.output["text"]
         assert extract.usage["generated_tokens"] > 0 and extract.usage["model_id"]
         routes[run.output["policy_number"]] = run.output["route"]
-        verbs = list(AuditEvent.objects.filter(target_id=str(run.pk), target_type="runs.run").values_list("verb", flat=True))
+        verbs = list(
+            AuditEvent.objects.filter(target_id=str(run.pk), target_type="runs.run").values_list("verb", flat=True)
+        )
         assert verbs == ["run.started", "step.succeeded", "step.succeeded", "run.succeeded"]
     assert routes == {
         "POL-10442": "auto_approve",

@@ -23,7 +23,11 @@ MATRIX: dict[str, dict[str, int]] = {
     "runs:create": {"analyst": OK, "reviewer": OK, "manager": HIDDEN, "outsider": HIDDEN, "anonymous": LOGIN},
     "api:workflow-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:workflow-detail": {
-        "analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": UNAUTHENTICATED,
+        "analyst": OK,
+        "reviewer": OK,
+        "manager": OK,
+        "outsider": HIDDEN,
+        "anonymous": UNAUTHENTICATED,
     },
     "api:run-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:run-detail": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": UNAUTHENTICATED},
@@ -34,7 +38,11 @@ MATRIX: dict[str, dict[str, int]] = {
 
 # Routes checked elsewhere or not object-scoped: their own tests cover them.
 EXEMPT = {
-    "accounts:login", "accounts:logout", "healthz", "api:auth-token", "api:workflow-run-start",
+    "accounts:login",
+    "accounts:logout",
+    "healthz",
+    "api:auth-token",
+    "api:workflow-run-start",
 }
 PERSONAS = ["analyst", "reviewer", "manager", "outsider", "anonymous"]
 

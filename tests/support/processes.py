@@ -54,7 +54,9 @@ def running(
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"{name}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + timeout
         while not ready(log_path.read_text(errors="replace")):
@@ -83,15 +85,29 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10) -> N
 
 def celery_worker_argv(queues: str = "engine,inference,connectors,default", concurrency: int = 2) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "-Q", queues,
-        "-c", str(concurrency), "-n", f"test-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip",
-        "--without-mingle", "--without-heartbeat",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-n",
+        f"test-{os.getpid()}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
     ]
 
 
 def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback test URL
+        with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)
     except OSError:
         return False
@@ -99,16 +115,36 @@ def http_ok(url: str) -> bool:
 
 def asgi_server_argv(port: int) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", "aios_web.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-        "--lifespan", "off", "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "aios_web.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--lifespan",
+        "off",
+        "--log-level",
+        "warning",
     ]
 
 
 def inference_server_argv(port: int, *, ttft_ms: int, tpot_ms: int) -> list[str]:
     return [
-        sys.executable, "-m", "apps.inference.devserver", "--host", "127.0.0.1", "--port", str(port),
-        "--script", str(REPO / "apps" / "inference" / "devserver" / "demo_script.json"),
-        "--ttft-ms", str(ttft_ms), "--tpot-ms", str(tpot_ms),
+        sys.executable,
+        "-m",
+        "apps.inference.devserver",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--script",
+        str(REPO / "apps" / "inference" / "devserver" / "demo_script.json"),
+        "--ttft-ms",
+        str(ttft_ms),
+        "--tpot-ms",
+        str(tpot_ms),
     ]
 
 

@@ -144,7 +144,9 @@ class _Timings:
     inference_start: float
     end: float = 0.0
 
-    def headers(self, config: DevServerConfig, characters: int, plan: Plan, *, compute_time: bool = True) -> dict[str, str]:
+    def headers(
+        self, config: DevServerConfig, characters: int, plan: Plan, *, compute_time: bool = True
+    ) -> dict[str, str]:
         total = self.end - self.start
         inference = self.end - self.inference_start
         per_token = inference / max(plan.generated_tokens, 1)
@@ -513,7 +515,9 @@ async def compat_generate(request: Request, body: dict[str, Any]) -> Response:
 
 async def generate(request: Request, body: dict[str, Any]) -> Response:
     """`POST /generate`."""
-    return await _generate(request, body["inputs"], GenerateParameters.from_request(body.get("parameters")), wrap_in_list=False)
+    return await _generate(
+        request, body["inputs"], GenerateParameters.from_request(body.get("parameters")), wrap_in_list=False
+    )
 
 
 async def generate_stream(request: Request, body: dict[str, Any]) -> Response:
@@ -615,7 +619,11 @@ def _chat_setup(state: DevServerState, body: dict[str, Any]) -> _ChatSetup:
             raise InferError.tool(f"Tool choice '{wanted}' not found in tool names")
         tool = candidates[0]
         arguments = tool["function"].get("arguments")
-        schema = arguments if isinstance(arguments, dict) and "properties" in arguments else {"type": "object", "properties": {}}
+        schema = (
+            arguments
+            if isinstance(arguments, dict) and "properties" in arguments
+            else {"type": "object", "properties": {}}
+        )
         grammar = {"type": "json", "value": schema}
 
     temperature = body.get("temperature")
@@ -706,7 +714,11 @@ async def chat_completions(request: Request, body: dict[str, Any]) -> Response:
         message = {
             "role": "assistant",
             "tool_calls": [
-                {"id": "0", "type": "function", "function": {"name": setup.tool["function"]["name"], "arguments": arguments}}
+                {
+                    "id": "0",
+                    "type": "function",
+                    "function": {"name": setup.tool["function"]["name"], "arguments": arguments},
+                }
             ],
         }
     else:
@@ -726,7 +738,12 @@ async def chat_completions(request: Request, body: dict[str, Any]) -> Response:
         "model": setup.model,
         "system_fingerprint": state.system_fingerprint,
         "choices": [
-            {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": engine.chat_finish_reason(plan.finish_reason)}
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": logprobs,
+                "finish_reason": engine.chat_finish_reason(plan.finish_reason),
+            }
         ],
         "usage": _usage(plan),
     }
@@ -1030,7 +1047,9 @@ class _TeiError(Exception):
         return self.STATUS[self.error_type]
 
 
-async def _tei_embed(request: Request, inputs: Any, normalize: bool, truncate: bool, dimensions: int | None) -> tuple[list[list[float]], dict[str, str]]:
+async def _tei_embed(
+    request: Request, inputs: Any, normalize: bool, truncate: bool, dimensions: int | None
+) -> tuple[list[list[float]], dict[str, str]]:
     state = _state(request)
     config = state.config
     start = time.perf_counter()

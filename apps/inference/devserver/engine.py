@@ -148,7 +148,9 @@ def _grammar_constraint(grammar: dict[str, Any]) -> Constraint:
         try:
             schema = json.loads(schema)
         except json.JSONDecodeError as exc:
-            raise InferError.validation(f"grammar is not valid: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+            raise InferError.validation(
+                f"grammar is not valid: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from exc
     if not isinstance(schema, dict):
         raise InferError.validation("grammar is not supported")
     # TGI's outlines backend needs `properties`; the router refuses schemas without them up front.
@@ -214,9 +216,7 @@ def validate(  # noqa: C901, PLR0912
     if params.truncate is not None:
         input_length = min(input_length, params.truncate)
     if input_length > config.max_input_tokens:
-        raise InferError.validation(
-            f"`inputs` tokens must be <= {config.max_input_tokens}. Given: {input_length}"
-        )
+        raise InferError.validation(f"`inputs` tokens must be <= {config.max_input_tokens}. Given: {input_length}")
     # TGI fills the rest of the context when max_new_tokens is unset (the spec's "1024" is not used).
     max_new_tokens = (
         params.max_new_tokens if params.max_new_tokens is not None else config.max_total_tokens - input_length

@@ -284,7 +284,11 @@ class Tagged(Type):
 
     def check(self, value: Any, path: tuple[str | int, ...]) -> Any:
         if not isinstance(value, dict):
-            raise _Mismatch(path, f"invalid type: {_describe(value)}, expected internally tagged enum {self.name}", at_object_end=False)
+            raise _Mismatch(
+                path,
+                f"invalid type: {_describe(value)}, expected internally tagged enum {self.name}",
+                at_object_end=False,
+            )
         if self.tag not in value:
             raise _Mismatch(path, f"missing field `{self.tag}`", at_object_end=True)
         variant = value[self.tag]
@@ -304,9 +308,7 @@ def decode(shape: Type, value: Any, text: str) -> Any:
         where = _position(text, mismatch.path)
         prefix = _format_path(mismatch.path)
         detail = f"{prefix}: {mismatch.message}" if prefix else mismatch.message
-        raise Rejection(
-            422, f"Failed to deserialize the JSON body into the target type: {detail}{where}"
-        ) from None
+        raise Rejection(422, f"Failed to deserialize the JSON body into the target type: {detail}{where}") from None
 
 
 def _format_path(path: tuple[str | int, ...]) -> str:

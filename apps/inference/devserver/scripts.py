@@ -163,7 +163,7 @@ def _parse_rule(raw: Any, index: int, origin: str) -> Rule:  # noqa: C901, PLR09
     elif response is None and fault is not None:
         text = None
     else:
-        raise ScriptError(f"{where}: 'response' must be a string, {{\"text\": ...}} or {{\"json\": ...}}")
+        raise ScriptError(f'{where}: \'response\' must be a string, {{"text": ...}} or {{"json": ...}}')
     return Rule(
         name=str(raw.get("name") or f"rule {index + 1}"),
         contains=tuple(contains),
@@ -213,10 +213,7 @@ def fallback_text(prompt_tail_source: str) -> str:
     words = len(prompt_tail_source.split())
     if not last:
         return FALLBACK_PREFIX + "No language model runs here; this is a deterministic placeholder reply."
-    return (
-        FALLBACK_PREFIX
-        + f'This is a deterministic placeholder reply to a {words}-word prompt ending with: "{last}"'
-    )
+    return FALLBACK_PREFIX + f'This is a deterministic placeholder reply to a {words}-word prompt ending with: "{last}"'
 
 
 def choose_reply(

@@ -32,7 +32,10 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
     responses={201: RunSerializer, 200: RunSerializer},
     parameters=[
         OpenApiParameter(
-            "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+            "Idempotency-Key",
+            str,
+            OpenApiParameter.HEADER,
+            required=False,
             description="Repeat a request with the same key to get the same run instead of a second one.",
         )
     ],

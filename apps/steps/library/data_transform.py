@@ -13,7 +13,7 @@ class DataTransformConfig(StepConfig):
     fields: dict[str, str] = Field(
         min_length=1,
         description="Output field name → CEL expression over `input` and `steps`, e.g. "
-        "`steps.extract.data.amount < 1000.0 ? \"auto_approve\" : \"adjuster_queue\"`.",
+        '`steps.extract.data.amount < 1000.0 ? "auto_approve" : "adjuster_queue"`.',
     )
 
 
@@ -34,7 +34,7 @@ class DataTransform(StepType):
                 problems.append(f'fields: "{name}" is not a valid field name (letters, digits and _)')
             problem = cel_check(expression)
             if problem:
-                problems.append(f'fields.{name}: the expression does not parse: {problem}')
+                problems.append(f"fields.{name}: the expression does not parse: {problem}")
         return problems
 
     def execute(self, config: DataTransformConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]

@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from apps.accounts.models import Team, User
 from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_version_published_latest
 
@@ -15,8 +16,8 @@ class WorkflowVersionSerializer(serializers.ModelSerializer):
 
 
 class WorkflowSerializer(serializers.ModelSerializer):
-    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    team: serializers.SlugRelatedField[Team] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    owner: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(slug_field="username", read_only=True)
     published_version = serializers.SerializerMethodField()
 
     class Meta:
