@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -117,15 +118,26 @@ def default_base_url() -> str:
 
 
 def _reason_for_connect_error(exc: BaseException) -> str:
-    text = str(exc).lower()
-    if "refused" in text:
-        return "connection refused"
-    if "name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text:
-        return "the host name could not be resolved"
-    if "unreachable" in text:
-        return "network unreachable"
-    if "reset" in text:
-        return "connection reset"
+    # The root cause sits at different depths: the sync transport words it in the top message, the
+    # async one (anyio) says "All connection attempts failed" and chains the socket error underneath.
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, socket.gaierror):
+            return "the host name could not be resolved"
+        text = str(current).lower()
+        if "refused" in text:
+            return "connection refused"
+        if "name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text:
+            return "the host name could not be resolved"
+        if "unreachable" in text:
+            return "network unreachable"
+        if "reset" in text:
+            return "connection reset"
+        current = current.__cause__ or current.__context__
     return "connection failed"
 
 

@@ -30,6 +30,9 @@ class RunConsumer(WebsocketConsumer):
         try:
             run_get_for_user(self.scope["user"], run_id=self.run_id)
         except Http404:
+            # Accept, then close with 4404: the socket's equivalent of the page's 404, the same answer for
+            # a run that does not exist and one the user may not see.
+            self.accept()
             self.close(code=CLOSE_NOT_FOUND)
             return
         self.shown_lengths: dict[str, int] = {}

@@ -10,7 +10,7 @@ from channels.layers import get_channel_layer
 from django.test import Client
 from django.utils import timezone
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps.runs.events import TokenStream, publish_run_changed, run_group
 from apps.runs.models import Run, StepRun
@@ -127,20 +127,29 @@ def test_tokens_are_pushed_escaped_in_order_without_duplicates(asgi_server, anal
     assert running_step.streamed_text == '{"note": "<script>alert(1)</script>", "n": 1}'
 
 
-def test_outsider_anonymous_and_foreign_origin_are_refused(asgi_server, analyst, outsider, running_step):
-    url = ws_url(asgi_server, running_step.run_id)
+def test_hidden_runs_close_with_4404_and_foreign_origins_are_refused(asgi_server, analyst, outsider, running_step):
+    async def close_code(url: str, cookie: str) -> int | None:
+        async with connect(url, origin=asgi_server, additional_headers={"Cookie": cookie}) as socket:
+            with pytest.raises(ConnectionClosed):
+                await recv(socket)
+            return socket.close_code
 
-    async def attempt(cookie: str, origin: str) -> None:
-        async with connect(url, origin=origin, additional_headers={"Cookie": cookie}):
+    own_url = ws_url(asgi_server, running_step.run_id)
+    for url, cookie in [
+        (own_url, session_cookie(outsider)),  # signed in, no right to the run
+        (own_url, ""),  # not signed in
+        (ws_url(asgi_server, running_step.run_id + 1000), session_cookie(analyst)),  # no such run
+    ]:
+        assert asyncio.run(close_code(url, cookie)) == 4404
+
+    cookie = session_cookie(analyst)
+
+    async def from_another_site() -> None:
+        async with connect(own_url, origin="http://evil.example", additional_headers={"Cookie": cookie}):
             pass
 
-    for cookie, origin in [
-        (session_cookie(outsider), asgi_server),  # signed in, no right to the run
-        ("", asgi_server),  # not signed in
-        (session_cookie(analyst), "http://evil.example"),  # another site's page
-    ]:
-        with pytest.raises(InvalidStatus) as refusal:
-            asyncio.run(attempt(cookie, origin))
-        assert refusal.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as refusal:
+        asyncio.run(from_another_site())
+    assert refusal.value.response.status_code == 403
     with urllib.request.urlopen(f"{asgi_server}/healthz") as response:  # the server is unharmed
         assert response.status == 200

@@ -1,0 +1,410 @@
+"""apps.inference.client against the development server (and a few deliberately broken servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx2
+import jsonschema
+import pytest
+from huggingface_hub import errors as hf_errors
+
+from apps.inference import client
+from apps.inference.devserver import tokenizer
+from apps.inference.errors import (
+    InferenceAuthenticationError,
+    InferenceConnectionError,
+    InferenceError,
+    InferenceGenerationError,
+    InferenceOverloadedError,
+    InferenceTimeoutError,
+    InferenceValidationError,
+)
+
+PROMPT = "Say hello"
+REPLY = "Hello from the script."
+MESSAGES = [{"role": "user", "content": PROMPT}]
+
+CLAIM_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "claimant": {"type": "string"},
+        "policy_number": {"type": "string"},
+        "incident_type": {"type": "string", "enum": ["auto", "property", "injury", "theft", "other"]},
+        "amount": {"type": "number"},
+        "injury_reported": {"type": "boolean"},
+        "summary": {"type": "string"},
+    },
+    "required": ["claimant", "policy_number", "incident_type", "amount", "injury_reported", "summary"],
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Happy paths
+
+
+def test_generate_stream(base_url: str) -> None:
+    tokens: list[str] = []
+    result = client.generate_stream(
+        base_url=base_url, prompt=PROMPT, max_new_tokens=100, on_token=tokens.append, model_id="aios/test-model"
+    )
+    assert result.text == REPLY, "return_full_text=False: the prompt is not echoed even on TGI's `/`"
+    assert tokens == tokenizer.split(REPLY), "special tokens are not passed to on_token"
+    assert result.generated_tokens == len(tokens) + 1
+    assert result.prompt_tokens == tokenizer.count(PROMPT)
+    assert result.finish_reason == "stop"
+    assert result.model_id == "aios/test-model"
+    assert result.seed is None
+    assert result.ttft_ms is not None and 0 < result.ttft_ms <= result.latency_ms
+    assert json.loads(json.dumps(result.to_dict()))["text"] == REPLY
+
+
+def test_generate_stream_parameters(base_url: str) -> None:
+    result = client.generate_stream(
+        base_url=base_url, prompt="STOP-TEST", max_new_tokens=50, stop=["."], temperature=0.5, seed=11, on_token=lambda t: None
+    )
+    assert (result.text, result.finish_reason, result.seed) == ("alpha beta.", "stop_sequence", 11)
+    capped = client.generate_stream(base_url=base_url, prompt="STOP-TEST", max_new_tokens=2, on_token=lambda t: None)
+    assert (capped.text, capped.finish_reason, capped.generated_tokens) == ("alpha beta", "length", 2)
+    grammar = {"type": "json", "value": CLAIM_SCHEMA}
+    extracted = client.generate_stream(
+        base_url=base_url, prompt="Claim POL-31808", max_new_tokens=300, grammar=grammar, on_token=lambda t: None
+    )
+    value = json.loads(extracted.text)
+    jsonschema.validate(value, CLAIM_SCHEMA)
+    assert value["claimant"] == "Aisha Khan" and value["injury_reported"] is True
+
+
+def test_chat_stream_survives_the_done_sentinel(base_url: str) -> None:
+    tokens: list[str] = []
+    result = client.chat_stream(base_url=base_url, messages=MESSAGES, max_tokens=100, on_token=tokens.append, seed=4)
+    assert result.text == REPLY == "".join(tokens)
+    assert result.finish_reason == "stop"
+    assert result.generated_tokens == len(tokenizer.split(REPLY)) + 1
+    assert result.prompt_tokens is not None and result.prompt_tokens > 0
+    assert result.seed == 4
+    assert result.model_id is None, "TGI echoes huggingface_hub's placeholder model name"
+    named = client.chat_stream(base_url=base_url, messages=MESSAGES, max_tokens=2, model="served/name", on_token=tokens.append)
+    assert (named.model_id, named.finish_reason, named.generated_tokens) == ("served/name", "length", 2)
+
+
+def test_chat_stream_structured_output(base_url: str) -> None:
+    messages = [{"role": "user", "content": "Extract the fields of claim POL-48230 as JSON."}]
+    for response_format in (
+        {"type": "json_object", "value": CLAIM_SCHEMA},
+        {"type": "json_schema", "json_schema": {"name": "claim", "schema": CLAIM_SCHEMA}},
+    ):
+        result = client.chat_stream(
+            base_url=base_url, messages=messages, max_tokens=300, response_format=response_format, on_token=lambda t: None
+        )
+        value = json.loads(result.text)
+        jsonschema.validate(value, CLAIM_SCHEMA)
+        assert value["claimant"] == "Daniel Park"
+
+
+def test_async_twins(base_url: str) -> None:
+    async def scenario() -> None:
+        received: list[str] = []
+
+        async def on_token(text: str) -> None:
+            received.append(text)
+
+        generated = await client.agenerate_stream(base_url=base_url, prompt=PROMPT, max_new_tokens=50, on_token=on_token)
+        assert generated.text == REPLY == "".join(received)
+        received.clear()
+        chatted = await client.achat_stream(base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=received.append)
+        assert chatted.text == REPLY == "".join(received)
+        assert chatted.finish_reason == "stop"
+        results = await asyncio.gather(
+            *(client.achat_stream(base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=lambda t: None) for _ in range(8))
+        )
+        assert {r.text for r in results} == {REPLY}
+        vectors = await client.aembed(base_url, ["one", "two"])
+        assert [len(v) for v in vectors] == [384, 384]
+
+    asyncio.run(scenario())
+
+
+def test_server_info_and_embed(base_url: str) -> None:
+    info = client.server_info(base_url)
+    assert info["model_id"] == "aios/test-model"
+    assert info["docker_label"] == "aios-devserver"
+    vectors = client.embed(base_url, ["a car accident", "a car crash"])
+    assert len(vectors) == 2 and all(len(v) == 384 for v in vectors)
+    assert all(isinstance(x, float) for x in vectors[0])
+    assert client.embed(base_url, []) == []
+
+
+def test_default_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIOS_INFERENCE_URL", "http://127.0.0.1:59999")
+    try:
+        from django.conf import settings
+
+        configured = settings.configured and getattr(settings, "AIOS_INFERENCE_URL", None)
+    except ImportError:
+        configured = None
+    assert client.default_base_url() == (configured or "http://127.0.0.1:59999")
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_validation_errors(base_url: str) -> None:
+    with pytest.raises(InferenceValidationError) as generate_error:
+        client.generate_stream(base_url=base_url, prompt=PROMPT, max_new_tokens=0, on_token=lambda t: None)
+    assert "`max_new_tokens` must be strictly positive" in str(generate_error.value)
+    assert generate_error.value.base_url == base_url
+    assert generate_error.value.retryable is False
+    with pytest.raises(InferenceValidationError, match="`temperature` must be strictly positive"):
+        client.chat_stream(base_url=base_url, messages=MESSAGES, max_tokens=5, temperature=-1.0, on_token=lambda t: None)
+    with pytest.raises(InferenceValidationError, match="HTTP 422"):
+        client.chat_stream(
+            base_url=base_url,
+            messages=MESSAGES,
+            max_tokens=5,
+            response_format={"type": "json_object"},
+            on_token=lambda t: None,
+        )
+
+
+@pytest.mark.parametrize(
+    ("prompt", "error"),
+    [("FAULT-OVERLOADED", InferenceOverloadedError), ("FAULT-GENERATION", InferenceGenerationError)],
+)
+def test_faults_are_typed_on_both_paths(base_url: str, prompt: str, error: type[InferenceError]) -> None:
+    with pytest.raises(error) as generate_error:
+        client.generate_stream(base_url=base_url, prompt=prompt, max_new_tokens=5, on_token=lambda t: None)
+    assert generate_error.value.retryable is True
+    with pytest.raises(error):
+        client.chat_stream(
+            base_url=base_url, messages=[{"role": "user", "content": prompt}], max_tokens=5, on_token=lambda t: None
+        )
+
+
+def test_midstream_failure_after_some_tokens(base_url: str) -> None:
+    received: list[str] = []
+    with pytest.raises(InferenceGenerationError, match="failed while generating"):
+        client.chat_stream(
+            base_url=base_url, messages=[{"role": "user", "content": "FAULT-MIDSTREAM"}], max_tokens=50, on_token=received.append
+        )
+    assert received == ["one", " two"]
+    received.clear()
+    with pytest.raises(InferenceGenerationError):
+        client.generate_stream(base_url=base_url, prompt="FAULT-MIDSTREAM", max_new_tokens=50, on_token=received.append)
+    assert received == ["one", " two"]
+
+
+def test_timeouts(base_url: str) -> None:
+    with pytest.raises(InferenceTimeoutError, match=r"did not respond within 0\.5 seconds"):
+        client.generate_stream(base_url=base_url, prompt="FAULT-TIMEOUT", max_new_tokens=5, timeout=0.5, on_token=lambda t: None)
+    with pytest.raises(InferenceTimeoutError):
+        client.chat_stream(
+            base_url=base_url,
+            messages=[{"role": "user", "content": "FAULT-TIMEOUT"}],
+            max_tokens=5,
+            timeout=0.5,
+            on_token=lambda t: None,
+        )
+
+    async def scenario() -> None:
+        with pytest.raises(InferenceTimeoutError):
+            await client.agenerate_stream(
+                base_url=base_url, prompt="FAULT-TIMEOUT", max_new_tokens=5, timeout=0.5, on_token=lambda t: None
+            )
+
+    asyncio.run(scenario())
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_connection_refused() -> None:
+    url = f"http://127.0.0.1:{unused_port()}"
+    expected = f"The inference server at {url} is not reachable (connection refused)."
+    for call in (
+        lambda: client.generate_stream(base_url=url, prompt="x", max_new_tokens=1, on_token=lambda t: None),
+        lambda: client.chat_stream(base_url=url, messages=MESSAGES, max_tokens=1, on_token=lambda t: None),
+        lambda: client.server_info(url),
+        lambda: client.embed(url, ["x"]),
+    ):
+        with pytest.raises(InferenceConnectionError) as error:
+            call()
+        assert str(error.value) == expected
+
+    async def scenario() -> None:
+        with pytest.raises(InferenceConnectionError, match="connection refused"):
+            await client.achat_stream(base_url=url, messages=MESSAGES, max_tokens=1, on_token=lambda t: None)
+
+    asyncio.run(scenario())
+
+
+def test_api_key(make_server: Any) -> None:
+    with make_server(api_key="k3y") as url:
+        with pytest.raises(InferenceAuthenticationError, match="refused the credentials"):
+            client.chat_stream(base_url=url, messages=MESSAGES, max_tokens=3, on_token=lambda t: None)
+        with pytest.raises(InferenceAuthenticationError):
+            client.generate_stream(base_url=url, prompt="x", max_new_tokens=3, token="wrong", on_token=lambda t: None)
+        result = client.generate_stream(base_url=url, prompt=PROMPT, max_new_tokens=3, token="k3y", on_token=lambda t: None)
+        assert result.text == "Hello from the"
+        assert client.server_info(url)["model_id"] == "aios/dev-model", "/info needs no key"
+
+
+def test_on_token_errors_propagate_unchanged(base_url: str) -> None:
+    class Stop(Exception):
+        pass
+
+    def explode(text: str) -> None:
+        raise Stop(text)
+
+    with pytest.raises(Stop):
+        client.generate_stream(base_url=base_url, prompt=PROMPT, max_new_tokens=5, on_token=explode)
+    with pytest.raises(Stop):
+        client.chat_stream(base_url=base_url, messages=MESSAGES, max_tokens=5, on_token=explode)
+
+
+# --------------------------------------------------------------------------------------------------
+# Broken servers: a JSON decode error before the finish is a failure, not the end
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    body = b""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+@contextmanager
+def serving(body: bytes) -> Iterator[str]:
+    handler = type("Handler", (_Scripted,), {"body": body})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_unreadable_chat_stream_before_finish_is_an_error() -> None:
+    chunk = {
+        "object": "chat.completion.chunk",
+        "id": "",
+        "created": 1,
+        "model": "m",
+        "system_fingerprint": "x",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "logprobs": None, "finish_reason": None}],
+        "usage": None,
+    }
+    body = b"data:" + json.dumps(chunk).encode() + b"\n\ndata:[DONE]\n\n"
+    with serving(body) as url, pytest.raises(InferenceGenerationError, match="unreadable reply"):
+        client.chat_stream(base_url=url, messages=MESSAGES, max_tokens=5, on_token=lambda t: None)
+
+
+def test_chat_stream_from_a_server_with_a_proper_sentinel() -> None:
+    # vLLM-style: usage not sent, and "data: [DONE]" with a space, which huggingface_hub understands.
+    chunk = {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "served/model",
+        "system_fingerprint": "",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}],
+    }
+    body = b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
+    with serving(body) as url:
+        result = client.chat_stream(base_url=url, messages=MESSAGES, max_tokens=5, on_token=lambda t: None)
+    assert (result.text, result.finish_reason, result.prompt_tokens, result.model_id) == ("Hi", "stop", None, "served/model")
+
+
+def test_generation_stream_without_a_final_event_is_an_error() -> None:
+    event = {"index": 1, "token": {"id": 5, "text": "Hi", "logprob": -0.1, "special": False}, "generated_text": None, "details": None}
+    with serving(b"data:" + json.dumps(event).encode() + b"\n\n") as url, pytest.raises(
+        InferenceGenerationError, match="ended the reply before the generation finished"
+    ):
+        client.generate_stream(base_url=url, prompt="x", max_new_tokens=5, on_token=lambda t: None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Error objects
+
+
+@pytest.mark.parametrize(
+    "error_class",
+    [
+        InferenceError,
+        InferenceValidationError,
+        InferenceOverloadedError,
+        InferenceGenerationError,
+        InferenceTimeoutError,
+        InferenceConnectionError,
+        InferenceAuthenticationError,
+    ],
+)
+def test_errors_pickle(error_class: type[InferenceError]) -> None:
+    error = error_class("The inference server is busy.", base_url="http://x", status_code=429, server_message="busy")
+    restored = pickle.loads(pickle.dumps(error))
+    assert type(restored) is error_class
+    assert (restored.message, restored.base_url, restored.status_code, restored.server_message) == (
+        "The inference server is busy.",
+        "http://x",
+        429,
+        "busy",
+    )
+    assert str(restored) == "The inference server is busy."
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class"),
+    [
+        (400, InferenceValidationError),
+        (413, InferenceValidationError),
+        (401, InferenceAuthenticationError),
+        (404, InferenceError),
+        (429, InferenceOverloadedError),
+        (503, InferenceOverloadedError),
+        (504, InferenceTimeoutError),
+        (500, InferenceGenerationError),
+        (424, InferenceGenerationError),
+    ],
+)
+def test_http_statuses_map_to_types(status: int, error_class: type[InferenceError]) -> None:
+    response = httpx2.Response(status, request=httpx2.Request("POST", "http://srv/generate"), text="server words")
+    error = client.translate_error(hf_errors.HfHubHTTPError("boom", response=response), base_url="http://srv")
+    assert type(error) is error_class
+    assert error.status_code == status
+    assert "http://srv" in error.message
+
+
+def test_transport_errors_map_to_types() -> None:
+    request = httpx2.Request("POST", "http://srv")
+    cases = [
+        (httpx2.ConnectTimeout("t", request=request), InferenceConnectionError, "connection timed out"),
+        (httpx2.ReadTimeout("t", request=request), InferenceTimeoutError, "did not respond within 7 seconds"),
+        (httpx2.RemoteProtocolError("closed", request=request), InferenceConnectionError, "closed the connection"),
+        (httpx2.ConnectError("[Errno -2] Name or service not known"), InferenceConnectionError, "could not be resolved"),
+    ]
+    for exc, error_class, text in cases:
+        error = client.translate_error(exc, base_url="http://srv", timeout=7)
+        assert type(error) is error_class and text in error.message
