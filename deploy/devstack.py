@@ -17,6 +17,7 @@ processes, so a broken settings module shows up as a failed child with its log r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import fcntl
 import hashlib
@@ -54,8 +55,9 @@ DATABASE_NAME = "aios"
 # PostgreSQL refuses to run as root, so as root its processes run as this system user.
 POSTGRES_SYSTEM_USER = "aios-postgres"
 # Every child carries this variable (value: the stack's data directory). A launcher that was SIGKILLed may leave
-# children behind if the kernel's parent-death signal could not reach them (or they ignored it); the next launcher
-# on the same data directory finds them by this mark and stops them before it binds any port.
+# children behind if the kernel's parent-death signal did not stop them (a stopped or slow-to-exit process); the
+# next launcher on the same data directory finds them by this mark (and by `devstack.children`) and stops them
+# before it binds any port.
 OWNER_MARK = "AIOS_DEVSTACK_DATA_DIR"
 # Written into the base data directory so `make clean-data` never deletes a directory we did not create.
 DATA_DIR_MARK = ".aios-devstack"
@@ -1038,13 +1040,18 @@ class EmbeddedPostgres:
         # A postgres on our data directory that carries no owner mark: started by an older launcher or by hand.
         # Two postmasters must never share a data directory, and we hold the stack's lock, so it has to go.
         self.console.say(f"A PostgreSQL (pid {pid}) from an earlier run is still using {self.pgdata}: stopping it.")
-        proc = psutil.Process(pid)
         try:
+            proc = psutil.Process(pid)
+            # Its backends are its children; collected now, since they are reparented once it dies.
+            family = [proc, *proc.children(recursive=True)]
             proc.send_signal(signal.SIGINT)
             proc.wait(STOP_TIMEOUT_SECONDS)
         except psutil.TimeoutExpired:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-            proc.wait(5)
+            # Not killpg: a server started by hand may share its process group with the user's shell.
+            for member in family:
+                with contextlib.suppress(psutil.Error):
+                    member.kill()
+            psutil.wait_procs(family, timeout=5)
         except psutil.NoSuchProcess:
             pass
 
@@ -1069,7 +1076,9 @@ class EmbeddedPostgres:
 
     def _client(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [str(self.bin_dir / tool), "-h", LOOPBACK, "-p", str(self.port), "-U", "postgres", *args]
-        client_env = {**os.environ, "PGCONNECT_TIMEOUT": "5"}
+        # libpq reads PG* variables (PGSSLMODE=require, PGSERVICE, ...) that describe some other server; drop them.
+        client_env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+        client_env["PGCONNECT_TIMEOUT"] = "5"
         return subprocess.run(argv, env=client_env, capture_output=True, text=True, timeout=30, check=False)
 
     def _accepts_connections(self) -> bool:
@@ -1086,9 +1095,6 @@ class EmbeddedPostgres:
         if created.returncode != 0:
             raise DevstackError(f"could not create the {DATABASE_NAME} database: {created.stderr.strip()}")
         self.console.say(f"Created the {DATABASE_NAME} database.")
-
-    def url(self) -> str:
-        return f"postgres://postgres@{LOOPBACK}:{self.port}/{DATABASE_NAME}"
 
 
 def redis_server_binary() -> str:

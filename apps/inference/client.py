@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import httpx2
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub import errors as hf_errors
-from huggingface_hub.utils import get_session, hf_raise_for_status, is_numpy_available
+from huggingface_hub.utils import get_async_session, get_session, hf_raise_for_status, is_numpy_available
 
 from .errors import (
     InferenceAuthenticationError,
@@ -57,6 +57,7 @@ __all__ = [
     "default_base_url",
     "embed",
     "generate_stream",
+    "new_async_http_client",
     "server_info",
     "translate_error",
 ]
@@ -310,6 +311,26 @@ async def _aguarded(iterator: AsyncIterator[T], base_url: str, timeout: float) -
         yield item
 
 
+def new_async_http_client() -> httpx2.AsyncClient:
+    """An HTTP client to share across async calls (`http_client=`); the caller closes it.
+
+    Built by huggingface_hub's own factory, so it has the transport settings huggingface_hub would use.
+    """
+    return get_async_session()
+
+
+def _async_inference_client(
+    *, url: str, token: str | None, timeout: float, http_client: httpx2.AsyncClient | None
+) -> AsyncInferenceClient:
+    client = AsyncInferenceClient(model=url, api_key=token or _NO_KEY, timeout=timeout)
+    if http_client is not None:
+        # AsyncInferenceClient builds a fresh httpx2.AsyncClient per instance (about 20 ms here, mostly the
+        # TLS context), which would dominate time to first token. Hand it the caller's client instead; the
+        # per-call AsyncInferenceClient still owns, and closes, the responses it streams.
+        client._async_client = http_client
+    return client
+
+
 def _normalise_finish_reason(reason: str | None) -> str:
     if reason is None:
         return ""
@@ -440,16 +461,20 @@ async def agenerate_stream(
     token: str | None = None,
     timeout: float = 60.0,
     model_id: str | None = None,
+    http_client: httpx2.AsyncClient | None = None,
 ) -> InferenceResult:
-    """`generate_stream` on `AsyncInferenceClient`; `on_token` may be sync or return an awaitable."""
+    """`generate_stream` on `AsyncInferenceClient`; `on_token` may be sync or return an awaitable.
+
+    Pass `http_client` (see `new_async_http_client`) to reuse connections across calls.
+    """
     state = _GenerationState(base_url, model_id)
     kwargs = _text_generation_kwargs(max_new_tokens, temperature, seed, stop, grammar)
-    async with AsyncInferenceClient(base_url=base_url, api_key=token or _NO_KEY, timeout=timeout) as client:
+    async with _async_inference_client(url=base_url, token=token, timeout=timeout, http_client=http_client) as client:
         try:
             events = await client.text_generation(prompt, **kwargs)
         except Exception as exc:
             raise translate_error(exc, base_url=base_url, timeout=timeout) from exc
-        async for event in _aguarded(aiter(events), base_url, timeout):  # type: ignore[arg-type]
+        async for event in _aguarded(aiter(events), base_url, timeout):
             text = state.token(event)
             if text is not None:
                 outcome = on_token(text)
@@ -597,13 +622,17 @@ async def achat_stream(
     token: str | None = None,
     timeout: float = 60.0,
     model: str | None = None,
+    http_client: httpx2.AsyncClient | None = None,
 ) -> InferenceResult:
-    """`chat_stream` on `AsyncInferenceClient`; `on_token` may be sync or return an awaitable."""
+    """`chat_stream` on `AsyncInferenceClient`; `on_token` may be sync or return an awaitable.
+
+    Pass `http_client` (see `new_async_http_client`) to reuse connections across calls.
+    """
     state = _ChatState(base_url)
     kwargs = _chat_kwargs(max_tokens, temperature, seed, response_format, model)
-    async with AsyncInferenceClient(base_url=base_url, api_key=token or _NO_KEY, timeout=timeout) as client:
+    async with _async_inference_client(url=base_url, token=token, timeout=timeout, http_client=http_client) as client:
         try:
-            chunks = aiter(await client.chat_completion(messages, **kwargs))  # type: ignore[arg-type]
+            chunks = aiter(await client.chat_completion(messages, **kwargs))
         except Exception as exc:
             raise translate_error(exc, base_url=base_url, timeout=timeout) from exc
         while not state.done:
@@ -688,7 +717,7 @@ def embed(
     try:
         if is_numpy_available():
             with InferenceClient(model=url, api_key=token or _NO_KEY, timeout=timeout) as client:
-                return _as_rows(client.feature_extraction(list(texts), normalize=normalize))  # type: ignore[arg-type]
+                return _as_rows(client.feature_extraction(list(texts), normalize=normalize))
         response = get_session().post(
             url, json={"inputs": list(texts), "normalize": normalize}, headers=_auth_headers(token), timeout=timeout
         )
@@ -705,19 +734,24 @@ async def aembed(
     token: str | None = None,
     timeout: float = 30.0,
     normalize: bool = True,
+    http_client: httpx2.AsyncClient | None = None,
 ) -> list[list[float]]:
-    """`embed` on `AsyncInferenceClient`."""
+    """`embed` on `AsyncInferenceClient`; `http_client` as for `achat_stream`."""
     if not texts:
         return []
     url = _embed_url(base_url)
     try:
         if is_numpy_available():
-            async with AsyncInferenceClient(model=url, api_key=token or _NO_KEY, timeout=timeout) as client:
-                return _as_rows(await client.feature_extraction(list(texts), normalize=normalize))  # type: ignore[arg-type]
-        async with httpx2.AsyncClient(timeout=timeout) as http:
-            response = await http.post(
-                url, json={"inputs": list(texts), "normalize": normalize}, headers=_auth_headers(token)
-            )
+            async with _async_inference_client(
+                url=url, token=token, timeout=timeout, http_client=http_client
+            ) as client:
+                return _as_rows(await client.feature_extraction(list(texts), normalize=normalize))
+        payload = {"inputs": list(texts), "normalize": normalize}
+        if http_client is not None:
+            response = await http_client.post(url, json=payload, headers=_auth_headers(token), timeout=timeout)
+        else:
+            async with get_async_session() as http:
+                response = await http.post(url, json=payload, headers=_auth_headers(token), timeout=timeout)
         hf_raise_for_status(response)
         return _as_rows(response.json())
     except Exception as exc:

@@ -9,6 +9,7 @@ halves: the spec says one thing, the wire says the other.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -44,7 +45,9 @@ DEVIATIONS: dict[str, str] = {
         "spec has no schema for them."
     ),
     "finish_reason_lowercase": "FinishReason's example is 'Length'; the values on the wire are lowercase.",
-    "json_object_alias": "GrammarType accepts a `json_object` alias of `json` (OpenAI clients send it); not in the spec.",
+    "json_object_alias": (
+        "GrammarType accepts a `json_object` alias of `json` (OpenAI clients send it); not in the spec."
+    ),
     "tei_batch_size_422": "TEI documents 413 for an oversized batch; the server answers 422 (error_type Validation).",
     "tei_error_type_capitalised": (
         "TEI's error examples show lowercase error_type ('validation'); the server sends the capitalised "
@@ -70,7 +73,7 @@ def stream_body(base_url: str, path: str, body: Any, **headers: str) -> tuple[ht
 
 
 def test_every_deviation_is_tested() -> None:
-    source = open(__file__, encoding="utf-8").read()
+    source = Path(__file__).read_text(encoding="utf-8")
     for key in DEVIATIONS:
         assert source.count(f'DEVIATIONS["{key}"]') >= 1, f"deviation {key} has no test"
 

@@ -91,7 +91,10 @@ def test_raw_chat_stream_hits_the_done_sentinel_trap(base_url: str) -> None:
 def test_async_clients(base_url: str) -> None:
     async def scenario() -> None:
         async with AsyncInferenceClient(base_url=base_url, api_key="-") as aclient:
-            events = [e async for e in await aclient.text_generation(PROMPT, stream=True, details=True, return_full_text=False)]
+            events = [
+                e
+                async for e in await aclient.text_generation(PROMPT, stream=True, details=True, return_full_text=False)
+            ]
             assert events[-1].generated_text == REPLY
             output = await aclient.text_generation(PROMPT, details=True, return_full_text=False)
             assert output.generated_text == REPLY
@@ -107,7 +110,9 @@ def test_async_clients(base_url: str) -> None:
 
 
 def test_feature_extraction(base_url: str) -> None:
-    pytest.importorskip("numpy", reason="huggingface_hub's feature_extraction returns numpy arrays; numpy is not installed")
+    pytest.importorskip(
+        "numpy", reason="huggingface_hub's feature_extraction returns numpy arrays; numpy is not installed"
+    )
     vectors = InferenceClient(model=base_url + "/embed", api_key="-").feature_extraction("a claim about a car")
     assert vectors.shape == (1, 384)
     assert str(vectors.dtype) == "float32"
@@ -128,7 +133,9 @@ def test_endpoint_info_needs_the_hf_inference_provider(base_url: str) -> None:
         ({"max_new_tokens": 5}, {"x-aios-fault": "generation"}, hf_errors.GenerationError),
     ],
 )
-def test_text_generation_errors_are_typed(base_url: str, kwargs: dict[str, Any], headers: dict[str, str], error: type) -> None:
+def test_text_generation_errors_are_typed(
+    base_url: str, kwargs: dict[str, Any], headers: dict[str, str], error: type
+) -> None:
     hf = client(base_url, headers=headers)
     with pytest.raises(error):
         hf.text_generation(PROMPT, **kwargs)

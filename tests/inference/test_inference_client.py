@@ -69,7 +69,13 @@ def test_generate_stream(base_url: str) -> None:
 
 def test_generate_stream_parameters(base_url: str) -> None:
     result = client.generate_stream(
-        base_url=base_url, prompt="STOP-TEST", max_new_tokens=50, stop=["."], temperature=0.5, seed=11, on_token=lambda t: None
+        base_url=base_url,
+        prompt="STOP-TEST",
+        max_new_tokens=50,
+        stop=["."],
+        temperature=0.5,
+        seed=11,
+        on_token=lambda t: None,
     )
     assert (result.text, result.finish_reason, result.seed) == ("alpha beta.", "stop_sequence", 11)
     capped = client.generate_stream(base_url=base_url, prompt="STOP-TEST", max_new_tokens=2, on_token=lambda t: None)
@@ -92,7 +98,9 @@ def test_chat_stream_survives_the_done_sentinel(base_url: str) -> None:
     assert result.prompt_tokens is not None and result.prompt_tokens > 0
     assert result.seed == 4
     assert result.model_id is None, "TGI echoes huggingface_hub's placeholder model name"
-    named = client.chat_stream(base_url=base_url, messages=MESSAGES, max_tokens=2, model="served/name", on_token=tokens.append)
+    named = client.chat_stream(
+        base_url=base_url, messages=MESSAGES, max_tokens=2, model="served/name", on_token=tokens.append
+    )
     assert (named.model_id, named.finish_reason, named.generated_tokens) == ("served/name", "length", 2)
 
 
@@ -103,7 +111,11 @@ def test_chat_stream_structured_output(base_url: str) -> None:
         {"type": "json_schema", "json_schema": {"name": "claim", "schema": CLAIM_SCHEMA}},
     ):
         result = client.chat_stream(
-            base_url=base_url, messages=messages, max_tokens=300, response_format=response_format, on_token=lambda t: None
+            base_url=base_url,
+            messages=messages,
+            max_tokens=300,
+            response_format=response_format,
+            on_token=lambda t: None,
         )
         value = json.loads(result.text)
         jsonschema.validate(value, CLAIM_SCHEMA)
@@ -117,18 +129,58 @@ def test_async_twins(base_url: str) -> None:
         async def on_token(text: str) -> None:
             received.append(text)
 
-        generated = await client.agenerate_stream(base_url=base_url, prompt=PROMPT, max_new_tokens=50, on_token=on_token)
+        generated = await client.agenerate_stream(
+            base_url=base_url, prompt=PROMPT, max_new_tokens=50, on_token=on_token
+        )
         assert generated.text == REPLY == "".join(received)
         received.clear()
-        chatted = await client.achat_stream(base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=received.append)
+        chatted = await client.achat_stream(
+            base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=received.append
+        )
         assert chatted.text == REPLY == "".join(received)
         assert chatted.finish_reason == "stop"
         results = await asyncio.gather(
-            *(client.achat_stream(base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=lambda t: None) for _ in range(8))
+            *(
+                client.achat_stream(base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=lambda t: None)
+                for _ in range(8)
+            )
         )
         assert {r.text for r in results} == {REPLY}
         vectors = await client.aembed(base_url, ["one", "two"])
         assert [len(v) for v in vectors] == [384, 384]
+
+    asyncio.run(scenario())
+
+
+def test_async_calls_can_share_one_http_client(base_url: str) -> None:
+    async def scenario() -> None:
+        async with client.new_async_http_client() as http:
+            results = await asyncio.gather(
+                *(
+                    client.achat_stream(
+                        base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=lambda t: None, http_client=http
+                    )
+                    for _ in range(6)
+                ),
+                client.agenerate_stream(
+                    base_url=base_url, prompt=PROMPT, max_new_tokens=50, on_token=lambda t: None, http_client=http
+                ),
+            )
+            assert {r.text for r in results} == {REPLY}
+            with pytest.raises(InferenceGenerationError):
+                await client.agenerate_stream(
+                    base_url=base_url,
+                    prompt="FAULT-MIDSTREAM",
+                    max_new_tokens=9,
+                    on_token=lambda t: None,
+                    http_client=http,
+                )
+            assert not http.is_closed, "the shared client outlives each call"
+            assert len(await client.aembed(base_url, ["x"], http_client=http)) == 1
+            again = await client.achat_stream(
+                base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=lambda t: None, http_client=http
+            )
+            assert again.text == REPLY
 
     asyncio.run(scenario())
 
@@ -165,7 +217,9 @@ def test_validation_errors(base_url: str) -> None:
     assert generate_error.value.base_url == base_url
     assert generate_error.value.retryable is False
     with pytest.raises(InferenceValidationError, match="`temperature` must be strictly positive"):
-        client.chat_stream(base_url=base_url, messages=MESSAGES, max_tokens=5, temperature=-1.0, on_token=lambda t: None)
+        client.chat_stream(
+            base_url=base_url, messages=MESSAGES, max_tokens=5, temperature=-1.0, on_token=lambda t: None
+        )
     with pytest.raises(InferenceValidationError, match="HTTP 422"):
         client.chat_stream(
             base_url=base_url,
@@ -194,7 +248,10 @@ def test_midstream_failure_after_some_tokens(base_url: str) -> None:
     received: list[str] = []
     with pytest.raises(InferenceGenerationError, match="failed while generating"):
         client.chat_stream(
-            base_url=base_url, messages=[{"role": "user", "content": "FAULT-MIDSTREAM"}], max_tokens=50, on_token=received.append
+            base_url=base_url,
+            messages=[{"role": "user", "content": "FAULT-MIDSTREAM"}],
+            max_tokens=50,
+            on_token=received.append,
         )
     assert received == ["one", " two"]
     received.clear()
@@ -205,7 +262,9 @@ def test_midstream_failure_after_some_tokens(base_url: str) -> None:
 
 def test_timeouts(base_url: str) -> None:
     with pytest.raises(InferenceTimeoutError, match=r"did not respond within 0\.5 seconds"):
-        client.generate_stream(base_url=base_url, prompt="FAULT-TIMEOUT", max_new_tokens=5, timeout=0.5, on_token=lambda t: None)
+        client.generate_stream(
+            base_url=base_url, prompt="FAULT-TIMEOUT", max_new_tokens=5, timeout=0.5, on_token=lambda t: None
+        )
     with pytest.raises(InferenceTimeoutError):
         client.chat_stream(
             base_url=base_url,
@@ -257,7 +316,9 @@ def test_api_key(make_server: Any) -> None:
             client.chat_stream(base_url=url, messages=MESSAGES, max_tokens=3, on_token=lambda t: None)
         with pytest.raises(InferenceAuthenticationError):
             client.generate_stream(base_url=url, prompt="x", max_new_tokens=3, token="wrong", on_token=lambda t: None)
-        result = client.generate_stream(base_url=url, prompt=PROMPT, max_new_tokens=3, token="k3y", on_token=lambda t: None)
+        result = client.generate_stream(
+            base_url=url, prompt=PROMPT, max_new_tokens=3, token="k3y", on_token=lambda t: None
+        )
         assert result.text == "Hello from the"
         assert client.server_info(url)["model_id"] == "aios/dev-model", "/info needs no key"
 
@@ -282,7 +343,7 @@ def test_on_token_errors_propagate_unchanged(base_url: str) -> None:
 class _Scripted(BaseHTTPRequestHandler):
     body = b""
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
@@ -290,7 +351,7 @@ class _Scripted(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(self.body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -314,7 +375,9 @@ def test_unreadable_chat_stream_before_finish_is_an_error() -> None:
         "created": 1,
         "model": "m",
         "system_fingerprint": "x",
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "logprobs": None, "finish_reason": None}],
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "logprobs": None, "finish_reason": None}
+        ],
         "usage": None,
     }
     body = b"data:" + json.dumps(chunk).encode() + b"\n\ndata:[DONE]\n\n"
@@ -335,13 +398,24 @@ def test_chat_stream_from_a_server_with_a_proper_sentinel() -> None:
     body = b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
     with serving(body) as url:
         result = client.chat_stream(base_url=url, messages=MESSAGES, max_tokens=5, on_token=lambda t: None)
-    assert (result.text, result.finish_reason, result.prompt_tokens, result.model_id) == ("Hi", "stop", None, "served/model")
+    assert (result.text, result.finish_reason, result.prompt_tokens, result.model_id) == (
+        "Hi",
+        "stop",
+        None,
+        "served/model",
+    )
 
 
 def test_generation_stream_without_a_final_event_is_an_error() -> None:
-    event = {"index": 1, "token": {"id": 5, "text": "Hi", "logprob": -0.1, "special": False}, "generated_text": None, "details": None}
-    with serving(b"data:" + json.dumps(event).encode() + b"\n\n") as url, pytest.raises(
-        InferenceGenerationError, match="ended the reply before the generation finished"
+    event = {
+        "index": 1,
+        "token": {"id": 5, "text": "Hi", "logprob": -0.1, "special": False},
+        "generated_text": None,
+        "details": None,
+    }
+    with (
+        serving(b"data:" + json.dumps(event).encode() + b"\n\n") as url,
+        pytest.raises(InferenceGenerationError, match="ended the reply before the generation finished"),
     ):
         client.generate_stream(base_url=url, prompt="x", max_new_tokens=5, on_token=lambda t: None)
 
@@ -403,7 +477,11 @@ def test_transport_errors_map_to_types() -> None:
         (httpx2.ConnectTimeout("t", request=request), InferenceConnectionError, "connection timed out"),
         (httpx2.ReadTimeout("t", request=request), InferenceTimeoutError, "did not respond within 7 seconds"),
         (httpx2.RemoteProtocolError("closed", request=request), InferenceConnectionError, "closed the connection"),
-        (httpx2.ConnectError("[Errno -2] Name or service not known"), InferenceConnectionError, "could not be resolved"),
+        (
+            httpx2.ConnectError("[Errno -2] Name or service not known"),
+            InferenceConnectionError,
+            "could not be resolved",
+        ),
     ]
     for exc, error_class, text in cases:
         error = client.translate_error(exc, base_url="http://srv", timeout=7)

@@ -63,22 +63,16 @@ class DevServerState:
         self.in_flight = 0
         self.system_fingerprint = f"{config.version}-{DEVSERVER_LABEL}"
 
-    def try_acquire(self, tokens: int = 0) -> bool:
-        """TGI's `try_acquire_owned` on its request semaphore: no waiting, refuse when full.
+    def try_acquire(self) -> _Permit | None:
+        """TGI's `try_acquire_owned` on its request semaphore: no waiting, None when full.
 
         Check and increment happen with no await in between, so the event loop makes them atomic.
         """
         if self.in_flight >= self.config.max_concurrent_requests:
-            return False
+            return None
         self.in_flight += 1
         self.metrics.in_flight = self.in_flight
-        self.metrics.in_flight_tokens += tokens
-        return True
-
-    def release(self, tokens: int = 0) -> None:
-        self.in_flight -= 1
-        self.metrics.in_flight = self.in_flight
-        self.metrics.in_flight_tokens = max(0, self.metrics.in_flight_tokens - tokens)
+        return _Permit(self)
 
     def info(self) -> dict[str, Any]:
         config = self.config
@@ -99,6 +93,28 @@ class DevServerState:
             "sha": None,
             "docker_label": DEVSERVER_LABEL,
         }
+
+
+class _Permit:
+    """One admitted generation; also carries its token budget for the batch gauges."""
+
+    def __init__(self, state: DevServerState) -> None:
+        self.state = state
+        self.tokens = 0
+        self.released = False
+
+    def reserve(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.state.metrics.in_flight_tokens += tokens
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        state = self.state
+        state.in_flight -= 1
+        state.metrics.in_flight = state.in_flight
+        state.metrics.in_flight_tokens -= self.tokens
 
 
 def _state(request: Request) -> DevServerState:
@@ -266,10 +282,12 @@ def _prepare(
     tail_source: str,
     streaming: bool,
     start: float,
+    permit: _Permit,
 ) -> _Job:
-    """Validate and plan one generation; the caller already holds a permit. Raises InferError."""
+    """Validate and plan one generation under `permit`. Raises InferError."""
     state = _state(request)
     valid = engine.validate(inputs, params, state.config, streaming=streaming)
+    permit.reserve(valid.input_length + valid.max_new_tokens)
     queued = time.perf_counter()
     reply = choose_reply(
         state.script, route=route, match_text=match_text, tail_source=tail_source, constraint=valid.constraint
@@ -394,7 +412,8 @@ async def _generate_once(
 ) -> _Job:
     """A whole non-stream generation under a permit; raises InferError or _ClientGone."""
     state = _state(request)
-    if _header_fault(request) == "overloaded" or not state.try_acquire():
+    permit = None if _header_fault(request) == "overloaded" else state.try_acquire()
+    if permit is None:
         state.metrics.fail("overloaded")
         raise InferError.overloaded()
     try:
@@ -408,6 +427,7 @@ async def _generate_once(
                 tail_source=tail_source,
                 streaming=False,
                 start=start,
+                permit=permit,
             )
             await _run_to_completion(request, job)
         except InferError as err:
@@ -416,7 +436,7 @@ async def _generate_once(
         _record_success(state, job)
         return job
     finally:
-        state.release()
+        permit.release()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -458,7 +478,8 @@ def _generate_stream(request: Request, inputs: str, params: GenerateParameters) 
     async def body() -> AsyncIterator[bytes]:
         # Everything below happens after the 200 and the headers are out: TGI reports validation
         # errors, overload and generation failures in-band, as one error event.
-        if header_fault == "overloaded" or not state.try_acquire():
+        permit = None if header_fault == "overloaded" else state.try_acquire()
+        if permit is None:
             state.metrics.fail("overloaded")
             yield protocol.sse_event(InferError.overloaded().body())
             return
@@ -473,6 +494,7 @@ def _generate_stream(request: Request, inputs: str, params: GenerateParameters) 
                 tail_source=inputs,
                 streaming=True,
                 start=start,
+                permit=permit,
             )
             top_tokens = job.plan.top_tokens
             last = job.plan.generated_tokens
@@ -498,7 +520,7 @@ def _generate_stream(request: Request, inputs: str, params: GenerateParameters) 
             state.metrics.fail(err.metric_label)
             yield protocol.sse_event(err.body())
         finally:
-            state.release()
+            permit.release()
 
     return StreamingResponse(body(), headers=_stream_headers(state.config, len(inputs)))
 
@@ -652,7 +674,7 @@ def _chat_setup(state: DevServerState, body: dict[str, Any]) -> _ChatSetup:
         params=params,
         match_text="\n".join(_message_text(m) for m in messages),
         tail_source=_message_text(user_messages[-1] if user_messages else (messages[-1] if messages else {})),
-        model=model if model not in (None, "tgi") else state.config.model_id,
+        model=str(model) if model not in (None, "tgi") else state.config.model_id,
         tool=tool,
     )
 
@@ -774,7 +796,8 @@ def _chat_stream(request: Request, body: dict[str, Any], setup: _ChatSetup, star
         return protocol.sse_event({"error": {"message": err.message, "http_status_code": 422}})
 
     async def stream() -> AsyncIterator[bytes]:
-        if header_fault == "overloaded" or not state.try_acquire():
+        permit = None if header_fault == "overloaded" else state.try_acquire()
+        if permit is None:
             state.metrics.fail("overloaded")
             yield error_event(InferError.overloaded())
             yield protocol.SSE_DONE
@@ -790,6 +813,7 @@ def _chat_stream(request: Request, body: dict[str, Any], setup: _ChatSetup, star
                 tail_source=setup.tail_source,
                 streaming=True,
                 start=start,
+                permit=permit,
             )
             plan = job.plan
             async for item in _token_events(job, pacer):
@@ -831,7 +855,7 @@ def _chat_stream(request: Request, body: dict[str, Any], setup: _ChatSetup, star
             state.metrics.fail(err.metric_label)
             yield error_event(err)
         finally:
-            state.release()
+            permit.release()
         yield protocol.SSE_DONE
 
     return StreamingResponse(stream(), headers=_stream_headers(state.config, len(setup.inputs)))
@@ -962,7 +986,8 @@ def _completions_stream(request: Request, body: dict[str, Any], prompts: list[st
         }
 
     async def one_prompt(index: int, prompt: str, queue: asyncio.Queue[bytes | None]) -> None:
-        if header_fault == "overloaded" or not state.try_acquire():
+        permit = None if header_fault == "overloaded" else state.try_acquire()
+        if permit is None:
             state.metrics.fail("overloaded")
             await queue.put(protocol.sse_event(InferError.overloaded().body()))
             await queue.put(None)
@@ -978,6 +1003,7 @@ def _completions_stream(request: Request, body: dict[str, Any], prompts: list[st
                 tail_source=prompt,
                 streaming=True,
                 start=start,
+                permit=permit,
             )
             async for item in _token_events(job, pacer):
                 if isinstance(item, bytes):
@@ -997,7 +1023,7 @@ def _completions_stream(request: Request, body: dict[str, Any], prompts: list[st
             # TGI turns per-prompt errors into `Event::from(InferError)`: the generate_stream shape.
             await queue.put(protocol.sse_event(err.body()))
         finally:
-            state.release()
+            permit.release()
             await queue.put(None)
 
     async def stream() -> AsyncIterator[bytes]:

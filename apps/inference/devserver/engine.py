@@ -140,10 +140,9 @@ def _grammar_constraint(grammar: dict[str, Any]) -> Constraint:
         except re.error as exc:
             raise InferError.validation(f"grammar is not valid: {exc}") from exc
         return Constraint(kind="regex", pattern=str(value))
+    schema = value
     if kind == "json_schema":
         schema = value.get("schema") if isinstance(value, dict) else None
-    else:
-        schema = value
     if isinstance(schema, str):
         try:
             schema = json.loads(schema)
@@ -159,9 +158,7 @@ def _grammar_constraint(grammar: dict[str, Any]) -> Constraint:
     return Constraint(kind="json", schema=schema)
 
 
-def validate(  # noqa: C901, PLR0912
-    inputs: str, params: GenerateParameters, config: DevServerConfig, *, streaming: bool
-) -> ValidRequest:
+def validate(inputs: str, params: GenerateParameters, config: DevServerConfig, *, streaming: bool) -> ValidRequest:
     """TGI's validation, in TGI's order; raises `InferError` (422) with TGI's message."""
     best_of = params.best_of if params.best_of is not None else 1
     sampling = (
@@ -325,11 +322,11 @@ def build_plan(reply: str, valid: ValidRequest) -> Plan:
 
     prefill: list[dict[str, Any]] = []
     if valid.params.decoder_input_details:
-        pieces = tokenizer.tokenize(valid.inputs)[-valid.input_length :]
-        for position, piece in enumerate(pieces):
+        prompt_pieces = tokenizer.tokenize(valid.inputs)[-valid.input_length :]
+        for position, prompt_piece in enumerate(prompt_pieces):
             # The first prompt token has no preceding context; TGI's NaN logprob serialises as null.
-            logprob = None if position == 0 else tokenizer.token_logprob(piece.text, position)
-            prefill.append({"id": piece.id, "text": piece.text, "logprob": logprob})
+            logprob = None if position == 0 else tokenizer.token_logprob(prompt_piece.text, position)
+            prefill.append({"id": prompt_piece.id, "text": prompt_piece.text, "logprob": logprob})
 
     return Plan(
         tokens=tokens,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -535,8 +535,3 @@ OPENAI_EMBED_REQUEST = Struct(
     },
     required=("input",),
 )
-
-
-def header_items(headers: Mapping[str, str]) -> dict[str, str]:
-    """Header names lower-cased, as hyper sends them."""
-    return {name.lower(): value for name, value in headers.items()}

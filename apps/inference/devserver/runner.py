@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
 import uvicorn
 
 from .app import create_app
@@ -138,7 +139,8 @@ class ServerProcess:
         handle = open(log_path, "wb")  # noqa: SIM115 - kept open for the child's lifetime
         self._log_handle = handle
         self.log_path = log_path
-        self.process = subprocess.Popen(
+        # The argv is this interpreter running our own module with our own flags: no outside input.
+        self.process = subprocess.Popen(  # noqa: S603
             [self.python, "-m", "apps.inference.devserver", *self.args],
             cwd=self.cwd,
             env=self.env,

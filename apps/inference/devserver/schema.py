@@ -71,7 +71,7 @@ def is_valid(value: Any, schema: Any, root: Any | None = None) -> bool:
         return False
 
 
-def _valid(value: Any, schema: Any, root: Any, depth: int) -> bool:  # noqa: C901, PLR0911, PLR0912
+def _valid(value: Any, schema: Any, root: Any, depth: int) -> bool:
     if depth > _MAX_DEPTH:
         raise SchemaError("schema nests too deeply")
     if schema is True or schema is None:
@@ -150,9 +150,9 @@ def _valid(value: Any, schema: Any, root: Any, depth: int) -> bool:  # noqa: C90
             if key in properties:
                 if not _valid(item, properties[key], root, depth + 1):
                     return False
-            elif additional is False:
-                return False
-            elif isinstance(additional, dict) and not _valid(item, additional, root, depth + 1):
+            elif additional is False or (
+                isinstance(additional, dict) and not _valid(item, additional, root, depth + 1)
+            ):
                 return False
         if len(value) < schema.get("minProperties", 0):
             return False
@@ -189,7 +189,7 @@ def example_value(schema: Any, root: Any | None = None) -> Any:
     return _example(schema, schema if root is None else root, 0, "value")
 
 
-def _example(schema: Any, root: Any, depth: int, name: str) -> Any:  # noqa: C901, PLR0911, PLR0912
+def _example(schema: Any, root: Any, depth: int, name: str) -> Any:
     if depth > _MAX_DEPTH:
         return None
     if not isinstance(schema, dict):
@@ -316,7 +316,7 @@ def regex_example(pattern: str) -> str | None:
     try:
         from re import _parser as sre_parse  # type: ignore[attr-defined]  # stable since 3.11
     except ImportError:  # pragma: no cover - older interpreters
-        import sre_parse  # type: ignore[no-redef]
+        import sre_parse
 
     try:
         parsed = sre_parse.parse(pattern)
@@ -331,7 +331,7 @@ def regex_example(pattern: str) -> str | None:
         return None
 
 
-def _emit(parsed: Any, sre: Any, depth: int) -> str | None:  # noqa: C901, PLR0911, PLR0912
+def _emit(parsed: Any, sre: Any, depth: int) -> str | None:
     if depth > _MAX_DEPTH:
         return None
     out: list[str] = []
@@ -400,9 +400,9 @@ def _first_in_set(items: Any) -> str | None:
             excluded = False
             for op, arg in items:
                 name = str(op)
-                if name == "LITERAL" and chr(arg) == candidate:
-                    excluded = True
-                elif name == "RANGE" and arg[0] <= ord(candidate) <= arg[1]:
+                if (name == "LITERAL" and chr(arg) == candidate) or (
+                    name == "RANGE" and arg[0] <= ord(candidate) <= arg[1]
+                ):
                     excluded = True
             if not excluded:
                 return candidate

@@ -116,7 +116,7 @@ class Script:
         return None
 
 
-def _parse_rule(raw: Any, index: int, origin: str) -> Rule:  # noqa: C901, PLR0912
+def _parse_rule(raw: Any, index: int, origin: str) -> Rule:
     where = f"{origin}: rule {index + 1}"
     if not isinstance(raw, dict):
         raise ScriptError(f"{where}: expected an object")
