@@ -61,6 +61,7 @@ def test_analyst_runs_the_claims_demo_and_watches_it_live(paced_stack, analyst, 
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Welcome, Ana Analyst")).to_be_visible()
+    expect(page.get_by_role("note")).to_contain_text("development inference server")
 
     page.get_by_role("link", name="Open workflows").click()
     page.get_by_role("link", name="Claims triage").click()

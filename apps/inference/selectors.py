@@ -1,0 +1,33 @@
+"""Reads about the configured model server."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from apps.inference import client
+from apps.inference.devserver.config import DEVSERVER_LABEL
+
+_INFO_TTL_SECONDS = 60.0
+_cache: dict[str, tuple[float, bool]] = {}
+
+
+def inference_server_is_development() -> bool:
+    """Whether the configured server is AIOS's development inference server (its /info says so).
+
+    Asked at most once a minute per process, with a short timeout: a page must never wait on a model
+    server, and an unreachable one is simply not labelled.
+    """
+    url = settings.AIOS_INFERENCE_URL
+    now = time.monotonic()
+    cached = _cache.get(url)
+    if cached and now - cached[0] < _INFO_TTL_SECONDS:
+        return cached[1]
+    try:
+        info = client.server_info(url, token=settings.AIOS_INFERENCE_TOKEN or None, timeout=1)
+        is_development = info.get("docker_label") == DEVSERVER_LABEL
+    except client.InferenceError:
+        is_development = False
+    _cache[url] = (now, is_development)
+    return is_development
