@@ -257,7 +257,7 @@ class Console:
     """Serialises output from the launcher and the children's reader threads, one whole line at a time."""
 
     def __init__(self) -> None:
-        # Reentrant: a signal handler that printed while the main thread held the lock would otherwise deadlock.
+        # Reentrant, so a message printed while a line is being written (e.g. from a nested call) cannot deadlock.
         self._lock = threading.RLock()
         self._width = 0
         self._colours: dict[str, str] = {}

@@ -108,12 +108,16 @@ def paced_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     worker never takes its tasks. Yields the web server's base URL."""
     from django.conf import settings
 
+    import redis
+
     inference_port, web_port = free_port(), free_port()
     inference_url = f"http://127.0.0.1:{inference_port}"
+    redis_url = redis_url_with_db(settings.REDIS_URL, 3)
+    redis.Redis.from_url(redis_url).flushdb()  # no sign-in lockouts or stale tasks from an earlier session
     with django_db_blocker.unblock():
         env = service_env(
-            REDIS_URL=redis_url_with_db(settings.REDIS_URL, 3),
-            CELERY_BROKER_URL=redis_url_with_db(settings.REDIS_URL, 3),
+            REDIS_URL=redis_url,
+            CELERY_BROKER_URL=redis_url,
             AIOS_INFERENCE_URL=inference_url,
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         )
