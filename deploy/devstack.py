@@ -500,14 +500,16 @@ class ManagedProcess:
                     self.console.say(f"{self.name} did not stop within {timeout:.0f} s; killing it.")
                 self._signal(signal.SIGKILL, group=True)
                 self._wait_exit(5.0, lambda: False)
-        self._kill_stragglers(0.0 if hurry() else 2.0)
-        self.reap()
+        self.reap(grace=0.0 if hurry() else 2.0)
 
-    def reap(self) -> None:
-        """Collect the exited child and close its log once its output is drained."""
+    def reap(self, grace: float = 2.0) -> None:
+        """Once the child has exited: kill what is left of its process group, collect it, close its log."""
         if self.popen is None:
             return
-        if self.exit_code() is not None:
+        if self.popen.returncode is None and self.exit_code() is not None:
+            # Only now, while the exited leader is an unreaped zombie holding the group id: after wait() the id
+            # could be reused, and the clean-up could hit a stranger's process group.
+            self._kill_stragglers(grace)
             self.popen.wait()
         self.wait_for_output(2.0)
         if all(not reader.is_alive() for reader in self._readers):
