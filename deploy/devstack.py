@@ -1139,8 +1139,13 @@ def start_inference(supervisor: Supervisor, config: StackConfig, port: int, env:
     """Start the development inference server and wait for GET /health to answer 200."""
     argv = [sys.executable, "-m", "apps.inference.devserver", "--host", LOOPBACK, "--port", str(port)]
     argv += ["--script", str(INFERENCE_DEMO_SCRIPT)]
-    if config.is_test:
-        argv += ["--ttft-ms", "5", "--tpot-ms", "2"]
+    # Tests want speed; the demo wants a pace a person can watch (about 25 tokens a second). Either is
+    # overridden by AIOS_DEVSERVER_TTFT_MS / AIOS_DEVSERVER_TPOT_MS, which the server reads itself.
+    ttft_ms, tpot_ms = ("5", "2") if config.is_test else ("300", "40")
+    if "AIOS_DEVSERVER_TTFT_MS" not in env:
+        argv += ["--ttft-ms", ttft_ms]
+    if "AIOS_DEVSERVER_TPOT_MS" not in env:
+        argv += ["--tpot-ms", tpot_ms]
     process = supervisor.spawn("inference", argv, env=env, echo=not config.is_test)
     supervisor.wait_ready(
         process,
