@@ -247,3 +247,23 @@ LOGGING = {
 
 # How long a worker owns a claimed step before another may take it over.
 AIOS_STEP_LEASE_SECONDS = env_int("AIOS_STEP_LEASE_SECONDS", 300, minimum=5)
+# The sweeper: how often it runs, when it relays outbox rows and re-sends queued steps, and how many times
+# it takes a step back from a dead worker before opening an incident.
+AIOS_SWEEP_INTERVAL_SECONDS = env_float("AIOS_SWEEP_INTERVAL_SECONDS", 2.0, minimum=0.2)
+AIOS_OUTBOX_RELAY_AFTER_SECONDS = env_float("AIOS_OUTBOX_RELAY_AFTER_SECONDS", 2.0, minimum=0.0)
+AIOS_REQUEUE_AFTER_SECONDS = env_float("AIOS_REQUEUE_AFTER_SECONDS", 60.0, minimum=1.0)
+AIOS_STEP_RESTART_CAP = env_int("AIOS_STEP_RESTART_CAP", 3, minimum=0)
+# Crash points for the fault tests (DESIGN section 10): off unless set; "name:probability,...".
+AIOS_FAULTS = env_str("AIOS_FAULTS", "")
+AIOS_FAULTS_SEED = env_int("AIOS_FAULTS_SEED", 0)
+
+# Celery limits sit below the lease, and the broker's visibility timeout above it (DESIGN section 6).
+CELERY_TASK_SOFT_TIME_LIMIT = max(AIOS_STEP_LEASE_SECONDS - 30, 10)
+CELERY_TASK_TIME_LIMIT = max(AIOS_STEP_LEASE_SECONDS - 10, 20)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": AIOS_STEP_LEASE_SECONDS + 300,
+    "unacked_restore_interval": 2,
+    "unacked_restore_throttle": 1,
+}
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 10000, minimum=1)

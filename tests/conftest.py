@@ -106,9 +106,8 @@ def paced_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """A whole product at a human pace, for browser tests: its own inference server streaming at about
     25 tokens/s, its own worker and ASGI server, on a Redis database of their own so the session-wide
     worker never takes its tasks. Yields the web server's base URL."""
-    from django.conf import settings
-
     import redis
+    from django.conf import settings
 
     inference_port, web_port = free_port(), free_port()
     inference_url = f"http://127.0.0.1:{inference_port}"

@@ -13,6 +13,15 @@ app = Celery("aios")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue(name) for name in ("engine", "inference", "connectors", "default")]
 # Step tasks are sent to the queue their step type names (see apps.steps.base.StepType.queue).
-app.conf.task_routes = {"runs.execute_step": {"queue": "engine"}}
-app.conf.beat_schedule = {}
+app.conf.task_routes = {"runs.execute_step": {"queue": "engine"}, "runs.sweep": {"queue": "engine"}}
 app.autodiscover_tasks(["apps.runs"])
+
+
+@app.on_after_configure.connect
+def _beat_schedule(sender: Celery, **kwargs: object) -> None:
+    from django.conf import settings
+
+    # The sweeper repairs what the broker lost; a sweep that expired unconsumed is simply replaced by the
+    # next one, so messages never pile up while workers are down.
+    interval = settings.AIOS_SWEEP_INTERVAL_SECONDS
+    sender.add_periodic_task(interval, sender.signature("runs.sweep", expires=interval * 2), name="sweep")

@@ -1,4 +1,9 @@
-"""Executing one claimed step: build its context, call its step type, record the outcome."""
+"""Executing one claimed step: map its inputs, call its step type, record the outcome.
+
+The worker keeps its lease alive with a heartbeat thread while the step runs; if the heartbeat finds the
+step taken over (lease expired and re-claimed, cancelled, timed out), the result that eventually comes back
+is refused by the fencing token, never recorded twice.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,19 @@ import socket
 import threading
 from typing import Any
 
+from django.conf import settings
+from django.db import connection
 from pydantic import ValidationError
 
+from apps.runs import hooks
 from apps.runs.events import TokenStream
+from apps.runs.faults import crash_point
 from apps.runs.models import StepRun
-from apps.runs.services import step_run_claim, step_run_fail, step_run_succeed
-from apps.steps.base import StepContext, StepError
+from apps.runs.services import step_run_claim, step_run_fail, step_run_heartbeat, step_run_succeed, step_run_wait
+from apps.steps.base import StepContext, StepError, StepOutcome
+from apps.steps.expressions import ExpressionError, cel_evaluate, template_render
 from apps.steps.registry import step_config_parse, step_type_get
+from apps.workflows.graph import StepOptions, TemplateMapping, step_options
 
 logger = logging.getLogger(__name__)
 
@@ -24,33 +35,66 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
+class Heartbeat:
+    """Renews the step's lease every third of its length from a thread of its own (with its own
+    database connection) until stopped; `lost` turns true when the step is no longer ours."""
+
+    def __init__(self, step_run: StepRun) -> None:
+        self.step_run = step_run
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{step_run.pk}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        interval = settings.AIOS_STEP_LEASE_SECONDS / 3
+        try:
+            while not self._stop.wait(interval):
+                if not step_run_heartbeat(step_run=self.step_run):
+                    self.lost = True
+                    return
+        except Exception:
+            logger.warning("heartbeat for step run %s failed", self.step_run.pk, exc_info=True)
+        finally:
+            connection.close()
+
+
+def _map_inputs(options: StepOptions, variables: dict[str, Any], step_key: str) -> dict[str, Any]:
+    params = {}
+    for name, mapping in options.inputs.items():
+        try:
+            if isinstance(mapping, TemplateMapping):
+                params[name] = template_render(mapping.template, variables)
+            else:
+                params[name] = cel_evaluate(mapping, variables)
+        except ExpressionError as error:
+            shown = mapping.template if isinstance(mapping, TemplateMapping) else mapping
+            raise StepError(f'Step "{step_key}", input "{name}": `{shown}` failed: {error}') from None
+    return params
+
+
 def step_run_execute(*, step_run_id: int) -> None:
     """Claim the step and run it to a recorded outcome. Safe to call twice: the second claim fails."""
     step_run = step_run_claim(step_run_id=step_run_id, worker=worker_identity())
     if step_run is None:
         return
+    crash_point("after_claim")
     run = step_run.run
-    step_def = next(step for step in run.version.steps if step["key"] == step_run.step_key)
     stream = TokenStream(step_run)
     try:
-        step_type = step_type_get(step_run.step_type)
-        config = step_config_parse(step_run.step_type, step_def.get("config", {}))
-        succeeded = StepRun.objects.filter(run=run, state=StepRun.State.SUCCEEDED)
-        outputs: dict[str, dict[str, Any]] = {
-            key: out or {} for key, out in succeeded.values_list("step_key", "output")
-        }
-        context = StepContext(
-            run_id=run.pk,
-            step_key=step_run.step_key,
-            input=run.inputs,
-            steps=outputs,
-            idempotency_key=f"run-{run.pk}-{step_run.step_key}",
-            emit_tokens=stream.add,
-        )
-        outcome = step_type().execute(config, context)
+        with Heartbeat(step_run):
+            outcome = _execute(step_run, stream)
     except StepError as error:
         stream.flush()
-        step_run_fail(step_run=step_run, error=error.message, streamed_text=stream.text)
+        crash_point("before_result_commit")
+        step_run_fail(step_run=step_run, error=error.message, retryable=error.retryable, streamed_text=stream.text)
         return
     except ValidationError as error:
         stream.flush()
@@ -69,4 +113,45 @@ def step_run_execute(*, step_run_id: int) -> None:
         )
         return
     stream.flush()
+    if outcome.wait is not None:
+        _park(step_run, outcome)
+        return
+    crash_point("before_result_commit")
     step_run_succeed(step_run=step_run, output=outcome.output, usage=outcome.usage, streamed_text=stream.text)
+    crash_point("after_result_commit_before_dispatch")
+
+
+def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:
+    run = step_run.run
+    definition = next(step for step in run.version.steps if step["key"] == step_run.step_key)
+    options = step_options(definition)
+    step_type = step_type_get(step_run.step_type)
+    config = step_config_parse(step_run.step_type, options.config)
+    succeeded = StepRun.objects.filter(run=run, state=StepRun.State.SUCCEEDED)
+    outputs: dict[str, dict[str, Any]] = {key: out or {} for key, out in succeeded.values_list("step_key", "output")}
+    context = StepContext(
+        run_id=run.pk,
+        step_key=step_run.step_key,
+        input=run.inputs,
+        steps=outputs,
+        idempotency_key=f"run-{run.pk}-{step_run.step_key}",
+        emit_tokens=stream.add,
+        attempt=step_run.attempt,
+    )
+    context.params = _map_inputs(options, context.expression_variables(), step_run.step_key)
+    if context.params:
+        StepRun.objects.filter(pk=step_run.pk, fencing_token=step_run.fencing_token).update(input=context.params)
+    crash_point("mid_step")
+    return step_type().execute(config, context)
+
+
+def _park(step_run: StepRun, outcome: StepOutcome) -> None:
+    from django.db import transaction
+
+    wait = outcome.wait
+    assert wait is not None
+    with transaction.atomic():
+        if step_run_wait(step_run=step_run, for_what=wait.for_what, fire_at=wait.fire_at, details=wait.details):
+            hook = hooks.on_wait.get(wait.for_what)
+            if hook is not None:
+                hook(step_run, wait)

@@ -29,6 +29,11 @@ class Run(models.Model):
     idempotency_key = models.CharField(max_length=128, blank=True)
     output = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
+    restarted_from = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="restarts")
+    restart_step_key = models.CharField(max_length=64, blank=True)
+    parent_step_run = models.ForeignKey(
+        "runs.StepRun", on_delete=models.PROTECT, null=True, blank=True, related_name="child_runs"
+    )
     total_prompt_tokens = models.PositiveIntegerField(default=0)
     total_generated_tokens = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -87,7 +92,13 @@ class StepRun(models.Model):
     name = models.CharField(max_length=120, blank=True)
     position = models.PositiveIntegerField()
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    # Why a waiting step waits: "retry", "timer", "approval", "subworkflow", "incident" (empty otherwise).
+    waiting_for = models.CharField(max_length=16, blank=True)
+    # The branch a logic step took, copied from its output for the engine's decision.
+    branch = models.CharField(max_length=64, blank=True)
     attempt = models.PositiveIntegerField(default=0)
+    # Times the sweeper took the step back from a worker whose lease expired; capped, then an incident.
+    restarts = models.PositiveIntegerField(default=0)
     fencing_token = models.PositiveBigIntegerField(default=0)
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -99,10 +110,22 @@ class StepRun(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    reused_from = models.ForeignKey(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The step run whose recorded output a restarted run reused instead of executing.",
+    )
 
     class Meta:
         ordering = ["run", "position"]
         constraints = [models.UniqueConstraint(fields=["run", "step_key"], name="step_run_key_unique")]
+        indexes = [
+            models.Index(fields=["state", "lease_expires_at"], name="step_run_lease_idx"),
+            models.Index(fields=["state", "queued_at"], name="step_run_queued_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.step_key} of run {self.run_id}"
@@ -116,3 +139,113 @@ class StepRun(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class StepResult(models.Model):
+    """The immutable record that a step completed, written once in the transaction that completed it.
+
+    Unique per (run, step key): a second completion of the same step, however it came about, cannot commit.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="results")
+    step_key = models.CharField(max_length=64)
+    step_run = models.OneToOneField(StepRun, on_delete=models.CASCADE, related_name="result")
+    outcome = models.CharField(max_length=16)  # succeeded | failed | skipped
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    attempt = models.PositiveIntegerField()
+    fencing_token = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "step_key"], name="step_result_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.step_key} of run {self.run_id}: {self.outcome}"
+
+
+class Outbox(models.Model):
+    """A task to send to Celery, written in the same transaction as the state change that calls for it.
+
+    Relayed right after commit; the sweeper relays whatever is left (a crash between commit and send, a
+    broker that was down). Sending twice is harmless: the task's claim turns a duplicate into a no-op.
+    """
+
+    task = models.CharField(max_length=64)
+    queue = models.CharField(max_length=32)
+    args = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    relayed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["created_at"], condition=models.Q(relayed_at__isnull=True), name="outbox_unrelayed_idx"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task}{self.args} to {self.queue}"
+
+
+class Timer(models.Model):
+    """Something due at `fire_at`: a retry, a delay, a step or run timeout, an approval's due time.
+
+    Timers are rows, never long Celery countdowns; the sweeper fires due ones exactly once (SKIP LOCKED
+    plus a conditional update on `fired_at`).
+    """
+
+    class Kind(models.TextChoices):
+        RETRY = "retry", "Retry a step"
+        DELAY = "delay", "End a delay"
+        STEP_TIMEOUT = "step_timeout", "Step timeout"
+        RUN_TIMEOUT = "run_timeout", "Run timeout"
+        APPROVAL_DUE = "approval_due", "Approval due"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="timers")
+    step_run = models.ForeignKey(StepRun, on_delete=models.CASCADE, null=True, blank=True, related_name="timers")
+    fencing_token = models.PositiveBigIntegerField(default=0)
+    fire_at = models.DateTimeField()
+    fired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["fire_at"], condition=models.Q(fired_at__isnull=True), name="timer_due_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.fire_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Incident(models.Model):
+    """A step the engine gave up on (restart cap reached, uncertain side effect): a person decides."""
+
+    class Resolution(models.TextChoices):
+        RETRY = "retry", "Retried"
+        SKIP = "skip", "Skipped with a supplied output"
+        ABORT = "abort", "Run aborted"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="incidents")
+    step_run = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="incidents")
+    reason = models.TextField()
+    opened_at = models.DateTimeField(auto_now_add=True)
+    resolution = models.CharField(max_length=8, choices=Resolution.choices, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["step_run"], condition=models.Q(resolved_at__isnull=True), name="one_open_incident_per_step"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Incident #{self.pk} on {self.step_run}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None

@@ -1,13 +1,16 @@
-"""Writes for runs and step runs: start, claim, complete, fail.
+"""Writes for runs and step runs: start, claim, heartbeat, complete, fail, wait, resume, cancel, restart.
 
-Each transition is a conditional UPDATE on the state it expects, inside one transaction with its audit
-event; follow-up work (enqueueing the next step, telling browsers) is scheduled with on_commit, so nothing
-outside the database ever sees a change that did not commit.
+Every transition is a conditional UPDATE on the state (and, for a running step, the fencing token) it
+expects, inside one transaction with its audit event and any Outbox rows it calls for. Celery only hears
+about a change after it committed (the outbox relay runs on commit, and the sweeper relays whatever a crash
+left behind), so nothing outside the database ever acts on a change that did not happen.
 """
 
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -19,32 +22,74 @@ from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.services import audit_record
-from apps.core.exceptions import Conflict, Forbidden, ValidationFailed
+from apps.core.exceptions import ApplicationError, Conflict, Forbidden, ValidationFailed
 from apps.runs import engine
-from apps.runs.models import Run, StepRun
+from apps.runs.models import Incident, Outbox, Run, StepResult, StepRun, Timer
 from apps.steps.registry import step_type_get
+from apps.workflows.graph import step_options
 from apps.workflows.input_schema import input_validate
-from apps.workflows.models import Workflow
+from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_can_run, workflow_version_published_latest
 
-
-def _enqueue(step_run_ids: list[tuple[int, str]]) -> None:
-    # Imported here: tasks import the executor, which imports these services.
-    from apps.runs.tasks import execute_step
-
-    for step_run_id, queue in step_run_ids:
-        execute_step.apply_async(args=[step_run_id], queue=queue)
+EXECUTE_STEP_TASK = "runs.execute_step"
 
 
-def _after_commit(run_id: int, *, enqueue: list[tuple[int, str]] | None = None, changed: list[str]) -> None:
+# --- dispatch ------------------------------------------------------------------------------------------
+
+
+def _publish_changed(run_id: int, keys: Iterable[str]) -> None:
     from apps.runs.events import publish_run_changed
 
-    def fire() -> None:
-        if enqueue:
-            _enqueue(enqueue)
-        publish_run_changed(run_id, changed)
+    keys = list(keys)
+    transaction.on_commit(lambda: publish_run_changed(run_id, keys))
 
-    transaction.on_commit(fire)
+
+def _dispatch(step_runs: list[StepRun]) -> None:
+    """Write one Outbox row per step run (same transaction) and relay them once it commits."""
+    if not step_runs:
+        return
+    rows = Outbox.objects.bulk_create(
+        Outbox(task=EXECUTE_STEP_TASK, queue=step_type_get(s.step_type).queue, args=[s.pk]) for s in step_runs
+    )
+    ids = [row.pk for row in rows]
+    transaction.on_commit(lambda: outbox_relay(ids=ids))
+
+
+def outbox_relay(*, ids: list[int] | None = None, older_than_seconds: float = 0, limit: int = 500) -> int:
+    """Send unrelayed Outbox rows to Celery and mark them relayed; returns how many were sent.
+
+    Rows are locked with SKIP LOCKED so the sweeper and an on-commit relay never send the same row at once.
+    A row whose send fails stays unrelayed for the next sweep. Marking is committed asynchronously
+    (`synchronous_commit = off`): losing that mark in a crash only means one harmless duplicate send.
+    """
+    from workers.celery import app
+
+    sent = 0
+    with transaction.atomic():
+        rows = Outbox.objects.select_for_update(skip_locked=True).filter(relayed_at__isnull=True)
+        if ids is not None:
+            rows = rows.filter(pk__in=ids)
+        if older_than_seconds:
+            rows = rows.filter(created_at__lt=timezone.now() - timedelta(seconds=older_than_seconds))
+        done = []
+        for row in rows.order_by("pk")[:limit]:
+            try:
+                app.send_task(row.task, args=row.args, queue=row.queue)
+            except Exception:  # the broker is down: leave the row for the sweeper
+                Outbox.objects.filter(pk=row.pk).update(attempts=F("attempts") + 1)
+                break
+            done.append(row.pk)
+        if done:
+            from django.db import connection
+
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            Outbox.objects.filter(pk__in=done).update(relayed_at=timezone.now())
+            sent = len(done)
+    return sent
+
+
+# --- starting runs ---------------------------------------------------------------------------------------
 
 
 @transaction.atomic
@@ -75,151 +120,625 @@ def run_start(
         raise ValidationFailed("The run input is not valid.", fields=errors)
     try:
         with transaction.atomic():
-            run = Run.objects.create(
-                workflow=workflow,
-                version=version,
-                inputs=cleaned,
-                initiator=actor,
-                idempotency_key=idempotency_key,
-                trigger=trigger,
-                status=Run.Status.RUNNING,
-                started_at=timezone.now(),
+            run = _run_create(
+                version=version, inputs=cleaned, actor=actor, trigger=trigger, idempotency_key=idempotency_key
             )
     except IntegrityError:
         # A concurrent request with the same key won the insert; return its run.
         return Run.objects.get(initiator=actor, idempotency_key=idempotency_key), False
-    step_runs = StepRun.objects.bulk_create(
-        StepRun(
-            run=run,
-            step_key=step["key"],
-            step_type=step["type"],
-            name=step.get("name") or step["key"],
-            position=index,
-        )
-        for index, step in enumerate(version.steps)
-    )
     audit_record(
         actor=actor,
         verb="run.started",
         target=run,
         data={"workflow": workflow.slug, "version": version.number, "trigger": trigger},
     )
-    decision = engine.decide(version.graph, {s.step_key: s.state for s in step_runs})
-    enqueue = _queue_steps(run, decision.start)
-    _after_commit(run.pk, enqueue=enqueue, changed=list(decision.start))
+    _advance(run)
     return run, True
 
 
-def _queue_steps(run: Run, keys: tuple[str, ...]) -> list[tuple[int, str]]:
-    """Move the named pending steps to queued; returns (step run id, Celery queue) for each."""
-    if not keys:
-        return []
+def _run_create(
+    *,
+    version: WorkflowVersion,
+    inputs: dict[str, Any],
+    actor: User | None,
+    trigger: str,
+    idempotency_key: str = "",
+    restarted_from: Run | None = None,
+    restart_step_key: str = "",
+    parent_step_run: StepRun | None = None,
+) -> Run:
+    """The Run row and one pending StepRun per step (no audit, no dispatch: the callers do those)."""
     now = timezone.now()
-    queued = []
-    for step_run in StepRun.objects.filter(run=run, step_key__in=keys, state=StepRun.State.PENDING):
-        updated = StepRun.objects.filter(pk=step_run.pk, state=StepRun.State.PENDING).update(
+    run = Run.objects.create(
+        workflow=version.workflow,
+        version=version,
+        inputs=inputs,
+        initiator=actor,
+        idempotency_key=idempotency_key,
+        trigger=trigger,
+        status=Run.Status.RUNNING,
+        started_at=now,
+        restarted_from=restarted_from,
+        restart_step_key=restart_step_key,
+        parent_step_run=parent_step_run,
+    )
+    StepRun.objects.bulk_create(
+        StepRun(run=run, step_key=step["key"], step_type=step["type"], name=step.get("name") or step["key"], position=i)
+        for i, step in enumerate(version.steps)
+    )
+    timeout = version.graph.get("timeout_seconds")
+    if timeout:
+        Timer.objects.create(kind=Timer.Kind.RUN_TIMEOUT, run=run, fire_at=now + timedelta(seconds=float(timeout)))
+    return run
+
+
+# --- the engine's decisions ------------------------------------------------------------------------------
+
+
+def _advance(run: Run, *, changed: Iterable[str] = ()) -> None:
+    """Apply the engine's decision to the run. Callers hold the run row lock (or just created it)."""
+    rows = list(StepRun.objects.filter(run=run))
+    records = {row.step_key: engine.StepRecord(row.state, row.branch or None) for row in rows}
+    decision = engine.decide(run.version.graph, records)
+    by_key = {row.step_key: row for row in rows}
+    now = timezone.now()
+    for key in decision.skip:
+        skipped = by_key[key]
+        if StepRun.objects.filter(pk=skipped.pk, state=StepRun.State.PENDING).update(
+            state=StepRun.State.SKIPPED, finished_at=now
+        ):
+            StepResult.objects.create(
+                run=run, step_key=key, step_run=skipped, outcome="skipped", attempt=0, fencing_token=0
+            )
+    to_queue = [by_key[key] for key in decision.start]
+    queued = [
+        step
+        for step in to_queue
+        if StepRun.objects.filter(pk=step.pk, state=StepRun.State.PENDING).update(
             state=StepRun.State.QUEUED, queued_at=now
         )
-        if updated:
-            queued.append((step_run.pk, step_type_get(step_run.step_type).queue))
-    return queued
+    ]
+    _dispatch(queued)
+    if decision.run_status is not None and run.status not in Run.FINISHED:
+        _run_finish(run, decision, rows)
+    _publish_changed(run.pk, [*changed, *decision.start, *decision.skip])
+
+
+def _run_finish(run: Run, decision: engine.Decision, rows: list[StepRun]) -> None:
+    outputs = {row.step_key: row.output for row in rows if row.state == StepRun.State.SUCCEEDED}
+    error = ""
+    if decision.failed_step:
+        failed = next(row for row in rows if row.step_key == decision.failed_step)
+        error = f'Step "{failed.step_key}" failed: {failed.error}'
+        _steps_cancel(run, reason="the run failed")
+    output = engine.run_output(run.version.graph, outputs) if decision.run_status == "succeeded" else None
+    Run.objects.filter(pk=run.pk).update(
+        status=decision.run_status, finished_at=timezone.now(), output=output, error=error
+    )
+    run.status = decision.run_status  # type: ignore[assignment]
+    audit_record(
+        actor=None, verb=f"run.{decision.run_status}", target=run, data={"error": error[:2000]} if error else {}
+    )
+    if run.parent_step_run_id:
+        _child_run_finished(run, str(decision.run_status), output, error)
+
+
+def _steps_cancel(run: Run, *, reason: str) -> list[str]:
+    """Cancel every unfinished step; bumping the fencing token refuses a running worker's late result."""
+    keys = list(StepRun.objects.filter(run=run).exclude(state__in=StepRun.FINISHED).values_list("step_key", flat=True))
+    StepRun.objects.filter(run=run).exclude(state__in=StepRun.FINISHED).update(
+        state=StepRun.State.CANCELLED,
+        fencing_token=F("fencing_token") + 1,
+        lease_expires_at=None,
+        waiting_for="",
+        finished_at=timezone.now(),
+        error=reason,
+    )
+    Incident.objects.filter(run=run, resolved_at__isnull=True).update(resolved_at=timezone.now(), resolution="abort")
+    return keys
+
+
+def _child_run_finished(child: Run, status: str, output: Any, error: str) -> None:
+    """Resume (or fail) the parent's `flow.subworkflow` step once its child run finished."""
+    assert child.parent_step_run_id is not None
+    parent_step = StepRun.objects.select_related("run").get(pk=child.parent_step_run_id)
+    if status == "succeeded":
+        step_run_resume(step_run=parent_step, output={"output": output, "run_id": child.pk})
+    else:
+        step_run_resume(step_run=parent_step, error=f"The sub-workflow run #{child.pk} {status}: {error}")
+
+
+def _lock_run(run_id: int) -> Run:
+    return Run.objects.select_for_update().select_related("version", "workflow").get(pk=run_id)
+
+
+# --- one step's life -------------------------------------------------------------------------------------
 
 
 def step_run_claim(*, step_run_id: int, worker: str) -> StepRun | None:
-    """Take ownership of a queued step: running, a lease, a new fencing token. None if another worker
-    already has it or it is no longer queued (a duplicate delivery), in which case the caller stops."""
+    """Take ownership of a queued step: running, a lease, a new fencing token. None if it is not queued
+    (a duplicate delivery, a cancelled run), in which case the caller stops."""
     now = timezone.now()
-    lease = now + timedelta(seconds=settings.AIOS_STEP_LEASE_SECONDS)
     updated = StepRun.objects.filter(pk=step_run_id, state=StepRun.State.QUEUED).update(
         state=StepRun.State.RUNNING,
         attempt=F("attempt") + 1,
         fencing_token=F("fencing_token") + 1,
         lease_owner=worker[:200],
-        lease_expires_at=lease,
+        lease_expires_at=now + timedelta(seconds=settings.AIOS_STEP_LEASE_SECONDS),
         started_at=now,
     )
     if not updated:
         return None
-    step_run = StepRun.objects.select_related("run", "run__version").get(pk=step_run_id)
-    _after_commit(step_run.run_id, changed=[step_run.step_key])
+    step_run = StepRun.objects.select_related("run", "run__version", "run__workflow").get(pk=step_run_id)
+    options = step_options(_definition(step_run))
+    if options.timeout_seconds:
+        Timer.objects.create(
+            kind=Timer.Kind.STEP_TIMEOUT,
+            run=step_run.run,
+            step_run=step_run,
+            fencing_token=step_run.fencing_token,
+            fire_at=now + timedelta(seconds=options.timeout_seconds),
+        )
+    _publish_changed(step_run.run_id, [step_run.step_key])
     return step_run
+
+
+def step_run_heartbeat(*, step_run: StepRun) -> bool:
+    """Extend the lease of a step this worker still owns; False means it lost the step (stop working)."""
+    return bool(
+        StepRun.objects.filter(
+            pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
+        ).update(lease_expires_at=timezone.now() + timedelta(seconds=settings.AIOS_STEP_LEASE_SECONDS))
+    )
+
+
+def _definition(step_run: StepRun) -> dict[str, Any]:
+    return next(step for step in step_run.run.version.steps if step["key"] == step_run.step_key)
+
+
+def _jsonable(value: Any) -> Any:
+    # Round-trip through JSON so what is stored is exactly what later steps will read.
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 
 @transaction.atomic
 def step_run_succeed(
-    *, step_run: StepRun, output: dict[str, Any], usage: dict[str, Any], streamed_text: str = ""
+    *, step_run: StepRun, output: dict[str, Any], usage: dict[str, Any] | None = None, streamed_text: str = ""
 ) -> bool:
-    """Record a step's result if `step_run.fencing_token` is still current; then advance the run.
+    """Record a step's result if its fencing token is still current, then advance the run.
 
-    Returns False (and changes nothing) when the token is stale: another worker owns the step now.
+    Returns False (and changes nothing) when the token is stale: the step was taken over or cancelled.
     """
-    run = Run.objects.select_for_update().select_related("version").get(pk=step_run.run_id)
-    # Round-trip through JSON so what is stored is exactly what later steps will read.
-    output = json.loads(json.dumps(output, cls=DjangoJSONEncoder))
+    run = _lock_run(step_run.run_id)
+    output, usage = _jsonable(output), _jsonable(usage or {})
+    branch = str(output.get("branch", "")) if isinstance(output, dict) else ""
     updated = StepRun.objects.filter(
         pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
     ).update(
         state=StepRun.State.SUCCEEDED,
         output=output,
         usage=usage,
+        branch=branch[:64],
         streamed_text=streamed_text,
         finished_at=timezone.now(),
         lease_expires_at=None,
     )
     if not updated:
         return False
-    Run.objects.filter(pk=run.pk).update(
-        total_prompt_tokens=F("total_prompt_tokens") + int(usage.get("prompt_tokens") or 0),
-        total_generated_tokens=F("total_generated_tokens") + int(usage.get("generated_tokens") or 0),
+    _record_success(run, step_run, output, usage)
+    _advance(run, changed=[step_run.step_key])
+    return True
+
+
+def _record_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, Any]) -> None:
+    StepResult.objects.create(
+        run=run,
+        step_key=step_run.step_key,
+        step_run=step_run,
+        outcome="succeeded",
+        output=output,
+        attempt=step_run.attempt,
+        fencing_token=step_run.fencing_token,
     )
+    if usage:
+        Run.objects.filter(pk=run.pk).update(
+            total_prompt_tokens=F("total_prompt_tokens") + int(usage.get("prompt_tokens") or 0),
+            total_generated_tokens=F("total_generated_tokens") + int(usage.get("generated_tokens") or 0),
+        )
     audit_record(
         actor=None,
         verb="step.succeeded",
         target=run,
         data={"step": step_run.step_key, "attempt": step_run.attempt, "usage": usage},
     )
+
+
+@transaction.atomic
+def step_run_fail(*, step_run: StepRun, error: str, retryable: bool = False, streamed_text: str = "") -> bool:
+    """Record a failed attempt if the fencing token is current: schedule a retry when the step's policy
+    allows one, else fail the step (and the run, unless an error branch handles it)."""
+    run = _lock_run(step_run.run_id)
+    policy = step_options(_definition(step_run)).retry
+    fresh = StepRun.objects.get(pk=step_run.pk)
+    if fresh.state != StepRun.State.RUNNING or fresh.fencing_token != step_run.fencing_token:
+        return False
+    will_retry = fresh.attempt < policy.max_attempts and (retryable or policy.retry_on == "any")
+    now = timezone.now()
+    if will_retry:
+        delay = policy.delay_for(fresh.attempt, random.random())  # noqa: S311 - jitter, not security
+        StepRun.objects.filter(pk=step_run.pk).update(
+            state=StepRun.State.WAITING,
+            waiting_for="retry",
+            error=error,
+            streamed_text=streamed_text,
+            lease_expires_at=None,
+        )
+        Timer.objects.create(
+            kind=Timer.Kind.RETRY,
+            run=run,
+            step_run=step_run,
+            fencing_token=fresh.fencing_token,
+            fire_at=now + timedelta(seconds=delay),
+        )
+        audit_record(
+            actor=None,
+            verb="step.retry_scheduled",
+            target=run,
+            data={
+                "step": step_run.step_key,
+                "attempt": fresh.attempt,
+                "delay_seconds": round(delay, 3),
+                "error": error[:2000],
+            },
+        )
+        _publish_changed(run.pk, [step_run.step_key])
+        return True
+    StepRun.objects.filter(pk=step_run.pk).update(
+        state=StepRun.State.FAILED, error=error, streamed_text=streamed_text, finished_at=now, lease_expires_at=None
+    )
+    StepResult.objects.create(
+        run=run,
+        step_key=step_run.step_key,
+        step_run=step_run,
+        outcome="failed",
+        error=error,
+        attempt=fresh.attempt,
+        fencing_token=fresh.fencing_token,
+    )
+    audit_record(
+        actor=None,
+        verb="step.failed",
+        target=run,
+        data={"step": step_run.step_key, "attempt": fresh.attempt, "error": error[:2000]},
+    )
     _advance(run, changed=[step_run.step_key])
     return True
 
 
 @transaction.atomic
-def step_run_fail(*, step_run: StepRun, error: str, streamed_text: str = "") -> bool:
-    """Record a step's failure (with a readable `error`) if its fencing token is current; then advance."""
-    run = Run.objects.select_for_update().select_related("version").get(pk=step_run.run_id)
+def step_run_wait(
+    *, step_run: StepRun, for_what: str, fire_at: Any = None, details: dict[str, Any] | None = None
+) -> bool:
+    """Park a running step (this worker owned it) until a timer or another service resumes it."""
+    run = _lock_run(step_run.run_id)
     updated = StepRun.objects.filter(
         pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
-    ).update(
-        state=StepRun.State.FAILED,
-        error=error,
-        streamed_text=streamed_text,
-        finished_at=timezone.now(),
-        lease_expires_at=None,
-    )
+    ).update(state=StepRun.State.WAITING, waiting_for=for_what[:16], lease_expires_at=None)
     if not updated:
         return False
+    if fire_at is not None:
+        kind = Timer.Kind.DELAY if for_what == "timer" else Timer.Kind.APPROVAL_DUE
+        Timer.objects.create(
+            kind=kind, run=run, step_run=step_run, fencing_token=step_run.fencing_token, fire_at=fire_at
+        )
     audit_record(
         actor=None,
-        verb="step.failed",
+        verb="step.waiting",
         target=run,
-        data={"step": step_run.step_key, "attempt": step_run.attempt, "error": error[:2000]},
+        data={"step": step_run.step_key, "for": for_what, **(details or {})},
     )
-    _advance(run, changed=[step_run.step_key])
+    _publish_changed(run.pk, [step_run.step_key])
     return True
 
 
-def _advance(run: Run, *, changed: list[str]) -> None:
-    """Apply the engine's decision after a step finished. Caller holds the run row lock."""
-    rows = list(StepRun.objects.filter(run=run).values("step_key", "state", "output", "error"))
-    decision = engine.decide(run.version.graph, {row["step_key"]: row["state"] for row in rows})
-    enqueue = _queue_steps(run, decision.start)
-    if decision.run_status is not None and run.status not in Run.FINISHED:
-        outputs = {row["step_key"]: row["output"] for row in rows}
-        failed = [row for row in rows if row["state"] == StepRun.State.FAILED]
-        Run.objects.filter(pk=run.pk).update(
-            status=decision.run_status,
-            finished_at=timezone.now(),
-            output=engine.run_output(run.version.graph, outputs) if decision.run_status == "succeeded" else None,
-            error=f'Step "{failed[0]["step_key"]}" failed: {failed[0]["error"]}' if failed else "",
+@transaction.atomic
+def step_run_resume(
+    *, step_run: StepRun, output: dict[str, Any] | None = None, error: str = "", actor: User | None = None
+) -> bool:
+    """Finish a waiting step with `output` (or fail it with `error`); False if it was no longer waiting."""
+    run = _lock_run(step_run.run_id)
+    now = timezone.now()
+    state = StepRun.State.FAILED if error else StepRun.State.SUCCEEDED
+    output = _jsonable(output or {})
+    updated = StepRun.objects.filter(pk=step_run.pk, state=StepRun.State.WAITING).update(
+        state=state,
+        output=None if error else output,
+        branch=str(output.get("branch", ""))[:64] if not error else "",
+        error=error,
+        waiting_for="",
+        finished_at=now,
+    )
+    if not updated:
+        return False
+    fresh = StepRun.objects.get(pk=step_run.pk)
+    if error:
+        StepResult.objects.create(
+            run=run,
+            step_key=fresh.step_key,
+            step_run=fresh,
+            outcome="failed",
+            error=error,
+            attempt=fresh.attempt,
+            fencing_token=fresh.fencing_token,
         )
-        audit_record(actor=None, verb=f"run.{decision.run_status}", target=run, data={})
-    _after_commit(run.pk, enqueue=enqueue, changed=changed + list(decision.start))
+        audit_record(actor=actor, verb="step.failed", target=run, data={"step": fresh.step_key, "error": error[:2000]})
+    else:
+        _record_success(run, fresh, output, {})
+    _advance(run, changed=[fresh.step_key])
+    return True
+
+
+# --- operating runs --------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def run_cancel(*, run: Run, actor: User | None, reason: str = "") -> Run:
+    """Cancel a run that has not finished: every unfinished step is cancelled and late results refused."""
+    locked = _lock_run(run.pk)
+    if locked.is_finished:
+        raise Conflict(f"Run #{run.pk} already {locked.status}; only an unfinished run can be cancelled.")
+    keys = _steps_cancel(locked, reason=reason or "cancelled")
+    Run.objects.filter(pk=run.pk).update(
+        status=Run.Status.CANCELLED, finished_at=timezone.now(), error=reason or "Cancelled."
+    )
+    audit_record(actor=actor, verb="run.cancelled", target=locked, data={"reason": reason[:500]})
+    _publish_changed(run.pk, keys)
+    for child in Run.objects.filter(parent_step_run__run=locked).exclude(status__in=Run.FINISHED):
+        run_cancel(run=child, actor=actor, reason=f"its parent run #{run.pk} was cancelled")
+    locked.refresh_from_db()
+    return locked
+
+
+@transaction.atomic
+def run_restart(*, run: Run, step_key: str, actor: User) -> Run:
+    """Start a new run of the same version and inputs, linked to `run`, that reuses the recorded outputs
+    of every step that does not depend on `step_key` and executes `step_key` and what follows it."""
+    original = _lock_run(run.pk)
+    if not original.is_finished:
+        raise Conflict(f"Run #{run.pk} is still {original.status}; restart it once it has finished (or cancel it).")
+    if step_key not in {step["key"] for step in original.version.steps}:
+        raise ApplicationError(f'Run #{run.pk} has no step "{step_key}".')
+    if not workflow_can_run(actor, original.workflow):
+        raise Forbidden("You may view this run but not run its workflow.")
+    old_steps = {s.step_key: s for s in StepRun.objects.filter(run=original)}
+    succeeded = [key for key, step in old_steps.items() if step.state == StepRun.State.SUCCEEDED]
+    reused = engine.reusable_before(original.version.graph, step_key, succeeded)
+    new = _run_create(
+        version=original.version,
+        inputs=original.inputs,
+        actor=actor,
+        trigger="restart",
+        restarted_from=original,
+        restart_step_key=step_key,
+    )
+    now = timezone.now()
+    for step in StepRun.objects.filter(run=new, step_key__in=reused):
+        old = old_steps[step.step_key]
+        StepRun.objects.filter(pk=step.pk).update(
+            state=StepRun.State.SUCCEEDED,
+            output=old.output,
+            usage=old.usage,
+            branch=old.branch,
+            streamed_text=old.streamed_text,
+            reused_from=old,
+            started_at=now,
+            finished_at=now,
+        )
+        StepResult.objects.create(
+            run=new,
+            step_key=step.step_key,
+            step_run=step,
+            outcome="succeeded",
+            output=old.output,
+            attempt=0,
+            fencing_token=0,
+        )
+    audit_record(
+        actor=actor,
+        verb="run.restarted",
+        target=new,
+        data={"from_run": original.pk, "from_step": step_key, "reused_steps": sorted(reused)},
+    )
+    _advance(new)
+    return new
+
+
+# --- the sweeper and timers ------------------------------------------------------------------------------
+
+
+def sweep(*, now: Any = None) -> dict[str, int]:
+    """One pass of the repair loop; returns what it did. Safe to run concurrently and repeatedly.
+
+    1. relay outbox rows a crash or a broker outage left unsent;
+    2. take back steps whose lease expired (their worker died or stalled), up to the restart cap, after
+       which the step becomes an incident a person resolves;
+    3. re-send steps queued so long ago that their message was probably lost (Redis without persistence);
+    4. fire due timers.
+    """
+    now = now or timezone.now()
+    report = {"relayed": outbox_relay(older_than_seconds=settings.AIOS_OUTBOX_RELAY_AFTER_SECONDS)}
+    report["lease_expired"], report["incidents"] = _sweep_expired_leases(now)
+    report["requeued"] = _sweep_stale_queued(now)
+    report["timers"] = _fire_due_timers(now)
+    return report
+
+
+def _sweep_expired_leases(now: Any) -> tuple[int, int]:
+    taken = incidents = 0
+    expired = StepRun.objects.filter(state=StepRun.State.RUNNING, lease_expires_at__lt=now).values_list("pk", "run_id")[
+        :200
+    ]
+    for step_run_id, run_id in expired:
+        with transaction.atomic():
+            run = _lock_run(run_id)
+            step_run = (
+                StepRun.objects.select_for_update(skip_locked=True)
+                .filter(pk=step_run_id, state=StepRun.State.RUNNING, lease_expires_at__lt=now)
+                .first()
+            )
+            if step_run is None:
+                continue
+            previous_owner = step_run.lease_owner
+            if step_run.restarts >= settings.AIOS_STEP_RESTART_CAP:
+                StepRun.objects.filter(pk=step_run.pk).update(
+                    state=StepRun.State.WAITING,
+                    waiting_for="incident",
+                    fencing_token=F("fencing_token") + 1,
+                    lease_expires_at=None,
+                )
+                reason = (
+                    f"The step's worker stopped responding {step_run.restarts + 1} times "
+                    f"(last: {previous_owner or 'unknown'}); it was not retried again automatically."
+                )
+                Incident.objects.create(run=run, step_run=step_run, reason=reason)
+                audit_record(
+                    actor=None,
+                    verb="step.incident_opened",
+                    target=run,
+                    data={"step": step_run.step_key, "reason": reason},
+                )
+                incidents += 1
+            else:
+                StepRun.objects.filter(pk=step_run.pk).update(
+                    state=StepRun.State.QUEUED,
+                    queued_at=now,
+                    restarts=F("restarts") + 1,
+                    fencing_token=F("fencing_token") + 1,
+                    lease_expires_at=None,
+                    lease_owner="",
+                )
+                audit_record(
+                    actor=None,
+                    verb="step.lease_expired",
+                    target=run,
+                    data={"step": step_run.step_key, "owner": previous_owner, "restarts": step_run.restarts + 1},
+                )
+                _dispatch([step_run])
+                taken += 1
+            _publish_changed(run.pk, [step_run.step_key])
+    return taken, incidents
+
+
+def _sweep_stale_queued(now: Any) -> int:
+    cutoff = now - timedelta(seconds=settings.AIOS_REQUEUE_AFTER_SECONDS)
+    with transaction.atomic():
+        stale = list(
+            StepRun.objects.select_for_update(skip_locked=True)
+            .filter(state=StepRun.State.QUEUED, queued_at__lt=cutoff)
+            .only("pk", "step_type")[:500]
+        )
+        if stale:
+            StepRun.objects.filter(pk__in=[s.pk for s in stale], state=StepRun.State.QUEUED).update(queued_at=now)
+            _dispatch(stale)
+    return len(stale)
+
+
+def _fire_due_timers(now: Any) -> int:
+    fired = 0
+    while True:
+        with transaction.atomic():
+            timer = (
+                Timer.objects.select_for_update(skip_locked=True)
+                .filter(fired_at__isnull=True, fire_at__lte=now)
+                .order_by("fire_at")
+                .first()
+            )
+            if timer is None:
+                return fired
+            Timer.objects.filter(pk=timer.pk).update(fired_at=now)
+            _timer_fire(timer)
+            fired += 1
+
+
+def _timer_fire(timer: Timer) -> None:
+    """Act on one due timer; a timer whose step moved on (another token, another state) does nothing."""
+    run = _lock_run(timer.run_id)
+    if run.is_finished:
+        return
+    if timer.kind == Timer.Kind.RUN_TIMEOUT:
+        keys = _steps_cancel(run, reason="the run timed out")
+        Run.objects.filter(pk=run.pk).update(
+            status=Run.Status.FAILED, finished_at=timezone.now(), error="The run exceeded its time limit."
+        )
+        audit_record(actor=None, verb="run.failed", target=run, data={"error": "timeout"})
+        _publish_changed(run.pk, keys)
+        return
+    assert timer.step_run_id is not None
+    step_run = StepRun.objects.select_related("run__version").get(pk=timer.step_run_id)
+    if step_run.fencing_token != timer.fencing_token:
+        return
+    if timer.kind == Timer.Kind.RETRY and step_run.state == StepRun.State.WAITING and step_run.waiting_for == "retry":
+        StepRun.objects.filter(pk=step_run.pk).update(
+            state=StepRun.State.QUEUED, waiting_for="", queued_at=timezone.now()
+        )
+        _dispatch([step_run])
+        _publish_changed(run.pk, [step_run.step_key])
+    elif timer.kind == Timer.Kind.DELAY and step_run.state == StepRun.State.WAITING:
+        step_run_resume(step_run=step_run, output={"waited_until": timer.fire_at.isoformat()})
+    elif timer.kind == Timer.Kind.STEP_TIMEOUT and step_run.state == StepRun.State.RUNNING:
+        # Bump the token first: the worker may still finish, and its result must be refused.
+        StepRun.objects.filter(pk=step_run.pk).update(fencing_token=F("fencing_token") + 1)
+        step_run.fencing_token += 1
+        limit = step_options(_definition(step_run)).timeout_seconds or 0
+        step_run_fail(step_run=step_run, error=f"The step took longer than its {limit:g} s time limit.", retryable=True)
+    elif timer.kind == Timer.Kind.APPROVAL_DUE and step_run.state == StepRun.State.WAITING:
+        from apps.runs.hooks import approval_due
+
+        approval_due(step_run)
+
+
+# --- incidents -------------------------------------------------------------------------------------------
+
+
+def _incident_close(incident: Incident, *, actor: User, resolution: str) -> Incident:
+    locked = Incident.objects.select_for_update().get(pk=incident.pk)
+    if not locked.is_open:
+        raise Conflict(f"Incident #{incident.pk} was already resolved ({locked.resolution}).")
+    locked.resolution, locked.resolved_by, locked.resolved_at = resolution, actor, timezone.now()
+    locked.save(update_fields=["resolution", "resolved_by", "resolved_at"])
+    return locked
+
+
+@transaction.atomic
+def incident_retry(*, incident: Incident, actor: User) -> Incident:
+    """Give the step another round of attempts (its restart count starts again)."""
+    run = _lock_run(incident.run_id)
+    incident = _incident_close(incident, actor=actor, resolution=Incident.Resolution.RETRY)
+    StepRun.objects.filter(pk=incident.step_run_id).update(
+        state=StepRun.State.QUEUED, waiting_for="", restarts=0, queued_at=timezone.now()
+    )
+    audit_record(actor=actor, verb="incident.retried", target=run, data={"incident": incident.pk})
+    _dispatch([StepRun.objects.get(pk=incident.step_run_id)])
+    _publish_changed(run.pk, [incident.step_run.step_key])
+    return incident
+
+
+@transaction.atomic
+def incident_skip(*, incident: Incident, actor: User, output: dict[str, Any]) -> Incident:
+    """Treat the step as done with an output the person supplies; the run continues from there."""
+    if not isinstance(output, dict):
+        raise ValidationFailed("The output must be a JSON object.", fields={"output": ["Must be a JSON object."]})
+    run = _lock_run(incident.run_id)
+    incident = _incident_close(incident, actor=actor, resolution=Incident.Resolution.SKIP)
+    audit_record(actor=actor, verb="incident.skipped", target=run, data={"incident": incident.pk})
+    step_run_resume(step_run=incident.step_run, output=output, actor=actor)
+    return incident
+
+
+@transaction.atomic
+def incident_abort(*, incident: Incident, actor: User) -> Incident:
+    """Stop the run: the step and the run are cancelled."""
+    incident = _incident_close(incident, actor=actor, resolution=Incident.Resolution.ABORT)
+    audit_record(actor=actor, verb="incident.aborted", target=incident.run, data={"incident": incident.pk})
+    run_cancel(run=incident.run, actor=actor, reason=f"aborted from incident #{incident.pk}")
+    return incident

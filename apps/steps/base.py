@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -45,18 +46,35 @@ class StepContext:
     steps: dict[str, dict[str, Any]]
     idempotency_key: str
     emit_tokens: Callable[[str], None] = lambda text: None
+    params: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
 
     def expression_variables(self) -> dict[str, Any]:
-        """The names expressions and templates may use: `input` and `steps`."""
-        return {"input": self.input, "steps": self.steps}
+        """The names expressions and templates may use: `input`, `steps` and the step's `params`."""
+        return {"input": self.input, "steps": self.steps, "params": self.params}
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Park the step without holding a worker: until `fire_at` (a delay), or until another part of the
+    product resumes it (`for_what` "approval" or "subworkflow"), with an optional due time."""
+
+    for_what: str
+    fire_at: datetime | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class StepOutcome:
-    """A step's result: `output` is what later steps read; `usage` is provenance and metering."""
+    """A step's result: `output` is what later steps read; `usage` is provenance and metering.
+
+    With `wait` set the step is not finished: it waits, and `output` is ignored until it resumes.
+    A branching step (logic.if, logic.switch) names the branch it took in `output["branch"]`.
+    """
 
     output: dict[str, Any]
     usage: dict[str, Any] = field(default_factory=dict)
+    wait: Wait | None = None
 
 
 class StepType:

@@ -24,7 +24,7 @@ def test_unreachable_inference_server_fails_the_step_readably(settings, analyst,
     extract.refresh_from_db()
     assert run.status == Run.Status.FAILED and extract.state == "failed"
     assert "not reachable" in extract.error and settings.AIOS_INFERENCE_URL in extract.error
-    assert run.step_runs.get(step_key="decide").state == "pending"
+    assert run.step_runs.get(step_key="decide").state == "cancelled"  # never started: the run failed
     assert AuditEvent.objects.filter(verb="step.failed", target_id=str(run.pk)).exists()
     assert AuditEvent.objects.filter(verb="run.failed", target_id=str(run.pk)).exists()
 

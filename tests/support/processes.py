@@ -70,17 +70,31 @@ def running(
         stop_process_group(process)
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
-    if process.poll() is not None:
-        return
+    """SIGTERM the process group, SIGKILL what is left after `grace`, and wait until the whole group is
+    gone (pool children hold database connections that would block dropping the test database)."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + grace
+    while _group_alive(process.pid) and time.monotonic() < deadline:
+        process.poll()
+        time.sleep(0.05)
+    if _group_alive(process.pid):
+        os.killpg(process.pid, signal.SIGKILL)
+        while _group_alive(process.pid):
+            process.poll()
+            time.sleep(0.05)
+    process.wait(5)
 
 
 def celery_worker_argv(queues: str = "engine,inference,connectors,default", concurrency: int = 2) -> list[str]:

@@ -103,7 +103,7 @@ class LlmGenerate(StepType):
                     **common,
                 )
         except client.InferenceError as error:
-            raise StepError(str(error), retryable=isinstance(error, client.InferenceOverloadedError)) from None
+            raise StepError(str(error), retryable=error.retryable) from None
         output: dict[str, Any] = {"text": result.text}
         if schema is not None:
             output["data"] = _parse_json_reply(result.text, schema, context.step_key)

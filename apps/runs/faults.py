@@ -1,0 +1,46 @@
+"""Crash points for the fault tests (DESIGN section 10, reliability plan B0).
+
+`crash_point("after_claim")` kills the current process with SIGKILL, with the configured probability,
+from a seeded random generator so a failing run can be replayed. With AIOS_FAULTS unset (the default and
+production) the configuration is empty and every call returns at once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+from django.conf import settings
+
+POINTS = (
+    "after_claim",
+    "mid_step",
+    "after_external_call",
+    "before_result_commit",
+    "after_result_commit_before_dispatch",
+    "after_dispatch",
+)
+
+
+def _parse(spec: str) -> dict[str, float]:
+    configured: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, probability = item.partition(":")
+        if name not in POINTS:
+            raise ValueError(f"AIOS_FAULTS names an unknown crash point {name!r}; known: {', '.join(POINTS)}")
+        configured[name] = float(probability or 1)
+    return configured
+
+
+_configured = _parse(settings.AIOS_FAULTS)
+_random = random.Random(settings.AIOS_FAULTS_SEED + os.getpid())  # noqa: S311 - test fault injection
+
+
+def crash_point(name: str) -> None:
+    """Die here (SIGKILL, no clean-up) with the configured probability for `name`."""
+    if not _configured:
+        return
+    probability = _configured.get(name)
+    if probability and _random.random() < probability:
+        os.kill(os.getpid(), signal.SIGKILL)

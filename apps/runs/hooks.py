@@ -1,0 +1,24 @@
+"""Hooks that upper layers fill so the engine can reach them without importing them.
+
+The engine parks a step that waits for a person or a child run; the approvals app (above runs) registers
+what to do when an approval step starts waiting and when its due time passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from apps.runs.models import StepRun
+    from apps.steps.base import Wait
+
+# for_what → called inside the transaction that parked the step.
+on_wait: dict[str, Callable[[StepRun, Wait], None]] = {}
+# Called when an approval's due time passes while the step still waits.
+on_approval_due: list[Callable[[StepRun], None]] = []
+
+
+def approval_due(step_run: StepRun) -> None:
+    for hook in on_approval_due:
+        hook(step_run)
