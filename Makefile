@@ -26,9 +26,10 @@ run: requirements
 services: requirements
 	@exec $(PY) deploy/devstack.py services
 
-# pytest's exit code passes through devstack.py, which turns 5 (no test ran) into a failure with a message.
-# The figures file is removed first so that what is printed comes from this run only.
-test: requirements-dev chromium
+# Lint first (ruff and mypy are part of "done"), then the suite. pytest's exit code passes through
+# devstack.py, which turns 5 (no test ran) into a failure with a message. The figures file is removed
+# first so that what is printed comes from this run only.
+test: requirements-dev chromium lint
 	@rm -f reports/figures.txt
 	@status=0; \
 	$(PY) deploy/devstack.py test -- $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \

@@ -1,10 +1,12 @@
-"""ASGI entry point: HTTP through Django, WebSocket through Channels (same-origin only, session auth)."""
+"""ASGI entry point: HTTP through Django, WebSocket through Channels (exact origins only, session auth)."""
 
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aios_web.settings")
+# Django advises against persistent connections under ASGI (each request may run on another thread).
+os.environ.setdefault("DJANGO_CONN_MAX_AGE", "0")
 
 from django.core.asgi import get_asgi_application
 
@@ -12,13 +14,18 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.security.websocket import OriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from apps.runs.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Exact origins, scheme and port included: a page on another port of the same host is another site.
+        "websocket": OriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+            [url.rstrip("/") for url in settings.AIOS_PUBLIC_URLS],
+        ),
     }
 )

@@ -36,6 +36,11 @@ if PRODUCTION and len(SECRET_KEY) < 50:
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+AIOS_WEB_PORT = env_int("AIOS_WEB_PORT", 8000, minimum=1, maximum=65535)
+# The exact origins (scheme, host and port) whose pages may open the product's WebSockets.
+AIOS_PUBLIC_URLS = env_list(
+    "AIOS_PUBLIC_URLS", [f"http://127.0.0.1:{AIOS_WEB_PORT}", f"http://localhost:{AIOS_WEB_PORT}"]
+)
 
 AIOS_DATA_DIR = Path(env_str("AIOS_DATA_DIR", str(BASE_DIR / ".data")))
 AIOS_PG_PORT = env_int("AIOS_PG_PORT", 55432, minimum=1, maximum=65535)
@@ -125,7 +130,7 @@ CACHES = {
 
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
-    "django.contrib.auth.backends.ModelBackend",
+    "apps.accounts.backends.ThrottledModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [
@@ -169,7 +174,7 @@ STORAGES = {
 # Security headers. The CSP forbids inline script; htmx is configured through a <meta> tag.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self' ws: wss:; font-src 'self'; object-src 'none'; base-uri 'self'; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -196,7 +201,6 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 20,
     "EXCEPTION_HANDLER": "apps.core.api.exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"login": "10/min"},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "AIOS API",

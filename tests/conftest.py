@@ -94,9 +94,9 @@ def celery_worker_process(django_db_setup: Any, django_db_blocker: Any) -> Itera
 def asgi_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """The real ASGI app (HTTP + WebSocket) under uvicorn on a free port; yields its base URL."""
     port = free_port()
-    with django_db_blocker.unblock():
-        env = service_env(DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost")
     base = f"http://127.0.0.1:{port}"
+    with django_db_blocker.unblock():
+        env = service_env(DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost", AIOS_PUBLIC_URLS=base)
     with running("asgi", asgi_server_argv(port), ready=lambda log: http_ok(f"{base}/healthz"), env=env):
         yield base
 
@@ -119,6 +119,7 @@ def paced_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
             CELERY_BROKER_URL=redis_url,
             AIOS_INFERENCE_URL=inference_url,
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+            AIOS_PUBLIC_URLS=f"http://127.0.0.1:{web_port}",
         )
     base = f"http://127.0.0.1:{web_port}"
     with (

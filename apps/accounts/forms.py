@@ -1,4 +1,4 @@
-"""The sign-in form, with throttling."""
+"""The sign-in form: Django's, with a clear message while the name or address is locked out."""
 
 from __future__ import annotations
 
@@ -6,20 +6,13 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm
-from django.http import HttpRequest
 
-from apps.accounts.services import login_failure_record, login_lockout_remaining
-
-
-def client_ip(request: HttpRequest | None) -> str:
-    """The address the request came from (the direct peer; no proxy headers are trusted)."""
-    if request is None:
-        return "unknown"
-    return str(request.META.get("REMOTE_ADDR") or "unknown")
+from apps.accounts.backends import client_ip
+from apps.accounts.services import login_lockout_remaining
 
 
 class ThrottledLoginForm(AuthenticationForm):
-    """Django's sign-in form that refuses to check passwords while the name or address is locked out."""
+    """Throttling itself happens in the authentication backend; this form explains it to the person."""
 
     error_messages = {
         **AuthenticationForm.error_messages,
@@ -28,18 +21,16 @@ class ThrottledLoginForm(AuthenticationForm):
     }
 
     def clean(self) -> dict[str, Any]:
-        username = self.cleaned_data.get("username") or ""
-        ip = client_ip(self.request)
-        remaining = login_lockout_remaining(username=username, client_ip=ip)
-        if remaining:
-            raise forms.ValidationError(
-                self.error_messages["locked_out"],
-                code="locked_out",
-                params={"minutes": max(1, round(remaining / 60))},
-            )
         try:
             return super().clean()
-        except forms.ValidationError as error:
-            if error.code == "invalid_login":
-                login_failure_record(username=username, client_ip=ip)
+        except forms.ValidationError:
+            remaining = login_lockout_remaining(
+                username=self.cleaned_data.get("username") or "", client_ip=client_ip(self.request)
+            )
+            if remaining:
+                raise forms.ValidationError(
+                    self.error_messages["locked_out"],
+                    code="locked_out",
+                    params={"minutes": max(1, round(remaining / 60))},
+                ) from None
             raise

@@ -45,8 +45,9 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
 def roles_sync(**kwargs: Any) -> None:
     """Make sure every role group exists and holds exactly its ROLE_PERMISSIONS (idempotent).
 
-    Connected to post_migrate, so `migrate` and test-database flushes both leave the roles equipped;
-    permissions of apps not migrated yet are skipped until their own post_migrate.
+    Connected to post_migrate (which runs once per app), so `migrate` and test-database flushes both leave
+    the roles equipped; a permission that does not exist yet is simply absent until the post_migrate of
+    its app, which runs this again.
     """
     from django.contrib.auth.models import Group, Permission
 
@@ -58,4 +59,4 @@ def roles_sync(**kwargs: Any) -> None:
             permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
             if permission is not None:
                 wanted.append(permission)
-        group.permissions.add(*wanted)
+        group.permissions.set(wanted)

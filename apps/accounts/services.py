@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils.text import slugify
 
 from apps.accounts.models import Team, User
-from apps.accounts.roles import ROLES
+from apps.accounts.roles import ADMIN, ROLES
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError
 
@@ -35,7 +35,12 @@ def user_create(
     if User.objects.filter(username__iexact=username).exists():
         raise ApplicationError(f'A user named "{username}" already exists.')
     user = User.objects.create_user(
-        username=username, password=password, first_name=first_name, last_name=last_name, email=email
+        username=username,
+        password=password,
+        first_name=first_name,
+        last_name=last_name,
+        email=email,
+        is_staff=ADMIN in roles,  # the admin site is the administrators' console
     )
     user.groups.add(*Group.objects.filter(name__in=roles))
     audit_record(actor=actor, verb="user.created", target=user, data={"roles": sorted(roles)})
@@ -68,10 +73,11 @@ def team_create(*, name: str, members: list[User], actor: User | None = None) ->
 
 
 def _keys(username: str, client_ip: str) -> list[tuple[str, str]]:
-    """(failure counter key, lock key) for the username and for the address."""
+    """(attempt counter key, lock key) for the username and for the address."""
+    name = username.strip().lower()
     return [
-        (f"login-failures:user:{username.strip().lower()}", f"login-locked:user:{username.strip().lower()}"),
-        (f"login-failures:ip:{client_ip}", f"login-locked:ip:{client_ip}"),
+        (f"login-attempts:user:{name}", f"login-locked:user:{name}"),
+        (f"login-attempts:ip:{client_ip}", f"login-locked:ip:{client_ip}"),
     ]
 
 
@@ -80,15 +86,21 @@ def login_lockout_remaining(*, username: str, client_ip: str) -> int:
 
     Both count, so many usernames from one address and one username from many addresses are both slowed.
     """
-    now = time.time()
     locked_until = [cache.get(lock_key) or 0 for _, lock_key in _keys(username, client_ip)]
-    return max(0, math.ceil(max(locked_until) - now))
+    return max(0, math.ceil(max(locked_until) - time.time()))
 
 
-def login_failure_record(*, username: str, client_ip: str) -> None:
-    """Count a failed sign-in; reaching the limit locks the name or address out for the lockout period."""
-    lockout = settings.AIOS_LOGIN_LOCKOUT_SECONDS
-    locked = False
+def login_attempt_reserve(*, username: str, client_ip: str) -> bool:
+    """Count an attempt before the password is checked; False (refuse) when the name or address is locked
+    out or this attempt goes over the limit.
+
+    Counting first, atomically (INCR), is what stops a burst of parallel guesses from all getting in
+    before the first failure is recorded.
+    """
+    if login_lockout_remaining(username=username, client_ip=client_ip):
+        return False
+    lockout, limit = settings.AIOS_LOGIN_LOCKOUT_SECONDS, settings.AIOS_LOGIN_MAX_FAILURES
+    allowed = True
     for counter_key, lock_key in _keys(username, client_ip):
         cache.add(counter_key, 0, timeout=lockout)
         try:
@@ -96,21 +108,32 @@ def login_failure_record(*, username: str, client_ip: str) -> None:
         except ValueError:  # expired between add and incr
             cache.set(counter_key, 1, timeout=lockout)
             count = 1
-        if count >= settings.AIOS_LOGIN_MAX_FAILURES:
+        if count > limit:
             cache.set(lock_key, time.time() + lockout, timeout=lockout)
             cache.delete(counter_key)
-            locked = True
-    if locked:
-        target = User.objects.filter(username__iexact=username).first()
+            allowed = False
+    if not allowed:
         audit_record(
             actor=None,
             verb="user.login_locked",
-            target=target,
+            target=User.objects.filter(username__iexact=username).first(),
             data={"username": username[:150], "client_ip": client_ip},
         )
+    return allowed
+
+
+def login_attempt_succeeded(*, user: User, client_ip: str) -> None:
+    """A correct password: forget this name's attempts and take this one back from the address's count
+    (so a shared office address is not locked out by its own successful sign-ins)."""
+    user_key, ip_key = (counter for counter, _ in _keys(user.get_username(), client_ip))
+    cache.delete(user_key)
+    try:
+        if cache.decr(ip_key) <= 0:
+            cache.delete(ip_key)
+    except ValueError:
+        pass
 
 
 def login_success_record(*, user: User, client_ip: str) -> None:
-    """Clear the failure count for this username and audit the sign-in."""
-    cache.delete(_keys(user.get_username(), client_ip)[0][0])
+    """Audit a sign-in through the web form."""
     audit_record(actor=user, verb="user.logged_in", target=user, data={"client_ip": client_ip})

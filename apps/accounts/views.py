@@ -8,7 +8,8 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from apps.accounts.forms import ThrottledLoginForm, client_ip
+from apps.accounts.backends import client_ip
+from apps.accounts.forms import ThrottledLoginForm
 from apps.accounts.roles import ROLE_DESCRIPTIONS
 from apps.accounts.selectors import user_roles, user_teams
 from apps.accounts.services import login_success_record

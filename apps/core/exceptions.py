@@ -36,3 +36,9 @@ class Forbidden(ApplicationError):
     """The user may see the object but not do this to it."""
 
     status_code = 403
+
+
+class Unprocessable(ApplicationError):
+    """Well-formed but contradicting an earlier request (e.g. an idempotency key reused with another body)."""
+
+    status_code = 422

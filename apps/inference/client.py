@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 from huggingface_hub import AsyncInferenceClient, InferenceClient
@@ -58,6 +59,7 @@ __all__ = [
     "embed",
     "generate_stream",
     "new_async_http_client",
+    "redact_url",
     "server_info",
     "translate_error",
 ]
@@ -97,6 +99,16 @@ class InferenceResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (for Celery results and provenance records)."""
         return asdict(self)
+
+
+def redact_url(url: str) -> str:
+    """`url` without credentials, query or fragment: what may be shown, logged and audited."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def default_base_url() -> str:
@@ -167,6 +179,7 @@ def _classify_server_message(message: str) -> type[InferenceError]:
 
 def translate_error(exc: BaseException, *, base_url: str, timeout: float | None = None) -> InferenceError:
     """Map whatever huggingface_hub or httpx2 raised onto the typed family, with a readable message."""
+    base_url = redact_url(base_url)  # messages reach run pages and the audit chain: no credentials
     if isinstance(exc, InferenceError):
         return exc
     where = f"The inference server at {base_url}"
@@ -369,7 +382,7 @@ class _GenerationState:
     """Accumulates a TGI token stream into an InferenceResult."""
 
     def __init__(self, base_url: str, model_id: str | None) -> None:
-        self.base_url = base_url
+        self.base_url = redact_url(base_url)
         self.model_id = model_id
         self.started = time.perf_counter()
         self.ttft_ms: float | None = None

@@ -21,8 +21,8 @@ CLOSE_NOT_FOUND = 4404
 class RunConsumer(WebsocketConsumer):
     """One viewer of one run. Permission is checked once at connect, exactly as the page checks it.
 
-    It tracks how much streamed text each step's fragment already shows, so token chunks that overlap a
-    re-render are trimmed and a gap triggers a re-render instead of showing a hole.
+    It tracks which attempt and how much streamed text each step's fragment shows, so token chunks that
+    overlap a re-render are trimmed, and a gap or another attempt's tokens trigger a re-render instead.
     """
 
     def connect(self) -> None:
@@ -35,14 +35,15 @@ class RunConsumer(WebsocketConsumer):
             self.accept()
             self.close(code=CLOSE_NOT_FOUND)
             return
-        self.shown_lengths: dict[str, int] = {}
+        # step key → (fencing token, characters of streamed text) that the viewer's page shows.
+        self.shown: dict[str, tuple[int, int]] = {}
         async_to_sync(self.channel_layer.group_add)(run_group(self.run_id), self.channel_name)
         self.accept()
         # Whatever happened between the page render and this connection is sent now.
         self._send_fragments(None)
 
     def disconnect(self, code: int) -> None:
-        if hasattr(self, "shown_lengths"):
+        if hasattr(self, "shown"):
             async_to_sync(self.channel_layer.group_discard)(run_group(self.run_id), self.channel_name)
 
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -53,14 +54,16 @@ class RunConsumer(WebsocketConsumer):
 
     def step_tokens(self, event: dict[str, Any]) -> None:
         key, offset, text = str(event["step_key"]), int(event["offset"]), str(event["text"])
-        shown = self.shown_lengths.get(key)
-        if shown is None or offset > shown:
+        token = int(event.get("token", 0))
+        shown_token, shown = self.shown.get(key, (None, None))
+        if shown is None or token != shown_token or offset > shown:
+            # Another attempt than the one on screen, or a gap: re-render from the database.
             self._send_fragments([key])
             return
         new_text = text[shown - offset :]
         if not new_text:
             return
-        self.shown_lengths[key] = offset + len(text)
+        self.shown[key] = (token, offset + len(text))
         self.send(text_data=f'<span id="step-{escape(key)}-stream" hx-swap-oob="beforeend">{escape(new_text)}</span>')
 
     def _send_fragments(self, keys: list[str] | None) -> None:
@@ -70,7 +73,7 @@ class RunConsumer(WebsocketConsumer):
             return
         steps = list(step_run_list(run, keys=keys))
         for step in steps:
-            self.shown_lengths[step.step_key] = len(step.streamed_text)
+            self.shown[step.step_key] = (step.fencing_token, len(step.streamed_text))
         html = str(render_to_string("runs/_run_header.html", {"run": run, "oob": True}))
         html += "".join(render_to_string("runs/_step.html", {"step": step, "oob": True}) for step in steps)
         self.send(text_data=html)

@@ -63,11 +63,19 @@ class TokenStream:
         if len(self.text) == self._flushed_length:
             return
         offset, chunk = self._flushed_length, self.text[self._flushed_length :]
-        StepRun.objects.filter(
+        still_ours = StepRun.objects.filter(
             pk=self.step_run.pk, state=StepRun.State.RUNNING, fencing_token=self.step_run.fencing_token
         ).update(streamed_text=self.text)
         self._flushed_length = len(self.text)
+        if not still_ours:
+            return  # the step was taken over, cancelled or timed out: viewers must not see these tokens
         _send(
             self.step_run.run_id,
-            {"type": "step.tokens", "step_key": self.step_run.step_key, "offset": offset, "text": chunk},
+            {
+                "type": "step.tokens",
+                "step_key": self.step_run.step_key,
+                "token": self.step_run.fencing_token,
+                "offset": offset,
+                "text": chunk,
+            },
         )

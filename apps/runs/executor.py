@@ -106,9 +106,11 @@ def step_run_execute(*, step_run_id: int) -> None:
         # A bug in a step type must fail the step, visibly, not kill the worker or leave the run hanging.
         logger.exception("step %s of run %s crashed", step_run.step_key, run.pk)
         stream.flush()
+        # The details go to the log; the run page and the audit chain get no raw exception text, which
+        # could carry a URL with credentials or data from elsewhere.
         step_run_fail(
             step_run=step_run,
-            error=f"The step stopped with an internal error ({type(error).__name__}: {error}).",
+            error=f"The step stopped with an internal error ({type(error).__name__}); the worker log has details.",
             streamed_text=stream.text,
         )
         return

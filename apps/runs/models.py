@@ -27,6 +27,9 @@ class Run(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="runs"
     )
     idempotency_key = models.CharField(max_length=128, blank=True)
+    # SHA-256 of the workflow and inputs of the request that used `idempotency_key`: a repeat with another
+    # body is refused instead of silently answered with this run.
+    request_hash = models.CharField(max_length=64, blank=True)
     output = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     restarted_from = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="restarts")

@@ -8,6 +8,7 @@ left behind), so nothing outside the database ever acts on a change that did not
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.services import audit_record
-from apps.core.exceptions import ApplicationError, Conflict, Forbidden, ValidationFailed
+from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unprocessable, ValidationFailed
 from apps.runs import engine
 from apps.runs.models import Incident, Outbox, Run, StepResult, StepRun, Timer
 from apps.steps.registry import step_type_get
@@ -108,10 +109,11 @@ def run_start(
     """
     if not workflow_can_run(actor, workflow):
         raise Forbidden("You may view this workflow but not run it.")
+    request_hash = _request_hash(workflow, inputs) if idempotency_key else ""
     if idempotency_key:
         existing = Run.objects.filter(initiator=actor, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return existing, False
+            return _replay(existing, request_hash), False
     version = workflow_version_published_latest(workflow)
     if version is None:
         raise Conflict(f'"{workflow.name}" has no published version yet.')
@@ -121,11 +123,16 @@ def run_start(
     try:
         with transaction.atomic():
             run = _run_create(
-                version=version, inputs=cleaned, actor=actor, trigger=trigger, idempotency_key=idempotency_key
+                version=version,
+                inputs=cleaned,
+                actor=actor,
+                trigger=trigger,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
             )
     except IntegrityError:
-        # A concurrent request with the same key won the insert; return its run.
-        return Run.objects.get(initiator=actor, idempotency_key=idempotency_key), False
+        # A concurrent request with the same key won the insert; answer with its run.
+        return _replay(Run.objects.get(initiator=actor, idempotency_key=idempotency_key), request_hash), False
     audit_record(
         actor=actor,
         verb="run.started",
@@ -136,6 +143,21 @@ def run_start(
     return run, True
 
 
+def _request_hash(workflow: Workflow, inputs: Any) -> str:
+    canonical = json.dumps({"workflow": workflow.pk, "inputs": inputs}, sort_keys=True, cls=DjangoJSONEncoder)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(existing: Run, request_hash: str) -> Run:
+    """The run an idempotency key already started, if this request is the same one again."""
+    if existing.request_hash != request_hash:
+        raise Unprocessable(
+            "This Idempotency-Key was already used for a different request (another workflow or other inputs). "
+            "Use a new key for a new run."
+        )
+    return existing
+
+
 def _run_create(
     *,
     version: WorkflowVersion,
@@ -143,6 +165,7 @@ def _run_create(
     actor: User | None,
     trigger: str,
     idempotency_key: str = "",
+    request_hash: str = "",
     restarted_from: Run | None = None,
     restart_step_key: str = "",
     parent_step_run: StepRun | None = None,
@@ -155,6 +178,7 @@ def _run_create(
         inputs=inputs,
         initiator=actor,
         idempotency_key=idempotency_key,
+        request_hash=request_hash,
         trigger=trigger,
         status=Run.Status.RUNNING,
         started_at=now,
@@ -266,6 +290,7 @@ def step_run_claim(*, step_run_id: int, worker: str) -> StepRun | None:
         lease_owner=worker[:200],
         lease_expires_at=now + timedelta(seconds=settings.AIOS_STEP_LEASE_SECONDS),
         started_at=now,
+        streamed_text="",  # a new attempt streams afresh
     )
     if not updated:
         return None

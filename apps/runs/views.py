@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
@@ -31,9 +32,12 @@ def _samples(schema: dict[str, Any]) -> list[dict[str, Any]]:
 def run_create(request: HttpRequest, slug: str) -> HttpResponse:
     """The form generated from the published version's input schema; POST starts a run."""
     workflow = workflow_get_for_user(request.user, slug=slug)
+    if not workflow_can_run(request.user, workflow):
+        raise PermissionDenied("You may view this workflow but not run it.")
     version = workflow_version_published_latest(workflow)
-    if version is None or not workflow_can_run(request.user, workflow):
-        raise Http404("This workflow cannot be run by you.")
+    if version is None:
+        context = {"workflow": workflow, "error": f'"{workflow.name}" has no published version yet.'}
+        return render(request, "runs/run_create.html", context, status=409)
     form_class = input_form_class(version.input_schema)
     samples = _samples(version.input_schema)
     error = ""

@@ -90,6 +90,11 @@ class StepType:
     def execute(self, config: StepConfig, context: StepContext) -> StepOutcome:
         raise NotImplementedError
 
+    @staticmethod
+    def check_config(config: Any) -> list[str]:
+        """Problems pydantic cannot see (expressions that must parse, schemas that must be valid)."""
+        return []
+
     @classmethod
     def config_schema(cls) -> dict[str, Any]:
         """The JSON Schema of this step's config, for builder forms and the API."""

@@ -58,8 +58,7 @@ def step_config_errors(slug: str, config: dict[str, Any]) -> list[str]:
         parsed = step_type.Config.model_validate(config)
     except ValidationError as error:
         return [f"{'.'.join(str(p) for p in item['loc']) or 'config'}: {item['msg']}" for item in error.errors()]
-    check = getattr(step_type, "check_config", None)
-    return list(check(parsed)) if check else []
+    return list(step_type.check_config(parsed))
 
 
 def step_config_parse(slug: str, config: dict[str, Any]) -> StepConfig:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractUser, AnonymousUser
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
 from apps.core.permissions import has_object_perm, restrict
@@ -13,8 +13,13 @@ AnyUser = AbstractUser | AnonymousUser
 
 
 def workflow_list_for_user(user: AnyUser) -> QuerySet[Workflow]:
-    """The workflows `user` may view, by name."""
-    return restrict(Workflow.objects.select_related("team", "owner"), user, "workflows.view_workflow").order_by("name")
+    """The workflows `user` may view, by name, each with `published_versions` (newest first) prefetched."""
+    published = WorkflowVersion.objects.filter(state=WorkflowVersion.State.PUBLISHED).order_by("-number")
+    return (
+        restrict(Workflow.objects.select_related("team", "owner"), user, "workflows.view_workflow")
+        .prefetch_related(Prefetch("versions", queryset=published, to_attr="published_versions"))
+        .order_by("name")
+    )
 
 
 def workflow_get_for_user(user: AnyUser, *, slug: str) -> Workflow:
@@ -32,4 +37,7 @@ def workflow_can_run(user: AnyUser, workflow: Workflow) -> bool:
 
 def workflow_version_published_latest(workflow: Workflow) -> WorkflowVersion | None:
     """The newest published version, which new runs use; None before the first publish."""
+    prefetched = getattr(workflow, "published_versions", None)
+    if prefetched is not None:
+        return prefetched[0] if prefetched else None
     return workflow.versions.filter(state=WorkflowVersion.State.PUBLISHED).order_by("-number").first()

@@ -103,3 +103,28 @@ def test_run_page_renders_the_recorded_truth(client, analyst, reviewer, outsider
     client.force_login(outsider)
     assert client.get(reverse("runs:detail", args=[run.pk])).status_code == 404
     assert client.get(reverse("runs:detail", args=[run.pk + 999])).status_code == 404
+
+
+def test_api_idempotency_key_reused_with_another_body_is_422(api, claims_workflow, sample_claim):
+    url = f"/api/workflows/{claims_workflow.slug}/runs/"
+    first = api.post(url, {"inputs": {"claim_text": sample_claim}}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    other = api.post(
+        url, {"inputs": {"claim_text": sample_claim + " (edited)"}}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
+    assert first.status_code == 201 and other.status_code == 422
+    assert "already used for a different request" in other.json()["detail"]
+    assert Run.objects.count() == 1
+
+
+def test_api_overlong_idempotency_key_is_400(api, claims_workflow, sample_claim):
+    response = api.post(
+        f"/api/workflows/{claims_workflow.slug}/runs/",
+        {"inputs": {"claim_text": sample_claim}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k" * 129,
+    )
+    assert response.status_code == 400 and not Run.objects.exists()
+
+
+def test_api_non_numeric_run_id_is_404(api):
+    assert api.get("/api/runs/abc/").status_code == 404

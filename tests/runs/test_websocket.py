@@ -109,7 +109,7 @@ def test_tokens_are_pushed_escaped_in_order_without_duplicates(asgi_server, anal
             received.append(await recv(socket))
             await layer.group_send(
                 run_group(running_step.run_id),
-                {"type": "step.tokens", "step_key": "extract", "offset": 0, "text": '{"note"'},
+                {"type": "step.tokens", "step_key": "extract", "token": 1, "offset": 0, "text": '{"note"'},
             )
             await asyncio.to_thread(stream.add, "}")
             received.append(await recv(socket))
@@ -150,6 +150,15 @@ def test_hidden_runs_close_with_4404_and_foreign_origins_are_refused(asgi_server
 
     with pytest.raises(InvalidStatus) as refusal:
         asyncio.run(from_another_site())
+    assert refusal.value.response.status_code == 403
+
+    # Same host, another port: another site as far as the browser is concerned, so refused too.
+    async def from_another_port() -> None:
+        async with connect(own_url, origin="http://127.0.0.1:1", additional_headers={"Cookie": cookie}):
+            pass
+
+    with pytest.raises(InvalidStatus) as refusal:
+        asyncio.run(from_another_port())
     assert refusal.value.response.status_code == 403
     with urllib.request.urlopen(f"{asgi_server}/healthz") as response:  # the server is unharmed
         assert response.status == 200

@@ -4,6 +4,7 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import api_view
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -16,6 +17,8 @@ from apps.workflows.selectors import workflow_get_for_user
 
 class RunViewSet(viewsets.ReadOnlyModelViewSet):
     """Runs the caller may view; others are 404."""
+
+    lookup_value_regex = r"\d+"
 
     def get_queryset(self) -> QuerySet[Run]:
         return run_list_for_user(self.request.user)
@@ -46,11 +49,14 @@ def run_start_view(request: Request, slug: str) -> Response:
     workflow = workflow_get_for_user(request.user, slug=slug)
     body = RunStartSerializer(data=request.data)
     body.is_valid(raise_exception=True)
+    key = request.headers.get("Idempotency-Key", "")
+    if len(key) > 128:
+        raise ValidationError({"Idempotency-Key": ["At most 128 characters."]})
     run, created = run_start(
         actor=request.user,  # type: ignore[arg-type]
         workflow=workflow,
         inputs=body.validated_data["inputs"],
-        idempotency_key=request.headers.get("Idempotency-Key", "")[:128],
+        idempotency_key=key,
         trigger="api",
     )
     return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)

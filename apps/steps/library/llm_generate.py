@@ -117,7 +117,7 @@ class LlmGenerate(StepType):
             "seed": result.seed,
             "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
             "template_sha256": hashlib.sha256((config.system + "\x00" + config.prompt).encode()).hexdigest(),
-            "endpoint": settings.AIOS_INFERENCE_URL,
+            "endpoint": client.redact_url(settings.AIOS_INFERENCE_URL),
         }
         return StepOutcome(output=output, usage=usage)
 

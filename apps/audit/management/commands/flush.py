@@ -1,30 +1,61 @@
-"""`manage.py flush`, able to empty append-only tables.
+"""`manage.py flush`, for the test suite only.
 
-Django's flush TRUNCATEs every table, which the append-only triggers refuse. Emptying the whole database
-is an owner-level reset (tests use it between transactional tests), so the TRUNCATE triggers are switched
-off for its duration only, and always switched back on.
+The test suite empties the database between transactional tests. Two things differ from Django's flush:
+- the append-only TRUNCATE triggers are switched off for the flush only, and always switched back on;
+- content types and permissions are kept. Service processes that live across tests (the ASGI server, the
+  Celery worker) cache content-type ids, and re-created rows with new ids would make every permission
+  lookup in them miss.
+Anywhere but AIOS_ENV=test the command refuses: the audit chain is never emptied by a management command.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.commands.flush import Command as DjangoFlushCommand
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.core.management.color import no_style
+from django.core.management.sql import emit_post_migrate_signal
 from django.db import connections
 
 from apps.audit.db import APPEND_ONLY_TRUNCATE_TRIGGER, append_only_tables
 
+KEPT_TABLES = frozenset({"django_content_type", "auth_permission", "django_migrations"})
 
-class Command(DjangoFlushCommand):
+
+class Command(BaseCommand):
+    help = "Empty the test database (test suite only)."
+    stealth_options = ("reset_sequences", "allow_cascade", "inhibit_post_migrate")
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--noinput", "--no-input", action="store_false", dest="interactive")
+        parser.add_argument("--database", default="default")
+
     def handle(self, **options: Any) -> None:
-        connection = connections[options["database"]]
+        if settings.AIOS_ENV != "test":
+            raise CommandError("flush would erase the audit chain; it is available to the test suite only.")
+        database = options["database"]
+        connection = connections[database]
+        tables = [
+            table
+            for table in connection.introspection.django_table_names(only_existing=True, include_views=False)
+            if table not in KEPT_TABLES
+        ]
+        statements = connection.ops.sql_flush(
+            no_style(),
+            tables,
+            reset_sequences=options.get("reset_sequences", True),
+            allow_cascade=options.get("allow_cascade", False),
+        )
         with connection.cursor() as cursor:
-            tables = append_only_tables(cursor)
-            for table in tables:
+            guarded = append_only_tables(cursor)
+            for table in guarded:
                 cursor.execute(f'ALTER TABLE "{table}" DISABLE TRIGGER {APPEND_ONLY_TRUNCATE_TRIGGER}')
         try:
-            super().handle(**options)
+            connection.ops.execute_sql_flush(statements)
         finally:
             with connection.cursor() as cursor:
-                for table in tables:
+                for table in guarded:
                     cursor.execute(f'ALTER TABLE "{table}" ENABLE TRIGGER {APPEND_ONLY_TRUNCATE_TRIGGER}')
+        if statements and not options.get("inhibit_post_migrate", False):
+            emit_post_migrate_signal(options.get("verbosity", 1), options["interactive"], database)
