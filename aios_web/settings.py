@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "apps.inference",
     "apps.workflows",
     "apps.runs",
+    "apps.approvals",
 ]
 
 MIDDLEWARE = [
@@ -210,6 +211,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No badge from the public validator: it would leak the schema URL and break the CSP.
+    "SWAGGER_UI_SETTINGS": {"validatorUrl": None},
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
@@ -220,7 +223,7 @@ CHANNEL_LAYERS = {
     }
 }
 
-# Celery: Postgres is the source of truth and the broker only rings the bell (DESIGN section 6).
+# Celery: Postgres is the source of truth and the broker only rings the bell.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -236,6 +239,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 AIOS_INFERENCE_URL = env_url("AIOS_INFERENCE_URL", f"http://127.0.0.1:{AIOS_INFERENCE_PORT}", schemes=("http", "https"))
 AIOS_INFERENCE_TOKEN = env_str("AIOS_INFERENCE_TOKEN", "")
 AIOS_INFERENCE_KIND = env_choice("AIOS_INFERENCE_KIND", "tgi", ("tgi", "openai-compatible"))
+# The model name OpenAI-compatible servers (vLLM, SGLang, llama.cpp) require in every chat request.
+AIOS_INFERENCE_MODEL = env_str("AIOS_INFERENCE_MODEL", "")
 AIOS_INFERENCE_TIMEOUT = env_float("AIOS_INFERENCE_TIMEOUT", 60.0, minimum=1.0)
 # Streamed tokens are coalesced before they reach the browser: a few messages per second per step.
 AIOS_TOKEN_FLUSH_SECONDS = env_float("AIOS_TOKEN_FLUSH_SECONDS", 0.25, minimum=0.0)
@@ -257,11 +262,11 @@ AIOS_SWEEP_INTERVAL_SECONDS = env_float("AIOS_SWEEP_INTERVAL_SECONDS", 2.0, mini
 AIOS_OUTBOX_RELAY_AFTER_SECONDS = env_float("AIOS_OUTBOX_RELAY_AFTER_SECONDS", 2.0, minimum=0.0)
 AIOS_REQUEUE_AFTER_SECONDS = env_float("AIOS_REQUEUE_AFTER_SECONDS", 60.0, minimum=1.0)
 AIOS_STEP_RESTART_CAP = env_int("AIOS_STEP_RESTART_CAP", 3, minimum=0)
-# Crash points for the fault tests (DESIGN section 10): off unless set; "name:probability,...".
+# Crash points for the fault tests: off unless set; "name:probability,...".
 AIOS_FAULTS = env_str("AIOS_FAULTS", "")
 AIOS_FAULTS_SEED = env_int("AIOS_FAULTS_SEED", 0)
 
-# Celery limits sit below the lease, and the broker's visibility timeout above it (DESIGN section 6).
+# Celery limits sit below the lease, and the broker's visibility timeout above it.
 CELERY_TASK_SOFT_TIME_LIMIT = max(AIOS_STEP_LEASE_SECONDS - 30, 10)
 CELERY_TASK_TIME_LIMIT = max(AIOS_STEP_LEASE_SECONDS - 10, 20)
 CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -54,6 +54,14 @@ def outsider(db: Any) -> Any:
 
 
 @pytest.fixture
+def admin_user_role(db: Any) -> Any:
+    """Adam, holding the admin role (not a Django superuser)."""
+    from apps.accounts.services import user_create
+
+    return user_create(username="adam", password=PASSWORD, roles=["admin"], first_name="Adam")
+
+
+@pytest.fixture
 def team(analyst: Any, reviewer: Any) -> Any:
     from apps.accounts.services import team_create
 

@@ -5,7 +5,7 @@ OpenAI-compatible server (vLLM, SGLang, llama.cpp). This module adds what the pr
 
 - streaming always, with a per-token callback and time-to-first-token / latency measured here;
 - usage (prompt and generated tokens), finish reason and seed in one `InferenceResult`;
-- the known client traps handled in one place (see `shared/reference/tgi-protocol.md`):
+- the known client traps of TGI and huggingface_hub handled in one place:
   `return_full_text=False` on TGI's `/` route, TGI's `data:[DONE]` chat sentinel that huggingface_hub
   (up to 2.4.0) fails to parse, chat errors that arrive untyped, timeouts that surface as different
   exception types across versions;

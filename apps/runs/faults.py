@@ -1,4 +1,4 @@
-"""Crash points for the fault tests (DESIGN section 10, reliability plan B0).
+"""Crash points for the fault tests (tests/faults).
 
 `crash_point("after_claim")` kills the current process with SIGKILL, with the configured probability,
 from a seeded random generator so a failing run can be replayed. With AIOS_FAULTS unset (the default and

@@ -37,6 +37,8 @@ class Run(models.Model):
     parent_step_run = models.ForeignKey(
         "runs.StepRun", on_delete=models.PROTECT, null=True, blank=True, related_name="child_runs"
     )
+    # For a child run of `flow.foreach`: the position of its item in the list.
+    item_index = models.PositiveIntegerField(null=True, blank=True)
     total_prompt_tokens = models.PositiveIntegerField(default=0)
     total_generated_tokens = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

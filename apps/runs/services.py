@@ -169,6 +169,7 @@ def _run_create(
     restarted_from: Run | None = None,
     restart_step_key: str = "",
     parent_step_run: StepRun | None = None,
+    item_index: int | None = None,
 ) -> Run:
     """The Run row and one pending StepRun per step (no audit, no dispatch: the callers do those)."""
     now = timezone.now()
@@ -185,6 +186,7 @@ def _run_create(
         restarted_from=restarted_from,
         restart_step_key=restart_step_key,
         parent_step_run=parent_step_run,
+        item_index=item_index,
     )
     StepRun.objects.bulk_create(
         StepRun(run=run, step_key=step["key"], step_type=step["type"], name=step.get("name") or step["key"], position=i)
@@ -263,10 +265,14 @@ def _steps_cancel(run: Run, *, reason: str) -> list[str]:
 
 
 def _child_run_finished(child: Run, status: str, output: Any, error: str) -> None:
-    """Resume (or fail) the parent's `flow.subworkflow` step once its child run finished."""
+    """Tell the parent's `flow.subworkflow` or `flow.foreach` step that one of its child runs finished."""
     assert child.parent_step_run_id is not None
-    parent_step = StepRun.objects.select_related("run").get(pk=child.parent_step_run_id)
-    if status == "succeeded":
+    parent_step = StepRun.objects.select_related("run__version").get(pk=child.parent_step_run_id)
+    if parent_step.step_type == "flow.foreach":
+        from apps.runs.children import foreach_child_finished
+
+        foreach_child_finished(parent_step)
+    elif status == "succeeded":
         step_run_resume(step_run=parent_step, output={"output": output, "run_id": child.pk})
     else:
         step_run_resume(step_run=parent_step, error=f"The sub-workflow run #{child.pk} {status}: {error}")

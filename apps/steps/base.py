@@ -61,7 +61,8 @@ class Wait:
 
     for_what: str
     fire_at: datetime | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # small, recorded in the audit chain
+    payload: dict[str, Any] = field(default_factory=dict)  # for the hook that handles the wait only
 
 
 @dataclass
@@ -86,6 +87,8 @@ class StepType:
     Config: ClassVar[type[StepConfig]]
     queue: ClassVar[str] = "engine"
     streams_tokens: ClassVar[bool] = False
+    # Steps that run another workflow name it in config["workflow"]; publishing pins config["version"].
+    pins_workflow_version: ClassVar[bool] = False
 
     def execute(self, config: StepConfig, context: StepContext) -> StepOutcome:
         raise NotImplementedError

@@ -12,7 +12,18 @@ import cel
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-_jinja = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
+    """Jinja looks up `x.items` as the dict method before the key; run data is data, so keys win
+    (`{{ input.items }}` is the "items" field, not `<built-in method items>`)."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+_jinja = _DataFirstEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 MAX_EXPRESSION_LENGTH = 2000
 MAX_TEMPLATE_OUTPUT = 200_000

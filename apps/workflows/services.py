@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,7 @@ from guardian.shortcuts import assign_perm
 from apps.accounts.models import Team, User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict, ValidationFailed
+from apps.steps.registry import step_type_get
 from apps.workflows.graph import graph_checksum, graph_errors
 from apps.workflows.input_schema import input_schema_errors
 from apps.workflows.models import Workflow, WorkflowVersion
@@ -69,6 +71,34 @@ def workflow_version_create(
     return version
 
 
+def _pin_workflow_versions(graph: dict[str, Any], *, own_workflow: Workflow) -> tuple[dict[str, Any], list[str]]:
+    """The graph with every sub-workflow reference pinned to a published version number, and the problems
+    found (a missing workflow, one with nothing published, a workflow that runs itself)."""
+    pinned = copy.deepcopy(graph)
+    problems = []
+    for step in pinned.get("steps", []):
+        try:
+            if not step_type_get(str(step.get("type"))).pins_workflow_version:
+                continue
+        except KeyError:
+            continue  # reported by graph_errors
+        config = step.get("config") or {}
+        slug, number = config.get("workflow"), config.get("version")
+        if slug == own_workflow.slug:
+            problems.append(f'step "{step.get("key")}": a workflow cannot run itself')
+            continue
+        versions = WorkflowVersion.objects.filter(workflow__slug=slug, state=WorkflowVersion.State.PUBLISHED)
+        if number is not None:
+            versions = versions.filter(number=number)
+        found = versions.order_by("-number").values_list("number", flat=True).first()
+        if found is None:
+            wanted = f"version {number} of " if number is not None else ""
+            problems.append(f'step "{step.get("key")}": there is no published {wanted}workflow "{slug}"')
+            continue
+        config["version"] = found
+    return pinned, problems
+
+
 @transaction.atomic
 def workflow_version_publish(*, actor: User, version: WorkflowVersion) -> WorkflowVersion:
     """Freeze a draft: validate everything, stamp its checksum, and make it immutable.
@@ -79,13 +109,16 @@ def workflow_version_publish(*, actor: User, version: WorkflowVersion) -> Workfl
     if version.is_published:
         raise Conflict(f"Version {version.number} is already published and cannot change.")
     problems = input_schema_errors(version.input_schema) + graph_errors(version.graph)
+    graph, pin_problems = _pin_workflow_versions(version.graph, own_workflow=version.workflow)
+    problems += pin_problems
     if problems:
         raise ApplicationError("The version cannot be published.", extra={"problems": problems})
+    version.graph = graph
     version.checksum = graph_checksum(version.graph, version.input_schema)
     version.state = WorkflowVersion.State.PUBLISHED
     version.published_by = actor
     version.published_at = timezone.now()
-    version.save(update_fields=["checksum", "state", "published_by", "published_at"])
+    version.save(update_fields=["graph", "checksum", "state", "published_by", "published_at"])
     audit_record(
         actor=actor,
         verb="workflow.published",

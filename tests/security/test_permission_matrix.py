@@ -1,5 +1,5 @@
-"""Routes × personas: who gets 200, who gets 404. Every named route must appear in the table, so a new
-route without a rule fails this test."""
+"""Routes × personas: who gets 200, 403 or 404, and what list pages show to whom. Every named route must
+appear in the table, so a new route without a rule fails this test."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ MATRIX: dict[str, dict[str, int]] = {
     "workflows:detail": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN},
     "runs:list": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "runs:detail": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN},
-    # Managers read everything but run nothing; the form is hidden from them like from outsiders.
-    "runs:create": {"analyst": OK, "reviewer": OK, "manager": HIDDEN, "outsider": HIDDEN, "anonymous": LOGIN},
+    # Managers read everything but run nothing: they may see the workflow, so they are told no (403);
+    # outsiders may not know it exists (404).
+    "runs:create": {"analyst": OK, "reviewer": OK, "manager": FORBIDDEN, "outsider": HIDDEN, "anonymous": LOGIN},
     "api:workflow-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:workflow-detail": {
         "analyst": OK,
@@ -30,6 +31,7 @@ MATRIX: dict[str, dict[str, int]] = {
         "anonymous": UNAUTHENTICATED,
     },
     "api:run-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
+    "api:approval-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:run-detail": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": UNAUTHENTICATED},
     "api:api-root": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:schema": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
@@ -38,6 +40,9 @@ MATRIX: dict[str, dict[str, int]] = {
 
 # Routes checked elsewhere or not object-scoped: their own tests cover them.
 EXEMPT = {
+    # Approval requests need a run parked at an approval step: tests/approvals covers them by persona.
+    "api:approval-detail",
+    "api:approval-decide",
     "accounts:login",
     "accounts:logout",
     "healthz",
@@ -70,6 +75,8 @@ def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
     run, _ = run_start(actor=analyst, workflow=claims_workflow, inputs={"claim_text": sample_claim})
     return {
         "personas": {"analyst": analyst, "reviewer": reviewer, "manager": manager, "outsider": outsider},
+        "workflow": claims_workflow,
+        "run": run,
         "args": {
             "workflows:detail": [claims_workflow.slug],
             "runs:detail": [run.pk],
@@ -91,3 +98,66 @@ def test_route_by_persona(world, route, persona):
     url = reverse(route, args=world["args"].get(route, []))
     response = client.get(url)
     assert response.status_code == MATRIX[route][persona], f"{persona} GET {url}"
+
+
+def _client(world, persona: str) -> APIClient:
+    client = APIClient()
+    if persona != "anonymous":
+        client.force_login(world["personas"][persona])
+    return client
+
+
+# Who may see the demo workflow and its run: its owner, her team, and the manager's read-everything role.
+SEES_THE_DEMO = {"analyst": True, "reviewer": True, "manager": True, "outsider": False}
+
+
+@pytest.mark.parametrize("route", ["workflows:list", "runs:list"])
+@pytest.mark.parametrize("persona", sorted(SEES_THE_DEMO))
+def test_list_pages_show_only_what_the_persona_may_see(world, route, persona):
+    from django.urls import reverse
+
+    response = _client(world, persona).get(reverse(route))
+    assert response.status_code == OK
+    page = response.content.decode()
+    if SEES_THE_DEMO[persona]:
+        assert "Claims triage" in page
+        if route == "runs:list":
+            assert reverse("runs:detail", args=[world["run"].pk]) in page
+    else:
+        assert "Claims triage" not in page
+        assert f"/runs/{world['run'].pk}/" not in page
+        empty = "No workflows are shared with you yet." if route == "workflows:list" else "No runs yet."
+        assert empty in page
+
+
+@pytest.mark.parametrize("persona", sorted(SEES_THE_DEMO))
+def test_api_lists_show_only_what_the_persona_may_see(world, persona):
+    from django.urls import reverse
+
+    client = _client(world, persona)
+    workflows = client.get(reverse("api:workflow-list")).json()
+    runs = client.get(reverse("api:run-list")).json()
+    if SEES_THE_DEMO[persona]:
+        assert [item["slug"] for item in workflows["results"]] == [world["workflow"].slug]
+        assert [item["id"] for item in runs["results"]] == [world["run"].pk]
+    else:
+        assert workflows["count"] == 0 and workflows["results"] == []
+        assert runs["count"] == 0 and runs["results"] == []
+
+
+# The run table of one workflow, as the workflow page loads it (an htmx fragment): those who may not see
+# the workflow get 404, not an empty table that would confirm it exists.
+RUN_TABLE_OF_WORKFLOW = {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN}
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_run_table_of_a_workflow_by_persona(world, persona):
+    from django.urls import reverse
+
+    url = f"{reverse('runs:list')}?workflow={world['workflow'].slug}"
+    response = _client(world, persona).get(url, HTTP_HX_REQUEST="true")
+    assert response.status_code == RUN_TABLE_OF_WORKFLOW[persona], f"{persona} GET {url} (htmx)"
+    if response.status_code == OK:
+        fragment = response.content.decode()
+        assert "<html" not in fragment  # the table alone, not the whole page
+        assert reverse("runs:detail", args=[world["run"].pk]) in fragment

@@ -9,7 +9,7 @@ One process serves three protocol families on one port:
 TEI's own `POST /` (which dispatches to `/embed` on an embedding model) is deliberately absent: `/` is
 TGI's compat route here, and the inference client points `feature_extraction` at `/embed` directly.
 
-Behaviour follows `shared/reference/tgi-protocol.md` byte for byte where clients can observe it: status
+Behaviour follows TGI's router byte for byte where clients can observe it: status
 codes, error bodies, rejection texts, SSE framing, headers present and absent, field order. Nothing here
 imports Django: the server runs as its own process next to the product.
 """

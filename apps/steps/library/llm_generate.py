@@ -22,7 +22,7 @@ class LlmGenerateConfig(StepConfig):
     max_new_tokens: int = Field(256, ge=1, le=8192)
     temperature: float | None = Field(None, gt=0, le=5)
     seed: int | None = Field(None, ge=0)
-    output: Literal["text", "json"] = "text"
+    output: Literal["text", "json"] = Field("text", description="text, or json to get data for json_schema.")
     json_schema: dict[str, Any] | None = Field(
         None, description="Required when output is json: the JSON Schema the reply must satisfy."
     )
@@ -80,8 +80,9 @@ class LlmGenerate(StepType):
             "on_token": context.emit_tokens,
         }
         try:
-            model_id = _served_model_id(settings.AIOS_INFERENCE_URL, settings.AIOS_INFERENCE_TOKEN or None)
             if settings.AIOS_INFERENCE_KIND == "tgi":
+                # TGI does not name its model in a stream; /info does (OpenAI-compatible replies name it).
+                model_id = _served_model_id(settings.AIOS_INFERENCE_URL, settings.AIOS_INFERENCE_TOKEN or None)
                 full_prompt = f"{system}\n\n{prompt}" if system else prompt
                 result = client.generate_stream(
                     prompt=full_prompt,
@@ -95,6 +96,7 @@ class LlmGenerate(StepType):
                     {"role": "user", "content": prompt}
                 ]
                 result = client.chat_stream(
+                    model=settings.AIOS_INFERENCE_MODEL or None,
                     messages=messages,
                     max_tokens=config.max_new_tokens,
                     response_format=(
