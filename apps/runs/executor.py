@@ -21,7 +21,17 @@ from apps.runs import hooks
 from apps.runs.events import TokenStream
 from apps.runs.faults import crash_point
 from apps.runs.models import StepRun
-from apps.runs.services import step_run_claim, step_run_fail, step_run_heartbeat, step_run_succeed, step_run_wait
+from apps.runs.services import (
+    effect_intent_record,
+    effect_key,
+    effect_outcome_record,
+    step_run_claim,
+    step_run_fail,
+    step_run_heartbeat,
+    step_run_incident,
+    step_run_succeed,
+    step_run_wait,
+)
 from apps.steps.base import StepContext, StepError, StepOutcome
 from apps.steps.expressions import ExpressionError, cel_evaluate, template_render
 from apps.steps.registry import step_config_parse, step_type_get
@@ -87,6 +97,19 @@ def step_run_execute(*, step_run_id: int) -> None:
         return
     crash_point("after_claim")
     run = step_run.run
+    definition = next(step for step in run.version.steps if step["key"] == step_run.step_key)
+    at_most_once = definition.get("config", {}).get("delivery") == "at_most_once"
+    if step_type_get(step_run.step_type).side_effects:
+        previous = effect_intent_record(step_run=step_run)
+        if previous in ("intent", "applied") and at_most_once:
+            # An earlier attempt may have changed the outside world and this system cannot deduplicate:
+            # a person decides (retry, skip with an output, or abort) instead of a blind retry.
+            step_run_incident(
+                step_run=step_run,
+                reason="An earlier attempt of this at-most-once step stopped after it may have reached the "
+                "outside system; its outcome is unknown. Check the other system, then retry, skip or abort.",
+            )
+            return
     stream = TokenStream(step_run)
     try:
         with Heartbeat(step_run):
@@ -94,6 +117,11 @@ def step_run_execute(*, step_run_id: int) -> None:
     except StepError as error:
         stream.flush()
         crash_point("before_result_commit")
+        if error.uncertain and at_most_once:
+            step_run_incident(step_run=step_run, reason=f"The outcome is unknown: {error.message}")
+            return
+        if step_type_get(step_run.step_type).side_effects and not error.uncertain:
+            effect_outcome_record(step_run=step_run, applied=False, outcome=error.message)
         step_run_fail(step_run=step_run, error=error.message, retryable=error.retryable, streamed_text=stream.text)
         return
     except ValidationError as error:
@@ -136,7 +164,7 @@ def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:
         step_key=step_run.step_key,
         input=run.inputs,
         steps=outputs,
-        idempotency_key=f"run-{run.pk}-{step_run.step_key}",
+        idempotency_key=effect_key(run.pk, step_run.step_key),
         emit_tokens=stream.add,
         attempt=step_run.attempt,
     )
@@ -144,7 +172,10 @@ def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:
     if context.params:
         StepRun.objects.filter(pk=step_run.pk, fencing_token=step_run.fencing_token).update(input=context.params)
     crash_point("mid_step")
-    return step_type().execute(config, context)
+    outcome = step_type().execute(config, context)
+    if step_type.side_effects:
+        crash_point("after_external_call")
+    return outcome
 
 
 def _park(step_run: StepRun, outcome: StepOutcome) -> None:

@@ -254,3 +254,28 @@ class Incident(models.Model):
     @property
     def is_open(self) -> bool:
         return self.resolved_at is None
+
+
+class EffectRecord(models.Model):
+    """The effect ledger: intent and outcome of every side-effecting step, keyed by its idempotency key.
+
+    The intent commits before the outside call; the outcome after it. An intent without an outcome means
+    an attempt died mid-call, so the effect may or may not have happened.
+    """
+
+    class State(models.TextChoices):
+        INTENT = "intent", "Sent, outcome unknown"
+        APPLIED = "applied", "Applied"
+        FAILED = "failed", "Failed (not applied)"
+
+    idempotency_key = models.CharField(max_length=64, unique=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="effects")
+    step_key = models.CharField(max_length=64)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.INTENT)
+    attempts = models.PositiveIntegerField(default=0)
+    first_at = models.DateTimeField(auto_now_add=True)
+    last_at = models.DateTimeField(auto_now=True)
+    outcome = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.step_key} of run {self.run_id}: {self.state}"

@@ -25,7 +25,7 @@ from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unprocessable, ValidationFailed
 from apps.runs import engine
-from apps.runs.models import Incident, Outbox, Run, StepResult, StepRun, Timer
+from apps.runs.models import EffectRecord, Incident, Outbox, Run, StepResult, StepRun, Timer
 from apps.steps.registry import step_type_get
 from apps.workflows.graph import step_options
 from apps.workflows.input_schema import input_validate
@@ -356,8 +356,57 @@ def step_run_succeed(
     )
     if not updated:
         return False
+    if step_type_get(step_run.step_type).side_effects:
+        effect_outcome_record(step_run=step_run, applied=True)
     _record_success(run, step_run, output, usage)
     _advance(run, changed=[step_run.step_key])
+    return True
+
+
+def effect_key(run_id: int, step_key: str) -> str:
+    """The idempotency key of a step's side effect: stable across attempts, unique per run and step."""
+    return hashlib.sha256(f"aios:{run_id}:{step_key}".encode()).hexdigest()
+
+
+def effect_intent_record(*, step_run: StepRun) -> str | None:
+    """Commit the intent to call the outside world, before the call; returns the state an earlier attempt
+    left ("intent": it died mid-call, outcome unknown; "applied"; "failed") or None for the first try."""
+    with transaction.atomic():
+        record, created = EffectRecord.objects.select_for_update().get_or_create(
+            idempotency_key=effect_key(step_run.run_id, step_run.step_key),
+            defaults={"run_id": step_run.run_id, "step_key": step_run.step_key, "attempts": 1},
+        )
+        previous = None if created else record.state
+        if not created:
+            EffectRecord.objects.filter(pk=record.pk).update(
+                state=EffectRecord.State.INTENT, attempts=F("attempts") + 1
+            )
+    return previous
+
+
+def effect_outcome_record(*, step_run: StepRun, applied: bool, outcome: str = "") -> None:
+    """Record what the call did (called inside the result's transaction when it succeeded)."""
+    EffectRecord.objects.filter(idempotency_key=effect_key(step_run.run_id, step_run.step_key)).update(
+        state=EffectRecord.State.APPLIED if applied else EffectRecord.State.FAILED, outcome=outcome[:2000]
+    )
+
+
+@transaction.atomic
+def step_run_incident(*, step_run: StepRun, reason: str) -> bool:
+    """Hand a running step to a person: it waits on an open incident; late results are refused."""
+    run = _lock_run(step_run.run_id)
+    updated = StepRun.objects.filter(
+        pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
+    ).update(
+        state=StepRun.State.WAITING, waiting_for="incident", fencing_token=F("fencing_token") + 1, lease_expires_at=None
+    )
+    if not updated:
+        return False
+    Incident.objects.create(run=run, step_run=step_run, reason=reason)
+    audit_record(
+        actor=None, verb="step.incident_opened", target=run, data={"step": step_run.step_key, "reason": reason}
+    )
+    _publish_changed(run.pk, [step_run.step_key])
     return True
 
 

@@ -27,10 +27,12 @@ class StepError(Exception):
     Picklable (it may cross process boundaries), so it keeps its state in `args`.
     """
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message, retryable)
+    def __init__(self, message: str, *, retryable: bool = False, uncertain: bool = False) -> None:
+        super().__init__(message, retryable, uncertain)
         self.message = message
         self.retryable = retryable
+        # The outside world may have been changed before the failure (a request sent, no answer read).
+        self.uncertain = uncertain
 
     def __str__(self) -> str:
         return self.message
@@ -89,6 +91,9 @@ class StepType:
     streams_tokens: ClassVar[bool] = False
     # Steps that run another workflow name it in config["workflow"]; publishing pins config["version"].
     pins_workflow_version: ClassVar[bool] = False
+    # Steps that change the outside world: the engine keeps an effect ledger for them and honours their
+    # config's `delivery` ("at_most_once" hands an uncertain outcome to a person).
+    side_effects: ClassVar[bool] = False
 
     def execute(self, config: StepConfig, context: StepContext) -> StepOutcome:
         raise NotImplementedError
