@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 DATA_DIR := $(or $(AIOS_DATA_DIR),.data)
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium
+.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium bench
 
 help:
 	@echo "AIOS — make targets"
@@ -17,6 +17,7 @@ help:
 	@echo "  make test        run the full test suite against real services; narrow it with PYTEST_ARGS='-k name'"
 	@echo "  make services    start only PostgreSQL, Redis and the inference server, to run the app yourself"
 	@echo "  make lint        ruff check, ruff format --check, mypy"
+	@echo "  make bench       run the benchmarks (bench/README.md); one of them with B=B1 (B1 B2 B3 B8)"
 	@echo "  make clean-data  delete $(DATA_DIR)/ (every local database and log) without asking; stops nothing,"
 	@echo "                   and refuses while a stack started by make run/test is still using it"
 
@@ -37,6 +38,11 @@ test: requirements-dev chromium lint
 		echo; echo "=== reports/figures.txt ==="; cat reports/figures.txt; \
 	fi; \
 	exit $$status
+
+# The benchmarks start their own stack (deploy/devstack.py services on .data/bench, own ports, durable
+# PostgreSQL settings), a fresh aios_bench database and their own workers; B picks some (B=B1 or B="B1 B8").
+bench: requirements-dev
+	@$(PY) -m bench $(B)
 
 # All three run even when one fails, so one pass shows every problem.
 lint: requirements-dev

@@ -8,7 +8,7 @@ from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from apps.approvals.api.views import ApprovalRequestViewSet
-from apps.runs.api.views import RunViewSet, run_start_view
+from apps.runs.api.views import RunViewSet, incident_resolve_view, run_start_view
 from apps.workflows.api.views import WorkflowViewSet
 
 router = DefaultRouter()
@@ -18,6 +18,7 @@ router.register("approvals", ApprovalRequestViewSet, basename="approval")
 
 urlpatterns = [
     path("workflows/<slug:slug>/runs/", run_start_view, name="workflow-run-start"),
+    path("incidents/<int:incident_id>/resolve/", incident_resolve_view, name="incident-resolve"),
     path("auth/token/", obtain_auth_token, name="auth-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),

@@ -61,6 +61,7 @@ def subworkflow_start(step_run: StepRun, wait: Wait) -> None:
     if version is None:
         step_run_resume(step_run=step_run, error=f'There is no published version of "{config.workflow}" to run.')
         return
+    step_run.refresh_from_db(fields=["input"])  # the step's mapped params were stored during execution
     child = _start_child(step_run, version, step_run.input or {})
     if isinstance(child, str):
         step_run_resume(step_run=step_run, error=f"The sub-workflow could not start: {child}.")
@@ -73,6 +74,7 @@ def foreach_start(step_run: StepRun, wait: Wait) -> None:
         step_run_resume(step_run=step_run, error=f'There is no published version of "{config.workflow}" to run.')
         return
     items = list(wait.payload.get("items", []))
+    step_run.refresh_from_db(fields=["input"])
     # The items live with the step, so a later wake-up (another item finishing) can start the next ones.
     StepRun.objects.filter(pk=step_run.pk).update(input={**(step_run.input or {}), "foreach_items": items})
     if not items:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 from asgiref.sync import async_to_sync
 from channels.generic.websocket import WebsocketConsumer
@@ -12,7 +13,7 @@ from django.utils.html import escape
 
 from apps.runs.events import run_group
 from apps.runs.models import Run
-from apps.runs.selectors import run_get_for_user, step_run_list
+from apps.runs.selectors import run_get_for_user, run_page_context
 
 # Close codes in the application range (4000-4999): the client should not retry.
 CLOSE_NOT_FOUND = 4404
@@ -39,8 +40,9 @@ class RunConsumer(WebsocketConsumer):
         self.shown: dict[str, tuple[int, int]] = {}
         async_to_sync(self.channel_layer.group_add)(run_group(self.run_id), self.channel_name)
         self.accept()
-        # Whatever happened between the page render and this connection is sent now.
-        self._send_fragments(None)
+        # Whatever happened between the page render and this connection is sent now (and only then).
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        self._send_fragments(None, unless_signature=(query.get("v") or [""])[0])
 
     def disconnect(self, code: int) -> None:
         if hasattr(self, "shown"):
@@ -66,14 +68,19 @@ class RunConsumer(WebsocketConsumer):
         self.shown[key] = (token, offset + len(text))
         self.send(text_data=f'<span id="step-{escape(key)}-stream" hx-swap-oob="beforeend">{escape(new_text)}</span>')
 
-    def _send_fragments(self, keys: list[str] | None) -> None:
+    def _send_fragments(self, keys: list[str] | None, *, unless_signature: str = "") -> None:
         run = Run.objects.select_related("workflow", "version", "initiator").filter(pk=self.run_id).first()
         if run is None:
             self.close(code=CLOSE_NOT_FOUND)
             return
-        steps = list(step_run_list(run, keys=keys))
+        context = run_page_context(self.scope["user"], run)
+        if unless_signature and unless_signature == context["signature"]:
+            for step in context["steps"]:
+                self.shown[step.step_key] = (step.fencing_token, len(step.streamed_text))
+            return
+        steps = [step for step in context["steps"] if keys is None or step.step_key in keys]
         for step in steps:
             self.shown[step.step_key] = (step.fencing_token, len(step.streamed_text))
-        html = str(render_to_string("runs/_run_header.html", {"run": run, "oob": True}))
-        html += "".join(render_to_string("runs/_step.html", {"step": step, "oob": True}) for step in steps)
+        html = str(render_to_string("runs/_run_header.html", {**context, "oob": True}))
+        html += "".join(render_to_string("runs/_step.html", {**context, "step": step, "oob": True}) for step in steps)
         self.send(text_data=html)

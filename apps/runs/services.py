@@ -133,13 +133,13 @@ def run_start(
     except IntegrityError:
         # A concurrent request with the same key won the insert; answer with its run.
         return _replay(Run.objects.get(initiator=actor, idempotency_key=idempotency_key), request_hash), False
+    _advance(run)
     audit_record(
         actor=actor,
         verb="run.started",
         target=run,
         data={"workflow": workflow.slug, "version": version.number, "trigger": trigger},
     )
-    _advance(run)
     return run, True
 
 
@@ -279,7 +279,10 @@ def _child_run_finished(child: Run, status: str, output: Any, error: str) -> Non
 
 
 def _lock_run(run_id: int) -> Run:
-    return Run.objects.select_for_update().select_related("version", "workflow").get(pk=run_id)
+    """The run, locked against concurrent engine decisions. Only the run row is locked (`of=self`), and
+    as NO KEY UPDATE: locking the joined version and workflow rows too, or blocking the key-share locks
+    that inserts referencing the run take, deadlocked concurrent runs against the audit chain's lock."""
+    return Run.objects.select_for_update(of=("self",), no_key=True).select_related("version", "workflow").get(pk=run_id)
 
 
 # --- one step's life -------------------------------------------------------------------------------------
@@ -359,6 +362,7 @@ def step_run_succeed(
     if step_type_get(step_run.step_type).side_effects:
         effect_outcome_record(step_run=step_run, applied=True)
     _record_success(run, step_run, output, usage)
+    _audit_success(run, step_run, usage)
     _advance(run, changed=[step_run.step_key])
     return True
 
@@ -425,8 +429,11 @@ def _record_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, A
             total_prompt_tokens=F("total_prompt_tokens") + int(usage.get("prompt_tokens") or 0),
             total_generated_tokens=F("total_generated_tokens") + int(usage.get("generated_tokens") or 0),
         )
+
+
+def _audit_success(run: Run, step_run: StepRun, usage: dict[str, Any], actor: User | None = None) -> None:
     audit_record(
-        actor=None,
+        actor=actor,
         verb="step.succeeded",
         target=run,
         data={"step": step_run.step_key, "attempt": step_run.attempt, "usage": usage},
@@ -554,6 +561,7 @@ def step_run_resume(
         audit_record(actor=actor, verb="step.failed", target=run, data={"step": fresh.step_key, "error": error[:2000]})
     else:
         _record_success(run, fresh, output, {})
+        _audit_success(run, fresh, {}, actor)
     _advance(run, changed=[fresh.step_key])
     return True
 
@@ -647,13 +655,14 @@ def sweep(*, now: Any = None) -> dict[str, int]:
     """
     now = now or timezone.now()
     report = {"relayed": outbox_relay(older_than_seconds=settings.AIOS_OUTBOX_RELAY_AFTER_SECONDS)}
-    report["lease_expired"], report["incidents"] = _sweep_expired_leases(now)
-    report["requeued"] = _sweep_stale_queued(now)
-    report["timers"] = _fire_due_timers(now)
+    report["lease_expired"], report["incidents"] = leases_reclaim(now)
+    report["requeued"] = queued_resend_stale(now)
+    report["timers"] = timers_fire_due(now)
     return report
 
 
-def _sweep_expired_leases(now: Any) -> tuple[int, int]:
+def leases_reclaim(now: Any) -> tuple[int, int]:
+    """Take back running steps whose lease expired; (re-queued, incidents opened)."""
     taken = incidents = 0
     expired = StepRun.objects.filter(state=StepRun.State.RUNNING, lease_expires_at__lt=now).values_list("pk", "run_id")[
         :200
@@ -709,7 +718,8 @@ def _sweep_expired_leases(now: Any) -> tuple[int, int]:
     return taken, incidents
 
 
-def _sweep_stale_queued(now: Any) -> int:
+def queued_resend_stale(now: Any) -> int:
+    """Send again the steps queued so long ago that their broker message was probably lost."""
     cutoff = now - timedelta(seconds=settings.AIOS_REQUEUE_AFTER_SECONDS)
     with transaction.atomic():
         stale = list(
@@ -723,7 +733,8 @@ def _sweep_stale_queued(now: Any) -> int:
     return len(stale)
 
 
-def _fire_due_timers(now: Any) -> int:
+def timers_fire_due(now: Any) -> int:
+    """Fire every timer due at `now`, each exactly once; returns how many fired."""
     fired = 0
     while True:
         with transaction.atomic():

@@ -10,4 +10,7 @@ urlpatterns = [
     path("", views.run_list, name="list"),
     path("<int:run_id>/", views.run_detail, name="detail"),
     path("start/<slug:slug>/", views.run_create, name="create"),
+    path("<int:run_id>/cancel/", views.run_cancel_view, name="cancel"),
+    path("<int:run_id>/restart/", views.run_restart_view, name="restart"),
+    path("incidents/<int:incident_id>/resolve/", views.incident_resolve_view, name="incident-resolve"),
 ]

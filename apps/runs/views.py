@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.core.htmx import HtmxHttpRequest
-from apps.runs.selectors import run_get_for_user, run_list_for_user, step_run_list
-from apps.runs.services import run_start
+from apps.runs.selectors import (
+    incident_get_for_user,
+    run_can_operate,
+    run_get_for_user,
+    run_list_for_user,
+    run_page_context,
+)
+from apps.runs.services import incident_abort, incident_retry, incident_skip, run_cancel, run_restart, run_start
 from apps.workflows.input_schema import input_form_class
 from apps.workflows.selectors import (
     workflow_can_run,
@@ -73,7 +84,83 @@ def run_create(request: HttpRequest, slug: str) -> HttpResponse:
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     """The live run page: the same fragments the WebSocket pushes, rendered from the database."""
     run = run_get_for_user(request.user, run_id=run_id)
-    return render(request, "runs/run_detail.html", {"run": run, "steps": step_run_list(run)})
+    return render(request, "runs/run_detail.html", run_page_context(request.user, run))
+
+
+def _operate(request: HttpRequest, run_id: int) -> Any:
+    run = run_get_for_user(request.user, run_id=run_id)
+    if not run_can_operate(request.user, run):
+        raise PermissionDenied("You may view this run but not operate it.")
+    return run
+
+
+@login_required
+@require_POST
+def run_cancel_view(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Cancel the run (409 with a message if it already finished)."""
+    run = _operate(request, run_id)
+    try:
+        run_cancel(run=run, actor=request.user, reason=request.POST.get("reason", "")[:500])  # type: ignore[arg-type]
+    except ApplicationError as refusal:
+        messages.error(request, refusal.message)
+        return _to_run_page(request, run.pk)
+    messages.success(request, f"Run #{run.pk} was cancelled.")
+    return _to_run_page(request, run.pk)
+
+
+@login_required
+@require_POST
+def run_restart_view(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Start a new run from the chosen step, reusing the recorded outputs before it."""
+    run = _operate(request, run_id)
+    try:
+        new = run_restart(run=run, step_key=request.POST.get("step_key", ""), actor=request.user)  # type: ignore[arg-type]
+    except ApplicationError as refusal:
+        messages.error(request, refusal.message)
+        return _to_run_page(request, run.pk)
+    messages.success(request, f'Run #{new.pk} restarts run #{run.pk} from step "{new.restart_step_key}".')
+    return _to_run_page(request, new.pk)
+
+
+@login_required
+@require_POST
+def incident_resolve_view(request: HttpRequest, incident_id: int) -> HttpResponse:
+    """Retry, skip (with a JSON output) or abort the step an incident holds."""
+    incident = incident_get_for_user(request.user, incident_id=incident_id)
+    run = _operate(request, incident.run_id)
+    action = request.POST.get("action")
+    try:
+        if action == "retry":
+            incident_retry(incident=incident, actor=request.user)  # type: ignore[arg-type]
+        elif action == "skip":
+            try:
+                output = json.loads(request.POST.get("output") or "{}")
+            except json.JSONDecodeError as error:
+                raise ValidationFailed(
+                    "The output is not valid JSON.", fields={"output": [f"Not valid JSON: {error.msg}."]}
+                ) from None
+            incident_skip(incident=incident, actor=request.user, output=output)  # type: ignore[arg-type]
+        elif action == "abort":
+            incident_abort(incident=incident, actor=request.user)  # type: ignore[arg-type]
+        else:
+            raise ValidationFailed("Choose retry, skip or abort.", fields={"action": ["Unknown action."]})
+    except ApplicationError as refusal:
+        detail = "; ".join(m for messages_ in getattr(refusal, "fields", {}).values() for m in messages_)
+        messages.error(request, f"{refusal.message} {detail}".strip())
+        return _to_run_page(request, run.pk)
+    messages.success(request, f"Incident #{incident.pk} resolved: {action}.")
+    return _to_run_page(request, run.pk)
+
+
+def _to_run_page(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Post/redirect/get, also for htmx posts (a client-side redirect): the outcome is flashed as a message
+    and the page shows the current truth.
+
+    Forms in fragments that the WebSocket pushes post through htmx: a pushed fragment is rendered without
+    a request, so it carries no CSRF token of its own; htmx sends the token from <body hx-headers>.
+    """
+    url = reverse("runs:detail", kwargs={"run_id": run_id})
+    return HttpResponseClientRedirect(url) if getattr(request, "htmx", False) else redirect(url)
 
 
 @login_required

@@ -10,10 +10,9 @@ from rest_framework.test import APIClient
 
 from apps.approvals.models import ApprovalRequest
 from apps.audit.models import AuditEvent
-from apps.runs.executor import step_run_execute
-from apps.runs.models import Run, StepRun
 from apps.runs.services import run_start
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
+from tests.support.engine import drive
 from tests.support.figures import record_figure
 
 GRAPH = {
@@ -46,15 +45,6 @@ def refund_workflow(analyst, team):
     version = workflow_version_create(actor=analyst, workflow=workflow, graph=GRAPH, input_schema=SCHEMA)
     workflow_version_publish(actor=analyst, version=version)
     return workflow
-
-
-def drive(run: Run) -> None:
-    """Execute every queued step of the run in this process (the test stands in for the worker)."""
-    while True:
-        queued = StepRun.objects.filter(run=run, state=StepRun.State.QUEUED).first()
-        if queued is None:
-            return
-        step_run_execute(step_run_id=queued.pk)
 
 
 @pytest.fixture

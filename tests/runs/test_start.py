@@ -98,7 +98,7 @@ def test_run_page_renders_the_recorded_truth(client, analyst, reviewer, outsider
     StepRun.objects.filter(run=run, step_key="extract").update(streamed_text='{"claimant": "Mar')
     client.force_login(reviewer)  # same team: may view
     page = client.get(reverse("runs:detail", args=[run.pk])).content.decode()
-    assert f'ws-connect="/ws/runs/{run.pk}/"' in page
+    assert f'ws-connect="/ws/runs/{run.pk}/?v=' in page
     assert "{&quot;claimant&quot;: &quot;Mar" in page
     client.force_login(outsider)
     assert client.get(reverse("runs:detail", args=[run.pk])).status_code == 404

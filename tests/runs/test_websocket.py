@@ -162,3 +162,25 @@ def test_hidden_runs_close_with_4404_and_foreign_origins_are_refused(asgi_server
     assert refusal.value.response.status_code == 403
     with urllib.request.urlopen(f"{asgi_server}/healthz") as response:  # the server is unharmed
         assert response.status == 200
+
+
+def test_a_page_that_is_up_to_date_gets_no_catch_up_render(asgi_server, analyst, running_step):
+    from apps.runs.selectors import run_page_context
+
+    signature = run_page_context(analyst, running_step.run)["signature"]
+    cookie = session_cookie(analyst)
+    url = ws_url(asgi_server, running_step.run_id) + f"?v={signature}"
+
+    async def scenario() -> tuple[bool, str]:
+        async with connect(url, origin=asgi_server, additional_headers={"Cookie": cookie}) as socket:
+            try:
+                await recv(socket, timeout=0.5)
+                quiet = False
+            except TimeoutError:
+                quiet = True
+            await asyncio.to_thread(publish_run_changed, running_step.run_id, ["extract"])
+            return quiet, await recv(socket)
+
+    quiet, after_change = asyncio.run(scenario())
+    assert quiet, "an up-to-date page must not be re-rendered on connect (it would clobber form input)"
+    assert 'id="step-extract"' in after_change

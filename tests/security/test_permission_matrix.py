@@ -40,6 +40,13 @@ MATRIX: dict[str, dict[str, int]] = {
 
 # Routes checked elsewhere or not object-scoped: their own tests cover them.
 EXEMPT = {
+    # POST-only operations on runs and incidents: tests/runs/test_operate.py covers them by persona.
+    "api:run-cancel",
+    "api:run-restart",
+    "api:incident-resolve",
+    "runs:cancel",
+    "runs:restart",
+    "runs:incident-resolve",
     # Approval requests need a run parked at an approval step: tests/approvals covers them by persona.
     "api:approval-detail",
     "api:approval-decide",

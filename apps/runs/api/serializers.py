@@ -3,7 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from apps.accounts.models import User
-from apps.runs.models import Run, StepRun
+from apps.runs.models import Incident, Run, StepRun
 from apps.workflows.models import Workflow
 
 
@@ -52,11 +52,36 @@ class RunSerializer(serializers.ModelSerializer):
         ]
 
 
+class IncidentSerializer(serializers.ModelSerializer):
+    step_key = serializers.CharField(source="step_run.step_key", read_only=True)
+    resolved_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
+
+    class Meta:
+        model = Incident
+        fields = ["id", "step_key", "reason", "opened_at", "resolution", "resolved_by", "resolved_at"]
+
+
 class RunDetailSerializer(RunSerializer):
     steps = StepRunSerializer(many=True, source="step_runs", read_only=True)
+    incidents = IncidentSerializer(many=True, read_only=True)
 
     class Meta(RunSerializer.Meta):
-        fields = [*RunSerializer.Meta.fields, "steps"]
+        fields = [*RunSerializer.Meta.fields, "restarted_from", "restart_step_key", "steps", "incidents"]
+
+
+class CancelSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
+
+
+class RestartSerializer(serializers.Serializer):
+    step_key = serializers.CharField(max_length=64)
+
+
+class IncidentResolveSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["retry", "skip", "abort"])
+    output = serializers.DictField(required=False, default=dict, help_text="For skip: the step's output.")
 
 
 class RunStartSerializer(serializers.Serializer):

@@ -3,15 +3,23 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
-from rest_framework.decorators import api_view
-from rest_framework.exceptions import ValidationError
+from rest_framework.decorators import action, api_view
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.runs.api.serializers import RunDetailSerializer, RunSerializer, RunStartSerializer
+from apps.runs.api.serializers import (
+    CancelSerializer,
+    IncidentResolveSerializer,
+    IncidentSerializer,
+    RestartSerializer,
+    RunDetailSerializer,
+    RunSerializer,
+    RunStartSerializer,
+)
 from apps.runs.models import Run
-from apps.runs.selectors import run_get_for_user, run_list_for_user
-from apps.runs.services import run_start
+from apps.runs.selectors import incident_get_for_user, run_can_operate, run_get_for_user, run_list_for_user
+from apps.runs.services import incident_abort, incident_retry, incident_skip, run_cancel, run_restart, run_start
 from apps.workflows.selectors import workflow_get_for_user
 
 
@@ -28,6 +36,50 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_object(self) -> Run:
         return run_get_for_user(self.request.user, run_id=int(self.kwargs["pk"]))
+
+    def _operable(self) -> Run:
+        run = self.get_object()
+        if not run_can_operate(self.request.user, run):
+            raise PermissionDenied("You may view this run but not operate it.")
+        return run
+
+    @extend_schema(request=CancelSerializer, responses={200: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        """Cancel an unfinished run (409 with a reason if it already finished)."""
+        body = CancelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = run_cancel(run=self._operable(), actor=request.user, reason=body.validated_data["reason"])  # type: ignore[arg-type]
+        return Response(RunSerializer(run).data)
+
+    @extend_schema(request=RestartSerializer, responses={201: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def restart(self, request: Request, pk: str) -> Response:
+        """Start a new run from `step_key`, reusing the recorded outputs of the steps before it
+        (409 while the run is still going)."""
+        body = RestartSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        new = run_restart(run=self._operable(), step_key=body.validated_data["step_key"], actor=request.user)  # type: ignore[arg-type]
+        return Response(RunSerializer(new).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(request=IncidentResolveSerializer, responses={200: IncidentSerializer})
+@api_view(["POST"])
+def incident_resolve_view(request: Request, incident_id: int) -> Response:
+    """Resolve an incident: retry the step, skip it with a supplied output, or abort the run."""
+    incident = incident_get_for_user(request.user, incident_id=incident_id)
+    if not run_can_operate(request.user, incident.run):
+        raise PermissionDenied("You may view this run but not operate it.")
+    body = IncidentResolveSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    actor, action_name = request.user, body.validated_data["action"]
+    if action_name == "retry":
+        resolved = incident_retry(incident=incident, actor=actor)  # type: ignore[arg-type]
+    elif action_name == "skip":
+        resolved = incident_skip(incident=incident, actor=actor, output=body.validated_data["output"])  # type: ignore[arg-type]
+    else:
+        resolved = incident_abort(incident=incident, actor=actor)  # type: ignore[arg-type]
+    return Response(IncidentSerializer(resolved).data)
 
 
 @extend_schema(

@@ -1,0 +1,80 @@
+"""`python -m bench [B1 B2 B3 B8]`: start the services, a fresh bench database and workers, run, tear down."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+from bench import stack
+
+ALL = ("B1", "B2", "B3", "B8")
+
+
+def main(argv: list[str]) -> int:
+    selected = [name.upper() for name in argv] or list(ALL)
+    unknown = [name for name in selected if name not in ALL]
+    if unknown:
+        print(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ALL)}", file=sys.stderr)
+        return 2
+    began = time.monotonic()
+    with stack.services() as svc:
+        stack.database_recreate(svc)
+        os.environ.update(svc.env())
+        import django
+
+        django.setup()
+        from django.db import connection
+
+        import bench.steps  # noqa: F401  (the bench process validates and publishes bench.cpu workflows)
+        from bench.peer import PEER_TABLE_SQL
+
+        with connection.cursor() as cursor:
+            cursor.execute(PEER_TABLE_SQL)
+        settings = stack.postgres_settings(svc)
+        origin = (
+            "its own deploy/devstack.py services stack" if svc.launched else "DATABASE_URL/REDIS_URL from the caller"
+        )
+        print(f"\nServices: {origin}; database {stack.BENCH_DATABASE} migrated fresh; 2 CPUs: {os.cpu_count()}")
+        print("PostgreSQL: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+        if settings["fsync"] == "off" or settings["synchronous_commit"] == "off":
+            print("NOTE: durability is off on this server, which flatters every commit (see bench/README.md).")
+        lines: list[str] = []
+        b1_result = None
+        serial = [name for name in selected if name in ("B1", "B2", "B8")]
+        if serial:
+            with stack.workers(svc, [stack.ALL_QUEUES_WORKER], "b1"):
+                print(f"\nWorker: celery -A bench.worker worker {' '.join(stack.ALL_QUEUES_WORKER)}", flush=True)
+                if "B1" in serial:
+                    from bench import b1
+
+                    b1_result = b1.run(svc)
+                    lines += [g.line() for g in b1_result.goals]
+                if "B2" in serial:
+                    from bench import b2
+
+                    lines += [g.line() for g in b2.run(svc)]
+                if "B8" in serial:
+                    from bench import b8
+
+                    goals = b8.run(
+                        svc,
+                        b1_step_ms=b1_result.product_step_ms if b1_result else None,
+                        product_commits=b1_result.product_commits if b1_result else None,
+                    )
+                    lines += [g.line() for g in goals]
+        if "B3" in selected:
+            with stack.workers(svc, stack.DEFAULT_DEPLOYMENT, "b3"):
+                print("\nWorkers: the default deployment (engine prefork -c2, inference threads -c16)", flush=True)
+                from bench import b3
+
+                lines += [g.line() for g in b3.run(svc, f"engine@{socket.gethostname()}")]
+        print(f"\n=== summary ({time.monotonic() - began:.0f} s) ===")
+        for line in lines:
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

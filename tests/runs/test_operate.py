@@ -1,0 +1,110 @@
+"""Operating runs through the API: cancel, restart from a step, incidents. Refusals are 409 with a reason."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from apps.audit.models import AuditEvent
+from apps.runs.models import Incident, Run, StepRun
+from apps.runs.services import leases_reclaim, run_start, step_run_claim
+from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
+from tests.support.engine import drive, states
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "number"}}}
+GRAPH = {
+    "steps": [
+        {"key": "a", "type": "data.transform", "config": {"fields": {"x": "input.n + 1.0"}}},
+        {"key": "b", "type": "data.transform", "config": {"fields": {"y": "steps.a.x * 10.0"}}},
+        {"key": "c", "type": "data.transform", "config": {"fields": {"z": "steps.b.y + 1.0"}}},
+    ]
+}
+
+
+@pytest.fixture
+def workflow(analyst, team):
+    workflow = workflow_create(actor=analyst, name="Three steps", team=team)
+    version = workflow_version_create(actor=analyst, workflow=workflow, graph=GRAPH, input_schema=SCHEMA)
+    workflow_version_publish(actor=analyst, version=version)
+    return workflow
+
+
+@pytest.fixture
+def api(analyst):
+    client = APIClient()
+    client.force_authenticate(analyst)
+    return client
+
+
+def test_cancel_an_unfinished_run_and_409_for_a_finished_one(api, analyst, workflow):
+    run, _ = run_start(actor=analyst, workflow=workflow, inputs={"n": 1})
+    response = api.post(f"/api/runs/{run.pk}/cancel/", {"reason": "wrong input"}, format="json")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert set(states(run).values()) == {"cancelled"}
+    again = api.post(f"/api/runs/{run.pk}/cancel/", {}, format="json")
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+    assert AuditEvent.objects.filter(verb="run.cancelled", target_id=str(run.pk)).count() == 1
+
+
+def test_restart_from_a_step_reuses_earlier_outputs(api, analyst, workflow):
+    run = drive(run_start(actor=analyst, workflow=workflow, inputs={"n": 1})[0])
+    assert run.output == {"z": 21.0}
+    running = run_start(actor=analyst, workflow=workflow, inputs={"n": 2})[0]
+    refused = api.post(f"/api/runs/{running.pk}/restart/", {"step_key": "b"}, format="json")
+    assert refused.status_code == 409 and "still running" in refused.json()["detail"]
+    response = api.post(f"/api/runs/{run.pk}/restart/", {"step_key": "b"}, format="json")
+    assert response.status_code == 201
+    new = Run.objects.get(pk=response.json()["id"])
+    assert new.restarted_from == run and new.restart_step_key == "b"
+    a = new.step_runs.get(step_key="a")
+    assert a.state == "succeeded" and a.reused_from == run.step_runs.get(step_key="a") and a.attempt == 0
+    new = drive(new)
+    assert new.output == {"z": 21.0} and new.step_runs.get(step_key="b").attempt == 1
+    unknown = api.post(f"/api/runs/{run.pk}/restart/", {"step_key": "nope"}, format="json")
+    assert unknown.status_code == 400
+
+
+@override_settings(AIOS_STEP_RESTART_CAP=1)
+def test_incident_after_the_restart_cap_and_its_three_resolutions(api, analyst, workflow):
+    def stranded_run() -> tuple[Run, Incident]:
+        run = run_start(actor=analyst, workflow=workflow, inputs={"n": 1})[0]
+        step = run.step_runs.get(step_key="a")
+        later = timezone.now() + timedelta(hours=1)
+        for _ in range(2):  # a worker claims and dies, twice; the sweeper takes the step back, then gives up
+            step_run_claim(step_run_id=step.pk, worker="doomed")
+            leases_reclaim(later)
+        step.refresh_from_db()
+        assert (step.state, step.waiting_for, step.restarts) == ("waiting", "incident", 1)
+        return run, Incident.objects.get(step_run=step, resolved_at__isnull=True)
+
+    run, incident = stranded_run()
+    assert api.post(f"/api/incidents/{incident.pk}/resolve/", {"action": "retry"}, format="json").status_code == 200
+    assert drive(run).status == "succeeded"
+
+    run, incident = stranded_run()
+    skip = {"action": "skip", "output": {"x": 100.0}}
+    assert api.post(f"/api/incidents/{incident.pk}/resolve/", skip, format="json").status_code == 200
+    run = drive(run)
+    assert run.output == {"z": 1001.0}
+
+    run, incident = stranded_run()
+    assert api.post(f"/api/incidents/{incident.pk}/resolve/", {"action": "abort"}, format="json").status_code == 200
+    run.refresh_from_db()
+    assert run.status == "cancelled"
+    twice = api.post(f"/api/incidents/{incident.pk}/resolve/", {"action": "retry"}, format="json")
+    assert twice.status_code == 409 and "already resolved" in twice.json()["detail"]
+    verbs = set(AuditEvent.objects.filter(verb__startswith="incident.").values_list("verb", flat=True))
+    assert verbs == {"incident.retried", "incident.skipped", "incident.aborted"}
+
+
+def test_viewers_who_may_not_run_the_workflow_cannot_operate(manager, outsider, analyst, workflow):
+    run, _ = run_start(actor=analyst, workflow=workflow, inputs={"n": 1})
+    for user, status in [(manager, 403), (outsider, 404)]:
+        client = APIClient()
+        client.force_authenticate(user)
+        assert client.post(f"/api/runs/{run.pk}/cancel/", {}, format="json").status_code == status
+    assert StepRun.objects.filter(run=run, state="cancelled").count() == 0
