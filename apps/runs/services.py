@@ -203,7 +203,10 @@ def _run_create(
 
 def _advance(run: Run, *, changed: Iterable[str] = ()) -> None:
     """Apply the engine's decision to the run. Callers hold the run row lock (or just created it)."""
-    rows = list(StepRun.objects.filter(run=run))
+    # Only what the decision needs: outputs and streamed text can be large and are read at the end only.
+    rows = list(
+        StepRun.objects.filter(run=run).only("pk", "run_id", "step_key", "step_type", "state", "branch", "error")
+    )
     records = {row.step_key: engine.StepRecord(row.state, row.branch or None) for row in rows}
     decision = engine.decide(run.version.graph, records)
     by_key = {row.step_key: row for row in rows}
@@ -231,7 +234,7 @@ def _advance(run: Run, *, changed: Iterable[str] = ()) -> None:
 
 
 def _run_finish(run: Run, decision: engine.Decision, rows: list[StepRun]) -> None:
-    outputs = {row.step_key: row.output for row in rows if row.state == StepRun.State.SUCCEEDED}
+    outputs = dict(StepRun.objects.filter(run=run, state=StepRun.State.SUCCEEDED).values_list("step_key", "output"))
     error = ""
     if decision.failed_step:
         failed = next(row for row in rows if row.step_key == decision.failed_step)
