@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections.abc import Iterable
 from datetime import timedelta
@@ -33,6 +34,7 @@ from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_can_run, workflow_version_published_latest
 
 EXECUTE_STEP_TASK = "runs.execute_step"
+logger = logging.getLogger(__name__)
 
 
 # --- dispatch ------------------------------------------------------------------------------------------
@@ -52,8 +54,30 @@ def _dispatch(step_runs: list[StepRun]) -> None:
     rows = Outbox.objects.bulk_create(
         Outbox(task=EXECUTE_STEP_TASK, queue=step_type_get(s.step_type).queue, args=[s.pk]) for s in step_runs
     )
-    ids = [row.pk for row in rows]
-    transaction.on_commit(lambda: outbox_relay(ids=ids))
+    transaction.on_commit(lambda: _outbox_send_committed(rows))
+
+
+def _outbox_send_committed(rows: list[Outbox]) -> None:
+    """The fast path right after commit: send the rows this transaction wrote, then mark them relayed
+    (asynchronous commit). No row lock is needed: the sweeper only relays rows older than
+    AIOS_OUTBOX_RELAY_AFTER_SECONDS, and a rare double send is a no-op for the claiming task."""
+    from django.db import connection
+
+    from workers.celery import app
+
+    sent = []
+    for row in rows:
+        try:
+            app.send_task(row.task, args=row.args, queue=row.queue)
+        except Exception:  # the broker is down: the sweeper relays what is left
+            logger.warning("could not send outbox row %s; the sweeper will", row.pk, exc_info=True)
+            break
+        sent.append(row.pk)
+    if sent:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            Outbox.objects.filter(pk__in=sent).update(relayed_at=timezone.now())
 
 
 def outbox_relay(*, ids: list[int] | None = None, older_than_seconds: float = 0, limit: int = 500) -> int:
