@@ -441,16 +441,22 @@ def step_run_incident(*, step_run: StepRun, reason: str) -> bool:
     return True
 
 
-def _record_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, Any]) -> None:
+def _record_result(run: Run, step_run: StepRun, *, outcome: str, output: Any = None, error: str = "") -> None:
+    """The step's one StepResult (unique per run and step: a second completion cannot commit)."""
     StepResult.objects.create(
         run=run,
         step_key=step_run.step_key,
         step_run=step_run,
-        outcome="succeeded",
+        outcome=outcome,
         output=output,
+        error=error,
         attempt=step_run.attempt,
         fencing_token=step_run.fencing_token,
     )
+
+
+def _record_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, Any]) -> None:
+    _record_result(run, step_run, outcome="succeeded", output=output)
     if usage:
         Run.objects.filter(pk=run.pk).update(
             total_prompt_tokens=F("total_prompt_tokens") + int(usage.get("prompt_tokens") or 0),
@@ -510,15 +516,7 @@ def step_run_fail(*, step_run: StepRun, error: str, retryable: bool = False, str
     StepRun.objects.filter(pk=step_run.pk).update(
         state=StepRun.State.FAILED, error=error, streamed_text=streamed_text, finished_at=now, lease_expires_at=None
     )
-    StepResult.objects.create(
-        run=run,
-        step_key=step_run.step_key,
-        step_run=step_run,
-        outcome="failed",
-        error=error,
-        attempt=fresh.attempt,
-        fencing_token=fresh.fencing_token,
-    )
+    _record_result(run, fresh, outcome="failed", error=error)
     audit_record(
         actor=None,
         verb="step.failed",
@@ -576,15 +574,7 @@ def step_run_resume(
         return False
     fresh = StepRun.objects.get(pk=step_run.pk)
     if error:
-        StepResult.objects.create(
-            run=run,
-            step_key=fresh.step_key,
-            step_run=fresh,
-            outcome="failed",
-            error=error,
-            attempt=fresh.attempt,
-            fencing_token=fresh.fencing_token,
-        )
+        _record_result(run, fresh, outcome="failed", error=error)
         audit_record(actor=actor, verb="step.failed", target=run, data={"step": fresh.step_key, "error": error[:2000]})
     else:
         _record_success(run, fresh, output, {})

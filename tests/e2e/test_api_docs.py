@@ -2,51 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.conftest import PASSWORD
-from tests.support.processes import REPO
+from tests.e2e.conftest import SCREENSHOT_DIR
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-SCREENSHOT_DIR = REPO / "reports" / "screenshots"
-
-
-def chromium_path() -> str:
-    path = os.environ.get("AIOS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.fail("Chromium is not installed: `make test` installs Debian's chromium package (apt-get).")
-    return path
-
-
-@pytest.fixture
-def browser_page():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        console: list[str] = []
-        # Every console message, not only errors: Chromium reports CSP violations as errors, but a
-        # report-only or future warning-level wording must not slip past either.
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
-        yield page, console
-        context.close()
-        browser.close()
 
 
 def test_api_docs_render_the_operations_without_csp_violations(asgi_server, analyst, browser_page):

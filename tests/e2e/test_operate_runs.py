@@ -8,13 +8,12 @@ import time
 
 import pytest
 from django.utils import timezone
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from apps.runs.models import Incident, Run, StepRun
 from apps.runs.services import run_start
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
 from tests.conftest import PASSWORD
-from tests.e2e.test_claims_demo import CHROMIUM_FLAGS, chromium_path
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -38,7 +37,9 @@ def wait_for(run: Run, status: str, timeout: float = 30) -> Run:
     raise AssertionError(f"run {run.pk} is {run.status}, not {status}")
 
 
-def test_cancel_restart_and_resolve_an_incident_from_the_run_page(asgi_server, celery_worker_process, analyst, team):
+def test_cancel_restart_and_resolve_an_incident_from_the_run_page(
+    asgi_server, celery_worker_process, analyst, team, browser: Browser
+):
     delay = {"key": "wait", "type": "util.delay", "config": {"seconds": 3600}}
     after = {"key": "after", "type": "data.transform", "config": {"fields": {"x": "input.n + 1.0"}}}
     chain = [
@@ -58,9 +59,8 @@ def test_cancel_restart_and_resolve_an_incident_from_the_run_page(asgi_server, c
     StepRun.objects.filter(pk=step.pk).update(waiting_for="incident", fencing_token=step.fencing_token + 1)
     incident = Incident.objects.create(run=stuck, step_run=step, reason="The worker stopped responding 4 times.")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
-        page = browser.new_page()
+    page = browser.new_page()
+    with page.context:
         page.goto(f"{asgi_server}/accounts/login/")
         page.get_by_label("Username").fill("ana")
         page.get_by_label("Password").fill(PASSWORD)
@@ -91,7 +91,6 @@ def test_cancel_restart_and_resolve_an_incident_from_the_run_page(asgi_server, c
         page.get_by_role("button", name="Skip with this output").click()
         expect(page.get_by_text(f"Incident #{incident.pk} resolved: skip.")).to_be_visible()
         expect(page.locator("#run-header")).to_have_attribute("data-status", "succeeded", timeout=30_000)
-        browser.close()
     restarted = Run.objects.get(restarted_from=finished)
     assert restarted.output == {"y": 20.0}
     incident.refresh_from_db()

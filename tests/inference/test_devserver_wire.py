@@ -27,6 +27,7 @@ import pytest
 from apps.inference.devserver import tokenizer
 from apps.inference.devserver.embeddings import cosine
 from apps.inference.devserver.scripts import FALLBACK_PREFIX, Script
+from apps.workflows.demo import CLAIM_FIELDS_SCHEMA as CLAIM_SCHEMA
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Parse = Callable[[bytes], list[Any]]
@@ -639,20 +640,6 @@ def test_regex_grammar(base_url: str) -> None:
         "generated_text"
     ]
     assert re.fullmatch(grammar["value"], text)
-
-
-CLAIM_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "claimant": {"type": "string"},
-        "policy_number": {"type": "string"},
-        "incident_type": {"type": "string", "enum": ["auto", "property", "injury", "theft", "other"]},
-        "amount": {"type": "number"},
-        "injury_reported": {"type": "boolean"},
-        "summary": {"type": "string"},
-    },
-    "required": ["claimant", "policy_number", "incident_type", "amount", "injury_reported", "summary"],
-}
 
 
 @pytest.mark.parametrize(

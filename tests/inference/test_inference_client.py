@@ -28,23 +28,11 @@ from apps.inference.errors import (
     InferenceTimeoutError,
     InferenceValidationError,
 )
+from apps.workflows.demo import CLAIM_FIELDS_SCHEMA as CLAIM_SCHEMA
 
 PROMPT = "Say hello"
 REPLY = "Hello from the script."
 MESSAGES = [{"role": "user", "content": PROMPT}]
-
-CLAIM_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "claimant": {"type": "string"},
-        "policy_number": {"type": "string"},
-        "incident_type": {"type": "string", "enum": ["auto", "property", "injury", "theft", "other"]},
-        "amount": {"type": "number"},
-        "injury_reported": {"type": "boolean"},
-        "summary": {"type": "string"},
-    },
-    "required": ["claimant", "policy_number", "incident_type", "amount", "injury_reported", "summary"],
-}
 
 
 # --------------------------------------------------------------------------------------------------
