@@ -147,8 +147,8 @@ def step_run_execute(*, step_run_id: int) -> None:
         _park(step_run, outcome)
         return
     crash_point("before_result_commit")
+    # The crash points after the commit live where its follow-up work is sent (services._outbox_send_committed).
     step_run_succeed(step_run=step_run, output=outcome.output, usage=outcome.usage, streamed_text=stream.text)
-    crash_point("after_result_commit_before_dispatch")
 
 
 def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:

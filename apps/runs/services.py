@@ -63,8 +63,11 @@ def _outbox_send_committed(rows: list[Outbox]) -> None:
     AIOS_OUTBOX_RELAY_AFTER_SECONDS, and a rare double send is a no-op for the claiming task."""
     from django.db import connection
 
+    from apps.runs.faults import crash_point
     from workers.celery import app
 
+    # The gap the outbox exists for: committed, nothing sent yet. A crash here leaves the rows for the sweeper.
+    crash_point("after_result_commit_before_dispatch")
     sent = []
     for row in rows:
         try:
@@ -78,6 +81,7 @@ def _outbox_send_committed(rows: list[Outbox]) -> None:
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
             Outbox.objects.filter(pk__in=sent).update(relayed_at=timezone.now())
+    crash_point("after_dispatch")
 
 
 def outbox_relay(*, ids: list[int] | None = None, older_than_seconds: float = 0, limit: int = 500) -> int:
