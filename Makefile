@@ -44,6 +44,19 @@ test: requirements-dev chromium lint
 bench: requirements-dev
 	@$(PY) -m bench $(B)
 
+# The fault tests alone (tests/faults, reliability-anchors part B) on the embedded test stack. `make test` runs
+# them at CI size with the rest of the suite; SIZE=extended runs the larger sizes (N = 10x, slower).
+.PHONY: faults
+faults: requirements-dev
+	@rm -f reports/figures.txt
+	@status=0; \
+	AIOS_FAULTS_SIZE=$(or $(SIZE),ci) $(PY) deploy/devstack.py test -- $(PY) -m pytest tests/faults $(PYTEST_ARGS) \
+		|| status=$$?; \
+	if [ -f reports/figures.txt ]; then \
+		echo; echo "=== reports/figures.txt ==="; cat reports/figures.txt; \
+	fi; \
+	exit $$status
+
 # All three run even when one fails, so one pass shows every problem.
 lint: requirements-dev
 	@status=0; \

@@ -1,0 +1,68 @@
+"""D5: the worker dies after the step's result committed and before the next step was dispatched (the
+"commit, then .delay()" gap). The outbox row for the next step committed with the result, so the sweeper
+relays it: nothing depends on Redis or on the dead worker having sent anything.
+
+Figures: stalled runs (0), and the dispatch gap from a step's committed result to the claim of the step
+after it, p95 and max, against the sweep interval + the outbox relay delay + 2 s. The test also counts the
+outbox rows the sweeper had to relay: if the crash point fired after the on-commit relay had already sent
+the next step, the gap was never opened and the test proves nothing, so it fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.runs.models import Outbox, StepResult, StepRun
+from apps.runs.services import run_start
+from tests.faults.harness import (
+    RELAY_AFTER_SECONDS,
+    SWEEP_SECONDS,
+    check_invariants,
+    percentile,
+    sized,
+    wait_runs,
+)
+from tests.faults.workflows import five_step_graph, publish
+from tests.support.figures import record_figure
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+N = sized(10, 100)
+TARGET = SWEEP_SECONDS + RELAY_AFTER_SECONDS + 2
+
+
+@pytest.mark.timeout(sized(120, 900))
+def test_d5_crash_between_result_commit_and_dispatch_stalls_no_run(analyst, fleet, sink):
+    workflow = publish(analyst, "D5 commit then dispatch", five_step_graph(sink.url))
+    fleet.worker(concurrency=2, AIOS_FAULTS="after_result_commit_before_dispatch:0.5", wait=False)
+    fleet.worker(concurrency=2, AIOS_FAULTS="after_result_commit_before_dispatch:0.5", AIOS_FAULTS_SEED="5", wait=False)
+    fleet.beat(wait=False)
+    fleet.ready()
+    ids = [run_start(actor=analyst, workflow=workflow, inputs={"n": n})[0].pk for n in range(N)]
+
+    wait_runs(ids, timeout=sized(90, 800), give_up=fleet.kill_loop(limit=30 * N))
+    invariants = check_invariants(ids)
+    kills = fleet.kills_observed()
+    results = {(r.run_id, r.step_key): r.created_at for r in StepResult.objects.filter(run_id__in=ids)}
+    order = ["prepare", "check", "send", "confirm", "finish"]
+    gaps = []
+    for step in StepRun.objects.filter(run_id__in=ids).exclude(step_key="prepare"):
+        previous = order[order.index(step.step_key) - 1]
+        gaps.append((step.started_at - results[(step.run_id, previous)]).total_seconds())
+    relays = [(row.relayed_at - row.created_at).total_seconds() for row in Outbox.objects.exclude(relayed_at=None)]
+    by_sweeper = sum(gap >= RELAY_AFTER_SECONDS * 0.9 for gap in relays)
+    stalled = N - invariants.succeeded
+    p95, worst = percentile(gaps, 0.95), percentile(gaps, 1.0)
+    ok = stalled == 0 and worst <= TARGET and not invariants.problems and by_sweeper > 0
+    record_figure(
+        f"D5 stalled {stalled}/{N} dispatch_gap_p95_s {p95:.2f} dispatch_gap_max_s {worst:.2f} target_s {TARGET:g} "
+        f"kills {kills} outbox_rows_relayed_by_sweeper {by_sweeper} {'ok' if ok else 'miss'}"
+    )
+    assert kills > 0, "the crash point never fired"
+    assert not invariants.problems, "\n".join(invariants.problems)
+    assert worst <= TARGET, f"dispatch gap {worst:.2f} s over the {TARGET} s target"
+    assert by_sweeper > 0, (
+        f"{kills} workers died at after_result_commit_before_dispatch, yet no outbox row was left for the sweeper "
+        "to relay: the crash point fires after the on-commit relay already sent the next step, so the "
+        "commit-then-dispatch gap was never opened (see apps/runs/executor.py and services._dispatch)"
+    )
