@@ -22,6 +22,7 @@ from apps.runs.events import TokenStream
 from apps.runs.faults import crash_point
 from apps.runs.models import StepRun
 from apps.runs.services import (
+    StepLost,
     effect_intent_record,
     effect_key,
     effect_outcome_record,
@@ -100,7 +101,11 @@ def step_run_execute(*, step_run_id: int) -> None:
     definition = next(step for step in run.version.steps if step["key"] == step_run.step_key)
     at_most_once = definition.get("config", {}).get("delivery") == "at_most_once"
     if step_type_get(step_run.step_type).side_effects:
-        previous = effect_intent_record(step_run=step_run)
+        try:
+            previous = effect_intent_record(step_run=step_run)
+        except StepLost:
+            logger.info("step run %s was taken over before its outside call; not calling", step_run.pk)
+            return
         if previous in ("intent", "applied") and at_most_once:
             # An earlier attempt may have changed the outside world and this system cannot deduplicate:
             # a person decides (retry, skip with an output, or abort) instead of a blind retry.

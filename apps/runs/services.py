@@ -403,14 +403,28 @@ def effect_key(run_id: int, step_key: str) -> str:
     return hashlib.sha256(f"aios:{run_id}:{step_key}".encode()).hexdigest()
 
 
+class StepLost(Exception):
+    """The step is no longer this executor's (taken over, cancelled or timed out): stop without acting."""
+
+
 def effect_intent_record(*, step_run: StepRun) -> str | None:
     """Commit the intent to call the outside world, before the call; returns the state an earlier attempt
-    left ("intent": it died mid-call, outcome unknown; "applied"; "failed") or None for the first try."""
+    left ("intent": it died mid-call, outcome unknown; "applied"; "failed") or None for the first try.
+
+    Raises StepLost when, by the time the ledger row is ours, the step no longer is: an executor that
+    waited here past its lease must not make the call its successor is making.
+    """
     with transaction.atomic():
+        still_ours = StepRun.objects.filter(
+            pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
+        )
         record, created = EffectRecord.objects.select_for_update().get_or_create(
             idempotency_key=effect_key(step_run.run_id, step_run.step_key),
             defaults={"run_id": step_run.run_id, "step_key": step_run.step_key, "attempts": 1},
         )
+        # Checked after the ledger row is locked: the successor that took the step over holds it while calling.
+        if not still_ours.exists():
+            raise StepLost(f"step run {step_run.pk} was taken over before its outside call")
         previous = None if created else record.state
         if not created:
             EffectRecord.objects.filter(pk=record.pk).update(
