@@ -34,13 +34,20 @@ def _parse(spec: str) -> dict[str, float]:
 
 
 _configured = _parse(settings.AIOS_FAULTS)
-_random = random.Random(settings.AIOS_FAULTS_SEED + os.getpid())  # noqa: S311 - test fault injection
+# One generator per process, made on first use: a generator made at import would be copied into every
+# forked pool child, and all of them would crash at the same draw.
+_random: tuple[int, random.Random] | None = None
 
 
 def crash_point(name: str) -> None:
     """Die here (SIGKILL, no clean-up) with the configured probability for `name`."""
+    global _random
     if not _configured:
         return
     probability = _configured.get(name)
-    if probability and _random.random() < probability:
+    if not probability:
+        return
+    if _random is None or _random[0] != os.getpid():
+        _random = (os.getpid(), random.Random(settings.AIOS_FAULTS_SEED * 1_000_003 + os.getpid()))  # noqa: S311
+    if _random[1].random() < probability:
         os.kill(os.getpid(), signal.SIGKILL)

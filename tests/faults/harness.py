@@ -58,9 +58,20 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 def log_dir() -> Path:
-    path = LOG_DIR / "faults"
+    """reports/logs/faults/<test database>/: sessions on other test databases (other developers on the same
+    checkout) write elsewhere, so a test never counts another session's kills in a log."""
+    from django.db import connection
+
+    path = LOG_DIR / "faults" / str(connection.settings_dict["NAME"])
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def all_queues() -> str:
+    """Every queue the Celery app declares (steps' queues and the sweeper's), for workers that serve all."""
+    from workers.celery import app
+
+    return ",".join(queue.name for queue in app.conf.task_queues)
 
 
 # --- processes ------------------------------------------------------------------------------------------------
@@ -258,14 +269,15 @@ class Fleet:
         self,
         *,
         concurrency: int = 2,
-        queues: str = "engine,inference,connectors,default",
+        queues: str = "",
         wait: bool = True,
         **env: str,
     ) -> ServiceProcess:
-        """Start a worker (prefork, `concurrency` children). `env` overrides apply to it only (AIOS_FAULTS)."""
+        """Start a worker (prefork, `concurrency` children) on `queues` (default: every queue the app declares).
+        `env` overrides apply to it only (AIOS_FAULTS)."""
         self._count += 1
         label = f"{self.name}-worker{self._count}"
-        argv = celery_worker_argv(queues=queues, concurrency=concurrency)
+        argv = celery_worker_argv(queues=queues or all_queues(), concurrency=concurrency)
         argv[argv.index("-n") + 1] = f"{label}-{os.getpid()}@%h"
         return self._start(ServiceProcess(label, argv, {**self.env, **env}), WORKER_READY, wait)
 
@@ -522,6 +534,8 @@ class BrokerRedirect:
         self._previous: str | None = None
 
     def _reset_pools(self) -> None:
+        from kombu import pools
+
         from workers.celery import app
 
         if app._pool is not None:
@@ -530,6 +544,9 @@ class BrokerRedirect:
         amqp = app.__dict__.get("amqp")
         if amqp is not None:
             amqp._producer_pool = None
+        # kombu keeps producer pools in a process-wide registry too; a stale one keeps sending to the
+        # private Redis after the test (and it is gone by then).
+        pools.reset()
 
     def __enter__(self) -> BrokerRedirect:
         from workers.celery import app
