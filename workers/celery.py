@@ -13,7 +13,8 @@ app = Celery("aios")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue(name) for name in ("engine", "inference", "connectors", "default")]
 # Step tasks are sent to the queue their step type names (see apps.steps.base.StepType.queue).
-app.conf.task_routes = {"runs.execute_step": {"queue": "engine"}, "runs.sweep": {"queue": "engine"}}
+# The sweeper goes to "default", not behind a backlog of steps on "engine": it is what repairs that backlog.
+app.conf.task_routes = {"runs.execute_step": {"queue": "engine"}, "runs.sweep": {"queue": "default"}}
 app.autodiscover_tasks(["apps.runs"])
 
 

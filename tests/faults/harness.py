@@ -67,6 +67,19 @@ def log_dir() -> Path:
     return path
 
 
+SWEEP_QUEUE = "sweep"
+
+
+def dedicated_sweep_queue() -> str | None:
+    """ "sweep" when the app routes `runs.sweep` to a queue of that name: the convention for a sweeper that
+    runs in a worker process of its own (which the harness then starts with beat, as a deployment would)."""
+    from workers.celery import app
+
+    route = (app.conf.task_routes or {}).get("runs.sweep", {})
+    queue = route.get("queue") if isinstance(route, dict) else None
+    return SWEEP_QUEUE if queue == SWEEP_QUEUE else None
+
+
 def all_queues() -> str:
     """Every queue the Celery app declares (steps' queues and the sweeper's), for workers that serve all."""
     from workers.celery import app
@@ -282,14 +295,26 @@ class Fleet:
         return self._start(ServiceProcess(label, argv, {**self.env, **env}), WORKER_READY, wait)
 
     def beat(self, *, wait: bool = True, **env: str) -> ServiceProcess:
-        """Start Celery beat, whose schedule sends the sweeper every AIOS_SWEEP_INTERVAL_SECONDS."""
+        """Start Celery beat, whose schedule sends the sweeper every AIOS_SWEEP_INTERVAL_SECONDS. When the
+        app routes the sweep to the "sweep" queue, a one-process worker for that queue starts with it."""
         self._count += 1
         label = f"{self.name}-beat{self._count}"
         for stale in log_dir().glob(f"{label}-schedule*"):
             stale.unlink()
         argv = [sys.executable, "-m", "celery", "-A", "workers.celery", "beat"]
         argv += ["--schedule", str(log_dir() / f"{label}-schedule"), "--loglevel", "INFO"]
-        return self._start(ServiceProcess(label, argv, {**self.env, **env}), BEAT_READY, wait)
+        beat = self._start(ServiceProcess(label, argv, {**self.env, **env}), BEAT_READY, wait)
+        queue = dedicated_sweep_queue()
+        if queue:
+            sweeper = celery_worker_argv(queues=queue, concurrency=1)
+            sweeper[sweeper.index("-n") + 1] = f"{label}-sweeper-{os.getpid()}@%h"
+            self._start(ServiceProcess(f"{label}-sweeper", sweeper, {**self.env, **env}), WORKER_READY, wait)
+        return beat
+
+    def kill_all(self) -> None:
+        """SIGKILL every worker, sweeper and beat started so far (a total outage)."""
+        for process in self.processes:
+            process.kill_group()
 
     def _start(self, process: ServiceProcess, marker: str, wait: bool) -> ServiceProcess:
         self.processes.append(process)

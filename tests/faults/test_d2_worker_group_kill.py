@@ -35,7 +35,7 @@ from tests.support.figures import record_figure
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-N = sized(28, 120)
+N = sized(40, 120)
 TARGET = LEASE_SECONDS + SWEEP_SECONDS + 5
 
 

@@ -53,8 +53,8 @@ def graph() -> dict:
 @pytest.mark.timeout(sized(120, 600))
 def test_d9_decisions_during_an_outage_resume_and_each_due_timer_fires_once(analyst, reviewer, team, fleet):
     workflow = publish(analyst, "D9 gates", graph(), team=team, input_schema=N_INPUT)
-    worker = fleet.worker(concurrency=2, wait=False)
-    beat = fleet.beat(wait=False)
+    fleet.worker(concurrency=2, wait=False)
+    fleet.beat(wait=False)
     fleet.ready()
     ids = [run_start(actor=analyst, workflow=workflow, inputs={"n": n})[0].pk for n in range(N)]
     wait_until(
@@ -62,8 +62,7 @@ def test_d9_decisions_during_an_outage_resume_and_each_due_timer_fires_once(anal
         timeout=60,
         what=f"{N} approval requests to open",
     )
-    worker.kill_group()
-    beat.kill_group()
+    fleet.kill_all()
 
     # Every worker is gone: decide half of the gates through the API; the rest pass their due time.
     client = APIClient()
