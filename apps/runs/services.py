@@ -84,10 +84,11 @@ def _outbox_send_committed(rows: list[Outbox]) -> None:
     crash_point("after_dispatch")
 
 
-def outbox_relay(*, ids: list[int] | None = None, older_than_seconds: float = 0, limit: int = 500) -> int:
-    """Send unrelayed Outbox rows to Celery and mark them relayed; returns how many were sent.
+def outbox_relay(*, older_than_seconds: float = 0, limit: int = 500) -> int:
+    """The sweeper's relay: send unrelayed Outbox rows older than `older_than_seconds` and mark them
+    relayed; returns how many were sent.
 
-    Rows are locked with SKIP LOCKED so the sweeper and an on-commit relay never send the same row at once.
+    Rows are locked with SKIP LOCKED so two sweeps never send the same row at once.
     A row whose send fails stays unrelayed for the next sweep. Marking is committed asynchronously
     (`synchronous_commit = off`): losing that mark in a crash only means one harmless duplicate send.
     """
@@ -96,8 +97,6 @@ def outbox_relay(*, ids: list[int] | None = None, older_than_seconds: float = 0,
     sent = 0
     with transaction.atomic():
         rows = Outbox.objects.select_for_update(skip_locked=True).filter(relayed_at__isnull=True)
-        if ids is not None:
-            rows = rows.filter(pk__in=ids)
         if older_than_seconds:
             rows = rows.filter(created_at__lt=timezone.now() - timedelta(seconds=older_than_seconds))
         done = []
