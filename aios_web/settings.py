@@ -243,6 +243,11 @@ AIOS_INFERENCE_KIND = env_choice("AIOS_INFERENCE_KIND", "tgi", ("tgi", "openai-c
 # The model name OpenAI-compatible servers (vLLM, SGLang, llama.cpp) require in every chat request.
 AIOS_INFERENCE_MODEL = env_str("AIOS_INFERENCE_MODEL", "")
 AIOS_INFERENCE_TIMEOUT = env_float("AIOS_INFERENCE_TIMEOUT", 60.0, minimum=1.0)
+# Retries of one model call on overload, 5xx and connection failures (before any token arrived).
+AIOS_INFERENCE_RETRIES = env_int("AIOS_INFERENCE_RETRIES", 2, minimum=0, maximum=10)
+# Encrypts credentials at rest (model endpoint tokens, connector secrets). Required in production, so that
+# rotating SECRET_KEY never makes every stored token unreadable; SECRET_KEY stands in elsewhere.
+AIOS_CREDENTIALS_KEY = env_str("AIOS_CREDENTIALS_KEY") if PRODUCTION else env_str("AIOS_CREDENTIALS_KEY", "")
 # Streamed tokens are coalesced before they reach the browser: a few messages per second per step.
 AIOS_TOKEN_FLUSH_SECONDS = env_float("AIOS_TOKEN_FLUSH_SECONDS", 0.25, minimum=0.0)
 

@@ -1,4 +1,4 @@
-"""`python -m bench [B1 B2 B3 B8]`: start the services, a fresh bench database and workers, run, tear down."""
+"""`python -m bench [B1 B2 B3 B6 B8]`: start the services, a fresh bench database and workers, run, tear down."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 from bench import stack
 
-ALL = ("B1", "B2", "B3", "B8")
+ALL = ("B1", "B2", "B3", "B6", "B8")
 
 
 def main(argv: list[str]) -> int:
@@ -70,6 +70,11 @@ def main(argv: list[str]) -> int:
                 from bench import b3
 
                 lines += [g.line() for g in b3.run(svc, f"engine@{socket.gethostname()}")]
+        if "B6" in selected:
+            from bench import b6
+
+            # B6 starts its own inference server and, pointed at it, its own two workers.
+            lines += [g.line() for g in b6.run(svc)]
         print(f"\n=== summary ({time.monotonic() - began:.0f} s) ===")
         for line in lines:
             print(line)

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ import psycopg
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE = "aios_bench"
 # Ports of their own, so a bench never collides with `make run` (55432/56379/58080) or `make test` (554xx).
-STACK_PORTS = {"AIOS_PG_PORT": "55452", "AIOS_REDIS_PORT": "56399", "AIOS_INFERENCE_PORT": "58100"}
+STACK_PORTS = {"AIOS_PG_PORT": "25452", "AIOS_REDIS_PORT": "26399", "AIOS_INFERENCE_PORT": "28100"}
 STACK_READY_SECONDS = 240.0
 WORKER_READY_SECONDS = 60.0
 
@@ -177,18 +177,27 @@ def postgres_settings(svc: Services) -> dict[str, str]:
 
 # Celery workers --------------------------------------------------------------------------------------------
 
-# B1/B2: one prefork worker on every queue. B3: the two workers `deploy/devstack.py run` starts.
+# B1/B2: one prefork worker on every queue. B3: the two workers `deploy/devstack.py run` started before B6. B6:
+# what `deploy/devstack.py run` starts on this 2-core machine: the engine worker and one inference worker per
+# core, 32 threads each (AIOS_INFERENCE_WORKERS, AIOS_INFERENCE_CONCURRENCY).
 ALL_QUEUES_WORKER = ("-Q", "engine,inference,connectors,default", "-c", "2", "-n", "bench-all@%h")
 DEFAULT_DEPLOYMENT = (
     ("-Q", "engine,default,connectors", "-c", "2", "-n", "engine@%h"),
     ("-Q", "inference", "-P", "threads", "-c", "16", "-n", "inference@%h"),
+)
+LLM_DEPLOYMENT = (
+    ("-Q", "engine,default,connectors", "-c", "2", "-n", "engine@%h"),
+    ("-Q", "inference", "-P", "threads", "-c", "32", "-n", "inference1@%h"),
+    ("-Q", "inference", "-P", "threads", "-c", "32", "-n", "inference2@%h"),
 )
 
 
 class Worker:
     """A Celery worker process on `bench.worker` (the product's app plus the peer tasks and bench steps)."""
 
-    def __init__(self, svc: Services, args: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self, svc: Services, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("w")
@@ -196,7 +205,7 @@ class Worker:
         self.process = subprocess.Popen(
             argv,
             cwd=REPO_ROOT,
-            env=svc.env(),
+            env={**svc.env(), **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -222,13 +231,16 @@ class Worker:
 
 
 @contextmanager
-def workers(svc: Services, specs: Sequence[Sequence[str]], name: str) -> Iterator[list[Worker]]:
-    """Start the given workers, wait until each consumes, stop them all afterwards."""
+def workers(
+    svc: Services, specs: Sequence[Sequence[str]], name: str, env: Mapping[str, str] | None = None
+) -> Iterator[list[Worker]]:
+    """Start the given workers (`env` added to their environment), wait until each consumes, stop them all
+    afterwards."""
     logs = REPO_ROOT / ".data" / "bench" / "logs"
     started: list[Worker] = []
     try:
         for index, spec in enumerate(specs):
-            started.append(Worker(svc, spec, logs / f"{name}-worker{index}.log"))
+            started.append(Worker(svc, spec, logs / f"{name}-worker{index}.log", env))
         for worker in started:
             worker.wait_ready()
         yield started

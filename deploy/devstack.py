@@ -200,6 +200,23 @@ class StackConfig:
         return [PortClaim(port, variable, service) for port, variable, service in candidates if port is not None]
 
 
+def _count_setting(name: str, default: int, maximum: int) -> int:
+    text = os.environ.get(name, "").strip() or str(default)
+    if not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise DevstackError(f"{name} must be a whole number from 1 to {maximum}, not {text!r}.")
+    return int(text)
+
+
+def inference_concurrency() -> int:
+    """LLM steps one inference worker process runs at once (AIOS_INFERENCE_CONCURRENCY, default 32)."""
+    return _count_setting("AIOS_INFERENCE_CONCURRENCY", 32, 512)
+
+
+def inference_workers() -> int:
+    """Inference worker processes (AIOS_INFERENCE_WORKERS, default one per core, at most 4)."""
+    return _count_setting("AIOS_INFERENCE_WORKERS", min(os.cpu_count() or 1, 4), 32)
+
+
 def build_config(mode: str) -> StackConfig:
     """Resolve ports, data directories and external-service switches for `mode` from os.environ.
 
@@ -209,18 +226,20 @@ def build_config(mode: str) -> StackConfig:
     base = Path(os.environ.get("AIOS_DATA_DIR", "").strip() or ".data")
     if not base.is_absolute():
         base = REPO_ROOT / base
-    # The test stack has its own data and ports so `make test` never disturbs a running `make run`.
+    # The test stack has its own data and ports so `make test` never disturbs a running `make run`. Its ports
+    # sit below Linux's ephemeral range (32768-60999): a test port in that range was now and then taken by
+    # some client's outgoing connection, and the next run refused to start.
     data_dir = base / "test" if test else base
     prefix = "AIOS_TEST_" if test else "AIOS_"
     config = StackConfig(
         mode=mode,
         base_data_dir=base,
         data_dir=data_dir,
-        postgres_port=None if external_url("DATABASE_URL") else read_port(f"{prefix}PG_PORT", 55442 if test else 55432),
-        redis_port=None if external_url("REDIS_URL") else read_port(f"{prefix}REDIS_PORT", 56389 if test else 56379),
+        postgres_port=None if external_url("DATABASE_URL") else read_port(f"{prefix}PG_PORT", 25442 if test else 55432),
+        redis_port=None if external_url("REDIS_URL") else read_port(f"{prefix}REDIS_PORT", 26389 if test else 56379),
         inference_port=None
         if external_url("AIOS_INFERENCE_URL")
-        else read_port(f"{prefix}INFERENCE_PORT", 58090 if test else 58080),
+        else read_port(f"{prefix}INFERENCE_PORT", 28090 if test else 58080),
         web_port=read_port("AIOS_WEB_PORT", 8000) if mode == "run" else None,
     )
     seen: dict[int, PortClaim] = {}
@@ -247,6 +266,7 @@ KNOWN_NAMES = (
     "seed",
     "worker",
     "llm-worker",
+    "llm-worker-2",
     "beat",
     "web",
 )
@@ -909,7 +929,7 @@ class EmbeddedPostgres:
     def command(self) -> list[str]:
         """The postgres command line: TCP on 127.0.0.1 only, plus a private socket directory."""
         argv = [str(self.bin_dir / "postgres"), "-D", str(self.pgdata), "-h", LOOPBACK, "-p", str(self.port)]
-        argv += ["-k", str(self.socket_dir), "-c", "max_connections=200"]
+        argv += ["-k", str(self.socket_dir), "-c", "max_connections=300"]
         if self.config.is_test:
             # The test database is rebuilt every run: durability only costs time there.
             argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
@@ -1272,12 +1292,32 @@ def cmd_run(supervisor: Supervisor, config: StackConfig) -> int:
         env=env,
         ready_line=re.compile(r"\bengine@\S+ ready\."),
     )
-    llm_worker = supervisor.spawn(
-        "llm-worker",
-        [*celery, "worker", "-Q", "inference", "-P", "threads", "-c", "16", "-n", "inference@%h", "--loglevel", "INFO"],
-        env=env,
-        ready_line=re.compile(r"\binference@\S+ ready\."),
-    )
+    # One inference worker per core (up to 4): a step's bookkeeping is Python under one GIL per process, and
+    # B6 showed a single process capping at well under one core with 64 LLM steps in flight.
+    llm_workers = [
+        supervisor.spawn(
+            "llm-worker" if index == 1 else f"llm-worker-{index}",
+            [
+                *celery,
+                "worker",
+                "-Q",
+                "inference",
+                # Threads only do a step's bookkeeping; its model call is a coroutine on the process's inference
+                # loop, so this bounds LLM steps in flight per process, not CPU use. Endpoints cap the rest.
+                "-P",
+                "threads",
+                "-c",
+                str(inference_concurrency()),
+                "-n",
+                f"inference{index}@%h",
+                "--loglevel",
+                "INFO",
+            ],
+            env=env,
+            ready_line=re.compile(rf"\binference{index}@\S+ ready\."),
+        )
+        for index in range(1, inference_workers() + 1)
+    ]
     schedule = config.data_dir / "celerybeat-schedule"
     supervisor.spawn("beat", [*celery, "beat", "--schedule", str(schedule), "--loglevel", "INFO"], env=env)
     web = supervisor.spawn(
@@ -1300,7 +1340,7 @@ def cmd_run(supervisor: Supervisor, config: StackConfig) -> int:
     supervisor.wait_ready(
         web, lambda: http_ok(f"{url}/healthz"), what=f"the web server on {url}", timeout=WEB_READY_SECONDS
     )
-    for process in (worker, llm_worker):
+    for process in (worker, *llm_workers):
         supervisor.wait_ready(
             process,
             process.ready.is_set,

@@ -24,7 +24,7 @@ ROLE_DESCRIPTIONS = {
 
 # Model-level permissions per role, as "app_label.codename". Object permissions are granted by services.
 ROLE_PERMISSIONS: dict[str, list[str]] = {
-    ANALYST: ["workflows.add_workflow"],
+    ANALYST: ["workflows.add_workflow", "inference.view_modelendpoint"],
     REVIEWER: [],
     MANAGER: ["workflows.view_workflow", "workflows.view_workflowversion", "runs.view_run"],
     ADMIN: [
@@ -38,6 +38,9 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "workflows.change_workflow",
         "workflows.run_workflow",
         "runs.view_run",
+        "inference.view_modelendpoint",
+        "inference.add_modelendpoint",
+        "inference.change_modelendpoint",
     ],
 }
 

@@ -15,7 +15,10 @@ class InferenceError(Exception):
 
     `message` is the sentence shown on a run page; `base_url` names the server; `status_code` and
     `server_message` keep the server's own words for provenance; `retryable` tells a retry policy whether
-    the same request may succeed later.
+    the same request may succeed later. `attempts` is how many requests the client made before giving up
+    (1 without retries); `tokens_delivered` how many texts had already reached the caller's `on_token`
+    when the call failed: a caller that retries on its own must not start over if that is non-zero, since
+    the user has already seen part of the reply.
     """
 
     retryable: ClassVar[bool] = False
@@ -27,12 +30,16 @@ class InferenceError(Exception):
         base_url: str | None = None,
         status_code: int | None = None,
         server_message: str | None = None,
+        attempts: int = 1,
+        tokens_delivered: int = 0,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.base_url = base_url
         self.status_code = status_code
         self.server_message = server_message
+        self.attempts = attempts
+        self.tokens_delivered = tokens_delivered
 
     def __str__(self) -> str:
         return self.message
@@ -51,7 +58,14 @@ class InferenceValidationError(InferenceError):
 
 
 class InferenceOverloadedError(InferenceError):
-    """The server is busy (too many concurrent requests) or temporarily unavailable."""
+    """The server is busy: it refused the request because too many are running at once (HTTP 429)."""
+
+    retryable = True
+
+
+class InferenceUnavailableError(InferenceError):
+    """The server, or a gateway in front of it, answered that it cannot serve right now (HTTP 502/503):
+    starting up, restarting, or with no healthy backend. Often over within seconds, so worth a retry."""
 
     retryable = True
 
@@ -85,5 +99,6 @@ __all__ = [
     "InferenceGenerationError",
     "InferenceOverloadedError",
     "InferenceTimeoutError",
+    "InferenceUnavailableError",
     "InferenceValidationError",
 ]

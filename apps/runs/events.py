@@ -7,6 +7,7 @@ the database, and token chunks carry their offset so a consumer can drop what it
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -82,7 +83,9 @@ class TokenStream:
         self.interval = settings.AIOS_TOKEN_FLUSH_SECONDS if interval is None else interval
         self.text = ""
         self._flushed_length = 0
-        self._last_flush = time.monotonic()
+        # The first tokens go out at once (time to first token is what a viewer notices); later ones are
+        # coalesced to one message per interval.
+        self._last_flush = -math.inf
 
     def add(self, token: str) -> None:
         """Append a token; flush when the interval has passed."""

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from apps.runs import hooks
 from apps.runs.events import TokenStream
 from apps.runs.faults import crash_point
-from apps.runs.models import StepRun
+from apps.runs.models import Run, StepRun
 from apps.runs.services import (
     StepLost,
     effect_intent_record,
@@ -98,9 +98,9 @@ def step_run_execute(*, step_run_id: int) -> None:
         return
     crash_point("after_claim")
     run = step_run.run
-    definition = next(step for step in run.version.steps if step["key"] == step_run.step_key)
+    definition = step_definition(run, step_run.step_key)
     at_most_once = definition.get("config", {}).get("delivery") == "at_most_once"
-    if step_type_get(step_run.step_type).side_effects:
+    if step_type_get(step_run.step_type).side_effects and _original_run_id(run) is None:
         try:
             previous = effect_intent_record(step_run=step_run)
         except StepLost:
@@ -156,9 +156,19 @@ def step_run_execute(*, step_run_id: int) -> None:
     step_run_succeed(step_run=step_run, output=outcome.output, usage=outcome.usage, streamed_text=stream.text)
 
 
+def step_definition(run: Run, step_key: str) -> dict[str, Any]:
+    """The step's definition as this run executes it: the pinned version's, with a what-if run's config
+    overrides for the step merged over its config (the version itself never changes)."""
+    definition = next(step for step in run.version.steps if step["key"] == step_key)
+    override = (run.overrides or {}).get(step_key)
+    if override:
+        definition = {**definition, "config": {**definition.get("config", {}), **override}}
+    return definition
+
+
 def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:
     run = step_run.run
-    definition = next(step for step in run.version.steps if step["key"] == step_run.step_key)
+    definition = step_definition(run, step_run.step_key)
     options = step_options(definition)
     step_type = step_type_get(step_run.step_type)
     config = step_config_parse(step_run.step_type, options.config)
@@ -172,15 +182,54 @@ def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:
         idempotency_key=effect_key(run.pk, step_run.step_key),
         emit_tokens=stream.add,
         attempt=step_run.attempt,
+        step_run_id=step_run.pk,
+        replay_of=recording_run_id(run.replay_of_id, step_run.step_key) if run.replay_of_id else None,
+        budget=run.version.graph.get("budget") or {},
     )
     context.params = _map_inputs(options, context.expression_variables(), step_run.step_key)
     if context.params:
         StepRun.objects.filter(pk=step_run.pk, fencing_token=step_run.fencing_token).update(input=context.params)
     crash_point("mid_step")
+    original = _original_run_id(run)
+    if original is not None and (step_type.side_effects or step_type.replay_reuses_output):
+        # Replays and what-if runs never touch the outside world or ask people again: the original run's
+        # result stands in (a what-if compares model outputs; it must not re-post an invoice).
+        return _recorded_outcome(original, step_run.step_key)
     outcome = step_type().execute(config, context)
     if step_type.side_effects:
         crash_point("after_external_call")
     return outcome
+
+
+def _original_run_id(run: Run) -> int | None:
+    """For a replay or a what-if run, the run whose outside-world results and decisions it reuses."""
+    return run.replay_of_id or (run.restarted_from_id if run.mode == Run.Mode.WHAT_IF else None)
+
+
+def recording_run_id(run_id: int, step_key: str) -> int:
+    """The run whose model calls answer `step_key` when replaying `run_id`: the run itself, or, where it
+    reused the step from an earlier run (a restart, a what-if), the run that actually executed it."""
+    seen = set()
+    while run_id not in seen:
+        seen.add(run_id)
+        steps = StepRun.objects.filter(run_id=run_id, step_key=step_key)
+        reused_from = steps.values_list("reused_from__run_id", flat=True).first()
+        if reused_from is None:
+            return run_id
+        run_id = reused_from
+    return run_id
+
+
+def _recorded_outcome(original_run_id: int, step_key: str) -> StepOutcome:
+    original = StepRun.objects.filter(
+        run_id=recording_run_id(original_run_id, step_key), step_key=step_key, state=StepRun.State.SUCCEEDED
+    ).first()
+    if original is None:
+        raise StepError(
+            f'Step "{step_key}" did not succeed in run #{original_run_id}, so there is no result to reuse '
+            "(replays and what-if runs never call outside systems or ask people again)."
+        )
+    return StepOutcome(output=original.output or {}, usage={"replayed_from_step_run": original.pk})
 
 
 def _park(step_run: StepRun, outcome: StepOutcome) -> None:

@@ -41,6 +41,20 @@ class Run(models.Model):
     item_index = models.PositiveIntegerField(null=True, blank=True)
     total_prompt_tokens = models.PositiveIntegerField(default=0)
     total_generated_tokens = models.PositiveIntegerField(default=0)
+    total_cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+
+    class Mode(models.TextChoices):
+        LIVE = "live", "Live"
+        REPLAY = "replay", "Replay of recorded model calls"
+        WHAT_IF = "what_if", "What-if re-run"
+
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.LIVE)
+    # Replay: the run whose recorded model calls answer this run's calls (and whose recorded outside-world
+    # results stand in for its side-effecting steps). What-if runs link their original by restarted_from.
+    replay_of = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="replays")
+    # What-if: per step key, config values that replace the pinned version's for this run only
+    # ({"extract": {"prompt": "...", "model": "large"}}); the version itself stays immutable.
+    overrides = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -7,13 +7,15 @@ it (directly or through a role).
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser, AnonymousUser
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet, Sum
 from django.http import Http404
 
 from apps.core.permissions import restrict
+from apps.inference.models import InferenceCall
 from apps.runs.models import Incident, Run, StepRun
 from apps.workflows.selectors import workflow_list_for_user
 
@@ -80,6 +82,7 @@ def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
     return {
         "run": run,
         "steps": steps,
+        "model_calls": run_model_call_totals(run),
         "can_operate": run_can_operate(user, run),
         "signature": run_signature(run, steps, incidents.values()),
     }
@@ -93,3 +96,74 @@ def run_signature(run: Run, steps: list[StepRun], incidents: Any) -> str:
     parts += [f"{s.step_key}:{s.state}:{s.fencing_token}:{len(s.streamed_text)}" for s in steps]
     parts += sorted(f"i{incident.pk}" for incident in incidents)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _flatten(value: Any, path: str = "") -> dict[str, Any]:
+    """JSON value → {"a.b[0]": leaf}; an empty object or list is a leaf of its own."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{path}.{key}" if path else str(key)))
+        return out
+    if isinstance(value, list) and value:
+        out = {}
+        for index, item in enumerate(value):
+            out.update(_flatten(item, f"{path}[{index}]"))
+        return out
+    return {path or "(value)": value}
+
+
+def output_diff(before: Any, after: Any) -> list[dict[str, Any]]:
+    """Field-level differences between two JSON values: one row per changed, added or removed leaf."""
+    old, new = _flatten(before), _flatten(after)
+    rows = []
+    for path in sorted(old.keys() | new.keys()):
+        if path not in new:
+            rows.append({"path": path, "change": "removed", "before": old[path], "after": None})
+        elif path not in old:
+            rows.append({"path": path, "change": "added", "before": None, "after": new[path]})
+        elif json.dumps(old[path], sort_keys=True) != json.dumps(new[path], sort_keys=True):
+            rows.append({"path": path, "change": "changed", "before": old[path], "after": new[path]})
+    return rows
+
+
+def run_diff(original: Run, other: Run) -> dict[str, Any]:
+    """Per step, the field-level diff of `other`'s outputs against `original`'s (steps `other` reused
+    from `original` are equal by construction and left out); plus whether the run outputs are identical
+    byte for byte in their canonical JSON form."""
+    before = {s.step_key: s for s in StepRun.objects.filter(run=original)}
+    steps = []
+    for step in StepRun.objects.filter(run=other).order_by("position"):
+        if step.reused_from_id:
+            continue
+        old = before.get(step.step_key)
+        rows = output_diff(old.output if old else None, step.output)
+        steps.append({"step_key": step.step_key, "name": step.name, "rows": rows, "state": step.state})
+    return {
+        "steps": steps,
+        "identical": canonical_json(original.output) == canonical_json(other.output),
+        "changed_fields": sum(len(step["rows"]) for step in steps),
+    }
+
+
+def canonical_json(value: Any) -> bytes:
+    """The byte form outputs are compared in: sorted keys, no insignificant whitespace, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def inference_call_list_for_run(run: Run) -> QuerySet[InferenceCall]:
+    """The model calls of a run the caller may already see (callers pass a run from run_get_for_user)."""
+    return InferenceCall.objects.filter(run_id=run.pk).order_by("created_at", "id")
+
+
+def run_model_call_totals(run: Run) -> dict[str, Any]:
+    """Calls, model time and cost over every model call of the run (failed attempts included: they
+    were paid for)."""
+    totals = InferenceCall.objects.filter(run_id=run.pk).aggregate(
+        calls=Count("id"), latency_ms=Sum("latency_ms"), cost=Sum("cost")
+    )
+    return {
+        "calls": totals["calls"] or 0,
+        "seconds": (totals["latency_ms"] or 0) / 1000,
+        "cost": totals["cost"] or 0,
+    }

@@ -14,6 +14,7 @@ import logging
 import random
 from collections.abc import Iterable
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -27,11 +28,11 @@ from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unprocessable, ValidationFailed
 from apps.runs import engine
 from apps.runs.models import EffectRecord, Incident, Outbox, Run, StepResult, StepRun, Timer
-from apps.steps.registry import step_type_get
+from apps.steps.registry import step_config_errors, step_type_get
 from apps.workflows.graph import step_options
 from apps.workflows.input_schema import input_validate
 from apps.workflows.models import Workflow, WorkflowVersion
-from apps.workflows.selectors import workflow_can_run, workflow_version_published_latest
+from apps.workflows.selectors import workflow_can_edit, workflow_can_run, workflow_version_published_latest
 
 EXECUTE_STEP_TASK = "runs.execute_step"
 logger = logging.getLogger(__name__)
@@ -478,6 +479,7 @@ def _record_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, A
         Run.objects.filter(pk=run.pk).update(
             total_prompt_tokens=F("total_prompt_tokens") + int(usage.get("prompt_tokens") or 0),
             total_generated_tokens=F("total_generated_tokens") + int(usage.get("generated_tokens") or 0),
+            total_cost=F("total_cost") + Decimal(str(usage.get("cost") or 0)),
         )
 
 
@@ -622,9 +624,14 @@ def run_cancel(*, run: Run, actor: User | None, reason: str = "") -> Run:
 
 
 @transaction.atomic
-def run_restart(*, run: Run, step_key: str, actor: User) -> Run:
+def run_restart(*, run: Run, step_key: str, actor: User, overrides: dict[str, dict[str, Any]] | None = None) -> Run:
     """Start a new run of the same version and inputs, linked to `run`, that reuses the recorded outputs
-    of every step that does not depend on `step_key` and executes `step_key` and what follows it."""
+    of every step that does not depend on `step_key` and executes `step_key` and what follows it.
+
+    With `overrides` ({step key: {config field: value}}) it is a what-if run: those steps execute with
+    the given config values (another prompt, another model) over the pinned version's; refused with
+    field errors when a merged config is not valid.
+    """
     original = _lock_run(run.pk)
     if not original.is_finished:
         raise Conflict(f"Run #{run.pk} is still {original.status}; restart it once it has finished (or cancel it).")
@@ -632,17 +639,23 @@ def run_restart(*, run: Run, step_key: str, actor: User) -> Run:
         raise ApplicationError(f'Run #{run.pk} has no step "{step_key}".')
     if not workflow_can_run(actor, original.workflow):
         raise Forbidden("You may view this run but not run its workflow.")
+    if overrides and not workflow_can_edit(actor, original.workflow):
+        raise Forbidden("Trying other step settings needs the right to change this workflow.")
     old_steps = {s.step_key: s for s in StepRun.objects.filter(run=original)}
     succeeded = [key for key, step in old_steps.items() if step.state == StepRun.State.SUCCEEDED]
     reused = engine.reusable_before(original.version.graph, step_key, succeeded)
+    overrides = _overrides_validate(original, overrides or {}, reused=set(reused))
     new = _run_create(
         version=original.version,
         inputs=original.inputs,
         actor=actor,
-        trigger="restart",
+        trigger="what_if" if overrides else "restart",
         restarted_from=original,
         restart_step_key=step_key,
     )
+    if overrides:
+        Run.objects.filter(pk=new.pk).update(mode=Run.Mode.WHAT_IF, overrides=overrides)
+        new.mode, new.overrides = Run.Mode.WHAT_IF, overrides
     now = timezone.now()
     for step in StepRun.objects.filter(run=new, step_key__in=reused):
         old = old_steps[step.step_key]
@@ -667,10 +680,68 @@ def run_restart(*, run: Run, step_key: str, actor: User) -> Run:
         )
     audit_record(
         actor=actor,
-        verb="run.restarted",
+        verb="run.what_if_started" if overrides else "run.restarted",
         target=new,
-        data={"from_run": original.pk, "from_step": step_key, "reused_steps": sorted(reused)},
+        data={
+            "from_run": original.pk,
+            "from_step": step_key,
+            "reused_steps": sorted(reused),
+            **({"overrides": overrides} if overrides else {}),
+        },
     )
+    _advance(new)
+    return new
+
+
+# What a what-if run may change: how a model is asked, never where data goes or who decides.
+WHAT_IF_FIELDS = frozenset({"prompt", "system", "model", "temperature", "seed", "max_new_tokens"})
+
+
+def _overrides_validate(run: Run, overrides: Any, *, reused: set[str]) -> dict[str, dict[str, Any]]:
+    """What-if overrides, checked: LLM steps that run again, only the WHAT_IF_FIELDS, merged configs valid."""
+    if not isinstance(overrides, dict):
+        raise ValidationFailed("Overrides must be an object of step keys.", fields={"overrides": ["not an object"]})
+    steps = {step["key"]: step for step in run.version.steps}
+    errors: dict[str, list[str]] = {}
+    for key, values in overrides.items():
+        if key not in steps:
+            errors[key] = [f'Run #{run.pk} has no step "{key}".']
+        elif not str(steps[key]["type"]).startswith("llm."):
+            errors[key] = ["Only model steps (llm.*) can be changed in a what-if run."]
+        elif key in reused:
+            errors[key] = ["This step runs before the restart point, so its recorded output is reused unchanged."]
+        elif not isinstance(values, dict) or not values:
+            errors[key] = ["Give an object of config fields to change."]
+        elif set(values) - WHAT_IF_FIELDS:
+            unknown = ", ".join(sorted(set(values) - WHAT_IF_FIELDS))
+            errors[key] = [f"A what-if run may change {', '.join(sorted(WHAT_IF_FIELDS))}; not {unknown}."]
+        else:
+            merged = {**steps[key].get("config", {}), **values}
+            problems = step_config_errors(steps[key]["type"], merged)
+            if problems:
+                errors[key] = problems
+    if errors:
+        raise ValidationFailed("The what-if changes are not valid.", fields=errors)
+    return {key: dict(values) for key, values in overrides.items()}
+
+
+@transaction.atomic
+def run_replay(*, run: Run, actor: User) -> Run:
+    """Re-execute a finished run from its recordings: a new run of the same version and inputs whose
+    model calls are answered by `run`'s recorded calls and whose side-effecting steps reuse `run`'s
+    results, so nothing reaches a model server or the outside world. Its outputs must equal the
+    original's byte for byte; any difference means the run was not reproducible."""
+    original = _lock_run(run.pk)
+    if not original.is_finished:
+        raise Conflict(f"Run #{run.pk} is still {original.status}; replay it once it has finished.")
+    if not workflow_can_run(actor, original.workflow):
+        raise Forbidden("You may view this run but not run its workflow.")
+    new = _run_create(version=original.version, inputs=original.inputs, actor=actor, trigger="replay")
+    source = original.replay_of_id or original.pk  # a replay of a replay reads the first recording
+    # A what-if run's changed settings are part of what it did: its replay asks the same questions.
+    Run.objects.filter(pk=new.pk).update(mode=Run.Mode.REPLAY, replay_of_id=source, overrides=original.overrides)
+    new.mode, new.replay_of_id, new.overrides = Run.Mode.REPLAY, source, original.overrides
+    audit_record(actor=actor, verb="run.replay_started", target=new, data={"replay_of": source})
     _advance(new)
     return new
 

@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -19,11 +19,20 @@ from apps.core.htmx import HtmxHttpRequest
 from apps.runs.selectors import (
     incident_get_for_user,
     run_can_operate,
+    run_diff,
     run_get_for_user,
     run_list_for_user,
     run_page_context,
 )
-from apps.runs.services import incident_abort, incident_retry, incident_skip, run_cancel, run_restart, run_start
+from apps.runs.services import (
+    incident_abort,
+    incident_retry,
+    incident_skip,
+    run_cancel,
+    run_replay,
+    run_restart,
+    run_start,
+)
 from apps.workflows.input_schema import input_form_class
 from apps.workflows.selectors import (
     workflow_can_run,
@@ -120,6 +129,50 @@ def run_restart_view(request: HttpRequest, run_id: int) -> HttpResponse:
         return _to_run_page(request, run.pk)
     messages.success(request, f'Run #{new.pk} restarts run #{run.pk} from step "{new.restart_step_key}".')
     return _to_run_page(request, new.pk)
+
+
+@login_required
+@require_POST
+def run_replay_view(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Re-execute the run from its recorded model calls (nothing is sent to a model or outside system)."""
+    run = _operate(request, run_id)
+    try:
+        new = run_replay(run=run, actor=request.user)  # type: ignore[arg-type]
+    except ApplicationError as refusal:
+        messages.error(request, refusal.message)
+        return _to_run_page(request, run.pk)
+    messages.success(request, f"Run #{new.pk} replays run #{run.pk} from its recordings.")
+    return _to_run_page(request, new.pk)
+
+
+@login_required
+@require_POST
+def run_what_if_view(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Re-run from a step with another prompt or model; the new run's page links to the diff."""
+    run = _operate(request, run_id)
+    step_key = request.POST.get("step_key", "")
+    changes = {name: request.POST[name] for name in ("prompt", "system", "model") if request.POST.get(name, "").strip()}
+    try:
+        if not changes:
+            raise ValidationFailed("Change the prompt or the model for a what-if run.", fields={"prompt": ["Empty."]})
+        new = run_restart(run=run, step_key=step_key, actor=request.user, overrides={step_key: changes})  # type: ignore[arg-type]
+    except ApplicationError as refusal:
+        detail = "; ".join(m for messages_ in refusal.extra.get("fields", {}).values() for m in messages_)
+        messages.error(request, f"{refusal.message} {detail}".strip())
+        return _to_run_page(request, run.pk)
+    messages.success(request, f'Run #{new.pk} re-runs run #{run.pk} from step "{step_key}" with your changes.')
+    return _to_run_page(request, new.pk)
+
+
+@login_required
+def run_diff_view(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Field by field: how this what-if or replay run's step outputs differ from the original run's."""
+    run = run_get_for_user(request.user, run_id=run_id)
+    original_id = run.replay_of_id or run.restarted_from_id
+    if original_id is None:
+        raise Http404("This run is not a replay or a re-run of another run.")
+    original = run_get_for_user(request.user, run_id=original_id)
+    return render(request, "runs/run_diff.html", {"run": run, "original": original, **run_diff(original, run)})
 
 
 @login_required

@@ -50,6 +50,11 @@ class StepContext:
     emit_tokens: Callable[[str], None] = lambda text: None
     params: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
+    step_run_id: int | None = None
+    # Replay mode: the run whose recorded model calls (and outside-world results) answer this run's.
+    replay_of: int | None = None
+    # The run's limits from the version's `budget` ({"max_tokens": n, "max_cost": "2.50"}), if any.
+    budget: dict[str, Any] = field(default_factory=dict)
 
     def expression_variables(self) -> dict[str, Any]:
         """The names expressions and templates may use: `input`, `steps` and the step's `params`."""
@@ -94,6 +99,10 @@ class StepType:
     # Steps that change the outside world: the engine keeps an effect ledger for them and honours their
     # config's `delivery` ("at_most_once" hands an uncertain outcome to a person).
     side_effects: ClassVar[bool] = False
+    # Replay mode re-executes pure steps (model calls answered from recordings) but must not wait for a
+    # person, a timer or child runs again, nor touch the outside world: such steps reuse the original
+    # run's recorded output instead.
+    replay_reuses_output: ClassVar[bool] = False
 
     def execute(self, config: StepConfig, context: StepContext) -> StepOutcome:
         raise NotImplementedError

@@ -232,6 +232,7 @@ def graph_errors(graph: Any) -> list[str]:
         problems.extend(f"{label}: {message}" for message in _mapping_errors(options))
         if not duplicate:
             valid_steps.append(step)
+    problems.extend(_budget_errors(graph.get("budget")))
     edges = graph.get("edges")
     if edges is not None:
         if not isinstance(edges, list):
@@ -265,3 +266,24 @@ def graph_checksum(graph: dict[str, Any], input_schema: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a version's executable content."""
     canonical = json.dumps({"graph": graph, "input_schema": input_schema}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _budget_errors(budget: Any) -> list[str]:
+    """A run budget is {"max_tokens": positive int, "max_cost": positive number}, either or both."""
+    if budget is None:
+        return []
+    if not isinstance(budget, dict) or not set(budget) <= {"max_tokens", "max_cost"}:
+        return ['budget: must be {"max_tokens": <tokens>, "max_cost": <amount>}, either or both']
+    problems = []
+    tokens = budget.get("max_tokens")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        problems.append("budget.max_tokens: must be a whole number of tokens, at least 1")
+    cost = budget.get("max_cost")
+    if cost is not None:
+        try:
+            valid = float(cost) > 0 and not isinstance(cost, bool)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            problems.append("budget.max_cost: must be a positive amount, e.g. 2.50")
+    return problems

@@ -35,6 +35,12 @@ def workflow_can_run(user: AnyUser, workflow: Workflow) -> bool:
     return has_object_perm(user, "workflows.run_workflow", workflow)
 
 
+def workflow_can_edit(user: AnyUser, workflow: Workflow) -> bool:
+    """Whether `user` may change `workflow` (its owner, admins): also what trying other step settings in a
+    what-if run needs, since it runs the workflow with a changed configuration."""
+    return has_object_perm(user, "workflows.change_workflow", workflow)
+
+
 def workflow_version_published_latest(workflow: Workflow) -> WorkflowVersion | None:
     """The newest published version, which new runs use; None before the first publish."""
     prefetched = getattr(workflow, "published_versions", None)

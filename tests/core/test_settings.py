@@ -39,3 +39,8 @@ def test_broken_value_names_its_variable(variable, value, message):
 def test_production_refuses_to_start_without_a_secret_key():
     result = django_check(AIOS_ENV="production")
     assert result.returncode != 0 and "DJANGO_SECRET_KEY must be set." in result.stderr
+
+
+def test_production_refuses_to_start_without_a_credentials_key():
+    result = django_check(AIOS_ENV="production", DJANGO_SECRET_KEY="k" * 60)
+    assert result.returncode != 0 and "AIOS_CREDENTIALS_KEY must be set." in result.stderr

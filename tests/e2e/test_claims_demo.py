@@ -57,6 +57,23 @@ def test_analyst_runs_the_claims_demo_and_watches_it_live(paced_stack, analyst, 
     page.reload()  # the same truth on reload
     expect(page.locator("#run-header")).to_have_attribute("data-status", "succeeded")
     expect(page.locator("#run-output")).to_contain_text("adjuster_queue")
+
+    # Provenance beside the AI output: which model and revision, which prompt version, what it cost.
+    provenance = page.locator("#step-extract-provenance")
+    provenance.locator("summary").click()
+    for label in ("Endpoint", "Model", "Revision", "Prompt version", "Parameters", "Tokens", "Cost", "Latency"):
+        expect(provenance.get_by_text(label, exact=True)).to_be_visible()
+    expect(provenance).to_contain_text("aios/dev-model")
+    expect(provenance).to_contain_text("1 call")
+    expect(page.locator("#step-decide-provenance")).to_have_count(0)  # not an AI step
+    page.screenshot(path=str(SCREENSHOT_DIR / "run-provenance.png"), full_page=True)
+
+    # Replay from the recordings: a new run, identical outputs, shown on the comparison page.
+    page.get_by_role("button", name="Replay from recordings").click()
+    expect(page.get_by_text(re.compile(r"Replay of run #\d+ from its recorded model calls"))).to_be_visible()
+    expect(page.locator("#run-header")).to_have_attribute("data-status", "succeeded", timeout=60_000)
+    page.get_by_role("link", name="Compare outputs").click()
+    expect(page.locator("#diff-summary")).to_have_attribute("data-identical", "true")
     # The one failed load allowed is the deliberate invalid form post (answered 400 with inline errors).
     unexpected = [line for line in errors if line.startswith(("error:", "pageerror:")) and "status of 400" not in line]
     assert not unexpected, unexpected

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ class ServiceProcess:
         self.popen_options = popen
         self.log_path = log_dir() / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.killed = False  # by the test, on purpose
 
     def start(self, ready: Callable[[str], bool] | None = None, timeout: float = 60) -> ServiceProcess:
         """Start it; with `ready`, wait until `ready(log text)` is true."""
@@ -160,6 +162,7 @@ class ServiceProcess:
         """SIGKILL the whole process group (no clean-up, no warm shutdown) and wait until it is gone."""
         if self.process is None:
             return
+        self.killed = True
         self.signal_group(signal.SIGKILL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -311,6 +314,12 @@ class Fleet:
             self._start(ServiceProcess(f"{label}-sweeper", sweeper, {**self.env, **env}), WORKER_READY, wait)
         return beat
 
+    def supervise(self) -> Supervisor:
+        """Restart any worker that exits on its own, as systemd or Kubernetes would (see Supervisor)."""
+        supervisor = Supervisor(self)
+        supervisor.start()
+        return supervisor
+
     def kill_all(self) -> None:
         """SIGKILL every worker, sweeper and beat started so far (a total outage)."""
         for process in self.processes:
@@ -365,6 +374,38 @@ class Fleet:
         """SIGKILL everything: a warm shutdown only costs time here, and the private Redis is thrown away."""
         for process in reversed(self.processes):
             process.kill_group()
+
+
+class Supervisor(threading.Thread):
+    """Restarts workers that exit without the test having killed them, like a process supervisor in a
+    deployment, and records each exit for the figures (`crashes`: the worker's name and its "Unrecoverable
+    error" line, or its exit code)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        super().__init__(name="supervisor", daemon=True)
+        self.fleet = fleet
+        self.crashes: list[str] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.2):
+            for process in list(self.fleet.processes):
+                exited = process.process is not None and process.process.poll() is not None
+                if "-worker" not in process.name or not exited or process.killed:
+                    continue
+                process.killed = True  # handled: replaced below
+                reason = next(
+                    (line for line in process.log_text().splitlines() if "Unrecoverable error" in line),
+                    f"exit code {process.process.returncode if process.process else '?'}",
+                )
+                self.crashes.append(f"{process.name}: {reason.strip()[:200]}")
+                replacement = ServiceProcess(f"{process.name}-restart{len(self.crashes)}", process.argv, process.env)
+                replacement.start()
+                self.fleet.processes.append(replacement)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
 
 
 # --- waiting, with messages that say what is stuck ---------------------------------------------------------------

@@ -1,11 +1,11 @@
 """D3: the worker dies right after the external call (the sink applied the effect) and before the step's
 result commits: Temporal's completed-but-unreported case.
 
-Phase 1 workers run with `after_external_call:1.0`, so every call is followed by a SIGKILL of the pool
-child; once the sink has seen every run's call, those workers are killed and replaced by workers without
-faults. The sweeper takes the steps back when their leases expire and the retry resends the same
-Idempotency-Key: the sink must apply each effect exactly once, and must have seen at least two deliveries
-per key (proof that the path was exercised).
+Phase 1: a worker runs with `after_external_call:1.0` and no sweeper, so every run's call is followed by a
+SIGKILL of its pool child, once. When the sink has seen every run's call, that worker is killed; beat (the
+sweeper) and a worker without faults start. The sweeper takes the steps back when their leases expire and
+the retry resends the same Idempotency-Key: the sink must apply each effect exactly once, and must have
+seen at least two deliveries per key (proof that the path was exercised).
 
 The same crash on an `at_most_once` step that calls a system which cannot deduplicate (the sink with
 `dedupe=False`): the retry must not call again blindly; the step waits on an incident for a person.
@@ -46,9 +46,7 @@ def test_d3_retry_after_external_call_resends_the_same_key_and_applies_once(anal
     careful = publish(
         analyst, "D3 at most once", graph(plain.url, config={"delivery": "at_most_once"}), input_schema=EFFECT_INPUT
     )
-    dying = fleet.worker(concurrency=4, AIOS_FAULTS="after_external_call:1.0", wait=False)
-    fleet.beat(wait=False)
-    fleet.ready()
+    dying = fleet.worker(concurrency=4, AIOS_FAULTS="after_external_call:1.0")
     ids = [run_start(actor=analyst, workflow=workflow, inputs={"n": n})[0].pk for n in range(N)]
     keys = {pk: effect_key(pk, "send") for pk in ids}
     at_most_once = [run_start(actor=analyst, workflow=careful, inputs={"n": n})[0].pk for n in range(AT_MOST_ONCE)]
@@ -61,12 +59,14 @@ def test_d3_retry_after_external_call_resends_the_same_key_and_applies_once(anal
 
     wait_until(
         every_key_delivered,
-        timeout=90,
+        timeout=sized(90, 400),
         what="the sink to see every run's call once",
         detail=lambda: f"{len(sink.ledger())} of {N} keys seen",
     )
     dying.kill_group()
-    fleet.worker(concurrency=4)
+    fleet.worker(concurrency=4, wait=False)
+    fleet.beat(wait=False)
+    fleet.ready()
 
     wait_runs(ids, timeout=sized(90, 800))
     invariants = check_invariants(ids)

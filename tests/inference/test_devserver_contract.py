@@ -370,6 +370,13 @@ def test_deviation_json_object_alias(base_url: str, tgi_contract: Any) -> None:
 # TEI
 
 
+@pytest.fixture(scope="module")
+def embeddings_loaded(base_url: str) -> None:
+    """The server loads its embedding model on the first request; wait for that once, generously."""
+    assert httpx2.post(base_url + "/embed", json={"inputs": "warm up"}, timeout=120).status_code == 200
+
+
+@pytest.mark.usefixtures("embeddings_loaded")
 def test_embed_matches_contract(base_url: str, tei_contract: Any) -> None:
     for inputs in ("a single text", ["first text", "second text"]):
         response = post(base_url, "/embed", {"inputs": inputs})
@@ -378,6 +385,7 @@ def test_embed_matches_contract(base_url: str, tei_contract: Any) -> None:
         assert all(len(row) == 384 for row in response.json())
 
 
+@pytest.mark.usefixtures("embeddings_loaded")
 def test_openai_embeddings_match_contract(base_url: str, tei_contract: Any) -> None:
     response = post(base_url, "/v1/embeddings", {"input": ["a", "b"], "model": "x"})
     assert response.status_code == 200

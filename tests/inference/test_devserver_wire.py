@@ -680,6 +680,8 @@ def test_tool_call_minimal(base_url: str) -> None:
 
 
 def test_embeddings_are_deterministic_normalised_and_similarity_preserving(base_url: str) -> None:
+    # The first embedding request loads the model (when installed): give that one time.
+    assert httpx2.post(base_url + "/embed", json={"inputs": "warm up"}, timeout=120).status_code == 200
     texts = [
         "The customer's car was hit from behind in a parking lot.",
         "A car was rear-ended in the parking lot; the customer filed a claim.",

@@ -26,6 +26,7 @@ from apps.inference.errors import (
     InferenceGenerationError,
     InferenceOverloadedError,
     InferenceTimeoutError,
+    InferenceUnavailableError,
     InferenceValidationError,
 )
 from apps.workflows.demo import CLAIM_FIELDS_SCHEMA as CLAIM_SCHEMA
@@ -422,18 +423,28 @@ def test_generation_stream_without_a_final_event_is_an_error() -> None:
         InferenceTimeoutError,
         InferenceConnectionError,
         InferenceAuthenticationError,
+        InferenceUnavailableError,
     ],
 )
 def test_errors_pickle(error_class: type[InferenceError]) -> None:
-    error = error_class("The inference server is busy.", base_url="http://x", status_code=429, server_message="busy")
+    error = error_class(
+        "The inference server is busy.",
+        base_url="http://x",
+        status_code=429,
+        server_message="busy",
+        attempts=3,
+        tokens_delivered=2,
+    )
     restored = pickle.loads(pickle.dumps(error))
     assert type(restored) is error_class
-    assert (restored.message, restored.base_url, restored.status_code, restored.server_message) == (
-        "The inference server is busy.",
-        "http://x",
-        429,
-        "busy",
-    )
+    assert (
+        restored.message,
+        restored.base_url,
+        restored.status_code,
+        restored.server_message,
+        restored.attempts,
+        restored.tokens_delivered,
+    ) == ("The inference server is busy.", "http://x", 429, "busy", 3, 2)
     assert str(restored) == "The inference server is busy."
 
 
@@ -445,7 +456,8 @@ def test_errors_pickle(error_class: type[InferenceError]) -> None:
         (401, InferenceAuthenticationError),
         (404, InferenceError),
         (429, InferenceOverloadedError),
-        (503, InferenceOverloadedError),
+        (502, InferenceUnavailableError),
+        (503, InferenceUnavailableError),
         (504, InferenceTimeoutError),
         (500, InferenceGenerationError),
         (424, InferenceGenerationError),

@@ -33,9 +33,21 @@ MATRIX: dict[str, dict[str, int]] = {
     "api:run-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:approval-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:run-detail": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": UNAUTHENTICATED},
+    "api:run-calls": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": UNAUTHENTICATED},
     "api:api-root": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:schema": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:docs": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
+    # Model endpoints are the admin role's (tests/inference/test_endpoint_pages.py covers admins).
+    # Analysts read the list (the names their steps may use); only admins change anything.
+    "inference:endpoints": {
+        "analyst": OK,
+        "reviewer": FORBIDDEN,
+        "manager": FORBIDDEN,
+        "outsider": FORBIDDEN,
+        "anonymous": LOGIN,
+    },
+    "inference:endpoint-create": {**dict.fromkeys(EVERYONE_SIGNED_IN, FORBIDDEN), "anonymous": LOGIN},
+    "inference:endpoint-edit": {**dict.fromkeys(EVERYONE_SIGNED_IN, FORBIDDEN), "anonymous": LOGIN},
 }
 
 # Routes checked elsewhere or not object-scoped: their own tests cover them.
@@ -43,10 +55,20 @@ EXEMPT = {
     # POST-only operations on runs and incidents: tests/runs/test_operate.py covers them by persona.
     "api:run-cancel",
     "api:run-restart",
+    "api:run-replay",
+    "api:run-diff",
     "api:incident-resolve",
     "runs:cancel",
     "runs:restart",
     "runs:incident-resolve",
+    # Replay and what-if (POST) and the diff of such runs need a finished run: test_replay_what_if_by_persona
+    # below covers them.
+    "runs:replay",
+    "runs:what-if",
+    "runs:diff",
+    # Probe and enable/disable (POST): tests/inference/test_endpoint_pages.py covers them by persona.
+    "inference:endpoint-probe",
+    "inference:endpoint-toggle",
     # Approval requests need a run parked at an approval step: tests/approvals covers them by persona.
     "api:approval-detail",
     "api:approval-decide",
@@ -79,7 +101,10 @@ def test_every_route_has_a_rule():
 
 @pytest.fixture
 def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
+    from apps.inference.models import ModelEndpoint
+
     run, _ = run_start(actor=analyst, workflow=claims_workflow, inputs={"claim_text": sample_claim})
+    endpoint = ModelEndpoint.objects.create(name="matrix", url="http://127.0.0.1:9")
     return {
         "personas": {"analyst": analyst, "reviewer": reviewer, "manager": manager, "outsider": outsider},
         "workflow": claims_workflow,
@@ -90,6 +115,8 @@ def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
             "runs:create": [claims_workflow.slug],
             "api:workflow-detail": [claims_workflow.slug],
             "api:run-detail": [run.pk],
+            "api:run-calls": [run.pk],
+            "inference:endpoint-edit": [endpoint.pk],
         },
     }
 
@@ -168,3 +195,33 @@ def test_run_table_of_a_workflow_by_persona(world, persona):
         fragment = response.content.decode()
         assert "<html" not in fragment  # the table alone, not the whole page
         assert reverse("runs:detail", args=[world["run"].pk]) in fragment
+
+
+@pytest.mark.django_db
+def test_replay_what_if_by_persona(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
+    """Who may replay a finished run, re-run it with another prompt, and read the comparison."""
+    from apps.runs.models import Run
+    from apps.runs.services import run_cancel, run_replay
+
+    run, _ = run_start(actor=analyst, workflow=claims_workflow, inputs={"claim_text": sample_claim})
+    run_cancel(run=run, actor=analyst)
+    replay = run_replay(run=run, actor=analyst)
+    expected = {
+        # persona: (POST replay, POST what-if with a prompt, GET diff of the replay)
+        "analyst": (302, 302, 200),
+        "reviewer": (302, 302, 200),  # what-if is refused inside (a flash message), not by the route
+        "manager": (403, 403, 200),
+        "outsider": (404, 404, 404),
+    }
+    personas = {"analyst": analyst, "reviewer": reviewer, "manager": manager, "outsider": outsider}
+    for persona, (replay_status, what_if_status, diff_status) in expected.items():
+        client = APIClient()
+        client.force_login(personas[persona])
+        before = Run.objects.count()
+        assert client.post(f"/runs/{run.pk}/replay/").status_code == replay_status, persona
+        body = {"step_key": "extract", "prompt": "Another prompt {{ input.claim_text }}"}
+        assert client.post(f"/runs/{run.pk}/what-if/", body).status_code == what_if_status, persona
+        assert client.get(f"/runs/{replay.pk}/diff/").status_code == diff_status, persona
+        created = Run.objects.count() - before
+        # The reviewer may replay (she may run the workflow) but not change its steps.
+        assert created == {"analyst": 2, "reviewer": 1}.get(persona, 0), persona

@@ -31,8 +31,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from . import embeddings, engine, protocol, tokenizer
+from .batching import BatchScheduler, Sequence
 from .config import DEVSERVER_LABEL, DevServerConfig
 from .engine import GenerateParameters, InferError, Plan, ValidRequest
 from .metrics import Metrics
@@ -43,10 +45,21 @@ logger = logging.getLogger("aios.devserver")
 FAULT_HEADER = "x-aios-fault"
 FAULT_AFTER_HEADER = "x-aios-fault-after-tokens"
 _DISCONNECT_POLL_SECONDS = 0.05
+# How long a handler that dropped its connection waits for the server to notice before giving up.
+_DROP_WAIT_SECONDS = 2.0
+# Where `_DevServerApp` leaves the connection's transport for the disconnect fault.
+_TRANSPORT_KEY = "aios.transport"
+# Faults that let some tokens out first (`fault_after_tokens`), then fail in their own way.
+_CUT_FAULTS = ("midstream", "server_error", "disconnect")
+UNAVAILABLE_TEXT = "Service Unavailable: no healthy upstream (injected fault, AIOS development server)"
 
 
 class _ClientGone(Exception):
     """The client hung up while we were pacing a non-stream reply."""
+
+
+class _DropConnection(Exception):
+    """The disconnect fault fired: the connection must close without another byte."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -62,6 +75,16 @@ class DevServerState:
         self.metrics = Metrics()
         self.in_flight = 0
         self.system_fingerprint = f"{config.version}-{DEVSERVER_LABEL}"
+        self.scheduler = BatchScheduler(config)
+        self.embedder = embeddings.choose_backend(config.embedding_backend, config.embedding_dimensions)
+
+    @property
+    def embedding_model_id(self) -> str:
+        """The configured id, unless it is the default and a real model answers (then that model's id)."""
+        configured = self.config.embedding_model_id
+        if self.embedder.model_id and configured == DevServerConfig.embedding_model_id:
+            return self.embedder.model_id
+        return configured
 
     def try_acquire(self) -> _Permit | None:
         """TGI's `try_acquire_owned` on its request semaphore: no waiting, None when full.
@@ -71,7 +94,6 @@ class DevServerState:
         if self.in_flight >= self.config.max_concurrent_requests:
             return None
         self.in_flight += 1
-        self.metrics.in_flight = self.in_flight
         return _Permit(self)
 
     def info(self) -> dict[str, Any]:
@@ -96,16 +118,11 @@ class DevServerState:
 
 
 class _Permit:
-    """One admitted generation; also carries its token budget for the batch gauges."""
+    """One admitted request (TGI's semaphore permit); batch slots are the scheduler's business."""
 
     def __init__(self, state: DevServerState) -> None:
         self.state = state
-        self.tokens = 0
         self.released = False
-
-    def reserve(self, tokens: int) -> None:
-        self.tokens = tokens
-        self.state.metrics.in_flight_tokens += tokens
 
     def release(self) -> None:
         if self.released:
@@ -113,8 +130,6 @@ class _Permit:
         self.released = True
         state = self.state
         state.in_flight -= 1
-        state.metrics.in_flight = state.in_flight
-        state.metrics.in_flight_tokens -= self.tokens
 
 
 def _state(request: Request) -> DevServerState:
@@ -142,6 +157,43 @@ def _error(err: InferError) -> Response:
     return _json(err.body(), status=err.status)
 
 
+def _unavailable() -> Response:
+    """The unavailable fault: what a load balancer in front of the server answers when it is down."""
+    return _plain(503, UNAVAILABLE_TEXT)
+
+
+async def _drop_connection(request: Request) -> Response:
+    """Close the client's connection without a response (the disconnect fault on a non-stream request).
+
+    Returns a response for Starlette to send into the void: once the server has seen the connection go,
+    it drops whatever the application sends.
+    """
+    _close_transport(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _DROP_WAIT_SECONDS
+    while not await request.is_disconnected() and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    return _empty(500)
+
+
+def _close_transport(request: Request) -> None:
+    transport = request.scope.get(_TRANSPORT_KEY)
+    if transport is None:
+        # Not under uvicorn: an exception is the nearest thing (the server answers 500 or resets).
+        raise RuntimeError("the disconnect fault needs the connection's transport (run under uvicorn)")
+    transport.close()
+
+
+async def _dropped_stream(request: Request) -> AsyncIterator[bytes]:
+    """End a stream by closing its connection mid-body: no error event, no final event, no last chunk."""
+    _close_transport(request)
+    # Starlette cancels the stream as soon as the server reports the disconnect; the sleep only bounds
+    # the wait if it never does. Nothing may be yielded after the close.
+    await asyncio.sleep(_DROP_WAIT_SECONDS)
+    return
+    yield b""  # an async generator, for the callers' `async for`
+
+
 def _stream_headers(config: DevServerConfig, characters: int) -> dict[str, str]:
     # Written before generation starts, which is why TGI sends no timing or token headers on streams.
     return {
@@ -159,6 +211,10 @@ class _Timings:
     queued: float
     inference_start: float
     end: float = 0.0
+
+    def admitted(self) -> None:
+        """The request got its batch slot: queue time ends, inference time begins."""
+        self.inference_start = time.perf_counter()
 
     def headers(
         self, config: DevServerConfig, characters: int, plan: Plan, *, compute_time: bool = True
@@ -216,6 +272,9 @@ def _post(
     shape: protocol.Type, handler: Callable[[Request, dict[str, Any]], Awaitable[Response]]
 ) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        if _header_fault(request) == "unavailable":
+            # Answered in front of the server: no authentication, no body, no metrics.
+            return _unavailable()
         try:
             body = await _read_body(request, shape)
         except protocol.Rejection as rejection:
@@ -254,8 +313,37 @@ def _header_fault(request: Request) -> str | None:
     return header if header in FAULTS else None
 
 
+def _early_fault(request: Request, route: str, match_texts: list[str]) -> str | None:
+    """The fault known before the response starts: the header's, else the first matching rule's.
+
+    Needed where the fault decides the status line (unavailable) before a stream opens.
+    """
+    header = _header_fault(request)
+    if header is not None:
+        return header
+    script = _state(request).script
+    for text in match_texts:
+        rule = script.find(text, route)
+        if rule is not None and rule.fault is not None:
+            return rule.fault
+    return None
+
+
 def _injected_generation_error() -> InferError:
     return InferError.generation("injected fault (AIOS development server): the model backend failed")
+
+
+def _cut_fault_error(kind: str | None, *, streaming: bool) -> Exception:
+    """What ends a generation cut short by `kind` (one of `_CUT_FAULTS`)."""
+    if kind == "disconnect":
+        return _DropConnection()
+    if kind == "server_error":
+        # TGI's 500s: a non-stream request gets IncompleteGeneration; a stream, already 200, gets the
+        # in-band IncompleteGenerationStream event that TGI sends when the backend stream ends early.
+        if streaming:
+            return InferError("incomplete_generation_stream", "Incomplete generation stream")
+        return InferError("incomplete_generation", "Incomplete generation")
+    return _injected_generation_error()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,6 +359,17 @@ class _Job:
     full_text_prefix: str
     reply_source: str
 
+    @property
+    def reserved_tokens(self) -> int:
+        """The token budget the batch gauges count for this request, as TGI's do."""
+        return self.valid.input_length + self.valid.max_new_tokens
+
+    def tokens_before_fault(self) -> int:
+        """How many tokens go out: all of them, or as many as a cutting fault allows."""
+        if self.fault.kind in _CUT_FAULTS:
+            return min(self.fault.after_tokens, self.plan.generated_tokens)
+        return self.plan.generated_tokens
+
 
 def _prepare(
     request: Request,
@@ -282,12 +381,10 @@ def _prepare(
     tail_source: str,
     streaming: bool,
     start: float,
-    permit: _Permit,
 ) -> _Job:
-    """Validate and plan one generation under `permit`. Raises InferError."""
+    """Validate and plan one generation (the caller holds a permit). Raises InferError."""
     state = _state(request)
     valid = engine.validate(inputs, params, state.config, streaming=streaming)
-    permit.reserve(valid.input_length + valid.max_new_tokens)
     queued = time.perf_counter()
     reply = choose_reply(
         state.script, route=route, match_text=match_text, tail_source=tail_source, constraint=valid.constraint
@@ -328,30 +425,63 @@ class _Pacer:
                 await asyncio.sleep(deadline - now)
 
 
-async def _token_events(job: _Job, pacer: _Pacer) -> AsyncIterator[tuple[int, engine.GenToken] | bytes]:
-    """The plan's tokens at their scheduled times (and keep-alives); raises InferError for faults."""
+async def _token_events(
+    job: _Job, pacer: _Pacer, scheduler: BatchScheduler
+) -> AsyncIterator[tuple[int, engine.GenToken] | bytes]:
+    """The plan's tokens as the batch produces them (and keep-alives between them).
+
+    Raises InferError for faults, `_DropConnection` for the disconnect fault.
+    """
     config = pacer.config
-    begin = pacer.loop.time()
-    if job.fault.kind == "timeout":
+    kind = job.fault.kind
+    if kind == "timeout":
         # No keep-alives during the stall: it models a hung server whose connection stays silent, so the
         # client's read timeout (not a keep-alive) ends the wait.
-        async for _ in pacer.until(begin + config.stall_seconds, keep_alive=False):
+        async for _ in pacer.until(pacer.loop.time() + config.stall_seconds, keep_alive=False):
             pass
-        begin = pacer.loop.time()
-    if job.fault.kind == "overloaded":
+    if kind == "overloaded":
         raise InferError.overloaded()
-    if job.fault.kind == "generation":
+    if kind == "generation":
         raise _injected_generation_error()
-    ttft = config.ttft_ms / 1000.0
-    tpot = config.tpot_ms / 1000.0
-    for index, token in enumerate(job.plan.tokens):
-        if job.fault.kind == "midstream" and index >= job.fault.after_tokens:
-            raise _injected_generation_error()
-        async for keep_alive in pacer.until(begin + ttft + index * tpot):
-            yield keep_alive
-        yield index + 1, token
-    if job.fault.kind == "midstream":
-        raise _injected_generation_error()
+    tokens = job.plan.tokens
+    count = job.tokens_before_fault()
+    if count > 0:
+        sequence = scheduler.submit(count, reserved_tokens=job.reserved_tokens, on_admit=job.timings.admitted)
+        try:
+            consumed = 0
+            while consumed < count and not sequence.cancelled:
+                if sequence.emitted > consumed:
+                    consumed += 1
+                    yield consumed, tokens[consumed - 1]
+                    continue
+                sequence.changed.clear()
+                if sequence.emitted > consumed:
+                    continue
+                keep_alive = await _wait_or_keep_alive(sequence, pacer)
+                if keep_alive:
+                    yield protocol.SSE_KEEP_ALIVE
+        finally:
+            # A no-op after the last token; frees the slot when the client left mid-stream.
+            scheduler.cancel(sequence)
+    if kind in _CUT_FAULTS:
+        raise _cut_fault_error(kind, streaming=True)
+
+
+async def _wait_or_keep_alive(sequence: Sequence, pacer: _Pacer) -> bool:
+    """Wait for the sequence to move; True when a keep-alive comment is due first (it is then counted)."""
+    interval = pacer.config.keep_alive_seconds
+    if interval <= 0:
+        await sequence.changed.wait()
+        return False
+    remaining = pacer.last_event + interval - pacer.loop.time()
+    if remaining > 0:
+        try:
+            await asyncio.wait_for(sequence.changed.wait(), timeout=remaining)
+            return False
+        except TimeoutError:
+            pass
+    pacer.sent()
+    return True
 
 
 async def _sleep_watching(request: Request, seconds: float) -> None:
@@ -367,22 +497,38 @@ async def _sleep_watching(request: Request, seconds: float) -> None:
             raise _ClientGone
 
 
+async def _generate_watching(request: Request, job: _Job, tokens: int) -> None:
+    """Run `tokens` tokens (0: prefill only) through the batch; raise _ClientGone if the client leaves."""
+    scheduler = _state(request).scheduler
+    sequence = scheduler.submit(tokens, reserved_tokens=job.reserved_tokens, on_admit=job.timings.admitted)
+    try:
+        while not sequence.finished:
+            await asyncio.wait({sequence.done}, timeout=_DISCONNECT_POLL_SECONDS)
+            if not sequence.finished and await request.is_disconnected():
+                raise _ClientGone
+    finally:
+        scheduler.cancel(sequence)
+
+
 async def _run_to_completion(request: Request, job: _Job) -> None:
-    """Pace a non-stream generation: the client sees nothing until the whole reply is ready."""
+    """Generate a non-stream reply: the client sees nothing until the whole reply is ready.
+
+    Raises InferError for faults, `_DropConnection` for the disconnect fault, `_ClientGone` when the
+    client leaves first.
+    """
     config = _state(request).config
-    if job.fault.kind == "timeout":
+    kind = job.fault.kind
+    if kind == "timeout":
         await _sleep_watching(request, config.stall_seconds)
-    if job.fault.kind == "overloaded":
+    if kind == "overloaded":
         raise InferError.overloaded()
-    ttft = config.ttft_ms / 1000.0
-    tpot = config.tpot_ms / 1000.0
-    if job.fault.kind == "generation":
-        await _sleep_watching(request, ttft)
+    if kind == "generation":
+        # The backend fails during prefill: the time to first token passes, then the error.
+        await _generate_watching(request, job, 0)
         raise _injected_generation_error()
-    if job.fault.kind == "midstream":
-        await _sleep_watching(request, ttft + tpot * max(job.fault.after_tokens - 1, 0))
-        raise _injected_generation_error()
-    await _sleep_watching(request, ttft + tpot * max(job.plan.generated_tokens - 1, 0))
+    await _generate_watching(request, job, job.tokens_before_fault())
+    if kind in _CUT_FAULTS:
+        raise _cut_fault_error(kind, streaming=False)
     job.timings.end = time.perf_counter()
 
 
@@ -427,7 +573,6 @@ async def _generate_once(
                 tail_source=tail_source,
                 streaming=False,
                 start=start,
-                permit=permit,
             )
             await _run_to_completion(request, job)
         except InferError as err:
@@ -453,6 +598,8 @@ def _generate_response_body(job: _Job) -> dict[str, Any]:
 
 async def _generate(request: Request, inputs: str, params: GenerateParameters, *, wrap_in_list: bool) -> Response:
     state = _state(request)
+    if _early_fault(request, "generate", [inputs]) == "unavailable":
+        return _unavailable()
     start = time.perf_counter()
     state.metrics.count("tgi_request_count")
     try:
@@ -463,6 +610,8 @@ async def _generate(request: Request, inputs: str, params: GenerateParameters, *
         return _error(err)
     except _ClientGone:
         return _empty(499)
+    except _DropConnection:
+        return await _drop_connection(request)
     body = _generate_response_body(job)
     headers = job.timings.headers(state.config, len(inputs), job.plan)
     # The compat route wraps the response in a list "to match api-inference" (TGI's comment).
@@ -471,6 +620,8 @@ async def _generate(request: Request, inputs: str, params: GenerateParameters, *
 
 def _generate_stream(request: Request, inputs: str, params: GenerateParameters) -> Response:
     state = _state(request)
+    if _early_fault(request, "generate", [inputs]) == "unavailable":
+        return _unavailable()
     start = time.perf_counter()
     state.metrics.count("tgi_request_count")
     header_fault = _header_fault(request)
@@ -494,11 +645,10 @@ def _generate_stream(request: Request, inputs: str, params: GenerateParameters) 
                 tail_source=inputs,
                 streaming=True,
                 start=start,
-                permit=permit,
             )
             top_tokens = job.plan.top_tokens
             last = job.plan.generated_tokens
-            async for item in _token_events(job, pacer):
+            async for item in _token_events(job, pacer, state.scheduler):
                 if isinstance(item, bytes):
                     yield item
                     continue
@@ -519,6 +669,9 @@ def _generate_stream(request: Request, inputs: str, params: GenerateParameters) 
         except InferError as err:
             state.metrics.fail(err.metric_label)
             yield protocol.sse_event(err.body())
+        except _DropConnection:
+            async for nothing in _dropped_stream(request):
+                yield nothing
         finally:
             permit.release()
 
@@ -571,7 +724,14 @@ async def root(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """`GET /metrics`: Prometheus text."""
-    return _plain(200, _state(request).metrics.render())
+    state = _state(request)
+    scheduler = state.scheduler
+    return _plain(
+        200,
+        state.metrics.render(
+            queue_size=scheduler.queue_size, batch_size=scheduler.batch_size, batch_tokens=scheduler.batch_tokens
+        ),
+    )
 
 
 async def models(request: Request) -> Response:
@@ -710,6 +870,8 @@ async def chat_completions(request: Request, body: dict[str, Any]) -> Response:
         # Template and tool errors happen before streaming starts: a real status code even for streams.
         state.metrics.fail(err.metric_label)
         return _error(err)
+    if _early_fault(request, "chat", [setup.match_text]) == "unavailable":
+        return _unavailable()
     if body.get("stream"):
         return _chat_stream(request, body, setup, start)
     try:
@@ -726,6 +888,8 @@ async def chat_completions(request: Request, body: dict[str, Any]) -> Response:
         return _error(err)
     except _ClientGone:
         return _empty(499)
+    except _DropConnection:
+        return await _drop_connection(request)
     plan = job.plan
     message: dict[str, Any]
     if setup.tool is not None:
@@ -813,10 +977,9 @@ def _chat_stream(request: Request, body: dict[str, Any], setup: _ChatSetup, star
                 tail_source=setup.tail_source,
                 streaming=True,
                 start=start,
-                permit=permit,
             )
             plan = job.plan
-            async for item in _token_events(job, pacer):
+            async for item in _token_events(job, pacer, state.scheduler):
                 if isinstance(item, bytes):
                     yield item
                     continue
@@ -854,6 +1017,10 @@ def _chat_stream(request: Request, body: dict[str, Any], setup: _ChatSetup, star
         except InferError as err:
             state.metrics.fail(err.metric_label)
             yield error_event(err)
+        except _DropConnection:
+            async for nothing in _dropped_stream(request):
+                yield nothing
+            return
         finally:
             permit.release()
         yield protocol.SSE_DONE
@@ -887,6 +1054,9 @@ async def completions(request: Request, body: dict[str, Any]) -> Response:
     """`POST /v1/completions`, streamed or not, one or several prompts."""
     state = _state(request)
     config = state.config
+    prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+    if _early_fault(request, "completions", prompts) == "unavailable":
+        return _unavailable()
     start = time.perf_counter()
     state.metrics.count("tgi_request_count")
     if body.get("suffix") is not None:
@@ -898,7 +1068,6 @@ async def completions(request: Request, body: dict[str, Any]) -> Response:
             },
             status=422,
         )
-    prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
     if len(prompts) > config.max_client_batch_size:
         state.metrics.fail("validation")
         return _json(
@@ -927,6 +1096,8 @@ async def completions(request: Request, body: dict[str, Any]) -> Response:
         ),
         return_exceptions=True,
     )
+    if any(isinstance(result, _DropConnection) for result in results):
+        return await _drop_connection(request)
     for result in results:
         if isinstance(result, InferError):
             return _error(result)
@@ -985,7 +1156,7 @@ def _completions_stream(request: Request, body: dict[str, Any], prompts: list[st
             "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
         }
 
-    async def one_prompt(index: int, prompt: str, queue: asyncio.Queue[bytes | None]) -> None:
+    async def one_prompt(index: int, prompt: str, queue: asyncio.Queue[bytes | None | _DropConnection]) -> None:
         permit = None if header_fault == "overloaded" else state.try_acquire()
         if permit is None:
             state.metrics.fail("overloaded")
@@ -1003,9 +1174,8 @@ def _completions_stream(request: Request, body: dict[str, Any], prompts: list[st
                 tail_source=prompt,
                 streaming=True,
                 start=start,
-                permit=permit,
             )
-            async for item in _token_events(job, pacer):
+            async for item in _token_events(job, pacer, state.scheduler):
                 if isinstance(item, bytes):
                     await queue.put(item)
                     continue
@@ -1022,12 +1192,14 @@ def _completions_stream(request: Request, body: dict[str, Any], prompts: list[st
             state.metrics.fail(err.metric_label)
             # TGI turns per-prompt errors into `Event::from(InferError)`: the generate_stream shape.
             await queue.put(protocol.sse_event(err.body()))
+        except _DropConnection as drop:
+            await queue.put(drop)
         finally:
             permit.release()
             await queue.put(None)
 
     async def stream() -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        queue: asyncio.Queue[bytes | None | _DropConnection] = asyncio.Queue()
         tasks = [asyncio.create_task(one_prompt(i, p, queue)) for i, p in enumerate(prompts)]
         remaining = len(tasks)
         try:
@@ -1036,6 +1208,11 @@ def _completions_stream(request: Request, body: dict[str, Any], prompts: list[st
                 if item is None:
                     remaining -= 1
                     continue
+                if isinstance(item, _DropConnection):
+                    # One prompt's disconnect fault takes the whole connection down, as a crash would.
+                    async for nothing in _dropped_stream(request):
+                        yield nothing
+                    return
                 yield item
             yield protocol.SSE_DONE
         finally:
@@ -1063,21 +1240,24 @@ def _tei_texts(inputs: Any) -> list[str]:
 class _TeiError(Exception):
     STATUS = {"Empty": 400, "Validation": 422, "Tokenizer": 422, "Backend": 424, "Overloaded": 429, "Unhealthy": 503}
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
+        self._status = status
 
     @property
     def status(self) -> int:
-        return self.STATUS[self.error_type]
+        return self._status or self.STATUS[self.error_type]
 
 
 async def _tei_embed(
     request: Request, inputs: Any, normalize: bool, truncate: bool, dimensions: int | None
 ) -> tuple[list[list[float]], dict[str, str]]:
+    """TEI's embedding pipeline: faults, validation, tokenisation, pooling; raises _TeiError."""
     state = _state(request)
     config = state.config
+    backend = state.embedder
     start = time.perf_counter()
     state.metrics.embed_counters["te_request_count"] += 1
     try:
@@ -1088,6 +1268,11 @@ async def _tei_embed(
             raise _TeiError("Overloaded", "Model is overloaded")
         if fault in ("generation", "midstream"):
             raise _TeiError("Backend", "Inference failed: injected fault (AIOS development server)")
+        if fault == "server_error":
+            # TEI itself has no 500 error type; this is a crashed backend behind it, in TEI's body shape.
+            raise _TeiError("Backend", "Internal server error: injected fault (AIOS development server)", 500)
+        if fault == "disconnect":
+            raise _DropConnection
         texts = _tei_texts(inputs)
         if isinstance(inputs, list) and not inputs:
             raise _TeiError("Validation", "`inputs` cannot be empty")
@@ -1097,31 +1282,27 @@ async def _tei_embed(
                 "Validation",
                 f"batch size {len(texts)} > maximum allowed batch size {config.embedding_max_client_batch_size}",
             )
+        model_limit = await backend.max_input_length()
+        max_input_length = min(config.embedding_max_input_length, model_limit or config.embedding_max_input_length)
         token_counts = []
-        for text in texts:
-            count = tokenizer.count(text)
-            if count > config.embedding_max_input_length and not truncate:
+        for count in await backend.count_tokens(texts):
+            if count > max_input_length and not truncate:
                 raise _TeiError(
                     "Validation",
-                    f"Input validation error: `inputs` must have less than {config.embedding_max_input_length} tokens. "
-                    f"Given: {count}",
+                    f"Input validation error: `inputs` must have less than {max_input_length} tokens. Given: {count}",
                 )
-            token_counts.append(min(count, config.embedding_max_input_length))
-        if dimensions is not None and not 0 < dimensions <= config.embedding_dimensions:
+            token_counts.append(min(count, max_input_length))
+        if dimensions is not None and not 0 < dimensions <= backend.dimensions:
             raise _TeiError(
                 "Validation",
-                f"`dimensions` must be > 0 and <= {config.embedding_dimensions}. Given: {dimensions}",
+                f"`dimensions` must be > 0 and <= {backend.dimensions}. Given: {dimensions}",
             )
         tokenized = time.perf_counter()
         vectors = []
-        for text in texts:
-            vector = embeddings.embed(text, config.embedding_dimensions, normalize=normalize and dimensions is None)
-            if dimensions is not None:
-                vector = vector[:dimensions]
-                if normalize:
-                    norm = sum(x * x for x in vector) ** 0.5 or 1.0
-                    vector = [x / norm for x in vector]
-            vectors.append(vector)
+        for raw in await backend.vectors(texts, max_input_length):
+            # As TEI: pool, cut to the requested (Matryoshka) dimensions, then normalise what is left.
+            vector = raw[:dimensions] if dimensions is not None else raw
+            vectors.append(embeddings.normalized(vector) if normalize else vector)
     except _TeiError:
         state.metrics.embed_counters["te_request_failure"] += 1
         raise
@@ -1154,12 +1335,13 @@ async def embed(request: Request, body: dict[str, Any]) -> Response:
         return _json({"error": err.message, "error_type": err.error_type}, status=err.status)
     except _ClientGone:
         return _empty(499)
+    except _DropConnection:
+        return await _drop_connection(request)
     return Response(protocol.embeddings_json(vectors), headers=headers, media_type=protocol.JSON_CONTENT_TYPE)
 
 
 async def openai_embeddings(request: Request, body: dict[str, Any]) -> Response:
     """TEI's OpenAI-compatible `POST /v1/embeddings`."""
-    config = _state(request).config
     try:
         vectors, headers = await _tei_embed(
             request, body["input"], normalize=True, truncate=False, dimensions=body.get("dimensions")
@@ -1168,6 +1350,8 @@ async def openai_embeddings(request: Request, body: dict[str, Any]) -> Response:
         return _json({"message": err.message, "code": err.status, "type": err.error_type}, status=err.status)
     except _ClientGone:
         return _empty(499)
+    except _DropConnection:
+        return await _drop_connection(request)
     as_base64 = body.get("encoding_format") == "base64"
     rows = []
     for index, vector in enumerate(vectors):
@@ -1179,7 +1363,7 @@ async def openai_embeddings(request: Request, body: dict[str, Any]) -> Response:
         rows.append(f'{{"object":"embedding","embedding":{embedding},"index":{index}}}')
     tokens = int(headers["x-compute-tokens"])
     usage = protocol.dumps({"prompt_tokens": tokens, "total_tokens": tokens}).decode("utf-8")
-    model = json.dumps(config.embedding_model_id)
+    model = json.dumps(_state(request).embedding_model_id)
     payload = f'{{"object":"list","data":[{",".join(rows)}],"model":{model},"usage":{usage}}}'
     return Response(payload.encode("utf-8"), headers=headers, media_type=protocol.JSON_CONTENT_TYPE)
 
@@ -1192,6 +1376,22 @@ async def _not_found_or_not_allowed(request: Request, exc: Exception) -> Respons
     # axum answers unknown routes with an empty 404 and wrong methods with an empty 405.
     status = exc.status_code if isinstance(exc, HTTPException) else 404
     return _empty(status)
+
+
+class _DevServerApp(Starlette):
+    """Starlette, plus access to each HTTP connection's transport for the disconnect fault.
+
+    ASGI has no message for "drop this connection without answering", so the disconnect fault closes the
+    transport itself. uvicorn's `send` is a method of its per-request cycle object, which holds the
+    transport; it is looked up here, before Starlette's middleware wraps `send`.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            if transport is not None and callable(getattr(transport, "close", None)):
+                scope[_TRANSPORT_KEY] = transport
+        await super().__call__(scope, receive, send)
 
 
 def create_app(config: DevServerConfig, script: Script | None = None) -> Starlette:
@@ -1218,7 +1418,7 @@ def create_app(config: DevServerConfig, script: Script | None = None) -> Starlet
         Route("/v1/embeddings", _post(protocol.OPENAI_EMBED_REQUEST, openai_embeddings), methods=["POST"]),
         Route("/embeddings", _post(protocol.OPENAI_EMBED_REQUEST, openai_embeddings), methods=["POST"]),
     ]
-    app = Starlette(
+    app = _DevServerApp(
         routes=routes,
         exception_handlers={404: _not_found_or_not_allowed, 405: _not_found_or_not_allowed},
     )

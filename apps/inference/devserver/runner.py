@@ -52,7 +52,8 @@ def startup_line(url: str, config: DevServerConfig) -> str:
     return (
         f"AIOS development inference server (not a language model) listening on {url} "
         f"- TGI, TEI and OpenAI-compatible routes; model {config.model_id}; script {script}; "
-        f"ttft {config.ttft_ms:g} ms, tpot {config.tpot_ms:g} ms"
+        f"ttft {config.ttft_ms:g} ms, tpot {config.tpot_ms:g} ms; batch {config.max_batch_size} "
+        f"(+{config.batch_overhead:g} per sequence per step); embeddings {config.embedding_backend}"
     )
 
 

@@ -9,9 +9,24 @@ A script is a JSON file:
                    "ignore_case": false},
          "route": ["chat", "generate"],                 # optional: chat | generate | completions
          "response": {"json": {...}},                   # or a plain string
-         "fault": "overloaded",                         # optional: overloaded | generation | timeout | midstream
-         "fault_after_tokens": 3}                       # optional, for midstream
+         "fault": "overloaded",                         # optional, one of FAULTS (below)
+         "fault_after_tokens": 3}                       # optional, for midstream, server_error, disconnect
     ]}
+
+Faults (also selectable per request with the `x-aios-fault` header, and `x-aios-fault-after-tokens`):
+
+- `overloaded`: TGI's 429 `overloaded` (in-band on streams), as when its request semaphore is full;
+- `generation`: TGI's 424 `generation` error (in-band on streams), after the prefill on non-stream requests;
+- `timeout`: the server stalls silently for `stall_seconds` (no keep-alives), then carries on;
+- `midstream`: `fault_after_tokens` tokens, then a `generation` error (a 424 for non-stream requests);
+- `unavailable`: a plain-text 503 before anything else, as a load balancer answers for a server that is down;
+- `server_error`: TGI's 500 `incomplete_generation` on non-stream requests; on streams (already 200) the
+  `incomplete_generation_stream` error event TGI sends when generation ends early, after `fault_after_tokens`;
+- `disconnect`: the connection closes after `fault_after_tokens` tokens with no error or final event (and,
+  on non-stream requests, with no response at all).
+
+TEI's `/embed` takes the header's overloaded, generation (424), timeout, unavailable, server_error (500)
+and disconnect.
 
 A bare list of rules is accepted too. Each rule has an implicit `"kind": "scripted"`; the field is
 reserved so that recorded exchanges can join the same file later without a format change.
@@ -34,7 +49,7 @@ from . import schema as json_schema
 from .engine import Constraint
 
 ROUTES = ("chat", "generate", "completions")
-FAULTS = ("overloaded", "generation", "timeout", "midstream")
+FAULTS = ("overloaded", "generation", "timeout", "midstream", "unavailable", "server_error", "disconnect")
 RULE_KINDS = ("scripted",)
 FALLBACK_PREFIX = "[AIOS development server] "
 

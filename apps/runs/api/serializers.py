@@ -46,6 +46,11 @@ class RunSerializer(serializers.ModelSerializer):
             "initiator",
             "total_prompt_tokens",
             "total_generated_tokens",
+            "total_cost",
+            "mode",
+            "replay_of",
+            "restarted_from",
+            "overrides",
             "created_at",
             "started_at",
             "finished_at",
@@ -77,6 +82,41 @@ class CancelSerializer(serializers.Serializer):
 
 class RestartSerializer(serializers.Serializer):
     step_key = serializers.CharField(max_length=64)
+    overrides = serializers.DictField(
+        child=serializers.DictField(),
+        required=False,
+        default=dict,
+        help_text='What-if: per step key, config values that replace the version\'s ({"extract": {"model": "large"}}).',
+    )
+
+
+class InferenceCallSerializer(serializers.Serializer):
+    """One model call of the run: its provenance and metering (the recorded request and response are
+    left out; they can hold a whole document)."""
+
+    id = serializers.IntegerField()
+    step_key = serializers.CharField()
+    attempt = serializers.IntegerField()
+    sequence = serializers.IntegerField()
+    purpose = serializers.CharField()
+    endpoint_name = serializers.CharField()
+    protocol = serializers.CharField()
+    model_id = serializers.CharField()
+    revision = serializers.CharField()
+    template_sha256 = serializers.CharField()
+    input_sha256 = serializers.CharField()
+    output_sha256 = serializers.CharField()
+    parameters = serializers.JSONField()
+    seed = serializers.IntegerField(allow_null=True)
+    prompt_tokens = serializers.IntegerField()
+    generated_tokens = serializers.IntegerField()
+    ttft_ms = serializers.FloatField(allow_null=True)
+    latency_ms = serializers.FloatField()
+    queue_ms = serializers.FloatField()
+    cost = serializers.DecimalField(max_digits=14, decimal_places=6)
+    status = serializers.CharField()
+    error = serializers.CharField()
+    created_at = serializers.DateTimeField()
 
 
 class IncidentResolveSerializer(serializers.Serializer):

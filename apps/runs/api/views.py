@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action, api_view
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -12,14 +13,30 @@ from apps.runs.api.serializers import (
     CancelSerializer,
     IncidentResolveSerializer,
     IncidentSerializer,
+    InferenceCallSerializer,
     RestartSerializer,
     RunDetailSerializer,
     RunSerializer,
     RunStartSerializer,
 )
 from apps.runs.models import Run
-from apps.runs.selectors import incident_get_for_user, run_can_operate, run_get_for_user, run_list_for_user
-from apps.runs.services import incident_abort, incident_retry, incident_skip, run_cancel, run_restart, run_start
+from apps.runs.selectors import (
+    incident_get_for_user,
+    inference_call_list_for_run,
+    run_can_operate,
+    run_diff,
+    run_get_for_user,
+    run_list_for_user,
+)
+from apps.runs.services import (
+    incident_abort,
+    incident_retry,
+    incident_skip,
+    run_cancel,
+    run_replay,
+    run_restart,
+    run_start,
+)
 from apps.workflows.selectors import workflow_get_for_user
 
 
@@ -59,8 +76,39 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
         (409 while the run is still going)."""
         body = RestartSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        new = run_restart(run=self._operable(), step_key=body.validated_data["step_key"], actor=request.user)  # type: ignore[arg-type]
+        new = run_restart(
+            run=self._operable(),
+            step_key=body.validated_data["step_key"],
+            actor=request.user,  # type: ignore[arg-type]
+            overrides=body.validated_data["overrides"] or None,
+        )
         return Response(RunSerializer(new).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={201: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def replay(self, request: Request, pk: str) -> Response:
+        """Re-execute the finished run from its recorded model calls; nothing reaches a model server or an
+        outside system. Compare the outputs with `GET /api/runs/<new id>/diff/`."""
+        new = run_replay(run=self._operable(), actor=request.user)  # type: ignore[arg-type]
+        return Response(RunSerializer(new).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"])
+    def diff(self, request: Request, pk: str) -> Response:
+        """For a replay or what-if run: per step, the field-level differences from the original run."""
+        run = self.get_object()
+        original_id = run.replay_of_id or run.restarted_from_id
+        if original_id is None:
+            raise NotFound("This run is not a replay or a re-run of another run.")
+        original = run_get_for_user(request.user, run_id=original_id)
+        return Response({"original": original.pk, "run": run.pk, **run_diff(original, run)})
+
+    @extend_schema(responses={200: InferenceCallSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def calls(self, request: Request, pk: str) -> Response:
+        """Every model call the run made (or replayed), in order, with provenance, tokens, cost and timings."""
+        run = self.get_object()
+        return Response(InferenceCallSerializer(inference_call_list_for_run(run), many=True).data)
 
 
 @extend_schema(request=IncidentResolveSerializer, responses={200: IncidentSerializer})

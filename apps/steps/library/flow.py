@@ -43,6 +43,7 @@ class Delay(StepType):
     """Parks the step on a timer row; the sweeper resumes it when the time comes."""
 
     slug = "util.delay"
+    replay_reuses_output = True
     name = "Delay"
     description = "Wait for a while without holding a worker."
     Config = DelayConfig
@@ -62,6 +63,7 @@ class Subworkflow(StepType):
     `{"output": <child output>, "run_id": <child run>}` when the child finishes (fails if it fails)."""
 
     slug = "flow.subworkflow"
+    replay_reuses_output = True
     name = "Sub-workflow"
     description = "Run another workflow and use its output."
     Config = SubworkflowConfig
@@ -87,6 +89,7 @@ class Foreach(StepType):
     `on_item_failure` is "continue", else the first failure fails the step and cancels the rest."""
 
     slug = "flow.foreach"
+    replay_reuses_output = True
     name = "For each"
     description = "Run a workflow for every item of a list, in parallel."
     Config = ForeachConfig

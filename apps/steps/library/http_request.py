@@ -33,6 +33,7 @@ class HttpRequest(StepType):
     5xx and 429 answers and lost connections are retryable errors; other non-2xx answers are not."""
 
     slug = "http.request"
+    replay_reuses_output = True
     name = "HTTP request"
     description = "Call an outside system's HTTP API."
     Config = HttpRequestConfig

@@ -25,6 +25,7 @@ class HumanApproval(StepType):
     "expired"), so edges labelled with those branches route the outcome. A model never decides."""
 
     slug = "human.approval"
+    replay_reuses_output = True
     name = "Human approval"
     description = "Wait for a person to approve or reject."
     Config = ApprovalConfig

@@ -47,6 +47,7 @@ class Command(BaseCommand):
                 actor=None,
             )
             self._workflow(analyst, team)
+            self._endpoints()
         if passwords != stored:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(passwords, indent=2))
@@ -83,6 +84,21 @@ class Command(BaseCommand):
             actor=analyst, workflow=workflow, graph=CLAIMS_TRIAGE_GRAPH, input_schema=CLAIMS_TRIAGE_INPUT_SCHEMA
         )
         workflow_version_publish(actor=analyst, version=version)
+
+    def _endpoints(self) -> None:
+        """The configured inference server as the default endpoint, with demo prices, probed once."""
+        from apps.inference.gateway import endpoint_from_settings
+        from apps.inference.models import ModelEndpoint
+        from apps.inference.services import endpoint_probe, endpoint_save
+
+        if ModelEndpoint.objects.exists():
+            return
+        endpoint = endpoint_from_settings()
+        endpoint.is_default = True
+        endpoint.max_in_flight = 32
+        endpoint.price_input_per_1k = Decimal("0.0005")
+        endpoint.price_output_per_1k = Decimal("0.0015")
+        endpoint_probe(actor=None, endpoint=endpoint_save(actor=None, endpoint=endpoint))
 
     def _print(self, passwords: dict[str, str]) -> None:
         self.stdout.write("Demo sign-ins (username / password / role):")
