@@ -24,6 +24,7 @@ reads Django settings only if they are configured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import inspect
 import json
@@ -424,6 +425,17 @@ async def _aguarded(iterator: AsyncIterator[T], base_url: str, timeout: float) -
         except Exception as exc:
             raise translate_error(exc, base_url=base_url, timeout=timeout) from exc
         yield item
+
+
+async def _aclose(*iterators: AsyncIterator[Any]) -> None:
+    """Close stream iterators here, on the loop, when a call ends however it ends (finished, failed,
+    cancelled): the connection goes back to the pool now, and no half-read generator is left for the
+    garbage collector to finalise later on some other thread."""
+    for iterator in iterators:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -854,12 +866,17 @@ async def agenerate_stream(
                 events = await client.text_generation(prompt, **kwargs)
             except Exception as exc:
                 raise endpoint.error(exc) from exc
-            async for event in _aguarded(aiter(events), base_url, timeout):
-                text = state.token(event)
-                if text is not None:
-                    outcome = delivery(text)
-                    if inspect.isawaitable(outcome):
-                        await outcome
+            stream = aiter(events)
+            guarded = _aguarded(stream, base_url, timeout)
+            try:
+                async for event in guarded:
+                    text = state.token(event)
+                    if text is not None:
+                        outcome = delivery(text)
+                        if inspect.isawaitable(outcome):
+                            await outcome
+            finally:
+                await _aclose(guarded, stream)
         return state.result()
 
     return await _awith_retries(attempt, retries=retries, backoff=backoff, delivery=delivery)
@@ -1283,19 +1300,22 @@ async def achat_stream(
                 chunks = aiter(await client.chat_completion(messages, **kwargs))
             except Exception as exc:
                 raise endpoint.error(exc) from exc
-            while not state.done:
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:
-                    if state.end_of_stream_error(exc):
+            try:
+                while not state.done:
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
                         break
-                    raise endpoint.error(exc) from exc
-                for text in state.chunk(chunk):
-                    outcome = delivery(text)
-                    if inspect.isawaitable(outcome):
-                        await outcome
+                    except Exception as exc:
+                        if state.end_of_stream_error(exc):
+                            break
+                        raise endpoint.error(exc) from exc
+                    for text in state.chunk(chunk):
+                        outcome = delivery(text)
+                        if inspect.isawaitable(outcome):
+                            await outcome
+            finally:
+                await _aclose(chunks)
         return state.result(seed)
 
     return await _awith_retries(attempt, retries=retries, backoff=backoff, delivery=delivery)

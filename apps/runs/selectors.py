@@ -157,13 +157,19 @@ def inference_call_list_for_run(run: Run) -> QuerySet[InferenceCall]:
 
 
 def run_model_call_totals(run: Run) -> dict[str, Any]:
-    """Calls, model time and cost over every model call of the run (failed attempts included: they
-    were paid for)."""
+    """Calls, tokens, model time and cost over every model call of the run, as they happen (failed
+    attempts included: they were paid for). Run.total_* hold the same figures as of the last step's end."""
     totals = InferenceCall.objects.filter(run_id=run.pk).aggregate(
-        calls=Count("id"), latency_ms=Sum("latency_ms"), cost=Sum("cost")
+        calls=Count("id"),
+        latency_ms=Sum("latency_ms"),
+        cost=Sum("cost"),
+        prompt_tokens=Sum("prompt_tokens"),
+        generated_tokens=Sum("generated_tokens"),
     )
     return {
         "calls": totals["calls"] or 0,
+        "prompt_tokens": totals["prompt_tokens"] or 0,
+        "generated_tokens": totals["generated_tokens"] or 0,
         "seconds": (totals["latency_ms"] or 0) / 1000,
         "cost": totals["cost"] or 0,
     }

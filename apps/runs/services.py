@@ -14,18 +14,19 @@ import logging
 import random
 from collections.abc import Iterable
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import BigIntegerField, DecimalField, F, Field, OuterRef, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unprocessable, ValidationFailed
+from apps.inference.models import InferenceCall
 from apps.runs import engine
 from apps.runs.models import EffectRecord, Incident, Outbox, Run, StepResult, StepRun, Timer
 from apps.steps.registry import step_config_errors, step_type_get
@@ -475,12 +476,25 @@ def _record_result(run: Run, step_run: StepRun, *, outcome: str, output: Any = N
 
 def _record_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, Any]) -> None:
     _record_result(run, step_run, outcome="succeeded", output=output)
-    if usage:
-        Run.objects.filter(pk=run.pk).update(
-            total_prompt_tokens=F("total_prompt_tokens") + int(usage.get("prompt_tokens") or 0),
-            total_generated_tokens=F("total_generated_tokens") + int(usage.get("generated_tokens") or 0),
-            total_cost=F("total_cost") + Decimal(str(usage.get("cost") or 0)),
-        )
+    if usage.get("calls"):
+        _model_totals_refresh(run)
+
+
+def _model_totals_refresh(run: Run) -> None:
+    """Set the run's token and cost totals from its InferenceCall rows: every call, failed attempts and
+    failed steps included (they were paid for), the same figures the run page and the budget use. Set,
+    not incremented, so a step that ends twice (a stale worker refused later) cannot count twice."""
+    calls = InferenceCall.objects.filter(run_id=OuterRef("pk")).order_by().values("run_id")
+
+    def total(field: str, output_field: Field[Any, Any]) -> Coalesce:
+        summed = Subquery(calls.annotate(total=Sum(field)).values("total"), output_field=output_field)
+        return Coalesce(summed, Value(0), output_field=output_field)
+
+    Run.objects.filter(pk=run.pk).update(
+        total_prompt_tokens=total("prompt_tokens", BigIntegerField()),
+        total_generated_tokens=total("generated_tokens", BigIntegerField()),
+        total_cost=total("cost", DecimalField(max_digits=14, decimal_places=6)),
+    )
 
 
 def _audit_success(run: Run, step_run: StepRun, usage: dict[str, Any], actor: User | None = None) -> None:
@@ -536,6 +550,7 @@ def step_run_fail(*, step_run: StepRun, error: str, retryable: bool = False, str
         state=StepRun.State.FAILED, error=error, streamed_text=streamed_text, finished_at=now, lease_expires_at=None
     )
     _record_result(run, fresh, outcome="failed", error=error)
+    _model_totals_refresh(run)
     audit_record(
         actor=None,
         verb="step.failed",

@@ -21,7 +21,7 @@ from apps.audit.models import AuditEvent
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.inference.models import InferenceCall, ModelEndpoint
 from apps.runs.models import Run, StepRun
-from apps.runs.selectors import canonical_json, run_diff
+from apps.runs.selectors import canonical_json, run_diff, run_model_call_totals
 from apps.runs.services import run_replay, run_restart, run_start
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
 from tests.support.engine import drive
@@ -171,7 +171,18 @@ def test_extract_fails_with_the_validation_errors_after_the_repair_budget(endpoi
     assert run.status == Run.Status.FAILED and step.state == StepRun.State.FAILED
     assert "after 2 repair attempt(s)" in step.error
     assert "claimant: 7 is not of type 'string'" in step.error and "'amount' is a required property" in step.error
-    assert InferenceCall.objects.filter(run_id=run.pk).count() == 3
+    calls = InferenceCall.objects.filter(run_id=run.pk)
+    assert calls.count() == 3
+    # The failed step's three calls were paid for: the run's totals count them, as the page header does.
+    assert run.total_cost == sum(call.cost for call in calls) > 0
+    assert run.total_prompt_tokens == sum(call.prompt_tokens for call in calls) > 0
+    assert run.total_generated_tokens == sum(call.generated_tokens for call in calls) > 0
+    totals = run_model_call_totals(run)
+    assert (totals["cost"], totals["prompt_tokens"], totals["generated_tokens"]) == (
+        run.total_cost,
+        run.total_prompt_tokens,
+        run.total_generated_tokens,
+    )
 
 
 @pytest.mark.django_db
