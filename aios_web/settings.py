@@ -250,6 +250,9 @@ AIOS_INFERENCE_RETRIES = env_int("AIOS_INFERENCE_RETRIES", 2, minimum=0, maximum
 AIOS_CREDENTIALS_KEY = env_str("AIOS_CREDENTIALS_KEY") if PRODUCTION else env_str("AIOS_CREDENTIALS_KEY", "")
 # Streamed tokens are coalesced before they reach the browser: a few messages per second per step.
 AIOS_TOKEN_FLUSH_SECONDS = env_float("AIOS_TOKEN_FLUSH_SECONDS", 0.25, minimum=0.0)
+# ...and written to the step's row (for a page loaded mid-stream) at most this often; the rest is written
+# with the step's result.
+AIOS_TOKEN_PERSIST_SECONDS = env_float("AIOS_TOKEN_PERSIST_SECONDS", 1.0, minimum=0.0)
 
 LOGGING = {
     "version": 1,

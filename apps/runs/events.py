@@ -75,17 +75,29 @@ def publish_run_changed(run_id: int, step_keys: list[str]) -> None:
 
 
 class TokenStream:
-    """Collects a step's streamed tokens and flushes them a few times per second: to the database (so a
-    reload shows them) and then to viewers. Writes are fenced, so a stale worker cannot overwrite."""
+    """Collects a step's streamed tokens and flushes them to viewers a few times per second.
 
-    def __init__(self, step_run: StepRun, *, interval: float | None = None) -> None:
+    The partial text is also written to the step's row, so that a page loaded mid-stream shows it, but at
+    most once per AIOS_TOKEN_PERSIST_SECONDS (and with the step's result at the end): a write per flush
+    was the largest database cost of a streaming step. Each message carries the text since the last
+    write, with that write's length as its offset, so a viewer who rendered the row at any moment can
+    append from where it is, without a gap. The write is fenced: once the step is no longer this worker's
+    (taken over, cancelled, timed out), nothing more is published. Between writes a stale worker's chunks
+    still carry its old fencing token, which a viewer of the newer attempt refuses (it re-renders)."""
+
+    def __init__(
+        self, step_run: StepRun, *, interval: float | None = None, persist_interval: float | None = None
+    ) -> None:
         self.step_run = step_run
         self.interval = settings.AIOS_TOKEN_FLUSH_SECONDS if interval is None else interval
+        self.persist_interval = settings.AIOS_TOKEN_PERSIST_SECONDS if persist_interval is None else persist_interval
         self.text = ""
-        self._flushed_length = 0
-        # The first tokens go out at once (time to first token is what a viewer notices); later ones are
-        # coalesced to one message per interval.
+        self._published_length = 0
+        self._persisted_length = 0
+        self._lost = False
+        # The first tokens go out, and are written, at once: time to first token is what a viewer notices.
         self._last_flush = -math.inf
+        self._last_persist = -math.inf
 
     def add(self, token: str) -> None:
         """Append a token; flush when the interval has passed."""
@@ -94,17 +106,22 @@ class TokenStream:
             self.flush()
 
     def flush(self) -> None:
-        """Persist and publish whatever arrived since the last flush."""
-        self._last_flush = time.monotonic()
-        if len(self.text) == self._flushed_length:
+        """Publish whatever arrived since the last flush, writing the row first when that is due."""
+        now = time.monotonic()
+        self._last_flush = now
+        if self._lost or len(self.text) == self._published_length:
             return
-        offset, chunk = self._flushed_length, self.text[self._flushed_length :]
-        still_ours = StepRun.objects.filter(
-            pk=self.step_run.pk, state=StepRun.State.RUNNING, fencing_token=self.step_run.fencing_token
-        ).update(streamed_text=self.text)
-        self._flushed_length = len(self.text)
-        if not still_ours:
-            return  # the step was taken over, cancelled or timed out: viewers must not see these tokens
+        offset = self._persisted_length
+        if now - self._last_persist >= self.persist_interval:
+            self._last_persist = now
+            still_ours = StepRun.objects.filter(
+                pk=self.step_run.pk, state=StepRun.State.RUNNING, fencing_token=self.step_run.fencing_token
+            ).update(streamed_text=self.text)
+            if not still_ours:
+                self._lost = True  # viewers must not see this attempt's tokens any more
+                return
+            self._persisted_length = len(self.text)
+        self._published_length = len(self.text)
         _send(
             self.step_run.run_id,
             {
@@ -112,6 +129,6 @@ class TokenStream:
                 "step_key": self.step_run.step_key,
                 "token": self.step_run.fencing_token,
                 "offset": offset,
-                "text": chunk,
+                "text": self.text[offset:],
             },
         )

@@ -87,7 +87,7 @@ def running_step(analyst, claims_workflow, sample_claim):
 
 
 def test_tokens_are_pushed_escaped_in_order_without_duplicates(asgi_server, analyst, running_step):
-    stream = TokenStream(running_step, interval=0)
+    stream = TokenStream(running_step, interval=0, persist_interval=0)
     layer = get_channel_layer()
     cookie = session_cookie(analyst)
 
@@ -125,6 +125,63 @@ def test_tokens_are_pushed_escaped_in_order_without_duplicates(asgi_server, anal
     assert last == '<span id="step-extract-stream" hx-swap-oob="beforeend">}</span>'
     running_step.refresh_from_db()
     assert running_step.streamed_text == '{"note": "<script>alert(1)</script>", "n": 1}'
+
+
+def test_a_viewer_who_renders_between_row_writes_sees_every_token_without_a_gap(asgi_server, analyst, running_step):
+    # The row is written with the first tokens and then not again for an hour: a viewer who re-renders
+    # from it in between sees a stale row, and the next chunk must still complete the text exactly.
+    stream = TokenStream(running_step, interval=0, persist_interval=3600)
+    cookie = session_cookie(analyst)
+
+    async def scenario() -> list[str]:
+        async with connect(
+            ws_url(asgi_server, running_step.run_id), origin=asgi_server, additional_headers={"Cookie": cookie}
+        ) as socket:
+            await recv(socket)  # the catch-up render
+            received = []
+            for text in ("Dear ", "Maria, ", "your claim"):
+                await asyncio.to_thread(stream.add, text)
+                received.append(await recv(socket))
+            await asyncio.to_thread(publish_run_changed, running_step.run_id, ["extract"])
+            received.append(await recv(socket))
+            await asyncio.to_thread(stream.add, " is approved.")
+            received.append(await recv(socket))
+            return received
+
+    first, second, third, rerender, last = asyncio.run(scenario())
+    span = '<span id="step-extract-stream" hx-swap-oob="beforeend">{}</span>'
+    assert (first, second, third) == (span.format("Dear "), span.format("Maria, "), span.format("your claim"))
+    running_step.refresh_from_db()
+    assert running_step.streamed_text == "Dear "  # written once, with the first tokens
+    assert ">Dear </pre>" in rerender
+    # The next message starts at the row's end, so this viewer gets everything it has not shown yet.
+    assert last == span.format("Maria, your claim is approved.")
+
+
+def test_a_worker_that_lost_its_step_publishes_no_more_tokens(asgi_server, analyst, running_step):
+    stream = TokenStream(running_step, interval=0, persist_interval=0)
+    cookie = session_cookie(analyst)
+
+    async def scenario() -> list[str]:
+        async with connect(
+            ws_url(asgi_server, running_step.run_id), origin=asgi_server, additional_headers={"Cookie": cookie}
+        ) as socket:
+            await recv(socket)
+            await asyncio.to_thread(stream.add, "mine")
+            received = [await recv(socket)]
+            # Another worker takes the step over (a new fencing token); this one's next write is refused.
+            await asyncio.to_thread(
+                lambda: StepRun.objects.filter(pk=running_step.pk).update(fencing_token=2, streamed_text="")
+            )
+            await asyncio.to_thread(stream.add, " stale")
+            await asyncio.to_thread(stream.add, " more")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(socket.recv(), timeout=1.0)
+            return received
+
+    assert asyncio.run(scenario()) == ['<span id="step-extract-stream" hx-swap-oob="beforeend">mine</span>']
+    running_step.refresh_from_db()
+    assert running_step.streamed_text == ""
 
 
 def test_hidden_runs_close_with_4404_and_foreign_origins_are_refused(asgi_server, analyst, outsider, running_step):
