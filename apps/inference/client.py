@@ -428,9 +428,9 @@ async def _aguarded(iterator: AsyncIterator[T], base_url: str, timeout: float) -
 
 
 async def _aclose(*iterators: AsyncIterator[Any]) -> None:
-    """Close stream iterators here, on the loop, when a call ends however it ends (finished, failed,
-    cancelled): the connection goes back to the pool now, and no half-read generator is left for the
-    garbage collector to finalise later on some other thread."""
+    """Close a call's stream generators here, on the loop, when the call ends however it ends (finished,
+    failed, cancelled), rather than leaving half-read generators for the garbage collector to finalise
+    later, on whatever thread it runs (the response itself is closed with the client)."""
     for iterator in iterators:
         close = getattr(iterator, "aclose", None)
         if close is not None:

@@ -58,6 +58,8 @@ class RunConsumer(WebsocketConsumer):
         key, offset, text = str(event["step_key"]), int(event["offset"]), str(event["text"])
         token = int(event.get("token", 0))
         shown_token, shown = self.shown.get(key, (None, None))
+        if shown_token is not None and token < shown_token:
+            return  # an older attempt's late chunk (fencing tokens only grow): never current again
         if shown is None or token != shown_token or offset > shown:
             # Another attempt than the one on screen, or a gap: re-render from the database.
             self._send_fragments([key])

@@ -19,8 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.db.models import BigIntegerField, DecimalField, F, Field, OuterRef, Subquery, Sum, Value
-from django.db.models.functions import Coalesce
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from apps.accounts.models import User
@@ -273,6 +272,7 @@ def _run_finish(run: Run, decision: engine.Decision, rows: list[StepRun]) -> Non
     Run.objects.filter(pk=run.pk).update(
         status=decision.run_status, finished_at=timezone.now(), output=output, error=error
     )
+    _model_totals_refresh(run)
     run.status = decision.run_status  # type: ignore[assignment]
     audit_record(
         actor=None, verb=f"run.{decision.run_status}", target=run, data={"error": error[:2000]} if error else {}
@@ -482,18 +482,17 @@ def _record_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, A
 
 def _model_totals_refresh(run: Run) -> None:
     """Set the run's token and cost totals from its InferenceCall rows: every call, failed attempts and
-    failed steps included (they were paid for), the same figures the run page and the budget use. Set,
-    not incremented, so a step that ends twice (a stale worker refused later) cannot count twice."""
-    calls = InferenceCall.objects.filter(run_id=OuterRef("pk")).order_by().values("run_id")
-
-    def total(field: str, output_field: Field[Any, Any]) -> Coalesce:
-        summed = Subquery(calls.annotate(total=Sum(field)).values("total"), output_field=output_field)
-        return Coalesce(summed, Value(0), output_field=output_field)
-
+    failed steps included (they were paid for), the figures the run page and the budget use. Called when
+    a step ends or fails an attempt and when the run ends (finished, failed, cancelled, timed out); set,
+    not incremented, so a late duplicate cannot count twice. A call recorded after its run ended (a
+    stale worker's) shows on the run page but not in these stored totals."""
+    totals = InferenceCall.objects.filter(run_id=run.pk).aggregate(
+        prompt=Sum("prompt_tokens"), generated=Sum("generated_tokens"), cost=Sum("cost")
+    )
     Run.objects.filter(pk=run.pk).update(
-        total_prompt_tokens=total("prompt_tokens", BigIntegerField()),
-        total_generated_tokens=total("generated_tokens", BigIntegerField()),
-        total_cost=total("cost", DecimalField(max_digits=14, decimal_places=6)),
+        total_prompt_tokens=totals["prompt"] or 0,
+        total_generated_tokens=totals["generated"] or 0,
+        total_cost=totals["cost"] or 0,
     )
 
 
@@ -507,7 +506,7 @@ def _audit_success(run: Run, step_run: StepRun, usage: dict[str, Any], actor: Us
 
 
 @transaction.atomic
-def step_run_fail(*, step_run: StepRun, error: str, retryable: bool = False, streamed_text: str = "") -> bool:
+def step_run_fail(*, step_run: StepRun, error: str, retryable: bool = False, streamed_text: str | None = None) -> bool:
     """Record a failed attempt if the fencing token is current: schedule a retry when the step's policy
     allows one, else fail the step (and the run, unless an error branch handles it)."""
     run = _lock_run(step_run.run_id)
@@ -517,14 +516,17 @@ def step_run_fail(*, step_run: StepRun, error: str, retryable: bool = False, str
         return False
     will_retry = fresh.attempt < policy.max_attempts and (retryable or policy.retry_on == "any")
     now = timezone.now()
+    # None (a timeout decided elsewhere): keep what the attempt streamed so far.
+    text = {} if streamed_text is None else {"streamed_text": streamed_text}
+    _model_totals_refresh(run)
     if will_retry:
         delay = policy.delay_for(fresh.attempt, random.random())  # noqa: S311 - jitter, not security
         StepRun.objects.filter(pk=step_run.pk).update(
             state=StepRun.State.WAITING,
             waiting_for="retry",
             error=error,
-            streamed_text=streamed_text,
             lease_expires_at=None,
+            **text,
         )
         Timer.objects.create(
             kind=Timer.Kind.RETRY,
@@ -547,10 +549,9 @@ def step_run_fail(*, step_run: StepRun, error: str, retryable: bool = False, str
         _publish_changed(run.pk, [step_run.step_key])
         return True
     StepRun.objects.filter(pk=step_run.pk).update(
-        state=StepRun.State.FAILED, error=error, streamed_text=streamed_text, finished_at=now, lease_expires_at=None
+        state=StepRun.State.FAILED, error=error, finished_at=now, lease_expires_at=None, **text
     )
     _record_result(run, fresh, outcome="failed", error=error)
-    _model_totals_refresh(run)
     audit_record(
         actor=None,
         verb="step.failed",
@@ -630,6 +631,7 @@ def run_cancel(*, run: Run, actor: User | None, reason: str = "") -> Run:
     Run.objects.filter(pk=run.pk).update(
         status=Run.Status.CANCELLED, finished_at=timezone.now(), error=reason or "Cancelled."
     )
+    _model_totals_refresh(locked)
     audit_record(actor=actor, verb="run.cancelled", target=locked, data={"reason": reason[:500]})
     _publish_changed(run.pk, keys)
     for child in Run.objects.filter(parent_step_run__run=locked).exclude(status__in=Run.FINISHED):
@@ -881,6 +883,7 @@ def _timer_fire(timer: Timer) -> None:
         Run.objects.filter(pk=run.pk).update(
             status=Run.Status.FAILED, finished_at=timezone.now(), error="The run exceeded its time limit."
         )
+        _model_totals_refresh(run)
         audit_record(actor=None, verb="run.failed", target=run, data={"error": "timeout"})
         _publish_changed(run.pk, keys)
         return

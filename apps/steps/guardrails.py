@@ -417,6 +417,44 @@ class PiiVault:
         return placeholder
 
 
+# Longer than any text `_PLACEHOLDER` matches (29 characters: the escaped form with every optional space and
+# six digits), so a streamed tail this long after its last "[" can no longer become a placeholder.
+_PLACEHOLDER_MAX_CHARS = 34
+
+
+class RestoringStream:
+    """Streamed model text on its way to viewers with the vault's placeholders put back, so the live text
+    reads like the step's output. A chunk that ends inside what may still become a placeholder ("[EMA")
+    keeps that tail back until the next chunk decides it; `close` sends whatever is left."""
+
+    def __init__(self, vault: PiiVault, emit: Callable[[str], None]) -> None:
+        self.vault = vault
+        self.emit = emit
+        self.pending = ""
+
+    def add(self, text: str) -> None:
+        text = self.pending + text
+        cut = _open_placeholder_start(text)
+        self.pending = text[cut:]
+        if cut:
+            self.emit(self.vault.restore(text[:cut]))
+
+    def close(self) -> None:
+        if self.pending:
+            text, self.pending = self.pending, ""
+            self.emit(self.vault.restore(text))
+
+
+def _open_placeholder_start(text: str) -> int:
+    """Where an unfinished placeholder may begin at the end of `text` (len(text) when none can)."""
+    start = text.rfind("[")
+    if start < 0 or "]" in text[start:] or len(text) - start > _PLACEHOLDER_MAX_CHARS:
+        return len(text)
+    if start and text[start - 1] == "\\":
+        start -= 1  # the escaped form a model may write in Markdown
+    return start
+
+
 def _strings_in(value: Any, *, keys: bool) -> Iterator[str]:
     if isinstance(value, str):
         yield value

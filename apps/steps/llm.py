@@ -21,7 +21,14 @@ from apps.inference.gateway import Budget, CallRequest, CallResult, CallScope, G
 from apps.inference.models import ModelEndpoint
 from apps.steps.base import StepConfig, StepContext, StepError
 from apps.steps.expressions import ExpressionError, template_check, template_render
-from apps.steps.guardrails import PII_KINDS, PiiVault, injection_flags_in, sanitise_output, sanitise_value
+from apps.steps.guardrails import (
+    PII_KINDS,
+    PiiVault,
+    RestoringStream,
+    injection_flags_in,
+    sanitise_output,
+    sanitise_value,
+)
 
 
 class Guardrails(BaseModel):
@@ -104,6 +111,10 @@ class LlmSession:
         self.context = context
         self.vault = PiiVault(kinds=tuple(config.guardrails.pii_kinds)) if config.guardrails.mask_pii else None
         self.template_sha256 = template_sha256(config, *template_extra)
+        # Viewers see the live text the way the output will read: placeholders restored where it restores them.
+        self.stream = (
+            RestoringStream(self.vault, context.emit_tokens) if self.vault and config.guardrails.restore_pii else None
+        )
         self.gateway = Gateway(
             CallScope(
                 run_id=context.run_id,
@@ -112,7 +123,7 @@ class LlmSession:
                 attempt=context.attempt,
                 replay_of=context.replay_of,
                 budget=Budget.from_graph(context.budget),
-                on_token=context.emit_tokens,
+                on_token=self.stream.add if self.stream else context.emit_tokens,
             )
         )
         self._endpoints: dict[str, ModelEndpoint] = {}
@@ -184,6 +195,9 @@ class LlmSession:
             raise StepError(f'Step "{self.context.step_key}": {error}', retryable=error.retryable) from None
         except ApplicationError as error:  # e.g. an endpoint token that no longer decrypts
             raise StepError(f'Step "{self.context.step_key}": {error.message}') from None
+        finally:
+            if self.stream:
+                self.stream.close()
 
     @property
     def can_escalate(self) -> bool:

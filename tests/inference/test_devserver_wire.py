@@ -691,8 +691,8 @@ def test_embeddings_are_deterministic_normalised_and_similarity_preserving(base_
     assert len(vectors) == 3 and all(len(v) == 384 for v in vectors)
     assert all(math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-4) for v in vectors)
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2
-    # The same request gives the same bytes; a text embedded alone or in a batch gives the same vector up
-    # to float rounding (with the real model, padding in a batch changes the last digits, as on TEI).
+    # The same request gives the same vectors exactly; a text embedded alone or in a batch gives the same
+    # vector up to float rounding (with the real model, padding in a batch changes the last digits, as on TEI).
     assert post(base_url, "/embed", {"inputs": texts}).json() == vectors
     (alone,) = post(base_url, "/embed", {"inputs": texts[0]}).json()
     assert alone == pytest.approx(vectors[0], abs=1e-5)

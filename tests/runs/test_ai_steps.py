@@ -259,6 +259,7 @@ def test_a_pii_canary_never_reaches_the_server_and_the_output_restores_it(endpoi
     assert b"[EMAIL_1]" in sent  # the request did go out, masked
     assert CANARY_EMAIL.encode() not in sent and b"canary-7f3a9" not in sent
     assert reply.output["text"] == f"Write to {CANARY_EMAIL} about the claim."
+    assert reply.streamed_text == reply.output["text"]  # viewers saw the live text restored as well
     assert reply.usage["pii_masked"] == {"email": 1}
     assert CANARY_EMAIL not in json.dumps(InferenceCall.objects.get(run_id=run.pk).request)
 

@@ -19,6 +19,7 @@ from apps.steps.guardrails import (
     INJECTION_FLAGS,
     PII_KINDS,
     PiiVault,
+    RestoringStream,
     injection_flags,
     injection_flags_in,
     sanitise_output,
@@ -678,3 +679,41 @@ def test_the_structural_check_catches_a_catastrophic_pattern() -> None:
     assert repeat_problems(sre_parser.parse(r"(a+)+b"))
     assert repeat_problems(sre_parser.parse(r"(?:\d{1,5}[ -]?){1,6}x"))
     assert not repeat_problems(sre_parser.parse(r"(?:\d{1,5}+[ -]){1,6}+x"))
+
+
+# --- the live stream -----------------------------------------------------------------------------------
+
+
+def restored_stream(chunks: list[str]) -> tuple[list[str], str]:
+    vault = PiiVault(kinds=("email", "phone"))
+    masked = vault.mask(f"Write to {CANARY_EMAIL}, call {CANARY_PHONE_INTERNATIONAL}.")
+    assert masked == "Write to [EMAIL_1], call [PHONE_1]."
+    sent: list[str] = []
+    stream = RestoringStream(vault, sent.append)
+    for chunk in chunks:
+        stream.add(chunk)
+    stream.close()
+    return sent, "".join(sent)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        ["Dear customer at [EMAIL_1], ", "we called [PHONE_1]."],  # whole placeholders
+        ["Dear customer at [EMA", "IL_1], we called [", "PHONE", "_1]", "."],  # split anywhere
+        ["Dear customer at \\[EMAIL\\", "_1\\], we called [PHONE_1]."],  # Markdown's escaped form, split
+        list("Dear customer at [EMAIL_1], we called [PHONE_1]."),  # one character at a time
+    ],
+)
+def test_the_live_stream_restores_placeholders_split_across_chunks(chunks):
+    sent, text = restored_stream(chunks)
+    assert text == f"Dear customer at {CANARY_EMAIL}, we called {CANARY_PHONE_INTERNATIONAL}."
+    assert not any("[" in part or "EMAIL" in part for part in sent)
+
+
+def test_the_live_stream_holds_back_only_what_may_still_become_a_placeholder():
+    sent, text = restored_stream(["See [1", "] and [the attached document which is surely", " not one", " [EM"])
+    # "[1" waits for the next chunk; "[the attached document ..." goes once it is too long to be a placeholder;
+    # the unfinished "[EM" at the end goes out as it is when the call ends.
+    assert sent == ["See ", "[1] and [the attached document which is surely", " not one", " ", "[EM"]
+    assert text == "See [1] and [the attached document which is surely not one [EM"
