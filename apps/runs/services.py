@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from apps.accounts.models import User
@@ -487,8 +487,10 @@ def _model_totals_refresh(run: Run) -> None:
     not incremented, so a late duplicate cannot count twice. A call recorded after its run ended (a
     stale worker's) shows on the run page but not in these stored totals."""
     totals = InferenceCall.objects.filter(run_id=run.pk).aggregate(
-        prompt=Sum("prompt_tokens"), generated=Sum("generated_tokens"), cost=Sum("cost")
+        calls=Count("id"), prompt=Sum("prompt_tokens"), generated=Sum("generated_tokens"), cost=Sum("cost")
     )
+    if not totals["calls"]:
+        return  # call records are never deleted: a run without any keeps its zeros, and no write is needed
     Run.objects.filter(pk=run.pk).update(
         total_prompt_tokens=totals["prompt"] or 0,
         total_generated_tokens=totals["generated"] or 0,
