@@ -19,15 +19,15 @@ from typing import Any
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Sum
+from django.db.models import F
 from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unprocessable, ValidationFailed
-from apps.inference.models import InferenceCall
 from apps.runs import engine
 from apps.runs.models import EffectRecord, Incident, Outbox, Run, StepResult, StepRun, Timer
+from apps.runs.selectors import run_model_call_totals
 from apps.steps.registry import step_config_errors, step_type_get
 from apps.workflows.graph import step_options
 from apps.workflows.input_schema import input_validate
@@ -486,15 +486,13 @@ def _model_totals_refresh(run: Run) -> None:
     a step ends or fails an attempt and when the run ends (finished, failed, cancelled, timed out); set,
     not incremented, so a late duplicate cannot count twice. A call recorded after its run ended (a
     stale worker's) shows on the run page but not in these stored totals."""
-    totals = InferenceCall.objects.filter(run_id=run.pk).aggregate(
-        calls=Count("id"), prompt=Sum("prompt_tokens"), generated=Sum("generated_tokens"), cost=Sum("cost")
-    )
+    totals = run_model_call_totals(run)
     if not totals["calls"]:
         return  # call records are never deleted: a run without any keeps its zeros, and no write is needed
     Run.objects.filter(pk=run.pk).update(
-        total_prompt_tokens=totals["prompt"] or 0,
-        total_generated_tokens=totals["generated"] or 0,
-        total_cost=totals["cost"] or 0,
+        total_prompt_tokens=totals["prompt_tokens"],
+        total_generated_tokens=totals["generated_tokens"],
+        total_cost=totals["cost"],
     )
 
 
