@@ -103,6 +103,18 @@ class StepType:
     # person, a timer or child runs again, nor touch the outside world: such steps reuse the original
     # run's recorded output instead.
     replay_reuses_output: ClassVar[bool] = False
+    # Branching, for the builder's lanes: a step whose output names a `branch` lists the labels it may take
+    # (`branch_labels`); `branches_always` steps (if, switch) are never used without their branches, the
+    # others (a classification, an approval) may simply continue. `fans_out` steps start every lane at once.
+    branches_always: ClassVar[bool] = False
+    fans_out: ClassVar[bool] = False
+    # The palette's group: "AI", "Data", "Logic", "Flow", "People" or "Connectors".
+    category: ClassVar[str] = "Data"
+
+    @classmethod
+    def branch_labels(cls, config: Any) -> tuple[str, ...]:
+        """The branch labels this step may put in its output's `branch`, given its (possibly invalid) config."""
+        return ()
 
     def execute(self, config: StepConfig, context: StepContext) -> StepOutcome:
         raise NotImplementedError

@@ -25,6 +25,7 @@ class DataTransform(StepType):
     name = "Transform data"
     description = "Compute values from the run input and earlier steps with expressions."
     Config = DataTransformConfig
+    category = "Data"
 
     @staticmethod
     def check_config(config: DataTransformConfig) -> list[str]:

@@ -29,6 +29,8 @@ class Parallel(StepType):
     name = "Parallel branches"
     description = "Start several branches at once."
     Config = ParallelConfig
+    category = "Flow"
+    fans_out = True
 
     def execute(self, config: ParallelConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         return StepOutcome(output={})
@@ -47,6 +49,7 @@ class Delay(StepType):
     name = "Delay"
     description = "Wait for a while without holding a worker."
     Config = DelayConfig
+    category = "Flow"
 
     def execute(self, config: DelayConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         return StepOutcome(output={}, wait=Wait("timer", fire_at=timezone.now() + timedelta(seconds=config.seconds)))
@@ -67,6 +70,7 @@ class Subworkflow(StepType):
     name = "Sub-workflow"
     description = "Run another workflow and use its output."
     Config = SubworkflowConfig
+    category = "Flow"
     pins_workflow_version = True
 
     def execute(self, config: SubworkflowConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
@@ -93,6 +97,7 @@ class Foreach(StepType):
     name = "For each"
     description = "Run a workflow for every item of a list, in parallel."
     Config = ForeachConfig
+    category = "Flow"
     pins_workflow_version = True
 
     @staticmethod

@@ -37,6 +37,7 @@ class HttpRequest(StepType):
     name = "HTTP request"
     description = "Call an outside system's HTTP API."
     Config = HttpRequestConfig
+    category = "Connectors"
     queue = "connectors"
     side_effects = True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.utils import timezone
 from pydantic import Field
@@ -29,6 +30,12 @@ class HumanApproval(StepType):
     name = "Human approval"
     description = "Wait for a person to approve or reject."
     Config = ApprovalConfig
+    category = "People"
+
+    @classmethod
+    def branch_labels(cls, config: Any) -> tuple[str, ...]:
+        due = isinstance(config, dict) and bool(config.get("due_in_seconds"))
+        return ("approved", "rejected", "expired") if due else ("approved", "rejected")
 
     def execute(self, config: ApprovalConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         due = timezone.now() + timedelta(seconds=config.due_in_seconds) if config.due_in_seconds else None

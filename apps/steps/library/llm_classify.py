@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -74,6 +74,12 @@ class LlmClassify(StepType):
     """
 
     slug = "llm.classify"
+    category = "AI"
+
+    @classmethod
+    def branch_labels(cls, config: Any) -> tuple[str, ...]:
+        return (CONFIDENT, LOW_CONFIDENCE)
+
     name = "Classify"
     description = "Pick a label; low confidence takes its own branch (e.g. to a person)."
     Config = LlmClassifyConfig

@@ -77,6 +77,7 @@ class LlmExtract(StepType):
     """
 
     slug = "llm.extract"
+    category = "AI"
     name = "Extract data"
     description = "Turn text into data that fits a JSON Schema, with per-field confidence."
     Config = LlmExtractConfig

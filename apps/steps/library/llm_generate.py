@@ -44,6 +44,7 @@ class LlmGenerate(StepType):
     """
 
     slug = "llm.generate"
+    category = "AI"
     name = "Generate text"
     description = "Ask a language model; stream its reply; optionally get JSON for a schema."
     Config = LlmGenerateConfig

@@ -6,6 +6,8 @@ others are skipped (see apps/workflows/graph.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from apps.steps.base import StepConfig, StepContext, StepError, StepOutcome, StepType
@@ -35,6 +37,12 @@ class If(StepType):
     name = "If"
     description = "Follow the true or the false branch."
     Config = IfConfig
+    category = "Logic"
+    branches_always = True
+
+    @classmethod
+    def branch_labels(cls, config: Any) -> tuple[str, ...]:
+        return ("true", "false")
 
     @staticmethod
     def check_config(config: IfConfig) -> list[str]:
@@ -64,6 +72,17 @@ class Switch(StepType):
     name = "Switch"
     description = "Follow the branch of the first matching case."
     Config = SwitchConfig
+    category = "Logic"
+    branches_always = True
+
+    @classmethod
+    def branch_labels(cls, config: Any) -> tuple[str, ...]:
+        """The cases' labels then the default, as far as the config can be read (it may be half-written)."""
+        if not isinstance(config, dict):
+            return ("default",)
+        labels = [case.get("label") for case in config.get("cases") or [] if isinstance(case, dict)]
+        default = config.get("default") or "default"
+        return tuple(dict.fromkeys([*(label for label in labels if isinstance(label, str) and label), default]))
 
     @staticmethod
     def check_config(config: SwitchConfig) -> list[str]:
