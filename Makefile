@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 DATA_DIR := $(or $(AIOS_DATA_DIR),.data)
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium bench
+.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium bench static-packages
 
 help:
 	@echo "AIOS — make targets"
@@ -21,7 +21,7 @@ help:
 	@echo "  make clean-data  delete $(DATA_DIR)/ (every local database and log) without asking; stops nothing,"
 	@echo "                   and refuses while a stack started by make run/test is still using it"
 
-run: requirements
+run: requirements static-packages
 	@exec $(PY) deploy/devstack.py run
 
 services: requirements
@@ -30,7 +30,7 @@ services: requirements
 # Lint first (ruff and mypy are part of "done"), then the suite. pytest's exit code passes through
 # devstack.py, which turns 5 (no test ran) into a failure with a message. The figures file is removed
 # first so that what is printed comes from this run only.
-test: requirements-dev chromium lint
+test: requirements-dev static-packages chromium lint
 	@rm -f reports/figures.txt
 	@status=0; \
 	$(PY) deploy/devstack.py test -- $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
@@ -111,6 +111,19 @@ requirements: venv
 # requirements-dev.txt includes requirements.txt, so its stamp covers both files.
 requirements-dev: venv
 	$(call install,requirements-dev.txt,$(VENV)/.requirements-dev.stamp,requirements.txt requirements-dev.txt)
+
+# Front-end packages (package.json, locked by package-lock.json) go into node_modules/ with `npm ci`, again only
+# when the lock file changed. Without npm the builder works without drag and drop (its move buttons remain).
+static-packages:
+	@if command -v npm >/dev/null; then \
+		sum=$$(cat package-lock.json | sha256sum | cut -d' ' -f1); \
+		if [ "$$sum" != "$$(cat node_modules/.lock.stamp 2>/dev/null)" ]; then \
+			echo "Installing front-end packages (npm ci) ..."; \
+			npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && echo "$$sum" > node_modules/.lock.stamp; \
+		fi; \
+	else \
+		echo "note: npm is not installed; the builder works without drag and drop (install Node.js for it)."; \
+	fi
 
 # The browser tests drive Debian's Chromium: Playwright's own browser download is not reachable from CI.
 chromium:

@@ -9,6 +9,7 @@ from rest_framework.routers import DefaultRouter
 
 from apps.approvals.api.views import ApprovalRequestViewSet
 from apps.runs.api.views import RunViewSet, incident_resolve_view, run_start_view
+from apps.workflows.api.exchange import workflow_document_schema_view, workflow_export_view, workflow_import_view
 from apps.workflows.api.views import WorkflowViewSet
 
 router = DefaultRouter()
@@ -18,6 +19,9 @@ router.register("approvals", ApprovalRequestViewSet, basename="approval")
 
 urlpatterns = [
     path("workflows/<slug:slug>/runs/", run_start_view, name="workflow-run-start"),
+    path("workflows/import/", workflow_import_view, name="workflow-import"),
+    path("workflows/<slug:slug>/export/", workflow_export_view, name="workflow-export"),
+    path("schema/workflow/v1.json", workflow_document_schema_view, name="workflow-document-schema"),
     path("incidents/<int:incident_id>/resolve/", incident_resolve_view, name="incident-resolve"),
     path("auth/token/", obtain_auth_token, name="auth-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

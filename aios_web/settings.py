@@ -6,6 +6,7 @@ With no variables set, the defaults point at the embedded stack that `make run` 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -156,7 +157,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS: list[Any] = [BASE_DIR / "static"]
+# Front-end packages come from npm at set-up time (package.json + package-lock.json; `make run` and `make test`
+# run `npm ci`), never from the repository: only the package the builder uses is exposed, as static/vendor/.
+# Without npm the builder still works: drag and drop is an enhancement over its move buttons.
+SORTABLE_DIR = BASE_DIR / "node_modules" / "sortablejs"
+if (SORTABLE_DIR / "Sortable.min.js").is_file():
+    STATICFILES_DIRS.append(("vendor", SORTABLE_DIR))
 # Only production collects static files; development serves them from the finders.
 STATIC_ROOT = BASE_DIR / "staticfiles" if PRODUCTION else None
 # Development serves straight from the finders, so a fresh checkout needs no collectstatic step.

@@ -142,6 +142,8 @@ def run_start(
         existing = Run.objects.filter(initiator=actor, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _replay(existing, request_hash), False
+    if workflow.archived_at is not None:
+        raise Conflict(f'"{workflow.name}" is archived: restore it in its settings to start runs again.')
     version = workflow_version_published_latest(workflow)
     if version is None:
         raise Conflict(f'"{workflow.name}" has no published version yet.')

@@ -59,8 +59,12 @@ class Routing(BaseModel):
 class LlmStepConfig(StepConfig):
     """Fields shared by llm.generate, llm.extract and llm.classify."""
 
-    prompt: str = Field(min_length=1, description="Text template; may use {{ input.x }} and {{ steps.key.field }}.")
-    system: str = Field("", description="Optional system instruction.")
+    prompt: str = Field(
+        min_length=1,
+        description="Text template; may use {{ input.x }} and {{ steps.key.field }}.",
+        json_schema_extra={"x-widget": "template", "x-rows": 8},
+    )
+    system: str = Field("", description="Optional system instruction.", json_schema_extra={"x-widget": "template"})
     model: str = Field("", description="Model endpoint name; empty for the default endpoint.")
     routing: Routing | None = None
     fallbacks: list[str] = Field(default_factory=list, description="Endpoints tried on overload or server error.")

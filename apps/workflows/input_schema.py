@@ -1,8 +1,9 @@
 """A workflow's input schema (a small JSON Schema subset) as a Django form: one definition drives the
 "Run" form's fields, its inline errors, and the API's 400 field errors.
 
-Supported per property: `type` string / integer / number / boolean, `title`, `description`, `enum`,
-`default`, `minLength`, `maxLength`, `minimum`, `maximum`, `format: "textarea"`; `required` at the top.
+Supported per property: `type` string / integer / number / boolean / array (of strings), `title`,
+`description`, `enum`, `default`, `minLength`, `maxLength`, `minimum`, `maximum`, `format: "textarea"` or
+`"date"` (an ISO date, kept as text in the run's input); `required` at the top.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from django import forms
 
-_TYPES = {"string", "integer", "number", "boolean"}
+_TYPES = {"string", "integer", "number", "boolean", "array"}
 _COERCE: dict[str, Callable[[Any], Any]] = {"integer": int, "number": float}
 
 
@@ -29,10 +30,31 @@ def input_schema_errors(schema: Any) -> list[str]:
             problems.append(f'input schema: "{name}" is not a valid field name')
         if not isinstance(spec, dict) or spec.get("type") not in _TYPES:
             problems.append(f'input schema: field "{name}" needs a type of {", ".join(sorted(_TYPES))}')
+        elif spec["type"] == "array" and (spec.get("items") or {}).get("type") != "string":
+            problems.append(f'input schema: field "{name}" is a list, and only lists of text are supported')
+        elif "enum" in spec and (not isinstance(spec["enum"], list) or not spec["enum"]):
+            problems.append(f'input schema: field "{name}" is a choice without options')
     for name in schema.get("required", []):
         if name not in properties:
             problems.append(f'input schema: required field "{name}" is not defined')
     return problems
+
+
+class TextListField(forms.CharField):
+    """A list of short texts, typed one per line (an API client sends a JSON list)."""
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        if isinstance(value, list):
+            return [str(item).strip() for item in value if str(item).strip()]
+        text = super().to_python(value) or ""
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    def prepare_value(self, value: Any) -> Any:
+        return "\n".join(map(str, value)) if isinstance(value, list) else value
+
+    def validate(self, value: Any) -> None:
+        if self.required and not value:
+            raise forms.ValidationError(self.error_messages["required"], code="required")
 
 
 def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
@@ -44,6 +66,12 @@ def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
     if "default" in spec:
         common["initial"] = spec["default"]
     kind = spec["type"]
+    if kind == "array":
+        return TextListField(
+            widget=forms.Textarea(attrs={"rows": 4}), **{**common, "help_text": common["help_text"] or "One per line."}
+        )
+    if kind == "string" and spec.get("format") == "date":
+        return forms.DateField(widget=forms.DateInput(attrs={"type": "date"}), **common)
     if "enum" in spec:
         choices = [(value, str(value)) for value in spec["enum"]]
         field_class = forms.TypedChoiceField
@@ -90,4 +118,7 @@ def input_validate(schema: dict[str, Any], data: Any) -> tuple[dict[str, Any], d
         errors[key] = ["This field is not part of the workflow's input."]
     if errors:
         return {}, errors
-    return dict(form.cleaned_data), {}
+    # Dates travel as ISO text: run inputs are JSON.
+    return {
+        key: value.isoformat() if hasattr(value, "isoformat") else value for key, value in form.cleaned_data.items()
+    }, {}

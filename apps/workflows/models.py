@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from simple_history.models import HistoricalRecords
 
 
@@ -22,6 +23,8 @@ class Workflow(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Archived workflows leave the default list and cannot start runs; restoring brings them back unchanged.
+    archived_at = models.DateTimeField(null=True, blank=True)
     history = HistoricalRecords()
 
     class Meta:
@@ -35,9 +38,11 @@ class Workflow(models.Model):
 class WorkflowVersion(models.Model):
     """One numbered version of a workflow's graph and input schema.
 
-    `graph` is `{"steps": [{"key", "type", "name", "config"}, ...]}`, executed in order. Once `state` is
-    published the row is immutable (a database trigger refuses UPDATE and DELETE) and `checksum` is the
-    SHA-256 of its canonical graph and input schema.
+    `graph` is `{"steps": [...], "edges": [...]}` (apps/workflows/graph.py). A workflow has at most one
+    draft, the version the builder edits: every save bumps `revision`, and a save that names an older
+    revision is refused (two people never silently overwrite each other); `undo` keeps the content before
+    the last save. Once `state` is published the row is immutable (a database trigger refuses UPDATE and
+    DELETE), `checksum` is the SHA-256 of its canonical graph and input schema, and `note` says what changed.
     """
 
     class State(models.TextChoices):
@@ -56,11 +61,22 @@ class WorkflowVersion(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     published_at = models.DateTimeField(null=True, blank=True)
-    history = HistoricalRecords()
+    note = models.TextField(blank=True, help_text="What this version changes, written when it is published.")
+    revision = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    # {"graph", "input_schema", "label", "revision"}: the draft before its last save, for one-step undo.
+    undo = models.JSONField(null=True, blank=True)
+    history = HistoricalRecords(excluded_fields=["undo"])
 
     class Meta:
         ordering = ["workflow", "-number"]
-        constraints = [models.UniqueConstraint(fields=["workflow", "number"], name="workflow_version_number_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "number"], name="workflow_version_number_unique"),
+            models.UniqueConstraint(fields=["workflow"], condition=models.Q(state="draft"), name="workflow_one_draft"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.workflow.name} v{self.number}"

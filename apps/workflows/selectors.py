@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from django.contrib.auth.models import AbstractUser, AnonymousUser
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 from django.http import Http404
 
 from apps.core.permissions import has_object_perm, restrict
@@ -47,3 +50,76 @@ def workflow_version_published_latest(workflow: Workflow) -> WorkflowVersion | N
     if prefetched is not None:
         return prefetched[0] if prefetched else None
     return workflow.versions.filter(state=WorkflowVersion.State.PUBLISHED).order_by("-number").first()
+
+
+# --- the builder's reads ------------------------------------------------------------------------------------
+
+
+def workflow_draft_for(workflow: Workflow) -> WorkflowVersion | None:
+    """The workflow's draft, if it has one."""
+    return workflow.versions.filter(state=WorkflowVersion.State.DRAFT).select_related("updated_by").first()
+
+
+def workflow_version_list(workflow: Workflow) -> QuerySet[WorkflowVersion]:
+    """Every version, newest first, with who published it and how many runs it has."""
+    return (
+        workflow.versions.select_related("published_by", "created_by", "updated_by")
+        .annotate(run_count=Count("runs"))
+        .order_by("-number")
+    )
+
+
+def workflow_version_get(workflow: Workflow, *, number: int) -> WorkflowVersion:
+    """One version of a workflow the caller already may see; Http404 for a number it does not have."""
+    version = workflow.versions.filter(number=number).first()
+    if version is None:
+        raise Http404("No such version.")
+    return version
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One publish problem: the step it belongs to (None for the workflow), the field path within the step's
+    settings when known ("prompt", "fields.route"), and the message."""
+
+    step: str | None
+    field: str
+    message: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+_STEP_PROBLEM = re.compile(r'^step "(?P<key>[^"]+)": (?P<rest>.*)$', re.DOTALL)
+_FIELD = re.compile(r"^(?P<path>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*): (?P<message>.*)$", re.DOTALL)
+_OPTION_FIELDS = {"key", "type", "name", "config", "inputs", "join", "retry", "timeout_seconds"}
+
+
+def problems_parse(messages: list[str]) -> list[Problem]:
+    """Publish-validator messages as structured problems (the step they name and the field path)."""
+    result = []
+    for message in messages:
+        match = _STEP_PROBLEM.match(message)
+        if not match:
+            result.append(Problem(step=None, field="", message=message))
+            continue
+        rest = match["rest"]
+        field_match = _FIELD.match(rest)
+        if field_match and " " not in field_match["path"]:
+            path = field_match["path"]
+            if path.split(".")[0] == "config":
+                path = path.partition(".")[2]
+            elif path.split(".")[0] in _OPTION_FIELDS - {"config"}:
+                path = f"@{path}"
+            result.append(Problem(step=match["key"], field=path, message=field_match["message"]))
+        else:
+            result.append(Problem(step=match["key"], field="", message=rest))
+    return result
+
+
+def workflow_version_problems(version: WorkflowVersion) -> list[Problem]:
+    """Everything that would stop `version` from being published, as the publish service would say it."""
+    from apps.workflows.services import version_problems
+
+    return problems_parse(version_problems(version))

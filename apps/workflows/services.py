@@ -10,15 +10,21 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 from django.utils.text import slugify
-from guardian.shortcuts import assign_perm
+from guardian.shortcuts import assign_perm, remove_perm
 
 from apps.accounts.models import Team, User
 from apps.audit.services import audit_record
-from apps.core.exceptions import ApplicationError, Conflict, ValidationFailed
+from apps.core.exceptions import ApplicationError, Conflict, Forbidden, ValidationFailed
 from apps.steps.registry import step_type_get
 from apps.workflows.graph import graph_checksum, graph_errors
 from apps.workflows.input_schema import input_schema_errors
 from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.selectors import workflow_can_edit
+
+EMPTY_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
+MAX_NAME_LENGTH = 120
+# Slugs that would collide with the workflow pages' and API's own addresses (/workflows/new/, /api/workflows/import/).
+RESERVED_SLUGS = frozenset({"new", "import", "export", "schema"})
 
 OWNER_PERMISSIONS = ("view_workflow", "change_workflow", "run_workflow")
 TEAM_PERMISSIONS = ("view_workflow", "run_workflow")
@@ -32,11 +38,23 @@ def workflow_create(
     description: str = "",
     team: Team | None = None,
     baseline_minutes_per_case: Decimal = Decimal("0"),
+    slug: str | None = None,
 ) -> Workflow:
-    """Create a workflow owned by `actor`; the owner and the team's members get object permissions."""
-    slug = slugify(name)
-    if not slug:
+    """Create a workflow owned by `actor`; the owner and the team's members get object permissions.
+
+    The slug (its identity in addresses, exports and sub-workflow steps) comes from the name unless given (an
+    import keeps the slug of the workflow it came from), and never changes afterwards.
+    """
+    name = name.strip()
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValidationFailed("The name is too long.", fields={"name": [f"At most {MAX_NAME_LENGTH} characters."]})
+    slug = slug or slugify(name)
+    if not slug or not name:
         raise ValidationFailed("The workflow needs a name.", fields={"name": ["Use letters or digits."]})
+    if slug in RESERVED_SLUGS:
+        raise ValidationFailed(
+            "Choose another name.", fields={"name": [f'"{name}" is a word the product uses in addresses.']}
+        )
     if Workflow.objects.filter(slug=slug).exists():
         raise ValidationFailed("That name is taken.", fields={"name": [f'A workflow named "{name}" exists.']})
     workflow = Workflow.objects.create(
@@ -60,15 +78,235 @@ def workflow_create(
 def workflow_version_create(
     *, actor: User, workflow: Workflow, graph: dict[str, Any], input_schema: dict[str, Any]
 ) -> WorkflowVersion:
-    """Add a draft version with the next number. Drafts may be invalid; publishing checks them."""
-    # Lock the workflow row so two concurrent drafts cannot take the same number.
+    """The workflow's draft holding `graph` and `input_schema`: a new draft with the next number, or the
+    existing draft overwritten (a workflow has one draft). Drafts may be invalid; publishing checks them."""
+    existing = _draft_locked(workflow)
+    if existing is not None:
+        return _draft_write(existing, actor=actor, graph=graph, input_schema=input_schema, label="Replace the draft")
+    return _draft_new(workflow, actor=actor, graph=graph, input_schema=input_schema)
+
+
+def _draft_locked(workflow: Workflow) -> WorkflowVersion | None:
+    """The workflow's draft, row-locked, after locking the workflow row (so two first saves cannot both create
+    one: the lock order is workflow, then version)."""
     Workflow.objects.select_for_update().filter(pk=workflow.pk).first()
+    return (
+        WorkflowVersion.objects.select_for_update().filter(workflow=workflow, state=WorkflowVersion.State.DRAFT).first()
+    )
+
+
+def _draft_new(
+    workflow: Workflow, *, actor: User, graph: dict[str, Any], input_schema: dict[str, Any]
+) -> WorkflowVersion:
     number = (workflow.versions.aggregate(top=Max("number"))["top"] or 0) + 1
     version = WorkflowVersion.objects.create(
-        workflow=workflow, number=number, graph=graph, input_schema=input_schema, created_by=actor
+        workflow=workflow, number=number, graph=graph, input_schema=input_schema, created_by=actor, updated_by=actor
     )
     audit_record(actor=actor, verb="workflow.version_created", target=version, data={"number": number})
     return version
+
+
+def _draft_write(
+    draft: WorkflowVersion, *, actor: User, graph: dict[str, Any], input_schema: dict[str, Any], label: str
+) -> WorkflowVersion:
+    draft.undo = {
+        "graph": draft.graph,
+        "input_schema": draft.input_schema,
+        "label": label,
+        "revision": draft.revision + 1,
+    }
+    draft.graph, draft.input_schema = graph, input_schema
+    draft.revision += 1
+    draft.updated_by, draft.updated_at = actor, timezone.now()
+    draft.save(update_fields=["graph", "input_schema", "revision", "updated_by", "updated_at", "undo"])
+    audit_record(
+        actor=actor,
+        verb="workflow.draft_saved",
+        target=draft,
+        data={"workflow": draft.workflow.slug, "revision": draft.revision, "change": label},
+    )
+    return draft
+
+
+def _require_edit(actor: User, workflow: Workflow) -> None:
+    if not workflow_can_edit(actor, workflow):
+        raise Forbidden("You may view this workflow but not change it.")
+
+
+def _draft_shape_errors(graph: Any, input_schema: Any) -> dict[str, list[str]]:
+    """What makes content unstorable as a draft at all (a draft may be invalid, but it must be a graph)."""
+    errors: dict[str, list[str]] = {}
+    if not isinstance(graph, dict) or not isinstance(graph.get("steps"), list):
+        errors["graph"] = ['Must be an object with a "steps" list (and optionally "edges").']
+    if not isinstance(input_schema, dict):
+        errors["input_schema"] = ["Must be an object (a JSON Schema of the run's input fields)."]
+    return errors
+
+
+class _Unchanged:
+    """The value of an argument the caller does not want to change (None means "no team")."""
+
+
+UNCHANGED = _Unchanged()
+
+
+class DraftConflict(Conflict):
+    """The draft changed since the editor loaded it; `extra` names who saved it, when, and its revision."""
+
+
+@transaction.atomic
+def workflow_draft_get_or_create(*, actor: User, workflow: Workflow) -> WorkflowVersion:
+    """The workflow's draft; when it has none, one is started from the newest published version (or empty)."""
+    _require_edit(actor, workflow)
+    draft = _draft_locked(workflow)
+    if draft is not None:
+        return draft
+    base = workflow.versions.filter(state=WorkflowVersion.State.PUBLISHED).order_by("-number").first()
+    graph = copy.deepcopy(base.graph) if base else {"steps": []}
+    schema = copy.deepcopy(base.input_schema) if base else copy.deepcopy(EMPTY_INPUT_SCHEMA)
+    return _draft_new(workflow, actor=actor, graph=graph, input_schema=schema)
+
+
+@transaction.atomic
+def workflow_draft_save(
+    *,
+    actor: User,
+    workflow: Workflow,
+    graph: dict[str, Any],
+    input_schema: dict[str, Any],
+    expected_revision: int | None,
+    label: str = "Edit",
+) -> WorkflowVersion:
+    """Save the draft (creating it when needed). Content may fail publish validation, but must be a graph.
+
+    `expected_revision` is the revision the editor loaded: when the draft has moved on since (someone else
+    saved), the save is refused with `DraftConflict` naming them, so nobody's work is silently overwritten.
+    None overwrites knowingly.
+    """
+    _require_edit(actor, workflow)
+    shape = _draft_shape_errors(graph, input_schema)
+    if shape:
+        raise ValidationFailed("The draft cannot be saved.", fields=shape)
+    draft = _draft_locked(workflow)
+    if draft is None:
+        draft = _draft_new(workflow, actor=actor, graph={"steps": []}, input_schema=copy.deepcopy(EMPTY_INPUT_SCHEMA))
+    elif expected_revision is not None and expected_revision != draft.revision:
+        who = draft.updated_by.display_name if draft.updated_by else "someone"
+        raise DraftConflict(
+            f"{who} changed this draft at {timezone.localtime(draft.updated_at):%H:%M:%S} "
+            f"(revision {draft.revision}, you started from {expected_revision}). Reload to see their changes, "
+            "or save again to overwrite them.",
+            extra={
+                "revision": draft.revision,
+                "updated_by": draft.updated_by.get_username() if draft.updated_by else None,
+                "updated_at": draft.updated_at.isoformat(),
+            },
+        )
+    return _draft_write(draft, actor=actor, graph=graph, input_schema=input_schema, label=label)
+
+
+@transaction.atomic
+def workflow_draft_undo(*, actor: User, workflow: Workflow, expected_revision: int | None) -> WorkflowVersion:
+    """Put the draft back as it was before its last save (one step; undoing twice redoes)."""
+    _require_edit(actor, workflow)
+    draft = _draft_locked(workflow)
+    if draft is None or not draft.undo:
+        raise Conflict("There is nothing to undo.")
+    if expected_revision is not None and expected_revision != draft.revision:
+        raise DraftConflict(
+            "The draft changed since you loaded it; reload before undoing.", extra={"revision": draft.revision}
+        )
+    previous = draft.undo
+    return _draft_write(
+        draft,
+        actor=actor,
+        graph=previous["graph"],
+        input_schema=previous["input_schema"],
+        label=f"Undo: {previous.get('label', 'edit')}",
+    )
+
+
+@transaction.atomic
+def workflow_version_restore_as_draft(*, actor: User, version: WorkflowVersion) -> WorkflowVersion:
+    """Make an earlier version's content the draft (the current draft is kept for one undo)."""
+    if not version.is_published:
+        raise Conflict("Only a published version can be restored as the draft.")
+    return workflow_draft_save(
+        actor=actor,
+        workflow=version.workflow,
+        graph=copy.deepcopy(version.graph),
+        input_schema=copy.deepcopy(version.input_schema),
+        expected_revision=None,
+        label=f"Restore version {version.number}",
+    )
+
+
+@transaction.atomic
+def workflow_update(
+    *,
+    actor: User,
+    workflow: Workflow,
+    name: str | None = None,
+    description: str | None = None,
+    team: Team | None | _Unchanged = UNCHANGED,
+    baseline_minutes_per_case: Decimal | None = None,
+) -> Workflow:
+    """Rename, describe, move to another team or change the ROI baseline. The slug (the workflow's identity in
+    URLs, exports and sub-workflow steps) never changes. Moving teams moves the team's object permissions."""
+    _require_edit(actor, workflow)
+    workflow = Workflow.objects.select_for_update().get(pk=workflow.pk)
+    changes: dict[str, Any] = {}
+    fields: dict[str, list[str]] = {}
+    if name is not None:
+        name = name.strip()
+        if not name:
+            fields["name"] = ["The workflow needs a name."]
+        elif len(name) > MAX_NAME_LENGTH:
+            fields["name"] = [f"At most {MAX_NAME_LENGTH} characters."]
+        elif name != workflow.name:
+            changes["name"] = [workflow.name, name]
+            workflow.name = name
+    if description is not None and description != workflow.description:
+        changes["description"] = True
+        workflow.description = description
+    if baseline_minutes_per_case is not None:
+        if baseline_minutes_per_case < 0 or baseline_minutes_per_case >= Decimal("1000000"):
+            fields["baseline_minutes_per_case"] = ["Minutes per case must be between 0 and 999,999."]
+        elif baseline_minutes_per_case != workflow.baseline_minutes_per_case:
+            changes["baseline_minutes_per_case"] = [
+                str(workflow.baseline_minutes_per_case),
+                str(baseline_minutes_per_case),
+            ]
+            workflow.baseline_minutes_per_case = baseline_minutes_per_case
+    if fields:
+        raise ValidationFailed("The workflow was not changed.", fields=fields)
+    if not isinstance(team, _Unchanged) and team != workflow.team:
+        old_team = workflow.team
+        if old_team is not None:
+            for perm in TEAM_PERMISSIONS:
+                remove_perm(f"workflows.{perm}", old_team.group, workflow)
+        if team is not None:
+            for perm in TEAM_PERMISSIONS:
+                assign_perm(f"workflows.{perm}", team.group, workflow)
+        changes["team"] = [old_team.slug if old_team else None, team.slug if team else None]
+        workflow.team = team
+    if changes:
+        workflow.save()
+        audit_record(actor=actor, verb="workflow.updated", target=workflow, data=changes)
+    return workflow
+
+
+@transaction.atomic
+def workflow_archive(*, actor: User, workflow: Workflow, archived: bool = True) -> Workflow:
+    """Archive (hide from lists, refuse new runs) or restore a workflow; versions and runs are kept."""
+    _require_edit(actor, workflow)
+    workflow = Workflow.objects.select_for_update().get(pk=workflow.pk)
+    if (workflow.archived_at is not None) == archived:
+        return workflow
+    workflow.archived_at = timezone.now() if archived else None
+    workflow.save(update_fields=["archived_at", "updated_at"])
+    audit_record(actor=actor, verb="workflow.archived" if archived else "workflow.restored", target=workflow)
+    return workflow
 
 
 def _pin_workflow_versions(graph: dict[str, Any], *, own_workflow: Workflow) -> tuple[dict[str, Any], list[str]]:
@@ -99,18 +337,32 @@ def _pin_workflow_versions(graph: dict[str, Any], *, own_workflow: Workflow) -> 
     return pinned, problems
 
 
-@transaction.atomic
-def workflow_version_publish(*, actor: User, version: WorkflowVersion) -> WorkflowVersion:
-    """Freeze a draft: validate everything, stamp its checksum, and make it immutable.
+def version_problems(version: WorkflowVersion) -> list[str]:
+    """Every reason `version` cannot be published, each naming its step (empty when it can)."""
+    problems = input_schema_errors(version.input_schema) + graph_errors(version.graph)
+    _, pin_problems = _pin_workflow_versions(version.graph, own_workflow=version.workflow)
+    return problems + pin_problems
 
-    Refuses with every problem found (each naming its step), so the analyst fixes them in one pass.
+
+@transaction.atomic
+def workflow_version_publish(
+    *, actor: User, version: WorkflowVersion, note: str = "", expected_revision: int | None = None
+) -> WorkflowVersion:
+    """Freeze a draft: validate everything, stamp its checksum, and make it immutable, with a change note.
+
+    Refuses with every problem found (each naming its step), so the analyst fixes them in one pass; with
+    `expected_revision`, refuses a draft that changed since the publisher looked at it.
     """
     version = WorkflowVersion.objects.select_for_update().get(pk=version.pk)
     if version.is_published:
         raise Conflict(f"Version {version.number} is already published and cannot change.")
-    problems = input_schema_errors(version.input_schema) + graph_errors(version.graph)
-    graph, pin_problems = _pin_workflow_versions(version.graph, own_workflow=version.workflow)
-    problems += pin_problems
+    if expected_revision is not None and expected_revision != version.revision:
+        raise DraftConflict(
+            "The draft changed since you looked at it; review the changes, then publish again.",
+            extra={"revision": version.revision},
+        )
+    problems = version_problems(version)
+    graph, _ = _pin_workflow_versions(version.graph, own_workflow=version.workflow)
     if problems:
         raise ApplicationError("The version cannot be published.", extra={"problems": problems})
     version.graph = graph
@@ -118,11 +370,18 @@ def workflow_version_publish(*, actor: User, version: WorkflowVersion) -> Workfl
     version.state = WorkflowVersion.State.PUBLISHED
     version.published_by = actor
     version.published_at = timezone.now()
-    version.save(update_fields=["graph", "checksum", "state", "published_by", "published_at"])
+    version.note = note.strip()[:5000]
+    version.undo = None
+    version.save(update_fields=["graph", "checksum", "state", "published_by", "published_at", "note", "undo"])
     audit_record(
         actor=actor,
         verb="workflow.published",
         target=version,
-        data={"workflow": version.workflow.slug, "number": version.number, "checksum": version.checksum},
+        data={
+            "workflow": version.workflow.slug,
+            "number": version.number,
+            "checksum": version.checksum,
+            "note": version.note,
+        },
     )
     return version

@@ -8,5 +8,16 @@ app_name = "workflows"
 
 urlpatterns = [
     path("", views.workflow_list, name="list"),
+    path("new/", views.workflow_create_view, name="create"),
     path("<slug:slug>/", views.workflow_detail, name="detail"),
+    path("<slug:slug>/settings/", views.workflow_settings, name="settings"),
+    path("<slug:slug>/edit/", views.workflow_editor, name="editor"),
+    path("<slug:slug>/edit/operation/", views.workflow_editor_operation, name="editor-operation"),
+    path("<slug:slug>/edit/steps/<str:key>/", views.workflow_editor_step, name="editor-step"),
+    path("<slug:slug>/edit/publish/", views.workflow_publish, name="publish"),
+    path("<slug:slug>/edit/run-form/", views.workflow_editor_inputs, name="editor-inputs"),
+    path("<slug:slug>/edit/steps/<str:key>/check/", views.workflow_check_expression, name="check-expression"),
+    path("<slug:slug>/versions/", views.workflow_versions, name="versions"),
+    path("<slug:slug>/versions/compare/", views.workflow_compare, name="compare"),
+    path("<slug:slug>/versions/<int:number>/restore/", views.workflow_version_restore, name="version-restore"),
 ]

@@ -1,43 +1,835 @@
-"""Workflow pages."""
+"""Workflow pages: the list, creating a workflow, its page and settings, the builder, and versions.
+
+Every builder control is a plain form or link that works without JavaScript (post, redirect, render);
+htmx swaps only the builder's region when present, and our small static script adds the data picker's
+insertion and drag and drop. The builder always renders from the saved draft, so a reload shows the truth.
+"""
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import urlencode
 
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from apps.accounts.models import Team
+from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.steps.expressions import cel_check, template_check
 from apps.steps.registry import step_types
+from apps.workflows import blocks
+from apps.workflows.blocks import NotBlockStructured
+from apps.workflows.config_form import SCHEMA_TYPES, attach_errors, config_from_post, form_fields
+from apps.workflows.diagram import diagram_for_graph, diagram_outline
+from apps.workflows.diff import version_diff
+from apps.workflows.editor import draft_edit
+from apps.workflows.graph import RetryPolicy
+from apps.workflows.input_schema import input_form_class, input_validate
+from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.picker import references_for_step, references_in
+from apps.workflows.run_form import KINDS, InputRow, rows_from_schema, schema_from_rows
 from apps.workflows.selectors import (
+    Problem,
+    workflow_can_edit,
     workflow_can_run,
+    workflow_draft_for,
     workflow_get_for_user,
     workflow_list_for_user,
+    workflow_version_get,
+    workflow_version_list,
+    workflow_version_problems,
     workflow_version_published_latest,
 )
+from apps.workflows.services import (
+    DraftConflict,
+    workflow_archive,
+    workflow_create,
+    workflow_draft_get_or_create,
+    workflow_draft_save,
+    workflow_update,
+    workflow_version_publish,
+    workflow_version_restore_as_draft,
+)
+
+PAGE_SIZE = 20
+CATEGORIES = ("AI", "Data", "Logic", "Flow", "People", "Connectors")
+
+
+# --- list, create, settings ------------------------------------------------------------------------------------
 
 
 @login_required
 def workflow_list(request: HttpRequest) -> HttpResponse:
-    """The workflows the user may see."""
-    return render(request, "workflows/workflow_list.html", {"workflows": workflow_list_for_user(request.user)})
+    """The workflows the user may see: search by name or description, filter by team, owner and state, paged."""
+    workflows = workflow_list_for_user(request.user)
+    query = request.GET.get("q", "").strip()
+    team = request.GET.get("team", "")
+    owner = request.GET.get("owner", "")
+    state = request.GET.get("state", "active")
+    if query:
+        workflows = workflows.filter(Q(name__icontains=query) | Q(description__icontains=query))
+    if team:
+        workflows = workflows.filter(team__slug=team)
+    if owner == "me":
+        workflows = workflows.filter(owner_id=request.user.pk)
+    if state == "archived":
+        workflows = workflows.filter(archived_at__isnull=False)
+    elif state != "all":
+        workflows = workflows.filter(archived_at__isnull=True)
+    page = Paginator(workflows, PAGE_SIZE).get_page(request.GET.get("page"))
+    filters = {"q": query, "team": team, "owner": owner, "state": state}
+    return render(
+        request,
+        "workflows/workflow_list.html",
+        {
+            "page": page,
+            "workflows": page.object_list,
+            "filters": filters,
+            "filter_query": urlencode({k: v for k, v in filters.items() if v}),
+            "teams": Team.objects.filter(workflows__in=workflow_list_for_user(request.user))
+            .distinct()
+            .order_by("name"),
+            "can_create": request.user.has_perm("workflows.add_workflow"),
+        },
+    )
+
+
+def _teams_for(user: Any) -> Any:
+    """The teams a user may give a workflow to: their own teams (admins: every team)."""
+    if user.has_perm("accounts.change_team"):
+        return Team.objects.order_by("name")
+    return Team.objects.filter(group__user=user).order_by("name")
+
+
+def _decimal(value: str, field: str) -> Decimal:
+    try:
+        return Decimal(value or "0")
+    except InvalidOperation:
+        raise ValidationFailed(
+            "Check the highlighted field.", fields={field: ["Enter a number of minutes, e.g. 12.5."]}
+        ) from None
+
+
+@login_required
+def workflow_create_view(request: HttpRequest) -> HttpResponse:
+    """New workflow: blank, from a template of the gallery, or from an exported file."""
+    if not request.user.has_perm("workflows.add_workflow"):
+        raise PermissionDenied("Only analysts create workflows.")
+    from apps.workflows.gallery import gallery_templates, workflow_create_from_template
+
+    teams = _teams_for(request.user)
+    errors: dict[str, list[str]] = {}
+    problems: list[dict[str, Any]] = []
+    values = {"name": "", "description": "", "team": "", "baseline": "", "template": request.GET.get("template", "")}
+    if request.method == "POST":
+        values.update(
+            {key: request.POST.get(key, "").strip() for key in ("name", "description", "team", "baseline", "template")}
+        )
+        team = teams.filter(slug=values["team"]).first() if values["team"] else None
+        try:
+            if values["team"] and team is None:
+                raise ValidationFailed("Check the highlighted field.", fields={"team": ["Choose one of your teams."]})
+            baseline = _decimal(values["baseline"], "baseline")
+            upload = request.FILES.get("file")
+            if upload is not None:
+                from apps.workflows.exchange import workflow_import
+
+                result = workflow_import(actor=request.user, text=upload.read().decode("utf-8", "replace"), team=team)  # type: ignore[arg-type]
+                assert result.workflow is not None
+                messages.success(request, f'Imported "{result.workflow.name}" as a draft.')
+                return redirect("workflows:editor", slug=result.workflow.slug)
+            if values["template"]:
+                workflow = workflow_create_from_template(
+                    actor=request.user,  # type: ignore[arg-type]
+                    template=values["template"],
+                    name=values["name"],
+                    team=team,
+                )
+            else:
+                workflow = workflow_create(
+                    actor=request.user,  # type: ignore[arg-type]
+                    name=values["name"],
+                    description=values["description"],
+                    team=team,
+                    baseline_minutes_per_case=baseline,
+                )
+        except ValidationFailed as refusal:
+            errors = refusal.fields
+        except ApplicationError as refusal:
+            errors = {"__all__": [refusal.message]}
+            problems = list(refusal.extra.get("problems", []))
+        else:
+            return redirect("workflows:editor", slug=workflow.slug)
+    return render(
+        request,
+        "workflows/workflow_create.html",
+        {
+            "teams": teams,
+            "errors": errors,
+            "form_errors": errors.get("__all__", []),
+            "values": values,
+            "templates": gallery_templates(),
+            "problems": problems,
+        },
+        status=400 if errors else 200,
+    )
+
+
+def _editable(request: HttpRequest, slug: str) -> Workflow:
+    workflow = workflow_get_for_user(request.user, slug=slug)
+    if not workflow_can_edit(request.user, workflow):
+        raise PermissionDenied("You may view this workflow but not change it.")
+    return workflow
+
+
+@login_required
+def workflow_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    """Rename, describe, team, baseline minutes; archive and restore."""
+    workflow = _editable(request, slug)
+    teams = _teams_for(request.user)
+    errors: dict[str, list[str]] = {}
+    if request.method == "POST":
+        action = request.POST.get("action", "save")
+        try:
+            if action in ("archive", "restore"):
+                workflow_archive(actor=request.user, workflow=workflow, archived=action == "archive")  # type: ignore[arg-type]
+                messages.success(request, "Archived: it no longer starts runs." if action == "archive" else "Restored.")
+                return redirect("workflows:detail", slug=workflow.slug)
+            team_slug = request.POST.get("team", "")
+            team = teams.filter(slug=team_slug).first() if team_slug else None
+            if team_slug and team is None:
+                raise ValidationFailed("Check the highlighted field.", fields={"team": ["Choose one of your teams."]})
+            workflow_update(
+                actor=request.user,  # type: ignore[arg-type]
+                workflow=workflow,
+                name=request.POST.get("name", ""),
+                description=request.POST.get("description", ""),
+                team=team,
+                baseline_minutes_per_case=_decimal(request.POST.get("baseline", ""), "baseline"),
+            )
+        except ValidationFailed as refusal:
+            errors = refusal.fields
+        else:
+            messages.success(request, "Saved.")
+            return redirect("workflows:detail", slug=workflow.slug)
+    return render(
+        request,
+        "workflows/workflow_settings.html",
+        {
+            "workflow": workflow,
+            "teams": teams,
+            "errors": errors,
+            "values": request.POST if request.method == "POST" else None,
+        },
+        status=400 if errors else 200,
+    )
+
+
+# --- the workflow page ---------------------------------------------------------------------------------------
 
 
 @login_required
 def workflow_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    """A workflow, its published version's steps, and (loaded by htmx) its recent runs."""
+    """A workflow as a second analyst or a manager reads it: what it does (diagram and outline), its
+    versions, and its recent runs."""
     workflow = workflow_get_for_user(request.user, slug=slug)
     version = workflow_version_published_latest(workflow)
-    types = step_types()
-    steps = [
-        {**step, "type_name": types[step["type"]].name if step["type"] in types else step["type"]}
-        for step in (version.steps if version else [])
-    ]
+    graph = version.graph if version else {"steps": []}
     return render(
         request,
         "workflows/workflow_detail.html",
         {
             "workflow": workflow,
             "version": version,
-            "steps": steps,
-            "can_run": workflow_can_run(request.user, workflow) and version is not None,
+            "diagram": diagram_for_graph(graph) if version else None,
+            "outline": diagram_outline(graph) if version else [],
+            "draft": workflow_draft_for(workflow),
+            "can_run": workflow_can_run(request.user, workflow) and version is not None and not workflow.archived_at,
+            "can_edit": workflow_can_edit(request.user, workflow),
         },
     )
+
+
+# --- the builder ---------------------------------------------------------------------------------------------
+
+
+def _palette(query: str) -> list[dict[str, Any]]:
+    """Step types grouped by category, filtered by a search over name, description and slug."""
+    needle = query.strip().lower()
+    groups: dict[str, list[dict[str, str]]] = {category: [] for category in CATEGORIES}
+    for slug, step_type in step_types().items():
+        text = f"{step_type.name} {step_type.description} {slug}".lower()
+        if needle and needle not in text:
+            continue
+        groups.setdefault(step_type.category, []).append(
+            {"slug": slug, "name": step_type.name, "description": step_type.description}
+        )
+    return [{"category": category, "types": types} for category, types in groups.items() if types]
+
+
+def _summary(step: dict[str, Any]) -> str:
+    """One line saying what a step does, from its settings."""
+    config = step.get("config") if isinstance(step.get("config"), dict) else {}
+    assert isinstance(config, dict)
+    kind = step.get("type")
+    if kind == "llm.extract":
+        schema = config.get("json_schema") if isinstance(config.get("json_schema"), dict) else {}
+        count = len(schema.get("properties") or {}) if isinstance(schema, dict) else 0
+        return f"Extract {count} field{'s' if count != 1 else ''}" + (
+            f" with {config['model']}" if config.get("model") else ""
+        )
+    if kind == "llm.generate":
+        return (
+            "Generate "
+            + ("data for a schema" if config.get("output") == "json" else "text")
+            + (f" with {config['model']}" if config.get("model") else "")
+        )
+    if kind == "llm.classify":
+        return (
+            "Choose one of: " + ", ".join(map(str, config.get("labels") or [])) if config.get("labels") else "Classify"
+        )
+    if kind == "logic.if":
+        return f"If {config.get('condition') or '…'}"
+    if kind == "logic.switch":
+        return f"{len(config.get('cases') or [])} cases and a default"
+    if kind == "data.transform":
+        fields = config.get("fields") if isinstance(config.get("fields"), dict) else {}
+        return "Compute " + ", ".join(map(str, fields)) if fields else "Compute values"
+    if kind == "http.request":
+        return f"{config.get('method', 'POST')} {config.get('url') or '…'}"
+    if kind == "human.approval":
+        return f"Ask the {config.get('queue') or '…'} queue: {config.get('title', 'Approval needed')}"
+    if kind == "flow.foreach":
+        return f"Run {config.get('workflow') or '…'} for each of {config.get('items') or '…'}"
+    if kind == "flow.subworkflow":
+        return f"Run {config.get('workflow') or '…'}"
+    if kind == "util.delay":
+        return f"Wait {config.get('seconds', '…')} seconds"
+    if kind == "flow.parallel":
+        return "Start the lanes below at once"
+    return ""
+
+
+def _cards(tree: blocks.Tree, problems: list[Problem]) -> list[dict[str, Any]]:
+    """The outline as nested dicts for the template: each card with its lanes, problems and summary."""
+    types = step_types()
+    by_step: dict[str, list[Problem]] = {}
+    for problem in problems:
+        if problem.step:
+            by_step.setdefault(problem.step, []).append(problem)
+
+    def card(block: blocks.Block, lane: str, index: int, siblings: int) -> dict[str, Any]:
+        step_type = types.get(block.type)
+        lanes = []
+        for position, lane_item in enumerate(block.lanes or []):
+            address = blocks.lane_id(block, lane_item, index=position)
+            label = f'"{lane_item.label}"' if lane_item.label else f"Lane {position + 1}"
+            lanes.append({"id": address, "label": label, "cards": sequence(lane_item.blocks, address)})
+        _, always, fans_out = blocks._branching(block.step)
+        labels = step_type.branch_labels(block.step.get("config") or {}) if step_type else ()
+        return {
+            "key": block.key,
+            "name": block.step.get("name") or block.key,
+            "type": block.type,
+            "type_name": step_type.name if step_type else f"Unknown type {block.type}",
+            "category": step_type.category if step_type else "Data",
+            "summary": _summary(block.step),
+            "problems": by_step.get(block.key, []),
+            "lanes": lanes,
+            "fans_out": fans_out,
+            "new_lane": blocks.lane_id(block, blocks.Lane(""), index=len(block.lanes or [])) if fans_out else "",
+            "can_branch": bool(labels) and block.lanes is None and not always and not fans_out,
+            "branch_labels": labels,
+            "error_lane": {"id": f"{block.key}/error", "cards": sequence(block.on_error, f"{block.key}/error")}
+            if block.on_error is not None
+            else None,
+            "error_mode": blocks.block_error_mode(block),
+            "wait": block.wait,
+            "lane": lane,
+            "index": index,
+            "first": index == 0 and lane == blocks.ROOT,
+            "last": index == siblings - 1 and lane == blocks.ROOT,
+            "retry": (block.step.get("retry") or {}).get("max_attempts", 1)
+            if isinstance(block.step.get("retry"), dict)
+            else 1,
+        }
+
+    def sequence(items: list[blocks.Block], lane: str) -> list[dict[str, Any]]:
+        return [card(block, lane, index, len(items)) for index, block in enumerate(items)]
+
+    return sequence(tree.blocks, blocks.ROOT)
+
+
+def _step_panel(draft: WorkflowVersion, key: str, posted: QueryDict | None = None) -> dict[str, Any] | None:
+    """The side panel of one step: its generated form with errors under each field, and the data picker."""
+    step = next((s for s in draft.graph.get("steps", []) if isinstance(s, dict) and s.get("key") == key), None)
+    if step is None:
+        return None
+    step_type = step_types().get(str(step.get("type")))
+    config = step.get("config") if isinstance(step.get("config"), dict) else {}
+    assert isinstance(config, dict)
+    fields = form_fields(step_type.config_schema(), config) if step_type else []
+    problems = [p for p in workflow_version_problems(draft) if p.step == key]
+    unplaced = attach_errors(fields, [(p.field, p.message) for p in problems if not p.field.startswith("@")])
+    option_problems = {p.field[1:].split(".")[0]: p.message for p in problems if p.field.startswith("@")}
+    references = references_for_step(draft.graph, draft.input_schema, key)
+    _decorate(fields, draft)
+    retry = step.get("retry") if isinstance(step.get("retry"), dict) else {}
+    assert isinstance(retry, dict)
+    return {
+        "step": step,
+        "type": step_type,
+        "fields": fields,
+        "unplaced": unplaced,
+        "option_problems": option_problems,
+        "references": references,
+        "reference_groups": _group(references),
+        "retry": {**RetryPolicy().model_dump(), **retry},
+        "schema_types": SCHEMA_TYPES,
+    }
+
+
+def _decorate(fields: list[Any], draft: WorkflowVersion) -> None:
+    """Chips under template and expression fields: the data each one uses, in readable words."""
+    for form_field in fields:
+        if form_field.widget in ("template", "cel"):
+            form_field.chips = references_in(form_field.value, draft.graph, draft.input_schema)
+        elif form_field.widget == "keyvalue":
+            form_field.chips = [
+                chip
+                for _, value, _ in form_field.value
+                for chip in references_in(value, draft.graph, draft.input_schema)
+            ]
+        _decorate(form_field.children, draft)
+
+
+def _group(references: list[Any]) -> list[dict[str, Any]]:
+    groups: dict[str, list[Any]] = {}
+    for reference in references:
+        groups.setdefault(reference.group, []).append(reference)
+    return [{"name": name, "items": items} for name, items in groups.items()]
+
+
+def _builder_context(request: HttpRequest, workflow: Workflow, draft: WorkflowVersion) -> dict[str, Any]:
+    problems = workflow_version_problems(draft)
+    try:
+        tree = blocks.tree_from_graph(draft.graph)
+        read_only_reason = ""
+    except NotBlockStructured as error:
+        tree, read_only_reason = blocks.Tree(blocks=[]), str(error)
+    selected = request.GET.get("step", "")
+    insert = request.GET.get("insert", "")
+    panel: dict[str, Any] = {"kind": "help"}
+    if selected:
+        step_panel = _step_panel(draft, selected)
+        if step_panel is not None:
+            panel = {"kind": "step", **step_panel}
+    elif insert:
+        lane, _, index = insert.rpartition(":")
+        panel = {
+            "kind": "palette",
+            "lane": lane,
+            "index": index,
+            "query": request.GET.get("q", ""),
+            "groups": _palette(request.GET.get("q", "")),
+            "where": dict((address, name) for address, _, _, name in blocks.lanes_of(tree)).get(lane, "the workflow"),
+        }
+    return {
+        "workflow": workflow,
+        "draft": draft,
+        "cards": _cards(tree, problems),
+        "lanes": blocks.lanes_of(tree),
+        "read_only_reason": read_only_reason,
+        "problems": problems,
+        "workflow_problems": [p for p in problems if not p.step],
+        "panel": panel,
+        "focus": request.GET.get("focus", ""),
+        "focus_control": request.GET.get("control", ""),
+        "diagram": diagram_for_graph(draft.graph) if read_only_reason else None,
+        "published": workflow_version_published_latest(workflow),
+        "error_modes": blocks.ERROR_MODES,
+        "sortable_available": (settings.SORTABLE_DIR / "Sortable.min.js").is_file(),
+    }
+
+
+@login_required
+def workflow_editor(request: HttpRequest, slug: str) -> HttpResponse:
+    """The builder: the outline of step cards, the side panel (palette, a step's settings), the problems."""
+    workflow = _editable(request, slug)
+    draft = workflow_draft_get_or_create(actor=request.user, workflow=workflow)  # type: ignore[arg-type]
+    return render(request, "workflows/editor.html", _builder_context(request, workflow, draft))
+
+
+def _revision(request: HttpRequest) -> int | None:
+    raw = request.POST.get("revision", "")
+    return int(raw) if raw.isdigit() and not request.POST.get("overwrite") else None
+
+
+def _back(slug: str, **params: str) -> HttpResponse:
+    query = urlencode({k: v for k, v in params.items() if v})
+    return redirect(
+        reverse("workflows:editor", args=[slug])
+        + (f"?{query}" if query else "")
+        + (f"#card-{params['focus']}" if params.get("focus") else "")
+    )
+
+
+def _conflict(request: HttpRequest, workflow: Workflow, error: DraftConflict) -> HttpResponse:
+    """The builder again, with the other person's change, and the refused request ready to re-send."""
+    draft = workflow_draft_get_or_create(actor=request.user, workflow=workflow)  # type: ignore[arg-type]
+    context = _builder_context(request, workflow, draft)
+    context["conflict"] = {
+        "message": error.message,
+        "action": request.path,
+        "fields": [
+            (name, value)
+            for name, values in request.POST.lists()
+            for value in values
+            if name not in ("csrfmiddlewaretoken", "revision")
+        ],
+    }
+    return render(request, "workflows/editor.html", context, status=409)
+
+
+@login_required
+@require_POST
+def workflow_editor_operation(request: HttpRequest, slug: str) -> HttpResponse:
+    """One outline operation (insert, move, move to, duplicate, delete, error handling, join, undo)."""
+    workflow = _editable(request, slug)
+    operation = request.POST.get("operation", "")
+    data = {
+        name: request.POST.get(name)
+        for name in ("key", "lane", "index", "type", "direction", "mode", "wait", "new_key")
+    }
+    try:
+        result = draft_edit(
+            actor=request.user,  # type: ignore[arg-type]
+            workflow=workflow,
+            operation=operation,
+            data=data,
+            expected_revision=_revision(request),
+        )
+    except DraftConflict as error:
+        return _conflict(request, workflow, error)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return _back(slug, focus=str(data.get("key") or ""))
+    messages.success(request, result.message)
+    panel_step = result.focus if operation in ("insert", "duplicate") else request.POST.get("panel_step", "")
+    control = request.POST.get("control") or request.POST.get("direction", "")
+    return _back(slug, focus=result.focus or "", step=panel_step or "", control=control)
+
+
+@login_required
+@require_POST
+def workflow_editor_step(request: HttpRequest, slug: str, key: str) -> HttpResponse:
+    """Save a step's settings from its side panel. Values that fail validation are saved as typed and shown
+    with their problem under the field."""
+    workflow = _editable(request, slug)
+    draft = workflow_draft_get_or_create(actor=request.user, workflow=workflow)  # type: ignore[arg-type]
+    step = next((s for s in draft.graph.get("steps", []) if isinstance(s, dict) and s.get("key") == key), None)
+    if step is None:
+        raise Http404("No such step in the draft.")
+    step_type = step_types().get(str(step.get("type")))
+    current = step.get("config") if isinstance(step.get("config"), dict) else {}
+    assert isinstance(current, dict)
+    config = (
+        config_from_post(form_fields(step_type.config_schema(), current), request.POST, current)
+        if step_type
+        else current
+    )
+    new_step: dict[str, Any] = {"config": config, "name": request.POST.get("name", "").strip()[:120]}
+    attempts, backoff, timeout = (
+        request.POST.get(n, "").strip() for n in ("retry_attempts", "retry_backoff", "timeout_seconds")
+    )
+    retry = dict(step.get("retry") or {}) if isinstance(step.get("retry"), dict) else {}
+    if attempts:
+        retry["max_attempts"] = int(attempts) if attempts.isdigit() else attempts
+    if backoff:
+        try:
+            retry["backoff_seconds"] = float(backoff)
+        except ValueError:
+            retry["backoff_seconds"] = backoff
+    new_step["retry"] = retry or None
+    if timeout:
+        try:
+            new_step["timeout_seconds"] = float(timeout)
+        except ValueError:
+            new_step["timeout_seconds"] = timeout
+    else:
+        new_step["timeout_seconds"] = None
+    new_key = request.POST.get("key", "").strip()
+    if new_key and new_key != key:
+        new_step["key"] = new_key
+    try:
+        result = draft_edit(
+            actor=request.user,  # type: ignore[arg-type]
+            workflow=workflow,
+            operation="configure",
+            data={"key": key, "step": {k: v for k, v in new_step.items()}},
+            expected_revision=_revision(request),
+        )
+    except DraftConflict as error:
+        return _conflict(request, workflow, error)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return _back(slug, focus=key, step=key)
+    problems = [p for p in workflow_version_problems(result.draft) if p.step == result.focus]
+    if problems:
+        messages.warning(
+            request,
+            f"Saved, with {len(problems)} problem{'s' if len(problems) != 1 else ''} to fix (shown under the fields).",
+        )
+    else:
+        messages.success(request, result.message)
+    return _back(slug, focus=result.focus or key, step=result.focus or key)
+
+
+@login_required
+@require_POST
+def workflow_publish(request: HttpRequest, slug: str) -> HttpResponse:
+    """Publish the draft with a change note; refused with every problem while any remain."""
+    workflow = _editable(request, slug)
+    draft = workflow_draft_for(workflow)
+    if draft is None:
+        messages.error(request, "There is no draft to publish.")
+        return redirect("workflows:detail", slug=slug)
+    try:
+        version = workflow_version_publish(
+            actor=request.user,  # type: ignore[arg-type]
+            version=draft,
+            note=request.POST.get("note", ""),
+            expected_revision=_revision(request),
+        )
+    except DraftConflict as error:
+        return _conflict(request, workflow, error)
+    except ApplicationError as error:
+        count = len(error.extra.get("problems", []))
+        messages.error(request, f"{error.message} Fix the {count} problem{'s' if count != 1 else ''} listed first.")
+        return _back(slug)
+    messages.success(request, f"Published version {version.number}. New runs use it; running ones keep theirs.")
+    return redirect("workflows:versions", slug=slug)
+
+
+# --- versions ------------------------------------------------------------------------------------------------
+
+
+@login_required
+def workflow_versions(request: HttpRequest, slug: str) -> HttpResponse:
+    """Every version: who published what and when, with its note and run count; compare any two."""
+    workflow = workflow_get_for_user(request.user, slug=slug)
+    versions = list(workflow_version_list(workflow))
+    rows = [
+        {"version": version, "previous": versions[index + 1].number if index + 1 < len(versions) else None}
+        for index, version in enumerate(versions)
+    ]
+    live = next((version.number for version in versions if version.is_published), None)
+    return render(
+        request,
+        "workflows/versions.html",
+        {
+            "workflow": workflow,
+            "versions": versions,
+            "rows": rows,
+            "live": live,
+            "can_edit": workflow_can_edit(request.user, workflow),
+        },
+    )
+
+
+def _number(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+@login_required
+def workflow_compare(request: HttpRequest, slug: str) -> HttpResponse:
+    """The semantic diff between two versions (steps added, removed, moved; fields before and after)."""
+    workflow = workflow_get_for_user(request.user, slug=slug)
+    versions = list(workflow_version_list(workflow))
+    if len(versions) < 2:
+        return render(request, "workflows/compare.html", {"workflow": workflow, "versions": versions, "diff": None})
+    first, second = _number(request.GET.get("from")), _number(request.GET.get("to"))
+    before = workflow_version_get(workflow, number=first) if first else versions[1]
+    after = workflow_version_get(workflow, number=second) if second else versions[0]
+    diff = version_diff(before.graph, before.input_schema, after.graph, after.input_schema)
+    types = step_types()
+    return render(
+        request,
+        "workflows/compare.html",
+        {
+            "workflow": workflow,
+            "versions": versions,
+            "before": before,
+            "after": after,
+            "diff": diff,
+            "type_names": {slug: t.name for slug, t in types.items()},
+            "before_diagram": diagram_for_graph(before.graph),
+            "after_diagram": diagram_for_graph(after.graph),
+        },
+    )
+
+
+@login_required
+@require_POST
+def workflow_version_restore(request: HttpRequest, slug: str, number: int) -> HttpResponse:
+    """Make an earlier version the draft (the draft before is one undo away)."""
+    workflow = _editable(request, slug)
+    version = workflow_version_get(workflow, number=number)
+    try:
+        workflow_version_restore_as_draft(actor=request.user, version=version)  # type: ignore[arg-type]
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return redirect("workflows:versions", slug=slug)
+    messages.success(request, f"Version {number} is now the draft. Undo brings back the draft you had.")
+    return redirect("workflows:editor", slug=slug)
+
+
+# --- the run form designer ---------------------------------------------------------------------------------
+
+
+def _rows_from_post(data: QueryDict) -> list[InputRow]:
+    count = int(data.get("rows", "0") or 0) if (data.get("rows", "0") or "0").isdigit() else 0
+    return [
+        InputRow(
+            name=data.get(f"row.{index}.name", ""),
+            label=data.get(f"row.{index}.label", ""),
+            kind=data.get(f"row.{index}.kind", "short_text"),
+            required=f"row.{index}.required" in data,
+            help=data.get(f"row.{index}.help", ""),
+            default=data.get(f"row.{index}.default", ""),
+            choices=data.get(f"row.{index}.choices", ""),
+        )
+        for index in range(min(count, 200))
+    ]
+
+
+def _inputs_panel(
+    draft: WorkflowVersion, rows: list[InputRow] | None = None, preview_data: Any = None
+) -> dict[str, Any]:
+    schema = draft.input_schema if isinstance(draft.input_schema, dict) else {}
+    rows = rows if rows is not None else rows_from_schema(schema)
+    preview_schema, _ = schema_from_rows([InputRow(**{**row.__dict__, "errors": []}) for row in rows])
+    try:
+        preview = (
+            input_form_class(preview_schema)(data=preview_data)
+            if preview_data is not None
+            else input_form_class(preview_schema)()
+        )
+    except (TypeError, ValueError):
+        preview = None
+    samples = [example for example in schema.get("examples", []) if isinstance(example, dict)]
+    return {
+        "kind": "inputs",
+        "rows": [*rows, InputRow()],
+        "kinds": KINDS,
+        "preview": preview,
+        "samples": samples,
+    }
+
+
+@login_required
+def workflow_editor_inputs(request: HttpRequest, slug: str) -> HttpResponse:
+    """The run form designer: the input fields as rows, a live preview, and saved sample inputs."""
+    workflow = _editable(request, slug)
+    draft = workflow_draft_get_or_create(actor=request.user, workflow=workflow)  # type: ignore[arg-type]
+    if request.method != "POST":
+        context = _builder_context(request, workflow, draft)
+        context["panel"] = _inputs_panel(draft)
+        return render(request, "workflows/editor.html", context)
+    action = request.POST.get("action", "fields")
+    schema = dict(draft.input_schema) if isinstance(draft.input_schema, dict) else {}
+    rows: list[InputRow] | None = None
+    label = "Change the run form"
+    if action == "fields":
+        rows = _rows_from_post(request.POST)
+        schema, valid = schema_from_rows(rows, examples=schema.get("examples"))
+        if not valid:
+            label = "Change the run form (with problems)"
+    elif action == "add_sample":
+        values, errors = input_validate(schema, {k: v for k, v in _preview_values(request.POST, schema).items()})
+        if errors:
+            context = _builder_context(request, workflow, draft)
+            context["panel"] = _inputs_panel(draft, preview_data=request.POST)
+            messages.error(request, "The sample was not saved: fix the fields marked in the preview.")
+            return render(request, "workflows/editor.html", context, status=400)
+        sample_label = (
+            request.POST.get("sample_label", "").strip()[:80] or f"Sample {len(schema.get('examples', [])) + 1}"
+        )
+        schema["examples"] = [*schema.get("examples", []), {"label": sample_label, **values}]
+        label = f'Save sample "{sample_label}"'
+    elif action == "delete_sample":
+        index = _number(request.POST.get("sample"))
+        examples = list(schema.get("examples", []))
+        if index is not None and 0 <= index < len(examples):
+            removed = examples.pop(index)
+            schema["examples"] = examples
+            label = f'Delete sample "{removed.get("label", index + 1) if isinstance(removed, dict) else index + 1}"'
+    try:
+        workflow_draft_save(
+            actor=request.user,  # type: ignore[arg-type]
+            workflow=workflow,
+            graph=draft.graph,
+            input_schema=schema,
+            expected_revision=_revision(request),
+            label=label,
+        )
+    except DraftConflict as error:
+        return _conflict(request, workflow, error)
+    if rows is not None and any(row.errors for row in rows):
+        draft.refresh_from_db()
+        context = _builder_context(request, workflow, draft)
+        context["panel"] = _inputs_panel(draft, rows=rows)
+        messages.warning(request, "Saved the valid fields; fix the fields marked below.")
+        return render(request, "workflows/editor.html", context, status=400)
+    messages.success(
+        request, label.replace("Change", "Changed").replace("Save", "Saved").replace("Delete", "Deleted") + "."
+    )
+    return redirect(reverse("workflows:editor-inputs", args=[slug]) + "#panel")
+
+
+def _preview_values(data: QueryDict, schema: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, spec in (schema.get("properties") or {}).items():
+        if isinstance(spec, dict) and spec.get("type") == "boolean":
+            values[name] = name in data
+        elif name in data:
+            values[name] = data.get(name)
+    return values
+
+
+# --- live checks -------------------------------------------------------------------------------------------
+
+
+@login_required
+def workflow_check_expression(request: HttpRequest, slug: str, key: str) -> HttpResponse:
+    """Check an expression or template as it is typed: whether it parses, and whether the steps it reads
+    always run before this one. Answers a short sentence (plain text) for the field's live region."""
+    workflow = _editable(request, slug)
+    draft = workflow_draft_for(workflow)
+    text = request.GET.get("text", "")[:20000]
+    widget = request.GET.get("widget", "cel")
+    problem = cel_check(text) if widget == "cel" else template_check(text)
+    if problem:
+        return HttpResponse(f"Does not parse: {problem}", content_type="text/plain; charset=utf-8")
+    if draft is not None and text.strip():
+        allowed = {reference.expression.split(".")[1] for reference in references_for_step(draft.graph, {}, key)}
+        steps = {str(s.get("key")) for s in draft.graph.get("steps", []) if isinstance(s, dict)}
+        for expression, _ in references_in(text, draft.graph, draft.input_schema):
+            root, name = expression.split(".")[:2]
+            if root == "steps" and name not in steps:
+                return HttpResponse(f'There is no step "{name}".', content_type="text/plain; charset=utf-8")
+            if root == "steps" and name not in allowed:
+                return HttpResponse(
+                    f'Step "{name}" does not always run before this one, so its output may be missing.',
+                    content_type="text/plain; charset=utf-8",
+                )
+    return HttpResponse("✓ Looks right." if text.strip() else "", content_type="text/plain; charset=utf-8")

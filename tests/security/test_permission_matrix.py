@@ -12,11 +12,27 @@ from apps.runs.services import run_start
 # Route name → {persona: expected status}. "anonymous" is redirected (pages) or refused (API).
 OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED = 200, 404, 403, 302, 403
 EVERYONE_SIGNED_IN = {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": OK}
+# The owner edits; her teammate and the manager may see the workflow but not change it; others may not know it.
+EDIT_ONLY_OWNER = {"analyst": OK, "reviewer": FORBIDDEN, "manager": FORBIDDEN, "outsider": HIDDEN, "anonymous": LOGIN}
 
 MATRIX: dict[str, dict[str, int]] = {
     "home": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "workflows:list": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "workflows:detail": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN},
+    # Only analysts create workflows; only the owner (and admins) change one; whoever sees it reads its versions.
+    "workflows:create": {
+        "analyst": OK,
+        "reviewer": FORBIDDEN,
+        "manager": FORBIDDEN,
+        "outsider": FORBIDDEN,
+        "anonymous": LOGIN,
+    },
+    "workflows:settings": {**EDIT_ONLY_OWNER},
+    "workflows:editor": {**EDIT_ONLY_OWNER},
+    "workflows:editor-inputs": {**EDIT_ONLY_OWNER},
+    "workflows:check-expression": {**EDIT_ONLY_OWNER},
+    "workflows:versions": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN},
+    "workflows:compare": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN},
     "runs:list": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "runs:detail": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN},
     # Managers read everything but run nothing: they may see the workflow, so they are told no (403);
@@ -31,6 +47,15 @@ MATRIX: dict[str, dict[str, int]] = {
         "anonymous": UNAUTHENTICATED,
     },
     "api:run-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
+    # Export: whoever may see the workflow; the file format's JSON Schema: everyone signed in.
+    "api:workflow-export": {
+        "analyst": OK,
+        "reviewer": OK,
+        "manager": OK,
+        "outsider": HIDDEN,
+        "anonymous": UNAUTHENTICATED,
+    },
+    "api:workflow-document-schema": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:approval-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:run-detail": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": UNAUTHENTICATED},
     "api:run-calls": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": UNAUTHENTICATED},
@@ -69,6 +94,11 @@ EXEMPT = {
     # Probe and enable/disable (POST): tests/inference/test_endpoint_pages.py covers them by persona.
     "inference:endpoint-probe",
     "inference:endpoint-toggle",
+    # The builder's writes (POST only): test_builder_writes_by_persona below covers them.
+    "workflows:editor-operation",
+    "workflows:editor-step",
+    "workflows:publish",
+    "workflows:version-restore",
     # Approval requests need a run parked at an approval step: tests/approvals covers them by persona.
     "api:approval-detail",
     "api:approval-decide",
@@ -77,6 +107,8 @@ EXEMPT = {
     "healthz",
     "api:auth-token",
     "api:workflow-run-start",
+    # Import (POST): tests/workflows/test_exchange.py covers who may import into what.
+    "api:workflow-import",
 }
 PERSONAS = ["analyst", "reviewer", "manager", "outsider", "anonymous"]
 
@@ -111,9 +143,16 @@ def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
         "run": run,
         "args": {
             "workflows:detail": [claims_workflow.slug],
+            "workflows:settings": [claims_workflow.slug],
+            "workflows:editor": [claims_workflow.slug],
+            "workflows:editor-inputs": [claims_workflow.slug],
+            "workflows:check-expression": [claims_workflow.slug, "extract"],
+            "workflows:versions": [claims_workflow.slug],
+            "workflows:compare": [claims_workflow.slug],
             "runs:detail": [run.pk],
             "runs:create": [claims_workflow.slug],
             "api:workflow-detail": [claims_workflow.slug],
+            "api:workflow-export": [claims_workflow.slug],
             "api:run-detail": [run.pk],
             "api:run-calls": [run.pk],
             "inference:endpoint-edit": [endpoint.pk],
@@ -225,3 +264,39 @@ def test_replay_what_if_by_persona(analyst, reviewer, manager, outsider, claims_
         created = Run.objects.count() - before
         # The reviewer may replay (she may run the workflow) but not change its steps.
         assert created == {"analyst": 2, "reviewer": 1}.get(persona, 0), persona
+
+
+# The builder's writes: the owner changes the draft (a redirect back to the builder); her teammate and the manager
+# see the workflow but may not change it (403); the outsider may not know it exists (404); nobody else's change
+# reaches the draft.
+BUILDER_WRITES = {"analyst": 302, "reviewer": 403, "manager": 403, "outsider": 404, "anonymous": 302}
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_builder_writes_by_persona(world, persona):
+    from apps.workflows.models import WorkflowVersion
+    from apps.workflows.services import workflow_draft_get_or_create
+
+    workflow = world["workflow"]
+    draft = workflow_draft_get_or_create(actor=world["personas"]["analyst"], workflow=workflow)
+    client = _client(world, persona)
+    slug = workflow.slug
+    posts = [
+        (
+            f"/workflows/{slug}/edit/operation/",
+            {"operation": "insert", "type": "util.delay", "lane": "root", "index": "0"},
+        ),
+        (f"/workflows/{slug}/edit/steps/decide/", {"name": "Renamed"}),
+        (f"/workflows/{slug}/edit/run-form/", {"action": "fields", "rows": "0"}),
+        (f"/workflows/{slug}/edit/publish/", {"note": "x"}),
+        (f"/workflows/{slug}/versions/1/restore/", {}),
+        (f"/workflows/{slug}/settings/", {"action": "archive"}),
+    ]
+    for url, body in posts:
+        response = client.post(url, body)
+        assert response.status_code == BUILDER_WRITES[persona], f"{persona} POST {url}"
+        if persona == "anonymous":
+            assert "/accounts/login/" in response["Location"]
+    draft.refresh_from_db()
+    changed = draft.revision > 1 or not WorkflowVersion.objects.filter(pk=draft.pk, state="draft").exists()
+    assert changed == (persona == "analyst")

@@ -28,3 +28,19 @@ def seconds(value: float | None) -> str:
         return f"{value:.1f} s"
     minutes, rest = divmod(int(value), 60)
     return f"{minutes} min {rest} s"
+
+
+@register.filter
+def get_item(mapping: Any, key: Any) -> Any:
+    """`mapping[key]` in a template, or None."""
+    return mapping.get(key) if isinstance(mapping, dict) else None
+
+
+@register.filter
+def display_value(value: Any) -> str:
+    """A value for people: text as it is, anything else as indented JSON (escaped by the engine)."""
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False, cls=DjangoJSONEncoder)

@@ -12,6 +12,7 @@ from apps.steps.registry import register
 class DataTransformConfig(StepConfig):
     fields: dict[str, str] = Field(
         min_length=1,
+        json_schema_extra={"x-widget": "cel"},
         description="Output field name → CEL expression over `input` and `steps`, e.g. "
         '`steps.extract.data.amount < 1000.0 ? "auto_approve" : "adjuster_queue"`.',
     )

@@ -78,7 +78,11 @@ class Subworkflow(StepType):
 
 
 class ForeachConfig(StepConfig):
-    items: str = Field(min_length=1, description="CEL giving a list, e.g. `input.skus`.")
+    items: str = Field(
+        min_length=1,
+        description="An expression giving a list, e.g. `input.skus`.",
+        json_schema_extra={"x-widget": "cel"},
+    )
     workflow: str = Field(min_length=1, description="Slug of the workflow run once per item.")
     version: int | None = Field(None, ge=1, description="Pinned when the parent version is published.")
     item_input: str = Field("item", description="Name of the child workflow's input field that gets the item.")

@@ -16,9 +16,20 @@ from apps.steps.registry import register
 
 class HttpRequestConfig(StepConfig):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
-    url: str = Field(min_length=1, description="Text template, e.g. https://erp.example.com/invoices")
-    headers: dict[str, str] = Field(default_factory=dict, description="Header name → text template.")
-    body: str = Field("", description="Text template for the request body (JSON is sent as application/json).")
+    url: str = Field(
+        min_length=1,
+        title="URL",
+        description="Text template, e.g. https://erp.example.com/invoices",
+        json_schema_extra={"x-widget": "template", "x-rows": 1},
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Header name → text template.", json_schema_extra={"x-widget": "template"}
+    )
+    body: str = Field(
+        "",
+        description="Text template for the request body (JSON is sent as application/json).",
+        json_schema_extra={"x-widget": "template"},
+    )
     timeout_seconds: float = Field(30, gt=0, le=600)
     delivery: Literal["at_least_once", "at_most_once"] = Field(
         "at_least_once",

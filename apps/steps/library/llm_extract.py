@@ -22,7 +22,11 @@ REPAIR_PROMPT = (
 
 
 class LlmExtractConfig(LlmStepConfig):
-    json_schema: dict[str, Any] = Field(description="The JSON Schema (an object with properties) the data must fit.")
+    json_schema: dict[str, Any] = Field(
+        description="The fields to extract: each with a name, a type, and whether it is required.",
+        title="Fields to extract",
+        json_schema_extra={"x-widget": "schema-table"},
+    )
     repair_attempts: int = Field(1, ge=0, le=3, description="Extra calls that show the model its validation errors.")
     constrained: bool = Field(
         True, description="Ask the server to constrain decoding to the schema (TGI grammar, response_format)."

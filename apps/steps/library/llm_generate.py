@@ -16,7 +16,10 @@ from apps.steps.registry import register
 class LlmGenerateConfig(LlmStepConfig):
     output: Literal["text", "json"] = Field("text", description="text, or json to get data for json_schema.")
     json_schema: dict[str, Any] | None = Field(
-        None, description="Required when output is json: the JSON Schema the reply must satisfy."
+        None,
+        title="Reply fields",
+        description="Required when output is json: the fields the reply must have.",
+        json_schema_extra={"x-widget": "schema-table"},
     )
 
 

@@ -26,7 +26,11 @@ def _condition(step_key: str, label: str, expression: str, context: StepContext)
 
 
 class IfConfig(StepConfig):
-    condition: str = Field(min_length=1, description="CEL, e.g. `steps.extract.data.amount > 1000.0`.")
+    condition: str = Field(
+        min_length=1,
+        description="An expression, e.g. `steps.extract.data.amount > 1000.0`.",
+        json_schema_extra={"x-widget": "cel"},
+    )
 
 
 @register
@@ -55,8 +59,15 @@ class If(StepType):
 
 
 class SwitchCase(StepConfig):
-    label: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    condition: str = Field(min_length=1)
+    label: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The branch's name: letters, digits, - and _.",
+    )
+    condition: str = Field(
+        min_length=1, description="When this is true, take this branch.", json_schema_extra={"x-widget": "cel"}
+    )
 
 
 class SwitchConfig(StepConfig):

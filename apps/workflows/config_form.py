@@ -1,0 +1,330 @@
+"""Step settings as a form, generated from the step type's pydantic JSON Schema, and parsed back.
+
+One definition drives validation and the builder's side panel: `form_fields` turns a schema and the step's
+current config into a tree of `FormField`s (text, long text, template, expression, number, yes/no, choice,
+list, key/value rows, nested group, and the extraction field table); `config_from_post` reads the posted
+form back into a config. Values that do not parse (a word in a number field) are kept as typed, so the
+draft saves them and the validator shows the problem under the field instead of losing the input.
+
+Field names are dotted paths under "config." ("config.guardrails.mask_pii"); rows of lists and key/value
+fields add an index ("config.fields.0.name").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.http import QueryDict
+
+ROW_SPARES = 1  # empty rows offered at the end of key/value lists, for adding one without a round trip
+SCHEMA_TYPES = {
+    "string": "Text",
+    "number": "Number",
+    "integer": "Whole number",
+    "boolean": "Yes / no",
+    "array": "List of text",
+    "enum": "One of",
+}
+
+
+@dataclass
+class FormField:
+    """One control of the side panel (see the module docstring)."""
+
+    name: str
+    label: str
+    widget: str
+    value: Any = None
+    help: str = ""
+    required: bool = False
+    choices: list[tuple[str, str]] = field(default_factory=list)
+    minimum: float | None = None
+    maximum: float | None = None
+    rows: int = 3
+    children: list[FormField] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    item_widget: str = "text"  # for key/value rows: the value's widget (text, template, cel)
+    chips: list[tuple[str, str]] = field(default_factory=list)  # references a template/expression uses
+
+    @property
+    def html_id(self) -> str:
+        return "field-" + re.sub(r"[^A-Za-z0-9_-]", "-", self.name)
+
+
+def _label(name: str, spec: dict[str, Any]) -> str:
+    title = spec.get("title")
+    if title and title.replace(" ", "").lower() != name.replace("_", "").lower():
+        return str(title)
+    return name.replace("_", " ").capitalize()
+
+
+def _resolve(spec: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The spec with a `$ref` followed and an `anyOf [X, null]` unwrapped; and whether null is allowed."""
+    nullable = False
+    if "anyOf" in spec:
+        options = [option for option in spec["anyOf"] if option.get("type") != "null"]
+        nullable = len(options) < len(spec["anyOf"])
+        if len(options) == 1:
+            spec = {**options[0], **{k: v for k, v in spec.items() if k != "anyOf"}}
+    if "$ref" in spec:
+        target = defs.get(spec["$ref"].split("/")[-1], {})
+        spec = {**target, **{k: v for k, v in spec.items() if k != "$ref"}}
+    return spec, nullable
+
+
+def _widget(spec: dict[str, Any]) -> str:
+    hint = spec.get("x-widget")
+    kind = spec.get("type")
+    if hint == "schema-table":
+        return "schema_table"
+    if kind == "object" and isinstance(spec.get("additionalProperties"), dict):
+        return "keyvalue"
+    if kind == "object" and "properties" in spec:
+        return "group"
+    if "enum" in spec:
+        return "select"
+    if kind == "boolean":
+        return "checkbox"
+    if kind in ("integer", "number"):
+        return kind
+    if kind == "array" and spec.get("items", {}).get("type") == "string":
+        return "lines"
+    if kind == "array" and "properties" in spec.get("items", {}):
+        return "rows"
+    if kind == "string":
+        if hint in ("template", "cel"):
+            return hint
+        return "text"
+    return "json"
+
+
+def _fields(schema: dict[str, Any], value: Any, prefix: str, defs: dict[str, Any]) -> list[FormField]:
+    value = value if isinstance(value, dict) else {}
+    required = set(schema.get("required", []))
+    result = []
+    for name, raw_spec in schema.get("properties", {}).items():
+        spec, nullable = _resolve(raw_spec, defs)
+        path = f"{prefix}.{name}"
+        widget = _widget(spec)
+        current = value.get(name, spec.get("default"))
+        form_field = FormField(
+            name=path,
+            label=_label(name, spec),
+            widget=widget,
+            value=current,
+            help=str(spec.get("description") or raw_spec.get("description") or ""),
+            required=name in required,
+            minimum=spec.get("minimum", spec.get("exclusiveMinimum")),
+            maximum=spec.get("maximum"),
+            rows=int(spec.get("x-rows", 4)),
+        )
+        if widget == "select":
+            form_field.choices = [("", "—")] if nullable or (name not in required and "default" not in spec) else []
+            form_field.choices += [(str(option), str(option).replace("_", " ")) for option in spec["enum"]]
+        elif widget == "group":
+            form_field.children = _fields(spec, current, path, defs)
+        elif widget == "rows":
+            item, _ = _resolve(spec["items"], defs)
+            rows = current if isinstance(current, list) else []
+            form_field.children = [
+                FormField(
+                    name=f"{path}.{index}",
+                    label=f"{form_field.label} {index + 1}",
+                    widget="group",
+                    children=_fields(item, row, f"{path}.{index}", defs),
+                )
+                for index, row in enumerate([*rows, *([{}] * ROW_SPARES)])
+            ]
+        elif widget == "keyvalue":
+            form_field.item_widget = str(spec.get("x-widget") or "text")
+            pairs = list(current.items()) if isinstance(current, dict) else []
+            form_field.value = [
+                (key, item, f"{form_field.html_id}-{index}-value")
+                for index, (key, item) in enumerate([*pairs, *([("", "")] * ROW_SPARES)])
+            ]
+        elif widget == "lines" and isinstance(current, list):
+            form_field.value = "\n".join(str(item) for item in current)
+        elif widget == "json":
+            form_field.value = "" if current is None else json.dumps(current, indent=2)
+        elif widget == "schema_table":
+            form_field.value = schema_rows(current) + [SchemaRow()] * ROW_SPARES
+        result.append(form_field)
+    return result
+
+
+def form_fields(config_schema: dict[str, Any], config: dict[str, Any]) -> list[FormField]:
+    """The side panel's controls for a step type's config schema, filled with `config`."""
+    return _fields(config_schema, config, "config", config_schema.get("$defs", {}))
+
+
+def attach_errors(fields: list[FormField], problems: list[tuple[str, str]]) -> list[str]:
+    """Put each (path, message) under the field whose name is the longest prefix of "config.<path>"; returns
+    the messages that fit no field (shown at the top of the panel)."""
+    index: dict[str, FormField] = {}
+
+    def collect(items: list[FormField]) -> None:
+        for item in items:
+            index[item.name] = item
+            collect(item.children)
+
+    collect(fields)
+    unplaced = []
+    for path, message in problems:
+        parts = f"config.{path}".split(".") if path else []
+        for end in range(len(parts), 1, -1):
+            candidate = index.get(".".join(parts[:end]))
+            if candidate is not None:
+                candidate.errors.append(message)
+                break
+        else:
+            unplaced.append(f"{path}: {message}" if path else message)
+    return unplaced
+
+
+# --- the extraction field table ---------------------------------------------------------------------------
+
+
+@dataclass
+class SchemaRow:
+    """One field of an output schema as the table edits it."""
+
+    name: str = ""
+    type: str = "string"
+    required: bool = True
+    description: str = ""
+    allowed: str = ""  # comma-separated allowed values, for text fields
+
+
+def schema_rows(schema: Any) -> list[SchemaRow]:
+    """The table rows of an object schema; unknown shapes keep their type as "string" (raw view shows all)."""
+    if not isinstance(schema, dict):
+        return []
+    required = set(schema.get("required") or [])
+    rows = []
+    for name, spec in (schema.get("properties") or {}).items():
+        spec = spec if isinstance(spec, dict) else {}
+        kind = spec.get("type", "string")
+        if kind == "array":
+            kind = "array"
+        allowed = ", ".join(str(option) for option in spec.get("enum", []))
+        rows.append(
+            SchemaRow(
+                name=str(name),
+                type=kind if kind in SCHEMA_TYPES else "string",
+                required=name in required,
+                description=str(spec.get("description", "")),
+                allowed=allowed,
+            )
+        )
+    return rows
+
+
+def schema_from_rows(rows: list[SchemaRow]) -> dict[str, Any] | None:
+    """The JSON Schema of the table (None when it has no rows)."""
+    properties: dict[str, Any] = {}
+    required = []
+    for row in rows:
+        if not row.name:
+            continue
+        spec: dict[str, Any] = {"type": row.type}
+        if row.type == "array":
+            spec["items"] = {"type": "string"}
+        allowed = [item.strip() for item in row.allowed.split(",") if item.strip()]
+        if allowed and row.type == "string":
+            spec["enum"] = allowed
+        if row.description:
+            spec["description"] = row.description
+        properties[row.name] = spec
+        if row.required:
+            required.append(row.name)
+    if not properties:
+        return None
+    return {"type": "object", "properties": properties, "required": required}
+
+
+# --- parsing the posted form back ----------------------------------------------------------------------------
+
+
+def _number(text: str, kind: str) -> Any:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return int(text) if kind == "integer" else float(text)
+    except ValueError:
+        return text  # kept as typed: the validator reports it under the field
+
+
+def _read(form_field: FormField, data: QueryDict) -> tuple[bool, Any]:
+    """(present, value) for one field from the posted data; absent optional values fall back to defaults."""
+    name, widget = form_field.name, form_field.widget
+    if widget == "checkbox":
+        return f"{name}.present" in data, name in data
+    if widget == "group":
+        values = {}
+        for child in form_field.children:
+            present, value = _read(child, data)
+            if present and value not in (None, ""):
+                values[child.name.rsplit(".", 1)[1]] = value
+        return bool(values) or form_field.required, values or None
+    if widget == "rows":
+        rows = []
+        for child in form_field.children:
+            _, row = _read(child, data)
+            if row:
+                rows.append(row)
+        return True, rows
+    if widget == "keyvalue":
+        pairs: dict[str, str] = {}
+        for index in range(int(data.get(f"{name}.count", 0) or 0)):
+            key = data.get(f"{name}.{index}.key", "").strip()
+            if key:
+                pairs[key] = data.get(f"{name}.{index}.value", "")
+        return f"{name}.count" in data, pairs
+    if widget == "schema_table":
+        rows = [
+            SchemaRow(
+                name=data.get(f"{name}.{index}.name", "").strip(),
+                type=data.get(f"{name}.{index}.type", "string"),
+                required=f"{name}.{index}.required" in data,
+                description=data.get(f"{name}.{index}.description", "").strip(),
+                allowed=data.get(f"{name}.{index}.allowed", ""),
+            )
+            for index in range(int(data.get(f"{name}.count", 0) or 0))
+        ]
+        return f"{name}.count" in data, schema_from_rows(rows)
+    if name not in data:
+        return False, None
+    text = data.get(name, "")
+    if widget in ("integer", "number"):
+        return True, _number(text, widget)
+    if widget == "lines":
+        return True, [line.strip() for line in text.splitlines() if line.strip()]
+    if widget == "json":
+        if not text.strip():
+            return True, None
+        try:
+            return True, json.loads(text)
+        except ValueError:
+            return True, text
+    if widget == "select":
+        return True, text or None
+    return True, text
+
+
+def config_from_post(fields: list[FormField], data: QueryDict, current: dict[str, Any]) -> dict[str, Any]:
+    """The config the panel's posted form describes, over `current` (keys the form does not show stay)."""
+    config = dict(current)
+    for form_field in fields:
+        key = form_field.name.rsplit(".", 1)[1]
+        present, value = _read(form_field, data)
+        if not present:
+            continue
+        if value in (None, "") and not form_field.required:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return config

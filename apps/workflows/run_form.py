@@ -1,0 +1,163 @@
+"""The run form designer: a workflow's input schema as rows an analyst edits, and back.
+
+Each row is one field of the "Run" form: its name (what steps refer to as `input.<name>`), label, kind,
+whether it is required, help text, a default and, for a choice, its options. The schema written is the
+subset `apps.workflows.input_schema` turns into the Run form; saved sample inputs stay in `examples`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS: dict[str, str] = {
+    "short_text": "Short text",
+    "long_text": "Long text",
+    "number": "Number",
+    "whole_number": "Whole number",
+    "date": "Date",
+    "choice": "Choice",
+    "yes_no": "Yes / no",
+    "text_list": "List of short texts",
+}
+
+
+@dataclass
+class InputRow:
+    """One field of the Run form as the designer edits it."""
+
+    name: str = ""
+    label: str = ""
+    kind: str = "short_text"
+    required: bool = False
+    help: str = ""
+    default: str = ""
+    choices: str = ""  # comma-separated, for a choice
+    errors: list[str] = field(default_factory=list)
+
+
+def _kind(spec: dict[str, Any]) -> str:
+    kind = spec.get("type")
+    if kind == "boolean":
+        return "yes_no"
+    if kind == "integer":
+        return "whole_number"
+    if kind == "number":
+        return "number"
+    if kind == "array":
+        return "text_list"
+    if "enum" in spec:
+        return "choice"
+    if spec.get("format") == "date":
+        return "date"
+    if spec.get("format") == "textarea":
+        return "long_text"
+    return "short_text"
+
+
+def rows_from_schema(schema: Any) -> list[InputRow]:
+    """The designer's rows for an input schema (unknown shapes read as short text)."""
+    if not isinstance(schema, dict):
+        return []
+    required = set(schema.get("required") or [])
+    rows = []
+    for name, spec in (schema.get("properties") or {}).items():
+        spec = spec if isinstance(spec, dict) else {}
+        default = spec.get("default")
+        rows.append(
+            InputRow(
+                name=str(name),
+                label=str(spec.get("title", "")),
+                kind=_kind(spec),
+                required=name in required,
+                help=str(spec.get("description", "")),
+                default=""
+                if default is None
+                else ("yes" if default is True else "no" if default is False else str(default)),
+                choices=", ".join(str(option) for option in spec.get("enum", [])),
+            )
+        )
+    return rows
+
+
+def _default(row: InputRow) -> tuple[Any, str | None]:
+    text = row.default.strip()
+    if not text:
+        return None, None
+    if row.kind == "yes_no":
+        if text.lower() in ("yes", "true", "1"):
+            return True, None
+        if text.lower() in ("no", "false", "0"):
+            return False, None
+        return None, "A yes/no default is yes or no."
+    if row.kind in ("number", "whole_number"):
+        try:
+            return (int(text) if row.kind == "whole_number" else float(text)), None
+        except ValueError:
+            return None, f"The default must be a {'whole ' if row.kind == 'whole_number' else ''}number."
+    if row.kind == "text_list":
+        return [item.strip() for item in text.split(",") if item.strip()], None
+    if row.kind == "choice":
+        options = [item.strip() for item in row.choices.split(",") if item.strip()]
+        if text not in options:
+            return None, "The default must be one of the options."
+    return text, None
+
+
+def schema_from_rows(rows: list[InputRow], *, examples: Any = None) -> tuple[dict[str, Any], bool]:
+    """The input schema the rows describe, and whether every row was valid (each invalid row gets its
+    `errors`; a row without a name is dropped; its problems never lose the other rows)."""
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    valid = True
+    for row in rows:
+        row.errors = []
+        name = row.name.strip()
+        if not name:
+            continue
+        if not name.isidentifier():
+            row.errors.append("A field name uses letters, digits and _ and does not start with a digit.")
+        elif name in properties:
+            row.errors.append(f'Another field is already called "{name}".')
+        if row.kind not in KINDS:
+            row.errors.append("Choose a kind of field.")
+        spec: dict[str, Any] = {}
+        kind = row.kind
+        spec["type"] = {"yes_no": "boolean", "whole_number": "integer", "number": "number", "text_list": "array"}.get(
+            kind, "string"
+        )
+        if kind == "long_text":
+            spec["format"] = "textarea"
+        elif kind == "date":
+            spec["format"] = "date"
+        elif kind == "text_list":
+            spec["items"] = {"type": "string"}
+        elif kind == "choice":
+            options = [item.strip() for item in row.choices.split(",") if item.strip()]
+            if not options:
+                row.errors.append("A choice needs its options, separated by commas.")
+            spec["enum"] = options
+        if row.label.strip():
+            spec["title"] = row.label.strip()
+        if row.help.strip():
+            spec["description"] = row.help.strip()
+        default, problem = _default(row)
+        if problem:
+            row.errors.append(problem)
+        elif default is not None:
+            spec["default"] = default
+        if row.errors:
+            valid = False
+            if not name.isidentifier() or name in properties:
+                continue
+        properties[name] = spec
+        if row.required:
+            required.append(name)
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
+    if isinstance(examples, list) and examples:
+        schema["examples"] = [
+            {key: value for key, value in example.items() if key in properties or key == "label"}
+            for example in examples
+            if isinstance(example, dict)
+        ]
+    return schema, valid
