@@ -1,4 +1,4 @@
-"""`python -m bench [B1 B2 B3 B6 B8]`: start the services, a fresh bench database and workers, run, tear down."""
+"""`python -m bench [B1 B2 B3 B6 B8 B9]`: start the services, a fresh bench database and workers, run, tear down."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 from bench import stack
 
-ALL = ("B1", "B2", "B3", "B6", "B8")
+ALL = ("B1", "B2", "B3", "B6", "B8", "B9")
 
 
 def main(argv: list[str]) -> int:
@@ -75,6 +75,11 @@ def main(argv: list[str]) -> int:
 
             # B6 starts its own inference server and, pointed at it, its own two workers.
             lines += [g.line() for g in b6.run(svc)]
+        if "B9" in selected:
+            from bench import b9
+
+            # B9 drives the builder in this process; it starts no runs, so it needs no workers.
+            lines += [g.line() for g in b9.run(svc)]
         print(f"\n=== summary ({time.monotonic() - began:.0f} s) ===")
         for line in lines:
             print(line)

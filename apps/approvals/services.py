@@ -22,7 +22,7 @@ DECISIONS = (ApprovalRequest.State.APPROVED, ApprovalRequest.State.REJECTED)
 
 def approval_request_open(step_run: StepRun, wait: Wait) -> None:
     """The engine's hook for a parked `human.approval` step (runs in the parking transaction)."""
-    definition = next(step for step in step_run.run.version.steps if step["key"] == step_run.step_key)
+    definition = next(step for step in step_run.run.steps if step["key"] == step_run.step_key)
     config = ApprovalConfig.model_validate(definition.get("config", {}))
     request = ApprovalRequest.objects.create(
         step_run=step_run,

@@ -28,7 +28,7 @@ def _pinned_version(config: SubworkflowConfig | ForeachConfig) -> WorkflowVersio
 
 
 def _definition(step_run: StepRun) -> dict[str, Any]:
-    return next(step for step in step_run.run.version.steps if step["key"] == step_run.step_key)
+    return next(step for step in step_run.run.steps if step["key"] == step_run.step_key)
 
 
 def _start_child(parent: StepRun, version: WorkflowVersion, inputs: Any, item_index: int | None = None) -> Run | str:

@@ -38,6 +38,10 @@ class RunConsumer(WebsocketConsumer):
             return
         # step key → (fencing token, characters of streamed text) that the viewer's page shows.
         self.shown: dict[str, tuple[int, int]] = {}
+        # The diagram's step states and the run's result as the viewer's page shows them: both are sent
+        # again only when they changed (the diagram is the largest fragment, the result rarely changes).
+        self.shown_states: dict[str, str] | None = None
+        self.shown_result: tuple[str, str] | None = None
         async_to_sync(self.channel_layer.group_add)(run_group(self.run_id), self.channel_name)
         self.accept()
         # Whatever happened between the page render and this connection is sent now (and only then).
@@ -76,13 +80,21 @@ class RunConsumer(WebsocketConsumer):
             self.close(code=CLOSE_NOT_FOUND)
             return
         context = run_page_context(self.scope["user"], run)
+        result = (run.status, str(run.finished_at))
         if unless_signature and unless_signature == context["signature"]:
             for step in context["steps"]:
                 self.shown[step.step_key] = (step.fencing_token, len(step.streamed_text))
+            self.shown_states, self.shown_result = context["diagram_states"], result
             return
         steps = [step for step in context["steps"] if keys is None or step.step_key in keys]
         for step in steps:
             self.shown[step.step_key] = (step.fencing_token, len(step.streamed_text))
         html = str(render_to_string("runs/_run_header.html", {**context, "oob": True}))
+        if result != self.shown_result:
+            self.shown_result = result
+            html += render_to_string("runs/_run_result.html", {**context, "oob": True})
+        if context["diagram_states"] != self.shown_states:
+            self.shown_states = context["diagram_states"]
+            html += render_to_string("runs/_run_diagram.html", {**context, "oob": True})
         html += "".join(render_to_string("runs/_step.html", {**context, "step": step, "oob": True}) for step in steps)
         self.send(text_data=html)

@@ -100,7 +100,8 @@ def step_run_execute(*, step_run_id: int) -> None:
     run = step_run.run
     definition = step_definition(run, step_run.step_key)
     at_most_once = definition.get("config", {}).get("delivery") == "at_most_once"
-    if step_type_get(step_run.step_type).side_effects and _original_run_id(run) is None:
+    calls_out = not (run.is_test and test_stands_in(run, step_run.step_key, step_run.step_type))
+    if step_type_get(step_run.step_type).side_effects and _original_run_id(run) is None and calls_out:
         try:
             previous = effect_intent_record(step_run=step_run)
         except StepLost:
@@ -159,7 +160,7 @@ def step_run_execute(*, step_run_id: int) -> None:
 def step_definition(run: Run, step_key: str) -> dict[str, Any]:
     """The step's definition as this run executes it: the pinned version's, with a what-if run's config
     overrides for the step merged over its config (the version itself never changes)."""
-    definition = next(step for step in run.version.steps if step["key"] == step_key)
+    definition = next(step for step in run.steps if step["key"] == step_key)
     override = (run.overrides or {}).get(step_key)
     if override:
         definition = {**definition, "config": {**definition.get("config", {}), **override}}
@@ -184,12 +185,14 @@ def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:
         attempt=step_run.attempt,
         step_run_id=step_run.pk,
         replay_of=recording_run_id(run.replay_of_id, step_run.step_key) if run.replay_of_id else None,
-        budget=run.version.graph.get("budget") or {},
+        budget=run.graph.get("budget") or {},
     )
     context.params = _map_inputs(options, context.expression_variables(), step_run.step_key)
     if context.params:
         StepRun.objects.filter(pk=step_run.pk, fencing_token=step_run.fencing_token).update(input=context.params)
     crash_point("mid_step")
+    if run.is_test and test_stands_in(run, step_run.step_key, step_run.step_type):
+        return _test_outcome(run, step_run.step_key, step_type, config, context)
     original = _original_run_id(run)
     if original is not None and (step_type.side_effects or step_type.replay_reuses_output):
         # Replays and what-if runs never touch the outside world or ask people again: the original run's
@@ -199,6 +202,25 @@ def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:
     if step_type.side_effects:
         crash_point("after_external_call")
     return outcome
+
+
+def test_stands_in(run: Run, step_key: str, step_type_slug: str) -> bool:
+    """In a test run, whether a step's outcome is stood in for instead of executed: pinned data replaces it,
+    and a step that reaches the outside world, asks people, waits or runs other workflows is simulated unless
+    the analyst allowed that step to call out."""
+    settings_ = run.test_settings or {}
+    if step_key in (settings_.get("pinned") or {}):
+        return True
+    step_type = step_type_get(step_type_slug)
+    stands_in = step_type.side_effects or step_type.replay_reuses_output
+    return stands_in and step_key not in (settings_.get("allow_calls") or [])
+
+
+def _test_outcome(run: Run, step_key: str, step_type: Any, config: Any, context: StepContext) -> StepOutcome:
+    pinned = (run.test_settings or {}).get("pinned") or {}
+    if step_key in pinned:
+        return StepOutcome(output=pinned[step_key], usage={"test": "pinned"})
+    return StepOutcome(output=step_type().simulate(config, context), usage={"test": "simulated"})
 
 
 def _original_run_id(run: Run) -> int | None:

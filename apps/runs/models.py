@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 
@@ -47,6 +49,7 @@ class Run(models.Model):
         LIVE = "live", "Live"
         REPLAY = "replay", "Replay of recorded model calls"
         WHAT_IF = "what_if", "What-if re-run"
+        TEST = "test", "Test of a draft"
 
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.LIVE)
     # Replay: the run whose recorded model calls answer this run's calls (and whose recorded outside-world
@@ -55,6 +58,13 @@ class Run(models.Model):
     # What-if: per step key, config values that replace the pinned version's for this run only
     # ({"extract": {"prompt": "...", "model": "large"}}); the version itself stays immutable.
     overrides = models.JSONField(default=dict, blank=True)
+    # Test runs execute the draft as it was when the test started, never its later edits: a copy of its graph.
+    # Every other run executes its version's graph (published, immutable).
+    graph_snapshot = models.JSONField(null=True, blank=True)
+    # Test runs only: {"pinned": {step key: output}, "allow_calls": [step keys], "target": step key or None}.
+    # Pinned outputs stand in for those steps; steps that reach the outside world, ask people or wait are
+    # simulated unless listed in allow_calls. Nothing here can reach a published version or a live run.
+    test_settings = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -76,6 +86,19 @@ class Run(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def is_test(self) -> bool:
+        return self.mode == self.Mode.TEST
+
+    @property
+    def graph(self) -> dict[str, Any]:
+        """The graph this run executes: its test snapshot, else its pinned version's."""
+        return self.graph_snapshot if self.graph_snapshot is not None else self.version.graph
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        return list(self.graph.get("steps", []))
 
     @property
     def duration_seconds(self) -> float | None:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser, AnonymousUser
@@ -17,6 +20,16 @@ from django.http import Http404
 from apps.core.permissions import restrict
 from apps.inference.models import InferenceCall
 from apps.runs.models import Incident, Run, StepRun
+from apps.runs.presentation import (
+    StepFacts,
+    Value,
+    run_inputs_display,
+    run_result_display,
+    step_output_display,
+)
+from apps.workflows.diagram import Diagram, diagram_for_graph
+from apps.workflows.graph import Graph
+from apps.workflows.models import WorkflowVersion
 from apps.workflows.selectors import workflow_list_for_user
 
 AnyUser = AbstractUser | AnonymousUser
@@ -73,18 +86,98 @@ def incident_list_open(run: Run) -> QuerySet[Incident]:
     return Incident.objects.filter(run=run, resolved_at__isnull=True).select_related("step_run")
 
 
+@dataclass(frozen=True)
+class VersionFacts:
+    """What the run page draws from a workflow version, whatever its runs did: the diagram's layout, each
+    step's type, name and configuration (how its output reads), and the steps whose outputs make the
+    run's result (the version's named output step, else its final steps, as the engine decides)."""
+
+    diagram: Diagram
+    steps: dict[str, StepFacts]
+    result_keys: list[str]
+
+
+VERSION_FACTS_KEPT = 256
+_version_facts: OrderedDict[tuple[int, str, int], VersionFacts] = OrderedDict()
+_version_facts_lock = threading.Lock()
+
+
+def version_facts(version: WorkflowVersion) -> VersionFacts:
+    """The version's facts, laid out once per process: a run page and every push to it while a run moves
+    redraw only the step states. Runs pin published versions, which never change; the checksum and
+    revision in the key keep a draft's facts (or a reused primary key in tests) from going stale anyway."""
+    key = (version.pk, version.checksum, version.revision)
+    with _version_facts_lock:
+        facts = _version_facts.get(key)
+        if facts is not None:
+            _version_facts.move_to_end(key)
+            return facts
+    facts = _version_facts_compute(version.graph)
+    with _version_facts_lock:
+        _version_facts[key] = facts
+        while len(_version_facts) > VERSION_FACTS_KEPT:
+            _version_facts.popitem(last=False)
+    return facts
+
+
+def _version_facts_compute(graph: Any) -> VersionFacts:
+    steps: dict[str, StepFacts] = {}
+    for step in graph.get("steps", []) if isinstance(graph, dict) else []:
+        if isinstance(step, dict) and isinstance(step.get("key"), str):
+            config = step.get("config")
+            steps[step["key"]] = StepFacts(
+                step_type=str(step.get("type", "")),
+                name=str(step.get("name") or ""),
+                config=config if isinstance(config, dict) else {},
+            )
+    if isinstance(graph, dict) and graph.get("output"):
+        result_keys = [str(graph["output"])]
+    else:
+        try:
+            result_keys = Graph.parse(graph).sinks()
+        except (KeyError, TypeError, ValueError, AttributeError):
+            result_keys = []
+    return VersionFacts(diagram=diagram_for_graph(graph), steps=steps, result_keys=result_keys)
+
+
+def _shows_output(step: StepRun) -> bool:
+    return step.state == StepRun.State.SUCCEEDED and step.output not in (None, {}, [], "")
+
+
 def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
-    """What the run page and its pushed fragments show (one place, so a reload shows what was pushed)."""
+    """What the run page and its pushed fragments show (one place, so a reload shows what was pushed).
+
+    Besides the rows: the version's diagram with each step's state, and the inputs, step outputs and
+    result as labelled fields (apps/runs/presentation.py). No query per step: the diagram and the steps'
+    configurations come from the version the run already carries."""
     incidents = {incident.step_run_id: incident for incident in incident_list_open(run)}
     steps = list(step_run_list(run))
+    facts = version_facts(run.version)
     for step in steps:
         step.open_incident = incidents.get(step.pk)  # type: ignore[attr-defined]
+        config = facts.steps[step.step_key].config if step.step_key in facts.steps else {}
+        display: Value | None = (
+            step_output_display(step.step_type, config, step.output) if _shows_output(step) else None
+        )
+        step.output_display = display  # type: ignore[attr-defined]
+    result = []
+    if run.status == Run.Status.SUCCEEDED:
+        result = run_result_display(
+            run.output,
+            result_keys=facts.result_keys,
+            steps=facts.steps,
+            step_outputs={step.step_key: step.output for step in steps},
+        )
     return {
         "run": run,
         "steps": steps,
         "model_calls": run_model_call_totals(run),
         "can_operate": run_can_operate(user, run),
         "signature": run_signature(run, steps, incidents.values()),
+        "diagram": facts.diagram,
+        "diagram_states": {step.step_key: step.state for step in steps},
+        "inputs_display": run_inputs_display(run.version.input_schema, run.inputs),
+        "result_sections": result,
     }
 
 

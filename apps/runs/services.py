@@ -200,8 +200,12 @@ def _run_create(
     restart_step_key: str = "",
     parent_step_run: StepRun | None = None,
     item_index: int | None = None,
+    graph: dict[str, Any] | None = None,
+    mode: str = Run.Mode.LIVE,
+    test_settings: dict[str, Any] | None = None,
 ) -> Run:
-    """The Run row and one pending StepRun per step (no audit, no dispatch: the callers do those)."""
+    """The Run row and one pending StepRun per step (no audit, no dispatch: the callers do those). A test run
+    passes the draft's `graph` to execute (kept on the run, so later edits of the draft never reach it)."""
     now = timezone.now()
     run = Run.objects.create(
         workflow=version.workflow,
@@ -217,12 +221,15 @@ def _run_create(
         restart_step_key=restart_step_key,
         parent_step_run=parent_step_run,
         item_index=item_index,
+        graph_snapshot=graph,
+        mode=mode,
+        test_settings=test_settings or {},
     )
     StepRun.objects.bulk_create(
         StepRun(run=run, step_key=step["key"], step_type=step["type"], name=step.get("name") or step["key"], position=i)
-        for i, step in enumerate(version.steps)
+        for i, step in enumerate(run.steps)
     )
-    timeout = version.graph.get("timeout_seconds")
+    timeout = run.graph.get("timeout_seconds")
     if timeout:
         Timer.objects.create(kind=Timer.Kind.RUN_TIMEOUT, run=run, fire_at=now + timedelta(seconds=float(timeout)))
     return run
@@ -238,7 +245,7 @@ def _advance(run: Run, *, changed: Iterable[str] = ()) -> None:
         StepRun.objects.filter(run=run).only("pk", "run_id", "step_key", "step_type", "state", "branch", "error")
     )
     records = {row.step_key: engine.StepRecord(row.state, row.branch or None) for row in rows}
-    decision = engine.decide(run.version.graph, records)
+    decision = engine.decide(run.graph, records)
     by_key = {row.step_key: row for row in rows}
     now = timezone.now()
     for key in decision.skip:
@@ -270,7 +277,7 @@ def _run_finish(run: Run, decision: engine.Decision, rows: list[StepRun]) -> Non
         failed = next(row for row in rows if row.step_key == decision.failed_step)
         error = f'Step "{failed.step_key}" failed: {failed.error}'
         _steps_cancel(run, reason="the run failed")
-    output = engine.run_output(run.version.graph, outputs) if decision.run_status == "succeeded" else None
+    output = engine.run_output(run.graph, outputs) if decision.run_status == "succeeded" else None
     Run.objects.filter(pk=run.pk).update(
         status=decision.run_status, finished_at=timezone.now(), output=output, error=error
     )
@@ -361,7 +368,7 @@ def step_run_heartbeat(*, step_run: StepRun) -> bool:
 
 
 def _definition(step_run: StepRun) -> dict[str, Any]:
-    return next(step for step in step_run.run.version.steps if step["key"] == step_run.step_key)
+    return next(step for step in step_run.run.steps if step["key"] == step_run.step_key)
 
 
 def _jsonable(value: Any) -> Any:
@@ -654,6 +661,8 @@ def run_restart(*, run: Run, step_key: str, actor: User, overrides: dict[str, di
     original = _lock_run(run.pk)
     if not original.is_finished:
         raise Conflict(f"Run #{run.pk} is still {original.status}; restart it once it has finished (or cancel it).")
+    if original.is_test:
+        raise Conflict("A test run is not restarted: test the draft again instead.")
     if step_key not in {step["key"] for step in original.version.steps}:
         raise ApplicationError(f'Run #{run.pk} has no step "{step_key}".')
     if not workflow_can_run(actor, original.workflow):

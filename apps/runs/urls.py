@@ -10,6 +10,7 @@ urlpatterns = [
     path("", views.run_list, name="list"),
     path("<int:run_id>/", views.run_detail, name="detail"),
     path("start/<slug:slug>/", views.run_create, name="create"),
+    path("test/<slug:slug>/", views.run_test_start_view, name="test-start"),
     path("<int:run_id>/cancel/", views.run_cancel_view, name="cancel"),
     path("<int:run_id>/restart/", views.run_restart_view, name="restart"),
     path("<int:run_id>/replay/", views.run_replay_view, name="replay"),

@@ -16,6 +16,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.core.htmx import HtmxHttpRequest
+from apps.runs.draft_tests import run_test_start
 from apps.runs.selectors import (
     incident_get_for_user,
     run_can_operate,
@@ -35,6 +36,8 @@ from apps.runs.services import (
 )
 from apps.workflows.input_schema import input_form_class
 from apps.workflows.selectors import (
+    draft_input_schema,
+    workflow_can_edit,
     workflow_can_run,
     workflow_get_for_user,
     workflow_version_published_latest,
@@ -228,3 +231,50 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
     if request.htmx:
         return render(request, "runs/_run_table.html", context)
     return render(request, "runs/run_list.html", context)
+
+
+@login_required
+@require_POST
+def run_test_start_view(request: HttpRequest, slug: str) -> HttpResponse:
+    """Test the draft (or one step of it) with a saved sample or a recorded run; opens the live run page."""
+    workflow = workflow_get_for_user(request.user, slug=slug)
+    if not workflow_can_edit(request.user, workflow):
+        raise PermissionDenied("Testing a draft needs the right to change the workflow.")
+    step_key = request.POST.get("step") or None
+    source = request.POST.get("source", "")
+    recorded = None
+    inputs: Any = None
+    if source.startswith("run:") and source[4:].isdigit():
+        recorded = run_list_for_user(request.user).filter(pk=int(source[4:]), workflow=workflow).first()
+        if recorded is None:
+            raise Http404("No such run.")
+    elif source.startswith("sample:") and source[7:].isdigit():
+        samples = _samples(draft_input_schema(workflow))
+        index = int(source[7:])
+        if index >= len(samples):
+            raise Http404("No such sample.")
+        inputs = {key: value for key, value in samples[index].items() if key != "label"}
+    else:
+        inputs = {}
+    back = reverse("workflows:editor", args=[slug]) + (f"?step={step_key}#panel" if step_key else "")
+    try:
+        run = run_test_start(
+            actor=request.user,  # type: ignore[arg-type]
+            workflow=workflow,
+            inputs=inputs,
+            step_key=step_key,
+            allow_calls=request.POST.getlist("allow_call"),
+            recorded_run=recorded,
+        )
+    except ValidationFailed as refusal:
+        details = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in refusal.fields.items())
+        messages.error(request, f"{refusal.message} {details}")
+        return redirect(back)
+    except ApplicationError as refusal:
+        problems = refusal.extra.get("problems", [])
+        messages.error(
+            request,
+            refusal.message + (f" ({len(problems)} problem{'s' if len(problems) != 1 else ''})" if problems else ""),
+        )
+        return redirect(back)
+    return redirect("runs:detail", run_id=run.pk)

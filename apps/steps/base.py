@@ -119,6 +119,12 @@ class StepType:
     def execute(self, config: StepConfig, context: StepContext) -> StepOutcome:
         raise NotImplementedError
 
+    def simulate(self, config: StepConfig, context: StepContext) -> dict[str, Any]:
+        """The output a test run records instead of executing a step that would reach the outside world, ask a
+        person, wait or run another workflow: shaped like the real output so later steps can be tested, and
+        marked `simulated`. Never touches anything."""
+        return {"simulated": True}
+
     @staticmethod
     def check_config(config: Any) -> list[str]:
         """Problems pydantic cannot see (expressions that must parse, schemas that must be valid)."""

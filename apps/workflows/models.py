@@ -88,3 +88,21 @@ class WorkflowVersion(models.Model):
     @property
     def steps(self) -> list[dict[str, Any]]:
         return list(self.graph.get("steps", []))
+
+
+class PinnedOutput(models.Model):
+    """Test data an analyst pins for one step of a workflow's draft: test runs use it instead of executing the
+    step. It lives beside the draft, never in a version's graph or an export, and only test runs read it."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="pinned_outputs")
+    step_key = models.CharField(max_length=64)
+    output = models.JSONField()
+    pinned_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    pinned_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["workflow", "step_key"]
+        constraints = [models.UniqueConstraint(fields=["workflow", "step_key"], name="pinned_output_unique")]
+
+    def __str__(self) -> str:
+        return f"pinned {self.step_key} of {self.workflow_id}"

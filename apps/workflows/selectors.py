@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.db.models import Count, Prefetch, QuerySet
 from django.http import Http404
 
 from apps.core.permissions import has_object_perm, restrict
-from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
 
 AnyUser = AbstractUser | AnonymousUser
 
@@ -123,3 +124,34 @@ def workflow_version_problems(version: WorkflowVersion) -> list[Problem]:
     from apps.workflows.services import version_problems
 
     return problems_parse(version_problems(version))
+
+
+def draft_input_schema(workflow: Workflow) -> dict[str, Any]:
+    """The run form of the workflow's draft (empty without a draft)."""
+    draft = workflow_draft_for(workflow)
+    return draft.input_schema if draft is not None and isinstance(draft.input_schema, dict) else {}
+
+
+def pinned_outputs_for(workflow: Workflow) -> dict[str, PinnedOutput]:
+    """The test data pinned for the draft's steps, by step key."""
+    return {
+        pinned.step_key: pinned for pinned in PinnedOutput.objects.filter(workflow=workflow).select_related("pinned_by")
+    }
+
+
+def recent_runs_for_testing(user: AnyUser, workflow: Workflow, *, limit: int = 10) -> list[Any]:
+    """The newest runs of the workflow the user may see (live and test), whose recorded inputs and finished
+    outputs a step test may reuse. Read through the reverse relation: runs sit above workflows."""
+    runs = workflow.runs.order_by("-created_at")
+    if not has_object_perm(user, "workflows.view_workflow", workflow):
+        return []
+    return list(runs[:limit])
+
+
+def sample_data_for(workflow: Workflow) -> dict[str, Any]:
+    """The newest run's data ({"input", "steps"}) for the data picker's sample values; empty before any run."""
+    run = workflow.runs.order_by("-created_at").first()
+    if run is None:
+        return {}
+    steps = dict(run.step_runs.filter(state="succeeded").values_list("step_key", "output"))
+    return {"input": run.inputs, "steps": steps, "run": run.pk}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +19,7 @@ from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Validati
 from apps.steps.registry import step_type_get
 from apps.workflows.graph import graph_checksum, graph_errors
 from apps.workflows.input_schema import input_schema_errors
-from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_can_edit
 
 EMPTY_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
@@ -385,3 +386,36 @@ def workflow_version_publish(
         },
     )
     return version
+
+
+# --- test data beside the draft ----------------------------------------------------------------------------------
+
+MAX_PINNED_BYTES = 1_000_000
+
+
+@transaction.atomic
+def pinned_output_set(*, actor: User, workflow: Workflow, step_key: str, output: Any) -> PinnedOutput:
+    """Pin the output a step gives in test runs of the draft (replacing an earlier pin). Never reaches a
+    version, an export or a live run."""
+    _require_edit(actor, workflow)
+    if not isinstance(output, dict):
+        raise ValidationFailed(
+            "Pinned data is an object.", fields={"output": ['Give an object, e.g. {"text": "..."}.']}
+        )
+    if len(json.dumps(output)) > MAX_PINNED_BYTES:
+        raise ValidationFailed("Pinned data is too large.", fields={"output": ["At most 1 MB."]})
+    pinned, _ = PinnedOutput.objects.update_or_create(
+        workflow=workflow,
+        step_key=step_key,
+        defaults={"output": output, "pinned_by": actor, "pinned_at": timezone.now()},
+    )
+    audit_record(actor=actor, verb="workflow.test_data_pinned", target=workflow, data={"step": step_key})
+    return pinned
+
+
+@transaction.atomic
+def pinned_output_clear(*, actor: User, workflow: Workflow, step_key: str) -> None:
+    """Unpin a step's test data."""
+    _require_edit(actor, workflow)
+    if PinnedOutput.objects.filter(workflow=workflow, step_key=step_key).delete()[0]:
+        audit_record(actor=actor, verb="workflow.test_data_unpinned", target=workflow, data={"step": step_key})

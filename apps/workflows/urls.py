@@ -16,6 +16,7 @@ urlpatterns = [
     path("<slug:slug>/edit/steps/<str:key>/", views.workflow_editor_step, name="editor-step"),
     path("<slug:slug>/edit/publish/", views.workflow_publish, name="publish"),
     path("<slug:slug>/edit/run-form/", views.workflow_editor_inputs, name="editor-inputs"),
+    path("<slug:slug>/edit/steps/<str:key>/pin/", views.workflow_pin, name="pin"),
     path("<slug:slug>/edit/steps/<str:key>/check/", views.workflow_check_expression, name="check-expression"),
     path("<slug:slug>/versions/", views.workflow_versions, name="versions"),
     path("<slug:slug>/versions/compare/", views.workflow_compare, name="compare"),

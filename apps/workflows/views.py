@@ -7,6 +7,7 @@ insertion and drag and drop. The builder always renders from the saved draft, so
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlencode
@@ -39,6 +40,9 @@ from apps.workflows.picker import references_for_step, references_in
 from apps.workflows.run_form import KINDS, InputRow, rows_from_schema, schema_from_rows
 from apps.workflows.selectors import (
     Problem,
+    pinned_outputs_for,
+    recent_runs_for_testing,
+    sample_data_for,
     workflow_can_edit,
     workflow_can_run,
     workflow_draft_for,
@@ -51,6 +55,8 @@ from apps.workflows.selectors import (
 )
 from apps.workflows.services import (
     DraftConflict,
+    pinned_output_clear,
+    pinned_output_set,
     workflow_archive,
     workflow_create,
     workflow_draft_get_or_create,
@@ -369,7 +375,9 @@ def _cards(tree: blocks.Tree, problems: list[Problem]) -> list[dict[str, Any]]:
     return sequence(tree.blocks, blocks.ROOT)
 
 
-def _step_panel(draft: WorkflowVersion, key: str, posted: QueryDict | None = None) -> dict[str, Any] | None:
+def _step_panel(
+    draft: WorkflowVersion, key: str, *, sample: dict[str, Any] | None = None, pinned: Any = None
+) -> dict[str, Any] | None:
     """The side panel of one step: its generated form with errors under each field, and the data picker."""
     step = next((s for s in draft.graph.get("steps", []) if isinstance(s, dict) and s.get("key") == key), None)
     if step is None:
@@ -381,7 +389,8 @@ def _step_panel(draft: WorkflowVersion, key: str, posted: QueryDict | None = Non
     problems = [p for p in workflow_version_problems(draft) if p.step == key]
     unplaced = attach_errors(fields, [(p.field, p.message) for p in problems if not p.field.startswith("@")])
     option_problems = {p.field[1:].split(".")[0]: p.message for p in problems if p.field.startswith("@")}
-    references = references_for_step(draft.graph, draft.input_schema, key)
+    references = references_for_step(draft.graph, draft.input_schema, key, sample=sample)
+    last_output = ((sample or {}).get("steps") or {}).get(key)
     _decorate(fields, draft)
     retry = step.get("retry") if isinstance(step.get("retry"), dict) else {}
     assert isinstance(retry, dict)
@@ -395,6 +404,10 @@ def _step_panel(draft: WorkflowVersion, key: str, posted: QueryDict | None = Non
         "reference_groups": _group(references),
         "retry": {**RetryPolicy().model_dump(), **retry},
         "schema_types": SCHEMA_TYPES,
+        "pinned": pinned,
+        "pin_text": json.dumps(pinned.output if pinned else last_output or {}, indent=2, ensure_ascii=False),
+        "sample_run": (sample or {}).get("run"),
+        "calls_out": bool(step_type and step_type.side_effects),
     }
 
 
@@ -429,8 +442,9 @@ def _builder_context(request: HttpRequest, workflow: Workflow, draft: WorkflowVe
     selected = request.GET.get("step", "")
     insert = request.GET.get("insert", "")
     panel: dict[str, Any] = {"kind": "help"}
+    pinned = pinned_outputs_for(workflow)
     if selected:
-        step_panel = _step_panel(draft, selected)
+        step_panel = _step_panel(draft, selected, sample=sample_data_for(workflow), pinned=pinned.get(selected))
         if step_panel is not None:
             panel = {"kind": "step", **step_panel}
     elif insert:
@@ -458,6 +472,16 @@ def _builder_context(request: HttpRequest, workflow: Workflow, draft: WorkflowVe
         "published": workflow_version_published_latest(workflow),
         "error_modes": blocks.ERROR_MODES,
         "sortable_available": (settings.SORTABLE_DIR / "Sortable.min.js").is_file(),
+        "pinned_keys": set(pinned),
+        "samples": [s for s in draft.input_schema.get("examples", []) if isinstance(s, dict)]
+        if isinstance(draft.input_schema, dict)
+        else [],
+        "recent_runs": recent_runs_for_testing(request.user, workflow),
+        "calling_steps": [
+            step
+            for step in draft.graph.get("steps", [])
+            if isinstance(step, dict) and getattr(step_types().get(str(step.get("type"))), "side_effects", False)
+        ],
     }
 
 
@@ -833,3 +857,33 @@ def workflow_check_expression(request: HttpRequest, slug: str, key: str) -> Http
                     content_type="text/plain; charset=utf-8",
                 )
     return HttpResponse("✓ Looks right." if text.strip() else "", content_type="text/plain; charset=utf-8")
+
+
+# --- pinned test data ----------------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def workflow_pin(request: HttpRequest, slug: str, key: str) -> HttpResponse:
+    """Pin (or, with action=unpin, unpin) the output a step gives in test runs of the draft."""
+    workflow = _editable(request, slug)
+    back = _back(slug, step=key, focus=key)
+    if request.POST.get("action") == "unpin":
+        pinned_output_clear(actor=request.user, workflow=workflow, step_key=key)  # type: ignore[arg-type]
+        messages.success(request, f'Unpinned the test data of "{key}": tests execute it again.')
+        return back
+    text = request.POST.get("output", "")
+    try:
+        output = json.loads(text)
+    except json.JSONDecodeError as error:
+        messages.error(
+            request, f"The pinned data is not valid JSON ({error.msg} at line {error.lineno}); nothing was pinned."
+        )
+        return back
+    try:
+        pinned_output_set(actor=request.user, workflow=workflow, step_key=key, output=output)  # type: ignore[arg-type]
+    except ValidationFailed as refusal:
+        messages.error(request, " ".join(m for ms in refusal.fields.values() for m in ms))
+        return back
+    messages.success(request, f'Pinned test data for "{key}": test runs use it instead of executing the step.')
+    return back

@@ -94,6 +94,9 @@ EXEMPT = {
     # Probe and enable/disable (POST): tests/inference/test_endpoint_pages.py covers them by persona.
     "inference:endpoint-probe",
     "inference:endpoint-toggle",
+    # Test runs and pinned test data (POST only): tests/runs/test_draft_tests.py covers them by persona.
+    "runs:test-start",
+    "workflows:pin",
     # The builder's writes (POST only): test_builder_writes_by_persona below covers them.
     "workflows:editor-operation",
     "workflows:editor-step",

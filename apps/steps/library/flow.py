@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from django.utils import timezone
 from pydantic import Field
@@ -73,6 +73,9 @@ class Subworkflow(StepType):
     category = "Flow"
     pins_workflow_version = True
 
+    def simulate(self, config: SubworkflowConfig, context: StepContext) -> dict[str, Any]:  # type: ignore[override]
+        return {"output": None, "run_id": None, "simulated": True}
+
     def execute(self, config: SubworkflowConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         return StepOutcome(output={}, wait=Wait("subworkflow", details={"workflow": config.workflow}))
 
@@ -113,6 +116,9 @@ class Foreach(StepType):
         if not config.item_input.isidentifier():
             problems.append("item_input: must be a field name")
         return problems
+
+    def simulate(self, config: ForeachConfig, context: StepContext) -> dict[str, Any]:  # type: ignore[override]
+        return {"results": [], "failed": 0, "simulated": True}
 
     def execute(self, config: ForeachConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from django.conf import settings
 from pydantic import Field
@@ -60,6 +60,21 @@ class HttpRequest(StepType):
             if problem:
                 problems.append(f"{label}: the template does not parse: {problem}")
         return problems
+
+    def simulate(self, config: HttpRequestConfig, context: StepContext) -> dict[str, Any]:  # type: ignore[override]
+        # The request is rendered (so a template error still shows in a test) but never sent.
+        variables = context.expression_variables()
+        try:
+            url = template_render(config.url, variables).strip()
+            body = template_render(config.body, variables) if config.body else ""
+        except ExpressionError as error:
+            raise StepError(f'Step "{context.step_key}": a template failed: {error}') from None
+        return {
+            "status": 200,
+            "body": None,
+            "simulated": True,
+            "request": {"method": config.method, "url": url, "body": body},
+        }
 
     def execute(self, config: HttpRequestConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         variables = context.expression_variables()

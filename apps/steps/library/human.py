@@ -37,6 +37,17 @@ class HumanApproval(StepType):
         due = isinstance(config, dict) and bool(config.get("due_in_seconds"))
         return ("approved", "rejected", "expired") if due else ("approved", "rejected")
 
+    def simulate(self, config: ApprovalConfig, context: StepContext) -> dict[str, Any]:  # type: ignore[override]
+        # A test never puts an item in a reviewer's queue; pin this step's output to test a rejection.
+        return {
+            "decision": "approved",
+            "branch": "approved",
+            "reason": "Simulated approval in a test run",
+            "edits": {},
+            "decided_by": "",
+            "simulated": True,
+        }
+
     def execute(self, config: ApprovalConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         due = timezone.now() + timedelta(seconds=config.due_in_seconds) if config.due_in_seconds else None
         return StepOutcome(
