@@ -10,7 +10,17 @@ from rest_framework.routers import DefaultRouter
 from apps.approvals.api.views import ApprovalRequestViewSet
 from apps.runs.api.views import RunViewSet, incident_resolve_view, run_start_view
 from apps.workflows.api.exchange import workflow_document_schema_view, workflow_export_view, workflow_import_view
-from apps.workflows.api.views import WorkflowViewSet
+from apps.workflows.api.views import (
+    WorkflowViewSet,
+    workflow_draft_edit_view,
+    workflow_draft_publish_view,
+    workflow_draft_validate_view,
+    workflow_draft_view,
+    workflow_version_detail_view,
+    workflow_version_diff_view,
+    workflow_version_list_view,
+    workflow_version_restore_view,
+)
 
 router = DefaultRouter()
 router.register("workflows", WorkflowViewSet, basename="workflow")
@@ -21,6 +31,18 @@ urlpatterns = [
     path("workflows/<slug:slug>/runs/", run_start_view, name="workflow-run-start"),
     path("workflows/import/", workflow_import_view, name="workflow-import"),
     path("workflows/<slug:slug>/export/", workflow_export_view, name="workflow-export"),
+    path("workflows/<slug:slug>/draft/", workflow_draft_view, name="workflow-draft"),
+    path("workflows/<slug:slug>/draft/edits/", workflow_draft_edit_view, name="workflow-draft-edits"),
+    path("workflows/<slug:slug>/draft/validate/", workflow_draft_validate_view, name="workflow-draft-validate"),
+    path("workflows/<slug:slug>/draft/publish/", workflow_draft_publish_view, name="workflow-draft-publish"),
+    path("workflows/<slug:slug>/versions/", workflow_version_list_view, name="workflow-version-list"),
+    path("workflows/<slug:slug>/versions/diff/", workflow_version_diff_view, name="workflow-version-diff"),
+    path("workflows/<slug:slug>/versions/<int:number>/", workflow_version_detail_view, name="workflow-version-detail"),
+    path(
+        "workflows/<slug:slug>/versions/<int:number>/restore/",
+        workflow_version_restore_view,
+        name="workflow-version-restore",
+    ),
     path("schema/workflow/v1.json", workflow_document_schema_view, name="workflow-document-schema"),
     path("incidents/<int:incident_id>/resolve/", incident_resolve_view, name="incident-resolve"),
     path("auth/token/", obtain_auth_token, name="auth-token"),

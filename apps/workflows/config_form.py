@@ -20,6 +20,7 @@ from typing import Any
 from django.http import QueryDict
 
 ROW_SPARES = 1  # empty rows offered at the end of key/value lists, for adding one without a round trip
+TABLE_SPARES = 3  # empty rows at the end of the extraction field table: a first schema takes one save
 SCHEMA_TYPES = {
     "string": "Text",
     "number": "Number",
@@ -150,7 +151,8 @@ def _fields(schema: dict[str, Any], value: Any, prefix: str, defs: dict[str, Any
         elif widget == "json":
             form_field.value = "" if current is None else json.dumps(current, indent=2)
         elif widget == "schema_table":
-            form_field.value = schema_rows(current) + [SchemaRow()] * ROW_SPARES
+            rows = schema_rows(current)
+            form_field.value = rows + [SchemaRow()] * (TABLE_SPARES if len(rows) < 3 else ROW_SPARES)
         result.append(form_field)
     return result
 

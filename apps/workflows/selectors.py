@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser, AnonymousUser
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 from django.http import Http404
 
+from apps.accounts.models import Team
 from apps.core.permissions import has_object_perm, restrict
 from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
 
@@ -91,6 +92,14 @@ class Problem:
     def text(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
 
+    @property
+    def anchor(self) -> str:
+        """The id of the control the problem is about in the builder's step panel (the panel itself when the
+        problem is about the step as a whole or one of its common options)."""
+        if not self.field or self.field.startswith("@"):
+            return "panel"
+        return "field-config-" + re.sub(r"[^A-Za-z0-9_-]", "-", self.field)
+
 
 _STEP_PROBLEM = re.compile(r'^step "(?P<key>[^"]+)": (?P<rest>.*)$', re.DOTALL)
 _FIELD = re.compile(r"^(?P<path>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*): (?P<message>.*)$", re.DOTALL)
@@ -155,3 +164,31 @@ def sample_data_for(workflow: Workflow) -> dict[str, Any]:
         return {}
     steps = dict(run.step_runs.filter(state="succeeded").values_list("step_key", "output"))
     return {"input": run.inputs, "steps": steps, "run": run.pk}
+
+
+def workflow_list_filtered(
+    user: AnyUser, *, q: str = "", team: str = "", owner: str = "", state: str = "active"
+) -> QuerySet[Workflow]:
+    """The workflows `user` may view, narrowed as the list page and the API filter them: a search over name and
+    description, a team's slug, `owner="me"`, and `state` "active" (the default), "archived" or "all"."""
+    workflows = workflow_list_for_user(user)
+    if q:
+        workflows = workflows.filter(Q(name__icontains=q) | Q(description__icontains=q))
+    if team:
+        workflows = workflows.filter(team__slug=team)
+    if owner == "me":
+        workflows = workflows.filter(owner_id=user.pk)
+    if state == "archived":
+        workflows = workflows.filter(archived_at__isnull=False)
+    elif state != "all":
+        workflows = workflows.filter(archived_at__isnull=True)
+    return workflows
+
+
+def team_list_assignable(user: AnyUser) -> QuerySet[Team]:
+    """The teams `user` may give a workflow to: their own teams (admins, who manage teams: every team)."""
+    if not user.is_authenticated:
+        return Team.objects.none()
+    if user.has_perm("accounts.change_team"):
+        return Team.objects.order_by("name")
+    return Team.objects.filter(group__user__pk=user.pk).order_by("name")

@@ -315,13 +315,15 @@ def _pin_workflow_versions(graph: dict[str, Any], *, own_workflow: Workflow) -> 
     found (a missing workflow, one with nothing published, a workflow that runs itself)."""
     pinned = copy.deepcopy(graph)
     problems = []
-    for step in pinned.get("steps", []):
+    for step in pinned.get("steps", []) if isinstance(pinned.get("steps"), list) else []:
+        if not isinstance(step, dict) or not isinstance(step.get("config"), dict):
+            continue  # reported by graph_errors
         try:
             if not step_type_get(str(step.get("type"))).pins_workflow_version:
                 continue
         except KeyError:
             continue  # reported by graph_errors
-        config = step.get("config") or {}
+        config = step["config"]
         slug, number = config.get("workflow"), config.get("version")
         if slug == own_workflow.slug:
             problems.append(f'step "{step.get("key")}": a workflow cannot run itself')

@@ -17,7 +17,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -43,10 +42,12 @@ from apps.workflows.selectors import (
     pinned_outputs_for,
     recent_runs_for_testing,
     sample_data_for,
+    team_list_assignable,
     workflow_can_edit,
     workflow_can_run,
     workflow_draft_for,
     workflow_get_for_user,
+    workflow_list_filtered,
     workflow_list_for_user,
     workflow_version_get,
     workflow_version_list,
@@ -76,21 +77,11 @@ CATEGORIES = ("AI", "Data", "Logic", "Flow", "People", "Connectors")
 @login_required
 def workflow_list(request: HttpRequest) -> HttpResponse:
     """The workflows the user may see: search by name or description, filter by team, owner and state, paged."""
-    workflows = workflow_list_for_user(request.user)
     query = request.GET.get("q", "").strip()
     team = request.GET.get("team", "")
     owner = request.GET.get("owner", "")
     state = request.GET.get("state", "active")
-    if query:
-        workflows = workflows.filter(Q(name__icontains=query) | Q(description__icontains=query))
-    if team:
-        workflows = workflows.filter(team__slug=team)
-    if owner == "me":
-        workflows = workflows.filter(owner_id=request.user.pk)
-    if state == "archived":
-        workflows = workflows.filter(archived_at__isnull=False)
-    elif state != "all":
-        workflows = workflows.filter(archived_at__isnull=True)
+    workflows = workflow_list_filtered(request.user, q=query, team=team, owner=owner, state=state)
     page = Paginator(workflows, PAGE_SIZE).get_page(request.GET.get("page"))
     filters = {"q": query, "team": team, "owner": owner, "state": state}
     return render(
@@ -110,10 +101,7 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
 
 
 def _teams_for(user: Any) -> Any:
-    """The teams a user may give a workflow to: their own teams (admins: every team)."""
-    if user.has_perm("accounts.change_team"):
-        return Team.objects.order_by("name")
-    return Team.objects.filter(group__user=user).order_by("name")
+    return team_list_assignable(user)
 
 
 def _decimal(value: str, field: str) -> Decimal:
@@ -325,7 +313,15 @@ def _summary(step: dict[str, Any]) -> str:
     return ""
 
 
-def _cards(tree: blocks.Tree, problems: list[Problem]) -> list[dict[str, Any]]:
+def _autofocus(control: str, *, first: bool, last: bool) -> str:
+    """Which control of the card just changed gets the focus back, so a keyboard user carries on where they
+    were: the same button, unless it is now disabled (then the card's name, which says where it landed)."""
+    if (control == "up" and not first) or (control == "down" and not last) or control == "moveto":
+        return control
+    return "title"
+
+
+def _cards(tree: blocks.Tree, problems: list[Problem], focus: str = "", control: str = "") -> list[dict[str, Any]]:
     """The outline as nested dicts for the template: each card with its lanes, problems and summary."""
     types = step_types()
     by_step: dict[str, list[Problem]] = {}
@@ -342,7 +338,9 @@ def _cards(tree: blocks.Tree, problems: list[Problem]) -> list[dict[str, Any]]:
             lanes.append({"id": address, "label": label, "cards": sequence(lane_item.blocks, address)})
         _, always, fans_out = blocks._branching(block.step)
         labels = step_type.branch_labels(block.step.get("config") or {}) if step_type else ()
+        first, last = index == 0 and lane == blocks.ROOT, index == siblings - 1 and lane == blocks.ROOT
         return {
+            "autofocus": _autofocus(control, first=first, last=last) if block.key == focus else "",
             "key": block.key,
             "name": block.step.get("name") or block.key,
             "type": block.type,
@@ -362,8 +360,8 @@ def _cards(tree: blocks.Tree, problems: list[Problem]) -> list[dict[str, Any]]:
             "wait": block.wait,
             "lane": lane,
             "index": index,
-            "first": index == 0 and lane == blocks.ROOT,
-            "last": index == siblings - 1 and lane == blocks.ROOT,
+            "first": first,
+            "last": last,
             "retry": (block.step.get("retry") or {}).get("max_attempts", 1)
             if isinstance(block.step.get("retry"), dict)
             else 1,
@@ -460,7 +458,8 @@ def _builder_context(request: HttpRequest, workflow: Workflow, draft: WorkflowVe
     return {
         "workflow": workflow,
         "draft": draft,
-        "cards": _cards(tree, problems),
+        "editor_url": reverse("workflows:editor", args=[workflow.slug]),
+        "cards": _cards(tree, problems, request.GET.get("focus", ""), request.GET.get("control", "")),
         "lanes": blocks.lanes_of(tree),
         "read_only_reason": read_only_reason,
         "problems": problems,
@@ -499,12 +498,10 @@ def _revision(request: HttpRequest) -> int | None:
 
 
 def _back(slug: str, **params: str) -> HttpResponse:
+    """Back to the builder, with the changed card focused. No #fragment: a page whose address targets an
+    element never honours `autofocus`, and the focused control is scrolled into view anyway."""
     query = urlencode({k: v for k, v in params.items() if v})
-    return redirect(
-        reverse("workflows:editor", args=[slug])
-        + (f"?{query}" if query else "")
-        + (f"#card-{params['focus']}" if params.get("focus") else "")
-    )
+    return redirect(reverse("workflows:editor", args=[slug]) + (f"?{query}" if query else ""))
 
 
 def _conflict(request: HttpRequest, workflow: Workflow, error: DraftConflict) -> HttpResponse:

@@ -56,6 +56,29 @@ MATRIX: dict[str, dict[str, int]] = {
         "anonymous": UNAUTHENTICATED,
     },
     "api:workflow-document-schema": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
+    # The draft over REST is the builder's: the owner only. Versions and their diff: whoever sees the workflow.
+    "api:workflow-draft": {**EDIT_ONLY_OWNER, "anonymous": UNAUTHENTICATED},
+    "api:workflow-version-list": {
+        "analyst": OK,
+        "reviewer": OK,
+        "manager": OK,
+        "outsider": HIDDEN,
+        "anonymous": UNAUTHENTICATED,
+    },
+    "api:workflow-version-detail": {
+        "analyst": OK,
+        "reviewer": OK,
+        "manager": OK,
+        "outsider": HIDDEN,
+        "anonymous": UNAUTHENTICATED,
+    },
+    "api:workflow-version-diff": {
+        "analyst": OK,
+        "reviewer": OK,
+        "manager": OK,
+        "outsider": HIDDEN,
+        "anonymous": UNAUTHENTICATED,
+    },
     "api:approval-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:run-detail": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": UNAUTHENTICATED},
     "api:run-calls": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": UNAUTHENTICATED},
@@ -112,6 +135,14 @@ EXEMPT = {
     "api:workflow-run-start",
     # Import (POST): tests/workflows/test_exchange.py covers who may import into what.
     "api:workflow-import",
+    # The workflow API's writes (POST only): tests/workflows/test_api.py (test_writes_by_persona_change_nothing)
+    # covers them by persona.
+    "api:workflow-archive",
+    "api:workflow-restore",
+    "api:workflow-draft-edits",
+    "api:workflow-draft-validate",
+    "api:workflow-draft-publish",
+    "api:workflow-version-restore",
 }
 PERSONAS = ["analyst", "reviewer", "manager", "outsider", "anonymous"]
 
@@ -156,6 +187,10 @@ def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
             "runs:create": [claims_workflow.slug],
             "api:workflow-detail": [claims_workflow.slug],
             "api:workflow-export": [claims_workflow.slug],
+            "api:workflow-draft": [claims_workflow.slug],
+            "api:workflow-version-list": [claims_workflow.slug],
+            "api:workflow-version-detail": [claims_workflow.slug, 1],
+            "api:workflow-version-diff": [claims_workflow.slug],
             "api:run-detail": [run.pk],
             "api:run-calls": [run.pk],
             "inference:endpoint-edit": [endpoint.pk],

@@ -44,3 +44,13 @@ def display_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, indent=2, ensure_ascii=False, cls=DjangoJSONEncoder)
+
+
+@register.filter
+def setting_label(path: str) -> str:
+    """A setting's dotted path in words: "config.json_schema.properties.amount" → "Json schema › amount"."""
+    parts = [part for part in str(path).split(".") if part not in ("config", "properties")]
+    if not parts:
+        return str(path)
+    words = [parts[0].replace("_", " ").capitalize(), *parts[1:]]
+    return " › ".join(words)

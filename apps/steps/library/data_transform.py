@@ -13,8 +13,8 @@ class DataTransformConfig(StepConfig):
     fields: dict[str, str] = Field(
         min_length=1,
         json_schema_extra={"x-widget": "cel"},
-        description="Output field name → CEL expression over `input` and `steps`, e.g. "
-        '`steps.extract.data.amount < 1000.0 ? "auto_approve" : "adjuster_queue"`.',
+        description="Each value to compute: its name, and an expression over the run input and earlier steps, "
+        'e.g. `steps.extract.data.amount < 1000.0 ? "auto_approve" : "adjuster_queue"`.',
     )
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import QuerySet
@@ -14,10 +15,20 @@ from apps.workflows import blocks
 from apps.workflows.blocks import NotBlockStructured
 from apps.workflows.editor import OPERATIONS
 from apps.workflows.models import Workflow, WorkflowVersion
-from apps.workflows.selectors import Problem, workflow_version_problems, workflow_version_published_latest
+from apps.workflows.selectors import (
+    Problem,
+    team_list_assignable,
+    workflow_version_problems,
+    workflow_version_published_latest,
+)
+
+# A version's state is a plain string in the schema: another "state" enum (a run's) would collide with it.
+VERSION_STATE_HELP = '"draft" or "published".'
 
 
 class WorkflowVersionSerializer(serializers.ModelSerializer):
+    state = serializers.CharField(read_only=True, help_text=VERSION_STATE_HELP)
+
     class Meta:
         model = WorkflowVersion
         fields = ["number", "state", "checksum", "published_at", "input_schema", "graph"]
@@ -53,7 +64,7 @@ class WorkflowSerializer(serializers.ModelSerializer):
 
 
 @extend_schema_field(OpenApiTypes.STR)
-class AssignableTeamField(serializers.SlugRelatedField):  # type: ignore[type-arg]
+class AssignableTeamField(serializers.SlugRelatedField[Team]):
     """A team by slug, among those the caller may give a workflow to: their own teams (admins: every team), as
     on the workflow pages."""
 
@@ -62,10 +73,7 @@ class AssignableTeamField(serializers.SlugRelatedField):  # type: ignore[type-ar
         super().__init__(slug_field="slug", **kwargs)
 
     def get_queryset(self) -> QuerySet[Team]:
-        user = self.context["request"].user
-        if user.has_perm("accounts.change_team"):
-            return Team.objects.order_by("name")
-        return Team.objects.filter(group__user__pk=user.pk).order_by("name")
+        return team_list_assignable(self.context["request"].user)
 
 
 class WorkflowFilterSerializer(serializers.Serializer):
@@ -86,7 +94,7 @@ class WorkflowCreateSerializer(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True, default="")
     team = AssignableTeamField(required=False, allow_null=True, default=None)
     baseline_minutes_per_case = serializers.DecimalField(
-        max_digits=8, decimal_places=2, min_value=0, required=False, default=0
+        max_digits=8, decimal_places=2, min_value=Decimal("0"), required=False, default=Decimal("0")
     )
 
 
@@ -156,7 +164,8 @@ class DraftEditSerializer(serializers.Serializer):
     index = serializers.IntegerField(required=False, allow_null=True, min_value=0, help_text="Position in the lane.")
     type = serializers.CharField(required=False, help_text="insert: the step type, e.g. llm.extract.")
     direction = serializers.ChoiceField(choices=["up", "down"], required=False, help_text="move.")
-    mode = serializers.ChoiceField(choices=list(blocks.ERROR_MODES), required=False, help_text="error_mode.")
+    # A plain string in the schema (another "mode" enum would collide with it); the service checks it.
+    mode = serializers.CharField(required=False, help_text=f"error_mode: one of {', '.join(blocks.ERROR_MODES)}.")
     wait = serializers.ChoiceField(choices=["all", "any"], required=False, help_text="wait (a parallel step).")
     new_key = serializers.CharField(required=False, help_text="rekey.")
     step = serializers.DictField(
@@ -197,7 +206,11 @@ def problems_json(problems: list[Problem]) -> list[dict[str, Any]]:
 
 class OutlineLaneSerializer(serializers.Serializer):
     id = serializers.CharField(help_text="The lane's address, for insert and move_to.")
-    label = serializers.CharField(help_text='The branch label; "" for a parallel lane or an error lane.')
+    # Fields named like a Field attribute (label, source, fields) are fine: the serializer metaclass takes them out
+    # of the class body; only the stubs see a clash.
+    label = serializers.CharField(  # type: ignore[assignment]
+        help_text='The branch label; "" for a parallel lane or an error lane.'
+    )
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
@@ -338,6 +351,7 @@ class VersionSerializer(serializers.ModelSerializer):
     published_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
         slug_field="username", read_only=True
     )
+    state = serializers.CharField(read_only=True, help_text=VERSION_STATE_HELP)
     run_count = serializers.SerializerMethodField()
 
     class Meta:
@@ -368,13 +382,13 @@ class StepChangeSerializer(serializers.Serializer):
     type = serializers.CharField()
     name = serializers.CharField()
     moved = serializers.BooleanField()
-    fields = FieldChangeSerializer(many=True)
+    fields = FieldChangeSerializer(many=True)  # type: ignore[assignment]
     before_position = serializers.CharField(allow_null=True)
     after_position = serializers.CharField(allow_null=True)
 
 
 class EdgeChangeSerializer(serializers.Serializer):
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]
     target = serializers.CharField()
     when = serializers.CharField()
     kind = serializers.ChoiceField(choices=["added", "removed"])
