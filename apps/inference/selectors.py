@@ -31,3 +31,16 @@ def inference_server_is_development() -> bool:
         is_development = False
     _cache[url] = (now, is_development)
     return is_development
+
+
+def endpoint_names_for_steps() -> list[str]:
+    """The names LLM steps may give as their model: enabled text-generation endpoints (not embeddings
+    servers), by name. Analysts may read this list (the names their steps use); it holds no URLs or tokens."""
+    from apps.inference.models import ModelEndpoint
+
+    return list(
+        ModelEndpoint.objects.exclude(kind=ModelEndpoint.Kind.TEI)
+        .filter(enabled=True)
+        .order_by("name")
+        .values_list("name", flat=True)
+    )

@@ -65,14 +65,33 @@ class LlmStepConfig(StepConfig):
         json_schema_extra={"x-widget": "template", "x-rows": 8},
     )
     system: str = Field("", description="Optional system instruction.", json_schema_extra={"x-widget": "template"})
-    model: str = Field("", description="Model endpoint name; empty for the default endpoint.")
-    routing: Routing | None = None
-    fallbacks: list[str] = Field(default_factory=list, description="Endpoints tried on overload or server error.")
-    max_new_tokens: int = Field(256, ge=1, le=8192)
-    temperature: float | None = Field(None, gt=0, le=5)
-    seed: int | None = Field(None, ge=0)
-    stop: list[str] = Field(default_factory=list, max_length=4)
-    guardrails: Guardrails = Field(default_factory=Guardrails)
+    model: str = Field(
+        "",
+        description="The model endpoint that answers; empty for the default endpoint.",
+        json_schema_extra={"x-widget": "model-endpoint"},
+    )
+    routing: Routing | None = Field(
+        None, description="Small model first, the large one when needed.", json_schema_extra={"x-advanced": True}
+    )
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Endpoints tried on overload or server error.",
+        json_schema_extra={"x-advanced": True},
+    )
+    max_new_tokens: int = Field(
+        256, ge=1, le=8192, description="The longest reply, in tokens.", json_schema_extra={"x-advanced": True}
+    )
+    temperature: float | None = Field(
+        None, gt=0, le=5, description="Empty: the server's default.", json_schema_extra={"x-advanced": True}
+    )
+    seed: int | None = Field(None, ge=0, description="For repeatable sampling.", json_schema_extra={"x-advanced": True})
+    stop: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Texts that end the reply.",
+        json_schema_extra={"x-advanced": True},
+    )
+    guardrails: Guardrails = Field(default_factory=Guardrails, json_schema_extra={"x-advanced": True})
 
 
 def llm_config_problems(config: LlmStepConfig) -> list[str]:

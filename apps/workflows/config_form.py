@@ -49,6 +49,7 @@ class FormField:
     errors: list[str] = field(default_factory=list)
     item_widget: str = "text"  # for key/value rows: the value's widget (text, template, cel)
     chips: list[tuple[str, str]] = field(default_factory=list)  # references a template/expression uses
+    advanced: bool = False  # shown under "More settings", closed unless one of them has a problem
 
     @property
     def html_id(self) -> str:
@@ -102,7 +103,9 @@ def _widget(spec: dict[str, Any]) -> str:
     return "json"
 
 
-def _fields(schema: dict[str, Any], value: Any, prefix: str, defs: dict[str, Any]) -> list[FormField]:
+def _fields(
+    schema: dict[str, Any], value: Any, prefix: str, defs: dict[str, Any], choices: dict[str, list[tuple[str, str]]]
+) -> list[FormField]:
     value = value if isinstance(value, dict) else {}
     required = set(schema.get("required", []))
     result = []
@@ -121,12 +124,24 @@ def _fields(schema: dict[str, Any], value: Any, prefix: str, defs: dict[str, Any
             minimum=spec.get("minimum", spec.get("exclusiveMinimum")),
             maximum=spec.get("maximum"),
             rows=int(spec.get("x-rows", 4)),
+            advanced=bool(raw_spec.get("x-advanced") or spec.get("x-advanced")),
         )
-        if widget == "select":
+        if spec.get("x-widget") in choices:
+            # A choice among things that exist (model endpoints): a value that no longer exists stays listed,
+            # so opening the form never changes the step.
+            form_field.widget = "select"
+            known = choices[str(spec["x-widget"])]
+            missing = (
+                []
+                if current in (None, "") or current in {v for v, _ in known}
+                else [(str(current), f"{current} (missing)")]
+            )
+            form_field.choices = [*known, *missing]
+        elif widget == "select":
             form_field.choices = [("", "—")] if nullable or (name not in required and "default" not in spec) else []
             form_field.choices += [(str(option), str(option).replace("_", " ")) for option in spec["enum"]]
         elif widget == "group":
-            form_field.children = _fields(spec, current, path, defs)
+            form_field.children = _fields(spec, current, path, defs, choices)
         elif widget == "rows":
             item, _ = _resolve(spec["items"], defs)
             rows = current if isinstance(current, list) else []
@@ -135,7 +150,7 @@ def _fields(schema: dict[str, Any], value: Any, prefix: str, defs: dict[str, Any
                     name=f"{path}.{index}",
                     label=f"{form_field.label} {index + 1}",
                     widget="group",
-                    children=_fields(item, row, f"{path}.{index}", defs),
+                    children=_fields(item, row, f"{path}.{index}", defs, choices),
                 )
                 for index, row in enumerate([*rows, *([{}] * ROW_SPARES)])
             ]
@@ -157,9 +172,12 @@ def _fields(schema: dict[str, Any], value: Any, prefix: str, defs: dict[str, Any
     return result
 
 
-def form_fields(config_schema: dict[str, Any], config: dict[str, Any]) -> list[FormField]:
-    """The side panel's controls for a step type's config schema, filled with `config`."""
-    return _fields(config_schema, config, "config", config_schema.get("$defs", {}))
+def form_fields(
+    config_schema: dict[str, Any], config: dict[str, Any], choices: dict[str, list[tuple[str, str]]] | None = None
+) -> list[FormField]:
+    """The side panel's controls for a step type's config schema, filled with `config`. `choices` gives the
+    options of fields that name things by `x-widget` ({"model-endpoint": [(name, label), ...]})."""
+    return _fields(config_schema, config, "config", config_schema.get("$defs", {}), choices or {})
 
 
 def attach_errors(fields: list[FormField], problems: list[tuple[str, str]]) -> list[str]:

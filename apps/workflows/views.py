@@ -24,6 +24,7 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts.models import Team
 from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.inference.selectors import endpoint_names_for_steps
 from apps.steps.expressions import cel_check, template_check
 from apps.steps.registry import step_types
 from apps.workflows import blocks
@@ -373,6 +374,12 @@ def _cards(tree: blocks.Tree, problems: list[Problem], focus: str = "", control:
     return sequence(tree.blocks, blocks.ROOT)
 
 
+def _choices() -> dict[str, list[tuple[str, str]]]:
+    """Options for step settings that name things: the text-generation model endpoints."""
+    endpoints = endpoint_names_for_steps()
+    return {"model-endpoint": [("", "Default endpoint"), *((name, name) for name in endpoints)]}
+
+
 def _step_panel(
     draft: WorkflowVersion, key: str, *, sample: dict[str, Any] | None = None, pinned: Any = None
 ) -> dict[str, Any] | None:
@@ -383,7 +390,7 @@ def _step_panel(
     step_type = step_types().get(str(step.get("type")))
     config = step.get("config") if isinstance(step.get("config"), dict) else {}
     assert isinstance(config, dict)
-    fields = form_fields(step_type.config_schema(), config) if step_type else []
+    fields = form_fields(step_type.config_schema(), config, _choices()) if step_type else []
     problems = [p for p in workflow_version_problems(draft) if p.step == key]
     unplaced = attach_errors(fields, [(p.field, p.message) for p in problems if not p.field.startswith("@")])
     option_problems = {p.field[1:].split(".")[0]: p.message for p in problems if p.field.startswith("@")}
@@ -392,10 +399,18 @@ def _step_panel(
     _decorate(fields, draft)
     retry = step.get("retry") if isinstance(step.get("retry"), dict) else {}
     assert isinstance(retry, dict)
+
+    def has_errors(items: list[Any]) -> bool:
+        return any(item.errors or has_errors(item.children) for item in items)
+
+    advanced = [item for item in fields if item.advanced]
     return {
         "step": step,
         "type": step_type,
         "fields": fields,
+        "basic_fields": [item for item in fields if not item.advanced],
+        "advanced_fields": advanced,
+        "advanced_open": has_errors(advanced),
         "unplaced": unplaced,
         "option_problems": option_problems,
         "references": references,
@@ -564,7 +579,7 @@ def workflow_editor_step(request: HttpRequest, slug: str, key: str) -> HttpRespo
     current = step.get("config") if isinstance(step.get("config"), dict) else {}
     assert isinstance(current, dict)
     config = (
-        config_from_post(form_fields(step_type.config_schema(), current), request.POST, current)
+        config_from_post(form_fields(step_type.config_schema(), current, _choices()), request.POST, current)
         if step_type
         else current
     )

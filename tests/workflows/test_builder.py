@@ -482,3 +482,25 @@ def test_the_list_searches_filters_and_pages(analyst, team):
     teamed = client.get(f"/workflows/?team={team.slug}").content.decode()
     assert "Process 01" in teamed and "Process 02" not in teamed
     assert "No workflow matches" in client.get("/workflows/?q=zzzz").content.decode()
+
+
+def test_model_settings_offer_the_endpoints_and_keep_a_missing_one(analyst, blank):
+    from apps.inference.models import ModelEndpoint
+
+    ModelEndpoint.objects.create(name="qwen-small", url="http://127.0.0.1:9")
+    ModelEndpoint.objects.create(name="embedder", url="http://127.0.0.1:9", kind=ModelEndpoint.Kind.TEI)
+    client = signed_in(analyst)
+    client.get(f"/workflows/{blank.slug}/edit/")
+    edit(client, blank, operation="insert", type="llm.generate", lane="root", index=0)
+    page = client.get(f"/workflows/{blank.slug}/edit/?step=generate").content.decode()
+    assert '<option value="qwen-small"' in page and '<option value="embedder"' not in page
+    assert "More settings (model limits, routing, guardrails)" in page
+    draft = blank.versions.get(state="draft")
+    graph = draft.graph
+    graph["steps"][0]["config"] = {"prompt": "Hi", "model": "retired-model"}
+    workflow_draft_save(
+        actor=analyst, workflow=blank, graph=graph, input_schema=draft.input_schema, expected_revision=None
+    )
+    page = client.get(f"/workflows/{blank.slug}/edit/?step=generate").content.decode()
+    assert "retired-model (missing)" in page
+    assert 'model endpoint &quot;retired-model&quot; does not exist' in page

@@ -28,7 +28,9 @@ class LlmClassifyConfig(LlmStepConfig):
         "auto", description="logprobs where the endpoint gives them (TGI), else agreement between samples."
     )
     samples: int = Field(5, ge=2, le=20, description="Samples for self-consistency.")
-    max_new_tokens: int = Field(16, ge=1, le=256)
+    max_new_tokens: int = Field(
+        16, ge=1, le=256, description="The longest reply, in tokens.", json_schema_extra={"x-advanced": True}
+    )
 
     @field_validator("labels")
     @classmethod

@@ -27,11 +27,21 @@ class LlmExtractConfig(LlmStepConfig):
         title="Fields to extract",
         json_schema_extra={"x-widget": "schema-table"},
     )
-    repair_attempts: int = Field(1, ge=0, le=3, description="Extra calls that show the model its validation errors.")
-    constrained: bool = Field(
-        True, description="Ask the server to constrain decoding to the schema (TGI grammar, response_format)."
+    repair_attempts: int = Field(
+        1,
+        ge=0,
+        le=3,
+        description="Extra calls that show the model its validation errors.",
+        json_schema_extra={"x-advanced": True},
     )
-    max_new_tokens: int = Field(512, ge=1, le=8192)
+    constrained: bool = Field(
+        True,
+        description="Ask the server to constrain decoding to the schema (TGI grammar, response_format).",
+        json_schema_extra={"x-advanced": True},
+    )
+    max_new_tokens: int = Field(
+        512, ge=1, le=8192, description="The longest reply, in tokens.", json_schema_extra={"x-advanced": True}
+    )
 
 
 def field_confidence(result: InferenceResult, data: Any) -> dict[str, float]:
