@@ -54,6 +54,8 @@ class Confidence:
 
     value: float
     low: bool
+    # True where the row's value already is the percentage (a classification): only "low" is added.
+    in_value: bool = False
 
     @property
     def percent(self) -> str:
@@ -217,7 +219,7 @@ def _present_list(items: list[Any], schema: Mapping[str, Any], depth: int) -> Va
         and first
         and all(isinstance(item, Mapping) and item.keys() == first.keys() for item in shown)
     ):
-        columns = _ordered_keys(first, _properties(item_schema))
+        columns = _ordered_keys(first, item_schema)
         specs = _properties(item_schema)
         return Table(
             columns=tuple(_label(key, _schema(specs.get(key))) for key in columns),
@@ -229,9 +231,22 @@ def _present_list(items: list[Any], schema: Mapping[str, Any], depth: int) -> Va
     return Bullets(entries=tuple(present_value(item, item_schema, depth=depth + 1) for item in shown), more=more)
 
 
-def _ordered_keys(data: Mapping[str, Any], properties: Mapping[str, Any]) -> list[str]:
+def schema_order(schema: Mapping[str, Any]) -> list[str]:
+    """The schema's fields in the order the analyst designed them, as far as it survives: PostgreSQL's
+    jsonb keeps an object's keys sorted by length, not as written, but `required` is a list and keeps its
+    order. So the required fields in that order, then the optional ones as stored."""
+    properties = _properties(schema)
+    required = schema.get("required")
+    ordered = (
+        [key for key in required if isinstance(key, str) and key in properties] if isinstance(required, list) else []
+    )
+    return list(dict.fromkeys(ordered)) + [key for key in properties if key not in ordered]
+
+
+def _ordered_keys(data: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
     """The schema's order first (what the analyst designed), then whatever else the data has."""
-    return [key for key in properties if key in data] + [key for key in data if key not in properties]
+    known = [key for key in schema_order(schema) if key in data]
+    return known + [key for key in data if key not in known]
 
 
 def present_fields(
@@ -246,8 +261,9 @@ def present_fields(
     """An object as labelled rows, labels and help from the schema's properties. `confidence` maps field
     names to 0..1 (shown beside the value, "low" below `low_below`); `include_missing` lists the schema's
     fields that the data lacks as "Not given" (a form's view of its fields)."""
-    properties = _properties(_schema(schema))
-    keys = list(properties) if include_missing else _ordered_keys(data, properties)
+    spec_of = _schema(schema)
+    properties = _properties(spec_of)
+    keys = schema_order(spec_of) if include_missing else _ordered_keys(data, spec_of)
     keys += [key for key in data if key not in keys]
     if not keys:
         return Text("No fields", muted=True)
@@ -267,11 +283,11 @@ def present_fields(
     return Fields(rows=tuple(rows), more=max(0, len(keys) - MAX_ITEMS))
 
 
-def _confidence(score: Any, low_below: float) -> Confidence | None:
+def _confidence(score: Any, low_below: float, *, in_value: bool = False) -> Confidence | None:
     if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
         return None
     score = min(max(float(score), 0.0), 1.0)
-    return Confidence(value=score, low=score < low_below)
+    return Confidence(value=score, low=score < low_below, in_value=in_value)
 
 
 # --- run inputs ------------------------------------------------------------------------------------------
@@ -339,9 +355,11 @@ def _llm_classify(config: Mapping[str, Any], output: Mapping[str, Any]) -> Value
     if "label" not in output or "branch" not in output:
         return None
     label, branch = output.get("label"), output.get("branch")
-    threshold = config.get("threshold", LOW_CONFIDENCE)
-    threshold = float(threshold) if isinstance(threshold, int | float) and not isinstance(threshold, bool) else 0.7
-    confidence = _confidence(output.get("confidence"), threshold)
+    # "Low" here means below the step's own threshold: the one that chose the route.
+    configured = config.get("threshold", LOW_CONFIDENCE)
+    usable = isinstance(configured, int | float) and not isinstance(configured, bool)
+    threshold = float(configured) if usable else LOW_CONFIDENCE
+    confidence = _confidence(output.get("confidence"), threshold, in_value=True)
     at = f"{round(threshold * 100)}%"
     if branch == "confident":
         route = f"Confident: at or above the {at} threshold, so the run goes on along the “confident” path."

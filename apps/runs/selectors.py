@@ -29,7 +29,6 @@ from apps.runs.presentation import (
 )
 from apps.workflows.diagram import Diagram, diagram_for_graph
 from apps.workflows.graph import Graph
-from apps.workflows.models import WorkflowVersion
 from apps.workflows.selectors import workflow_list_for_user
 
 AnyUser = AbstractUser | AnonymousUser
@@ -87,40 +86,45 @@ def incident_list_open(run: Run) -> QuerySet[Incident]:
 
 
 @dataclass(frozen=True)
-class VersionFacts:
-    """What the run page draws from a workflow version, whatever its runs did: the diagram's layout, each
-    step's type, name and configuration (how its output reads), and the steps whose outputs make the
-    run's result (the version's named output step, else its final steps, as the engine decides)."""
+class GraphFacts:
+    """What the run page draws from the graph a run executes, whatever the run did: the diagram's layout,
+    each step's type, name and configuration (how its output reads), and the steps whose outputs make the
+    run's result (the graph's named output step, else its final steps, as the engine decides)."""
 
     diagram: Diagram
     steps: dict[str, StepFacts]
     result_keys: list[str]
 
 
-VERSION_FACTS_KEPT = 256
-_version_facts: OrderedDict[tuple[int, str, int], VersionFacts] = OrderedDict()
-_version_facts_lock = threading.Lock()
+GRAPH_FACTS_KEPT = 256
+_graph_facts: OrderedDict[tuple[str, int, str], GraphFacts] = OrderedDict()
+_graph_facts_lock = threading.Lock()
 
 
-def version_facts(version: WorkflowVersion) -> VersionFacts:
-    """The version's facts, laid out once per process: a run page and every push to it while a run moves
-    redraw only the step states. Runs pin published versions, which never change; the checksum and
-    revision in the key keep a draft's facts (or a reused primary key in tests) from going stale anyway."""
-    key = (version.pk, version.checksum, version.revision)
-    with _version_facts_lock:
-        facts = _version_facts.get(key)
+def run_graph_facts(run: Run) -> GraphFacts:
+    """The facts of the graph `run` executes, laid out once per process: the run page and every push to it
+    while the run moves redraw only the step states. A run executes its published version (immutable) or,
+    for a test of a draft, its own snapshot (immutable too), so either is a safe cache key; the checksum
+    and revision keep a version's entry from going stale even so."""
+    version = run.version
+    if run.graph_snapshot is not None:
+        key = ("run", run.pk, "")
+    else:
+        key = ("version", version.pk, f"{version.checksum}:{version.revision}")
+    with _graph_facts_lock:
+        facts = _graph_facts.get(key)
         if facts is not None:
-            _version_facts.move_to_end(key)
+            _graph_facts.move_to_end(key)
             return facts
-    facts = _version_facts_compute(version.graph)
-    with _version_facts_lock:
-        _version_facts[key] = facts
-        while len(_version_facts) > VERSION_FACTS_KEPT:
-            _version_facts.popitem(last=False)
+    facts = _graph_facts_compute(run.graph)
+    with _graph_facts_lock:
+        _graph_facts[key] = facts
+        while len(_graph_facts) > GRAPH_FACTS_KEPT:
+            _graph_facts.popitem(last=False)
     return facts
 
 
-def _version_facts_compute(graph: Any) -> VersionFacts:
+def _graph_facts_compute(graph: Any) -> GraphFacts:
     steps: dict[str, StepFacts] = {}
     for step in graph.get("steps", []) if isinstance(graph, dict) else []:
         if isinstance(step, dict) and isinstance(step.get("key"), str):
@@ -137,7 +141,7 @@ def _version_facts_compute(graph: Any) -> VersionFacts:
             result_keys = Graph.parse(graph).sinks()
         except (KeyError, TypeError, ValueError, AttributeError):
             result_keys = []
-    return VersionFacts(diagram=diagram_for_graph(graph), steps=steps, result_keys=result_keys)
+    return GraphFacts(diagram=diagram_for_graph(graph), steps=steps, result_keys=result_keys)
 
 
 def _shows_output(step: StepRun) -> bool:
@@ -149,10 +153,10 @@ def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
 
     Besides the rows: the version's diagram with each step's state, and the inputs, step outputs and
     result as labelled fields (apps/runs/presentation.py). No query per step: the diagram and the steps'
-    configurations come from the version the run already carries."""
+    configurations come from the graph the run already carries (its version's, or a test run's snapshot)."""
     incidents = {incident.step_run_id: incident for incident in incident_list_open(run)}
     steps = list(step_run_list(run))
-    facts = version_facts(run.version)
+    facts = run_graph_facts(run)
     for step in steps:
         step.open_incident = incidents.get(step.pk)  # type: ignore[attr-defined]
         config = facts.steps[step.step_key].config if step.step_key in facts.steps else {}

@@ -19,6 +19,8 @@ urlpatterns = [
     path("<slug:slug>/edit/steps/<str:key>/pin/", views.workflow_pin, name="pin"),
     path("<slug:slug>/edit/steps/<str:key>/check/", views.workflow_check_expression, name="check-expression"),
     path("<slug:slug>/versions/", views.workflow_versions, name="versions"),
+    path("<slug:slug>/export/", views.workflow_export_download, name="export"),
+    path("<slug:slug>/import/", views.workflow_import_into, name="import"),
     path("<slug:slug>/versions/compare/", views.workflow_compare, name="compare"),
     path("<slug:slug>/versions/<int:number>/restore/", views.workflow_version_restore, name="version-restore"),
 ]

@@ -33,6 +33,13 @@ from apps.workflows.config_form import SCHEMA_TYPES, attach_errors, config_from_
 from apps.workflows.diagram import diagram_for_graph, diagram_outline
 from apps.workflows.diff import version_diff
 from apps.workflows.editor import draft_edit
+from apps.workflows.exchange import (
+    ImportProblems,
+    document_text_from_bytes,
+    problem_text,
+    workflow_export,
+    workflow_import,
+)
 from apps.workflows.graph import RetryPolicy
 from apps.workflows.input_schema import input_form_class, input_validate
 from apps.workflows.models import Workflow, WorkflowVersion
@@ -899,3 +906,61 @@ def workflow_pin(request: HttpRequest, slug: str, key: str) -> HttpResponse:
         return back
     messages.success(request, f'Pinned test data for "{key}": test runs use it instead of executing the step.')
     return back
+
+
+# --- export and import in the pages ---------------------------------------------------------------------------
+
+
+@login_required
+def workflow_export_download(request: HttpRequest, slug: str) -> HttpResponse:
+    """Download the workflow as its YAML file: a published version (?version=N), else the draft, else the newest
+    published version."""
+    workflow = workflow_get_for_user(request.user, slug=slug)
+    number = _number(request.GET.get("version"))
+    try:
+        text = workflow_export(actor=request.user, workflow=workflow, version_number=number)  # type: ignore[arg-type]
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return redirect("workflows:versions", slug=slug)
+    response = HttpResponse(text, content_type="application/yaml; charset=utf-8")
+    suffix = f"-v{number}" if number else ""
+    response["Content-Disposition"] = f'attachment; filename="{workflow.slug}{suffix}.aios.yaml"'
+    return response
+
+
+@login_required
+def workflow_import_into(request: HttpRequest, slug: str) -> HttpResponse:
+    """Import a file into this workflow as its draft: "Preview" shows what would change (nothing is written),
+    "Import" writes the draft. Refusals list each problem with its line."""
+    workflow = _editable(request, slug)
+    context: dict[str, Any] = {"workflow": workflow}
+    status = 200
+    if request.method == "POST":
+        upload = request.FILES.get("file")
+        text = request.POST.get("document", "")
+        try:
+            if upload is not None:
+                text = document_text_from_bytes(upload.read())
+            if not text.strip():
+                raise ValidationFailed(
+                    "Choose a file to import.", fields={"file": ["Choose an exported .aios.yaml file."]}
+                )
+            dry_run = request.POST.get("action") != "import"
+            result = workflow_import(actor=request.user, text=text, workflow=workflow, dry_run=dry_run)  # type: ignore[arg-type]
+        except ImportProblems as refusal:
+            context.update(error=refusal.message, problems=[problem_text(p) for p in refusal.problems])
+            status = 400
+        except ApplicationError as refusal:
+            context.update(error=refusal.message)
+            status = 400
+        else:
+            if not dry_run:
+                messages.success(request, f"Imported as the draft ({result.diff.summary()}). Review it, then publish.")
+                return redirect("workflows:editor", slug=slug)
+            types = step_types()
+            context.update(
+                preview=result,
+                document=text,
+                type_names={key: value.name for key, value in types.items()},
+            )
+    return render(request, "workflows/import.html", context, status=status)

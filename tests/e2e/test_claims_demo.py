@@ -30,7 +30,7 @@ def test_analyst_runs_the_claims_demo_and_watches_it_live(paced_stack, analyst, 
 
     page.get_by_role("link", name="Open workflows").click()
     page.get_by_role("link", name="Claims triage").click()
-    expect(page.get_by_text("Extract claim fields")).to_be_visible()
+    expect(page.get_by_text("Extract claim fields", exact=True).first).to_be_visible()
     page.get_by_role("link", name="Run", exact=True).click()
 
     page.get_by_role("button", name="Start run").click()  # empty: inline error, nothing started

@@ -503,4 +503,36 @@ def test_model_settings_offer_the_endpoints_and_keep_a_missing_one(analyst, blan
     )
     page = client.get(f"/workflows/{blank.slug}/edit/?step=generate").content.decode()
     assert "retired-model (missing)" in page
-    assert 'model endpoint &quot;retired-model&quot; does not exist' in page
+    assert "model endpoint &quot;retired-model&quot; does not exist" in page
+
+
+def test_download_a_version_and_import_a_file_with_a_preview(analyst, claims_workflow):
+    client = signed_in(analyst)
+    response = client.get(f"/workflows/{claims_workflow.slug}/export/?version=1")
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == 'attachment; filename="claims-triage-v1.aios.yaml"'
+    import yaml
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from apps.workflows.exchange import document_dump
+
+    url = f"/workflows/{claims_workflow.slug}/import/"
+    edited = response.content.decode().replace("Decide the route", "Choose the route")
+    refused = client.post(url, {"file": SimpleUploadedFile("c.aios.yaml", edited.encode()), "action": "preview"})
+    assert refused.status_code == 400 and "Remove the version block" in refused.content.decode()
+    document = yaml.safe_load(edited)
+    del document["version"]  # an edited file is a new draft, not version 1 any more
+    text = document_dump(document)
+
+    preview = client.post(url, {"file": SimpleUploadedFile("c.aios.yaml", text.encode()), "action": "preview"})
+    page = preview.content.decode()
+    assert preview.status_code == 200 and "1 step changed" in page and "Import as the draft" in page
+    assert not claims_workflow.versions.filter(state="draft").exists()  # a preview writes nothing
+    response = client.post(url, {"document": text, "action": "import"})
+    assert response.status_code == 302 and response["Location"] == f"/workflows/{claims_workflow.slug}/edit/"
+    draft = claims_workflow.versions.get(state="draft")
+    assert draft.graph["steps"][1]["name"] == "Choose the route"
+    broken = text.replace("type: data.transform", "type: no.such.step")
+    refused = client.post(url, {"file": SimpleUploadedFile("c.aios.yaml", broken.encode()), "action": "preview"})
+    assert refused.status_code == 400
+    assert "line " in refused.content.decode() and "no.such.step" in refused.content.decode()
