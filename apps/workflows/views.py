@@ -388,7 +388,13 @@ def _choices() -> dict[str, list[tuple[str, str]]]:
 
 
 def _step_panel(
-    draft: WorkflowVersion, key: str, *, sample: dict[str, Any] | None = None, pinned: Any = None
+    draft: WorkflowVersion,
+    key: str,
+    *,
+    sample: dict[str, Any] | None = None,
+    pinned: Any = None,
+    problems: list[Problem] | None = None,
+    tree: blocks.Tree | None = None,
 ) -> dict[str, Any] | None:
     """The side panel of one step: its generated form with errors under each field, and the data picker."""
     step = next((s for s in draft.graph.get("steps", []) if isinstance(s, dict) and s.get("key") == key), None)
@@ -398,7 +404,7 @@ def _step_panel(
     config = step.get("config") if isinstance(step.get("config"), dict) else {}
     assert isinstance(config, dict)
     fields = form_fields(step_type.config_schema(), config, _choices()) if step_type else []
-    problems = [p for p in workflow_version_problems(draft) if p.step == key]
+    problems = [p for p in (workflow_version_problems(draft) if problems is None else problems) if p.step == key]
     unplaced = attach_errors(fields, [(p.field, p.message) for p in problems if not p.field.startswith("@")])
     option_problems = {p.field[1:].split(".")[0]: p.message for p in problems if p.field.startswith("@")}
     references = references_for_step(draft.graph, draft.input_schema, key, sample=sample)
@@ -428,6 +434,23 @@ def _step_panel(
         "pin_text": json.dumps(pinned.output if pinned else last_output or {}, indent=2, ensure_ascii=False),
         "sample_run": (sample or {}).get("run"),
         "calls_out": bool(step_type and step_type.side_effects),
+        **_block_options(tree, key),
+    }
+
+
+def _block_options(tree: blocks.Tree | None, key: str) -> dict[str, Any]:
+    """A step's place-dependent options for its panel: what a failure does, and how a parallel step's lanes
+    join."""
+    try:
+        block, _ = blocks.find(tree, key) if tree is not None else (None, None)
+    except blocks.BlockEditError:
+        block = None
+    if block is None:
+        return {"error_mode": "fail", "fans_out": False, "wait": "all"}
+    return {
+        "error_mode": blocks.block_error_mode(block),
+        "fans_out": blocks._branching(block.step)[2],
+        "wait": block.wait,
     }
 
 
@@ -452,19 +475,26 @@ def _group(references: list[Any]) -> list[dict[str, Any]]:
     return [{"name": name, "items": items} for name, items in groups.items()]
 
 
-def _builder_context(request: HttpRequest, workflow: Workflow, draft: WorkflowVersion) -> dict[str, Any]:
-    problems = workflow_version_problems(draft)
+def _builder_context(
+    request: HttpRequest, workflow: Workflow, draft: WorkflowVersion, params: Any = None
+) -> dict[str, Any]:
+    """Everything the builder page renders. `params` are the page's query parameters (the request's own, or
+    those of the page an htmx edit answers with directly)."""
+    params = request.GET if params is None else params
+    problems = workflow_version_problems(draft)  # once per request: cards, panel and publish all read it
     try:
         tree = blocks.tree_from_graph(draft.graph)
         read_only_reason = ""
     except NotBlockStructured as error:
         tree, read_only_reason = blocks.Tree(blocks=[]), str(error)
-    selected = request.GET.get("step", "")
-    insert = request.GET.get("insert", "")
+    lanes = blocks.lanes_of(tree)
+    selected, insert, moving = params.get("step", ""), params.get("insert", ""), params.get("move", "")
     panel: dict[str, Any] = {"kind": "help"}
     pinned = pinned_outputs_for(workflow)
     if selected:
-        step_panel = _step_panel(draft, selected, sample=sample_data_for(workflow), pinned=pinned.get(selected))
+        step_panel = _step_panel(
+            draft, selected, sample=sample_data_for(workflow), pinned=pinned.get(selected), problems=problems, tree=tree
+        )
         if step_panel is not None:
             panel = {"kind": "step", **step_panel}
     elif insert:
@@ -473,22 +503,35 @@ def _builder_context(request: HttpRequest, workflow: Workflow, draft: WorkflowVe
             "kind": "palette",
             "lane": lane,
             "index": index,
-            "query": request.GET.get("q", ""),
-            "groups": _palette(request.GET.get("q", "")),
-            "where": dict((address, name) for address, _, _, name in blocks.lanes_of(tree)).get(lane, "the workflow"),
+            "query": params.get("q", ""),
+            "groups": _palette(params.get("q", "")),
+            "where": {address: name for address, _, _, name in lanes}.get(lane, "the workflow"),
         }
+    elif moving:
+        try:
+            block, place = blocks.find(tree, moving)
+        except blocks.BlockEditError:
+            block = None
+        if block is not None:
+            inside = {id(items) for items, _ in blocks._lists_under(block)}
+            panel = {
+                "kind": "move",
+                "key": block.key,
+                "name": block.step.get("name") or block.key,
+                "lane": place.lane,
+                "lanes": [(address, name) for address, items, _, name in lanes if id(items) not in inside],
+            }
     return {
         "workflow": workflow,
         "draft": draft,
         "editor_url": reverse("workflows:editor", args=[workflow.slug]),
-        "cards": _cards(tree, problems, request.GET.get("focus", ""), request.GET.get("control", "")),
-        "lanes": blocks.lanes_of(tree),
+        "operation_url": reverse("workflows:editor-operation", args=[workflow.slug]),
+        "cards": _cards(tree, problems, params.get("focus", ""), params.get("control", "")),
         "read_only_reason": read_only_reason,
         "problems": problems,
         "workflow_problems": [p for p in problems if not p.step],
         "panel": panel,
-        "focus": request.GET.get("focus", ""),
-        "focus_control": request.GET.get("control", ""),
+        "focus": params.get("focus", ""),
         "diagram": diagram_for_graph(draft.graph) if read_only_reason else None,
         "published": workflow_version_published_latest(workflow),
         "error_modes": blocks.ERROR_MODES,
@@ -519,11 +562,19 @@ def _revision(request: HttpRequest) -> int | None:
     return int(raw) if raw.isdigit() and not request.POST.get("overwrite") else None
 
 
-def _back(slug: str, **params: str) -> HttpResponse:
-    """Back to the builder, with the changed card focused. No #fragment: a page whose address targets an
-    element never honours `autofocus`, and the focused control is scrolled into view anyway."""
-    query = urlencode({k: v for k, v in params.items() if v})
-    return redirect(reverse("workflows:editor", args=[slug]) + (f"?{query}" if query else ""))
+def _back(request: HttpRequest, workflow: Workflow, **params: str) -> HttpResponse:
+    """Back to the builder, with the changed card focused. A plain form post gets a redirect (post, redirect,
+    get); an htmx one gets the builder page in the same response, with its address, which saves a request
+    per edit. No #fragment: a page whose address targets an element never honours `autofocus`, and the
+    focused control is scrolled into view anyway."""
+    query = {key: value for key, value in params.items() if value}
+    url = reverse("workflows:editor", args=[workflow.slug]) + (f"?{urlencode(query)}" if query else "")
+    if not getattr(request, "htmx", False):
+        return redirect(url)
+    draft = workflow_draft_get_or_create(actor=request.user, workflow=workflow)  # type: ignore[arg-type]
+    response = render(request, "workflows/editor.html", _builder_context(request, workflow, draft, query))
+    response["HX-Replace-Url"] = url
+    return response
 
 
 def _conflict(request: HttpRequest, workflow: Workflow, error: DraftConflict) -> HttpResponse:
@@ -553,6 +604,10 @@ def workflow_editor_operation(request: HttpRequest, slug: str) -> HttpResponse:
         name: request.POST.get(name)
         for name in ("key", "lane", "index", "type", "direction", "mode", "wait", "new_key")
     }
+    if request.POST.get("do"):
+        # A card's button of the shared form: "operation:argument:key" ("move:up:extract", "delete::extract").
+        operation, argument, key = [*request.POST["do"].split(":", 2), "", ""][:3]
+        data.update(key=key, direction=argument or None)
     try:
         result = draft_edit(
             actor=request.user,  # type: ignore[arg-type]
@@ -565,11 +620,11 @@ def workflow_editor_operation(request: HttpRequest, slug: str) -> HttpResponse:
         return _conflict(request, workflow, error)
     except ApplicationError as error:
         messages.error(request, error.message)
-        return _back(slug, focus=str(data.get("key") or ""))
+        return _back(request, workflow, focus=str(data.get("key") or ""))
     messages.success(request, result.message)
     panel_step = result.focus if operation in ("insert", "duplicate") else request.POST.get("panel_step", "")
-    control = request.POST.get("control") or request.POST.get("direction", "")
-    return _back(slug, focus=result.focus or "", step=panel_step or "", control=control)
+    control = request.POST.get("control") or data.get("direction") or ""
+    return _back(request, workflow, focus=result.focus or "", step=panel_step or "", control=control)
 
 
 @login_required
@@ -625,7 +680,7 @@ def workflow_editor_step(request: HttpRequest, slug: str, key: str) -> HttpRespo
         return _conflict(request, workflow, error)
     except ApplicationError as error:
         messages.error(request, error.message)
-        return _back(slug, focus=key, step=key)
+        return _back(request, workflow, focus=key, step=key)
     problems = [p for p in workflow_version_problems(result.draft) if p.step == result.focus]
     if problems:
         messages.warning(
@@ -634,7 +689,7 @@ def workflow_editor_step(request: HttpRequest, slug: str, key: str) -> HttpRespo
         )
     else:
         messages.success(request, result.message)
-    return _back(slug, focus=result.focus or key, step=result.focus or key)
+    return _back(request, workflow, focus=result.focus or key, step=result.focus or key)
 
 
 @login_required
@@ -658,7 +713,7 @@ def workflow_publish(request: HttpRequest, slug: str) -> HttpResponse:
     except ApplicationError as error:
         count = len(error.extra.get("problems", []))
         messages.error(request, f"{error.message} Fix the {count} problem{'s' if count != 1 else ''} listed first.")
-        return _back(slug)
+        return _back(request, workflow)
     messages.success(request, f"Published version {version.number}. New runs use it; running ones keep theirs.")
     return redirect("workflows:versions", slug=slug)
 
@@ -886,11 +941,14 @@ def workflow_check_expression(request: HttpRequest, slug: str, key: str) -> Http
 def workflow_pin(request: HttpRequest, slug: str, key: str) -> HttpResponse:
     """Pin (or, with action=unpin, unpin) the output a step gives in test runs of the draft."""
     workflow = _editable(request, slug)
-    back = _back(slug, step=key, focus=key)
+
+    def back() -> HttpResponse:
+        return _back(request, workflow, step=key, focus=key)
+
     if request.POST.get("action") == "unpin":
         pinned_output_clear(actor=request.user, workflow=workflow, step_key=key)  # type: ignore[arg-type]
         messages.success(request, f'Unpinned the test data of "{key}": tests execute it again.')
-        return back
+        return back()
     text = request.POST.get("output", "")
     try:
         output = json.loads(text)
@@ -898,14 +956,14 @@ def workflow_pin(request: HttpRequest, slug: str, key: str) -> HttpResponse:
         messages.error(
             request, f"The pinned data is not valid JSON ({error.msg} at line {error.lineno}); nothing was pinned."
         )
-        return back
+        return back()
     try:
         pinned_output_set(actor=request.user, workflow=workflow, step_key=key, output=output)  # type: ignore[arg-type]
     except ValidationFailed as refusal:
         messages.error(request, " ".join(m for ms in refusal.fields.values() for m in ms))
-        return back
+        return back()
     messages.success(request, f'Pinned test data for "{key}": test runs use it instead of executing the step.')
-    return back
+    return back()
 
 
 # --- export and import in the pages ---------------------------------------------------------------------------

@@ -32,12 +32,16 @@ def add_step(page: Page, where: str, search: str, name: str) -> None:
     page.locator(f'a.insert-link[href*="insert={where}"]').first.click()
     page.get_by_label("Search step types").fill(search)
     page.get_by_role("button", name="Search").click()
-    page.get_by_role("button", name=re.compile(f"^{name}")).click()
+    with page.expect_response(lambda response: "/edit/operation/" in response.url):
+        page.get_by_role("button", name=re.compile(f"^{name}")).click()
     expect(page.get_by_role("status")).to_contain_text("Added")
 
 
 def save_step(page: Page) -> None:
-    page.get_by_role("button", name="Save step").click()
+    # The save answers with the builder itself (htmx): wait for it before touching the page again.
+    with page.expect_response(lambda response: "/edit/steps/" in response.url):
+        page.get_by_role("button", name="Save step").click()
+    page.wait_for_load_state("networkidle")
 
 
 def test_analyst_builds_tests_publishes_runs_and_compares_a_claims_triage(
@@ -123,7 +127,7 @@ def test_analyst_builds_tests_publishes_runs_and_compares_a_claims_triage(
     page.screenshot(path=str(DOCS / "builder-editor.png"), full_page=True)
 
     # Test the extraction alone on a sample: the real engine, the live run page, marked as a test.
-    page.get_by_role("link", name="Extract claim fields").click()
+    page.get_by_role("link", name="Extract claim fields", exact=True).click()
     page.locator("#test-step-source").select_option(label=f"Sample: {SAMPLE_CLAIMS[0]['label']}")
     page.get_by_role("button", name="Test this step").click()
     page.wait_for_url(re.compile(r"/runs/\d+/$"))
@@ -152,7 +156,7 @@ def test_analyst_builds_tests_publishes_runs_and_compares_a_claims_triage(
 
     # A second version: a higher limit. Then the difference between the two.
     page.goto(f"{paced_stack}/workflows/claims-intake/edit/")
-    page.get_by_role("link", name="Needs an adjuster?").click()
+    page.get_by_role("link", name="Needs an adjuster?", exact=True).click()
     page.locator("#field-config-condition").fill("steps.extract.data.amount > 5000.0")
     save_step(page)
     page.get_by_label("What changed (shown in the version list)").fill("Raise the limit to EUR 5,000")
@@ -192,22 +196,24 @@ def test_a_step_moves_into_a_branch_with_the_keyboard_alone(paced_stack, analyst
     sign_in(page, paced_stack)
     page.goto(f"{paced_stack}/workflows/keyboard-flow/edit/")
     expect(page.locator('ol[data-lane="check/branch/true"] #card-after')).to_have_count(0)
-    # From the card's "More" menu: open it, move to the select, pick the branch, press the button.
-    page.locator("#card-after .card-menu > summary").focus()
+    # The card's "Move to…" opens the move panel with its choice focused; the arrow keys pick the branch.
+    page.locator("#card-after a[data-control=moveto]").focus()
     page.keyboard.press("Enter")
-    page.keyboard.press("Tab")
-    expect(page.locator("#move-to-after")).to_be_focused()
+    expect(page.locator("#move-to-lane")).to_be_focused()
     page.keyboard.press("ArrowDown")
-    expect(page.locator("#move-to-after")).to_have_value("check/branch/true")
+    expect(page.locator("#move-to-lane")).to_have_value("check/branch/true")
+    page.keyboard.press("Tab")  # "Where in it": at the end
     page.keyboard.press("Tab")
-    page.keyboard.press("Enter")
+    with page.expect_response(lambda response: "/edit/operation/" in response.url):
+        page.keyboard.press("Enter")
     expect(page.locator('ol[data-lane="check/branch/true"] #card-after')).to_have_count(1)
     expect(page.get_by_role("status")).to_contain_text('Moved "After" to "true" branch of Check')
     # Focus comes back to the same control of the moved card, so the next key press continues the work.
-    expect(page.locator("#card-after .card-menu button[type=submit]").first).to_be_focused()
+    expect(page.locator("#card-after a[data-control=moveto]")).to_be_focused()
     # And out again, with Up: the first step of a branch steps out, before the If.
     page.locator("#card-after button[data-control=up]").focus()
-    page.keyboard.press("Enter")
+    with page.expect_response(lambda response: "/edit/operation/" in response.url):
+        page.keyboard.press("Enter")
     expect(page.locator('ol[data-lane="root"] > #card-after')).to_have_count(1)
     # Now first, it cannot go further up: focus lands on its name, which says where it is.
     expect(page.locator("#card-after h3 a")).to_be_focused()

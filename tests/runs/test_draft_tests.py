@@ -198,3 +198,16 @@ def test_pinning_through_the_step_panel(analyst, drafted):
     assert "Pinned by Ana" in page and "pinned test data" in page
     client.post(f"/workflows/{drafted.slug}/edit/steps/check/pin/", {"action": "unpin"})
     assert not PinnedOutput.objects.exists()
+
+
+def test_test_runs_are_marked_on_the_run_page_and_in_lists(analyst, drafted):
+    pinned_output_set(actor=analyst, workflow=drafted, step_key="score", output={"risk": 1.0})
+    run = drive(run_test_start(actor=analyst, workflow=drafted, inputs={"amount": 120.0}))
+    client = Client()
+    client.force_login(analyst)
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert f"Test run #{run.pk}" in page and "A test of the draft" in page
+    assert "the pinned test data stands in for it" in page
+    assert "Simulated in this test" in page
+    listing = client.get("/runs/").content.decode()
+    assert f'#{run.pk}</a> <span class="badge badge--test">Test</span>' in listing

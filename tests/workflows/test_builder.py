@@ -536,3 +536,31 @@ def test_download_a_version_and_import_a_file_with_a_preview(analyst, claims_wor
     refused = client.post(url, {"file": SimpleUploadedFile("c.aios.yaml", broken.encode()), "action": "preview"})
     assert refused.status_code == 400
     assert "line " in refused.content.decode() and "no.such.step" in refused.content.decode()
+
+
+def test_card_buttons_share_one_form_and_htmx_edits_answer_with_the_page(analyst, blank):
+    client = signed_in(analyst)
+    tokens = client.get(f"/workflows/{blank.slug}/edit/").content.decode().count('name="csrfmiddlewaretoken"')
+    edit(client, blank, operation="insert", type="util.delay", lane="root", index=0)
+    edit(client, blank, operation="insert", type="data.transform", lane="root", index=1)
+    page = client.get(f"/workflows/{blank.slug}/edit/").content.decode()
+    assert page.count('name="csrfmiddlewaretoken"') == tokens + 1  # the undo form appeared; none per card
+    assert 'value="move:up:transform"' in page and 'form="ops"' in page
+    revision = blank.versions.get(state="draft").revision
+    response = client.post(
+        f"/workflows/{blank.slug}/edit/operation/",
+        {"revision": revision, "do": "move:up:transform"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 200  # the builder itself, no redirect and second request
+    assert response["HX-Replace-Url"] == f"/workflows/{blank.slug}/edit/?focus=transform&control=up"
+    assert steps(blank) == ["transform", "wait"]
+    html = response.content.decode()
+    assert "Moved &quot;Transform data&quot; up." in html
+    assert 'value="move:down:transform" aria-label="Move Transform data down" data-control="down"' in html
+    # The move panel lists the places a step can go, not its own branches.
+    edit(client, blank, operation="insert", type="logic.if", lane="root", index=2)
+    page = client.get(f"/workflows/{blank.slug}/edit/?move=check").content.decode()
+    assert (
+        'value="root"' in page and "check/branch/true" not in page.split('id="move-to-lane"')[1].split("</select>")[0]
+    )
