@@ -26,6 +26,8 @@ from datetime import date, datetime
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+from apps.workflows.input_schema import property_order
+
 MAX_DEPTH = 3  # tables inside tables inside tables; below that, compact JSON text
 MAX_ITEMS = 50  # rows of a table, entries of a list, fields of a record
 MAX_CHARS = 10_000  # of one text
@@ -232,15 +234,8 @@ def _present_list(items: list[Any], schema: Mapping[str, Any], depth: int) -> Va
 
 
 def schema_order(schema: Mapping[str, Any]) -> list[str]:
-    """The schema's fields in the order the analyst designed them, as far as it survives: PostgreSQL's
-    jsonb keeps an object's keys sorted by length, not as written, but `required` is a list and keeps its
-    order. So the required fields in that order, then the optional ones as stored."""
-    properties = _properties(schema)
-    required = schema.get("required")
-    ordered = (
-        [key for key in required if isinstance(key, str) and key in properties] if isinstance(required, list) else []
-    )
-    return list(dict.fromkeys(ordered)) + [key for key in properties if key not in ordered]
+    """The schema's fields in the order the analyst designed them (see `property_order`)."""
+    return property_order(dict(schema))
 
 
 def _ordered_keys(data: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:

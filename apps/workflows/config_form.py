@@ -19,6 +19,8 @@ from typing import Any
 
 from django.http import QueryDict
 
+from apps.workflows.input_schema import ORDER_KEY, property_order
+
 ROW_SPARES = 1  # empty rows offered at the end of key/value lists, for adding one without a round trip
 TABLE_SPARES = 3  # empty rows at the end of the extraction field table: a first schema takes one save
 SCHEMA_TYPES = {
@@ -224,8 +226,9 @@ def schema_rows(schema: Any) -> list[SchemaRow]:
         return []
     required = set(schema.get("required") or [])
     rows = []
-    for name, spec in (schema.get("properties") or {}).items():
-        spec = spec if isinstance(spec, dict) else {}
+    properties = schema.get("properties") or {}
+    for name in property_order(schema):
+        spec = properties[name] if isinstance(properties[name], dict) else {}
         kind = spec.get("type", "string")
         if kind == "array":
             kind = "array"
@@ -262,7 +265,8 @@ def schema_from_rows(rows: list[SchemaRow]) -> dict[str, Any] | None:
             required.append(row.name)
     if not properties:
         return None
-    return {"type": "object", "properties": properties, "required": required}
+    # The order as listed: jsonb would otherwise sort the fields by name length (see property_order).
+    return {"type": "object", "properties": properties, "required": required, ORDER_KEY: list(properties)}
 
 
 # --- parsing the posted form back ----------------------------------------------------------------------------

@@ -17,6 +17,32 @@ _TYPES = {"string", "integer", "number", "boolean", "array"}
 _COERCE: dict[str, Callable[[Any], Any]] = {"integer": int, "number": float}
 
 
+ORDER_KEY = "x-order"
+
+
+def property_order(schema: Any) -> list[str]:
+    """A schema's property names in the order the analyst designed them.
+
+    PostgreSQL's jsonb keeps an object's keys sorted by length, not as written, so a field order is kept in a
+    list beside the properties (`x-order`, written by the builder's run form designer and field table). Without
+    one: the required fields in their listed order, then the rest as stored.
+    """
+    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+        return []
+    properties = schema["properties"]
+    order = schema.get(ORDER_KEY)
+    listed = [name for name in order if isinstance(name, str) and name in properties] if isinstance(order, list) else []
+    if not listed:
+        required = schema.get("required")
+        listed = (
+            [name for name in required if isinstance(name, str) and name in properties]
+            if isinstance(required, list)
+            else []
+        )
+    listed = list(dict.fromkeys(listed))
+    return listed + [name for name in properties if name not in listed]
+
+
 def input_schema_errors(schema: Any) -> list[str]:
     """Every problem with an input schema, as readable messages (empty when valid)."""
     if not isinstance(schema, dict) or schema.get("type") != "object":
@@ -37,6 +63,9 @@ def input_schema_errors(schema: Any) -> list[str]:
     for name in schema.get("required", []):
         if name not in properties:
             problems.append(f'input schema: required field "{name}" is not defined')
+    order = schema.get(ORDER_KEY)
+    if order is not None and (not isinstance(order, list) or not all(isinstance(name, str) for name in order)):
+        problems.append(f"input schema: {ORDER_KEY} must be a list of field names")
     return problems
 
 
@@ -95,7 +124,8 @@ def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
 def input_form_class(schema: dict[str, Any]) -> type[forms.Form]:
     """A Form class with one field per schema property, in schema order."""
     required = set(schema.get("required", []))
-    fields = {name: _field_for(name, spec, name in required) for name, spec in schema.get("properties", {}).items()}
+    properties = schema.get("properties", {})
+    fields = {name: _field_for(name, properties[name], name in required) for name in property_order(schema)}
     return type("RunInputForm", (forms.Form,), fields)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from apps.workflows.input_schema import ORDER_KEY, property_order
+
 KINDS: dict[str, str] = {
     "short_text": "Short text",
     "long_text": "Long text",
@@ -61,8 +63,9 @@ def rows_from_schema(schema: Any) -> list[InputRow]:
         return []
     required = set(schema.get("required") or [])
     rows = []
-    for name, spec in (schema.get("properties") or {}).items():
-        spec = spec if isinstance(spec, dict) else {}
+    properties = schema.get("properties") or {}
+    for name in property_order(schema):
+        spec = properties[name] if isinstance(properties[name], dict) else {}
         default = spec.get("default")
         rows.append(
             InputRow(
@@ -153,7 +156,12 @@ def schema_from_rows(rows: list[InputRow], *, examples: Any = None) -> tuple[dic
         properties[name] = spec
         if row.required:
             required.append(name)
-    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        ORDER_KEY: list(properties),
+    }
     if isinstance(examples, list) and examples:
         schema["examples"] = [
             {key: value for key, value in example.items() if key in properties or key == "label"}

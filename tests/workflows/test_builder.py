@@ -241,7 +241,11 @@ def test_the_extraction_schema_is_edited_as_a_table_of_fields(analyst, blank):
             "incident_type": {"type": "string", "enum": ["auto", "property", "injury"]},
         },
         "required": ["amount"],
+        "x-order": ["amount", "incident_type"],
     }
+    from apps.steps.registry import step_config_parse
+
+    assert "x-order" not in step_config_parse("llm.extract", config).json_schema  # the model never sees it
     page = client.get(f"/workflows/{blank.slug}/edit/?step=extract").content.decode()
     assert 'value="incident_type"' in page and "auto, property, injury" in page
 
@@ -564,3 +568,22 @@ def test_card_buttons_share_one_form_and_htmx_edits_answer_with_the_page(analyst
     assert (
         'value="root"' in page and "check/branch/true" not in page.split('id="move-to-lane"')[1].split("</select>")[0]
     )
+
+
+def test_field_order_survives_the_database(analyst, blank):
+    """PostgreSQL's jsonb sorts object keys by length; the designer's order is kept beside them."""
+    client = signed_in(analyst)
+    client.get(f"/workflows/{blank.slug}/edit/")
+    url = f"/workflows/{blank.slug}/edit/run-form/"
+    names = ["invoice_text", "po", "vendor_name", "amount"]
+    body = {"revision": blank.versions.get(state="draft").revision, "action": "fields", "rows": str(len(names))}
+    for index, name in enumerate(names):
+        body.update({f"row.{index}.name": name, f"row.{index}.kind": "short_text"})
+    client.post(url, body)
+    draft = blank.versions.get(state="draft")
+    assert list(draft.input_schema["properties"]) != names  # what jsonb does to the keys
+    page = client.get(url).content.decode()
+    assert [page.index(f'value="{name}"') for name in names] == sorted(page.index(f'value="{name}"') for name in names)
+    from apps.workflows.input_schema import input_form_class
+
+    assert list(input_form_class(draft.input_schema)().fields) == names

@@ -6,11 +6,11 @@ import json
 import math
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from apps.inference.client import InferenceResult
 from apps.steps.base import StepContext, StepError, StepOutcome, StepType
-from apps.steps.library.llm_generate import json_reply_errors, schema_errors, schema_problems
+from apps.steps.library.llm_generate import json_reply_errors, schema_errors, schema_for_model, schema_problems
 from apps.steps.llm import LlmSession, LlmStepConfig, llm_config_problems
 from apps.steps.registry import register
 
@@ -27,6 +27,12 @@ class LlmExtractConfig(LlmStepConfig):
         title="Fields to extract",
         json_schema_extra={"x-widget": "schema-table"},
     )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _plain_schema(cls, value: Any) -> Any:
+        return schema_for_model(value)
+
     repair_attempts: int = Field(
         1,
         ge=0,

@@ -6,7 +6,7 @@ import json
 from typing import Any, Literal
 
 import jsonschema
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from apps.steps.base import StepContext, StepError, StepOutcome, StepType
 from apps.steps.llm import LlmSession, LlmStepConfig, llm_config_problems
@@ -21,6 +21,19 @@ class LlmGenerateConfig(LlmStepConfig):
         description="Required when output is json: the fields the reply must have.",
         json_schema_extra={"x-widget": "schema-table"},
     )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _plain_schema(cls, value: Any) -> Any:
+        return schema_for_model(value)
+
+
+def schema_for_model(schema: Any) -> Any:
+    """An output schema without the builder's field order (`x-order`), which only the builder reads: the model
+    server, the prompt and validation see plain JSON Schema."""
+    if isinstance(schema, dict) and "x-order" in schema:
+        return {key: value for key, value in schema.items() if key != "x-order"}
+    return schema
 
 
 def schema_problems(schema: dict[str, Any] | None, field: str = "json_schema") -> list[str]:
