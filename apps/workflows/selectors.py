@@ -42,8 +42,14 @@ def workflow_can_run(user: AnyUser, workflow: Workflow) -> bool:
 
 def workflow_can_edit(user: AnyUser, workflow: Workflow) -> bool:
     """Whether `user` may change `workflow` (its owner, admins): also what trying other step settings in a
-    what-if run needs, since it runs the workflow with a changed configuration."""
-    return has_object_perm(user, "workflows.change_workflow", workflow)
+    what-if run needs, since it runs the workflow with a changed configuration.
+
+    Remembered on the workflow instance for its user: one builder request asks it in the view and in every
+    service it calls, and each answer costs django-guardian's queries. An instance lives for one request."""
+    answers: dict[int | None, bool] = workflow.__dict__.setdefault("_can_edit", {})
+    if user.pk not in answers:
+        answers[user.pk] = has_object_perm(user, "workflows.change_workflow", workflow)
+    return answers[user.pk]
 
 
 def workflow_version_published_latest(workflow: Workflow) -> WorkflowVersion | None:
@@ -152,7 +158,7 @@ def recent_runs_for_testing(user: AnyUser, workflow: Workflow, *, limit: int = 1
     """The newest runs of the workflow the user may see (live and test), whose recorded inputs and finished
     outputs a step test may reuse. Read through the reverse relation: runs sit above workflows."""
     runs = workflow.runs.order_by("-created_at")
-    if not has_object_perm(user, "workflows.view_workflow", workflow):
+    if not (workflow_can_edit(user, workflow) or has_object_perm(user, "workflows.view_workflow", workflow)):
         return []
     return list(runs[:limit])
 

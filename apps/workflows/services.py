@@ -91,9 +91,11 @@ def _draft_locked(workflow: Workflow) -> WorkflowVersion | None:
     """The workflow's draft, row-locked, after locking the workflow row (so two first saves cannot both create
     one: the lock order is workflow, then version)."""
     Workflow.objects.select_for_update().filter(pk=workflow.pk).first()
-    return (
-        WorkflowVersion.objects.select_for_update().filter(workflow=workflow, state=WorkflowVersion.State.DRAFT).first()
-    )
+    drafts = WorkflowVersion.objects.select_for_update().filter(workflow=workflow, state=WorkflowVersion.State.DRAFT)
+    draft = drafts.first()
+    if draft is not None:
+        draft.workflow = workflow  # what the audit row names; its slug never changes
+    return draft
 
 
 def _draft_new(

@@ -562,7 +562,9 @@ def _revision(request: HttpRequest) -> int | None:
     return int(raw) if raw.isdigit() and not request.POST.get("overwrite") else None
 
 
-def _back(request: HttpRequest, workflow: Workflow, **params: str) -> HttpResponse:
+def _back(
+    request: HttpRequest, workflow: Workflow, draft: WorkflowVersion | None = None, **params: str
+) -> HttpResponse:
     """Back to the builder, with the changed card focused. A plain form post gets a redirect (post, redirect,
     get); an htmx one gets the builder page in the same response, with its address, which saves a request
     per edit. No #fragment: a page whose address targets an element never honours `autofocus`, and the
@@ -571,7 +573,8 @@ def _back(request: HttpRequest, workflow: Workflow, **params: str) -> HttpRespon
     url = reverse("workflows:editor", args=[workflow.slug]) + (f"?{urlencode(query)}" if query else "")
     if not getattr(request, "htmx", False):
         return redirect(url)
-    draft = workflow_draft_get_or_create(actor=request.user, workflow=workflow)  # type: ignore[arg-type]
+    if draft is None:
+        draft = workflow_draft_get_or_create(actor=request.user, workflow=workflow)  # type: ignore[arg-type]
     response = render(request, "workflows/editor.html", _builder_context(request, workflow, draft, query))
     response["HX-Replace-Url"] = url
     return response
@@ -624,7 +627,7 @@ def workflow_editor_operation(request: HttpRequest, slug: str) -> HttpResponse:
     messages.success(request, result.message)
     panel_step = result.focus if operation in ("insert", "duplicate") else request.POST.get("panel_step", "")
     control = request.POST.get("control") or data.get("direction") or ""
-    return _back(request, workflow, focus=result.focus or "", step=panel_step or "", control=control)
+    return _back(request, workflow, result.draft, focus=result.focus or "", step=panel_step or "", control=control)
 
 
 @login_required
@@ -689,7 +692,7 @@ def workflow_editor_step(request: HttpRequest, slug: str, key: str) -> HttpRespo
         )
     else:
         messages.success(request, result.message)
-    return _back(request, workflow, focus=result.focus or key, step=result.focus or key)
+    return _back(request, workflow, result.draft, focus=result.focus or key, step=result.focus or key)
 
 
 @login_required
