@@ -8,8 +8,9 @@ from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from apps.approvals.api.views import ApprovalRequestViewSet
-from apps.runs.api.views import RunViewSet, incident_resolve_view, run_start_view
+from apps.runs.api.views import RunViewSet, incident_resolve_view, run_start_view, run_test_start_api_view
 from apps.workflows.api.exchange import workflow_document_schema_view, workflow_export_view, workflow_import_view
+from apps.workflows.api.pinned import pinned_output_list_view, pinned_output_view
 from apps.workflows.api.views import (
     WorkflowViewSet,
     workflow_draft_edit_view,
@@ -30,6 +31,9 @@ router.register("approvals", ApprovalRequestViewSet, basename="approval")
 urlpatterns = [
     path("workflows/<slug:slug>/runs/", run_start_view, name="workflow-run-start"),
     path("workflows/import/", workflow_import_view, name="workflow-import"),
+    path("workflows/<slug:slug>/draft/tests/", run_test_start_api_view, name="workflow-draft-test"),
+    path("workflows/<slug:slug>/draft/pinned/", pinned_output_list_view, name="workflow-pinned-list"),
+    path("workflows/<slug:slug>/draft/pinned/<str:key>/", pinned_output_view, name="workflow-pinned"),
     path("workflows/<slug:slug>/export/", workflow_export_view, name="workflow-export"),
     path("workflows/<slug:slug>/draft/", workflow_draft_view, name="workflow-draft"),
     path("workflows/<slug:slug>/draft/edits/", workflow_draft_edit_view, name="workflow-draft-edits"),

@@ -206,6 +206,13 @@ def _run_create(
 ) -> Run:
     """The Run row and one pending StepRun per step (no audit, no dispatch: the callers do those). A test run
     passes the draft's `graph` to execute (kept on the run, so later edits of the draft never reach it)."""
+    # The one gate between drafts and the outside world: only a test run executes anything but a published,
+    # frozen version, and a test run never executes without its own snapshot and settings.
+    if mode == Run.Mode.TEST:
+        if graph is None:
+            raise ApplicationError("A test run needs the draft's graph.")
+    elif not version.is_published or graph is not None:
+        raise ApplicationError(f"Version {version.number} is not published: only a test run may execute a draft.")
     now = timezone.now()
     run = Run.objects.create(
         workflow=version.workflow,
@@ -760,6 +767,8 @@ def run_replay(*, run: Run, actor: User) -> Run:
     results, so nothing reaches a model server or the outside world. Its outputs must equal the
     original's byte for byte; any difference means the run was not reproducible."""
     original = _lock_run(run.pk)
+    if original.is_test:
+        raise Conflict("A test run is not replayed: test the draft again instead.")
     if not original.is_finished:
         raise Conflict(f"Run #{run.pk} is still {original.status}; replay it once it has finished.")
     if not workflow_can_run(actor, original.workflow):

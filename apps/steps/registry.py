@@ -39,6 +39,12 @@ def step_types() -> dict[str, type[StepType]]:
     return dict(sorted(_registry.items()))
 
 
+def step_type_find(slug: str) -> type[StepType] | None:
+    """The step type named `slug`, or None (a lookup without copying the registry, for hot paths)."""
+    _load_library()
+    return _registry.get(slug)
+
+
 def step_type_get(slug: str) -> type[StepType]:
     """The step type named `slug`; KeyError names the unknown slug."""
     _load_library()

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from apps.steps.registry import step_types
+from apps.steps.registry import step_type_find
 
 SUCCESS, ERROR = "success", "error"
 ROOT = "root"
@@ -91,7 +91,7 @@ class Tree:
 
 def _branching(step: Mapping[str, Any]) -> tuple[tuple[str, ...], bool, bool]:
     """(branch labels, branches always, fans out) for a step definition; unknown types branch nowhere."""
-    step_type = step_types().get(str(step.get("type")))
+    step_type = step_type_find(str(step.get("type")))
     if step_type is None:
         return (), False, False
     return step_type.branch_labels(step.get("config") or {}), step_type.branches_always, step_type.fans_out
@@ -565,6 +565,8 @@ def block_delete(tree: Tree, *, key: str) -> Block:
     place.siblings.pop(place.index)
     _removed_from(place)
     _prune(tree)
+    if tree.settings.get("output") in {inner.key for inner, _ in walk([block])}:
+        del tree.settings["output"]  # the run's output falls back to its final steps, never to a missing step
     return block
 
 
@@ -670,6 +672,8 @@ def block_rekey(tree: Tree, *, key: str, new_key: str) -> None:
     for other, _ in walk(tree.blocks):
         other.step = rename_references(other.step, {key: new_key})
     block.step["key"] = new_key
+    if tree.settings.get("output") == key:
+        tree.settings["output"] = new_key
 
 
 def block_step_replace(tree: Tree, *, key: str, step: dict[str, Any]) -> None:

@@ -167,6 +167,14 @@ def _fields(
             form_field.value = "\n".join(str(item) for item in current)
         elif widget == "json":
             form_field.value = "" if current is None else json.dumps(current, indent=2)
+        elif widget == "schema_table" and not schema_table_fits(current):
+            # Nothing the table cannot show is ever rewritten by it: such a schema is edited as JSON Schema.
+            form_field.widget = "json"
+            form_field.value = json.dumps(current, indent=2)
+            form_field.help = (
+                "This schema uses features the field table cannot show (nested objects, formats, limits), so it "
+                "is edited as JSON Schema here."
+            )
         elif widget == "schema_table":
             rows = schema_rows(current)
             form_field.value = rows + [SchemaRow()] * (TABLE_SPARES if len(rows) < 3 else ROW_SPARES)
@@ -218,6 +226,37 @@ class SchemaRow:
     required: bool = True
     description: str = ""
     allowed: str = ""  # comma-separated allowed values, for text fields
+
+
+_TABLE_FIELD_KEYS = frozenset({"type", "description", "enum", "items"})
+_TABLE_TYPES = frozenset({"string", "number", "integer", "boolean", "array"})
+
+
+def schema_table_fits(schema: Any) -> bool:
+    """Whether the field table shows `schema` exactly, so saving the table cannot change it: an object of
+    flat fields (text, numbers, yes/no, lists of text), each with at most a description and, for text, a list
+    of allowed values."""
+    if schema is None:
+        return True
+    if not isinstance(schema, dict) or set(schema) - {"type", "properties", "required", ORDER_KEY}:
+        return False
+    properties, required = schema.get("properties"), schema.get("required", [])
+    if schema.get("type") != "object" or not isinstance(properties, dict) or not isinstance(required, list):
+        return False
+    for spec in properties.values():
+        if not isinstance(spec, dict) or set(spec) - _TABLE_FIELD_KEYS:
+            return False
+        kind = spec.get("type")
+        if not isinstance(kind, str) or kind not in _TABLE_TYPES or not isinstance(spec.get("description", ""), str):
+            return False
+        if ("items" in spec or kind == "array") and (kind != "array" or spec.get("items") != {"type": "string"}):
+            return False
+        enum = spec.get("enum")
+        if enum is not None and (
+            kind != "string" or not enum or not all(isinstance(v, str) and "," not in v for v in enum)
+        ):
+            return False
+    return all(isinstance(name, str) and name in properties for name in required)
 
 
 def schema_rows(schema: Any) -> list[SchemaRow]:

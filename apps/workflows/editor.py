@@ -22,7 +22,7 @@ from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.steps.registry import step_types
 from apps.workflows import blocks
 from apps.workflows.blocks import BlockEditError, NotBlockStructured, Tree
-from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
 from apps.workflows.services import workflow_draft_get_or_create, workflow_draft_save, workflow_draft_undo
 
 OPERATIONS = ("insert", "delete", "move", "move_to", "duplicate", "configure", "error_mode", "wait", "rekey", "undo")
@@ -138,6 +138,7 @@ def draft_edit(
         return EditResult(draft=draft, message=f"Undone. {draft.undo.get('label', '') if draft.undo else ''}".strip())
     draft = workflow_draft_get_or_create(actor=actor, workflow=workflow)
     tree = draft_tree(draft)
+    before = blocks.keys_of(tree)
     try:
         message, focus = _apply(tree, operation, copy.deepcopy(data))
         graph = blocks.graph_from_tree(tree)
@@ -157,4 +158,24 @@ def draft_edit(
         expected_revision=expected_revision,
         label=message,
     )
+    _pins_follow(workflow, before=before, tree=tree, renamed=renamed_from(operation, data, focus))
     return EditResult(draft=saved, message=message, focus=focus)
+
+
+def renamed_from(operation: str, data: dict[str, Any], focus: str | None) -> dict[str, str]:
+    """{old key: new key} when the edit renamed a step."""
+    old = str(data.get("key") or "")
+    if operation in ("rekey", "configure") and focus and old and focus != old:
+        return {old: focus}
+    return {}
+
+
+def _pins_follow(workflow: Workflow, *, before: set[str], tree: Tree, renamed: dict[str, str]) -> None:
+    """Test data pinned for a step follows its renames and goes with it when it is deleted, so a later step
+    that happens to get the same key never inherits it."""
+    for old, new in renamed.items():
+        PinnedOutput.objects.filter(workflow=workflow, step_key=new).delete()
+        PinnedOutput.objects.filter(workflow=workflow, step_key=old).update(step_key=new)
+    gone = before - blocks.keys_of(tree) - set(renamed)
+    if gone:
+        PinnedOutput.objects.filter(workflow=workflow, step_key__in=gone).delete()

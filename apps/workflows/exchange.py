@@ -54,7 +54,7 @@ from apps.workflows.diff import VersionDiff, version_diff
 from apps.workflows.graph import EdgeOptions, RetryPolicy, StepOptions, graph_checksum, graph_errors
 from apps.workflows.input_schema import input_schema_errors
 from apps.workflows.models import Workflow, WorkflowVersion
-from apps.workflows.selectors import workflow_can_edit
+from apps.workflows.selectors import team_list_assignable, workflow_can_edit
 from apps.workflows.services import EMPTY_INPUT_SCHEMA, workflow_create, workflow_draft_save
 
 API_VERSION = "aios/v1"
@@ -562,6 +562,15 @@ def document_parse(text: str) -> dict[str, Any]:
 def _parse(text: str) -> _Parsed:
     if len(text) > MAX_DOCUMENT_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
         raise ImportProblems([_too_large()])
+    try:
+        return _parse_sized(text)
+    except RecursionError:
+        raise ImportProblems(
+            [{"line": None, "path": "", "message": "The file nests values too deeply to be a workflow."}]
+        ) from None
+
+
+def _parse_sized(text: str) -> _Parsed:
     data, lines = _load(text)
     if data is None:
         raise ImportProblems([lines.problem([], "The file is empty.")])
@@ -620,7 +629,7 @@ def _json_fallback(text: str) -> Any:
 
     try:
         return json.loads(text, parse_constant=refuse)
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting deep enough to exhaust the parser is no workflow either
         return _NOT_JSON
 
 
@@ -876,6 +885,7 @@ def workflow_import(
     workflow: Workflow | None = None,
     dry_run: bool = False,
     team: Team | None = None,
+    create_only: bool = False,
 ) -> ImportResult:
     """Import a workflow file as a draft; never publishes.
 
@@ -902,6 +912,16 @@ def workflow_import(
             raise Forbidden("You may view this workflow but not change it.")
     else:
         target = Workflow.objects.filter(slug=metadata["slug"]).first()
+        if target is not None and create_only:
+            raise ImportProblems(
+                [
+                    lines.problem(
+                        ["metadata", "slug"],
+                        f'A workflow with the slug "{metadata["slug"]}" exists already: to replace its draft, import '
+                        "the file from that workflow's Versions page.",
+                    )
+                ]
+            )
         if target is not None and not workflow_can_edit(actor, target):
             raise ImportProblems(
                 [
@@ -916,7 +936,7 @@ def workflow_import(
     if target is None:
         if not actor.has_perm("workflows.add_workflow"):
             raise Forbidden("You may not create workflows.")
-        new_team = team if team is not None else _team_named(metadata, lines)
+        new_team = team if team is not None else _team_named(actor, metadata, lines)
         if slugify(metadata["slug"]) != metadata["slug"]:
             raise ImportProblems(
                 [
@@ -987,11 +1007,26 @@ def workflow_import(
     )
 
 
-def _team_named(metadata: Mapping[str, Any], lines: _Lines) -> Team | None:
+def _team_named(actor: User, metadata: Mapping[str, Any], lines: _Lines) -> Team | None:
+    """The file's team, if the importer may give workflows to it (as on the pages: one of their own teams, or
+    any team for admins): a file never grants a team rights its importer could not."""
     slug = metadata.get("team")
     if slug is None:
         return None
-    found = Team.objects.filter(slug=slug).first()
+    if not Team.objects.filter(slug=slug).exists():
+        found = None
+    else:
+        found = team_list_assignable(actor).filter(slug=slug).first()
+        if found is None:
+            raise ImportProblems(
+                [
+                    lines.problem(
+                        ["metadata", "team"],
+                        f'You are not on the team "{slug}": remove "team" to import the workflow as yours alone, '
+                        "or ask an administrator.",
+                    )
+                ]
+            )
     if found is None:
         raise ImportProblems(
             [

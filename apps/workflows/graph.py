@@ -233,6 +233,9 @@ def graph_errors(graph: Any) -> list[str]:
         if not duplicate:
             valid_steps.append(step)
     problems.extend(_budget_errors(graph.get("budget")))
+    output = graph.get("output")
+    if output is not None and (not isinstance(output, str) or output not in seen):
+        problems.append(f'graph: output names step "{output}", which does not exist')
     edges = graph.get("edges")
     if edges is not None:
         if not isinstance(edges, list):

@@ -9,6 +9,7 @@ Supported per property: `type` string / integer / number / boolean / array (of s
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 from django import forms
@@ -63,6 +64,11 @@ def input_schema_errors(schema: Any) -> list[str]:
     for name in schema.get("required", []):
         if name not in properties:
             problems.append(f'input schema: required field "{name}" is not defined')
+    for name, spec in properties.items():
+        if isinstance(spec, dict) and "default" in spec and spec.get("type") in _TYPES:
+            problem = _default_problem(spec)
+            if problem:
+                problems.append(f'input schema: field "{name}": the default {problem}')
     order = schema.get(ORDER_KEY)
     if order is not None and (not isinstance(order, list) or not all(isinstance(name, str) for name in order)):
         problems.append(f"input schema: {ORDER_KEY} must be a list of field names")
@@ -84,6 +90,28 @@ class TextListField(forms.CharField):
     def validate(self, value: Any) -> None:
         if self.required and not value:
             raise forms.ValidationError(self.error_messages["required"], code="required")
+
+
+def _default_problem(spec: dict[str, Any]) -> str | None:
+    """Why a field's default does not fit it (None when it does)."""
+    value, kind = spec["default"], spec["type"]
+    fits = {
+        "string": isinstance(value, str),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        "array": isinstance(value, list) and all(isinstance(item, str) for item in value),
+    }[kind]
+    if not fits:
+        return f"{value!r} is not a {'whole number' if kind == 'integer' else 'yes/no' if kind == 'boolean' else kind}"
+    if "enum" in spec and value not in spec["enum"]:
+        return f"{value!r} is not one of the options"
+    if spec.get("format") == "date":
+        try:
+            date.fromisoformat(value)
+        except ValueError:
+            return f"{value!r} is not a date like 2026-12-31"
+    return None
 
 
 def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:

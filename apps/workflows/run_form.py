@@ -36,6 +36,8 @@ class InputRow:
     default: str = ""
     choices: str = ""  # comma-separated, for a choice
     errors: list[str] = field(default_factory=list)
+    original: str = ""  # the field's name when the form was shown: what a rename renames
+    extra: dict[str, Any] = field(default_factory=dict)  # what the designer does not show (limits, patterns): kept
 
 
 def _kind(spec: dict[str, Any]) -> str:
@@ -57,8 +59,22 @@ def _kind(spec: dict[str, Any]) -> str:
     return "short_text"
 
 
+# The field settings the designer shows; any other (minLength, pattern, minimum...) is kept as it is.
+_SHOWN = frozenset({"type", "format", "items", "enum", "title", "description", "default"})
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
 def rows_from_schema(schema: Any) -> list[InputRow]:
-    """The designer's rows for an input schema (unknown shapes read as short text)."""
+    """The designer's rows for an input schema (unknown shapes read as short text, their settings kept)."""
     if not isinstance(schema, dict):
         return []
     required = set(schema.get("required") or [])
@@ -66,7 +82,6 @@ def rows_from_schema(schema: Any) -> list[InputRow]:
     properties = schema.get("properties") or {}
     for name in property_order(schema):
         spec = properties[name] if isinstance(properties[name], dict) else {}
-        default = spec.get("default")
         rows.append(
             InputRow(
                 name=str(name),
@@ -74,10 +89,10 @@ def rows_from_schema(schema: Any) -> list[InputRow]:
                 kind=_kind(spec),
                 required=name in required,
                 help=str(spec.get("description", "")),
-                default=""
-                if default is None
-                else ("yes" if default is True else "no" if default is False else str(default)),
+                default=_default_text(spec.get("default")),
                 choices=", ".join(str(option) for option in spec.get("enum", [])),
+                original=str(name),
+                extra={key: value for key, value in spec.items() if key not in _SHOWN},
             )
         )
     return rows
@@ -147,13 +162,14 @@ def schema_from_rows(rows: list[InputRow], *, examples: Any = None) -> tuple[dic
         default, problem = _default(row)
         if problem:
             row.errors.append(problem)
+            spec["default"] = row.default.strip()  # kept as typed; the problems list names it until fixed
         elif default is not None:
             spec["default"] = default
         if row.errors:
             valid = False
-            if not name.isidentifier() or name in properties:
-                continue
-        properties[name] = spec
+            if name in properties:
+                continue  # two fields cannot share a name: the second stays in the form, marked, until renamed
+        properties[name] = {**row.extra, **spec}
         if row.required:
             required.append(name)
     schema: dict[str, Any] = {
@@ -162,9 +178,14 @@ def schema_from_rows(rows: list[InputRow], *, examples: Any = None) -> tuple[dic
         "required": required,
         ORDER_KEY: list(properties),
     }
+    renamed = {row.original: row.name.strip() for row in rows if row.original and row.name.strip() != row.original}
     if isinstance(examples, list) and examples:
         schema["examples"] = [
-            {key: value for key, value in example.items() if key in properties or key == "label"}
+            {
+                renamed.get(key, key): value
+                for key, value in example.items()
+                if renamed.get(key, key) in properties or key == "label"
+            }
             for example in examples
             if isinstance(example, dict)
         ]

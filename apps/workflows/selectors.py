@@ -72,7 +72,7 @@ def workflow_version_list(workflow: Workflow) -> QuerySet[WorkflowVersion]:
     """Every version, newest first, with who published it and how many runs it has."""
     return (
         workflow.versions.select_related("published_by", "created_by", "updated_by")
-        .annotate(run_count=Count("runs"))
+        .annotate(run_count=Count("runs", filter=~Q(runs__mode="test")))
         .order_by("-number")
     )
 

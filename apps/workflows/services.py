@@ -101,9 +101,18 @@ def _draft_locked(workflow: Workflow) -> WorkflowVersion | None:
 def _draft_new(
     workflow: Workflow, *, actor: User, graph: dict[str, Any], input_schema: dict[str, Any]
 ) -> WorkflowVersion:
-    number = (workflow.versions.aggregate(top=Max("number"))["top"] or 0) + 1
+    # Revisions keep rising across a workflow's drafts, so an editor still holding a revision of a draft that
+    # has since been published can never match the next draft by chance.
+    top = workflow.versions.aggregate(number=Max("number"), revision=Max("revision"))
+    number = (top["number"] or 0) + 1
     version = WorkflowVersion.objects.create(
-        workflow=workflow, number=number, graph=graph, input_schema=input_schema, created_by=actor, updated_by=actor
+        workflow=workflow,
+        number=number,
+        revision=(top["revision"] or 0) + 1,
+        graph=graph,
+        input_schema=input_schema,
+        created_by=actor,
+        updated_by=actor,
     )
     audit_record(actor=actor, verb="workflow.version_created", target=version, data={"number": number})
     return version
@@ -191,6 +200,14 @@ def workflow_draft_save(
     if shape:
         raise ValidationFailed("The draft cannot be saved.", fields=shape)
     draft = _draft_locked(workflow)
+    if draft is None and expected_revision is not None:
+        published = workflow.versions.filter(state=WorkflowVersion.State.PUBLISHED).order_by("-number").first()
+        raise DraftConflict(
+            "The draft you were editing has been published"
+            + (f" as version {published.number}" if published else "")
+            + ". Reload to start a new draft from it, or save again to make yours the new draft.",
+            extra={"revision": None, "updated_by": None, "updated_at": None},
+        )
     if draft is None:
         draft = _draft_new(workflow, actor=actor, graph={"steps": []}, input_schema=copy.deepcopy(EMPTY_INPUT_SCHEMA))
     elif expected_revision is not None and expected_revision != draft.revision:
@@ -358,7 +375,10 @@ def workflow_version_publish(
     Refuses with every problem found (each naming its step), so the analyst fixes them in one pass; with
     `expected_revision`, refuses a draft that changed since the publisher looked at it.
     """
-    version = WorkflowVersion.objects.select_for_update().get(pk=version.pk)
+    _require_edit(actor, version.workflow)
+    # The lock order of every draft write: the workflow row, then the version row.
+    Workflow.objects.select_for_update().filter(pk=version.workflow_id).first()
+    version = WorkflowVersion.objects.select_for_update().select_related("workflow").get(pk=version.pk)
     if version.is_published:
         raise Conflict(f"Version {version.number} is already published and cannot change.")
     if expected_revision is not None and expected_revision != version.revision:

@@ -34,6 +34,7 @@ from apps.workflows.diagram import diagram_for_graph, diagram_outline
 from apps.workflows.diff import version_diff
 from apps.workflows.editor import draft_edit
 from apps.workflows.exchange import (
+    MAX_DOCUMENT_BYTES,
     ImportProblems,
     document_text_from_bytes,
     problem_text,
@@ -143,9 +144,12 @@ def workflow_create_view(request: HttpRequest) -> HttpResponse:
             baseline = _decimal(values["baseline"], "baseline")
             upload = request.FILES.get("file")
             if upload is not None:
-                from apps.workflows.exchange import workflow_import
-
-                result = workflow_import(actor=request.user, text=upload.read().decode("utf-8", "replace"), team=team)  # type: ignore[arg-type]
+                result = workflow_import(
+                    actor=request.user,  # type: ignore[arg-type]
+                    text=document_text_from_bytes(upload.read(MAX_DOCUMENT_BYTES + 1)),
+                    team=team,
+                    create_only=True,  # an existing workflow's draft is replaced only from its own page
+                )
                 assert result.workflow is not None
                 messages.success(request, f'Imported "{result.workflow.name}" as a draft.')
                 return redirect("workflows:editor", slug=result.workflow.slug)
@@ -797,20 +801,27 @@ def workflow_version_restore(request: HttpRequest, slug: str, number: int) -> Ht
 # --- the run form designer ---------------------------------------------------------------------------------
 
 
-def _rows_from_post(data: QueryDict) -> list[InputRow]:
+def _rows_from_post(data: QueryDict, schema: dict[str, Any]) -> list[InputRow]:
+    """The designer's rows as posted; settings the designer does not show come from the field as it was."""
     count = int(data.get("rows", "0") or 0) if (data.get("rows", "0") or "0").isdigit() else 0
-    return [
-        InputRow(
-            name=data.get(f"row.{index}.name", ""),
-            label=data.get(f"row.{index}.label", ""),
-            kind=data.get(f"row.{index}.kind", "short_text"),
-            required=f"row.{index}.required" in data,
-            help=data.get(f"row.{index}.help", ""),
-            default=data.get(f"row.{index}.default", ""),
-            choices=data.get(f"row.{index}.choices", ""),
+    before = {row.original: row for row in rows_from_schema(schema)}
+    rows = []
+    for index in range(min(count, 200)):
+        original = data.get(f"row.{index}.original", "")
+        rows.append(
+            InputRow(
+                name=data.get(f"row.{index}.name", ""),
+                label=data.get(f"row.{index}.label", ""),
+                kind=data.get(f"row.{index}.kind", "short_text"),
+                required=f"row.{index}.required" in data,
+                help=data.get(f"row.{index}.help", ""),
+                default=data.get(f"row.{index}.default", ""),
+                choices=data.get(f"row.{index}.choices", ""),
+                original=original,
+                extra=dict(before[original].extra) if original in before else {},
+            )
         )
-        for index in range(min(count, 200))
-    ]
+    return rows
 
 
 def _inputs_panel(
@@ -851,7 +862,7 @@ def workflow_editor_inputs(request: HttpRequest, slug: str) -> HttpResponse:
     rows: list[InputRow] | None = None
     label = "Change the run form"
     if action == "fields":
-        rows = _rows_from_post(request.POST)
+        rows = _rows_from_post(request.POST, schema)
         schema, valid = schema_from_rows(rows, examples=schema.get("examples"))
         if not valid:
             label = "Change the run form (with problems)"
@@ -1001,7 +1012,7 @@ def workflow_import_into(request: HttpRequest, slug: str) -> HttpResponse:
         text = request.POST.get("document", "")
         try:
             if upload is not None:
-                text = document_text_from_bytes(upload.read())
+                text = document_text_from_bytes(upload.read(MAX_DOCUMENT_BYTES + 1))
             if not text.strip():
                 raise ValidationFailed(
                     "Choose a file to import.", fields={"file": ["Choose an exported .aios.yaml file."]}

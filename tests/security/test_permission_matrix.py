@@ -119,7 +119,7 @@ EXEMPT = {
     # Probe and enable/disable (POST): tests/inference/test_endpoint_pages.py covers them by persona.
     "inference:endpoint-probe",
     "inference:endpoint-toggle",
-    # Test runs and pinned test data (POST only): tests/runs/test_draft_tests.py covers them by persona.
+    # Test runs and pinned test data (POST only): tests/workflows/test_builder_safety.py covers them by persona.
     "runs:test-start",
     "workflows:pin",
     # The builder's writes (POST only): test_builder_writes_by_persona below covers them.
@@ -137,6 +137,10 @@ EXEMPT = {
     "api:workflow-run-start",
     # Import (POST): tests/workflows/test_exchange.py covers who may import into what.
     "api:workflow-import",
+    # Test runs and pinned test data over the API: tests/workflows/test_builder_safety.py covers them by persona.
+    "api:workflow-draft-test",
+    "api:workflow-pinned-list",
+    "api:workflow-pinned",
     # The workflow API's writes (POST only): tests/workflows/test_api.py (test_writes_by_persona_change_nothing)
     # covers them by persona.
     "api:workflow-archive",
@@ -321,6 +325,7 @@ def test_builder_writes_by_persona(world, persona):
 
     workflow = world["workflow"]
     draft = workflow_draft_get_or_create(actor=world["personas"]["analyst"], workflow=workflow)
+    started = draft.revision
     client = _client(world, persona)
     slug = workflow.slug
     posts = [
@@ -340,5 +345,5 @@ def test_builder_writes_by_persona(world, persona):
         if persona == "anonymous":
             assert "/accounts/login/" in response["Location"]
     draft.refresh_from_db()
-    changed = draft.revision > 1 or not WorkflowVersion.objects.filter(pk=draft.pk, state="draft").exists()
+    changed = draft.revision > started or not WorkflowVersion.objects.filter(pk=draft.pk, state="draft").exists()
     assert changed == (persona == "analyst")

@@ -178,7 +178,7 @@ def test_an_error_path_that_stops_inside_a_branch_does_not_hide_the_branch_merge
                     {"from": "x", "to": "y"},
                 ],
             },
-            "",
+            "several steps at once",
         ),
         ({"steps": [check("c"), transform("x")], "edges": [{"from": "c", "to": "x", "when": "maybe"}]}, "maybe"),
         ({"steps": "nope"}, "not a list"),

@@ -363,7 +363,9 @@ def test_the_run_form_designer_writes_the_input_schema_and_samples(analyst, blan
     )
     assert response.status_code == 400
     assert "A field name uses letters" in response.content.decode()
-    assert list(blank.versions.get(state="draft").input_schema["properties"]) == ["invoice_text"]
+    # Saved as typed (nothing is lost), and the problems list keeps it from being published until renamed.
+    assert set(blank.versions.get(state="draft").input_schema["properties"]) == {"invoice_text", "2bad"}
+    assert "input schema: &quot;2bad&quot; is not a valid field name" in client.get(url).content.decode()
 
 
 # --- publishing and versions -------------------------------------------------------------------------------------

@@ -485,7 +485,7 @@ def test_import_command_dry_run_prints_the_diff_and_requirements(claims_workflow
 
     out = io.StringIO()
     call_command("workflow_import", str(file), "--into", "claims-triage", "--as", "ana", stdout=out)
-    assert 'Saved the file as the draft of "claims-triage" (draft version 2, revision 2)' in out.getvalue()
+    assert 'Saved the file as the draft of "claims-triage" (draft version 2, revision 3)' in out.getvalue()
 
 
 def test_import_command_lists_problems_and_fails(analyst, tmp_path):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status, viewsets
+from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action, api_view
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
@@ -19,6 +19,7 @@ from apps.runs.api.serializers import (
     RunSerializer,
     RunStartSerializer,
 )
+from apps.runs.draft_tests import run_test_start
 from apps.runs.models import Run
 from apps.runs.selectors import (
     incident_get_for_user,
@@ -37,7 +38,7 @@ from apps.runs.services import (
     run_restart,
     run_start,
 )
-from apps.workflows.selectors import workflow_get_for_user
+from apps.workflows.selectors import draft_input_schema, workflow_get_for_user
 
 
 class RunViewSet(viewsets.ReadOnlyModelViewSet):
@@ -160,3 +161,53 @@ def run_start_view(request: Request, slug: str) -> Response:
         trigger="api",
     )
     return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class RunTestStartSerializer(serializers.Serializer):
+    """What to test: the whole draft or one step, and with which input."""
+
+    step = serializers.CharField(required=False, allow_blank=True, help_text="Test this step alone; empty: the draft.")
+    inputs = serializers.JSONField(required=False, help_text="The run input; omit to use a sample or a recorded run.")
+    sample = serializers.IntegerField(required=False, min_value=0, help_text="Index of a saved sample input.")
+    recorded_run = serializers.IntegerField(
+        required=False, help_text="A run of this workflow whose inputs (and, for a step test, outputs) to use."
+    )
+    allow_calls = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="Side-effecting steps allowed to really call out."
+    )
+
+
+@extend_schema(
+    request=RunTestStartSerializer,
+    responses={201: RunSerializer, 400: OpenApiTypes.OBJECT, 403: OpenApiTypes.OBJECT, 404: OpenApiTypes.OBJECT},
+)
+@api_view(["POST"])
+def run_test_start_api_view(request: Request, slug: str) -> Response:
+    """Test the draft (or one step of it) on the real engine: a run marked as a test that never calls the
+    outside world unless allowed. 400 with `problems` when the draft cannot run, 403 for viewers."""
+    workflow = workflow_get_for_user(request.user, slug=slug)
+    body = RunTestStartSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    data = body.validated_data
+    recorded = None
+    if data.get("recorded_run") is not None:
+        recorded = run_list_for_user(request.user).filter(pk=data["recorded_run"], workflow=workflow).first()
+        if recorded is None:
+            raise ValidationError({"recorded_run": ["No such run of this workflow."]})
+    inputs = data.get("inputs")
+    if inputs is None and data.get("sample") is not None:
+        samples = [s for s in draft_input_schema(workflow).get("examples", []) if isinstance(s, dict)]
+        if data["sample"] >= len(samples):
+            raise ValidationError({"sample": [f"The draft has {len(samples)} saved samples."]})
+        inputs = {key: value for key, value in samples[data["sample"]].items() if key != "label"}
+    if inputs is None and recorded is None:
+        inputs = {}
+    run = run_test_start(
+        actor=request.user,  # type: ignore[arg-type]
+        workflow=workflow,
+        inputs=inputs,
+        step_key=data.get("step") or None,
+        allow_calls=data.get("allow_calls") or [],
+        recorded_run=recorded,
+    )
+    return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)

@@ -6,9 +6,23 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def keep_one_draft(apps, schema_editor):
+    """Before a workflow may have only one draft: each workflow keeps its newest draft. Older drafts were
+    superseded by it (no run can use a draft), so they are removed; one that is somehow in use stays, and the
+    constraint below then names it."""
+    WorkflowVersion = apps.get_model("workflows", "WorkflowVersion")
+    Run = apps.get_model("runs", "Run")
+    seen = set()
+    for version in WorkflowVersion.objects.filter(state="draft").order_by("workflow_id", "-number"):
+        if version.workflow_id in seen and not Run.objects.filter(version_id=version.pk).exists():
+            version.delete()
+        seen.add(version.workflow_id)
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("workflows", "0002_published_versions_immutable"),
+        ("runs", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -81,6 +95,7 @@ class Migration(migrations.Migration):
                 to=settings.AUTH_USER_MODEL,
             ),
         ),
+        migrations.RunPython(keep_one_draft, migrations.RunPython.noop),
         migrations.AddConstraint(
             model_name="workflowversion",
             constraint=models.UniqueConstraint(
