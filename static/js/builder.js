@@ -81,7 +81,7 @@
   }
   function enableDragging() {
     var builder = document.getElementById("builder");
-    if (!builder || typeof window.Sortable === "undefined") return;
+    if (!builder || typeof window.Sortable === "undefined" || builder.classList.contains("builder--draggable")) return;
     builder.classList.add("builder--draggable");
     builder.querySelectorAll("ol.sequence").forEach(function (list) {
       window.Sortable.create(list, {
@@ -102,4 +102,24 @@
   } else {
     enableDragging();
   }
+  // An edit answered by htmx brings a new outline: make it draggable too.
+  document.addEventListener("htmx:afterSettle", enableDragging);
+})();
+
+// A step's settings are saved with "Save step"; leaving with unsaved typing asks first, so nothing typed is
+// lost to a closed tab or a stray link. Everything else in the builder is saved the moment it happens.
+(function () {
+  "use strict";
+  var dirty = false;
+  document.addEventListener("input", function (event) {
+    if (event.target.closest && event.target.closest("form.step-form, form.inputs-form")) dirty = true;
+  });
+  document.addEventListener("submit", function () { dirty = false; });
+  document.addEventListener("htmx:afterSwap", function () { dirty = false; });
+  window.addEventListener("beforeunload", function (event) {
+    if (dirty) {
+      event.preventDefault();
+      event.returnValue = "";
+    }
+  });
 })();

@@ -219,3 +219,46 @@ def test_a_step_moves_into_a_branch_with_the_keyboard_alone(paced_stack, analyst
     expect(page.locator("#card-after h3 a")).to_be_focused()
     unexpected = [line for line in errors if line.startswith(("error:", "pageerror:"))]
     assert not unexpected, unexpected
+
+
+def test_dragging_a_card_by_its_handle_moves_it_as_the_menu_would(paced_stack, analyst, team, browser_page):
+    from apps.workflows.services import workflow_create, workflow_draft_save
+
+    workflow = workflow_create(actor=analyst, name="Drag flow", team=team)
+    workflow_draft_save(
+        actor=analyst,
+        workflow=workflow,
+        graph={
+            "steps": [
+                {"key": "check", "type": "logic.if", "name": "Check", "config": {"condition": "true"}},
+                {"key": "after", "type": "data.transform", "name": "After", "config": {"fields": {"n": "1"}}},
+            ],
+            "edges": [
+                {"from": "check", "to": "after", "when": "true"},
+                {"from": "check", "to": "after", "when": "false"},
+            ],
+        },
+        input_schema={"type": "object", "properties": {}},
+        expected_revision=None,
+    )
+    page, errors = browser_page
+    sign_in(page, paced_stack)
+    page.goto(f"{paced_stack}/workflows/drag-flow/edit/")
+    expect(page.locator("#builder")).to_have_class(re.compile("builder--draggable"))  # SortableJS from npm is on
+    handle = page.locator("#card-after .drag-handle").bounding_box()
+    target = page.locator('ol[data-lane="check/branch/false"] .insert-point').first.bounding_box()
+    assert handle and target
+    page.mouse.move(handle["x"] + 5, handle["y"] + 5)
+    page.mouse.down()
+    for step in range(1, 21):  # Sortable follows the pointer in small moves, as a hand would
+        page.mouse.move(
+            handle["x"] + 5 + (target["x"] + 20 - handle["x"]) * step / 20,
+            handle["y"] + 5 + (target["y"] + 2 - handle["y"]) * step / 20,
+        )
+        page.wait_for_timeout(30)
+    with page.expect_navigation():
+        page.mouse.up()
+    expect(page.locator('ol[data-lane="check/branch/false"] #card-after')).to_have_count(1)
+    expect(page.get_by_role("status")).to_contain_text('Moved "After" to "false" branch of Check')
+    unexpected = [line for line in errors if line.startswith(("error:", "pageerror:"))]
+    assert not unexpected, unexpected
