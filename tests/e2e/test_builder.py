@@ -172,10 +172,11 @@ def test_analyst_builds_tests_publishes_runs_and_compares_a_claims_triage(
     assert not unexpected, unexpected
 
 
-def test_a_step_moves_into_a_branch_with_the_keyboard_alone(paced_stack, analyst, team, browser_page):
+def check_then_after(analyst, team, name: str) -> None:
+    """A draft with an If whose two branches are empty, and a step "After" below it."""
     from apps.workflows.services import workflow_create, workflow_draft_save
 
-    workflow = workflow_create(actor=analyst, name="Keyboard flow", team=team)
+    workflow = workflow_create(actor=analyst, name=name, team=team)
     workflow_draft_save(
         actor=analyst,
         workflow=workflow,
@@ -192,6 +193,10 @@ def test_a_step_moves_into_a_branch_with_the_keyboard_alone(paced_stack, analyst
         input_schema={"type": "object", "properties": {}},
         expected_revision=None,
     )
+
+
+def test_a_step_moves_into_a_branch_with_the_keyboard_alone(paced_stack, analyst, team, browser_page):
+    check_then_after(analyst, team, "Keyboard flow")
     page, errors = browser_page
     sign_in(page, paced_stack)
     page.goto(f"{paced_stack}/workflows/keyboard-flow/edit/")
@@ -222,25 +227,7 @@ def test_a_step_moves_into_a_branch_with_the_keyboard_alone(paced_stack, analyst
 
 
 def test_dragging_a_card_by_its_handle_moves_it_as_the_menu_would(paced_stack, analyst, team, browser_page):
-    from apps.workflows.services import workflow_create, workflow_draft_save
-
-    workflow = workflow_create(actor=analyst, name="Drag flow", team=team)
-    workflow_draft_save(
-        actor=analyst,
-        workflow=workflow,
-        graph={
-            "steps": [
-                {"key": "check", "type": "logic.if", "name": "Check", "config": {"condition": "true"}},
-                {"key": "after", "type": "data.transform", "name": "After", "config": {"fields": {"n": "1"}}},
-            ],
-            "edges": [
-                {"from": "check", "to": "after", "when": "true"},
-                {"from": "check", "to": "after", "when": "false"},
-            ],
-        },
-        input_schema={"type": "object", "properties": {}},
-        expected_revision=None,
-    )
+    check_then_after(analyst, team, "Drag flow")
     page, errors = browser_page
     sign_in(page, paced_stack)
     page.goto(f"{paced_stack}/workflows/drag-flow/edit/")
