@@ -598,7 +598,13 @@ def _conflict(request: HttpRequest, workflow: Workflow, error: DraftConflict) ->
             if name not in ("csrfmiddlewaretoken", "revision")
         ],
     }
-    return render(request, "workflows/editor.html", context, status=409)
+    if not getattr(request, "htmx", False):
+        return render(request, "workflows/editor.html", context, status=409)
+    # htmx does not swap an error response into the page: answer the builder's own requests with 200 so the
+    # conflict is shown, at the builder's address (a reload shows the other person's draft).
+    response = render(request, "workflows/editor.html", context)
+    response["HX-Replace-Url"] = reverse("workflows:editor", args=[workflow.slug])
+    return response
 
 
 @login_required

@@ -589,3 +589,19 @@ def test_field_order_survives_the_database(analyst, blank):
     from apps.workflows.input_schema import input_form_class
 
     assert list(input_form_class(draft.input_schema)().fields) == names
+
+
+def test_a_conflict_in_an_htmx_edit_is_shown_not_dropped(analyst, blank):
+    client = signed_in(analyst)
+    client.get(f"/workflows/{blank.slug}/edit/")
+    stale = blank.versions.get(state="draft").revision
+    edit(client, blank, operation="insert", type="util.delay", lane="root", index=0)
+    response = client.post(
+        f"/workflows/{blank.slug}/edit/operation/",
+        {"revision": stale, "operation": "insert", "type": "data.transform", "lane": "root", "index": 0},
+        HTTP_HX_REQUEST="true",
+    )
+    # htmx swaps only successful answers: the builder answers its own requests with the banner and a 200.
+    assert response.status_code == 200 and response["HX-Replace-Url"] == f"/workflows/{blank.slug}/edit/"
+    assert "Not saved: someone else changed this draft." in response.content.decode()
+    assert steps(blank) == ["wait"]
