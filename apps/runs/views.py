@@ -36,7 +36,7 @@ from apps.runs.services import (
 )
 from apps.workflows.input_schema import input_form_class
 from apps.workflows.selectors import (
-    draft_input_schema,
+    draft_sample_inputs,
     workflow_can_edit,
     workflow_can_run,
     workflow_get_for_user,
@@ -249,11 +249,9 @@ def run_test_start_view(request: HttpRequest, slug: str) -> HttpResponse:
         if recorded is None:
             raise Http404("No such run.")
     elif source.startswith("sample:") and source[7:].isdigit():
-        samples = _samples(draft_input_schema(workflow))
-        index = int(source[7:])
-        if index >= len(samples):
+        inputs = draft_sample_inputs(workflow, int(source[7:]))
+        if inputs is None:
             raise Http404("No such sample.")
-        inputs = {key: value for key, value in samples[index].items() if key != "label"}
     else:
         inputs = {}
     back = reverse("workflows:editor", args=[slug]) + (f"?step={step_key}#panel" if step_key else "")

@@ -89,7 +89,7 @@ class Tree:
 # --- step type facts ---------------------------------------------------------------------------------------
 
 
-def _branching(step: Mapping[str, Any]) -> tuple[tuple[str, ...], bool, bool]:
+def branching(step: Mapping[str, Any]) -> tuple[tuple[str, ...], bool, bool]:
     """(branch labels, branches always, fans out) for a step definition; unknown types branch nowhere."""
     step_type = step_type_find(str(step.get("type")))
     if step_type is None:
@@ -100,7 +100,7 @@ def _branching(step: Mapping[str, Any]) -> tuple[tuple[str, ...], bool, bool]:
 def new_lanes(step: Mapping[str, Any]) -> list[Lane] | None:
     """The empty lanes a newly inserted step gets: its branches when it always branches, none otherwise
     (a parallel block starts with no lanes; the analyst adds them by inserting steps)."""
-    labels, always, fans_out = _branching(step)
+    labels, always, fans_out = branching(step)
     if fans_out:
         return []
     if always:
@@ -139,7 +139,7 @@ class _Compiler:
         step = _plain_step(block.step)
         self.steps.append(step)
         self.index[block.key] = step
-        _, _, fans_out = _branching(block.step)
+        _, _, fans_out = branching(block.step)
         lanes: list[tuple[list[Block], str | None, str]] = []
         if block.lanes is None or (fans_out and not block.lanes):
             self.edge(block.key, following, SUCCESS)
@@ -261,7 +261,7 @@ class _Decompiler:
         self.forward = {k: [t for t, when in v if when != ERROR] for k, v in self.out.items()}
         for key, outgoing in self.out.items():
             # A branch without an edge ends its path: to the post-dominator search it leads to the end.
-            labels, always, _ = _branching(self.steps[key])
+            labels, always, _ = branching(self.steps[key])
             taken = {when for _, when in outgoing}
             if (always or taken - {SUCCESS, ERROR}) and set(labels) - taken:
                 self.forward[key].append(_EXIT)
@@ -297,7 +297,7 @@ class _Decompiler:
 
     def merge(self, key: str, stop: str | None) -> str | None:
         step = self.steps[key]
-        _, _, fans_out = _branching(step)
+        _, _, fans_out = branching(step)
         candidate: str | None = self.ipdom[key]
         if not fans_out:
             return None if candidate == _EXIT else candidate
@@ -317,7 +317,7 @@ class _Decompiler:
                 break
             following = self.ipdom[candidate]
             for node in self.region(candidate, following):
-                if node != key and _branching(self.steps[node])[2]:
+                if node != key and branching(self.steps[node])[2]:
                     inner = self.merge(node, stop if node == candidate else following)
                     if inner is not None:
                         claimed.append(inner)
@@ -341,7 +341,7 @@ class _Decompiler:
 
     def block(self, key: str, merge: str | None) -> Block:
         step = self.steps[key]
-        labels, always, fans_out = _branching(step)
+        labels, always, fans_out = branching(step)
         block = Block(step=_plain_step(step))
         outgoing = self.out[key]
         errors = [target for target, when in outgoing if when == ERROR]
@@ -477,7 +477,7 @@ def _lane_list(tree: Tree, address: str, *, create: bool) -> list[Block]:
             if lane.label == parts[2]:
                 return lane.blocks
         raise BlockEditError(f'Step "{owner.key}" has no "{parts[2]}" branch.')
-    fans_out = _branching(owner.step)[2]
+    fans_out = branching(owner.step)[2]
     if len(parts) == 3 and parts[1] == "lane" and parts[2].isdigit() and owner.lanes is not None and fans_out:
         position = int(parts[2])
         if position < len(owner.lanes):
@@ -486,7 +486,7 @@ def _lane_list(tree: Tree, address: str, *, create: bool) -> list[Block]:
             owner.lanes.append(Lane(""))
             return owner.lanes[-1].blocks
     if len(parts) == 3 and parts[1] == "branch" and owner.lanes is None:
-        labels, _, _ = _branching(owner.step)
+        labels, _, _ = branching(owner.step)
         if parts[2] in labels and create:
             # Turning branches on for a step that may branch (an approval, a classification).
             owner.lanes = [Lane(label) for label in labels]
@@ -498,7 +498,7 @@ def _prune(tree: Tree) -> None:
     """Drop what an edit left empty and meaningless: parallel lanes without steps, error lanes without
     steps, and the lanes of an optionally branching step when none has a step."""
     for block, _ in list(walk(tree.blocks)):
-        _, always, fans_out = _branching(block.step)
+        _, always, fans_out = branching(block.step)
         if block.lanes is not None:
             if fans_out:
                 block.lanes = [lane for lane in block.lanes if lane.blocks]
@@ -571,18 +571,19 @@ def block_delete(tree: Tree, *, key: str) -> Block:
 
 
 def _contains(block: Block, other: list[Block]) -> bool:
-    return any(candidate is other for candidate, _ in _lists_under(block))
+    return any(candidate is other for candidate, _ in lists_under(block))
 
 
-def _lists_under(block: Block) -> Iterator[tuple[list[Block], None]]:
+def lists_under(block: Block) -> Iterator[tuple[list[Block], None]]:
+    """Every lane list inside `block`, however deep (the places it cannot be moved into)."""
     for lane in block.lanes or []:
         yield lane.blocks, None
         for child in lane.blocks:
-            yield from _lists_under(child)
+            yield from lists_under(child)
     if block.on_error is not None:
         yield block.on_error, None
         for child in block.on_error:
-            yield from _lists_under(child)
+            yield from lists_under(child)
 
 
 def block_move(tree: Tree, *, key: str, direction: str) -> None:
@@ -681,7 +682,7 @@ def block_step_replace(tree: Tree, *, key: str, step: dict[str, Any]) -> None:
     the lanes it still has; a lane with steps cannot lose its branch."""
     block, _ = find(tree, key)
     new_step = _plain_step({**step, "key": block.key, "type": block.type})
-    labels, _, fans_out = _branching(new_step)
+    labels, _, fans_out = branching(new_step)
     if block.lanes is not None and not fans_out:
         by_label = {lane.label: lane for lane in block.lanes}
         lost = [label for label, lane in by_label.items() if lane.blocks and label not in labels]

@@ -190,3 +190,20 @@ def schema_from_rows(rows: list[InputRow], *, examples: Any = None) -> tuple[dic
             if isinstance(example, dict)
         ]
     return schema, valid
+
+
+def sample_added(schema: dict[str, Any], label: str, values: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The schema with one more saved sample (`values` already validated against it), and the change's words."""
+    examples = list(schema.get("examples", []))
+    label = label.strip()[:80] or f"Sample {len(examples) + 1}"
+    return {**schema, "examples": [*examples, {"label": label, **values}]}, f'Save sample "{label}"'
+
+
+def sample_removed(schema: dict[str, Any], index: int | None) -> tuple[dict[str, Any], str]:
+    """The schema without saved sample number `index` (unchanged when there is none), and the change's words."""
+    examples = list(schema.get("examples", []))
+    if index is None or not 0 <= index < len(examples):
+        return schema, "Change the run form"
+    removed = examples.pop(index)
+    name = removed.get("label", index + 1) if isinstance(removed, dict) else index + 1
+    return {**schema, "examples": examples}, f'Delete sample "{name}"'

@@ -13,6 +13,7 @@ from django.http import Http404
 from apps.accounts.models import Team
 from apps.core.permissions import has_object_perm, restrict
 from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
+from apps.workflows.validation import version_problems
 
 AnyUser = AbstractUser | AnonymousUser
 
@@ -136,15 +137,18 @@ def problems_parse(messages: list[str]) -> list[Problem]:
 
 def workflow_version_problems(version: WorkflowVersion) -> list[Problem]:
     """Everything that would stop `version` from being published, as the publish service would say it."""
-    from apps.workflows.services import version_problems
-
     return problems_parse(version_problems(version))
 
 
-def draft_input_schema(workflow: Workflow) -> dict[str, Any]:
-    """The run form of the workflow's draft (empty without a draft)."""
+def draft_sample_inputs(workflow: Workflow, index: int) -> dict[str, Any] | None:
+    """The run input of the draft's saved sample number `index` (without its label), or None when there is no
+    such sample."""
     draft = workflow_draft_for(workflow)
-    return draft.input_schema if draft is not None and isinstance(draft.input_schema, dict) else {}
+    schema = draft.input_schema if draft is not None and isinstance(draft.input_schema, dict) else {}
+    samples = [sample for sample in schema.get("examples", []) if isinstance(sample, dict)]
+    if not 0 <= index < len(samples):
+        return None
+    return {key: value for key, value in samples[index].items() if key != "label"}
 
 
 def pinned_outputs_for(workflow: Workflow) -> dict[str, PinnedOutput]:
@@ -163,9 +167,11 @@ def recent_runs_for_testing(user: AnyUser, workflow: Workflow, *, limit: int = 1
     return list(runs[:limit])
 
 
-def sample_data_for(workflow: Workflow) -> dict[str, Any]:
-    """The newest run's data ({"input", "steps"}) for the data picker's sample values; empty before any run."""
-    run = workflow.runs.order_by("-created_at").first()
+def sample_data_for(user: AnyUser, workflow: Workflow) -> dict[str, Any]:
+    """The newest run's data ({"input", "steps"}) for the data picker's sample values; empty before any run
+    and for a user who may not see the workflow's runs (the same rule as `recent_runs_for_testing`)."""
+    runs = recent_runs_for_testing(user, workflow, limit=1)
+    run = runs[0] if runs else None
     if run is None:
         return {}
     steps = dict(run.step_runs.filter(state="succeeded").values_list("step_key", "output"))

@@ -16,11 +16,10 @@ from guardian.shortcuts import assign_perm, remove_perm
 from apps.accounts.models import Team, User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden, ValidationFailed
-from apps.steps.registry import step_type_get
-from apps.workflows.graph import graph_checksum, graph_errors
-from apps.workflows.input_schema import input_schema_errors
+from apps.workflows.graph import graph_checksum
 from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_can_edit
+from apps.workflows.validation import sub_workflows_pinned, version_problems
 
 EMPTY_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
 MAX_NAME_LENGTH = 120
@@ -329,43 +328,6 @@ def workflow_archive(*, actor: User, workflow: Workflow, archived: bool = True) 
     return workflow
 
 
-def _pin_workflow_versions(graph: dict[str, Any], *, own_workflow: Workflow) -> tuple[dict[str, Any], list[str]]:
-    """The graph with every sub-workflow reference pinned to a published version number, and the problems
-    found (a missing workflow, one with nothing published, a workflow that runs itself)."""
-    pinned = copy.deepcopy(graph)
-    problems = []
-    for step in pinned.get("steps", []) if isinstance(pinned.get("steps"), list) else []:
-        if not isinstance(step, dict) or not isinstance(step.get("config"), dict):
-            continue  # reported by graph_errors
-        try:
-            if not step_type_get(str(step.get("type"))).pins_workflow_version:
-                continue
-        except KeyError:
-            continue  # reported by graph_errors
-        config = step["config"]
-        slug, number = config.get("workflow"), config.get("version")
-        if slug == own_workflow.slug:
-            problems.append(f'step "{step.get("key")}": a workflow cannot run itself')
-            continue
-        versions = WorkflowVersion.objects.filter(workflow__slug=slug, state=WorkflowVersion.State.PUBLISHED)
-        if number is not None:
-            versions = versions.filter(number=number)
-        found = versions.order_by("-number").values_list("number", flat=True).first()
-        if found is None:
-            wanted = f"version {number} of " if number is not None else ""
-            problems.append(f'step "{step.get("key")}": there is no published {wanted}workflow "{slug}"')
-            continue
-        config["version"] = found
-    return pinned, problems
-
-
-def version_problems(version: WorkflowVersion) -> list[str]:
-    """Every reason `version` cannot be published, each naming its step (empty when it can)."""
-    problems = input_schema_errors(version.input_schema) + graph_errors(version.graph)
-    _, pin_problems = _pin_workflow_versions(version.graph, own_workflow=version.workflow)
-    return problems + pin_problems
-
-
 @transaction.atomic
 def workflow_version_publish(
     *, actor: User, version: WorkflowVersion, note: str = "", expected_revision: int | None = None
@@ -387,7 +349,7 @@ def workflow_version_publish(
             extra={"revision": version.revision},
         )
     problems = version_problems(version)
-    graph, _ = _pin_workflow_versions(version.graph, own_workflow=version.workflow)
+    graph, _ = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     if problems:
         raise ApplicationError("The version cannot be published.", extra={"problems": problems})
     version.graph = graph

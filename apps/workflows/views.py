@@ -26,7 +26,7 @@ from apps.accounts.models import Team
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.inference.selectors import endpoint_names_for_steps
 from apps.steps.expressions import cel_check, template_check
-from apps.steps.registry import step_types
+from apps.steps.registry import step_type_find, step_types
 from apps.workflows import blocks
 from apps.workflows.blocks import NotBlockStructured
 from apps.workflows.config_form import SCHEMA_TYPES, attach_errors, config_from_post, form_fields
@@ -45,7 +45,7 @@ from apps.workflows.graph import RetryPolicy
 from apps.workflows.input_schema import input_form_class, input_validate
 from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.picker import references_for_step, references_in
-from apps.workflows.run_form import KINDS, InputRow, rows_from_schema, schema_from_rows
+from apps.workflows.run_form import KINDS, InputRow, rows_from_schema, sample_added, sample_removed, schema_from_rows
 from apps.workflows.selectors import (
     Problem,
     pinned_outputs_for,
@@ -109,10 +109,6 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _teams_for(user: Any) -> Any:
-    return team_list_assignable(user)
-
-
 def _decimal(value: str, field: str) -> Decimal:
     try:
         return Decimal(value or "0")
@@ -129,7 +125,7 @@ def workflow_create_view(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied("Only analysts create workflows.")
     from apps.workflows.gallery import gallery_templates, workflow_create_from_template
 
-    teams = _teams_for(request.user)
+    teams = team_list_assignable(request.user)
     errors: dict[str, list[str]] = {}
     problems: list[dict[str, Any]] = []
     values = {"name": "", "description": "", "team": "", "baseline": "", "template": request.GET.get("template", "")}
@@ -201,7 +197,7 @@ def _editable(request: HttpRequest, slug: str) -> Workflow:
 def workflow_settings(request: HttpRequest, slug: str) -> HttpResponse:
     """Rename, describe, team, baseline minutes; archive and restore."""
     workflow = _editable(request, slug)
-    teams = _teams_for(request.user)
+    teams = team_list_assignable(request.user)
     errors: dict[str, list[str]] = {}
     if request.method == "POST":
         action = request.POST.get("action", "save")
@@ -348,7 +344,7 @@ def _cards(tree: blocks.Tree, problems: list[Problem], focus: str = "", control:
             address = blocks.lane_id(block, lane_item, index=position)
             label = f'"{lane_item.label}"' if lane_item.label else f"Lane {position + 1}"
             lanes.append({"id": address, "label": label, "cards": sequence(lane_item.blocks, address)})
-        _, always, fans_out = blocks._branching(block.step)
+        _, always, fans_out = blocks.branching(block.step)
         labels = step_type.branch_labels(block.step.get("config") or {}) if step_type else ()
         first, last = index == 0 and lane == blocks.ROOT, index == siblings - 1 and lane == blocks.ROOT
         return {
@@ -453,7 +449,7 @@ def _block_options(tree: blocks.Tree | None, key: str) -> dict[str, Any]:
         return {"error_mode": "fail", "fans_out": False, "wait": "all"}
     return {
         "error_mode": blocks.block_error_mode(block),
-        "fans_out": blocks._branching(block.step)[2],
+        "fans_out": blocks.branching(block.step)[2],
         "wait": block.wait,
     }
 
@@ -497,7 +493,12 @@ def _builder_context(
     pinned = pinned_outputs_for(workflow)
     if selected:
         step_panel = _step_panel(
-            draft, selected, sample=sample_data_for(workflow), pinned=pinned.get(selected), problems=problems, tree=tree
+            draft,
+            selected,
+            sample=sample_data_for(request.user, workflow),
+            pinned=pinned.get(selected),
+            problems=problems,
+            tree=tree,
         )
         if step_panel is not None:
             panel = {"kind": "step", **step_panel}
@@ -517,7 +518,7 @@ def _builder_context(
         except blocks.BlockEditError:
             block = None
         if block is not None:
-            inside = {id(items) for items, _ in blocks._lists_under(block)}
+            inside = {id(items) for items, _ in blocks.lists_under(block)}
             panel = {
                 "kind": "move",
                 "key": block.key,
@@ -548,7 +549,7 @@ def _builder_context(
         "calling_steps": [
             step
             for step in draft.graph.get("steps", [])
-            if isinstance(step, dict) and getattr(step_types().get(str(step.get("type"))), "side_effects", False)
+            if isinstance(step, dict) and getattr(step_type_find(str(step.get("type"))), "side_effects", False)
         ],
     }
 
@@ -873,24 +874,15 @@ def workflow_editor_inputs(request: HttpRequest, slug: str) -> HttpResponse:
         if not valid:
             label = "Change the run form (with problems)"
     elif action == "add_sample":
-        values, errors = input_validate(schema, {k: v for k, v in _preview_values(request.POST, schema).items()})
+        values, errors = input_validate(schema, _preview_values(request.POST, schema))
         if errors:
             context = _builder_context(request, workflow, draft)
             context["panel"] = _inputs_panel(draft, preview_data=request.POST)
             messages.error(request, "The sample was not saved: fix the fields marked in the preview.")
             return render(request, "workflows/editor.html", context, status=400)
-        sample_label = (
-            request.POST.get("sample_label", "").strip()[:80] or f"Sample {len(schema.get('examples', [])) + 1}"
-        )
-        schema["examples"] = [*schema.get("examples", []), {"label": sample_label, **values}]
-        label = f'Save sample "{sample_label}"'
+        schema, label = sample_added(schema, request.POST.get("sample_label", ""), values)
     elif action == "delete_sample":
-        index = _number(request.POST.get("sample"))
-        examples = list(schema.get("examples", []))
-        if index is not None and 0 <= index < len(examples):
-            removed = examples.pop(index)
-            schema["examples"] = examples
-            label = f'Delete sample "{removed.get("label", index + 1) if isinstance(removed, dict) else index + 1}"'
+        schema, label = sample_removed(schema, _number(request.POST.get("sample")))
     try:
         workflow_draft_save(
             actor=request.user,  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ from apps.runs.services import (
     run_restart,
     run_start,
 )
-from apps.workflows.selectors import draft_input_schema, workflow_get_for_user
+from apps.workflows.selectors import draft_sample_inputs, workflow_get_for_user
 
 
 class RunViewSet(viewsets.ReadOnlyModelViewSet):
@@ -196,10 +196,9 @@ def run_test_start_api_view(request: Request, slug: str) -> Response:
             raise ValidationError({"recorded_run": ["No such run of this workflow."]})
     inputs = data.get("inputs")
     if inputs is None and data.get("sample") is not None:
-        samples = [s for s in draft_input_schema(workflow).get("examples", []) if isinstance(s, dict)]
-        if data["sample"] >= len(samples):
-            raise ValidationError({"sample": [f"The draft has {len(samples)} saved samples."]})
-        inputs = {key: value for key, value in samples[data["sample"]].items() if key != "label"}
+        inputs = draft_sample_inputs(workflow, data["sample"])
+        if inputs is None:
+            raise ValidationError({"sample": ["The draft has no saved sample with that number."]})
     if inputs is None and recorded is None:
         inputs = {}
     run = run_test_start(

@@ -1,0 +1,52 @@
+"""Whether a version can be published: every problem, as the publish service and the builder both say it.
+
+Reads only (the registry, and the published versions that sub-workflow steps name), so selectors and services
+can both use it without importing each other.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from apps.steps.registry import step_type_get
+from apps.workflows.graph import graph_errors
+from apps.workflows.input_schema import input_schema_errors
+from apps.workflows.models import Workflow, WorkflowVersion
+
+
+def sub_workflows_pinned(graph: dict[str, Any], *, own_workflow: Workflow) -> tuple[dict[str, Any], list[str]]:
+    """The graph with every sub-workflow reference pinned to a published version number, and the problems
+    found (a missing workflow, one with nothing published, a workflow that runs itself)."""
+    pinned = copy.deepcopy(graph)
+    problems = []
+    for step in pinned.get("steps", []) if isinstance(pinned.get("steps"), list) else []:
+        if not isinstance(step, dict) or not isinstance(step.get("config"), dict):
+            continue  # reported by graph_errors
+        try:
+            if not step_type_get(str(step.get("type"))).pins_workflow_version:
+                continue
+        except KeyError:
+            continue  # reported by graph_errors
+        config = step["config"]
+        slug, number = config.get("workflow"), config.get("version")
+        if slug == own_workflow.slug:
+            problems.append(f'step "{step.get("key")}": a workflow cannot run itself')
+            continue
+        versions = WorkflowVersion.objects.filter(workflow__slug=slug, state=WorkflowVersion.State.PUBLISHED)
+        if number is not None:
+            versions = versions.filter(number=number)
+        found = versions.order_by("-number").values_list("number", flat=True).first()
+        if found is None:
+            wanted = f"version {number} of " if number is not None else ""
+            problems.append(f'step "{step.get("key")}": there is no published {wanted}workflow "{slug}"')
+            continue
+        config["version"] = found
+    return pinned, problems
+
+
+def version_problems(version: WorkflowVersion) -> list[str]:
+    """Every reason `version` cannot be published, each naming its step (empty when it can)."""
+    problems = input_schema_errors(version.input_schema) + graph_errors(version.graph)
+    _, pin_problems = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
+    return problems + pin_problems
