@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from django.db import connection
@@ -114,8 +115,13 @@ def test_racing_deciders_produce_exactly_one_decision(analyst, team, reviewer, a
         user.groups.add(team.group)  # on the team, so they see its runs
     gates = 10
     runs = [run_start(actor=analyst, workflow=workflow, inputs={"amount": float(i)})[0] for i in range(gates)]
-    for run in runs:
-        drive(run)
+    # A worker process started by an earlier test may claim a step before `drive` sees it queued: wait until
+    # every run has parked at its approval, so each gate is raced.
+    deadline = time.monotonic() + 60
+    while ApprovalRequest.objects.filter(run__in=runs).count() < gates and time.monotonic() < deadline:
+        for run in runs:
+            drive(run)
+        time.sleep(0.1)
     statuses: list[int] = []
 
     def decide(user, request_id, decision):
