@@ -62,7 +62,7 @@ lint: requirements-dev
 	@status=0; \
 	echo "ruff check ."; $(VENV)/bin/ruff check . || status=1; \
 	echo "ruff format --check ."; $(VENV)/bin/ruff format --check . || status=1; \
-	echo "mypy apps"; $(VENV)/bin/mypy apps || status=1; \
+	echo "mypy apps devserver"; $(VENV)/bin/mypy apps devserver || status=1; \
 	exit $$status
 
 clean-data:

@@ -1,6 +1,6 @@
 """B6: K = 1 / 8 / 32 / 64 concurrent streamed LLM steps vs a raw `AsyncInferenceClient` at the same K.
 
-Server: a development inference server of B6's own (`python -m apps.inference.devserver`, its batching
+Server: a development inference server of B6's own (`python -m devserver`, its batching
 model: prefill `ttft_ms`, then decode steps of `tpot_ms * (1 + batch_overhead * (B - 1))` for a batch of
 B sequences, at most `max_batch_size` together), paced so that the platform's overhead is visible but not
 dominant, with a script that makes every reply exactly MAX_NEW_TOKENS tokens long.
@@ -74,8 +74,8 @@ class Server:
 @contextmanager
 def inference_server() -> Iterator[Server]:
     """B6's own development inference server (port chosen by the OS), stopped afterwards."""
-    from apps.inference.devserver.config import DevServerConfig
-    from apps.inference.devserver.runner import ServerProcess
+    from devserver.config import DevServerConfig
+    from devserver.runner import ServerProcess
 
     known = {item.name for item in fields(DevServerConfig)}
     data = stack.REPO_ROOT / ".data" / "bench"
@@ -377,7 +377,7 @@ def cpu_snapshot() -> dict[str, float]:
             role = "inference worker"  # every inference worker process, summed
         elif "engine@" in cmd:
             role = "engine worker"
-        elif "apps.inference.devserver" in cmd and "b6-script.json" in cmd:
+        elif "-m devserver" in cmd and "b6-script.json" in cmd:
             role = "inference server"
         elif int(pid) in postmasters or ppid in postmasters:
             role = "postgres"

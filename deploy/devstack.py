@@ -72,7 +72,7 @@ WEB_READY_SECONDS = 120.0
 WORKER_READY_SECONDS = 60.0
 POLL_SECONDS = 0.25
 
-INFERENCE_PACKAGE = REPO_ROOT / "apps" / "inference" / "devserver"
+INFERENCE_PACKAGE = REPO_ROOT / "devserver"
 INFERENCE_DEMO_SCRIPT = INFERENCE_PACKAGE / "demo_script.json"
 
 
@@ -1157,7 +1157,7 @@ def check_inference_package() -> None:
 
 def start_inference(supervisor: Supervisor, config: StackConfig, port: int, env: Mapping[str, str]) -> None:
     """Start the development inference server and wait for GET /health to answer 200."""
-    argv = [sys.executable, "-m", "apps.inference.devserver", "--host", LOOPBACK, "--port", str(port)]
+    argv = [sys.executable, "-m", "devserver", "--host", LOOPBACK, "--port", str(port)]
     argv += ["--script", str(INFERENCE_DEMO_SCRIPT)]
     # Tests want speed; the demo wants a pace a person can watch (about 25 tokens a second). Either is
     # overridden by AIOS_DEVSERVER_TTFT_MS / AIOS_DEVSERVER_TPOT_MS, which the server reads itself.

@@ -7,7 +7,11 @@ import time
 from django.conf import settings
 
 from apps.inference import client
-from apps.inference.devserver.config import DEVSERVER_LABEL
+
+# What AIOS's development inference server (`devserver/`, a process of its own) reports as /info's
+# `docker_label`. The product recognises the server by this word on the wire and never imports it;
+# tests/inference/test_selectors.py holds both sides to the same word.
+DEVELOPMENT_SERVER_LABEL = "aios-devserver"
 
 _INFO_TTL_SECONDS = 60.0
 _cache: dict[str, tuple[float, bool]] = {}
@@ -26,7 +30,7 @@ def inference_server_is_development() -> bool:
         return cached[1]
     try:
         info = client.server_info(url, token=settings.AIOS_INFERENCE_TOKEN or None, timeout=1)
-        is_development = info.get("docker_label") == DEVSERVER_LABEL
+        is_development = info.get("docker_label") == DEVELOPMENT_SERVER_LABEL
     except client.InferenceError:
         is_development = False
     _cache[url] = (now, is_development)

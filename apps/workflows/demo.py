@@ -1,6 +1,6 @@
 """The demo: a simplified insurance claims-triage workflow and sample claims to run it on.
 
-The development inference server's demo script (apps/inference/devserver/demo_script.json) answers the
+The development inference server's demo script (devserver/demo_script.json) answers the
 extraction prompt for these sample claims, keyed on their policy numbers.
 """
 

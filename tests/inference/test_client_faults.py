@@ -6,7 +6,7 @@ then recovered" is staged without touching the server: the client cannot change 
 attempts, and it should not have to. Everything else on the wire, a dropped connection included, passes
 through the proxy untouched.
 
-The fault modes are read from `apps.inference.devserver.scripts.FAULTS`, so a mode added to the server
+The fault modes are read from `devserver.scripts.FAULTS`, so a mode added to the server
 is exercised here at once; it fails until `EXPECTED` says what the client should make of it.
 """
 
@@ -25,8 +25,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from apps.inference import client
-from apps.inference.devserver import tokenizer
-from apps.inference.devserver.scripts import FAULTS
 from apps.inference.errors import (
     InferenceAuthenticationError,
     InferenceConnectionError,
@@ -37,6 +35,8 @@ from apps.inference.errors import (
     InferenceUnavailableError,
     InferenceValidationError,
 )
+from devserver import tokenizer
+from devserver.scripts import FAULTS
 from tests.inference.shapes import SHAPES, Shape
 from tests.inference.shapes import call as call_shape
 
@@ -75,7 +75,7 @@ def expectation(mode: str) -> Expected:
     if mode not in FAULTS:
         pytest.fail(
             f"The development server does not offer the {mode!r} fault yet "
-            f"(apps.inference.devserver.scripts.FAULTS = {FAULTS}).",
+            f"(devserver.scripts.FAULTS = {FAULTS}).",
             pytrace=False,
         )
     if mode not in EXPECTED:

@@ -17,8 +17,8 @@ import pytest
 
 from apps.inference import client
 from apps.inference.client import InferenceResult, TokenLogprob
-from apps.inference.devserver import tokenizer
 from apps.inference.errors import InferenceValidationError
+from devserver import tokenizer
 from tests.inference.shapes import SHAPES, Shape
 from tests.inference.shapes import call as call_shape
 

@@ -16,7 +16,7 @@ import pytest
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub import errors as hf_errors
 
-from apps.inference.devserver import tokenizer
+from devserver import tokenizer
 
 PROMPT = "Say hello"
 REPLY = "Hello from the script."

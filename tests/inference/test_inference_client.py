@@ -18,7 +18,6 @@ import pytest
 from huggingface_hub import errors as hf_errors
 
 from apps.inference import client
-from apps.inference.devserver import tokenizer
 from apps.inference.errors import (
     InferenceAuthenticationError,
     InferenceConnectionError,
@@ -30,6 +29,7 @@ from apps.inference.errors import (
     InferenceValidationError,
 )
 from apps.workflows.demo import CLAIM_FIELDS_SCHEMA as CLAIM_SCHEMA
+from devserver import tokenizer
 
 PROMPT = "Say hello"
 REPLY = "Hello from the script."

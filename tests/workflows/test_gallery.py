@@ -17,9 +17,6 @@ from apps.accounts.models import Team, User
 from apps.accounts.services import team_create
 from apps.approvals.models import ApprovalRequest
 from apps.approvals.services import approval_decide
-from apps.inference.devserver import DEMO_SCRIPT, Script
-from apps.inference.devserver.engine import Constraint
-from apps.inference.devserver.scripts import choose_reply
 from apps.runs.models import Run
 from apps.runs.services import run_start
 from apps.workflows.exchange import document_build, document_dump, document_parse, workflow_import
@@ -32,6 +29,9 @@ from apps.workflows.services import (
     workflow_draft_save,
     workflow_version_publish,
 )
+from devserver import DEMO_SCRIPT, Script
+from devserver.engine import Constraint
+from devserver.scripts import choose_reply
 from tests.support.engine import drive, states
 from tests.support.sink import Sink
 

@@ -118,7 +118,7 @@ def _converter(annotation: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The CLI, one flag per config field (`--ttft-ms`, `--script`, ...)."""
     parser = argparse.ArgumentParser(
-        prog="python -m apps.inference.devserver",
+        prog="python -m devserver",
         description=(
             "AIOS development inference server: speaks TGI's, TEI's and the OpenAI-compatible protocol "
             "with scripted and deterministic replies. It is not a language model. Every option can also "

@@ -1,7 +1,8 @@
 """The AIOS development inference server: TGI/TEI/OpenAI-compatible wire protocol, scripted replies.
 
 It is part of the product (the embedded stack runs it when no real inference server is configured) and
-is not a language model. See `app.py` for the routes and `scripts.py` for how replies are chosen.
+is not a language model. See `app.py` for the routes and `scripts.py` for how replies are chosen. Run it with
+`python -m devserver` (`--help` lists every option).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ __all__ = ["DEMO_SCRIPT", "DEVSERVER_LABEL", "DevServerConfig", "Script", "Scrip
 
 
 def __getattr__(name: str) -> Any:
-    # The web app reads DEVSERVER_LABEL from here; loading the server (Starlette and all) only when asked
-    # keeps it out of every web and worker process.
+    # Tests and benchmarks import the package for its scripts and configuration; loading the server
+    # (Starlette, uvicorn) only when asked keeps those imports cheap.
     if name == "create_app":
         from .app import create_app
 

@@ -18,10 +18,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from apps.inference.devserver.batching import BatchScheduler
-from apps.inference.devserver.config import DevServerConfig, config_from_args
-from apps.inference.devserver.runner import ServerProcess
-from apps.inference.devserver.scripts import Script
+from devserver.batching import BatchScheduler
+from devserver.config import DevServerConfig, config_from_args
+from devserver.runner import ServerProcess
+from devserver.scripts import Script
 from tests.support.figures import record_figure
 
 LONG_REPLY = " ".join(f"word{i}" for i in range(400))

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 import httpx2
 import pytest
 
-from apps.inference.devserver import DevServerConfig
-from apps.inference.devserver.app import UNAVAILABLE_TEXT
-from apps.inference.devserver.runner import running_in_thread
-from apps.inference.devserver.scripts import FAULTS, Script
+from devserver import DevServerConfig
+from devserver.app import UNAVAILABLE_TEXT
+from devserver.runner import running_in_thread
+from devserver.scripts import FAULTS, Script
 
 REPLY = "one two three four five six seven eight"
 RULES: list[dict[str, Any]] = [

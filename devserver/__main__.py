@@ -1,4 +1,4 @@
-"""`python -m apps.inference.devserver`: run the AIOS development inference server."""
+"""`python -m devserver`: run the AIOS development inference server."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from .scripts import Script
 logger = logging.getLogger("aios.devserver")
 
 _URL_IN_LOG = re.compile(r"listening on (http://\S+)")
-_REPO_ROOT = Path(__file__).resolve().parents[3]
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -71,7 +71,7 @@ def _uvicorn_config(config: DevServerConfig, script: Script | None) -> uvicorn.C
 
 
 def serve(config: DevServerConfig) -> None:
-    """Run until interrupted (what `python -m apps.inference.devserver` does)."""
+    """Run until interrupted (what `python -m devserver` does)."""
     sock = bind(config.host, config.port)
     server = uvicorn.Server(_uvicorn_config(config, None))
     logger.info(startup_line(url_of(sock), config))
@@ -119,7 +119,7 @@ def running_in_thread(config: DevServerConfig, script: Script | None = None) -> 
 
 
 class ServerProcess:
-    """`python -m apps.inference.devserver` as a child process; its URL is read from its start-up line."""
+    """`python -m devserver` as a child process; its URL is read from its start-up line."""
 
     def __init__(
         self,
@@ -142,7 +142,7 @@ class ServerProcess:
         self.log_path = log_path
         # The argv is this interpreter running our own module with our own flags: no outside input.
         self.process = subprocess.Popen(  # noqa: S603
-            [self.python, "-m", "apps.inference.devserver", *self.args],
+            [self.python, "-m", "devserver", *self.args],
             cwd=self.cwd,
             env=self.env,
             stdout=handle,

@@ -18,9 +18,9 @@ import httpx2
 import numpy as np
 import pytest
 
-from apps.inference.devserver import DevServerConfig
-from apps.inference.devserver.embeddings import MODEL_ID, cosine, embed, model_available
-from apps.inference.devserver.runner import running_in_thread
+from devserver import DevServerConfig
+from devserver.embeddings import MODEL_ID, cosine, embed, model_available
+from devserver.runner import running_in_thread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The first request loads the model (seconds: torch and transformers are imported then).
@@ -126,7 +126,7 @@ def getaddrinfo(host, *args, **kwargs):
 socket.getaddrinfo = getaddrinfo
 
 import asyncio
-from apps.inference.devserver.embeddings import ModelBackend
+from devserver.embeddings import ModelBackend
 vectors = asyncio.run(ModelBackend().vectors(["no network needed"], 256))
 assert len(vectors[0]) == 384
 print("ok")

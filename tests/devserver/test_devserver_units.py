@@ -13,13 +13,13 @@ from typing import Any
 import jsonschema
 import pytest
 
-from apps.inference.devserver import DEMO_SCRIPT, tokenizer
-from apps.inference.devserver.config import DevServerConfig, config_from_args
-from apps.inference.devserver.embeddings import cosine, embed
-from apps.inference.devserver.engine import Constraint, GenerateParameters, InferError, build_plan, validate
-from apps.inference.devserver.protocol import GENERATE_REQUEST, Rejection, decode, f32_text, parse_json
-from apps.inference.devserver.schema import example_value, is_valid, regex_example
-from apps.inference.devserver.scripts import FALLBACK_PREFIX, Script, ScriptError, choose_reply
+from devserver import DEMO_SCRIPT, tokenizer
+from devserver.config import DevServerConfig, config_from_args
+from devserver.embeddings import cosine, embed
+from devserver.engine import Constraint, GenerateParameters, InferError, build_plan, validate
+from devserver.protocol import GENERATE_REQUEST, Rejection, decode, f32_text, parse_json
+from devserver.schema import example_value, is_valid, regex_example
+from devserver.scripts import FALLBACK_PREFIX, Script, ScriptError, choose_reply
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -233,7 +233,7 @@ def test_devserver_and_client_import_without_django() -> None:
     # The dev server runs as its own process next to the product; the client must work outside Django too.
     code = (
         "import sys\n"
-        "import apps.inference.devserver.__main__, apps.inference.devserver.runner\n"
+        "import devserver.__main__, devserver.runner\n"
         "assert 'django' not in sys.modules, sorted(m for m in sys.modules if m.startswith('django'))\n"
         "import apps.inference.client as c\n"
         "assert c.default_base_url()\n"

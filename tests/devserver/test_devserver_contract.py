@@ -15,7 +15,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from apps.inference.devserver.scripts import Script
+from devserver.scripts import Script
 
 # Documented differences between the upstream specs and the upstream servers (see
 # shared/reference/tgi-protocol.md section 8 and shared/contracts/README.md). The dev server follows the

@@ -24,10 +24,10 @@ import httpx2
 import jsonschema
 import pytest
 
-from apps.inference.devserver import tokenizer
-from apps.inference.devserver.embeddings import cosine
-from apps.inference.devserver.scripts import FALLBACK_PREFIX, Script
 from apps.workflows.demo import CLAIM_FIELDS_SCHEMA as CLAIM_SCHEMA
+from devserver import tokenizer
+from devserver.embeddings import cosine
+from devserver.scripts import FALLBACK_PREFIX, Script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Parse = Callable[[bytes], list[Any]]
@@ -753,7 +753,7 @@ def test_cli_rejects_a_broken_script(tmp_path: Any) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text('{"rules": [{"match": {"regex": "("}, "response": "x"}]}')
     result = subprocess.run(
-        [sys.executable, "-m", "apps.inference.devserver", "--port", "0", "--script", str(broken)],
+        [sys.executable, "-m", "devserver", "--port", "0", "--script", str(broken)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -765,7 +765,7 @@ def test_cli_rejects_a_broken_script(tmp_path: Any) -> None:
 
 def test_cli_help_names_the_environment_variables() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "apps.inference.devserver", "--help"],
+        [sys.executable, "-m", "devserver", "--help"],
         capture_output=True,
         text=True,
         timeout=30,
