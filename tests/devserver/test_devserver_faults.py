@@ -18,7 +18,7 @@ import httpx2
 import pytest
 
 from devserver import DevServerConfig
-from devserver.app import UNAVAILABLE_TEXT
+from devserver.responses import UNAVAILABLE_TEXT
 from devserver.runner import running_in_thread
 from devserver.scripts import FAULTS, Script
 
