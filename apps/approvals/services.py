@@ -12,8 +12,8 @@ from apps.accounts.roles import ADMIN
 from apps.approvals.models import ApprovalRequest
 from apps.audit.services import audit_record
 from apps.core.exceptions import Conflict, Forbidden, ValidationFailed
+from apps.runs.lifecycle import output_digest, run_lock, step_run_resume
 from apps.runs.models import StepRun
-from apps.runs.services import step_run_resume
 from apps.steps.base import Wait
 from apps.steps.library.human import ApprovalConfig
 
@@ -22,8 +22,7 @@ DECISIONS = (ApprovalRequest.State.APPROVED, ApprovalRequest.State.REJECTED)
 
 def approval_request_open(step_run: StepRun, wait: Wait) -> None:
     """The engine's hook for a parked `human.approval` step (runs in the parking transaction)."""
-    definition = next(step for step in step_run.run.steps if step["key"] == step_run.step_key)
-    config = ApprovalConfig.model_validate(definition.get("config", {}))
+    config = ApprovalConfig.model_validate(step_run.run.step_definition(step_run.step_key).get("config", {}))
     request = ApprovalRequest.objects.create(
         step_run=step_run,
         run=step_run.run,
@@ -62,6 +61,9 @@ def approval_decide(
     refusal = approval_may_decide(actor, request)
     if refusal:
         raise Forbidden(refusal)
+    # The run first, then its approval row (the lock-order rule in apps/runs/lifecycle.py): a decision racing
+    # the due timer, which holds the run while it expires the request, waits here instead of deadlocking.
+    run_lock(request.run_id)
     now = timezone.now()
     won = ApprovalRequest.objects.filter(pk=request.pk, state=ApprovalRequest.State.PENDING).update(
         state=decision, decided_by=actor, decided_at=now, reason=reason[:5000], edits=edits or {}
@@ -72,7 +74,10 @@ def approval_decide(
         raise Conflict(f"This request was already {current.state}.")
     request.refresh_from_db()
     audit_record(
-        actor=actor, verb=f"approval.{decision}", target=request, data={"reason": reason[:500], "edited": bool(edits)}
+        actor=actor,
+        verb=f"approval.{decision}",
+        target=request,
+        data={"reason": reason[:500], "edited": bool(edits), "edits_sha256": output_digest(edits or {})},
     )
     step_run_resume(
         step_run=request.step_run,
@@ -93,9 +98,10 @@ def approval_request_expire(step_run: StepRun) -> None:
     request = ApprovalRequest.objects.filter(step_run=step_run, state=ApprovalRequest.State.PENDING).first()
     if request is None:
         return
-    ApprovalRequest.objects.filter(pk=request.pk, state=ApprovalRequest.State.PENDING).update(
+    if not ApprovalRequest.objects.filter(pk=request.pk, state=ApprovalRequest.State.PENDING).update(
         state=ApprovalRequest.State.EXPIRED, decided_at=timezone.now()
-    )
+    ):
+        return
     audit_record(actor=None, verb="approval.expired", target=request)
     step_run_resume(
         step_run=step_run,

@@ -8,7 +8,3 @@ class RunsConfig(AppConfig):
 
     name = "apps.runs"
     label = "runs"
-
-    def ready(self) -> None:
-        # Registers the engine's wait hooks for child runs (sub-workflows and for-each).
-        from apps.runs import children  # noqa: F401

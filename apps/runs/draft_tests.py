@@ -21,8 +21,8 @@ from django.utils import timezone
 from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Forbidden, ValidationFailed
+from apps.runs.lifecycle import run_advance, run_create
 from apps.runs.models import Run, StepResult, StepRun
-from apps.runs.services import _advance, _run_create
 from apps.steps.registry import step_config_errors, step_types
 from apps.workflows.graph import Graph, graph_errors
 from apps.workflows.input_schema import input_validate
@@ -114,7 +114,7 @@ def run_test_start(
         settings["pinned"] = {}
         # The step alone; the steps before it are recorded as finished below, with their data.
         snapshot = {"steps": [step], **{k: v for k, v in graph.items() if k in ("budget",)}}
-    run = _run_create(
+    run = run_create(
         version=draft,
         inputs=cleaned,
         actor=actor,
@@ -159,5 +159,5 @@ def run_test_start(
             "recorded_run": recorded_run.pk if recorded_run else None,
         },
     )
-    _advance(run)
+    run_advance(run)
     return run

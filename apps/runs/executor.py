@@ -14,25 +14,23 @@ import threading
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from pydantic import ValidationError
 
 from apps.runs import hooks
+from apps.runs.children import WAIT_STARTERS
+from apps.runs.effects import StepLost, effect_intent_record, effect_key, effect_outcome_record
 from apps.runs.events import TokenStream
 from apps.runs.faults import crash_point
-from apps.runs.models import Run, StepRun
-from apps.runs.services import (
-    StepLost,
-    effect_intent_record,
-    effect_key,
-    effect_outcome_record,
+from apps.runs.lifecycle import (
     step_run_claim,
     step_run_fail,
     step_run_heartbeat,
-    step_run_incident,
+    step_run_incident_open,
     step_run_succeed,
     step_run_wait,
 )
+from apps.runs.models import Run, StepRun
 from apps.steps.base import StepContext, StepError, StepOutcome
 from apps.steps.expressions import ExpressionError, cel_evaluate, template_render
 from apps.steps.registry import step_config_parse, step_type_get
@@ -98,7 +96,7 @@ def step_run_execute(*, step_run_id: int) -> None:
         return
     crash_point("after_claim")
     run = step_run.run
-    definition = step_definition(run, step_run.step_key)
+    definition = run.step_definition(step_run.step_key)
     at_most_once = definition.get("config", {}).get("delivery") == "at_most_once"
     calls_out = not (run.is_test and test_stands_in(run, step_run.step_key, step_run.step_type))
     if step_type_get(step_run.step_type).side_effects and _original_run_id(run) is None and calls_out:
@@ -110,7 +108,7 @@ def step_run_execute(*, step_run_id: int) -> None:
         if previous in ("intent", "applied") and at_most_once:
             # An earlier attempt may have changed the outside world and this system cannot deduplicate:
             # a person decides (retry, skip with an output, or abort) instead of a blind retry.
-            step_run_incident(
+            step_run_incident_open(
                 step_run=step_run,
                 reason="An earlier attempt of this at-most-once step stopped after it may have reached the "
                 "outside system; its outcome is unknown. Check the other system, then retry, skip or abort.",
@@ -124,7 +122,7 @@ def step_run_execute(*, step_run_id: int) -> None:
         stream.flush()
         crash_point("before_result_commit")
         if error.uncertain and at_most_once:
-            step_run_incident(step_run=step_run, reason=f"The outcome is unknown: {error.message}")
+            step_run_incident_open(step_run=step_run, reason=f"The outcome is unknown: {error.message}")
             return
         if step_type_get(step_run.step_type).side_effects and not error.uncertain:
             effect_outcome_record(step_run=step_run, applied=False, outcome=error.message)
@@ -153,24 +151,13 @@ def step_run_execute(*, step_run_id: int) -> None:
         _park(step_run, outcome)
         return
     crash_point("before_result_commit")
-    # The crash points after the commit live where its follow-up work is sent (services._outbox_send_committed).
+    # The crash points after the commit live where its follow-up work is sent (outbox._outbox_send_committed).
     step_run_succeed(step_run=step_run, output=outcome.output, usage=outcome.usage, streamed_text=stream.text)
-
-
-def step_definition(run: Run, step_key: str) -> dict[str, Any]:
-    """The step's definition as this run executes it: the pinned version's, with a what-if run's config
-    overrides for the step merged over its config (the version itself never changes)."""
-    definition = next(step for step in run.steps if step["key"] == step_key)
-    override = (run.overrides or {}).get(step_key)
-    if override:
-        definition = {**definition, "config": {**definition.get("config", {}), **override}}
-    return definition
 
 
 def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:
     run = step_run.run
-    definition = step_definition(run, step_run.step_key)
-    options = step_options(definition)
+    options = step_options(run.step_definition(step_run.step_key))
     step_type = step_type_get(step_run.step_type)
     config = step_config_parse(step_run.step_type, options.config)
     succeeded = StepRun.objects.filter(run=run, state=StepRun.State.SUCCEEDED)
@@ -255,12 +242,11 @@ def _recorded_outcome(original_run_id: int, step_key: str) -> StepOutcome:
 
 
 def _park(step_run: StepRun, outcome: StepOutcome) -> None:
-    from django.db import transaction
-
     wait = outcome.wait
     assert wait is not None
     with transaction.atomic():
         if step_run_wait(step_run=step_run, for_what=wait.for_what, fire_at=wait.fire_at, details=wait.details):
-            hook = hooks.on_wait.get(wait.for_what)
-            if hook is not None:
-                hook(step_run, wait)
+            # Child runs start here; an approval is the approvals app's, reached through the hook it fills.
+            starter = WAIT_STARTERS.get(wait.for_what) or hooks.on_wait.get(wait.for_what)
+            if starter is not None:
+                starter(step_run, wait)

@@ -100,6 +100,17 @@ class Run(models.Model):
     def steps(self) -> list[dict[str, Any]]:
         return list(self.graph.get("steps", []))
 
+    def step_definition(self, step_key: str) -> dict[str, Any]:
+        """The step as this run executes it: the graph's definition with a what-if run's config overrides
+        merged over its config (the version itself never changes). KeyError for a step it does not have."""
+        definition = next((step for step in self.steps if step["key"] == step_key), None)
+        if definition is None:
+            raise KeyError(step_key)
+        override = (self.overrides or {}).get(step_key)
+        if override:
+            definition = {**definition, "config": {**definition.get("config", {}), **override}}
+        return definition
+
     @property
     def duration_seconds(self) -> float | None:
         if self.started_at and self.finished_at:

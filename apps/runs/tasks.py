@@ -1,28 +1,47 @@
-"""Celery tasks for runs: thin doors into the executor and the sweeper. Each is safe to run twice."""
+"""Celery tasks for runs: thin doors into the executor, child runs and the sweeper. Each is safe to run twice."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from celery import shared_task
 from django.db import connection
 
+from apps.core.exceptions import Conflict
+from apps.runs.children import child_run_finished
 from apps.runs.executor import step_run_execute
-from apps.runs.services import sweep
+from apps.runs.models import Run
+from apps.runs.outbox import CANCEL_RUN_TASK, CHILD_FINISHED_TASK, EXECUTE_STEP_TASK
+from apps.runs.services import run_cancel
+from apps.runs.sweeper import sweep
 
 # Only one sweep at a time across all workers; a sweep that finds the lock taken simply returns.
 _SWEEP_LOCK_KEY = 0x53574550  # "SWEP"
 
 
-@shared_task(name="runs.execute_step", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=EXECUTE_STEP_TASK, acks_late=True, reject_on_worker_lost=True)
 def execute_step(step_run_id: int) -> None:
     """Execute one queued step (a duplicate delivery finds it claimed and returns)."""
     step_run_execute(step_run_id=step_run_id)
 
 
+@shared_task(name=CHILD_FINISHED_TASK, acks_late=True, reject_on_worker_lost=True)
+def child_finished(child_run_id: int) -> None:
+    """Tell a finished child run's parent (a repeat finds the parent moved on and does nothing)."""
+    child_run_finished(child_run_id=child_run_id)
+
+
+@shared_task(name=CANCEL_RUN_TASK, acks_late=True, reject_on_worker_lost=True)
+def cancel(run_id: int, reason: str) -> None:
+    """Cancel a child run for its parent (a repeat finds it finished and does nothing)."""
+    with contextlib.suppress(Conflict, Run.DoesNotExist):
+        run_cancel(run=Run(pk=run_id), actor=None, reason=reason)
+
+
 @shared_task(name="runs.sweep", acks_late=False, ignore_result=True)
 def sweep_task() -> dict[str, Any]:
-    """The periodic repair loop (see apps.runs.services.sweep)."""
+    """The periodic repair loop (see apps.runs.sweeper.sweep)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [_SWEEP_LOCK_KEY])
         if not cursor.fetchone()[0]:

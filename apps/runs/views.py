@@ -26,9 +26,7 @@ from apps.runs.selectors import (
     run_page_context,
 )
 from apps.runs.services import (
-    incident_abort,
-    incident_retry,
-    incident_skip,
+    incident_resolve,
     run_cancel,
     run_replay,
     run_restart,
@@ -184,22 +182,17 @@ def incident_resolve_view(request: HttpRequest, incident_id: int) -> HttpRespons
     """Retry, skip (with a JSON output) or abort the step an incident holds."""
     incident = incident_get_for_user(request.user, incident_id=incident_id)
     run = _operate(request, incident.run_id)
-    action = request.POST.get("action")
+    action = request.POST.get("action", "")
     try:
-        if action == "retry":
-            incident_retry(incident=incident, actor=request.user)  # type: ignore[arg-type]
-        elif action == "skip":
+        output = None
+        if action == "skip":
             try:
                 output = json.loads(request.POST.get("output") or "{}")
             except json.JSONDecodeError as error:
                 raise ValidationFailed(
                     "The output is not valid JSON.", fields={"output": [f"Not valid JSON: {error.msg}."]}
                 ) from None
-            incident_skip(incident=incident, actor=request.user, output=output)  # type: ignore[arg-type]
-        elif action == "abort":
-            incident_abort(incident=incident, actor=request.user)  # type: ignore[arg-type]
-        else:
-            raise ValidationFailed("Choose retry, skip or abort.", fields={"action": ["Unknown action."]})
+        incident_resolve(incident=incident, actor=request.user, action=action, output=output)  # type: ignore[arg-type]
     except ApplicationError as refusal:
         detail = "; ".join(m for messages_ in getattr(refusal, "fields", {}).values() for m in messages_)
         messages.error(request, f"{refusal.message} {detail}".strip())

@@ -14,8 +14,9 @@ import time
 
 import pytest
 
+from apps.runs.effects import effect_key
 from apps.runs.models import Run, StepRun
-from apps.runs.services import effect_key, run_start
+from apps.runs.services import run_start
 from tests.faults.harness import LEASE_SECONDS, check_invariants, percentile, sized, wait_runs
 from tests.faults.workflows import five_step_graph, publish
 from tests.support.figures import record_figure

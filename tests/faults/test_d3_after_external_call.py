@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import pytest
 
+from apps.runs.effects import effect_key
 from apps.runs.models import EffectRecord, Incident, StepRun
-from apps.runs.services import effect_key, run_start
+from apps.runs.services import run_start
 from tests.faults.harness import check_invariants, describe_runs, sized, wait_runs, wait_until
 from tests.faults.workflows import EFFECT_INPUT, effect_step, publish
 from tests.support.figures import record_figure

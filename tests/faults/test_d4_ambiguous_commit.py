@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import pytest
 
+from apps.runs.effects import effect_key
 from apps.runs.models import StepRun
-from apps.runs.services import effect_key, run_start
+from apps.runs.services import run_start
 from tests.faults.harness import FAULT_SEED, check_invariants, engine_env, sized, wait_runs
 from tests.faults.pgproxy import AmbiguousCommitProxy
 from tests.faults.workflows import five_step_graph, publish

@@ -69,5 +69,5 @@ def test_d5_crash_between_result_commit_and_dispatch_stalls_no_run(analyst, flee
     assert by_sweeper > 0, (
         f"{kills} workers died at after_result_commit_before_dispatch, yet no outbox row was left for the sweeper "
         "to relay: the crash point fires after the on-commit relay already sent the next step, so the "
-        "commit-then-dispatch gap was never opened (see apps/runs/executor.py and services._dispatch)"
+        "commit-then-dispatch gap was never opened (see apps/runs/executor.py and outbox.outbox_dispatch)"
     )

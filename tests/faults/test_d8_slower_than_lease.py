@@ -28,8 +28,10 @@ import time
 import pytest
 from django.db import connection, transaction
 
+from apps.runs.effects import effect_key
+from apps.runs.lifecycle import step_run_claim
 from apps.runs.models import EffectRecord, StepResult, StepRun
-from apps.runs.services import effect_key, run_start, step_run_claim
+from apps.runs.services import run_start
 from apps.steps.registry import step_type_get
 from tests.faults.harness import (
     FAULT_SEED,

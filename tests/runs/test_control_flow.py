@@ -146,7 +146,7 @@ def test_delay_waits_on_a_timer_without_a_worker(analyst, team):
 
 
 def test_step_timeout_fails_a_stuck_step_and_refuses_its_late_result(analyst, team):
-    from apps.runs.services import step_run_claim, step_run_succeed
+    from apps.runs.lifecycle import step_run_claim, step_run_succeed
 
     graph = {"steps": [{**transform("slow", x="1"), "timeout_seconds": 10}]}
     workflow = publish(analyst, team, "Slow", graph)

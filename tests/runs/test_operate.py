@@ -10,8 +10,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apps.audit.models import AuditEvent
+from apps.runs.lifecycle import step_run_claim
 from apps.runs.models import Incident, Run, StepRun
-from apps.runs.services import leases_reclaim, run_start, step_run_claim
+from apps.runs.services import run_start
+from apps.runs.sweeper import leases_reclaim
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
 from tests.support.engine import drive, states
 

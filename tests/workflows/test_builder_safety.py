@@ -12,8 +12,9 @@ from rest_framework.test import APIClient
 
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden
 from apps.runs.draft_tests import run_test_start
+from apps.runs.lifecycle import run_create
 from apps.runs.models import Run
-from apps.runs.services import _run_create, run_replay, run_restart
+from apps.runs.services import run_replay, run_restart
 from apps.workflows import blocks
 from apps.workflows.editor import draft_edit
 from apps.workflows.exchange import ImportProblems, document_build, document_dump, workflow_import
@@ -57,7 +58,7 @@ def test_a_test_run_is_never_replayed_restarted_or_re_run_live(analyst, drafted)
         run_restart(run=run, step_key="post", actor=analyst)
     draft = drafted.versions.get(state="draft")
     with pytest.raises(ApplicationError, match="only a test run may execute a draft"):
-        _run_create(version=draft, inputs={}, actor=analyst, trigger="manual")
+        run_create(version=draft, inputs={}, actor=analyst, trigger="manual")
     page = Client()
     page.force_login(analyst)
     html = page.get(f"/runs/{run.pk}/").content.decode()

@@ -30,9 +30,7 @@ from apps.runs.selectors import (
     run_list_for_user,
 )
 from apps.runs.services import (
-    incident_abort,
-    incident_retry,
-    incident_skip,
+    incident_resolve,
     run_cancel,
     run_replay,
     run_restart,
@@ -121,13 +119,12 @@ def incident_resolve_view(request: Request, incident_id: int) -> Response:
         raise PermissionDenied("You may view this run but not operate it.")
     body = IncidentResolveSerializer(data=request.data)
     body.is_valid(raise_exception=True)
-    actor, action_name = request.user, body.validated_data["action"]
-    if action_name == "retry":
-        resolved = incident_retry(incident=incident, actor=actor)  # type: ignore[arg-type]
-    elif action_name == "skip":
-        resolved = incident_skip(incident=incident, actor=actor, output=body.validated_data["output"])  # type: ignore[arg-type]
-    else:
-        resolved = incident_abort(incident=incident, actor=actor)  # type: ignore[arg-type]
+    resolved = incident_resolve(
+        incident=incident,
+        actor=request.user,  # type: ignore[arg-type]
+        action=body.validated_data["action"],
+        output=body.validated_data.get("output"),
+    )
     return Response(IncidentSerializer(resolved).data)
 
 

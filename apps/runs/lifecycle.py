@@ -1,0 +1,459 @@
+"""One run's life in the engine: create, advance, finish; and one step's: claim, succeed, fail, wait, resume.
+
+Every transition is a conditional UPDATE on the state (and, for a running step, the fencing token) it
+expects, inside one transaction with its audit event and any Outbox rows it calls for. Celery only hears
+about a change after it committed, so nothing outside the database ever acts on a change that did not happen.
+
+The lock-order rule. Every transaction of the engine, and of every service that changes a run, follows it:
+
+1. A transaction locks at most one run.
+2. It locks that run's row (`run_lock`) before any row that belongs to the run: its step runs, incidents,
+   approval requests, timers. Rows taken with SKIP LOCKED (due timers, outbox rows, expired leases) are
+   exempt: a SKIP LOCKED never waits, so it cannot close a cycle.
+3. Work that concerns another run (a finished child telling its parent, a parent cancelling its children,
+   a foreach failing fast) is an Outbox row (`runs.child_finished`, `runs.cancel`), handled later in a
+   transaction of its own that follows rules 1 and 2.
+
+So two transactions that touch the same run always meet first at its row lock, where one waits for the
+other: no deadlock, and no worker whose result commit is aborted. The run lock also orders the run's audit
+stream (apps.audit), which is why no other lock is needed to append to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from apps.accounts.models import User
+from apps.audit.services import audit_record
+from apps.core.exceptions import ApplicationError
+from apps.runs import engine
+from apps.runs.effects import effect_outcome_record
+from apps.runs.events import publish_run_changed
+from apps.runs.models import Incident, Run, StepResult, StepRun, Timer
+from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
+from apps.runs.selectors import run_model_call_totals
+from apps.steps.registry import step_type_get
+from apps.workflows.graph import step_options
+from apps.workflows.models import WorkflowVersion
+
+
+def publish_on_commit(run_id: int, keys: Iterable[str]) -> None:
+    """Tell the run's viewers which steps changed, once (and only if) this transaction commits."""
+    keys = list(keys)
+    transaction.on_commit(lambda: publish_run_changed(run_id, keys))
+
+
+def run_lock(run_id: int) -> Run:
+    """The run, locked against concurrent engine decisions (rule 2 above: take this first).
+
+    Only the run row is locked (`of=self`), and as NO KEY UPDATE: locking the joined version and workflow
+    rows too, or blocking the key-share locks that inserts referencing the run take, deadlocked concurrent
+    runs (bench/README.md, "What bounds them", item 1)."""
+    return Run.objects.select_for_update(of=("self",), no_key=True).select_related("version", "workflow").get(pk=run_id)
+
+
+def output_digest(value: Any) -> str:
+    """SHA-256 of a result's canonical JSON: binds what a step or a person decided into the audit stream
+    without copying data (which may be large or personal) into it."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- a run's life --------------------------------------------------------------------------------------------
+
+
+def run_create(
+    *,
+    version: WorkflowVersion,
+    inputs: dict[str, Any],
+    actor: User | None,
+    trigger: str,
+    idempotency_key: str = "",
+    request_hash: str = "",
+    restarted_from: Run | None = None,
+    restart_step_key: str = "",
+    parent_step_run: StepRun | None = None,
+    item_index: int | None = None,
+    graph: dict[str, Any] | None = None,
+    mode: str = Run.Mode.LIVE,
+    test_settings: dict[str, Any] | None = None,
+) -> Run:
+    """The Run row and one pending StepRun per step (no audit, no dispatch: the callers do those). A test run
+    passes the draft's `graph` to execute (kept on the run, so later edits of the draft never reach it)."""
+    # The one gate between drafts and the outside world: only a test run executes anything but a published,
+    # frozen version, and a test run never executes without its own snapshot and settings.
+    if mode == Run.Mode.TEST:
+        if graph is None:
+            raise ApplicationError("A test run needs the draft's graph.")
+    elif not version.is_published or graph is not None:
+        raise ApplicationError(f"Version {version.number} is not published: only a test run may execute a draft.")
+    now = timezone.now()
+    run = Run.objects.create(
+        workflow=version.workflow,
+        version=version,
+        inputs=inputs,
+        initiator=actor,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        trigger=trigger,
+        status=Run.Status.RUNNING,
+        started_at=now,
+        restarted_from=restarted_from,
+        restart_step_key=restart_step_key,
+        parent_step_run=parent_step_run,
+        item_index=item_index,
+        graph_snapshot=graph,
+        mode=mode,
+        test_settings=test_settings or {},
+    )
+    StepRun.objects.bulk_create(
+        StepRun(run=run, step_key=step["key"], step_type=step["type"], name=step.get("name") or step["key"], position=i)
+        for i, step in enumerate(run.steps)
+    )
+    timeout = run.graph.get("timeout_seconds")
+    if timeout:
+        Timer.objects.create(kind=Timer.Kind.RUN_TIMEOUT, run=run, fire_at=now + timedelta(seconds=float(timeout)))
+    return run
+
+
+def run_advance(run: Run, *, changed: Iterable[str] = ()) -> None:
+    """Apply the engine's decision to the run. Callers hold the run row lock (or just created the run)."""
+    # Only what the decision needs: outputs and streamed text can be large and are read at the end only.
+    rows = list(
+        StepRun.objects.filter(run=run).only("pk", "run_id", "step_key", "step_type", "state", "branch", "error")
+    )
+    records = {row.step_key: engine.StepRecord(row.state, row.branch or None) for row in rows}
+    decision = engine.decide(run.graph, records)
+    by_key = {row.step_key: row for row in rows}
+    now = timezone.now()
+    for key in decision.skip:
+        skipped = by_key[key]
+        if StepRun.objects.filter(pk=skipped.pk, state=StepRun.State.PENDING).update(
+            state=StepRun.State.SKIPPED, finished_at=now
+        ):
+            StepResult.objects.create(
+                run=run, step_key=key, step_run=skipped, outcome="skipped", attempt=0, fencing_token=0
+            )
+    to_queue = [by_key[key] for key in decision.start]
+    queued = [
+        step
+        for step in to_queue
+        if StepRun.objects.filter(pk=step.pk, state=StepRun.State.PENDING).update(
+            state=StepRun.State.QUEUED, queued_at=now
+        )
+    ]
+    outbox_dispatch(queued)
+    if decision.run_status is not None and run.status not in Run.FINISHED:
+        _run_finish(run, decision, rows)
+    publish_on_commit(run.pk, [*changed, *decision.start, *decision.skip])
+
+
+def _run_finish(run: Run, decision: engine.Decision, rows: list[StepRun]) -> None:
+    outputs = dict(StepRun.objects.filter(run=run, state=StepRun.State.SUCCEEDED).values_list("step_key", "output"))
+    error = ""
+    if decision.failed_step:
+        failed = next(row for row in rows if row.step_key == decision.failed_step)
+        error = f'Step "{failed.step_key}" failed: {failed.error}'
+        steps_cancel(run, reason="the run failed")
+    output = engine.run_output(run.graph, outputs) if decision.run_status == "succeeded" else None
+    Run.objects.filter(pk=run.pk).update(
+        status=decision.run_status, finished_at=timezone.now(), output=output, error=error
+    )
+    model_totals_refresh(run)
+    run.status = decision.run_status  # type: ignore[assignment]
+    data: dict[str, Any] = {"error": error[:2000]} if error else {"output_sha256": output_digest(output)}
+    audit_record(actor=None, verb=f"run.{decision.run_status}", target=run, data=data)
+    if run.parent_step_run_id:
+        # The parent is another run (rule 3): it hears about this in a transaction of its own.
+        outbox_task(CHILD_FINISHED_TASK, [run.pk])
+
+
+def steps_cancel(run: Run, *, reason: str) -> list[str]:
+    """Cancel every unfinished step; bumping the fencing token refuses a running worker's late result."""
+    keys = list(StepRun.objects.filter(run=run).exclude(state__in=StepRun.FINISHED).values_list("step_key", flat=True))
+    StepRun.objects.filter(run=run).exclude(state__in=StepRun.FINISHED).update(
+        state=StepRun.State.CANCELLED,
+        fencing_token=F("fencing_token") + 1,
+        lease_expires_at=None,
+        waiting_for="",
+        finished_at=timezone.now(),
+        error=reason,
+    )
+    Incident.objects.filter(run=run, resolved_at__isnull=True).update(resolved_at=timezone.now(), resolution="abort")
+    return keys
+
+
+def model_totals_refresh(run: Run) -> None:
+    """Set the run's token and cost totals from its InferenceCall rows: every call, failed attempts and
+    failed steps included (they were paid for), the figures the run page and the budget use. Called when
+    a step ends or fails an attempt and when the run ends (finished, failed, cancelled, timed out); set,
+    not incremented, so a late duplicate cannot count twice. A call recorded after its run ended (a
+    stale worker's) shows on the run page but not in these stored totals."""
+    totals = run_model_call_totals(run)
+    if not totals["calls"]:
+        return  # call records are never deleted: a run without any keeps its zeros, and no write is needed
+    Run.objects.filter(pk=run.pk).update(
+        total_prompt_tokens=totals["prompt_tokens"],
+        total_generated_tokens=totals["generated_tokens"],
+        total_cost=totals["cost"],
+    )
+
+
+# --- a step's life ------------------------------------------------------------------------------------------
+
+
+def step_run_claim(*, step_run_id: int, worker: str) -> StepRun | None:
+    """Take ownership of a queued step: running, a lease, a new fencing token. None if it is not queued
+    (a duplicate delivery, a cancelled run), in which case the caller stops."""
+    now = timezone.now()
+    updated = StepRun.objects.filter(pk=step_run_id, state=StepRun.State.QUEUED).update(
+        state=StepRun.State.RUNNING,
+        attempt=F("attempt") + 1,
+        fencing_token=F("fencing_token") + 1,
+        lease_owner=worker[:200],
+        lease_expires_at=now + timedelta(seconds=settings.AIOS_STEP_LEASE_SECONDS),
+        started_at=now,
+        streamed_text="",  # a new attempt streams afresh
+    )
+    if not updated:
+        return None
+    step_run = StepRun.objects.select_related("run", "run__version", "run__workflow").get(pk=step_run_id)
+    options = step_options(step_run.run.step_definition(step_run.step_key))
+    if options.timeout_seconds:
+        Timer.objects.create(
+            kind=Timer.Kind.STEP_TIMEOUT,
+            run=step_run.run,
+            step_run=step_run,
+            fencing_token=step_run.fencing_token,
+            fire_at=now + timedelta(seconds=options.timeout_seconds),
+        )
+    publish_on_commit(step_run.run_id, [step_run.step_key])
+    return step_run
+
+
+def step_run_heartbeat(*, step_run: StepRun) -> bool:
+    """Extend the lease of a step this worker still owns; False means it lost the step (stop working)."""
+    return bool(
+        StepRun.objects.filter(
+            pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
+        ).update(lease_expires_at=timezone.now() + timedelta(seconds=settings.AIOS_STEP_LEASE_SECONDS))
+    )
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as later steps will read it: round-tripped through JSON, so what is stored is what is read."""
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+@transaction.atomic
+def step_run_succeed(
+    *, step_run: StepRun, output: dict[str, Any], usage: dict[str, Any] | None = None, streamed_text: str = ""
+) -> bool:
+    """Record a step's result if its fencing token is still current, then advance the run.
+
+    Returns False (and changes nothing) when the token is stale: the step was taken over or cancelled.
+    """
+    run = run_lock(step_run.run_id)
+    output, usage = jsonable(output), jsonable(usage or {})
+    branch = str(output.get("branch", "")) if isinstance(output, dict) else ""
+    updated = StepRun.objects.filter(
+        pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
+    ).update(
+        state=StepRun.State.SUCCEEDED,
+        output=output,
+        usage=usage,
+        branch=branch[:64],
+        streamed_text=streamed_text,
+        finished_at=timezone.now(),
+        lease_expires_at=None,
+    )
+    if not updated:
+        return False
+    if step_type_get(step_run.step_type).side_effects:
+        effect_outcome_record(step_run=step_run, applied=True)
+    _record_success(run, step_run, output, usage)
+    _audit_success(run, step_run, output, usage)
+    run_advance(run, changed=[step_run.step_key])
+    return True
+
+
+def incident_open(run: Run, step_run: StepRun, reason: str) -> None:
+    """Open an incident on a step the caller just parked as waiting for one (the run lock is held)."""
+    Incident.objects.create(run=run, step_run=step_run, reason=reason)
+    audit_record(
+        actor=None, verb="step.incident_opened", target=run, data={"step": step_run.step_key, "reason": reason}
+    )
+    publish_on_commit(run.pk, [step_run.step_key])
+
+
+@transaction.atomic
+def step_run_incident_open(*, step_run: StepRun, reason: str) -> bool:
+    """Hand a running step to a person: it waits on an open incident; late results are refused."""
+    run = run_lock(step_run.run_id)
+    updated = StepRun.objects.filter(
+        pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
+    ).update(
+        state=StepRun.State.WAITING, waiting_for="incident", fencing_token=F("fencing_token") + 1, lease_expires_at=None
+    )
+    if not updated:
+        return False
+    incident_open(run, step_run, reason)
+    return True
+
+
+def _record_result(run: Run, step_run: StepRun, *, outcome: str, output: Any = None, error: str = "") -> None:
+    """The step's one StepResult (unique per run and step: a second completion cannot commit)."""
+    StepResult.objects.create(
+        run=run,
+        step_key=step_run.step_key,
+        step_run=step_run,
+        outcome=outcome,
+        output=output,
+        error=error,
+        attempt=step_run.attempt,
+        fencing_token=step_run.fencing_token,
+    )
+
+
+def _record_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, Any]) -> None:
+    _record_result(run, step_run, outcome="succeeded", output=output)
+    if usage.get("calls"):
+        model_totals_refresh(run)
+
+
+def _audit_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, Any], actor: User | None = None) -> None:
+    audit_record(
+        actor=actor,
+        verb="step.succeeded",
+        target=run,
+        data={
+            "step": step_run.step_key,
+            "attempt": step_run.attempt,
+            "usage": usage,
+            "output_sha256": output_digest(output),
+        },
+    )
+
+
+@transaction.atomic
+def step_run_fail(*, step_run: StepRun, error: str, retryable: bool = False, streamed_text: str | None = None) -> bool:
+    """Record a failed attempt if the fencing token is current: schedule a retry when the step's policy
+    allows one, else fail the step (and the run, unless an error branch handles it)."""
+    run = run_lock(step_run.run_id)
+    policy = step_options(run.step_definition(step_run.step_key)).retry
+    fresh = StepRun.objects.get(pk=step_run.pk)
+    if fresh.state != StepRun.State.RUNNING or fresh.fencing_token != step_run.fencing_token:
+        return False
+    will_retry = fresh.attempt < policy.max_attempts and (retryable or policy.retry_on == "any")
+    now = timezone.now()
+    # None (a timeout decided elsewhere): keep what the attempt streamed so far.
+    text = {} if streamed_text is None else {"streamed_text": streamed_text}
+    model_totals_refresh(run)
+    if will_retry:
+        delay = policy.delay_for(fresh.attempt, random.random())  # noqa: S311 - jitter, not security
+        StepRun.objects.filter(pk=step_run.pk).update(
+            state=StepRun.State.WAITING,
+            waiting_for="retry",
+            error=error,
+            lease_expires_at=None,
+            **text,
+        )
+        Timer.objects.create(
+            kind=Timer.Kind.RETRY,
+            run=run,
+            step_run=step_run,
+            fencing_token=fresh.fencing_token,
+            fire_at=now + timedelta(seconds=delay),
+        )
+        audit_record(
+            actor=None,
+            verb="step.retry_scheduled",
+            target=run,
+            data={
+                "step": step_run.step_key,
+                "attempt": fresh.attempt,
+                "delay_seconds": round(delay, 3),
+                "error": error[:2000],
+            },
+        )
+        publish_on_commit(run.pk, [step_run.step_key])
+        return True
+    StepRun.objects.filter(pk=step_run.pk).update(
+        state=StepRun.State.FAILED, error=error, finished_at=now, lease_expires_at=None, **text
+    )
+    _record_result(run, fresh, outcome="failed", error=error)
+    audit_record(
+        actor=None,
+        verb="step.failed",
+        target=run,
+        data={"step": step_run.step_key, "attempt": fresh.attempt, "error": error[:2000]},
+    )
+    run_advance(run, changed=[step_run.step_key])
+    return True
+
+
+@transaction.atomic
+def step_run_wait(
+    *, step_run: StepRun, for_what: str, fire_at: Any = None, details: dict[str, Any] | None = None
+) -> bool:
+    """Park a running step (this worker owned it) until a timer or another service resumes it."""
+    run = run_lock(step_run.run_id)
+    updated = StepRun.objects.filter(
+        pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
+    ).update(state=StepRun.State.WAITING, waiting_for=for_what[:16], lease_expires_at=None)
+    if not updated:
+        return False
+    if fire_at is not None:
+        kind = Timer.Kind.DELAY if for_what == "timer" else Timer.Kind.APPROVAL_DUE
+        Timer.objects.create(
+            kind=kind, run=run, step_run=step_run, fencing_token=step_run.fencing_token, fire_at=fire_at
+        )
+    audit_record(
+        actor=None,
+        verb="step.waiting",
+        target=run,
+        data={"step": step_run.step_key, "for": for_what, **(details or {})},
+    )
+    publish_on_commit(run.pk, [step_run.step_key])
+    return True
+
+
+@transaction.atomic
+def step_run_resume(
+    *, step_run: StepRun, output: dict[str, Any] | None = None, error: str = "", actor: User | None = None
+) -> bool:
+    """Finish a waiting step with `output` (or fail it with `error`); False if it was no longer waiting."""
+    run = run_lock(step_run.run_id)
+    now = timezone.now()
+    state = StepRun.State.FAILED if error else StepRun.State.SUCCEEDED
+    output = jsonable(output or {})
+    updated = StepRun.objects.filter(pk=step_run.pk, state=StepRun.State.WAITING).update(
+        state=state,
+        output=None if error else output,
+        branch=str(output.get("branch", ""))[:64] if not error else "",
+        error=error,
+        waiting_for="",
+        finished_at=now,
+    )
+    if not updated:
+        return False
+    fresh = StepRun.objects.get(pk=step_run.pk)
+    if error:
+        _record_result(run, fresh, outcome="failed", error=error)
+        audit_record(actor=actor, verb="step.failed", target=run, data={"step": fresh.step_key, "error": error[:2000]})
+    else:
+        _record_success(run, fresh, output, {})
+        _audit_success(run, fresh, output, {}, actor)
+    run_advance(run, changed=[fresh.step_key])
+    return True
