@@ -156,29 +156,27 @@ class Graph:
         return seen
 
     def cycle(self) -> list[str] | None:
-        """A list of keys forming a cycle, or None when the graph is acyclic."""
+        """A list of keys forming a cycle, or None when the graph is acyclic.
+
+        Iterative, so a workflow of thousands of sequential steps is checked without running out of stack."""
         colour: dict[str, int] = dict.fromkeys(self.keys, 0)  # 0 new, 1 on the path, 2 done
-        path: list[str] = []
-
-        def visit(key: str) -> list[str] | None:
-            colour[key] = 1
-            path.append(key)
-            for edge in self.outgoing[key]:
-                if colour[edge.target] == 1:
+        for root in self.keys:
+            if colour[root]:
+                continue
+            colour[root] = 1
+            path = [root]
+            pending = [iter(self.outgoing[root])]
+            while pending:
+                edge = next(pending[-1], None)
+                if edge is None:
+                    colour[path.pop()] = 2
+                    pending.pop()
+                elif colour[edge.target] == 1:
                     return [*path[path.index(edge.target) :], edge.target]
-                if colour[edge.target] == 0:
-                    found = visit(edge.target)
-                    if found:
-                        return found
-            path.pop()
-            colour[key] = 2
-            return None
-
-        for key in self.keys:
-            if colour[key] == 0:
-                found = visit(key)
-                if found:
-                    return found
+                elif colour[edge.target] == 0:
+                    colour[edge.target] = 1
+                    path.append(edge.target)
+                    pending.append(iter(self.outgoing[edge.target]))
         return None
 
 

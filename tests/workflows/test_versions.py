@@ -60,3 +60,14 @@ def test_new_versions_are_numbered_and_drafts_stay_editable(claims_workflow, ana
     assert draft.number == 2
     WorkflowVersion.objects.filter(pk=draft.pk).update(graph={"steps": [{"key": "a"}]})
     assert claims_workflow.history.count() == 1
+
+
+def test_a_thousand_sequential_steps_validate_and_a_long_cycle_is_named():
+    """Graph checks walk iteratively: a 1,000-step workflow publishes (it used to exhaust Python's stack)."""
+    from apps.workflows.graph import graph_errors
+
+    steps = [{"key": f"s{i}", "type": "data.transform", "config": {"fields": {"n": "1"}}} for i in range(1000)]
+    edges = [{"from": f"s{i}", "to": f"s{i + 1}"} for i in range(999)]
+    assert graph_errors({"steps": steps, "edges": edges}) == []
+    looped = graph_errors({"steps": steps, "edges": [*edges, {"from": "s999", "to": "s0"}]})
+    assert len(looped) == 1 and "s0" in looped[0] and "s999" in looped[0]
