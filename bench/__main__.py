@@ -8,6 +8,7 @@ import sys
 import time
 
 from bench import stack
+from bench.common import eager_env
 
 ALL = ("B1", "B2", "B3", "B6", "B8", "B9")
 
@@ -43,14 +44,22 @@ def main(argv: list[str]) -> int:
         lines: list[str] = []
         b1_result = None
         serial = [name for name in selected if name in ("B1", "B2", "B8")]
-        if serial:
-            with stack.workers(svc, [stack.ALL_QUEUES_WORKER], "b1"):
-                print(f"\nWorker: celery -A bench.worker worker {' '.join(stack.ALL_QUEUES_WORKER)}", flush=True)
-                if "B1" in serial:
-                    from bench import b1
+        if "B1" in serial:
+            from bench import b1
 
-                    b1_result = b1.run(svc)
+            # Off first, so that the eager block's commit counts feed B8 below.
+            for eager in (False, True):
+                with stack.workers(svc, [stack.ALL_QUEUES_WORKER], "b1", env=eager_env(eager)):
+                    print(
+                        f"\nWorker: celery -A bench.worker worker {' '.join(stack.ALL_QUEUES_WORKER)}"
+                        f" ({eager_env(eager)})",
+                        flush=True,
+                    )
+                    b1_result = b1.run(svc, eager=eager)
                     lines += [g.line() for g in b1_result.goals]
+        if "B2" in serial or "B8" in serial:
+            with stack.workers(svc, [stack.ALL_QUEUES_WORKER], "b2"):
+                print(f"\nWorker: celery -A bench.worker worker {' '.join(stack.ALL_QUEUES_WORKER)}", flush=True)
                 if "B2" in serial:
                     from bench import b2
 

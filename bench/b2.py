@@ -56,6 +56,6 @@ def run(svc: Services) -> list[Goal]:
         ],
     )
     print(f"AIOS minus peer: {(p - q) / STEPS:.2f} ms/step")
-    goals = [Goal("B2", "ratio_to_peer", p / q, "<=", 1.05)]
+    goals = [Goal("B2", "ratio_to_peer", p / q, "<=", 1.02)]
     print_goals(goals)
     return goals

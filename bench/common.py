@@ -135,3 +135,8 @@ def peer_chain_run(steps: int, cpu_n: int = 0, *, writes: bool = True, publish: 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"peer chain {chain_id} did not finish within {RUN_TIMEOUT_SECONDS:g} s")
             time.sleep(POLL_SECONDS)
+
+
+def eager_env(eager: bool) -> dict[str, str]:
+    """The worker environment for B1's two modes: eager dispatch on (the product's default) or off."""
+    return {"AIOS_EAGER_DISPATCH": "true" if eager else "false"}
