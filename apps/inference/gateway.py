@@ -181,18 +181,26 @@ def _sha256(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _wire_request(endpoint: ModelEndpoint, request: CallRequest) -> dict[str, Any]:
-    """The request as it goes to the server (recorded for replay and hashed for provenance)."""
+ModelRequest = client.GenerateRequest | client.ChatRequest
+
+
+def _model_request(endpoint: ModelEndpoint, request: CallRequest) -> ModelRequest:
+    """The step's request in the endpoint's protocol: TGI's native one, or OpenAI-compatible chat."""
     if endpoint.kind == ModelEndpoint.Kind.TGI:
         grammar = None
         if request.json_schema:
             grammar = {"type": "json", "value": request.json_schema}
         elif request.regex:
             grammar = {"type": "regex", "value": request.regex}
-        prompt = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
-        constrained = grammar["type"] if grammar else None
-        parameters = {**request.parameters(), "constrained": "json_schema" if constrained == "json" else constrained}
-        return {"protocol": "tgi", "prompt": prompt, "grammar": grammar, **parameters}
+        return client.GenerateRequest(
+            prompt=f"{request.system}\n\n{request.prompt}" if request.system else request.prompt,
+            max_new_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            seed=request.seed,
+            stop=request.stop,
+            grammar=grammar,
+            logprobs=request.logprobs,
+        )
     messages = ([{"role": "system", "content": request.system}] if request.system else []) + [
         {"role": "user", "content": request.prompt}
     ]
@@ -200,8 +208,47 @@ def _wire_request(endpoint: ModelEndpoint, request: CallRequest) -> dict[str, An
     if request.json_schema:
         response_format = {"type": "json_schema", "json_schema": {"name": "output", "schema": request.json_schema}}
     # Chat has no regular-expression constraint: a regex request goes unconstrained, and says so.
-    parameters = {**request.parameters(), "constrained": "json_schema" if response_format else None}
-    return {"protocol": "chat", "messages": messages, "response_format": response_format, **parameters}
+    return client.ChatRequest(
+        messages=messages,
+        max_tokens=request.max_new_tokens,
+        temperature=request.temperature,
+        seed=request.seed,
+        stop=request.stop,
+        response_format=response_format,
+        model=endpoint.served_model or None,
+        logprobs=request.logprobs,
+    )
+
+
+def _wire_record(call: ModelRequest) -> dict[str, Any]:
+    """The request as provenance records it and replay matches it (by its hash). Its keys are those of
+    every stored call: a key added or renamed here would keep earlier runs from replaying."""
+    head: dict[str, Any]
+    if isinstance(call, client.GenerateRequest):
+        kind = call.grammar["type"] if call.grammar else None
+        head = {
+            "protocol": "tgi",
+            "prompt": call.prompt,
+            "grammar": call.grammar,
+            "max_new_tokens": call.max_new_tokens,
+        }
+        constrained = "json_schema" if kind == "json" else kind
+    else:
+        head = {
+            "protocol": "chat",
+            "messages": list(call.messages),
+            "response_format": call.response_format,
+            "max_new_tokens": call.max_tokens,
+        }
+        constrained = "json_schema" if call.response_format else None
+    return {
+        **head,
+        "temperature": call.temperature,
+        "seed": call.seed,
+        "stop": list(call.stop),
+        "constrained": constrained,
+        "logprobs": call.logprobs,
+    }
 
 
 class Gateway:
@@ -272,12 +319,14 @@ class Gateway:
         # Decrypted here, on the worker thread: a token that no longer decrypts is a readable refusal, not an
         # exception inside the call.
         token = endpoint.token or None
-        wire = _wire_request(endpoint, request)
+        call = _model_request(endpoint, request)
+        wire = _wire_record(call)
         model_id, revision = _provenance(endpoint, token)
+        label = f"{model_id}@{revision[:12]}" if revision else model_id
         waited: list[float] = [0.0]
         try:
             result = runtime.run_streaming(
-                lambda push: self._acall(endpoint, token, request, wire, model_id, revision, push, waited),
+                lambda push: self._acall(endpoint, token, call, request.stream, label or None, push, waited),
                 lambda text: on_token(_without_nul(text)),
                 flush_seconds=settings.AIOS_TOKEN_FLUSH_SECONDS or 0.05,
             )
@@ -292,59 +341,31 @@ class Gateway:
         self,
         endpoint: ModelEndpoint,
         token: str | None,
-        request: CallRequest,
-        wire: dict[str, Any],
-        model_id: str,
-        revision: str,
+        call: ModelRequest,
+        stream: bool,
+        label: str | None,
         push: Callable[[str], None],
         waited: list[float],
     ) -> client.InferenceResult:
-        common: dict[str, Any] = {
-            "base_url": endpoint.url,
-            "token": token,
-            "timeout": endpoint.timeout_seconds,
-            "temperature": request.temperature,
-            "seed": request.seed,
-            "stop": list(request.stop) or None,
-            "http_client": runtime.http_client(),
-            "retries": settings.AIOS_INFERENCE_RETRIES,
-            "logprobs": request.logprobs,
-        }
+        # Built here, on the loop: the pooled HTTP client belongs to it.
+        target = client.Endpoint(
+            base_url=endpoint.url, token=token, timeout=endpoint.timeout_seconds, http_client=runtime.http_client()
+        )
+        retries = settings.AIOS_INFERENCE_RETRIES
         async with limits.in_flight_slot(
             endpoint.name, endpoint.max_in_flight, wait_seconds=max(endpoint.timeout_seconds, 30.0)
         ) as queue_seconds:
             waited[0] = queue_seconds
-            if wire["protocol"] == "tgi":
-                label = f"{model_id}@{revision[:12]}" if revision else model_id
-                if request.stream:
-                    result = await client.agenerate_stream(
-                        prompt=wire["prompt"],
-                        max_new_tokens=request.max_new_tokens,
-                        grammar=wire["grammar"],
-                        model_id=label or None,
-                        on_token=push,
-                        **common,
-                    )
+            if isinstance(call, client.GenerateRequest):
+                if stream:
+                    result = await client.agenerate_stream(target, call, on_token=push, model_id=label, retries=retries)
                 else:
-                    result = await client.agenerate(
-                        prompt=wire["prompt"],
-                        max_new_tokens=request.max_new_tokens,
-                        grammar=wire["grammar"],
-                        model_id=label or None,
-                        **common,
-                    )
-                    push(result.text)
-                return _clean_result(result)
-            chat = {
-                "messages": wire["messages"],
-                "max_tokens": request.max_new_tokens,
-                "response_format": wire["response_format"],
-                "model": endpoint.served_model or None,
-            }
-            if request.stream:
-                result = await client.achat_stream(on_token=push, **chat, **common)
+                    result = await client.agenerate(target, call, model_id=label, retries=retries)
+            elif stream:
+                result = await client.achat_stream(target, call, on_token=push, retries=retries)
             else:
-                result = await client.achat(**chat, **common)
+                result = await client.achat(target, call, retries=retries)
+            if not stream:
                 push(result.text)
             return _clean_result(result)
 
@@ -410,7 +431,7 @@ class Gateway:
             raise NoRecording(
                 f"Replay: there is no recording of {where}; the replay asked for a call the original never made."
             )
-        wire = _wire_request(endpoint, request)
+        wire = _wire_record(_model_request(endpoint, request))
         if recorded.purpose != request.purpose or _sha256(recorded.request) != _sha256(wire):
             raise NoRecording(
                 f"Replay: the recording of {where} answers another request (the prompt, parameters or endpoint "

@@ -2,7 +2,7 @@
 exact record/replay form of a result, against the real development server over loopback.
 
 Every feature is checked on each call shape that supports it: TGI native and OpenAI chat, streamed and
-not, sync and async. The shapes share one signature here (`call(shape, base_url, **options)`), so a
+not. The shapes share one signature here (`call(shape, base_url, **options)`), so a
 feature that works on one shape and not another shows up as one failing parameter.
 """
 
@@ -15,7 +15,6 @@ from typing import Any
 import jsonschema
 import pytest
 
-from apps.inference import client
 from apps.inference.client import InferenceResult, TokenLogprob
 from apps.inference.errors import InferenceValidationError
 from devserver import tokenizer
@@ -44,7 +43,7 @@ CHAT_SHAPES = [shape for shape in SHAPES if shape.values[0][0] == "chat"]  # typ
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_shape_returns_the_same_result(base_url: str, shape: Shape) -> None:
-    protocol, streamed, _ = shape
+    protocol, streamed = shape
     received: list[str] = []
     named = {"model_id": "aios/test-model"} if protocol == "generate" else {}
     # TGI reports a seed only when it samples; chat results carry the requested one.
@@ -234,12 +233,8 @@ def test_unknown_tool_choice_is_refused(base_url: str, shape: Shape) -> None:
 
 
 def test_results_round_trip_exactly(base_url: str) -> None:
-    streamed = client.generate_stream(
-        base_url=base_url, prompt=PROMPT, max_new_tokens=50, on_token=lambda t: None, top_logprobs=2, seed=3
-    )
-    tooled = client.chat(
-        base_url=base_url, messages=[{"role": "user", "content": "x"}], max_tokens=50, tools=[LOOKUP], logprobs=True
-    )
+    streamed = call(("generate", True), base_url, max_tokens=50, top_logprobs=2, seed=3)
+    tooled = call(("chat", False), base_url, "x", max_tokens=50, tools=[LOOKUP], logprobs=True)
     raw_arguments = InferenceResult(
         text="",
         generated_tokens=1,

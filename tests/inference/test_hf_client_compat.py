@@ -2,7 +2,7 @@
 
 These use `InferenceClient` / `AsyncInferenceClient` directly (not our client module) to show that the dev
 server is a faithful stand-in for TGI and TEI as huggingface_hub sees them, including the known traps
-that `apps/inference/client.py` exists to handle.
+that `apps/inference/client/` exists to handle.
 """
 
 from __future__ import annotations

@@ -30,10 +30,14 @@ from apps.inference.errors import (
 )
 from apps.workflows.demo import CLAIM_FIELDS_SCHEMA as CLAIM_SCHEMA
 from devserver import tokenizer
+from tests.inference.shapes import Shape, call
 
 PROMPT = "Say hello"
 REPLY = "Hello from the script."
 MESSAGES = [{"role": "user", "content": PROMPT}]
+GENERATE_STREAM: Shape = ("generate", True)
+CHAT_STREAM: Shape = ("chat", True)
+CHAT: Shape = ("chat", False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -42,9 +46,7 @@ MESSAGES = [{"role": "user", "content": PROMPT}]
 
 def test_generate_stream(base_url: str) -> None:
     tokens: list[str] = []
-    result = client.generate_stream(
-        base_url=base_url, prompt=PROMPT, max_new_tokens=100, on_token=tokens.append, model_id="aios/test-model"
-    )
+    result = call(GENERATE_STREAM, base_url, PROMPT, received=tokens, model_id="aios/test-model")
     assert result.text == REPLY, "return_full_text=False: the prompt is not echoed even on TGI's `/`"
     assert tokens == tokenizer.split(REPLY), "special tokens are not passed to on_token"
     assert result.generated_tokens == len(tokens) + 1
@@ -57,22 +59,12 @@ def test_generate_stream(base_url: str) -> None:
 
 
 def test_generate_stream_parameters(base_url: str) -> None:
-    result = client.generate_stream(
-        base_url=base_url,
-        prompt="STOP-TEST",
-        max_new_tokens=50,
-        stop=["."],
-        temperature=0.5,
-        seed=11,
-        on_token=lambda t: None,
-    )
+    result = call(GENERATE_STREAM, base_url, "STOP-TEST", max_tokens=50, stop=["."], temperature=0.5, seed=11)
     assert (result.text, result.finish_reason, result.seed) == ("alpha beta.", "stop_sequence", 11)
-    capped = client.generate_stream(base_url=base_url, prompt="STOP-TEST", max_new_tokens=2, on_token=lambda t: None)
+    capped = call(GENERATE_STREAM, base_url, "STOP-TEST", max_tokens=2)
     assert (capped.text, capped.finish_reason, capped.generated_tokens) == ("alpha beta", "length", 2)
     grammar = {"type": "json", "value": CLAIM_SCHEMA}
-    extracted = client.generate_stream(
-        base_url=base_url, prompt="Claim POL-31808", max_new_tokens=300, grammar=grammar, on_token=lambda t: None
-    )
+    extracted = call(GENERATE_STREAM, base_url, "Claim POL-31808", max_tokens=300, grammar=grammar)
     value = json.loads(extracted.text)
     jsonschema.validate(value, CLAIM_SCHEMA)
     assert value["claimant"] == "Aisha Khan" and value["injury_reported"] is True
@@ -80,62 +72,56 @@ def test_generate_stream_parameters(base_url: str) -> None:
 
 def test_chat_stream_survives_the_done_sentinel(base_url: str) -> None:
     tokens: list[str] = []
-    result = client.chat_stream(base_url=base_url, messages=MESSAGES, max_tokens=100, on_token=tokens.append, seed=4)
+    result = call(CHAT_STREAM, base_url, PROMPT, received=tokens, seed=4)
     assert result.text == REPLY == "".join(tokens)
     assert result.finish_reason == "stop"
     assert result.generated_tokens == len(tokenizer.split(REPLY)) + 1
     assert result.prompt_tokens is not None and result.prompt_tokens > 0
     assert result.seed == 4
     assert result.model_id is None, "TGI echoes huggingface_hub's placeholder model name"
-    named = client.chat_stream(
-        base_url=base_url, messages=MESSAGES, max_tokens=2, model="served/name", on_token=tokens.append
-    )
+    named = call(CHAT_STREAM, base_url, PROMPT, received=tokens, max_tokens=2, model="served/name")
     assert (named.model_id, named.finish_reason, named.generated_tokens) == ("served/name", "length", 2)
 
 
 def test_chat_stream_structured_output(base_url: str) -> None:
-    messages = [{"role": "user", "content": "Extract the fields of claim POL-48230 as JSON."}]
     for response_format in (
         {"type": "json_object", "value": CLAIM_SCHEMA},
         {"type": "json_schema", "json_schema": {"name": "claim", "schema": CLAIM_SCHEMA}},
     ):
-        result = client.chat_stream(
-            base_url=base_url,
-            messages=messages,
+        result = call(
+            CHAT_STREAM,
+            base_url,
+            "Extract the fields of claim POL-48230 as JSON.",
             max_tokens=300,
             response_format=response_format,
-            on_token=lambda t: None,
         )
         value = json.loads(result.text)
         jsonschema.validate(value, CLAIM_SCHEMA)
         assert value["claimant"] == "Daniel Park"
 
 
-def test_async_twins(base_url: str) -> None:
+def test_coroutine_callbacks_concurrent_calls_and_embeddings(base_url: str) -> None:
     async def scenario() -> None:
+        endpoint = client.Endpoint(base_url)
         received: list[str] = []
 
         async def on_token(text: str) -> None:
             received.append(text)
 
         generated = await client.agenerate_stream(
-            base_url=base_url, prompt=PROMPT, max_new_tokens=50, on_token=on_token
+            endpoint, client.GenerateRequest(PROMPT, max_new_tokens=50), on_token=on_token
         )
         assert generated.text == REPLY == "".join(received)
         received.clear()
-        chatted = await client.achat_stream(
-            base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=received.append
-        )
+        chat = client.ChatRequest(MESSAGES, max_tokens=50)
+        chatted = await client.achat_stream(endpoint, chat, on_token=received.append)
         assert chatted.text == REPLY == "".join(received)
         assert chatted.finish_reason == "stop"
         results = await asyncio.gather(
-            *(
-                client.achat_stream(base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=lambda t: None)
-                for _ in range(8)
-            )
+            *(client.achat_stream(endpoint, chat, on_token=lambda t: None) for _ in range(8))
         )
         assert {r.text for r in results} == {REPLY}
-        vectors = await client.aembed(base_url, ["one", "two"])
+        vectors = await client.aembed(endpoint, ["one", "two"])
         assert [len(v) for v in vectors] == [384, 384]
 
     asyncio.run(scenario())
@@ -144,31 +130,22 @@ def test_async_twins(base_url: str) -> None:
 def test_async_calls_can_share_one_http_client(base_url: str) -> None:
     async def scenario() -> None:
         async with client.new_async_http_client() as http:
+            endpoint = client.Endpoint(base_url, http_client=http)
+            chat = client.ChatRequest(MESSAGES, max_tokens=50)
             results = await asyncio.gather(
-                *(
-                    client.achat_stream(
-                        base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=lambda t: None, http_client=http
-                    )
-                    for _ in range(6)
-                ),
+                *(client.achat_stream(endpoint, chat, on_token=lambda t: None) for _ in range(6)),
                 client.agenerate_stream(
-                    base_url=base_url, prompt=PROMPT, max_new_tokens=50, on_token=lambda t: None, http_client=http
+                    endpoint, client.GenerateRequest(PROMPT, max_new_tokens=50), on_token=lambda t: None
                 ),
             )
             assert {r.text for r in results} == {REPLY}
             with pytest.raises(InferenceGenerationError):
                 await client.agenerate_stream(
-                    base_url=base_url,
-                    prompt="FAULT-MIDSTREAM",
-                    max_new_tokens=9,
-                    on_token=lambda t: None,
-                    http_client=http,
+                    endpoint, client.GenerateRequest("FAULT-MIDSTREAM", max_new_tokens=9), on_token=lambda t: None
                 )
             assert not http.is_closed, "the shared client outlives each call"
-            assert len(await client.aembed(base_url, ["x"], http_client=http)) == 1
-            again = await client.achat_stream(
-                base_url=base_url, messages=MESSAGES, max_tokens=50, on_token=lambda t: None, http_client=http
-            )
+            assert len(await client.aembed(endpoint, ["x"])) == 1
+            again = await client.achat_stream(endpoint, chat, on_token=lambda t: None)
             assert again.text == REPLY
 
     asyncio.run(scenario())
@@ -178,10 +155,10 @@ def test_server_info_and_embed(base_url: str) -> None:
     info = client.server_info(base_url)
     assert info["model_id"] == "aios/test-model"
     assert info["docker_label"] == "aios-devserver"
-    vectors = client.embed(base_url, ["a car accident", "a car crash"])
+    vectors = asyncio.run(client.aembed(client.Endpoint(base_url), ["a car accident", "a car crash"]))
     assert len(vectors) == 2 and all(len(v) == 384 for v in vectors)
     assert all(isinstance(x, float) for x in vectors[0])
-    assert client.embed(base_url, []) == []
+    assert asyncio.run(client.aembed(client.Endpoint(base_url), [])) == []
 
 
 def test_default_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,22 +178,14 @@ def test_default_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_validation_errors(base_url: str) -> None:
     with pytest.raises(InferenceValidationError) as generate_error:
-        client.generate_stream(base_url=base_url, prompt=PROMPT, max_new_tokens=0, on_token=lambda t: None)
+        call(GENERATE_STREAM, base_url, PROMPT, max_tokens=0)
     assert "`max_new_tokens` must be strictly positive" in str(generate_error.value)
     assert generate_error.value.base_url == base_url
     assert generate_error.value.retryable is False
     with pytest.raises(InferenceValidationError, match="`temperature` must be strictly positive"):
-        client.chat_stream(
-            base_url=base_url, messages=MESSAGES, max_tokens=5, temperature=-1.0, on_token=lambda t: None
-        )
+        call(CHAT_STREAM, base_url, PROMPT, max_tokens=5, temperature=-1.0)
     with pytest.raises(InferenceValidationError, match="HTTP 422"):
-        client.chat_stream(
-            base_url=base_url,
-            messages=MESSAGES,
-            max_tokens=5,
-            response_format={"type": "json_object"},
-            on_token=lambda t: None,
-        )
+        call(CHAT_STREAM, base_url, PROMPT, max_tokens=5, response_format={"type": "json_object"})
 
 
 @pytest.mark.parametrize(
@@ -225,51 +194,28 @@ def test_validation_errors(base_url: str) -> None:
 )
 def test_faults_are_typed_on_both_paths(base_url: str, prompt: str, error: type[InferenceError]) -> None:
     with pytest.raises(error) as generate_error:
-        client.generate_stream(base_url=base_url, prompt=prompt, max_new_tokens=5, on_token=lambda t: None)
+        call(GENERATE_STREAM, base_url, prompt, max_tokens=5)
     assert generate_error.value.retryable is True
     with pytest.raises(error):
-        client.chat_stream(
-            base_url=base_url, messages=[{"role": "user", "content": prompt}], max_tokens=5, on_token=lambda t: None
-        )
+        call(CHAT_STREAM, base_url, prompt, max_tokens=5)
 
 
 def test_midstream_failure_after_some_tokens(base_url: str) -> None:
     received: list[str] = []
     with pytest.raises(InferenceGenerationError, match="failed while generating"):
-        client.chat_stream(
-            base_url=base_url,
-            messages=[{"role": "user", "content": "FAULT-MIDSTREAM"}],
-            max_tokens=50,
-            on_token=received.append,
-        )
+        call(CHAT_STREAM, base_url, "FAULT-MIDSTREAM", received=received, max_tokens=50)
     assert received == ["one", " two"]
     received.clear()
     with pytest.raises(InferenceGenerationError):
-        client.generate_stream(base_url=base_url, prompt="FAULT-MIDSTREAM", max_new_tokens=50, on_token=received.append)
+        call(GENERATE_STREAM, base_url, "FAULT-MIDSTREAM", received=received, max_tokens=50)
     assert received == ["one", " two"]
 
 
 def test_timeouts(base_url: str) -> None:
     with pytest.raises(InferenceTimeoutError, match=r"did not respond within 0\.5 seconds"):
-        client.generate_stream(
-            base_url=base_url, prompt="FAULT-TIMEOUT", max_new_tokens=5, timeout=0.5, on_token=lambda t: None
-        )
+        call(GENERATE_STREAM, base_url, "FAULT-TIMEOUT", max_tokens=5, timeout=0.5)
     with pytest.raises(InferenceTimeoutError):
-        client.chat_stream(
-            base_url=base_url,
-            messages=[{"role": "user", "content": "FAULT-TIMEOUT"}],
-            max_tokens=5,
-            timeout=0.5,
-            on_token=lambda t: None,
-        )
-
-    async def scenario() -> None:
-        with pytest.raises(InferenceTimeoutError):
-            await client.agenerate_stream(
-                base_url=base_url, prompt="FAULT-TIMEOUT", max_new_tokens=5, timeout=0.5, on_token=lambda t: None
-            )
-
-    asyncio.run(scenario())
+        call(CHAT_STREAM, base_url, "FAULT-TIMEOUT", max_tokens=5, timeout=0.5)
 
 
 def unused_port() -> int:
@@ -282,34 +228,27 @@ def unused_port() -> int:
 def test_connection_refused() -> None:
     url = f"http://127.0.0.1:{unused_port()}"
     expected = f"The inference server at {url} is not reachable (connection refused)."
-    for call in (
-        lambda: client.generate_stream(base_url=url, prompt="x", max_new_tokens=1, on_token=lambda t: None),
-        lambda: client.chat_stream(base_url=url, messages=MESSAGES, max_tokens=1, on_token=lambda t: None),
+    for attempt in (
+        lambda: call(GENERATE_STREAM, url, "x", max_tokens=1),
+        lambda: call(CHAT_STREAM, url, "x", max_tokens=1),
         lambda: client.server_info(url),
-        lambda: client.embed(url, ["x"]),
+        lambda: asyncio.run(client.aembed(client.Endpoint(url), ["x"])),
     ):
         with pytest.raises(InferenceConnectionError) as error:
-            call()
+            attempt()
         assert str(error.value) == expected
-
-    async def scenario() -> None:
-        with pytest.raises(InferenceConnectionError, match="connection refused"):
-            await client.achat_stream(base_url=url, messages=MESSAGES, max_tokens=1, on_token=lambda t: None)
-
-    asyncio.run(scenario())
 
 
 def test_api_key(make_server: Any) -> None:
     with make_server(api_key="k3y") as url:
         with pytest.raises(InferenceAuthenticationError, match="refused the credentials"):
-            client.chat_stream(base_url=url, messages=MESSAGES, max_tokens=3, on_token=lambda t: None)
+            call(CHAT_STREAM, url, PROMPT, max_tokens=3)
         with pytest.raises(InferenceAuthenticationError):
-            client.generate_stream(base_url=url, prompt="x", max_new_tokens=3, token="wrong", on_token=lambda t: None)
-        result = client.generate_stream(
-            base_url=url, prompt=PROMPT, max_new_tokens=3, token="k3y", on_token=lambda t: None
-        )
+            call(GENERATE_STREAM, url, "x", max_tokens=3, token="wrong")
+        result = call(GENERATE_STREAM, url, PROMPT, max_tokens=3, token="k3y")
         assert result.text == "Hello from the"
         assert client.server_info(url)["model_id"] == "aios/dev-model", "/info needs no key"
+    assert "k3y" not in repr(client.Endpoint(url, token="k3y")), "an endpoint in a log line carries no key"
 
 
 def test_on_token_errors_propagate_unchanged(base_url: str) -> None:
@@ -320,9 +259,9 @@ def test_on_token_errors_propagate_unchanged(base_url: str) -> None:
         raise Stop(text)
 
     with pytest.raises(Stop):
-        client.generate_stream(base_url=base_url, prompt=PROMPT, max_new_tokens=5, on_token=explode)
+        call(GENERATE_STREAM, base_url, PROMPT, max_tokens=5, on_token=explode)
     with pytest.raises(Stop):
-        client.chat_stream(base_url=base_url, messages=MESSAGES, max_tokens=5, on_token=explode)
+        call(CHAT_STREAM, base_url, PROMPT, max_tokens=5, on_token=explode)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,8 +270,10 @@ def test_on_token_errors_propagate_unchanged(base_url: str) -> None:
 
 class _Scripted(BaseHTTPRequestHandler):
     body = b""
+    requests: list[str] = []
 
     def do_POST(self) -> None:
+        self.requests.append(self.path)
         self.rfile.read(int(self.headers.get("content-length", 0)))
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
@@ -340,13 +281,16 @@ class _Scripted(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(self.body)
 
+    do_GET = do_POST
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
 @contextmanager
-def serving(body: bytes) -> Iterator[str]:
-    handler = type("Handler", (_Scripted,), {"body": body})
+def serving(body: bytes = b"", **attributes: Any) -> Iterator[str]:
+    """Serve `body` to every request on a loopback port for the block."""
+    handler = type("Handler", (_Scripted,), {"body": body, "requests": [], **attributes})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -371,7 +315,7 @@ def test_unreadable_chat_stream_before_finish_is_an_error() -> None:
     }
     body = b"data:" + json.dumps(chunk).encode() + b"\n\ndata:[DONE]\n\n"
     with serving(body) as url, pytest.raises(InferenceGenerationError, match="unreadable reply"):
-        client.chat_stream(base_url=url, messages=MESSAGES, max_tokens=5, on_token=lambda t: None)
+        call(CHAT_STREAM, url, PROMPT, max_tokens=5)
 
 
 def test_chat_stream_from_a_server_with_a_proper_sentinel() -> None:
@@ -386,7 +330,7 @@ def test_chat_stream_from_a_server_with_a_proper_sentinel() -> None:
     }
     body = b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
     with serving(body) as url:
-        result = client.chat_stream(base_url=url, messages=MESSAGES, max_tokens=5, on_token=lambda t: None)
+        result = call(CHAT_STREAM, url, PROMPT, max_tokens=5)
     assert (result.text, result.finish_reason, result.prompt_tokens, result.model_id) == (
         "Hi",
         "stop",
@@ -406,7 +350,7 @@ def test_generation_stream_without_a_final_event_is_an_error() -> None:
         serving(b"data:" + json.dumps(event).encode() + b"\n\n") as url,
         pytest.raises(InferenceGenerationError, match="ended the reply before the generation finished"),
     ):
-        client.generate_stream(base_url=url, prompt="x", max_new_tokens=5, on_token=lambda t: None)
+        call(GENERATE_STREAM, url, "x", max_tokens=5)
 
 
 # --------------------------------------------------------------------------------------------------
