@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx2
 from django.db import transaction
 from django.utils import timezone
 
@@ -65,22 +64,13 @@ def _probe_info(endpoint: ModelEndpoint) -> dict[str, Any]:
     """What the server says about itself: TGI and TEI /info, or an OpenAI-compatible /v1/models.
     Raises InferenceError (or ApplicationError for a token that no longer decrypts)."""
     token = endpoint.token or None
+    timeout = min(endpoint.timeout_seconds, 10)
     try:
-        return client.server_info(endpoint.url, token=token, timeout=min(endpoint.timeout_seconds, 10))
+        return client.server_info(endpoint.url, token=token, timeout=timeout)
     except client.InferenceError:
         if endpoint.kind != ModelEndpoint.Kind.OPENAI:
             raise
-    # vLLM, SGLang and llama.cpp have no /info; their /v1/models names the served model and its length.
-    url = endpoint.url.rstrip("/") + "/v1/models"
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx2.get(url, headers=headers, timeout=min(endpoint.timeout_seconds, 10))
-        response.raise_for_status()
-        models = response.json().get("data") or []
-        first = next((m for m in models if m.get("id") == endpoint.served_model), models[0] if models else {})
-        return {"model_id": first.get("id", ""), "max_total_tokens": first.get("max_model_len")}
-    except Exception as error:
-        raise client.translate_error(error, base_url=endpoint.url) from error
+    return client.served_model_info(endpoint.url, token=token, timeout=timeout, served_model=endpoint.served_model)
 
 
 def _positive_int(value: Any) -> int | None:

@@ -151,10 +151,15 @@ def test_async_calls_can_share_one_http_client(base_url: str) -> None:
     asyncio.run(scenario())
 
 
-def test_server_info_and_embed(base_url: str) -> None:
+def test_server_info_served_models_and_embed(base_url: str) -> None:
     info = client.server_info(base_url)
     assert info["model_id"] == "aios/test-model"
     assert info["docker_label"] == "aios-devserver"
+    served = client.served_model_info(base_url, served_model="aios/test-model")
+    assert served == {"model_id": "aios/test-model", "max_total_tokens": None}
+    assert client.served_model_info(base_url, served_model="another")["model_id"] == "aios/test-model", (
+        "a name the server does not list falls back to the first model it does"
+    )
     vectors = asyncio.run(client.aembed(client.Endpoint(base_url), ["a car accident", "a car crash"]))
     assert len(vectors) == 2 and all(len(v) == 384 for v in vectors)
     assert all(isinstance(x, float) for x in vectors[0])
@@ -232,6 +237,7 @@ def test_connection_refused() -> None:
         lambda: call(GENERATE_STREAM, url, "x", max_tokens=1),
         lambda: call(CHAT_STREAM, url, "x", max_tokens=1),
         lambda: client.server_info(url),
+        lambda: client.served_model_info(url),
         lambda: asyncio.run(client.aembed(client.Endpoint(url), ["x"])),
     ):
         with pytest.raises(InferenceConnectionError) as error:

@@ -17,7 +17,7 @@ Built on huggingface_hub's `AsyncInferenceClient`, which speaks TGI, TEI and any
   (up to 2.4.0) fails to parse, chat errors that arrive untyped, timeouts that surface as different
   exception types across versions;
 - one typed error family (`apps.inference.errors`) with messages a business user can read;
-- what a server says about itself (`server_info`) and embeddings (`aembed`).
+- what a server says about itself (`server_info`, `served_model_info`) and embeddings (`aembed`).
 
 Its modules, each using only those above it: `results` and `failures`; `retries`; `transport`; then
 `tgi`, `chat` and `info`. Nothing here needs Django: every call takes the server explicitly, and
@@ -39,7 +39,7 @@ from apps.inference.errors import (
 
 from .chat import ChatRequest, achat, achat_stream
 from .failures import redact_url, translate_error
-from .info import aembed, server_info
+from .info import aembed, served_model_info, server_info
 from .results import InferenceResult, OnToken, TokenLogprob
 from .retries import MAX_BACKOFF_SECONDS, backoff_delay
 from .tgi import GenerateRequest, agenerate, agenerate_stream
@@ -71,6 +71,7 @@ __all__ = [
     "default_base_url",
     "new_async_http_client",
     "redact_url",
+    "served_model_info",
     "server_info",
     "translate_error",
 ]
