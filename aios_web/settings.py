@@ -255,6 +255,18 @@ AIOS_INFERENCE_RETRIES = env_int("AIOS_INFERENCE_RETRIES", 2, minimum=0, maximum
 # Encrypts credentials at rest (model endpoint tokens, connector secrets). Required in production, so that
 # rotating SECRET_KEY never makes every stored token unreadable; SECRET_KEY stands in elsewhere.
 AIOS_CREDENTIALS_KEY = env_str("AIOS_CREDENTIALS_KEY") if PRODUCTION else env_str("AIOS_CREDENTIALS_KEY", "")
+# Seals audit events and anchors (HMAC) and signs audit checkpoints (Ed25519); both keys are derived from this
+# one secret, which the database must never hold. Required in production; elsewhere an empty value means a
+# random secret kept in AIOS_DATA_DIR/audit-signing.key (see apps/audit/crypto.py).
+AIOS_AUDIT_SIGNING_KEY = env_str("AIOS_AUDIT_SIGNING_KEY") if PRODUCTION else env_str("AIOS_AUDIT_SIGNING_KEY", "")
+if PRODUCTION and len(AIOS_AUDIT_SIGNING_KEY) < 32:
+    raise ImproperlyConfigured("AIOS_AUDIT_SIGNING_KEY must be at least 32 characters in production.")
+# Signed audit checkpoints are files outside the database, one directory per database under this one. Put it
+# on another volume (or host) than PostgreSQL's data: its point is to survive someone who controls the database.
+AIOS_AUDIT_CHECKPOINT_DIR = Path(env_str("AIOS_AUDIT_CHECKPOINT_DIR", str(AIOS_DATA_DIR / "audit-checkpoints")))
+# How often the anchor writer chains the stream heads, and how often the newest anchor is signed outside.
+AIOS_AUDIT_ANCHOR_SECONDS = env_float("AIOS_AUDIT_ANCHOR_SECONDS", 5.0, minimum=0.5)
+AIOS_AUDIT_CHECKPOINT_SECONDS = env_float("AIOS_AUDIT_CHECKPOINT_SECONDS", 300.0, minimum=1.0)
 # Streamed tokens are coalesced before they reach the browser: a few messages per second per step.
 AIOS_TOKEN_FLUSH_SECONDS = env_float("AIOS_TOKEN_FLUSH_SECONDS", 0.25, minimum=0.0)
 # ...and written to the step's row (for a page loaded mid-stream) at most this often; the rest is written

@@ -44,3 +44,12 @@ def test_production_refuses_to_start_without_a_secret_key():
 def test_production_refuses_to_start_without_a_credentials_key():
     result = django_check(AIOS_ENV="production", DJANGO_SECRET_KEY="k" * 60)
     assert result.returncode != 0 and "AIOS_CREDENTIALS_KEY must be set." in result.stderr
+
+
+def test_production_refuses_to_start_without_an_audit_signing_key():
+    result = django_check(AIOS_ENV="production", DJANGO_SECRET_KEY="k" * 60, AIOS_CREDENTIALS_KEY="c" * 40)
+    assert result.returncode != 0 and "AIOS_AUDIT_SIGNING_KEY must be set." in result.stderr
+    short = django_check(
+        AIOS_ENV="production", DJANGO_SECRET_KEY="k" * 60, AIOS_CREDENTIALS_KEY="c" * 40, AIOS_AUDIT_SIGNING_KEY="x"
+    )
+    assert short.returncode != 0 and "AIOS_AUDIT_SIGNING_KEY must be at least 32 characters" in short.stderr

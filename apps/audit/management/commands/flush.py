@@ -1,10 +1,12 @@
 """`manage.py flush`, for the test suite only.
 
-The test suite empties the database between transactional tests. Two things differ from Django's flush:
+The test suite empties the database between transactional tests. Three things differ from Django's flush:
 - the append-only TRUNCATE triggers are switched off for the flush only, and always switched back on;
 - content types and permissions are kept. Service processes that live across tests (the ASGI server, the
   Celery worker) cache content-type ids, and re-created rows with new ids would make every permission
-  lookup in them miss.
+  lookup in them miss;
+- the database's signed audit checkpoints are deleted with the trail they sign: left behind, they would
+  make the next test's `verify_audit` report the emptied trail as a cut tail.
 Anywhere but AIOS_ENV=test the command refuses: the audit chain is never emptied by a management command.
 """
 
@@ -19,6 +21,7 @@ from django.core.management.sql import emit_post_migrate_signal
 from django.db import connections
 
 from apps.audit.db import APPEND_ONLY_TRUNCATE_TRIGGER, append_only_tables
+from apps.audit.services import checkpoint_directory
 
 KEPT_TABLES = frozenset({"django_content_type", "auth_permission", "django_migrations"})
 
@@ -57,5 +60,7 @@ class Command(BaseCommand):
             with connection.cursor() as cursor:
                 for table in guarded:
                     cursor.execute(f'ALTER TABLE "{table}" ENABLE TRIGGER {APPEND_ONLY_TRUNCATE_TRIGGER}')
+        for checkpoint in checkpoint_directory(database).glob("checkpoint-*.json"):
+            checkpoint.unlink(missing_ok=True)
         if statements and not options.get("inhibit_post_migrate", False):
             emit_post_migrate_signal(options.get("verbosity", 1), options["interactive"], database)

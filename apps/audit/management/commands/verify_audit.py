@@ -1,45 +1,54 @@
-"""`manage.py verify_audit`: check the audit chain and report its first broken link.
+"""`manage.py verify_audit`: check the audit streams, the anchors and the newest signed checkpoint.
 
-Rows deleted from the end of the chain leave a shorter chain that still verifies; `--expect-head` (a hash
-printed by an earlier run and kept outside the database) catches that too.
+Exits non-zero, naming each broken stream position, anchor or checkpoint file, when anything does not verify
+(see apps.audit.selectors.audit_verify for what each check catches and what no check can).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.audit.models import AuditEvent
-from apps.audit.selectors import audit_chain_verify
+from apps.audit.selectors import audit_verify
 
 
 class Command(BaseCommand):
-    help = "Verify the audit hash chain; exits non-zero at the first broken link."
+    help = "Verify the audit trail (streams, anchors, the newest signed checkpoint); exits non-zero when broken."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--expect-head",
-            metavar="HASH",
-            help="A hash recorded earlier: the chain must still contain it (nothing was cut off its end).",
+            "--checkpoint-dir",
+            type=Path,
+            help="Read checkpoints from this directory instead of AIOS_AUDIT_CHECKPOINT_DIR/<database>.",
+        )
+        parser.add_argument(
+            "--require-checkpoint",
+            action="store_true",
+            help="Fail when there is no signed checkpoint at all (by default that is only a warning).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        report = audit_chain_verify()
+        report = audit_verify(
+            checkpoint_dir=options.get("checkpoint_dir"), require_checkpoint=options["require_checkpoint"]
+        )
+        for warning in report.warnings:
+            self.stderr.write(self.style.WARNING(f"Warning: {warning}"))
         if not report.intact:
+            lines = "\n".join(f"  - {problem}" for problem in report.problems)
             raise CommandError(
-                f"Audit chain broken at event #{report.broken_at}: {report.reason}. "
-                f"{report.events_checked} events before it verified."
+                f"AUDIT TRAIL BROKEN: {len(report.problems)} problem(s) found "
+                f"({report.events_checked} events in {report.streams_checked} streams and "
+                f"{report.anchors_checked} anchors read):\n{lines}"
             )
-        expected = options.get("expect_head")
-        if expected and not AuditEvent.objects.filter(hash=expected).exists():
-            raise CommandError(
-                f"Audit chain verifies but does not contain the expected head {expected}: events were removed "
-                "from its end."
-            )
+        anchors = f"{report.anchors_checked} anchors" + (
+            f" (newest #{report.last_anchor[0]})" if report.last_anchor else ""
+        )
+        checkpoint = f"; checkpoint {report.checkpoint}" if report.checkpoint else "; no signed checkpoint yet"
         self.stdout.write(
             self.style.SUCCESS(
-                f"Audit chain intact: {report.events_checked} events, last hash {report.last_hash}. "
-                "Keep this hash outside the database and pass it as --expect-head next time."
+                f"Audit trail intact: {report.events_checked} events in {report.streams_checked} streams "
+                f"({report.legacy_events} legacy), {anchors}{checkpoint}."
             )
         )
