@@ -14,8 +14,16 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue(name) for name in ("engine", "inference", "connectors", "default")]
 # Step tasks are sent to the queue their step type names (see apps.steps.base.StepType.queue).
 # The sweeper goes to "default", not behind a backlog of steps on "engine": it is what repairs that backlog.
-app.conf.task_routes = {"runs.execute_step": {"queue": "engine"}, "runs.sweep": {"queue": "default"}}
-app.autodiscover_tasks(["apps.runs"])
+app.conf.task_routes = {
+    "runs.execute_step": {"queue": "engine"},
+    "runs.sweep": {"queue": "default"},
+    # Audit anchors and checkpoints are small, periodic and never urgent; a checkpoint is written to the
+    # filesystem of the worker that runs it, so AIOS_AUDIT_CHECKPOINT_DIR must be the same volume on every
+    # worker that serves this queue.
+    "audit.anchor_write": {"queue": "default"},
+    "audit.checkpoint_write": {"queue": "default"},
+}
+app.autodiscover_tasks(["apps.runs", "apps.audit"])
 
 
 @app.on_after_configure.connect
@@ -26,3 +34,16 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
     # next one, so messages never pile up while workers are down.
     interval = settings.AIOS_SWEEP_INTERVAL_SECONDS
     sender.add_periodic_task(interval, sender.signature("runs.sweep", expires=interval * 2), name="sweep")
+    # A cut of audit events shows once an anchor records them, and a cut of events and anchors together once a
+    # signed checkpoint covers that anchor: these two intervals are the windows before that. Same expiry rule
+    # as the sweep.
+    anchor_every = settings.AIOS_AUDIT_ANCHOR_SECONDS
+    sender.add_periodic_task(
+        anchor_every, sender.signature("audit.anchor_write", expires=anchor_every * 2), name="audit-anchor"
+    )
+    checkpoint_every = settings.AIOS_AUDIT_CHECKPOINT_SECONDS
+    sender.add_periodic_task(
+        checkpoint_every,
+        sender.signature("audit.checkpoint_write", expires=checkpoint_every * 2),
+        name="audit-checkpoint",
+    )
