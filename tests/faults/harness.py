@@ -509,12 +509,14 @@ class Invariants:
 
 def check_invariants(run_ids: Sequence[int], *, expect: str = "succeeded") -> Invariants:
     """I1 every run reached `expect`; I2 one StepResult per finished step and none twice; I4 no step
-    started before its predecessors' results committed; I5 the audit chain verifies and each transition
-    has exactly one audit row. (I3, effects once, is the sink's: see Sink.duplicate_effects.)"""
-    from django.db.models import Count
+    started before its predecessors' results committed; I5 the audit trail verifies, each run's audit stream
+    is numbered 1..n with no gap and holds every event about the run, and each transition has exactly one
+    audit row. (I3, effects once, is the sink's: see Sink.duplicate_effects.)"""
+    from django.db.models import Count, Max, Min, Value
+    from django.db.models.functions import Concat
 
     from apps.audit.models import AuditEvent
-    from apps.audit.selectors import audit_chain_verify
+    from apps.audit.selectors import audit_verify
     from apps.runs.models import Run, StepResult, StepRun
     from apps.workflows.graph import Graph
 
@@ -554,9 +556,29 @@ def check_invariants(run_ids: Sequence[int], *, expect: str = "succeeded") -> In
                         f"({before.created_at if before else 'none'})"
                     )
     audit_problems: list[str] = []
-    report = audit_chain_verify()
-    if not report.intact:
-        audit_problems.append(f"chain broken at #{report.broken_at}: {report.reason}")
+    report = audit_verify()
+    audit_problems += [f"trail broken: {problem}" for problem in report.problems]
+    # Per-run streams: the verifier already refuses gaps; this also catches a run whose events went to
+    # another stream (no gap there, but the run's story would be split) or were never written at all.
+    streams = {
+        stream: (count, low, high)
+        for stream, count, low, high in AuditEvent.objects.filter(stream__in=[f"run:{pk}" for pk in run_ids])
+        .order_by()
+        .values("stream")
+        .annotate(n=Count("id"), low=Min("stream_seq"), high=Max("stream_seq"))
+        .values_list("stream", "n", "low", "high")
+    }
+    for run in runs:
+        count, low, high = streams.get(f"run:{run.pk}", (0, None, None))
+        if count == 0 or (low, high) != (1, count):
+            audit_problems.append(f"run {run.pk}: stream run:{run.pk} holds {count} events numbered {low}..{high}")
+    strays = (
+        AuditEvent.objects.filter(target_type="runs.run", target_id__in=[str(pk) for pk in run_ids])
+        .exclude(stream=Concat(Value("run:"), "target_id"))
+        .count()
+    )
+    if strays:
+        audit_problems.append(f"{strays} events about these runs are outside the runs' streams")
     verbs = AuditEvent.objects.filter(target_type="runs.run", target_id__in=[str(pk) for pk in run_ids]).values_list(
         "target_id", "verb", "data"
     )
@@ -633,7 +655,7 @@ def timeline(run_id: int, since: Any = None) -> str:
     """The run's audit events, one per line with seconds relative to `since` (for failure messages)."""
     from apps.audit.models import AuditEvent
 
-    events = AuditEvent.objects.filter(target_type="runs.run", target_id=str(run_id)).order_by("sequence")
+    events = AuditEvent.objects.filter(stream=f"run:{run_id}").order_by("stream_seq")
     lines = []
     for event in events:
         at = (event.created_at - since).total_seconds() if since is not None else 0.0

@@ -61,8 +61,9 @@ def history_from_run(run: Any) -> dict[str, Any]:
     branches = dict(StepRun.objects.filter(run=run).values_list("step_key", "branch"))
     events = []
     for verb, data in (
-        AuditEvent.objects.filter(target_type="runs.run", target_id=str(run.pk))
-        .order_by("sequence")
+        # The run's stream is ordered by the run lock, so its positions are the transitions' commit order.
+        AuditEvent.objects.filter(stream=f"run:{run.pk}", target_type="runs.run")
+        .order_by("stream_seq")
         .values_list("verb", "data")
     ):
         if verb in ("step.succeeded", "step.failed"):

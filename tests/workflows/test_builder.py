@@ -468,7 +468,7 @@ def test_settings_rename_team_and_baseline_are_audited(analyst, team, blank):
     )
     blank.refresh_from_db()
     assert blank.name == "Invoice checks" and blank.slug == "invoice-review" and blank.team is None
-    event = AuditEvent.objects.filter(verb="workflow.updated").latest("sequence")
+    event = AuditEvent.objects.filter(verb="workflow.updated").latest("id")
     assert '"team":["claims",null]' in event.data
     client = signed_in(analyst)
     response = client.post(f"/workflows/{blank.slug}/settings/", {"name": "", "baseline": "-1"})

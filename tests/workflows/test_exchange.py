@@ -402,7 +402,7 @@ def test_import_into_an_existing_workflow_only_writes_its_draft(claims_workflow,
     claims_workflow.refresh_from_db()
     assert (published.graph, published.input_schema, published.checksum) == frozen and published.is_published
     assert claims_workflow.versions.count() == 2 and claims_workflow.name == "Claims triage"
-    audit = json.loads(AuditEvent.objects.filter(verb="workflow.imported").latest("sequence").data)
+    audit = json.loads(AuditEvent.objects.filter(verb="workflow.imported").latest("id").data)
     assert audit["checksum"] == second.checksum and audit["created"] is False
 
 
