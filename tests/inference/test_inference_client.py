@@ -271,7 +271,7 @@ def test_on_token_errors_propagate_unchanged(base_url: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Broken servers: a JSON decode error before the finish is a failure, not the end
+# Broken servers: a JSON decode error before the finish is a failure, not the end; a redirect is refused
 
 
 class _Scripted(BaseHTTPRequestHandler):
@@ -293,10 +293,23 @@ class _Scripted(BaseHTTPRequestHandler):
         pass
 
 
+class _Redirecting(_Scripted):
+    target = ""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(307)
+        self.send_header("location", self.target + self.path)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    do_GET = do_POST
+
+
 @contextmanager
-def serving(body: bytes = b"", **attributes: Any) -> Iterator[str]:
-    """Serve `body` to every request on a loopback port for the block."""
-    handler = type("Handler", (_Scripted,), {"body": body, "requests": [], **attributes})
+def serving(body: bytes = b"", handler: type[_Scripted] = _Scripted, **attributes: Any) -> Iterator[str]:
+    """Serve `body` to every request (or let `handler` answer) on a loopback port for the block."""
+    handler = type("Handler", (handler,), {"body": body, "requests": [], **attributes})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -359,6 +372,34 @@ def test_generation_stream_without_a_final_event_is_an_error() -> None:
         call(GENERATE_STREAM, url, "x", max_tokens=5)
 
 
+def test_redirects_are_never_followed() -> None:
+    # A model server must not be able to send a prompt, or the endpoint's key, on to another host.
+    reached: list[str] = []
+
+    async def through_a_shared_client(url: str) -> None:  # the product's way
+        async with client.new_async_http_client(max_connections=4) as http:
+            endpoint = client.Endpoint(url, token="k", http_client=http)
+            await client.achat_stream(endpoint, client.ChatRequest(MESSAGES, max_tokens=5), on_token=print)
+
+    with serving(requests=reached) as elsewhere, serving(handler=_Redirecting, target=elsewhere) as url:
+        for attempt in (
+            lambda: asyncio.run(through_a_shared_client(url)),
+            lambda: call(GENERATE_STREAM, url, PROMPT, token="k"),
+            lambda: call(CHAT, url, PROMPT, token="k"),
+            lambda: client.server_info(url, token="k"),
+            lambda: client.served_model_info(url, token="k"),
+        ):
+            with pytest.raises(InferenceError) as error:
+                attempt()
+            assert type(error.value) is InferenceError and error.value.retryable is False
+            message = error.value.message
+            assert message.startswith(
+                f"The inference server at {url} answered with a redirect (HTTP 307) to {elsewhere}/"
+            )
+            assert message.endswith(", which is not followed; set the endpoint's URL to the address it points to.")
+    assert reached == []
+
+
 # --------------------------------------------------------------------------------------------------
 # Error objects
 
@@ -409,6 +450,7 @@ def test_errors_pickle(error_class: type[InferenceError]) -> None:
         (502, InferenceUnavailableError),
         (503, InferenceUnavailableError),
         (504, InferenceTimeoutError),
+        (307, InferenceError),
         (500, InferenceGenerationError),
         (424, InferenceGenerationError),
     ],

@@ -15,7 +15,7 @@ Built on huggingface_hub's `AsyncInferenceClient`, which speaks TGI, TEI and any
 - the known client traps of TGI and huggingface_hub handled in one place:
   `return_full_text=False` on TGI's `/` route, TGI's `data:[DONE]` chat sentinel that huggingface_hub
   (up to 2.4.0) fails to parse, chat errors that arrive untyped, timeouts that surface as different
-  exception types across versions;
+  exception types across versions, redirects never followed;
 - one typed error family (`apps.inference.errors`) with messages a business user can read;
 - what a server says about itself (`server_info`, `served_model_info`) and embeddings (`aembed`).
 

@@ -7,6 +7,7 @@ use both without importing each other in a circle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -38,6 +39,23 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def refuse_redirect(response: httpx2.Response) -> None:
+    """Raise for a redirect: none is followed, since a model server must not be able to send a prompt, or
+    the endpoint's key, on to another host. An answered redirect is a URL to correct (most often an
+    http:// address behind a proxy that moves it to https://), so it fails at once, in words."""
+    if 300 <= response.status_code < 400:
+        raise hf_errors.HfHubHTTPError(f"Redirect (HTTP {response.status_code}) not followed", response=response)
+
+
+def _redirect_target(response: httpx2.Response) -> str:
+    location = response.headers.get("location")
+    if not location:
+        return ""
+    with contextlib.suppress(RuntimeError):  # a response made without a request (tests) cannot resolve it
+        location = str(response.request.url.join(location))
+    return f" to {redact_url(location)}"
 
 
 def _reason_for_connect_error(exc: BaseException) -> str:
@@ -142,6 +160,13 @@ def translate_error(exc: BaseException, *, base_url: str, timeout: float | None 
 
     if isinstance(exc, hf_errors.HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else None
+        if status is not None and 300 <= status < 400:
+            return InferenceError(
+                f"{where} answered with a redirect (HTTP {status}){_redirect_target(exc.response)}, which is not "
+                "followed; set the endpoint's URL to the address it points to.",
+                base_url=base_url,
+                status_code=status,
+            )
         words = _server_words(exc)
         detail = f": {words}" if words else ""
         if status in (400, 413, 415, 422):

@@ -14,7 +14,7 @@ from huggingface_hub.utils import get_session, hf_raise_for_status, is_numpy_ava
 
 from apps.inference.errors import InferenceError
 
-from .failures import translate_error
+from .failures import refuse_redirect, translate_error
 from .transport import Endpoint
 
 
@@ -23,8 +23,10 @@ def _auth_headers(token: str | None) -> dict[str, str]:
 
 
 def _get_json(url: str, *, base_url: str, token: str | None, timeout: float) -> Any:
+    # huggingface_hub's shared session follows redirects; this request does not (see `refuse_redirect`).
     try:
-        response = get_session().get(url, headers=_auth_headers(token), timeout=timeout)
+        response = get_session().get(url, headers=_auth_headers(token), timeout=timeout, follow_redirects=False)
+        refuse_redirect(response)
         hf_raise_for_status(response)
         return response.json()
     except Exception as exc:

@@ -17,7 +17,7 @@ from huggingface_hub.utils._http import async_hf_request_event_hook, async_hf_re
 
 from apps.inference.errors import InferenceError
 
-from .failures import translate_error
+from .failures import refuse_redirect, translate_error
 
 DEFAULT_BASE_URL = "http://127.0.0.1:58080"
 # huggingface_hub falls back to a locally stored Hugging Face token when no key is given; a placeholder
@@ -40,20 +40,28 @@ def default_base_url() -> str:
     return os.environ.get("AIOS_INFERENCE_URL") or DEFAULT_BASE_URL
 
 
+async def _refuse_redirect(response: httpx2.Response) -> None:
+    refuse_redirect(response)
+
+
 def new_async_http_client(*, max_connections: int | None = None) -> httpx2.AsyncClient:
     """An HTTP client to share across async calls (`Endpoint(http_client=...)`); the caller closes it.
 
     It carries huggingface_hub's own request and response hooks (which read error bodies), but never
-    follows redirects (a model server must not be able to send a prompt on to another host), and keeps
-    up to `max_connections` connections alive (huggingface_hub's default keeps 20, fewer than the calls a
-    worker has in flight, so connections would churn and add to time to first token).
+    follows redirects (see `refuse_redirect`), and keeps up to `max_connections` connections alive
+    (huggingface_hub's default keeps 20, fewer than the calls a worker has in flight, so connections
+    would churn and add to time to first token).
     """
     if max_connections is None:
         client = get_async_session()
         client.follow_redirects = False
+        client.event_hooks = {**client.event_hooks, "response": [*client.event_hooks["response"], _refuse_redirect]}
         return client
     return httpx2.AsyncClient(
-        event_hooks={"request": [async_hf_request_event_hook], "response": [async_hf_response_event_hook]},
+        event_hooks={
+            "request": [async_hf_request_event_hook],
+            "response": [async_hf_response_event_hook, _refuse_redirect],
+        },
         follow_redirects=False,
         timeout=None,
         limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
