@@ -91,7 +91,8 @@ def mac_key() -> bytes:
 
 def mac(domain: bytes, hash_hex: str, key: bytes | None = None) -> str:
     """HMAC-SHA256 of a row's hash under the audit MAC key; `domain` says what kind of row it seals."""
-    return hmac.new(key or mac_key(), domain + hash_hex.encode("ascii"), hashlib.sha256).hexdigest()
+    # hmac.digest: the one-shot C path, a third of the cost of hmac.new() in the verifier's per-row loop.
+    return hmac.digest(key or mac_key(), domain + hash_hex.encode("ascii"), "sha256").hex()
 
 
 def mac_matches(domain: bytes, hash_hex: str, stored: str, key: bytes | None = None) -> bool:

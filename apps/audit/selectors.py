@@ -43,6 +43,8 @@ from apps.audit.models import (
 from apps.audit.services import CHECKPOINT_FORMAT, checkpoint_directory
 
 PAGE_SIZE = 5000
+# Anchors carry their heads (hundreds after a busy interval): fewer per page keeps memory flat.
+ANCHOR_PAGE_SIZE = 200
 MAX_PROBLEMS = 20
 
 
@@ -235,9 +237,9 @@ def _verify_legacy(report: AuditReport) -> None:
 def _anchor_rows() -> Iterator[AuditAnchor]:
     after = 0
     while True:
-        page = list(AuditAnchor.objects.filter(seq__gt=after).order_by("seq")[:PAGE_SIZE])
+        page = list(AuditAnchor.objects.filter(seq__gt=after).order_by("seq")[:ANCHOR_PAGE_SIZE])
         yield from page
-        if len(page) < PAGE_SIZE:
+        if len(page) < ANCHOR_PAGE_SIZE:
             return
         after = page[-1].seq
 
@@ -381,7 +383,7 @@ def _verify_checkpoint(report: AuditReport, directory: Path, path: Path | None, 
         return
     anchor_seq, signed_hash = int(payload["anchor_seq"]), str(payload["anchor_hash"])
     signed = f"anchor #{anchor_seq} (hash {signed_hash[:12]}…, {payload.get('anchor_created_at')})"
-    anchor = AuditAnchor.objects.filter(seq=anchor_seq).first()
+    anchor = AuditAnchor.objects.filter(seq=anchor_seq).defer("heads").first()
     if anchor is None:
         newest = AuditAnchor.objects.order_by("-seq").values_list("seq", flat=True).first()
         first_missing = (newest or 0) + 1

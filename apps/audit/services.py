@@ -162,8 +162,9 @@ def audit_anchor_write() -> AuditAnchor | None:
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ANCHOR_LOCK_KEY])
-            previous = AuditAnchor.objects.order_by("-seq").first()
-            previous_snapshot = previous.snapshot if previous else None
+            # Not the heads: they can run to megabytes after a busy interval, and only the chain fields matter.
+            previous = AuditAnchor.objects.order_by("-seq").values_list("seq", "hash", "snapshot").first()
+            previous_snapshot = previous[2] if previous else None
             cursor.execute(
                 _CHANGED_HEADS_SQL, {"xmin": _snapshot_xmin(previous_snapshot), "previous": previous_snapshot}
             )
@@ -183,11 +184,11 @@ def audit_anchor_write() -> AuditAnchor | None:
         if not heads:
             return None
         anchor = AuditAnchor(
-            seq=previous.seq + 1 if previous else 1,
+            seq=previous[0] + 1 if previous else 1,
             created_at=timezone.now(),
             heads=heads,
             snapshot=rows[0][0],
-            prev_hash=previous.hash if previous else GENESIS_HASH,
+            prev_hash=previous[1] if previous else GENESIS_HASH,
         )
         anchor.merkle_root = anchor.compute_merkle_root()
         anchor.hash = anchor.compute_hash()
@@ -233,7 +234,7 @@ def audit_checkpoint_write() -> Path | None:
     still cut without detection: schedule this often enough for that window to be acceptable.
     """
     audit_anchor_write()
-    anchor = AuditAnchor.objects.order_by("-seq").first()
+    anchor = AuditAnchor.objects.order_by("-seq").only("seq", "hash", "created_at").first()
     if anchor is None:
         return None
     directory = checkpoint_directory()
