@@ -6,7 +6,7 @@ with its own ASGI server, workers and beat. The reviewer's client retries a deci
 answer: 2xx (acknowledged), or 409 (an earlier attempt committed although its answer was lost).
 
 Expected: every acknowledged decision is in the database afterwards (0 lost); every run completes once
-the database is back; the audit chain verifies.
+the database is back; the audit trail verifies, against a checkpoint signed during the restarts.
 """
 
 from __future__ import annotations
@@ -85,7 +85,17 @@ def test_d7_no_acknowledged_decision_is_lost_across_postgres_restarts(
     database = private_pg.copy_database(source_url, "aios_d7")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"DATABASE_URL": database, "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "AIOS_PUBLIC_URLS": base}
+    env = {
+        "DATABASE_URL": database,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "AIOS_PUBLIC_URLS": base,
+        # Audit checkpoints of this throwaway database go with its cluster: left in the shared checkpoint
+        # directory, an earlier run's checkpoint would look like a cut tail to the next run's verify_audit.
+        "AIOS_AUDIT_CHECKPOINT_DIR": str(private_pg.root / "audit-checkpoints"),
+        # Checkpoints every few seconds, so the final verification also proves that every anchor a checkpoint
+        # signed survived the restarts and the crash.
+        "AIOS_AUDIT_CHECKPOINT_SECONDS": "3",
+    }
     web = ServiceProcess(f"d7-web-{port}", asgi_server_argv(port), {**fleet.env, **env}).start(
         ready=lambda _: http_ok(f"{base}/healthz")
     )
@@ -164,7 +174,7 @@ def test_d7_no_acknowledged_decision_is_lost_across_postgres_restarts(
         "SELECT count(*) FROM (SELECT run_id, step_key FROM runs_stepresult GROUP BY 1, 2 HAVING count(*) > 1) d"
     )[0][0]
     verify = subprocess.run(
-        [sys.executable, "manage.py", "verify_audit"],
+        [sys.executable, "manage.py", "verify_audit", "--require-checkpoint"],
         cwd=REPO,
         env={**fleet.env, **env},
         capture_output=True,
