@@ -14,11 +14,13 @@ secret makes every existing MAC and checkpoint fail verification: keep it as lon
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -51,25 +53,30 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@lru_cache(maxsize=4)
 def _development_secret(data_dir: Path) -> bytes:
-    """This installation's development secret, created on first use. Concurrent first uses (a worker and the
-    web server starting together) race on an exclusive create; the loser reads the winner's file."""
+    """This installation's development secret, created on first use and then read once per process (every
+    audited write needs it). The file is written whole under a temporary name and then hard-linked into
+    place, which fails if it exists: of processes starting together (a worker and the web server), one wins
+    and the others read its complete file, never a half-written one."""
     path = data_dir / DEVELOPMENT_KEY_FILE
     try:
         return path.read_bytes().strip()
     except FileNotFoundError:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_hex(32).encode()
+    descriptor, temporary = tempfile.mkstemp(prefix=".audit-signing-", dir=data_dir)
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(secret + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    return secret
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(secrets.token_hex(32).encode() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+    return path.read_bytes().strip()
 
 
 def _root_secret() -> bytes:

@@ -82,8 +82,11 @@ class AuditReport:
 
 
 def audit_event_list_for_target(*, target_type: str, target_id: str) -> QuerySet[AuditEvent]:
-    """The events about one object, oldest first. Callers must already have checked access to it."""
-    return AuditEvent.objects.filter(target_type=target_type, target_id=target_id).order_by("created_at", "id")
+    """The events about one object, oldest first. Callers must already have checked access to it.
+
+    By id, not created_at: ids come from one sequence at insert time, so within a stream (whose writers are
+    serialised) they follow the stream's order even when the writers' clocks disagree."""
+    return AuditEvent.objects.filter(target_type=target_type, target_id=target_id).order_by("id")
 
 
 def audit_verify(*, checkpoint_dir: Path | None = None, require_checkpoint: bool = False) -> AuditReport:
