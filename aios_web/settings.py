@@ -282,8 +282,22 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-# How long a worker owns a claimed step before another may take it over.
-AIOS_STEP_LEASE_SECONDS = env_int("AIOS_STEP_LEASE_SECONDS", 300, minimum=5)
+# How long a worker owns a claimed step before another may take it over. Each worker process renews the
+# leases of the steps it runs every third of the shortest lease, so this bounds how long a step of a worker
+# that died waits for the sweeper (lease + sweep interval), not how long a step may run.
+AIOS_STEP_LEASE_SECONDS = env_int("AIOS_STEP_LEASE_SECONDS", 20, minimum=3)
+# Eager dispatch: the worker that commits a step's result claims the next step in the same transaction and
+# runs it itself when it is on the same queue (one successor per decision), until the chain has run
+# AIOS_EAGER_MAX_STEPS steps or AIOS_EAGER_MAX_SECONDS; then the next step goes through the broker, so one
+# run never keeps a worker from the others. An eager claim's first lease is the short AIOS_EAGER_LEASE_SECONDS:
+# if the worker dies right after the commit, the sweeper takes the step back that soon.
+AIOS_EAGER_DISPATCH = env_bool("AIOS_EAGER_DISPATCH", True)
+AIOS_EAGER_MAX_STEPS = env_int("AIOS_EAGER_MAX_STEPS", 64, minimum=1)
+AIOS_EAGER_MAX_SECONDS = env_float("AIOS_EAGER_MAX_SECONDS", 1.0, minimum=0.0)
+AIOS_EAGER_LEASE_SECONDS = env_int("AIOS_EAGER_LEASE_SECONDS", 10, minimum=1)
+# The longest one Celery task may run (a step, or an eager chain of steps) before Celery kills it; a step's
+# own time limit (its timeout option) is enforced by a timer long before.
+AIOS_TASK_TIME_LIMIT_SECONDS = env_int("AIOS_TASK_TIME_LIMIT_SECONDS", 3600, minimum=30)
 # The sweeper: how often it runs, when it relays outbox rows and re-sends queued steps, and how many times
 # it takes a step back from a dead worker before opening an incident.
 AIOS_SWEEP_INTERVAL_SECONDS = env_float("AIOS_SWEEP_INTERVAL_SECONDS", 2.0, minimum=0.2)
@@ -294,11 +308,12 @@ AIOS_STEP_RESTART_CAP = env_int("AIOS_STEP_RESTART_CAP", 3, minimum=0)
 AIOS_FAULTS = env_str("AIOS_FAULTS", "")
 AIOS_FAULTS_SEED = env_int("AIOS_FAULTS_SEED", 0)
 
-# Celery limits sit below the lease, and the broker's visibility timeout above it.
-CELERY_TASK_SOFT_TIME_LIMIT = max(AIOS_STEP_LEASE_SECONDS - 30, 10)
-CELERY_TASK_TIME_LIMIT = max(AIOS_STEP_LEASE_SECONDS - 10, 20)
+# Celery's own limits are a last resort above any step's; the broker's visibility timeout sits above them, so
+# a message is redelivered only when its worker is gone (and a redelivered step finds itself claimed).
+CELERY_TASK_SOFT_TIME_LIMIT = AIOS_TASK_TIME_LIMIT_SECONDS - 20
+CELERY_TASK_TIME_LIMIT = AIOS_TASK_TIME_LIMIT_SECONDS
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": AIOS_STEP_LEASE_SECONDS + 300,
+    "visibility_timeout": AIOS_TASK_TIME_LIMIT_SECONDS + 300,
     "unacked_restore_interval": 2,
     "unacked_restore_throttle": 1,
 }

@@ -1,8 +1,9 @@
-"""Executing one claimed step: map its inputs, call its step type, record the outcome.
+"""Executing claimed steps: map a step's inputs, call its step type, record the outcome; then, with eager
+dispatch, the successor this worker claimed in the same transaction, and so on within the chain's budget.
 
-The worker keeps its lease alive with a heartbeat thread while the step runs; if the heartbeat finds the
-step taken over (lease expired and re-claimed, cancelled, timed out), the result that eventually comes back
-is refused by the fencing token, never recorded twice.
+The process's lease renewer (apps.runs.leases) keeps the lease of the step being executed alive; if a renewal
+finds the step taken over (lease expired and re-claimed, cancelled, timed out), the result that eventually
+comes back is refused by the fencing token, never recorded twice.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import logging
 import os
 import socket
 import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from pydantic import ValidationError
 
 from apps.runs import hooks
@@ -22,19 +25,22 @@ from apps.runs.children import WAIT_STARTERS
 from apps.runs.effects import StepLost, effect_intent_record, effect_key, effect_outcome_record
 from apps.runs.events import TokenStream
 from apps.runs.faults import crash_point
+from apps.runs.leases import renewer
 from apps.runs.lifecycle import (
+    EagerClaim,
+    jsonable,
     step_run_claim,
     step_run_fail,
-    step_run_heartbeat,
     step_run_incident_open,
     step_run_succeed,
     step_run_wait,
 )
 from apps.runs.models import Run, StepRun
+from apps.runs.plans import run_plan
 from apps.steps.base import StepContext, StepError, StepOutcome
 from apps.steps.expressions import ExpressionError, cel_evaluate, template_render
 from apps.steps.registry import step_config_parse, step_type_get
-from apps.workflows.graph import StepOptions, TemplateMapping, step_options
+from apps.workflows.graph import StepOptions, TemplateMapping
 
 logger = logging.getLogger(__name__)
 
@@ -44,35 +50,35 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-class Heartbeat:
-    """Renews the step's lease every third of its length from a thread of its own (with its own
-    database connection) until stopped; `lost` turns true when the step is no longer ours."""
+@dataclass
+class Chain:
+    """One Celery task's run of steps: the first it claimed, then the successors it claimed eagerly.
 
-    def __init__(self, step_run: StepRun) -> None:
-        self.step_run = step_run
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{step_run.pk}", daemon=True)
+    The budget keeps one run from holding a pool child: after AIOS_EAGER_MAX_STEPS steps or
+    AIOS_EAGER_MAX_SECONDS, the next step goes through the broker like any other. Outputs the chain recorded
+    are kept, so a step that reads an earlier one's output does not load it back."""
 
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
+    queue: str
+    worker: str
+    started: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    run_id: int | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def offer(self) -> EagerClaim | None:
+        """An eager claim for the next step, or None when eager dispatch is off or the budget is spent."""
+        if not settings.AIOS_EAGER_DISPATCH:
+            return None
+        if self.steps >= settings.AIOS_EAGER_MAX_STEPS:
+            return None
+        if time.monotonic() - self.started >= settings.AIOS_EAGER_MAX_SECONDS:
+            return None
+        return EagerClaim(queue=self.queue, worker=self.worker)
 
-    def _beat(self) -> None:
-        interval = settings.AIOS_STEP_LEASE_SECONDS / 3
-        try:
-            while not self._stop.wait(interval):
-                if not step_run_heartbeat(step_run=self.step_run):
-                    self.lost = True
-                    return
-        except Exception:
-            logger.warning("heartbeat for step run %s failed", self.step_run.pk, exc_info=True)
-        finally:
-            connection.close()
+    def remember(self, step_run: StepRun, output: Any) -> None:
+        if self.run_id != step_run.run_id:
+            self.run_id, self.outputs = step_run.run_id, {}
+        self.outputs[step_run.step_key] = jsonable(output)
 
 
 def _map_inputs(options: StepOptions, variables: dict[str, Any], step_key: str) -> dict[str, Any]:
@@ -90,13 +96,35 @@ def _map_inputs(options: StepOptions, variables: dict[str, Any], step_key: str) 
 
 
 def step_run_execute(*, step_run_id: int) -> None:
-    """Claim the step and run it to a recorded outcome. Safe to call twice: the second claim fails."""
-    step_run = step_run_claim(step_run_id=step_run_id, worker=worker_identity())
+    """Claim the step and run it to a recorded outcome, then run whatever successor its result transaction
+    claimed for this worker, within the chain's budget. Safe to call twice: the second claim fails."""
+    worker = worker_identity()
+    step_run = step_run_claim(step_run_id=step_run_id, worker=worker)
     if step_run is None:
         return
+    chain = Chain(queue=step_type_get(step_run.step_type).queue, worker=worker)
+    while step_run is not None:
+        chain.steps += 1
+        try:
+            following = _step_run_execute_claimed(step_run, chain)
+        finally:
+            renewer.unregister(step_run)
+        step_run = following
+
+
+@dataclass
+class Attempt:
+    """What one execution of a step produced besides its outcome: the params its inputs mapped to, written
+    with its result (or its failure, or its wait) rather than in a transaction of their own."""
+
+    params: dict[str, Any] | None = None
+
+
+def _step_run_execute_claimed(step_run: StepRun, chain: Chain) -> StepRun | None:
+    """Run one claimed step to a recorded outcome; returns the successor claimed for this worker, if any."""
     crash_point("after_claim")
     run = step_run.run
-    definition = run.step_definition(step_run.step_key)
+    definition = run_plan(run).steps[step_run.step_key].definition
     at_most_once = definition.get("config", {}).get("delivery") == "at_most_once"
     calls_out = not (run.is_test and test_stands_in(run, step_run.step_key, step_run.step_type))
     if step_type_get(step_run.step_type).side_effects and _original_run_id(run) is None and calls_out:
@@ -104,7 +132,7 @@ def step_run_execute(*, step_run_id: int) -> None:
             previous = effect_intent_record(step_run=step_run)
         except StepLost:
             logger.info("step run %s was taken over before its outside call; not calling", step_run.pk)
-            return
+            return None
         if previous in ("intent", "applied") and at_most_once:
             # An earlier attempt may have changed the outside world and this system cannot deduplicate:
             # a person decides (retry, skip with an output, or abort) instead of a blind retry.
@@ -113,27 +141,39 @@ def step_run_execute(*, step_run_id: int) -> None:
                 reason="An earlier attempt of this at-most-once step stopped after it may have reached the "
                 "outside system; its outcome is unknown. Check the other system, then retry, skip or abort.",
             )
-            return
+            return None
+    # Renewed from here on, not while the intent above waits for the effect ledger: an executor stuck there
+    # past its lease must lose the step to the sweeper, not make the call its successor is making.
+    renewer.register(step_run)
     stream = TokenStream(step_run)
+    attempt = Attempt()
     try:
-        with Heartbeat(step_run):
-            outcome = _execute(step_run, stream)
+        outcome = _execute(step_run, stream, chain, attempt)
     except StepError as error:
         stream.flush()
         crash_point("before_result_commit")
         if error.uncertain and at_most_once:
             step_run_incident_open(step_run=step_run, reason=f"The outcome is unknown: {error.message}")
-            return
+            return None
         if step_type_get(step_run.step_type).side_effects and not error.uncertain:
             effect_outcome_record(step_run=step_run, applied=False, outcome=error.message)
-        step_run_fail(step_run=step_run, error=error.message, retryable=error.retryable, streamed_text=stream.text)
-        return
+        step_run_fail(
+            step_run=step_run,
+            error=error.message,
+            retryable=error.retryable,
+            streamed_text=stream.text,
+            params=attempt.params,
+        )
+        return None
     except ValidationError as error:
         stream.flush()
         step_run_fail(
-            step_run=step_run, error=f"The step's configuration is invalid: {error}", streamed_text=stream.text
+            step_run=step_run,
+            error=f"The step's configuration is invalid: {error}",
+            streamed_text=stream.text,
+            params=attempt.params,
         )
-        return
+        return None
     except Exception as error:
         # A bug in a step type must fail the step, visibly, not kill the worker or leave the run hanging.
         logger.exception("step %s of run %s crashed", step_run.step_key, run.pk)
@@ -144,29 +184,84 @@ def step_run_execute(*, step_run_id: int) -> None:
             step_run=step_run,
             error=f"The step stopped with an internal error ({type(error).__name__}); the worker log has details.",
             streamed_text=stream.text,
+            params=attempt.params,
         )
-        return
+        return None
     stream.flush()
     if outcome.wait is not None:
-        _park(step_run, outcome)
-        return
+        _park(step_run, outcome, attempt.params)
+        return None
     crash_point("before_result_commit")
-    # The crash points after the commit live where its follow-up work is sent (outbox._outbox_send_committed).
-    step_run_succeed(step_run=step_run, output=outcome.output, usage=outcome.usage, streamed_text=stream.text)
+    eager = chain.offer()
+    try:
+        recorded = step_run_succeed(
+            step_run=step_run,
+            output=outcome.output,
+            usage=outcome.usage,
+            streamed_text=stream.text,
+            params=attempt.params,
+            eager=eager,
+        )
+    except DatabaseError:
+        # An ambiguous commit (the answer to COMMIT was lost with the connection): the successor it claimed
+        # for this worker says whether it happened. If it is ours, the result committed with it and the chain
+        # goes on; if not, nothing was recorded and the step's lease takes its course.
+        if eager is None or eager.claimed is None:
+            raise
+        connection.close()
+        if not _still_ours(eager.claimed):
+            raise
+        logger.info("the result of step run %s committed although its COMMIT was not answered", step_run.pk)
+        recorded = True
+    if not recorded or eager is None or eager.claimed is None:
+        # Without an eager successor, the crash points after the commit are where the outbox sends its rows
+        # (apps.runs.outbox._outbox_send_committed).
+        return None
+    chain.remember(step_run, outcome.output)
+    # The eager hand-off: committed, the successor is this worker's and no message was sent. A crash here
+    # leaves it running on its short lease, for the sweeper to take back.
+    crash_point("after_result_commit_before_dispatch")
+    crash_point("after_dispatch")
+    return eager.claimed
 
 
-def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:
+def _still_ours(step_run: StepRun) -> bool:
+    return StepRun.objects.filter(
+        pk=step_run.pk,
+        state=StepRun.State.RUNNING,
+        fencing_token=step_run.fencing_token,
+        lease_owner=step_run.lease_owner,
+    ).exists()
+
+
+def _outputs(step_run: StepRun, chain: Chain) -> dict[str, dict[str, Any]]:
+    """The earlier outputs the step's expressions read: from the chain where it recorded them, the rest from the
+    database (every succeeded step's when the step's reads cannot be told from its text)."""
+    reads = run_plan(step_run.run).steps[step_run.step_key].reads
+    known = chain.outputs if chain.run_id == step_run.run_id else {}
+    if reads is None:
+        wanted = StepRun.objects.filter(run_id=step_run.run_id, state=StepRun.State.SUCCEEDED)
+    else:
+        missing = reads - known.keys()
+        if not missing:
+            return {key: known[key] or {} for key in reads}
+        wanted = StepRun.objects.filter(run_id=step_run.run_id, state=StepRun.State.SUCCEEDED, step_key__in=missing)
+    outputs = {key: known[key] or {} for key in (reads or ()) if key in known}
+    outputs.update({key: out or {} for key, out in wanted.values_list("step_key", "output")})
+    return outputs
+
+
+def _execute(step_run: StepRun, stream: TokenStream, chain: Chain, attempt: Attempt) -> StepOutcome:
     run = step_run.run
-    options = step_options(run.step_definition(step_run.step_key))
+    plan = run_plan(run).steps[step_run.step_key]
+    options = plan.options
     step_type = step_type_get(step_run.step_type)
     config = step_config_parse(step_run.step_type, options.config)
-    succeeded = StepRun.objects.filter(run=run, state=StepRun.State.SUCCEEDED)
-    outputs: dict[str, dict[str, Any]] = {key: out or {} for key, out in succeeded.values_list("step_key", "output")}
     context = StepContext(
         run_id=run.pk,
         step_key=step_run.step_key,
         input=run.inputs,
-        steps=outputs,
+        steps=_outputs(step_run, chain),
         idempotency_key=effect_key(run.pk, step_run.step_key),
         emit_tokens=stream.add,
         attempt=step_run.attempt,
@@ -175,8 +270,7 @@ def _execute(step_run: StepRun, stream: TokenStream) -> StepOutcome:
         budget=run.graph.get("budget") or {},
     )
     context.params = _map_inputs(options, context.expression_variables(), step_run.step_key)
-    if context.params:
-        StepRun.objects.filter(pk=step_run.pk, fencing_token=step_run.fencing_token).update(input=context.params)
+    attempt.params = context.params or None
     crash_point("mid_step")
     if run.is_test and test_stands_in(run, step_run.step_key, step_run.step_type):
         return _test_outcome(run, step_run.step_key, step_type, config, context)
@@ -241,11 +335,13 @@ def _recorded_outcome(original_run_id: int, step_key: str) -> StepOutcome:
     return StepOutcome(output=original.output or {}, usage={"replayed_from_step_run": original.pk})
 
 
-def _park(step_run: StepRun, outcome: StepOutcome) -> None:
+def _park(step_run: StepRun, outcome: StepOutcome, params: dict[str, Any] | None) -> None:
     wait = outcome.wait
     assert wait is not None
     with transaction.atomic():
-        if step_run_wait(step_run=step_run, for_what=wait.for_what, fire_at=wait.fire_at, details=wait.details):
+        if step_run_wait(
+            step_run=step_run, for_what=wait.for_what, fire_at=wait.fire_at, details=wait.details, params=params
+        ):
             # Child runs start here; an approval is the approvals app's, reached through the hook it fills.
             starter = WAIT_STARTERS.get(wait.for_what) or hooks.on_wait.get(wait.for_what)
             if starter is not None:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import random
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -42,9 +43,9 @@ from apps.runs.effects import effect_outcome_record
 from apps.runs.events import publish_run_changed
 from apps.runs.models import Incident, Run, StepResult, StepRun, Timer
 from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
+from apps.runs.plans import run_plan, version_get
 from apps.runs.selectors import run_model_call_totals
 from apps.steps.registry import step_type_get
-from apps.workflows.graph import step_options
 from apps.workflows.models import WorkflowVersion
 
 
@@ -57,10 +58,29 @@ def publish_on_commit(run_id: int, keys: Iterable[str]) -> None:
 def run_lock(run_id: int) -> Run:
     """The run, locked against concurrent engine decisions (rule 2 above: take this first).
 
-    Only the run row is locked (`of=self`), and as NO KEY UPDATE: locking the joined version and workflow
-    rows too, or blocking the key-share locks that inserts referencing the run take, deadlocked concurrent
-    runs (bench/README.md, "What bounds them", item 1)."""
-    return Run.objects.select_for_update(of=("self",), no_key=True).select_related("version", "workflow").get(pk=run_id)
+    Only the run row is locked, and as NO KEY UPDATE: locking its version and workflow rows too, or blocking
+    the key-share locks that inserts referencing the run take, deadlocked concurrent runs (bench/README.md,
+    "What bounds them", item 1). Its version comes from the process's cache of published versions."""
+    run = (
+        Run.objects.select_for_update(of=("self",), no_key=True)
+        .annotate(version_checksum=F("version__checksum"))
+        .get(pk=run_id)
+    )
+    run.version = version_get(run.version_id, run.version_checksum)
+    return run
+
+
+@dataclass
+class EagerClaim:
+    """An offer, from the worker committing a step's result, to run one successor itself (eager dispatch).
+
+    `run_advance` claims at most one started step on `queue` for `worker` in the same transaction (pending
+    straight to running, a short lease, a new fencing token) and leaves it in `claimed`; every other started
+    step goes through the outbox as usual."""
+
+    queue: str
+    worker: str
+    claimed: StepRun | None = None
 
 
 def output_digest(value: Any) -> str:
@@ -127,14 +147,16 @@ def run_create(
     return run
 
 
-def run_advance(run: Run, *, changed: Iterable[str] = ()) -> None:
+def run_advance(run: Run, *, changed: Iterable[str] = (), eager: EagerClaim | None = None) -> None:
     """Apply the engine's decision to the run. Callers hold the run row lock (or just created the run)."""
     # Only what the decision needs: outputs and streamed text can be large and are read at the end only.
     rows = list(
-        StepRun.objects.filter(run=run).only("pk", "run_id", "step_key", "step_type", "state", "branch", "error")
+        StepRun.objects.filter(run=run).only(
+            "pk", "run_id", "step_key", "step_type", "state", "branch", "error", "attempt", "fencing_token"
+        )
     )
     records = {row.step_key: engine.StepRecord(row.state, row.branch or None) for row in rows}
-    decision = engine.decide(run.graph, records)
+    decision = engine.decide(run_plan(run).graph, records)
     by_key = {row.step_key: row for row in rows}
     now = timezone.now()
     for key in decision.skip:
@@ -146,6 +168,10 @@ def run_advance(run: Run, *, changed: Iterable[str] = ()) -> None:
                 run=run, step_key=key, step_run=skipped, outcome="skipped", attempt=0, fencing_token=0
             )
     to_queue = [by_key[key] for key in decision.start]
+    if eager is not None and eager.claimed is None:
+        successor = next((s for s in to_queue if step_type_get(s.step_type).queue == eager.queue), None)
+        if successor is not None and _claim_eagerly(run, successor, eager, now):
+            to_queue.remove(successor)
     queued = [
         step
         for step in to_queue
@@ -157,6 +183,46 @@ def run_advance(run: Run, *, changed: Iterable[str] = ()) -> None:
     if decision.run_status is not None and run.status not in Run.FINISHED:
         _run_finish(run, decision, rows)
     publish_on_commit(run.pk, [*changed, *decision.start, *decision.skip])
+
+
+def _claim_eagerly(run: Run, step_run: StepRun, eager: EagerClaim, now: Any) -> bool:
+    """Claim a pending step for the worker committing this transaction: as durable as the result it commits
+    with, so there is no separate claim commit and no message; if the worker dies after the commit, the short
+    lease lapses and the sweeper takes the step back."""
+    if not StepRun.objects.filter(pk=step_run.pk, state=StepRun.State.PENDING).update(
+        state=StepRun.State.RUNNING,
+        attempt=F("attempt") + 1,
+        fencing_token=F("fencing_token") + 1,
+        lease_owner=eager.worker[:200],
+        lease_expires_at=now + timedelta(seconds=settings.AIOS_EAGER_LEASE_SECONDS),
+        queued_at=now,
+        started_at=now,
+        streamed_text="",
+    ):
+        return False
+    # The run lock is held and the step was pending, so nothing else changed these since they were read.
+    step_run.state = StepRun.State.RUNNING
+    step_run.attempt += 1
+    step_run.fencing_token += 1
+    step_run.lease_owner = eager.worker[:200]
+    step_run.started_at = now
+    step_run.run = run
+    _step_timeout_arm(run, step_run, now)
+    eager.claimed = step_run
+    return True
+
+
+def _step_timeout_arm(run: Run, step_run: StepRun, now: Any) -> None:
+    """A claimed step with a time limit gets its timer, bound to this attempt's fencing token."""
+    timeout = run_plan(run).steps[step_run.step_key].options.timeout_seconds
+    if timeout:
+        Timer.objects.create(
+            kind=Timer.Kind.STEP_TIMEOUT,
+            run=run,
+            step_run=step_run,
+            fencing_token=step_run.fencing_token,
+            fire_at=now + timedelta(seconds=timeout),
+        )
 
 
 def _run_finish(run: Run, decision: engine.Decision, rows: list[StepRun]) -> None:
@@ -228,16 +294,11 @@ def step_run_claim(*, step_run_id: int, worker: str) -> StepRun | None:
     )
     if not updated:
         return None
-    step_run = StepRun.objects.select_related("run", "run__version", "run__workflow").get(pk=step_run_id)
-    options = step_options(step_run.run.step_definition(step_run.step_key))
-    if options.timeout_seconds:
-        Timer.objects.create(
-            kind=Timer.Kind.STEP_TIMEOUT,
-            run=step_run.run,
-            step_run=step_run,
-            fencing_token=step_run.fencing_token,
-            fire_at=now + timedelta(seconds=options.timeout_seconds),
-        )
+    step_run = (
+        StepRun.objects.select_related("run").annotate(version_checksum=F("run__version__checksum")).get(pk=step_run_id)
+    )
+    step_run.run.version = version_get(step_run.run.version_id, step_run.version_checksum)
+    _step_timeout_arm(step_run.run, step_run, now)
     publish_on_commit(step_run.run_id, [step_run.step_key])
     return step_run
 
@@ -251,6 +312,12 @@ def step_run_heartbeat(*, step_run: StepRun) -> bool:
     )
 
 
+def _params(params: dict[str, Any] | None) -> dict[str, Any]:
+    # The step's mapped inputs go into the transaction that records what became of the step, not one of
+    # their own; a step without inputs keeps the column as it was.
+    return {} if params is None else {"input": jsonable(params)}
+
+
 def jsonable(value: Any) -> Any:
     """`value` as later steps will read it: round-tripped through JSON, so what is stored is what is read."""
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
@@ -258,11 +325,19 @@ def jsonable(value: Any) -> Any:
 
 @transaction.atomic
 def step_run_succeed(
-    *, step_run: StepRun, output: dict[str, Any], usage: dict[str, Any] | None = None, streamed_text: str = ""
+    *,
+    step_run: StepRun,
+    output: dict[str, Any],
+    usage: dict[str, Any] | None = None,
+    streamed_text: str = "",
+    params: dict[str, Any] | None = None,
+    eager: EagerClaim | None = None,
 ) -> bool:
-    """Record a step's result if its fencing token is still current, then advance the run.
+    """Record a step's result if its fencing token is still current, then advance the run; with `eager`, claim
+    a successor for this worker in the same transaction (one synchronous commit for both).
 
-    Returns False (and changes nothing) when the token is stale: the step was taken over or cancelled.
+    `params` (what the step's inputs mapped to) is recorded with the result. Returns False (and changes
+    nothing) when the token is stale: the step was taken over or cancelled.
     """
     run = run_lock(step_run.run_id)
     output, usage = jsonable(output), jsonable(usage or {})
@@ -277,6 +352,7 @@ def step_run_succeed(
         streamed_text=streamed_text,
         finished_at=timezone.now(),
         lease_expires_at=None,
+        **_params(params),
     )
     if not updated:
         return False
@@ -284,7 +360,7 @@ def step_run_succeed(
         effect_outcome_record(step_run=step_run, applied=True)
     _record_success(run, step_run, output, usage)
     _audit_success(run, step_run, output, usage)
-    run_advance(run, changed=[step_run.step_key])
+    run_advance(run, changed=[step_run.step_key], eager=eager)
     return True
 
 
@@ -347,18 +423,25 @@ def _audit_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, An
 
 
 @transaction.atomic
-def step_run_fail(*, step_run: StepRun, error: str, retryable: bool = False, streamed_text: str | None = None) -> bool:
+def step_run_fail(
+    *,
+    step_run: StepRun,
+    error: str,
+    retryable: bool = False,
+    streamed_text: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> bool:
     """Record a failed attempt if the fencing token is current: schedule a retry when the step's policy
     allows one, else fail the step (and the run, unless an error branch handles it)."""
     run = run_lock(step_run.run_id)
-    policy = step_options(run.step_definition(step_run.step_key)).retry
+    policy = run_plan(run).steps[step_run.step_key].options.retry
     fresh = StepRun.objects.get(pk=step_run.pk)
     if fresh.state != StepRun.State.RUNNING or fresh.fencing_token != step_run.fencing_token:
         return False
     will_retry = fresh.attempt < policy.max_attempts and (retryable or policy.retry_on == "any")
     now = timezone.now()
     # None (a timeout decided elsewhere): keep what the attempt streamed so far.
-    text = {} if streamed_text is None else {"streamed_text": streamed_text}
+    text = ({} if streamed_text is None else {"streamed_text": streamed_text}) | _params(params)
     model_totals_refresh(run)
     if will_retry:
         delay = policy.delay_for(fresh.attempt, random.random())  # noqa: S311 - jitter, not security
@@ -405,13 +488,18 @@ def step_run_fail(*, step_run: StepRun, error: str, retryable: bool = False, str
 
 @transaction.atomic
 def step_run_wait(
-    *, step_run: StepRun, for_what: str, fire_at: Any = None, details: dict[str, Any] | None = None
+    *,
+    step_run: StepRun,
+    for_what: str,
+    fire_at: Any = None,
+    details: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> bool:
     """Park a running step (this worker owned it) until a timer or another service resumes it."""
     run = run_lock(step_run.run_id)
     updated = StepRun.objects.filter(
         pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
-    ).update(state=StepRun.State.WAITING, waiting_for=for_what[:16], lease_expires_at=None)
+    ).update(state=StepRun.State.WAITING, waiting_for=for_what[:16], lease_expires_at=None, **_params(params))
     if not updated:
         return False
     if fire_at is not None:

@@ -252,6 +252,9 @@ def engine_env(redis_url: str, **extra: str) -> dict[str, str]:
         CELERY_BROKER_URL=redis_url,
         AIOS_HTTP_ALLOWLIST="127.0.0.1/32",
         AIOS_STEP_LEASE_SECONDS=str(LEASE_SECONDS),
+        # An eager claim left by a worker that died right after its commit lapses as soon as an unsent outbox
+        # row would be relayed, so D5's bound holds for both ways a step is handed on.
+        AIOS_EAGER_LEASE_SECONDS=str(max(1, round(RELAY_AFTER_SECONDS))),
         AIOS_SWEEP_INTERVAL_SECONDS=str(SWEEP_SECONDS),
         AIOS_OUTBOX_RELAY_AFTER_SECONDS=str(RELAY_AFTER_SECONDS),
         AIOS_REQUEUE_AFTER_SECONDS=str(REQUEUE_AFTER_SECONDS),

@@ -38,6 +38,15 @@ FIRST_LOCK = r"FOR (NO KEY )?UPDATE|^UPDATE "
 NUMBER = {"type": "object", "properties": {"n": {"type": "number"}}}
 
 
+@pytest.fixture(autouse=True)
+def no_worker_hears(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test is the only worker: messages the outbox relays are dropped, so a worker process another test
+    started cannot take these steps, and the test runs what the outbox holds itself."""
+    from celery import current_app
+
+    monkeypatch.setattr(current_app, "send_task", lambda *args, **kwargs: None)
+
+
 def race(*calls: tuple[Callable[[], Any], str]) -> list[Any]:
     """Run each call at the same moment in a thread and connection of its own; each holds the lock taken by
     its first statement matching its pattern for LOCK_HOLD seconds. Returns each call's result or error."""
