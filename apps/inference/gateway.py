@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Max, Sum
 
+from apps.core.database import connection_refresh
 from apps.core.exceptions import ApplicationError
 from apps.inference import client, limits, runtime
 from apps.inference.errors import InferenceError, InferenceValidationError
@@ -384,6 +385,7 @@ class Gateway:
     ) -> InferenceCall:
         prompt_tokens = (result.prompt_tokens or 0) if result else 0
         generated = result.generated_tokens if result else 0
+        connection_refresh()  # the call may have outlasted a database restart
         record = InferenceCall.objects.create(
             run_id=self.scope.run_id,
             step_run_id=self.scope.step_run_id,

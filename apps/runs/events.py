@@ -15,7 +15,9 @@ import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError
 
+from apps.core.database import connection_refresh
 from apps.runs.models import StepRun
 
 logger = logging.getLogger(__name__)
@@ -114,13 +116,22 @@ class TokenStream:
         offset = self._persisted_length
         if now - self._last_persist >= self.persist_interval:
             self._last_persist = now
-            still_ours = StepRun.objects.filter(
-                pk=self.step_run.pk, state=StepRun.State.RUNNING, fencing_token=self.step_run.fencing_token
-            ).update(streamed_text=self.text)
+            try:
+                still_ours = StepRun.objects.filter(
+                    pk=self.step_run.pk, state=StepRun.State.RUNNING, fencing_token=self.step_run.fencing_token
+                ).update(streamed_text=self.text)
+            except DatabaseError:
+                # The database is away (a restart): the partial text is a courtesy to viewers, never a reason
+                # to fail the step. The next write, or the result, catches up; the message below still goes.
+                logger.warning("could not save the streamed text of step run %s", self.step_run.pk, exc_info=True)
+                connection_refresh()
+                still_ours = True
+            else:
+                if still_ours:
+                    self._persisted_length = len(self.text)
             if not still_ours:
                 self._lost = True  # viewers must not see this attempt's tokens any more
                 return
-            self._persisted_length = len(self.text)
         self._published_length = len(self.text)
         _send(
             self.step_run.run_id,

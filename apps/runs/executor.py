@@ -8,16 +8,18 @@ comes back is refused by the fencing token, never recorded twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from pydantic import ValidationError
 
 from apps.runs import hooks
@@ -157,12 +159,15 @@ def _step_run_execute_claimed(step_run: StepRun, chain: Chain) -> StepRun | None
             return None
         if step_type_get(step_run.step_type).side_effects and not error.uncertain:
             effect_outcome_record(step_run=step_run, applied=False, outcome=error.message)
-        step_run_fail(
-            step_run=step_run,
-            error=error.message,
-            retryable=error.retryable,
-            streamed_text=stream.text,
-            params=attempt.params,
+        message, retryable = error.message, error.retryable
+        _recorded(
+            lambda: step_run_fail(
+                step_run=step_run,
+                error=message,
+                retryable=retryable,
+                streamed_text=stream.text,
+                params=attempt.params,
+            )
         )
         return None
     except ValidationError as error:
@@ -193,26 +198,17 @@ def _step_run_execute_claimed(step_run: StepRun, chain: Chain) -> StepRun | None
         return None
     crash_point("before_result_commit")
     eager = chain.offer()
-    try:
-        recorded = step_run_succeed(
+    recorded = _recorded(
+        lambda: step_run_succeed(
             step_run=step_run,
             output=outcome.output,
             usage=outcome.usage,
             streamed_text=stream.text,
             params=attempt.params,
             eager=eager,
-        )
-    except DatabaseError:
-        # An ambiguous commit (the answer to COMMIT was lost with the connection): the successor it claimed
-        # for this worker says whether it happened. If it is ours, the result committed with it and the chain
-        # goes on; if not, nothing was recorded and the step's lease takes its course.
-        if eager is None or eager.claimed is None:
-            raise
-        connection.close()
-        if not _still_ours(eager.claimed):
-            raise
-        logger.info("the result of step run %s committed although its COMMIT was not answered", step_run.pk)
-        recorded = True
+        ),
+        eager,
+    )
     if not recorded or eager is None or eager.claimed is None:
         # Without an eager successor, the crash points after the commit are where the outbox sends its rows
         # (apps.runs.outbox._outbox_send_committed).
@@ -223,6 +219,31 @@ def _step_run_execute_claimed(step_run: StepRun, chain: Chain) -> StepRun | None
     crash_point("after_result_commit_before_dispatch")
     crash_point("after_dispatch")
     return eager.claimed
+
+
+def _recorded(record: Callable[[], bool], eager: EagerClaim | None = None) -> bool:
+    """Commit what became of a step, through a lost connection: after a long step (a database restart while it
+    waited for a model) or an ambiguous commit, try again on a fresh connection for up to half a lease (the
+    renewer keeps the lease meanwhile). Repeating is safe: the transaction is fenced by the step's token, so
+    one that did commit makes the repeat a no-op. An eager successor it claimed says whether it committed."""
+    deadline = time.monotonic() + settings.AIOS_STEP_LEASE_SECONDS / 2
+    pause = 0.2
+    while True:
+        try:
+            return record()
+        except (OperationalError, InterfaceError):
+            connection.close()
+            if eager is not None and eager.claimed is not None:
+                with contextlib.suppress(DatabaseError):
+                    if _still_ours(eager.claimed):
+                        logger.info("a result committed although its COMMIT was not answered; going on")
+                        return True
+                eager.claimed = None
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("could not record a step's outcome; retrying on a new connection", exc_info=True)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def _still_ours(step_run: StepRun) -> bool:
