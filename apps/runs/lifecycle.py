@@ -27,7 +27,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -61,13 +61,20 @@ def run_lock(run_id: int) -> Run:
     Only the run row is locked, and as NO KEY UPDATE: locking its version and workflow rows too, or blocking
     the key-share locks that inserts referencing the run take, deadlocked concurrent runs (bench/README.md,
     "What bounds them", item 1). Its version comes from the process's cache of published versions."""
-    run = (
-        Run.objects.select_for_update(of=("self",), no_key=True)
-        .annotate(version_checksum=F("version__checksum"))
-        .get(pk=run_id)
-    )
-    run.version = version_get(run.version_id, run.version_checksum)
+    # Written out: the engine takes this lock in every transaction, and the ORM's query building cost more
+    # than the statement.
+    found = list(Run.objects.raw(_RUN_LOCK_SQL, [run_id]))
+    if not found:
+        raise Run.DoesNotExist(f"run {run_id} does not exist")
+    run = found[0]
+    run.version = version_get(run.version_id, run.version_checksum)  # type: ignore[attr-defined]
     return run
+
+
+_RUN_LOCK_SQL = (
+    "SELECT r.*, v.checksum AS version_checksum FROM runs_run r "
+    "JOIN workflows_workflowversion v ON v.id = r.version_id WHERE r.id = %s FOR NO KEY UPDATE OF r"
+)
 
 
 @dataclass
@@ -147,14 +154,37 @@ def run_create(
     return run
 
 
+class _StepRow(NamedTuple):
+    """What the decision needs of one step run, read without building model instances (the whole run's steps
+    are read at every decision)."""
+
+    pk: int
+    step_key: str
+    step_type: str
+    state: str
+    branch: str
+    error: str
+    attempt: int
+    fencing_token: int
+
+    def step_run(self, run: Run) -> StepRun:
+        step_run = StepRun(
+            id=self.pk,
+            run=run,
+            step_key=self.step_key,
+            step_type=self.step_type,
+            state=self.state,
+            attempt=self.attempt,
+            fencing_token=self.fencing_token,
+        )
+        step_run._state.adding = False
+        return step_run
+
+
 def run_advance(run: Run, *, changed: Iterable[str] = (), eager: EagerClaim | None = None) -> None:
     """Apply the engine's decision to the run. Callers hold the run row lock (or just created the run)."""
     # Only what the decision needs: outputs and streamed text can be large and are read at the end only.
-    rows = list(
-        StepRun.objects.filter(run=run).only(
-            "pk", "run_id", "step_key", "step_type", "state", "branch", "error", "attempt", "fencing_token"
-        )
-    )
+    rows = [_StepRow(*values) for values in StepRun.objects.filter(run=run).values_list(*_StepRow._fields)]
     records = {row.step_key: engine.StepRecord(row.state, row.branch or None) for row in rows}
     decision = engine.decide(run_plan(run).graph, records)
     by_key = {row.step_key: row for row in rows}
@@ -165,9 +195,9 @@ def run_advance(run: Run, *, changed: Iterable[str] = (), eager: EagerClaim | No
             state=StepRun.State.SKIPPED, finished_at=now
         ):
             StepResult.objects.create(
-                run=run, step_key=key, step_run=skipped, outcome="skipped", attempt=0, fencing_token=0
+                run=run, step_key=key, step_run_id=skipped.pk, outcome="skipped", attempt=0, fencing_token=0
             )
-    to_queue = [by_key[key] for key in decision.start]
+    to_queue = [by_key[key].step_run(run) for key in decision.start]
     if eager is not None and eager.claimed is None:
         successor = next((s for s in to_queue if step_type_get(s.step_type).queue == eager.queue), None)
         if successor is not None and _claim_eagerly(run, successor, eager, now):
@@ -225,7 +255,7 @@ def _step_timeout_arm(run: Run, step_run: StepRun, now: Any) -> None:
         )
 
 
-def _run_finish(run: Run, decision: engine.Decision, rows: list[StepRun]) -> None:
+def _run_finish(run: Run, decision: engine.Decision, rows: list[_StepRow]) -> None:
     outputs = dict(StepRun.objects.filter(run=run, state=StepRun.State.SUCCEEDED).values_list("step_key", "output"))
     error = ""
     if decision.failed_step:
