@@ -22,24 +22,24 @@ help:
 	@echo "                   and refuses while a stack started by make run/test is still using it"
 
 run: requirements static-packages
-	@exec $(PY) deploy/devstack.py run
+	@exec $(PY) -m deploy.devstack run
 
 services: requirements
-	@exec $(PY) deploy/devstack.py services
+	@exec $(PY) -m deploy.devstack services
 
 # Lint first (ruff and mypy are part of "done"), then the suite. pytest's exit code passes through
-# devstack.py, which turns 5 (no test ran) into a failure with a message. The figures file is removed
+# deploy.devstack, which turns 5 (no test ran) into a failure with a message. The figures file is removed
 # first so that what is printed comes from this run only.
 test: requirements-dev static-packages chromium lint
 	@rm -f reports/figures.txt
 	@status=0; \
-	$(PY) deploy/devstack.py test -- $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	$(PY) -m deploy.devstack test -- $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ -f reports/figures.txt ]; then \
 		echo; echo "=== reports/figures.txt ==="; cat reports/figures.txt; \
 	fi; \
 	exit $$status
 
-# The benchmarks start their own stack (deploy/devstack.py services on .data/bench, own ports, durable
+# The benchmarks start their own stack (deploy.devstack services on .data/bench, own ports, durable
 # PostgreSQL settings), a fresh aios_bench database and their own workers; B picks some (B=B1 or B="B1 B8").
 bench: requirements-dev
 	@$(PY) -m bench $(B)
@@ -50,7 +50,7 @@ bench: requirements-dev
 faults: requirements-dev
 	@rm -f reports/figures.txt
 	@status=0; \
-	AIOS_FAULTS_SIZE=$(or $(SIZE),ci) $(PY) deploy/devstack.py test -- $(PY) -m pytest tests/faults $(PYTEST_ARGS) \
+	AIOS_FAULTS_SIZE=$(or $(SIZE),ci) $(PY) -m deploy.devstack test -- $(PY) -m pytest tests/faults $(PYTEST_ARGS) \
 		|| status=$$?; \
 	if [ -f reports/figures.txt ]; then \
 		echo; echo "=== reports/figures.txt ==="; cat reports/figures.txt; \
@@ -62,7 +62,7 @@ lint: requirements-dev
 	@status=0; \
 	echo "ruff check ."; $(VENV)/bin/ruff check . || status=1; \
 	echo "ruff format --check ."; $(VENV)/bin/ruff format --check . || status=1; \
-	echo "mypy apps devserver"; $(VENV)/bin/mypy apps devserver || status=1; \
+	echo "mypy apps devserver deploy workers"; $(VENV)/bin/mypy apps devserver deploy workers || status=1; \
 	exit $$status
 
 clean-data:
@@ -73,7 +73,7 @@ clean-data:
 		fi; \
 	done
 	@if [ -e "$(DATA_DIR)" ] && [ ! -f "$(DATA_DIR)/.aios-devstack" ]; then \
-		echo "$(DATA_DIR) was not made by deploy/devstack.py (it has no .aios-devstack file): not deleting it."; \
+		echo "$(DATA_DIR) was not made by deploy.devstack (it has no .aios-devstack file): not deleting it."; \
 		exit 1; \
 	fi
 	rm -rf -- "$(DATA_DIR)"

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
             cursor.execute(PEER_TABLE_SQL)
         settings = stack.postgres_settings(svc)
         origin = (
-            "its own deploy/devstack.py services stack" if svc.launched else "DATABASE_URL/REDIS_URL from the caller"
+            "its own stack (deploy.devstack services)" if svc.launched else "DATABASE_URL/REDIS_URL from the caller"
         )
         print(f"\nServices: {origin}; database {stack.BENCH_DATABASE} migrated fresh; 2 CPUs: {os.cpu_count()}")
         print("PostgreSQL: " + ", ".join(f"{k}={v}" for k, v in settings.items()))

@@ -3,7 +3,7 @@
 Product: POST /api/workflows/<slug>/runs/ with token authentication, through DRF's APIClient in this process
 (the whole Django request path, minus the HTTP server and socket), one request after another while the
 workers drain; throughput is counted from the first POST to the last Run.finished_at. Workers are the two
-`deploy/devstack.py run` starts: `-Q engine,default,connectors -c 2` (prefork) and `-Q inference -P threads
+`python -m deploy.devstack run` starts: `-Q engine,default,connectors -c 2` (prefork) and `-Q inference -P threads
 -c 16`.
 
 Peers, on the same workers and broker:

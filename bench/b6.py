@@ -6,7 +6,7 @@ B sequences, at most `max_batch_size` together), paced so that the platform's ov
 dominant, with a script that makes every reply exactly MAX_NEW_TOKENS tokens long.
 
 Product: a published workflow with one `llm.generate` step; K runs started at once with `run_start` from
-K threads of this process (K users pressing start), on the two workers `deploy/devstack.py run` starts
+K threads of this process (K users pressing start), on the two workers `python -m deploy.devstack run` starts
 (`-Q engine,default,connectors -c 2` and `-Q inference -P threads -c 64`), the endpoint from settings
 (AIOS_INFERENCE_URL -> the server above, max_in_flight 64). Peer: K concurrent
 `AsyncInferenceClient.text_generation(prompt, stream=True, details=True, ...)` tasks on one client in one

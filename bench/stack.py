@@ -1,9 +1,9 @@
 """The services and processes a benchmark run owns: the embedded stack, the bench database, Celery workers.
 
-By default the stack is `deploy/devstack.py services` on a data directory and ports of its own, so PostgreSQL
+By default the stack is `python -m deploy.devstack services` on a data directory and ports of its own, so PostgreSQL
 runs with its durable defaults (fsync, synchronous_commit and full_page_writes on). `make test`'s stack turns
 all three off, which would flatter every commit the engine makes. When DATABASE_URL and REDIS_URL are already
-set (for instance under `deploy/devstack.py test -- python -m bench`), those services are used instead and
+set (for instance under `python -m deploy.devstack test -- python -m bench`), those services are used instead and
 the settings in force are printed, so a reader always sees which kind of commit was measured.
 """
 
@@ -24,6 +24,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+
+from deploy.devstack.config import mark_data_dir
+from deploy.devstack.processes import ManagedProcess, ServiceFailed
+from workers import fleet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE = "aios_bench"
@@ -63,7 +67,7 @@ def _with_database(url: str, name: str) -> str:
 
 
 class _Launcher:
-    """`deploy/devstack.py services` as a child process; its banner says when the services are up."""
+    """`python -m deploy.devstack services` as a child process; its banner says when the services are up."""
 
     def __init__(self) -> None:
         data_dir = REPO_ROOT / ".data" / "bench"
@@ -75,7 +79,7 @@ class _Launcher:
         self.exports: dict[str, str] = {}
         self.ready = threading.Event()
         self.process = subprocess.Popen(
-            [sys.executable, "deploy/devstack.py", "services"],
+            [sys.executable, "-m", "deploy.devstack", "services"],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -92,9 +96,7 @@ class _Launcher:
         # the first to create .data, so it leaves the same marker devstack would.
         if not base.exists():
             base.mkdir(parents=True)
-            (base / ".aios-devstack").write_text(
-                "Local data of the AIOS development stack. `make clean-data` deletes this directory.\n"
-            )
+            mark_data_dir(base)
 
     def _pump(self) -> None:
         assert self.process.stdout is not None
@@ -111,7 +113,7 @@ class _Launcher:
         while not self.ready.wait(0.2):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = "\n".join(self.lines)
-                raise RuntimeError(f"deploy/devstack.py services did not come up:\n{tail}")
+                raise RuntimeError(f"python -m deploy.devstack services did not come up:\n{tail}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -135,7 +137,7 @@ def services() -> Iterator[Services]:
             launched=False,
         )
         return
-    print("Starting the bench stack (deploy/devstack.py services on .data/bench) ...", flush=True)
+    print("Starting the bench stack (python -m deploy.devstack services on .data/bench) ...", flush=True)
     launcher = _Launcher()
     try:
         launcher.wait()
@@ -177,18 +179,16 @@ def postgres_settings(svc: Services) -> dict[str, str]:
 
 # Celery workers --------------------------------------------------------------------------------------------
 
-# B1/B2: one prefork worker on every queue. B3: the two workers `deploy/devstack.py run` started before B6. B6:
-# what `deploy/devstack.py run` starts on this 2-core machine: the engine worker and one inference worker per
-# core, 32 threads each (AIOS_INFERENCE_WORKERS, AIOS_INFERENCE_CONCURRENCY).
-ALL_QUEUES_WORKER = ("-Q", "engine,inference,connectors,default", "-c", "2", "-n", "bench-all@%h")
-DEFAULT_DEPLOYMENT = (
-    ("-Q", "engine,default,connectors", "-c", "2", "-n", "engine@%h"),
-    ("-Q", "inference", "-P", "threads", "-c", "16", "-n", "inference@%h"),
+# The fleet's workers (workers/fleet.py) under the bench's Celery app, as `celery worker` options. B1/B2: one
+# prefork worker on every queue. B3: the engine worker and one inference worker of 16 threads (the fleet before
+# B6). B6: what `python -m deploy.devstack run` starts on this 2-core machine: the engine worker and one
+# inference worker per core, 32 threads each (AIOS_INFERENCE_WORKERS, AIOS_INFERENCE_CONCURRENCY).
+ALL_QUEUES_WORKER = tuple(fleet.Worker("bench-all", "bench-all", fleet.ALL_QUEUES).options())
+DEFAULT_DEPLOYMENT = tuple(
+    tuple(worker.options()) for worker in fleet.workers(inference_workers=1, inference_concurrency=16)
 )
-LLM_DEPLOYMENT = (
-    ("-Q", "engine,default,connectors", "-c", "2", "-n", "engine@%h"),
-    ("-Q", "inference", "-P", "threads", "-c", "32", "-n", "inference1@%h"),
-    ("-Q", "inference", "-P", "threads", "-c", "32", "-n", "inference2@%h"),
+LLM_DEPLOYMENT = tuple(
+    tuple(worker.options()) for worker in fleet.workers(inference_workers=2, inference_concurrency=32)
 )
 
 
@@ -199,35 +199,20 @@ class Worker:
         self, svc: Services, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
     ) -> None:
         self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("w")
         argv = [sys.executable, "-m", "celery", "-A", "bench.worker", "worker", *args, "--loglevel", "INFO"]
-        self.process = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env={**svc.env(), **(env or {})},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, so the pool children are stopped with it
-        )
+        self.process = ManagedProcess(
+            log_path.stem, argv, env={**svc.env(), **(env or {})}, cwd=REPO_ROOT, log_path=log_path
+        ).start()
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + WORKER_READY_SECONDS
-        while " ready." not in self.log_path.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Celery worker did not start:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
+        try:
+            self.process.wait_until(lambda text: " ready." in text, WORKER_READY_SECONDS)
+        except ServiceFailed as exc:
+            raise RuntimeError(f"Celery worker did not start: {exc}") from None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # warm shutdown of the worker and its pool
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
+        # A warm shutdown of the worker and its pool; what is left of its process group after 20 s is killed.
+        self.process.stop(timeout=20)
 
 
 @contextmanager

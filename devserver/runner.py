@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
+
+from deploy.devstack.processes import ManagedProcess, ServiceFailed
 
 from .app import create_app
 from .config import DevServerConfig
@@ -119,7 +120,11 @@ def running_in_thread(config: DevServerConfig, script: Script | None = None) -> 
 
 
 class ServerProcess:
-    """`python -m devserver` as a child process; its URL is read from its start-up line."""
+    """`python -m devserver` as a child process; its URL is read from its start-up line.
+
+    The process is the stack's own kind (deploy.devstack.processes): a session of its own, stopped with its
+    whole group, and stopped by the kernel if whoever started it dies.
+    """
 
     def __init__(
         self,
@@ -133,45 +138,25 @@ class ServerProcess:
         self.env = dict(os.environ if env is None else env)
         self.python = python
         self.cwd = cwd
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ManagedProcess | None = None
         self.base_url = ""
 
     def start(self, log_path: Path, timeout: float = 20.0) -> ServerProcess:
-        handle = open(log_path, "wb")  # noqa: SIM115 - kept open for the child's lifetime
-        self._log_handle = handle
         self.log_path = log_path
         # The argv is this interpreter running our own module with our own flags: no outside input.
-        self.process = subprocess.Popen(  # noqa: S603
-            [self.python, "-m", "devserver", *self.args],
-            cwd=self.cwd,
-            env=self.env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = log_path.read_text(encoding="utf-8", errors="replace")
-            match = _URL_IN_LOG.search(text)
-            if match:
-                self.base_url = match.group(1)
-                return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(
-            "the development inference server did not start; its output was:\n"
-            + log_path.read_text(encoding="utf-8", errors="replace")
-        )
+        self.process = ManagedProcess(
+            "devserver", [self.python, "-m", "devserver", *self.args], env=self.env, cwd=self.cwd, log_path=log_path
+        ).start()
+        try:
+            self.process.wait_until(lambda text: _URL_IN_LOG.search(text) is not None, timeout)
+        except ServiceFailed as exc:
+            self.stop()
+            raise RuntimeError(f"the development inference server did not start: {exc}") from None
+        match = _URL_IN_LOG.search(self.process.log_text())
+        assert match is not None
+        self.base_url = match.group(1)
+        return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        handle = getattr(self, "_log_handle", None)
-        if handle is not None:
-            handle.close()
+        if self.process is not None:
+            self.process.stop(timeout=10)

