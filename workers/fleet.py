@@ -29,6 +29,11 @@ INFERENCE_QUEUES = ("inference",)
 ALL_QUEUES = ("engine", "inference", "connectors", "default")
 ENGINE_CONCURRENCY = 2
 
+# What beat logs for each due task, and what a worker logs for each task it receives and finishes: true, but
+# several lines every few seconds (the sweeper, the audit anchors). A console shows the rest; the log files keep
+# everything.
+ROUTINE_LINES = re.compile(r"Scheduler: Sending due task |\bTask \S+\[[0-9a-f-]+\] (?:received|succeeded in )")
+
 
 class FleetError(ValueError):
     """A fleet setting in the environment is not a usable number."""
@@ -137,6 +142,7 @@ class FleetProcess:
     role: str  # "worker", "beat" or "web"
     argv: list[str]
     ready_line: re.Pattern[str] | None = None  # workers; the web server is probed on /healthz instead
+    routine_lines: re.Pattern[str] | None = None
 
 
 def fleet(
@@ -152,7 +158,10 @@ def fleet(
     """
     environ = os.environ if environ is None else environ
     shape = workers(inference_workers=inference_workers(environ), inference_concurrency=inference_concurrency(environ))
-    processes = [FleetProcess(worker.name, "worker", worker.argv(python=python), worker.ready_line) for worker in shape]
-    processes.append(FleetProcess("beat", "beat", beat_argv(beat_schedule, python=python)))
+    processes = [
+        FleetProcess(worker.name, "worker", worker.argv(python=python), worker.ready_line, ROUTINE_LINES)
+        for worker in shape
+    ]
+    processes.append(FleetProcess("beat", "beat", beat_argv(beat_schedule, python=python), None, ROUTINE_LINES))
     processes.append(FleetProcess("web", "web", web_argv(web_port, python=python)))
     return processes

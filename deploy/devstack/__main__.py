@@ -36,13 +36,17 @@ from .supervisor import Supervisor
 
 
 def supervise(supervisor: Supervisor) -> int:
-    """Block until a stop signal (return 0) or a long-running child exits on its own (report it, return 1)."""
+    """Block until a stop signal (return 0), restarting children that may come back; a service the product
+    cannot live without (PostgreSQL, Redis) that exits stops the stack (ServiceFailed)."""
     while supervisor.stop_signal is None:
-        failed = supervisor.failed_child()
-        if failed is not None:
+        for failed in supervisor.tend():
             code = failed.exit_code()
             assert code is not None
-            raise ServiceFailed(f"{failed.name} {describe_exit(code)} unexpectedly.", failed)
+            raise ServiceFailed(
+                f"{failed.name} {describe_exit(code)} unexpectedly; AIOS cannot run without it, so the whole "
+                "stack stops.",
+                failed,
+            )
         time.sleep(0.5)
     return 0
 
@@ -100,6 +104,8 @@ def cmd_run(supervisor: Supervisor, config: StackConfig) -> int:
             process.argv,
             env=env,
             ready_line=process.ready_line,
+            quiet=process.routine_lines,
+            restart=True,
         )
         for process in processes
     }
@@ -170,12 +176,14 @@ def cmd_test(supervisor: Supervisor, config: StackConfig, command: list[str]) ->
                 terminated = True
             elif waited > 2 * STOP_TIMEOUT_SECONDS or (terminated and supervisor.hurry()):
                 proc.kill()
-        for process in supervisor.processes:
-            exit_code = process.exit_code()
-            if not process.one_shot and exit_code is not None and process.name not in reported:
-                reported.add(process.name)
-                supervisor.console.error(f"{process.name} {describe_exit(exit_code)} while the tests were running.")
-                print_tail(supervisor.console, process)
+        for failed in supervisor.tend():
+            if failed.name in reported:
+                continue
+            reported.add(failed.name)
+            exit_code = failed.exit_code()
+            assert exit_code is not None
+            supervisor.console.error(f"{failed.name} {describe_exit(exit_code)} while the tests were running.")
+            print_tail(supervisor.console, failed)
         time.sleep(0.2)
     if code == 5:
         supervisor.console.error("pytest ran no test (exit code 5): counting that as a failure.")

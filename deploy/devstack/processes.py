@@ -104,6 +104,7 @@ class ManagedProcess:
         stop_signal: int = signal.SIGTERM,
         run_as: pwd.struct_passwd | None = None,
         echo: bool = True,
+        quiet: re.Pattern[str] | None = None,
         capture_stdout: bool = False,
         one_shot: bool = False,
         ready_line: re.Pattern[str] | None = None,
@@ -118,6 +119,8 @@ class ManagedProcess:
         self.stop_signal = stop_signal
         self.run_as = run_as
         self.echo = echo and console is not None
+        # Lines that go to the log file but not to the console: true, but too frequent for a person to read.
+        self.quiet = quiet
         self.capture_stdout = capture_stdout
         self.one_shot = one_shot
         self.ready_line = ready_line
@@ -132,6 +135,25 @@ class ManagedProcess:
         self._readers: list[threading.Thread] = []
         if console is not None:
             console.register(name)
+
+    def again(self) -> ManagedProcess:
+        """A fresh, unstarted child with this one's command, environment and options (to restart it)."""
+        return ManagedProcess(
+            self.name,
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            log_path=self.log_path,
+            console=self.console,
+            stop_signal=self.stop_signal,
+            run_as=self.run_as,
+            echo=self.echo,
+            quiet=self.quiet,
+            capture_stdout=self.capture_stdout,
+            one_shot=self.one_shot,
+            ready_line=self.ready_line,
+            die_with_parent=self.die_with_parent,
+        )
 
     # Start ---------------------------------------------------------------------------------------------------
 
@@ -193,7 +215,7 @@ class ManagedProcess:
                 self.stdout_lines.append(text)
             if self.ready_line is not None and self.ready_line.search(text):
                 self.ready.set()
-            if self.echo and self.console is not None:
+            if self.echo and self.console is not None and not (self.quiet and self.quiet.search(text)):
                 self.console.emit(self.name, text)
         stream.close()
 

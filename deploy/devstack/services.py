@@ -97,7 +97,8 @@ def start_inference(supervisor: Supervisor, config: StackConfig, port: int, env:
         ttft_ms=None if "AIOS_DEVSERVER_TTFT_MS" in env else ttft_ms,
         tpot_ms=None if "AIOS_DEVSERVER_TPOT_MS" in env else tpot_ms,
     )
-    process = supervisor.spawn("inference", argv, env=env, echo=not config.is_test)
+    # The product lives without a model server for a moment (steps wait and retry), so a crash is repaired.
+    process = supervisor.spawn("inference", argv, env=env, echo=not config.is_test, restart=True)
     supervisor.wait_ready(
         process,
         lambda: http_ok(f"http://{LOOPBACK}:{port}/health"),

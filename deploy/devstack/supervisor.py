@@ -1,5 +1,5 @@
-"""The supervisor: owns the stack's children in start order, and stops everything in reverse order when asked
-(or when a child has died)."""
+"""The supervisor: owns the stack's children in start order, restarts the ones that may come back, and stops
+everything in reverse order when asked (or when a service the product cannot live without has died)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +27,21 @@ from .config import (
 from .console import Console
 from .processes import ManagedProcess, ServiceFailed, describe_exit
 
+# A child that ran this long before dying is restarted after the shortest delay again; one that keeps dying
+# sooner waits twice as long each time, up to the longest, so a crash loop neither spins nor floods the console.
+RESTART_STEADY_SECONDS = 60.0
+RESTART_FIRST_DELAY_SECONDS = 1.0
+RESTART_LONGEST_DELAY_SECONDS = 30.0
+
+
+@dataclass
+class _Restarts:
+    """What the supervisor remembers about a restartable child across its deaths."""
+
+    count: int = 0
+    delay: float = 0.0
+    due_at: float | None = None  # set while a dead child waits for its restart
+
 
 class Supervisor:
     """Owns the children in start order, the stop request from signals, and the stop sequence."""
@@ -34,6 +50,7 @@ class Supervisor:
         self.console = console
         self.config = config
         self.processes: list[ManagedProcess] = []
+        self._restarts: dict[str, _Restarts] = {}
         self.stop_signal: int | None = None
         self._hurry = False
         self._lock_file: IO[str] | None = None
@@ -167,8 +184,13 @@ class Supervisor:
 
     # Children ------------------------------------------------------------------------------------------------
 
-    def spawn(self, name: str, argv: Sequence[str], *, env: Mapping[str, str], **options: Any) -> ManagedProcess:
-        """Start a child with its log at `<data>/logs/<name>.log` and record it for the stop sequence."""
+    def spawn(
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str], restart: bool = False, **options: Any
+    ) -> ManagedProcess:
+        """Start a child with its log at `<data>/logs/<name>.log` and record it for the stop sequence.
+
+        With `restart`, a death after start-up is repaired by `tend()` instead of stopping the stack.
+        """
         options.setdefault("cwd", REPO_ROOT)
         process = ManagedProcess(
             name,
@@ -178,6 +200,8 @@ class Supervisor:
             console=self.console,
             **options,
         )
+        if restart:
+            self._restarts[name] = _Restarts()
         self.check_stop()
         process.start()
         self.processes.append(process)
@@ -195,11 +219,52 @@ class Supervisor:
         return process
 
     def failed_child(self) -> ManagedProcess | None:
-        """The first long-running child that has exited, if any."""
+        """The first long-running child that has exited, if any (while the stack starts, any death is fatal)."""
         for process in self.processes:
             if not process.one_shot and process.exit_code() is not None:
                 return process
         return None
+
+    def tend(self) -> list[ManagedProcess]:
+        """Once the stack runs: restart each restartable child that exited, after a short backoff, saying so on
+        the console; return the other long-running children that exited (the caller decides what that means).
+
+        Call from the main thread, which outlives every child: restarted children get their parent-death signal
+        from the thread that starts them. Nothing is restarted once a stop has been requested.
+        """
+        now = time.monotonic()
+        dead: list[ManagedProcess] = []
+        for index, process in enumerate(self.processes):
+            code = process.exit_code()
+            if process.one_shot or code is None:
+                continue
+            restarts = self._restarts.get(process.name)
+            if restarts is None:
+                dead.append(process)
+            elif self.stop_signal is not None:
+                continue
+            elif restarts.due_at is None:
+                lived = now - process.started_at
+                # Reaped now, while its zombie still reserves the group id: kills what is left of its group.
+                process.reap()
+                quick = restarts.count > 0 and lived < RESTART_STEADY_SECONDS
+                restarts.delay = (
+                    min(restarts.delay * 2, RESTART_LONGEST_DELAY_SECONDS) if quick else RESTART_FIRST_DELAY_SECONDS
+                )
+                restarts.due_at = now + restarts.delay
+                self.console.error(
+                    f"{process.name} {describe_exit(code)} after {lived:.0f} s; restarting it in "
+                    f"{restarts.delay:.0f} s (its log is kept as {process.log_path}.1)."
+                )
+            elif now >= restarts.due_at:
+                # A stop that arrives meanwhile finds the replacement in the list and stops it with the rest.
+                replacement = process.again().start()
+                self.processes[index] = replacement
+                self.record_child(replacement.pid)
+                restarts.count += 1
+                restarts.due_at = None
+                self.console.say(f"{process.name} restarted (pid {replacement.pid}, restart {restarts.count}).")
+        return dead
 
     def wait_ready(
         self,
