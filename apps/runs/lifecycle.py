@@ -296,7 +296,10 @@ def model_totals_refresh(run: Run) -> None:
     a step ends or fails an attempt and when the run ends (finished, failed, cancelled, timed out); set,
     not incremented, so a late duplicate cannot count twice. A call recorded after its run ended (a
     stale worker's) shows on the run page but not in these stored totals."""
+    if getattr(run, "_totals_refreshed", False):
+        return  # already set in this transaction (a step's result, then the run's end in the same one)
     totals = run_model_call_totals(run)
+    run._totals_refreshed = True  # type: ignore[attr-defined]
     if not totals["calls"]:
         return  # call records are never deleted: a run without any keeps its zeros, and no write is needed
     Run.objects.filter(pk=run.pk).update(

@@ -6,10 +6,11 @@ variables the step context provides (`input`, `steps`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import cel
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -66,10 +67,17 @@ def template_check(template: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(template: str) -> Template:
+    # Compiling (lexing, parsing, generating and compiling Python) costs far more than rendering, and a step's
+    # templates are the same for every run of its version. Compiled templates are safe to share.
+    return _jinja.from_string(template)
+
+
 def template_render(template: str, variables: dict[str, Any]) -> str:
     """Render a text template in the sandbox; undefined names and sandbox violations are errors."""
     try:
-        text = _jinja.from_string(template).render(**variables)
+        text = _compiled(template).render(**variables)
     except TemplateError as error:
         raise ExpressionError(str(error)) from None
     if len(text) > MAX_TEMPLATE_OUTPUT:
