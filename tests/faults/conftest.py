@@ -24,6 +24,7 @@ from tests.faults.harness import (
     RedisServer,
     engine_env,
 )
+from tests.faults.private_pg import PrivatePostgres
 from tests.support.figures import FIGURES, record_figure
 from tests.support.sink import Sink
 
@@ -81,3 +82,13 @@ def fleet(transactional_db: Any, redis_server: RedisServer, request: pytest.Fixt
         yield group
     finally:
         group.close()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of the test's own, which it may restart or crash (the shared one must not)."""
+    cluster = PrivatePostgres().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()

@@ -25,7 +25,6 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from tests.faults.harness import ServiceProcess, engine_env, sized, wait_until
-from tests.faults.private_pg import PrivatePostgres
 from tests.faults.workflows import N_INPUT, publish
 from tests.support.figures import record_figure
 from tests.support.processes import REPO, asgi_server_argv, free_port, http_ok
@@ -63,15 +62,6 @@ def call(base: str, method: str, path: str, token: str, body: dict[str, Any] | N
         return error.code, None
     except OSError:
         return 0, None
-
-
-@pytest.fixture
-def private_pg():
-    cluster = PrivatePostgres().start()
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.mark.timeout(sized(150, 900))

@@ -18,7 +18,6 @@ import time
 import pytest
 
 from tests.faults.harness import LEASE_SECONDS, engine_env, sized, wait_until
-from tests.faults.private_pg import PrivatePostgres
 from tests.faults.workflows import N_INPUT, publish
 from tests.support.figures import record_figure
 from tests.support.processes import REPO, free_port, http_ok, inference_server_argv, running
@@ -57,15 +56,6 @@ def _start_runs(username: str, slug: str, env: dict[str, str]) -> int:
         check=True,
     )
     return int(done.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def private_pg():
-    cluster = PrivatePostgres().start()
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.mark.timeout(sized(120, 300))
