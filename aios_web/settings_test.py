@@ -11,3 +11,5 @@ from aios_web.settings import *  # noqa: F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 AIOS_TOKEN_FLUSH_SECONDS = 0.05
 CACHES["default"]["KEY_PREFIX"] = "aios-test"  # noqa: F405
+# The test suite's flush, which may empty append-only tables; never installed anywhere else.
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.support.testdb"]  # noqa: F405

@@ -5,7 +5,7 @@ from typing import Any
 from django.db import migrations
 
 from apps.accounts.roles import ROLES
-from apps.audit.db import append_only
+from apps.core.db import append_only
 
 
 def create_roles(apps: Any, schema_editor: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.db import migrations, models
 
 import apps.audit.models
-from apps.audit.db import append_only
+from apps.core.db import append_only
 
 
 class Migration(migrations.Migration):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.postgres.operations import CreateExtension
 from django.db import migrations
 
-from apps.audit.db import REFUSE_FUNCTION_SQL
+from apps.core.db import REFUSE_FUNCTION_SQL
 
 
 class Migration(migrations.Migration):

@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from apps.audit.db import append_only
+from apps.core.db import append_only
 
 
 class Migration(migrations.Migration):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db import migrations
 
-from apps.audit.db import append_only
+from apps.core.db import append_only
 
 IMMUTABLE_PUBLISHED_SQL = """
 CREATE OR REPLACE FUNCTION aios_refuse_published_version_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -1,4 +1,4 @@
-"""`manage.py flush`, for the test suite only.
+"""`manage.py flush`, for the test suite only: this app is installed by aios_web/settings_test.py alone.
 
 The test suite empties the database between transactional tests. Three things differ from Django's flush:
 - the append-only TRUNCATE triggers are switched off for the flush only, and always switched back on;
@@ -7,7 +7,9 @@ The test suite empties the database between transactional tests. Three things di
   lookup in them miss;
 - the database's signed audit checkpoints are deleted with the trail they sign: left behind, they would
   make the next test's `verify_audit` report the emptied trail as a cut tail.
-Anywhere but AIOS_ENV=test the command refuses: the audit chain is never emptied by a management command.
+Switching a trigger off takes the tables' owner, which is what pytest connects as (the test settings); the
+application role cannot. Anywhere but AIOS_ENV=test the command refuses: the audit chain is never emptied by
+a management command.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from django.core.management.color import no_style
 from django.core.management.sql import emit_post_migrate_signal
 from django.db import connections
 
-from apps.audit.db import APPEND_ONLY_TRUNCATE_TRIGGER, append_only_tables
 from apps.audit.services import checkpoint_directory
+from apps.core.db import APPEND_ONLY_TRUNCATE_TRIGGER, append_only_tables
 
 KEPT_TABLES = frozenset({"django_content_type", "auth_permission", "django_migrations"})
 

@@ -22,7 +22,7 @@ APPEND_ONLY_TRUNCATE_TRIGGER = "aios_append_only_truncate"
 
 
 def append_only(table: str) -> migrations.RunSQL:
-    """A migration operation making `table` append-only (needs `aios_refuse_change`, see audit 0001)."""
+    """A migration operation making `table` append-only (needs `aios_refuse_change`, see core 0001_extensions)."""
     return migrations.RunSQL(
         sql=[
             f'CREATE TRIGGER {APPEND_ONLY_ROW_TRIGGER} BEFORE UPDATE OR DELETE ON "{table}" '
