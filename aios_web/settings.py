@@ -5,6 +5,7 @@ With no variables set, the defaults point at the embedded stack that `make run` 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,23 @@ AIOS_PG_PORT = env_int("AIOS_PG_PORT", 55432, minimum=1, maximum=65535)
 AIOS_REDIS_PORT = env_int("AIOS_REDIS_PORT", 56379, minimum=1, maximum=65535)
 AIOS_INFERENCE_PORT = env_int("AIOS_INFERENCE_PORT", 58080, minimum=1, maximum=65535)
 
+# Two database roles (deploy/README.md, "Database roles"). DATABASE_URL is the application's: web, workers and
+# beat connect with it; it reads and writes ordinary tables, may only read and insert audit and history rows,
+# and owns nothing, so it cannot switch the append-only triggers off (apps/core/db.py). DATABASE_OWNER_URL owns
+# every table and runs migrations. Unset, it is DATABASE_URL when that is set (one role: it works, without that
+# protection, and `check --deploy` says so), else the embedded stack's owner.
 DATABASE_URL = env_url(
-    "DATABASE_URL", f"postgres://postgres@127.0.0.1:{AIOS_PG_PORT}/aios", schemes=("postgres", "postgresql")
+    "DATABASE_URL", f"postgres://aios_app@127.0.0.1:{AIOS_PG_PORT}/aios", schemes=("postgres", "postgresql")
 )
+DATABASE_OWNER_URL = env_url(
+    "DATABASE_OWNER_URL",
+    DATABASE_URL if os.environ.get("DATABASE_URL") else f"postgres://postgres@127.0.0.1:{AIOS_PG_PORT}/aios",
+    schemes=("postgres", "postgresql"),
+)
+# Which of the two this process connects as. manage.py picks "owner" for `migrate`, and the test settings for
+# pytest (it creates, migrates and empties the test database); everything else is the application.
+AIOS_DATABASE_ROLE = env_choice("AIOS_DATABASE_ROLE", "application", ("application", "owner"))
+DATABASE_APPLICATION_ROLE = str(database_from_url("DATABASE_URL", DATABASE_URL)["USER"])
 REDIS_URL = env_url("REDIS_URL", f"redis://127.0.0.1:{AIOS_REDIS_PORT}/0", schemes=("redis", "rediss", "unix"))
 
 INSTALLED_APPS = [
@@ -118,7 +133,13 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL)}
+DATABASES = {
+    "default": (
+        database_from_url("DATABASE_OWNER_URL", DATABASE_OWNER_URL)
+        if AIOS_DATABASE_ROLE == "owner"
+        else database_from_url("DATABASE_URL", DATABASE_URL)
+    )
+}
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DJANGO_CONN_MAX_AGE", 60, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("AIOS_ENV", "test")
+# pytest creates, migrates and empties the test database (`flush` switches the append-only triggers off), all
+# of which takes the owner role. The service processes that tests start set AIOS_DATABASE_ROLE=application and
+# connect as the product does (tests/support/processes.service_env).
+os.environ.setdefault("AIOS_DATABASE_ROLE", "owner")
 
 from aios_web.settings import *  # noqa: F403
 

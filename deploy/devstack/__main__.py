@@ -53,7 +53,7 @@ def supervise(supervisor: Supervisor) -> int:
 
 def service_lines(env: Mapping[str, str]) -> list[str]:
     """`export` lines for the service URLs in use, for the banners."""
-    names = ("DATABASE_URL", "REDIS_URL", "AIOS_INFERENCE_URL")
+    names = ("DATABASE_URL", "DATABASE_OWNER_URL", "REDIS_URL", "AIOS_INFERENCE_URL")
     return [f"    export {name}={env[name]}" for name in names if name in env]
 
 

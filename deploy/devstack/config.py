@@ -11,6 +11,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 DATABASE_NAME = "aios"
+# The two roles of the embedded PostgreSQL (deploy/README.md, "Database roles"): migrations run as the cluster's
+# superuser, which owns every table; every product process connects as the application role, which owns nothing
+# and so cannot switch the audit tables' append-only triggers off. Both use trust on loopback.
+DATABASE_OWNER = "postgres"
+DATABASE_APPLICATION_ROLE = "aios_app"
 # Every child carries this variable (value: the stack's data directory). A launcher that was SIGKILLed may leave
 # children behind if the kernel's parent-death signal did not stop them (a stopped or slow-to-exit process); the
 # next launcher on the same data directory finds them by this mark (and by `devstack.children`) and stops them
@@ -197,7 +202,9 @@ def child_environment(config: StackConfig) -> dict[str, str]:
         parts = [part for part in env.get(name, "").split(",") if part]
         env[name] = ",".join(parts + [host for host in ("127.0.0.1", "localhost", "::1") if host not in parts])
     if config.postgres_port is not None:
-        env["DATABASE_URL"] = f"postgres://postgres@{LOOPBACK}:{config.postgres_port}/{DATABASE_NAME}"
+        server = f"{LOOPBACK}:{config.postgres_port}/{DATABASE_NAME}"
+        env["DATABASE_URL"] = f"postgres://{DATABASE_APPLICATION_ROLE}@{server}"
+        env["DATABASE_OWNER_URL"] = f"postgres://{DATABASE_OWNER}@{server}"
     if config.redis_port is not None:
         env["REDIS_URL"] = f"redis://{LOOPBACK}:{config.redis_port}/0"
     if config.inference_port is not None:

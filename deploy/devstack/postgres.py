@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from .config import DATABASE_NAME, LOOPBACK, POSTGRES_READY_SECONDS, STOP_TIMEOUT_SECONDS, DevstackError, StackConfig
+from .config import (
+    DATABASE_APPLICATION_ROLE,
+    DATABASE_NAME,
+    DATABASE_OWNER,
+    LOOPBACK,
+    POSTGRES_READY_SECONDS,
+    STOP_TIMEOUT_SECONDS,
+    DevstackError,
+    StackConfig,
+)
 from .console import Console
 from .processes import ManagedProcess
 
@@ -275,7 +284,8 @@ class EmbeddedPostgres:
             pass
 
     def start(self, supervisor: Supervisor, env: Mapping[str, str]) -> ManagedProcess:
-        """Start postgres and wait until it accepts connections, then create the `aios` database if missing."""
+        """Start postgres and wait until it accepts connections, then create the `aios` database and the
+        application role if missing."""
         process = supervisor.spawn(
             "postgres",
             self.command(),
@@ -291,10 +301,11 @@ class EmbeddedPostgres:
             process, self._accepts_connections, what=f"PostgreSQL on port {self.port}", timeout=POSTGRES_READY_SECONDS
         )
         self._ensure_database()
+        self._ensure_application_role()
         return process
 
     def _client(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [self.binaries.tool(tool), "-h", LOOPBACK, "-p", str(self.port), "-U", "postgres", *args]
+        argv = [self.binaries.tool(tool), "-h", LOOPBACK, "-p", str(self.port), "-U", DATABASE_OWNER, *args]
         return subprocess.run(argv, env=client_env(), capture_output=True, text=True, timeout=30, check=False)
 
     def _accepts_connections(self) -> bool:
@@ -311,3 +322,17 @@ class EmbeddedPostgres:
         if created.returncode != 0:
             raise DevstackError(f"could not create the {DATABASE_NAME} database: {created.stderr.strip()}")
         self.console.say(f"Created the {DATABASE_NAME} database.")
+
+    def _ensure_application_role(self) -> None:
+        # A login role with no attribute and no privilege of its own: migrations (run as the owner) grant it
+        # what the product needs. Checked at every start, so a cluster made before the role existed gets it too.
+        role = DATABASE_APPLICATION_ROLE
+        found = self._client("psql", "-X", "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'")
+        if found.returncode != 0:
+            raise DevstackError(f"could not look up the {role} role: {found.stderr.strip()}")
+        if found.stdout.strip() == "1":
+            return
+        created = self._client("psql", "-X", "-d", "postgres", "-c", f"CREATE ROLE {role} LOGIN")
+        if created.returncode != 0:
+            raise DevstackError(f"could not create the {role} role: {created.stderr.strip()}")
+        self.console.say(f"Created the {role} role, which every process but migrate connects as.")

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from django.conf import settings
 from django.db import connection
 
+from apps.core.env import database_from_url
 from deploy.devstack.probes import http_ok
 from deploy.devstack.processes import ManagedProcess
 from deploy.devstack.services import inference_argv
@@ -26,6 +29,7 @@ __all__ = [
     "REPO",
     "asgi_server_argv",
     "celery_worker_argv",
+    "database_url_as",
     "free_port",
     "http_ok",
     "inference_server_argv",
@@ -44,17 +48,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def database_url_as(role: Mapping[str, Any]) -> str:
+    """The test database's URL, connecting as `role` (a DATABASES entry: its USER, PASSWORD, HOST and PORT)."""
+    name = connection.settings_dict["NAME"]
+    return f"postgres://{role['USER']}:{role['PASSWORD']}@{role['HOST']}:{role['PORT']}/{name}"
+
+
 def service_env(**extra: str) -> dict[str, str]:
-    """The environment of a child process: the test settings, pointed at the test database."""
-    settings_dict = connection.settings_dict
+    """The environment of a child process: the test settings, pointed at the test database.
+
+    pytest is the owner of the test database; the processes it starts connect as the application role, as
+    web, workers and beat do in production, with the owner's URL beside it for a `migrate` they run.
+    """
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="aios_web.settings_test",
         AIOS_ENV="test",
-        DATABASE_URL=(
-            f"postgres://{settings_dict['USER']}:{settings_dict['PASSWORD']}@{settings_dict['HOST']}:"
-            f"{settings_dict['PORT']}/{settings_dict['NAME']}"
-        ),
+        AIOS_DATABASE_ROLE="application",
+        DATABASE_URL=database_url_as(database_from_url("DATABASE_URL", settings.DATABASE_URL)),
+        DATABASE_OWNER_URL=database_url_as(connection.settings_dict),
         PYTHONUNBUFFERED="1",
         DJANGO_CONN_MAX_AGE="0",
     )
