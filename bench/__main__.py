@@ -26,13 +26,17 @@ def main(argv: list[str]) -> int:
         import django
 
         django.setup()
-        from django.db import connection
+
+        import psycopg
 
         import bench.steps  # noqa: F401  (the bench process validates and publishes bench.cpu workflows)
-        from bench.peer import PEER_TABLE_SQL
+        from bench.peer import PEER_RUN_TABLE_SQL, PEER_TABLE_SQL
 
-        with connection.cursor() as cursor:
-            cursor.execute(PEER_TABLE_SQL)
+        # The peers' tables belong to the database's owner, like the product's; the owner's default privileges
+        # let the application's role (the workers, this process) write them.
+        with psycopg.connect(svc.owner_url, autocommit=True) as owner:
+            owner.execute(PEER_TABLE_SQL)
+            owner.execute(PEER_RUN_TABLE_SQL)
         settings = stack.postgres_settings(svc)
         origin = (
             "its own stack (deploy.devstack services)" if svc.launched else "DATABASE_URL/REDIS_URL from the caller"

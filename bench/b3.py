@@ -155,11 +155,9 @@ def peer_durable(client: Any, slug: str) -> Drained:
     """The fair durable peer: N POSTs to `peer_run_start`, each a row plus a chain of three peer steps."""
     from django.db import connection
 
-    from bench.peer import PEER_RUN_CHAIN_BASE, PEER_RUN_STEPS, PEER_RUN_TABLE_SQL
+    from bench.peer import PEER_RUN_CHAIN_BASE, PEER_RUN_STEPS
 
     url = f"/api/bench/peer/{slug}/runs/"
-    with connection.cursor() as cursor:
-        cursor.execute(PEER_RUN_TABLE_SQL)
     warm = client.post(url, {"inputs": {}}, format="json")
     if warm.status_code != 201:
         raise RuntimeError(f"POST {url} answered {warm.status_code}: {warm.content[:500]!r}")
@@ -305,7 +303,7 @@ def run(svc: Services, engine_worker_name: str) -> list[Goal]:
 
     with override_settings(ROOT_URLCONF="bench.urls"):
         peer = peer_durable(client, workflow.slug)
-    with LockSampler(svc.database_url) as locks:
+    with LockSampler(svc.owner_url) as locks:
         product = product_runs(client, workflow)
     alone, beside, long_seconds, long_status = starvation(client, actor, workflow)
 

@@ -143,7 +143,7 @@ def floor_statements(conn: psycopg.Connection[Any]) -> list[str]:
 def pg_step_transaction_ms(svc: Services) -> tuple[float, str, float]:
     """The server floor of one step transaction (`pgbench -f` of the five statements in BEGIN/COMMIT, one
     client) and the Python floor (the same statements from psycopg, then one PUBLISH, in a loop)."""
-    with psycopg.connect(svc.database_url, autocommit=True) as conn:
+    with psycopg.connect(svc.owner_url, autocommit=True) as conn:
         statements = floor_statements(conn)
         bindir = _server_bindir(conn)
         host, port, user, dbname = conn.info.host, conn.info.port, conn.info.user, conn.info.dbname
@@ -163,7 +163,7 @@ def pg_step_transaction_ms(svc: Services) -> tuple[float, str, float]:
             method = f"pgbench failed: {(out.stderr or out.stdout)[-300:]}"
     publisher = redis.Redis.from_url(svc.redis_url)
     python_samples = []
-    with psycopg.connect(svc.database_url) as conn:
+    with psycopg.connect(svc.owner_url) as conn:
         for i in range(2000):
             started = time.perf_counter()
             with conn.transaction():
@@ -305,7 +305,7 @@ COMMIT_HEADERS = [
 
 def count_commits(svc: Services, label: str, steps: int, action: Any) -> tuple[Commits, Any]:
     """Run `action()` between two snapshots and attribute what PostgreSQL did to it."""
-    with psycopg.connect(svc.database_url, autocommit=True) as conn:
+    with psycopg.connect(svc.owner_url, autocommit=True) as conn:
         before = _snapshot(conn)
         result = action()
         after = _snapshot(conn)

@@ -41,7 +41,8 @@ WORKER_READY_SECONDS = 60.0
 class Services:
     """Where the services are, and how PostgreSQL is configured (shown with every result)."""
 
-    database_url: str  # the bench database
+    database_url: str  # the bench database, as the application's role (what the product's processes use)
+    owner_url: str  # the bench database as its owner: migrations, the bench's own tables, server statistics
     admin_url: str  # the maintenance database on the same server, for CREATE/DROP DATABASE
     redis_url: str
     launched: bool  # True when this run started its own stack
@@ -51,6 +52,7 @@ class Services:
         env = dict(os.environ)
         env.update(
             DATABASE_URL=self.database_url,
+            DATABASE_OWNER_URL=self.owner_url,
             REDIS_URL=self.redis_url,
             DJANGO_SETTINGS_MODULE="aios_web.settings",
             # DEBUG keeps every SQL statement in memory (connection.queries): a production worker has it off.
@@ -130,9 +132,11 @@ def services() -> Iterator[Services]:
     """Yield running services: the caller's (DATABASE_URL and REDIS_URL set) or a stack started here."""
     if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
         url = os.environ["DATABASE_URL"]
+        owner = os.environ.get("DATABASE_OWNER_URL") or url
         yield Services(
             database_url=_with_database(url, BENCH_DATABASE),
-            admin_url=_with_database(url, "postgres"),
+            owner_url=_with_database(owner, BENCH_DATABASE),
+            admin_url=_with_database(owner, "postgres"),
             redis_url=os.environ["REDIS_URL"],
             launched=False,
         )
@@ -142,9 +146,11 @@ def services() -> Iterator[Services]:
     try:
         launcher.wait()
         url = launcher.exports["DATABASE_URL"]
+        owner = launcher.exports.get("DATABASE_OWNER_URL", url)
         yield Services(
             database_url=_with_database(url, BENCH_DATABASE),
-            admin_url=_with_database(url, "postgres"),
+            owner_url=_with_database(owner, BENCH_DATABASE),
+            admin_url=_with_database(owner, "postgres"),
             redis_url=launcher.exports["REDIS_URL"],
             launched=True,
         )
@@ -159,7 +165,7 @@ def database_recreate(svc: Services) -> None:
         conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
     print(f"Migrating the {BENCH_DATABASE} database ...", flush=True)
     result = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"],
+        [sys.executable, "manage.py", "migrate", "--noinput"],  # manage.py runs migrate as DATABASE_OWNER_URL
         cwd=REPO_ROOT,
         env=svc.env(),
         capture_output=True,
@@ -180,15 +186,15 @@ def postgres_settings(svc: Services) -> dict[str, str]:
 # Celery workers --------------------------------------------------------------------------------------------
 
 # The fleet's workers (workers/fleet.py) under the bench's Celery app, as `celery worker` options. B1/B2: one
-# prefork worker on every queue. B3: the engine worker and one inference worker of 16 threads (the fleet before
-# B6). B6: what `python -m deploy.devstack run` starts on this 2-core machine: the engine worker and one
-# inference worker per core, 32 threads each (AIOS_INFERENCE_WORKERS, AIOS_INFERENCE_CONCURRENCY).
+# prefork worker on every queue. B3: the engine worker and one inference worker. B6: what `python -m
+# deploy.devstack run` starts on this 2-core machine: the engine worker and one inference worker per core
+# (AIOS_INFERENCE_WORKERS), each running up to AIOS_INFERENCE_CONCURRENCY (64) steps on its event loop.
 ALL_QUEUES_WORKER = tuple(fleet.Worker("bench-all", "bench-all", fleet.ALL_QUEUES).options())
 DEFAULT_DEPLOYMENT = tuple(
-    tuple(worker.options()) for worker in fleet.workers(inference_workers=1, inference_concurrency=16)
+    tuple(worker.options()) for worker in fleet.workers(inference_workers=1, inference_concurrency=64)
 )
 LLM_DEPLOYMENT = tuple(
-    tuple(worker.options()) for worker in fleet.workers(inference_workers=2, inference_concurrency=32)
+    tuple(worker.options()) for worker in fleet.workers(inference_workers=2, inference_concurrency=64)
 )
 
 
