@@ -273,6 +273,12 @@ AIOS_INFERENCE_MODEL = env_str("AIOS_INFERENCE_MODEL", "")
 AIOS_INFERENCE_TIMEOUT = env_float("AIOS_INFERENCE_TIMEOUT", 60.0, minimum=1.0)
 # Retries of one model call on overload, 5xx and connection failures (before any token arrived).
 AIOS_INFERENCE_RETRIES = env_int("AIOS_INFERENCE_RETRIES", 2, minimum=0, maximum=10)
+# The asynchronous step executor (apps.runs.async_engine): steps from the inference queue run as coroutines on
+# one event loop per worker process, at most AIOS_INFERENCE_CONCURRENCY at once, their database work on
+# AIOS_INFERENCE_DB_THREADS threads. Off, each runs in a Celery thread of its own.
+AIOS_ASYNC_STEPS = env_bool("AIOS_ASYNC_STEPS", True)
+AIOS_INFERENCE_CONCURRENCY = env_int("AIOS_INFERENCE_CONCURRENCY", 64, minimum=1, maximum=1024)
+AIOS_INFERENCE_DB_THREADS = env_int("AIOS_INFERENCE_DB_THREADS", 4, minimum=1, maximum=64)
 # Encrypts credentials at rest (model endpoint tokens, connector secrets). Required in production, so that
 # rotating SECRET_KEY never makes every stored token unreadable; SECRET_KEY stands in elsewhere.
 AIOS_CREDENTIALS_KEY = env_str("AIOS_CREDENTIALS_KEY") if PRODUCTION else env_str("AIOS_CREDENTIALS_KEY", "")

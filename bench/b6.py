@@ -6,8 +6,9 @@ B sequences, at most `max_batch_size` together), paced so that the platform's ov
 dominant, with a script that makes every reply exactly MAX_NEW_TOKENS tokens long.
 
 Product: a published workflow with one `llm.generate` step; K runs started at once with `run_start` from
-K threads of this process (K users pressing start), on the two workers `python -m deploy.devstack run` starts
-(`-Q engine,default,connectors -c 2` and `-Q inference -P threads -c 64`), the endpoint from settings
+K threads of this process (K users pressing start), on the workers `python -m deploy.devstack run` starts on this
+machine (the engine worker, `-Q engine,default,connectors -c 2`, and two inference workers, `-Q inference -P threads
+-c 4`, whose steps run on the asynchronous executor, up to 64 per process), the endpoint from settings
 (AIOS_INFERENCE_URL -> the server above, max_in_flight 64). Peer: K concurrent
 `AsyncInferenceClient.text_generation(prompt, stream=True, details=True, ...)` tasks on one client in one
 event loop of this process, same prompt, same server, same route (TGI's `/`, as the product's TGI kind).
@@ -401,8 +402,9 @@ def run(svc: Services) -> list[Goal]:
         env = {"AIOS_INFERENCE_URL": server.url, "AIOS_INFERENCE_KIND": "tgi"}
         with stack.workers(svc, stack.LLM_DEPLOYMENT, "b6", env=env):
             print(
-                "Workers: celery -A bench.worker worker -Q engine,default,connectors -c 2 | -Q inference -P threads "
-                "-c 64 (AIOS_INFERENCE_URL = the server above; endpoint from settings, max_in_flight 64)",
+                "Workers: celery -A bench.worker worker -Q engine,default,connectors -c 2 | 2 x -Q inference -P "
+                "threads -c 4, steps on the asynchronous executor (AIOS_INFERENCE_URL = the server above; "
+                "endpoint from settings, max_in_flight 64)",
                 flush=True,
             )
             return _measure(svc, server)

@@ -2,7 +2,8 @@
 
     engine worker       queues engine, default, connectors; a prefork pool of 2
     inference workers   AIOS_INFERENCE_WORKERS of them (default: one per core, at most 4), each on the inference
-                        queue with a pool of AIOS_INFERENCE_CONCURRENCY threads (default 32)
+                        queue: a few Celery threads only ring the bell, and up to AIOS_INFERENCE_CONCURRENCY
+                        steps (default 64) run as coroutines on the process's event loop
     beat                the one beat schedule (workers/celery.py)
     web                 the ASGI application (HTTP and WebSocket) under uvicorn
 
@@ -56,12 +57,17 @@ def inference_workers(environ: Mapping[str, str] | None = None) -> int:
 
 
 def inference_concurrency(environ: Mapping[str, str] | None = None) -> int:
-    """LLM steps one inference worker process runs at once (AIOS_INFERENCE_CONCURRENCY, default 32).
+    """LLM steps one inference worker process runs at once (AIOS_INFERENCE_CONCURRENCY, default 64).
 
-    Threads only do a step's bookkeeping; its model call is a coroutine on the process's inference loop, so this
-    bounds LLM steps in flight per process, not CPU use. Endpoints cap the rest.
+    They are coroutines on the process's event loop (apps.runs.async_engine), not threads, so this bounds LLM
+    steps in flight per process, not CPU use. Endpoints cap the rest.
     """
-    return _count(os.environ if environ is None else environ, "AIOS_INFERENCE_CONCURRENCY", 32, 512)
+    return _count(os.environ if environ is None else environ, "AIOS_INFERENCE_CONCURRENCY", 64, 1024)
+
+
+# Celery threads per inference worker: each only hands a step to the asynchronous executor and returns once it is
+# claimed, so a few keep the process fed; the executor's own limit holds the broker's backlog for other processes.
+INFERENCE_DOORBELLS = 4
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ def workers(*, inference_workers: int, inference_concurrency: int) -> list[Worke
             f"inference{index}",
             INFERENCE_QUEUES,
             pool="threads",
-            concurrency=inference_concurrency,
+            concurrency=min(INFERENCE_DOORBELLS, inference_concurrency),
         )
         for index in range(1, inference_workers + 1)
     ]

@@ -1,9 +1,9 @@
 """Model calls on behalf of a step: endpoint choice and fallback, in-flight limits, budgets, recording and
 replay. Every AI step calls models through `Gateway.call`; every call leaves an `InferenceCall` row.
 
-The gateway runs in the worker thread that executes the step. The call itself is a coroutine on the
-process's inference loop (`runtime`), so many steps' calls share one loop and one connection pool; the
-database writes (call records, budget reads) stay on the worker thread, never on the loop.
+`Gateway.acall` is a coroutine on the event loop that runs the step: the process's inference loop (`runtime`)
+for the asynchronous step executor, where many steps' calls share one loop and one connection pool. Its
+database work (call records, budget reads, replay lookups) goes through `db_call`, never on the loop.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Max, Sum
 
-from apps.core.database import connection_refresh
+from apps.core.database import connection_refresh, db_call
 from apps.core.exceptions import ApplicationError
 from apps.inference import client, limits, runtime
 from apps.inference.errors import InferenceError, InferenceValidationError
@@ -287,15 +287,21 @@ class Gateway:
 
     # -- calls --
 
-    def call(self, request: CallRequest, endpoints: Sequence[ModelEndpoint]) -> CallResult:
+    async def acall(self, request: CallRequest, endpoints: Sequence[ModelEndpoint]) -> CallResult:
         """Call the first endpoint; on overload or a server failure that happened before any token was
-        streamed, fall back to the next. Raises the last InferenceError when none answered."""
+        streamed, fall back to the next. Raises the last InferenceError when none answered.
+
+        A coroutine: the model call runs on the caller's event loop, and the database work (budget, call
+        records, replay lookups) through `db_call`, so it never blocks the loop."""
         if not endpoints:
             raise ApplicationError("No model endpoint to call.")
         self.scope.asked += 1
         if self.scope.replay_of is not None:
-            return self._replay(request, endpoints[0])
-        self._check_budget()
+            replayed = await db_call(self._replay, request, endpoints[0])
+            if replayed.result.text:
+                self.scope.on_token(replayed.result.text)
+            return replayed
+        await db_call(self._check_budget)
         last_error: InferenceError | None = None
         for index, endpoint in enumerate(endpoints):
             streamed = False
@@ -303,10 +309,10 @@ class Gateway:
             def on_token(text: str) -> None:
                 nonlocal streamed
                 streamed = True
-                self.scope.on_token(text)
+                self.scope.on_token(_without_nul(text))
 
             try:
-                return self._call_one(request, endpoint, on_token)
+                return await self._call_one(request, endpoint, on_token)
             except InferenceError as error:
                 last_error = error
                 can_fall_back = error.retryable and not streamed and index + 1 < len(endpoints)
@@ -316,26 +322,28 @@ class Gateway:
         assert last_error is not None
         raise last_error
 
-    def _call_one(self, request: CallRequest, endpoint: ModelEndpoint, on_token: Callable[[str], None]) -> CallResult:
-        # Decrypted here, on the worker thread: a token that no longer decrypts is a readable refusal, not an
-        # exception inside the call.
+    async def _call_one(
+        self, request: CallRequest, endpoint: ModelEndpoint, on_token: Callable[[str], None]
+    ) -> CallResult:
+        # Decrypted here: a token that no longer decrypts is a readable refusal, not an exception mid-call.
         token = endpoint.token or None
         call = _model_request(endpoint, request)
         wire = _wire_record(call)
-        model_id, revision = _provenance(endpoint, token)
+        # /info is asked at most once per process and URL, over blocking HTTP: off the loop.
+        model_id, revision = await db_call(_provenance, endpoint, token)
         label = f"{model_id}@{revision[:12]}" if revision else model_id
         waited: list[float] = [0.0]
         try:
-            result = runtime.run_streaming(
-                lambda push: self._acall(endpoint, token, call, request.stream, label or None, push, waited),
-                lambda text: on_token(_without_nul(text)),
-                flush_seconds=settings.AIOS_TOKEN_FLUSH_SECONDS or 0.05,
-            )
+            result = await self._acall(endpoint, token, call, request.stream, label or None, on_token, waited)
         except InferenceError as error:
             error = _with_limits(error, endpoint)
-            self._record(request, endpoint, wire, model_id, revision, None, error=error, queue_ms=waited[0] * 1000)
+            await db_call(
+                self._record, request, endpoint, wire, model_id, revision, None, error=error, queue_ms=waited[0] * 1000
+            )
             raise error from None
-        record = self._record(request, endpoint, wire, model_id, revision, result, queue_ms=waited[0] * 1000)
+        record = await db_call(
+            self._record, request, endpoint, wire, model_id, revision, result, queue_ms=waited[0] * 1000
+        )
         return CallResult(result=result, endpoint=endpoint, record=record)
 
     async def _acall(
@@ -348,14 +356,16 @@ class Gateway:
         push: Callable[[str], None],
         waited: list[float],
     ) -> client.InferenceResult:
-        # Built here, on the loop: the pooled HTTP client belongs to it.
-        target = client.Endpoint(
-            base_url=endpoint.url, token=token, timeout=endpoint.timeout_seconds, http_client=runtime.http_client()
-        )
         retries = settings.AIOS_INFERENCE_RETRIES
-        async with limits.in_flight_slot(
-            endpoint.name, endpoint.max_in_flight, wait_seconds=max(endpoint.timeout_seconds, 30.0)
-        ) as queue_seconds:
+        async with (
+            runtime.http_session() as http,
+            limits.in_flight_slot(
+                endpoint.name, endpoint.max_in_flight, wait_seconds=max(endpoint.timeout_seconds, 30.0)
+            ) as queue_seconds,
+        ):
+            target = client.Endpoint(
+                base_url=endpoint.url, token=token, timeout=endpoint.timeout_seconds, http_client=http
+            )
             waited[0] = queue_seconds
             if isinstance(call, client.GenerateRequest):
                 if stream:
@@ -440,8 +450,6 @@ class Gateway:
                 "kind differ), so the run cannot be reproduced from its recordings."
             )
         result = client.InferenceResult.from_dict(recorded.response)
-        if result.text:
-            self.scope.on_token(result.text)
         record = self._record(
             request,
             recorded.endpoint or endpoint,

@@ -1,22 +1,18 @@
 """The asynchronous executor model calls run on: one event loop per process, in a thread of its own.
 
-Worker threads (Celery's thread pool on the inference queue) do the durable bookkeeping of a step with
-Django's ORM; the model call itself is a coroutine submitted here. All calls of a process share this loop
-and one pooled HTTP client, so a process holds as many streams open as it has steps in flight, bounded
-by the endpoint's in-flight limit, not by CPU cores or threads waiting on sockets.
-
-Tokens arrive on the loop thread; they are handed to the submitting thread through a queue, which drains
-it while it waits (`run_streaming`), so the loop never blocks on a database write or a publish.
+The asynchronous step executor (apps.runs.async_engine) runs every LLM step of a worker process here, as a
+coroutine: all of the process's calls share this loop and one pooled HTTP client, so a process holds as
+many streams open as it has steps in flight, bounded by the endpoint's in-flight limit, not by CPU cores or
+threads. The steps' database work runs on a small pool of threads (`apps.core.database.db_call`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import os
-import queue
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 import httpx2
@@ -71,46 +67,16 @@ def run(coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T
     return future.result(timeout)
 
 
-def run_streaming(
-    make: Callable[[Callable[[str], None]], Coroutine[Any, Any, T]],
-    on_token: Callable[[str], None],
-    *,
-    flush_seconds: float = 0.25,
-) -> T:
-    """Run the coroutine `make(push)` on the loop; every text it `push`es reaches `on_token` on THIS
-    thread, in order: the first text as soon as it arrives, later ones every `flush_seconds` (and the
-    remainder when the call ends). The waiting thread sleeps in between: with dozens of steps in flight,
-    a thread that polled for tokens would cost more CPU than the calls themselves."""
-    tokens: queue.SimpleQueue[str] = queue.SimpleQueue()
-    started = threading.Event()
-
-    def push(text: str) -> None:  # on the loop thread
-        tokens.put(text)
-        if not started.is_set():
-            started.set()
-
-    future = asyncio.run_coroutine_threadsafe(make(push), event_loop())
-    future.add_done_callback(lambda _: started.set())
-
-    def drain() -> None:
-        parts = []
-        while True:
-            try:
-                parts.append(tokens.get_nowait())
-            except queue.Empty:
-                break
-        if parts:
-            on_token("".join(parts))
-
+@contextlib.asynccontextmanager
+async def http_session() -> AsyncIterator[httpx2.AsyncClient]:
+    """The HTTP client for a model call: the process's pooled one on the inference loop, or, on any other loop
+    (a step driven synchronously, with a loop of its own for the call), one opened for the call and closed
+    after it. An asynchronous HTTP client belongs to the loop that opened it."""
+    if asyncio.get_running_loop() is _loop and _loop_pid == os.getpid():
+        yield http_client()
+        return
+    own = client.new_async_http_client(max_connections=8)
     try:
-        started.wait()
-        while not future.done():
-            drain()
-            concurrent.futures.wait([future], timeout=flush_seconds)
-        drain()
-        return future.result()
+        yield own
     finally:
-        # The thread leaves early only on an error of its own (on_token raised, the worker is shutting
-        # down): the call must not run on without anyone to record it, holding its endpoint slot.
-        if not future.done():
-            future.cancel()
+        await own.aclose()

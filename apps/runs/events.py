@@ -6,6 +6,7 @@ the database, and token chunks carry their offset so a consumer can drop what it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -17,7 +18,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from apps.core.database import connection_refresh
+from apps.core.database import connection_refresh, db_call
 from apps.runs.models import StepRun
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ def _sync_publisher() -> tuple[str, redis.Redis] | None:
     return _publisher
 
 
+_sending: set[asyncio.Task[None]] = set()
+
+
 def _send(run_id: int, message: dict[str, object]) -> None:
     layer = get_channel_layer()
     if layer is None:
@@ -63,8 +67,15 @@ def _send(run_id: int, message: dict[str, object]) -> None:
         if publisher is not None:
             prefix, client = publisher
             client.publish(f"{prefix}__group__{run_group(run_id)}", layer.serialize(message))
-        else:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             async_to_sync(layer.group_send)(run_group(run_id), message)
+        else:  # on an event loop (an asynchronous step's tokens): the layer's own coroutine, not waited for
+            task = loop.create_task(layer.group_send(run_group(run_id), message))
+            _sending.add(task)  # a task nothing refers to may be collected before it ran
+            task.add_done_callback(_sending.discard)
     except Exception:
         # Live updates are a courtesy: the page shows the truth on reload, so a broken channel layer must
         # never fail a step or roll back a result.
@@ -100,12 +111,30 @@ class TokenStream:
         # The first tokens go out, and are written, at once: time to first token is what a viewer notices.
         self._last_flush = -math.inf
         self._last_persist = -math.inf
+        self._writing: asyncio.Task[bool] | None = None
 
     def add(self, token: str) -> None:
-        """Append a token; flush when the interval has passed."""
+        """Append a token; flush when the interval has passed.
+
+        Called on an event loop (an asynchronous step's model call), it never blocks the loop on the database:
+        the message goes out at once and the row is written on a database thread, one write at a time."""
         self.text += token
-        if time.monotonic() - self._last_flush >= self.interval:
+        if time.monotonic() - self._last_flush < self.interval:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             self.flush()
+            return
+        now = time.monotonic()
+        self._last_flush = now
+        if self._lost or len(self.text) == self._published_length:
+            return
+        offset = self._persisted_length
+        if now - self._last_persist >= self.persist_interval and (self._writing is None or self._writing.done()):
+            self._last_persist = now
+            self._writing = loop.create_task(db_call(self._persist, self.text))
+        self._publish(offset)
 
     def flush(self) -> None:
         """Publish whatever arrived since the last flush, writing the row first when that is due."""
@@ -116,22 +145,31 @@ class TokenStream:
         offset = self._persisted_length
         if now - self._last_persist >= self.persist_interval:
             self._last_persist = now
-            try:
-                still_ours = StepRun.objects.filter(
-                    pk=self.step_run.pk, state=StepRun.State.RUNNING, fencing_token=self.step_run.fencing_token
-                ).update(streamed_text=self.text)
-            except DatabaseError:
-                # The database is away (a restart): the partial text is a courtesy to viewers, never a reason
-                # to fail the step. The next write, or the result, catches up; the message below still goes.
-                logger.warning("could not save the streamed text of step run %s", self.step_run.pk, exc_info=True)
-                connection_refresh()
-                still_ours = True
-            else:
-                if still_ours:
-                    self._persisted_length = len(self.text)
-            if not still_ours:
-                self._lost = True  # viewers must not see this attempt's tokens any more
+            if not self._persist(self.text):
                 return
+        self._publish(offset)
+
+    def _persist(self, text: str) -> bool:
+        """Write the text so far to the row while the step is still this worker's; False once it is not."""
+        try:
+            still_ours = StepRun.objects.filter(
+                pk=self.step_run.pk, state=StepRun.State.RUNNING, fencing_token=self.step_run.fencing_token
+            ).update(streamed_text=text)
+        except DatabaseError:
+            # The database is away (a restart): the partial text is a courtesy to viewers, never a reason to
+            # fail the step. The next write, or the result, catches up; the message still goes.
+            logger.warning("could not save the streamed text of step run %s", self.step_run.pk, exc_info=True)
+            connection_refresh()
+            return True
+        if not still_ours:
+            self._lost = True  # viewers must not see this attempt's tokens any more
+            return False
+        self._persisted_length = max(self._persisted_length, len(text))
+        return True
+
+    def _publish(self, offset: int) -> None:
+        if self._lost:
+            return
         self._published_length = len(self.text)
         _send(
             self.step_run.run_id,

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from pydantic import ValidationError
 
+from apps.core.database import db_call
 from apps.runs import hooks
 from apps.runs.children import WAIT_STARTERS
 from apps.runs.effects import StepLost, effect_intent_record, effect_key, effect_outcome_record
@@ -39,7 +40,7 @@ from apps.runs.lifecycle import (
 )
 from apps.runs.models import Run, StepRun
 from apps.runs.plans import run_plan
-from apps.steps.base import StepContext, StepError, StepOutcome
+from apps.steps.base import StepContext, StepError, StepOutcome, StepType
 from apps.steps.expressions import ExpressionError, cel_evaluate, template_render
 from apps.steps.registry import step_config_parse, step_type_get
 from apps.workflows.graph import StepOptions, TemplateMapping
@@ -116,14 +117,60 @@ def step_run_execute(*, step_run_id: int) -> None:
 
 @dataclass
 class Attempt:
-    """What one execution of a step produced besides its outcome: the params its inputs mapped to, written
-    with its result (or its failure, or its wait) rather than in a transaction of their own."""
+    """One execution of a claimed step: its token stream, and what it produced besides its outcome (the params
+    its inputs mapped to, written with its result, failure or wait rather than in a transaction of their own)."""
 
+    stream: TokenStream
     params: dict[str, Any] | None = None
+
+
+@dataclass
+class Prepared:
+    """A step ready to run: its type, parsed config and context."""
+
+    step_type: type[StepType]
+    config: Any
+    context: StepContext
 
 
 def _step_run_execute_claimed(step_run: StepRun, chain: Chain) -> StepRun | None:
     """Run one claimed step to a recorded outcome; returns the successor claimed for this worker, if any."""
+    attempt = _step_run_begin(step_run)
+    if attempt is None:
+        return None
+    try:
+        prepared = _step_run_prepare(step_run, chain, attempt)
+        outcome = prepared if isinstance(prepared, StepOutcome) else _step_run_call(prepared)
+    except Exception as error:
+        return _step_run_finish(step_run, chain, attempt, error=error)
+    return _step_run_finish(step_run, chain, attempt, outcome=outcome)
+
+
+async def step_run_execute_async(step_run: StepRun, chain: Chain) -> StepRun | None:
+    """The same as `_step_run_execute_claimed`, as a coroutine for the asynchronous step executor: the step's
+    own work is awaited on the loop when its type has `aexecute`, and every database phase runs through
+    `db_call`. Returns the successor claimed for this worker, if any."""
+    attempt = await db_call(_step_run_begin, step_run)
+    if attempt is None:
+        return None
+    try:
+        prepared = await db_call(_step_run_prepare, step_run, chain, attempt)
+        if isinstance(prepared, StepOutcome):
+            outcome = prepared
+        elif prepared.step_type.runs_async():
+            outcome = await prepared.step_type().aexecute(prepared.config, prepared.context)
+            if prepared.step_type.side_effects:
+                crash_point("after_external_call")
+        else:
+            outcome = await db_call(_step_run_call, prepared)
+    except Exception as error:
+        return await db_call(_step_run_finish, step_run, chain, attempt, error=error)
+    return await db_call(_step_run_finish, step_run, chain, attempt, outcome=outcome)
+
+
+def _step_run_begin(step_run: StepRun) -> Attempt | None:
+    """Before a claimed step runs: the effect ledger's intent for a side-effecting step (or an incident when an
+    earlier attempt's outcome is unknown and the step cannot be repeated). None when it must not run."""
     crash_point("after_claim")
     run = step_run.run
     definition = run_plan(run).steps[step_run.step_key].definition
@@ -147,52 +194,25 @@ def _step_run_execute_claimed(step_run: StepRun, chain: Chain) -> StepRun | None
     # Renewed from here on, not while the intent above waits for the effect ledger: an executor stuck there
     # past its lease must lose the step to the sweeper, not make the call its successor is making.
     renewer.register(step_run)
-    stream = TokenStream(step_run)
-    attempt = Attempt()
-    try:
-        outcome = _execute(step_run, stream, chain, attempt)
-    except StepError as error:
-        stream.flush()
-        crash_point("before_result_commit")
-        if error.uncertain and at_most_once:
-            step_run_incident_open(step_run=step_run, reason=f"The outcome is unknown: {error.message}")
-            return None
-        if step_type_get(step_run.step_type).side_effects and not error.uncertain:
-            effect_outcome_record(step_run=step_run, applied=False, outcome=error.message)
-        message, retryable = error.message, error.retryable
-        _recorded(
-            lambda: step_run_fail(
-                step_run=step_run,
-                error=message,
-                retryable=retryable,
-                streamed_text=stream.text,
-                params=attempt.params,
-            )
-        )
-        return None
-    except ValidationError as error:
-        stream.flush()
-        step_run_fail(
-            step_run=step_run,
-            error=f"The step's configuration is invalid: {error}",
-            streamed_text=stream.text,
-            params=attempt.params,
-        )
-        return None
-    except Exception as error:
-        # A bug in a step type must fail the step, visibly, not kill the worker or leave the run hanging.
-        logger.exception("step %s of run %s crashed", step_run.step_key, run.pk)
-        stream.flush()
-        # The details go to the log; the run page and the audit chain get no raw exception text, which
-        # could carry a URL with credentials or data from elsewhere.
-        step_run_fail(
-            step_run=step_run,
-            error=f"The step stopped with an internal error ({type(error).__name__}); the worker log has details.",
-            streamed_text=stream.text,
-            params=attempt.params,
-        )
-        return None
+    return Attempt(stream=TokenStream(step_run))
+
+
+def _step_run_finish(
+    step_run: StepRun,
+    chain: Chain,
+    attempt: Attempt,
+    *,
+    outcome: StepOutcome | None = None,
+    error: Exception | None = None,
+) -> StepRun | None:
+    """Record what became of the step: its result (claiming a successor for this worker when the chain may go
+    on), its failure, or its wait. Returns the successor claimed eagerly, if any."""
+    stream = attempt.stream
     stream.flush()
+    if error is not None:
+        _step_run_record_error(step_run, attempt, error)
+        return None
+    assert outcome is not None
     if outcome.wait is not None:
         _park(step_run, outcome, attempt.params)
         return None
@@ -219,6 +239,34 @@ def _step_run_execute_claimed(step_run: StepRun, chain: Chain) -> StepRun | None
     crash_point("after_result_commit_before_dispatch")
     crash_point("after_dispatch")
     return eager.claimed
+
+
+def _step_run_record_error(step_run: StepRun, attempt: Attempt, error: Exception) -> None:
+    stream = attempt.stream
+    if isinstance(error, StepError):
+        crash_point("before_result_commit")
+        definition = run_plan(step_run.run).steps[step_run.step_key].definition
+        at_most_once = definition.get("config", {}).get("delivery") == "at_most_once"
+        if error.uncertain and at_most_once:
+            step_run_incident_open(step_run=step_run, reason=f"The outcome is unknown: {error.message}")
+            return
+        if step_type_get(step_run.step_type).side_effects and not error.uncertain:
+            effect_outcome_record(step_run=step_run, applied=False, outcome=error.message)
+        message, retryable = error.message, error.retryable
+    elif isinstance(error, ValidationError):
+        message, retryable = f"The step's configuration is invalid: {error}", False
+    else:
+        # A bug in a step type must fail the step, visibly, not kill the worker or leave the run hanging.
+        # The details go to the log; the run page and the audit chain get no raw exception text, which could
+        # carry a URL with credentials or data from elsewhere.
+        logger.error("step %s of run %s crashed", step_run.step_key, step_run.run_id, exc_info=error)
+        message = f"The step stopped with an internal error ({type(error).__name__}); the worker log has details."
+        retryable = False
+    _recorded(
+        lambda: step_run_fail(
+            step_run=step_run, error=message, retryable=retryable, streamed_text=stream.text, params=attempt.params
+        )
+    )
 
 
 def _recorded(record: Callable[[], bool], eager: EagerClaim | None = None) -> bool:
@@ -272,7 +320,9 @@ def _outputs(step_run: StepRun, chain: Chain) -> dict[str, dict[str, Any]]:
     return outputs
 
 
-def _execute(step_run: StepRun, stream: TokenStream, chain: Chain, attempt: Attempt) -> StepOutcome:
+def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prepared | StepOutcome:
+    """The step's type, config and context (its inputs mapped), or the outcome that stands in for running it (a
+    test run's pinned or simulated output, a replay's recorded one)."""
     run = step_run.run
     plan = run_plan(run).steps[step_run.step_key]
     options = plan.options
@@ -284,7 +334,7 @@ def _execute(step_run: StepRun, stream: TokenStream, chain: Chain, attempt: Atte
         input=run.inputs,
         steps=_outputs(step_run, chain),
         idempotency_key=effect_key(run.pk, step_run.step_key),
-        emit_tokens=stream.add,
+        emit_tokens=attempt.stream.add,
         attempt=step_run.attempt,
         step_run_id=step_run.pk,
         replay_of=recording_run_id(run.replay_of_id, step_run.step_key) if run.replay_of_id else None,
@@ -300,8 +350,12 @@ def _execute(step_run: StepRun, stream: TokenStream, chain: Chain, attempt: Atte
         # Replays and what-if runs never touch the outside world or ask people again: the original run's
         # result stands in (a what-if compares model outputs; it must not re-post an invoice).
         return _recorded_outcome(original, step_run.step_key)
-    outcome = step_type().execute(config, context)
-    if step_type.side_effects:
+    return Prepared(step_type, config, context)
+
+
+def _step_run_call(prepared: Prepared) -> StepOutcome:
+    outcome = prepared.step_type().execute(prepared.config, prepared.context)
+    if prepared.step_type.side_effects:
         crash_point("after_external_call")
     return outcome
 

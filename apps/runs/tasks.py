@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
+from django.conf import settings
 from django.db import connection
 
 from apps.core.exceptions import Conflict
+from apps.runs.async_engine import async_engine
 from apps.runs.children import child_run_finished
 from apps.runs.executor import step_run_execute
 from apps.runs.models import Run
@@ -20,9 +22,18 @@ from apps.runs.sweeper import sweep
 _SWEEP_LOCK_KEY = 0x53574550  # "SWEP"
 
 
-@shared_task(name=EXECUTE_STEP_TASK, acks_late=True, reject_on_worker_lost=True)
-def execute_step(step_run_id: int) -> None:
-    """Execute one queued step (a duplicate delivery finds it claimed and returns)."""
+# Steps from these queues run on the asynchronous executor (apps.runs.async_engine), not in the task's thread.
+ASYNC_QUEUES = ("inference",)
+
+
+@shared_task(bind=True, name=EXECUTE_STEP_TASK, acks_late=True, reject_on_worker_lost=True)
+def execute_step(self: Task, step_run_id: int) -> None:
+    """Execute one queued step (a duplicate delivery finds it claimed and returns). A step from the inference
+    queue is handed to this process's asynchronous executor: the task returns once it is claimed."""
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    if settings.AIOS_ASYNC_STEPS and queue in ASYNC_QUEUES:
+        async_engine().submit(step_run_id)
+        return
     step_run_execute(step_run_id=step_run_id)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
+from asgiref.sync import async_to_sync
 from pydantic import BaseModel, ConfigDict
 
 
@@ -117,7 +118,21 @@ class StepType:
         return ()
 
     def execute(self, config: StepConfig, context: StepContext) -> StepOutcome:
+        """Do the step's work. A step type that waits on the network (a model call) writes `aexecute` instead;
+        run synchronously, it is driven here on an event loop of its own."""
+        if self.runs_async():
+            return async_to_sync(self.aexecute)(config, context)
         raise NotImplementedError
+
+    async def aexecute(self, config: StepConfig, context: StepContext) -> StepOutcome:
+        """The step's work as a coroutine: the asynchronous step executor runs many at once on one event loop,
+        with no thread per step. It must not block the loop: database work goes through
+        `apps.core.database.db_call`, and `context.emit_tokens` is safe to call from the loop."""
+        raise NotImplementedError
+
+    @classmethod
+    def runs_async(cls) -> bool:
+        return cls.aexecute is not StepType.aexecute
 
     def simulate(self, config: StepConfig, context: StepContext) -> dict[str, Any]:
         """The output a test run records instead of executing a step that would reach the outside world, ask a

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from apps.core.database import db_call
 from apps.core.exceptions import ApplicationError
 from apps.inference.errors import InferenceError
 from apps.inference.gateway import Budget, CallRequest, CallResult, CallScope, Gateway, endpoint_resolve
@@ -209,11 +210,11 @@ class LlmSession:
         values.update(options)
         return CallRequest(**values)
 
-    def call(self, request: CallRequest, *, large: bool = False) -> CallResult:
+    async def acall(self, request: CallRequest, *, large: bool = False) -> CallResult:
         """One model call; inference failures become step errors (retryable where the server's were)."""
-        endpoints = self.endpoints(prompt_chars=len(request.prompt) + len(request.system), large=large)
+        endpoints = await db_call(self.endpoints, prompt_chars=len(request.prompt) + len(request.system), large=large)
         try:
-            return self.gateway.call(request, endpoints)
+            return await self.gateway.acall(request, endpoints)
         except InferenceError as error:
             raise StepError(f'Step "{self.context.step_key}": {error}', retryable=error.retryable) from None
         except ApplicationError as error:  # e.g. an endpoint token that no longer decrypts

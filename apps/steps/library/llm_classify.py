@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from apps.core.database import db_call
 from apps.inference.client import InferenceResult
 from apps.inference.models import ModelEndpoint
 from apps.steps.base import StepContext, StepOutcome, StepType
@@ -93,16 +94,16 @@ class LlmClassify(StepType):
     def check_config(config: LlmClassifyConfig) -> list[str]:
         return llm_config_problems(config)
 
-    def execute(self, config: LlmClassifyConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
+    async def aexecute(self, config: LlmClassifyConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         session = LlmSession(config, context, template_extra=("\x1f".join(config.labels), config.method))
         labels_text = ", ".join(config.labels)
         prompt = session.render(config.prompt) + f"\n\nAnswer with exactly one of: {labels_text}."
         system = session.render(config.system)
-        label, confidence, scores, method = self._classify(session, config, prompt, system, large=False)
+        label, confidence, scores, method = await self._classify(session, config, prompt, system, large=False)
         routing = config.routing
         escalated = False
         if routing is not None and routing.escalate_below is not None and confidence < routing.escalate_below:
-            label, confidence, scores, method = self._classify(session, config, prompt, system, large=True)
+            label, confidence, scores, method = await self._classify(session, config, prompt, system, large=True)
             escalated = True
         output = {
             "label": label,
@@ -112,16 +113,16 @@ class LlmClassify(StepType):
         }
         return StepOutcome(output=output, usage=session.usage(method=method, escalated=escalated))
 
-    def _classify(
+    async def _classify(
         self, session: LlmSession, config: LlmClassifyConfig, prompt: str, system: str, *, large: bool
     ) -> tuple[str | None, float, dict[str, float], str]:
-        endpoint = session.endpoints(prompt_chars=len(prompt) + len(system), large=large)[0]
+        endpoint = (await db_call(session.endpoints, prompt_chars=len(prompt) + len(system), large=large))[0]
         method = config.method
         if method == "auto":
             method = "logprobs" if endpoint.kind == ModelEndpoint.Kind.TGI else "self_consistency"
         if method == "logprobs":
             regex = "(" + "|".join(re.escape(label) for label in config.labels) + ")"
-            call = session.call(session.request(prompt, system, regex=regex, logprobs=True), large=large)
+            call = await session.acall(session.request(prompt, system, regex=regex, logprobs=True), large=large)
             label = match_label(call.result.text, config.labels)
             logprobs = _reply_logprobs(call.result)
             # Without a grammar (chat has no regex constraint) the reply may say more than the label, and
@@ -143,7 +144,7 @@ class LlmClassify(StepType):
                 seed=base_seed + index,
                 purpose="sample",
             )
-            call = session.call(request, large=large)
+            call = await session.acall(request, large=large)
             found = match_label(call.result.text, config.labels)
             if found is not None:
                 votes[found] += 1

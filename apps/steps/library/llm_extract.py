@@ -108,7 +108,7 @@ class LlmExtract(StepType):
     def check_config(config: LlmExtractConfig) -> list[str]:
         return llm_config_problems(config) + schema_problems(config.json_schema)
 
-    def execute(self, config: LlmExtractConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
+    async def aexecute(self, config: LlmExtractConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         session = LlmSession(config, context, template_extra=(json.dumps(config.json_schema, sort_keys=True),))
         prompt = session.render(config.prompt) + (
             "\n\nReply with only a JSON object that fits this JSON Schema:\n"
@@ -116,7 +116,7 @@ class LlmExtract(StepType):
         )
         system = session.render(config.system)
         schema = config.json_schema if config.constrained else None
-        call = session.call(session.request(prompt, system, json_schema=schema, logprobs=True))
+        call = await session.acall(session.request(prompt, system, json_schema=schema, logprobs=True))
         data, problems = json_reply_errors(call.result.text, config.json_schema)
         repairs = 0
         while problems and repairs < config.repair_attempts:
@@ -125,7 +125,7 @@ class LlmExtract(StepType):
             request = session.request(
                 f"{prompt}\n\n{repair}", system, json_schema=schema, logprobs=True, purpose="repair"
             )
-            call = session.call(request)
+            call = await session.acall(request)
             data, problems = json_reply_errors(call.result.text, config.json_schema)
         if problems:
             raise StepError(
@@ -134,7 +134,7 @@ class LlmExtract(StepType):
             )
         confidence = field_confidence(call.result, data)
         if confidence and session.can_escalate and min(confidence.values()) < (config.routing.escalate_below or 0):  # type: ignore[union-attr]
-            escalated = session.call(
+            escalated = await session.acall(
                 session.request(prompt, system, json_schema=schema, logprobs=True, purpose="escalation"),
                 large=True,
             )

@@ -76,11 +76,11 @@ class LlmGenerate(StepType):
             ]
         return problems
 
-    def execute(self, config: LlmGenerateConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
+    async def aexecute(self, config: LlmGenerateConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         session = LlmSession(config, context)
         prompt, system = session.render(config.prompt), session.render(config.system)
         schema = config.json_schema if config.output == "json" else None
-        call = session.call(session.request(prompt, system, json_schema=schema))
+        call = await session.acall(session.request(prompt, system, json_schema=schema))
         output: dict[str, Any] = {"text": session.finish_text(call.result.text)}
         if schema is not None:
             output["data"] = session.finish_value(_parse_json_reply(call.result.text, schema, context.step_key))
