@@ -1,9 +1,13 @@
 """Model calls on behalf of a step: endpoint choice and fallback, in-flight limits, budgets, recording and
-replay. Every AI step calls models through `Gateway.call`; every call leaves an `InferenceCall` row.
+replay. Every AI step calls models through `Gateway.acall`; every call leaves an `InferenceCall` record.
 
 `Gateway.acall` is a coroutine on the event loop that runs the step: the process's inference loop (`runtime`)
 for the asynchronous step executor, where many steps' calls share one loop and one connection pool. Its
-database work (call records, budget reads, replay lookups) goes through `db_call`, never on the loop.
+database reads (budgets, replay lookups) go through `db_call`, never on the loop. The records it makes are
+not stored here: they collect in the scope's `calls`, and the engine stores them with the step's outcome,
+in the transaction that records it, with the run's totals (so a step's calls cost no commit of their own).
+A worker that dies between a call and its step's outcome loses that attempt's records with it; the step
+runs again and its new attempt's calls are recorded.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Max, Sum
 
-from apps.core.database import connection_refresh, db_call
+from apps.core.database import db_call
 from apps.core.exceptions import ApplicationError
 from apps.inference import client, limits, runtime
 from apps.inference.errors import InferenceError, InferenceValidationError
@@ -261,13 +265,17 @@ class Gateway:
     # -- budgets --
 
     def usage_so_far(self) -> tuple[int, Decimal]:
-        """Tokens and cost the run's calls have used, every attempt and step included."""
+        """Tokens and cost the run's calls have used, every attempt and step included, this step's calls that
+        are not stored yet too."""
+        pending = [call for call in self.scope.calls if call.pk is None]
+        tokens = sum(call.prompt_tokens + call.generated_tokens for call in pending)
+        cost = sum((call.cost for call in pending), Decimal(0))
         if self.scope.run_id is None:
-            return 0, Decimal(0)
+            return tokens, cost
         totals = InferenceCall.objects.filter(run_id=self.scope.run_id).aggregate(
             prompt=Sum("prompt_tokens"), generated=Sum("generated_tokens"), cost=Sum("cost")
         )
-        return int(totals["prompt"] or 0) + int(totals["generated"] or 0), Decimal(totals["cost"] or 0)
+        return tokens + int(totals["prompt"] or 0) + int(totals["generated"] or 0), cost + Decimal(totals["cost"] or 0)
 
     def _check_budget(self) -> None:
         budget = self.scope.budget
@@ -329,21 +337,18 @@ class Gateway:
         token = endpoint.token or None
         call = _model_request(endpoint, request)
         wire = _wire_record(call)
-        # /info is asked at most once per process and URL, over blocking HTTP: off the loop.
-        model_id, revision = await db_call(_provenance, endpoint, token)
+        # /info is asked at most once per process and URL, over blocking HTTP: off the loop when it is asked.
+        known = endpoint.model_id or endpoint.url in _info_cache
+        model_id, revision = _provenance(endpoint, token) if known else await db_call(_provenance, endpoint, token)
         label = f"{model_id}@{revision[:12]}" if revision else model_id
         waited: list[float] = [0.0]
         try:
             result = await self._acall(endpoint, token, call, request.stream, label or None, on_token, waited)
         except InferenceError as error:
             error = _with_limits(error, endpoint)
-            await db_call(
-                self._record, request, endpoint, wire, model_id, revision, None, error=error, queue_ms=waited[0] * 1000
-            )
+            self._record(request, endpoint, wire, model_id, revision, None, error=error, queue_ms=waited[0] * 1000)
             raise error from None
-        record = await db_call(
-            self._record, request, endpoint, wire, model_id, revision, result, queue_ms=waited[0] * 1000
-        )
+        record = self._record(request, endpoint, wire, model_id, revision, result, queue_ms=waited[0] * 1000)
         return CallResult(result=result, endpoint=endpoint, record=record)
 
     async def _acall(
@@ -393,10 +398,10 @@ class Gateway:
         queue_ms: float = 0.0,
         status: str | None = None,
     ) -> InferenceCall:
+        """The call's record, kept in the scope for the engine to store with the step's outcome."""
         prompt_tokens = (result.prompt_tokens or 0) if result else 0
         generated = result.generated_tokens if result else 0
-        connection_refresh()  # the call may have outlasted a database restart
-        record = InferenceCall.objects.create(
+        record = InferenceCall(
             run_id=self.scope.run_id,
             step_run_id=self.scope.step_run_id,
             step_key=self.scope.step_key,

@@ -122,6 +122,7 @@ class Attempt:
 
     stream: TokenStream
     params: dict[str, Any] | None = None
+    calls: list[Any] = field(default_factory=list)  # its model calls' records, stored with its outcome
 
 
 @dataclass
@@ -225,6 +226,7 @@ def _step_run_finish(
             usage=outcome.usage,
             streamed_text=stream.text,
             params=attempt.params,
+            calls=attempt.calls,
             eager=eager,
         ),
         eager,
@@ -264,7 +266,12 @@ def _step_run_record_error(step_run: StepRun, attempt: Attempt, error: Exception
         retryable = False
     _recorded(
         lambda: step_run_fail(
-            step_run=step_run, error=message, retryable=retryable, streamed_text=stream.text, params=attempt.params
+            step_run=step_run,
+            error=message,
+            retryable=retryable,
+            streamed_text=stream.text,
+            params=attempt.params,
+            calls=attempt.calls,
         )
     )
 
@@ -340,6 +347,7 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
         replay_of=recording_run_id(run.replay_of_id, step_run.step_key) if run.replay_of_id else None,
         budget=run.graph.get("budget") or {},
     )
+    attempt.calls = context.model_calls
     context.params = _map_inputs(options, context.expression_variables(), step_run.step_key)
     attempt.params = context.params or None
     crash_point("mid_step")

@@ -24,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from django.conf import settings
@@ -38,13 +39,13 @@ from django.utils import timezone
 from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError
+from apps.inference.models import InferenceCall
 from apps.runs import engine
 from apps.runs.effects import effect_outcome_record
 from apps.runs.events import publish_run_changed
 from apps.runs.models import Incident, Run, StepResult, StepRun, Timer
 from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
 from apps.runs.plans import run_plan, version_get
-from apps.runs.selectors import run_model_call_totals
 from apps.steps.registry import step_type_get
 from apps.workflows.models import WorkflowVersion
 
@@ -266,7 +267,6 @@ def _run_finish(run: Run, decision: engine.Decision, rows: list[_StepRow]) -> No
     Run.objects.filter(pk=run.pk).update(
         status=decision.run_status, finished_at=timezone.now(), output=output, error=error
     )
-    model_totals_refresh(run)
     run.status = decision.run_status  # type: ignore[assignment]
     data: dict[str, Any] = {"error": error[:2000]} if error else {"output_sha256": output_digest(output)}
     audit_record(actor=None, verb=f"run.{decision.run_status}", target=run, data=data)
@@ -290,23 +290,26 @@ def steps_cancel(run: Run, *, reason: str) -> list[str]:
     return keys
 
 
-def model_totals_refresh(run: Run) -> None:
-    """Set the run's token and cost totals from its InferenceCall rows: every call, failed attempts and
-    failed steps included (they were paid for), the figures the run page and the budget use. Called when
-    a step ends or fails an attempt and when the run ends (finished, failed, cancelled, timed out); set,
-    not incremented, so a late duplicate cannot count twice. A call recorded after its run ended (a
-    stale worker's) shows on the run page but not in these stored totals."""
-    if getattr(run, "_totals_refreshed", False):
-        return  # already set in this transaction (a step's result, then the run's end in the same one)
-    totals = run_model_call_totals(run)
-    run._totals_refreshed = True  # type: ignore[attr-defined]
-    if not totals["calls"]:
-        return  # call records are never deleted: a run without any keeps its zeros, and no write is needed
-    Run.objects.filter(pk=run.pk).update(
-        total_prompt_tokens=totals["prompt_tokens"],
-        total_generated_tokens=totals["generated_tokens"],
-        total_cost=totals["cost"],
-    )
+def model_calls_store(run: Run, calls: Sequence[Any], *, counted: bool) -> None:
+    """Store a step's model calls (InferenceCall records its gateway made) with its outcome, and add them to the
+    run's token and cost totals: every call, failed attempts included, since they were paid for. Stored once,
+    by the transaction that records the outcome, so the totals are exact increments. A stale worker's calls
+    (`counted` False: its result was refused) are stored, for the run page, but not added."""
+    if counted:
+        # This transaction is the one that records the outcome, so none of these is stored yet, even if an
+        # earlier try of it (rolled back with a lost connection) gave them ids.
+        for call in calls:
+            call.pk = None
+    stored = [call for call in calls if call.pk is None]
+    if not stored:
+        return
+    InferenceCall.objects.bulk_create(stored)
+    if counted:
+        Run.objects.filter(pk=run.pk).update(
+            total_prompt_tokens=F("total_prompt_tokens") + sum(call.prompt_tokens for call in calls),
+            total_generated_tokens=F("total_generated_tokens") + sum(call.generated_tokens for call in calls),
+            total_cost=F("total_cost") + sum((call.cost for call in calls), Decimal(0)),
+        )
 
 
 # --- a step's life ------------------------------------------------------------------------------------------
@@ -401,6 +404,7 @@ def step_run_succeed(
     usage: dict[str, Any] | None = None,
     streamed_text: str = "",
     params: dict[str, Any] | None = None,
+    calls: Sequence[Any] = (),
     eager: EagerClaim | None = None,
 ) -> bool:
     """Record a step's result if its fencing token is still current, then advance the run; with `eager`, claim
@@ -424,6 +428,7 @@ def step_run_succeed(
         lease_expires_at=None,
         **_params(params),
     )
+    model_calls_store(run, calls, counted=bool(updated))
     if not updated:
         return False
     if step_type_get(step_run.step_type).side_effects:
@@ -474,8 +479,6 @@ def _record_result(run: Run, step_run: StepRun, *, outcome: str, output: Any = N
 
 def _record_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, Any]) -> None:
     _record_result(run, step_run, outcome="succeeded", output=output)
-    if usage.get("calls"):
-        model_totals_refresh(run)
 
 
 def _audit_success(run: Run, step_run: StepRun, output: Any, usage: dict[str, Any], actor: User | None = None) -> None:
@@ -500,19 +503,21 @@ def step_run_fail(
     retryable: bool = False,
     streamed_text: str | None = None,
     params: dict[str, Any] | None = None,
+    calls: Sequence[Any] = (),
 ) -> bool:
     """Record a failed attempt if the fencing token is current: schedule a retry when the step's policy
     allows one, else fail the step (and the run, unless an error branch handles it)."""
     run = run_lock(step_run.run_id)
     policy = run_plan(run).steps[step_run.step_key].options.retry
     fresh = StepRun.objects.get(pk=step_run.pk)
-    if fresh.state != StepRun.State.RUNNING or fresh.fencing_token != step_run.fencing_token:
+    current = fresh.state == StepRun.State.RUNNING and fresh.fencing_token == step_run.fencing_token
+    model_calls_store(run, calls, counted=current)
+    if not current:
         return False
     will_retry = fresh.attempt < policy.max_attempts and (retryable or policy.retry_on == "any")
     now = timezone.now()
     # None (a timeout decided elsewhere): keep what the attempt streamed so far.
     text = ({} if streamed_text is None else {"streamed_text": streamed_text}) | _params(params)
-    model_totals_refresh(run)
     if will_retry:
         delay = policy.delay_for(fresh.attempt, random.random())  # noqa: S311 - jitter, not security
         StepRun.objects.filter(pk=step_run.pk).update(

@@ -20,7 +20,6 @@ from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unprocessable, ValidationFailed
 from apps.runs import engine
 from apps.runs.lifecycle import (
-    model_totals_refresh,
     output_digest,
     publish_on_commit,
     run_advance,
@@ -121,7 +120,6 @@ def run_cancel(*, run: Run, actor: User | None, reason: str = "") -> Run:
     Run.objects.filter(pk=run.pk).update(
         status=Run.Status.CANCELLED, finished_at=timezone.now(), error=reason or "Cancelled."
     )
-    model_totals_refresh(locked)
     audit_record(actor=actor, verb="run.cancelled", target=locked, data={"reason": reason[:500]})
     publish_on_commit(run.pk, keys)
     # Child runs are other runs (lock-order rule 3): each is cancelled in a transaction of its own.

@@ -17,7 +17,6 @@ from apps.audit.services import audit_record
 from apps.runs import hooks
 from apps.runs.lifecycle import (
     incident_open,
-    model_totals_refresh,
     publish_on_commit,
     run_lock,
     step_run_fail,
@@ -141,7 +140,6 @@ def _timer_fire(timer: Timer) -> None:
         Run.objects.filter(pk=run.pk).update(
             status=Run.Status.FAILED, finished_at=timezone.now(), error="The run exceeded its time limit."
         )
-        model_totals_refresh(run)
         audit_record(actor=None, verb="run.failed", target=run, data={"error": "timeout"})
         publish_on_commit(run.pk, keys)
         return

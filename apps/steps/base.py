@@ -56,6 +56,9 @@ class StepContext:
     replay_of: int | None = None
     # The run's limits from the version's `budget` ({"max_tokens": n, "max_cost": "2.50"}), if any.
     budget: dict[str, Any] = field(default_factory=dict)
+    # The model calls the step made, recorded but not yet stored: the engine stores them with the step's
+    # outcome, in the transaction that records it (InferenceCall rows).
+    model_calls: list[Any] = field(default_factory=list)
 
     def expression_variables(self) -> dict[str, Any]:
         """The names expressions and templates may use: `input`, `steps` and the step's `params`."""

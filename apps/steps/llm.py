@@ -148,6 +148,7 @@ class LlmSession:
                 replay_of=context.replay_of,
                 budget=Budget.from_graph(context.budget),
                 on_token=self.stream.add if self.stream else context.emit_tokens,
+                calls=context.model_calls,
             )
         )
         self._endpoints: dict[str, ModelEndpoint] = {}
@@ -253,7 +254,6 @@ class LlmSession:
         cost = sum((call.cost for call in calls), Decimal(0))
         usage: dict[str, Any] = {
             "calls": len(calls),
-            "call_ids": [call.pk for call in calls],
             "prompt_tokens": sum(call.prompt_tokens for call in calls),
             "generated_tokens": sum(call.generated_tokens for call in calls),
             "cost": str(cost),
