@@ -278,7 +278,7 @@ AIOS_INFERENCE_RETRIES = env_int("AIOS_INFERENCE_RETRIES", 2, minimum=0, maximum
 # AIOS_INFERENCE_DB_THREADS threads. Off, each runs in a Celery thread of its own.
 AIOS_ASYNC_STEPS = env_bool("AIOS_ASYNC_STEPS", True)
 AIOS_INFERENCE_CONCURRENCY = env_int("AIOS_INFERENCE_CONCURRENCY", 64, minimum=1, maximum=1024)
-AIOS_INFERENCE_DB_THREADS = env_int("AIOS_INFERENCE_DB_THREADS", 4, minimum=1, maximum=64)
+AIOS_INFERENCE_DB_THREADS = env_int("AIOS_INFERENCE_DB_THREADS", 8, minimum=1, maximum=64)
 # Encrypts credentials at rest (model endpoint tokens, connector secrets). Required in production, so that
 # rotating SECRET_KEY never makes every stored token unreadable; SECRET_KEY stands in elsewhere.
 AIOS_CREDENTIALS_KEY = env_str("AIOS_CREDENTIALS_KEY") if PRODUCTION else env_str("AIOS_CREDENTIALS_KEY", "")

@@ -66,8 +66,9 @@ def inference_concurrency(environ: Mapping[str, str] | None = None) -> int:
 
 
 # Celery threads per inference worker: each only hands a step to the asynchronous executor and returns once it is
-# claimed, so a few keep the process fed; the executor's own limit holds the broker's backlog for other processes.
-INFERENCE_DOORBELLS = 4
+# claimed, so they sleep almost all the time; enough of them let a burst of steps be claimed in a few batched
+# statements, and the executor's own limit holds the broker's backlog for other processes.
+INFERENCE_DOORBELLS = 16
 
 
 @dataclass(frozen=True)

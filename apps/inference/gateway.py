@@ -309,7 +309,8 @@ class Gateway:
             if replayed.result.text:
                 self.scope.on_token(replayed.result.text)
             return replayed
-        await db_call(self._check_budget)
+        if self.scope.budget is not None:
+            await db_call(self._check_budget)
         last_error: InferenceError | None = None
         for index, endpoint in enumerate(endpoints):
             streamed = False
