@@ -277,7 +277,7 @@ class Product:
         calls = {
             c["run_id"]: c
             for c in InferenceCall.objects.filter(run_id__in=run_ids, status=InferenceCall.Status.OK).values(
-                "run_id", "generated_tokens", "ttft_ms", "latency_ms", "queue_ms", "created_at"
+                "run_id", "generated_tokens", "ttft_ms", "latency_ms", "queue_ms", "started_at"
             )
         }
         # A failed run is a result, not a crash of the bench: its tokens count for nothing (the work is lost),
@@ -295,9 +295,8 @@ class Product:
         ttft, extra = [], {name: [] for name in ("queue", "claim", "setup", "slot", "model", "viewer", "start_spread")}
         for run_id in ok:
             run, step, call = runs[run_id], steps[run_id], calls[run_id]
-            # The call record is written right after the call returns: created_at - latency = the call's start
-            # (slightly late, so the setup below is slightly long: an error against the product).
-            call_start = _seconds(run["started_at"], call["created_at"]) - call["latency_ms"] / 1000
+            # The call's start, stamped by the gateway before any wait for an in-flight slot.
+            call_start = _seconds(run["started_at"], call["started_at"])
             dispatch = _seconds(run["started_at"], step["started_at"]) * 1000
             slot = call["queue_ms"]
             setup = call_start * 1000 - slot - dispatch

@@ -18,11 +18,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Max, Sum
+from django.utils import timezone
 
 from apps.core.database import db_call
 from apps.core.exceptions import ApplicationError
@@ -343,13 +345,26 @@ class Gateway:
         model_id, revision = _provenance(endpoint, token) if known else await db_call(_provenance, endpoint, token)
         label = f"{model_id}@{revision[:12]}" if revision else model_id
         waited: list[float] = [0.0]
+        started = timezone.now()
         try:
             result = await self._acall(endpoint, token, call, request.stream, label or None, on_token, waited)
         except InferenceError as error:
             error = _with_limits(error, endpoint)
-            self._record(request, endpoint, wire, model_id, revision, None, error=error, queue_ms=waited[0] * 1000)
+            self._record(
+                request,
+                endpoint,
+                wire,
+                model_id,
+                revision,
+                None,
+                error=error,
+                queue_ms=waited[0] * 1000,
+                started=started,
+            )
             raise error from None
-        record = self._record(request, endpoint, wire, model_id, revision, result, queue_ms=waited[0] * 1000)
+        record = self._record(
+            request, endpoint, wire, model_id, revision, result, queue_ms=waited[0] * 1000, started=started
+        )
         return CallResult(result=result, endpoint=endpoint, record=record)
 
     async def _acall(
@@ -398,6 +413,7 @@ class Gateway:
         error: InferenceError | None = None,
         queue_ms: float = 0.0,
         status: str | None = None,
+        started: datetime | None = None,
     ) -> InferenceCall:
         """The call's record, kept in the scope for the engine to store with the step's outcome."""
         prompt_tokens = (result.prompt_tokens or 0) if result else 0
@@ -430,6 +446,7 @@ class Gateway:
             cost=endpoint.cost(prompt_tokens, generated) if status != InferenceCall.Status.REPLAYED else Decimal(0),
             status=status or (InferenceCall.Status.OK if result else InferenceCall.Status.ERROR),
             error=str(error) if error else "",
+            started_at=started or timezone.now(),
         )
         self.scope.calls.append(record)
         return record

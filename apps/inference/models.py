@@ -145,6 +145,9 @@ class InferenceCall(models.Model):
     cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
     status = models.CharField(max_length=16, choices=Status.choices)
     error = models.TextField(blank=True)
+    # When the call began (before any wait for an in-flight slot); the record is stored later, with the step's
+    # outcome, so `created_at` says when it was stored, not when the call happened.
+    started_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
