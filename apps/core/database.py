@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 
 T = TypeVar("T")
 
@@ -19,10 +19,10 @@ T = TypeVar("T")
 def connection_refresh() -> None:
     """Make the next query check this thread's connection first, and reconnect if it is dead.
 
-    Call it after a long wait outside any transaction (a model call, a step that ran for minutes): if
-    PostgreSQL restarted meanwhile, the old connection's socket is closed and the first query on it would
-    fail, losing what the worker came back to record. The check is one `SELECT 1` (CONN_HEALTH_CHECKS) on
-    the next query; inside a transaction nothing is done, since the connection cannot be swapped there.
+    Call it after a long wait outside any transaction: if PostgreSQL restarted meanwhile, the old connection's
+    socket is closed and the first query on it would fail, losing what the worker came back to do. The check
+    is one `SELECT 1` (CONN_HEALTH_CHECKS) on the next query; inside a transaction nothing is done, since the
+    connection cannot be swapped there.
     """
     if not connection.in_atomic_block:
         connection.close_if_unusable_or_obsolete()
@@ -55,4 +55,15 @@ async def db_call(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T
     if executor is None:
         return await sync_to_async(function, thread_sensitive=True)(*args, **kwargs)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, functools.partial(function, *args, **kwargs))
+    return await loop.run_in_executor(executor, functools.partial(_on_database_thread, function, args, kwargs))
+
+
+def _on_database_thread(function: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    # These threads live as long as the process and never pass a request or task boundary, where Django would
+    # check their connections: a connection that failed (PostgreSQL restarted) is closed here, so the thread's
+    # next job opens a new one instead of failing on the dead socket for good.
+    try:
+        return function(*args, **kwargs)
+    except (OperationalError, InterfaceError):
+        connection.close()
+        raise

@@ -6,8 +6,10 @@ for the asynchronous step executor, where many steps' calls share one loop and o
 database reads (budgets, replay lookups) go through `db_call`, never on the loop. The records it makes are
 not stored here: they collect in the scope's `calls`, and the engine stores them with the step's outcome,
 in the transaction that records it, with the run's totals (so a step's calls cost no commit of their own).
-A worker that dies between a call and its step's outcome loses that attempt's records with it; the step
-runs again and its new attempt's calls are recorded.
+A worker that dies between a call and its step's outcome loses that attempt's records with it, and a stale
+attempt (its result refused) is not recorded; the attempt that follows records its own. A run's budget is
+checked against its stored calls and the current step's own, so parallel steps' calls in flight count once
+they are stored.
 """
 
 from __future__ import annotations

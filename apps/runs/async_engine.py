@@ -22,9 +22,11 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any
 
+from celery.signals import worker_shutting_down
 from django.conf import settings
 
 from apps.core.database import db_call, db_executor
@@ -71,6 +73,11 @@ class AsyncEngine:
             loop.call_soon_threadsafe(loop.call_later, BATCH_SECONDS, self._spawn_claims)
         try:
             claimed = future.result(timeout=CLAIM_WAIT_SECONDS)
+        except concurrent.futures.TimeoutError:
+            # Given up (the database is away): if the claim still lands, the step runs without this slot.
+            if future.cancel():
+                self._slots.release()
+            raise
         except BaseException:
             self._slots.release()
             raise
@@ -78,8 +85,12 @@ class AsyncEngine:
             self._slots.release()
         return claimed
 
-    def in_flight(self) -> int:
-        return len(self._tasks)
+    def drain(self, timeout: float) -> None:
+        """At a warm shutdown: let the steps in flight finish for up to `timeout` seconds. What is still running
+        after that is left to its lease."""
+        deadline = time.monotonic() + timeout
+        while self._tasks and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -97,18 +108,25 @@ class AsyncEngine:
                 steps = await db_call(step_runs_claim, step_run_ids=[pk for pk, _ in waiting], worker=self.worker)
         except Exception as error:
             for _, future in waiting:
-                future.set_exception(error)
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(error)
             return
-        claimed = {step_run.pk for step_run in steps}
+        unclaimed = {step_run.pk: step_run for step_run in steps}
         for pk, future in waiting:
-            future.set_result(pk in claimed)
-        for step_run in steps:
-            self._spawn(self._run(step_run))
+            # Two doorbells for one step (a re-sent message) can meet in one batch: one slot runs it, the other
+            # is given back.
+            step_run = unclaimed.pop(pk, None)
+            if future.set_running_or_notify_cancel():
+                future.set_result(step_run is not None)
+                if step_run is not None:
+                    self._spawn(self._run(step_run, owns_slot=True))
+            elif step_run is not None:  # its doorbell gave up waiting and gave its slot back
+                self._spawn(self._run(step_run, owns_slot=self._slots.acquire(blocking=False)))
 
-    async def _run(self, step_run: StepRun | None) -> None:
+    async def _run(self, first: StepRun, *, owns_slot: bool) -> None:
         """Run a claimed step, then the successors claimed for this process in its result transactions."""
-        assert step_run is not None
-        chain = Chain(queue=step_type_get(step_run.step_type).queue, worker=self.worker)
+        step_run: StepRun | None = first
+        chain = Chain(queue=step_type_get(first.step_type).queue, worker=self.worker)
         try:
             with db_executor(self._db):
                 while step_run is not None:
@@ -119,11 +137,12 @@ class AsyncEngine:
                         renewer.unregister(step_run)
                     step_run = following
         except Exception:
-            # Recording the outcome failed past its retries (the database stayed away): the step's lease lapses
-            # and the sweeper hands it on; nothing else is lost.
+            # The database failed under the step, or recording its outcome failed past its retries: the step's
+            # lease lapses and the sweeper hands it on; nothing else is lost.
             logger.exception("step run %s stopped without a recorded outcome", step_run.pk if step_run else "?")
         finally:
-            self._slots.release()
+            if owns_slot:
+                self._slots.release()
 
 
 _engine: AsyncEngine | None = None
@@ -137,3 +156,11 @@ def async_engine() -> AsyncEngine:
         if _engine is None or _engine._pid != os.getpid():
             _engine = AsyncEngine()
         return _engine
+
+
+@worker_shutting_down.connect
+def _drain_at_shutdown(**kwargs: Any) -> None:
+    # A warm stop (the supervisor's SIGTERM) waits for running Celery tasks, but a step handed to this executor
+    # is no longer one: wait for those too, as long as Celery's soft shutdown allows.
+    if _engine is not None and _engine._pid == os.getpid():
+        _engine.drain(settings.CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT)

@@ -10,9 +10,12 @@ import asyncio
 import logging
 import math
 import time
+import weakref
+from collections.abc import Awaitable
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -29,16 +32,19 @@ def run_group(run_id: int) -> str:
     return f"run.{run_id}"
 
 
-_publisher: tuple[str, redis.Redis] | None = None
+_publisher: tuple[str, str] | None = None
+_sync_client: redis.Redis | None = None
+# redis.asyncio connections belong to the event loop that opened them: one client per loop, forgotten with it.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
 
 
-def _sync_publisher() -> tuple[str, redis.Redis] | None:
-    """A plain Redis client that publishes the way RedisPubSubChannelLayer.group_send does.
+def _pubsub_target() -> tuple[str, str] | None:
+    """(prefix, Redis URL) when the channel layer is RedisPubSubChannelLayer on a single Redis, else None.
 
-    Workers are synchronous: going through async_to_sync costs a new event loop and connection per
-    message, several times a second per running step. With the pub/sub layer on a single Redis, a group
-    message is one PUBLISH of the layer's serialised message on "<prefix>__group__<group>" (the layer's
-    own naming, checked end to end by the WebSocket tests).
+    Then a group message is one PUBLISH of the layer's serialised message on "<prefix>__group__<group>" (the
+    layer's own naming, checked end to end by the WebSocket tests), which a plain client can send: workers are
+    synchronous, and going through async_to_sync would cost a new event loop and connection per message,
+    several times a second per running step.
     """
     global _publisher
     if _publisher is None:
@@ -50,8 +56,7 @@ def _sync_publisher() -> tuple[str, redis.Redis] | None:
             or not isinstance(hosts[0], str)
         ):
             return None
-        prefix = config.get("CONFIG", {}).get("prefix", "asgi")
-        _publisher = (prefix, redis.Redis.from_url(hosts[0], socket_timeout=2, socket_connect_timeout=2))
+        _publisher = (config.get("CONFIG", {}).get("prefix", "asgi"), hosts[0])
     return _publisher
 
 
@@ -63,22 +68,43 @@ def _send(run_id: int, message: dict[str, object]) -> None:
     if layer is None:
         return
     try:
-        publisher = _sync_publisher()
-        if publisher is not None:
-            prefix, client = publisher
-            client.publish(f"{prefix}__group__{run_group(run_id)}", layer.serialize(message))
-            return
+        target = _pubsub_target()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            async_to_sync(layer.group_send)(run_group(run_id), message)
-        else:  # on an event loop (an asynchronous step's tokens): the layer's own coroutine, not waited for
-            task = loop.create_task(layer.group_send(run_group(run_id), message))
-            _sending.add(task)  # a task nothing refers to may be collected before it ran
-            task.add_done_callback(_sending.discard)
+            loop = None
+        if loop is None:
+            if target is None:
+                async_to_sync(layer.group_send)(run_group(run_id), message)
+                return
+            global _sync_client
+            if _sync_client is None:
+                _sync_client = redis.Redis.from_url(target[1], socket_timeout=2, socket_connect_timeout=2)
+            _sync_client.publish(f"{target[0]}__group__{run_group(run_id)}", layer.serialize(message))
+            return
+        # On an event loop (an asynchronous step's tokens): sent by a task, never waited for, so a slow Redis
+        # never holds up the loop's other steps.
+        if target is None:
+            sending = layer.group_send(run_group(run_id), message)
+        else:
+            client = _async_clients.get(loop)
+            if client is None:
+                client = aioredis.Redis.from_url(target[1], socket_timeout=2, socket_connect_timeout=2)
+                _async_clients[loop] = client
+            sending = client.publish(f"{target[0]}__group__{run_group(run_id)}", layer.serialize(message))
+        task = loop.create_task(_courtesy(run_id, sending))
+        _sending.add(task)  # a task nothing refers to may be collected before it ran
+        task.add_done_callback(_sending.discard)
     except Exception:
         # Live updates are a courtesy: the page shows the truth on reload, so a broken channel layer must
         # never fail a step or roll back a result.
+        logger.warning("could not publish an update for run %s", run_id, exc_info=True)
+
+
+async def _courtesy(run_id: int, sending: Awaitable[Any]) -> None:
+    try:
+        await sending
+    except Exception:
         logger.warning("could not publish an update for run %s", run_id, exc_info=True)
 
 

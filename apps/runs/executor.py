@@ -208,6 +208,11 @@ def _step_run_finish(
 ) -> StepRun | None:
     """Record what became of the step: its result (claiming a successor for this worker when the chain may go
     on), its failure, or its wait. Returns the successor claimed eagerly, if any."""
+    if isinstance(error, OperationalError | InterfaceError):
+        # The database failed under the step (a restart, a lost connection): that is no fault of the step's, so
+        # nothing is recorded against it; this worker lets it go, and its lease lapses to the sweeper, which
+        # runs it again.
+        raise error
     stream = attempt.stream
     stream.flush()
     if error is not None:
@@ -236,6 +241,10 @@ def _step_run_finish(
         # (apps.runs.outbox._outbox_send_committed).
         return None
     chain.remember(step_run, outcome.output)
+    if not step_type_get(eager.claimed.step_type).side_effects:
+        # Renewed at once: its short first lease must not lapse while it waits for a database thread. (A step
+        # that calls out is renewed only once its intent is recorded, as when it is claimed from the broker.)
+        renewer.register(eager.claimed)
     # The eager hand-off: committed, the successor is this worker's and no message was sent. A crash here
     # leaves it running on its short lease, for the sweeper to take back.
     crash_point("after_result_commit_before_dispatch")

@@ -46,6 +46,8 @@ class LeaseRenewer:
 
     def register(self, step_run: StepRun) -> None:
         with self._lock:
+            if self._steps.get(step_run.pk, -1) > step_run.fencing_token:
+                return  # a stale attempt's late registration never displaces the current one
             self._steps[step_run.pk] = step_run.fencing_token
             self._lost.discard(step_run.pk)
             # Started on first use in each process: a thread started before a pool forked would not exist in
@@ -59,6 +61,7 @@ class LeaseRenewer:
         with self._lock:
             if self._steps.get(step_run.pk) == step_run.fencing_token:
                 del self._steps[step_run.pk]
+            self._lost.discard(step_run.pk)
 
     def lost(self, step_run: StepRun) -> bool:
         """True once a renewal found the step no longer this process's."""
@@ -83,10 +86,12 @@ class LeaseRenewer:
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
+                # Rows of many runs: taken in id order with SKIP LOCKED, so a renewal never waits on a run's
+                # transaction (the lock-order rule in apps/runs/lifecycle.py) nor stalls on one busy row.
                 cursor.execute(
-                    "UPDATE runs_steprun SET lease_expires_at = %s "
-                    "WHERE state = %s AND (id, fencing_token) IN (SELECT * FROM unnest(%s::bigint[], %s::bigint[])) "
-                    "RETURNING id",
+                    "UPDATE runs_steprun SET lease_expires_at = %s WHERE id IN (SELECT id FROM runs_steprun "
+                    "WHERE state = %s AND (id, fencing_token) IN (SELECT * FROM unnest(%s::bigint[], "
+                    "%s::bigint[])) ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id",
                     [
                         timezone.now() + timedelta(seconds=settings.AIOS_STEP_LEASE_SECONDS),
                         StepRun.State.RUNNING,
@@ -95,6 +100,15 @@ class LeaseRenewer:
                     ],
                 )
                 renewed = {row[0] for row in cursor.fetchall()}
+                missing = [pk for pk in steps if pk not in renewed]
+                if missing:
+                    # Skipped (busy) or gone? Only those no longer running with their token are lost.
+                    cursor.execute(
+                        "SELECT id FROM runs_steprun WHERE state = %s AND (id, fencing_token) IN "
+                        "(SELECT * FROM unnest(%s::bigint[], %s::bigint[]))",
+                        [StepRun.State.RUNNING, missing, [steps[pk] for pk in missing]],
+                    )
+                    renewed.update(row[0] for row in cursor.fetchall())
         except Exception:
             # The database is away (a restart, a network cut): keep every registration and try again on the
             # next tick, with a fresh connection.

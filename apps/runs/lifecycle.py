@@ -9,7 +9,8 @@ The lock-order rule. Every transaction of the engine, and of every service that 
 1. A transaction locks at most one run.
 2. It locks that run's row (`run_lock`) before any row that belongs to the run: its step runs, incidents,
    approval requests, timers. Rows taken with SKIP LOCKED (due timers, outbox rows, expired leases) are
-   exempt: a SKIP LOCKED never waits, so it cannot close a cycle.
+   exempt: a SKIP LOCKED never waits, so it cannot close a cycle. The statements that touch rows of many
+   runs at once (a batch of claims, the lease renewer) take them that way.
 3. Work that concerns another run (a finished child telling its parent, a parent cancelling its children,
    a foreach failing fast) is an Outbox row (`runs.child_finished`, `runs.cancel`), handled later in a
    transaction of its own that follows rules 1 and 2.
@@ -290,26 +291,25 @@ def steps_cancel(run: Run, *, reason: str) -> list[str]:
     return keys
 
 
-def model_calls_store(run: Run, calls: Sequence[Any], *, counted: bool) -> None:
-    """Store a step's model calls (InferenceCall records its gateway made) with its outcome, and add them to the
-    run's token and cost totals: every call, failed attempts included, since they were paid for. Stored once,
-    by the transaction that records the outcome, so the totals are exact increments. A stale worker's calls
-    (`counted` False: its result was refused) are stored, for the run page, but not added."""
-    if counted:
-        # This transaction is the one that records the outcome, so none of these is stored yet, even if an
-        # earlier try of it (rolled back with a lost connection) gave them ids.
-        for call in calls:
-            call.pk = None
-    stored = [call for call in calls if call.pk is None]
-    if not stored:
+def model_calls_store(run: Run, calls: Sequence[Any]) -> None:
+    """Store a step's model calls (the InferenceCall records its gateway made) with its outcome, and add them to
+    the run's token and cost totals: every call, failed attempts included, since they were paid for.
+
+    Called by the transaction that records the outcome, once its fencing token proved current, so each call is
+    stored and counted exactly once: an earlier try of the same transaction that was rolled back (a lost
+    connection) may have given them ids, which are cleared; a repeat after a commit whose answer was lost finds
+    the token no longer current and stores nothing. A stale attempt's calls are not stored."""
+    if not calls:
         return
-    InferenceCall.objects.bulk_create(stored)
-    if counted:
-        Run.objects.filter(pk=run.pk).update(
-            total_prompt_tokens=F("total_prompt_tokens") + sum(call.prompt_tokens for call in calls),
-            total_generated_tokens=F("total_generated_tokens") + sum(call.generated_tokens for call in calls),
-            total_cost=F("total_cost") + sum((call.cost for call in calls), Decimal(0)),
-        )
+    for call in calls:
+        call.pk = None
+        call._state.adding = True
+    InferenceCall.objects.bulk_create(list(calls))
+    Run.objects.filter(pk=run.pk).update(
+        total_prompt_tokens=F("total_prompt_tokens") + sum(call.prompt_tokens for call in calls),
+        total_generated_tokens=F("total_generated_tokens") + sum(call.generated_tokens for call in calls),
+        total_cost=F("total_cost") + sum((call.cost for call in calls), Decimal(0)),
+    )
 
 
 # --- a step's life ------------------------------------------------------------------------------------------
@@ -345,12 +345,21 @@ def step_runs_claim(*, step_run_ids: list[int], worker: str) -> list[StepRun]:
     queued, a duplicate delivery or a cancelled run, are left out), each with its run."""
     if not step_run_ids:
         return []
+    with transaction.atomic():
+        return _step_runs_claim(step_run_ids, worker)
+
+
+def _step_runs_claim(step_run_ids: list[int], worker: str) -> list[StepRun]:
     now = timezone.now()
     with connection.cursor() as cursor:
+        # Rows of several runs in one statement: taken in id order and with SKIP LOCKED, so it never waits on a
+        # run's transaction (which holds its run first, then its rows) and never meets another batch in
+        # opposite order. A row skipped is being changed by someone else: it stays theirs.
         cursor.execute(
             "UPDATE runs_steprun SET state = %s, attempt = attempt + 1, fencing_token = fencing_token + 1, "
             "lease_owner = %s, lease_expires_at = %s, started_at = %s, streamed_text = '' "
-            "WHERE id = ANY(%s) AND state = %s RETURNING id",
+            "WHERE id IN (SELECT id FROM runs_steprun WHERE id = ANY(%s) AND state = %s "
+            "ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id",
             [
                 StepRun.State.RUNNING,
                 worker[:200],
@@ -374,15 +383,6 @@ def step_runs_claim(*, step_run_ids: list[int], worker: str) -> list[StepRun]:
         _step_timeout_arm(step_run.run, step_run, now)
         publish_on_commit(step_run.run_id, [step_run.step_key])
     return steps
-
-
-def step_run_heartbeat(*, step_run: StepRun) -> bool:
-    """Extend the lease of a step this worker still owns; False means it lost the step (stop working)."""
-    return bool(
-        StepRun.objects.filter(
-            pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
-        ).update(lease_expires_at=timezone.now() + timedelta(seconds=settings.AIOS_STEP_LEASE_SECONDS))
-    )
 
 
 def _params(params: dict[str, Any] | None) -> dict[str, Any]:
@@ -428,9 +428,9 @@ def step_run_succeed(
         lease_expires_at=None,
         **_params(params),
     )
-    model_calls_store(run, calls, counted=bool(updated))
     if not updated:
         return False
+    model_calls_store(run, calls)
     if step_type_get(step_run.step_type).side_effects:
         effect_outcome_record(step_run=step_run, applied=True)
     _record_success(run, step_run, output, usage)
@@ -510,10 +510,9 @@ def step_run_fail(
     run = run_lock(step_run.run_id)
     policy = run_plan(run).steps[step_run.step_key].options.retry
     fresh = StepRun.objects.get(pk=step_run.pk)
-    current = fresh.state == StepRun.State.RUNNING and fresh.fencing_token == step_run.fencing_token
-    model_calls_store(run, calls, counted=current)
-    if not current:
+    if fresh.state != StepRun.State.RUNNING or fresh.fencing_token != step_run.fencing_token:
         return False
+    model_calls_store(run, calls)
     will_retry = fresh.attempt < policy.max_attempts and (retryable or policy.retry_on == "any")
     now = timezone.now()
     # None (a timeout decided elsewhere): keep what the attempt streamed so far.

@@ -8,12 +8,13 @@ process wiring in `workers/`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import timedelta
 from typing import Any
 
 from celery import current_app
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -79,10 +80,17 @@ def _outbox_send_committed(rows: list[Outbox]) -> None:
             # no parameters keep the simple protocol, which allows the four statements in one message.
             ids = ",".join(str(int(row_id)) for row_id in sent)
             with connection.cursor() as cursor:
-                cursor.execute(
-                    "BEGIN; SET LOCAL synchronous_commit TO OFF; "
-                    f"UPDATE runs_outbox SET relayed_at = now() WHERE id IN ({ids}); COMMIT"
-                )
+                try:
+                    cursor.execute(
+                        "BEGIN; SET LOCAL synchronous_commit TO OFF; "
+                        f"UPDATE runs_outbox SET relayed_at = now() WHERE id IN ({ids}); COMMIT"
+                    )
+                except DatabaseError:
+                    # Django did not open that transaction, so it would not end it: leave no aborted one behind.
+                    # The rows stay unmarked; the sweeper's resend is a harmless duplicate.
+                    with contextlib.suppress(DatabaseError):
+                        cursor.execute("ROLLBACK")
+                    logger.warning("could not mark outbox rows %s relayed", ids, exc_info=True)
     crash_point("after_dispatch")
 
 

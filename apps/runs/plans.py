@@ -8,19 +8,16 @@ its own graph snapshot and a what-if run merges config overrides, so theirs are 
 from __future__ import annotations
 
 import copy
-import json
-import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from apps.runs.models import Run
-from apps.workflows.graph import Graph, StepOptions, step_options
+from apps.workflows.graph import Graph, StepOptions, step_options, step_references
 from apps.workflows.models import WorkflowVersion
 
 CACHED_VERSIONS = 256
-_STEPS_WORD = re.compile(r"\bsteps\b")
-_STEP_READ = re.compile(r"\bsteps\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -41,11 +38,10 @@ class RunPlan:
 
 
 def _reads(definition: dict[str, Any], keys: set[str]) -> frozenset[str] | None:
-    text = json.dumps([definition.get("config", {}), definition.get("inputs", {})])
-    named = _STEP_READ.findall(text)
-    if len(named) != len(_STEPS_WORD.findall(text)) or not set(named) <= keys:
+    names, complete = step_references([definition.get("config", {}), definition.get("inputs", {})])
+    if not complete or not names <= keys:
         return None
-    return frozenset(named)
+    return frozenset(names)
 
 
 def _build(graph: dict[str, Any], run: Run) -> RunPlan:
@@ -57,6 +53,8 @@ def _build(graph: dict[str, Any], run: Run) -> RunPlan:
     return RunPlan(Graph.parse(graph), steps)
 
 
+# The asynchronous executor's database threads share these.
+_lock = threading.Lock()
 _plans: OrderedDict[tuple[int, str], RunPlan] = OrderedDict()
 _versions: OrderedDict[tuple[int, str], WorkflowVersion] = OrderedDict()
 
@@ -73,12 +71,14 @@ def run_plan(run: Run) -> RunPlan:
     if run.graph_snapshot is not None or run.overrides or not version.is_published:
         return _build(run.graph, run)
     key = (version.pk, version.checksum)
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _build(version.graph, run)
+    with _lock:
+        plan = _plans.get(key)
+        if plan is not None:
+            _plans.move_to_end(key)
+            return plan
+    plan = _build(version.graph, run)
+    with _lock:
         _remember(_plans, key, plan)
-    else:
-        _plans.move_to_end(key)
     return plan
 
 
@@ -87,12 +87,14 @@ def version_get(version_id: int, checksum: str) -> WorkflowVersion:
     locking a run does not decode its whole graph again for every step. `checksum` is the one the run's row
     points at, read with the run (without the graph)."""
     key = (version_id, checksum)
-    version = _versions.get(key)
-    if version is not None:
-        _versions.move_to_end(key)
-        # A copy, so that what a caller loads through it (its workflow, which can change) is not kept here.
-        return copy.copy(version)
+    with _lock:
+        cached = _versions.get(key)
+        if cached is not None:
+            _versions.move_to_end(key)
+            # A copy, so that what a caller loads through it (its workflow, which can change) is not kept here.
+            return copy.copy(cached)
     version = WorkflowVersion.objects.get(pk=version_id)
     if version.is_published and version.checksum == checksum:
-        _remember(_versions, key, copy.copy(version))
+        with _lock:
+            _remember(_versions, key, copy.copy(version))
     return version

@@ -29,7 +29,7 @@ from apps.runs.lifecycle import (
     steps_cancel,
 )
 from apps.runs.models import Incident, Run, StepResult, StepRun
-from apps.runs.outbox import CANCEL_RUN_TASK, outbox_dispatch, outbox_task
+from apps.runs.outbox import CANCEL_RUN_TASK, CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
 from apps.steps.registry import step_config_errors
 from apps.workflows.input_schema import input_validate
 from apps.workflows.models import Workflow
@@ -122,6 +122,9 @@ def run_cancel(*, run: Run, actor: User | None, reason: str = "") -> Run:
     )
     audit_record(actor=actor, verb="run.cancelled", target=locked, data={"reason": reason[:500]})
     publish_on_commit(run.pk, keys)
+    if locked.parent_step_run_id:
+        # Its parent (another run, rule 3) hears about it in a transaction of its own, as when it finishes.
+        outbox_task(CHILD_FINISHED_TASK, [locked.pk])
     # Child runs are other runs (lock-order rule 3): each is cancelled in a transaction of its own.
     for child_id in (
         Run.objects.filter(parent_step_run__run=locked).exclude(status__in=Run.FINISHED).values_list("pk", flat=True)

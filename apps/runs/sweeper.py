@@ -24,7 +24,7 @@ from apps.runs.lifecycle import (
     steps_cancel,
 )
 from apps.runs.models import Run, StepRun, Timer
-from apps.runs.outbox import outbox_dispatch, outbox_relay
+from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_relay, outbox_task
 from apps.workflows.graph import step_options
 
 
@@ -142,6 +142,8 @@ def _timer_fire(timer: Timer) -> None:
         )
         audit_record(actor=None, verb="run.failed", target=run, data={"error": "timeout"})
         publish_on_commit(run.pk, keys)
+        if run.parent_step_run_id:
+            outbox_task(CHILD_FINISHED_TASK, [run.pk])  # its parent is another run: rule 3 of the lock order
         return
     assert timer.step_run_id is not None
     step_run = StepRun.objects.select_related("run__version").get(pk=timer.step_run_id)

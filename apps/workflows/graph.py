@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -84,12 +84,39 @@ def step_options(step: dict[str, Any]) -> StepOptions:
     return StepOptions.model_validate(step)
 
 
-_STEP_REFERENCE = re.compile(r"\bsteps\.([A-Za-z_][A-Za-z0-9_]*)")
+_STEPS_WORD = re.compile(r"(?<![\w.])steps(?!\w)")
+_STEP_REFERENCE = re.compile(r"(?<![\w.])steps\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)(\s*\()?")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def step_references(value: Any) -> tuple[set[str], bool]:
+    """The step keys that a config's expressions and templates read as `steps.<key>`, and whether that is all
+    they read of `steps`: False when some use cannot be told from the text (`steps["key"]`, `steps.items()`,
+    `steps` passed whole). Each string is read as written, not as JSON, where an escaped newline or tab before
+    `steps` would hide it."""
+    names: set[str] = set()
+    complete = True
+    for text in _strings(value):
+        found = list(_STEP_REFERENCE.finditer(text))
+        names.update(match.group(1) for match in found)
+        if len(found) != len(_STEPS_WORD.findall(text)) or any(match.group(2) for match in found):
+            complete = False
+    return names, complete
 
 
 def _referenced_steps(config: Any) -> set[str]:
     """Step keys that a config's expressions and templates read (`steps.<key>`)."""
-    return set(_STEP_REFERENCE.findall(json.dumps(config)))
+    return step_references(config)[0]
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,10 @@ def test_a_step_reads_only_the_outputs_it_names():
     assert _reads({"config": {"prompt": "{{ steps['one'].x }}"}}, {"one"}) is None
     assert _reads({"config": {"prompt": "{% for k in steps.items() %}{% endfor %}"}}, {"one"}) is None
     assert _reads({"config": {"fields": {"a": "input.n"}}}, {"one"}) == frozenset()
+    # Read as written, not as JSON: a newline or tab before `steps` must not hide it.
+    assert _reads({"config": {"fields": {"a": "steps.one.x +\nsteps.two.y"}}}, {"one", "two"}) == {"one", "two"}
+    assert _reads({"inputs": {"p": {"template": "{{ [steps.one,\tsteps.two] }}"}}}, {"one", "two"}) == {"one", "two"}
+    assert _reads({"config": {"prompt": "{{ steps | length }}"}}, {"one"}) is None
 
 
 @pytest.mark.django_db(transaction=True)
