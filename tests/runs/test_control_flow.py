@@ -8,7 +8,7 @@ from apps.audit.models import AuditEvent
 from apps.core.exceptions import ApplicationError
 from apps.runs.executor import step_run_execute
 from apps.runs.models import Run, StepResult, Timer
-from apps.runs.services import run_start
+from apps.runs.services import run_cancel, run_start
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
 from tests.support.engine import advance_clock, drive, states
 
@@ -201,6 +201,39 @@ def test_subworkflow_runs_a_pinned_child_and_returns_its_output(analyst, team):
     run = drive(start(analyst, parent, n=5))
     assert run.status == "succeeded" and run.output == {"y": 11.0}, (run.error, states(run))
     assert Run.objects.get(parent_step_run__run=run).version.number == 1
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "timed out"])
+def test_a_child_run_cancelled_or_timed_out_fails_its_parents_step(analyst, team, ending):
+    """The parent waits for its child however the child ends, not only when it finishes its steps."""
+    child_graph = {"steps": [transform("double", x="input.n * 2.0")], "timeout_seconds": 60}
+    child = publish(analyst, team, "Slow child", child_graph)
+    parent = publish(
+        analyst,
+        team,
+        "Waiting parent",
+        {
+            "steps": [
+                {
+                    "key": "call",
+                    "type": "flow.subworkflow",
+                    "config": {"workflow": child.slug},
+                    "inputs": {"n": "input.n"},
+                }
+            ]
+        },
+    )
+    run = start(analyst, parent, n=1)
+    step_run_execute(step_run_id=run.step_runs.get().pk)  # parks and starts the child, whose step stays queued
+    child_run = Run.objects.get(parent_step_run__run=run)
+    if ending == "cancelled":
+        run_cancel(run=child_run, actor=analyst, reason="not needed")
+    else:
+        advance_clock(61)
+    run = drive(run)
+    call = run.step_runs.get(step_key="call")
+    assert (run.status, call.state) == ("failed", "failed")
+    assert f"run #{child_run.pk}" in call.error
 
 
 def test_foreach_runs_items_with_a_limit_and_collects_in_order(analyst, team):

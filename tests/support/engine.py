@@ -20,16 +20,16 @@ ENGINE_TASKS = {CHILD_FINISHED_TASK: tasks.child_finished, CANCEL_RUN_TASK: task
 def drive(run: Run, *, max_steps: int = 1000) -> Run:
     """Execute queued steps of the run (and of its child runs), and the engine tasks their transactions wrote
     to the outbox (a child telling its parent, a parent cancelling a child), until nothing is left; returns
-    the run fresh. Engine tasks run in the order they were written, each once, as a worker would."""
+    the run fresh. Engine tasks run in the order they were written, each once per call (a repeat of one is a
+    no-op, as it is for a worker that gets a message twice)."""
     done: set[int] = set()
-    first_row = Outbox.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     for _ in range(max_steps):
         family = [run.pk, *Run.objects.filter(parent_step_run__run=run).values_list("pk", flat=True)]
         queued = StepRun.objects.filter(state=StepRun.State.QUEUED, run__in=family).order_by("pk").first()
         if queued is not None:
             step_run_execute(step_run_id=queued.pk)
             continue
-        row = Outbox.objects.filter(pk__gt=first_row, task__in=ENGINE_TASKS).exclude(pk__in=done).order_by("pk").first()
+        row = Outbox.objects.filter(task__in=ENGINE_TASKS).exclude(pk__in=done).order_by("pk").first()
         if row is None:
             break
         done.add(row.pk)
