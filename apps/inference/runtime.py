@@ -12,14 +12,11 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
 
 import httpx2
 
 from apps.inference import client
-
-T = TypeVar("T")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -59,12 +56,6 @@ def http_client() -> httpx2.AsyncClient:
         # Enough kept-alive connections for every call this process may have in flight.
         _http = client.new_async_http_client(max_connections=256)
     return _http
-
-
-def run(coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
-    """Run `coroutine` on the inference loop and wait for its result from this (non-loop) thread."""
-    future = asyncio.run_coroutine_threadsafe(coroutine, event_loop())
-    return future.result(timeout)
 
 
 @contextlib.asynccontextmanager

@@ -317,30 +317,13 @@ def model_calls_store(run: Run, calls: Sequence[Any]) -> None:
 
 def step_run_claim(*, step_run_id: int, worker: str) -> StepRun | None:
     """Take ownership of a queued step: running, a lease, a new fencing token. None if it is not queued
-    (a duplicate delivery, a cancelled run), in which case the caller stops."""
-    now = timezone.now()
-    updated = StepRun.objects.filter(pk=step_run_id, state=StepRun.State.QUEUED).update(
-        state=StepRun.State.RUNNING,
-        attempt=F("attempt") + 1,
-        fencing_token=F("fencing_token") + 1,
-        lease_owner=worker[:200],
-        lease_expires_at=now + timedelta(seconds=settings.AIOS_STEP_LEASE_SECONDS),
-        started_at=now,
-        streamed_text="",  # a new attempt streams afresh
-    )
-    if not updated:
-        return None
-    step_run = (
-        StepRun.objects.select_related("run").annotate(version_checksum=F("run__version__checksum")).get(pk=step_run_id)
-    )
-    step_run.run.version = version_get(step_run.run.version_id, step_run.version_checksum)
-    _step_timeout_arm(step_run.run, step_run, now)
-    publish_on_commit(step_run.run_id, [step_run.step_key])
-    return step_run
+    (a duplicate delivery, a cancelled run) or another claimer holds it, in which case the caller stops."""
+    claimed = step_runs_claim(step_run_ids=[step_run_id], worker=worker)
+    return claimed[0] if claimed else None
 
 
 def step_runs_claim(*, step_run_ids: list[int], worker: str) -> list[StepRun]:
-    """Claim many queued steps in one statement, as `step_run_claim` does one: the asynchronous executor claims
+    """Claim many queued steps in one statement (`step_run_claim` is a batch of one): the asynchronous executor claims
     together the doorbells that arrive within a few milliseconds. Returns the steps claimed (those no longer
     queued, a duplicate delivery or a cancelled run, are left out), each with its run."""
     if not step_run_ids:
