@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -163,6 +164,15 @@ def test_d7_no_acknowledged_decision_is_lost_across_postgres_restarts(
     duplicate_results = sql(
         "SELECT count(*) FROM (SELECT run_id, step_key FROM runs_stepresult GROUP BY 1, 2 HAVING count(*) > 1) d"
     )[0][0]
+    # The beat signs a checkpoint every 3 s, but a tick that falls inside an outage fails, and on a slow
+    # machine the beat can start late enough for the whole short test to pass before a tick succeeds: wait
+    # for its first checkpoint, so the verification below always has one to check streams and anchors against.
+    checkpoints = Path(env["AIOS_AUDIT_CHECKPOINT_DIR"])
+    wait_until(
+        lambda: any(checkpoints.glob("aios_d7/checkpoint-*.json")),
+        timeout=60,
+        what="the beat to sign its first audit checkpoint",
+    )
     verify = subprocess.run(
         [sys.executable, "manage.py", "verify_audit", "--require-checkpoint"],
         cwd=REPO,
