@@ -7,7 +7,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from apps.approvals.api.views import ApprovalRequestViewSet
+from apps.approvals.api.views import (
+    AbsenceViewSet,
+    ApprovalQueueViewSet,
+    ApprovalRequestViewSet,
+    NotificationViewSet,
+    corrections_export_view,
+)
 from apps.runs.api.views import RunViewSet, incident_resolve_view, run_start_view, run_test_start_api_view
 from apps.workflows.api.exchange import workflow_document_schema_view, workflow_export_view, workflow_import_view
 from apps.workflows.api.pinned import pinned_output_list_view, pinned_output_view
@@ -27,6 +33,9 @@ router = DefaultRouter()
 router.register("workflows", WorkflowViewSet, basename="workflow")
 router.register("runs", RunViewSet, basename="run")
 router.register("approvals", ApprovalRequestViewSet, basename="approval")
+router.register("approval-queues", ApprovalQueueViewSet, basename="approval-queue")
+router.register("absences", AbsenceViewSet, basename="absence")
+router.register("notifications", NotificationViewSet, basename="notification")
 
 urlpatterns = [
     path("workflows/<slug:slug>/runs/", run_start_view, name="workflow-run-start"),
@@ -35,6 +44,7 @@ urlpatterns = [
     path("workflows/<slug:slug>/draft/pinned/", pinned_output_list_view, name="workflow-pinned-list"),
     path("workflows/<slug:slug>/draft/pinned/<str:key>/", pinned_output_view, name="workflow-pinned"),
     path("workflows/<slug:slug>/export/", workflow_export_view, name="workflow-export"),
+    path("workflows/<slug:slug>/corrections/", corrections_export_view, name="workflow-corrections"),
     path("workflows/<slug:slug>/draft/", workflow_draft_view, name="workflow-draft"),
     path("workflows/<slug:slug>/draft/edits/", workflow_draft_edit_view, name="workflow-draft-edits"),
     path("workflows/<slug:slug>/draft/validate/", workflow_draft_validate_view, name="workflow-draft-validate"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -69,7 +70,13 @@ def team_create(*, name: str, members: list[User], actor: User | None = None) ->
     for member in members:
         member.groups.add(group)
     audit_record(actor=actor, verb="team.created", target=team, data={"members": sorted(m.username for m in members)})
+    for hook in on_team_created:
+        hook(team, actor)
     return team
+
+
+# Filled by apps above accounts that give every team something of its own (the approvals app: its queue).
+on_team_created: list[Callable[[Team, User | None], object]] = []
 
 
 def _keys(username: str, client_ip: str) -> list[tuple[str, str]]:

@@ -7,10 +7,10 @@ what to do when an approval step starts waiting and when its due time passes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from apps.runs.models import StepRun
+    from apps.runs.models import Run, StepRun
     from apps.steps.base import Wait
 
 # for_what → called inside the transaction that parked the step.
@@ -22,3 +22,16 @@ on_approval_due: list[Callable[[StepRun], None]] = []
 def approval_due(step_run: StepRun) -> None:
     for hook in on_approval_due:
         hook(step_run)
+
+
+# Called inside the transaction that cancels a run's unfinished steps (the run is locked): the approvals app
+# closes the run's pending requests there, so no one works an item whose run is gone.
+on_run_cancelled: list[Callable[[Run], None]] = []
+# Each returns the ids of runs a user may view because of what they do elsewhere (a reviewer sees the runs
+# behind the items of her queues), as a queryset of ids or a list.
+run_visibility: list[Callable[[Any], Any]] = []
+
+
+def run_cancelled(run: Run) -> None:
+    for hook in on_run_cancelled:
+        hook(run)

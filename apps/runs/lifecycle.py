@@ -41,7 +41,7 @@ from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError
 from apps.inference.models import InferenceCall
-from apps.runs import engine
+from apps.runs import engine, hooks
 from apps.runs.effects import effect_outcome_record
 from apps.runs.events import publish_run_changed
 from apps.runs.models import Incident, Run, StepResult, StepRun, Timer
@@ -72,6 +72,16 @@ def run_lock(run_id: int) -> Run:
     run.version = version_get(run.version_id, run.version_checksum)  # type: ignore[attr-defined]
     return run
 
+
+def run_try_lock(run_id: int) -> bool:
+    """Lock the run as `run_lock` does, unless another transaction holds it: False then, at once. For work that
+    may pick another run instead of queueing behind this one (the inbox's "Next item")."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RUN_TRY_LOCK_SQL, [run_id])
+        return cursor.fetchone() is not None
+
+
+_RUN_TRY_LOCK_SQL = "SELECT id FROM runs_run WHERE id = %s FOR NO KEY UPDATE SKIP LOCKED"
 
 _RUN_LOCK_SQL = (
     "SELECT r.*, v.checksum AS version_checksum FROM runs_run r "
@@ -288,6 +298,7 @@ def steps_cancel(run: Run, *, reason: str) -> list[str]:
         error=reason,
     )
     Incident.objects.filter(run=run, resolved_at__isnull=True).update(resolved_at=timezone.now(), resolution="abort")
+    hooks.run_cancelled(run)
     return keys
 
 

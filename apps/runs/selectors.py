@@ -19,6 +19,7 @@ from django.http import Http404
 
 from apps.core.permissions import restrict
 from apps.inference.models import InferenceCall
+from apps.runs import hooks
 from apps.runs.models import Incident, Run, StepRun
 from apps.runs.presentation import (
     StepFacts,
@@ -40,11 +41,10 @@ def run_list_for_user(user: AnyUser) -> QuerySet[Run]:
         return Run.objects.none()
     granted = restrict(Run.objects.all(), user, "runs.view_run").values("pk")
     visible_workflows = workflow_list_for_user(user).values("pk")
-    return (
-        Run.objects.filter(Q(workflow__in=visible_workflows) | Q(initiator=user) | Q(pk__in=granted))
-        .select_related("workflow", "version", "initiator")
-        .order_by("-created_at", "-pk")
-    )
+    visible = Q(workflow__in=visible_workflows) | Q(initiator=user) | Q(pk__in=granted)
+    for extra in hooks.run_visibility:
+        visible |= Q(pk__in=extra(user))
+    return Run.objects.filter(visible).select_related("workflow", "version", "initiator").order_by("-created_at", "-pk")
 
 
 def run_get_for_user(user: AnyUser, *, run_id: int) -> Run:
@@ -62,9 +62,16 @@ def step_run_list(run: Run, *, keys: list[str] | None = None) -> QuerySet[StepRu
 
 
 def run_can_operate(user: AnyUser, run: Run) -> bool:
-    """Whether `user` may cancel, restart or resolve incidents of `run`: whoever may run its workflow."""
+    """Whether `user` may cancel, restart, replay or resolve incidents of `run`: whoever may run its workflow
+    and builds or administers workflows. A reviewer on the workflow's team reads its runs but does not
+    operate them: her part is the decisions in her queues."""
+    from apps.accounts.roles import ADMIN, ANALYST
     from apps.workflows.selectors import workflow_can_run
 
+    if not user.is_authenticated:
+        return False
+    if not user.is_superuser and not any(group.name in (ANALYST, ADMIN) for group in user.groups.all()):
+        return False
     return workflow_can_run(user, run.workflow)
 
 

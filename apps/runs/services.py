@@ -30,6 +30,7 @@ from apps.runs.lifecycle import (
 )
 from apps.runs.models import Incident, Run, StepResult, StepRun
 from apps.runs.outbox import CANCEL_RUN_TASK, CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
+from apps.runs.selectors import run_can_operate
 from apps.steps.registry import step_config_errors
 from apps.workflows.input_schema import input_validate
 from apps.workflows.models import Workflow
@@ -150,8 +151,8 @@ def run_restart(*, run: Run, step_key: str, actor: User, overrides: dict[str, di
         raise Conflict("A test run is not restarted: test the draft again instead.")
     if step_key not in {step["key"] for step in original.version.steps}:
         raise ApplicationError(f'Run #{run.pk} has no step "{step_key}".')
-    if not workflow_can_run(actor, original.workflow):
-        raise Forbidden("You may view this run but not run its workflow.")
+    if not run_can_operate(actor, original):
+        raise Forbidden("You may view this run but not operate it.")
     if overrides and not workflow_can_edit(actor, original.workflow):
         raise Forbidden("Trying other step settings needs the right to change this workflow.")
     old_steps = {s.step_key: s for s in StepRun.objects.filter(run=original)}
@@ -249,8 +250,8 @@ def run_replay(*, run: Run, actor: User) -> Run:
         raise Conflict("A test run is not replayed: test the draft again instead.")
     if not original.is_finished:
         raise Conflict(f"Run #{run.pk} is still {original.status}; replay it once it has finished.")
-    if not workflow_can_run(actor, original.workflow):
-        raise Forbidden("You may view this run but not run its workflow.")
+    if not run_can_operate(actor, original):
+        raise Forbidden("You may view this run but not operate it.")
     new = run_create(version=original.version, inputs=original.inputs, actor=actor, trigger="replay")
     source = original.replay_of_id or original.pk  # a replay of a replay reads the first recording
     # A what-if run's changed settings are part of what it did: its replay asks the same questions.

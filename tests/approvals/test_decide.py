@@ -21,7 +21,7 @@ GRAPH = {
         {
             "key": "review",
             "type": "human.approval",
-            "config": {"queue": "reviewer", "title": "Check the refund"},
+            "config": {"queue": "team:claims", "title": "Check the refund"},
             "inputs": {"amount": "input.amount"},
         },
         {
@@ -59,7 +59,7 @@ def test_approval_parks_the_run_and_approving_resumes_the_approved_branch(parked
     review = parked.step_runs.get(step_key="review")
     assert (review.state, review.waiting_for) == ("waiting", "approval")
     request = ApprovalRequest.objects.get(step_run=review)
-    assert request.payload == {"amount": 120.5} and request.queue == "reviewer"
+    assert request.payload == {"amount": 120.5} and request.queue.key == "team:claims"
     client = APIClient()
     client.force_authenticate(reviewer)
     response = client.post(f"/api/approvals/{request.pk}/decide/", {"decision": "approved"}, format="json")

@@ -205,7 +205,7 @@ def test_two_foreach_items_finishing_at_once_when_one_fails_fast(analyst, team):
 def test_an_approval_decided_as_its_due_timer_fires(analyst, team, reviewer):
     graph = {
         "steps": [
-            {"key": "review", "type": "human.approval", "config": {"queue": "reviewer", "due_in_seconds": 60}},
+            {"key": "review", "type": "human.approval", "config": {"queue": "team:claims", "due_in_seconds": 60}},
             transform("after", decision="steps.review.decision"),
         ],
         "edges": [

@@ -503,7 +503,7 @@ def test_replay_reuses_a_persons_decision_instead_of_asking_again(endpoint, anal
 
     steps = [
         {"key": "note", "type": "llm.generate", "config": {"prompt": "Summarise {{ input.text }}"}},
-        {"key": "check", "type": "human.approval", "config": {"queue": "reviewer", "title": "Check the note"}},
+        {"key": "check", "type": "human.approval", "config": {"queue": "team:claims", "title": "Check the note"}},
         {"key": "after", "type": "data.transform", "config": {"fields": {"decision": "steps.check.decision"}}},
     ]
     workflow = publish(analyst, team, steps)
@@ -573,7 +573,7 @@ def test_what_if_never_asks_people_again_and_only_changes_how_a_model_is_asked(e
 
     steps = [
         {"key": "note", "type": "llm.generate", "config": {"prompt": "Summarise {{ input.text }}"}},
-        {"key": "check", "type": "human.approval", "config": {"queue": "reviewer", "title": "Check the note"}},
+        {"key": "check", "type": "human.approval", "config": {"queue": "team:claims", "title": "Check the note"}},
     ]
     workflow = publish(analyst, team, steps)
     run, _ = run_start(actor=analyst, workflow=workflow, inputs={"text": "the claim"})

@@ -1,50 +1,182 @@
+"""The approvals API: queues, items (with the inbox's views), claim / next / release / skip / reassign /
+decide / bulk approve, absences, notifications and the corrections export. It mirrors the inbox pages and
+calls the same services and selectors."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, viewsets
-from rest_framework.decorators import action
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action, api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.approvals.models import ApprovalRequest
-from apps.approvals.selectors import approval_get_for_user, approval_list_for_user
-from apps.approvals.services import approval_decide
+from apps.accounts.models import User
+from apps.approvals import corrections
+from apps.approvals.models import ApprovalQueue, ApprovalRequest, Notification, OutOfOffice
+from apps.approvals.selectors import (
+    InboxQuery,
+    absence_list_for_user,
+    approval_get_for_user,
+    approval_list_for_user,
+    band,
+    inbox_counts,
+    inbox_page,
+    low_confidence_fields_for,
+    notification_list_for_user,
+    queue_get_for_user,
+    queue_list_for_user,
+)
+from apps.approvals.services import (
+    absence_remove,
+    absence_set,
+    approval_bulk_approve,
+    approval_claim,
+    approval_decide,
+    approval_next,
+    approval_queue_update,
+    approval_reassign,
+    approval_release,
+    approval_skip,
+    notifications_mark_read,
+)
+from apps.core.exceptions import ValidationFailed
+
+
+class QueueSerializer(serializers.ModelSerializer):
+    team: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    lead: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = ApprovalQueue
+        fields = [
+            "key",
+            "name",
+            "description",
+            "team",
+            "lead",
+            "calendar",
+            "sla_hours",
+            "escalation",
+            "policy",
+            "required_approvals",
+            "separation_of_duties",
+            "confirm_below",
+            "bulk_threshold",
+            "audit_sample_rate",
+            "assignment",
+            "reason_codes",
+        ]
+        read_only_fields = fields
 
 
 class ApprovalRequestSerializer(serializers.ModelSerializer):
+    queue: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="key", read_only=True)
+    workflow = serializers.CharField(source="run.workflow.slug", read_only=True)
     decided_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    assignee: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    delegated_from: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     step_key = serializers.CharField(source="step_run.step_key", read_only=True)
+    confidence_band = serializers.SerializerMethodField()
+    must_confirm = serializers.SerializerMethodField()
 
     class Meta:
         model = ApprovalRequest
         fields = [
             "id",
             "run",
+            "workflow",
             "step_key",
             "queue",
             "title",
+            "priority",
             "payload",
+            "proposal",
+            "corrected",
+            "schema",
+            "confidence",
+            "confidence_source",
+            "confidence_band",
+            "must_confirm",
+            "evidence",
+            "source_text",
+            "policy",
+            "required_approvals",
+            "approvals_count",
+            "stage",
             "state",
+            "assignee",
+            "claimed_at",
+            "delegated_from",
+            "audit_sample",
+            "revision",
             "due_at",
+            "expires_at",
             "decided_by",
             "decided_at",
+            "reason_code",
             "reason",
             "edits",
             "created_at",
         ]
+        read_only_fields = fields
+
+    def get_confidence_band(self, obj: ApprovalRequest) -> str:
+        return band(obj.min_confidence)
+
+    def get_must_confirm(self, obj: ApprovalRequest) -> list[str]:
+        return low_confidence_fields_for(obj)
 
 
 class DecisionSerializer(serializers.Serializer):
     decision = serializers.ChoiceField(choices=["approved", "rejected"])
-    reason = serializers.CharField(required=False, allow_blank=True, default="")
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    reason_code = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
     edits = serializers.DictField(required=False, default=dict)
+    confirmed = serializers.ListField(child=serializers.CharField(max_length=200), required=False, default=list)
+    revision = serializers.IntegerField(required=False, allow_null=True, default=None)
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class ReassignSerializer(serializers.Serializer):
+    to = serializers.CharField(max_length=150, help_text="The username of the reviewer who takes the item.")
+    reason = serializers.CharField(max_length=5000)
+
+
+class BulkSerializer(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.IntegerField(), min_length=1, max_length=200)
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+INBOX_PARAMETERS = [
+    OpenApiParameter("view", str, enum=["mine", "unclaimed", "due_soon", "breached", "done"]),
+    OpenApiParameter("queue", str),
+    OpenApiParameter("workflow", str),
+    OpenApiParameter("priority", int),
+    OpenApiParameter("due", str, enum=["overdue", "today", "week", "none"]),
+    OpenApiParameter("confidence", str, enum=["low", "medium", "high", "none"]),
+    OpenApiParameter("sort", str, enum=["urgency", "due", "oldest", "newest", "confidence"]),
+    OpenApiParameter("page", int),
+    OpenApiParameter("state", str, description="Without `view`: only items in this state."),
+]
+
+
+def _user(request: Request) -> User:
+    return request.user  # type: ignore[return-value]
 
 
 class ApprovalRequestViewSet(viewsets.ReadOnlyModelViewSet):
-    """Approval requests on runs the caller may view; others are 404."""
+    """Approval items. With `view`, the list is that inbox view of the caller's queues (same filters, sort and
+    pages as the inbox page); without it, every item the caller may see. Items she may not see are 404."""
 
     serializer_class = ApprovalRequestSerializer
     lookup_value_regex = r"\d+"
@@ -57,17 +189,182 @@ class ApprovalRequestViewSet(viewsets.ReadOnlyModelViewSet):
     def get_object(self) -> ApprovalRequest:
         return approval_get_for_user(self.request.user, request_id=int(self.kwargs["pk"]))
 
+    @extend_schema(parameters=INBOX_PARAMETERS)
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if "view" not in request.query_params:
+            return super().list(request, *args, **kwargs)
+        page = inbox_page(request.user, InboxQuery.from_query(request.query_params))
+        return Response(
+            {
+                "view": page.query.view,
+                "count": page.total,
+                "page": page.query.page,
+                "pages": page.pages,
+                "counts": page.counts,
+                "results": ApprovalRequestSerializer([row.request for row in page.rows], many=True).data,
+            }
+        )
+
+    @extend_schema(responses={200: dict})
+    @action(detail=False, methods=["get"])
+    def counts(self, request: Request) -> Response:
+        """How many items each inbox view holds for the caller."""
+        return Response(inbox_counts(request.user))
+
+    @extend_schema(request=None, responses={200: ApprovalRequestSerializer, 204: None})
+    @action(detail=False, methods=["post"])
+    def next(self, request: Request) -> Response:
+        """Claim the most urgent item the caller may take; 204 when there is none."""
+        claimed = approval_next(actor=_user(request))
+        if claimed is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(ApprovalRequestSerializer(approval_get_for_user(request.user, request_id=claimed.pk)).data)
+
+    @extend_schema(request=None, responses={200: ApprovalRequestSerializer})
+    @action(detail=True, methods=["post"])
+    def claim(self, request: Request, pk: str) -> Response:
+        """Take the item. 409 when someone else holds it or it is no longer pending."""
+        approval_claim(request=self.get_object(), actor=_user(request))
+        return Response(ApprovalRequestSerializer(self.get_object()).data)
+
+    @extend_schema(request=ReasonSerializer, responses={200: ApprovalRequestSerializer})
+    @action(detail=True, methods=["post"])
+    def release(self, request: Request, pk: str) -> Response:
+        """Put the item back in its queue (its holder, or the queue's lead)."""
+        body = ReasonSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        approval_release(request=self.get_object(), actor=_user(request), reason=body.validated_data["reason"])
+        return Response(ApprovalRequestSerializer(self.get_object()).data)
+
+    @extend_schema(request=ReasonSerializer, responses={200: ApprovalRequestSerializer})
+    @action(detail=True, methods=["post"])
+    def skip(self, request: Request, pk: str) -> Response:
+        """Set the item aside with a reason; "next" stops offering it to the caller."""
+        body = ReasonSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        approval_skip(request=self.get_object(), actor=_user(request), reason=body.validated_data["reason"])
+        return Response(ApprovalRequestSerializer(self.get_object()).data)
+
+    @extend_schema(request=ReassignSerializer, responses={200: ApprovalRequestSerializer})
+    @action(detail=True, methods=["post"])
+    def reassign(self, request: Request, pk: str) -> Response:
+        """Give the item to another reviewer of its queue, with a reason."""
+        body = ReassignSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        to = User.objects.filter(username=body.validated_data["to"], is_active=True).first()
+        if to is None:
+            raise ValidationFailed("No such person.", fields={"to": ["No active user has that username."]})
+        approval_reassign(request=self.get_object(), actor=_user(request), to=to, reason=body.validated_data["reason"])
+        return Response(ApprovalRequestSerializer(self.get_object()).data)
+
     @extend_schema(request=DecisionSerializer, responses={200: ApprovalRequestSerializer})
     @action(detail=True, methods=["post"])
     def decide(self, request: Request, pk: str) -> Response:
-        """Approve or reject (with a reason). 409 if already decided, 403 if you may not decide it."""
+        """Approve or reject, with corrections (`edits`), the low-confidence fields the caller confirmed,
+        a reason code, and the `revision` she saw. 409 if already decided, held by someone else or changed
+        since; 403 if she may not decide it; 400 with field errors for invalid edits or a missing reason."""
         body = DecisionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        decided = approval_decide(
-            request=self.get_object(),
-            actor=request.user,  # type: ignore[arg-type]
-            decision=body.validated_data["decision"],
-            reason=body.validated_data["reason"],
-            edits=body.validated_data["edits"],
-        )
-        return Response(ApprovalRequestSerializer(decided).data)
+        approval_decide(request=self.get_object(), actor=_user(request), **body.validated_data)
+        return Response(ApprovalRequestSerializer(self.get_object()).data)
+
+    @extend_schema(request=BulkSerializer, responses={200: ApprovalRequestSerializer(many=True)})
+    @action(detail=False, methods=["post"], url_path="bulk-approve")
+    def bulk_approve(self, request: Request) -> Response:
+        """Approve several items at once: all or nothing, each one qualifying for bulk approval."""
+        body = BulkSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        items = [approval_get_for_user(request.user, request_id=pk) for pk in dict.fromkeys(body.validated_data["ids"])]
+        decided = approval_bulk_approve(requests=items, actor=_user(request), reason=body.validated_data["reason"])
+        return Response(ApprovalRequestSerializer(decided, many=True).data)
+
+
+class ApprovalQueueViewSet(viewsets.ReadOnlyModelViewSet):
+    """The queues the caller works, uses or leads; their lead or an admin changes one with PATCH."""
+
+    serializer_class = QueueSerializer
+    lookup_field = "key"
+    lookup_value_regex = r"[^/]+"
+
+    def get_queryset(self) -> QuerySet[ApprovalQueue]:
+        return queue_list_for_user(self.request.user)
+
+    def get_object(self) -> ApprovalQueue:
+        return queue_get_for_user(self.request.user, key=self.kwargs["key"])
+
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if not isinstance(request.data, dict):
+            raise ValidationFailed("Send an object of settings.", fields={"data": ["Must be a JSON object."]})
+        queue = approval_queue_update(actor=_user(request), queue=self.get_object(), **dict(request.data))
+        return Response(QueueSerializer(queue).data)
+
+
+class AbsenceSerializer(serializers.ModelSerializer):
+    delegate: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", queryset=User.objects.filter(is_active=True)
+    )
+
+    class Meta:
+        model = OutOfOffice
+        fields = ["id", "starts_on", "ends_on", "delegate", "note"]
+
+
+class AbsenceViewSet(viewsets.GenericViewSet):
+    """The caller's own absences (today and later): while away, items assigned to her go to her delegate."""
+
+    serializer_class = AbsenceSerializer
+
+    def get_queryset(self) -> QuerySet[OutOfOffice]:
+        return OutOfOffice.objects.filter(user_id=_user(self.request).pk)
+
+    def list(self, request: Request) -> Response:
+        return Response(AbsenceSerializer(absence_list_for_user(request.user), many=True).data)
+
+    def create(self, request: Request) -> Response:
+        body = AbsenceSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        absence = absence_set(actor=_user(request), **body.validated_data)
+        return Response(AbsenceSerializer(absence).data, status=status.HTTP_201_CREATED)
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        absence = get_object_or_404(self.get_queryset(), pk=pk)
+        absence_remove(actor=_user(request), absence=absence)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class NotificationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Notification
+        fields = ["id", "kind", "text", "request", "created_at", "read_at"]
+        read_only_fields = fields
+
+
+class MarkReadSerializer(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.IntegerField(), required=False, allow_null=True, default=None)
+
+
+class NotificationViewSet(viewsets.GenericViewSet):
+    """The caller's notifications, newest first; `read` marks some (or all) read."""
+
+    serializer_class = NotificationSerializer
+
+    def list(self, request: Request) -> Response:
+        return Response(NotificationSerializer(notification_list_for_user(request.user), many=True).data)
+
+    @extend_schema(request=MarkReadSerializer, responses={200: dict})
+    @action(detail=False, methods=["post"])
+    def read(self, request: Request) -> Response:
+        body = MarkReadSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return Response({"marked": notifications_mark_read(user=_user(request), ids=body.validated_data["ids"])})
+
+
+@extend_schema(responses={(200, "application/x-ndjson"): str})
+@api_view(["GET"])
+def corrections_export_view(request: Request, slug: str) -> StreamingHttpResponse:
+    """Every decision on the workflow's items as JSON Lines (input, model output, corrected output, per-field
+    changes, reason, reviewer, time spent): the workflow's evaluation set. Whoever may view the workflow."""
+    workflow = corrections.workflow_for_export(request.user, slug=slug)
+    response = StreamingHttpResponse(corrections.corrections_jsonl(workflow), content_type="application/x-ndjson")
+    response["Content-Disposition"] = f'attachment; filename="{workflow.slug}-corrections.jsonl"'
+    return response

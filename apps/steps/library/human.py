@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from django.utils import timezone
 from pydantic import Field
@@ -13,10 +14,42 @@ from apps.steps.registry import register
 
 
 class ApprovalConfig(StepConfig):
-    queue: str = Field(min_length=1, max_length=150, description="The group whose members decide (e.g. a team).")
+    queue: str = Field(
+        min_length=1,
+        max_length=150,
+        description="The approval queue whose reviewers decide.",
+        json_schema_extra={"x-widget": "approval-queue"},
+    )
     title: str = Field("Approval needed", max_length=200)
+    review_step: str = Field(
+        "",
+        max_length=64,
+        title="Data to review",
+        description="The key of an earlier extraction step: reviewers see its data beside the source text, with "
+        "each field's confidence and evidence, and may correct it. Empty: they review this step's inputs.",
+    )
+    priority: Literal["low", "normal", "high", "urgent"] = Field("normal", description="Urgent items come first.")
     due_in_seconds: float | None = Field(None, gt=0, le=365 * 86400, description="Expire the request after this.")
     separation_of_duties: bool = Field(True, description="The person who started the run may not decide.")
+    policy: Literal["", "any", "all", "k_of_n", "sequential"] = Field(
+        "",
+        description="Who must approve: empty for the queue's default; any one person, everyone in the queue, a "
+        "number of different people, or one queue after another.",
+        json_schema_extra={"x-advanced": True},
+    )
+    required_approvals: int | None = Field(
+        None, ge=1, le=20, description="For a number of people: how many.", json_schema_extra={"x-advanced": True}
+    )
+    then_queues: list[str] = Field(
+        default_factory=list,
+        max_length=5,
+        description="For one queue after another: the queues that approve after the first, in order.",
+        json_schema_extra={"x-advanced": True},
+    )
+
+
+# Filled by the approvals app (above the step library): each returns a problem with the queue key, or None.
+QUEUE_CHECKS: list[Callable[[str], str | None]] = []
 
 
 @register
@@ -31,6 +64,15 @@ class HumanApproval(StepType):
     description = "Wait for a person to approve or reject."
     Config = ApprovalConfig
     category = "People"
+
+    @staticmethod
+    def check_config(config: ApprovalConfig) -> list[str]:
+        problems = [
+            problem for key in [config.queue, *config.then_queues] for check in QUEUE_CHECKS if (problem := check(key))
+        ]
+        if config.then_queues and config.policy != "sequential":
+            problems.append("later queues are used only by the one-queue-after-another policy")
+        return problems
 
     @classmethod
     def branch_labels(cls, config: Any) -> tuple[str, ...]:
