@@ -12,6 +12,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.core.env import (
+    SMTP_SCHEMES,
     database_from_url,
     env_bool,
     env_choice,
@@ -20,6 +21,7 @@ from apps.core.env import (
     env_list,
     env_str,
     env_url,
+    smtp_server_from_url,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -299,6 +301,29 @@ AIOS_TOKEN_FLUSH_SECONDS = env_float("AIOS_TOKEN_FLUSH_SECONDS", 0.25, minimum=0
 # ...and written to the step's row (for a page loaded mid-stream) at most this often; the rest is written
 # with the step's result.
 AIOS_TOKEN_PERSIST_SECONDS = env_float("AIOS_TOKEN_PERSIST_SECONDS", 1.0, minimum=0.0)
+
+# Mail (the reviewers' digests) leaves through SMTP, to the server EMAIL_URL names. Outside production it defaults
+# to the embedded stack's catch-all, which keeps every message as a file under AIOS_DATA_DIR/mail and delivers
+# none; production has no default, so a deployment never sends from a made-up address or into a closed port.
+# pytest-django switches the test process itself to the locmem backend (tests/support/smtp.py).
+AIOS_SMTP_PORT = env_int("AIOS_SMTP_PORT", 8025, minimum=1, maximum=65535)
+if PRODUCTION:
+    EMAIL_URL = env_url("EMAIL_URL", env_str("EMAIL_URL"), schemes=SMTP_SCHEMES)
+    DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL")
+else:
+    EMAIL_URL = env_url("EMAIL_URL", f"smtp://127.0.0.1:{AIOS_SMTP_PORT}", schemes=SMTP_SCHEMES)
+    DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "AIOS <aios@localhost>")
+_smtp_server = smtp_server_from_url("EMAIL_URL", EMAIL_URL)
+EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+EMAIL_HOST = _smtp_server.host
+EMAIL_PORT = _smtp_server.port
+EMAIL_HOST_USER = _smtp_server.user
+EMAIL_HOST_PASSWORD = _smtp_server.password
+EMAIL_USE_TLS = _smtp_server.use_tls
+EMAIL_USE_SSL = _smtp_server.use_ssl
+# Django's own default is no timeout at all: one relay that stops answering would hang a worker for good.
+EMAIL_TIMEOUT = env_float("DJANGO_EMAIL_TIMEOUT", 10.0, minimum=1.0)
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
 LOGGING = {
     "version": 1,

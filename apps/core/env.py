@@ -7,7 +7,8 @@ operator can act on instead of a traceback deep inside Django.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -113,3 +114,40 @@ def database_from_url(name: str, url: str) -> dict[str, object]:
         "HOST": parts.hostname or "",
         "PORT": str(parts.port or 5432),
     }
+
+
+# smtp:// talks plain SMTP (port 25 unless given), smtp+starttls:// upgrades the connection with STARTTLS (587),
+# smtps:// is TLS from the first byte (465). Spelled out because the older `smtps` of some URL libraries meant
+# STARTTLS, and the wrong one of the two only shows as a connection that hangs until its timeout.
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
+_SMTP_DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where Django's SMTP backend sends mail: its EMAIL_HOST, EMAIL_PORT, credentials and TLS switches."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    use_tls: bool  # STARTTLS after the greeting
+    use_ssl: bool  # TLS from the first byte
+
+
+def smtp_server_from_url(name: str, url: str) -> SmtpServer:
+    """The SMTP server an smtp://, smtp+starttls:// or smtps:// URL names (validated by `env_url`); a user name
+    and password in the URL are percent-decoded, so `p%40ss` is the password `p@ss`."""
+    parts = urlsplit(url)
+    if parts.scheme not in _SMTP_DEFAULT_PORTS:
+        raise ImproperlyConfigured(
+            f'{name} must be a URL starting with {" or ".join(s + "://" for s in SMTP_SCHEMES)} (got "{url}").'
+        )
+    return SmtpServer(
+        host=parts.hostname or "",
+        port=parts.port or _SMTP_DEFAULT_PORTS[parts.scheme],
+        user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        use_tls=parts.scheme == "smtp+starttls",
+        use_ssl=parts.scheme == "smtps",
+    )

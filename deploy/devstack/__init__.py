@@ -1,14 +1,14 @@
 """The embedded AIOS stack: every process the product needs, started and stopped as one supervised group.
 
-    python -m deploy.devstack run                 PostgreSQL, Redis, the inference server, migrate, seed,
-                                                  the worker fleet (workers/fleet.py) and the web server
-                                                  (`make run`)
-    python -m deploy.devstack services            PostgreSQL, Redis and the inference server only
+    python -m deploy.devstack run                 PostgreSQL, Redis, the inference server, the catch-all SMTP
+                                                  server, migrate, seed, the worker fleet (workers/fleet.py)
+                                                  and the web server (`make run`)
+    python -m deploy.devstack services            PostgreSQL, Redis, the inference server and the SMTP server only
     python -m deploy.devstack test -- CMD [ARG…]  the same services on test ports and data, then CMD (`make test`)
 
-Each service can be replaced by an external one: with DATABASE_URL, REDIS_URL or AIOS_INFERENCE_URL set, that
-part is not started. Ports and the data directory are in deploy/.env.example; a `.env` file at the repository
-root is read as well (variables already in the environment win).
+Each service can be replaced by an external one: with DATABASE_URL, REDIS_URL, AIOS_INFERENCE_URL or EMAIL_URL
+set, that part is not started. Ports and the data directory are in deploy/.env.example; a `.env` file at the
+repository root is read as well (variables already in the environment win).
 
 Nothing from Django is imported here: migrate, seed_demo, the workers and the web server run as child
 processes, so a broken settings module shows up as a failed child with its log rather than a launcher traceback.

@@ -53,8 +53,15 @@ def supervise(supervisor: Supervisor) -> int:
 
 def service_lines(env: Mapping[str, str]) -> list[str]:
     """`export` lines for the service URLs in use, for the banners."""
-    names = ("DATABASE_URL", "DATABASE_OWNER_URL", "REDIS_URL", "AIOS_INFERENCE_URL")
+    names = ("DATABASE_URL", "DATABASE_OWNER_URL", "REDIS_URL", "AIOS_INFERENCE_URL", "EMAIL_URL")
     return [f"    export {name}={env[name]}" for name in names if name in env]
+
+
+def mail_lines(config: StackConfig) -> list[str]:
+    """Where the catch-all keeps the product's mail, for the banners (nothing when EMAIL_URL is external)."""
+    if config.smtp_port is None:
+        return []
+    return [f"  Mail the product sends: {config.mail_dir}/ (caught, never delivered)"]
 
 
 def banner(lines: list[str]) -> str:
@@ -63,7 +70,8 @@ def banner(lines: list[str]) -> str:
 
 
 def cmd_services(supervisor: Supervisor, config: StackConfig) -> int:
-    """`services`: PostgreSQL, Redis and the inference server for a web app the developer runs himself."""
+    """`services`: PostgreSQL, Redis, the inference server and the catch-all SMTP server, for a web app the
+    developer runs himself."""
     env = child_environment(config)
     start_services(supervisor, config, env)
     supervisor.console.plain(
@@ -74,6 +82,7 @@ def cmd_services(supervisor: Supervisor, config: StackConfig) -> int:
                 *service_lines(env),
                 "",
                 f"  Logs: {config.logs_dir}/<name>.log",
+                *mail_lines(config),
                 "  Ctrl-C stops everything.",
             ]
         )
@@ -135,6 +144,7 @@ def cmd_run(supervisor: Supervisor, config: StackConfig) -> int:
                 "  Services:",
                 *service_lines(env),
                 f"  Logs: {config.logs_dir}/<name>.log",
+                *mail_lines(config),
                 "  Ctrl-C stops everything.",
             ]
         )
@@ -210,7 +220,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     modes = parser.add_subparsers(dest="mode", required=True, metavar="{run,services,test}")
     modes.add_parser("run", help="start everything and serve the app on http://127.0.0.1:8000")
-    modes.add_parser("services", help="start PostgreSQL, Redis and the inference server only")
+    modes.add_parser("services", help="start PostgreSQL, Redis, the inference server and the mail catcher only")
     test = modes.add_parser("test", help="start the test services, run a command against them (after --)")
     test.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, e.g. -- python -m pytest -x")
     args = parser.parse_args(argv)

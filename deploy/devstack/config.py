@@ -28,6 +28,7 @@ STOP_TIMEOUT_SECONDS = 10.0
 POSTGRES_READY_SECONDS = 60.0
 REDIS_READY_SECONDS = 30.0
 INFERENCE_READY_SECONDS = 60.0
+MAIL_READY_SECONDS = 30.0
 # The first start imports Django, DRF and Channels cold on a 2-core machine: allow for it.
 WEB_READY_SECONDS = 120.0
 WORKER_READY_SECONDS = 60.0
@@ -133,10 +134,16 @@ class StackConfig:
     redis_port: int | None
     inference_port: int | None
     web_port: int | None
+    smtp_port: int | None = None
 
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where the catch-all SMTP server keeps the messages it receives."""
+        return self.data_dir / "mail"
 
     @property
     def is_test(self) -> bool:
@@ -149,6 +156,7 @@ class StackConfig:
             (self.postgres_port, f"{prefix}PG_PORT", "PostgreSQL"),
             (self.redis_port, f"{prefix}REDIS_PORT", "Redis"),
             (self.inference_port, f"{prefix}INFERENCE_PORT", "the development inference server"),
+            (self.smtp_port, f"{prefix}SMTP_PORT", "the catch-all SMTP server"),
             (self.web_port, "AIOS_WEB_PORT", "the web server"),
         ]
         return [PortClaim(port, variable, service) for port, variable, service in candidates if port is not None]
@@ -178,6 +186,7 @@ def build_config(mode: str) -> StackConfig:
         if external_url("AIOS_INFERENCE_URL")
         else read_port(f"{prefix}INFERENCE_PORT", 28090 if test else 58080),
         web_port=read_port("AIOS_WEB_PORT", 8000) if mode == "run" else None,
+        smtp_port=None if external_url("EMAIL_URL") else read_port(f"{prefix}SMTP_PORT", 28025 if test else 8025),
     )
     seen: dict[int, PortClaim] = {}
     for claim in config.port_claims():
@@ -209,6 +218,10 @@ def child_environment(config: StackConfig) -> dict[str, str]:
         env["REDIS_URL"] = f"redis://{LOOPBACK}:{config.redis_port}/0"
     if config.inference_port is not None:
         env["AIOS_INFERENCE_URL"] = f"http://{LOOPBACK}:{config.inference_port}"
+    if config.smtp_port is not None:
+        env["EMAIL_URL"] = f"smtp://{LOOPBACK}:{config.smtp_port}"
+        # Not a setting of the product: it tells tests (tests/support/smtp.py) where the catch-all's files are.
+        env["AIOS_MAIL_CATCHER_DIR"] = str(config.mail_dir)
     if config.is_test:
         env["DJANGO_SETTINGS_MODULE"] = "aios_web.settings_test"
     return env

@@ -12,6 +12,7 @@ KNOWN_NAMES = (
     "postgres",
     "redis",
     "inference",
+    "mail",
     "initdb",
     "migrate",
     "seed",

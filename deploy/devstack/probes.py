@@ -35,6 +35,17 @@ def redis_pong(port: int) -> bool:
         return False
 
 
+def smtp_greets(port: int) -> bool:
+    """True if an SMTP server on 127.0.0.1:`port` sends its 220 greeting."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=2) as conn:
+            greeting = conn.recv(512)
+            conn.sendall(b"QUIT\r\n")
+            return greeting.startswith(b"220")
+    except OSError:
+        return False
+
+
 def port_owner(port: int) -> str | None:
     """Name and pid of the process listening on `port`, when the system lets us see it."""
     try:

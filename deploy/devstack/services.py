@@ -1,4 +1,5 @@
-"""The services the product cannot do without, started in order: PostgreSQL, Redis, the inference server."""
+"""The services the product runs on, started in order: PostgreSQL, Redis, the inference server, and the catch-all
+SMTP server that keeps the mail the product sends."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 from .config import (
     INFERENCE_READY_SECONDS,
     LOOPBACK,
+    MAIL_READY_SECONDS,
     REDIS_READY_SECONDS,
     REPO_ROOT,
     DevstackError,
     StackConfig,
 )
 from .postgres import EmbeddedPostgres
-from .probes import check_ports, http_ok, redis_pong
+from .probes import check_ports, http_ok, redis_pong, smtp_greets
 from .supervisor import Supervisor
 
 INFERENCE_PACKAGE = REPO_ROOT / "devserver"
@@ -107,8 +109,29 @@ def start_inference(supervisor: Supervisor, config: StackConfig, port: int, env:
     )
 
 
+def mailcatcher_argv(port: int, directory: Path, *, python: str = sys.executable) -> list[str]:
+    """The catch-all SMTP server (deploy/devstack/mailcatcher.py) on 127.0.0.1:`port`, keeping mail in `directory`."""
+    return [python, "-m", "deploy.devstack.mailcatcher", "--port", str(port), "--directory", str(directory)]
+
+
+def start_mailcatcher(supervisor: Supervisor, config: StackConfig, port: int, env: Mapping[str, str]) -> None:
+    """Start the catch-all SMTP server and wait for its 220 greeting."""
+    if config.is_test:
+        # Each test session starts with an empty mailbox, as it starts with a fresh test database.
+        for stale in config.mail_dir.glob("*.eml"):
+            stale.unlink()
+    # Nothing in the product waits on mail being accepted, so a crash is repaired rather than fatal.
+    process = supervisor.spawn(
+        "mail", mailcatcher_argv(port, config.mail_dir), env=env, echo=not config.is_test, restart=True
+    )
+    supervisor.wait_ready(
+        process, lambda: smtp_greets(port), what=f"the catch-all SMTP server on port {port}", timeout=MAIL_READY_SECONDS
+    )
+
+
 def start_services(supervisor: Supervisor, config: StackConfig, env: Mapping[str, str]) -> None:
-    """Check everything that can be checked, then start PostgreSQL, Redis and the inference server in order.
+    """Check everything that can be checked, then start PostgreSQL, Redis, the inference server and the
+    catch-all SMTP server in order.
 
     All preconditions (binaries, the inference package, free ports) are verified before the first process
     starts, so a misconfiguration fails in a second without leaving anything half-started.
@@ -136,3 +159,7 @@ def start_services(supervisor: Supervisor, config: StackConfig, env: Mapping[str
         start_inference(supervisor, config, config.inference_port, env)
     else:
         supervisor.console.say("AIOS_INFERENCE_URL is set: using that inference server.")
+    if config.smtp_port is not None:
+        start_mailcatcher(supervisor, config, config.smtp_port, env)
+    else:
+        supervisor.console.say("EMAIL_URL is set: the product's mail goes to that server.")
