@@ -16,12 +16,14 @@ from typing import Any
 import jsonschema
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, Max, Q, QuerySet
+from django.db.models.fields.json import KT
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_users_with_perms
 
 from apps.accounts.models import Team, User
-from apps.accounts.roles import ADMIN, REVIEWER
+from apps.accounts.roles import ADMIN, REVIEWER, user_roles
 from apps.approvals.calendar import ALWAYS, BusinessCalendar, escalation_times
 from apps.approvals.models import (
     ApprovalActivity,
@@ -56,10 +58,7 @@ NEXT_CANDIDATES = 20
 
 
 def _has_role(user: User, *roles: str) -> bool:
-    if user.is_superuser:
-        return True
-    names = {group.name for group in user.groups.all()}
-    return any(role in names for role in roles)
+    return user.is_superuser or bool(user_roles(user) & set(roles))
 
 
 def user_works_queue(user: User, queue: ApprovalQueue) -> bool:
@@ -475,17 +474,20 @@ def _auto_assignee(request: ApprovalRequest) -> User | None:
             .annotate(n=Count("pk"))
         )
         return min(candidates, key=lambda user: (load.get(user.pk, 0), user.username))
-    # Round-robin: the one assigned longest ago (or never) in this queue.
+    # Round-robin: the one whose turn came longest ago (or never) in this queue. A turn that went to a delegate
+    # was still its owner's turn: counted as the delegate's, the absent reviewer would be picked for every item
+    # and every item would pile up on the delegate.
+    turn = Coalesce(KT("data__delegated_from"), KT("data__to"))
     last = dict(
-        ApprovalActivity.objects.filter(
-            request__queue=request.queue, kind=ApprovalActivity.Kind.ASSIGNED, data__to__in=[u.pk for u in candidates]
-        )
-        .values_list("data__to")
-        .annotate(latest=F("pk"))
+        ApprovalActivity.objects.filter(request__queue=request.queue, kind=ApprovalActivity.Kind.ASSIGNED)
+        .annotate(turn=turn)
+        .filter(turn__in=[str(u.pk) for u in candidates])
+        .values_list("turn")
+        .annotate(latest=Max("pk"))
         .order_by()
-        .values_list("data__to", "latest")
+        .values_list("turn", "latest")
     )
-    return min(candidates, key=lambda user: (last.get(user.pk, 0), user.username))
+    return min(candidates, key=lambda user: (last.get(str(user.pk), 0), user.username))
 
 
 def absence_for(user: User, on: date | None = None) -> OutOfOffice | None:
@@ -1008,10 +1010,13 @@ def _escalate(timer: EscalationTimer) -> None:
         if group is not None:
             excluded = run_initiator_ids(request.run) if request.separation_of_duties else set()
             decided = set(ApprovalDecision.objects.filter(request=request).values_list("actor_id", flat=True))
+            # Only someone who may decide it: an assignee who cannot would hold the item out of everyone's reach.
             members = [
                 user
                 for user in group.user_set.filter(is_active=True).order_by("username")
-                if user.pk not in excluded | decided and user.pk != request.assignee_id
+                if user.pk not in excluded | decided
+                and user.pk != request.assignee_id
+                and approval_refusal(user, request) is None
             ]
             if members:
                 ApprovalActivity.objects.create(request=request, actor=None, kind=kind, data=data)
