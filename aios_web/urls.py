@@ -13,6 +13,7 @@ urlpatterns = [
     path("accounts/", include("apps.accounts.urls")),
     path("workflows/", include("apps.workflows.urls")),
     path("runs/", include("apps.runs.urls")),
+    path("inbox/", include("apps.approvals.urls")),
     path("models/", include("apps.inference.urls")),
     path("api/", include(("aios_web.api_urls", "api"))),
     path("admin/", admin.site.urls),

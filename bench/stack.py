@@ -32,7 +32,12 @@ from workers import fleet
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE = "aios_bench"
 # Ports of their own, so a bench never collides with `make run` (55432/56379/58080) or `make test` (554xx).
-STACK_PORTS = {"AIOS_PG_PORT": "25452", "AIOS_REDIS_PORT": "26399", "AIOS_INFERENCE_PORT": "28100"}
+STACK_PORTS = {
+    "AIOS_PG_PORT": "25452",
+    "AIOS_REDIS_PORT": "26399",
+    "AIOS_INFERENCE_PORT": "28100",
+    "AIOS_SMTP_PORT": "28035",
+}
 STACK_READY_SECONDS = 240.0
 WORKER_READY_SECONDS = 60.0
 

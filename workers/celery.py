@@ -22,8 +22,10 @@ app.conf.task_routes = {
     # worker that serves this queue.
     "audit.anchor_write": {"queue": "default"},
     "audit.checkpoint_write": {"queue": "default"},
+    "approvals.escalations_fire": {"queue": "default"},
+    "approvals.digests_send": {"queue": "default"},
 }
-app.autodiscover_tasks(["apps.runs", "apps.audit"])
+app.autodiscover_tasks(["apps.runs", "apps.audit", "apps.approvals"])
 
 
 @app.on_after_configure.connect
@@ -46,4 +48,16 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
         checkpoint_every,
         sender.signature("audit.checkpoint_write", expires=checkpoint_every * 2),
         name="audit-checkpoint",
+    )
+    # Escalation steps are timer rows claimed by a conditional update, so a late or repeated sweep never fires
+    # one twice; the digest marks what it mailed in the same transaction.
+    escalate_every = settings.AIOS_ESCALATION_INTERVAL_SECONDS
+    sender.add_periodic_task(
+        escalate_every,
+        sender.signature("approvals.escalations_fire", expires=escalate_every * 2),
+        name="approval-escalations",
+    )
+    digest_every = settings.AIOS_DIGEST_INTERVAL_SECONDS
+    sender.add_periodic_task(
+        digest_every, sender.signature("approvals.digests_send", expires=digest_every), name="approval-digests"
     )

@@ -63,3 +63,15 @@ def roles_sync(**kwargs: Any) -> None:
             if permission is not None:
                 wanted.append(permission)
         group.permissions.set(wanted)
+
+
+def user_roles(user: Any) -> frozenset[str]:
+    """The names of `user`'s groups, read once per user object (one request's worth): every role check of a
+    request (may she operate this run, does she review, is she an admin) shares the one query."""
+    if not getattr(user, "is_authenticated", False):
+        return frozenset()
+    cached: frozenset[str] | None = user.__dict__.get("_role_names")
+    if cached is None:
+        cached = frozenset(user.groups.values_list("name", flat=True))
+        user.__dict__["_role_names"] = cached
+    return cached

@@ -17,7 +17,7 @@ from django.db.models import Count, F, Q, QuerySet
 from django.http import Http404, QueryDict
 from django.utils import timezone
 
-from apps.accounts.roles import ADMIN, REVIEWER
+from apps.accounts.roles import ADMIN, REVIEWER, user_roles
 from apps.approvals.calendar import SlaState, sla_state
 from apps.approvals.models import (
     ApprovalActivity,
@@ -62,14 +62,8 @@ def band(score: float | None) -> str:
     return next(name for floor, name in BANDS if score >= floor)
 
 
-def _roles(user: AnyUser) -> set[str]:
-    if not user.is_authenticated:
-        return set()
-    cached: set[str] | None = getattr(user, "_approval_roles", None)
-    if cached is None:
-        cached = {group.name for group in user.groups.all()}
-        setattr(user, "_approval_roles", cached)  # noqa: B010 - a per-request memo on the user object
-    return cached
+def _roles(user: AnyUser) -> frozenset[str]:
+    return user_roles(user)
 
 
 def queues_worked_by(user: AnyUser) -> QuerySet[ApprovalQueue]:

@@ -65,12 +65,12 @@ def run_can_operate(user: AnyUser, run: Run) -> bool:
     """Whether `user` may cancel, restart, replay or resolve incidents of `run`: whoever may run its workflow
     and builds or administers workflows. A reviewer on the workflow's team reads its runs but does not
     operate them: her part is the decisions in her queues."""
-    from apps.accounts.roles import ADMIN, ANALYST
+    from apps.accounts.roles import ADMIN, ANALYST, user_roles
     from apps.workflows.selectors import workflow_can_run
 
     if not user.is_authenticated:
         return False
-    if not user.is_superuser and not any(group.name in (ANALYST, ADMIN) for group in user.groups.all()):
+    if not user.is_superuser and not user_roles(user) & {ANALYST, ADMIN}:
         return False
     return workflow_can_run(user, run.workflow)
 

@@ -35,7 +35,6 @@ from types import UnionType
 from typing import Any, TypedDict, Union, get_args, get_origin
 
 import yaml
-from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils.text import slugify
 from jsonschema import Draft202012Validator
@@ -47,7 +46,7 @@ from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Forbidden
 from apps.core.permissions import has_object_perm
 from apps.inference.models import ModelEndpoint
-from apps.steps.library.human import ApprovalConfig
+from apps.steps.library.human import QUEUE_CHECKS, ApprovalConfig
 from apps.steps.llm import LlmStepConfig
 from apps.steps.registry import step_types
 from apps.workflows.diff import VersionDiff, version_diff
@@ -333,7 +332,7 @@ def requires_missing(document: Mapping[str, Any]) -> dict[str, list[str]]:
         "model_endpoints": set(
             ModelEndpoint.objects.filter(name__in=wanted["model_endpoints"]).values_list("name", flat=True)
         ),
-        "queues": set(Group.objects.filter(name__in=wanted["queues"]).values_list("name", flat=True)),
+        "queues": {name for name in wanted["queues"] if not any(check(name) for check in QUEUE_CHECKS)},
         "workflows": set(Workflow.objects.filter(slug__in=wanted["workflows"]).values_list("slug", flat=True)),
     }
     missing = {kind: [name for name in wanted[kind] if name not in present[kind]] for kind in REQUIRE_KINDS}
@@ -751,7 +750,8 @@ def _sorted_problems(problems: list[Problem]) -> list[Problem]:
 
 
 # graph_errors checks endpoints exist on this instance; for an import that is what `requires` reports instead.
-_MISSING_ENDPOINT = re.compile(r'model endpoint "[^"]*" does not exist$')
+# Things an instance may lack that `requires_missing` reports instead (the import is a draft to adapt).
+_MISSING_ENDPOINT = re.compile(r'(model endpoint|approval queue) "[^"]*" does not exist$')
 _STEP_BY_KEY = re.compile(r'^step "(?P<key>[^"]+)": (?P<rest>.*)$', re.DOTALL)
 _STEP_BY_NUMBER = re.compile(r"^step (?P<number>\d+): (?P<rest>.*)$", re.DOTALL)
 _EDGE_BY_NUMBER = re.compile(r"^edge (?P<number>\d+): ")

@@ -145,7 +145,7 @@ def _step(template: str, step_key: str) -> dict[str, Any]:
 # --- the files --------------------------------------------------------------------------------------------
 
 
-def test_every_gallery_file_parses_and_creates_a_publishable_draft(analyst, team):
+def test_every_gallery_file_parses_and_creates_a_publishable_draft(analyst, team, finance, marketing):
     assert sorted(template.slug for template in gallery_templates()) == list(TEMPLATES)
     for template in gallery_templates():
         texts = _file_documents(template.slug)
@@ -210,7 +210,7 @@ def test_claims_triage_runs_every_sample_to_the_end(analyst, reviewer, team, sin
         else:
             assert run.status == Run.Status.RUNNING and states(run)["adjuster"] == WAITING, label
             request = ApprovalRequest.objects.get(run=run)
-            assert (request.queue, request.payload["policy_number"]) == ("team:claims", policy)
+            assert (request.queue.key, request.payload["policy_number"]) == ("team:claims", policy)
             run = _decide(run, reviewer, "approved")
             assert run.status == Run.Status.SUCCEEDED, run.error
             assert states(run) == {
@@ -262,7 +262,7 @@ def test_invoice_review_posts_consistent_invoices_and_asks_finance_for_the_rest(
     assert reconcile["consistent"] is False and reconcile["difference"] == pytest.approx(300.0)
     assert approved.status == Run.Status.RUNNING and states(approved)["finance"] == WAITING
     request = ApprovalRequest.objects.get(run=approved)
-    assert request.queue == "team:finance"
+    assert request.queue.key == "team:finance"
     assert request.payload == {"vendor": "Brightline Consulting Ltd", "total": 11962.0, "difference": 300.0}
     approved = _decide(approved, reviewer, "approved")
     assert approved.status == Run.Status.SUCCEEDED, approved.error
@@ -311,7 +311,7 @@ def test_marketing_copy_describes_approves_and_publishes_every_sku(analyst, revi
         assert (child.workflow, child.version.number) == (child_workflow, 2)
         assert states(child) == {"write": SUCCEEDED, "review": WAITING, "publish": "pending"}
         request = ApprovalRequest.objects.get(run=child)
-        assert request.queue == "team:marketing"
+        assert request.queue.key == "team:marketing"
         assert request.payload["description"] == _script_reply(child.inputs["sku"])
     for child in children:
         approval_decide(request=ApprovalRequest.objects.get(run=child), actor=reviewer, decision="approved", reason="")

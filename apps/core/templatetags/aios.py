@@ -54,3 +54,11 @@ def setting_label(path: str) -> str:
         return str(path)
     words = [parts[0].replace("_", " ").capitalize(), *parts[1:]]
     return " › ".join(words)
+
+
+@register.filter
+def percent(value: float | None) -> str:
+    """A share in [0, 1] as a whole percentage ("97 %"); "—" when there is none."""
+    if value is None:
+        return "—"
+    return f"{round(float(value) * 100)} %"

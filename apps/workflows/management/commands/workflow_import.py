@@ -30,7 +30,7 @@ from apps.workflows.selectors import workflow_get_for_user
 _KIND_LABELS = {
     "step_types": "step types",
     "model_endpoints": "model endpoints",
-    "queues": "approval queues (groups)",
+    "queues": "approval queues",
     "workflows": "workflows",
 }
 
