@@ -968,11 +968,18 @@ def escalations_fire(*, limit: int = 100) -> int:
     due = list(
         EscalationTimer.objects.filter(fired_at__isnull=True, cancelled=False, fire_at__lte=timezone.now())
         .order_by("fire_at", "pk")
-        .values_list("pk", "request__run_id")[:limit]
+        .values_list("pk", "request_id", "request__run_id")[:limit]
     )
-    for timer_id, run_id in due:
+    # An item passed over because its run was busy keeps its later steps for the next sweep too: the run may be
+    # held by another sweep firing (or about to die firing) the earlier step, and a chain fires in order, so a
+    # reassignment never overtakes the reminder before it.
+    passed_over: set[int] = set()
+    for timer_id, request_id, run_id in due:
+        if request_id in passed_over:
+            continue
         with transaction.atomic():
             if not run_try_lock(run_id):
+                passed_over.add(request_id)
                 continue
             if not EscalationTimer.objects.filter(pk=timer_id, fired_at__isnull=True, cancelled=False).update(
                 fired_at=timezone.now()
