@@ -39,6 +39,7 @@ from apps.approvals.models import (
 from apps.approvals.selectors import low_confidence_fields_for
 from apps.audit.services import audit_record
 from apps.core.exceptions import Conflict, Forbidden, ValidationFailed
+from apps.runs.faults import crash_point
 from apps.runs.lifecycle import output_digest, run_lock, run_try_lock, step_run_resume
 from apps.runs.models import Run, StepRun
 from apps.steps.base import Wait
@@ -987,6 +988,7 @@ def escalations_fire(*, limit: int = 100) -> int:
                 continue
             timer = EscalationTimer.objects.select_related("request", "request__queue", "request__run").get(pk=timer_id)
             _escalate(timer)
+            crash_point("escalation_before_commit")
             fired += 1
     return fired
 

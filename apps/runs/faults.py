@@ -20,6 +20,7 @@ POINTS = (
     "before_result_commit",
     "after_result_commit_before_dispatch",
     "after_dispatch",
+    "escalation_before_commit",
 )
 
 
