@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,13 +282,17 @@ class Plan:
 _ALTERNATIVES = (" the", " a", " and", " of", " to", " in")
 
 
-def build_plan(reply: str, valid: ValidRequest) -> Plan:
-    """Cut `reply` into tokens and stop where TGI's stopping criteria would."""
+def build_plan(reply: str, valid: ValidRequest, logprobs: Sequence[float] | None = None) -> Plan:
+    """Cut `reply` into tokens and stop where TGI's stopping criteria would.
+
+    `logprobs`, one per piece of `reply` (a rule's scripted confidence), replace the tokenizer's noise.
+    """
     stops = [s for s in valid.params.stop if s]
     tokens: list[GenToken] = []
     produced = ""
     finish_reason = ""
-    for piece in tokenizer.split(reply):
+    for position, piece in enumerate(tokenizer.split(reply)):
+        piece_logprob = logprobs[position] if logprobs is not None else tokenizer.token_logprob(piece, position)
         if len(tokens) >= valid.max_new_tokens:
             finish_reason = "length"
             break
@@ -299,13 +305,13 @@ def build_plan(reply: str, valid: ValidRequest) -> Plan:
                 cut = end if cut is None else min(cut, end)
         if cut is not None:
             # The stop sequence ends inside this piece: emit the piece up to the end of the stop
-            # sequence, which stays in the text as TGI leaves it.
+            # sequence, which stays in the text as TGI leaves it (with the whole piece's log-probability).
             piece = candidate[len(produced) : cut]
-            tokens.append(_token(piece, len(tokens)))
+            tokens.append(_token(piece, piece_logprob))
             produced += piece
             finish_reason = "stop_sequence"
             break
-        tokens.append(_token(piece, len(tokens)))
+        tokens.append(_token(piece, piece_logprob))
         produced = candidate
     else:
         if len(tokens) >= valid.max_new_tokens:
@@ -318,7 +324,9 @@ def build_plan(reply: str, valid: ValidRequest) -> Plan:
 
     top_tokens = None
     if valid.params.top_n_tokens:
-        top_tokens = [_top_tokens(token, valid.params.top_n_tokens) for token in tokens]
+        top_tokens = [
+            _top_tokens(token, valid.params.top_n_tokens, share_the_rest=logprobs is not None) for token in tokens
+        ]
 
     prefill: list[dict[str, Any]] = []
     if valid.params.decoder_input_details:
@@ -339,21 +347,24 @@ def build_plan(reply: str, valid: ValidRequest) -> Plan:
     )
 
 
-def _token(piece: str, position: int) -> GenToken:
-    return GenToken(
-        id=tokenizer.token_id(piece),
-        text=piece,
-        logprob=tokenizer.token_logprob(piece, position),
-        special=False,
-    )
+def _token(piece: str, logprob: float) -> GenToken:
+    return GenToken(id=tokenizer.token_id(piece), text=piece, logprob=logprob, special=False)
 
 
-def _top_tokens(chosen: GenToken, n: int) -> list[GenToken]:
+def _top_tokens(chosen: GenToken, n: int, *, share_the_rest: bool = False) -> list[GenToken]:
+    """The chosen token, then alternatives each less likely than the one before.
+
+    With `share_the_rest` (scripted confidence) the k-th alternative also gets at most 2^-k of what the
+    chosen token leaves, so the row's probabilities sum to at most 1 and a 0.99 token's runner-up is unlikely.
+    """
     result = [chosen]
+    rest = max(1.0 - math.exp(chosen.logprob), 1e-9)
     for offset, text in enumerate(t for t in _ALTERNATIVES if t != chosen.text):
         if len(result) >= n:
             break
         logprob = round(chosen.logprob - 0.5 * (offset + 1), 4)
+        if share_the_rest:
+            logprob = min(logprob, round(math.log(rest * 0.5 ** (offset + 1)), 4))
         result.append(GenToken(id=tokenizer.token_id(text), text=text, logprob=logprob, special=False))
     return result
 

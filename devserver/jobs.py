@@ -65,7 +65,7 @@ def prepare(
     )
     if reply.rule:
         logger.debug("scripted reply from %s (%s)", reply.rule, reply.source)
-    plan = engine.build_plan(reply.text, valid)
+    plan = engine.build_plan(reply.text, valid, reply.logprobs)
     prefix = inputs if params.return_full_text else ""
     fault = request_fault(request, reply.fault, reply.fault_after_tokens)
     state.metrics.observe("tgi_request_input_length", valid.input_length)

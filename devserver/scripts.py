@@ -10,7 +10,9 @@ A script is a JSON file:
          "route": ["chat", "generate"],                 # optional: chat | generate | completions
          "response": {"json": {...}},                   # or a plain string
          "fault": "overloaded",                         # optional, one of FAULTS (below)
-         "fault_after_tokens": 3}                       # optional, for midstream, server_error, disconnect
+         "fault_after_tokens": 3,                       # optional, for midstream, server_error, disconnect
+         "confidence": {"amount": 0.62},                # optional: how sure the "model" is of a field
+         "default_confidence": 0.99}                    # optional: how sure it is of every other token
     ]}
 
 Faults (also selectable per request with the `x-aios-fault` header, and `x-aios-fault-after-tokens`):
@@ -28,6 +30,16 @@ Faults (also selectable per request with the `x-aios-fault` header, and `x-aios-
 TEI's `/embed` takes the header's overloaded, generation (424), timeout, unavailable, server_error (500)
 and disconnect.
 
+Token log-probabilities (`details.tokens`, `top_n_tokens`, chat `logprobs`) are deterministic noise spread
+over [-2.01, -0.01] unless the rule scripts its confidence. `confidence` maps top-level fields of a JSON
+response to probabilities in (0, 1]: each token that overlaps that field's value (by character offsets in
+the reply, as `llm.extract` matches tokens to fields) gets a log-probability around ln(p), with a small
+deterministic jitter that keeps the field's geometric-mean probability at p. Every other token of the reply
+gets ln(`default_confidence`) with the same jitter (0.99 when only `confidence` is given); the end-of-text
+token keeps its usual value. Each token's top alternatives then share what the chosen token leaves, so a
+sure token has unlikely alternatives. A reply replaced by a schema-valid value (below) is not the scripted
+one, so its tokens keep the usual noise.
+
 A bare list of rules is accepted too. Each rule has an implicit `"kind": "scripted"`; the field is
 reserved so that recorded exchanges can join the same file later without a format change.
 
@@ -40,18 +52,25 @@ by the constrained value, because a server doing guided decoding could never hav
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import schema as json_schema
+from . import tokenizer
 from .engine import Constraint
 
 ROUTES = ("chat", "generate", "completions")
 FAULTS = ("overloaded", "generation", "timeout", "midstream", "unavailable", "server_error", "disconnect")
 RULE_KINDS = ("scripted",)
 FALLBACK_PREFIX = "[AIOS development server] "
+DEFAULT_CONFIDENCE = 0.99
+# How far a scripted token's log-probability strays from its group's ln(p), as a fraction of ln(p): each
+# stays within [1.5, 0.5] x ln(p), so a sure field never shows a doubtful token, nor a doubtful one a sure token.
+JITTER = 0.5
 
 
 class ScriptError(ValueError):
@@ -72,6 +91,12 @@ class Rule:
     has_json: bool
     fault: str | None
     fault_after_tokens: int | None
+    confidence: Mapping[str, float] | None = None
+    default_confidence: float | None = None
+
+    @property
+    def scripts_confidence(self) -> bool:
+        return self.confidence is not None or self.default_confidence is not None
 
     def matches(self, text: str, route: str) -> bool:
         if self.routes and route not in self.routes:
@@ -92,6 +117,8 @@ class Reply:
     rule: str | None = None
     fault: str | None = None
     fault_after_tokens: int | None = None
+    # One log-probability per piece of `text` (`tokenizer.split`) when the rule scripts its confidence.
+    logprobs: tuple[float, ...] | None = None
 
 
 class Script:
@@ -135,6 +162,8 @@ def _parse_rule(raw: Any, index: int, origin: str) -> Rule:
     where = f"{origin}: rule {index + 1}"
     if not isinstance(raw, dict):
         raise ScriptError(f"{where}: expected an object")
+    if isinstance(raw.get("name"), str) and raw["name"]:
+        where += f" {json.dumps(raw['name'], ensure_ascii=False)}"
     kind = raw.get("kind", "scripted")
     if kind not in RULE_KINDS:
         raise ScriptError(f"{where}: kind {kind!r} is not supported (known: {', '.join(RULE_KINDS)})")
@@ -179,6 +208,10 @@ def _parse_rule(raw: Any, index: int, origin: str) -> Rule:
         text = None
     else:
         raise ScriptError(f'{where}: \'response\' must be a string, {{"text": ...}} or {{"json": ...}}')
+    confidence = _parse_confidence(raw.get("confidence"), json_value if has_json else None, where)
+    default_confidence = raw.get("default_confidence")
+    if default_confidence is not None:
+        _check_probability(default_confidence, f"{where}: 'default_confidence'")
     return Rule(
         name=str(raw.get("name") or f"rule {index + 1}"),
         contains=tuple(contains),
@@ -190,7 +223,91 @@ def _parse_rule(raw: Any, index: int, origin: str) -> Rule:
         has_json=has_json,
         fault=fault,
         fault_after_tokens=fault_after,
+        confidence=confidence,
+        default_confidence=default_confidence,
     )
+
+
+def _parse_confidence(raw: Any, response_json: Any, where: str) -> dict[str, float] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ScriptError(
+            f"{where}: 'confidence' must be an object mapping top-level fields of the JSON response to "
+            "probabilities in (0, 1]"
+        )
+    if not isinstance(response_json, dict):
+        raise ScriptError(f"{where}: 'confidence' needs a response of the form {{\"json\": {{...}}}} (an object)")
+    for field_name, probability in raw.items():
+        if field_name not in response_json:
+            known = ", ".join(json.dumps(name, ensure_ascii=False) for name in response_json) or "none"
+            raise ScriptError(
+                f"{where}: 'confidence' names {json.dumps(field_name, ensure_ascii=False)}, "
+                f"which is not a top-level field of the response (its fields: {known})"
+            )
+        _check_probability(probability, f"{where}: 'confidence.{field_name}'")
+    return dict(raw)
+
+
+def _check_probability(value: Any, label: str) -> None:
+    # bool is an int in Python, and json.loads accepts NaN and Infinity: neither is a probability.
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and 0 < value <= 1):
+        raise ScriptError(f"{label} must be a probability in (0, 1], not {json.dumps(value)}")
+
+
+def _top_level_spans(text: str) -> list[tuple[str, int, int]]:
+    """(field, start, end) of each top-level value of a JSON object `text`, in order; as far as it parses."""
+    decoder = json.JSONDecoder()
+    spans: list[tuple[str, int, int]] = []
+
+    def skip(index: int) -> int:
+        while index < len(text) and text[index] in " \t\n\r":
+            index += 1
+        return index
+
+    index = skip(0)
+    if not text.startswith("{", index):
+        return spans
+    index = skip(index + 1)
+    try:
+        while text.startswith('"', index):
+            key, index = decoder.raw_decode(text, index)
+            index = skip(index)
+            if not text.startswith(":", index):
+                break
+            start = skip(index + 1)
+            _, end = decoder.raw_decode(text, start)
+            spans.append((key, start, end))
+            index = skip(end)
+            if not text.startswith(",", index):
+                break
+            index = skip(index + 1)
+    except json.JSONDecodeError:
+        pass
+    return spans
+
+
+def scripted_logprobs(text: str, confidence: Mapping[str, float], default: float) -> tuple[float, ...]:
+    """One log-probability per piece of `text`: ln(p) of the field whose value the piece overlaps, else
+    ln(`default`), each varied by a deterministic jitter that averages to zero over the field's pieces, so
+    the field's geometric-mean probability stays p (to the 4-decimal rounding of each log-probability)."""
+    pieces = tokenizer.tokenize(text)
+    spans = [(key, start, end) for key, start, end in _top_level_spans(text) if key in confidence]
+    groups: dict[str | None, list[int]] = {}
+    for index, piece in enumerate(pieces):
+        field_name = next((key for key, start, end in spans if piece.start < end and piece.stop > start), None)
+        groups.setdefault(field_name, []).append(index)
+    logprobs = [0.0] * len(pieces)
+    for field_name, members in groups.items():
+        target = math.log(confidence[field_name] if field_name is not None else default)
+        offsets = [JITTER / 2 * tokenizer.jitter(pieces[i].text, i) for i in members]
+        mean = sum(offsets) / len(offsets)
+        for i, offset in zip(members, offsets, strict=True):
+            # Rounded to 4 decimals like every log-probability here (it prints alike as f32 and float);
+            # `+ 0.0` turns the -0.0 of a certain token into 0.0.
+            logprobs[i] = min(round(target * (1 + offset - mean), 4), 0.0) + 0.0
+    return tuple(logprobs)
 
 
 def satisfies(text: str, constraint: Constraint) -> bool:
@@ -252,7 +369,11 @@ def choose_reply(
         if constraint is not None and not satisfies(text, constraint):
             text = constrained_text(constraint, fallback)
             return Reply(text, "schema", rule.name, rule.fault, rule.fault_after_tokens)
-        return Reply(text, "script", rule.name, rule.fault, rule.fault_after_tokens)
+        logprobs = None
+        if rule.scripts_confidence:
+            default = rule.default_confidence if rule.default_confidence is not None else DEFAULT_CONFIDENCE
+            logprobs = scripted_logprobs(text, rule.confidence or {}, default)
+        return Reply(text, "script", rule.name, rule.fault, rule.fault_after_tokens, logprobs)
     if constraint is not None:
         return Reply(constrained_text(constraint, fallback), "schema")
     return Reply(fallback, "fallback")

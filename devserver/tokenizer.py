@@ -58,6 +58,11 @@ def token_logprob(piece: str, position: int) -> float:
     return -round(0.0101 + spread / 1000.0, 4)
 
 
+def jitter(piece: str, position: int) -> float:
+    """A deterministic value in `[-1, 1]` for a generated piece, to vary scripted log-probabilities."""
+    return (_digest(f"{position}:{piece}", b"aios-jitter") % 2001) / 1000.0 - 1.0
+
+
 def tokenize(text: str) -> list[Piece]:
     """The pieces of `text` with ids and character offsets (what `/tokenize` returns)."""
     pieces: list[Piece] = []
