@@ -12,12 +12,19 @@ class ApprovalsConfig(AppConfig):
     def ready(self) -> None:
         from apps.accounts import services as accounts
         from apps.approvals import selectors, services
+        from apps.approvals.demo import seed_review_demo
         from apps.runs import hooks
         from apps.steps.library import human
+        from apps.workflows import demo
+        from apps.workflows import views as builder
 
         hooks.on_wait["approval"] = services.approval_request_open
         hooks.on_approval_due.append(services.approval_request_expire)
         hooks.on_run_cancelled.append(services.approvals_cancel_for_run)
         hooks.run_visibility.append(selectors.runs_visible_through_queues)
+        hooks.step_notes.append(selectors.approval_step_notes)
         human.QUEUE_CHECKS.append(selectors.queue_key_problem)
+        human.AUDIT_SAMPLE_RATES.append(services.audit_sample_rate_for)
         accounts.on_team_created.append(services.team_queue_create)
+        demo.demo_extensions.append(seed_review_demo)
+        builder.CHOICE_PROVIDERS["approval-queue"] = selectors.queue_choices_for

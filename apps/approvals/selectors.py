@@ -37,7 +37,7 @@ AnyUser = AbstractUser | AnonymousUser
 
 # Confidence bands, as text and never colour alone (a starting point; the analyst sees calibrated figures).
 BANDS = ((0.9, "high"), (0.7, "medium"), (0.0, "low"))
-DUE_SOON = timedelta(hours=4)
+DUE_SOON = timedelta(hours=1)
 PAGE_SIZE = 25
 VIEWS = {
     "mine": "My items",
@@ -101,6 +101,15 @@ def queue_list_for_user(user: AnyUser) -> QuerySet[ApprovalQueue]:
         .select_related("team", "lead")
         .order_by("name")
     )
+
+
+def queue_choices_for(user: AnyUser) -> list[tuple[str, str]]:
+    """The builder's options for an approval step's queue: the queues `user` may name, by name."""
+    if user is None:
+        return []
+    return [
+        (key, f"{name} ({key})") for key, name in queues_usable_by(user).order_by("name").values_list("key", "name")
+    ]
 
 
 def queue_get_for_user(user: AnyUser, *, key: str) -> ApprovalQueue:
@@ -512,3 +521,41 @@ def agreement_rates(user: AnyUser, queue: ApprovalQueue) -> tuple[float | None, 
 
     in_queue = ApprovalDecision.objects.filter(request__queue=queue)
     return rate(in_queue.filter(actor_id=user.pk)), rate(in_queue)
+
+
+def approval_step_notes(user: AnyUser, run: Any, steps: list[StepRun]) -> dict[int, dict[str, str]]:
+    """The run page's note on each approval step (the runs app's hook): the item's state, who holds it and
+    its due time, with "Decide" for someone who may decide it now and "Open the item" for anyone else who
+    may see it. One query whatever the steps (more for a reviewer, whose right to decide is checked)."""
+    from django.urls import reverse
+
+    from apps.approvals.services import approval_refusal
+
+    # Whoever sees the run page may see the run's items (approval_list_for_user includes every run she may view).
+    items = ApprovalRequest.objects.filter(run=run).select_related("queue", "assignee", "decided_by", "run")
+    now = timezone.now()
+    notes = {}
+    for item in items:
+        if item.state == ApprovalRequest.State.PENDING:
+            holder = item.assignee.display_name if item.assignee else "unclaimed"
+            sla = sla_state(now, item.due_at, due_soon_within=DUE_SOON)
+            text = f"In the {item.queue.name} queue, {holder}; {sla.label.lower()}."
+            if item.required_approvals > 1:
+                text += f" {item.approvals_count} of {item.required_approvals} approvals."
+            may_decide = (
+                user.is_authenticated
+                and approval_refusal(user, item) is None  # type: ignore[arg-type]
+                and item.assignee_id in (None, user.pk)
+            )
+            label = "Decide" if may_decide else "Open the item"
+        else:
+            who = f" by {item.decided_by.display_name}" if item.decided_by else ""
+            text = f"{item.get_state_display()}{who} in the {item.queue.name} queue."
+            may_decide, label = False, "Open the item"
+        notes[item.step_run_id] = {
+            "text": text,
+            "link": reverse("approvals:item", args=[item.pk]),
+            "link_label": label,
+            "primary": "1" if may_decide else "",
+        }
+    return notes

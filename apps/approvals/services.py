@@ -370,7 +370,7 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
         step_run=step_run,
         run=run,
         queue=queue,
-        title=config.title,
+        title=str(wait.details.get("title") or config.title)[:200],
         priority=ApprovalRequest.Priority[config.priority.upper()],
         payload=wait.payload.get("params", {}),
         proposal=review["proposal"],
@@ -1102,6 +1102,12 @@ def audit_sample_chosen(rate: float, *, rng: random.Random | None = None) -> boo
     if rate <= 0:
         return False
     return (rng or random).random() < rate
+
+
+def audit_sample_rate_for(key: str) -> float:
+    """The step library's hook: the audit sample rate of the queue named `key` (0 when it does not exist)."""
+    rate = ApprovalQueue.objects.filter(key=key).values_list("audit_sample_rate", flat=True).first()
+    return float(rate or 0.0)
 
 
 def queue_for_key(key: str) -> ApprovalQueue | None:

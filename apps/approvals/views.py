@@ -107,6 +107,8 @@ def _as_text(kind: str, value: Any) -> str:
         return json.dumps(value, indent=2, ensure_ascii=False)
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer() and kind in ("number", "integer"):
+        return str(int(value))  # 640.0 reads as 640; parsed back it compares equal, so it is no change
     return str(value)
 
 

@@ -35,3 +35,9 @@ run_visibility: list[Callable[[Any], Any]] = []
 def run_cancelled(run: Run) -> None:
     for hook in on_run_cancelled:
         hook(run)
+
+
+# Each returns {step run id: note} for steps of `run` that an upper app has something to say about on the run
+# page, for `user` (the approvals app: an approval's state, who holds it, its due time, and a link to decide).
+# A note is {"text": str, "link": str, "link_label": str}; called once per render, for all steps at once.
+step_notes: list[Callable[[Any, Run, list[StepRun]], dict[int, dict[str, str]]]] = []

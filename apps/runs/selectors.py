@@ -171,6 +171,11 @@ def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
             step_output_display(step.step_type, config, step.output) if _shows_output(step) else None
         )
         step.output_display = display  # type: ignore[attr-defined]
+    notes: dict[int, dict[str, str]] = {}
+    for hook in hooks.step_notes:
+        notes.update(hook(user, run, steps))
+    for step in steps:
+        step.note = notes.get(step.pk)  # type: ignore[attr-defined]
     result = []
     if run.status == Run.Status.SUCCEEDED:
         result = run_result_display(

@@ -6,6 +6,7 @@ extraction prompt for these sample claims, keyed on their policy numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 CLAIM_FIELDS_SCHEMA: dict[str, Any] = {
@@ -113,3 +114,8 @@ CLAIMS_TRIAGE_GRAPH: dict[str, Any] = {
         },
     ]
 }
+
+
+# Upper apps add their part of the demo here (the approvals app: a review workflow and its queue's settings);
+# `seed_demo` calls each with the demo analyst and team, inside its transaction.
+demo_extensions: list[Callable[[Any, Any], None]] = []

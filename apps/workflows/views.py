@@ -8,6 +8,7 @@ insertion and drag and drop. The builder always renders from the saved draft, so
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlencode
@@ -381,10 +382,19 @@ def _cards(tree: blocks.Tree, problems: list[Problem], focus: str = "", control:
     return sequence(tree.blocks, blocks.ROOT)
 
 
-def _choices() -> dict[str, list[tuple[str, str]]]:
-    """Options for step settings that name things: the text-generation model endpoints."""
+# Upper apps add options for settings that name their things, per person (the approvals app: the approval
+# queues she may use), keyed by the setting's `x-widget`.
+CHOICE_PROVIDERS: dict[str, Callable[[Any], list[tuple[str, str]]]] = {}
+
+
+def _choices(user: Any = None) -> dict[str, list[tuple[str, str]]]:
+    """Options for step settings that name things: the text-generation model endpoints, and whatever the
+    upper apps provide for `user`."""
     endpoints = endpoint_names_for_steps()
-    return {"model-endpoint": [("", "Default endpoint"), *((name, name) for name in endpoints)]}
+    choices = {"model-endpoint": [("", "Default endpoint"), *((name, name) for name in endpoints)]}
+    for widget, provider in CHOICE_PROVIDERS.items():
+        choices[widget] = provider(user)
+    return choices
 
 
 def _step_panel(
@@ -395,6 +405,7 @@ def _step_panel(
     pinned: Any = None,
     problems: list[Problem] | None = None,
     tree: blocks.Tree | None = None,
+    user: Any = None,
 ) -> dict[str, Any] | None:
     """The side panel of one step: its generated form with errors under each field, and the data picker."""
     step = next((s for s in draft.graph.get("steps", []) if isinstance(s, dict) and s.get("key") == key), None)
@@ -403,7 +414,7 @@ def _step_panel(
     step_type = step_types().get(str(step.get("type")))
     config = step.get("config") if isinstance(step.get("config"), dict) else {}
     assert isinstance(config, dict)
-    fields = form_fields(step_type.config_schema(), config, _choices()) if step_type else []
+    fields = form_fields(step_type.config_schema(), config, _choices(user)) if step_type else []
     problems = [p for p in (workflow_version_problems(draft) if problems is None else problems) if p.step == key]
     unplaced = attach_errors(fields, [(p.field, p.message) for p in problems if not p.field.startswith("@")])
     option_problems = {p.field[1:].split(".")[0]: p.message for p in problems if p.field.startswith("@")}
@@ -499,6 +510,7 @@ def _builder_context(
             pinned=pinned.get(selected),
             problems=problems,
             tree=tree,
+            user=request.user,
         )
         if step_panel is not None:
             panel = {"kind": "step", **step_panel}
@@ -655,7 +667,7 @@ def workflow_editor_step(request: HttpRequest, slug: str, key: str) -> HttpRespo
     current = step.get("config") if isinstance(step.get("config"), dict) else {}
     assert isinstance(current, dict)
     config = (
-        config_from_post(form_fields(step_type.config_schema(), current, _choices()), request.POST, current)
+        config_from_post(form_fields(step_type.config_schema(), current, _choices(request.user)), request.POST, current)
         if step_type
         else current
     )

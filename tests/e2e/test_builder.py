@@ -115,7 +115,7 @@ def test_analyst_builds_tests_publishes_runs_and_compares_a_claims_triage(
 
     # An adjuster's approval on one branch, a data step on the other.
     add_step(page, "check/branch/true:0", "approval", "Human approval")
-    page.get_by_label("Queue").fill("team:claims")
+    page.get_by_role("combobox", name="Queue (required)").select_option("team:claims")  # the queues Ana may use
     page.get_by_label("Name", exact=True).fill("Adjuster review")
     save_step(page)
     add_step(page, "check/branch/false:0", "transform", "Transform data")

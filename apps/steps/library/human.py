@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
@@ -9,7 +10,8 @@ from typing import Any, Literal
 from django.utils import timezone
 from pydantic import Field
 
-from apps.steps.base import StepConfig, StepContext, StepOutcome, StepType, Wait
+from apps.steps.base import StepConfig, StepContext, StepError, StepOutcome, StepType, Wait
+from apps.steps.expressions import ExpressionError, cel_check, cel_evaluate, template_check, template_render
 from apps.steps.registry import register
 
 
@@ -20,7 +22,12 @@ class ApprovalConfig(StepConfig):
         description="The approval queue whose reviewers decide.",
         json_schema_extra={"x-widget": "approval-queue"},
     )
-    title: str = Field("Approval needed", max_length=200)
+    title: str = Field(
+        "Approval needed",
+        max_length=200,
+        description="What reviewers see in their inbox; may use data, e.g. Claim {{ input.policy_number }}.",
+        json_schema_extra={"x-widget": "template", "x-rows": 1},
+    )
     review_step: str = Field(
         "",
         max_length=64,
@@ -31,6 +38,14 @@ class ApprovalConfig(StepConfig):
     priority: Literal["low", "normal", "high", "urgent"] = Field("normal", description="Urgent items come first.")
     due_in_seconds: float | None = Field(None, gt=0, le=365 * 86400, description="Expire the request after this.")
     separation_of_duties: bool = Field(True, description="The person who started the run may not decide.")
+    straight_through_when: str = Field(
+        "",
+        max_length=2000,
+        title="Skip review when",
+        description="An expression: when it holds, the step approves at once without asking anyone (e.g. "
+        "steps.extract.confidence.amount >= 0.95), except for the queue's audit sample. Empty: always ask.",
+        json_schema_extra={"x-widget": "cel", "x-advanced": True},
+    )
     policy: Literal["", "any", "all", "k_of_n", "sequential"] = Field(
         "",
         description="Who must approve: empty for the queue's default; any one person, everyone in the queue, a "
@@ -50,6 +65,8 @@ class ApprovalConfig(StepConfig):
 
 # Filled by the approvals app (above the step library): each returns a problem with the queue key, or None.
 QUEUE_CHECKS: list[Callable[[str], str | None]] = []
+# Filled by the approvals app: the share of straight-through items a queue routes to review anyway.
+AUDIT_SAMPLE_RATES: list[Callable[[str], float]] = []
 
 
 @register
@@ -70,6 +87,13 @@ class HumanApproval(StepType):
         problems = [
             problem for key in [config.queue, *config.then_queues] for check in QUEUE_CHECKS if (problem := check(key))
         ]
+        title_problem = template_check(config.title)
+        if title_problem:
+            problems.append(f"title: the template does not parse: {title_problem}")
+        if config.straight_through_when:
+            expression_problem = cel_check(config.straight_through_when)
+            if expression_problem:
+                problems.append(f"straight_through_when: {expression_problem}")
         if config.then_queues and config.policy != "sequential":
             problems.append("later queues are used only by the one-queue-after-another policy")
         return problems
@@ -91,8 +115,40 @@ class HumanApproval(StepType):
         }
 
     def execute(self, config: ApprovalConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
+        variables = context.expression_variables()
+        try:
+            title = template_render(config.title, variables).strip()[:200] if "{" in config.title else config.title
+        except ExpressionError as error:
+            raise StepError(f'Step "{context.step_key}": the title could not be rendered: {error}') from None
+        audit_sample = False
+        if config.straight_through_when:
+            try:
+                straight = cel_evaluate(config.straight_through_when, variables)
+            except ExpressionError as error:
+                raise StepError(f'Step "{context.step_key}": "Skip review when" failed: {error}') from None
+            if straight is True:
+                # The queue's audit sample routes a share of these to a person anyway, so the accuracy of
+                # what goes straight through is measured rather than assumed.
+                rate = next((hook(config.queue) for hook in AUDIT_SAMPLE_RATES), 0.0)
+                if not (rate > 0 and random.random() < rate):  # noqa: S311 - a sample, not a secret
+                    return StepOutcome(
+                        output={
+                            "decision": "approved",
+                            "branch": "approved",
+                            "reason": "Straight through: the skip-review condition held.",
+                            "edits": {},
+                            "decided_by": "",
+                            "straight_through": True,
+                        }
+                    )
+                audit_sample = True
         due = timezone.now() + timedelta(seconds=config.due_in_seconds) if config.due_in_seconds else None
         return StepOutcome(
             output={},
-            wait=Wait("approval", fire_at=due, details={"queue": config.queue}, payload={"params": context.params}),
+            wait=Wait(
+                "approval",
+                fire_at=due,
+                details={"queue": config.queue, "title": title, "audit_sample": audit_sample},
+                payload={"params": context.params},
+            ),
         )

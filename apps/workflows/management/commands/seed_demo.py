@@ -20,7 +20,7 @@ from django.db import transaction
 from apps.accounts.models import Team, User
 from apps.accounts.roles import ADMIN, ANALYST, MANAGER, REVIEWER
 from apps.accounts.services import team_create, user_create, user_set_password
-from apps.workflows.demo import CLAIMS_TRIAGE_GRAPH, CLAIMS_TRIAGE_INPUT_SCHEMA
+from apps.workflows.demo import CLAIMS_TRIAGE_GRAPH, CLAIMS_TRIAGE_INPUT_SCHEMA, demo_extensions
 from apps.workflows.models import Workflow
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
 
@@ -48,6 +48,8 @@ class Command(BaseCommand):
             )
             self._workflow(analyst, team)
             self._endpoints()
+            for extension in demo_extensions:
+                extension(analyst, team)
         if passwords != stored:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(passwords, indent=2))
