@@ -17,6 +17,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from apps.approvals.routing import websocket_urlpatterns as inbox_websockets  # noqa: E402
 from apps.runs.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -24,7 +25,7 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         # Exact origins, scheme and port included: a page on another port of the same host is another site.
         "websocket": OriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+            AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, *inbox_websockets])),
             [url.rstrip("/") for url in settings.AIOS_PUBLIC_URLS],
         ),
     }

@@ -25,6 +25,7 @@ from guardian.shortcuts import assign_perm, get_users_with_perms
 from apps.accounts.models import Team, User
 from apps.accounts.roles import ADMIN, REVIEWER, user_roles
 from apps.approvals.calendar import ALWAYS, BusinessCalendar, escalation_times
+from apps.approvals.events import publish_item_arrived
 from apps.approvals.models import (
     ApprovalActivity,
     ApprovalDecision,
@@ -397,6 +398,7 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
             EscalationTimer(request=request, step=index, action=step["action"], fire_at=fire_at)
             for index, (step, fire_at) in enumerate(zip(queue.escalation, times, strict=True))
         )
+    transaction.on_commit(lambda: publish_item_arrived(queue.pk, request.pk))
     audit_record(
         actor=None,
         verb="approval.requested",
@@ -832,6 +834,8 @@ def approval_decide(
             delegated_from=None,
             revision=F("revision") + 1,
         )
+        if next_queue != current.queue_id:
+            transaction.on_commit(lambda: publish_item_arrived(next_queue, current.pk))
         audit_record(
             actor=actor,
             verb="approval.approval_recorded",

@@ -80,13 +80,15 @@ def inbox(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def inbox_new(request: HttpRequest) -> HttpResponse:
-    """The "N new items" bar: how many items arrived after the one the page was rendered with."""
+    """The "N new items" bar: how many items arrived after the one the page was rendered with (the same
+    fragment the inbox's WebSocket pushes, for clients without it)."""
     try:
         after = int(request.GET.get("after", "0"))
     except ValueError:
         after = 0
     count = new_items_since(request.user, after)
-    return render(request, "approvals/_new_items.html", {"count": count, "reload": request.GET.urlencode()})
+    reload = request.GET.get("q", "")[:1000]
+    return render(request, "approvals/_new_items.html", {"count": count, "reload": reload})
 
 
 @login_required

@@ -76,20 +76,4 @@
   var focus = document.querySelector("[data-focus]");
   if (focus) focus.focus();
 
-  // New items: ask every 15 s how many arrived since the page was drawn; the list itself never reflows.
-  var slot = document.getElementById("new-items");
-  if (slot && window.fetch) {
-    var poll = function () {
-      var url = slot.getAttribute("data-url") + "?after=" + encodeURIComponent(slot.getAttribute("data-after")) + "&" + slot.getAttribute("data-query");
-      fetch(url, { credentials: "same-origin", headers: { "HX-Request": "true" } })
-        .then(function (response) { return response.ok ? response.text() : ""; })
-        .then(function (html) {
-          var template = document.createElement("template");
-          template.innerHTML = html.trim();
-          slot.replaceChildren(template.content);
-        })
-        .catch(function () {});
-    };
-    window.setInterval(poll, 15000);
-  }
 })();
