@@ -1,4 +1,4 @@
-"""`python -m bench [B1 B2 B3 B6 B8 B9]`: start the services, a fresh bench database and workers, run, tear down."""
+"""`python -m bench [B1 B2 B3 B6 B8 B9 B10]`: start the services, a fresh bench database and workers, run, tear down."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from bench import stack
 from bench.common import eager_env
 
-ALL = ("B1", "B2", "B3", "B6", "B8", "B9")
+ALL = ("B1", "B2", "B3", "B6", "B8", "B9", "B10")
 
 
 def main(argv: list[str]) -> int:
@@ -93,6 +93,11 @@ def main(argv: list[str]) -> int:
 
             # B9 drives the builder in this process; it starts no runs, so it needs no workers.
             lines += [g.line() for g in b9.run(svc)]
+        if "B10" in selected:
+            from bench import b10
+
+            # B10 claims and lists approval items in this process; the runs stay parked, so no workers.
+            lines += [g.line() for g in b10.run(svc)]
         print(f"\n=== summary ({time.monotonic() - began:.0f} s) ===")
         for line in lines:
             print(line)
