@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Max, Q, QuerySet
 from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce
@@ -36,6 +36,7 @@ from apps.approvals.models import (
     EscalationTimer,
     Notification,
     OutOfOffice,
+    SavedView,
 )
 from apps.approvals.selectors import low_confidence_fields_for
 from apps.audit.services import audit_record
@@ -1116,3 +1117,53 @@ def audit_sample_rate_for(key: str) -> float:
 
 def queue_for_key(key: str) -> ApprovalQueue | None:
     return ApprovalQueue.objects.filter(key=key).first()
+
+
+# --- saved inbox views --------------------------------------------------------------------------------------
+
+SAVED_VIEW_NAME_MAX = SavedView._meta.get_field("name").max_length or 80
+SAVED_VIEW_QUERY_MAX = SavedView._meta.get_field("query").max_length or 1000
+
+
+@transaction.atomic
+def saved_view_create(*, actor: User, name: str, query: str, shared_queue: ApprovalQueue | None = None) -> SavedView:
+    """Save an inbox view (its query string) under a name of `actor`'s, unique among her views; shared with
+    everyone who works `shared_queue` when she manages that queue. ValidationFailed names the field at fault."""
+    name = name.strip()
+    errors: dict[str, list[str]] = {}
+    if not name:
+        errors["name"] = ["Give the view a name."]
+    elif len(name) > SAVED_VIEW_NAME_MAX:
+        errors["name"] = [f"At most {SAVED_VIEW_NAME_MAX} characters."]
+    elif SavedView.objects.filter(owner=actor, name=name).exists():
+        errors["name"] = [f'You already have a view called "{name}": choose another name or delete that one.']
+    if len(query) > SAVED_VIEW_QUERY_MAX:
+        errors["query"] = ["These filters are too long to save."]
+    if shared_queue is not None and not user_manages_queue(actor, shared_queue):
+        errors["shared_queue"] = [f'Only someone who manages the "{shared_queue.name}" queue can share a view with it.']
+    if errors:
+        raise ValidationFailed("The view was not saved.", fields=errors)
+    try:
+        # Two tabs saving the same name at once: the constraint decides, and the loser hears why.
+        with transaction.atomic():
+            view = SavedView.objects.create(owner=actor, name=name, query=query, shared_queue=shared_queue)
+    except IntegrityError:
+        raise ValidationFailed(
+            "The view was not saved.", fields={"name": [f'You already have a view called "{name}".']}
+        ) from None
+    audit_record(
+        actor=actor,
+        verb="saved_view.created",
+        target=view,
+        data={"name": name, "query": query, "shared_queue": shared_queue.key if shared_queue else None},
+    )
+    return view
+
+
+@transaction.atomic
+def saved_view_delete(*, actor: User, view: SavedView) -> None:
+    """Delete a saved view: its owner only (a view shared with her queue is someone else's to remove)."""
+    if view.owner_id != actor.pk:
+        raise Forbidden("Only the person who saved a view can delete it.")
+    audit_record(actor=actor, verb="saved_view.deleted", target=view, data={"name": view.name})
+    view.delete()
