@@ -1,39 +1,56 @@
-"""The reviewer's pages: the inbox (views, filters, Next item) and the decision view of one item, with its
-claim, release, skip, reassign and decide actions. Every write goes through apps.approvals.services."""
+"""The reviewer's pages: the inbox (views, filters, saved views, Next item, bulk approval), the decision view of
+one item with its claim, release, skip, reassign and decide actions, her notifications (and the nav's unread
+badge) and her out-of-office. Every write goes through apps.approvals.services."""
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.models import User
+from apps.accounts.roles import user_roles
 from apps.approvals.calendar import sla_state
-from apps.approvals.models import ApprovalRequest
+from apps.approvals.models import ApprovalQueue, ApprovalRequest, OutOfOffice
 from apps.approvals.selectors import (
     DUE_SOON,
     SORTS,
     VIEWS,
+    InboxPage,
     InboxQuery,
+    absence_list_for_user,
     agreement_rates,
     approval_get_for_user,
+    approval_list_for_user,
     inbox_page,
     low_confidence_fields_for,
     new_items_since,
+    notification_list_for_user,
+    queues_worked_by,
     review_decisions,
     review_fields,
     review_provenance,
     review_timeline,
+    saved_views_for_user,
     source_segments,
+    unread_notifications,
 )
 from apps.approvals.services import (
+    absence_for,
+    absence_remove,
+    absence_set,
+    approval_bulk_approve,
     approval_claim,
     approval_decide,
     approval_next,
@@ -41,12 +58,17 @@ from apps.approvals.services import (
     approval_refusal,
     approval_release,
     approval_skip,
+    bulk_refusal,
     field_changes,
+    notifications_mark_read,
     queue_workers,
+    saved_view_create,
+    saved_view_delete,
     user_manages_queue,
     user_works_queue,
 )
 from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.runs.presentation import Fields, Text, present_value
 
 CONFIDENCE_SOURCES = {
     "logprob": "from the model's token probabilities",
@@ -63,9 +85,15 @@ def _actor(request: HttpRequest) -> User:
 @login_required
 def inbox(request: HttpRequest) -> HttpResponse:
     """The inbox: one view of the reviewer's queues, as a bookmarkable URL."""
-    query = InboxQuery.from_query(request.GET)
-    page = inbox_page(request.user, query)
-    context = {
+    return render(request, "approvals/inbox.html", _inbox_context(request, InboxQuery.from_query(request.GET)))
+
+
+def _inbox_context(request: HttpRequest, query: InboxQuery, **extra: Any) -> dict[str, Any]:
+    user = _actor(request)
+    page = inbox_page(user, query)
+    current = page.query.as_query()
+    filtered_queue = next((queue for queue in page.queues if queue.key == page.query.queue), None)
+    return {
         "page": page,
         "query": query,
         "views": VIEWS,
@@ -74,8 +102,40 @@ def inbox(request: HttpRequest) -> HttpResponse:
         "view_links": [(key, label, query.as_query(view=key), page.counts.get(key, 0)) for key, label in VIEWS.items()],
         "previous_page": query.as_query(page=page.query.page - 1) if page.query.page > 1 else None,
         "next_page": query.as_query(page=page.query.page + 1) if page.query.page < page.pages else None,
+        "current_query": current,
+        "saved_views": [(view, view.query == current) for view in page.saved_views],
+        "share_queue": filtered_queue if filtered_queue and user_manages_queue(user, filtered_queue) else None,
+        "selectable": _bulk_selectable(user, page) if page.query.view == "unclaimed" else set(),
+        "away": absence_for(user),
+        "save_errors": {},
+        "save_name": "",
+        **extra,
     }
-    return render(request, "approvals/inbox.html", context)
+
+
+def _bulk_selectable(user: User, page: InboxPage) -> set[int]:
+    """The listed items `user` may tick for bulk approval: those `bulk_refusal` lets through.
+
+    `bulk_refusal` asks guardian whether she works the item's queue, which is two queries each time; a page of
+    rows asks it of the same few queues again and again, so the answers are remembered for this page (on a copy
+    of the user, never on the request's): two queries per queue on the page, none per row. Approving asks
+    everything afresh."""
+    rows = [row.request for row in page.rows if row.request.queue.bulk_threshold is not None]
+    if not rows:
+        return set()
+    answers: dict[tuple[str, str, Any], bool] = {}
+    asker = copy.copy(user)
+    # The roles read for this request live on the request's lazy user object, which the copy does not carry.
+    asker.__dict__["_role_names"] = user_roles(user)
+
+    def has_perm(perm: str, obj: Any = None) -> bool:
+        key = (perm, obj._meta.label if obj is not None else "", getattr(obj, "pk", None))
+        if key not in answers:
+            answers[key] = user.has_perm(perm, obj)
+        return answers[key]
+
+    asker.has_perm = has_perm  # type: ignore[method-assign]
+    return {item.pk for item in rows if bulk_refusal(asker, item) is None}
 
 
 @login_required
@@ -361,3 +421,218 @@ def _decision_form_again(
     field_errors = {key.removeprefix("edits."): value for key, value in errors.items()}
     context = _item_context(request, item, posted=posted, form_error=message, field_errors=field_errors)
     return render(request, "approvals/item.html", context, status=400)
+
+
+# --- bulk approval ------------------------------------------------------------------------------------------
+
+
+def _inbox_url(query_string: str) -> str:
+    clean = InboxQuery.from_query(QueryDict(query_string[:1000])).as_query()
+    return reverse("approvals:inbox") + (f"?{clean}" if clean else "")
+
+
+@login_required
+@require_POST
+def bulk(request: HttpRequest) -> HttpResponse:
+    """Bulk approval in two steps: the ticked items with what would refuse any of them, then "Approve N items",
+    all or nothing (approval_bulk_approve). A refused batch shows each item's reason and changes nothing."""
+    user = _actor(request)
+    back = request.POST.get("back", "")
+    ids = [int(value) for value in request.POST.getlist("items") if value.isdigit()][:200]
+    items = sorted(approval_list_for_user(user).filter(pk__in=ids), key=lambda item: ids.index(item.pk))
+    if not items:
+        messages.error(request, "Tick at least one item to approve in bulk.")
+        return redirect(_inbox_url(back))
+    comment = request.POST.get("comment", "")
+    if request.POST.get("stage") != "approve":
+        return render(request, "approvals/bulk.html", _bulk_context(user, items, back=back, comment=comment))
+    try:
+        approved = approval_bulk_approve(requests=items, actor=user, reason=comment)
+    except ValidationFailed as refusal:
+        reasons = {int(key): " ".join(why) for key, why in refusal.fields.items() if key.isdigit()}
+        context = _bulk_context(user, items, back=back, comment=comment, reasons=reasons, error=refusal.message)
+        return render(request, "approvals/bulk.html", context, status=400)
+    except ApplicationError as refusal:
+        messages.error(request, f"Nothing was approved: {refusal.message}")
+        return redirect(_inbox_url(back))
+    messages.success(request, f"Approved {len(approved)} item{'s' if len(approved) != 1 else ''}.")
+    return redirect(_inbox_url(back))
+
+
+def _bulk_context(
+    user: User,
+    items: Sequence[ApprovalRequest],
+    *,
+    back: str,
+    comment: str,
+    reasons: dict[int, str] | None = None,
+    error: str = "",
+) -> dict[str, Any]:
+    rows = []
+    for item in items:
+        why = (reasons or {}).get(item.pk) or bulk_refusal(user, item)
+        summary = _fields_summary(item)
+        rows.append({"item": item, "refusal": why, "fields": summary})
+    return {
+        "rows": rows,
+        "ready": [row for row in rows if not row["refusal"]],
+        "refused": [row for row in rows if row["refusal"]],
+        "back": back,
+        "back_url": _inbox_url(back),
+        "comment": comment,
+        "error": error,
+    }
+
+
+def _fields_summary(item: ApprovalRequest) -> list[tuple[str, str]]:
+    """The item's data as (label, text) pairs in the schema's designed order, as the run page reads it (12,400;
+    No; 3 November 2024), so the rows of a bulk batch line up field for field."""
+    shown = present_value(item.corrected or {}, item.schema or None)
+    if not isinstance(shown, Fields):
+        return []
+    return [(row.label, row.value.text if isinstance(row.value, Text) else "(see the item)") for row in shown.rows]
+
+
+# --- saved views --------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def view_save(request: HttpRequest) -> HttpResponse:
+    """Save the inbox view she is looking at under a name, shared with its queue if she asks (and may)."""
+    user = _actor(request)
+    query = InboxQuery.from_query(QueryDict(request.POST.get("query", "")[:1000]))
+    name = request.POST.get("name", "")
+    shared: ApprovalQueue | None = None
+    if request.POST.get("share") and query.queue:
+        shared = queues_worked_by(user).filter(key=query.queue).first()
+    try:
+        view = saved_view_create(actor=user, name=name, query=query.as_query(), shared_queue=shared)
+    except ValidationFailed as refusal:
+        errors = {**refusal.fields}
+        if "shared_queue" in errors or "query" in errors:
+            errors["name"] = errors.get("name", []) + errors.pop("shared_queue", []) + errors.pop("query", [])
+        context = _inbox_context(request, query, save_errors=errors, save_name=name, save_open=True)
+        return render(request, "approvals/inbox.html", context, status=400)
+    messages.success(request, f'Saved the view "{view.name}"{" for the " + shared.name + " queue" if shared else ""}.')
+    return redirect(_inbox_url(view.query))
+
+
+@login_required
+@require_POST
+def view_delete(request: HttpRequest, view_id: int) -> HttpResponse:
+    user = _actor(request)
+    view = next((view for view in saved_views_for_user(user) if view.pk == view_id), None)
+    if view is None:
+        raise Http404("No such saved view.")
+    try:
+        saved_view_delete(actor=user, view=view)
+    except ApplicationError as refusal:
+        messages.error(request, refusal.message)
+    else:
+        messages.success(request, f'Deleted the saved view "{view.name}".')
+    return redirect(_inbox_url(request.POST.get("back", "")))
+
+
+# --- notifications and the nav's badge ------------------------------------------------------------------------
+
+
+@login_required
+def notifications(request: HttpRequest) -> HttpResponse:
+    """Her notifications, newest first; unread ones say "New"."""
+    items = notification_list_for_user(request.user)
+    unread = sum(1 for item in items if item.read_at is None)
+    return render(request, "approvals/notifications.html", {"notifications": items, "unread": unread})
+
+
+@login_required
+@require_POST
+def notifications_read(request: HttpRequest) -> HttpResponse:
+    marked = notifications_mark_read(user=_actor(request))
+    messages.success(request, f"Marked {marked} notification{'s' if marked != 1 else ''} read.")
+    return redirect("approvals:notifications")
+
+
+@require_GET
+@never_cache
+def badge(request: HttpRequest) -> HttpResponse:
+    """The nav's unread count, fetched after the page loads so no page's own queries include it. Nothing
+    (204, which htmx leaves unswapped) for someone signed out: never the sign-in page swapped into the nav."""
+    if not request.user.is_authenticated:
+        return HttpResponse(status=204)
+    return render(request, "approvals/_badge.html", {"count": unread_notifications(request.user)})
+
+
+# --- out of office ------------------------------------------------------------------------------------------
+
+ABSENCE_FIELDS = ("starts_on", "ends_on", "delegate", "note")
+
+
+def _delegate_choices(user: User) -> list[User]:
+    """Active people who work at least one of the queues she works (not herself), by name."""
+    people: dict[int, User] = {}
+    for queue in queues_worked_by(user).order_by("name"):
+        for person in queue_workers(queue):
+            if person.pk != user.pk:
+                people.setdefault(person.pk, person)
+    return sorted(people.values(), key=lambda person: (person.display_name.lower(), person.pk))
+
+
+def _date(raw: str) -> date | None:
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        return None
+
+
+@login_required
+def away(request: HttpRequest) -> HttpResponse:
+    """Her current and future absences, and a form to add one: while away, her items go to her delegate."""
+    user = _actor(request)
+    delegates = _delegate_choices(user)
+    form = dict.fromkeys(ABSENCE_FIELDS, "")
+    errors: dict[str, list[str]] = {}
+    form_error = ""
+    if request.method == "POST":
+        form = {name: request.POST.get(name, "").strip() for name in ABSENCE_FIELDS}
+        starts_on, ends_on = _date(form["starts_on"]), _date(form["ends_on"])
+        delegate = next((person for person in delegates if str(person.pk) == form["delegate"]), None)
+        for name, value in (("starts_on", starts_on), ("ends_on", ends_on)):
+            if value is None:
+                errors[name] = ["Enter a date, for example 2027-03-14."]
+        if delegate is None:
+            errors["delegate"] = ["Choose who takes your items while you are away."]
+        if starts_on and ends_on and delegate and not errors:
+            try:
+                absence = absence_set(
+                    actor=user, starts_on=starts_on, ends_on=ends_on, delegate=delegate, note=form["note"]
+                )
+            except ValidationFailed as refusal:
+                errors, form_error = refusal.fields, refusal.message
+            else:
+                messages.success(
+                    request,
+                    f"Saved: from {absence.starts_on:%-d %b %Y} to {absence.ends_on:%-d %b %Y} "
+                    f"your new items go to {delegate.display_name}.",
+                )
+                return redirect("approvals:away")
+        form_error = form_error or "The absence was not saved: see the fields below."
+    context = {
+        "absences": absence_list_for_user(user),
+        "today": timezone.localdate(),
+        "delegates": delegates,
+        "form": form,
+        "errors": errors,
+        "form_error": form_error,
+    }
+    return render(request, "approvals/away.html", context, status=400 if errors else 200)
+
+
+@login_required
+@require_POST
+def away_remove(request: HttpRequest, absence_id: int) -> HttpResponse:
+    user = _actor(request)
+    absence = get_object_or_404(OutOfOffice.objects.filter(user_id=user.pk), pk=absence_id)
+    absence_remove(actor=user, absence=absence)
+    messages.success(request, f"Removed the absence from {absence.starts_on:%-d %b %Y} to {absence.ends_on:%-d %b %Y}.")
+    return redirect("approvals:away")

@@ -101,6 +101,12 @@ MATRIX: dict[str, dict[str, int]] = {
     "approvals:inbox": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "approvals:new-items": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "approvals:item": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN},
+    # Her own notifications and out-of-office: every signed-in person has them (empty when she works no queue).
+    "approvals:notifications": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
+    "approvals:away": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
+    # The nav's unread badge, loaded by htmx after each page: nothing (204) for someone signed out, so a
+    # session that ended never swaps the sign-in page into the nav.
+    "approvals:badge": {**EVERYONE_SIGNED_IN, "anonymous": 204},
     "api:approval-detail": {
         "analyst": OK,
         "reviewer": OK,
@@ -176,6 +182,13 @@ EXEMPT = {
     "approvals:skip",
     "approvals:reassign",
     "approvals:decide",
+    # The inbox pages' writes (POST only): tests/approvals/test_inbox_pages.py covers them (bulk approval, saved
+    # views shared or not, absences, marking notifications read), each only on the person's own things.
+    "approvals:bulk",
+    "approvals:views-save",
+    "approvals:views-delete",
+    "approvals:notifications-read",
+    "approvals:away-remove",
     "accounts:login",
     "accounts:logout",
     "healthz",
