@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.accounts.models import User
 from apps.accounts.roles import user_roles
@@ -586,6 +586,7 @@ def _date(raw: str) -> date | None:
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
 def away(request: HttpRequest) -> HttpResponse:
     """Her current and future absences, and a form to add one: while away, her items go to her delegate."""
     user = _actor(request)
