@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from simple_history.models import HistoricalRecords
 
@@ -124,6 +125,9 @@ class ApprovalRequest(models.Model):
     source_text = models.TextField(blank=True)
     review_step_key = models.CharField(max_length=64, blank=True)
     separation_of_duties = models.BooleanField(default=True)
+    # Everyone who started this run or a run it descends from (restarts, replays, parent runs): under separation
+    # of duties none of them decides, and the inbox leaves the item out of their lists.
+    initiators = ArrayField(models.BigIntegerField(), default=list, blank=True)
     policy = models.CharField(max_length=16, choices=DecisionPolicy.choices, default=DecisionPolicy.ANY)
     required_approvals = models.PositiveSmallIntegerField(default=1)
     # For the sequential policy: the queue ids in order; `stage` indexes the one that decides now.

@@ -245,7 +245,7 @@ def _view_queryset(user: AnyUser, view: str, now: datetime) -> QuerySet[Approval
     if view == "unclaimed":
         return (
             pending.filter(assignee__isnull=True)
-            .exclude(Q(separation_of_duties=True) & Q(run__initiator_id=user.pk))
+            .exclude(Q(separation_of_duties=True, initiators__contains=[user.pk]))
             .exclude(decisions__actor_id=user.pk)
         )
     if view == "due_soon":
@@ -260,7 +260,7 @@ def inbox_counts(user: AnyUser, *, now: datetime | None = None) -> dict[str, int
     pending = ApprovalRequest.objects.filter(
         state=ApprovalRequest.State.PENDING, step_run__state=StepRun.State.WAITING, queue__in=worked
     )
-    unclaimed = Q(assignee__isnull=True) & ~(Q(separation_of_duties=True) & Q(run__initiator_id=user.pk))
+    unclaimed = Q(assignee__isnull=True) & ~(Q(separation_of_duties=True, initiators__contains=[user.pk]))
     counts = pending.aggregate(
         mine=Count("pk", filter=Q(assignee_id=user.pk)),
         unclaimed=Count("pk", filter=unclaimed),

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
 from typing import Any
 
 import jsonschema
 from django.contrib.auth.models import Group
-from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Max, Q, QuerySet
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, F, Max, QuerySet
 from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -52,9 +53,10 @@ WORK = "approvals.work_approvalqueue"
 USE = "approvals.use_approvalqueue"
 MANAGE = "approvals.manage_approvalqueue"
 ESCALATION_ACTIONS = {choice.value for choice in EscalationTimer.Action}
-# How many of the most urgent candidates "Next item" tries before it gives up for this request: each is
-# skipped at once when another reviewer's transaction holds its run, so twenty reviewers spread over them.
+# "Next item" reads this many of the most urgent candidates at a time, and reads again up to NEXT_ROUNDS times
+# when other reviewers took them all first.
 NEXT_CANDIDATES = 20
+NEXT_ROUNDS = 10
 
 
 # --- who may do what --------------------------------------------------------------------------------------
@@ -105,7 +107,7 @@ def approval_refusal(user: User, request: ApprovalRequest) -> str | None:
         return "Only a signed-in person can decide."
     if not user_works_queue(user, request.queue):
         return f'Only reviewers of the "{request.queue.name}" queue can decide this item.'
-    if request.separation_of_duties and user.pk in run_initiator_ids(request.run):
+    if request.separation_of_duties and user.pk in request.initiators:
         return "You started this run, so someone else must decide (separation of duties)."
     return None
 
@@ -385,6 +387,7 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
         source_text=review["source_text"],
         review_step_key=config.review_step,
         separation_of_duties=config.separation_of_duties and queue.separation_of_duties,
+        initiators=sorted(run_initiator_ids(run)),
         policy=policy,
         required_approvals=required,
         stages=stages if policy == DecisionPolicy.SEQUENTIAL else [],
@@ -467,7 +470,7 @@ def queue_workers(queue: ApprovalQueue) -> list[User]:
 
 
 def _auto_assignee(request: ApprovalRequest) -> User | None:
-    excluded = run_initiator_ids(request.run) if request.separation_of_duties else set()
+    excluded = set(request.initiators) if request.separation_of_duties else set()
     candidates = [user for user in queue_workers(request.queue) if user.pk not in excluded]
     if not candidates:
         return None
@@ -597,46 +600,78 @@ def _refuse_repeat_decider(request: ApprovalRequest, actor: User) -> None:
 def next_candidates(actor: User) -> Any:
     """The items "Next item" would give `actor`, most urgent first: unclaimed, pending, in a queue she works,
     not set aside by her, not decided by her, and not from a run she started (where duties are separated)."""
-    from apps.approvals.selectors import queues_worked_by
+    from apps.approvals.selectors import worked_queue_ids
 
+    skipped = ApprovalActivity.objects.filter(actor=actor, kind=ApprovalActivity.Kind.SKIPPED).values("request_id")
     return (
         ApprovalRequest.objects.filter(
             state=ApprovalRequest.State.PENDING,
             assignee__isnull=True,
             step_run__state=StepRun.State.WAITING,
-            queue__in=queues_worked_by(actor),
+            queue__in=worked_queue_ids(actor),
         )
-        .exclude(Q(separation_of_duties=True) & Q(run__initiator=actor))
+        .exclude(separation_of_duties=True, initiators__contains=[actor.pk])
         .exclude(decisions__actor=actor)
-        .exclude(activities__actor=actor, activities__kind=ApprovalActivity.Kind.SKIPPED)
+        # One subquery, not two conditions on the many-valued relation (which Django would check separately:
+        # any activity of hers and anyone's skip would hide the item).
+        .exclude(pk__in=skipped)
         .order_by(F("priority").desc(), F("due_at").asc(nulls_last=True), "created_at", "pk")
     )
 
 
 def approval_next(*, actor: User) -> ApprovalRequest | None:
     """Claim the most urgent item `actor` may take, or None when there is none. Two reviewers never get the
-    same item: each claim is a conditional update under the run's lock, and a run another reviewer's
-    transaction holds is passed over at once (SKIP LOCKED) for the next candidate."""
-    candidates = list(next_candidates(actor).values_list("pk", "run_id")[:NEXT_CANDIDATES])
-    for request_id, run_id in candidates:
-        with transaction.atomic():
-            if not run_try_lock(run_id):
-                continue
-            request = ApprovalRequest.objects.select_related("run", "queue").get(pk=request_id)
-            if request.separation_of_duties and actor.pk in run_initiator_ids(request.run):
-                continue
-            won = ApprovalRequest.objects.filter(
-                pk=request_id, state=ApprovalRequest.State.PENDING, assignee__isnull=True
-            ).update(assignee=actor, claimed_at=timezone.now(), delegated_from=None, revision=F("revision") + 1)
-            if not won:
-                continue
-            request.refresh_from_db()
-            ApprovalActivity.objects.create(
-                request=request, actor=actor, kind=ApprovalActivity.Kind.CLAIMED, data={"next": True}
-            )
-            audit_record(actor=actor, verb="approval.claimed", target=request, data={"by": "next"})
-            return request
+    same item: each claim is a conditional update under the item's run lock. One statement locks the run of
+    the most urgent candidate no other transaction holds (SKIP LOCKED), so reviewers pressing Next together
+    spread over the queue instead of queueing behind one row; when others took every candidate, it reads the
+    queue again rather than answering "nothing to take" while items wait."""
+    tried: set[int] = set()
+    for _ in range(NEXT_ROUNDS):
+        candidates = list(next_candidates(actor).exclude(pk__in=tried).values_list("pk", flat=True)[:NEXT_CANDIDATES])
+        if not candidates:
+            return None
+        progressed = False
+        while candidates:
+            with transaction.atomic():
+                request_id = _lock_first_free(candidates)
+                if request_id is None:
+                    break  # the rest are claimed, or their runs are held by someone claiming them right now
+                progressed = True
+                candidates.remove(request_id)
+                tried.add(request_id)
+                request = ApprovalRequest.objects.select_related("run", "queue").get(pk=request_id)
+                if request.separation_of_duties and actor.pk in request.initiators:
+                    continue
+                won = ApprovalRequest.objects.filter(
+                    pk=request_id, state=ApprovalRequest.State.PENDING, assignee__isnull=True
+                ).update(assignee=actor, claimed_at=timezone.now(), delegated_from=None, revision=F("revision") + 1)
+                if not won:
+                    continue
+                request.refresh_from_db()
+                ApprovalActivity.objects.create(
+                    request=request, actor=actor, kind=ApprovalActivity.Kind.CLAIMED, data={"next": True}
+                )
+                audit_record(actor=actor, verb="approval.claimed", target=request, data={"by": "next"})
+                return request
+        if not progressed:
+            time.sleep(0.01)  # every candidate's run is held by a claim in flight: read again once they commit
     return None
+
+
+# The runs of `candidates` in their order, first one no transaction holds, still unclaimed: locked (the run row,
+# as run_lock does: the lock order's first lock) and returned, in one statement.
+_LOCK_FIRST_FREE_SQL = (
+    "SELECT a.id FROM approvals_approvalrequest a JOIN runs_run r ON r.id = a.run_id "
+    "WHERE a.id = ANY(%s) AND a.state = 'pending' AND a.assignee_id IS NULL "
+    "ORDER BY array_position(%s::bigint[], a.id) LIMIT 1 FOR NO KEY UPDATE OF r SKIP LOCKED"
+)
+
+
+def _lock_first_free(candidates: list[int]) -> int | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_FIRST_FREE_SQL, [candidates, candidates])
+        row = cursor.fetchone()
+    return int(row[0]) if row else None
 
 
 @transaction.atomic
@@ -1022,7 +1057,7 @@ def _escalate(timer: EscalationTimer) -> None:
         kind = ApprovalActivity.Kind.ESCALATED
         group = queue.escalation_group
         if group is not None:
-            excluded = run_initiator_ids(request.run) if request.separation_of_duties else set()
+            excluded = set(request.initiators) if request.separation_of_duties else set()
             decided = set(ApprovalDecision.objects.filter(request=request).values_list("actor_id", flat=True))
             # Only someone who may decide it: an assignee who cannot would hold the item out of everyone's reach.
             members = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+from django.test import Client
 from django.utils import timezone
 
 from apps.approvals.corrections import workflow_calibration
@@ -109,3 +110,21 @@ def test_calibration_from_known_corrections(analyst, team, reviewer):
     assert (amount.low, amount.high, amount.reviews, amount.correct) == (0.9, 0.95, 20, 19)
     assert amount.sentence == "amount: 0.92 means 95 % correct over 20 reviews"
     assert claimant.sentence == "claimant: 0.97 means 100 % correct over 20 reviews"
+
+    # The analyst reads the same figures on her workflow's page (a fragment loaded after the page).
+    client = Client()
+    client.force_login(analyst)
+    page = client.get(f"/inbox/workflows/{workflow.slug}/accuracy/").content.decode()
+    assert "amount: 0.92 means 95 % correct over 20 reviews" in page
+    assert f"/api/workflows/{workflow.slug}/corrections/" in page
+
+
+def test_before_any_review_the_workflow_page_says_so(analyst, team):
+    workflow = claim_workflow(analyst, team, confidence={"amount": 0.92})
+    client = Client()
+    client.force_login(analyst)
+    response = client.get(f"/inbox/workflows/{workflow.slug}/accuracy/")
+    assert (
+        response.status_code == 200
+        and "No reviewer has decided an item of this workflow yet" in response.content.decode()
+    )

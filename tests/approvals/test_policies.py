@@ -136,6 +136,9 @@ def _refused_everywhere(person, item):
     assert refused.status_code == 403 and "separation of duties" in refused.json()["detail"]
     assert client.post(f"/api/approvals/{item.pk}/claim/").status_code == 403
     assert client.post("/api/approvals/next/").status_code == 204
+    # Nor is it in her inbox's unclaimed view or its count (the restart chain is stored with the item).
+    unclaimed = client.get("/api/approvals/?view=unclaimed").json()
+    assert item.pk not in [row["id"] for row in unclaimed["results"]] and unclaimed["counts"]["unclaimed"] == 0
     item.refresh_from_db()
     assert (item.state, item.assignee_id) == ("pending", None)
     assert not ApprovalDecision.objects.filter(request=item).exists()

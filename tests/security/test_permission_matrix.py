@@ -101,6 +101,14 @@ MATRIX: dict[str, dict[str, int]] = {
     "approvals:inbox": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "approvals:new-items": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "approvals:item": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN},
+    # A workflow's review accuracy: whoever may view the workflow.
+    "approvals:workflow-accuracy": {
+        "analyst": OK,
+        "reviewer": OK,
+        "manager": OK,
+        "outsider": HIDDEN,
+        "anonymous": LOGIN,
+    },
     # Her own notifications and out-of-office: every signed-in person has them (empty when she works no queue).
     "approvals:notifications": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "approvals:away": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
@@ -266,6 +274,7 @@ def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
             "api:approval-detail": [item.pk],
             "api:approval-queue-detail": [item.queue.key],
             "api:workflow-corrections": [claims_workflow.slug],
+            "approvals:workflow-accuracy": [claims_workflow.slug],
         },
     }
 
