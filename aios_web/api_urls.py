@@ -14,7 +14,13 @@ from apps.approvals.api.views import (
     NotificationViewSet,
     corrections_export_view,
 )
-from apps.runs.api.views import RunViewSet, incident_resolve_view, run_start_view, run_test_start_api_view
+from apps.runs.api.views import (
+    RunViewSet,
+    document_upload_view,
+    incident_resolve_view,
+    run_start_view,
+    run_test_start_api_view,
+)
 from apps.workflows.api.exchange import workflow_document_schema_view, workflow_export_view, workflow_import_view
 from apps.workflows.api.pinned import pinned_output_list_view, pinned_output_view
 from apps.workflows.api.views import (
@@ -59,6 +65,7 @@ urlpatterns = [
     ),
     path("schema/workflow/v1.json", workflow_document_schema_view, name="workflow-document-schema"),
     path("incidents/<int:incident_id>/resolve/", incident_resolve_view, name="incident-resolve"),
+    path("documents/", document_upload_view, name="document-upload"),
     path("auth/token/", obtain_auth_token, name="auth-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),

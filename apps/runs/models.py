@@ -327,3 +327,36 @@ class EffectRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step_key} of run {self.run_id}: {self.state}"
+
+
+class InputDocument(models.Model):
+    """A PDF uploaded as a run input: the bytes as received, and the text read from them page by page.
+
+    `text` is every page's text joined by PAGE_SEPARATOR; `page_offsets[n]` is `[start, end)` of page n + 1 in
+    it, so a character range of the text (an extraction's evidence) maps back to its pages. Immutable once
+    stored: a run's input names a document by id, and its text is what the run's steps read. One row per
+    uploader and content: uploading the same file again returns the stored row.
+    """
+
+    # Blank lines, not a form feed: model steps drop control characters from their source, and the source
+    # must stay the document's text for evidence offsets to point into it.
+    PAGE_SEPARATOR = "\n\n\n"
+
+    name = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=100, default="application/pdf")
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    data = models.BinaryField()
+    page_count = models.PositiveIntegerField()
+    text = models.TextField()
+    page_offsets = models.JSONField(default=list)
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["uploaded_by", "sha256"], name="input_document_uploader_sha256_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.page_count} page{'s' if self.page_count != 1 else ''})"

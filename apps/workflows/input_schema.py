@@ -3,7 +3,10 @@
 
 Supported per property: `type` string / integer / number / boolean / array (of strings), `title`,
 `description`, `enum`, `default`, `minLength`, `maxLength`, `minimum`, `maximum`, `format: "textarea"` or
-`"date"` (an ISO date, kept as text in the run's input); `required` at the top.
+`"date"` (an ISO date, kept as text in the run's input); `required` at the top. A property
+`{"type": "object", "format": "document"}` is a document (a PDF): the Run form shows a file input, and the
+run's input holds `{"document": id, "name", "sha256", "pages", "text"}`, made by apps.runs.documents from the
+upload (this module only checks that shape: reading files is the runs app's business).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from datetime import date
 from typing import Any
 
 from django import forms
+from django.core.files.uploadedfile import UploadedFile
 
-_TYPES = {"string", "integer", "number", "boolean", "array"}
+_TYPES = {"string", "integer", "number", "boolean", "array", "object"}
+DOCUMENT_FORMAT = "document"
 _COERCE: dict[str, Callable[[Any], Any]] = {"integer": int, "number": float}
 
 
@@ -57,6 +62,8 @@ def input_schema_errors(schema: Any) -> list[str]:
             problems.append(f'input schema: "{name}" is not a valid field name')
         if not isinstance(spec, dict) or spec.get("type") not in _TYPES:
             problems.append(f'input schema: field "{name}" needs a type of {", ".join(sorted(_TYPES))}')
+        elif spec["type"] == "object" and spec.get("format") != DOCUMENT_FORMAT:
+            problems.append(f'input schema: field "{name}" is an object, and only documents (PDF files) are supported')
         elif spec["type"] == "array" and (spec.get("items") or {}).get("type") != "string":
             problems.append(f'input schema: field "{name}" is a list, and only lists of text are supported')
         elif "enum" in spec and (not isinstance(spec["enum"], list) or not spec["enum"]):
@@ -95,6 +102,8 @@ class TextListField(forms.CharField):
 def _default_problem(spec: dict[str, Any]) -> str | None:
     """Why a field's default does not fit it (None when it does)."""
     value, kind = spec["default"], spec["type"]
+    if kind == "object":
+        return "cannot be set: a document is uploaded with each run"
     fits = {
         "string": isinstance(value, str),
         "integer": isinstance(value, int) and not isinstance(value, bool),
@@ -114,6 +123,60 @@ def _default_problem(spec: dict[str, Any]) -> str | None:
     return None
 
 
+def is_document(spec: Any) -> bool:
+    """Whether a property of an input schema is a document (a PDF uploaded with the run)."""
+    return isinstance(spec, dict) and spec.get("type") == "object" and spec.get("format") == DOCUMENT_FORMAT
+
+
+def document_field_names(schema: Any) -> list[str]:
+    """The schema's document fields, in form order."""
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    return [name for name in property_order(schema) if is_document((properties or {}).get(name))]
+
+
+class DocumentInput(forms.FileInput):
+    """A PDF file input. Its value is the uploaded file when there is one, else the field's value in the data
+    (a run input from the API or a sub-workflow: the stored document's dict)."""
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(attrs={"accept": "application/pdf,.pdf", **(attrs or {})})
+
+    def value_from_datadict(self, data: Any, files: Any, name: str) -> Any:
+        if files and files.get(name) is not None:
+            return files.get(name)
+        return data.get(name)
+
+    def value_omitted_from_data(self, data: Any, files: Any, name: str) -> bool:
+        return name not in (files or {}) and name not in data
+
+
+_DOCUMENT_KEYS = {"document": int, "name": str, "sha256": str, "pages": int, "text": str}
+
+
+class DocumentField(forms.Field):
+    """A document: an uploaded PDF (which the runs app stores and turns into the dict below) or, as a run's
+    input, `{"document": id, "name": ..., "sha256": ..., "pages": n, "text": ...}`."""
+
+    widget = DocumentInput
+    is_document = True
+    default_error_messages = {"invalid": "Upload the document as a PDF file."}
+
+    def to_python(self, value: Any) -> Any:
+        if value in self.empty_values:
+            return None
+        if isinstance(value, UploadedFile):
+            return value
+        if isinstance(value, dict) and all(
+            isinstance(value.get(key), kind) and not isinstance(value.get(key), bool)
+            for key, kind in _DOCUMENT_KEYS.items()
+        ):
+            return {key: value[key] for key in _DOCUMENT_KEYS}
+        raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        return data is not None
+
+
 def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
     common: dict[str, Any] = {
         "label": spec.get("title") or name.replace("_", " ").capitalize(),
@@ -123,6 +186,9 @@ def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
     if "default" in spec:
         common["initial"] = spec["default"]
     kind = spec["type"]
+    if is_document(spec):
+        common["help_text"] = common["help_text"] or "A PDF with text (not a scan), up to 20 MB and 200 pages."
+        return DocumentField(**common)
     if kind == "array":
         return TextListField(
             widget=forms.Textarea(attrs={"rows": 4}), **{**common, "help_text": common["help_text"] or "One per line."}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from apps.workflows.input_schema import ORDER_KEY, property_order
+from apps.workflows.input_schema import DOCUMENT_FORMAT, ORDER_KEY, is_document, property_order
 
 KINDS: dict[str, str] = {
     "short_text": "Short text",
@@ -21,6 +21,7 @@ KINDS: dict[str, str] = {
     "choice": "Choice",
     "yes_no": "Yes / no",
     "text_list": "List of short texts",
+    "document": "Document (PDF)",
 }
 
 
@@ -42,6 +43,8 @@ class InputRow:
 
 def _kind(spec: dict[str, Any]) -> str:
     kind = spec.get("type")
+    if is_document(spec):
+        return "document"
     if kind == "boolean":
         return "yes_no"
     if kind == "integer":
@@ -102,6 +105,8 @@ def _default(row: InputRow) -> tuple[Any, str | None]:
     text = row.default.strip()
     if not text:
         return None, None
+    if row.kind == "document":
+        return None, "A document has no default: it is uploaded with each run."
     if row.kind == "yes_no":
         if text.lower() in ("yes", "true", "1"):
             return True, None
@@ -141,15 +146,21 @@ def schema_from_rows(rows: list[InputRow], *, examples: Any = None) -> tuple[dic
             row.errors.append("Choose a kind of field.")
         spec: dict[str, Any] = {}
         kind = row.kind
-        spec["type"] = {"yes_no": "boolean", "whole_number": "integer", "number": "number", "text_list": "array"}.get(
-            kind, "string"
-        )
+        spec["type"] = {
+            "yes_no": "boolean",
+            "whole_number": "integer",
+            "number": "number",
+            "text_list": "array",
+            "document": "object",
+        }.get(kind, "string")
         if kind == "long_text":
             spec["format"] = "textarea"
         elif kind == "date":
             spec["format"] = "date"
         elif kind == "text_list":
             spec["items"] = {"type": "string"}
+        elif kind == "document":
+            spec["format"] = DOCUMENT_FORMAT
         elif kind == "choice":
             options = [item.strip() for item in row.choices.split(",") if item.strip()]
             if not options:

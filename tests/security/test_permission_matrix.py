@@ -202,6 +202,8 @@ EXEMPT = {
     "healthz",
     "api:auth-token",
     "api:workflow-run-start",
+    # Uploading a PDF run input (POST only): tests/runs/test_documents.py covers it.
+    "api:document-upload",
     # Import (POST): tests/workflows/test_exchange.py covers who may import into what.
     "api:workflow-import",
     # Test runs and pinned test data over the API: tests/workflows/test_builder_safety.py covers them by persona.

@@ -128,3 +128,19 @@ class RunStartSerializer(serializers.Serializer):
     """The body of a start request; the fields themselves are checked against the workflow's schema."""
 
     inputs = serializers.DictField(help_text="Field values for the workflow's input schema.")
+
+
+class DocumentUploadSerializer(serializers.Serializer):
+    """A PDF to use as a run input (multipart/form-data)."""
+
+    file = serializers.FileField(help_text="A PDF with text (not a scan), up to 20 MB and 200 pages.")
+
+
+class DocumentSerializer(serializers.Serializer):
+    """A stored document: name it in a run's input as `{"document": <id>}`."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    sha256 = serializers.CharField()
+    pages = serializers.IntegerField(source="page_count")
+    size = serializers.IntegerField()

@@ -4,13 +4,16 @@ from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
-from rest_framework.decorators import action, api_view
+from rest_framework.decorators import action, api_view, parser_classes
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.runs.api.serializers import (
     CancelSerializer,
+    DocumentSerializer,
+    DocumentUploadSerializer,
     IncidentResolveSerializer,
     IncidentSerializer,
     InferenceCallSerializer,
@@ -19,6 +22,7 @@ from apps.runs.api.serializers import (
     RunSerializer,
     RunStartSerializer,
 )
+from apps.runs.documents import MAX_BYTES, document_inputs_expand, document_store, too_big_message
 from apps.runs.draft_tests import run_test_start
 from apps.runs.models import Run
 from apps.runs.selectors import (
@@ -36,7 +40,7 @@ from apps.runs.services import (
     run_restart,
     run_start,
 )
-from apps.workflows.selectors import draft_sample_inputs, workflow_get_for_user
+from apps.workflows.selectors import draft_sample_inputs, workflow_get_for_user, workflow_version_published_latest
 
 
 class RunViewSet(viewsets.ReadOnlyModelViewSet):
@@ -143,17 +147,23 @@ def incident_resolve_view(request: Request, incident_id: int) -> Response:
 )
 @api_view(["POST"])
 def run_start_view(request: Request, slug: str) -> Response:
-    """Start a run of the workflow's published version. 400 with field errors when the input is invalid."""
+    """Start a run of the workflow's published version. 400 with field errors when the input is invalid.
+    A document field takes `{"document": <id>}` of a PDF the caller uploaded with `POST /api/documents/`."""
     workflow = workflow_get_for_user(request.user, slug=slug)
     body = RunStartSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     key = request.headers.get("Idempotency-Key", "")
     if len(key) > 128:
         raise ValidationError({"Idempotency-Key": ["At most 128 characters."]})
+    inputs = body.validated_data["inputs"]
+    version = workflow_version_published_latest(workflow)
+    if version is not None:
+        # Document fields name an upload by id; the stored document's name, hash and text replace it.
+        inputs = document_inputs_expand(actor=request.user, schema=version.input_schema, inputs=inputs)  # type: ignore[arg-type]
     run, created = run_start(
         actor=request.user,  # type: ignore[arg-type]
         workflow=workflow,
-        inputs=body.validated_data["inputs"],
+        inputs=inputs,
         idempotency_key=key,
         trigger="api",
     )
@@ -207,3 +217,19 @@ def run_test_start_api_view(request: Request, slug: str) -> Response:
         recorded_run=recorded,
     )
     return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(request={"multipart/form-data": DocumentUploadSerializer}, responses={201: DocumentSerializer})
+@api_view(["POST"])
+@parser_classes([MultiPartParser, FormParser])
+def document_upload_view(request: Request) -> Response:
+    """Upload a PDF to use as a run input; name it in a run's inputs as `{"document": <id>}`. Uploading the
+    same file again returns the same document. 400 with a reason when the file is not a readable PDF with
+    text, is over 20 MB or has more than 200 pages."""
+    body = DocumentUploadSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    upload = body.validated_data["file"]
+    if upload.size > MAX_BYTES:
+        raise ValidationError({"file": [too_big_message(upload.size)]})
+    document = document_store(actor=request.user, name=upload.name, data=upload.read())  # type: ignore[arg-type]
+    return Response(DocumentSerializer(document).data, status=status.HTTP_201_CREATED)
