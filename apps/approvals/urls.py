@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.urls import path
 
 from apps.approvals import reports, views
+from apps.approvals.document_views import item_page
 
 app_name = "approvals"
 
@@ -19,6 +20,7 @@ urlpatterns = [
     path("away/", views.away, name="away"),
     path("away/<int:absence_id>/remove/", views.away_remove, name="away-remove"),
     path("items/<int:request_id>/", views.item_detail, name="item"),
+    path("items/<int:request_id>/pages/<int:page>.png", item_page, name="item-page"),
     path("workflows/<slug:slug>/accuracy/", reports.workflow_accuracy, name="workflow-accuracy"),
     path("items/<int:request_id>/claim/", views.claim, name="claim"),
     path("items/<int:request_id>/release/", views.release, name="release"),

@@ -101,6 +101,9 @@ MATRIX: dict[str, dict[str, int]] = {
     "approvals:inbox": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "approvals:new-items": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "approvals:item": {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN},
+    # A page image of an item's source PDF: the world's item has none, so 404 for all; a page that exists
+    # (200 for whoever sees the item, 404 for others): tests/approvals/test_document_review.py.
+    "approvals:item-page": {**dict.fromkeys(EVERYONE_SIGNED_IN, HIDDEN), "anonymous": LOGIN},
     # A workflow's review accuracy: whoever may view the workflow.
     "approvals:workflow-accuracy": {
         "analyst": OK,
@@ -273,6 +276,7 @@ def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
             "api:run-calls": [run.pk],
             "inference:endpoint-edit": [endpoint.pk],
             "approvals:item": [item.pk],
+            "approvals:item-page": [item.pk, 1],
             "api:approval-detail": [item.pk],
             "api:approval-queue-detail": [item.queue.key],
             "api:workflow-corrections": [claims_workflow.slug],
