@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.approvals import reports, views
+from apps.approvals import queue_views, reports, views
 from apps.approvals.document_views import item_page
 
 app_name = "approvals"
@@ -19,6 +19,9 @@ urlpatterns = [
     path("badge/", views.badge, name="badge"),
     path("away/", views.away, name="away"),
     path("away/<int:absence_id>/remove/", views.away_remove, name="away-remove"),
+    path("queues/", queue_views.queue_list, name="queues"),
+    path("queues/<str:key>/", queue_views.queue_settings, name="queue"),
+    path("queues/<str:key>/members/", queue_views.queue_members_change, name="queue-members"),
     path("items/<int:request_id>/", views.item_detail, name="item"),
     path("items/<int:request_id>/pages/<int:page>.png", item_page, name="item-page"),
     path("workflows/<slug:slug>/accuracy/", reports.workflow_accuracy, name="workflow-accuracy"),

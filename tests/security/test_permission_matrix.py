@@ -135,6 +135,9 @@ MATRIX: dict[str, dict[str, int]] = {
         "outsider": HIDDEN,
         "anonymous": UNAUTHENTICATED,
     },
+    # The queue pages: the list of those she may see (empty for some); one queue's page for those who see it.
+    "approvals:queues": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
+    "approvals:queue": {"analyst": OK, "reviewer": OK, "manager": HIDDEN, "outsider": HIDDEN, "anonymous": LOGIN},
     "api:absence-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:notification-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     # The corrections export: whoever may view the workflow.
@@ -200,6 +203,8 @@ EXEMPT = {
     "approvals:views-delete",
     "approvals:notifications-read",
     "approvals:away-remove",
+    # A queue's members through its page (POST only): tests/approvals/test_queue_pages.py covers it by persona.
+    "approvals:queue-members",
     "accounts:login",
     "accounts:logout",
     "healthz",
@@ -279,6 +284,7 @@ def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
             "approvals:item-page": [item.pk, 1],
             "api:approval-detail": [item.pk],
             "api:approval-queue-detail": [item.queue.key],
+            "approvals:queue": [item.queue.key],
             "api:workflow-corrections": [claims_workflow.slug],
             "approvals:workflow-accuracy": [claims_workflow.slug],
         },
