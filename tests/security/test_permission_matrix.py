@@ -138,6 +138,15 @@ MATRIX: dict[str, dict[str, int]] = {
     # The queue pages: the list of those she may see (empty for some); one queue's page for those who see it.
     "approvals:queues": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "approvals:queue": {"analyst": OK, "reviewer": OK, "manager": HIDDEN, "outsider": HIDDEN, "anonymous": LOGIN},
+    # A queue's members over the API: those who manage it (none of the personas; its lead and admins in
+    # tests/approvals/test_queue_pages.py); the rest who see the queue are told no, the others may not know it.
+    "api:approval-queue-members": {
+        "analyst": FORBIDDEN,
+        "reviewer": FORBIDDEN,
+        "manager": HIDDEN,
+        "outsider": HIDDEN,
+        "anonymous": UNAUTHENTICATED,
+    },
     "api:absence-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:notification-list": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     # The corrections export: whoever may view the workflow.
@@ -285,6 +294,7 @@ def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
             "api:approval-detail": [item.pk],
             "api:approval-queue-detail": [item.queue.key],
             "approvals:queue": [item.queue.key],
+            "api:approval-queue-members": [item.queue.key],
             "api:workflow-corrections": [claims_workflow.slug],
             "approvals:workflow-accuracy": [claims_workflow.slug],
         },

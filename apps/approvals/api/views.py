@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import Group
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
@@ -15,8 +17,15 @@ from rest_framework.decorators import action, api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.accounts.models import User
+from apps.accounts.models import Team, User
+from apps.accounts.roles import ADMIN, user_roles
 from apps.approvals import corrections
+from apps.approvals.membership import (
+    queue_escalation_group_set,
+    queue_member_add,
+    queue_member_remove,
+    queue_members,
+)
 from apps.approvals.models import ApprovalQueue, ApprovalRequest, Notification, OutOfOffice
 from apps.approvals.selectors import (
     InboxQuery,
@@ -38,18 +47,23 @@ from apps.approvals.services import (
     approval_claim,
     approval_decide,
     approval_next,
+    approval_queue_create,
     approval_queue_update,
     approval_reassign,
     approval_release,
     approval_skip,
     notifications_mark_read,
+    user_manages_queue,
 )
-from apps.core.exceptions import ValidationFailed
+from apps.core.exceptions import Forbidden, ValidationFailed
 
 
 class QueueSerializer(serializers.ModelSerializer):
     team: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     lead: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    escalation_group: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
 
     class Meta:
         model = ApprovalQueue
@@ -59,6 +73,7 @@ class QueueSerializer(serializers.ModelSerializer):
             "description",
             "team",
             "lead",
+            "escalation_group",
             "calendar",
             "sla_hours",
             "escalation",
@@ -279,8 +294,62 @@ class ApprovalRequestViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(ApprovalRequestSerializer(decided, many=True).data)
 
 
+class QueueCreateSerializer(serializers.Serializer):
+    """A new queue: its key and name, the team whose members work it and may name it (optional), its lead; any
+    other setting of the queue (as in PATCH) may come along and is checked by the service."""
+
+    key = serializers.CharField(max_length=150)
+    name = serializers.CharField(max_length=150)
+    team: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Team.objects.select_related("group"), required=False, allow_null=True
+    )
+    lead: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", queryset=User.objects.filter(is_active=True), required=False, allow_null=True
+    )
+    escalation_group: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="name", queryset=Group.objects.all(), required=False, allow_null=True
+    )
+
+
+class QueueMemberSerializer(serializers.Serializer):
+    """One member of a queue: a person (`user`) or a group (`group`), the rights granted on the queue, and for a
+    person whether she may work items at all (the reviewer or admin role) with a note when not."""
+
+    kind = serializers.CharField()
+    user = serializers.CharField(source="user.username", allow_null=True, default=None)
+    group = serializers.CharField(source="group.name", allow_null=True, default=None)
+    name = serializers.CharField()
+    rights = serializers.ListField(child=serializers.CharField())
+    can_work = serializers.BooleanField()
+    note = serializers.CharField()
+    people = serializers.IntegerField(help_text="For a group: its active members.")
+    reviewers = serializers.IntegerField(help_text="For a group: its active members with the reviewer or admin role.")
+
+
+class MemberChangeSerializer(serializers.Serializer):
+    """Name one person (`user`, a username) or one group (`group`, its name), and the right."""
+
+    user = serializers.CharField(max_length=150, required=False)
+    group = serializers.CharField(max_length=150, required=False)
+    right = serializers.ChoiceField(choices=["work", "use"], required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if bool(attrs.get("user")) == bool(attrs.get("group")):
+            raise serializers.ValidationError("Name one person (user) or one group (group).")
+        if attrs.get("user"):
+            attrs["user"] = User.objects.filter(username=attrs["user"]).first()
+            if attrs["user"] is None:
+                raise serializers.ValidationError({"user": "No user has that username."})
+        if attrs.get("group"):
+            attrs["group"] = Group.objects.filter(name=attrs["group"]).first()
+            if attrs["group"] is None:
+                raise serializers.ValidationError({"group": "No group has that name."})
+        return attrs
+
+
 class ApprovalQueueViewSet(viewsets.ReadOnlyModelViewSet):
-    """The queues the caller works, uses or leads; their lead or an admin changes one with PATCH."""
+    """The queues the caller works, uses or leads; their lead or an admin changes one with PATCH. Admins create
+    queues; those who manage a queue list, add and remove its members."""
 
     serializer_class = QueueSerializer
     lookup_field = "key"
@@ -292,11 +361,85 @@ class ApprovalQueueViewSet(viewsets.ReadOnlyModelViewSet):
     def get_object(self) -> ApprovalQueue:
         return queue_get_for_user(self.request.user, key=self.kwargs["key"])
 
+    @extend_schema(request=QueueCreateSerializer, responses={201: QueueSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Create a queue (admins). With `team`, the team's members work it and may name it in approval steps."""
+        user = _user(request)
+        if not (user.is_superuser or ADMIN in user_roles(user)):
+            raise Forbidden("Only admins create approval queues.")
+        if not isinstance(request.data, dict):
+            raise ValidationFailed("Send an object.", fields={"data": ["Must be a JSON object."]})
+        body = QueueCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        named = body.validated_data
+        settings = {name: value for name, value in request.data.items() if name not in QueueCreateSerializer().fields}
+        team = named.get("team")
+        holders = [team.group] if team else []
+        queue = approval_queue_create(
+            actor=user,
+            key=named["key"],
+            name=named["name"],
+            team=team,
+            lead=named.get("lead"),
+            escalation_group=named.get("escalation_group"),
+            workers=holders,
+            users=holders,
+            **settings,
+        )
+        return Response(QueueSerializer(queue).data, status=status.HTTP_201_CREATED)
+
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         if not isinstance(request.data, dict):
             raise ValidationFailed("Send an object of settings.", fields={"data": ["Must be a JSON object."]})
-        queue = approval_queue_update(actor=_user(request), queue=self.get_object(), **dict(request.data))
+        queue = self.get_object()
+        changes = dict(request.data)
+        if "lead" in changes:
+            username = changes["lead"]
+            changes["lead"] = User.objects.filter(username=username, is_active=True).first() if username else None
+            if username and changes["lead"] is None:
+                raise ValidationFailed("No such person.", fields={"lead": ["No active user has that username."]})
+        group_given = "escalation_group" in changes
+        group_name = changes.pop("escalation_group", None)
+        group = Group.objects.filter(name=group_name).first() if group_name else None
+        if group_name and group is None:
+            raise ValidationFailed("No such group.", fields={"escalation_group": ["No group has that name."]})
+        with transaction.atomic():
+            # The group first: a lead who hands the lead to someone else may still set it in the same request.
+            if group_given:
+                queue = queue_escalation_group_set(actor=_user(request), queue=queue, group=group)
+            queue = approval_queue_update(actor=_user(request), queue=queue, **changes)
         return Response(QueueSerializer(queue).data)
+
+    @extend_schema(
+        methods=["GET"], request=None, responses={200: QueueMemberSerializer(many=True)}, description="The members."
+    )
+    @extend_schema(
+        methods=["POST", "DELETE"],
+        request=MemberChangeSerializer,
+        responses={200: QueueMemberSerializer(many=True)},
+        description="POST grants `right` (default work); DELETE takes `right` (default: every right given here).",
+    )
+    @action(detail=True, methods=["get", "post", "delete"])
+    def members(self, request: Request, key: str) -> Response:
+        """Who works the queue and who may name it in approval steps: people and groups. Those who manage the
+        queue list them, add one with a right (POST) and remove one (DELETE); removing the last person who could
+        work a queue with waiting items is refused (400)."""
+        queue = self.get_object()
+        user = _user(request)
+        if not user_manages_queue(user, queue):
+            raise Forbidden(f'Only someone who manages the "{queue.name}" queue can see or change its members.')
+        if request.method == "GET":
+            return Response(QueueMemberSerializer(queue_members(queue), many=True).data)
+        body = MemberChangeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        who = {"user": body.validated_data.get("user"), "group": body.validated_data.get("group")}
+        if request.method == "POST":
+            changed = queue_member_add(actor=user, queue=queue, right=body.validated_data.get("right", "work"), **who)
+            code = status.HTTP_201_CREATED if changed else status.HTTP_200_OK
+        else:
+            queue_member_remove(actor=user, queue=queue, right=body.validated_data.get("right"), **who)
+            code = status.HTTP_200_OK
+        return Response(QueueMemberSerializer(queue_members(queue), many=True).data, status=code)
 
 
 class AbsenceSerializer(serializers.ModelSerializer):
