@@ -24,6 +24,8 @@ from apps.runs.documents import (
 from apps.runs.models import InputDocument
 
 _PAD = 1.5  # points
+# The name tag: 8 pt bold text (see inbox.css), at most about 5.6 pt a character.
+_TAG_HEIGHT, _TAG_PADDING, _TAG_CHARACTER_WIDTH = 11.0, 2.5, 5.6
 _DOCUMENT_SOURCE = re.compile(r"\{\{\s*input\.([A-Za-z_][A-Za-z0-9_]*)\.text\s*\}\}")
 
 
@@ -36,8 +38,15 @@ class EvidenceMark:
     field: str
     boxes: list[TextBox]
     anchor: bool
-    label_x: float
-    label_y: float
+    tag: TextBox  # the dark tag behind the field's name
+
+    @property
+    def label_x(self) -> float:
+        return self.tag.x + _TAG_PADDING
+
+    @property
+    def label_y(self) -> float:
+        return self.tag.y + self.tag.height - 2.5  # the text's baseline inside its tag
 
 
 @dataclass
@@ -117,14 +126,16 @@ def review_document_for_user(user: AnyUser, item: ApprovalRequest) -> ReviewDocu
                 for box in page_boxes.boxes
             ]
             first = boxes[0]
+            # The field's name on a tag above the first line (below it on a page's top line). No script may
+            # measure text here (CSP), so the tag's width is estimated from the label's length.
+            width = len(str(name)) * _TAG_CHARACTER_WIDTH + 2 * _TAG_PADDING
+            top = first.y - _TAG_HEIGHT if first.y > _TAG_HEIGHT else first.y + first.height
             page.marks.append(
                 EvidenceMark(
                     field=str(name),
                     boxes=boxes,
                     anchor=name not in anchored,
-                    label_x=first.x,
-                    # The label sits above the first line; on the page's top line, inside the box instead.
-                    label_y=first.y - 2 if first.y > 12 else first.y + first.height + 9,
+                    tag=TextBox(first.x, top, width, _TAG_HEIGHT),
                 )
             )
             anchored.add(str(name))

@@ -187,7 +187,8 @@ def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
         common["initial"] = spec["default"]
     kind = spec["type"]
     if is_document(spec):
-        common["help_text"] = common["help_text"] or "A PDF with text (not a scan), up to 20 MB and 200 pages."
+        limits = "A PDF with text (not a scan), up to 20 MB and 200 pages."
+        common["help_text"] = f"{common['help_text']} {limits}".strip()
         return DocumentField(**common)
     if kind == "array":
         return TextListField(
