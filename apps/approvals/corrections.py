@@ -1,7 +1,7 @@
 """Reviewers' decisions as labelled data: the per-workflow evaluation set (JSON Lines) and the calibration of
 per-field confidence scores against what reviewers corrected.
 
-A field counts as correct in a decision when the reviewer approved without changing it; a rejection says
+A field counts as correct on an approved item when its final data keeps the model's value; a rejection says
 nothing about single fields and is left out of calibration (it stays in the export).
 """
 
@@ -16,7 +16,7 @@ from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import QuerySet
 
-from apps.approvals.models import ApprovalDecision
+from apps.approvals.models import ApprovalDecision, ApprovalRequest
 from apps.workflows.models import Workflow
 from apps.workflows.selectors import workflow_get_for_user
 
@@ -100,11 +100,23 @@ class CalibrationBin:
 
 
 def calibration(decisions: QuerySet[ApprovalDecision]) -> list[CalibrationBin]:
-    """Per field and score bin, the share of approvals that kept the field as the model proposed it."""
+    """Per field and score bin, the share of approved items whose final data kept the field as the model
+    proposed it: one sample per item (not per person: under a multi-person policy a later approver sees the
+    earlier one's correction), and only items a person looked at on their own (bulk approvals are left out)."""
     tallies: dict[tuple[str, int], list[float]] = {}
     correct: dict[tuple[str, int], int] = {}
-    for confidence, changes in decisions.filter(decision="approved").values_list("confidence", "changes"):
-        changed = {change.get("field") for change in changes or [] if isinstance(change, dict)}
+    items = (
+        ApprovalRequest.objects.filter(pk__in=decisions.values("request_id"), state=ApprovalRequest.State.APPROVED)
+        .exclude(decisions__bulk=True)
+        .values_list("confidence", "proposal", "corrected")
+    )
+    for confidence, proposal, corrected in items:
+        changed = {
+            name
+            for name in set(proposal or {}) | set(corrected or {})
+            if json.dumps((proposal or {}).get(name), sort_keys=True)
+            != json.dumps((corrected or {}).get(name), sort_keys=True)
+        }
         for name, score in (confidence or {}).items():
             if not isinstance(score, int | float) or isinstance(score, bool):
                 continue

@@ -21,7 +21,8 @@ from guardian.shortcuts import assign_perm, get_groups_with_perms, get_users_wit
 from apps.accounts.models import User
 from apps.accounts.roles import ADMIN, REVIEWER, ROLES, user_roles
 from apps.approvals.models import ApprovalQueue, ApprovalRequest
-from apps.approvals.services import USE, WORK, queue_workers, user_manages_queue
+from apps.approvals.rules import USE, WORK, user_manages_queue
+from apps.approvals.services import queue_workers
 from apps.audit.services import audit_record
 from apps.core.exceptions import Forbidden, ValidationFailed
 

@@ -38,13 +38,12 @@ from apps.approvals.membership import (
     queue_members,
 )
 from apps.approvals.models import ApprovalQueue, ApprovalRequest, Assignment, DecisionPolicy, EscalationTimer
+from apps.approvals.rules import MANAGE, user_manages_queue
 from apps.approvals.selectors import queue_get_for_user, queue_list_for_user, worked_queue_ids
 from apps.approvals.services import (
-    MANAGE,
     approval_queue_create,
     approval_queue_update,
     queue_settings_clean,
-    user_manages_queue,
 )
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.core.permissions import restrict

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib.auth.models import AbstractUser, AnonymousUser
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.http import Http404, QueryDict
 from django.utils import timezone
 
@@ -28,6 +28,7 @@ from apps.approvals.models import (
     OutOfOffice,
     SavedView,
 )
+from apps.approvals.rules import approval_refusal
 from apps.core.permissions import restrict
 from apps.inference.models import InferenceCall
 from apps.runs.models import StepRun
@@ -148,7 +149,9 @@ def approval_list_for_user(user: AnyUser) -> QuerySet[ApprovalRequest]:
     if not user.is_authenticated:
         return ApprovalRequest.objects.none()
     worked = worked_queue_ids(user)
-    visible_runs = run_list_for_user(user).values("pk")
+    # The runs she may view in her own right: reading a run because of one queue's item must not open the
+    # items of other queues on the same run.
+    visible_runs = run_list_for_user(user, through_other_apps=False).values("pk")
     return (
         ApprovalRequest.objects.filter(Q(queue__in=worked) | Q(run__in=visible_runs))
         .select_related("run", "run__workflow", "decided_by", "step_run", "queue", "assignee")
@@ -260,7 +263,10 @@ def inbox_counts(user: AnyUser, *, now: datetime | None = None) -> dict[str, int
     pending = ApprovalRequest.objects.filter(
         state=ApprovalRequest.State.PENDING, step_run__state=StepRun.State.WAITING, queue__in=worked
     )
-    unclaimed = Q(assignee__isnull=True) & ~(Q(separation_of_duties=True, initiators__contains=[user.pk]))
+    decided = ApprovalDecision.objects.filter(request=OuterRef("pk"), actor_id=user.pk)
+    unclaimed = (
+        Q(assignee__isnull=True) & ~Q(separation_of_duties=True, initiators__contains=[user.pk]) & ~Exists(decided)
+    )
     counts = pending.aggregate(
         mine=Count("pk", filter=Q(assignee_id=user.pk)),
         unclaimed=Count("pk", filter=unclaimed),
@@ -540,8 +546,6 @@ def approval_step_notes(user: AnyUser, run: Any, steps: list[StepRun]) -> dict[i
     its due time, with "Decide" for someone who may decide it now and "Open the item" for anyone else who
     may see it. One query whatever the steps (more for a reviewer, whose right to decide is checked)."""
     from django.urls import reverse
-
-    from apps.approvals.services import approval_refusal
 
     # Whoever sees the run page may see the run's items (approval_list_for_user includes every run she may view).
     items = ApprovalRequest.objects.filter(run=run).select_related("queue", "assignee", "decided_by", "run")

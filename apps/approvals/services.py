@@ -8,6 +8,7 @@ is audited in the run's stream, in the same transaction.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -24,7 +25,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_users_with_perms
 
 from apps.accounts.models import Team, User
-from apps.accounts.roles import ADMIN, REVIEWER, user_roles
+from apps.accounts.roles import ADMIN, REVIEWER
 from apps.approvals.calendar import ALWAYS, BusinessCalendar, escalation_times
 from apps.approvals.events import publish_item_arrived
 from apps.approvals.models import (
@@ -39,6 +40,14 @@ from apps.approvals.models import (
     OutOfOffice,
     SavedView,
 )
+from apps.approvals.rules import (
+    USE,
+    WORK,
+    _has_role,
+    approval_refusal,
+    run_initiator_ids,
+    user_manages_queue,
+)
 from apps.approvals.selectors import low_confidence_fields_for
 from apps.audit.services import audit_record
 from apps.core.exceptions import Conflict, Forbidden, ValidationFailed
@@ -48,10 +57,9 @@ from apps.runs.models import Run, StepRun
 from apps.steps.base import Wait
 from apps.steps.library.human import ApprovalConfig
 
+logger = logging.getLogger(__name__)
+
 DECISIONS = (ApprovalRequest.State.APPROVED, ApprovalRequest.State.REJECTED)
-WORK = "approvals.work_approvalqueue"
-USE = "approvals.use_approvalqueue"
-MANAGE = "approvals.manage_approvalqueue"
 ESCALATION_ACTIONS = {choice.value for choice in EscalationTimer.Action}
 # "Next item" reads this many of the most urgent candidates at a time, and reads again up to NEXT_ROUNDS times
 # when other reviewers took them all first.
@@ -60,61 +68,6 @@ NEXT_ROUNDS = 10
 
 
 # --- who may do what --------------------------------------------------------------------------------------
-
-
-def _has_role(user: User, *roles: str) -> bool:
-    return user.is_superuser or bool(user_roles(user) & set(roles))
-
-
-def user_works_queue(user: User, queue: ApprovalQueue) -> bool:
-    """Whether `user` may work `queue`'s items: the reviewer or admin role, and the queue's work permission
-    (granted to them or to a group they are in, e.g. the queue's team)."""
-    if not user.is_authenticated or not user.is_active:
-        return False
-    if user.is_superuser or _has_role(user, ADMIN):
-        return True
-    return _has_role(user, REVIEWER) and user.has_perm(WORK, queue)
-
-
-def user_manages_queue(user: User, queue: ApprovalQueue) -> bool:
-    """Whether `user` may change `queue` and move its items between people: its lead, admins, and holders of
-    the queue's manage permission."""
-    if not user.is_authenticated or not user.is_active:
-        return False
-    return bool(user.is_superuser or _has_role(user, ADMIN) or queue.lead_id == user.pk or user.has_perm(MANAGE, queue))
-
-
-def run_initiator_ids(run: Run) -> set[int]:
-    """Everyone who started this run or a run it descends from: a restart or replay is started by someone
-    else, but the person who started the original still may not approve its outcome."""
-    ids: set[int] = set()
-    seen: set[int] = set()
-    current: Run | None = run
-    while current is not None and current.pk not in seen:
-        seen.add(current.pk)
-        if current.initiator_id:
-            ids.add(current.initiator_id)
-        parent_id = current.restarted_from_id or current.replay_of_id
-        if parent_id is None and current.parent_step_run_id:
-            parent_id = StepRun.objects.filter(pk=current.parent_step_run_id).values_list("run_id", flat=True).first()
-        current = Run.objects.filter(pk=parent_id).first() if parent_id else None
-    return ids
-
-
-def approval_refusal(user: User, request: ApprovalRequest) -> str | None:
-    """None when `user` may decide `request` now (leaving aside claims and policy), else why not."""
-    if not user.is_authenticated or not user.is_active:
-        return "Only a signed-in person can decide."
-    if not user_works_queue(user, request.queue):
-        return f'Only reviewers of the "{request.queue.name}" queue can decide this item.'
-    if request.separation_of_duties and user.pk in request.initiators:
-        return "You started this run, so someone else must decide (separation of duties)."
-    return None
-
-
-# Kept under its old name for callers that ask only "may this person decide".
-def approval_may_decide(user: User, request: ApprovalRequest) -> str | None:
-    return approval_refusal(user, request)
 
 
 # --- queues -----------------------------------------------------------------------------------------------
@@ -360,7 +313,9 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
     if policy == DecisionPolicy.SEQUENTIAL:
         required = len(stages)
     elif policy == DecisionPolicy.ALL:
-        required = max(1, len(queue_workers(queue)))
+        # Everyone who may decide it: under separation of duties, the run's starters are not among them.
+        lineage = run_initiator_ids(run) if config.separation_of_duties and queue.separation_of_duties else set()
+        required = max(1, len([user for user in queue_workers(queue) if user.pk not in lineage]))
     elif policy == DecisionPolicy.K_OF_N:
         required = config.required_approvals or queue.required_approvals
     else:
@@ -462,11 +417,11 @@ def queue_workers(queue: ApprovalQueue) -> list[User]:
     holders: QuerySet[User] = get_users_with_perms(  # type: ignore[assignment]
         queue, only_with_perms_in=["work_approvalqueue"], with_group_users=True
     )
-    return [
-        user
-        for user in holders.filter(is_active=True).prefetch_related("groups").order_by("username")
-        if _has_role(user, REVIEWER, ADMIN)
-    ]
+    people = list(holders.filter(is_active=True).prefetch_related("groups").order_by("username"))
+    for person in people:
+        # The prefetched groups answer the role check (user_roles would query once per person).
+        person.__dict__.setdefault("_role_names", frozenset(group.name for group in person.groups.all()))
+    return [person for person in people if _has_role(person, REVIEWER, ADMIN)]
 
 
 def _auto_assignee(request: ApprovalRequest) -> User | None:
@@ -513,7 +468,11 @@ def _assign(
     original = user
     absence = absence_for(user)
     delegate = absence.delegate if absence and absence.delegate.is_active else None
-    if delegate is not None and not approval_refusal(delegate, request):
+    if (
+        delegate is not None
+        and not approval_refusal(delegate, request)
+        and not ApprovalDecision.objects.filter(request=request, actor=delegate).exists()
+    ):
         user = delegate
     now = timezone.now()
     ApprovalRequest.objects.filter(pk=request.pk).update(
@@ -573,10 +532,11 @@ def _locked(request: ApprovalRequest) -> ApprovalRequest:
 def approval_claim(*, request: ApprovalRequest, actor: User) -> ApprovalRequest:
     """Take an unclaimed item. Claiming one's own item again changes nothing; one that someone else holds
     is a 409 naming them."""
-    refusal = approval_refusal(actor, request)
+    current = _locked(request)
+    # Checked on the locked row: a sequential item may have moved to another queue since it was read.
+    refusal = approval_refusal(actor, current)
     if refusal:
         raise Forbidden(refusal)
-    current = _locked(request)
     _pending_or_conflict(current)
     if current.assignee_id == actor.pk:
         return current
@@ -702,10 +662,10 @@ def approval_skip(*, request: ApprovalRequest, actor: User, reason: str) -> Appr
     """Set an item aside: it goes back to its queue and "Next item" stops offering it to `actor`."""
     if not reason.strip():
         raise ValidationFailed("Say why you skip this item.", fields={"reason": ["A reason is required."]})
-    refusal = approval_refusal(actor, request)
+    current = _locked(request)
+    refusal = approval_refusal(actor, current)
     if refusal:
         raise Forbidden(refusal)
-    current = _locked(request)
     _pending_or_conflict(current)
     if current.assignee_id not in (None, actor.pk):
         raise Conflict(f"{_name(current.assignee)} is working on this item.")
@@ -784,10 +744,19 @@ def approval_decide(
         raise ValidationFailed("Unknown decision.", fields={"decision": ["Use approved or rejected."]})
     if edits is not None and not isinstance(edits, dict):
         raise ValidationFailed("Edits must be an object.", fields={"edits": ["Must be a JSON object."]})
-    refusal = approval_refusal(actor, request)
+    try:
+        json.dumps(edits or {}, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValidationFailed(
+            "Edits must be plain data.", fields={"edits": ["Numbers must be finite; values must be JSON."]}
+        ) from None
+    if "\x00" in json.dumps([edits or {}, reason, reason_code, list(confirmed)]):
+        raise ValidationFailed("Text may not contain NUL characters.", fields={"reason": ["Remove the NUL character."]})
+    current = _locked(request)
+    # Checked on the locked row: a sequential item may have moved to another queue since it was read.
+    refusal = approval_refusal(actor, current)
     if refusal:
         raise Forbidden(refusal)
-    current = _locked(request)
     _pending_or_conflict(current)
     if current.assignee_id not in (None, actor.pk):
         raise Conflict(f"{_name(current.assignee)} is working on this item; it was not decided.")
@@ -805,7 +774,9 @@ def approval_decide(
     errors: dict[str, list[str]] = {}
     if reason_code and codes and reason_code not in codes:
         errors["reason_code"] = ["Choose one of the queue's reasons."]
-    if decision == ApprovalRequest.State.REJECTED and not (reason.strip() or reason_code):
+    if decision == ApprovalRequest.State.REJECTED and codes and not reason_code:
+        errors["reason_code"] = ["Choose a reason for the rejection."]
+    elif decision == ApprovalRequest.State.REJECTED and not (reason.strip() or reason_code):
         errors["reason"] = ["Say why you reject it."]
     if decision == ApprovalRequest.State.APPROVED:
         if changes and codes and not reason_code:
@@ -923,13 +894,15 @@ def approval_decide(
     return current
 
 
-@transaction.atomic
 def approval_bulk_approve(
     *, requests: Sequence[ApprovalRequest], actor: User, reason: str = ""
 ) -> list[ApprovalRequest]:
     """Approve several items at once: only items whose queue allows bulk approval, whose every field scores
-    at least the queue's bulk threshold, under the single-person policy, and that `actor` may decide. All or
-    nothing: any item that does not qualify refuses the whole batch, naming it. One audit event per item."""
+    at least the queue's bulk threshold (and its confirmation threshold), under the single-person policy, and
+    that `actor` may decide. Any item that does not qualify refuses the whole batch, naming it, and nothing is
+    approved. Each approval is a transaction of its own (a transaction locks one run, lock-order rule 1), so an
+    item someone else decided between the check and its turn is refused on its own: ValidationFailed names it,
+    and the items approved before it stay approved. One audit event per item."""
     problems: dict[str, list[str]] = {}
     for request in requests:
         why = bulk_refusal(actor, request)
@@ -937,17 +910,28 @@ def approval_bulk_approve(
             problems[str(request.pk)] = [why]
     if problems:
         raise ValidationFailed("Some items cannot be approved in bulk: nothing was approved.", fields=problems)
-    return [
-        approval_decide(
-            request=request,
-            actor=actor,
-            decision=ApprovalRequest.State.APPROVED,
-            reason=reason,
-            confirmed=list(request.confidence),
-            bulk=True,
+    approved: list[ApprovalRequest] = []
+    late: dict[str, list[str]] = {}
+    for request in requests:
+        try:
+            approved.append(
+                approval_decide(
+                    request=request,
+                    actor=actor,
+                    decision=ApprovalRequest.State.APPROVED,
+                    reason=reason,
+                    confirmed=list(request.confidence),
+                    bulk=True,
+                )
+            )
+        except (Conflict, Forbidden, ValidationFailed) as refusal:
+            late[str(request.pk)] = [refusal.message]
+    if late:
+        raise ValidationFailed(
+            f"{len(approved)} item{'s' if len(approved) != 1 else ''} approved; these changed meanwhile and were not:",
+            fields=late,
         )
-        for request in requests
-    ]
+    return approved
 
 
 def bulk_refusal(actor: User, request: ApprovalRequest) -> str | None:
@@ -959,8 +943,9 @@ def bulk_refusal(actor: User, request: ApprovalRequest) -> str | None:
         return "Its policy needs more than one person."
     if request.audit_sample:
         return "It was chosen for an audit sample: review it on its own."
-    if not request.confidence or min(request.confidence.values()) < threshold:
-        return f"Not every field scores at least {threshold:.2f}."
+    floor = max(threshold, request.queue.confirm_below)
+    if not request.confidence or min(request.confidence.values()) < floor:
+        return f"Not every field scores at least {floor:.2f}."
     if request.state != ApprovalRequest.State.PENDING:
         return f"It is already {request.get_state_display().lower()}."
     if request.assignee_id not in (None, actor.pk):
@@ -1018,18 +1003,25 @@ def escalations_fire(*, limit: int = 100) -> int:
     for timer_id, request_id, run_id in due:
         if request_id in passed_over:
             continue
-        with transaction.atomic():
-            if not run_try_lock(run_id):
-                passed_over.add(request_id)
-                continue
-            if not EscalationTimer.objects.filter(pk=timer_id, fired_at__isnull=True, cancelled=False).update(
-                fired_at=timezone.now()
-            ):
-                continue
-            timer = EscalationTimer.objects.select_related("request", "request__queue", "request__run").get(pk=timer_id)
-            _escalate(timer)
-            crash_point("escalation_before_commit")
-            fired += 1
+        try:
+            with transaction.atomic():
+                if not run_try_lock(run_id):
+                    passed_over.add(request_id)
+                    continue
+                if not EscalationTimer.objects.filter(pk=timer_id, fired_at__isnull=True, cancelled=False).update(
+                    fired_at=timezone.now()
+                ):
+                    continue
+                timer = EscalationTimer.objects.select_related("request", "request__queue", "request__run").get(
+                    pk=timer_id
+                )
+                _escalate(timer)
+                crash_point("escalation_before_commit")
+                fired += 1
+        except Exception:
+            # Rolled back, so it fires on a later sweep; the timers due after it are not held up meanwhile.
+            logger.exception("escalation step %s of item %s failed; it will be tried again", timer_id, request_id)
+            passed_over.add(request_id)
     return fired
 
 

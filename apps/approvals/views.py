@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Sequence
 from datetime import date
 from typing import Any
@@ -23,6 +24,7 @@ from apps.accounts.models import User
 from apps.accounts.roles import user_roles
 from apps.approvals.calendar import sla_state
 from apps.approvals.models import ApprovalQueue, ApprovalRequest, OutOfOffice
+from apps.approvals.rules import approval_refusal, user_manages_queue, user_works_queue
 from apps.approvals.selectors import (
     DUE_SOON,
     SORTS,
@@ -55,7 +57,6 @@ from apps.approvals.services import (
     approval_decide,
     approval_next,
     approval_reassign,
-    approval_refusal,
     approval_release,
     approval_skip,
     bulk_refusal,
@@ -64,8 +65,6 @@ from apps.approvals.services import (
     queue_workers,
     saved_view_create,
     saved_view_delete,
-    user_manages_queue,
-    user_works_queue,
 )
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.runs.presentation import Fields, Text, present_value
@@ -250,8 +249,11 @@ def _act(request: HttpRequest, request_id: int, act: Any, done: str) -> HttpResp
         text = refusal.message
         if isinstance(refusal, ValidationFailed):
             text += " " + " ".join(message for messages_ in refusal.fields.values() for message in messages_)
-        messages.error(request, text)
-        return _back_to_item(request_id)
+        # The refusal's own status (403, 409, 400), with the item as it is now and the reason on it.
+        item = approval_get_for_user(request.user, request_id=request_id)
+        return render(
+            request, "approvals/item.html", _item_context(request, item, form_error=text), status=refusal.status_code
+        )
     messages.success(request, done)
     return _back_to_item(request_id)
 
@@ -289,14 +291,19 @@ def skip(request: HttpRequest, request_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def reassign(request: HttpRequest, request_id: int) -> HttpResponse:
-    to = User.objects.filter(pk=request.POST.get("to") or 0, is_active=True).first()
+    raw = request.POST.get("to", "")
+    chosen = int(raw) if raw.isascii() and raw.isdigit() else None
 
     def act(item: ApprovalRequest) -> None:
+        # Only the queue's reviewers can be chosen: any other id gets the same answer, naming nobody.
+        to = next((person for person in queue_workers(item.queue) if person.pk == chosen), None)
         if to is None:
-            raise ValidationFailed("Choose who takes the item.", fields={"to": ["Choose a reviewer."]})
+            raise ValidationFailed(
+                "Choose who takes the item.", fields={"to": ["Choose one of the queue's reviewers."]}
+            )
         approval_reassign(request=item, actor=_actor(request), to=to, reason=request.POST.get("reason", ""))
 
-    return _act(request, request_id, act, f"Reassigned to {to.display_name if to else ''}.")
+    return _act(request, request_id, act, "Reassigned.")
 
 
 def _edits_from_post(item: ApprovalRequest, post: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -329,9 +336,12 @@ def _parse(kind: str, raw: str, current: Any) -> Any:
         if text == "":
             return None
         try:
-            return float(text.replace(",", "")) if "." in text or "e" in text.lower() else _int_or_float(text)
+            number = float(text.replace(",", "")) if "." in text or "e" in text.lower() else _int_or_float(text)
         except ValueError:
             raise ValueError("Enter a number, e.g. 1250.50.") from None
+        if not math.isfinite(number):
+            raise ValueError("Enter a finite number, e.g. 1250.50.")
+        return number
     if kind == "integer":
         if text == "":
             return None
@@ -343,9 +353,13 @@ def _parse(kind: str, raw: str, current: Any) -> Any:
         if text == "" and current is None:
             return None
         try:
-            return json.loads(text)
+            value = json.loads(text)
+            json.dumps(value, allow_nan=False)
         except json.JSONDecodeError as error:
             raise ValueError(f"Not valid JSON: {error.msg} (line {error.lineno}).") from None
+        except ValueError:
+            raise ValueError("Numbers must be finite (no NaN or Infinity).") from None
+        return value
     if kind == "choice" and text == "" and current is None:
         return None
     return raw
@@ -438,7 +452,7 @@ def bulk(request: HttpRequest) -> HttpResponse:
     all or nothing (approval_bulk_approve). A refused batch shows each item's reason and changes nothing."""
     user = _actor(request)
     back = request.POST.get("back", "")
-    ids = [int(value) for value in request.POST.getlist("items") if value.isdigit()][:200]
+    ids = [int(value) for value in request.POST.getlist("items") if value.isascii() and value.isdigit()][:200]
     items = sorted(approval_list_for_user(user).filter(pk__in=ids), key=lambda item: ids.index(item.pk))
     if not items:
         messages.error(request, "Tick at least one item to approve in bulk.")

@@ -104,6 +104,12 @@ MATRIX: dict[str, dict[str, int]] = {
     # A page image of an item's source PDF: the world's item has none, so 404 for all; a page that exists
     # (200 for whoever sees the item, 404 for others): tests/approvals/test_document_review.py.
     "approvals:item-page": {**dict.fromkeys(EVERYONE_SIGNED_IN, HIDDEN), "anonymous": LOGIN},
+    # Her own notifications and out-of-office: every signed-in person has them (empty when she works no queue).
+    "approvals:notifications": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
+    "approvals:away": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
+    # The nav's unread badge, loaded by htmx after each page: nothing (204) for someone signed out, so a
+    # session that ended never swaps the sign-in page into the nav.
+    "approvals:badge": {**EVERYONE_SIGNED_IN, "anonymous": 204},
     # A workflow's review accuracy: whoever may view the workflow.
     "approvals:workflow-accuracy": {
         "analyst": OK,
@@ -112,12 +118,6 @@ MATRIX: dict[str, dict[str, int]] = {
         "outsider": HIDDEN,
         "anonymous": LOGIN,
     },
-    # Her own notifications and out-of-office: every signed-in person has them (empty when she works no queue).
-    "approvals:notifications": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
-    "approvals:away": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
-    # The nav's unread badge, loaded by htmx after each page: nothing (204) for someone signed out, so a
-    # session that ended never swaps the sign-in page into the nav.
-    "approvals:badge": {**EVERYONE_SIGNED_IN, "anonymous": 204},
     "api:approval-detail": {
         "analyst": OK,
         "reviewer": OK,

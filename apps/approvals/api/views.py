@@ -27,6 +27,7 @@ from apps.approvals.membership import (
     queue_members,
 )
 from apps.approvals.models import ApprovalQueue, ApprovalRequest, Notification, OutOfOffice
+from apps.approvals.rules import user_manages_queue
 from apps.approvals.selectors import (
     InboxQuery,
     absence_list_for_user,
@@ -53,7 +54,6 @@ from apps.approvals.services import (
     approval_release,
     approval_skip,
     notifications_mark_read,
-    user_manages_queue,
 )
 from apps.core.exceptions import Forbidden, ValidationFailed
 

@@ -131,13 +131,21 @@ class HumanApproval(StepType):
                 # what goes straight through is measured rather than assumed.
                 rate = next((hook(config.queue) for hook in AUDIT_SAMPLE_RATES), 0.0)
                 if not (rate > 0 and random.random() < rate):  # noqa: S311 - a sample, not a secret
+                    # The same keys a person's decision has, so later steps read `data` either way.
+                    reviewed = context.steps.get(config.review_step, {}) if config.review_step else {}
+                    data = reviewed.get("data") if isinstance(reviewed.get("data"), dict) else context.params
                     return StepOutcome(
                         output={
                             "decision": "approved",
                             "branch": "approved",
                             "reason": "Straight through: the skip-review condition held.",
+                            "reason_code": "",
                             "edits": {},
+                            "changed_fields": [],
+                            "data": data,
                             "decided_by": "",
+                            "approvers": [],
+                            "audit_sample": False,
                             "straight_through": True,
                         }
                     )
