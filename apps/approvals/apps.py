@@ -16,6 +16,7 @@ class ApprovalsConfig(AppConfig):
         from apps.runs import hooks
         from apps.steps.library import human
         from apps.workflows import demo
+        from apps.workflows import services as workflow_services
         from apps.workflows import views as builder
 
         hooks.on_wait["approval"] = services.approval_request_open
@@ -28,3 +29,4 @@ class ApprovalsConfig(AppConfig):
         accounts.on_team_created.append(services.team_queue_create)
         demo.demo_extensions.append(seed_review_demo)
         builder.CHOICE_PROVIDERS["approval-queue"] = selectors.queue_choices_for
+        workflow_services.PUBLISH_CHECKS.append(selectors.queue_use_problems)

@@ -138,6 +138,25 @@ def queue_key_problem(key: str) -> str | None:
     return None
 
 
+def queue_use_problems(user: AnyUser, graph: dict[str, Any]) -> list[str]:
+    """The publish check (the workflows app's hook): every queue an approval step names, first or later, is
+    one the publisher may use. Without it, anyone could route her runs into another team's queue, and that
+    team's reviewers would read her runs."""
+    usable = set(queues_usable_by(user).values_list("key", flat=True))
+    problems = []
+    for step in graph.get("steps", []):
+        if not isinstance(step, dict) or step.get("type") != "human.approval":
+            continue
+        config = step.get("config")
+        if not isinstance(config, dict):
+            continue
+        named = [config.get("queue"), *(config.get("then_queues") or [])]
+        for key in named:
+            if isinstance(key, str) and key and key not in usable and ApprovalQueue.objects.filter(key=key).exists():
+                problems.append(f'step "{step.get("key")}": you may not send items to the approval queue "{key}"')
+    return problems
+
+
 def runs_visible_through_queues(user: AnyUser) -> Any:
     """The runs behind the items of the queues `user` works (the runs app's visibility hook): she reads them,
     she does not operate them."""

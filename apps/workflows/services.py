@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -328,6 +329,11 @@ def workflow_archive(*, actor: User, workflow: Workflow, archived: bool = True) 
     return workflow
 
 
+# Filled by upper apps: checks of what the publisher may name in a graph (the approvals app: queues she may
+# use). Each returns problems, each naming its step.
+PUBLISH_CHECKS: list[Callable[[User, dict[str, Any]], list[str]]] = []
+
+
 @transaction.atomic
 def workflow_version_publish(
     *, actor: User, version: WorkflowVersion, note: str = "", expected_revision: int | None = None
@@ -349,6 +355,7 @@ def workflow_version_publish(
             extra={"revision": version.revision},
         )
     problems = version_problems(version)
+    problems += [problem for check in PUBLISH_CHECKS for problem in check(actor, version.graph)]
     graph, _ = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     if problems:
         raise ApplicationError("The version cannot be published.", extra={"problems": problems})

@@ -4,10 +4,12 @@ from one a reviewer started (a restart, a restart of a replay)."""
 from __future__ import annotations
 
 import pytest
+from guardian.shortcuts import assign_perm
 
 from apps.accounts.services import team_create, user_create
-from apps.approvals.models import ApprovalDecision, ApprovalRequest
+from apps.approvals.models import ApprovalDecision, ApprovalQueue, ApprovalRequest
 from apps.audit.models import AuditEvent
+from apps.core.exceptions import ApplicationError
 from apps.runs.models import Run
 from apps.runs.services import run_replay, run_restart
 from tests.approvals.items import PASSWORD, api, claim_workflow, decide, member, parked_item
@@ -97,6 +99,11 @@ def test_all_policy_needs_every_reviewer_of_the_queue_and_any_rejection_rejects(
 def test_sequential_goes_queue_by_queue_and_only_the_current_queue_decides(analyst, team, reviewer, rex):
     finance_lead = user_create(username="fay", password=PASSWORD, roles=["reviewer"], first_name="Fay")
     finance = team_create(name="Finance", members=[finance_lead])
+    # Ana may not send items to another team's queue until she is given its use right.
+    with pytest.raises(ApplicationError) as refused:
+        claim_workflow(analyst, team, name="Refused", policy="sequential", then_queues=["team:finance"])
+    assert any('may not send items to the approval queue "team:finance"' in p for p in refused.value.extra["problems"])
+    assign_perm("approvals.use_approvalqueue", analyst, ApprovalQueue.objects.get(key="team:finance"))
     workflow = claim_workflow(analyst, team, policy="sequential", then_queues=["team:finance"])
     item = parked_item(analyst, workflow)
     assert (item.policy, item.required_approvals, item.queue.key) == ("sequential", 2, "team:claims")

@@ -431,9 +431,10 @@ def test_runs_stay_pinned_and_an_archived_workflow_starts_none(analyst, claims_w
 def test_create_blank_and_from_each_template(analyst, team, reviewer):
     from apps.accounts.services import team_create
 
-    # The marketing template publishes a sub-workflow whose approval names the "team:marketing" queue.
-    team_create(name="Marketing", members=[reviewer])
-    team_create(name="Finance", members=[reviewer])
+    # The marketing template publishes a sub-workflow whose approval names the "team:marketing" queue, which
+    # Ana may use as a member of that team.
+    team_create(name="Marketing", members=[reviewer, analyst])
+    team_create(name="Finance", members=[reviewer, analyst])
     client = signed_in(analyst)
     response = client.post("/workflows/new/", {"name": "Blank one", "team": team.slug, "baseline": "7.5"})
     assert response.status_code == 302 and response["Location"] == "/workflows/blank-one/edit/"

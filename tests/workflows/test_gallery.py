@@ -52,15 +52,16 @@ def sink(tmp_path: Any, settings: Any) -> Iterator[Sink]:
 
 
 @pytest.fixture
-def finance(reviewer: User) -> Team:
-    """The invoice template's queue, "team:finance", with Rita in it."""
-    return team_create(name="Finance", members=[reviewer])
+def finance(reviewer: User, analyst: User) -> Team:
+    """The invoice template's queue, "team:finance", with Rita in it (and Ana, who may send items there)."""
+    return team_create(name="Finance", members=[reviewer, analyst])
 
 
 @pytest.fixture
-def marketing(reviewer: User) -> Team:
-    """The product-description template's queue, "team:marketing", with Rita in it."""
-    return team_create(name="Marketing", members=[reviewer])
+def marketing(reviewer: User, analyst: User) -> Team:
+    """The product-description template's queue, "team:marketing", with Rita in it (and Ana, who may send
+    items there)."""
+    return team_create(name="Marketing", members=[reviewer, analyst])
 
 
 def _file_documents(slug: str) -> list[str]:
