@@ -248,19 +248,20 @@ def approval_queue_update(*, actor: User, queue: ApprovalQueue, **changes: Any) 
     times and escalation steps they were given."""
     if not user_manages_queue(actor, queue):
         raise Forbidden("Only the queue's lead or an admin can change it.")
+    # Locked, and only the named columns written: a concurrent change of another setting (the escalation
+    # group, members) is never silently undone.
+    queue = ApprovalQueue.objects.select_for_update().get(pk=queue.pk)
     lead = changes.pop("lead", queue.lead)
     clean = queue_settings_clean(changes)
     before = {name: getattr(queue, name) for name in clean}
     for name, value in clean.items():
         setattr(queue, name, value)
+    changed = {k: [before[k], v] for k, v in _jsonable(clean).items() if before[k] != v}
+    if lead != queue.lead:
+        changed["lead"] = [queue.lead.get_username() if queue.lead else None, lead.get_username() if lead else None]
     queue.lead = lead
-    queue.save()
-    audit_record(
-        actor=actor,
-        verb="approval_queue.updated",
-        target=queue,
-        data={"changed": {k: [before[k], v] for k, v in _jsonable(clean).items() if before[k] != v}},
-    )
+    queue.save(update_fields=[*clean, "lead"])
+    audit_record(actor=actor, verb="approval_queue.updated", target=queue, data={"changed": changed})
     return queue
 
 
@@ -1104,6 +1105,9 @@ def absence_set(*, actor: User, starts_on: date, ends_on: date, delegate: User, 
     absence = OutOfOffice.objects.create(
         user=actor, starts_on=starts_on, ends_on=ends_on, delegate=delegate, note=note[:200]
     )
+    if starts_on <= timezone.localdate():
+        # Items she holds go to her delegate now (after commit: one run lock per transaction).
+        transaction.on_commit(absences_hand_over)
     audit_record(
         actor=actor,
         verb="absence.set",
@@ -1119,6 +1123,34 @@ def absence_remove(*, actor: User, absence: OutOfOffice) -> None:
         raise Forbidden("You can remove only your own absences.")
     audit_record(actor=actor, verb="absence.removed", target=absence, data={"starts_on": str(absence.starts_on)})
     absence.delete()
+
+
+def absences_hand_over() -> int:
+    """Give every pending item held by someone away today to her delegate (she is told); returns how many
+    moved. Each item in a transaction of its own, its run locked first; safe to run again (an item already
+    with the delegate is not held by the absent person any more). Run by beat with the escalation sweep, and
+    when an absence starting today is saved."""
+    today = timezone.localdate()
+    away = list(OutOfOffice.objects.filter(starts_on__lte=today, ends_on__gte=today).values_list("user_id", flat=True))
+    moved = 0
+    held = ApprovalRequest.objects.filter(state=ApprovalRequest.State.PENDING, assignee_id__in=away)
+    for request in list(held.select_related("run")):
+        with transaction.atomic():
+            current = _locked(request)
+            holder = current.assignee
+            if current.state != ApprovalRequest.State.PENDING or holder is None or holder.pk not in away:
+                continue
+            absence = absence_for(holder)
+            delegate = absence.delegate if absence and absence.delegate.is_active else None
+            if (
+                delegate is None
+                or approval_refusal(delegate, current)
+                or ApprovalDecision.objects.filter(request=current, actor=delegate).exists()
+            ):
+                continue  # no one to hand it to: it stays with her (and her queue's escalation chain applies)
+            _assign(current, holder, actor=None, kind=ApprovalActivity.Kind.DELEGATED, reason="out of office")
+            moved += 1
+    return moved
 
 
 def notifications_mark_read(*, user: User, ids: Sequence[int] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Request id, Content-Security-Policy and database-outage middleware."""
+"""Request id, Content-Security-Policy, database-outage and NUL-character middleware."""
 
 from __future__ import annotations
 
@@ -69,3 +69,41 @@ class DatabaseUnavailableMiddleware:
             response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
         response["Retry-After"] = "5"
         return response
+
+
+class NulCharacterMiddleware:
+    """A NUL character in a query string, form field or JSON body answers 400 before any view runs.
+
+    PostgreSQL cannot store NUL in text or jsonb, so such input would otherwise reach the database and fail
+    there as a 500; no legitimate text contains it. Uploaded files (multipart file parts) are not looked at:
+    a PDF is full of NUL bytes."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if self._has_nul(request):
+            message = "The request contains a NUL character, which no field accepts; nothing was changed."
+            if request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", ""):
+                return JsonResponse({"detail": message}, status=400)
+            return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
+        return self.get_response(request)
+
+    @staticmethod
+    def _has_nul(request: HttpRequest) -> bool:
+        if "\x00" in request.path or any("\x00" in key or "\x00" in value for key, value in _pairs(request.GET)):
+            return True
+        content_type = request.content_type or ""
+        if content_type == "application/json":
+            body = request.body
+            return b"\x00" in body or b"\\u0000" in body
+        if request.method == "POST" and content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            return any("\x00" in key or "\x00" in value for key, value in _pairs(request.POST))
+        return False
+
+
+def _pairs(query: object) -> list[tuple[str, str]]:
+    lists = getattr(query, "lists", None)
+    if lists is None:
+        return []
+    return [(key, value) for key, values in lists() for value in values if isinstance(value, str)]

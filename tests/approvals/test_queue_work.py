@@ -373,3 +373,23 @@ def test_escalation_reassigns_only_to_someone_who_may_decide_the_item(analyst, t
     assert item.assignee == reviewer
     assert not Notification.objects.filter(user=manager).exists()
     assert list(Notification.objects.filter(user=analyst).values_list("kind", flat=True)) == ["escalated"]
+
+
+def test_items_she_holds_go_to_her_delegate_when_she_goes_away(analyst, team, reviewer):
+    """Pull queues too: an absence starting today hands the items she holds to her delegate, who is told,
+    and a second hand-over moves nothing."""
+    from datetime import date
+
+    from apps.approvals.models import Notification
+    from apps.approvals.services import absence_set, absences_hand_over, approval_claim
+
+    delegate = member(team, "dora")
+    item = parked_item(analyst, claim_workflow(analyst, team))
+    approval_claim(request=item, actor=reviewer)
+    absence_set(actor=reviewer, starts_on=date.today(), ends_on=date.today(), delegate=delegate)
+    absences_hand_over()  # what commit (and beat) run; the test's transaction never commits
+    item.refresh_from_db()
+    assert (item.assignee_id, item.delegated_from_id) == (delegate.pk, reviewer.pk)
+    assert Notification.objects.filter(user=delegate, request=item, kind="assigned").exists()
+    assert Notification.objects.filter(user=reviewer, request=item, kind="delegated").exists()
+    assert absences_hand_over() == 0
