@@ -519,6 +519,17 @@ def _pending_or_conflict(request: ApprovalRequest) -> None:
         raise Conflict("The run behind this item is no longer waiting for it (it was cancelled or restarted).")
 
 
+def _locked_for(actor: User, request: ApprovalRequest) -> ApprovalRequest:
+    """The request locked (run first), refused unless `actor` may decide it and it still waits. The right is
+    checked on the locked row: a sequential item may have moved to another queue since it was read."""
+    current = _locked(request)
+    refusal = approval_refusal(actor, current)
+    if refusal:
+        raise Forbidden(refusal)
+    _pending_or_conflict(current)
+    return current
+
+
 def _locked(request: ApprovalRequest) -> ApprovalRequest:
     """The request re-read under its run's lock, then its own (the lock order)."""
     run_lock(request.run_id)
@@ -533,12 +544,7 @@ def _locked(request: ApprovalRequest) -> ApprovalRequest:
 def approval_claim(*, request: ApprovalRequest, actor: User) -> ApprovalRequest:
     """Take an unclaimed item. Claiming one's own item again changes nothing; one that someone else holds
     is a 409 naming them."""
-    current = _locked(request)
-    # Checked on the locked row: a sequential item may have moved to another queue since it was read.
-    refusal = approval_refusal(actor, current)
-    if refusal:
-        raise Forbidden(refusal)
-    _pending_or_conflict(current)
+    current = _locked_for(actor, request)
     if current.assignee_id == actor.pk:
         return current
     if current.assignee_id is not None:
@@ -663,11 +669,7 @@ def approval_skip(*, request: ApprovalRequest, actor: User, reason: str) -> Appr
     """Set an item aside: it goes back to its queue and "Next item" stops offering it to `actor`."""
     if not reason.strip():
         raise ValidationFailed("Say why you skip this item.", fields={"reason": ["A reason is required."]})
-    current = _locked(request)
-    refusal = approval_refusal(actor, current)
-    if refusal:
-        raise Forbidden(refusal)
-    _pending_or_conflict(current)
+    current = _locked_for(actor, request)
     if current.assignee_id not in (None, actor.pk):
         raise Conflict(f"{_name(current.assignee)} is working on this item.")
     _unassign(current, actor, ApprovalActivity.Kind.SKIPPED, reason.strip())
@@ -751,14 +753,9 @@ def approval_decide(
         raise ValidationFailed(
             "Edits must be plain data.", fields={"edits": ["Numbers must be finite; values must be JSON."]}
         ) from None
-    if "\x00" in json.dumps([edits or {}, reason, reason_code, list(confirmed)]):
+    if "\\u0000" in json.dumps([edits or {}, reason, reason_code, list(confirmed)]):
         raise ValidationFailed("Text may not contain NUL characters.", fields={"reason": ["Remove the NUL character."]})
-    current = _locked(request)
-    # Checked on the locked row: a sequential item may have moved to another queue since it was read.
-    refusal = approval_refusal(actor, current)
-    if refusal:
-        raise Forbidden(refusal)
-    _pending_or_conflict(current)
+    current = _locked_for(actor, request)
     if current.assignee_id not in (None, actor.pk):
         raise Conflict(f"{_name(current.assignee)} is working on this item; it was not decided.")
     if revision is not None and revision != current.revision:

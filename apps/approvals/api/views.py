@@ -42,6 +42,7 @@ from apps.approvals.selectors import (
     queue_list_for_user,
 )
 from apps.approvals.services import (
+    QUEUE_FIELDS,
     absence_remove,
     absence_set,
     approval_bulk_approve,
@@ -67,25 +68,7 @@ class QueueSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApprovalQueue
-        fields = [
-            "key",
-            "name",
-            "description",
-            "team",
-            "lead",
-            "escalation_group",
-            "calendar",
-            "sla_hours",
-            "escalation",
-            "policy",
-            "required_approvals",
-            "separation_of_duties",
-            "confirm_below",
-            "bulk_threshold",
-            "audit_sample_rate",
-            "assignment",
-            "reason_codes",
-        ]
+        fields = ["key", "team", "lead", "escalation_group", *QUEUE_FIELDS]
         read_only_fields = fields
 
 
