@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -322,9 +322,7 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
     else:
         required = 1
     now = timezone.now()
-    # A queue without a calendar keeps time around the clock.
-    calendar = BusinessCalendar.from_dict(queue.calendar) if queue.calendar else ALWAYS
-    due_at = calendar.add(now, queue.sla_hours) if queue.sla_hours else wait.fire_at
+    due_at = _queue_calendar(queue).add(now, queue.sla_hours) if queue.sla_hours else wait.fire_at
     confidence = review["confidence"]
     request = ApprovalRequest.objects.create(
         step_run=step_run,
@@ -351,13 +349,7 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
         due_at=due_at,
         expires_at=wait.fire_at,
     )
-    if queue.sla_hours and queue.escalation:
-        fractions = [step["at"] for step in queue.escalation]
-        times = escalation_times(calendar, now, queue.sla_hours, fractions)
-        EscalationTimer.objects.bulk_create(
-            EscalationTimer(request=request, step=index, action=step["action"], fire_at=fire_at)
-            for index, (step, fire_at) in enumerate(zip(queue.escalation, times, strict=True))
-        )
+    _escalation_schedule(request, queue, now)
     transaction.on_commit(lambda: publish_item_arrived(queue.pk, request.pk))
     audit_record(
         actor=None,
@@ -369,6 +361,24 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
         chosen = _auto_assignee(request)
         if chosen is not None:
             _assign(request, chosen, actor=None, kind=ApprovalActivity.Kind.ASSIGNED, reason="auto-assignment")
+
+
+def _queue_calendar(queue: ApprovalQueue) -> BusinessCalendar:
+    # A queue without a calendar keeps time around the clock.
+    return BusinessCalendar.from_dict(queue.calendar) if queue.calendar else ALWAYS
+
+
+def _escalation_schedule(request: ApprovalRequest, queue: ApprovalQueue, start: datetime) -> None:
+    """`queue`'s escalation chain for `request`, counted from `start` on its calendar. Steps are numbered per
+    stage (stage × 100 + position), so a sequential item's later queues add their own chains."""
+    if not (queue.sla_hours and queue.escalation):
+        return
+    fractions = [step["at"] for step in queue.escalation]
+    times = escalation_times(_queue_calendar(queue), start, queue.sla_hours, fractions)
+    EscalationTimer.objects.bulk_create(
+        EscalationTimer(request=request, step=request.stage * 100 + index, action=step["action"], fire_at=fire_at)
+        for index, (step, fire_at) in enumerate(zip(queue.escalation, times, strict=True))
+    )
 
 
 def _review_material(run: Run, config: ApprovalConfig, params: Any) -> dict[str, Any]:
@@ -427,6 +437,7 @@ def queue_workers(queue: ApprovalQueue) -> list[User]:
 
 def _auto_assignee(request: ApprovalRequest) -> User | None:
     excluded = set(request.initiators) if request.separation_of_duties else set()
+    excluded |= set(ApprovalDecision.objects.filter(request=request).values_list("actor_id", flat=True))
     candidates = [user for user in queue_workers(request.queue) if user.pk not in excluded]
     if not candidates:
         return None
@@ -839,8 +850,7 @@ def approval_decide(
             delegated_from=None,
             revision=F("revision") + 1,
         )
-        if next_queue != current.queue_id:
-            transaction.on_commit(lambda: publish_item_arrived(next_queue, current.pk))
+        moved = next_queue != current.queue_id
         audit_record(
             actor=actor,
             verb="approval.approval_recorded",
@@ -848,6 +858,23 @@ def approval_decide(
             data={**digest, "approvals": approvals, "required": required, "stage": stage},
         )
         current.refresh_from_db()
+        if moved:
+            # The next queue's service level and escalation chain start now; the last queue's stop.
+            EscalationTimer.objects.filter(request=current, fired_at__isnull=True).update(cancelled=True)
+            queue_now = current.queue
+            due = (
+                _queue_calendar(queue_now).add(now, queue_now.sla_hours) if queue_now.sla_hours else current.expires_at
+            )
+            ApprovalRequest.objects.filter(pk=current.pk).update(due_at=due)
+            current.due_at = due
+            _escalation_schedule(current, queue_now, now)
+            transaction.on_commit(lambda: publish_item_arrived(next_queue, current.pk))
+        if current.queue.assignment != Assignment.PULL:
+            chosen = _auto_assignee(current)
+            if chosen is not None:
+                current = _assign(
+                    current, chosen, actor=None, kind=ApprovalActivity.Kind.ASSIGNED, reason="auto-assignment"
+                )
         return current
 
     outcome_data = after if decision == ApprovalRequest.State.APPROVED else before

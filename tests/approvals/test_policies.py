@@ -3,11 +3,14 @@ from one a reviewer started (a restart, a restart of a replay)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
 from apps.accounts.services import team_create, user_create
-from apps.approvals.models import ApprovalDecision, ApprovalQueue, ApprovalRequest
+from apps.approvals.models import ApprovalDecision, ApprovalQueue, ApprovalRequest, EscalationTimer
 from apps.audit.models import AuditEvent
 from apps.core.exceptions import ApplicationError
 from apps.runs.models import Run
@@ -104,13 +107,21 @@ def test_sequential_goes_queue_by_queue_and_only_the_current_queue_decides(analy
         claim_workflow(analyst, team, name="Refused", policy="sequential", then_queues=["team:finance"])
     assert any('may not send items to the approval queue "team:finance"' in p for p in refused.value.extra["problems"])
     assign_perm("approvals.use_approvalqueue", analyst, ApprovalQueue.objects.get(key="team:finance"))
+    # Each queue has its own service level and escalation chain; the item is timed by the queue it waits in.
+    chain = [{"at": 0.5, "action": "remind"}]
+    ApprovalQueue.objects.filter(key="team:claims").update(sla_hours=2, escalation=chain)
+    ApprovalQueue.objects.filter(key="team:finance").update(sla_hours=48, escalation=chain)
     workflow = claim_workflow(analyst, team, policy="sequential", then_queues=["team:finance"])
     item = parked_item(analyst, workflow)
     assert (item.policy, item.required_approvals, item.queue.key) == ("sequential", 2, "team:claims")
+    assert item.due_at is not None and item.due_at - item.created_at < timedelta(hours=3)
 
     assert decide(reviewer, item, decision="approved").status_code == 200
     item.refresh_from_db()
     assert (item.state, item.stage, item.queue.key, item.approvals_count) == ("pending", 1, "team:finance", 1)
+    assert item.due_at - timezone.now() > timedelta(hours=47)
+    timers = list(EscalationTimer.objects.filter(request=item).order_by("step").values_list("step", "cancelled"))
+    assert timers == [(0, True), (100, False)]  # the Claims reminder stopped, Finance's started
     # Rex works Claims only; the item now waits in Finance. He still sees the run (same team): 403, not 404.
     assert decide(rex, item, decision="approved").status_code == 403
     assert api(rex).post("/api/approvals/next/").status_code == 204

@@ -393,3 +393,17 @@ def test_items_she_holds_go_to_her_delegate_when_she_goes_away(analyst, team, re
     assert Notification.objects.filter(user=delegate, request=item, kind="assigned").exists()
     assert Notification.objects.filter(user=reviewer, request=item, kind="delegated").exists()
     assert absences_hand_over() == 0
+
+
+def test_a_pushed_item_goes_to_the_next_person_after_a_partial_approval(analyst, team, reviewer, rex):
+    """Two of three must approve, in a round-robin queue: once the first approves, the queue assigns the item
+    again, to someone who has not decided it."""
+    _queue(team, "claims:pair", assignment="round_robin")
+    workflow = claim_workflow(analyst, team, queue="claims:pair", policy="k_of_n", required_approvals=2)
+    item = parked_item(analyst, workflow)
+    first = item.assignee
+    assert first is not None
+    assert decide(first, item, decision="approved").status_code == 200
+    item.refresh_from_db()
+    assert item.state == "pending" and item.approvals_count == 1
+    assert item.assignee is not None and item.assignee != first
