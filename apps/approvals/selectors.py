@@ -63,16 +63,12 @@ def band(score: float | None) -> str:
     return next(name for floor, name in BANDS if score >= floor)
 
 
-def _roles(user: AnyUser) -> frozenset[str]:
-    return user_roles(user)
-
-
 def queues_worked_by(user: AnyUser) -> QuerySet[ApprovalQueue]:
     """The queues whose items `user` may work: all of them for admins, those she holds the work permission on
     for reviewers, none for anyone else."""
     if not user.is_authenticated or not user.is_active:
         return ApprovalQueue.objects.none()
-    roles = _roles(user)
+    roles = user_roles(user)
     if user.is_superuser or ADMIN in roles:
         return ApprovalQueue.objects.all()
     if REVIEWER not in roles:
@@ -97,7 +93,7 @@ def queues_usable_by(user: AnyUser) -> QuerySet[ApprovalQueue]:
     """The queues `user` may name in an approval step: those she holds the use permission on (admins: all)."""
     if not user.is_authenticated or not user.is_active:
         return ApprovalQueue.objects.none()
-    if user.is_superuser or ADMIN in _roles(user):
+    if user.is_superuser or ADMIN in user_roles(user):
         return ApprovalQueue.objects.all()
     return restrict(ApprovalQueue.objects.all(), user, "approvals.use_approvalqueue")
 

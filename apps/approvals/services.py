@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
@@ -292,23 +291,18 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
     the step with that reason, rather than parking it where no one can see it."""
     run = step_run.run
     config = ApprovalConfig.model_validate(run.step_definition(step_run.step_key).get("config", {}))
-    queue = ApprovalQueue.objects.filter(key=config.queue).first()
-    stages = [queue.pk] if queue else []
-    for key in config.then_queues:
-        later = ApprovalQueue.objects.filter(key=key).first()
-        if later is None:
-            queue = None
-            break
-        stages.append(later.pk)
-    if queue is None:
-        missing = next(
-            key for key in [config.queue, *config.then_queues] if not ApprovalQueue.objects.filter(key=key).exists()
-        )
+    # The first queue, then any later ones of a sequential policy, read in one query.
+    keys = [config.queue, *config.then_queues]
+    found = {queue.key: queue for queue in ApprovalQueue.objects.filter(key__in=keys)}
+    missing = next((key for key in keys if key not in found), None)
+    if missing is not None:
         step_run_resume(
             step_run=step_run,
             error=f'Approval queue "{missing}" does not exist: create it, or choose another queue for this step.',
         )
         return
+    queue = found[config.queue]
+    stages = [found[key].pk for key in keys]
     review = _review_material(run, config, wait.payload.get("params", {}))
     policy = config.policy or queue.policy
     if policy == DecisionPolicy.SEQUENTIAL:
@@ -1185,21 +1179,10 @@ def notifications_mark_read(*, user: User, ids: Sequence[int] | None = None) -> 
     return unread.update(read_at=timezone.now())
 
 
-def audit_sample_chosen(rate: float, *, rng: random.Random | None = None) -> bool:
-    """Whether an item that would go straight through is routed to review anyway (the queue's audit sample)."""
-    if rate <= 0:
-        return False
-    return (rng or random).random() < rate
-
-
 def audit_sample_rate_for(key: str) -> float:
     """The step library's hook: the audit sample rate of the queue named `key` (0 when it does not exist)."""
     rate = ApprovalQueue.objects.filter(key=key).values_list("audit_sample_rate", flat=True).first()
     return float(rate or 0.0)
-
-
-def queue_for_key(key: str) -> ApprovalQueue | None:
-    return ApprovalQueue.objects.filter(key=key).first()
 
 
 # --- saved inbox views --------------------------------------------------------------------------------------
