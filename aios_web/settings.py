@@ -93,6 +93,8 @@ INSTALLED_APPS = [
     "apps.audit",
     "apps.accounts",
     "apps.inference",
+    "apps.connectors",
+    "apps.knowledge",
     "apps.workflows",
     "apps.runs",
     "apps.approvals",

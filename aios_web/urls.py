@@ -15,6 +15,8 @@ urlpatterns = [
     path("runs/", include("apps.runs.urls")),
     path("inbox/", include("apps.approvals.urls")),
     path("models/", include("apps.inference.urls")),
+    path("connections/", include("apps.connectors.urls")),
+    path("knowledge/", include("apps.knowledge.urls")),
     path("api/", include(("aios_web.api_urls", "api"))),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),

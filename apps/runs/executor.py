@@ -353,6 +353,7 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
         emit_tokens=attempt.stream.add,
         attempt=step_run.attempt,
         step_run_id=step_run.pk,
+        workflow_id=run.workflow_id,
         replay_of=recording_run_id(run.replay_of_id, step_run.step_key) if run.replay_of_id else None,
         budget=run.graph.get("budget") or {},
     )

@@ -52,6 +52,9 @@ class StepContext:
     params: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
     step_run_id: int | None = None
+    # The workflow the run belongs to: what decides which connections and knowledge collections the step may
+    # use (checked again at run time, not only when the version was published).
+    workflow_id: int | None = None
     # Replay mode: the run whose recorded model calls (and outside-world results) answer this run's.
     replay_of: int | None = None
     # The run's limits from the version's `budget` ({"max_tokens": n, "max_cost": "2.50"}), if any.
@@ -87,6 +90,19 @@ class StepOutcome:
     output: dict[str, Any]
     usage: dict[str, Any] = field(default_factory=dict)
     wait: Wait | None = None
+
+
+@dataclass(frozen=True)
+class Uses:
+    """Something outside the graph that a step's config names: a connection (`what="connection"`, of
+    connection `kind` "http", "smtp", "sql" or "mailbox") or a knowledge collection (`what="collection"`).
+    Publishing refuses a version whose publisher may not use it; the step checks again at run time that the
+    run's workflow may. `field` is the config field that names it, for the builder's error placement."""
+
+    what: str
+    name: str
+    kind: str = ""
+    field: str = ""
 
 
 class StepType:
@@ -142,6 +158,11 @@ class StepType:
         person, wait or run another workflow: shaped like the real output so later steps can be tested, and
         marked `simulated`. Never touches anything."""
         return {"simulated": True}
+
+    @classmethod
+    def uses(cls, config: Any) -> list[Uses]:
+        """The connections and collections this (valid) config names."""
+        return []
 
     @staticmethod
     def check_config(config: Any) -> list[str]:

@@ -21,6 +21,7 @@ from apps.workflows.graph import graph_checksum
 from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_can_edit
 from apps.workflows.validation import sub_workflows_pinned, version_problems
+from apps.workflows.uses import uses_problems
 
 EMPTY_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
 MAX_NAME_LENGTH = 120
@@ -355,6 +356,7 @@ def workflow_version_publish(
             extra={"revision": version.revision},
         )
     problems = version_problems(version)
+    problems += uses_problems(actor, version.graph)
     problems += [problem for check in PUBLISH_CHECKS for problem in check(actor, version.graph)]
     graph, _ = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     if problems:

@@ -3,6 +3,9 @@ appear in the table, so a new route without a rule fails this test."""
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
@@ -238,6 +241,14 @@ EXEMPT = {
 }
 PERSONAS = ["analyst", "reviewer", "manager", "outsider", "anonymous"]
 
+# Areas keep their rows beside this file (tests/security/routes_<area>.py): each module has MATRIX, EXEMPT and
+# `world_args(world) -> {route: args}`, which may create the objects its routes need.
+AREAS = [importlib.import_module(f"tests.security.{path.stem}") for path in sorted(Path(__file__).parent.glob("routes_*.py"))]
+for area in AREAS:
+    assert not set(area.MATRIX) & set(MATRIX), f"{area.__name__} repeats routes of the main table"
+    MATRIX.update(area.MATRIX)
+    EXEMPT |= area.EXEMPT
+
 
 def _route_names(resolver: URLResolver | None = None, namespace: str = "") -> set[str]:
     names: set[str] = set()
@@ -264,7 +275,7 @@ def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
     run, _ = run_start(actor=analyst, workflow=claims_workflow, inputs={"claim_text": sample_claim})
     endpoint = ModelEndpoint.objects.create(name="matrix", url="http://127.0.0.1:9")
     item = _parked_approval(analyst, claims_workflow.team)
-    return {
+    world = {
         "personas": {"analyst": analyst, "reviewer": reviewer, "manager": manager, "outsider": outsider},
         "workflow": claims_workflow,
         "run": run,
@@ -299,6 +310,9 @@ def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
             "approvals:workflow-accuracy": [claims_workflow.slug],
         },
     }
+    for area in AREAS:
+        world["args"].update(area.world_args(world))
+    return world
 
 
 def _parked_approval(analyst, team):

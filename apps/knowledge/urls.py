@@ -1,0 +1,8 @@
+"""Pages of the knowledge app."""
+
+from __future__ import annotations
+
+from django.urls import path  # noqa: F401
+
+app_name = "knowledge"
+urlpatterns: list = []
