@@ -284,9 +284,14 @@ AIOS_INFERENCE_RETRIES = env_int("AIOS_INFERENCE_RETRIES", 2, minimum=0, maximum
 AIOS_ASYNC_STEPS = env_bool("AIOS_ASYNC_STEPS", True)
 AIOS_INFERENCE_CONCURRENCY = env_int("AIOS_INFERENCE_CONCURRENCY", 64, minimum=1, maximum=1024)
 AIOS_INFERENCE_DB_THREADS = env_int("AIOS_INFERENCE_DB_THREADS", 8, minimum=1, maximum=64)
-# Encrypts credentials at rest (model endpoint tokens, connector secrets). Required in production, so that
-# rotating SECRET_KEY never makes every stored token unreadable; SECRET_KEY stands in elsewhere.
-AIOS_CREDENTIALS_KEY = env_str("AIOS_CREDENTIALS_KEY") if PRODUCTION else env_str("AIOS_CREDENTIALS_KEY", "")
+# Encrypts credentials at rest (model endpoint tokens, connection secrets). AIOS_CREDENTIALS_KEYS lists keys
+# newest first (the first encrypts, all decrypt: rotation, see apps/core/secrets.py); AIOS_CREDENTIALS_KEY is
+# the one-key form. One of them is required in production, so that rotating SECRET_KEY never makes every stored
+# token unreadable; SECRET_KEY stands in elsewhere.
+AIOS_CREDENTIALS_KEYS = env_list("AIOS_CREDENTIALS_KEYS", [])
+AIOS_CREDENTIALS_KEY = env_str("AIOS_CREDENTIALS_KEY", "")
+if PRODUCTION and not (AIOS_CREDENTIALS_KEYS or AIOS_CREDENTIALS_KEY):
+    raise ImproperlyConfigured("AIOS_CREDENTIALS_KEYS or AIOS_CREDENTIALS_KEY must be set.")
 # Seals audit events and anchors (HMAC) and signs audit checkpoints (Ed25519); both keys are derived from this
 # one secret, which the database must never hold. Required in production; elsewhere an empty value means a
 # random secret kept in AIOS_DATA_DIR/audit-signing.key (see apps/audit/crypto.py).

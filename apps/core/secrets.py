@@ -1,9 +1,11 @@
-"""Credentials at rest: encrypted with a key that lives outside the database.
+"""Credentials at rest: encrypted with keys that live outside the database, and rotatable.
 
-The key comes from `AIOS_CREDENTIALS_KEY` (any string; it is stretched to a Fernet key), required in
-production; outside production Django's SECRET_KEY stands in when it is empty. A database dump alone
-therefore never reveals a token. Rotating the key means re-saving the credentials (they fail to decrypt
-with a clear error otherwise).
+The keys come from `AIOS_CREDENTIALS_KEYS` (comma-separated, newest first) or `AIOS_CREDENTIALS_KEY` (one key);
+one of them is required in production, and outside production Django's SECRET_KEY stands in when both are
+empty. Each key is any string, stretched to a Fernet key. The first key encrypts; every key decrypts
+(`cryptography.fernet.MultiFernet`), so rotation is: put the new key first, keep the old ones after it, run
+`manage.py credentials_rotate` (which re-encrypts every stored credential with the first key), then drop the
+old keys. A database dump alone therefore never reveals a credential.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
 from apps.core.exceptions import ApplicationError
@@ -19,10 +21,23 @@ from apps.core.exceptions import ApplicationError
 _PREFIX = "fernet:"
 
 
-def _fernet() -> Fernet:
-    material = (getattr(settings, "AIOS_CREDENTIALS_KEY", "") or settings.SECRET_KEY).encode()
-    key = base64.urlsafe_b64encode(hashlib.sha256(b"aios-credentials\x00" + material).digest())
+def credentials_keys() -> list[str]:
+    """The configured key strings, the encrypting one first (SECRET_KEY when none is configured)."""
+    keys = [key for key in getattr(settings, "AIOS_CREDENTIALS_KEYS", []) if key]
+    single = getattr(settings, "AIOS_CREDENTIALS_KEY", "")
+    if not keys and single:
+        keys = [single]
+    return keys or [settings.SECRET_KEY]
+
+
+def _stretch(material: str) -> Fernet:
+    key = base64.urlsafe_b64encode(hashlib.sha256(b"aios-credentials\x00" + material.encode()).digest())
     return Fernet(key)
+
+
+def _fernet() -> MultiFernet:
+    # Built per call: settings change under tests (and a rotation), and a Fernet costs microseconds.
+    return MultiFernet([_stretch(key) for key in credentials_keys()])
 
 
 def secret_encrypt(plaintext: str) -> str:
@@ -33,7 +48,7 @@ def secret_encrypt(plaintext: str) -> str:
 
 
 def secret_decrypt(stored: str) -> str:
-    """The plaintext of a value written by `secret_encrypt`."""
+    """The plaintext of a value written by `secret_encrypt`, with any of the configured keys."""
     if not stored:
         return ""
     if not stored.startswith(_PREFIX):
@@ -42,5 +57,21 @@ def secret_decrypt(stored: str) -> str:
         return _fernet().decrypt(stored[len(_PREFIX) :].encode()).decode()
     except InvalidToken:
         raise ApplicationError(
-            "A stored credential cannot be decrypted with the current AIOS_CREDENTIALS_KEY; enter it again."
+            "A stored credential cannot be decrypted with any key in AIOS_CREDENTIALS_KEYS / AIOS_CREDENTIALS_KEY; "
+            "add the key it was saved with, or enter it again."
+        ) from None
+
+
+def secret_rotate(stored: str) -> str:
+    """`stored` re-encrypted with the first key (decrypted with whichever key made it); "" stays "".
+    Raises ApplicationError when no configured key decrypts it."""
+    if not stored:
+        return ""
+    if not stored.startswith(_PREFIX):
+        raise ApplicationError("A stored credential is not in the encrypted format; enter it again.")
+    try:
+        return _PREFIX + _fernet().rotate(stored[len(_PREFIX) :].encode()).decode()
+    except InvalidToken:
+        raise ApplicationError(
+            "A stored credential cannot be decrypted with any configured key, so it cannot be re-encrypted."
         ) from None

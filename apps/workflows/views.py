@@ -24,6 +24,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.accounts.models import Team
+from apps.connectors.selectors import connection_choices_for
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.inference.selectors import endpoint_names_for_steps
 from apps.steps.expressions import cel_check, template_check
@@ -392,6 +393,8 @@ def _choices(user: Any = None) -> dict[str, list[tuple[str, str]]]:
     upper apps provide for `user`."""
     endpoints = endpoint_names_for_steps()
     choices = {"model-endpoint": [("", "Default endpoint"), *((name, name) for name in endpoints)]}
+    # The connections `user` may use, per kind ("connection-http", "connection-sql", ...).
+    choices.update(connection_choices_for(user))
     for widget, provider in CHOICE_PROVIDERS.items():
         choices[widget] = provider(user)
     return choices

@@ -1,0 +1,104 @@
+"""Connections: named, team-owned ways to reach an outside system (an HTTP API, an SMTP server, a SQL database,
+a mailbox), with their secrets encrypted at rest.
+
+Who may do what is a matter of object permissions (django-guardian), never of names: the owning team's group
+holds `use_connection` (steps of the team's workflows may name it); `manage_connection` lets someone change it;
+admins manage every connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from simple_history.models import HistoricalRecords
+
+from apps.connectors.kinds import KIND_LABELS, KINDS, summary
+from apps.core.secrets import secret_decrypt, secret_encrypt
+
+
+class Connection(models.Model):
+    """One connection. `config` holds the kind's non-secret settings (validated by `apps.connectors.kinds`);
+    `secrets_encrypted` is one Fernet token of a JSON object of the kind's secrets (`apps.core.secrets`), never
+    a plain column, never rendered, exported or audited. `last_test_*` record the last test of the stored
+    settings.
+    """
+
+    class Kind(models.TextChoices):
+        HTTP = "http", KIND_LABELS["http"]
+        SMTP = "smtp", KIND_LABELS["smtp"]
+        SQL = "sql", KIND_LABELS["sql"]
+        MAILBOX = "mailbox", KIND_LABELS["mailbox"]
+
+    name = models.SlugField(max_length=64, unique=True, help_text="What steps name; it cannot change.")
+    label = models.CharField(max_length=150)
+    description = models.TextField(blank=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="connections")
+    config = models.JSONField(default=dict)
+    secrets_encrypted = models.TextField(blank=True)
+    enabled = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_tested_at = models.DateTimeField(null=True, blank=True)
+    last_test_ok = models.BooleanField(null=True, blank=True)
+    last_test_message = models.TextField(blank=True)
+
+    history = HistoricalRecords(excluded_fields=["secrets_encrypted"])
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("use_connection", "Name the connection in steps"),
+            ("manage_connection", "Change the connection's settings and secrets"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(kind__in=list(KINDS)), name="connection_kind_known"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """The decrypted secrets (raises ApplicationError when no configured key decrypts them)."""
+        if not self.secrets_encrypted:
+            return {}
+        value = json.loads(secret_decrypt(self.secrets_encrypted))
+        return {str(key): str(item) for key, item in value.items()} if isinstance(value, dict) else {}
+
+    @secrets.setter
+    def secrets(self, value: dict[str, str]) -> None:
+        kept = {key: item for key, item in value.items() if item}
+        self.secrets_encrypted = secret_encrypt(json.dumps(kept, sort_keys=True)) if kept else ""
+
+    def secret_keys_set(self) -> set[str]:
+        """Which secrets are set (for "set" / "not set"), never their values."""
+        return set(self.secrets)
+
+    @property
+    def secrets_version(self) -> str:
+        """Changes whenever the secrets or settings change (and on re-encryption): keys caches of what was
+        derived from them (an OAuth2 access token), so a replaced secret is never answered from a cache."""
+        material = json.dumps(self.config, sort_keys=True) + "\x00" + self.secrets_encrypted
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+    @property
+    def summary(self) -> str:
+        return summary(self.kind, self.config)
+
+    def public(self) -> dict[str, Any]:
+        """What anyone who may use the connection may read: name, kind, description and the settings."""
+        return {
+            "name": self.name,
+            "label": self.label,
+            "kind": self.kind,
+            "description": self.description,
+            "config": dict(self.config),
+        }

@@ -1,0 +1,178 @@
+"""Testing a connection for real, per kind, with a short timeout, answering with the server's own reason:
+
+- http: GET the base URL (or the test path) with the authentication applied, an OAuth2 token fetched first;
+- smtp: connect, EHLO, STARTTLS or TLS, AUTH when there is a user name, QUIT (apps.connectors.smtp);
+- sql: connect, SELECT 1 in a read-only transaction, the server's version (apps.connectors.sql);
+- mailbox: IMAP login, select the folder, logout.
+
+Hosts pass the same address policy as outbound HTTP (loopback and private addresses refused unless
+allowlisted in AIOS_HTTP_ALLOWLIST), and the connection goes to exactly the address that was checked. Nothing
+here writes to the database; `apps.connectors.services` records and audits the outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from apps.connectors import kinds
+from apps.connectors.runtime import (
+    ConnectionFailed,
+    ResolvedConnection,
+    http_auth_headers,
+    join_url,
+    redact,
+    secret_needles,
+)
+from apps.core import http
+from apps.core.exceptions import ApplicationError
+
+TEST_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The outcome of a test: `ok`, a sentence for people (the server's reason on failure), and how long
+    it took. Never holds a secret."""
+
+    ok: bool
+    message: str
+    seconds: float = 0.0
+
+
+def checked_address(host: str, port: int) -> str:
+    """The address to connect to for `host`, after every address it resolves to passed the outbound policy.
+    Raises ApplicationError with the reason."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ApplicationError(f'The host "{host}" could not be resolved ({error.strerror}).') from None
+    addresses = [str(info[4][0]) for info in infos]
+    for address in addresses:
+        refusal = http.address_refusal(address)
+        if refusal:
+            raise ApplicationError(
+                f'"{host}" resolves to {address}, {refusal}; connections there are not allowed '
+                "(an administrator can allow it with AIOS_HTTP_ALLOWLIST)."
+            )
+    return addresses[0]
+
+
+def probe(kind: str, config: dict[str, Any], secrets: dict[str, str]) -> ProbeResult:
+    """Test settings `config` with `secrets` for a connection of `kind`; never raises for a failed attempt."""
+    started = time.monotonic()
+    resolved = ResolvedConnection(name="(test)", kind=kind, config=config, secrets=secrets)
+    try:
+        valid = kinds.settings_validate(kind, config)
+        resolved = ResolvedConnection(name="(test)", kind=kind, config=valid, secrets=secrets)
+        message = {"http": _http, "smtp": _smtp, "sql": _sql, "mailbox": _mailbox}[kind](resolved)
+        ok = True
+    except ApplicationError as error:
+        ok, message = False, error.message
+    except Exception as error:  # a test reports every failure as a reason, never as a crash
+        ok, message = False, f"{type(error).__name__}: {error}"
+    message = redact(message, secret_needles(resolved))
+    return ProbeResult(ok=ok, message=str(message)[:2000], seconds=round(time.monotonic() - started, 3))
+
+
+def _http(resolved: ResolvedConnection) -> str:
+    config = resolved.config
+    url = join_url(str(config["base_url"]), str(config.get("test_path") or ""))
+    try:
+        headers = {**config.get("headers", {}), **http_auth_headers(resolved)}
+    except ConnectionFailed as error:
+        raise ApplicationError(error.message) from None
+    timeout = min(float(config.get("timeout_seconds", 30)), TEST_TIMEOUT_SECONDS)
+    try:
+        response = http.request("GET", url, headers=headers, timeout=timeout)
+    except http.OutboundError as error:
+        raise ApplicationError(str(error)) from None
+    if response.status >= 400:
+        reason = redact(response.text()[:300].strip(), secret_needles(resolved, headers))
+        raise ApplicationError(f"GET {url} answered HTTP {response.status}: {reason or '(no body)'}")
+    token_note = " with a fresh OAuth2 token" if config.get("auth") == "oauth2_client_credentials" else ""
+    return f"GET {url}{token_note} answered HTTP {response.status}."
+
+
+def _sql(resolved: ResolvedConnection) -> str:
+    from apps.connectors import sql
+
+    server = sql.sql_test(resolved.config, resolved.secrets)
+    return f"Connected and ran SELECT 1: {server}."
+
+
+def _smtp(resolved: ResolvedConnection) -> str:
+    from apps.connectors import smtp
+
+    server = smtp.smtp_test(resolved.config, resolved.secrets)
+    signed_in = ", signed in" if resolved.config.get("username") else ""
+    return f"Connected, greeted{signed_in} and said goodbye: {server}."
+
+
+class _PinnedIMAP4(imaplib.IMAP4):
+    """IMAP over plain TCP to an address already checked against the outbound policy."""
+
+    def __init__(self, address: str, port: int, timeout: float) -> None:
+        self._address = address
+        super().__init__(address, port, timeout=timeout)
+
+
+class _PinnedIMAP4SSL(imaplib.IMAP4_SSL):
+    """IMAP over TLS to the checked address, verifying the certificate for the host's name."""
+
+    def __init__(self, hostname: str, address: str, port: int, timeout: float) -> None:
+        self._address = address
+        super().__init__(hostname, port, ssl_context=ssl.create_default_context(), timeout=timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        sock = socket.create_connection((self._address, self.port), timeout)
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def _imap_reason(error: Exception) -> str:
+    text = error.args[0] if error.args else error
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return str(text)
+
+
+def _mailbox(resolved: ResolvedConnection) -> str:
+    config, password = resolved.config, resolved.secrets.get("password", "")
+    host, port = str(config["host"]), int(config["port"])
+    address = checked_address(host, port)
+    client: imaplib.IMAP4
+    try:
+        if config.get("ssl", True):
+            client = _PinnedIMAP4SSL(host, address, port, TEST_TIMEOUT_SECONDS)
+        else:
+            client = _PinnedIMAP4(address, port, TEST_TIMEOUT_SECONDS)
+    except (OSError, imaplib.IMAP4.error) as error:
+        raise ApplicationError(f"{host}:{port} is not reachable over IMAP ({_imap_reason(error)}).") from None
+    try:
+        try:
+            client.login(str(config["username"]), password)
+        except imaplib.IMAP4.error as error:
+            raise ApplicationError(f"The server refused the login: {_imap_reason(error)}") from None
+        folder = str(config.get("folder") or "INBOX")
+        status, data = client.select(_imap_quote(folder), readonly=True)
+        if status != "OK":
+            reason = data[0].decode("utf-8", errors="replace") if data and isinstance(data[0], bytes) else status
+            raise ApplicationError(f'The server refused the folder "{folder}": {reason}')
+        count = data[0].decode() if data and isinstance(data[0], bytes) else "?"
+        return f'Signed in to {host} and opened "{folder}" ({count} messages).'
+    except (OSError, imaplib.IMAP4.abort) as error:
+        raise ApplicationError(f"{host}:{port} closed the IMAP session ({_imap_reason(error)}).") from None
+    finally:
+        # The outcome is known: a failed goodbye changes nothing.
+        with contextlib.suppress(Exception):
+            client.logout()
+
+
+def _imap_quote(folder: str) -> str:
+    """A folder name as an IMAP quoted string (RFC 3501 section 4.3)."""
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,327 @@
+"""Writes about connections: create, change (settings, team, secrets), enable and disable, test, delete, and
+re-encrypt every secret with the newest key. Every change is audited in the same transaction; the audit says
+which secret was set, replaced or removed, never its value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.apps import apps as django_apps
+from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+from guardian.shortcuts import assign_perm, remove_perm
+from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
+
+from apps.accounts.models import Team, User
+from apps.audit.services import audit_record
+from apps.connectors import kinds
+from apps.connectors.models import Connection
+from apps.connectors.probes import ProbeResult
+from apps.connectors.rules import USE, user_creates_connections, user_manages_connection
+from apps.core.exceptions import Conflict, Forbidden, ValidationFailed
+from apps.core.secrets import secret_rotate
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def _require_manager(actor: User | None, connection: Connection) -> None:
+    if actor is not None and not user_manages_connection(actor, connection):
+        raise Forbidden(f'You may not change the connection "{connection.name}".')
+
+
+def secrets_merge(kind: str, current: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
+    """`current` with `changes` applied: a value replaces, None or "" keeps the current one (a write-only
+    field left blank), and the key "<name>:remove" set to anything truthy removes it. Unknown keys are errors."""
+    allowed = set(kinds.secret_keys(kind))
+    merged = dict(current)
+    unknown = []
+    for key, value in changes.items():
+        base, _, remove = key.partition(":")
+        if base not in allowed or (remove and remove != "remove"):
+            unknown.append(key)
+        elif remove:
+            if value:
+                merged.pop(base, None)
+        elif value:
+            merged[base] = str(value)
+    if unknown:
+        raise ValidationFailed(
+            "Unknown secrets.", fields={"secrets": [f"{kind} connections keep only: {', '.join(sorted(allowed))}."]}
+        )
+    return merged
+
+
+def _check_secrets(kind: str, config: dict[str, Any], secrets: dict[str, str]) -> None:
+    missing = kinds.secrets_missing(kind, config, secrets)
+    if missing:
+        labels = {spec.key: spec.label for spec in kinds.SECRETS[kind]}
+        raise ValidationFailed(
+            "A secret is missing.",
+            fields={f"secrets.{key}": [f"{labels[key]} is needed for these settings."] for key in missing},
+        )
+
+
+def _secrets_diff(before: dict[str, str], after: dict[str, str]) -> dict[str, list[str]]:
+    """Which secrets were set, replaced or removed: names only."""
+    diff = {
+        "secrets_set": sorted(set(after) - set(before)),
+        "secrets_replaced": sorted(key for key in set(after) & set(before) if after[key] != before[key]),
+        "secrets_removed": sorted(set(before) - set(after)),
+    }
+    return {key: value for key, value in diff.items() if value}
+
+
+def _record_test(connection: Connection, result: ProbeResult | None) -> None:
+    if result is None:
+        return
+    connection.last_tested_at = timezone.now()
+    connection.last_test_ok = result.ok
+    connection.last_test_message = result.message[:2000]
+
+
+@transaction.atomic
+def connection_create(
+    *,
+    actor: User | None,
+    name: str,
+    label: str,
+    kind: str,
+    team: Team,
+    config: dict[str, Any],
+    secrets: dict[str, str | None] | None = None,
+    description: str = "",
+    enabled: bool = True,
+    test: ProbeResult | None = None,
+) -> Connection:
+    """Create a connection owned by `team`, whose group gets `use_connection` on it. `config` is validated for
+    `kind`; `secrets` must hold what the settings need (e.g. the password of a SQL connection). `test` is the
+    result of testing these settings before saving, recorded as the connection's last test. Admins only."""
+    if actor is not None and not user_creates_connections(actor):
+        raise Forbidden("Only admins create connections.")
+    fields: dict[str, list[str]] = {}
+    if not _NAME.match(name or ""):
+        fields["name"] = ["Lower-case letters, digits, - and _ only, starting with a letter or digit (at most 64)."]
+    elif Connection.objects.filter(name=name).exists():
+        fields["name"] = [f'A connection named "{name}" already exists.']
+    if not (label or "").strip():
+        fields["label"] = ["Give the connection a label people recognise."]
+    if fields:
+        raise ValidationFailed("The connection cannot be saved.", fields=fields)
+    valid = kinds.settings_validate(kind, config)
+    merged = secrets_merge(kind, {}, secrets or {})
+    _check_secrets(kind, valid, merged)
+    connection = Connection(
+        name=name,
+        label=label.strip(),
+        description=description,
+        kind=kind,
+        team=team,
+        config=valid,
+        enabled=enabled,
+        created_by=actor if actor is not None and actor.is_authenticated else None,
+    )
+    connection.secrets = merged
+    _record_test(connection, test)
+    connection.save()
+    assign_perm(USE, team.group, connection)
+    audit_record(
+        actor=actor,
+        verb="connection.created",
+        target=connection,
+        data={
+            "kind": kind,
+            "team": team.slug,
+            "label": connection.label,
+            "config": valid,
+            "enabled": enabled,
+            "secrets_set": sorted(merged),
+            **({"test_ok": test.ok} if test else {}),
+        },
+    )
+    return connection
+
+
+@transaction.atomic
+def connection_update(
+    *,
+    actor: User | None,
+    connection: Connection,
+    label: str | None = None,
+    description: str | None = None,
+    team: Team | None = None,
+    config: dict[str, Any] | None = None,
+    secrets: dict[str, str | None] | None = None,
+    test: ProbeResult | None = None,
+) -> Connection:
+    """Change a connection's settings, team or secrets (None: unchanged; a blank secret keeps the stored
+    one). Moving it to another team moves the team's use permission with it. Audited with the changed settings
+    and the names of the changed secrets."""
+    _require_manager(actor, connection)
+    locked = Connection.objects.select_for_update().get(pk=connection.pk)
+    changed: dict[str, Any] = {}
+    if label is not None:
+        if not label.strip():
+            raise ValidationFailed("The connection cannot be saved.", fields={"label": ["A label is needed."]})
+        if label.strip() != locked.label:
+            changed["label"] = locked.label = label.strip()
+    if description is not None and description != locked.description:
+        changed["description"] = locked.description = description
+    if config is not None:
+        valid = kinds.settings_validate(locked.kind, config)
+        config_changes = {key: value for key, value in valid.items() if locked.config.get(key) != value}
+        if config_changes:
+            changed["config"] = config_changes
+            locked.config = valid
+    before = locked.secrets
+    after = secrets_merge(locked.kind, before, secrets or {})
+    _check_secrets(locked.kind, locked.config, after)
+    secret_changes = _secrets_diff(before, after)
+    if secret_changes:
+        locked.secrets = after
+    old_team = locked.team
+    if team is not None and team.pk != locked.team_id:
+        changed["team"] = team.slug
+        locked.team = team
+    if not changed and not secret_changes and test is None:
+        return locked
+    _record_test(locked, test)
+    locked.save()
+    if "team" in changed:
+        remove_perm(USE, old_team.group, locked)
+        assign_perm(USE, locked.team.group, locked)
+    if changed or secret_changes:
+        audit_record(
+            actor=actor,
+            verb="connection.changed",
+            target=locked,
+            data={"fields": changed, **secret_changes, **({"test_ok": test.ok} if test else {})},
+        )
+    return locked
+
+
+@transaction.atomic
+def connection_set_enabled(*, actor: User | None, connection: Connection, enabled: bool) -> Connection:
+    """Enable or disable a connection. Steps that name a disabled connection fail with a clear error."""
+    _require_manager(actor, connection)
+    updated = (
+        Connection.objects.filter(pk=connection.pk)
+        .exclude(enabled=enabled)
+        .update(enabled=enabled, updated_at=timezone.now())
+    )
+    connection.enabled = enabled
+    if updated:
+        audit_record(actor=actor, verb="connection.enabled" if enabled else "connection.disabled", target=connection)
+    return connection
+
+
+def workflows_naming(name: str) -> list[str]:
+    """The names of the workflows whose published versions name connection `name` in a step's `connection`
+    setting. The workflows app sits above this one, so its table is read by model name, not imported."""
+    version_model = django_apps.get_model("workflows", "WorkflowVersion")
+    versions: QuerySet[Any] = version_model.objects.filter(
+        state="published", graph__steps__contains=[{"config": {"connection": name}}]
+    )
+    return sorted(set(versions.values_list("workflow__name", flat=True)))
+
+
+@transaction.atomic
+def connection_delete(*, actor: User | None, connection: Connection) -> None:
+    """Delete a connection, unless a published version names it (refused, naming those workflows: their
+    runs would fail)."""
+    _require_manager(actor, connection)
+    naming = workflows_naming(connection.name)
+    if naming:
+        raise Conflict(
+            f'The connection "{connection.name}" is named by published versions of: {", ".join(naming)}. '
+            "Disable it instead, or publish versions that do not name it first.",
+            extra={"workflows": naming},
+        )
+    audit_record(
+        actor=actor,
+        verb="connection.deleted",
+        target=connection,
+        data={"kind": connection.kind, "team": connection.team.slug},
+    )
+    # Object permissions are generic rows that no foreign key removes with the object.
+    content_type = ContentType.objects.get_for_model(Connection)
+    for model in (get_user_obj_perms_model(), get_group_obj_perms_model()):
+        model.objects.filter(content_type=content_type, object_pk=str(connection.pk)).delete()
+    connection.delete()
+
+
+def connection_test(*, actor: User | None, connection: Connection) -> ProbeResult:
+    """Test the stored settings for real (a request, a session, a login) and record the outcome. The attempt
+    happens outside any transaction; only the test fields are written afterwards."""
+    from apps.connectors.probes import probe
+
+    _require_manager(actor, connection)
+    result = probe(connection.kind, connection.config, connection.secrets)
+    with transaction.atomic():
+        fields = {
+            "last_tested_at": timezone.now(),
+            "last_test_ok": result.ok,
+            "last_test_message": result.message[:2000],
+        }
+        Connection.objects.filter(pk=connection.pk).update(**fields)
+        for key, value in fields.items():
+            setattr(connection, key, value)
+        audit_record(
+            actor=actor,
+            verb="connection.tested",
+            target=connection,
+            data={"ok": result.ok, "message": result.message[:500]},
+        )
+    return result
+
+
+def connection_test_unsaved(
+    *, actor: User | None, kind: str, config: dict[str, Any], secrets: dict[str, str], connection: Connection | None
+) -> ProbeResult:
+    """Test settings a person has entered but not saved (of `connection`, or of a new one); audited, not
+    recorded as the connection's last test (the stored settings may differ)."""
+    from apps.connectors.probes import probe
+
+    if connection is not None:
+        _require_manager(actor, connection)
+    elif actor is not None and not user_creates_connections(actor):
+        raise Forbidden("Only admins create connections.")
+    result = probe(kind, config, secrets)
+    audit_record(
+        actor=actor,
+        verb="connection.tested",
+        target=connection,
+        data={"ok": result.ok, "message": result.message[:500], "unsaved": True, "kind": kind},
+    )
+    return result
+
+
+def credentials_rotate() -> dict[str, int]:
+    """Re-encrypt every stored secret (connections and model endpoint tokens) with the first configured key.
+    Each row is rewritten in its own short transaction, so a large installation is never locked at once.
+    Returns counts: {"connections": n, "model_endpoints": n, "failed": n}."""
+    counts = {"connections": 0, "model_endpoints": 0, "failed": 0}
+    endpoint_model = django_apps.get_model("inference", "ModelEndpoint")
+    for model, column, label in (
+        (Connection, "secrets_encrypted", "connections"),
+        (endpoint_model, "token_encrypted", "model_endpoints"),
+    ):
+        for pk in model.objects.exclude(**{column: ""}).values_list("pk", flat=True):
+            with transaction.atomic():
+                stored = model.objects.select_for_update().filter(pk=pk).values_list(column, flat=True).first()
+                if not stored:
+                    continue
+                try:
+                    rotated = secret_rotate(stored)
+                except Exception:  # counted and reported; the row keeps its old form
+                    counts["failed"] += 1
+                    continue
+                # A plain UPDATE: the row's other fields, history and updated_at are not what changed.
+                model.objects.filter(pk=pk).update(**{column: rotated})
+                counts[label] += 1
+    if counts["connections"] or counts["model_endpoints"]:
+        audit_record(actor=None, verb="credentials.rotated", data=counts)
+    return counts
