@@ -458,6 +458,8 @@ def _connect_mysql(
     except Exception as error:
         raise _connect_error(error, host, port, secrets) from None
     version = str(connection.get_server_info())
+    # MariaDB prefixes "5.5.5-" to its version in the handshake, for clients of old that parse the first number.
+    version = version.removeprefix("5.5.5-")
     server = "mariadb" if "mariadb" in version.lower() else "mysql"
     session = SqlSession(connection, "mysql", server, version, read_only, timeout_seconds, secrets)
     try:
@@ -603,10 +605,16 @@ def _result(cursor: Any, rows: list[Any], row_cap: int, row_count: int | None = 
 def _execute_postgresql(session: SqlSession, text: str, bound: dict[str, Any], row_cap: int) -> SqlResult:
     connection = session.connection
     if session.read_only:
-        # A server-side cursor: the server sends only the rows fetched, however many the query would return.
-        with connection.cursor(name="aios_sql_query") as cursor:
-            cursor.execute(text, bound)
-            return _result(cursor, cursor.fetchmany(row_cap + 1), row_cap)
+        # Streamed row by row and cancelled after cap + 1 rows, so the client never holds more, however many the
+        # query would return. (A server-side cursor would too, but DECLARE takes SELECTs only, and a write that
+        # slipped past the checks must meet the read-only transaction's refusal, not a syntax error.)
+        with connection.cursor() as cursor:
+            stream = cursor.stream(text, bound)
+            try:
+                rows = list(itertools.islice(stream, row_cap + 1))
+            finally:
+                stream.close()
+            return _result(cursor, rows, row_cap)
     with connection.cursor() as cursor:
         cursor.execute(text, bound)
         affected = max(cursor.rowcount, 0)
