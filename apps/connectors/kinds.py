@@ -240,8 +240,9 @@ def secrets_missing(kind: str, config: dict[str, Any], secrets: dict[str, str]) 
     if kind == HTTP:
         needed = HTTP_AUTH_SECRET.get(str(config.get("auth")))
         return [needed] if needed and not secrets.get(needed) else []
-    if kind in (SQL, MAILBOX):
+    if kind == MAILBOX:
         return [] if secrets.get("password") else ["password"]
+    # A SQL user may sign in without a password (a server that trusts its network), so none is required.
     if kind == SMTP and config.get("username") and not secrets.get("password"):
         return ["password"]
     return []

@@ -9,6 +9,7 @@ through `redact` first, so a secret an outside server echoes back never lands in
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -121,9 +122,10 @@ def secret_needles(resolved: ResolvedConnection, headers: dict[str, str] | None 
     from them (a Basic header's base64, an access token)."""
     needles = resolved.secret_values()
     for name, value in (headers or {}).items():
-        if name.lower() in ("authorization", str(resolved.config.get("header_name", "")).lower()):
+        if name.lower() == "authorization":
+            needles.append(value.split(" ", 1)[-1])  # the credentials, not the scheme's name
+        elif name.lower() == str(resolved.config.get("header_name", "")).lower():
             needles.append(value)
-            needles.append(value.split(" ", 1)[-1])
     return needles
 
 
@@ -156,14 +158,17 @@ def oauth2_access_token(resolved: ResolvedConnection, *, refresh: bool = False) 
     key = _token_cache_key(resolved)
     if resolved.cache_key and not refresh:
         stored = cache.get(key)
-        if isinstance(stored, str) and stored:
+        if isinstance(stored, dict) and float(stored.get("use_until", 0)) > time.time():
             try:
-                return secret_decrypt(stored)
+                return secret_decrypt(str(stored.get("token", "")))
             except ApplicationError:
                 pass  # written with a key no longer configured: fetch a new one
     token, lifetime = _fetch_token(resolved)
     if resolved.cache_key and lifetime > TOKEN_EXPIRY_MARGIN_SECONDS:
-        cache.set(key, secret_encrypt(token), timeout=int(lifetime - TOKEN_EXPIRY_MARGIN_SECONDS))
+        # The cache's own expiry counts whole seconds; the entry says to the fraction when to stop using it.
+        use_until = time.time() + lifetime - TOKEN_EXPIRY_MARGIN_SECONDS
+        entry = {"token": secret_encrypt(token), "use_until": use_until}
+        cache.set(key, entry, timeout=math.ceil(lifetime - TOKEN_EXPIRY_MARGIN_SECONDS))
     return token
 
 

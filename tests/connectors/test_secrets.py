@@ -1,0 +1,117 @@
+"""Credentials at rest: MultiFernet keys, rotation for real (encrypt with the old key, switch the settings, read
+with both, re-encrypt with the command, drop the old key), and the one-key setting still working."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection as db
+
+from apps.connectors.models import Connection
+from apps.core.exceptions import ApplicationError
+from apps.core.secrets import secret_decrypt, secret_encrypt, secret_rotate
+from apps.inference.models import ModelEndpoint
+from tests.connectors.helpers import make_connection
+
+OLD, NEW = "old-credentials-key-0123456789", "new-credentials-key-9876543210"
+
+
+def _raw_secrets(connection: Connection) -> str:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT secrets_encrypted FROM connectors_connection WHERE id = %s", [connection.pk])
+        return str(cursor.fetchone()[0])
+
+
+def test_the_single_key_setting_still_encrypts_and_decrypts(settings):
+    settings.AIOS_CREDENTIALS_KEYS = []
+    settings.AIOS_CREDENTIALS_KEY = OLD
+    stored = secret_encrypt("token-value")
+    assert stored.startswith("fernet:") and "token-value" not in stored
+    assert secret_decrypt(stored) == "token-value"
+    settings.AIOS_CREDENTIALS_KEY = NEW
+    with pytest.raises(ApplicationError, match="cannot be decrypted"):
+        secret_decrypt(stored)
+
+
+def test_the_first_key_encrypts_and_every_key_decrypts(settings):
+    settings.AIOS_CREDENTIALS_KEYS = [OLD]
+    old_form = secret_encrypt("s3cret")
+    settings.AIOS_CREDENTIALS_KEYS = [NEW, OLD]
+    new_form = secret_encrypt("s3cret")
+    assert secret_decrypt(old_form) == secret_decrypt(new_form) == "s3cret"
+    settings.AIOS_CREDENTIALS_KEYS = [NEW]
+    assert secret_decrypt(new_form) == "s3cret"
+    with pytest.raises(ApplicationError):
+        secret_decrypt(old_form)
+    assert secret_decrypt(secret_rotate(new_form)) == "s3cret"
+
+
+@pytest.mark.django_db
+def test_rotation_re_encrypts_connections_and_endpoint_tokens(settings, team):
+    settings.AIOS_CREDENTIALS_KEYS = [OLD]
+    http = make_connection(
+        team,
+        name="erp",
+        config={"base_url": "https://erp.example.com/", "auth": "bearer"},
+        secrets={"token": "tok-erp-1234"},
+    )
+    mailbox = make_connection(team, name="inbox", kind="mailbox", secrets={"password": "mail-pw-5678"})
+    make_connection(team, name="open-api", config={"base_url": "https://open.example.com/"})  # no secrets
+    endpoint = ModelEndpoint(name="gpu", url="http://gpu.example.com")
+    endpoint.token = "endpoint-token-42"
+    endpoint.save()
+    before = {c.pk: _raw_secrets(c) for c in (http, mailbox)}
+    assert all("tok-erp" not in raw and "mail-pw" not in raw for raw in before.values())
+
+    settings.AIOS_CREDENTIALS_KEYS = [NEW, OLD]
+    out = StringIO()
+    call_command("credentials_rotate", stdout=out)
+    assert "Re-encrypted 2 connection secret(s) and 1 model endpoint token(s)" in out.getvalue()
+    assert all(_raw_secrets(c) != before[c.pk] for c in (http, mailbox))
+
+    settings.AIOS_CREDENTIALS_KEYS = [NEW]  # the old key is gone: everything still reads
+    assert Connection.objects.get(name="erp").secrets == {"token": "tok-erp-1234"}
+    assert Connection.objects.get(name="inbox").secrets == {"password": "mail-pw-5678"}
+    assert ModelEndpoint.objects.get(name="gpu").token == "endpoint-token-42"
+
+
+@pytest.mark.django_db
+def test_rotation_reports_what_no_key_can_read_and_leaves_it(settings, team):
+    settings.AIOS_CREDENTIALS_KEYS = ["a-key-that-will-be-lost-000000"]
+    make_connection(
+        team,
+        name="lost",
+        config={"base_url": "https://x.example.com/", "auth": "bearer"},
+        secrets={"token": "tok-lost-1234"},
+    )
+    settings.AIOS_CREDENTIALS_KEYS = [NEW]
+    raw = _raw_secrets(Connection.objects.get(name="lost"))
+    with pytest.raises(CommandError, match="1 stored credential"):
+        call_command("credentials_rotate", stdout=StringIO())
+    assert _raw_secrets(Connection.objects.get(name="lost")) == raw
+
+
+@pytest.mark.django_db
+def test_secrets_are_one_encrypted_token_of_a_json_object(settings, team):
+    settings.AIOS_CREDENTIALS_KEYS = [NEW]
+    connection = make_connection(
+        team,
+        name="oauth",
+        config={
+            "base_url": "https://api.example.com/",
+            "auth": "oauth2_client_credentials",
+            "token_url": "https://id.example.com/token",
+            "client_id": "aios",
+        },
+        secrets={"client_secret": "cs-0001-abcd"},
+    )
+    raw = _raw_secrets(connection)
+    assert raw.startswith("fernet:") and "cs-0001" not in raw and "client_secret" not in raw
+    assert json.loads(secret_decrypt(raw)) == {"client_secret": "cs-0001-abcd"}
+    with db.cursor() as cursor:
+        cursor.execute("SELECT row_to_json(h)::text FROM connectors_historicalconnection h")
+        assert all("cs-0001" not in row[0] and "fernet:" not in row[0] for row in cursor.fetchall())
