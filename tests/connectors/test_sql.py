@@ -263,3 +263,15 @@ def test_an_unreachable_server_is_a_retryable_error(erp: list[ErpDatabase]) -> N
         with pytest.raises(SqlError, match="Could not connect") as unreachable:
             sql_connect(config, database.secrets, read_only=True, timeout_seconds=5)
         assert unreachable.value.retryable, database.dialect
+
+
+@pytest.mark.django_db
+def test_a_read_cannot_run_a_function_that_writes(erp: list[ErpDatabase]) -> None:
+    for database in erp:
+        with pytest.raises(SqlError, match="read-only transaction") as refused:
+            run(database, "SELECT record_lookup(:n) AS done", {"n": "INV-3021"})
+        assert not refused.value.retryable, database.dialect
+        assert database.query("SELECT count(*) FROM postings") == [(0,)], database.dialect
+        # The same call in a read-write transaction does write: the refusal above is the transaction's.
+        run(database, "SELECT record_lookup(:n) AS done", {"n": "INV-3021"}, read_only=False, commit=True)
+        assert database.query("SELECT count(*) FROM postings") == [(1,)], database.dialect

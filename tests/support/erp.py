@@ -6,7 +6,9 @@ Two private databases per test session, each named `aios_erp_<pid>` and dropped 
 - `erp_postgresql`: on the test stack's PostgreSQL server, beside the test database.
 
 Both hold the same schema and rows (`ERP_VENDORS`, `ERP_PURCHASE_ORDERS`, `ERP_INVOICES`; a `postings` table, empty,
-with a unique `idempotency_key` column, for writes). Each fixture yields an `ErpDatabase`: its connection settings
+with a unique `idempotency_key` column, for writes; `record_lookup(number)`, a function that writes a posting, for
+what a read-only transaction must refuse), and a login user of their own with a password (`ERP_PASSWORD`) that may
+read and write rows but not change the schema. Each fixture yields an `ErpDatabase`: its connection settings
 and secrets as a connection would hold them (`config`, `secrets`), a raw connection for a test's own checks
 (`query`), and `reset()`, which puts the rows back (the `erp` fixture does before each test, for both)::
 
@@ -64,6 +66,14 @@ def _schema(dialect: str) -> list[str]:
         f"CREATE TABLE postings (id INTEGER {identity} PRIMARY KEY, invoice_number VARCHAR(40) NOT NULL, "
         "amount NUMERIC(12, 2) NOT NULL, note VARCHAR(400) NOT NULL DEFAULT '', "
         "idempotency_key VARCHAR(64) UNIQUE)",
+        # A function with a side effect, called from a SELECT: what a read must not be able to run.
+        (
+            "CREATE FUNCTION record_lookup(number VARCHAR(40)) RETURNS INTEGER LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO postings (invoice_number, amount, note) VALUES (number, 0, 'lookup'); RETURN 1; END $$"
+            if dialect == "postgresql"
+            else "CREATE FUNCTION record_lookup(number VARCHAR(40)) RETURNS INTEGER MODIFIES SQL DATA BEGIN "
+            "INSERT INTO postings (invoice_number, amount, note) VALUES (number, 0, 'lookup'); RETURN 1; END"
+        ),
     ]
 
 
@@ -118,6 +128,10 @@ class ErpDatabase:
             connection.close()
 
 
+# The password of the ERP's login user in both databases (a test value; the databases live for one session).
+ERP_PASSWORD = "erp-Test-Password-4417"
+
+
 def _database_name() -> str:
     return f"aios_erp_{os.getpid()}"
 
@@ -147,6 +161,12 @@ def erp_mariadb() -> Iterator[ErpDatabase]:
         with server.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS {name}")
             cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+            # The product signs in as a user of the ERP's own, with a password, as it would in production; both
+            # host forms, since a TCP client from 127.0.0.1 may be matched as "localhost".
+            for host in ("%", "localhost", "127.0.0.1"):
+                cursor.execute(f"DROP USER IF EXISTS '{name}'@'{host}'")
+                cursor.execute(f"CREATE USER '{name}'@'{host}' IDENTIFIED BY '{ERP_PASSWORD}'")
+                cursor.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, EXECUTE ON {name}.* TO '{name}'@'{host}'")
         database = ErpDatabase(
             dialect="mysql",
             name=name,
@@ -155,11 +175,11 @@ def erp_mariadb() -> Iterator[ErpDatabase]:
                 "host": admin["host"],
                 "port": admin["port"],
                 "database": name,
-                "username": admin["user"],
+                "username": name,
                 "statement_timeout_seconds": 10,
                 "row_cap": 1000,
             },
-            secrets={"password": admin["password"]},
+            secrets={"password": ERP_PASSWORD},
             _admin=admin,
         )
         connection = database.raw()
@@ -174,6 +194,8 @@ def erp_mariadb() -> Iterator[ErpDatabase]:
     finally:
         with server.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+            for host in ("%", "localhost", "127.0.0.1"):
+                cursor.execute(f"DROP USER IF EXISTS '{name}'@'{host}'")
         server.close()
 
 
@@ -195,7 +217,11 @@ def erp_postgresql(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Erp
     server = psycopg.connect(**admin, dbname="postgres", autocommit=True)
     try:
         server.execute(f"DROP DATABASE IF EXISTS {name}")
+        server.execute(f"DROP ROLE IF EXISTS {name}")
         server.execute(f"CREATE DATABASE {name}")
+        # A login role of the ERP's own with a password (the test server may trust loopback, so the password is
+        # not what lets it in; the product sends it as it would in production).
+        server.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{ERP_PASSWORD}'")
         database = ErpDatabase(
             dialect="postgresql",
             name=name,
@@ -204,23 +230,26 @@ def erp_postgresql(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Erp
                 "host": admin["host"],
                 "port": admin["port"],
                 "database": name,
-                "username": admin["user"],
+                "username": name,
                 "statement_timeout_seconds": 10,
                 "row_cap": 1000,
             },
-            secrets={"password": admin["password"]},
+            secrets={"password": ERP_PASSWORD},
             _admin=admin,
         )
         connection = database.raw()
         try:
             for statement in _schema("postgresql"):
                 connection.execute(statement)
+            connection.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {name}")
+            connection.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {name}")
         finally:
             connection.close()
         database.reset()
         yield database
     finally:
         server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        server.execute(f"DROP ROLE IF EXISTS {name}")
         server.close()
 
 
