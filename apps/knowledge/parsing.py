@@ -105,8 +105,8 @@ class ParsedDocument:
 
 @dataclass(frozen=True)
 class DocumentFormat:
-    """A format AIOS reads: its label for people, the file name endings and the content types that name it
-    (the first content type is the one the product stores)."""
+    """A format AIOS reads: its name for people's sentences ("a PDF"), the file name endings and the content
+    types that name it (the first content type is the one the product stores)."""
 
     label: str
     extensions: tuple[str, ...]
@@ -114,16 +114,18 @@ class DocumentFormat:
 
 
 SUPPORTED_FORMATS: dict[str, DocumentFormat] = {
-    "pdf": DocumentFormat("PDF", (".pdf",), ("application/pdf",)),
+    "pdf": DocumentFormat("a PDF", (".pdf",), ("application/pdf",)),
     "docx": DocumentFormat(
-        "Word document",
+        "a Word document",
         (".docx",),
         ("application/vnd.openxmlformats-officedocument.wordprocessingml.document",),
     ),
-    "html": DocumentFormat("HTML page", (".html", ".htm", ".xhtml"), ("text/html", "application/xhtml+xml")),
-    "markdown": DocumentFormat("Markdown", (".md", ".markdown"), ("text/markdown", "text/x-markdown")),
+    "html": DocumentFormat("an HTML page", (".html", ".htm", ".xhtml"), ("text/html", "application/xhtml+xml")),
+    "markdown": DocumentFormat("Markdown text", (".md", ".markdown"), ("text/markdown", "text/x-markdown")),
     "text": DocumentFormat("plain text", (".txt", ".text"), ("text/plain",)),
-    "csv": DocumentFormat("CSV table", (".csv", ".tsv"), ("text/csv", "application/csv", "text/tab-separated-values")),
+    "csv": DocumentFormat(
+        "a CSV table", (".csv", ".tsv"), ("text/csv", "application/csv", "text/tab-separated-values")
+    ),
 }
 BINARY_FORMATS = ("pdf", "docx")
 TEXT_FORMATS = ("html", "markdown", "text", "csv")
@@ -284,7 +286,7 @@ def detect_format(data: bytes, filename: str, content_type: str | None = None) -
     if claimed in BINARY_FORMATS:
         label = SUPPORTED_FORMATS[claimed].label
         raise DocumentError(
-            f"{_capitalised(filename)} is not a {label}"
+            f"{_capitalised(filename)} is not {label}"
             + (f": its name ends in {_extension(filename)}, but it holds something else." if by_name else ".")
         )
     if claimed is not None:
@@ -300,6 +302,9 @@ def detect_format(data: bytes, filename: str, content_type: str | None = None) -
 
 
 # --- building text with offsets ------------------------------------------------------------------------------
+
+
+_HTML_WHITESPACE = re.compile(r"[ \t\n\f\r]+")
 
 
 class _TextBuilder:
@@ -355,7 +360,8 @@ class _TextBuilder:
     def words(self, text: str) -> None:
         """Inline text whose white space collapses (as a browser shows HTML): runs of spaces and line breaks
         become one space, and no line starts with one."""
-        collapsed = re.sub(r"\s+", " ", text)
+        # HTML's white space is ASCII only: a no-break space (&nbsp;) is a character to keep.
+        collapsed = _HTML_WHITESPACE.sub(" ", text)
         if not collapsed:
             return
         if collapsed.startswith(" ") and (not self.length or self._tail(1) in (" ", "\n")):
@@ -526,8 +532,8 @@ def _check_archive(data: bytes, filename: str) -> None:
     unpacked = sum(entry.file_size for entry in entries)
     if unpacked > MAX_UNPACKED_BYTES:
         raise DocumentError(
-            f"{_capitalised(filename)} would unpack to {unpacked / 2**20:,.0f} MB: AIOS reads Word documents that "
-            f"unpack to at most {MAX_UNPACKED_BYTES // 2**20} MB."
+            f"{_capitalised(filename)} would unpack to {math.ceil(unpacked / 2**20):,} MB: "
+            f"AIOS reads Word documents that unpack to at most {MAX_UNPACKED_BYTES // 2**20} MB."
         )
 
 
@@ -620,10 +626,16 @@ def _decode(data: bytes, filename: str) -> str:
                     f"{_capitalised(filename)} is not valid {encoding.upper().replace('-SIG', '')} text: "
                     "save it as UTF-8 and upload it again."
                 ) from None
+    head = data[:8192]
+    if head.count(b"\x00") > len(head) // 10:
+        # Text in UTF-16 without a byte-order mark, or binary data: either way, not text to guess at.
+        raise DocumentError(
+            f"{_capitalised(filename)} is not text AIOS can read: save it as UTF-8 and upload it again."
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        if b"\x00" in data[:8192]:
+        if b"\x00" in head:
             raise DocumentError(
                 f"{_capitalised(filename)} is not text AIOS can read: save it as UTF-8 and upload it again."
             ) from None
@@ -642,69 +654,21 @@ def _decode(data: bytes, filename: str) -> str:
 
 # --- HTML ----------------------------------------------------------------------------------------------------
 
+
+def _tags(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
 # Never read: code, styling, navigation, the page's head (its title is read on its own), embedded objects and
 # form controls. Elements hidden from the reader are dropped too: text a person never sees is the classic hiding
 # place for instructions aimed at a model.
-_HTML_SKIPPED = {
-    "script",
-    "style",
-    "noscript",
-    "template",
-    "nav",
-    "head",
-    "svg",
-    "math",
-    "iframe",
-    "object",
-    "embed",
-    "canvas",
-    "select",
-    "datalist",
-    "button",
-    "input",
-    "textarea",
-}
-_HTML_PARAGRAPHS = {
-    "p",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "blockquote",
-    "pre",
-    "table",
-    "ul",
-    "ol",
-    "dl",
-    "figure",
-    "hr",
-    "address",
-    "section",
-    "article",
-}
-_HTML_LINES = {
-    "div",
-    "main",
-    "header",
-    "footer",
-    "aside",
-    "li",
-    "dt",
-    "dd",
-    "tr",
-    "caption",
-    "figcaption",
-    "form",
-    "fieldset",
-    "legend",
-    "details",
-    "summary",
-    "tbody",
-    "thead",
-    "tfoot",
-}
+_HTML_SKIPPED = _tags(
+    "script style noscript template nav head svg math iframe object embed canvas select datalist button input textarea"
+)
+_HTML_PARAGRAPHS = _tags("p h1 h2 h3 h4 h5 h6 blockquote pre table ul ol dl figure hr address section article")
+_HTML_LINES = _tags(
+    "div main header footer aside li dt dd tr caption figcaption form fieldset legend details summary tbody thead tfoot"
+)
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE)
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]{0,200}\?>")
@@ -885,23 +849,27 @@ def _parse_plain(data: bytes, filename: str, format_name: str) -> ParsedDocument
 # --- CSV -----------------------------------------------------------------------------------------------------
 
 
+def _csv_delimiter(text: str) -> str:
+    """The delimiter the table uses, sniffed from its start: comma unless a semicolon, tab or bar fits better.
+    Only the delimiter is sniffed: quoting is RFC 4180's (double quotes, doubled inside), which every
+    spreadsheet writes, and the sniffer's guesses about quoting are wrong more often than the rule is."""
+    try:
+        return csv.Sniffer().sniff(text[:65536], delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
 def _parse_csv(data: bytes, filename: str) -> ParsedDocument:
     """A table as one line per row, each cell named by its column: "Columns: a; b" first, then lines like
     "a: 1; b: x". Read that way, a row keeps its meaning wherever a chunker cuts the text and a model never has
     to count commas. The first row is the header (a column without a name is "column n"); empty cells are left
-    out; line breaks inside a cell become spaces. The delimiter (comma, semicolon, tab or bar) and the quoting
-    are sniffed from the start of the file; a tab-separated file (.tsv) uses tabs."""
+    out; line breaks inside a cell become spaces. The delimiter (comma, semicolon, tab or bar) is sniffed from
+    the start of the file (a .tsv file uses tabs); quoting follows RFC 4180."""
     text = clean_text(_decode(data, filename))
-    if _extension(filename) == ".tsv":
-        dialect: Any = csv.excel_tab
-    else:
-        try:
-            dialect = csv.Sniffer().sniff(text[:65536], delimiters=",;\t|")
-        except csv.Error:
-            dialect = csv.excel
+    delimiter = "\t" if _extension(filename) == ".tsv" else _csv_delimiter(text)
     # Unlimited field size: the file's own size limit is the bound, and a long cell is not an error.
     csv.field_size_limit(MAX_DOCUMENT_BYTES)
-    rows = csv.reader(StringIO(text), dialect)
+    rows = csv.reader(StringIO(text), csv.excel, delimiter=delimiter)
     builder = _TextBuilder(filename)
     try:
         header = next(rows, None)
@@ -952,7 +920,7 @@ def parse_document(
         actual = _content_format(data, filename)
         if actual != format and (actual is not None or format in BINARY_FORMATS):
             label = SUPPORTED_FORMATS[format].label
-            raise DocumentError(f"{_capitalised(filename)} is not a {label}.")
+            raise DocumentError(f"{_capitalised(filename)} is not {label}.")
         format_name = format
     else:
         raise DocumentError(
