@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import email.policy
+import email.utils
 import ipaddress
 import re
 import smtplib
@@ -102,7 +103,7 @@ def _reason(code: int, text: bytes | str) -> str:
 
 def _local_name(config: Mapping[str, Any]) -> str:
     # smtplib would ask socket.getfqdn(), a DNS lookup that can hang; the sender's domain is a fine EHLO name.
-    domain = str(config.get("from_address") or "").rpartition("@")[2].strip()
+    domain = email.utils.parseaddr(str(config.get("from_address") or ""))[1].rpartition("@")[2].strip()
     return domain if re.fullmatch(r"[A-Za-z0-9.-]{1,253}", domain) else "localhost"
 
 
