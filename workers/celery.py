@@ -24,8 +24,12 @@ app.conf.task_routes = {
     "audit.checkpoint_write": {"queue": "default"},
     "approvals.escalations_fire": {"queue": "default"},
     "approvals.digests_send": {"queue": "default"},
+    # Knowledge ingest: parsing and embedding a document waits on the embeddings server batch by batch, which the
+    # engine's quick steps should not queue behind.
+    "knowledge.document_ingest": {"queue": "default"},
+    "knowledge.ingest_resume": {"queue": "default"},
 }
-app.autodiscover_tasks(["apps.runs", "apps.audit", "apps.approvals"])
+app.autodiscover_tasks(["apps.runs", "apps.audit", "apps.approvals", "apps.knowledge"])
 
 
 @app.on_after_configure.connect
@@ -56,6 +60,12 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
         escalate_every,
         sender.signature("approvals.escalations_fire", expires=escalate_every * 2),
         name="approval-escalations",
+    )
+    # Documents whose ingest stopped (a lost message, a dead worker) are claimed again by a conditional update,
+    # so a late or repeated pickup never ingests one twice at once.
+    resume_every = settings.AIOS_KNOWLEDGE_SWEEP_SECONDS
+    sender.add_periodic_task(
+        resume_every, sender.signature("knowledge.ingest_resume", expires=resume_every * 2), name="knowledge-resume"
     )
     digest_every = settings.AIOS_DIGEST_INTERVAL_SECONDS
     sender.add_periodic_task(

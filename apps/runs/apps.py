@@ -8,3 +8,10 @@ class RunsConfig(AppConfig):
 
     name = "apps.runs"
     label = "runs"
+
+    def ready(self) -> None:
+        from apps.runs.documents import run_input_document_for_step
+        from apps.steps.library import doc_parse
+
+        # The doc.parse step reads stored documents through the runs app, which decides what a run may read.
+        doc_parse.RUN_DOCUMENT_READERS.append(run_input_document_for_step)

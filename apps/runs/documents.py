@@ -1,21 +1,20 @@
-"""Documents as run inputs: a PDF is stored once with the text read from it, a run's input names it as
-`{"document": id, "name", "sha256", "pages", "text"}` (so prompts read `{{ input.<field>.text }}`), and a
-reviewer sees its pages as images with boxes around any character range of that text.
+"""Documents as run inputs: a file in any format apps.knowledge.parsing reads (PDF, Word, HTML, Markdown, plain
+text, CSV) is stored once with the text read from it, a run's input names it as
+`{"document": id, "name", "sha256", "pages", "text"}` (so prompts read `{{ input.<field>.text }}`), and, for a
+PDF, a reviewer sees its pages as images with boxes around any character range of that text. Other formats have
+one page and no page images: they have no fixed layout to show.
 
-PDFium (through pypdfium2) reads the files. It is not thread-safe, so every use holds `_PDFIUM`; the ASGI
-server runs sync views on threads and a worker may render while another stores.
+PDFium (through pypdfium2) reads PDFs, through apps.knowledge.parsing, the product's one PDF reader. It is not
+thread-safe, so every use holds the reader's lock (`pdf_opened` takes it); the ASGI server runs sync views on
+threads and a worker may render while another stores.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -29,124 +28,66 @@ from django.db import IntegrityError, transaction
 from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ValidationFailed
+from apps.knowledge import parsing
+from apps.knowledge.parsing import DocumentError, pdf_opened, pdf_page_characters
 from apps.runs.models import InputDocument, Run
 from apps.runs.selectors import AnyUser, run_list_for_user
-from apps.steps.guardrails import sanitise_output
+from apps.steps.library.doc_parse import StoredDocument
 from apps.workflows.input_schema import document_field_names
 
-MAX_BYTES = 20 * 1024 * 1024
-MAX_PAGES = 200
+MAX_BYTES = parsing.MAX_DOCUMENT_BYTES
+MAX_PAGES = parsing.MAX_PAGES
 PAGE_IMAGE_WIDTH = 1000
-PDF_MAGIC = b"%PDF-"
-
-_PDFIUM = threading.Lock()
+PDF_CONTENT_TYPE = parsing.content_type_of("pdf")
 
 
-def too_big_message(size: int) -> str:
+def too_big_message(size: int, name: str = "") -> str:
     """Why a file of `size` bytes is refused (rounded up, so it never reads as the limit itself)."""
-    return f"This file is {math.ceil(size / 1024 / 102.4) / 10:.1f} MB: AIOS reads PDFs of at most 20 MB."
+    return parsing.too_big_message(name, size)
 
 
 def _refuse(message: str, field_name: str = "file") -> ValidationFailed:
     return ValidationFailed(message, fields={field_name: [message]})
 
 
-@contextmanager
-def _opened(data: bytes) -> Iterator[pdfium.PdfDocument]:
-    """The PDF open under the PDFium lock, closed on exit."""
-    with _PDFIUM:
-        document = pdfium.PdfDocument(data)
-        try:
-            yield document
-        finally:
-            document.close()
-
-
-def _page_characters(text_page: pdfium.PdfTextPage) -> list[tuple[str, int]]:
-    """The page's text as (character, PDFium character index) pairs.
-
-    Read one character at a time, not with `get_text_range`, so every character of the stored text keeps
-    the index of the PDFium character it came from (the evidence boxes need it). Each character is cleaned
-    as model steps clean their source (`sanitise_output`: no control or invisible characters, NFC), so an
-    extraction's source text is the document's text character for character and its evidence offsets hold
-    here. PDFium ends generated lines with "\r\n": the "\r" goes. Surrogate pairs are joined.
-    """
-    characters: list[tuple[str, int]] = []
-    count = text_page.count_chars()
-    index = 0
-    while index < count:
-        code, width = pdfium_raw.FPDFText_GetUnicode(text_page.raw, index), 1
-        if 0xD800 <= code < 0xDC00 and index + 1 < count:
-            low = pdfium_raw.FPDFText_GetUnicode(text_page.raw, index + 1)
-            if 0xDC00 <= low < 0xE000:
-                code, width = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00), 2
-        if code != 0x0D and code < 0x110000:
-            cleaned = sanitise_output(chr(code))
-            if len(cleaned) == 1:
-                characters.append((cleaned, index))
-        index += width
-    while characters and characters[-1][0].isspace():
-        characters.pop()  # a trailing line break would not survive rendering into a prompt
-    return characters
-
-
-def _read_text(data: bytes) -> tuple[str, list[list[int]]]:
-    """The document's text with its pages joined by PAGE_SEPARATOR, and each page's [start, end)."""
-    try:
-        with _opened(data) as document:
-            pages = len(document)
-            if pages > MAX_PAGES:
-                raise _refuse(f"This PDF has {pages} pages: AIOS reads documents of at most {MAX_PAGES} pages.")
-            texts = []
-            for number in range(pages):
-                page = document[number]
-                text_page = page.get_textpage()
-                texts.append("".join(character for character, _ in _page_characters(text_page)))
-                text_page.close()
-                page.close()
-    except pdfium.PdfiumError as error:
-        if getattr(error, "err_code", None) == pdfium_raw.FPDF_ERR_PASSWORD:
-            raise _refuse(
-                "This PDF is protected by a password: save it without the password and upload it again."
-            ) from None
-        raise _refuse("This file is not a PDF that can be read: it may be damaged.") from None
-    if not any(text.strip() for text in texts):
-        raise _refuse("This PDF has no text: it looks scanned, and AIOS does not read scans yet.")
-    offsets, position = [], 0
-    for text in texts:
-        offsets.append([position, position + len(text)])
-        position += len(text) + len(InputDocument.PAGE_SEPARATOR)
-    return InputDocument.PAGE_SEPARATOR.join(texts), offsets
+def is_pdf(document: InputDocument) -> bool:
+    """Whether the stored document is a PDF: only a PDF has pages to show as images and text boxes on them."""
+    return document.content_type == PDF_CONTENT_TYPE
 
 
 @transaction.atomic
-def document_store(*, actor: User, name: str, data: bytes) -> InputDocument:
-    """Store an uploaded PDF and the text of its pages; the stored row if `actor` uploaded these bytes before.
+def document_store(*, actor: User, name: str, data: bytes, content_type: str | None = None) -> InputDocument:
+    """Store an uploaded document and the text read from it; the stored row if `actor` uploaded these bytes
+    before.
 
-    Refuses (ValidationFailed on "file") a file that is not a PDF, is larger than 20 MB or longer than 200
-    pages, needs a password, or has no text layer (a scan).
+    Refuses (ValidationFailed on "file", the message naming the file) what apps.knowledge.parsing cannot read:
+    a format it does not support or that does not match the file's name, more than 20 MB, a PDF longer than 200
+    pages, protected by a password or without a text layer (a scan), a document with no text.
+    `content_type` is the uploader's claim, consulted only where the bytes and the name leave the format open.
     """
     if len(data) > MAX_BYTES:
-        raise _refuse(too_big_message(len(data)))
-    if not data.lstrip(b"\r\n\t ")[:5] == PDF_MAGIC:
-        raise _refuse("This file is not a PDF: choose a file that ends in .pdf.")
+        raise _refuse(too_big_message(len(data), name))
     digest = hashlib.sha256(data).hexdigest()
     existing = InputDocument.objects.filter(uploaded_by=actor, sha256=digest).first()
     if existing is not None:
         return existing
-    text, offsets = _read_text(data)
-    name = Path(name.replace("\\", "/")).name.strip()[:255] or "document.pdf"
+    try:
+        parsed = parsing.parse_document(data, filename=name, content_type=content_type)
+    except DocumentError as error:
+        raise _refuse(error.message) from None
+    extension = parsing.SUPPORTED_FORMATS[parsed.format].extensions[0]
+    name = Path(name.replace("\\", "/")).name.strip()[:255] or f"document{extension}"
     try:
         with transaction.atomic():
             document = InputDocument.objects.create(
                 name=name,
-                content_type="application/pdf",
+                content_type=parsing.content_type_of(parsed.format),
                 size=len(data),
                 sha256=digest,
                 data=data,
-                page_count=len(offsets),
-                text=text,
-                page_offsets=offsets,
+                page_count=len(parsed.pages),
+                text=parsed.text,
+                page_offsets=[[page.start, page.end] for page in parsed.pages],
                 uploaded_by=actor,
             )
     except IntegrityError:
@@ -156,7 +97,13 @@ def document_store(*, actor: User, name: str, data: bytes) -> InputDocument:
         actor=actor,
         verb="document.stored",
         target=document,
-        data={"name": name, "sha256": digest, "pages": document.page_count, "size": document.size},
+        data={
+            "name": name,
+            "sha256": digest,
+            "pages": document.page_count,
+            "size": document.size,
+            "format": parsed.format,
+        },
     )
     return document
 
@@ -191,7 +138,7 @@ def document_inputs_expand(*, actor: User, schema: dict[str, Any], inputs: Any) 
             continue
         document = InputDocument.objects.filter(pk=document_id, uploaded_by=actor).first()
         if document is None:
-            errors[name] = [f"No document {document_id}: upload the PDF with POST /api/documents/ first."]
+            errors[name] = [f"No document {document_id}: upload the file with POST /api/documents/ first."]
             continue
         expanded[name] = document_input_value(document)
     if errors:
@@ -214,10 +161,13 @@ def documents_from_form(
         upload = files.get(name)
         if upload is not None:
             if upload.size > MAX_BYTES:
-                errors[name] = [too_big_message(upload.size)]
+                errors[name] = [too_big_message(upload.size, upload.name)]
                 continue
             try:
-                values[name] = document_input_value(document_store(actor=actor, name=upload.name, data=upload.read()))
+                stored = document_store(
+                    actor=actor, name=upload.name, data=upload.read(), content_type=upload.content_type
+                )
+                values[name] = document_input_value(stored)
             except ValidationFailed as refusal:
                 errors[name] = [refusal.message]
             continue
@@ -229,9 +179,11 @@ def documents_from_form(
 
 
 def input_document_for_run(user: AnyUser, *, run: Run, field_name: str) -> InputDocument | None:
-    """The document `run`'s input `field_name` names, if `user` may view the run; None otherwise.
+    """The PDF `run`'s input `field_name` names, if `user` may view the run; None otherwise.
 
-    A document is readable by whoever may view a run whose inputs name it (and by its uploader).
+    A document is readable by whoever may view a run whose inputs name it (and by its uploader). Only PDFs:
+    this serves the reviewer's page images and evidence boxes, which other formats do not have (their text
+    shows as text).
     """
     value = (run.inputs or {}).get(field_name)
     document_id = value.get("document") if isinstance(value, dict) else None
@@ -239,7 +191,49 @@ def input_document_for_run(user: AnyUser, *, run: Run, field_name: str) -> Input
         return None
     if not run_list_for_user(user).filter(pk=run.pk).exists():
         return None
-    return InputDocument.objects.filter(pk=document_id).first()
+    return InputDocument.objects.filter(pk=document_id, content_type=PDF_CONTENT_TYPE).first()
+
+
+# Parents, restarts and replays followed at most this far when deciding whether a run may read a document.
+_LINEAGE_DEPTH = 20
+
+
+def _run_may_read(run: Run, document: InputDocument, depth: int = 0) -> bool:
+    """Whether a document field of `run`'s inputs names `document`, and it reached the run legitimately: its
+    uploader started the run, or the run inherited it from a run that may read it (the parent of a sub-workflow
+    run, the original of a restart or replay). A document id typed into a sub-workflow's input by an expression
+    names the document, but that alone does not make it this run's."""
+    named = any(
+        isinstance(value := (run.inputs or {}).get(name), dict) and value.get("document") == document.pk
+        for name in document_field_names(run.version.input_schema)
+    )
+    if not named:
+        return False
+    if run.initiator_id is not None and run.initiator_id == document.uploaded_by_id:
+        return True
+    if depth >= _LINEAGE_DEPTH:
+        return False
+    parent = run.parent_step_run.run if run.parent_step_run_id else None
+    earlier = (parent, run.restarted_from, run.replay_of)
+    return any(other is not None and _run_may_read(other, document, depth + 1) for other in earlier)
+
+
+def run_input_document(*, run_id: int, document_id: int) -> InputDocument | None:
+    """Document `document_id` if run `run_id` may read it (see `_run_may_read`); None otherwise, also when
+    either does not exist. What the `doc.parse` step reads stored documents through."""
+    run = Run.objects.select_related("version").filter(pk=run_id).first()
+    document = InputDocument.objects.filter(pk=document_id).first()
+    if run is None or document is None:
+        return None
+    return document if _run_may_read(run, document) else None
+
+
+def run_input_document_for_step(run_id: int, document_id: int) -> StoredDocument | None:
+    """`run_input_document` as the doc.parse step's hook wants it: the stored bytes, name and content type."""
+    document = run_input_document(run_id=run_id, document_id=document_id)
+    if document is None:
+        return None
+    return StoredDocument(name=document.name, content_type=document.content_type, data=bytes(document.data))
 
 
 # --- pages as images, and where text sits on them ----------------------------------------------------------
@@ -252,13 +246,16 @@ def _cache_path(document: InputDocument, page_number: int, width: int) -> Path:
 
 
 def document_page_png(document: InputDocument, page_number: int, *, width: int = PAGE_IMAGE_WIDTH) -> bytes:
-    """Page `page_number` (from 1) of `document` as a PNG `width` pixels wide.
+    """Page `page_number` (from 1) of `document`, a PDF, as a PNG `width` pixels wide (ValueError for a page it
+    does not have, and for any page of a document that is not a PDF).
 
     Cached on disk under AIOS_DATA_DIR, not in the database: the image is derived from immutable bytes and
     can be made again any time, so a cache miss on another web host costs one render and nothing more,
     while keeping megabytes of images out of the database and its backups. Written to a temporary file and
     renamed, so a reader never sees half an image when two requests render the same page.
     """
+    if not is_pdf(document):
+        raise ValueError(f"{document.name} is not a PDF: it has no page images")
     if not 1 <= page_number <= document.page_count:
         raise ValueError(f"page {page_number} is not in 1..{document.page_count}")
     path = _cache_path(document, page_number, width)
@@ -266,7 +263,7 @@ def document_page_png(document: InputDocument, page_number: int, *, width: int =
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    with _opened(bytes(document.data)) as pdf:
+    with pdf_opened(bytes(document.data)) as pdf:
         page = pdf[page_number - 1]
         page_width, _ = page.get_size()
         bitmap = page.render(scale=width / page_width, may_draw_forms=False)
@@ -339,16 +336,22 @@ def _line_boxes(boxes: list[TextBox]) -> list[TextBox]:
 
 
 def document_page_sizes(document: InputDocument) -> list[tuple[float, float]]:
-    """Each page's displayed width and height in PDF points (its rotation applied), in page order."""
-    with _opened(bytes(document.data)) as pdf:
+    """Each page's displayed width and height in PDF points (its rotation applied), in page order; none for a
+    document that is not a PDF."""
+    if not is_pdf(document):
+        return []
+    with pdf_opened(bytes(document.data)) as pdf:
         return [pdf.get_page_size(index) for index in range(len(pdf))]
 
 
 def document_text_boxes(document: InputDocument, start: int, end: int) -> list[PageBoxes]:
     """Where the characters `start`..`end` of `document.text` sit: per page they touch, one box per line.
 
-    Separators between pages and characters without a shape (spaces PDFium generated) take no box.
+    Separators between pages and characters without a shape (spaces PDFium generated) take no box. A document
+    that is not a PDF has no boxes.
     """
+    if not is_pdf(document):
+        return []
     spans = []
     for number, (page_start, page_end) in enumerate(document.page_offsets, 1):
         low, high = max(start, page_start), min(end, page_end)
@@ -357,12 +360,12 @@ def document_text_boxes(document: InputDocument, start: int, end: int) -> list[P
     if not spans:
         return []
     found = []
-    with _opened(bytes(document.data)) as pdf:
+    with pdf_opened(bytes(document.data)) as pdf:
         for number, low, high in spans:
             page = pdf[number - 1]
             size = page.get_size()
             text_page = page.get_textpage()
-            characters = _page_characters(text_page)
+            characters = pdf_page_characters(text_page)
             boxes = []
             for character, index in characters[low:high]:
                 if character.isspace():

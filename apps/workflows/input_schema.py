@@ -4,7 +4,8 @@
 Supported per property: `type` string / integer / number / boolean / array (of strings), `title`,
 `description`, `enum`, `default`, `minLength`, `maxLength`, `minimum`, `maximum`, `format: "textarea"` or
 `"date"` (an ISO date, kept as text in the run's input); `required` at the top. A property
-`{"type": "object", "format": "document"}` is a document (a PDF): the Run form shows a file input, and the
+`{"type": "object", "format": "document"}` is a document (a PDF, Word, HTML, Markdown, text or CSV file; see
+apps.knowledge.parsing): the Run form shows a file input, and the
 run's input holds `{"document": id, "name", "sha256", "pages", "text"}`, made by apps.runs.documents from the
 upload (this module only checks that shape: reading files is the runs app's business).
 """
@@ -17,6 +18,8 @@ from typing import Any
 
 from django import forms
 from django.core.files.uploadedfile import UploadedFile
+
+from apps.knowledge.parsing import accept_attribute, supported_formats_sentence
 
 _TYPES = {"string", "integer", "number", "boolean", "array", "object"}
 DOCUMENT_FORMAT = "document"
@@ -63,7 +66,7 @@ def input_schema_errors(schema: Any) -> list[str]:
         if not isinstance(spec, dict) or spec.get("type") not in _TYPES:
             problems.append(f'input schema: field "{name}" needs a type of {", ".join(sorted(_TYPES))}')
         elif spec["type"] == "object" and spec.get("format") != DOCUMENT_FORMAT:
-            problems.append(f'input schema: field "{name}" is an object, and only documents (PDF files) are supported')
+            problems.append(f'input schema: field "{name}" is an object, and only documents (files) are supported')
         elif spec["type"] == "array" and (spec.get("items") or {}).get("type") != "string":
             problems.append(f'input schema: field "{name}" is a list, and only lists of text are supported')
         elif "enum" in spec and (not isinstance(spec["enum"], list) or not spec["enum"]):
@@ -124,7 +127,7 @@ def _default_problem(spec: dict[str, Any]) -> str | None:
 
 
 def is_document(spec: Any) -> bool:
-    """Whether a property of an input schema is a document (a PDF uploaded with the run)."""
+    """Whether a property of an input schema is a document (a file uploaded with the run)."""
     return isinstance(spec, dict) and spec.get("type") == "object" and spec.get("format") == DOCUMENT_FORMAT
 
 
@@ -135,11 +138,11 @@ def document_field_names(schema: Any) -> list[str]:
 
 
 class DocumentInput(forms.FileInput):
-    """A PDF file input. Its value is the uploaded file when there is one, else the field's value in the data
+    """A document file input. Its value is the uploaded file when there is one, else the field's value in the data
     (a run input from the API or a sub-workflow: the stored document's dict)."""
 
     def __init__(self, attrs: dict[str, Any] | None = None) -> None:
-        super().__init__(attrs={"accept": "application/pdf,.pdf", **(attrs or {})})
+        super().__init__(attrs={"accept": accept_attribute(), **(attrs or {})})
 
     def value_from_datadict(self, data: Any, files: Any, name: str) -> Any:
         if files and files.get(name) is not None:
@@ -154,12 +157,12 @@ _DOCUMENT_KEYS = {"document": int, "name": str, "sha256": str, "pages": int, "te
 
 
 class DocumentField(forms.Field):
-    """A document: an uploaded PDF (which the runs app stores and turns into the dict below) or, as a run's
+    """A document: an uploaded file (which the runs app stores and turns into the dict below) or, as a run's
     input, `{"document": id, "name": ..., "sha256": ..., "pages": n, "text": ...}`."""
 
     widget = DocumentInput
     is_document = True
-    default_error_messages = {"invalid": "Upload the document as a PDF file."}
+    default_error_messages = {"invalid": f"Upload the document as a file: {supported_formats_sentence()}."}
 
     def to_python(self, value: Any) -> Any:
         if value in self.empty_values:
@@ -187,7 +190,7 @@ def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
         common["initial"] = spec["default"]
     kind = spec["type"]
     if is_document(spec):
-        limits = "A PDF with text (not a scan), up to 20 MB and 200 pages."
+        limits = f"A {supported_formats_sentence()} file with text (not a scan), up to 20 MB; a PDF up to 200 pages."
         common["help_text"] = f"{common['help_text']} {limits}".strip()
         return DocumentField(**common)
     if kind == "array":

@@ -21,7 +21,7 @@ KINDS: dict[str, str] = {
     "choice": "Choice",
     "yes_no": "Yes / no",
     "text_list": "List of short texts",
-    "document": "Document (PDF)",
+    "document": "Document (file)",
 }
 
 

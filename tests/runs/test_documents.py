@@ -1,8 +1,9 @@
-"""PDFs as run inputs: storing one (its text page by page, and what is refused), where a range of its text sits
-on its pages, its pages as images, and runs started with one from the Run form and over the API.
+"""Documents as run inputs: storing a PDF (its text page by page, and what is refused), where a range of its
+text sits on its pages, its pages as images, and runs started with one from the Run form and over the API; and
+the other formats (Word, Markdown, CSV...) stored the same way, with one page and no page images.
 
-Every PDF here is written by `pdf_of` byte by byte (Helvetica text lines, or a drawing with no text), so the
-reader under test never reads a file made by itself.
+Every document here comes from tests.support.documents (PDFs written byte by byte), so the reader under test
+never reads a file made by itself.
 """
 
 from __future__ import annotations
@@ -23,79 +24,22 @@ from apps.audit.models import AuditEvent
 from apps.core.exceptions import ValidationFailed
 from apps.runs.documents import (
     MAX_BYTES,
+    document_input_value,
     document_page_png,
+    document_page_sizes,
     document_store,
     document_text_boxes,
+    input_document_for_run,
 )
 from apps.runs.models import InputDocument, Run
+from apps.runs.services import run_start
 from apps.workflows.input_schema import input_schema_errors, input_validate
 from apps.workflows.run_form import rows_from_schema, schema_from_rows
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
+from tests.support.documents import PAGE_HEIGHT, PAGE_WIDTH, SAMPLE_CSV, SAMPLE_MARKDOWN, docx_of, pdf_of
 from tests.support.engine import drive
 
-PAGE_WIDTH, PAGE_HEIGHT = 612, 792  # US Letter, in points
-
-
-def _escape(line: str) -> bytes:
-    return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("cp1252")
-
-
-def pdf_of(*pages: list[str], drawing_only: bool = False, encrypt: bool = False) -> bytes:
-    """A PDF whose pages hold these lines of text in Helvetica 12 pt, from the top left, one line each.
-
-    `drawing_only`: each page is a filled rectangle and no text (a scan has no text layer either).
-    `encrypt`: the trailer names the standard security handler with a user password this file does not open
-    with, as a PDF protected by a password is to anyone who lacks it.
-    """
-    objects: list[bytes] = []
-
-    def add(body: bytes) -> int:
-        objects.append(body)
-        return len(objects)
-
-    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
-    contents = []
-    for lines in pages:
-        if drawing_only:
-            stream = b"0.2 0.2 0.2 rg 72 500 300 200 re f"
-        else:
-            stream = b"BT /F1 12 Tf 16 TL 72 720 Td\n" + b"".join(b"(" + _escape(line) + b") Tj T*\n" for line in lines)
-            stream += b"ET"
-        contents.append(add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream"))
-    pages_id = len(objects) + len(pages) + 1
-    kids = [
-        add(
-            b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 %d %d] /Resources << /Font << /F1 %d 0 R >> >> "
-            b"/Contents %d 0 R >>" % (pages_id, PAGE_WIDTH, PAGE_HEIGHT, font, content)
-        )
-        for content in contents
-    ]
-    kid_list = b" ".join(b"%d 0 R" % kid for kid in kids)
-    assert add(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kid_list, len(kids))) == pages_id
-    catalog = add(b"<< /Type /Catalog /Pages %d 0 R >>" % pages_id)
-    trailer_extra = b""
-    if encrypt:
-        encryption = add(
-            b"<< /Filter /Standard /V 1 /R 2 /Length 40 /P -3904 /O <%s> /U <%s> >>"
-            % (hashlib.sha256(b"owner").hexdigest().encode(), hashlib.sha256(b"user").hexdigest().encode())
-        )
-        trailer_extra = b" /Encrypt %d 0 R /ID [<%s> <%s>]" % (encryption, b"ab" * 16, b"ab" * 16)
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root %d 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        catalog,
-        trailer_extra,
-        xref,
-    )
-    return bytes(out)
-
+__all__ = ["pdf_of"]  # tests.approvals reads it from here
 
 CLAIM_PAGES = (
     ["Claimant: Daniel Park. Policy POL-48230.", "My bicycle was stolen from our locked garage."],
@@ -124,7 +68,14 @@ def test_a_pdf_is_stored_with_its_text_page_by_page(analyst):
     assert pages == ["\n".join(lines) for lines in CLAIM_PAGES]
     assert document.text == InputDocument.PAGE_SEPARATOR.join(pages)
     event = AuditEvent.objects.get(verb="document.stored")
-    assert json.loads(event.data) == {"name": "claim.pdf", "sha256": document.sha256, "pages": 2, "size": len(data)}
+    assert json.loads(event.data) == {
+        "name": "claim.pdf",
+        "sha256": document.sha256,
+        "pages": 2,
+        "size": len(data),
+        "format": "pdf",
+    }
+    assert document.content_type == "application/pdf"
 
 
 @pytest.mark.django_db
@@ -140,19 +91,26 @@ def test_the_same_file_is_stored_once_per_person(analyst, reviewer):
 
 @pytest.mark.django_db
 def test_what_is_not_a_readable_pdf_with_text_is_refused_with_its_reason(analyst):
-    assert refusal(analyst, b"Claimant: Daniel Park") == "This file is not a PDF: choose a file that ends in .pdf."
-    assert refusal(analyst, b"%PDF-1.4\nnothing else") == "This file is not a PDF that can be read: it may be damaged."
+    assert refusal(analyst, b"Claimant: Daniel Park") == (
+        '"claim.pdf" is not a PDF: its name ends in .pdf, but it holds something else.'
+    )
+    assert (
+        refusal(analyst, b"%PDF-1.4\nnothing else") == '"claim.pdf" is not a PDF that can be read: it may be damaged.'
+    )
     assert refusal(analyst, pdf_of(["x"], drawing_only=True)) == (
-        "This PDF has no text: it looks scanned, and AIOS does not read scans yet."
+        '"claim.pdf" has no text: it looks scanned, and AIOS does not read scans yet.'
     )
     assert refusal(analyst, pdf_of(*CLAIM_PAGES, encrypt=True)) == (
-        "This PDF is protected by a password: save it without the password and upload it again."
+        '"claim.pdf" is protected by a password: save it without the password and upload it again.'
+    )
+    assert refusal(analyst, pdf_of(*CLAIM_PAGES, password="s3cret")) == (
+        '"claim.pdf" is protected by a password: save it without the password and upload it again.'
     )
     assert refusal(analyst, pdf_of(*[["a page"]] * 201)) == (
-        "This PDF has 201 pages: AIOS reads documents of at most 200 pages."
+        '"claim.pdf" has 201 pages: AIOS reads documents of at most 200 pages.'
     )
     too_big = pdf_of(*CLAIM_PAGES) + b"%" * (MAX_BYTES + 1)
-    assert refusal(analyst, too_big) == "This file is 20.1 MB: AIOS reads PDFs of at most 20 MB."
+    assert refusal(analyst, too_big) == '"claim.pdf" is 20.1 MB: AIOS reads documents of at most 20 MB.'
     assert not InputDocument.objects.exists()
 
 
@@ -209,7 +167,7 @@ CLAIM_SCHEMA = {
 def test_a_document_field_is_part_of_the_input_schema_and_the_designer():
     assert input_schema_errors(CLAIM_SCHEMA) == []
     assert input_schema_errors({"type": "object", "properties": {"x": {"type": "object"}}}) == [
-        'input schema: field "x" is an object, and only documents (PDF files) are supported'
+        'input schema: field "x" is an object, and only documents (files) are supported'
     ]
     rows = rows_from_schema(CLAIM_SCHEMA)
     assert [(row.name, row.kind) for row in rows] == [("claim", "document"), ("note", "short_text")]
@@ -225,7 +183,7 @@ def test_a_run_input_names_its_document_with_its_text():
     value = {"document": 3, "name": "claim.pdf", "sha256": "0" * 64, "pages": 2, "text": "Policy POL-48230"}
     assert input_validate(CLAIM_SCHEMA, {"claim": value, "note": "abc"}) == ({"claim": value, "note": "abc"}, {})
     _, errors = input_validate(CLAIM_SCHEMA, {"claim": {"document": 3}, "note": "abc"})
-    assert errors == {"claim": ["Upload the document as a PDF file."]}
+    assert errors == {"claim": ["Upload the document as a file: PDF, Word (.docx), HTML, Markdown, plain text or CSV."]}
 
 
 # --- runs with a document --------------------------------------------------------------------------------------
@@ -260,7 +218,9 @@ def test_the_run_form_takes_a_pdf_and_the_run_reads_its_text(analyst, document_w
     url = reverse("runs:create", args=[document_workflow.slug])
     page = browser(analyst).get(url).content.decode()
     assert 'enctype="multipart/form-data"' in page
-    assert 'type="file" name="claim"' in page and 'accept="application/pdf,.pdf"' in page
+    assert 'type="file" name="claim"' in page
+    accept = page.split('type="file" name="claim"', 1)[1].split('accept="', 1)[1].split('"', 1)[0]
+    assert {"application/pdf", ".pdf", ".docx", "text/html", ".md", "text/plain", ".csv"} <= set(accept.split(","))
     assert '<label for="id_claim">Claim (PDF)' in page
     upload = SimpleUploadedFile("claim.pdf", pdf_of(*CLAIM_PAGES), content_type="application/pdf")
     response = browser(analyst).post(url, {"claim": upload, "note": "Bike theft"})
@@ -288,7 +248,7 @@ def test_a_bad_upload_is_a_field_error_and_a_good_one_is_kept_while_other_fields
     response = browser(analyst).post(url, {"claim": scan, "note": "Bike theft"})
     assert response.status_code == 400
     page = response.content.decode()
-    assert "This PDF has no text: it looks scanned, and AIOS does not read scans yet." in page
+    assert "&quot;scan.pdf&quot; has no text: it looks scanned, and AIOS does not read scans yet." in page
     assert 'value="Bike theft"' in page
     assert not Run.objects.exists()
 
@@ -333,6 +293,7 @@ def test_the_api_uploads_a_pdf_and_starts_a_run_naming_it(analyst, document_work
         "sha256": hashlib.sha256(data).hexdigest(),
         "pages": 2,
         "size": len(data),
+        "content_type": "application/pdf",
     }
     # Only the id counts: a name or text sent along is replaced by the stored document's.
     claim = {"document": document.pk, "name": "forged.pdf", "text": "Policy POL-00000"}
@@ -350,15 +311,88 @@ def test_the_api_refuses_bad_uploads_and_documents_of_someone_else(analyst, revi
         "/api/documents/", {"file": SimpleUploadedFile("claim.pdf", b"not a pdf")}, format="multipart"
     )
     assert response.status_code == 400
-    assert response.json()["fields"] == {"file": ["This file is not a PDF: choose a file that ends in .pdf."]}
+    assert response.json()["fields"] == {
+        "file": ['"claim.pdf" is not a PDF: its name ends in .pdf, but it holds something else.']
+    }
     theirs = document_store(actor=reviewer, name="claim.pdf", data=pdf_of(*CLAIM_PAGES))
     url = f"/api/workflows/{document_workflow.slug}/runs/"
     for claim, message in [
-        ({"document": theirs.pk}, f"No document {theirs.pk}: upload the PDF with POST /api/documents/ first."),
-        ({"document": 999999}, "No document 999999: upload the PDF with POST /api/documents/ first."),
+        ({"document": theirs.pk}, f"No document {theirs.pk}: upload the file with POST /api/documents/ first."),
+        ({"document": 999999}, "No document 999999: upload the file with POST /api/documents/ first."),
         ("Policy POL-48230", 'Name an uploaded document: {"document": <id from POST /api/documents/>}.'),
     ]:
         response = api(analyst).post(url, {"inputs": {"claim": claim, "note": "Bike"}}, format="json")
         assert response.status_code == 400
         assert response.json()["fields"] == {"claim": [message]}
     assert not Run.objects.exists()
+
+
+# --- other formats ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_word_markdown_and_csv_files_are_stored_as_one_page_of_text_without_page_images(analyst, document_workflow):
+    uploads = [
+        ("policy.docx", docx_of(("heading", 1, "Travel"), ("paragraph", "Book the cheapest fare."))),
+        ("handbook.md", SAMPLE_MARKDOWN.encode()),
+        ("products.csv", SAMPLE_CSV.encode()),
+    ]
+    expected_types = [
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "text/markdown",
+        "text/csv",
+    ]
+    for (name, data), content_type in zip(uploads, expected_types, strict=True):
+        # Browsers send what they guess; the bytes and the name decide.
+        upload = SimpleUploadedFile(name, data, content_type="application/octet-stream")
+        response = api(analyst).post("/api/documents/", {"file": upload}, format="multipart")
+        assert response.status_code == 201, response.content
+        body = response.json()
+        document = InputDocument.objects.get(pk=body["id"])
+        assert (body["content_type"], body["pages"], body["name"]) == (content_type, 1, name)
+        assert document.page_offsets == [[0, len(document.text)]]
+        assert (
+            json.loads(AuditEvent.objects.filter(verb="document.stored").latest("pk").data)["format"]
+            == ({"policy.docx": "docx", "handbook.md": "markdown", "products.csv": "csv"}[name])
+        )
+        # Page images and evidence boxes are a PDF's: another format has none, and the reviewer reads its text.
+        assert document_page_sizes(document) == [] and document_text_boxes(document, 0, 5) == []
+        with pytest.raises(ValueError, match="is not a PDF"):
+            document_page_png(document, 1)
+        inputs = {"claim": document_input_value(document), "note": "abc"}
+        run = run_start(actor=analyst, workflow=document_workflow, inputs=inputs)[0]
+        run = drive(Run.objects.get(pk=run.pk))
+        assert run.status == Run.Status.SUCCEEDED
+        assert run.inputs["claim"]["text"] == document.text
+        assert input_document_for_run(analyst, run=run, field_name="claim") is None
+    assert "Columns: sku; name; price; description" in InputDocument.objects.get(name="products.csv").text
+    pdf = document_store(actor=analyst, name="claim.pdf", data=pdf_of(*CLAIM_PAGES))
+    run = run_start(
+        actor=analyst, workflow=document_workflow, inputs={"claim": document_input_value(pdf), "note": "abc"}
+    )[0]
+    assert input_document_for_run(analyst, run=run, field_name="claim") == pdf
+
+
+@pytest.mark.django_db
+def test_a_file_of_the_wrong_type_or_too_large_is_refused_with_the_reason_and_the_limit(analyst, document_workflow):
+    png = SimpleUploadedFile("photo.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, content_type="image/png")
+    response = api(analyst).post("/api/documents/", {"file": png}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["fields"] == {
+        "file": ['"photo.png" is an image: AIOS reads documents with text, not images.']
+    }
+    program = SimpleUploadedFile("setup.exe", b"MZ\x90\x00binary", content_type="application/octet-stream")
+    response = api(analyst).post("/api/documents/", {"file": program}, format="multipart")
+    assert response.json()["fields"]["file"] == [
+        '"setup.exe" is not a document AIOS reads: upload a PDF, Word (.docx), HTML, Markdown, plain text or CSV file.'
+    ]
+    big = SimpleUploadedFile("minutes.txt", b"a" * (MAX_BYTES + 1), content_type="text/plain")
+    response = api(analyst).post("/api/documents/", {"file": big}, format="multipart")
+    assert response.json()["fields"] == {"file": ['"minutes.txt" is 20.1 MB: AIOS reads documents of at most 20 MB.']}
+    big.seek(0)
+    response = browser(analyst).post(
+        reverse("runs:create", args=[document_workflow.slug]), {"claim": big, "note": "abc"}
+    )
+    assert response.status_code == 400
+    assert "&quot;minutes.txt&quot; is 20.1 MB: AIOS reads documents of at most 20 MB." in response.content.decode()
+    assert not InputDocument.objects.exists() and not Run.objects.exists()

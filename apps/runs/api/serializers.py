@@ -131,9 +131,12 @@ class RunStartSerializer(serializers.Serializer):
 
 
 class DocumentUploadSerializer(serializers.Serializer):
-    """A PDF to use as a run input (multipart/form-data)."""
+    """A document to use as a run input (multipart/form-data)."""
 
-    file = serializers.FileField(help_text="A PDF with text (not a scan), up to 20 MB and 200 pages.")
+    file = serializers.FileField(
+        help_text="A PDF, Word (.docx), HTML, Markdown, plain text or CSV file with text (not a scan), up to 20 MB; "
+        "a PDF up to 200 pages."
+    )
 
 
 class DocumentSerializer(serializers.Serializer):
@@ -144,3 +147,4 @@ class DocumentSerializer(serializers.Serializer):
     sha256 = serializers.CharField()
     pages = serializers.IntegerField(source="page_count")
     size = serializers.IntegerField()
+    content_type = serializers.CharField(help_text="The format read: application/pdf, text/markdown, ...")

@@ -10,6 +10,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.core.exceptions import ValidationFailed
 from apps.runs.api.serializers import (
     CancelSerializer,
     DocumentSerializer,
@@ -223,13 +224,21 @@ def run_test_start_api_view(request: Request, slug: str) -> Response:
 @api_view(["POST"])
 @parser_classes([MultiPartParser, FormParser])
 def document_upload_view(request: Request) -> Response:
-    """Upload a PDF to use as a run input; name it in a run's inputs as `{"document": <id>}`. Uploading the
-    same file again returns the same document. 400 with a reason when the file is not a readable PDF with
-    text, is over 20 MB or has more than 200 pages."""
+    """Upload a document (PDF, Word .docx, HTML, Markdown, plain text or CSV) to use as a run input; name it in
+    a run's inputs as `{"document": <id>}`. Uploading the same file again returns the same document. 400 with a
+    reason when the file is not one of those formats with text, is over 20 MB, or is a PDF of more than 200
+    pages or protected by a password."""
     body = DocumentUploadSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     upload = body.validated_data["file"]
     if upload.size > MAX_BYTES:
-        raise ValidationError({"file": [too_big_message(upload.size)]})
-    document = document_store(actor=request.user, name=upload.name, data=upload.read())  # type: ignore[arg-type]
+        # Refused before reading, in the same shape as every other refusal of the upload.
+        message = too_big_message(upload.size, upload.name)
+        raise ValidationFailed(message, fields={"file": [message]})
+    document = document_store(
+        actor=request.user,  # type: ignore[arg-type]
+        name=upload.name,
+        data=upload.read(),
+        content_type=upload.content_type,
+    )
     return Response(DocumentSerializer(document).data, status=status.HTTP_201_CREATED)
