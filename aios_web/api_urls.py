@@ -14,6 +14,7 @@ from apps.approvals.api.views import (
     NotificationViewSet,
     corrections_export_view,
 )
+from apps.connectors.api.views import ConnectionViewSet
 from apps.runs.api.views import (
     RunViewSet,
     document_upload_view,
@@ -42,6 +43,7 @@ router.register("approvals", ApprovalRequestViewSet, basename="approval")
 router.register("approval-queues", ApprovalQueueViewSet, basename="approval-queue")
 router.register("absences", AbsenceViewSet, basename="absence")
 router.register("notifications", NotificationViewSet, basename="notification")
+router.register("connections", ConnectionViewSet, basename="connection")
 
 urlpatterns = [
     path("workflows/<slug:slug>/runs/", run_start_view, name="workflow-run-start"),

@@ -26,6 +26,8 @@ from apps.core.exceptions import Conflict, Forbidden, ValidationFailed
 from apps.core.secrets import secret_rotate
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Words the connection pages use in their addresses (/connections/new/, /connections/teams/...).
+RESERVED_NAMES = {"new", "teams"}
 
 
 def _require_manager(actor: User | None, connection: Connection) -> None:
@@ -103,7 +105,9 @@ def connection_create(
     if actor is not None and not user_creates_connections(actor):
         raise Forbidden("Only admins create connections.")
     fields: dict[str, list[str]] = {}
-    if not _NAME.match(name or ""):
+    if name in RESERVED_NAMES:
+        fields["name"] = [f'"{name}" is a word the pages use in addresses; choose another name.']
+    elif not _NAME.match(name or ""):
         fields["name"] = ["Lower-case letters, digits, - and _ only, starting with a letter or digit (at most 64)."]
     elif Connection.objects.filter(name=name).exists():
         fields["name"] = [f'A connection named "{name}" already exists.']

@@ -1,0 +1,207 @@
+"""The connection form of the pages: one readable form per kind, built from the kind's settings model, with the
+secrets write-only ("set" / "not set", a replace input, a remove box; blank keeps the stored value)."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from django import forms
+
+from apps.accounts.models import Team
+from apps.connectors import kinds
+from apps.connectors.models import Connection
+from apps.core.exceptions import ValidationFailed
+
+LABELS = {
+    "base_url": "Base URL",
+    "headers": "Default headers",
+    "timeout_seconds": "Timeout (seconds)",
+    "test_path": "Test path",
+    "auth": "Authentication",
+    "username": "User name",
+    "header_name": "Header name",
+    "token_url": "Token URL",
+    "client_id": "Client id",
+    "scope": "Scope",
+    "audience": "Audience",
+    "token_auth_method": "Client authentication",
+    "host": "Host",
+    "port": "Port",
+    "security": "Security",
+    "from_address": "From address",
+    "dialect": "Database",
+    "database": "Database name",
+    "statement_timeout_seconds": "Statement time limit (seconds)",
+    "row_cap": "Row limit",
+    "ssl": "TLS from the start (IMAPS)",
+    "folder": "Folder",
+}
+CHOICE_LABELS = {
+    "none": "None",
+    "bearer": "Bearer token",
+    "basic": "User name and password (Basic)",
+    "api_key_header": "API key in a header",
+    "oauth2_client_credentials": "OAuth2 client credentials",
+    "client_secret_basic": "In the Authorization header (client_secret_basic)",
+    "client_secret_post": "In the request body (client_secret_post)",
+    "starttls": "STARTTLS (usually port 587)",
+    "ssl": "TLS from the start (usually port 465)",
+    "postgresql": "PostgreSQL",
+    "mysql": "MySQL or MariaDB",
+}
+# HTTP settings that belong to one authentication method: the page groups them, and its script shows only the
+# chosen method's group (without the script every group shows, and the unused ones are simply ignored).
+HTTP_AUTH_GROUPS = {
+    "username": "basic",
+    "header_name": "api_key_header",
+    "token_url": "oauth2_client_credentials",
+    "client_id": "oauth2_client_credentials",
+    "scope": "oauth2_client_credentials",
+    "audience": "oauth2_client_credentials",
+    "token_auth_method": "oauth2_client_credentials",
+}
+
+
+def _headers_text(headers: dict[str, str]) -> str:
+    return "\n".join(f"{name}: {value}" for name, value in headers.items())
+
+
+def _headers_parse(text: str) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise forms.ValidationError(f'Line {number}: write each header as "Name: value".')
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def _setting_field(name: str, info: Any) -> forms.Field:
+    annotation = info.annotation
+    label = LABELS.get(name, name.replace("_", " ").capitalize())
+    help_text = info.description or ""
+    required = info.is_required()
+    if typing.get_origin(annotation) is typing.Literal:
+        choices = [(value, CHOICE_LABELS.get(value, value)) for value in typing.get_args(annotation)]
+        return forms.ChoiceField(label=label, choices=choices, help_text=help_text)
+    if annotation is bool:
+        return forms.BooleanField(label=label, required=False, help_text=help_text)
+    if annotation is int:
+        return forms.IntegerField(label=label, required=required, help_text=help_text)
+    if annotation is float:
+        return forms.FloatField(label=label, required=required, help_text=help_text)
+    if name == "headers":
+        return forms.CharField(
+            label=label,
+            required=False,
+            widget=forms.Textarea(attrs={"rows": 3, "placeholder": "Accept: application/json"}),
+            help_text="One per line, as Name: value. Not secret: everyone who may use the connection sees them.",
+        )
+    return forms.CharField(label=label, required=required, help_text=help_text, max_length=500)
+
+
+class ConnectionForm(forms.Form):
+    """Name, label, description, team, the kind's settings, and its secrets. `settings_and_secrets()` gives what
+    the services take; the services validate the settings again and report per field."""
+
+    name = forms.SlugField(
+        max_length=64, help_text="What steps name, e.g. erp. Lower-case letters, digits, - and _; it cannot change."
+    )
+    label = forms.CharField(max_length=150, help_text="What people see, e.g. ERP (production).")
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    team = forms.ModelChoiceField(
+        queryset=Team.objects.none(), help_text="The team that owns it; its members may use it in their workflows."
+    )
+    save_anyway = forms.BooleanField(required=False, label="Save even though the test failed")
+
+    def __init__(self, *args: Any, kind: str, connection: Connection | None = None, **kwargs: Any) -> None:
+        self.kind = kind
+        self.connection = connection
+        initial = kwargs.pop("initial", {}) or {}
+        if connection is not None:
+            initial = {
+                "name": connection.name,
+                "label": connection.label,
+                "description": connection.description,
+                "team": connection.team_id,
+                **{key: value for key, value in connection.config.items() if key != "headers"},
+                "headers": _headers_text(connection.config.get("headers", {})),
+            }
+        else:
+            defaults = {name: info.default for name, info in kinds.SETTINGS[kind].model_fields.items()}
+            initial = {**{k: v for k, v in defaults.items() if isinstance(v, str | int | float | bool)}, **initial}
+        super().__init__(*args, initial=initial, **kwargs)
+        self.fields["team"].queryset = Team.objects.order_by("name")
+        if connection is not None:
+            self.fields["name"].disabled = True
+            self.fields["name"].help_text = "Steps name the connection by this, so it cannot change."
+        for name, info in kinds.SETTINGS[kind].model_fields.items():
+            self.fields[f"config_{name}"] = _setting_field(name, info)
+            if name in initial:
+                self.initial[f"config_{name}"] = initial[name]
+        self.secret_specs = kinds.SECRETS[kind]
+        stored = connection.secret_keys_set() if connection is not None else set()
+        self.secret_state = {spec.key: spec.key in stored for spec in self.secret_specs}
+        for spec in self.secret_specs:
+            self.fields[f"secret_{spec.key}"] = forms.CharField(
+                label=spec.label,
+                required=False,
+                strip=False,
+                widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+                help_text=spec.help + (" Leave empty to keep the stored value." if self.secret_state[spec.key] else ""),
+            )
+            if self.secret_state[spec.key]:
+                self.fields[f"secret_{spec.key}_remove"] = forms.BooleanField(
+                    required=False, label=f"Remove the stored {spec.label.lower()}"
+                )
+
+    def clean_config_headers(self) -> dict[str, str]:
+        return _headers_parse(self.cleaned_data.get("config_headers") or "")
+
+    def settings_and_secrets(self) -> tuple[dict[str, Any], dict[str, str | None]]:
+        """The settings (as the kind's model names them) and the secret changes (blank: keep; remove boxes)."""
+        config = {
+            name: self.cleaned_data.get(f"config_{name}")
+            for name in kinds.SETTINGS[self.kind].model_fields
+            if self.cleaned_data.get(f"config_{name}") is not None
+        }
+        secrets: dict[str, str | None] = {}
+        for spec in self.secret_specs:
+            secrets[spec.key] = self.cleaned_data.get(f"secret_{spec.key}") or None
+            if self.cleaned_data.get(f"secret_{spec.key}_remove"):
+                secrets[f"{spec.key}:remove"] = "yes"
+        return config, secrets
+
+    def add_refusal(self, refusal: ValidationFailed) -> None:
+        """Show a service's per-field refusal under the fields it names."""
+        for name, messages in refusal.fields.items():
+            target = name if name in self.fields else f"config_{name}" if f"config_{name}" in self.fields else None
+            if name.startswith("secrets."):
+                target = f"secret_{name.split('.', 1)[1]}"
+            for message in messages:
+                self.add_error(target if target in self.fields else None, message)
+
+    def setting_fields(self) -> list[tuple[forms.BoundField, str]]:
+        """The settings' bound fields with the authentication method each belongs to ("" for all)."""
+        result = []
+        for name in kinds.SETTINGS[self.kind].model_fields:
+            group = HTTP_AUTH_GROUPS.get(name, "") if self.kind == kinds.HTTP else ""
+            result.append((self[f"config_{name}"], group))
+        return result
+
+    def secret_fields(self) -> list[dict[str, Any]]:
+        """Per secret: its input, whether one is stored, its remove box, and the authentication method it
+        belongs to (HTTP)."""
+        groups = {secret: method for method, secret in kinds.HTTP_AUTH_SECRET.items()}
+        return [
+            {
+                "field": self[f"secret_{spec.key}"],
+                "is_set": self.secret_state[spec.key],
+                "remove": self[f"secret_{spec.key}_remove"] if self.secret_state[spec.key] else None,
+                "group": groups.get(spec.key, "") if self.kind == kinds.HTTP else "",
+            }
+            for spec in self.secret_specs
+        ]

@@ -1,0 +1,289 @@
+"""Pages for connections: the list (all for admins; the ones a person may use for others), a team's connections,
+the form per kind (test first, save only when the test passes or the person says to), the test button's
+fragment, enable/disable and delete with confirmation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from apps.accounts.models import User
+from apps.connectors import kinds
+from apps.connectors.forms import ConnectionForm
+from apps.connectors.models import Connection
+from apps.connectors.probes import ProbeResult, probe
+from apps.connectors.rules import user_creates_connections, user_manages_connection
+from apps.connectors.selectors import (
+    connection_get_for_user,
+    connection_history,
+    connection_list_for_user,
+    team_get_for_user,
+    teams_for_filter,
+)
+from apps.connectors.services import (
+    connection_create,
+    connection_delete,
+    connection_set_enabled,
+    connection_test,
+    connection_test_unsaved,
+    connection_update,
+    secrets_merge,
+    workflows_naming,
+)
+from apps.core.exceptions import ApplicationError, ValidationFailed
+
+
+def _user(request: HttpRequest) -> User:
+    assert isinstance(request.user, User)
+    return request.user
+
+
+def _kind(request: HttpRequest) -> str:
+    kind = request.GET.get("kind", "")
+    if kind not in kinds.KINDS:
+        raise Http404("No such kind of connection.")
+    return kind
+
+
+def _rows(connections: Any) -> list[dict[str, Any]]:
+    return [{"connection": c, "kind_label": kinds.KIND_LABELS[c.kind]} for c in connections]
+
+
+@login_required
+def connection_list(request: HttpRequest) -> HttpResponse:
+    """Admins see every connection; others see those they may use or manage. Filter by team and kind."""
+    team = request.GET.get("team") or None
+    kind = request.GET.get("kind") or None
+    connections = connection_list_for_user(request.user, team=team, kind=kind if kind in kinds.KINDS else None)
+    return render(
+        request,
+        "connectors/connection_list.html",
+        {
+            "rows": _rows(connections),
+            "teams": teams_for_filter(request.user),
+            "kinds": kinds.KIND_LABELS,
+            "chosen_team": team or "",
+            "chosen_kind": kind or "",
+            "filtered": bool(team or kind),
+            "can_create": user_creates_connections(request.user),
+        },
+    )
+
+
+@login_required
+def team_connections(request: HttpRequest, slug: str) -> HttpResponse:
+    """One team's connections (its members and admins; others: 404)."""
+    team = team_get_for_user(request.user, slug)
+    return render(
+        request,
+        "connectors/team_connections.html",
+        {
+            "team": team,
+            "rows": _rows(connection_list_for_user(request.user, team=team.slug)),
+            "can_create": user_creates_connections(request.user),
+            "kinds": kinds.KIND_LABELS,
+        },
+    )
+
+
+def _test_then_save(request: HttpRequest, form: ConnectionForm, connection: Connection | None) -> HttpResponse | None:
+    """Validate, test the entered settings for real, and save when the test passed or the person ticked "save
+    even though the test failed". Returns the redirect after a save, or None to show the form again."""
+    if not form.is_valid():
+        return None
+    config, secret_changes = form.settings_and_secrets()
+    try:
+        valid = kinds.settings_validate(form.kind, config)
+        current = connection.secrets if connection is not None else {}
+        candidate = secrets_merge(form.kind, current, secret_changes)
+    except ValidationFailed as refusal:
+        form.add_refusal(refusal)
+        return None
+    result = probe(form.kind, valid, candidate)
+    form.test_result = result  # type: ignore[attr-defined]
+    if not result.ok and not form.cleaned_data.get("save_anyway"):
+        form.add_error(None, "Nothing was saved because the test failed. Fix the settings, or tick the box below.")
+        return None
+    try:
+        if connection is None:
+            saved = connection_create(
+                actor=_user(request),
+                name=form.cleaned_data["name"],
+                label=form.cleaned_data["label"],
+                description=form.cleaned_data["description"],
+                kind=form.kind,
+                team=form.cleaned_data["team"],
+                config=valid,
+                secrets=secret_changes,
+                test=result,
+            )
+        else:
+            saved = connection_update(
+                actor=_user(request),
+                connection=connection,
+                label=form.cleaned_data["label"],
+                description=form.cleaned_data["description"],
+                team=form.cleaned_data["team"],
+                config=valid,
+                secrets=secret_changes,
+                test=result,
+            )
+    except ValidationFailed as refusal:
+        form.add_refusal(refusal)
+        return None
+    note = "the test passed" if result.ok else "the test failed, saved as asked"
+    messages.success(request, f'Saved "{saved.label}" ({note}).')
+    return redirect("connectors:detail", name=saved.name)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def connection_new(request: HttpRequest) -> HttpResponse:
+    """Admins create a connection: without `?kind=` the page asks which kind; with it, the kind's form."""
+    if not user_creates_connections(request.user):
+        raise PermissionDenied("Only admins create connections.")
+    if "kind" not in request.GET:
+        return render(request, "connectors/connection_kind.html", {"kinds": kinds.KIND_LABELS})
+    kind = _kind(request)
+    form = ConnectionForm(request.POST or None, kind=kind, initial={"team": request.GET.get("team")})
+    if request.method == "POST":
+        saved = _test_then_save(request, form, None)
+        if saved is not None:
+            return saved
+    return render(
+        request,
+        "connectors/connection_form.html",
+        {"form": form, "kind": kind, "kind_label": kinds.KIND_LABELS[kind], "connection": None},
+        status=400 if request.method == "POST" else 200,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def connection_detail(request: HttpRequest, name: str) -> HttpResponse:
+    """A connection: its form for those who manage it, its settings (read-only) for those who may use it, and
+    its change history."""
+    connection = connection_get_for_user(request.user, name)
+    can_manage = user_manages_connection(request.user, connection)
+    form = None
+    if can_manage:
+        form = ConnectionForm(request.POST or None, kind=connection.kind, connection=connection)
+        if request.method == "POST":
+            saved = _test_then_save(request, form, connection)
+            if saved is not None:
+                return saved
+    elif request.method == "POST":
+        raise PermissionDenied("You may use this connection but not change it.")
+    return render(
+        request,
+        "connectors/connection_detail.html",
+        {
+            "connection": connection,
+            "kind_label": kinds.KIND_LABELS[connection.kind],
+            "form": form,
+            "can_manage": can_manage,
+            "settings": _readable_settings(connection),
+            "secrets": [
+                (spec.label, spec.key in connection.secret_keys_set()) for spec in kinds.SECRETS[connection.kind]
+            ],
+            "history": connection_history(connection) if can_manage else [],
+        },
+        status=400 if request.method == "POST" else 200,
+    )
+
+
+def _readable_settings(connection: Connection) -> list[tuple[str, str]]:
+    from apps.connectors.forms import CHOICE_LABELS, LABELS
+
+    rows = []
+    for key, value in connection.config.items():
+        if key == "headers":
+            text = ", ".join(f"{name}: {header}" for name, header in value.items()) or "none"
+        elif isinstance(value, bool):
+            text = "yes" if value else "no"
+        else:
+            text = CHOICE_LABELS.get(str(value), str(value)) if value not in ("", None) else "—"
+        rows.append((LABELS.get(key, key), text))
+    return rows
+
+
+@login_required
+@require_POST
+def connection_test_view(request: HttpRequest, name: str | None = None) -> HttpResponse:
+    """The "Test connection" button: tests what the form holds now (blank secrets: the stored ones) and answers
+    with the result fragment. Without form fields, tests the stored settings and records the result."""
+    connection = connection_get_for_user(request.user, name) if name else None
+    if connection is not None and not user_manages_connection(request.user, connection):
+        raise PermissionDenied("You may use this connection but not test or change it.")
+    if connection is None and not user_creates_connections(request.user):
+        raise PermissionDenied("Only admins create connections.")
+    result: ProbeResult
+    if connection is not None and not any(key.startswith("config_") for key in request.POST):
+        result = connection_test(actor=_user(request), connection=connection)
+    else:
+        kind = connection.kind if connection is not None else _kind(request)
+        form = ConnectionForm(request.POST, kind=kind, connection=connection)
+        form.is_valid()
+        problems = {name: errors for name, errors in form.errors.items() if name.startswith(("config_", "secret_"))}
+        if problems:
+            labels = {name: form.fields[name].label for name in problems if name in form.fields}
+            text = "; ".join(f"{labels.get(name, name)}: {' '.join(errors)}" for name, errors in problems.items())
+            result = ProbeResult(ok=False, message=f"Fix the settings first. {text}")
+        else:
+            config, secret_changes = form.settings_and_secrets()
+            try:
+                valid = kinds.settings_validate(kind, config)
+                secrets = secrets_merge(kind, connection.secrets if connection else {}, secret_changes)
+            except ValidationFailed as refusal:
+                text = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in refusal.fields.items())
+                result = ProbeResult(ok=False, message=f"Fix the settings first. {text}")
+            else:
+                result = connection_test_unsaved(
+                    actor=_user(request), kind=kind, config=valid, secrets=secrets, connection=connection
+                )
+    if not request.htmx:  # type: ignore[attr-defined]
+        level = messages.success if result.ok else messages.error
+        level(request, f"Test {'passed' if result.ok else 'failed'}: {result.message}")
+        return redirect(reverse("connectors:detail", args=[name]) if name else reverse("connectors:connections"))
+    return render(request, "connectors/_test_result.html", {"result": result})
+
+
+@login_required
+@require_POST
+def connection_toggle(request: HttpRequest, name: str) -> HttpResponse:
+    connection = connection_get_for_user(request.user, name)
+    if not user_manages_connection(request.user, connection):
+        raise PermissionDenied("You may use this connection but not change it.")
+    connection_set_enabled(actor=_user(request), connection=connection, enabled=not connection.enabled)
+    state = "enabled: steps may use it again" if connection.enabled else "disabled: steps that name it will fail"
+    messages.success(request, f'"{connection.label}" is {state}.')
+    return redirect("connectors:detail", name=connection.name)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def connection_delete_view(request: HttpRequest, name: str) -> HttpResponse:
+    """Confirm, then delete; refused (with the workflows) while a published version names the connection."""
+    connection = connection_get_for_user(request.user, name)
+    if not user_manages_connection(request.user, connection):
+        raise PermissionDenied("You may use this connection but not delete it.")
+    if request.method == "POST":
+        try:
+            connection_delete(actor=_user(request), connection=connection)
+        except ApplicationError as refusal:
+            messages.error(request, refusal.message)
+            return redirect("connectors:detail", name=connection.name)
+        messages.success(request, f'Deleted the connection "{connection.label}".')
+        return redirect("connectors:connections")
+    return render(
+        request,
+        "connectors/connection_delete.html",
+        {"connection": connection, "naming": workflows_naming(connection.name)},
+    )
