@@ -389,3 +389,15 @@ CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD",
 
 # Addresses (CIDRs) that steps may call although they are loopback or private: an administrator's decision.
 AIOS_HTTP_ALLOWLIST = env_list("AIOS_HTTP_ALLOWLIST", [])
+
+# --- Knowledge (apps.knowledge) ---------------------------------------------------------------------------------
+# The embeddings server of collections that name no endpoint: TEI's /embed (the development server has one).
+AIOS_KNOWLEDGE_EMBEDDINGS_URL = env_url(
+    "AIOS_KNOWLEDGE_EMBEDDINGS_URL", AIOS_INFERENCE_URL, schemes=("http", "https")
+)
+# Passages per /embed request (TEI's default client batch limit is 32), and the seconds an ingest worker owns a
+# document between batches before the periodic pickup may hand it to another.
+AIOS_KNOWLEDGE_EMBED_BATCH = env_int("AIOS_KNOWLEDGE_EMBED_BATCH", 32, minimum=1, maximum=512)
+AIOS_KNOWLEDGE_LEASE_SECONDS = env_int("AIOS_KNOWLEDGE_LEASE_SECONDS", 120, minimum=5)
+# How often the periodic pickup looks for documents whose ingest stopped (a lost message, a dead worker).
+AIOS_KNOWLEDGE_SWEEP_SECONDS = env_float("AIOS_KNOWLEDGE_SWEEP_SECONDS", 30.0, minimum=1.0)
