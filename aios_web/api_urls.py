@@ -68,6 +68,7 @@ urlpatterns = [
     path("schema/workflow/v1.json", workflow_document_schema_view, name="workflow-document-schema"),
     path("incidents/<int:incident_id>/resolve/", incident_resolve_view, name="incident-resolve"),
     path("documents/", document_upload_view, name="document-upload"),
+    path("", include("apps.runs.api.trigger_urls")),  # triggers
     path("auth/token/", obtain_auth_token, name="auth-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),

@@ -18,6 +18,7 @@ urlpatterns = [
     path("connections/", include("apps.connectors.urls")),
     path("knowledge/", include("apps.knowledge.urls")),
     path("api/", include(("aios_web.api_urls", "api"))),
+    path("hooks/", include("apps.runs.hook_urls")),  # triggers: signed webhooks, no sign-in
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
 ]

@@ -47,6 +47,7 @@ from apps.runs.events import publish_run_changed
 from apps.runs.models import Incident, Run, StepResult, StepRun, Timer
 from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
 from apps.runs.plans import run_plan, version_get
+from apps.runs.trigger_events import run_finished_notify
 from apps.steps.registry import step_type_get
 from apps.workflows.models import WorkflowVersion
 
@@ -284,6 +285,8 @@ def _run_finish(run: Run, decision: engine.Decision, rows: list[_StepRow]) -> No
     if run.parent_step_run_id:
         # The parent is another run (rule 3): it hears about this in a transaction of its own.
         outbox_task(CHILD_FINISHED_TASK, [run.pk])
+    # --- triggers: workflows that start when this one finishes (an outbox row, rule 3) ---
+    run_finished_notify(run)
 
 
 def steps_cancel(run: Run, *, reason: str) -> list[str]:

@@ -360,3 +360,54 @@ class InputDocument(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.page_count} page{'s' if self.page_count != 1 else ''})"
+
+
+class TriggerFiring(models.Model):
+    """One firing of a trigger, whatever came of it: a run started, a repeat answered with the run it already
+    started (duplicate), a payload or request refused, a scheduled time skipped, or a failure. Written in the
+    transaction that decided the outcome, beside its audit event; never changed afterwards."""
+
+    class Outcome(models.TextChoices):
+        STARTED = "started", "Run started"
+        DUPLICATE = "duplicate", "Repeat: no new run"
+        REFUSED = "refused", "Refused"
+        SKIPPED = "skipped", "Skipped"
+        FAILED = "failed", "Failed"
+
+    trigger = models.ForeignKey("workflows.Trigger", on_delete=models.CASCADE, related_name="firings")
+    at = models.DateTimeField(db_index=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    detail = models.CharField(max_length=500, blank=True)
+    run = models.ForeignKey(Run, on_delete=models.SET_NULL, null=True, blank=True, related_name="trigger_firings")
+    # What identifies the firing at its source: a schedule's slot, a mail's Message-ID digest, an A run id.
+    key = models.CharField(max_length=128, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["trigger", "-at"], name="trigger_firing_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.outcome} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class ScheduleTimer(models.Model):
+    """The next time a schedule trigger is due: one unfired row per enabled schedule.
+
+    A run's `Timer` belongs to a run and fires under its lock; a schedule belongs to no run, so it has rows of
+    its own. The sweeper claims a due row (SKIP LOCKED plus a conditional update on `fired_at`) in the same
+    transaction that starts the run and arms the next row, so a restart of beat or workers never fires a slot
+    twice; `unique(trigger, fire_at)` makes a second row for the same slot impossible.
+    """
+
+    trigger = models.ForeignKey("workflows.Trigger", on_delete=models.CASCADE, related_name="schedule_timers")
+    fire_at = models.DateTimeField()
+    fired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["trigger", "fire_at"], name="schedule_timer_slot_unique")]
+        indexes = [
+            models.Index(fields=["fire_at"], condition=models.Q(fired_at__isnull=True), name="schedule_timer_due_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"schedule {self.trigger_id} at {self.fire_at:%Y-%m-%d %H:%M}"

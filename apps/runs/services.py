@@ -31,6 +31,7 @@ from apps.runs.lifecycle import (
 from apps.runs.models import Incident, Run, StepResult, StepRun
 from apps.runs.outbox import CANCEL_RUN_TASK, CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
 from apps.runs.selectors import run_can_operate
+from apps.runs.trigger_events import run_finished_notify
 from apps.steps.registry import step_config_errors
 from apps.workflows.input_schema import input_validate
 from apps.workflows.models import Workflow
@@ -126,6 +127,8 @@ def run_cancel(*, run: Run, actor: User | None, reason: str = "") -> Run:
     if locked.parent_step_run_id:
         # Its parent (another run, rule 3) hears about it in a transaction of its own, as when it finishes.
         outbox_task(CHILD_FINISHED_TASK, [locked.pk])
+    # --- triggers: workflows that start when this one is cancelled (an outbox row, rule 3) ---
+    run_finished_notify(locked)
     # Child runs are other runs (lock-order rule 3): each is cancelled in a transaction of its own.
     for child_id in (
         Run.objects.filter(parent_step_run__run=locked).exclude(status__in=Run.FINISHED).values_list("pk", flat=True)

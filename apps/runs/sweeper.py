@@ -25,6 +25,8 @@ from apps.runs.lifecycle import (
 )
 from apps.runs.models import Run, StepRun, Timer
 from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_relay, outbox_task
+from apps.runs.trigger_events import run_finished_notify
+from apps.runs.triggers import schedules_fire_due
 from apps.workflows.graph import step_options
 
 
@@ -35,13 +37,16 @@ def sweep(*, now: Any = None) -> dict[str, int]:
     2. take back steps whose lease expired (their worker died or stalled), up to the restart cap, after
        which the step becomes an incident a person resolves;
     3. re-send steps queued so long ago that their message was probably lost (Redis without persistence);
-    4. fire due timers.
+    4. fire due timers;
+    5. fire due schedule triggers.
     """
     now = now or timezone.now()
     report = {"relayed": outbox_relay(older_than_seconds=settings.AIOS_OUTBOX_RELAY_AFTER_SECONDS)}
     report["lease_expired"], report["incidents"] = leases_reclaim(now)
     report["requeued"] = queued_resend_stale(now)
     report["timers"] = timers_fire_due(now)
+    # --- triggers: schedules due now (apps/runs/triggers.py) ---
+    report["schedules"] = schedules_fire_due(now)
     return report
 
 
@@ -144,6 +149,7 @@ def _timer_fire(timer: Timer) -> None:
         publish_on_commit(run.pk, keys)
         if run.parent_step_run_id:
             outbox_task(CHILD_FINISHED_TASK, [run.pk])  # its parent is another run: rule 3 of the lock order
+        run_finished_notify(run)  # --- triggers: workflows that start when this one fails ---
         return
     assert timer.step_run_id is not None
     step_run = StepRun.objects.select_related("run__version").get(pk=timer.step_run_id)

@@ -17,6 +17,8 @@ from apps.runs.models import Run
 from apps.runs.outbox import CANCEL_RUN_TASK, CHILD_FINISHED_TASK, EXECUTE_STEP_TASK
 from apps.runs.services import run_cancel
 from apps.runs.sweeper import sweep
+from apps.runs.trigger_events import TRIGGER_EVENT_TASK
+from apps.runs.triggers import event_relay
 
 # Only one sweep at a time across all workers; a sweep that finds the lock taken simply returns.
 _SWEEP_LOCK_KEY = 0x53574550  # "SWEP"
@@ -48,6 +50,16 @@ def cancel(run_id: int, reason: str) -> None:
     """Cancel a child run for its parent (a repeat finds it finished and does nothing)."""
     with contextlib.suppress(Conflict, Run.DoesNotExist):
         run_cancel(run=Run(pk=run_id), actor=None, reason=reason)
+
+
+# --- triggers ---
+@shared_task(name=TRIGGER_EVENT_TASK, acks_late=True, reject_on_worker_lost=True)
+def trigger_event(run_id: int) -> None:
+    """Start the workflows whose event triggers follow a finished run (a repeat starts nothing new)."""
+    event_relay(run_id=run_id)
+
+
+# --- end triggers ---
 
 
 @shared_task(name="runs.sweep", acks_late=False, ignore_result=True)

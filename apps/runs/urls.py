@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.runs import views
+from apps.runs import trigger_views, views
 
 app_name = "runs"
 
@@ -17,4 +17,15 @@ urlpatterns = [
     path("<int:run_id>/what-if/", views.run_what_if_view, name="what-if"),
     path("<int:run_id>/diff/", views.run_diff_view, name="diff"),
     path("incidents/<int:incident_id>/resolve/", views.incident_resolve_view, name="incident-resolve"),
+    # --- triggers (apps/runs/trigger_views.py) ---
+    path("triggers/<slug:slug>/", trigger_views.trigger_list, name="triggers"),
+    path("triggers/<slug:slug>/new/<str:kind>/", trigger_views.trigger_new, name="trigger-new"),
+    path("trigger/<int:trigger_id>/", trigger_views.trigger_detail, name="trigger-detail"),
+    path("trigger/<int:trigger_id>/edit/", trigger_views.trigger_edit, name="trigger-edit"),
+    path("trigger/<int:trigger_id>/pause/", trigger_views.trigger_pause_view, name="trigger-pause"),
+    path("trigger/<int:trigger_id>/resume/", trigger_views.trigger_resume_view, name="trigger-resume"),
+    path("trigger/<int:trigger_id>/delete/", trigger_views.trigger_delete_view, name="trigger-delete"),
+    path("trigger/<int:trigger_id>/rotate-secret/", trigger_views.trigger_rotate_view, name="trigger-rotate"),
+    path("forms/<int:trigger_id>/", trigger_views.trigger_form, name="trigger-form"),
+    # --- end triggers ---
 ]

@@ -106,3 +106,51 @@ class PinnedOutput(models.Model):
 
     def __str__(self) -> str:
         return f"pinned {self.step_key} of {self.workflow_id}"
+
+
+class Trigger(models.Model):
+    """One way work arrives for a workflow: a form page, a schedule, a signed webhook, an inbound mail address,
+    or another workflow's run finishing (an event).
+
+    `config` holds what the kind needs, checked by apps.workflows.triggers.trigger_config_clean: a form's intro
+    and what-happens-next text; a schedule's `cron` (5 fields), `timezone` (IANA) and `skip_missed`; an event's
+    `outcomes`. `inputs` maps run input fields to CEL expressions over the firing's `payload` (empty: the
+    payload's fields of the same names). `token` is the unguessable part of a webhook's URL and of an email
+    trigger's address; `secret` is the webhook's signing secret, encrypted (apps.core.secrets), never shown
+    after it is made. A paused trigger (`enabled` false) fires nothing; firing and its history belong to the
+    runs app (apps.runs.triggers), which sits above this one.
+    """
+
+    class Kind(models.TextChoices):
+        FORM = "form", "Form"
+        SCHEDULE = "schedule", "Schedule"
+        WEBHOOK = "webhook", "Webhook"
+        EMAIL = "email", "Email"
+        EVENT = "event", "Another workflow finishes"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="triggers")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    name = models.CharField(max_length=120)
+    enabled = models.BooleanField(default=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    inputs = models.JSONField(default=dict, blank=True)
+    token = models.CharField(max_length=64, unique=True)
+    secret = models.TextField(blank=True)
+    # An event trigger's source: the workflow whose finished runs start this one.
+    source_workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, null=True, blank=True, related_name="downstream_triggers"
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["workflow", "name", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "name"], name="trigger_name_unique_per_workflow"),
+        ]
+        indexes = [models.Index(fields=["source_workflow", "kind", "enabled"], name="trigger_event_source_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} trigger “{self.name}”"

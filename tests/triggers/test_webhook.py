@@ -1,0 +1,187 @@
+"""Signed webhooks: a good request starts one run (202), a repeat answers with it (200); a bad, old or future
+signature, a paused trigger, a wrong body or an oversized one is refused with a short JSON reason, a history row
+and an audit event, and starts nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from apps.audit.models import AuditEvent
+from apps.core.secrets import secret_decrypt
+from apps.runs.models import Run, TriggerFiring
+from apps.runs.triggers import trigger_create, trigger_pause, trigger_secret_rotate
+from apps.workflows.triggers import webhook_signature
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def hook(analyst, ticket_workflow):
+    trigger, secret = trigger_create(actor=analyst, workflow=ticket_workflow, kind="webhook", name="Helpdesk")
+    return trigger, secret
+
+
+def post(
+    trigger, secret, payload, *, timestamp=None, key="", signature=None, content_type="application/json", raw=None
+):
+    body = raw if raw is not None else json.dumps(payload).encode()
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    headers = {
+        "HTTP_X_AIOS_TIMESTAMP": stamp,
+        "HTTP_X_AIOS_SIGNATURE": signature or webhook_signature(secret, stamp, body),
+    }
+    if key:
+        headers["HTTP_IDEMPOTENCY_KEY"] = key
+    return Client().post(reverse("hooks:receive", args=[trigger.token]), body, content_type=content_type, **headers)
+
+
+def refused(trigger) -> list[str]:
+    return list(TriggerFiring.objects.filter(trigger=trigger, outcome="refused").values_list("detail", flat=True))
+
+
+def test_a_signed_request_starts_a_run_as_the_trigger_creator(hook, analyst, ticket_workflow):
+    trigger, secret = hook
+    assert secret.startswith("whsec_") and secret not in trigger.secret and secret_decrypt(trigger.secret) == secret
+    response = post(trigger, secret, {"subject": "Printer on fire", "priority": 2}, key="t-1")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    run = Run.objects.get(pk=body["run"])
+    assert body["url"].endswith(f"/runs/{run.pk}/") and body["duplicate"] is False
+    assert (
+        run.trigger == "webhook"
+        and run.initiator == analyst
+        and run.inputs == {"subject": "Printer on fire", "body": "", "priority": 2}
+    )
+    [firing] = TriggerFiring.objects.filter(trigger=trigger)
+    assert firing.outcome == "started" and firing.run == run
+    assert AuditEvent.objects.filter(verb="trigger.started", target_id=str(trigger.pk)).exists()
+    assert AuditEvent.objects.filter(
+        verb="run.started", target_id=str(run.pk), data__contains='"trigger":"webhook"'
+    ).exists()
+
+
+def test_the_same_idempotency_key_gives_the_same_run_and_another_body_is_422(hook, ticket_workflow):
+    trigger, secret = hook
+    first = post(trigger, secret, {"subject": "Broken chair"}, key="k-7")
+    again = post(trigger, secret, {"subject": "Broken chair"}, key="k-7")
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["run"] == first.json()["run"] and again.json()["duplicate"] is True
+    other = post(trigger, secret, {"subject": "Broken table"}, key="k-7")
+    assert other.status_code == 422 and "different request" in other.json()["detail"]
+    assert Run.objects.filter(workflow=ticket_workflow).count() == 1
+    outcomes = list(TriggerFiring.objects.filter(trigger=trigger).order_by("pk").values_list("outcome", flat=True))
+    assert outcomes == ["started", "duplicate", "refused"]
+
+
+def test_a_replayed_request_without_a_key_starts_nothing_new(hook, ticket_workflow):
+    trigger, secret = hook
+    stamp = int(time.time())
+    first = post(trigger, secret, {"subject": "Lost badge"}, timestamp=stamp)
+    replay = post(trigger, secret, {"subject": "Lost badge"}, timestamp=stamp)
+    assert first.status_code == 202 and replay.status_code == 200 and replay.json()["run"] == first.json()["run"]
+    assert Run.objects.filter(workflow=ticket_workflow).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("bad_signature", "The signature does not match the body and timestamp."),
+        ("old", "s old; requests older than 300 s are refused."),
+        ("future", "s in the future"),
+        ("missing", "headers are required"),
+        ("other_secret", "The signature does not match"),
+        ("tampered_body", "The signature does not match"),
+    ],
+)
+def test_bad_or_old_signatures_are_401_with_an_audit_event_and_no_run(hook, ticket_workflow, case, reason):
+    trigger, secret = hook
+    payload = {"subject": "Refund please"}
+    now = int(time.time())
+    if case == "bad_signature":
+        response = post(trigger, secret, payload, signature="sha256=" + "0" * 64)
+    elif case == "old":
+        response = post(trigger, secret, payload, timestamp=now - 301)
+    elif case == "future":
+        response = post(trigger, secret, payload, timestamp=now + 400)
+    elif case == "missing":
+        response = Client().post(
+            reverse("hooks:receive", args=[trigger.token]), payload, content_type="application/json"
+        )
+    elif case == "other_secret":
+        response = post(trigger, "whsec_guess", payload)
+    else:
+        body = json.dumps(payload).encode()
+        signature = webhook_signature(secret, str(now), body)
+        response = post(trigger, secret, None, raw=json.dumps({"subject": "Refund, twice"}).encode(), timestamp=now,
+                        signature=signature)  # fmt: skip
+    assert response.status_code == 401
+    assert reason in response.json()["detail"]
+    assert not Run.objects.exists()
+    assert reason in refused(trigger)[0]
+    event = AuditEvent.objects.get(verb="trigger.refused", target_id=str(trigger.pk))
+    assert reason in json.loads(event.data)["detail"] and secret not in event.data
+
+
+def test_a_rotated_secret_refuses_the_old_one(hook, analyst):
+    trigger, old = hook
+    new = trigger_secret_rotate(actor=analyst, trigger=trigger)
+    assert new != old
+    assert post(trigger, old, {"subject": "Old secret"}).status_code == 401
+    assert post(trigger, new, {"subject": "New secret"}).status_code == 202
+
+
+def test_a_paused_webhook_is_409_and_recorded(hook, analyst):
+    trigger, secret = hook
+    trigger_pause(actor=analyst, trigger=trigger)
+    response = post(trigger, secret, {"subject": "While paused"})
+    assert response.status_code == 409 and "paused" in response.json()["detail"]
+    assert not Run.objects.exists() and "paused" in refused(trigger)[0]
+
+
+def test_input_that_does_not_fit_is_400_with_the_schema_errors(hook):
+    trigger, secret = hook
+    response = post(trigger, secret, {"subject": "ok subject", "priority": 9, "colour": "red"})
+    assert response.status_code == 400
+    fields = response.json()["fields"]
+    assert fields["colour"] == ["This field is not part of the workflow's input."]
+    assert "less than or equal to 5" in fields["priority"][0]
+    assert not Run.objects.exists()
+    assert "does not fit the workflow's input" in refused(trigger)[0]
+
+
+def test_wrong_bodies_are_refused_before_any_run(hook, settings):
+    trigger, secret = hook
+    assert (
+        post(trigger, secret, None, raw=b"subject=x", content_type="application/x-www-form-urlencoded").status_code
+        == 415
+    )
+    assert post(trigger, secret, None, raw=b"{not json").status_code == 400
+    assert post(trigger, secret, None, raw=b"[1, 2]").status_code == 400
+    big = json.dumps({"subject": "x" * (300 * 1024)}).encode()
+    assert post(trigger, secret, None, raw=big).status_code == 413
+    assert Client().get(reverse("hooks:receive", args=[trigger.token])).status_code == 405
+    assert (
+        Client()
+        .post(reverse("hooks:receive", args=["nosuchtoken"]), b"{}", content_type="application/json")
+        .status_code
+        == 404
+    )
+    assert not Run.objects.exists()
+    assert len(refused(trigger)) == 4
+
+
+def test_the_webhook_needs_no_csrf_token_and_no_sign_in(hook):
+    trigger, secret = hook
+    client = Client(enforce_csrf_checks=True)
+    body = json.dumps({"subject": "No cookie at all"}).encode()
+    stamp = str(int(time.time()))
+    response = client.post(
+        reverse("hooks:receive", args=[trigger.token]), body, content_type="application/json",
+        HTTP_X_AIOS_TIMESTAMP=stamp, HTTP_X_AIOS_SIGNATURE=webhook_signature(secret, stamp, body),
+    )  # fmt: skip
+    assert response.status_code == 202
