@@ -213,7 +213,7 @@ def _run_may_read(run: Run, document: InputDocument, depth: int = 0) -> bool:
         return True
     if depth >= _LINEAGE_DEPTH:
         return False
-    parent = run.parent_step_run.run if run.parent_step_run_id else None
+    parent = run.parent_step_run.run if run.parent_step_run is not None else None
     earlier = (parent, run.restarted_from, run.replay_of)
     return any(other is not None and _run_may_read(other, document, depth + 1) for other in earlier)
 
