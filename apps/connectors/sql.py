@@ -209,7 +209,7 @@ def _parse(statement: str, dialect: str) -> list[exp.Expression]:
         raise SqlError(f"The statement does not parse as {dialect} SQL: {_first_line(error)}") from None
     finally:
         sqlglot_logger.setLevel(level)
-    return [expression for expression in parsed if expression is not None]
+    return [expression for expression in parsed if expression is not None]  # type: ignore[misc]
 
 
 def _first_line(error: Exception) -> str:
@@ -437,7 +437,7 @@ def _connect_mysql(
     read_only: bool,
     timeout_seconds: float,
 ) -> SqlSession:
-    import pymysql
+    import pymysql  # type: ignore[import-untyped]
 
     secrets = {"password": password}
     try:
@@ -498,7 +498,7 @@ def _server_message(error: Exception) -> str:
         if getattr(diag, "message_detail", None):
             text += f" ({diag.message_detail})"
         return text
-    args = getattr(error, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(error, "args", ()))
     if len(args) >= 2 and isinstance(args[0], int):
         return f"{args[1]} (error {args[0]})"
     text = str(error).strip()
@@ -623,7 +623,7 @@ def _execute_postgresql(session: SqlSession, text: str, bound: dict[str, Any], r
 
 
 def _execute_mysql(session: SqlSession, text: str, bound: dict[str, Any], row_cap: int) -> SqlResult:
-    import pymysql.cursors
+    import pymysql.cursors  # type: ignore[import-untyped]
 
     connection = session.connection
     if session.read_only:

@@ -86,7 +86,7 @@ class AttachmentConfig(BaseModel):
 
 
 def _template_field(title: str, description: str, *, rows: int = 1, required: bool = False) -> Any:
-    extra = {"x-widget": "template", "x-rows": rows}
+    extra: dict[str, Any] = {"x-widget": "template", "x-rows": rows}
     if required:
         return Field(min_length=1, title=title, description=description, json_schema_extra=extra)
     return Field("", title=title, description=description, json_schema_extra=extra)
@@ -170,7 +170,9 @@ def _html_as_text(markup: str) -> str:
 
 def _split_addresses(text: str) -> list[str]:
     """`text` cut at commas, semicolons and line breaks that are not inside quotes or angle brackets."""
-    parts, current, quoted, angled = [], [], False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = angled = False
     for character in text:
         if character == '"' and not angled:
             quoted = not quoted
@@ -289,11 +291,11 @@ class EmailSend(StepType):
     replay_reuses_output = True
 
     @classmethod
-    def uses(cls, config: EmailSendConfig) -> list[Uses]:  # type: ignore[override]
+    def uses(cls, config: EmailSendConfig) -> list[Uses]:
         return [Uses("connection", config.connection, kind="smtp", field="connection")]
 
     @staticmethod
-    def check_config(config: EmailSendConfig) -> list[str]:  # type: ignore[override]
+    def check_config(config: EmailSendConfig) -> list[str]:
         problems = []
         templates = [
             ("to", config.to),

@@ -163,11 +163,11 @@ class SqlQuery(StepType):
     replay_reuses_output = True
 
     @classmethod
-    def uses(cls, config: SqlQueryConfig) -> list[Uses]:  # type: ignore[override]
+    def uses(cls, config: SqlQueryConfig) -> list[Uses]:
         return [Uses("connection", config.connection, kind="sql", field="connection")]
 
     @staticmethod
-    def check_config(config: SqlQueryConfig) -> list[str]:  # type: ignore[override]
+    def check_config(config: SqlQueryConfig) -> list[str]:
         problems = []
         if "{{" in config.statement or "{%" in config.statement:
             problems.append(
