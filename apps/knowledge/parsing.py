@@ -394,11 +394,16 @@ def _sections(headings: Iterable[tuple[str, int, int]], length: int) -> list[Sec
     """Sections from (heading, level, start) in text order: each ends where the next heading of the same or a
     higher level starts."""
     ordered = sorted(headings, key=lambda item: item[2])
-    sections = []
-    for index, (heading, level, start) in enumerate(ordered):
-        end = next((later[2] for later in ordered[index + 1 :] if later[1] <= level), length)
-        sections.append(Section(heading=heading, level=level, start=start, end=max(start, min(end, length))))
-    return sections
+    ends = [length] * len(ordered)
+    open_sections: list[int] = []  # indexes of sections not yet ended, their levels increasing
+    for index, (_, level, start) in enumerate(ordered):
+        while open_sections and ordered[open_sections[-1]][1] >= level:
+            ends[open_sections.pop()] = start
+        open_sections.append(index)
+    return [
+        Section(heading=heading, level=level, start=start, end=max(start, min(end, length)))
+        for (heading, level, start), end in zip(ordered, ends, strict=True)
+    ]
 
 
 def _finished(
@@ -570,13 +575,18 @@ def _parse_docx(data: bytes, filename: str) -> ParsedDocument:
             f"{_capitalised(filename)} is not a Word document that can be read: it may be damaged."
         ) from None
     builder = _TextBuilder(filename)
+    # Resolving a paragraph's style walks the whole style sheet each time: once per style is enough.
+    levels: dict[str | None, int | None] = {}
     try:
         for block in document.iter_inner_content():
             if isinstance(block, Paragraph):
                 text = clean_text(block.text).strip()
                 if not text:
                     continue
-                level = _heading_level(block)
+                style_id = block._p.style
+                if style_id not in levels:
+                    levels[style_id] = _heading_level(block)
+                level = levels[style_id]
                 builder.blank_line()
                 start = builder.length
                 builder.append(text)
