@@ -35,6 +35,23 @@ def test_the_builder_form_names_its_widgets() -> None:
     assert properties["delivery"]["default"] == "at_most_once"
 
 
+def test_the_builder_shows_attachments_as_rows_of_name_and_content() -> None:
+    from apps.workflows.config_form import form_fields
+
+    schema = step_type_get("email.send").config_schema()
+    [attachments] = [
+        f
+        for f in form_fields(schema, {"attachments": [{"name": "a.txt", "value": "input.x"}]})
+        if f.name == "config.attachments"
+    ]
+    first = attachments.children[0]
+    assert attachments.widget == "rows"
+    assert [(child.name, child.widget, child.value) for child in first.children] == [
+        ("config.attachments.0.name", "template", "a.txt"),
+        ("config.attachments.0.value", "cel", "input.x"),
+    ]
+
+
 def test_uses_names_the_connection() -> None:
     config = EmailSendConfig(connection="mail", to="a@example.com", subject="Hi", body_text="x")
     assert EmailSend.uses(config) == [Uses("connection", "mail", kind="smtp", field="connection")]

@@ -291,6 +291,16 @@ class EmailSend(StepType):
     replay_reuses_output = True
 
     @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        # The attachment's schema inline rather than by reference, so the builder shows attachments as rows of a
+        # file name and a content expression instead of a JSON box.
+        schema = super().config_schema()
+        items = schema["properties"]["attachments"]["items"]
+        if "$ref" in items:
+            schema["properties"]["attachments"]["items"] = schema.get("$defs", {})[items["$ref"].rsplit("/", 1)[-1]]
+        return schema
+
+    @classmethod
     def uses(cls, config: EmailSendConfig) -> list[Uses]:
         return [Uses("connection", config.connection, kind="smtp", field="connection")]
 
