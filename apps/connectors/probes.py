@@ -93,7 +93,8 @@ def _http(resolved: ResolvedConnection) -> str:
     except http.OutboundError as error:
         raise ApplicationError(str(error)) from None
     if response.status >= 400:
-        reason = redact(response.text()[:300].strip(), secret_needles(resolved, headers))
+        # Redacted before it is cut short: a cut through a secret would leave a piece no search finds.
+        reason = redact(response.text(), secret_needles(resolved, headers))[:300].strip()
         raise ApplicationError(f"GET {url} answered HTTP {response.status}: {reason or '(no body)'}")
     token_note = " with a fresh OAuth2 token" if config.get("auth") == "oauth2_client_credentials" else ""
     return f"GET {url}{token_note} answered HTTP {response.status}."

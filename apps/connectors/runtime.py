@@ -204,7 +204,7 @@ def _fetch_token(resolved: ResolvedConnection) -> tuple[str, float]:
         ) from None
     needles = secret_needles(resolved, headers)
     if response.status != 200:
-        reason = redact(response.text()[:300], needles)
+        reason = redact(response.text(), needles)[:300]  # redacted before cut: no piece of a secret survives
         raise ConnectionFailed(
             f'The token endpoint of connection "{resolved.name}" ({host}) answered HTTP {response.status}: {reason}'
         )

@@ -8,7 +8,7 @@ receives (headers included) and an OAuth2 token endpoint (client credentials gra
 
 The API answers 401 to a bearer token it never issued or has revoked (`api.revoke_tokens()`), echoes the request
 body, and serves `/echo-headers` (returns the headers it received, as an API that echoes them would: the step
-must redact what it shows). `/status/<n>` answers with that status.
+must redact what it shows). `/status/<n>` answers with that status (and the headers it received).
 """
 
 from __future__ import annotations
@@ -139,8 +139,18 @@ def _handler_for(server: ApiServer) -> type[BaseHTTPRequestHandler]:
                 self._answer(401, {"error": "unauthorised"})
             elif path.endswith("/echo-headers"):
                 self._answer(200, {"headers": headers})
+            elif "/status/" in path and "pad=" in self.path:
+                # `?pad=<n>`: n characters, then the Authorization header it received, as plain text.
+                pad = int(parse_qs(urlsplit(self.path).query)["pad"][0])
+                data = ("x" * pad + headers.get("authorization", "")).encode()
+                self.send_response(int(path.rsplit("/", 1)[-1]))
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
             elif "/status/" in path:
-                self._answer(int(path.rsplit("/", 1)[-1]), {"error": "as asked"})
+                # Echoes the headers in the error, as some APIs do: the step must redact what it reports.
+                self._answer(int(path.rsplit("/", 1)[-1]), {"error": "as asked", "headers": headers})
             else:
                 try:
                     echo: Any = json.loads(body) if body else None

@@ -95,6 +95,7 @@ def test_every_kind_refuses_loopback_unless_allowlisted(settings):
         assert not result.ok and "a loopback address" in result.message, (kind, result.message)
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_smtp_probe_signs_in_and_reports_a_refused_password(settings, smtp_with_auth):
     allow_loopback(settings)
     config = {

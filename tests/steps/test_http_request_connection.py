@@ -151,6 +151,15 @@ def test_echoed_secrets_are_redacted_from_outputs_and_errors(api, team, workflow
     assert "tok-echo-0004" not in failed.value.message and failed.value.retryable
 
 
+def test_a_secret_cut_by_the_error_length_limit_leaves_no_piece(api, team, workflow):
+    api.static_tokens.add("tok-straddle-0007")
+    make_connection(team, config={"base_url": api.url, "auth": "bearer"}, secrets={"token": "tok-straddle-0007"})
+    # The answer's first 300 characters end inside the token: "x" * 290 + "Bearer tok-strad|dle-0007".
+    with pytest.raises(StepError) as failed:
+        _run({"connection": "erp", "url": "/status/400?pad=290", "method": "GET"}, workflow)
+    assert "tok-strad" not in failed.value.message and "xBearer [se" in failed.value.message
+
+
 def _oauth(team: Any, api: ApiServer, *, name: str = "oauth", secret: str = "cs-oauth-0005") -> None:
     api.clients["aios-client"] = secret
     make_connection(

@@ -135,12 +135,10 @@ class HttpRequest(StepType):
         needles = secret_needles(resolved, sent) if resolved is not None else []
         if response.status >= 300:
             retryable = response.status >= 500 or response.status == 429
+            # Redacted before it is cut short: a cut through a secret would leave a piece no search finds.
+            answer = redact(response.text(), needles)[:300]
             raise StepError(
-                redact(
-                    f'Step "{context.step_key}": {config.method} {url} answered HTTP {response.status}: '
-                    f"{response.text()[:300]}",
-                    needles,
-                ),
+                f'Step "{context.step_key}": {config.method} {url} answered HTTP {response.status}: {answer}',
                 retryable=retryable,
             )
         try:
