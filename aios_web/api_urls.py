@@ -15,6 +15,14 @@ from apps.approvals.api.views import (
     corrections_export_view,
 )
 from apps.connectors.api.views import ConnectionViewSet
+from apps.knowledge.api.views import (
+    collection_detail_view,
+    collection_list_view,
+    collection_reindex_view,
+    collection_search_view,
+    document_detail_view,
+    document_list_view,
+)
 from apps.runs.api.views import (
     RunViewSet,
     document_upload_view,
@@ -69,6 +77,15 @@ urlpatterns = [
     path("incidents/<int:incident_id>/resolve/", incident_resolve_view, name="incident-resolve"),
     path("documents/", document_upload_view, name="document-upload"),
     path("", include("apps.runs.api.trigger_urls")),  # triggers
+    # Knowledge collections (apps.knowledge.api).
+    path("collections/", collection_list_view, name="collection-list"),
+    path("collections/<slug:name>/", collection_detail_view, name="collection-detail"),
+    path("collections/<slug:name>/reindex/", collection_reindex_view, name="collection-reindex"),
+    path("collections/<slug:name>/documents/", document_list_view, name="collection-documents"),
+    path(
+        "collections/<slug:name>/documents/<int:document_id>/", document_detail_view, name="collection-document"
+    ),
+    path("collections/<slug:name>/search/", collection_search_view, name="collection-search"),
     path("auth/token/", obtain_auth_token, name="auth-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
