@@ -125,15 +125,7 @@ def _row(request: HttpRequest, trigger: Trigger) -> dict[str, Any]:
 def trigger_list(request: HttpRequest, slug: str) -> HttpResponse:
     """A workflow's triggers: where each fires, its state and its last firing; editors add and manage them."""
     workflow = workflow_get_for_user(request.user, slug=slug)
-    triggers = list(trigger_list_for_workflow(workflow))
-    zone_of = {t.pk: ZoneInfo(t.config["timezone"]) for t in triggers if t.kind == "schedule"}
-    rows = []
-    for trigger in triggers:
-        row = _row(request, trigger)
-        next_at = getattr(trigger, "next_at", None)
-        if next_at is not None and trigger.pk in zone_of:
-            row["next_local"] = next_at.astimezone(zone_of[trigger.pk])
-        rows.append(row)
+    rows = [_row(request, trigger) for trigger in trigger_list_for_workflow(workflow)]
     context = {
         "workflow": workflow,
         "rows": rows,

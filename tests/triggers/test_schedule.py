@@ -26,9 +26,13 @@ def utc(*args: int) -> datetime:
 
 def _monday_trigger(analyst, workflow, now, **extra):
     trigger, secret = trigger_create(
-        actor=analyst, workflow=workflow, kind="schedule", name="Monday digest",
-        config={**MONDAY_8_BERLIN, **extra}, now=now,
-    )  # fmt: skip
+        actor=analyst,
+        workflow=workflow,
+        kind="schedule",
+        name="Monday digest",
+        config={**MONDAY_8_BERLIN, **extra},
+        now=now,
+    )
     assert secret == ""
     return trigger
 
@@ -83,8 +87,11 @@ def test_a_wall_time_that_happens_twice_fires_once():
     # 02:30 happens twice in Berlin on 25 October 2026: a daily 02:30 fires at the first one only.
     slots = schedule_next("30 2 * * *", "Europe/Berlin", utc(2026, 10, 23, 12), count=4)
     assert [slot.astimezone(UTC) for slot in slots] == [
-        utc(2026, 10, 24, 0, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30), utc(2026, 10, 27, 1, 30)
-    ]  # fmt: skip
+        utc(2026, 10, 24, 0, 30),
+        utc(2026, 10, 25, 0, 30),
+        utc(2026, 10, 26, 1, 30),
+        utc(2026, 10, 27, 1, 30),
+    ]
     # 02:30 does not exist on 29 March 2026: it fires once, at the first instant after the gap.
     slots = schedule_next("30 2 * * *", "Europe/Berlin", utc(2026, 3, 27, 12), count=3)
     assert [slot.astimezone(UTC) for slot in slots] == [

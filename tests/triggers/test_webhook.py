@@ -117,8 +117,14 @@ def test_bad_or_old_signatures_are_401_with_an_audit_event_and_no_run(hook, tick
     else:
         body = json.dumps(payload).encode()
         signature = webhook_signature(secret, str(now), body)
-        response = post(trigger, secret, None, raw=json.dumps({"subject": "Refund, twice"}).encode(), timestamp=now,
-                        signature=signature)  # fmt: skip
+        response = post(
+            trigger,
+            secret,
+            None,
+            raw=json.dumps({"subject": "Refund, twice"}).encode(),
+            timestamp=now,
+            signature=signature,
+        )
     assert response.status_code == 401
     assert reason in response.json()["detail"]
     assert not Run.objects.exists()
@@ -181,7 +187,10 @@ def test_the_webhook_needs_no_csrf_token_and_no_sign_in(hook):
     body = json.dumps({"subject": "No cookie at all"}).encode()
     stamp = str(int(time.time()))
     response = client.post(
-        reverse("hooks:receive", args=[trigger.token]), body, content_type="application/json",
-        HTTP_X_AIOS_TIMESTAMP=stamp, HTTP_X_AIOS_SIGNATURE=webhook_signature(secret, stamp, body),
-    )  # fmt: skip
+        reverse("hooks:receive", args=[trigger.token]),
+        body,
+        content_type="application/json",
+        HTTP_X_AIOS_TIMESTAMP=stamp,
+        HTTP_X_AIOS_SIGNATURE=webhook_signature(secret, stamp, body),
+    )
     assert response.status_code == 202
