@@ -169,13 +169,23 @@ async def step_run_execute_async(step_run: StepRun, chain: Chain) -> StepRun | N
     return await db_call(_step_run_finish, step_run, chain, attempt, outcome=outcome)
 
 
+def _at_most_once(slug: str, definition: dict[str, Any]) -> bool:
+    """Whether the step's delivery is at most once: its config's `delivery`, or, when the graph leaves it out,
+    the step type's default (email.send defaults to at most once: a mail server cannot deduplicate)."""
+    config = definition.get("config") or {}
+    if "delivery" in config:
+        return bool(config["delivery"] == "at_most_once")
+    field = step_type_get(slug).Config.model_fields.get("delivery")
+    return field is not None and field.default == "at_most_once"
+
+
 def _step_run_begin(step_run: StepRun) -> Attempt | None:
     """Before a claimed step runs: the effect ledger's intent for a side-effecting step (or an incident when an
     earlier attempt's outcome is unknown and the step cannot be repeated). None when it must not run."""
     crash_point("after_claim")
     run = step_run.run
     definition = run_plan(run).steps[step_run.step_key].definition
-    at_most_once = definition.get("config", {}).get("delivery") == "at_most_once"
+    at_most_once = _at_most_once(step_run.step_type, definition)
     calls_out = not (run.is_test and test_stands_in(run, step_run.step_key, step_run.step_type))
     if step_type_get(step_run.step_type).side_effects and _original_run_id(run) is None and calls_out:
         try:
@@ -257,8 +267,7 @@ def _step_run_record_error(step_run: StepRun, attempt: Attempt, error: Exception
     if isinstance(error, StepError):
         crash_point("before_result_commit")
         definition = run_plan(step_run.run).steps[step_run.step_key].definition
-        at_most_once = definition.get("config", {}).get("delivery") == "at_most_once"
-        if error.uncertain and at_most_once:
+        if error.uncertain and _at_most_once(step_run.step_type, definition):
             step_run_incident_open(step_run=step_run, reason=f"The outcome is unknown: {error.message}")
             return
         if step_type_get(step_run.step_type).side_effects and not error.uncertain:
