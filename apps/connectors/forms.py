@@ -135,13 +135,18 @@ class ConnectionForm(forms.Form):
             initial = {**{k: v for k, v in defaults.items() if isinstance(v, str | int | float | bool)}, **initial}
         super().__init__(*args, initial=initial, **kwargs)
         self.fields["team"].queryset = Team.objects.order_by("name")
+        self.fields["team"].empty_label = "Choose the owning team"
         if connection is not None:
             self.fields["name"].disabled = True
             self.fields["name"].help_text = "Steps name the connection by this, so it cannot change."
         for name, info in kinds.SETTINGS[kind].model_fields.items():
             self.fields[f"config_{name}"] = _setting_field(name, info)
-            if name in initial:
-                self.initial[f"config_{name}"] = initial[name]
+            if name in initial and not (name == "port" and initial[name] == 0):
+                value = initial[name]
+                # 30.0 reads as 30 in a form.
+                self.initial[f"config_{name}"] = (
+                    int(value) if isinstance(value, float) and value.is_integer() else value
+                )
         self.secret_specs = kinds.SECRETS[kind]
         stored = connection.secret_keys_set() if connection is not None else set()
         self.secret_state = {spec.key: spec.key in stored for spec in self.secret_specs}

@@ -136,9 +136,9 @@ class SmtpSettings(KindSettings):
 class SqlSettings(KindSettings):
     """A SQL database (PostgreSQL, or MySQL / MariaDB) that `sql.query` steps read or write."""
 
-    dialect: Literal["postgresql", "mysql"] = Field("postgresql", description="mysql also serves MariaDB.")
+    dialect: Literal["postgresql", "mysql"] = Field("postgresql", description="MySQL also covers MariaDB.")
     host: str
-    port: int = Field(0, ge=0, le=65535, description="0: the dialect's usual port (5432 or 3306).")
+    port: int = Field(0, ge=0, le=65535, description="Empty: the usual port (5432 for PostgreSQL, 3306 for MySQL).")
     database: str = Field(min_length=1, max_length=128)
     username: str = Field(min_length=1, max_length=128)
     statement_timeout_seconds: float = Field(30, gt=0, le=600, description="Default limit for one statement.")

@@ -4,6 +4,7 @@ fragment, enable/disable and delete with confirmation."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import messages
@@ -193,24 +194,70 @@ def connection_detail(request: HttpRequest, name: str) -> HttpResponse:
             "secrets": [
                 (spec.label, spec.key in connection.secret_keys_set()) for spec in kinds.SECRETS[connection.kind]
             ],
-            "history": connection_history(connection) if can_manage else [],
+            "history": [_history_row(event) for event in connection_history(connection)] if can_manage else [],
         },
         status=400 if request.method == "POST" else 200,
     )
 
 
-def _readable_settings(connection: Connection) -> list[tuple[str, str]]:
-    from apps.connectors.forms import CHOICE_LABELS, LABELS
+def _history_row(event: Any) -> dict[str, Any]:
+    """An audit event about a connection in words: what changed (setting names), which secrets (names only)."""
+    from apps.connectors.forms import LABELS
 
+    try:
+        data = json.loads(event.data or "{}")
+    except ValueError:
+        data = {}
+    verb = str(event.verb).removeprefix("connection.")
+    parts: list[str] = []
+    if verb == "created":
+        parts.append(f"Created for {data.get('team', 'a team')}")
+    elif verb == "changed":
+        fields = dict(data.get("fields", {}))
+        config = fields.pop("config", {}) or {}
+        names = [LABELS.get(name, name) for name in config] + [name for name in fields]
+        if names:
+            parts.append("Changed " + ", ".join(names))
+    elif verb == "tested":
+        outcome = "passed" if data.get("ok") else "failed"
+        parts.append(
+            f"Tested ({'unsaved settings, ' if data.get('unsaved') else ''}{outcome}): {data.get('message', '')}"
+        )
+    else:
+        parts.append(verb.capitalize())
+    for key, label in (("secrets_set", "set"), ("secrets_replaced", "replaced"), ("secrets_removed", "removed")):
+        if data.get(key):
+            parts.append(f"secret {label}: {', '.join(data[key])}")
+    return {"event": event, "text": "; ".join(parts)}
+
+
+def _readable_settings(connection: Connection) -> list[tuple[str, str]]:
+    """The settings as people read them, in the form's order, leaving out what the chosen authentication
+    method does not use; then whether each secret the settings use is set (never its value)."""
+    from apps.connectors.forms import CHOICE_LABELS, HTTP_AUTH_GROUPS, LABELS
+
+    auth = connection.config.get("auth", "")
     rows = []
-    for key, value in connection.config.items():
+    for key in kinds.SETTINGS[connection.kind].model_fields:
+        if connection.kind == kinds.HTTP and HTTP_AUTH_GROUPS.get(key, auth) != auth:
+            continue
+        value = connection.config.get(key)
         if key == "headers":
-            text = ", ".join(f"{name}: {header}" for name, header in value.items()) or "none"
+            text = ", ".join(f"{name}: {header}" for name, header in (value or {}).items()) or "none"
         elif isinstance(value, bool):
             text = "yes" if value else "no"
+        elif isinstance(value, float) and value.is_integer():
+            text = str(int(value))
         else:
             text = CHOICE_LABELS.get(str(value), str(value)) if value not in ("", None) else "—"
         rows.append((LABELS.get(key, key), text))
+    stored = connection.secret_keys_set()
+    used = (
+        {kinds.HTTP_AUTH_SECRET.get(auth)} if connection.kind == kinds.HTTP else set(kinds.secret_keys(connection.kind))
+    )
+    for spec in kinds.SECRETS[connection.kind]:
+        if spec.key in used:
+            rows.append((spec.label, "set" if spec.key in stored else "not set"))
     return rows
 
 
