@@ -117,10 +117,17 @@ class ConnectionForm(forms.Form):
     )
     save_anyway = forms.BooleanField(required=False, label="Save even though the test failed")
 
-    def __init__(self, *args: Any, kind: str, connection: Connection | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        data: Any = None,
+        *,
+        kind: str,
+        connection: Connection | None = None,
+        initial: dict[str, Any] | None = None,
+    ) -> None:
         self.kind = kind
         self.connection = connection
-        initial = kwargs.pop("initial", {}) or {}
+        initial = dict(initial or {})
         if connection is not None:
             initial = {
                 "name": connection.name,
@@ -133,9 +140,11 @@ class ConnectionForm(forms.Form):
         else:
             defaults = {name: info.default for name, info in kinds.SETTINGS[kind].model_fields.items()}
             initial = {**{k: v for k, v in defaults.items() if isinstance(v, str | int | float | bool)}, **initial}
-        super().__init__(*args, initial=initial, **kwargs)
-        self.fields["team"].queryset = Team.objects.order_by("name")
-        self.fields["team"].empty_label = "Choose the owning team"
+        super().__init__(data, initial=initial)
+        team_field = self.fields["team"]
+        assert isinstance(team_field, forms.ModelChoiceField)
+        team_field.queryset = Team.objects.order_by("name")
+        team_field.empty_label = "Choose the owning team"
         if connection is not None:
             self.fields["name"].disabled = True
             self.fields["name"].help_text = "Steps name the connection by this, so it cannot change."

@@ -216,7 +216,7 @@ def _fetch_token(resolved: ResolvedConnection) -> tuple[str, float]:
     if not isinstance(token, str) or not token:
         raise ConnectionFailed(f'The token endpoint of connection "{resolved.name}" ({host}) sent no access_token.')
     try:
-        lifetime = float(payload.get("expires_in", 300))  # type: ignore[union-attr]
+        lifetime = float(payload.get("expires_in", 300))
     except (TypeError, ValueError):
         lifetime = 300.0
     # The lifetime counts from when the server issued the token, which is no later than our request left.

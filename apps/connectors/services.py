@@ -253,7 +253,7 @@ def connection_delete(*, actor: User | None, connection: Connection) -> None:
     # Object permissions are generic rows that no foreign key removes with the object.
     content_type = ContentType.objects.get_for_model(Connection)
     for model in (get_user_obj_perms_model(), get_group_obj_perms_model()):
-        model.objects.filter(content_type=content_type, object_pk=str(connection.pk)).delete()
+        model._default_manager.filter(content_type=content_type, object_pk=str(connection.pk)).delete()
     connection.delete()
 
 
@@ -313,9 +313,9 @@ def credentials_rotate() -> dict[str, int]:
         (Connection, "secrets_encrypted", "connections"),
         (endpoint_model, "token_encrypted", "model_endpoints"),
     ):
-        for pk in model.objects.exclude(**{column: ""}).values_list("pk", flat=True):
+        for pk in model._default_manager.exclude(**{column: ""}).values_list("pk", flat=True):
             with transaction.atomic():
-                stored = model.objects.select_for_update().filter(pk=pk).values_list(column, flat=True).first()
+                stored = model._default_manager.select_for_update().filter(pk=pk).values_list(column, flat=True).first()
                 if not stored:
                     continue
                 try:
@@ -324,7 +324,7 @@ def credentials_rotate() -> dict[str, int]:
                     counts["failed"] += 1
                     continue
                 # A plain UPDATE: the row's other fields, history and updated_at are not what changed.
-                model.objects.filter(pk=pk).update(**{column: rotated})
+                model._default_manager.filter(pk=pk).update(**{column: rotated})
                 counts[label] += 1
     if counts["connections"] or counts["model_endpoints"]:
         audit_record(actor=None, verb="credentials.rotated", data=counts)

@@ -281,7 +281,10 @@ def connection_test_view(request: HttpRequest, name: str | None = None) -> HttpR
         problems = {name: errors for name, errors in form.errors.items() if name.startswith(("config_", "secret_"))}
         if problems:
             labels = {name: form.fields[name].label for name in problems if name in form.fields}
-            text = "; ".join(f"{labels.get(name, name)}: {' '.join(errors)}" for name, errors in problems.items())
+            text = "; ".join(
+                f"{labels.get(name, name)}: {' '.join(str(error) for error in errors)}"
+                for name, errors in problems.items()
+            )
             result = ProbeResult(ok=False, message=f"Fix the settings first. {text}")
         else:
             config, secret_changes = form.settings_and_secrets()

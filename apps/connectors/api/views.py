@@ -61,7 +61,8 @@ class ConnectionWriteSerializer(serializers.Serializer):
     `"<name>:remove": true` removes it."""
 
     name = serializers.CharField(max_length=64, required=False)
-    label = serializers.CharField(max_length=150, required=False)
+    # A declared field named like Field's own `label` attribute: DRF's metaclass moves it aside, mypy cannot see that.
+    label = serializers.CharField(max_length=150, required=False)  # type: ignore[assignment]
     description = serializers.CharField(required=False, allow_blank=True)
     kind = serializers.CharField(required=False)
     team = serializers.SlugRelatedField(slug_field="slug", queryset=Team.objects.all(), required=False)

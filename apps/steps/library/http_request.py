@@ -77,7 +77,7 @@ class HttpRequest(StepType):
     side_effects = True
 
     @classmethod
-    def uses(cls, config: HttpRequestConfig) -> list[Uses]:  # type: ignore[override]
+    def uses(cls, config: HttpRequestConfig) -> list[Uses]:
         if not config.connection:
             return []
         return [Uses("connection", config.connection, kind="http", field="connection")]
