@@ -267,6 +267,24 @@ def trigger_edit(request: HttpRequest, trigger_id: int) -> HttpResponse:
     return render(request, "runs/trigger_edit.html", context, status=400 if errors else 200)
 
 
+_SAMPLE_VALUES = {"string": "Printer on the 2nd floor is jammed", "integer": 2, "number": 1.5, "boolean": True}
+
+
+def _example_body(trigger: Trigger) -> str:
+    """A JSON body that fits the trigger, for its signing examples: the payload fields its mapping reads, else
+    the workflow's input fields, with sample values."""
+    import json
+    import re
+
+    names = sorted({m for e in trigger.inputs.values() for m in re.findall(r"payload\.([A-Za-z_]\w*)", e)})
+    version = workflow_version_published_latest(trigger.workflow)
+    properties = (version.input_schema.get("properties") or {}) if version is not None else {}
+    if not names:
+        names = property_order(version.input_schema)[:3] if version is not None else []
+    body = {name: _SAMPLE_VALUES.get(str((properties.get(name) or {}).get("type")), "value") for name in names}
+    return json.dumps(body or {"field": "value"})
+
+
 def _secret_page(request: HttpRequest, trigger: Trigger, secret: str, *, created: bool) -> HttpResponse:
     context = {
         "trigger": trigger,
@@ -275,6 +293,7 @@ def _secret_page(request: HttpRequest, trigger: Trigger, secret: str, *, created
         "created": created,
         "url": _absolute(request, reverse("hooks:receive", args=[trigger.token])),
         "window": REPLAY_WINDOW_SECONDS,
+        "example_body": _example_body(trigger),
     }
     response = render(request, "runs/trigger_secret.html", context)
     response["Cache-Control"] = "no-store"  # the secret must not stay in a browser's or a proxy's cache
@@ -298,6 +317,7 @@ def trigger_detail(request: HttpRequest, trigger_id: int) -> HttpResponse:
         "window": REPLAY_WINDOW_SECONDS,
         "max_kb": WEBHOOK_MAX_BYTES // 1024,
         "mapping": inputs_mapping_text(trigger.inputs),
+        "example_body": _example_body(trigger) if trigger.kind == Trigger.Kind.WEBHOOK else "",
         "outcomes": dict(Outcome.choices),
     }
     return render(request, "runs/trigger_detail.html", context)
