@@ -722,6 +722,11 @@ def _parse_html(data: bytes, filename: str) -> ParsedDocument:
         root = lxml.html.document_fromstring(markup, parser=parser)
     except (etree.ParserError, ValueError):
         raise DocumentError(f"{_capitalised(filename)} is not an HTML page that can be read.") from None
+    if any(error.type_name == "ERR_RESOURCE_LIMIT" for error in parser.error_log):
+        # libxml2 stops at 256 nested elements and drops the rest: refuse rather than lose text unseen.
+        raise DocumentError(
+            f"{_capitalised(filename)} nests its elements too deeply (more than 256 levels) to be read."
+        )
     title_element = root.find("./head/title")
     title = re.sub(r"\s+", " ", clean_text(title_element.text_content())).strip() if title_element is not None else ""
     builder = _TextBuilder(filename)

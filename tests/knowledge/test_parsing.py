@@ -216,6 +216,11 @@ def test_an_html_title_that_repeats_the_first_heading_is_kept_once_and_charsets_
     assert refused(b"<html><body><script>x()</script></body></html>", "empty.html") == (
         '"empty.html" has no text to read.'
     )
+    # Past 256 nested elements the HTML parser gives up on the rest: refused, rather than text lost unseen.
+    deep = b"<p>start</p>" + b"<div>" * 300 + b"deep" + b"</div>" * 300 + b"<p>end</p>"
+    assert refused(deep, "deep.html") == '"deep.html" nests its elements too deeply (more than 256 levels) to be read.'
+    fine = b"<p>start</p>" + b"<div>" * 200 + b"deep" + b"</div>" * 200 + b"<p>end</p>"
+    assert parse_document(fine, filename="fine.html").text == "start\n\ndeep\n\nend"
 
 
 # --- Markdown and text ---------------------------------------------------------------------------------------
