@@ -11,3 +11,4 @@ class CoreConfig(AppConfig):
 
     def ready(self) -> None:
         from apps.core import checks  # noqa: F401  (registers the deployment checks)
+        from apps.core import schema  # noqa: F401  (registers the OpenAPI description of bearer tokens)

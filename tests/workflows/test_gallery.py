@@ -1,14 +1,18 @@
 """The "New workflow" gallery keeps its promise: every template is an export file that parses, creates a
-publishable draft, runs every sample of its input schema to the end on the test stack (the development
-inference server answering from its demo script, HTTP steps pointed at a local sink, approvals decided by
-Rita), and survives export → import with the same checksum and a byte-identical re-export."""
+publishable draft, runs every sample of its input schema to the end on real services (the development
+inference server answering from its demo script and embedding with its real model, a PostgreSQL "ERP" database
+read through an SQL connection, HTTP connections to a local sink standing in for the ERP and the CMS, SMTP
+connections to a mail server of the test's own, the support knowledge base ingested into pgvector, approvals
+decided by Rita, the weekly assistant fired by its schedule from a frozen clock and reading the product's own API
+over HTTP), and survives export → import with the same checksum and a byte-identical re-export."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +21,11 @@ from apps.accounts.models import Team, User
 from apps.accounts.services import team_create
 from apps.approvals.models import ApprovalRequest
 from apps.approvals.services import approval_decide
+from apps.connectors.models import Connection
+from apps.connectors.services import connection_create, connection_update
+from apps.knowledge.demo import seed_knowledge_demo
+from apps.knowledge.ingest import document_ingest
+from apps.knowledge.models import Collection, Document
 from apps.runs.models import Run
 from apps.runs.services import run_start
 from apps.workflows.exchange import document_build, document_dump, document_parse, workflow_import
@@ -26,29 +35,62 @@ from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.services import (
     version_problems,
     workflow_draft_get_or_create,
-    workflow_draft_save,
     workflow_version_publish,
 )
 from devserver import DEMO_SCRIPT, Script
 from devserver.engine import Constraint
 from devserver.scripts import choose_reply
+from tests.support import erp as erp_support
 from tests.support.engine import drive, states
+from tests.support.erp import ErpDatabase
 from tests.support.sink import Sink
+from tests.support.smtp import PrivateSmtpServer, private_smtp_server
 
 pytestmark = pytest.mark.django_db
+erp_postgresql = erp_support.erp_postgresql  # the ERP database fixture
 
-TEMPLATES = ("claims-triage", "invoice-review", "marketing-copy")
-# The addresses the templates ship with, which an analyst replaces with her own systems before publishing.
-PLACEHOLDER_BASES = ("https://erp.example.com", "https://cms.example.com")
+TEMPLATES = ("claims-triage", "invoice-review", "marketing-copy", "support-ticket-triage", "weekly-approvals-assistant")
 SKIPPED, SUCCEEDED, WAITING = "skipped", "succeeded", "waiting"
 
 
+@dataclass
+class Systems:
+    """The outside systems the templates' connections reach: the ERP's database, one HTTP sink standing in for
+    the ERP's and the CMS's APIs, and a mail server."""
+
+    sink: Sink
+    mail: PrivateSmtpServer
+    erp: ErpDatabase
+
+
 @pytest.fixture
-def sink(tmp_path: Any, settings: Any) -> Iterator[Sink]:
-    """The ERP and the CMS of the templates: a loopback server the SSRF guard is told to allow."""
+def sink(systems: Systems) -> Sink:
+    return systems.sink
+
+
+@pytest.fixture
+def systems(tmp_path: Any, settings: Any, team: Team, erp_postgresql: ErpDatabase) -> Iterator[Systems]:
+    """The connections the templates name, owned by the analyst's team, to real local servers the outbound
+    address guard is told to allow."""
     settings.AIOS_HTTP_ALLOWLIST = ["127.0.0.1/32"]
-    with Sink(tmp_path / "sink.sqlite3") as running:
-        yield running
+    erp_postgresql.reset()
+    with Sink(tmp_path / "sink.sqlite3") as sink, private_smtp_server() as mail:
+        connections = [
+            ("erp-db", "ERP database", "sql", erp_postgresql.config, erp_postgresql.secrets),
+            ("erp-api", "ERP API", "http", {"base_url": f"{sink.url}/api/"}, {}),
+            ("cms-api", "CMS API", "http", {"base_url": f"{sink.url}/api/"}, {}),
+            ("support-mail", "Support mail", "smtp", _smtp(mail, "Lumo Support <support@lumo.example>"), {}),
+            ("team-mail", "Team mail", "smtp", _smtp(mail, "AIOS assistant <assistant@aios.example>"), {}),
+            # The product's own API as a person: the weekly assistant's test points it at a real server.
+            ("aios-api", "AIOS API", "http", {"base_url": f"{sink.url}/api/", "auth": "bearer"}, {"token": "x"}),
+        ]
+        for name, label, kind, config, secrets in connections:
+            connection_create(actor=None, name=name, label=label, kind=kind, team=team, config=config, secrets=secrets)
+        yield Systems(sink=sink, mail=mail, erp=erp_postgresql)
+
+
+def _smtp(server: PrivateSmtpServer, sender: str) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": server.port, "security": "none", "from_address": sender}
 
 
 @pytest.fixture
@@ -62,6 +104,23 @@ def marketing(reviewer: User, analyst: User) -> Team:
     """The product-description template's queue, "team:marketing", with Rita in it (and Ana, who may send
     items there)."""
     return team_create(name="Marketing", members=[reviewer, analyst])
+
+
+@pytest.fixture
+def support(reviewer: User, analyst: User) -> Team:
+    """The support template's queue, "team:support", with Rita in it (and Ana, who may send items there)."""
+    return team_create(name="Support", members=[reviewer, analyst])
+
+
+@pytest.fixture
+def support_kb(analyst: User, team: Team) -> Collection:
+    """The demo's support knowledge base ("support-kb"), owned by the analyst's team, every article parsed,
+    chunked and embedded by the development inference server's real model, as a worker would."""
+    collection = seed_knowledge_demo(analyst, team)
+    assert collection is not None
+    documents = Document.objects.filter(collection=collection).values_list("pk", flat=True)
+    assert {document_ingest(pk) for pk in documents} == {"ready"}
+    return collection
 
 
 def _file_documents(slug: str) -> list[str]:
@@ -81,42 +140,19 @@ def _samples(workflow: Workflow) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def _pointed(value: Any, base: str) -> Any:
-    """`value` with every placeholder address replaced by `base`, as an analyst edits the step's URL."""
-    if isinstance(value, dict):
-        return {key: _pointed(item, base) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_pointed(item, base) for item in value]
-    if isinstance(value, str):
-        for placeholder in PLACEHOLDER_BASES:
-            value = value.replace(placeholder, base)
-    return value
-
-
-def _point_and_publish(actor: User, workflow: Workflow, base: str) -> WorkflowVersion:
-    """Edit the draft (started from the newest published version when there is none) so its HTTP steps call
-    `base`, then publish it."""
+def _publish(actor: User, workflow: Workflow) -> WorkflowVersion:
+    """Publish the workflow's draft as the gallery made it: its steps name the connections, collection and
+    queues the test created, so nothing needs editing."""
     draft = workflow_draft_get_or_create(actor=actor, workflow=workflow)
-    draft = workflow_draft_save(
-        actor=actor,
-        workflow=workflow,
-        graph=_pointed(copy.deepcopy(draft.graph), base),
-        input_schema=copy.deepcopy(draft.input_schema),
-        expected_revision=draft.revision,
-        label="Point the HTTP steps at our systems",
-    )
-    assert not any(placeholder in json.dumps(draft.graph) for placeholder in PLACEHOLDER_BASES)
     assert version_problems(draft) == []
-    return workflow_version_publish(actor=actor, version=draft, note="Pointed at our systems.")
+    return workflow_version_publish(actor=actor, version=draft, note="Published from the gallery.")
 
 
-def _from_gallery(slug: str, analyst: User, team: Team, sink: Sink) -> Workflow:
-    """The template created as Ana for team Claims, its workflows pointed at the sink and published (the
-    per-item workflow of a for-each first, so the for-each pins the pointed version)."""
+def _from_gallery(slug: str, analyst: User, team: Team) -> Workflow:
+    """The template created as Ana for team Claims and published (its supporting workflows are published by the
+    gallery itself)."""
     workflow = workflow_create_from_template(actor=analyst, template=slug, team=team)
-    for document in gallery_template_get(slug).supporting:
-        _point_and_publish(analyst, Workflow.objects.get(slug=document["metadata"]["slug"]), sink.url)
-    _point_and_publish(analyst, workflow, sink.url)
+    _publish(analyst, workflow)
     return workflow
 
 
@@ -146,7 +182,9 @@ def _step(template: str, step_key: str) -> dict[str, Any]:
 # --- the files --------------------------------------------------------------------------------------------
 
 
-def test_every_gallery_file_parses_and_creates_a_publishable_draft(analyst, team, finance, marketing):
+def test_every_gallery_file_parses_and_creates_a_publishable_draft(
+    analyst, team, finance, marketing, support, systems, support_kb
+):
     assert sorted(template.slug for template in gallery_templates()) == list(TEMPLATES)
     for template in gallery_templates():
         texts = _file_documents(template.slug)
@@ -189,8 +227,8 @@ def test_demo_script_answers_every_gallery_sample_as_the_sample_says():
 # --- every sample to the end ------------------------------------------------------------------------------
 
 
-def test_claims_triage_runs_every_sample_to_the_end(analyst, reviewer, team, sink):
-    workflow = _from_gallery("claims-triage", analyst, team, sink)
+def test_claims_triage_runs_every_sample_to_the_end(analyst, reviewer, team):
+    workflow = _from_gallery("claims-triage", analyst, team)
     finished = automatic = by_adjuster = 0
     samples = _samples(workflow)
     for label, inputs in samples:
@@ -230,8 +268,11 @@ def test_claims_triage_runs_every_sample_to_the_end(analyst, reviewer, team, sin
     )
 
 
-def test_invoice_review_posts_consistent_invoices_and_asks_finance_for_the_rest(analyst, reviewer, team, finance, sink):
-    workflow = _from_gallery("invoice-review", analyst, team, sink)
+def test_invoice_review_reconciles_with_the_erp_posts_what_fits_and_asks_finance_for_the_rest(
+    analyst, reviewer, team, finance, systems
+):
+    sink = systems.sink
+    workflow = _from_gallery("invoice-review", analyst, team)
     samples = dict(_samples(workflow))
     assert len(samples) == 2
     consistent, inconsistent = samples["Office supplies (consistent)"], samples["Consulting (totals do not add up)"]
@@ -240,6 +281,7 @@ def test_invoice_review_posts_consistent_invoices_and_asks_finance_for_the_rest(
     assert straight.status == Run.Status.SUCCEEDED, straight.error
     assert states(straight) == {
         "extract": SUCCEEDED,
+        "lookup": SUCCEEDED,
         "reconcile": SUCCEEDED,
         "policy": SUCCEEDED,
         "post": SUCCEEDED,
@@ -247,7 +289,18 @@ def test_invoice_review_posts_consistent_invoices_and_asks_finance_for_the_rest(
         "post_approved": SKIPPED,
         "rejected": SKIPPED,
     }
-    assert straight.step_runs.get(step_key="reconcile").output["consistent"] is True
+    # The purchase order came from the ERP's database (the amount as the database's exact decimal text).
+    assert straight.step_runs.get(step_key="lookup").output["rows"] == [
+        {
+            "po_number": "PO-7781",
+            "net_amount": "1240.00",
+            "currency": "EUR",
+            "status": "received",
+            "vendor": "Papeterie Nord GmbH",
+        }
+    ]
+    reconciled = straight.step_runs.get(step_key="reconcile").output
+    assert (reconciled["consistent"], reconciled["po_found"], reconciled["within_po"]) == (True, True, True)
     [delivery] = sink.deliveries()
     assert (delivery.path, delivery.status, delivery.applied) == ("/api/invoices", 200, True)
     # The sink answers with the body it received: what the ERP saw is the invoice as the sample says.
@@ -261,14 +314,24 @@ def test_invoice_review_posts_consistent_invoices_and_asks_finance_for_the_rest(
     approved = drive(run_start(actor=analyst, workflow=workflow, inputs=inconsistent)[0])
     reconcile = approved.step_runs.get(step_key="reconcile").output
     assert reconcile["consistent"] is False and reconcile["difference"] == pytest.approx(300.0)
+    # Net EUR 9,800 against a purchase order of EUR 9,500: over what was ordered as well.
+    assert (reconcile["po_found"], reconcile["po_net_amount"], reconcile["within_po"]) == (True, 9500.0, False)
     assert approved.status == Run.Status.RUNNING and states(approved)["finance"] == WAITING
     request = ApprovalRequest.objects.get(run=approved)
     assert request.queue.key == "team:finance"
-    assert request.payload == {"vendor": "Brightline Consulting Ltd", "total": 11962.0, "difference": 300.0}
+    assert request.payload == {
+        "vendor": "Brightline Consulting Ltd",
+        "total": 11962.0,
+        "difference": 300.0,
+        "purchase_order": "PO-8120",
+        "po_found": True,
+        "po_net_amount": 9500.0,
+    }
     approved = _decide(approved, reviewer, "approved")
     assert approved.status == Run.Status.SUCCEEDED, approved.error
     assert states(approved) == {
         "extract": SUCCEEDED,
+        "lookup": SUCCEEDED,
         "reconcile": SUCCEEDED,
         "policy": SUCCEEDED,
         "post": SKIPPED,
@@ -292,68 +355,188 @@ def test_invoice_review_posts_consistent_invoices_and_asks_finance_for_the_rest(
     assert len(sink.deliveries()) == 2  # nothing posted for the rejected invoice
     print(
         f"G2 invoice-review samples {len(samples)}/{len(samples)} finished "
-        "(INV-3021 posted straight through, INV-5540 posted after finance; a rejection posts nothing)"
+        "(INV-3021 matched PO-7781 in the ERP database and posted straight through, INV-5540 over PO-8120 "
+        "posted after finance; a rejection posts nothing)"
     )
 
 
-def test_marketing_copy_describes_approves_and_publishes_every_sku(analyst, reviewer, team, marketing, sink):
-    workflow = _from_gallery("marketing-copy", analyst, team, sink)
+def test_marketing_copy_describes_checks_approves_and_publishes_every_sku(analyst, reviewer, team, marketing, systems):
+    sink = systems.sink
+    workflow = _from_gallery("marketing-copy", analyst, team)
     child_workflow = Workflow.objects.get(slug="product-description")
     published = workflow.versions.get(state=WorkflowVersion.State.PUBLISHED)
-    assert published.graph["steps"][0]["config"]["version"] == 2  # the pointed version, not the gallery's
-    [(_label, inputs)] = _samples(workflow)
-    skus = inputs["skus"]
+    assert published.graph["steps"][0]["config"]["version"] == 1
+    samples = dict(_samples(workflow))
+    three, catalogue = samples["Three chairs"]["skus"], samples["Spring catalogue (50 products)"]["skus"]
+    assert len(catalogue) == len(set(catalogue)) == 50
 
-    run = drive(run_start(actor=analyst, workflow=workflow, inputs=inputs)[0])
+    run = drive(run_start(actor=analyst, workflow=workflow, inputs={"skus": three})[0])
     assert run.status == Run.Status.RUNNING and states(run)["for_each"] == WAITING
     children = list(Run.objects.filter(parent_step_run__run=run).order_by("item_index"))
-    assert [child.inputs["sku"] for child in children] == skus
+    assert [child.inputs["sku"] for child in children] == three
+    # The brand check passes the oak and ash chairs straight through; the pine chair's description waits for
+    # marketing.
     for child in children:
-        assert (child.workflow, child.version.number) == (child_workflow, 2)
-        assert states(child) == {"write": SUCCEEDED, "review": WAITING, "publish": "pending"}
-        request = ApprovalRequest.objects.get(run=child)
-        assert request.queue.key == "team:marketing"
-        assert request.payload["description"] == _script_reply(child.inputs["sku"])
-    for child in children:
-        approval_decide(request=ApprovalRequest.objects.get(run=child), actor=reviewer, decision="approved", reason="")
+        assert (child.workflow, child.version.number) == (child_workflow, 1)
+        brand = child.step_runs.get(step_key="brand").output
+        if child.inputs["sku"] == "CHAIR-PINE-03":
+            assert brand["label"] == "off_brand"
+            assert states(child) == {"write": SUCCEEDED, "brand": SUCCEEDED, "review": WAITING, "publish": "pending"}
+            request = ApprovalRequest.objects.get(run=child)
+            assert request.queue.key == "team:marketing"
+            assert request.payload["description"] == _script_reply(child.inputs["sku"])
+            assert request.payload["style_check"] == "off_brand"
+        else:
+            assert (brand["label"], brand["branch"]) == ("on_brand", "confident")
+            assert states(child) == {"write": SUCCEEDED, "brand": SUCCEEDED, "review": SUCCEEDED, "publish": SUCCEEDED}
+    pending = ApprovalRequest.objects.get(run__parent_step_run__run=run, state=ApprovalRequest.State.PENDING)
+    approval_decide(request=pending, actor=reviewer, decision="approved", reason="")
     run = drive(run)
     assert run.status == Run.Status.SUCCEEDED, run.error
-    assert states(run) == {"for_each": SUCCEEDED, "report": SUCCEEDED}
     report = run.step_runs.get(step_key="report").output
     assert report == {"products": 3, "failed": 0} and run.output == report
-
     deliveries = sink.deliveries()
     assert sorted(delivery.path for delivery in deliveries) == sorted(
-        f"/api/products/{sku}/description" for sku in skus
+        f"/api/products/{sku}/description" for sku in three
     )
     assert all(delivery.status == 200 and delivery.applied for delivery in deliveries)
-    for child in children:
-        child.refresh_from_db()
-        assert child.status == Run.Status.SUCCEEDED, child.error
-        assert states(child) == {"write": SUCCEEDED, "review": SUCCEEDED, "publish": SUCCEEDED}
-        assert child.output["body"]["echo"] == {"description": _script_reply(child.inputs["sku"])}
     results = run.step_runs.get(step_key="for_each").output["results"]
-    assert [result["body"]["echo"]["description"] for result in results] == [_script_reply(sku) for sku in skus]
+    assert [result["body"]["echo"]["description"] for result in results] == [_script_reply(sku) for sku in three]
 
-    # The per-product workflow's own sample runs on its own too.
-    [(_label, single)] = _samples(child_workflow)
-    alone = drive(run_start(actor=analyst, workflow=child_workflow, inputs=single)[0])
-    alone = _decide(alone, reviewer, "approved")
-    assert alone.status == Run.Status.SUCCEEDED, alone.error
-    assert alone.output["body"]["echo"] == {"description": _script_reply(single["sku"])}
-    assert len(sink.deliveries()) == len(deliveries) + 1
+    # The spring catalogue: 50 products, one approval (the pine chair again), 50 descriptions in the CMS.
+    big = drive(run_start(actor=analyst, workflow=workflow, inputs={"skus": catalogue})[0])
+    for request in ApprovalRequest.objects.filter(run__parent_step_run__run=big, state=ApprovalRequest.State.PENDING):
+        assert request.payload["sku"] == "CHAIR-PINE-03"
+        approval_decide(request=request, actor=reviewer, decision="approved", reason="")
+    big = drive(big)
+    assert big.status == Run.Status.SUCCEEDED, big.error
+    assert big.output == {"products": 50, "failed": 0}
+    published_paths = {delivery.path for delivery in sink.deliveries()}
+    assert {f"/api/products/{sku}/description" for sku in catalogue} <= published_paths
+    # The pine chair's description was published once per run: the second run's key differs from the first's.
+    assert len(sink.deliveries()) == len(three) + len(catalogue)
     print(
-        f"G3 marketing-copy samples 1/1 finished ({report['products']} products, {report['failed']} failed, "
-        f"{len(deliveries)} CMS deliveries after {len(children)} approvals)"
+        f"G3 marketing-copy samples 2/2 finished (3 and 50 products, 0 failed; 1 approval each, the rest passed "
+        f"the brand check; {len(sink.deliveries())} CMS deliveries)"
     )
+
+
+def test_support_triage_answers_from_the_knowledge_base_and_asks_support_when_unsure(
+    analyst, reviewer, team, support, systems, support_kb
+):
+    workflow = _from_gallery("support-ticket-triage", analyst, team)
+    samples = dict(_samples(workflow))
+    refund = samples["Refund of a yearly plan (answered at once)"]
+    lamp = samples["Lamp stuck after an update (goes to a person)"]
+
+    answered = drive(run_start(actor=analyst, workflow=workflow, inputs=refund)[0])
+    assert answered.status == Run.Status.SUCCEEDED, answered.error
+    assert states(answered) == {
+        "classify": SUCCEEDED,
+        "retrieve": SUCCEEDED,
+        "draft": SUCCEEDED,
+        "route": SUCCEEDED,
+        "send": SUCCEEDED,
+        "review": SKIPPED,
+        "send_reviewed": SKIPPED,
+        "by_hand": SKIPPED,
+    }
+    topic = answered.step_runs.get(step_key="classify").output
+    assert (topic["label"], topic["branch"]) == ("refunds", "confident")
+    retrieved = answered.step_runs.get(step_key="retrieve")
+    passages = retrieved.output["passages"]
+    # The reply cites passage 1, and passage 1 is the refund policy's part on subscriptions: the right passage,
+    # found by hybrid search over the real embeddings and the full-text index.
+    draft = answered.step_runs.get(step_key="draft").output["data"]
+    assert draft["cited"] == [1] and draft["answered"] is True
+    cited = passages[draft["cited"][0] - 1]
+    assert cited["document"] == "refunds.md", [passage["document"] for passage in passages]
+    # What the reply promises (a full refund within 14 days) is in a retrieved passage of that policy.
+    assert any(p["document"] == "refunds.md" and "14 days" in p["text"] for p in passages)
+    # The run page's sources are the same passages, with scores.
+    assert [source["document"] for source in retrieved.usage["sources"]] == [p["document"] for p in passages]
+    [message] = systems.mail.messages()
+    assert message["To"] == "jonas.weber@example.com" and message["Subject"] == "Re: Refund for my yearly plan?"
+    body = message.get_content()
+    assert "14 days" in body and "Sources: refunds.md" in body
+
+    unsure = drive(run_start(actor=analyst, workflow=workflow, inputs=lamp)[0])
+    assert unsure.status == Run.Status.RUNNING and states(unsure)["review"] == WAITING
+    assert unsure.step_runs.get(step_key="classify").output["branch"] == "low_confidence"
+    request = ApprovalRequest.objects.get(run=unsure)
+    assert request.queue.key == "team:support"
+    assert request.payload["topic"] == "devices" and request.payload["customer"] == "priya.nair@example.com"
+    assert len(systems.mail.messages()) == 1  # nothing sent before a person decides
+    unsure = _decide(unsure, reviewer, "approved")
+    assert unsure.status == Run.Status.SUCCEEDED, unsure.error
+    assert states(unsure)["send_reviewed"] == SUCCEEDED and states(unsure)["send"] == SKIPPED
+    second = systems.mail.messages()[1]
+    assert second["To"] == "priya.nair@example.com" and "firmware" in second.get_content()
+    print(
+        "G5 support-triage samples 2/2 finished (the refund answered at once citing refunds.md, "
+        "the unsure lamp ticket answered after support approved; 2 mails)"
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_weekly_assistant_fires_monday_at_eight_and_emails_the_digest_of_waiting_approvals(
+    analyst, reviewer, team, systems, asgi_server
+):
+    from rest_framework.authtoken.models import Token
+
+    from apps.runs.triggers import schedules_fire_due, trigger_create
+
+    # Something waiting in Rita's queue: a claim for the adjuster.
+    claims = _from_gallery("claims-triage", analyst, team)
+    inputs = dict(_samples(claims))["Kitchen water leak"]
+    waiting = drive(run_start(actor=analyst, workflow=claims, inputs=inputs)[0])
+    assert states(waiting)["adjuster"] == WAITING
+    # The assistant reads the product's own API as Rita, over HTTP, with her API token in a connection.
+    token = Token.objects.create(user=reviewer)
+    connection_update(
+        actor=None,
+        connection=Connection.objects.get(name="aios-api"),
+        config={"base_url": f"{asgi_server}/api/", "auth": "bearer"},
+        secrets={"token": token.key},
+    )
+    workflow = _from_gallery("weekly-approvals-assistant", analyst, team)
+    monday = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)  # 08:00 in Berlin (winter time)
+    trigger, _ = trigger_create(
+        actor=analyst,
+        workflow=workflow,
+        kind="schedule",
+        name="Monday 08:00",
+        config={"cron": "0 8 * * 1", "timezone": "Europe/Berlin"},
+        inputs={"recipient": '"rita@example.com"', "scheduled_for": "payload.scheduled_at_local"},
+        now=monday - timedelta(days=2),
+    )
+    # The clock stands still a minute before, at the time, and again a minute after: one run, at 08:00.
+    assert schedules_fire_due(monday - timedelta(minutes=1)) == 0
+    assert schedules_fire_due(monday) == 1
+    assert schedules_fire_due(monday + timedelta(minutes=1)) == 0
+    [run] = Run.objects.filter(workflow=workflow)
+    assert [(firing.outcome, firing.run_id) for firing in trigger.firings.all()] == [("started", run.pk)]
+    assert (run.trigger, run.inputs["recipient"]) == ("schedule", "rita@example.com")
+    assert run.inputs["scheduled_for"] == "2026-12-07T08:00:00+01:00"
+    run = drive(run)
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    pending = run.step_runs.get(step_key="pending").output["body"]
+    assert pending["count"] == 1 and pending["results"][0]["queue"] == "team:claims"
+    [message] = systems.mail.messages()
+    assert message["To"] == "rita@example.com"
+    assert message["Subject"] == "Your waiting approvals: 1 this week"
+    assert "Open your inbox" in message.get_content()
+    print("G6 weekly-assistant fired 1/1 at Monday 08:00 Europe/Berlin (07:00 UTC) and mailed a digest of 1 item")
 
 
 # --- export → import ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("slug", TEMPLATES)
-def test_every_published_version_round_trips_with_its_checksum(slug, analyst, team, finance, marketing, sink):
-    _from_gallery(slug, analyst, team, sink)
+def test_every_published_version_round_trips_with_its_checksum(
+    slug, analyst, team, finance, marketing, support, systems, support_kb
+):
+    _from_gallery(slug, analyst, team)
     round_trips = 0
     for document in gallery_template_get(slug).documents:
         source = Workflow.objects.get(slug=document["metadata"]["slug"])
