@@ -179,20 +179,22 @@ def _finish(document: Document, token: int, *, status: str, error: str = "") -> 
         )
 
 
-def _back_off(document: Document, token: int, message: str) -> None:
+def _back_off(document: Document, token: int, message: str) -> bool:
     """A failure that may pass (the embeddings server overloaded or down): say so on the document and let the
-    lease lapse a little later, for the pickup to try again; after MAX_ATTEMPTS claims, fail it."""
+    lease lapse a little later, for the pickup to try again; after MAX_ATTEMPTS claims, fail it (returns
+    whether it gave up)."""
     with transaction.atomic():
         row = _held(document, token)
         if row.attempts >= MAX_ATTEMPTS:
             _finish(document, token, status=Status.FAILED, error=f"{message} (gave up after {row.attempts} tries)")
-            return
+            return True
         delay = min(300, 5 * 2**row.attempts)
         Document.objects.filter(pk=row.pk).update(
             error=f"{message} Trying again shortly.",
             lease_until=timezone.now() + timedelta(seconds=delay),
             updated_at=timezone.now(),
         )
+    return False
 
 
 def document_ingest(document_id: int) -> str:
@@ -230,10 +232,10 @@ def document_ingest(document_id: int) -> str:
             _finish_quietly(document, token, f'"{document.name}" could not be embedded: {error}')
             return "failed"
         try:
-            _back_off(document, token, f'"{document.name}" could not be embedded yet: {error}.')
+            gave_up = _back_off(document, token, f'"{document.name}" could not be embedded yet: {error}.')
         except LostClaim:
             return "lost"
-        return "retry"
+        return "failed" if gave_up else "retry"
     except ApplicationError as error:
         _finish_quietly(document, token, f'"{document.name}": {error.message}')
         return "failed"

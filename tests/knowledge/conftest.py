@@ -23,6 +23,23 @@ def collection(analyst: Any, team: Any) -> Collection:
     return collection_create(actor=analyst, name="handbook", title="Handbook", team=team)
 
 
+SMALL_KB = ("password-reset.md", "api-rate-limits.md", "webhooks.md", "refunds.md", "returns.md")
+
+
+@pytest.fixture
+def small_kb(analyst: Any, team: Any) -> Collection:
+    """A "support-kb" collection of five of the demo's articles, ingested (embedding is the slow part)."""
+    from apps.knowledge.demo import ARTICLES_DIR
+    from apps.knowledge.services import collection_create, document_upload
+
+    collection = collection_create(actor=analyst, name="support-kb", title="Support", team=team)
+    for name in SMALL_KB:
+        document_upload(actor=analyst, collection=collection, name=name, data=(ARTICLES_DIR / name).read_bytes())
+    assert set(ingest_all(collection)) == {"ready"}
+    collection.refresh_from_db()
+    return collection
+
+
 @pytest.fixture
 def support_kb(analyst: Any, team: Any) -> Collection:
     """The demo's support collection, every article ingested."""
