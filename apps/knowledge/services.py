@@ -162,7 +162,8 @@ def collection_update(
     it is refused unless `reembed` (then the collection moves to a new generation and every document is
     embedded again, with progress). New chunking applies to documents uploaded afterwards (and to all of
     them with `collection_reindex(rechunk=True)`). Audited with the changed fields."""
-    collection = Collection.objects.select_for_update(of=("self",)).select_related("team", "endpoint").get(pk=collection.pk)
+    locked = Collection.objects.select_for_update(of=("self",)).select_related("team", "endpoint")
+    collection = locked.get(pk=collection.pk)
     _require_manager(actor, collection)
     before = _snapshot(collection)
     if title is not None:

@@ -10,25 +10,16 @@ import pytest
 from apps.knowledge.ingest import document_ingest
 from apps.knowledge.models import Collection, Document
 
+SMALL_KB = ("password-reset.md", "api-rate-limits.md", "webhooks.md", "refunds.md", "returns.md")
+
 
 def ingest_all(collection: Collection) -> list[str]:
     """Run every due document's ingest here, as a worker would; returns each outcome."""
     return [document_ingest(pk) for pk in Document.objects.filter(collection=collection).values_list("pk", flat=True)]
 
 
-@pytest.fixture
-def collection(analyst: Any, team: Any) -> Collection:
-    from apps.knowledge.services import collection_create
-
-    return collection_create(actor=analyst, name="handbook", title="Handbook", team=team)
-
-
-SMALL_KB = ("password-reset.md", "api-rate-limits.md", "webhooks.md", "refunds.md", "returns.md")
-
-
-@pytest.fixture
-def small_kb(analyst: Any, team: Any) -> Collection:
-    """A "support-kb" collection of five of the demo's articles, ingested (embedding is the slow part)."""
+def make_small_kb(analyst: Any, team: Any) -> Collection:
+    """A "support-kb" collection of five of the demo's articles, ingested here."""
     from apps.knowledge.demo import ARTICLES_DIR
     from apps.knowledge.services import collection_create, document_upload
 
@@ -38,6 +29,19 @@ def small_kb(analyst: Any, team: Any) -> Collection:
     assert set(ingest_all(collection)) == {"ready"}
     collection.refresh_from_db()
     return collection
+
+
+@pytest.fixture
+def collection(analyst: Any, team: Any) -> Collection:
+    from apps.knowledge.services import collection_create
+
+    return collection_create(actor=analyst, name="handbook", title="Handbook", team=team)
+
+
+@pytest.fixture
+def small_kb(analyst: Any, team: Any) -> Collection:
+    """A "support-kb" collection of five of the demo's articles, ingested (embedding is the slow part)."""
+    return make_small_kb(analyst, team)
 
 
 @pytest.fixture

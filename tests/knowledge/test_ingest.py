@@ -79,9 +79,9 @@ def test_a_second_delivery_changes_nothing_and_a_crash_is_taken_up_by_the_pickup
     _parse_and_cut(document, token)
     document.refresh_from_db()
     first = Chunk.objects.filter(document=document).order_by("ordinal")[:8]
-    from apps.knowledge.embeddings import endpoint_for
     from asgiref.sync import async_to_sync
-    from apps.knowledge.embeddings import aembed_texts
+
+    from apps.knowledge.embeddings import aembed_texts, endpoint_for
 
     vectors = async_to_sync(aembed_texts)(endpoint_for(collection), [c.text for c in first])
     for chunk, vector in zip(first, vectors, strict=True):

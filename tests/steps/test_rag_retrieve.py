@@ -15,7 +15,7 @@ from apps.runs.services import run_start
 from apps.steps.base import Uses
 from apps.steps.registry import step_config_errors, step_config_parse, step_type_get
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
-from tests.knowledge.conftest import small_kb  # noqa: F401  (the fixture)
+from tests.knowledge.conftest import make_small_kb
 from tests.support.engine import drive
 
 pytestmark = pytest.mark.django_db
@@ -25,6 +25,11 @@ INPUT_SCHEMA: dict[str, Any] = {
     "properties": {"question": {"type": "string", "title": "Question"}},
     "required": ["question"],
 }
+
+
+@pytest.fixture
+def small_kb(analyst: Any, team: Any) -> Any:
+    return make_small_kb(analyst, team)
 
 
 def graph(collections: list[str], **config: Any) -> dict[str, Any]:
@@ -100,9 +105,10 @@ def test_a_run_retrieves_passages_and_records_them_as_sources(small_kb, analyst,
 
 
 def test_publishing_is_refused_for_a_collection_the_publisher_may_not_use(small_kb, outsider):
-    from apps.accounts.services import team_create
-    from apps.accounts.roles import ANALYST
     from django.contrib.auth.models import Group
+
+    from apps.accounts.roles import ANALYST
+    from apps.accounts.services import team_create
 
     outsider.groups.add(Group.objects.get(name=ANALYST))
     other = team_create(name="Marketing", members=[outsider])
