@@ -9,6 +9,7 @@ app_name = "workflows"
 urlpatterns = [
     path("", views.workflow_list, name="list"),
     path("new/", views.workflow_create_view, name="create"),
+    path("new/samples/<str:name>", views.gallery_sample_download, name="gallery-sample"),  # gallery sample files
     path("<slug:slug>/", views.workflow_detail, name="detail"),
     path("<slug:slug>/settings/", views.workflow_settings, name="settings"),
     path("<slug:slug>/edit/", views.workflow_editor, name="editor"),

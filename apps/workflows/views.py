@@ -18,7 +18,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, QueryDict
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -1049,3 +1049,21 @@ def workflow_import_into(request: HttpRequest, slug: str) -> HttpResponse:
                 type_names={key: value.name for key, value in types.items()},
             )
     return render(request, "workflows/import.html", context, status=status)
+
+
+# --- gallery sample files (the claims template's sample claims) -------------------------------------------------
+
+
+@login_required
+def gallery_sample_download(request: HttpRequest, name: str) -> FileResponse:
+    """A gallery template's sample file (e.g. a claim PDF to upload on the template's Run form), for anyone
+    signed in: the files are the product's own examples. 404 for any name that is not a file of the samples
+    folder."""
+    from apps.workflows.gallery.samples import sample_file_get
+
+    sample = sample_file_get(name)
+    if sample is None:
+        raise Http404("There is no such sample file.")
+    return FileResponse(
+        sample.path.open("rb"), as_attachment=True, filename=sample.name, content_type=sample.content_type
+    )

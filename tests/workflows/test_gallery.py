@@ -16,20 +16,31 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import reverse
+from rest_framework.test import APIClient
 
 from apps.accounts.models import Team, User
 from apps.accounts.services import team_create
+from apps.approvals.documents import review_document_for_user
 from apps.approvals.models import ApprovalRequest
+from apps.approvals.selectors import low_confidence_fields_for
 from apps.approvals.services import approval_decide
 from apps.connectors.models import Connection
 from apps.connectors.services import connection_create, connection_update
+from apps.core.exceptions import ValidationFailed
 from apps.knowledge.demo import seed_knowledge_demo
 from apps.knowledge.ingest import document_ingest
 from apps.knowledge.models import Collection, Document
+from apps.knowledge.parsing import parse_document
+from apps.runs.documents import document_input_value, document_store
 from apps.runs.models import Run
 from apps.runs.services import run_start
+from apps.workflows.demo import SAMPLE_CLAIMS
 from apps.workflows.exchange import document_build, document_dump, document_parse, workflow_import
 from apps.workflows.gallery import GALLERY, gallery_template_get, gallery_templates, workflow_create_from_template
+from apps.workflows.gallery.samples import SAMPLES_DIR, SampleFile, sample_file_get, sample_files_for_field
 from apps.workflows.graph import graph_checksum
 from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.services import (
@@ -41,6 +52,7 @@ from devserver import DEMO_SCRIPT, Script
 from devserver.engine import Constraint
 from devserver.scripts import choose_reply
 from tests.support import erp as erp_support
+from tests.support.claim_samples import SAMPLE_CLAIM_FILES, SampleClaim, claim_pdf
 from tests.support.engine import drive, states
 from tests.support.erp import ErpDatabase
 from tests.support.sink import Sink
@@ -227,44 +239,170 @@ def test_demo_script_answers_every_gallery_sample_as_the_sample_says():
 # --- every sample to the end ------------------------------------------------------------------------------
 
 
+def _claim_samples() -> list[tuple[SampleClaim, SampleFile]]:
+    """Each sample claim of the template with its file, in the order the claim field lists them."""
+    spec = gallery_template_get("claims-triage").documents[-1]["spec"]["input_schema"]["properties"]["claim"]
+    files = sample_files_for_field(spec)
+    claims = {claim.file_name: claim for claim in SAMPLE_CLAIM_FILES}
+    return [(claims[sample.name], sample) for sample in files]
+
+
+def _claim_inputs(actor: User, label: str) -> dict[str, Any]:
+    """Run inputs of the claims template: the sample claim PDF called `label`, stored as an upload of `actor`."""
+    sample = next(sample for _, sample in _claim_samples() if sample.label == label)
+    document = document_store(actor=actor, name=sample.name, data=sample.path.read_bytes())
+    return {"claim": document_input_value(document)}
+
+
+def _api(user: User) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def test_claims_sample_files_are_the_generated_claim_pdfs():
+    samples = _claim_samples()
+    # Every sample claim of the demo has its PDF, listed by the claim field, and every PDF of the folder is listed.
+    assert [claim.label for claim, _ in samples] == [sample["label"] for sample in SAMPLE_CLAIMS]
+    assert [sample.label for _, sample in samples] == [claim.label for claim, _ in samples]
+    assert sorted(path.name for path in SAMPLES_DIR.glob("*.pdf")) == sorted(sample.name for _, sample in samples)
+    for claim, sample in samples:
+        # The committed file is what the generator makes today: regenerate and commit after changing a claim.
+        assert sample.path.read_bytes() == claim_pdf(claim), "make it again: python -m tests.support.claim_samples"
+        assert (sample.kind, sample.content_type) == ("PDF", "application/pdf") and sample.size < 4096
+        parsed = parse_document(sample.path.read_bytes(), filename=sample.name)
+        assert len(parsed.pages) == 1
+        # The claimant's own words are in the PDF as the demo's sample has them (lines joined by the reader).
+        assert " ".join(claim.narrative.split()) in " ".join(parsed.text.split())
+        for line in (f"Claimant: {claim.claimant}", f"Policy number: {claim.policy_number}", claim.amount):
+            assert line in parsed.text, (sample.name, line)
+    # Names that are not files of the folder are nothing: the listing is the only way in.
+    for name in ("../claims-triage.aios.yaml", "__init__.py", "claims-triage.aios.yaml", "", "nothing.pdf"):
+        assert sample_file_get(name) is None, name
+
+
+def test_claims_run_page_links_the_sample_pdfs_and_starts_a_run_from_one(analyst, outsider, team):
+    workflow = _from_gallery("claims-triage", analyst, team)
+    client = Client()
+    client.force_login(analyst)
+    page = client.get(reverse("runs:create", args=[workflow.slug])).content.decode()
+    assert 'type="file" name="claim"' in page and 'enctype="multipart/form-data"' in page
+    assert "a saved sample cannot fill in a file" in page  # the Run form's samples hold no files: it says so
+    links = re.findall(r'<a href="(/workflows/new/samples/[^"]+)" download>([^<]+)</a>', page)
+    assert [label for _, label in links] == [claim.label for claim, _ in _claim_samples()]
+
+    # Anyone signed in downloads them (they are the product's own examples); nobody else, and nothing else.
+    stranger = Client()
+    stranger.force_login(outsider)
+    for (url, _), (_, sample) in zip(links, _claim_samples(), strict=True):
+        response = stranger.get(url)
+        assert response.status_code == 200 and response["Content-Type"] == "application/pdf"
+        assert response["Content-Disposition"] == f'attachment; filename="{sample.name}"'
+        assert b"".join(response.streaming_content) == sample.path.read_bytes()
+    assert Client().get(links[0][0]).status_code == 302  # to the sign-in page
+    for name in ("__init__.py", "..%2Fclaims-triage.aios.yaml", "nothing.pdf"):
+        assert stranger.get(f"/workflows/new/samples/{name}").status_code == 404, name
+
+    # The downloaded file, uploaded on the Run form, starts a run that reads it.
+    bumper = next(sample for claim, sample in _claim_samples() if claim.policy_number == "POL-10442")
+    with bumper.path.open("rb") as upload:
+        response = client.post(reverse("runs:create", args=[workflow.slug]), {"claim": upload})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    run = drive(Run.objects.get(workflow=workflow))
+    assert run.inputs["claim"]["name"] == bumper.name and "POL-10442" in run.inputs["claim"]["text"]
+    assert run.status == Run.Status.SUCCEEDED and run.output["policy_number"] == "POL-10442"
+
+
 def test_claims_triage_runs_every_sample_to_the_end(analyst, reviewer, team):
+    """Every sample claim PDF, uploaded through the API as a person would and named in a run started through the
+    API: the fields extracted are the claim's, each with its evidence in the PDF's text; small claims without
+    injury are approved at once, the others wait for an adjuster who sees the PDF's page with the evidence boxed,
+    and who approves (after confirming the field the model was unsure of) or rejects."""
     workflow = _from_gallery("claims-triage", analyst, team)
     finished = automatic = by_adjuster = 0
-    samples = _samples(workflow)
-    for label, inputs in samples:
-        run = drive(run_start(actor=analyst, workflow=workflow, inputs=inputs)[0])
-        policy = re.search(r"POL-\d+", inputs["claim_text"]).group()
-        extracted = run.step_runs.get(step_key="extract").output["data"]
-        assert extracted["policy_number"] == policy, label
-        if extracted["amount"] <= 1000 and not extracted["injury_reported"]:
+    samples = _claim_samples()
+    for claim, sample in samples:
+        upload = _api(analyst).post(
+            "/api/documents/", {"file": SimpleUploadedFile(sample.name, sample.path.read_bytes())}, format="multipart"
+        )
+        assert upload.status_code == 201, upload.content
+        assert (upload.json()["pages"], upload.json()["content_type"]) == (1, "application/pdf")
+        inputs = {"claim": {"document": upload.json()["id"]}}
+        started = _api(analyst).post(f"/api/workflows/{workflow.slug}/runs/", {"inputs": inputs}, format="json")
+        assert started.status_code == 201, started.content
+        run = drive(Run.objects.get(pk=started.json()["id"]))
+        text = run.inputs["claim"]["text"]
+        extract = run.step_runs.get(step_key="extract").output
+        extracted, evidence = extract["data"], extract["evidence"]
+        assert (extracted["claimant"], extracted["policy_number"], extracted["amount"]) == (
+            claim.claimant,
+            claim.policy_number,
+            claim.amount_value,
+        ), claim.label
+        assert extract["source_text"] == text
+        # Each field's evidence is where the claim form states it.
+        labels = {"claimant": "Claimant: ", "policy_number": "Policy number: ", "amount": "Amount claimed: EUR "}
+        for field, label in labels.items():
+            found = evidence[field]
+            assert text[found["start"] : found["end"]] == found["quote"], (claim.label, field)
+            assert text[: found["start"]].endswith(label), (claim.label, field, text[: found["end"]])
+        if claim.policy_number in ("POL-10442", "POL-48230"):  # EUR 850 and EUR 640, nobody hurt
             assert run.status == Run.Status.SUCCEEDED, run.error
             assert states(run) == {
                 "extract": SUCCEEDED,
                 "check": SUCCEEDED,
                 "adjuster": SKIPPED,
                 "auto_approve": SUCCEEDED,
+                "adjuster_approved": SKIPPED,
+                "adjuster_rejected": SKIPPED,
             }
-            assert run.output["decision"] == "approved" and run.output["policy_number"] == policy
+            assert run.output["decision"] == "approved" and run.output["policy_number"] == claim.policy_number
             automatic += 1
+            finished += 1
+            continue
+        assert run.status == Run.Status.RUNNING and states(run)["adjuster"] == WAITING, claim.label
+        item = ApprovalRequest.objects.get(run=run)
+        assert item.queue.key == "team:claims" and item.title == f"Claim {claim.policy_number}: {claim.claimant}"
+        assert item.payload["policy_number"] == claim.policy_number and item.proposal == extracted
+        # The adjuster's view: the PDF's page with a box around each field's evidence.
+        document = review_document_for_user(reviewer, item)
+        assert document is not None and document.name == sample.name
+        [page] = document.pages
+        assert {"claimant", "policy_number", "amount"} <= {mark.field for mark in page.marks}
+        low = low_confidence_fields_for(item)
+        assert low, f"the demo script scores one field of {claim.policy_number} low"
+        if claim.policy_number == "POL-31808":
+            run = _decide(run, reviewer, "rejected", reason="The store's liability insurer covers the fall.")
+            assert run.status == Run.Status.SUCCEEDED, run.error
+            assert states(run)["adjuster_rejected"] == SUCCEEDED and states(run)["adjuster_approved"] == SKIPPED
+            assert run.output == {
+                "decision": "rejected",
+                "reason": "The store's liability insurer covers the fall.",
+                "decided_by": "rita",
+                "policy_number": "POL-31808",
+            }
         else:
-            assert run.status == Run.Status.RUNNING and states(run)["adjuster"] == WAITING, label
-            request = ApprovalRequest.objects.get(run=run)
-            assert (request.queue.key, request.payload["policy_number"]) == ("team:claims", policy)
-            run = _decide(run, reviewer, "approved")
+            with pytest.raises(ValidationFailed):  # the field the model was unsure of must be looked at first
+                approval_decide(request=item, actor=reviewer, decision="approved")
+            approval_decide(request=item, actor=reviewer, decision="approved", confirmed=low)
+            run = drive(run)
             assert run.status == Run.Status.SUCCEEDED, run.error
             assert states(run) == {
                 "extract": SUCCEEDED,
                 "check": SUCCEEDED,
                 "adjuster": SUCCEEDED,
                 "auto_approve": SKIPPED,
+                "adjuster_approved": SUCCEEDED,
+                "adjuster_rejected": SKIPPED,
             }
             assert (run.output["decision"], run.output["decided_by"]) == ("approved", "rita")
-            by_adjuster += 1
+            assert (run.output["policy_number"], run.output["amount"]) == (claim.policy_number, claim.amount_value)
+        by_adjuster += 1
         finished += 1
     assert (len(samples), automatic, by_adjuster) == (4, 2, 2)
     print(
-        f"G1 claims-triage samples {finished}/{len(samples)} finished "
-        f"({automatic} approved automatically, {by_adjuster} by the adjuster)"
+        f"G1 claims-triage sample PDFs {finished}/{len(samples)} finished "
+        f"({automatic} approved automatically, {by_adjuster} decided by the adjuster on the PDF with its evidence)"
     )
 
 
@@ -488,7 +626,7 @@ def test_weekly_assistant_fires_monday_at_eight_and_emails_the_digest_of_waiting
 
     # Something waiting in Rita's queue: a claim for the adjuster.
     claims = _from_gallery("claims-triage", analyst, team)
-    inputs = dict(_samples(claims))["Kitchen water leak"]
+    inputs = _claim_inputs(analyst, "Kitchen water leak")
     waiting = drive(run_start(actor=analyst, workflow=claims, inputs=inputs)[0])
     assert states(waiting)["adjuster"] == WAITING
     # The assistant reads the product's own API as Rita, over HTTP, with her API token in a connection.
