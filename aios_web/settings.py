@@ -337,6 +337,15 @@ EMAIL_USE_SSL = _smtp_server.use_ssl
 EMAIL_TIMEOUT = env_float("DJANGO_EMAIL_TIMEOUT", 10.0, minimum=1.0)
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
+# Email triggers: `manage.py mail_inbound` accepts mail for `<trigger address>@AIOS_INBOUND_MAIL_DOMAIN` on this
+# port (point an MX record or a mail server's forwarding at it in production).
+AIOS_INBOUND_MAIL_DOMAIN = env_str("AIOS_INBOUND_MAIL_DOMAIN", "aios.localhost")
+AIOS_INBOUND_SMTP_PORT = env_int("AIOS_INBOUND_SMTP_PORT", 2525, minimum=1, maximum=65535)
+# The demo's outside systems, set by `make run` for the demo seed only (empty: the demo seeds no connections to
+# them): the stand-in ERP and CMS, and the demo ERP's database.
+AIOS_DEMO_OUTSIDE_URL = env_str("AIOS_DEMO_OUTSIDE_URL", "")
+AIOS_DEMO_ERP_URL = env_str("AIOS_DEMO_ERP_URL", "")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

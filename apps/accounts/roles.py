@@ -24,7 +24,7 @@ ROLE_DESCRIPTIONS = {
 
 # Model-level permissions per role, as "app_label.codename". Object permissions are granted by services.
 ROLE_PERMISSIONS: dict[str, list[str]] = {
-    ANALYST: ["workflows.add_workflow", "inference.view_modelendpoint"],
+    ANALYST: ["workflows.add_workflow", "inference.view_modelendpoint", "connectors.view_connection"],
     REVIEWER: [],
     MANAGER: ["workflows.view_workflow", "workflows.view_workflowversion", "runs.view_run"],
     ADMIN: [
@@ -39,6 +39,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "workflows.run_workflow",
         "runs.view_run",
         "inference.view_modelendpoint",
+        "connectors.view_connection",
         "inference.add_modelendpoint",
         "inference.change_modelendpoint",
     ],

@@ -64,6 +64,16 @@ def mail_lines(config: StackConfig) -> list[str]:
     return [f"  Mail the product sends: {config.mail_dir}/ (caught, never delivered)"]
 
 
+def outside_lines(config: StackConfig) -> list[str]:
+    """Where the demo's stand-in systems and the email triggers' server listen, for the `run` banner."""
+    lines = []
+    if config.outside_port is not None:
+        lines.append(f"  What the demo ERP and CMS received: http://{LOOPBACK}:{config.outside_port}/")
+    if config.inbound_smtp_port is not None:
+        lines.append(f"  Email triggers receive mail over SMTP on {LOOPBACK}:{config.inbound_smtp_port}")
+    return lines
+
+
 def banner(lines: list[str]) -> str:
     rule = "=" * 78
     return "\n".join(["", rule, *lines, rule, ""])
@@ -107,6 +117,15 @@ def cmd_run(supervisor: Supervisor, config: StackConfig) -> int:
     supervisor.console.say("Applying database migrations ...")
     supervisor.run_once("migrate", [python, "manage.py", "migrate", "--noinput"], env=env)
     seed = supervisor.run_once("seed", [python, "manage.py", "seed_demo"], env=env, capture_stdout=True)
+    if config.inbound_smtp_port is not None:
+        # Email triggers: mail to <trigger address>@AIOS_INBOUND_MAIL_DOMAIN on this port starts runs.
+        supervisor.console.register("inbound-mail")
+        supervisor.spawn(
+            "inbound-mail",
+            [python, "manage.py", "mail_inbound", "--port", str(config.inbound_smtp_port)],
+            env=env,
+            restart=True,
+        )
     started = {
         process.name: supervisor.spawn(
             process.name,
@@ -145,6 +164,7 @@ def cmd_run(supervisor: Supervisor, config: StackConfig) -> int:
                 *service_lines(env),
                 f"  Logs: {config.logs_dir}/<name>.log",
                 *mail_lines(config),
+                *outside_lines(config),
                 "  Ctrl-C stops everything.",
             ]
         )

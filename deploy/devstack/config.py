@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .erp import ERP_DATABASE, ERP_READER_PASSWORD, ERP_READER_ROLE
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 DATABASE_NAME = "aios"
@@ -135,6 +137,10 @@ class StackConfig:
     inference_port: int | None
     web_port: int | None
     smtp_port: int | None = None
+    # `run` only: the stand-ins for the templates' outside systems (an ERP's and a CMS's HTTP APIs) and the
+    # inbound SMTP server of email triggers.
+    outside_port: int | None = None
+    inbound_smtp_port: int | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -144,6 +150,11 @@ class StackConfig:
     def mail_dir(self) -> Path:
         """Where the catch-all SMTP server keeps the messages it receives."""
         return self.data_dir / "mail"
+
+    @property
+    def outside_dir(self) -> Path:
+        """Where the outside-system stand-ins keep what they received."""
+        return self.data_dir / "outside"
 
     @property
     def is_test(self) -> bool:
@@ -157,6 +168,8 @@ class StackConfig:
             (self.redis_port, f"{prefix}REDIS_PORT", "Redis"),
             (self.inference_port, f"{prefix}INFERENCE_PORT", "the development inference server"),
             (self.smtp_port, f"{prefix}SMTP_PORT", "the catch-all SMTP server"),
+            (self.outside_port, "AIOS_OUTSIDE_PORT", "the stand-in ERP and CMS"),
+            (self.inbound_smtp_port, "AIOS_INBOUND_SMTP_PORT", "the inbound SMTP server of email triggers"),
             (self.web_port, "AIOS_WEB_PORT", "the web server"),
         ]
         return [PortClaim(port, variable, service) for port, variable, service in candidates if port is not None]
@@ -187,6 +200,8 @@ def build_config(mode: str) -> StackConfig:
         else read_port(f"{prefix}INFERENCE_PORT", 28090 if test else 58080),
         web_port=read_port("AIOS_WEB_PORT", 8000) if mode == "run" else None,
         smtp_port=None if external_url("EMAIL_URL") else read_port(f"{prefix}SMTP_PORT", 28025 if test else 8025),
+        outside_port=read_port("AIOS_OUTSIDE_PORT", 8030) if mode == "run" else None,
+        inbound_smtp_port=read_port("AIOS_INBOUND_SMTP_PORT", 2525) if mode == "run" else None,
     )
     seen: dict[int, PortClaim] = {}
     for claim in config.port_claims():
@@ -222,6 +237,17 @@ def child_environment(config: StackConfig) -> dict[str, str]:
         env["EMAIL_URL"] = f"smtp://{LOOPBACK}:{config.smtp_port}"
         # Not a setting of the product: it tells tests (tests/support/smtp.py) where the catch-all's files are.
         env["AIOS_MAIL_CATCHER_DIR"] = str(config.mail_dir)
+    if config.outside_port is not None:
+        # Demo settings, read by the demo seed only: where the templates' connections point.
+        env["AIOS_DEMO_OUTSIDE_URL"] = f"http://{LOOPBACK}:{config.outside_port}"
+        if config.postgres_port is not None:
+            server = f"{LOOPBACK}:{config.postgres_port}/{ERP_DATABASE}"
+            env["AIOS_DEMO_ERP_URL"] = f"postgres://{ERP_READER_ROLE}:{ERP_READER_PASSWORD}@{server}"
+        # The demo's outside systems and the product's own API (the weekly assistant reads it) are on loopback,
+        # which the outbound guard refuses unless allowed; an explicit setting wins.
+        env.setdefault("AIOS_HTTP_ALLOWLIST", "127.0.0.1/32")
+    if config.inbound_smtp_port is not None:
+        env["AIOS_INBOUND_SMTP_PORT"] = str(config.inbound_smtp_port)
     if config.is_test:
         env["DJANGO_SETTINGS_MODULE"] = "aios_web.settings_test"
     return env

@@ -13,6 +13,7 @@ KNOWN_NAMES = (
     "redis",
     "inference",
     "mail",
+    "outside",
     "initdb",
     "migrate",
     "seed",

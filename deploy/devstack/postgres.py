@@ -35,6 +35,7 @@ from .config import (
     StackConfig,
 )
 from .console import Console
+from .erp import ERP_DATABASE, ERP_READER_PASSWORD, ERP_READER_ROLE, ERP_SCHEMA_SQL, erp_grants_sql
 from .processes import ManagedProcess
 
 if TYPE_CHECKING:
@@ -303,6 +304,26 @@ class EmbeddedPostgres:
         self._ensure_database()
         self._ensure_application_role()
         return process
+
+    def ensure_demo_erp(self) -> None:
+        """The demo ERP's database (deploy/devstack/erp.py) with its read-only role and rows, if missing."""
+        query = f"SELECT 1 FROM pg_database WHERE datname = '{ERP_DATABASE}'"
+        found = self._client("psql", "-X", "-d", "postgres", "-tAc", query)
+        if found.returncode != 0:
+            raise DevstackError(f"could not query PostgreSQL for the {ERP_DATABASE} database: {found.stderr.strip()}")
+        if found.stdout.strip() != "1":
+            created = self._client("createdb", ERP_DATABASE)
+            if created.returncode != 0:
+                raise DevstackError(f"could not create the {ERP_DATABASE} database: {created.stderr.strip()}")
+            self.console.say(f"Created the {ERP_DATABASE} database (the demo ERP).")
+        query = f"SELECT 1 FROM pg_roles WHERE rolname = '{ERP_READER_ROLE}'"
+        role = self._client("psql", "-X", "-d", "postgres", "-tAc", query)
+        statements = ERP_SCHEMA_SQL + erp_grants_sql()
+        if role.stdout.strip() != "1":
+            statements = f"CREATE ROLE {ERP_READER_ROLE} LOGIN PASSWORD '{ERP_READER_PASSWORD}';" + statements
+        prepared = self._client("psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", ERP_DATABASE, "-c", statements)
+        if prepared.returncode != 0:
+            raise DevstackError(f"could not prepare the demo ERP database: {prepared.stderr.strip()}")
 
     def _client(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [self.binaries.tool(tool), "-h", LOOPBACK, "-p", str(self.port), "-U", DATABASE_OWNER, *args]

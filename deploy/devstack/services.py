@@ -129,9 +129,28 @@ def start_mailcatcher(supervisor: Supervisor, config: StackConfig, port: int, en
     )
 
 
+def outside_argv(port: int, directory: Path, *, python: str = sys.executable) -> list[str]:
+    """The stand-in ERP and CMS (deploy/devstack/outside.py) on 127.0.0.1:`port`, keeping posts in `directory`."""
+    return [python, "-m", "deploy.devstack.outside", "--port", str(port), "--directory", str(directory)]
+
+
+def start_outside(supervisor: Supervisor, config: StackConfig, env: Mapping[str, str]) -> None:
+    """Start the stand-ins for the templates' outside systems and wait for their health answer."""
+    assert config.outside_port is not None
+    process = supervisor.spawn(
+        "outside", outside_argv(config.outside_port, config.outside_dir), env=env, echo=True, restart=True
+    )
+    supervisor.wait_ready(
+        process,
+        lambda: http_ok(f"http://{LOOPBACK}:{config.outside_port}/health"),
+        what=f"the stand-in ERP and CMS on port {config.outside_port}",
+        timeout=MAIL_READY_SECONDS,
+    )
+
+
 def start_services(supervisor: Supervisor, config: StackConfig, env: Mapping[str, str]) -> None:
     """Check everything that can be checked, then start PostgreSQL, Redis, the inference server and the
-    catch-all SMTP server in order.
+    catch-all SMTP server in order (and, for `run`, the demo ERP's database and the stand-in ERP and CMS).
 
     All preconditions (binaries, the inference package, free ports) are verified before the first process
     starts, so a misconfiguration fails in a second without leaving anything half-started.
@@ -163,3 +182,8 @@ def start_services(supervisor: Supervisor, config: StackConfig, env: Mapping[str
         start_mailcatcher(supervisor, config, config.smtp_port, env)
     else:
         supervisor.console.say("EMAIL_URL is set: the product's mail goes to that server.")
+    if config.outside_port is not None:
+        # `run` only: what the gallery templates reach outside the product, so they run on a fresh machine.
+        if postgres is not None:
+            postgres.ensure_demo_erp()
+        start_outside(supervisor, config, env)
