@@ -219,3 +219,27 @@ class ConnectionForm(forms.Form):
             }
             for spec in self.secret_specs
         ]
+
+
+# --- OpenAPI documents (apps/connectors/openapi.py) -----------------------------------------------------------
+
+
+class OpenApiFetchForm(forms.Form):
+    """Where under the connection's base URL its OpenAPI document is served."""
+
+    path = forms.CharField(
+        max_length=500,
+        label="Path of the document",
+        help_text="Under the connection's base URL, e.g. /openapi.json. Fetched with the connection's headers and "
+        "authentication.",
+    )
+
+
+class OpenApiUploadForm(forms.Form):
+    """An OpenAPI document as a file."""
+
+    document = forms.FileField(
+        label="OpenAPI file",
+        help_text="OpenAPI 3.0 or 3.1, as JSON or YAML, at most 2 MB, in one file (no references to other files).",
+        widget=forms.ClearableFileInput(attrs={"accept": ".json,.yaml,.yml,application/json,application/yaml"}),
+    )

@@ -102,3 +102,60 @@ class Connection(models.Model):
             "description": self.description,
             "config": dict(self.config),
         }
+
+
+# --- OpenAPI documents of HTTP connections (apps/connectors/openapi.py parses and stores them) ---------------
+
+
+class OpenApiDocument(models.Model):
+    """The OpenAPI document an HTTP connection describes its API with, as parsed when it was loaded: where it
+    came from (a path under the base URL, or an uploaded file), its title and versions, and a hash of the
+    text. Its operations are `OpenApiOperation` rows. Kept apart from `Connection`, so the rows every step run
+    reads stay small; deleted with the connection."""
+
+    class Source(models.TextChoices):
+        URL = "url", "Fetched from the API"
+        FILE = "file", "Uploaded file"
+
+    connection = models.OneToOneField(Connection, on_delete=models.CASCADE, related_name="openapi_document")
+    source_kind = models.CharField(max_length=8, choices=Source.choices)
+    source = models.CharField(max_length=500, help_text="The path under the base URL, or the file's name.")
+    title = models.CharField(max_length=300, blank=True)
+    api_version = models.CharField(max_length=100, blank=True)
+    openapi_version = models.CharField(max_length=20)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.PositiveIntegerField()
+    notes = models.JSONField(
+        default=list, blank=True, help_text="What the step cannot use (skipped operations), and the servers named."
+    )
+    loaded_at = models.DateTimeField()
+    loaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"{self.connection.name}: {self.title or 'OpenAPI document'}"
+
+
+class OpenApiOperation(models.Model):
+    """One operation of a connection's OpenAPI document, with its `$ref`s resolved: what `http.request` steps
+    name (`operation_id`: the document's operationId, or "METHOD /path" when it has none) and what they build
+    a request from. `spec` holds the parameters (name, in, required, description, JSON Schema) and the request
+    body (content type, required, JSON Schema), as `apps.connectors.openapi.Operation` describes."""
+
+    document = models.ForeignKey(OpenApiDocument, on_delete=models.CASCADE, related_name="operations")
+    position = models.PositiveIntegerField()
+    operation_id = models.CharField(max_length=300)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=1000)
+    summary = models.CharField(max_length=500, blank=True)
+    spec = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["document", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "operation_id"], name="openapi_operation_id_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"

@@ -16,4 +16,5 @@ urlpatterns = [
     path("<slug:name>/test/", views.connection_test_view, name="test"),
     path("<slug:name>/toggle/", views.connection_toggle, name="toggle"),
     path("<slug:name>/delete/", views.connection_delete_view, name="delete"),
+    path("<slug:name>/openapi/", views.connection_openapi, name="openapi"),
 ]

@@ -17,8 +17,16 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.accounts.models import User
 from apps.connectors import kinds
-from apps.connectors.forms import ConnectionForm
-from apps.connectors.models import Connection
+from apps.connectors.forms import ConnectionForm, OpenApiFetchForm, OpenApiUploadForm
+from apps.connectors.models import Connection, OpenApiDocument
+from apps.connectors.openapi import (
+    MAX_DOCUMENT_BYTES,
+    openapi_document_fetch,
+    openapi_document_for,
+    openapi_document_load,
+    openapi_document_remove,
+    operations_of,
+)
 from apps.connectors.probes import ProbeResult, probe
 from apps.connectors.rules import user_creates_connections, user_manages_connection
 from apps.connectors.selectors import (
@@ -195,6 +203,7 @@ def connection_detail(request: HttpRequest, name: str) -> HttpResponse:
                 (spec.label, spec.key in connection.secret_keys_set()) for spec in kinds.SECRETS[connection.kind]
             ],
             "history": [_history_row(event) for event in connection_history(connection)] if can_manage else [],
+            "openapi_document": openapi_document_for(connection) if connection.kind == kinds.HTTP else None,
         },
         status=400 if request.method == "POST" else 200,
     )
@@ -218,6 +227,8 @@ def _history_row(event: Any) -> dict[str, Any]:
         names = [LABELS.get(name, name) for name in config] + [name for name in fields]
         if names:
             parts.append("Changed " + ", ".join(names))
+    elif verb in ("openapi_loaded", "openapi_removed"):
+        parts.append(_openapi_history_text(verb, data))
     elif verb == "tested":
         outcome = "passed" if data.get("ok") else "failed"
         parts.append(
@@ -337,3 +348,124 @@ def connection_delete_view(request: HttpRequest, name: str) -> HttpResponse:
         "connectors/connection_delete.html",
         {"connection": connection, "naming": workflows_naming(connection.name)},
     )
+
+
+# --- OpenAPI documents (apps/connectors/openapi.py) -----------------------------------------------------------
+
+
+def _openapi_history_text(verb: str, data: dict[str, Any]) -> str:
+    if verb == "openapi_removed":
+        return "Removed the OpenAPI document"
+    title = f'"{data.get("title")}" {data.get("api_version", "")}'.strip() if data.get("title") else "a document"
+    where = "a file" if data.get("source") == "file" else data.get("location", "the API")
+    return f"Loaded the OpenAPI document {title} ({data.get('operations', 0)} operations, from {where})"
+
+
+def _operation_rows(connection: Connection) -> list[dict[str, Any]]:
+    """The operations as the page lists them: method, path, summary, parameters and body fields in words."""
+    rows = []
+    for operation in operations_of(connection):
+        body = operation.body
+        rows.append(
+            {
+                "operation": operation,
+                "parameters": [
+                    {"name": p.name, "location": p.location, "required": p.required} for p in operation.parameters
+                ],
+                "body_fields": [{"name": f.name, "required": f.required} for f in body.fields()] if body else [],
+                "body_text": ""
+                if body is None
+                else "JSON" + (" (required)" if body.required else "")
+                if body.is_json
+                else body.content_type,
+            }
+        )
+    return rows
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def connection_openapi(request: HttpRequest, name: str) -> HttpResponse:
+    """An HTTP connection's OpenAPI document: its operations for everyone who may see the connection; loading
+    it (from a path under the base URL, or a file) and removing it for those who manage it. A document that
+    does not parse is refused with the reason under the field, and nothing changes."""
+    connection = connection_get_for_user(request.user, name)
+    if connection.kind != kinds.HTTP:
+        raise Http404("Only HTTP connections have an OpenAPI document.")
+    can_manage = user_manages_connection(request.user, connection)
+    document = openapi_document_for(connection)
+    initial_path = document.source if document and document.source_kind == OpenApiDocument.Source.URL else ""
+    fetch_form = OpenApiFetchForm(initial={"path": initial_path or "/openapi.json"})
+    upload_form = OpenApiUploadForm()
+    status = 200
+    if request.method == "POST":
+        if not can_manage:
+            raise PermissionDenied("You may use this connection but not change it.")
+        action = request.POST.get("action", "")
+        try:
+            if action == "remove":
+                openapi_document_remove(actor=_user(request), connection=connection)
+                messages.success(request, "Removed the OpenAPI document.")
+                return redirect("connectors:openapi", name=connection.name)
+            if action == "fetch":
+                fetch_form = OpenApiFetchForm(request.POST)
+                if fetch_form.is_valid():
+                    loaded, lost = openapi_document_fetch(
+                        actor=_user(request), connection=connection, path=fetch_form.cleaned_data["path"]
+                    )
+                    return _openapi_loaded(request, connection, loaded, lost)
+            elif action == "upload":
+                upload_form = OpenApiUploadForm(request.POST, request.FILES)
+                if upload_form.is_valid():
+                    upload = upload_form.cleaned_data["document"]
+                    # One byte past the limit is enough for the parser to refuse it with the limit.
+                    data = upload.read(MAX_DOCUMENT_BYTES + 1)
+                    loaded, lost = openapi_document_load(
+                        actor=_user(request),
+                        connection=connection,
+                        data=data,
+                        source_kind=OpenApiDocument.Source.FILE,
+                        source=str(upload.name),
+                    )
+                    return _openapi_loaded(request, connection, loaded, lost)
+            else:
+                messages.error(request, "Choose what to do: load from the API, upload a file, or remove.")
+        except ValidationFailed as refusal:
+            form = fetch_form if action == "fetch" else upload_form
+            target = "path" if action == "fetch" else "document"
+            for messages_list in refusal.fields.values():
+                for message in messages_list:
+                    form.add_error(target, message)
+        except ApplicationError as refusal:
+            messages.error(request, refusal.message)
+            return redirect("connectors:openapi", name=connection.name)
+        status = 400
+    return render(
+        request,
+        "connectors/connection_openapi.html",
+        {
+            "connection": connection,
+            "document": document,
+            "operations": _operation_rows(connection) if document else [],
+            "can_manage": can_manage,
+            "fetch_form": fetch_form,
+            "upload_form": upload_form,
+            "action": request.POST.get("action", "") if request.method == "POST" else "",
+        },
+        status=status,
+    )
+
+
+def _openapi_loaded(
+    request: HttpRequest, connection: Connection, document: OpenApiDocument, lost: dict[str, list[str]]
+) -> HttpResponse:
+    count = document.operations.count()
+    title = f' "{document.title}"' if document.title else ""
+    messages.success(request, f"Loaded the OpenAPI document{title}: {count} operation{'s' if count != 1 else ''}.")
+    for operation, workflows in sorted(lost.items()):
+        messages.warning(
+            request,
+            f'Published versions of {", ".join(workflows)} call "{operation}", which this document no longer has: '
+            "their runs will fail at that step until they are changed and published again.",
+        )
+    return redirect("connectors:openapi", name=connection.name)
