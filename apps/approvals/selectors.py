@@ -534,6 +534,37 @@ def review_provenance(request: ApprovalRequest) -> list[InferenceCall]:
     )
 
 
+@dataclass(frozen=True)
+class ReviewSources:
+    """What one knowledge retrieval of the item's run found: the sources a drafted answer rests on."""
+
+    step_key: str
+    query: str
+    mode: str
+    passages: list[dict[str, Any]]
+
+
+def review_sources(request: ApprovalRequest) -> list[ReviewSources]:
+    """The passages every finished knowledge retrieval (rag.retrieve) of this item's run found, in step order,
+    so the reviewer checks a drafted answer against what it was drafted from."""
+    rows = StepRun.objects.filter(
+        run_id=request.run_id, step_type="rag.retrieve", state=StepRun.State.SUCCEEDED
+    ).order_by("pk")
+    found = []
+    for step_key, usage in rows.values_list("step_key", "usage"):
+        usage = usage or {}
+        retrieval = usage.get("retrieval") or {}
+        found.append(
+            ReviewSources(
+                step_key=step_key,
+                query=str(retrieval.get("query", "")),
+                mode=str(retrieval.get("mode", "")),
+                passages=list(usage.get("sources") or []),
+            )
+        )
+    return found
+
+
 def review_timeline(request: ApprovalRequest) -> list[ApprovalActivity]:
     return list(request.activities.select_related("actor").order_by("created_at", "pk"))
 

@@ -19,6 +19,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
+from django.utils.html import escape
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Team, User
@@ -560,7 +561,7 @@ def test_marketing_copy_describes_checks_approves_and_publishes_every_sku(analys
 
 
 def test_support_triage_answers_from_the_knowledge_base_and_asks_support_when_unsure(
-    analyst, reviewer, team, support, systems, support_kb
+    analyst, reviewer, team, support, systems, support_kb, client
 ):
     workflow = _from_gallery("support-ticket-triage", analyst, team)
     samples = dict(_samples(workflow))
@@ -605,6 +606,12 @@ def test_support_triage_answers_from_the_knowledge_base_and_asks_support_when_un
     assert request.queue.key == "team:support"
     assert request.payload["topic"] == "devices" and request.payload["customer"] == "priya.nair@example.com"
     assert len(systems.mail.messages()) == 1  # nothing sent before a person decides
+    # The reviewer sees the passages the draft was written from beside it.
+    client.force_login(reviewer)
+    page = client.get(reverse("approvals:item", args=[request.pk])).content.decode()
+    lamp_passages = unsure.step_runs.get(step_key="retrieve").output["passages"]
+    assert "Sources the answer was drafted from" in page
+    assert all(escape(passage["document"]) in page for passage in lamp_passages)
     unsure = _decide(unsure, reviewer, "approved")
     assert unsure.status == Run.Status.SUCCEEDED, unsure.error
     assert states(unsure)["send_reviewed"] == SUCCEEDED and states(unsure)["send"] == SKIPPED
