@@ -70,8 +70,12 @@ def claim_form_lines(claim: SampleClaim) -> list[str]:
         "INSURANCE CLAIM FORM",
         "Household, motor and liability policies",
         "",
+        # A blank line between the fields leaves room above each for the label of its evidence box on the
+        # reviewer's page.
         f"Claimant: {claim.claimant}",
+        "",
         f"Policy number: {claim.policy_number}",
+        "",
         f"Amount claimed: {claim.amount}",
         "",
         "What happened, in the claimant's words:",
