@@ -634,7 +634,9 @@ def typed_value(text: str, schema: dict[str, Any]) -> Any:
     kind = _main_type(schema)
     stripped = text.strip()
     nullable = schema.get("type") == "null" or (isinstance(schema.get("type"), list) and "null" in schema["type"])
-    if nullable and stripped in ("null", "None") and kind != "string":
+    # A nullable field takes the JSON literal null (a template printing Python's None counts too, except for
+    # text, where "None" may be meant).
+    if nullable and (stripped == "null" or (stripped == "None" and kind != "string")):
         return None
     if kind == "integer":
         try:

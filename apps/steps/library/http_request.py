@@ -3,6 +3,12 @@
 With a `connection` the URL may be a path under the connection's base URL, and the connection brings its
 default headers, its timeout and its authentication (added last, so a graph cannot override it); the secrets
 live in the connection, never in the graph. Without one, the step works as it always has.
+
+With an `operation` of the connection's OpenAPI document, the operation gives the method and path: the step's
+`parameters` (path, query and header, by name) and `body_fields` (the JSON body's top-level properties) are
+text templates, typed by the document's schemas and checked against them before anything is sent (or `body`
+holds the whole body, for nested bodies). Publishing refuses an operation the document no longer has and
+empty required parameters.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any, Literal
 from django.conf import settings
 from pydantic import Field
 
+from apps.connectors.openapi import RequestInvalid, build_request, operation_config_problems, operation_get
 from apps.connectors.runtime import (
     ConnectionFailed,
     ConnectionUnavailable,
@@ -36,13 +43,32 @@ class HttpRequestConfig(StepConfig):
         description="The HTTP connection that brings the base URL, headers and credentials; none: a full URL.",
         json_schema_extra={"x-widget": "connection-http"},
     )
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    # --- OpenAPI operations (apps/connectors/openapi.py) ---
+    operation: str = Field(
+        "",
+        description="An operation of the connection's OpenAPI document; it gives the method and the path.",
+        json_schema_extra={"x-widget": "openapi-operation", "x-operation-of": "connection"},
+    )
+    parameters: dict[str, str] = Field(
+        default_factory=dict,
+        description="The operation's path, query and header parameters: name → text template.",
+        json_schema_extra={"x-widget": "openapi-parameters", "x-operation-in": "operation"},
+    )
+    body_fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="The operation's JSON body, field by field: name → text template, typed by the document.",
+        json_schema_extra={"x-widget": "openapi-body", "x-operation-in": "operation"},
+    )
+    # --- end of OpenAPI operations ---
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field(
+        "POST", json_schema_extra={"x-unless": "operation"}
+    )
     url: str = Field(
-        min_length=1,
+        "",
         title="URL",
         description="Text template: a path under the connection's base URL (e.g. /invoices), or a full URL "
         "without a connection (e.g. https://erp.example.com/invoices).",
-        json_schema_extra={"x-widget": "template", "x-rows": 1},
+        json_schema_extra={"x-widget": "template", "x-rows": 1, "x-unless": "operation"},
     )
     headers: dict[str, str] = Field(
         default_factory=dict, description="Header name → text template.", json_schema_extra={"x-widget": "template"}
@@ -85,10 +111,37 @@ class HttpRequest(StepType):
     @staticmethod
     def check_config(config: HttpRequestConfig) -> list[str]:
         problems = []
-        for label, template in [("url", config.url), ("body", config.body), *config.headers.items()]:
+        templates = [
+            ("url", config.url),
+            ("body", config.body),
+            *config.headers.items(),
+            *((f"parameters.{key}", value) for key, value in config.parameters.items()),
+            *((f"body_fields.{key}", value) for key, value in config.body_fields.items()),
+        ]
+        for label, template in templates:
             problem = template_check(template)
             if problem:
                 problems.append(f"{label}: the template does not parse: {problem}")
+        if not config.operation:
+            if not config.url.strip():
+                problems.append("url: give the URL, or choose an operation of the connection's OpenAPI document")
+            if config.parameters or config.body_fields:
+                problems.append("operation: parameters and body fields need an operation; choose one")
+            return problems
+        if not config.connection:
+            problems.append("operation: an operation belongs to a connection; choose the connection first")
+            return problems
+        if config.body.strip() and any(value.strip() for value in config.body_fields.values()):
+            problems.append("body: give the body's fields or a raw body, not both")
+        # The document lives on the connection: an operation it no longer has, or an empty required value,
+        # stops publishing (the builder shows the same under the fields).
+        problems += operation_config_problems(
+            config.connection,
+            config.operation,
+            parameters=config.parameters,
+            body_fields=config.body_fields,
+            body=config.body,
+        )
         return problems
 
     def simulate(self, config: HttpRequestConfig, context: StepContext) -> dict[str, Any]:  # type: ignore[override]
@@ -99,24 +152,47 @@ class HttpRequest(StepType):
             body = template_render(config.body, variables) if config.body else ""
         except ExpressionError as error:
             raise StepError(f'Step "{context.step_key}": a template failed: {error}') from None
-        request = {"method": config.method, "url": url, "body": body}
+        request: dict[str, Any] = {"method": config.method, "url": url, "body": body}
         if config.connection:
             request["connection"] = config.connection
+        if config.operation:
+            # The operation's method and path live in the connection's document, which a simulation does not
+            # read: it shows what the step would fill in.
+            try:
+                request = {
+                    "connection": config.connection,
+                    "operation": config.operation,
+                    "parameters": {k: template_render(v, variables) for k, v in config.parameters.items()},
+                    "body_fields": {k: template_render(v, variables) for k, v in config.body_fields.items()},
+                    "body": body,
+                }
+            except ExpressionError as error:
+                raise StepError(f'Step "{context.step_key}": a template failed: {error}') from None
         return {"status": 200, "body": None, "simulated": True, "request": request}
 
     def execute(self, config: HttpRequestConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         variables = context.expression_variables()
+        method = config.method
         try:
-            url = template_render(config.url, variables).strip()
+            url = template_render(config.url, variables).strip() if not config.operation else ""
             headers = {name: template_render(value, variables) for name, value in config.headers.items()}
             body = template_render(config.body, variables) if config.body else ""
+            parameters = {key: template_render(value, variables) for key, value in config.parameters.items()}
+            body_fields = {key: template_render(value, variables) for key, value in config.body_fields.items()}
         except ExpressionError as error:
             raise StepError(f'Step "{context.step_key}": a template failed: {error}') from None
+        if config.operation and not config.connection:
+            raise StepError(f'Step "{context.step_key}": an operation needs the connection it belongs to.')
         timeout = min(config.timeout_seconds, settings.AIOS_STEP_LEASE_SECONDS / 2)
         resolved: ResolvedConnection | None = None
         if config.connection:
             try:
                 resolved = connection_for_step(config.connection, kind="http", workflow_id=context.workflow_id)
+                if config.operation:
+                    method, url, operation_headers, body = self._operation_request(
+                        config, context, parameters, body_fields, body
+                    )
+                    headers = {**headers, **operation_headers}
                 url = join_url(str(resolved.config["base_url"]), url)
             except ConnectionUnavailable as error:
                 raise StepError(f'Step "{context.step_key}": {error.message}') from None
@@ -126,19 +202,19 @@ class HttpRequest(StepType):
         headers["Idempotency-Key"] = context.idempotency_key
         if body and "content-type" not in {name.lower() for name in headers}:
             headers["Content-Type"] = "application/json" if _is_json(body) else "text/plain; charset=utf-8"
-        response, sent = self._send(config, context, resolved, url, headers, body, timeout)
+        response, sent = self._send(method, context, resolved, url, headers, body, timeout)
         oauth2 = resolved is not None and resolved.config.get("auth") == "oauth2_client_credentials"
         if resolved is not None and oauth2 and response.status == 401:
             # The token may have been revoked or expired early: fetch a new one, once, and try again.
             oauth2_forget_token(resolved)
-            response, sent = self._send(config, context, resolved, url, headers, body, timeout, refresh=True)
+            response, sent = self._send(method, context, resolved, url, headers, body, timeout, refresh=True)
         needles = secret_needles(resolved, sent) if resolved is not None else []
         if response.status >= 300:
             retryable = response.status >= 500 or response.status == 429
             # Redacted before it is cut short: a cut through a secret would leave a piece no search finds.
             answer = redact(response.text(), needles)[:300]
             raise StepError(
-                f'Step "{context.step_key}": {config.method} {url} answered HTTP {response.status}: {answer}',
+                f'Step "{context.step_key}": {method} {url} answered HTTP {response.status}: {answer}',
                 retryable=retryable,
             )
         try:
@@ -147,9 +223,35 @@ class HttpRequest(StepType):
             parsed = response.text()
         return StepOutcome(output={"status": response.status, "body": redact(parsed, needles)})
 
+    @staticmethod
+    def _operation_request(
+        config: HttpRequestConfig,
+        context: StepContext,
+        parameters: dict[str, str],
+        body_fields: dict[str, str],
+        body: str,
+    ) -> tuple[str, str, dict[str, str], str]:
+        """(method, path with query, headers, body) for the config's operation, read from the connection's
+        document at every run; a value that does not fit the document is a step error naming it, and nothing
+        is sent."""
+        operation = operation_get(config.connection, config.operation)
+        if operation is None:
+            raise StepError(
+                f'Step "{context.step_key}": "{config.operation}" is not an operation of the OpenAPI document of '
+                f'connection "{config.connection}" (any more).'
+            )
+        try:
+            built = build_request(operation, parameters=parameters, body_fields=body_fields, raw_body=body)
+        except RequestInvalid as error:
+            raise StepError(f'Step "{context.step_key}": {operation.label}: {error.message}') from None
+        headers = dict(built.headers)
+        if built.content_type:
+            headers["Content-Type"] = built.content_type
+        return built.method, built.url, headers, built.body
+
     def _send(
         self,
-        config: HttpRequestConfig,
+        method: str,
         context: StepContext,
         resolved: ResolvedConnection | None,
         url: str,
@@ -172,9 +274,7 @@ class HttpRequest(StepType):
             sent = {name: value for name, value in sent.items() if name.lower() not in auth_names}
             sent.update(auth)
         try:
-            response = http.request(
-                config.method, url, headers=sent, body=body.encode() if body else None, timeout=timeout
-            )
+            response = http.request(method, url, headers=sent, body=body.encode() if body else None, timeout=timeout)
         except http.OutboundError as error:
             message = f'Step "{context.step_key}": {error}'
             if resolved is not None:
