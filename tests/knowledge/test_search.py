@@ -8,6 +8,7 @@ import pytest
 from django.db import connection
 
 from apps.knowledge.demo import demo_questions
+from apps.knowledge.evaluation import hit_rate_at_k
 from apps.knowledge.models import Collection
 from apps.knowledge.search import MODES, collections_search, highlight_segments
 from apps.knowledge.selectors import collections_for_workflow
@@ -71,13 +72,10 @@ def test_vector_search_reads_the_hnsw_index_of_its_size(small_kb):
 def test_hit_rate_at_5_on_the_labelled_questions(support_kb):
     questions = demo_questions()
     assert len(questions) >= 30
-    rates = {}
-    for mode in MODES:
-        hits = 0
-        for item in questions:
-            found = {p["document"] for p in collections_search([support_kb], item["question"], mode=mode, top_k=5)}
-            hits += item["article"] in found
-        rates[mode] = hits / len(questions)
+    rates = hit_rate_at_k([support_kb], questions, k=5)
+    assert list(rates) == list(MODES)
+    with pytest.raises(ValueError):
+        hit_rate_at_k([support_kb], [])
     record_figure(
         "K1 hit_rate_at_5 " + " ".join(f"{mode} {rate:.2f}" for mode, rate in rates.items()) + f" n {len(questions)}"
     )
