@@ -580,6 +580,10 @@ def describe_schema(schema: dict[str, Any]) -> str:
         text += f", at least {low}"
     elif high is not None:
         text += f", at most {high}"
+    if schema.get("exclusiveMinimum") is not None:
+        text += f", more than {schema['exclusiveMinimum']}"
+    if schema.get("exclusiveMaximum") is not None:
+        text += f", less than {schema['exclusiveMaximum']}"
     return text
 
 

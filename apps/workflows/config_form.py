@@ -52,6 +52,9 @@ class FormField:
     item_widget: str = "text"  # for key/value rows: the value's widget (text, template, cel)
     chips: list[tuple[str, str]] = field(default_factory=list)  # references a template/expression uses
     advanced: bool = False  # shown under "More settings", closed unless one of them has a problem
+    key: str = ""  # a "fields" child: its key in the parent's mapping (keys may hold dots)
+    apply: str = ""  # a select's button that saves the step so the fields that depend on it follow
+    depends_on: str = ""  # a sibling setting: when it changes, this one is reset (its options were the old one's)
 
     @property
     def html_id(self) -> str:
@@ -111,9 +114,17 @@ def _fields(
     value = value if isinstance(value, dict) else {}
     required = set(schema.get("required", []))
     result = []
+    operations: dict[str, Any] = {}  # OpenAPI operations resolved for this group of settings, by setting name
     for name, raw_spec in schema.get("properties", {}).items():
         spec, nullable = _resolve(raw_spec, defs)
         path = f"{prefix}.{name}"
+        if spec.get("x-unless") and value.get(str(spec["x-unless"])):
+            continue  # replaced by what the other setting brings (an operation's method and path)
+        if str(spec.get("x-widget", "")).startswith("openapi-"):
+            openapi_field = _openapi_field(name, spec, value, path, choices, operations)
+            if openapi_field is not None:
+                result.append(openapi_field)
+            continue
         widget = _widget(spec)
         current = value.get(name, spec.get("default"))
         form_field = FormField(
@@ -179,6 +190,10 @@ def _fields(
             rows = schema_rows(current)
             form_field.value = rows + [SchemaRow()] * (TABLE_SPARES if len(rows) < 3 else ROW_SPARES)
         result.append(form_field)
+    for form_field in result:
+        # The setting an operation belongs to gets a button that shows that setting's operations.
+        if form_field.name.rsplit(".", 1)[1] in operations.get("__of__", ()):
+            form_field.apply = "Show its operations"
     return result
 
 
@@ -326,6 +341,11 @@ def _read(form_field: FormField, data: QueryDict) -> tuple[bool, Any]:
     name, widget = form_field.name, form_field.widget
     if widget == "checkbox":
         return f"{name}.present" in data, name in data
+    if widget == "fields":
+        if f"{name}.present" not in data:
+            return False, None
+        texts = {child.key: data.get(child.name, "") for child in form_field.children if child.name in data}
+        return True, {key: text for key, text in texts.items() if text.strip()} or None
     if widget == "group":
         values = {}
         for child in form_field.children:
@@ -390,4 +410,135 @@ def config_from_post(fields: list[FormField], data: QueryDict, current: dict[str
             config.pop(key, None)
         else:
             config[key] = value
+    for form_field in fields:
+        # Values chosen among the options of another setting do not survive that setting's change.
+        if form_field.depends_on and config.get(form_field.depends_on) != current.get(form_field.depends_on):
+            config.pop(form_field.name.rsplit(".", 1)[1], None)
     return config
+
+
+# --- OpenAPI operations (http.request): the picker, and a form for the chosen operation's values ----------------
+
+
+def _openapi_field(
+    name: str,
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    path: str,
+    choices: dict[str, list[tuple[str, str]]],
+    operations: dict[str, Any],
+) -> FormField | None:
+    """The field of an `x-widget: openapi-*` setting, or None when it has nothing to show.
+
+    "openapi-operation" picks an operation of the connection named by the sibling `x-operation-of`; its
+    options come from the connection's OpenAPI document, and only for a connection among the person's
+    `connection-http` choices (those she may use). "openapi-parameters" and "openapi-body" (after it, naming it
+    by `x-operation-in`) become one text template per parameter or top-level body field of the chosen
+    operation, required ones marked; values the operation does not have stay listed so they can be cleared.
+    """
+    from apps.connectors.openapi import describe_schema, operation_choices, operation_get
+
+    widget, current = str(spec["x-widget"]), config.get(name)
+    help_text = str(spec.get("description") or "")
+    if widget == "openapi-operation":
+        connection = str(config.get(str(spec.get("x-operation-of")), "") or "")
+        operations.setdefault("__of__", set()).add(str(spec.get("x-operation-of")))
+        usable = {value for value, _ in choices.get("connection-http", []) if value}
+        if not connection and not current:
+            return None
+        options = operation_choices(connection) if connection in usable else None
+        known = [("", "None: write the method and URL")]
+        if options is None:
+            help_text = (
+                f'The connection "{connection}" has no OpenAPI document: an admin loads one on the '
+                "connection's page. Until then, write the method and URL below."
+                if connection
+                else "Choose a connection first."
+            )
+        else:
+            known += options
+        operation = operation_get(connection, str(current)) if current and options is not None else None
+        operations[name] = operation
+        if operation is not None:
+            help_text = f"{operation.method} {operation.path}" + (
+                f": {operation.description}" if operation.description else ""
+            )
+        missing = [] if not current or current in {v for v, _ in known} else [(str(current), f"{current} (missing)")]
+        return FormField(
+            name=path,
+            label="Operation",
+            widget="select",
+            value=current or "",
+            help=help_text,
+            choices=[*known, *missing],
+            apply="Show its fields",
+            depends_on=str(spec.get("x-operation-of") or ""),
+        )
+    operation = operations.get(str(spec.get("x-operation-in")))
+    values = current if isinstance(current, dict) else {}
+    children: list[FormField] = []
+    if widget == "openapi-parameters":
+        label = "Parameters"
+        help_text = "Text templates: Insert puts in data from the run's input or an earlier step."
+        for parameter in operation.parameters if operation is not None else ():
+            where = {"path": "In the path", "query": "In the query string", "header": "A header"}[parameter.location]
+            details = [where, describe_schema(parameter.schema), parameter.description]
+            children.append(
+                FormField(
+                    name=f"{path}.{parameter.key}",
+                    key=parameter.key,
+                    label=parameter.name,
+                    widget="template",
+                    value=values.get(parameter.key, ""),
+                    help=". ".join(part.rstrip(".") for part in details if part) + ".",
+                    required=parameter.required,
+                    rows=1,
+                )
+            )
+    else:
+        label = "Request body"
+        body = operation.body if operation is not None else None
+        help_text = (
+            "One text template per field of the JSON body; numbers and yes/no values are sent as such. For a "
+            "nested body, leave these empty and write the whole body under Body."
+        )
+        for item in body.fields() if body is not None else []:
+            structured = item.schema.get("type") in ("object", "array")
+            details = [describe_schema(item.schema), item.description]
+            if structured:
+                details.append("Give JSON, e.g. {{ steps.extract.lines | tojson }}")
+            children.append(
+                FormField(
+                    name=f"{path}.{item.name}",
+                    key=item.name,
+                    label=item.name,
+                    widget="template",
+                    value=values.get(item.name, ""),
+                    help=". ".join(part.rstrip(".") for part in details if part) + ".",
+                    required=item.required,
+                    rows=3 if structured else 1,
+                )
+            )
+    shown = {child.key for child in children}
+    for key, text in values.items():
+        if key not in shown:
+            children.append(
+                FormField(
+                    name=f"{path}.{key}",
+                    key=str(key),
+                    label=f"{key} (not in this operation: clear it)",
+                    widget="template",
+                    value=text,
+                    rows=1,
+                )
+            )
+    if not children:
+        return None
+    return FormField(
+        name=path,
+        label=label,
+        widget="fields",
+        help=help_text,
+        children=children,
+        depends_on=str(spec.get("x-operation-in") or ""),
+    )
