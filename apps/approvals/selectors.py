@@ -460,6 +460,17 @@ def low_confidence_fields_for(request: ApprovalRequest) -> list[str]:
     return [name for _, name in sorted((s, n) for n, s in request.confidence.items() if s < threshold)]
 
 
+def _kind_of(value: Any) -> str:
+    """The review field kind of a value that no schema describes."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return "string" if isinstance(value, str) else "json"
+
+
 def review_fields(request: ApprovalRequest) -> list[ReviewField]:
     """The proposal's fields, lowest confidence first (those to confirm lead), then in the schema's order."""
     schema = request.schema or {}
@@ -475,6 +486,10 @@ def review_fields(request: ApprovalRequest) -> list[ReviewField]:
         kind = spec.get("type") if isinstance(spec.get("type"), str) else ""
         if spec.get("enum"):
             kind = "choice"
+        elif not spec:
+            # Data the workflow passed without a schema (an approval step's inputs): edited as what it is, so a
+            # drafted reply is text to read and correct, not a JSON string with escaped line breaks.
+            kind = _kind_of((request.proposal or {}).get(name))
         elif kind not in ("string", "number", "integer", "boolean"):
             kind = "json"
         score = request.confidence.get(name)

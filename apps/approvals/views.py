@@ -364,7 +364,9 @@ def _parse(kind: str, raw: str, current: Any) -> Any:
         return value
     if kind == "choice" and text == "" and current is None:
         return None
-    return raw
+    # Browsers send a textarea's line breaks as CRLF; the proposal's text has LF, and an untouched reply must
+    # not count as a correction.
+    return raw.replace("\r\n", "\n")
 
 
 def _int_or_float(text: str) -> int | float:

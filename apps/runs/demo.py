@@ -32,12 +32,14 @@ from apps.workflows.uses import graph_uses
 logger = logging.getLogger(__name__)
 
 DEMO_TEAMS = {"finance": "Finance", "marketing": "Marketing", "support": "Support"}
-# Template → the team whose workflow it becomes ("claims" is the demo's first team).
+# Template → the team whose workflow it becomes ("claims" is the demo's first team) and its name when not the
+# template's (the demo's text-based "Claims triage" already exists).
 DEMO_TEMPLATES = {
-    "invoice-review": "finance",
-    "marketing-copy": "marketing",
-    "support-ticket-triage": "support",
-    "weekly-approvals-assistant": "claims",
+    "claims-triage": ("claims", "Claims from PDF"),
+    "invoice-review": ("finance", ""),
+    "marketing-copy": ("marketing", ""),
+    "support-ticket-triage": ("support", ""),
+    "weekly-approvals-assistant": ("claims", ""),
 }
 DIGEST_RECIPIENT = "rita@aios.localhost"
 
@@ -56,13 +58,13 @@ def seed_process_demo(analyst: User, team: Team) -> None:
                 actor=admin, name=name, label=label, kind=kind, team=teams[owner], config=config, secrets=secrets
             )
     seed_knowledge_demo(analyst, teams["support"])
-    for template, owner in DEMO_TEMPLATES.items():
-        _workflow(analyst, template, teams[owner])
+    for template, (owner, name) in DEMO_TEMPLATES.items():
+        _workflow(analyst, template, teams[owner], name)
 
 
-def _connections(reviewer: User | None) -> list[tuple[str, str, str, str, dict[str, Any], dict[str, str]]]:
+def _connections(reviewer: User | None) -> list[tuple[str, str, str, str, dict[str, Any], dict[str, str | None]]]:
     """(name, label, kind, owning team, settings, secrets) of every connection the demo can point somewhere."""
-    found: list[tuple[str, str, str, str, dict[str, Any], dict[str, str]]] = []
+    found: list[tuple[str, str, str, str, dict[str, Any], dict[str, str | None]]] = []
     outside = settings.AIOS_DEMO_OUTSIDE_URL.rstrip("/")
     if outside:
         found.append(("erp-api", "ERP API (demo stand-in)", "http", "finance", {"base_url": f"{outside}/erp/"}, {}))
@@ -119,11 +121,11 @@ def _connections(reviewer: User | None) -> list[tuple[str, str, str, str, dict[s
     return found
 
 
-def _workflow(analyst: User, template: str, team: Team) -> None:
-    """The template as a published workflow of `team`, when it does not exist yet and everything it names
-    (connections, the knowledge collection) was seeded."""
+def _workflow(analyst: User, template: str, team: Team, name: str) -> None:
+    """The template as a published workflow of `team` (named `name`, or as the template), when it does not exist
+    yet and everything it names (connections, the knowledge collection) was seeded."""
     document = gallery_template_get(template).documents[-1]
-    if Workflow.objects.filter(slug=document["metadata"]["slug"]).exists():
+    if Workflow.objects.filter(name=name or document["metadata"]["name"]).exists():
         return
     needs = [use for step in _all_graphs(template) for _, use in graph_uses(step)]
     missing = [
@@ -135,7 +137,7 @@ def _workflow(analyst: User, template: str, team: Team) -> None:
     if missing:
         logger.info("demo: %s not seeded, it needs %s", template, ", ".join(sorted(set(missing))))
         return
-    workflow = workflow_create_from_template(actor=analyst, template=template, team=team)
+    workflow = workflow_create_from_template(actor=analyst, template=template, name=name, team=team)
     draft = workflow.versions.get(state=WorkflowVersion.State.DRAFT)
     workflow_version_publish(actor=analyst, version=draft, note="Published by the demo seed.")
     if template == "weekly-approvals-assistant":

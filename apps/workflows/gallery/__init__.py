@@ -19,7 +19,7 @@ from django.db import transaction
 
 from apps.accounts.models import Team, User
 from apps.core.exceptions import ApplicationError, ValidationFailed
-from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.models import Workflow
 from apps.workflows.services import workflow_create, workflow_draft_save, workflow_version_publish
 
 GALLERY = Path(__file__).parent
@@ -68,17 +68,14 @@ def gallery_template_get(slug: str) -> GalleryTemplate:
 
 
 def _supporting_workflow(actor: User, document: dict[str, Any], team: Team | None) -> Workflow:
-    """A workflow the template runs: the existing one with that slug when it has a published version, else
-    created from the document and published (the gallery ships it valid)."""
+    """A workflow the template runs: the existing one with that slug, else created from the document and
+    published. When it cannot be published for this person yet (it names a connection or a queue she does not
+    have), it stays a draft to adapt: the main workflow's draft then says it waits for that publication, and
+    nothing the template holds is lost."""
     metadata = document["metadata"]
     existing = Workflow.objects.filter(slug=metadata["slug"]).first()
     if existing is not None:
-        if existing.versions.filter(state=WorkflowVersion.State.PUBLISHED).exists():
-            return existing
-        raise ApplicationError(
-            f'The template needs the workflow "{metadata["slug"]}", which exists without a published version: '
-            "publish it first."
-        )
+        return existing
     workflow = workflow_create(
         actor=actor,
         name=str(metadata["name"]),
@@ -94,7 +91,11 @@ def _supporting_workflow(actor: User, document: dict[str, Any], team: Team | Non
         expected_revision=None,
         label="Create from the gallery",
     )
-    workflow_version_publish(actor=actor, version=draft, note="Created from the gallery template.")
+    try:
+        with transaction.atomic():
+            workflow_version_publish(actor=actor, version=draft, note="Created from the gallery template.")
+    except ApplicationError:
+        pass  # left as a draft (see above)
     return workflow
 
 
