@@ -435,7 +435,7 @@ def document_parse(document: dict[str, Any]) -> ParsedDocument:
         item, _ = resolver.follow(item)
         if not isinstance(item, dict):
             continue
-        shared = item.get("parameters") if isinstance(item.get("parameters"), list) else []
+        shared: list[Any] = item["parameters"] if isinstance(item.get("parameters"), list) else []
         for method, raw in item.items():
             if method in ("head", "options", "trace"):
                 notes.append(
@@ -454,7 +454,7 @@ def document_parse(document: dict[str, Any]) -> ParsedDocument:
             "The document lists no operation the HTTP request step can call (GET, POST, PUT, PATCH or DELETE "
             'under "paths").'
         )
-    servers = document.get("servers") if isinstance(document.get("servers"), list) else []
+    servers: list[Any] = document["servers"] if isinstance(document.get("servers"), list) else []
     named = [str(server["url"])[:200] for server in servers if isinstance(server, dict) and server.get("url")]
     if named:
         notes.insert(
@@ -488,7 +488,8 @@ def _operation(
         operation_id = label[:300]
     # Operation-level parameters override the path's by (name, location).
     merged: dict[tuple[str, str], dict[str, Any]] = {}
-    for item in [*shared, *(raw.get("parameters") if isinstance(raw.get("parameters"), list) else [])]:
+    own: list[Any] = raw["parameters"] if isinstance(raw.get("parameters"), list) else []
+    for item in [*shared, *own]:
         parameter, seen = resolver.follow(item)
         if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
             continue
@@ -509,7 +510,7 @@ def _operation(
         schema_node = parameter.get("schema")
         if schema_node is None and isinstance(parameter.get("content"), dict):
             # A parameter described by a media type (rare): its first media type's schema.
-            first = next(iter(parameter["content"].values()), {})
+            first: Any = next(iter(parameter["content"].values()), {})
             schema_node = first.get("schema") if isinstance(first, dict) else None
         schema = resolver.schema(schema_node, parameter["__seen"]) if schema_node is not None else {}
         style = parameter.get("style")
@@ -686,18 +687,15 @@ def _schema_problem(value: Any, schema: dict[str, Any], label: str) -> str | Non
     """The first way `value` breaks `schema`, naming `label` and the part inside it; None when it fits."""
     try:
         validator = Draft202012Validator(schema)
-        errors = sorted(validator.iter_errors(value), key=lambda error: list(error.absolute_path))
-    except SchemaError as error:
-        return f"{label}: the document's schema for it is not valid ({error.message[:200]})"
+        errors = sorted(validator.iter_errors(value), key=lambda found: list(found.absolute_path))
+    except SchemaError as broken:
+        return f"{label}: the document's schema for it is not valid ({broken.message[:200]})"
     if not errors:
         return None
-    error = errors[0]
-    where = (
-        ".".join([label, *(str(part) for part in error.absolute_path)])
-        if label
-        else ".".join(str(part) for part in error.absolute_path)
-    )
-    return f"{where or 'the body'}: {error.message[:300]}"
+    first = errors[0]
+    parts = [str(part) for part in first.absolute_path]
+    where = ".".join([label, *parts] if label else parts)
+    return f"{where or 'the body'}: {first.message[:300]}"
 
 
 def build_request(

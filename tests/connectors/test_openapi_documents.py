@@ -263,3 +263,18 @@ def test_other_kinds_have_no_openapi_page(client: Any, team: Any, admin_user_rol
     make_connection(team, name="mail", kind="smtp")
     client.force_login(admin_user_role)
     assert client.get(reverse("connectors:openapi", args=["mail"])).status_code == 404
+
+
+def test_loading_and_removing_by_persona(
+    client: Any, erp: Any, analyst: Any, reviewer: Any, manager: Any, outsider: Any
+) -> None:
+    _load(erp)
+    url = reverse("connectors:openapi", args=["erp"])
+    upload = {"action": "upload", "document": SimpleUploadedFile("c.json", CATALOGUE_31.encode())}
+    for persona, expected in ((analyst, 403), (reviewer, 403), (manager, 404), (outsider, 404)):
+        client.force_login(persona)
+        for data in ({"action": "remove"}, {"action": "fetch", "path": "/openapi.json"}, upload):
+            assert client.post(url, data).status_code == expected, (persona, data)
+    client.logout()
+    assert client.post(url, {"action": "remove"}).status_code == 302
+    assert OpenApiDocument.objects.get().title == "Acme ERP API"

@@ -28,6 +28,9 @@ MATRIX: dict[str, dict[str, int]] = {
         "outsider": HIDDEN,
         "anonymous": LOGIN,
     },
+    # An HTTP connection's OpenAPI document: its operations for those who may use it (loading and removing it
+    # are POSTs for managers: tests/connectors/test_openapi_documents.py covers them by persona).
+    "connectors:openapi": {**USERS_SEE, "anonymous": LOGIN},
     "api:connection-list": {**dict.fromkeys(SIGNED_IN, OK), "anonymous": UNAUTHENTICATED},
     "api:connection-detail": {**USERS_SEE, "anonymous": UNAUTHENTICATED},
 }
@@ -51,5 +54,6 @@ def world_args(world: dict[str, Any]) -> dict[str, list[Any]]:
         "connectors:team": [team.slug],
         "connectors:detail": [connection.name],
         "connectors:delete": [connection.name],
+        "connectors:openapi": [connection.name],
         "api:connection-detail": [connection.name],
     }

@@ -172,7 +172,7 @@ class HttpRequest(StepType):
 
     def execute(self, config: HttpRequestConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         variables = context.expression_variables()
-        method = config.method
+        method: str = config.method
         try:
             url = template_render(config.url, variables).strip() if not config.operation else ""
             headers = {name: template_render(value, variables) for name, value in config.headers.items()}
