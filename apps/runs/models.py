@@ -411,3 +411,35 @@ class ScheduleTimer(models.Model):
 
     def __str__(self) -> str:
         return f"schedule {self.trigger_id} at {self.fire_at:%Y-%m-%d %H:%M}"
+
+
+# --- email triggers that read a mailbox (apps/runs/mailbox_poll.py) ---------------------------------------------
+class MailboxPoll(models.Model):
+    """Where polling an email trigger's mailbox stands: one row per email trigger that names a mailbox
+    connection, made by the first poll.
+
+    `uidvalidity` and `last_uid` are the cursor: every message with a UID up to `last_uid` was handled (fired and
+    marked \\Seen), so a poll asks only for newer ones; they are valid for `source` (the connection, host, user
+    and folder) and the server's UIDVALIDITY, and start over when either changes. A poll claims the row by a
+    conditional update that sets `polling_until` (a lease) and bumps `lease_token`; cursor and outcome writes
+    carry the token, so a poll whose lease another took over can no longer move them. `due_at` is the next poll;
+    `polled_at`, `ok` and `message` are the last poll's outcome as the trigger's page shows it."""
+
+    trigger = models.OneToOneField("workflows.Trigger", on_delete=models.CASCADE, related_name="mailbox_poll")
+    source = models.CharField(max_length=400, blank=True)
+    uidvalidity = models.BigIntegerField(null=True, blank=True)
+    last_uid = models.BigIntegerField(default=0)
+    due_at = models.DateTimeField()
+    polling_until = models.DateTimeField(null=True, blank=True)
+    lease_token = models.BigIntegerField(default=0)
+    polled_at = models.DateTimeField(null=True, blank=True)
+    ok = models.BooleanField(null=True, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+    # Failed polls in a row: the next poll waits longer each time (a refused login is not retried every minute).
+    failures = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["due_at"], name="mailbox_poll_due_idx")]
+
+    def __str__(self) -> str:
+        return f"mailbox poll of trigger {self.trigger_id}"
