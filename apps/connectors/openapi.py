@@ -132,6 +132,8 @@ class RequestBody:
     required: bool = False
     description: str = ""
     schema: dict[str, Any] | None = None
+    # The document's order of the top-level fields: a jsonb column keeps object keys in an order of its own.
+    order: tuple[str, ...] = ()
 
     @property
     def is_json(self) -> bool:
@@ -145,6 +147,8 @@ class RequestBody:
         if not isinstance(properties, dict):
             return []
         required = set(schema.get("required") or [])
+        names = [name for name in self.order if name in properties]
+        names += [name for name in properties if name not in names]
         return [
             BodyField(
                 name=str(name),
@@ -152,7 +156,7 @@ class RequestBody:
                 description=str(spec.get("description") or spec.get("title") or "") if isinstance(spec, dict) else "",
                 schema=spec if isinstance(spec, dict) else {},
             )
-            for name, spec in properties.items()
+            for name, spec in ((name, properties[name]) for name in names)
             if not (isinstance(spec, dict) and spec.get("readOnly"))
         ]
 
@@ -162,6 +166,7 @@ class RequestBody:
             "required": self.required,
             "description": self.description,
             "schema": self.schema,
+            "order": list(self.order),
         }
 
 
@@ -221,6 +226,7 @@ class Operation:
                 required=bool(body.get("required")),
                 description=str(body.get("description", "")),
                 schema=body.get("schema"),
+                order=tuple(str(name) for name in body.get("order") or ()),
             )
             if isinstance(body, dict)
             else None,
@@ -552,7 +558,11 @@ def _body(resolver: _Resolver, node: Any) -> RequestBody | None:
         return RequestBody(content_type=str(next(iter(content)))[:100], required=required, description=description)
     media = content[chosen] if isinstance(content[chosen], dict) else {}
     schema = resolver.schema(media.get("schema", {}), seen)
-    return RequestBody(content_type=str(chosen)[:100], required=required, description=description, schema=schema)
+    properties = schema.get("properties")
+    order = tuple(str(name) for name in properties) if isinstance(properties, dict) else ()
+    return RequestBody(
+        content_type=str(chosen)[:100], required=required, description=description, schema=schema, order=order
+    )
 
 
 def describe_schema(schema: dict[str, Any]) -> str:

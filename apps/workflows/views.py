@@ -309,6 +309,8 @@ def _summary(step: dict[str, Any]) -> str:
         fields = config.get("fields") if isinstance(config.get("fields"), dict) else {}
         return "Compute " + ", ".join(map(str, fields)) if fields else "Compute values"
     if kind == "http.request":
+        if config.get("operation"):  # an operation of the connection's OpenAPI document
+            return f"Call {config['operation']} on {config.get('connection') or '…'}"
         return f"{config.get('method', 'POST')} {config.get('url') or '…'}"
     if kind == "human.approval":
         return f"Ask the {config.get('queue') or '…'} queue: {config.get('title', 'Approval needed')}"

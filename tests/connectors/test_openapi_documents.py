@@ -99,6 +99,17 @@ def test_an_admin_loads_a_file_and_the_operations_are_stored_and_audited(erp: An
     ]
     created = operation_get("erp", "createInvoice")
     assert created is not None and created.body is not None and created.body.required
+    # The body's fields in the document's order, though the database keeps object keys in an order of its own.
+    assert [field.name for field in created.body.fields()] == [
+        "number",
+        "supplier_id",
+        "amount",
+        "currency",
+        "paid",
+        "due_date",
+        "notes",
+        "lines",
+    ]
     event = AuditEvent.objects.get(verb="connection.openapi_loaded")
     assert event.actor_id == admin_user_role.pk
     assert '"operations":10' in event.data and "Invoice" not in event.data  # counts and hashes, not the text
