@@ -58,7 +58,11 @@ def test_vector_search_reads_the_hnsw_index_of_its_size(small_kb):
     support_kb = small_kb
     vector = "[" + ",".join(["0.05"] * 384) + "]"
     with connection.cursor() as cursor:
-        cursor.execute("SET enable_seqscan = off")  # a 70-row table would otherwise be scanned whole
+        # A 70-row table would otherwise be scanned whole, or read through the collection's btree and sorted:
+        # the planner chooses by cost, and on a table this small either is cheaper than the HNSW index.
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute("SET enable_bitmapscan = off")
+        cursor.execute("SET enable_sort = off")
         cursor.execute(
             "EXPLAIN SELECT id FROM knowledge_chunk c WHERE c.dimensions = 384 AND c.collection_id = %s "
             "ORDER BY (c.embedding::vector(384)) <=> %s::vector(384) LIMIT 5",
@@ -66,6 +70,8 @@ def test_vector_search_reads_the_hnsw_index_of_its_size(small_kb):
         )
         plan = "\n".join(row[0] for row in cursor.fetchall())
         cursor.execute("RESET enable_seqscan")
+        cursor.execute("RESET enable_bitmapscan")
+        cursor.execute("RESET enable_sort")
     assert "chunk_embedding_384_hnsw" in plan, plan
 
 
