@@ -341,6 +341,8 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # port (point an MX record or a mail server's forwarding at it in production).
 AIOS_INBOUND_MAIL_DOMAIN = env_str("AIOS_INBOUND_MAIL_DOMAIN", "aios.localhost")
 AIOS_INBOUND_SMTP_PORT = env_int("AIOS_INBOUND_SMTP_PORT", 2525, minimum=1, maximum=65535)
+# Email triggers that read a mailbox over IMAP: seconds between polls of each (failed polls wait longer).
+AIOS_MAILBOX_POLL_SECONDS = env_float("AIOS_MAILBOX_POLL_SECONDS", 60.0, minimum=5.0)
 # The demo's outside systems, set by `make run` for the demo seed only (empty: the demo seeds no connections to
 # them): the stand-in ERP and CMS, and the demo ERP's database.
 AIOS_DEMO_OUTSIDE_URL = env_str("AIOS_DEMO_OUTSIDE_URL", "")

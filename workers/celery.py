@@ -28,6 +28,9 @@ app.conf.task_routes = {
     # engine's quick steps should not queue behind.
     "knowledge.document_ingest": {"queue": "default"},
     "knowledge.ingest_resume": {"queue": "default"},
+    # Email triggers that read a mailbox: the tick is quick bookkeeping; a poll waits on an outside IMAP server.
+    "runs.mailboxes_poll": {"queue": "default"},
+    "runs.mailbox_poll": {"queue": "connectors"},
 }
 app.autodiscover_tasks(["apps.runs", "apps.audit", "apps.approvals", "apps.knowledge"])
 
@@ -66,6 +69,12 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
     resume_every = settings.AIOS_KNOWLEDGE_SWEEP_SECONDS
     sender.add_periodic_task(
         resume_every, sender.signature("knowledge.ingest_resume", expires=resume_every * 2), name="knowledge-resume"
+    )
+    # Mailbox triggers: each tick sends a poll for every trigger whose row says it is due; a poll takes its
+    # trigger's lease by a conditional update, so ticks that overlap a slow poll never poll one mailbox twice.
+    mailbox_every = settings.AIOS_MAILBOX_POLL_SECONDS
+    sender.add_periodic_task(
+        mailbox_every, sender.signature("runs.mailboxes_poll", expires=mailbox_every * 2), name="mailbox-polls"
     )
     digest_every = settings.AIOS_DIGEST_INTERVAL_SECONDS
     sender.add_periodic_task(

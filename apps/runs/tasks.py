@@ -13,6 +13,7 @@ from apps.core.exceptions import Conflict
 from apps.runs.async_engine import async_engine
 from apps.runs.children import child_run_finished
 from apps.runs.executor import step_run_execute
+from apps.runs.mailbox_poll import MAILBOX_POLL_TASK, MAILBOXES_POLL_TASK, mailbox_poll, mailbox_polls_due
 from apps.runs.models import Run
 from apps.runs.outbox import CANCEL_RUN_TASK, CHILD_FINISHED_TASK, EXECUTE_STEP_TASK
 from apps.runs.services import run_cancel
@@ -57,6 +58,22 @@ def cancel(run_id: int, reason: str) -> None:
 def trigger_event(run_id: int) -> None:
     """Start the workflows whose event triggers follow a finished run (a repeat starts nothing new)."""
     event_relay(run_id=run_id)
+
+
+# --- triggers: email triggers that read a mailbox (apps/runs/mailbox_poll.py) ---
+@shared_task(name=MAILBOXES_POLL_TASK, acks_late=False, ignore_result=True)
+def mailboxes_poll() -> int:
+    """The beat's tick: one `runs.mailbox_poll` per mailbox trigger due; a lost tick is replaced by the next."""
+    due = mailbox_polls_due()
+    for trigger_id in due:
+        mailbox_poll_task.delay(trigger_id)
+    return len(due)
+
+
+@shared_task(name=MAILBOX_POLL_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def mailbox_poll_task(trigger_id: int) -> None:
+    """Poll one trigger's mailbox (a second delivery finds it polled or being polled, and returns)."""
+    mailbox_poll(trigger_id=trigger_id)
 
 
 # --- end triggers ---

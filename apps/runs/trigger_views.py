@@ -25,6 +25,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.runs.documents import documents_from_form
+from apps.runs.mailbox_poll import mailbox_choices_for, mailbox_state_for
 from apps.runs.triggers import (
     Outcome,
     WebhookRequest,
@@ -63,7 +64,8 @@ KIND_HELP = {
     "form": "A page with the workflow's input form that colleagues who may run it fill in.",
     "schedule": "Runs at set times, such as every Monday at 08:00 in your time zone.",
     "webhook": "Another system sends a signed HTTP request; each request starts a run.",
-    "email": "Mail sent to an address of its own starts a run with its subject, text and attachments.",
+    "email": "Mail to an address of its own, or arriving in a mailbox it reads, starts a run with its subject, text "
+    "and attachments.",
     "event": "Runs when another workflow finishes, with that run's output as input.",
 }
 # What each kind's payload holds, for the input mapping's help text.
@@ -114,7 +116,10 @@ def _row(request: HttpRequest, trigger: Trigger) -> dict[str, Any]:
     elif trigger.kind == Trigger.Kind.WEBHOOK:
         row["url"] = _absolute(request, reverse("hooks:receive", args=[trigger.token]))
     elif trigger.kind == Trigger.Kind.EMAIL:
-        row["address"] = email_address_for(trigger)
+        # --- a mailbox it reads, or its inbound address ---
+        row["mailbox"] = mailbox_state_for(trigger)
+        if row["mailbox"] is None:
+            row["address"] = email_address_for(trigger)
     elif trigger.kind == Trigger.Kind.SCHEDULE:
         row["description"] = schedule_describe(trigger.config.get("cron", ""))
         row["timezone"] = trigger.config.get("timezone", "")
@@ -149,6 +154,8 @@ def _settings_from_post(kind: str, data: QueryDict) -> tuple[dict[str, Any], str
         }
     elif kind == "event":
         config = {"outcomes": data.getlist("outcomes") or ["succeeded"]}
+    elif kind == "email":  # --- the inbound address, or a mailbox to read ---
+        config = {"receive": data.get("receive", "address"), "connection": data.get("connection", "").strip()}
     return config, data.get("inputs", "")
 
 
@@ -180,6 +187,7 @@ def _form_context(workflow: Workflow, kind: str, request: HttpRequest, **extra: 
         "zones": COMMON_ZONES,
         "outcome_choices": EVENT_OUTCOMES,
         "sources": workflows_for_event_source(request.user, workflow) if kind == "event" else [],
+        "mailboxes": mailbox_choices_for(request.user, workflow) if kind == "email" else [],  # type: ignore[arg-type]
         **extra,
     }
 
@@ -193,7 +201,11 @@ def trigger_new(request: HttpRequest, slug: str, kind: str) -> HttpResponse:
         raise Http404("No such kind of trigger.")
     if not workflow_can_edit(request.user, workflow):
         raise PermissionDenied("Only those who may change this workflow manage its triggers.")
-    values: dict[str, Any] = {"timezone": "Europe/Berlin" if kind == "schedule" else "", "outcomes": ["succeeded"]}
+    values: dict[str, Any] = {
+        "timezone": "Europe/Berlin" if kind == "schedule" else "",
+        "outcomes": ["succeeded"],
+        "receive": "address",
+    }
     errors: dict[str, list[str]] = {}
     preview = None
     if request.method == "POST":
@@ -237,6 +249,7 @@ def trigger_edit(request: HttpRequest, trigger_id: int) -> HttpResponse:
         "name": trigger.name,
         "inputs": inputs_mapping_text(trigger.inputs),
         "source": trigger.source_workflow.slug if trigger.source_workflow else "",
+        "receive": "mailbox" if trigger.config.get("connection") else "address",
     }
     errors: dict[str, list[str]] = {}
     preview = _preview(trigger.kind, trigger.config)

@@ -13,7 +13,7 @@ for everyone, which is what they exist to prevent.
 
 Schedules fire from `ScheduleTimer` rows swept by apps.runs.sweeper; event triggers from the outbox row a finished
 run writes (apps.runs.trigger_events); webhooks from the view in apps.runs.trigger_views; mail from the inbound
-SMTP server in apps.runs.inbound_mail.
+SMTP server in apps.runs.inbound_mail, or from a mailbox polled over IMAP by apps.runs.mailbox_poll.
 """
 
 from __future__ import annotations
@@ -37,11 +37,14 @@ from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.services import audit_record
+from apps.connectors.models import Connection
+from apps.connectors.rules import workflow_uses_connection
+from apps.connectors.selectors import connection_use_problem
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unprocessable, ValidationFailed
 from apps.core.permissions import has_object_perm, restrict
 from apps.core.secrets import secret_decrypt, secret_encrypt
 from apps.runs.documents import document_input_value, document_store
-from apps.runs.models import Run, ScheduleTimer, TriggerFiring
+from apps.runs.models import MailboxPoll, Run, ScheduleTimer, TriggerFiring
 from apps.runs.services import run_start
 from apps.workflows.input_schema import document_field_names
 from apps.workflows.models import Trigger, Workflow
@@ -54,6 +57,7 @@ from apps.workflows.selectors import (
 from apps.workflows.triggers import (
     WEBHOOK_MAX_BYTES,
     MappingFailed,
+    email_mailbox_name,
     inputs_from_payload,
     schedule_next,
     schedule_slots_between,
@@ -117,13 +121,15 @@ def email_address_for(trigger: Trigger) -> str:
 
 
 def email_trigger_for_address(address: str) -> Trigger | None:
-    """The enabled or paused email trigger an address names; None for any other address."""
+    """The enabled or paused email trigger an address names; None for any other address (and for an email
+    trigger that reads a mailbox instead)."""
     local, at, domain = address.strip().strip("<>").rpartition("@")
     if not at or domain.lower() != inbound_mail_domain() or not local.isalnum():
         return None
     return (
         Trigger.objects.select_related("workflow", "created_by")
         .filter(token=local.lower(), kind=Trigger.Kind.EMAIL)
+        .exclude(config__has_key="connection")  # --- mailbox triggers read their mailbox, they have no address
         .first()
     )
 
@@ -195,6 +201,10 @@ def trigger_create(
     _require_edit(actor, workflow)
     name = " ".join(str(name or "").split())[:120]
     settings_, errors = trigger_config_clean(kind, config, inputs)
+    # --- email triggers that read a mailbox ---
+    mailbox_problem = mailbox_use_problem(actor, workflow, email_mailbox_name(settings_.config))
+    if kind == Trigger.Kind.EMAIL and mailbox_problem:
+        errors["connection"] = [mailbox_problem]
     if not name:
         errors["name"] = ["Give the trigger a name."]
     elif Trigger.objects.filter(workflow=workflow, name=name).exists():
@@ -238,6 +248,11 @@ def trigger_update(
     new_inputs = locked.inputs if inputs is None else inputs
     settings_, errors = trigger_config_clean(locked.kind, new_config, new_inputs)
     new_name = locked.name if name is None else " ".join(str(name).split())[:120]
+    # --- email triggers that read a mailbox: checked on every change, as the workflow's rights may have changed
+    mailbox = email_mailbox_name(settings_.config) if locked.kind == Trigger.Kind.EMAIL else ""
+    mailbox_problem = mailbox_use_problem(actor, locked.workflow, mailbox)
+    if mailbox_problem:
+        errors["connection"] = [mailbox_problem]
     if not new_name:
         errors["name"] = ["Give the trigger a name."]
     elif Trigger.objects.filter(workflow=locked.workflow, name=new_name).exclude(pk=locked.pk).exists():
@@ -248,6 +263,9 @@ def trigger_update(
         settings_.config.get("cron"),
         settings_.config.get("timezone"),
     ) != (locked.config.get("cron"), locked.config.get("timezone"))
+    if mailbox != email_mailbox_name(locked.config):
+        # Another mailbox (or none): its cursor means nothing there; the next poll starts afresh, at once.
+        MailboxPoll.objects.filter(trigger=locked).delete()
     locked.name, locked.config, locked.inputs = new_name, settings_.config, settings_.inputs
     locked.save(update_fields=["name", "config", "inputs", "updated_at"])
     _audit(actor, "trigger.changed", locked, {"config": settings_.config, "inputs": settings_.inputs})
@@ -434,6 +452,35 @@ def _fire(
 def _refuse(trigger: Trigger, detail: str, status: int, *, key: str = "", now: datetime | None = None) -> Firing:
     _record(trigger, Outcome.REFUSED, detail, key=key, now=now)
     return Firing(Outcome.REFUSED, detail, status=status)
+
+
+# --- email triggers that read a mailbox (polled by apps/runs/mailbox_poll.py) -----------------------------------
+
+
+@transaction.atomic
+def trigger_history_record(trigger: Trigger, outcome: str, detail: str, *, key: str = "") -> TriggerFiring:
+    """A history row and its audit event for something that started no run (a mailbox poll that failed, a message
+    refused before it was read), in a transaction of its own."""
+    return _record(trigger, outcome, detail, key=key)
+
+
+def mailbox_use_problem(actor: User | None, workflow: Workflow, name: str) -> str | None:
+    """Why an email trigger of `workflow` may not read the mailbox connection `name`, or None when it may (and
+    when `name` is empty: the trigger uses its inbound address). The person setting it up must be allowed to use
+    the connection, and so must the workflow (its team), which is what every poll checks again."""
+    if not name:
+        return None
+    if actor is not None:
+        problem = connection_use_problem(actor, name, kind="mailbox")
+        if problem:
+            return problem[0].upper() + problem[1:] + "."
+    connection = Connection.objects.filter(name=name, kind="mailbox").first()
+    if connection is None:
+        return f'There is no mailbox connection "{name}".'
+    if not workflow_uses_connection(workflow.pk, connection):
+        owner = f"its team {workflow.team.name}" if workflow.team is not None else "its owner"
+        return f"“{workflow.name}” may not read the mailbox “{connection.label}”: {owner} has no right to use it."
+    return None
 
 
 # --- form ------------------------------------------------------------------------------------------------------

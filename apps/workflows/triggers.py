@@ -245,7 +245,9 @@ def trigger_config_clean(kind: str, config: Any, inputs: Any) -> tuple[TriggerSe
 
     form: `intro` and `next_steps` (text shown on the form page and after submitting). schedule: `cron`,
     `timezone`, `skip_missed`. event: `outcomes` (some of succeeded, failed, cancelled; default succeeded); the
-    source workflow itself is checked by the service, which can read it. webhook and email: nothing.
+    source workflow itself is checked by the service, which can read it. webhook: nothing. email: `connection`,
+    the name of a mailbox connection to poll, or nothing for the inbound address (whether the connection exists
+    and the workflow may use it is the service's check, which can read them).
     `inputs` maps run input field names to CEL expressions over `payload`.
     """
     errors: dict[str, list[str]] = {}
@@ -279,10 +281,42 @@ def trigger_config_clean(kind: str, config: Any, inputs: Any) -> tuple[TriggerSe
             errors["outcomes"] = [f"Choose among {', '.join(EVENT_OUTCOMES)}."]
             outcomes = ["succeeded"]
         clean["outcomes"] = [outcome for outcome in EVENT_OUTCOMES if outcome in outcomes]
+    # --- email: the inbound address, or a mailbox connection to poll (apps/runs/mailbox_poll.py) ---
+    elif kind == "email":
+        clean, email_errors = _email_config_clean(config)
+        errors.update(email_errors)
     mapping, mapping_errors = inputs_mapping_clean(inputs)
     if mapping_errors:
         errors["inputs"] = mapping_errors
     return TriggerSettings(config=clean, inputs=mapping), errors
+
+
+# --- email triggers: where mail arrives ---------------------------------------------------------------------
+
+EMAIL_RECEIVE = ("address", "mailbox")
+_CONNECTION_NAME = re.compile(r"^[-a-zA-Z0-9_]{1,64}$")
+
+
+def _email_config_clean(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """An email trigger's settings: `receive` ("address", the default, or "mailbox") picks where mail comes from;
+    a mailbox needs `connection`. Stored as {} for the address and {"connection": name} for a mailbox, so the
+    triggers made before mailboxes existed read as they always did."""
+    connection = str(config.get("connection") or "").strip()
+    receive = str(config.get("receive") or ("mailbox" if connection else "address"))
+    if receive not in EMAIL_RECEIVE:
+        return {}, {"receive": ["Choose the inbound address or a mailbox."]}
+    if receive == "address":
+        return {}, {}
+    if not connection:
+        return {}, {"connection": ["Choose the mailbox to read."]}
+    if not _CONNECTION_NAME.match(connection):
+        return {}, {"connection": [f"“{connection[:80]}” is not a connection name."]}
+    return {"connection": connection}, {}
+
+
+def email_mailbox_name(config: dict[str, Any]) -> str:
+    """The mailbox connection an email trigger reads ("" when mail arrives at its inbound address)."""
+    return str(config.get("connection") or "") if isinstance(config, dict) else ""
 
 
 def inputs_mapping_clean(inputs: Any) -> tuple[dict[str, str], list[str]]:

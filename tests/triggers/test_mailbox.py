@@ -1,0 +1,361 @@
+"""Email triggers that read a mailbox: polls against the IMAP4rev1 stand-in (tests/support/imap.py) over a real
+socket, through the mailbox connection, the outbound address policy and the real firing path.
+
+Figures: every new message starts one run (text and PDF as inputs) and is marked \\Seen only after; a second poll
+reads nothing; a \\Seen lost with the connection means the message is read again and recorded as a duplicate, one
+run; a renumbered folder is scanned again without a new run; refusals (login, policy, rights, folder, size) are
+the page's last-poll message and one history row; a paused trigger is not polled; two polls at once poll once."""
+
+from __future__ import annotations
+
+import threading
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from django.db import connection as db_connection
+from django.test import Client
+from django.urls import reverse
+from guardian.shortcuts import remove_perm
+
+from apps.audit.models import AuditEvent
+from apps.core.exceptions import ValidationFailed
+from apps.runs.mailbox_poll import MAIL_MAX_BYTES, mailbox_poll, mailbox_polls_due
+from apps.runs.models import InputDocument, MailboxPoll, Run, TriggerFiring
+from apps.runs.triggers import (
+    email_address_for,
+    email_trigger_for_address,
+    trigger_create,
+    trigger_pause,
+    trigger_resume,
+)
+from apps.workflows.models import Trigger
+from tests.connectors.helpers import allow_loopback, finance_team, make_connection
+from tests.support.documents import pdf_of
+from tests.support.imap import ImapServer
+from tests.triggers.conftest import publish
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+USER, PASSWORD = "claims@example.com", "imap-pw-7731"
+CLAIM_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "subject": {"type": "string"},
+        "sender": {"type": "string"},
+        "text": {"type": "string", "format": "textarea"},
+        "claim_form": {"type": "object", "format": "document"},
+    },
+    "required": ["subject"],
+}
+MAPPING = {"subject": "payload.subject", "sender": "payload.sender", "text": "payload.text"}
+
+
+def mail(subject: str, text: str, message_id: str, *, pdf: list[str] | None = None) -> bytes:
+    message = EmailMessage()
+    message["From"] = "Carla Client <carla@example.com>"
+    message["To"] = USER
+    message["Subject"] = subject
+    message["Message-ID"] = message_id
+    message["Date"] = "Mon, 07 Dec 2026 08:00:00 +0000"
+    message.set_content(text)
+    if pdf:
+        message.add_attachment(pdf_of(pdf), maintype="application", subtype="pdf", filename="claim.pdf")
+    return message.as_bytes()
+
+
+@pytest.fixture
+def imap():
+    with ImapServer(users={USER: PASSWORD}, folders={"INBOX": 0}) as server:
+        yield server
+
+
+@pytest.fixture
+def mailbox(settings, imap, team):
+    """The mailbox connection of the analyst's team, pointing at the stand-in (plain IMAP on loopback, allowed)."""
+    allow_loopback(settings)
+    return make_connection(
+        team,
+        name="claims-inbox",
+        kind="mailbox",
+        config={"host": "127.0.0.1", "port": imap.port, "ssl": False, "username": USER},
+        secrets={"password": PASSWORD},
+        label="Claims inbox",
+    )
+
+
+@pytest.fixture
+def claims(analyst, team):
+    return publish(analyst, "Claims by mail", schema=CLAIM_SCHEMA, fields={"s": "input.subject"}, team=team)
+
+
+@pytest.fixture
+def trigger(analyst, claims, mailbox) -> Trigger:
+    made, _ = trigger_create(
+        actor=analyst,
+        workflow=claims,
+        kind="email",
+        name="Claims mailbox",
+        config={"receive": "mailbox", "connection": mailbox.name},
+        inputs=MAPPING,
+    )
+    return made
+
+
+def history(trigger: Trigger) -> list[str]:
+    return list(TriggerFiring.objects.filter(trigger=trigger).order_by("pk").values_list("outcome", flat=True))
+
+
+def history_details(trigger: Trigger) -> list[str]:
+    return list(TriggerFiring.objects.filter(trigger=trigger).order_by("pk").values_list("detail", flat=True))
+
+
+def bodies_fetched(imap: ImapServer) -> list[str]:
+    return [line for line in imap.commands if "BODY.PEEK[]" in line]
+
+
+def test_new_mail_starts_one_run_each_and_is_marked_read_after(imap, trigger, analyst):
+    first = imap.deliver(
+        mail(
+            "Claim 2041: water damage",
+            "The kitchen is flooded.",
+            "<c2041@example.com>",
+            pdf=["Claim form 2041", "Amount: 1200 EUR"],
+        )
+    )
+    second = imap.deliver(mail("Claim 2042: broken window", "A stone.", "<c2042@example.com>"))
+    already_read = imap.deliver(mail("Old news", "Read by a person.", "<old@example.com>"), seen=True)
+
+    assert mailbox_polls_due() == [trigger.pk]
+    outcome = mailbox_poll(trigger_id=trigger.pk)
+    assert outcome is not None and outcome.ok and outcome.started == 2, outcome
+    runs = {run.inputs["subject"]: run for run in Run.objects.filter(workflow=trigger.workflow)}
+    assert set(runs) == {"Claim 2041: water damage", "Claim 2042: broken window"}
+    flooded = runs["Claim 2041: water damage"]
+    assert flooded.trigger == "email" and flooded.initiator == analyst
+    assert flooded.inputs["sender"] == "carla@example.com" and flooded.inputs["text"] == "The kitchen is flooded."
+    document = InputDocument.objects.get(pk=flooded.inputs["claim_form"]["document"])
+    assert document.name == "claim.pdf" and "Amount: 1200 EUR" in document.text
+    assert runs["Claim 2042: broken window"].inputs.get("claim_form") is None
+    assert imap.flags(first) == {"\\Seen"} and imap.flags(second) == {"\\Seen"}
+    assert history(trigger) == ["started", "started"]
+
+    poll = MailboxPoll.objects.get(trigger=trigger)
+    assert poll.ok and poll.last_uid == second and poll.uidvalidity == imap.mailboxes["INBOX"].uidvalidity
+    assert poll.polling_until is None and poll.message == "2 new messages in “INBOX”: 2 runs started."
+    # Each body was fetched once, with PEEK (never marked by the read), and the read message never.
+    assert len(bodies_fetched(imap)) == 2 and not any(f"FETCH {already_read} " in c for c in imap.commands)
+
+    # Not due again before its interval; forced, it reads nothing and asks only for UIDs after the cursor.
+    assert mailbox_polls_due() == [] and mailbox_poll(trigger_id=trigger.pk) is None
+    imap.commands.clear()
+    again = mailbox_poll(trigger_id=trigger.pk, force=True)
+    assert again is not None and again.ok and again.started == 0 and again.message == "No new mail in “INBOX”."
+    assert f"UID SEARCH UNSEEN UID {second + 1}:*" in imap.commands and bodies_fetched(imap) == []
+    assert Run.objects.filter(workflow=trigger.workflow).count() == 2 and history(trigger) == ["started", "started"]
+
+    third = imap.deliver(mail("Claim 2043", "Hail.", "<c2043@example.com>"))
+    assert mailbox_poll(trigger_id=trigger.pk, force=True).started == 1  # type: ignore[union-attr]
+    assert imap.flags(third) == {"\\Seen"} and MailboxPoll.objects.get(trigger=trigger).last_uid == third
+    assert Run.objects.filter(workflow=trigger.workflow).count() == 3
+
+
+def test_a_lost_seen_flag_reads_the_message_again_as_a_duplicate(imap, trigger):
+    uid = imap.deliver(mail("Claim 7", "Storm.", "<c7@example.com>"))
+    imap.drop_on_store = 1  # the session ends after the firing committed, before \Seen is stored
+    crashed = mailbox_poll(trigger_id=trigger.pk)
+    assert crashed is not None and not crashed.ok and "closed the IMAP session" in crashed.message
+    assert imap.stores_dropped == 1 and imap.flags(uid) == set()
+    assert Run.objects.filter(workflow=trigger.workflow).count() == 1
+    poll = MailboxPoll.objects.get(trigger=trigger)
+    assert poll.last_uid == 0 and poll.failures == 1 and not poll.ok
+    assert history(trigger) == ["started", "failed"]
+
+    again = mailbox_poll(trigger_id=trigger.pk, force=True)
+    assert again is not None and again.ok and again.duplicates == 1 and again.started == 0
+    assert Run.objects.filter(workflow=trigger.workflow).count() == 1
+    assert history(trigger) == ["started", "failed", "duplicate"]
+    duplicate = TriggerFiring.objects.filter(trigger=trigger).order_by("pk").last()
+    assert duplicate is not None and duplicate.run == Run.objects.get() and "Already received" in duplicate.detail
+    assert imap.flags(uid) == {"\\Seen"}
+    poll.refresh_from_db()
+    assert poll.last_uid == uid and poll.failures == 0 and poll.ok
+    print("M1 lost_seen_store runs 1/1 duplicate_recorded 1 ok")
+
+
+def test_a_renumbered_folder_is_scanned_again_without_new_runs(imap, trigger):
+    for number in (1, 2):
+        imap.deliver(mail(f"Claim {number}", "Text.", f"<r{number}@example.com>"))
+    assert mailbox_poll(trigger_id=trigger.pk).started == 2  # type: ignore[union-attr]
+    old_validity = imap.mailboxes["INBOX"].uidvalidity
+    imap.renumber(first_uid=1)  # a new UIDVALIDITY, the same UIDs, everything unread
+    rescan = mailbox_poll(trigger_id=trigger.pk, force=True)
+    assert rescan is not None and rescan.ok and rescan.duplicates == 2 and rescan.started == 0
+    assert "UIDVALIDITY" in rescan.message
+    assert Run.objects.filter(workflow=trigger.workflow).count() == 2
+    poll = MailboxPoll.objects.get(trigger=trigger)
+    assert poll.uidvalidity == old_validity + 1 and poll.last_uid == 2
+
+
+def test_a_refused_login_shows_the_servers_reason_once(imap, trigger, mailbox, analyst, reviewer):
+    from apps.connectors.services import connection_update
+
+    imap.login_refusal = "Invalid credentials (Failure): app password required"
+    connection_update(actor=None, connection=mailbox, secrets={"password": "imap-wrong-4410"})
+    for _ in range(3):
+        outcome = mailbox_poll(trigger_id=trigger.pk, force=True)
+        assert outcome is not None and not outcome.ok
+    assert imap.logins == [(USER, False)] * 3
+    poll = MailboxPoll.objects.get(trigger=trigger)
+    assert "[AUTHENTICATIONFAILED] Invalid credentials (Failure): app password required" in poll.message
+    assert poll.failures == 3 and (poll.due_at - poll.polled_at).total_seconds() > 3 * 60  # backing off
+    assert history(trigger) == ["failed"]  # the same problem three times: one history row
+    for person in (analyst, reviewer):
+        client = Client()
+        client.force_login(person)
+        page = client.get(reverse("runs:trigger-detail", args=[trigger.pk])).content.decode()
+        assert "app password required" in page and "Claims inbox" in page and "Problem" in page
+        assert "imap-wrong-4410" not in page
+    recorded = str(list(AuditEvent.objects.values_list("data", flat=True))) + str(history_details(trigger))
+    assert "app password required" in recorded and "imap-wrong-4410" not in recorded
+
+
+def test_a_workflow_whose_team_may_not_use_the_mailbox_is_refused(imap, trigger, mailbox, team, analyst, claims):
+    imap.deliver(mail("Claim 9", "Fire.", "<c9@example.com>"))
+    remove_perm("use_connection", team.group, mailbox)
+    outcome = mailbox_poll(trigger_id=trigger.pk)
+    assert outcome is not None and not outcome.ok and "may not use the connection" in outcome.message
+    assert imap.logins == [] and not Run.objects.exists()
+    [firing] = TriggerFiring.objects.filter(trigger=trigger)
+    assert firing.outcome == "refused" and "may not use" in firing.detail
+    assert AuditEvent.objects.filter(verb="trigger.refused", target_id=str(trigger.pk)).exists()
+
+    # Nor can anyone set one up: a connection of another team is refused with the reason, as is a missing one.
+    other = make_connection(
+        finance_team(),
+        name="finance-inbox",
+        kind="mailbox",
+        config={"host": "127.0.0.1", "port": imap.port, "ssl": False, "username": USER},
+    )
+    for name, reason in ((other.name, "not one you may use"), ("nowhere", 'no connection "nowhere"')):
+        with pytest.raises(ValidationFailed) as refused:
+            trigger_create(
+                actor=analyst,
+                workflow=claims,
+                kind="email",
+                name=f"Box {name}",
+                config={"receive": "mailbox", "connection": name},
+            )
+        assert reason in " ".join(refused.value.fields["connection"])
+    with pytest.raises(ValidationFailed) as empty:
+        trigger_create(actor=analyst, workflow=claims, kind="email", name="Box", config={"receive": "mailbox"})
+    assert empty.value.fields["connection"] == ["Choose the mailbox to read."]
+
+
+def test_the_address_policy_and_a_missing_folder_stop_the_poll(settings, imap, trigger, mailbox):
+    from apps.connectors.services import connection_update
+
+    settings.AIOS_HTTP_ALLOWLIST = []
+    refused = mailbox_poll(trigger_id=trigger.pk)
+    assert refused is not None and not refused.ok and "not allowed" in refused.message and imap.logins == []
+    allow_loopback(settings)
+    connection_update(actor=None, connection=mailbox, config={**mailbox.config, "folder": "Claims"})
+    missing = mailbox_poll(trigger_id=trigger.pk, force=True)
+    assert missing is not None and "Mailbox doesn't exist: Claims" in missing.message
+    assert history(trigger) == ["refused", "failed"]
+
+
+def test_a_paused_trigger_is_not_polled(imap, trigger, analyst):
+    uid = imap.deliver(mail("Claim 11", "Snow.", "<c11@example.com>"))
+    trigger_pause(actor=analyst, trigger=trigger)
+    assert mailbox_polls_due() == [] and mailbox_poll(trigger_id=trigger.pk, force=True) is None
+    assert imap.logins == [] and imap.flags(uid) == set() and not Run.objects.exists()
+    trigger_resume(actor=analyst, trigger=trigger)
+    assert mailbox_polls_due() == [trigger.pk]
+    assert mailbox_poll(trigger_id=trigger.pk).started == 1  # type: ignore[union-attr]
+
+
+def test_an_oversized_message_is_refused_without_downloading_it(imap, trigger):
+    big = imap.deliver(b"Subject: Scans\r\nMessage-ID: <big@example.com>\r\n\r\n" + b"x" * (MAIL_MAX_BYTES + 10))
+    small = imap.deliver(mail("Claim 12", "Small.", "<c12@example.com>"))
+    outcome = mailbox_poll(trigger_id=trigger.pk)
+    assert outcome is not None and outcome.ok and outcome.refused == 1 and outcome.started == 1
+    assert not any(f"FETCH {big} (BODY.PEEK[])" in command for command in imap.commands)
+    [refusal] = TriggerFiring.objects.filter(trigger=trigger, outcome="refused")
+    assert "larger than the 25 MB limit" in refusal.detail
+    assert imap.flags(big) == {"\\Seen"} and imap.flags(small) == {"\\Seen"}
+
+
+def test_two_polls_at_once_poll_once(imap, trigger):
+    for number in range(3):
+        imap.deliver(mail(f"Claim {number}", "Text.", f"<p{number}@example.com>"))
+    imap.fetch_delay = 0.3
+    start = threading.Barrier(2)
+    outcomes: list[Any] = []
+
+    def poll() -> None:
+        try:
+            start.wait()
+            outcomes.append(mailbox_poll(trigger_id=trigger.pk))
+        finally:
+            db_connection.close()
+
+    threads = [threading.Thread(target=poll) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcome is None for outcome in outcomes) == [False, True]
+    assert len(imap.logins) == 1 and Run.objects.filter(workflow=trigger.workflow).count() == 3
+    assert history(trigger) == ["started"] * 3
+    print("M2 concurrent_polls 2 polled 1 runs 3/3 ok")
+
+
+def test_a_mailbox_trigger_has_no_inbound_address(trigger, analyst, claims):
+    assert email_trigger_for_address(email_address_for(trigger)) is None
+    by_address, _ = trigger_create(actor=analyst, workflow=claims, kind="email", name="By address")
+    assert by_address.config == {}
+    assert email_trigger_for_address(email_address_for(by_address)) == by_address
+
+
+def test_the_owner_chooses_a_mailbox_on_the_trigger_page(imap, mailbox, claims, analyst, reviewer):
+    make_connection(
+        finance_team(),
+        name="finance-inbox",
+        kind="mailbox",
+        config={"host": "127.0.0.1", "port": imap.port, "ssl": False, "username": "finance@example.com"},
+        label="Finance inbox",
+    )
+    client = Client()
+    client.force_login(analyst)
+    url = reverse("runs:trigger-new", args=[claims.slug, "email"])
+    form = client.get(url).content.decode()
+    assert "Receive at the inbound address" in form and "Read a mailbox" in form
+    assert "Claims inbox" in form and "Finance inbox" not in form  # only what the workflow may use
+    missing = client.post(url, {"name": "Claims mailbox", "receive": "mailbox", "connection": ""})
+    assert missing.status_code == 400 and "Choose the mailbox to read." in missing.content.decode()
+    foreign = client.post(url, {"name": "Claims mailbox", "receive": "mailbox", "connection": "finance-inbox"})
+    assert foreign.status_code == 400 and "not one you may use" in foreign.content.decode()
+    made = client.post(url, {"name": "Claims mailbox", "receive": "mailbox", "connection": mailbox.name})
+    trigger = Trigger.objects.get(name="Claims mailbox")
+    assert made.status_code == 302 and trigger.config == {"connection": mailbox.name}
+    detail = client.get(reverse("runs:trigger-detail", args=[trigger.pk])).content.decode()
+    assert "Reads the mailbox" in detail and "Not checked yet" in detail and "@aios.localhost" not in detail
+
+    imap.deliver(mail("Claim 21", "Leak.", "<c21@example.com>"))
+    assert mailbox_poll(trigger_id=trigger.pk).started == 1  # type: ignore[union-attr]
+    for person in (analyst, reviewer):
+        reader = Client()
+        reader.force_login(person)
+        page = reader.get(reverse("runs:trigger-detail", args=[trigger.pk])).content.decode()
+        assert "Working" in page and "1 new message in “INBOX”: 1 run started." in page
+        listing = reader.get(reverse("runs:triggers", args=[claims.slug])).content.decode()
+        assert "Reads the mailbox Claims inbox" in listing and "Last check: working" in listing
+
+    # Back to the inbound address: the cursor is dropped, and the trigger has its address again.
+    edit = reverse("runs:trigger-edit", args=[trigger.pk])
+    assert 'value="mailbox" checked' in client.get(edit).content.decode()
+    assert client.post(edit, {"name": "Claims mailbox", "receive": "address"}).status_code == 302
+    trigger.refresh_from_db()
+    assert trigger.config == {} and not MailboxPoll.objects.filter(trigger=trigger).exists()
+    assert email_trigger_for_address(email_address_for(trigger)) == trigger
