@@ -139,7 +139,17 @@ def _fields(
             rows=int(spec.get("x-rows", 4)),
             advanced=bool(raw_spec.get("x-advanced") or spec.get("x-advanced")),
         )
-        if spec.get("x-widget") in choices:
+        if spec.get("x-widget") in choices and widget == "lines":
+            # Several things that exist (knowledge collections): one checkbox each; a named one that no longer
+            # exists (or that this person may not use) stays listed and ticked, so opening the form never
+            # changes the step.
+            form_field.widget = "choices"
+            chosen = [str(item) for item in current] if isinstance(current, list) else []
+            known = choices[str(spec["x-widget"])]
+            names = {v for v, _ in known}
+            form_field.value = chosen
+            form_field.choices = [*known, *((item, f"{item} (missing)") for item in chosen if item not in names)]
+        elif spec.get("x-widget") in choices:
             # A choice among things that exist (model endpoints): a value that no longer exists stays listed,
             # so opening the form never changes the step.
             form_field.widget = "select"
@@ -341,6 +351,10 @@ def _read(form_field: FormField, data: QueryDict) -> tuple[bool, Any]:
     name, widget = form_field.name, form_field.widget
     if widget == "checkbox":
         return f"{name}.present" in data, name in data
+    if widget == "choices":
+        if f"{name}.present" not in data:
+            return False, None
+        return True, list(dict.fromkeys(value for value in data.getlist(name) if value)) or None
     if widget == "fields":
         if f"{name}.present" not in data:
             return False, None

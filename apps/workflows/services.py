@@ -20,8 +20,8 @@ from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Validati
 from apps.workflows.graph import graph_checksum
 from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_can_edit
-from apps.workflows.validation import sub_workflows_pinned, version_problems
 from apps.workflows.uses import uses_problems
+from apps.workflows.validation import sub_workflows_pinned, version_problems
 
 EMPTY_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
 MAX_NAME_LENGTH = 120

@@ -27,6 +27,7 @@ from apps.accounts.models import Team
 from apps.connectors.selectors import connection_choices_for
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.inference.selectors import endpoint_names_for_steps
+from apps.knowledge.selectors import collection_choices_for
 from apps.steps.expressions import cel_check, template_check
 from apps.steps.registry import step_type_find, step_types
 from apps.workflows import blocks
@@ -397,6 +398,8 @@ def _choices(user: Any = None) -> dict[str, list[tuple[str, str]]]:
     choices = {"model-endpoint": [("", "Default endpoint"), *((name, name) for name in endpoints)]}
     # The connections `user` may use, per kind ("connection-http", "connection-sql", ...).
     choices.update(connection_choices_for(user))
+    # The knowledge collections `user` may name (a retrieval step searches several: one checkbox each).
+    choices["collection"] = collection_choices_for(user)
     for widget, provider in CHOICE_PROVIDERS.items():
         choices[widget] = provider(user)
     return choices

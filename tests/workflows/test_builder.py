@@ -210,6 +210,38 @@ def test_a_wrong_value_is_saved_as_typed_and_shown_under_its_field(analyst, blan
     assert "Publishing is not possible yet" in page
 
 
+def test_a_retrieval_offers_the_collections_its_author_may_use_as_checkboxes(analyst, outsider, admin_user_role, blank):
+    from apps.accounts.services import team_create
+    from apps.knowledge.services import collection_create
+
+    collection_create(actor=analyst, name="handbook", title="Handbook", team=blank.team)
+    collection_create(actor=analyst, name="policies", title="Policies", team=blank.team)
+    elsewhere = team_create(name="Elsewhere", members=[outsider])
+    collection_create(actor=admin_user_role, name="secret-kb", title="Secret", team=elsewhere)
+    client = signed_in(analyst)
+    client.get(f"/workflows/{blank.slug}/edit/")
+    edit(client, blank, operation="insert", type="rag.retrieve", lane="root", index=0)
+    draft = blank.versions.get(state="draft")
+    key = draft.graph["steps"][0]["key"]
+    page = client.get(f"/workflows/{blank.slug}/edit/?step={key}").content.decode()
+    assert 'type="checkbox"' in page and "Handbook (handbook)" in page and "Policies (policies)" in page
+    assert "secret-kb" not in page  # another team's collection is not offered
+    response = client.post(
+        f"/workflows/{blank.slug}/edit/steps/{key}/",
+        {
+            "revision": draft.revision,
+            "config.collections.present": "1",
+            "config.collections": ["handbook", "policies"],
+            "config.query": "{{ input.question }}",
+        },
+    )
+    assert response.status_code == 302
+    config = blank.versions.get(state="draft").graph["steps"][0]["config"]
+    assert config["collections"] == ["handbook", "policies"]
+    page = client.get(f"/workflows/{blank.slug}/edit/?step={key}").content.decode()
+    assert page.count("checked") >= 2
+
+
 def test_the_extraction_schema_is_edited_as_a_table_of_fields(analyst, blank):
     client = signed_in(analyst)
     client.get(f"/workflows/{blank.slug}/edit/")

@@ -21,7 +21,7 @@ class RagRetrieveConfig(StepConfig):
     collections: list[str] = Field(
         min_length=1,
         max_length=10,
-        description="The knowledge collections to search, by name (one per line).",
+        description="The knowledge collections to search: only those this workflow may read.",
         json_schema_extra={"x-widget": "collection"},
     )
     query: str = Field(
