@@ -82,9 +82,7 @@ urlpatterns = [
     path("collections/<slug:name>/", collection_detail_view, name="collection-detail"),
     path("collections/<slug:name>/reindex/", collection_reindex_view, name="collection-reindex"),
     path("collections/<slug:name>/documents/", document_list_view, name="collection-documents"),
-    path(
-        "collections/<slug:name>/documents/<int:document_id>/", document_detail_view, name="collection-document"
-    ),
+    path("collections/<slug:name>/documents/<int:document_id>/", document_detail_view, name="collection-document"),
     path("collections/<slug:name>/search/", collection_search_view, name="collection-search"),
     path("auth/token/", obtain_auth_token, name="auth-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

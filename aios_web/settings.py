@@ -404,9 +404,7 @@ AIOS_HTTP_ALLOWLIST = env_list("AIOS_HTTP_ALLOWLIST", [])
 
 # --- Knowledge (apps.knowledge) ---------------------------------------------------------------------------------
 # The embeddings server of collections that name no endpoint: TEI's /embed (the development server has one).
-AIOS_KNOWLEDGE_EMBEDDINGS_URL = env_url(
-    "AIOS_KNOWLEDGE_EMBEDDINGS_URL", AIOS_INFERENCE_URL, schemes=("http", "https")
-)
+AIOS_KNOWLEDGE_EMBEDDINGS_URL = env_url("AIOS_KNOWLEDGE_EMBEDDINGS_URL", AIOS_INFERENCE_URL, schemes=("http", "https"))
 # Passages per /embed request (TEI's default client batch limit is 32), and the seconds an ingest worker owns a
 # document between batches before the periodic pickup may hand it to another.
 AIOS_KNOWLEDGE_EMBED_BATCH = env_int("AIOS_KNOWLEDGE_EMBED_BATCH", 32, minimum=1, maximum=512)

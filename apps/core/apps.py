@@ -10,5 +10,7 @@ class CoreConfig(AppConfig):
     label = "core"
 
     def ready(self) -> None:
-        from apps.core import checks  # noqa: F401  (registers the deployment checks)
-        from apps.core import schema  # noqa: F401  (registers the OpenAPI description of bearer tokens)
+        from apps.core import (
+            checks,  # noqa: F401  (registers the deployment checks)
+            schema,  # noqa: F401  (registers the OpenAPI description of bearer tokens)
+        )

@@ -243,7 +243,9 @@ PERSONAS = ["analyst", "reviewer", "manager", "outsider", "anonymous"]
 
 # Areas keep their rows beside this file (tests/security/routes_<area>.py): each module has MATRIX, EXEMPT and
 # `world_args(world) -> {route: args}`, which may create the objects its routes need.
-AREAS = [importlib.import_module(f"tests.security.{path.stem}") for path in sorted(Path(__file__).parent.glob("routes_*.py"))]
+AREAS = [
+    importlib.import_module(f"tests.security.{path.stem}") for path in sorted(Path(__file__).parent.glob("routes_*.py"))
+]
 for area in AREAS:
     assert not set(area.MATRIX) & set(MATRIX), f"{area.__name__} repeats routes of the main table"
     MATRIX.update(area.MATRIX)

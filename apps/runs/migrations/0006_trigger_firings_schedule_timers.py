@@ -5,40 +5,80 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('runs', '0005_input_documents'),
-        ('workflows', '0005_triggers'),
+        ("runs", "0005_input_documents"),
+        ("workflows", "0005_triggers"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ScheduleTimer',
+            name="ScheduleTimer",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('fire_at', models.DateTimeField()),
-                ('fired_at', models.DateTimeField(blank=True, null=True)),
-                ('trigger', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='schedule_timers', to='workflows.trigger')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("fire_at", models.DateTimeField()),
+                ("fired_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "trigger",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="schedule_timers",
+                        to="workflows.trigger",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(condition=models.Q(('fired_at__isnull', True)), fields=['fire_at'], name='schedule_timer_due_idx')],
-                'constraints': [models.UniqueConstraint(fields=('trigger', 'fire_at'), name='schedule_timer_slot_unique')],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("fired_at__isnull", True)),
+                        fields=["fire_at"],
+                        name="schedule_timer_due_idx",
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("trigger", "fire_at"), name="schedule_timer_slot_unique")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='TriggerFiring',
+            name="TriggerFiring",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(db_index=True)),
-                ('outcome', models.CharField(choices=[('started', 'Run started'), ('duplicate', 'Repeat: no new run'), ('refused', 'Refused'), ('skipped', 'Skipped'), ('failed', 'Failed')], max_length=16)),
-                ('detail', models.CharField(blank=True, max_length=500)),
-                ('key', models.CharField(blank=True, max_length=128)),
-                ('run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='trigger_firings', to='runs.run')),
-                ('trigger', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='firings', to='workflows.trigger')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("at", models.DateTimeField(db_index=True)),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("started", "Run started"),
+                            ("duplicate", "Repeat: no new run"),
+                            ("refused", "Refused"),
+                            ("skipped", "Skipped"),
+                            ("failed", "Failed"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("detail", models.CharField(blank=True, max_length=500)),
+                ("key", models.CharField(blank=True, max_length=128)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="trigger_firings",
+                        to="runs.run",
+                    ),
+                ),
+                (
+                    "trigger",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="firings", to="workflows.trigger"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at', '-pk'],
-                'indexes': [models.Index(fields=['trigger', '-at'], name='trigger_firing_recent_idx')],
+                "ordering": ["-at", "-pk"],
+                "indexes": [models.Index(fields=["trigger", "-at"], name="trigger_firing_recent_idx")],
             },
         ),
     ]

@@ -6,35 +6,69 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('workflows', '0004_pinned_outputs'),
+        ("workflows", "0004_pinned_outputs"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Trigger',
+            name="Trigger",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('form', 'Form'), ('schedule', 'Schedule'), ('webhook', 'Webhook'), ('email', 'Email'), ('event', 'Another workflow finishes')], max_length=16)),
-                ('name', models.CharField(max_length=120)),
-                ('enabled', models.BooleanField(default=True)),
-                ('paused_at', models.DateTimeField(blank=True, null=True)),
-                ('config', models.JSONField(blank=True, default=dict)),
-                ('inputs', models.JSONField(blank=True, default=dict)),
-                ('token', models.CharField(max_length=64, unique=True)),
-                ('secret', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('created_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('source_workflow', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='downstream_triggers', to='workflows.workflow')),
-                ('workflow', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='triggers', to='workflows.workflow')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("form", "Form"),
+                            ("schedule", "Schedule"),
+                            ("webhook", "Webhook"),
+                            ("email", "Email"),
+                            ("event", "Another workflow finishes"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("name", models.CharField(max_length=120)),
+                ("enabled", models.BooleanField(default=True)),
+                ("paused_at", models.DateTimeField(blank=True, null=True)),
+                ("config", models.JSONField(blank=True, default=dict)),
+                ("inputs", models.JSONField(blank=True, default=dict)),
+                ("token", models.CharField(max_length=64, unique=True)),
+                ("secret", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "source_workflow",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="downstream_triggers",
+                        to="workflows.workflow",
+                    ),
+                ),
+                (
+                    "workflow",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="triggers", to="workflows.workflow"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['workflow', 'name', 'pk'],
-                'indexes': [models.Index(fields=['source_workflow', 'kind', 'enabled'], name='trigger_event_source_idx')],
-                'constraints': [models.UniqueConstraint(fields=('workflow', 'name'), name='trigger_name_unique_per_workflow')],
+                "ordering": ["workflow", "name", "pk"],
+                "indexes": [
+                    models.Index(fields=["source_workflow", "kind", "enabled"], name="trigger_event_source_idx")
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("workflow", "name"), name="trigger_name_unique_per_workflow")
+                ],
             },
         ),
     ]
