@@ -9,14 +9,18 @@ the page's last-poll message and one history row; a paused trigger is not polled
 from __future__ import annotations
 
 import threading
+import time
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
+import redis
+from django.conf import settings as django_settings
 from django.db import connection as db_connection
 from django.test import Client
 from django.urls import reverse
 from guardian.shortcuts import remove_perm
+from kombu import Connection as BrokerConnection
 
 from apps.audit.models import AuditEvent
 from apps.core.exceptions import ValidationFailed
@@ -32,7 +36,9 @@ from apps.runs.triggers import (
 from apps.workflows.models import Trigger
 from tests.connectors.helpers import allow_loopback, finance_team, make_connection
 from tests.support.documents import pdf_of
+from tests.support.figures import record_figure
 from tests.support.imap import ImapServer
+from tests.support.processes import celery_worker_argv, redis_url_with_db, running, service_env
 from tests.triggers.conftest import publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -180,7 +186,7 @@ def test_a_lost_seen_flag_reads_the_message_again_as_a_duplicate(imap, trigger):
     assert imap.flags(uid) == {"\\Seen"}
     poll.refresh_from_db()
     assert poll.last_uid == uid and poll.failures == 0 and poll.ok
-    print("M1 lost_seen_store runs 1/1 duplicate_recorded 1 ok")
+    record_figure("MB1 mailbox_lost_seen_store runs 1/1 duplicate_recorded 1 ok")
 
 
 def test_a_renumbered_folder_is_scanned_again_without_new_runs(imap, trigger):
@@ -308,7 +314,7 @@ def test_two_polls_at_once_poll_once(imap, trigger):
     assert sorted(outcome is None for outcome in outcomes) == [False, True]
     assert len(imap.logins) == 1 and Run.objects.filter(workflow=trigger.workflow).count() == 3
     assert history(trigger) == ["started"] * 3
-    print("M2 concurrent_polls 2 polled 1 runs 3/3 ok")
+    record_figure(f"MB2 mailbox_concurrent_polls 2 polled {len(imap.logins)} runs 3/3 ok")
 
 
 def test_a_mailbox_trigger_has_no_inbound_address(trigger, analyst, claims):
@@ -359,3 +365,55 @@ def test_the_owner_chooses_a_mailbox_on_the_trigger_page(imap, mailbox, claims, 
     trigger.refresh_from_db()
     assert trigger.config == {} and not MailboxPoll.objects.filter(trigger=trigger).exists()
     assert email_trigger_for_address(email_address_for(trigger)) == trigger
+
+
+def test_the_beat_tick_sends_a_poll_that_a_real_worker_runs(imap, trigger):
+    """As deployed: beat's tick (runs.mailboxes_poll) on the default queue sends runs.mailbox_poll to the connectors
+    queue, and a worker process (connected as the application role) polls. Its broker is a Redis database of its
+    own, so the session's worker never takes these tasks."""
+    from workers.celery import app as celery_app
+
+    uid = imap.deliver(mail("Claim 31", "Sent to the worker.", "<c31@example.com>"))
+    broker = redis_url_with_db(django_settings.REDIS_URL, 9)
+    redis.Redis.from_url(broker).flushdb()
+    env = service_env(REDIS_URL=broker, CELERY_BROKER_URL=broker, AIOS_HTTP_ALLOWLIST="127.0.0.1/32")
+    argv = celery_worker_argv(queues="default,connectors", concurrency=1, node="mailbox-worker")
+    with running("mailbox-worker", argv, ready=lambda log: " ready." in log, env=env):
+        with BrokerConnection(broker) as connection:
+            celery_app.send_task("runs.mailboxes_poll", queue="default", connection=connection)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and imap.flags(uid) != {"\\Seen"}:
+            time.sleep(0.2)
+    [run] = Run.objects.filter(workflow=trigger.workflow)
+    assert run.inputs["subject"] == "Claim 31" and imap.flags(uid) == {"\\Seen"}
+    poll = MailboxPoll.objects.get(trigger=trigger)
+    assert poll.ok and poll.last_uid == uid and poll.polling_until is None
+
+
+def test_the_api_makes_a_mailbox_trigger_and_shows_its_last_check(imap, mailbox, claims, analyst, reviewer):
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(analyst)
+    made = api.post(
+        f"/api/workflows/{claims.slug}/triggers/",
+        {"kind": "email", "name": "Claims mailbox", "config": {"connection": mailbox.name}, "inputs": MAPPING},
+        format="json",
+    )
+    assert made.status_code == 201, made.content
+    body = made.json()
+    assert body["address"] is None and body["mailbox"]["connection"] == mailbox.name
+    assert body["mailbox"]["checked_at"] is None
+    refused = api.post(
+        f"/api/workflows/{claims.slug}/triggers/",
+        {"kind": "email", "name": "Nowhere", "config": {"connection": "nowhere"}},
+        format="json",
+    )
+    assert refused.status_code == 400 and "nowhere" in refused.content.decode()
+
+    imap.deliver(mail("Claim 41", "Mould.", "<c41@example.com>"))
+    mailbox_poll(trigger_id=body["id"])
+    api.force_authenticate(reviewer)
+    seen = api.get(f"/api/triggers/{body['id']}/").json()
+    assert seen["mailbox"]["ok"] is True and seen["mailbox"]["message"].startswith("1 new message")
+    assert seen["mailbox"]["next_check_at"] is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
 from rest_framework.exceptions import PermissionDenied
@@ -14,6 +14,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.runs.mailbox_poll import mailbox_state_for
 from apps.runs.models import TriggerFiring
 from apps.runs.triggers import (
     email_address_for,
@@ -39,6 +40,7 @@ class TriggerSerializer(serializers.ModelSerializer):
     source_workflow = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
     address = serializers.SerializerMethodField()
+    mailbox = serializers.SerializerMethodField()
     description = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by.username", read_only=True)
 
@@ -56,6 +58,7 @@ class TriggerSerializer(serializers.ModelSerializer):
             "source_workflow",
             "url",
             "address",
+            "mailbox",
             "description",
             "created_by",
             "created_at",
@@ -76,7 +79,24 @@ class TriggerSerializer(serializers.ModelSerializer):
         return str(request.build_absolute_uri(reverse(name, args=[arg])))
 
     def get_address(self, trigger: Trigger) -> str | None:
-        return email_address_for(trigger) if trigger.kind == Trigger.Kind.EMAIL else None
+        if trigger.kind != Trigger.Kind.EMAIL or trigger.config.get("connection"):
+            return None  # --- an email trigger that reads a mailbox has no inbound address
+        return email_address_for(trigger)
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_mailbox(self, trigger: Trigger) -> dict[str, Any] | None:
+        """An email trigger that reads a mailbox: the connection's name and its last check (as the page shows)."""
+        state = mailbox_state_for(trigger)
+        if state is None:
+            return None
+        poll = state["poll"]
+        return {
+            "connection": state["name"],
+            "checked_at": poll.polled_at if poll else None,
+            "ok": poll.ok if poll else None,
+            "message": poll.message if poll else "",
+            "next_check_at": poll.due_at if poll and trigger.enabled else None,
+        }
 
     def get_description(self, trigger: Trigger) -> str | None:
         return schedule_describe(trigger.config.get("cron", "")) if trigger.kind == Trigger.Kind.SCHEDULE else None
