@@ -206,7 +206,8 @@ def test_a_renumbered_folder_is_scanned_again_without_new_runs(imap, trigger):
 def test_a_refused_login_shows_the_servers_reason_once(imap, trigger, mailbox, analyst, reviewer):
     from apps.connectors.services import connection_update
 
-    imap.login_refusal = "Invalid credentials (Failure): app password required"
+    # A server that echoes what it was sent: the password never reaches the page, the history or the audit.
+    imap.login_refusal = "Invalid credentials (Failure): app password required, not imap-wrong-4410"
     connection_update(actor=None, connection=mailbox, secrets={"password": "imap-wrong-4410"})
     for _ in range(3):
         outcome = mailbox_poll(trigger_id=trigger.pk, force=True)
@@ -221,7 +222,7 @@ def test_a_refused_login_shows_the_servers_reason_once(imap, trigger, mailbox, a
         client.force_login(person)
         page = client.get(reverse("runs:trigger-detail", args=[trigger.pk])).content.decode()
         assert "app password required" in page and "Claims inbox" in page and "Problem" in page
-        assert "imap-wrong-4410" not in page
+        assert "imap-wrong-4410" not in page and "not [secret]" in page
     recorded = str(list(AuditEvent.objects.values_list("data", flat=True))) + str(history_details(trigger))
     assert "app password required" in recorded and "imap-wrong-4410" not in recorded
 
@@ -417,3 +418,46 @@ def test_the_api_makes_a_mailbox_trigger_and_shows_its_last_check(imap, mailbox,
     seen = api.get(f"/api/triggers/{body['id']}/").json()
     assert seen["mailbox"]["ok"] is True and seen["mailbox"]["message"].startswith("1 new message")
     assert seen["mailbox"]["next_check_at"] is not None
+
+
+def test_the_stand_in_speaks_imap4rev1_on_the_wire(imap):
+    """The bytes a client sees: literals both ways (a LOGIN whose arguments are literals after the server's "+"
+    continuation; a message body as `{n}` CRLF and n bytes), UID SEARCH with the RFC's `n:*`, and PEEK."""
+    import socket
+
+    raw = b"Subject: Hi\r\nMessage-ID: <w@example.com>\r\n\r\nHello\r\n"
+    uid = imap.deliver(raw)
+    with socket.create_connection(("127.0.0.1", imap.port), timeout=10) as sock:
+        stream = sock.makefile("rwb")
+
+        def line() -> bytes:
+            return stream.readline()
+
+        def send(data: bytes) -> None:
+            stream.write(data)
+            stream.flush()
+
+        assert line() == b"* OK [CAPABILITY IMAP4rev1] Test IMAP server ready\r\n"
+        send(f"a1 LOGIN {{{len(USER)}}}\r\n".encode())
+        assert line().startswith(b"+ ")
+        send(USER.encode() + f" {{{len(PASSWORD)}}}\r\n".encode())
+        assert line().startswith(b"+ ")
+        send(PASSWORD.encode() + b"\r\n")
+        assert line() == b"a1 OK [CAPABILITY IMAP4rev1] LOGIN completed\r\n"
+        send(b'a2 SELECT "INBOX"\r\n')
+        selected = [line() for _ in range(8)]
+        assert b"* 1 EXISTS\r\n" in selected and selected[-1] == b"a2 OK [READ-WRITE] SELECT completed\r\n"
+        assert any(b"[UIDVALIDITY " in answer for answer in selected)
+        send(f"a3 UID SEARCH UNSEEN UID {uid + 5}:*\r\n".encode())  # "*" is the newest: it is included
+        assert [line(), line()] == [f"* SEARCH {uid}\r\n".encode(), b"a3 OK UID SEARCH completed\r\n"]
+        send(f"a4 UID FETCH {uid} (BODY.PEEK[])\r\n".encode())
+        assert line() == f"* 1 FETCH (UID {uid} BODY[] {{{len(raw)}}}\r\n".encode()
+        assert stream.read(len(raw)) == raw and line() == b")\r\n"
+        assert line() == b"a4 OK UID FETCH completed\r\n" and imap.flags(uid) == set()
+        send(f"a5 UID STORE {uid} +FLAGS (\\Seen)\r\n".encode())
+        assert [line(), line()] == [
+            f"* 1 FETCH (UID {uid} FLAGS (\\Seen))\r\n".encode(),
+            b"a5 OK UID STORE completed\r\n",
+        ]
+        send(b"a6 LOGOUT\r\n")
+        assert [line(), line()] == [b"* BYE Logging out\r\n", b"a6 OK LOGOUT completed\r\n"]
