@@ -36,21 +36,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from apps.accounts.models import User
+from apps.audit.services import audit_record
 from apps.connectors.models import Connection
 from apps.connectors.probes import checked_address
 from apps.connectors.rules import workflow_uses_connection
 from apps.connectors.runtime import ConnectionUnavailable, ResolvedConnection, connection_for_step, redact
 from apps.connectors.selectors import connections_usable_by
-from apps.core.exceptions import ApplicationError
+from apps.core.exceptions import ApplicationError, Conflict, Forbidden
 from apps.runs.models import MailboxPoll, TriggerFiring
 from apps.runs.triggers import MAIL_MAX_BYTES, email_receive, trigger_history_record
 from apps.workflows.models import Trigger, Workflow
+from apps.workflows.selectors import workflow_can_edit
 from apps.workflows.triggers import email_mailbox_name
 
 logger = logging.getLogger(__name__)
@@ -156,6 +159,31 @@ def mailbox_polls_due(now: datetime | None = None) -> list[int]:
         .order_by("due_at")
         .values_list("trigger_id", flat=True)
     )
+
+
+@transaction.atomic
+def mailbox_poll_request(*, actor: User, trigger: Trigger, now: datetime | None = None) -> None:
+    """Check now: make the trigger's poll due at once and send it after the commit (a lost message changes
+    nothing: the row is due, and the next tick sends it again). Refused (Conflict) for a paused trigger or one
+    with an inbound address; only those who may change the workflow ask."""
+    if not workflow_can_edit(actor, trigger.workflow):
+        raise Forbidden("Only those who may change this workflow manage its triggers.")
+    if trigger.kind != Trigger.Kind.EMAIL or not email_mailbox_name(trigger.config):
+        raise Conflict("Only an email trigger that reads a mailbox can be checked.")
+    if not Trigger.objects.filter(pk=trigger.pk, enabled=True).exists():
+        raise Conflict(f"“{trigger.name}” is paused: resume it to read its mailbox.")
+    now = now or timezone.now()
+    MailboxPoll.objects.bulk_create([MailboxPoll(trigger_id=trigger.pk, due_at=now)], ignore_conflicts=True)
+    MailboxPoll.objects.filter(trigger_id=trigger.pk).update(due_at=now, failures=0)
+    audit_record(actor=actor, verb="trigger.check_requested", target=trigger, data={"kind": trigger.kind})
+    transaction.on_commit(lambda: _send_poll(trigger.pk))
+
+
+def _send_poll(trigger_id: int) -> None:
+    try:
+        current_app.send_task(MAILBOX_POLL_TASK, args=[trigger_id], queue="connectors")
+    except Exception:  # the broker is away: the row is due, the next tick sends the poll
+        logger.warning("could not send the poll of trigger %s; the next tick will", trigger_id, exc_info=True)
 
 
 # --- one poll -----------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.runs.documents import documents_from_form
-from apps.runs.mailbox_poll import mailbox_choices_for, mailbox_state_for
+from apps.runs.mailbox_poll import mailbox_choices_for, mailbox_poll_request, mailbox_state_for
 from apps.runs.triggers import (
     Outcome,
     WebhookRequest,
@@ -370,6 +370,21 @@ def trigger_resume_view(request: HttpRequest, trigger_id: int) -> HttpResponse:
             )
         messages.success(request, f"“{trigger.name}” is active again.{note}")
     return redirect(_back(request, trigger))
+
+
+@login_required
+@require_POST
+def trigger_check_view(request: HttpRequest, trigger_id: int) -> HttpResponse:
+    """Check now, for an email trigger that reads a mailbox: its poll runs at once instead of at its next time."""
+    trigger = trigger_get_for_user(request.user, trigger_id=trigger_id)
+    _manageable(request, trigger)
+    try:
+        mailbox_poll_request(actor=request.user, trigger=trigger)  # type: ignore[arg-type]
+    except ApplicationError as refusal:
+        messages.error(request, refusal.message)
+    else:
+        messages.success(request, "The mailbox is being checked now: reload this page in a few seconds.")
+    return redirect("runs:trigger-detail", trigger_id=trigger.pk)
 
 
 def _back(request: HttpRequest, trigger: Trigger) -> str:

@@ -27,5 +27,6 @@ urlpatterns = [
     path("trigger/<int:trigger_id>/delete/", trigger_views.trigger_delete_view, name="trigger-delete"),
     path("trigger/<int:trigger_id>/rotate-secret/", trigger_views.trigger_rotate_view, name="trigger-rotate"),
     path("forms/<int:trigger_id>/", trigger_views.trigger_form, name="trigger-form"),
+    path("trigger/<int:trigger_id>/check/", trigger_views.trigger_check_view, name="trigger-check"),
     # --- end triggers ---
 ]

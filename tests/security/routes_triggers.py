@@ -30,6 +30,8 @@ EXEMPT = {
     "runs:trigger-resume",
     "runs:trigger-rotate",
     "api:trigger-rotate",
+    # POST only: tests/triggers/test_mailbox.py (test_check_now_by_persona) covers it by persona.
+    "runs:trigger-check",
     # The webhook has no sign-in: its signature is the authentication (tests/triggers/test_webhook.py).
     "hooks:receive",
 }

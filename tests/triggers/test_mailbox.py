@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -19,6 +20,7 @@ from django.conf import settings as django_settings
 from django.db import connection as db_connection
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone as django_timezone
 from guardian.shortcuts import remove_perm
 from kombu import Connection as BrokerConnection
 
@@ -461,3 +463,27 @@ def test_the_stand_in_speaks_imap4rev1_on_the_wire(imap):
         ]
         send(b"a6 LOGOUT\r\n")
         assert [line(), line()] == [b"* BYE Logging out\r\n", b"a6 OK LOGOUT completed\r\n"]
+
+
+def test_check_now_by_persona(trigger, analyst, reviewer, manager, outsider):
+    url = reverse("runs:trigger-check", args=[trigger.pk])
+    later = MailboxPoll.objects.create(trigger=trigger, due_at=django_timezone.now() + timedelta(hours=1))
+    assert mailbox_polls_due() == []
+    for person, status in ((outsider, 404), (reviewer, 403), (manager, 403)):
+        client = Client()
+        client.force_login(person)
+        assert client.post(url).status_code == status
+    assert client.get(url).status_code == 405
+    client = Client()
+    client.force_login(analyst)
+    asked = django_timezone.now()
+    answer = client.post(url, follow=True)
+    assert answer.status_code == 200 and "being checked now" in answer.content.decode()
+    # The poll task was sent on commit: a worker of the test session may already have run it (and, without the
+    # loopback allowance, been refused); either way the hour's wait is gone.
+    later.refresh_from_db()
+    assert later.due_at <= django_timezone.now() or (later.polled_at is not None and later.polled_at >= asked)
+    assert AuditEvent.objects.filter(verb="trigger.check_requested", target_id=str(trigger.pk)).count() == 1
+    trigger_pause(actor=analyst, trigger=trigger)
+    paused = client.post(url, follow=True).content.decode()
+    assert "is paused: resume it" in paused and "Check now" not in paused
