@@ -191,6 +191,12 @@ def _item_context(request: HttpRequest, item: ApprovalRequest, **extra: Any) -> 
                 "field": field,
                 "value": value,
                 "text": _as_text(field.kind, value),
+                # A reply or a description: a box that keeps its line breaks (a one-line input drops them).
+                "multiline": field.kind == "string"
+                and any(
+                    "\n" in text or len(text) > 80
+                    for text in (_as_text("string", value), _as_text("string", field.proposed))
+                ),
                 "changed": value != field.proposed,
                 "confirmed": field.name in posted.get("confirmed", ()),
                 "errors": field_errors.get(field.name, []),

@@ -612,6 +612,15 @@ def test_support_triage_answers_from_the_knowledge_base_and_asks_support_when_un
     lamp_passages = unsure.step_runs.get(step_key="retrieve").output["passages"]
     assert "Sources the answer was drafted from" in page
     assert all(escape(passage["document"]) in page for passage in lamp_passages)
+    # The drafted reply is a box that keeps its line breaks; sent back untouched, as a browser sends a textarea
+    # (CRLF), it is no correction.
+    assert '<textarea id="field-draft_reply"' in page
+    posted = {f"field-{name}": str(value).replace("\n", "\r\n") for name, value in request.proposal.items()}
+    preview = client.post(
+        reverse("approvals:decide", args=[request.pk]),
+        {**posted, "decision": "approved", "stage": "review", "revision": request.revision},
+    ).content.decode()
+    assert "You changed 0 of" in preview
     unsure = _decide(unsure, reviewer, "approved")
     assert unsure.status == Run.Status.SUCCEEDED, unsure.error
     assert states(unsure)["send_reviewed"] == SUCCEEDED and states(unsure)["send"] == SKIPPED
