@@ -16,7 +16,7 @@ from apps.audit.models import AuditEvent
 from apps.audit.selectors import audit_event_list_for_target
 from apps.connectors.kinds import KIND_LABELS, KINDS
 from apps.connectors.models import Connection
-from apps.connectors.rules import MANAGE, USE, AnyUser, user_is_admin, user_uses_connection
+from apps.connectors.rules import MANAGE, USE, AnyUser, user_is_admin, user_uses_connection, workflow_uses_connection
 from apps.core.permissions import restrict
 
 
@@ -90,6 +90,17 @@ def connection_use_problem(user: User, name: str, *, kind: str) -> str | None:
         return f'the connection "{name}" is a {KIND_LABELS[connection.kind]} connection, not {wanted}'
     if not connection.enabled:
         return f'the connection "{name}" is disabled'
+    return None
+
+
+def connection_workflow_problem(name: str, *, kind: str, workflow_id: int) -> str | None:
+    """Why runs of workflow `workflow_id` could not use connection `name` (the run-time rule), or None."""
+    connection = Connection.objects.filter(name=name).first()
+    if connection is None or connection.kind != kind:
+        return None  # the person's check names a missing connection or the wrong kind
+    if not workflow_uses_connection(workflow_id, connection):
+        team = connection.team.name if connection.team_id else "another team"
+        return f'the connection "{name}" belongs to {team} and is not shared with this workflow\'s team'
     return None
 
 

@@ -28,6 +28,7 @@ from apps.workflows.graph import Graph, graph_errors
 from apps.workflows.input_schema import input_validate
 from apps.workflows.models import PinnedOutput, Workflow
 from apps.workflows.selectors import workflow_can_edit, workflow_draft_for
+from apps.workflows.uses import uses_problems
 
 
 def _pinned(workflow: Workflow) -> dict[str, Any]:
@@ -77,6 +78,11 @@ def run_test_start(
         if isinstance(s, dict) and getattr(types.get(str(s.get("type"))), "side_effects", False)
     }
     allowed = [key for key in (allow_calls or []) if key in side_effecting]
+    # A test reads collections and may call allowed connections for real: the same rights as publishing, for
+    # the tester and for the workflow, so a test is never a way around them.
+    refused = uses_problems(actor, graph, workflow=workflow, only=step_key)
+    if refused:
+        raise ApplicationError("The draft cannot be tested: it names what it may not use.", extra={"problems": refused})
     pinned = _pinned(workflow)
     settings: dict[str, Any] = {"allow_calls": allowed, "target": step_key}
     prior: dict[str, Any] = {}

@@ -356,7 +356,7 @@ def workflow_version_publish(
             extra={"revision": version.revision},
         )
     problems = version_problems(version)
-    problems += uses_problems(actor, version.graph)
+    problems += uses_problems(actor, version.graph, workflow=version.workflow)
     problems += [problem for check in PUBLISH_CHECKS for problem in check(actor, version.graph)]
     graph, _ = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     if problems:
