@@ -95,6 +95,73 @@ def test_a_write_with_an_idempotency_key_or_at_most_once_is_valid() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("statement", "reason"),
+    [
+        (
+            "UPDATE accounts SET balance = balance - :amount WHERE id = :id AND :idempotency_key IS NOT NULL",
+            "UPDATE is not an INSERT",
+        ),
+        ("UPDATE accounts SET last_key = :idempotency_key, balance = balance - :amount WHERE id = :id", "not an"),
+        ("DELETE FROM accounts WHERE id = :id AND note <> :idempotency_key AND :amount > 0", "DELETE is not an"),
+        (
+            "INSERT INTO postings (invoice_number, amount, note) VALUES (:id, :amount, 'x') "
+            "ON CONFLICT (invoice_number) DO UPDATE SET note = :idempotency_key",
+            "an upsert",
+        ),
+        (
+            "INSERT INTO postings (invoice_number, amount, idempotency_key) VALUES (:id, :amount, :idempotency_key) "
+            "ON DUPLICATE KEY UPDATE amount = amount + 1",
+            "an upsert",
+        ),
+        (
+            "INSERT IGNORE INTO postings (invoice_number, amount, idempotency_key) VALUES (:id, :amount, "
+            ":idempotency_key)",
+            "INSERT IGNORE",
+        ),
+        (
+            "INSERT INTO postings (invoice_number, amount, note) VALUES (:id, :amount, 'x') "
+            "RETURNING :idempotency_key AS key",
+            "do not include :idempotency_key",
+        ),
+        (
+            "INSERT INTO postings (invoice_number, amount, idempotency_key) VALUES (:id, :amount, :idempotency_key), "
+            "(:id, :amount, :idempotency_key)",
+            "several rows",
+        ),
+        (
+            "WITH debit AS (UPDATE accounts SET balance = balance - :amount WHERE id = :id RETURNING id) "
+            "INSERT INTO postings (invoice_number, amount, idempotency_key) SELECT id, 1, :idempotency_key FROM debit",
+            "also contains UPDATE",
+        ),
+    ],
+)
+def test_an_at_least_once_write_must_be_an_insert_storing_the_key(statement: str, reason: str) -> None:
+    """Mentioning :idempotency_key is not enough: a repeat is only recognised when the repeated INSERT collides
+    with the first attempt's row on that key; anything else would apply a retried write twice."""
+    parameters = {"id": "input.id", "amount": "input.amount"}
+    problems = errors(statement=statement, mode="write", parameters=parameters)
+    assert any("could be applied twice" in problem and reason in problem for problem in problems), problems
+    assert any("set delivery to at_most_once" in problem for problem in problems), problems
+    assert errors(statement=statement, mode="write", delivery="at_most_once", parameters=parameters) == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        POST,
+        POST + " ON CONFLICT DO NOTHING",
+        POST + " RETURNING id",
+        "INSERT INTO postings (invoice_number, amount, idempotency_key) VALUES (:invoice, :amount, "
+        "CAST(:idempotency_key AS VARCHAR(64)))",
+        "INSERT INTO postings (invoice_number, amount, idempotency_key) SELECT invoice_number, :amount, "
+        ":idempotency_key FROM invoices WHERE invoice_number = :invoice",
+    ],
+)
+def test_an_insert_storing_the_key_may_be_retried(statement: str) -> None:
+    assert errors(statement=statement, mode="write", parameters={"invoice": "input.n", "amount": "input.a"}) == []
+
+
 # --- execution -----------------------------------------------------------------------------------------------
 
 

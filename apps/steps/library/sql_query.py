@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Literal
 
+import sqlglot
 from django.conf import settings
 from pydantic import Field
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
 
 from apps.connectors.sql import (
     DIALECTS,
@@ -42,8 +46,9 @@ class SqlQueryConfig(StepConfig):
         title="SQL statement",
         description="Exactly one statement. Put values in named placeholders, never in the text: "
         "SELECT net_amount FROM purchase_orders WHERE po_number = :po_number. Each placeholder needs a parameter. "
-        "In write mode, :idempotency_key stands for this step's key, stable across retries: store it in a column "
-        "with a unique constraint and a repeated write is recognised as already applied.",
+        "In write mode, :idempotency_key stands for this step's key, stable across retries: an INSERT that stores it "
+        "in a column with a unique constraint is recognised as already applied when repeated. For reads, give the "
+        "connection a database user that may only read.",
         json_schema_extra={"x-rows": 6},
     )
     parameters: dict[str, str] = Field(
@@ -77,9 +82,79 @@ class SqlQueryConfig(StepConfig):
     delivery: Literal["at_least_once", "at_most_once"] = Field(
         "at_least_once",
         title="Delivery (writes)",
-        description="at_least_once: a write whose outcome is unknown is tried again; it needs :idempotency_key "
-        "so the repeat is recognised. at_most_once: such a write goes to a person instead.",
+        description="at_least_once: a write whose outcome is unknown is tried again; only an INSERT that stores "
+        ":idempotency_key in a unique column may do so (the repeat is recognised). at_most_once: such a write goes "
+        "to a person instead (needed for UPDATE, DELETE, upserts and anything else).",
     )
+
+
+RETRY_SAFE_HOW = (
+    "Write it as one INSERT that stores :idempotency_key in a column with a unique constraint, e.g. INSERT INTO "
+    "postings (invoice_number, amount, idempotency_key) VALUES (:invoice, :amount, :idempotency_key), or set "
+    "delivery to at_most_once (a person decides after an unknown outcome)."
+)
+
+
+_UNPARSED = "it does not parse as one statement"
+
+
+def _parse_one(statement: str, dialect: str) -> exp.Expr | None:
+    sqlglot_logger = logging.getLogger("sqlglot")
+    level = sqlglot_logger.level
+    sqlglot_logger.setLevel(logging.ERROR)
+    try:
+        parsed = [item for item in sqlglot.parse(statement, read=DIALECTS[dialect]) if item is not None]
+    except (ParseError, TokenError, KeyError):
+        return None
+    finally:
+        sqlglot_logger.setLevel(level)
+    return parsed[0] if len(parsed) == 1 else None
+
+
+def _is_key(node: exp.Expr) -> bool:
+    """Whether a value is the idempotency key itself (bare, aliased or cast), so the stored value is the key."""
+    while isinstance(node, exp.Alias | exp.Cast | exp.Paren):
+        node = node.this
+    return isinstance(node, exp.Placeholder) and node.name == IDEMPOTENCY_PARAMETER
+
+
+def retry_unsafe_reason(statement: str, dialect: str) -> str | None:
+    """Why repeating `statement` after an unknown outcome could apply it twice (None when a repeat is refused by
+    the database itself).
+
+    A repeat is recognised only when it collides with the first attempt's row: the statement must be one INSERT
+    (plain, or ON CONFLICT … DO NOTHING) whose single inserted row (or SELECT list) stores :idempotency_key, which
+    the table keeps in a unique column. Merely mentioning the key does not make a write repeatable:
+    `UPDATE accounts SET balance = balance - :amount WHERE id = :id AND :idempotency_key IS NOT NULL` debits twice,
+    and so does an upsert (ON CONFLICT DO UPDATE, ON DUPLICATE KEY UPDATE) or INSERT IGNORE, which swallow the
+    collision. Whether the column is unique cannot be seen from the statement; the step's help says so.
+    """
+    root = _parse_one(statement, dialect)
+    if root is None:
+        return _UNPARSED
+    if not isinstance(root, exp.Insert):
+        return f"{root.key.upper()} is not an INSERT, so a repeat is not refused by a unique key"
+    if root.args.get("ignore"):
+        return "INSERT IGNORE swallows the duplicate that would recognise a repeat"
+    conflict = root.args.get("conflict")
+    if conflict is not None and (conflict.args.get("duplicate") or str(conflict.args.get("action")) != "DO NOTHING"):
+        return "an upsert (ON CONFLICT … DO UPDATE, ON DUPLICATE KEY UPDATE) changes the row again on a repeat"
+    for node in root.walk():
+        if node is not root and isinstance(node, exp.Insert | exp.Update | exp.Delete | exp.Merge):
+            return f"it also contains {node.key.upper()}, which a repeat would apply again"
+    source = root.expression
+    if isinstance(source, exp.Values):
+        rows = source.expressions
+        if len(rows) != 1:
+            return "it inserts several rows with the same :idempotency_key; insert one row"
+        values = rows[0].expressions if isinstance(rows[0], exp.Tuple) else [rows[0]]
+    elif isinstance(source, exp.Select):
+        values = source.expressions
+    else:
+        return "it inserts neither VALUES nor a SELECT"
+    if not any(_is_key(value) for value in values):
+        return "the inserted values do not include :idempotency_key itself"
+    return None
 
 
 def _classify_any_dialect(statement: str) -> tuple[Classification | None, list[str], str | None]:
@@ -100,7 +175,11 @@ def _classify_any_dialect(statement: str) -> tuple[Classification | None, list[s
     return classification, placeholders, None
 
 
-def _statement_problems(config: SqlQueryConfig, classification: Classification, placeholders: list[str]) -> list[str]:
+def _statement_problems(
+    config: SqlQueryConfig, classification: Classification, placeholders: list[str], dialects: list[str]
+) -> list[str]:
+    """What is wrong with the statement for this step; `dialects` are those it may run in (all of them at
+    publish, where it must suit one; the connection's at run time)."""
     problems = []
     if classification.refusal:
         problems.append(f"statement: refused: {classification.refusal}.")
@@ -118,12 +197,15 @@ def _statement_problems(config: SqlQueryConfig, classification: Classification, 
     for name in config.parameters:
         if name not in placeholders:
             problems.append(f"parameters.{name}: not used in the statement (write :{name} where its value goes).")
-    if config.mode == "write" and config.delivery == "at_least_once" and IDEMPOTENCY_PARAMETER not in placeholders:
-        problems.append(
-            "statement: a write that is tried again after an unknown outcome could be applied twice. Store "
-            ":idempotency_key in a column with a unique constraint, or set delivery to at_most_once (a person "
-            "decides after an unknown outcome)."
-        )
+    if config.mode == "write" and config.delivery == "at_least_once":
+        reasons = [retry_unsafe_reason(config.statement, dialect) for dialect in dialects]
+        if all(reasons):
+            # The reason from a dialect the statement is written for, not "does not parse" from the other one.
+            reason = next((item for item in reasons if item != _UNPARSED), reasons[0])
+            problems.append(
+                f"statement: a write that is tried again after an unknown outcome could be applied twice "
+                f"({reason}). {RETRY_SAFE_HOW}"
+            )
     return problems
 
 
@@ -131,8 +213,10 @@ def _statement_problems(config: SqlQueryConfig, classification: Classification, 
 class SqlQuery(StepType):
     """Runs one statement through a SQL connection, values bound as parameters, never spliced into the text.
 
-    Read mode (the default) runs in a read-only transaction with the statement time limit, so even a statement
-    that slipped past the publish checks (a function with side effects) cannot change data; at most `row_cap`
+    Read mode (the default) runs in a read-only transaction with the statement time limit, so a statement that
+    slipped past the publish checks (a function with side effects) cannot change this database's tables; it is not
+    a guarantee against everything (a call out through dblink or a foreign table runs in another session), so a
+    connection used for reads should log in as a database user that may only read. At most `row_cap`
     rows are returned. Output: `{"rows": [{column: value}], "columns": [...], "row_count", "truncated"}`. Values
     are JSON: NUMERIC/DECIMAL columns as strings, so no digit of an amount is lost to binary floating point
     (convert with `double(...)` for arithmetic); dates and timestamps as ISO 8601 text; bytes as base64.
@@ -142,10 +226,12 @@ class SqlQuery(StepType):
     records the intent in the effect ledger before the call. A failure before COMMIT rolls the transaction back
     (nothing happened: a plain retry is safe); the only unknown outcome is a connection lost during COMMIT, or a
     worker that died after the COMMIT and before the result was recorded. A repeat is safe only when the database
-    itself can recognise it: the statement stores `:idempotency_key` (the step's key, the same on every attempt)
-    in a unique column, so the repeat fails with a duplicate of exactly that key, which the step reports as
-    `{"row_count": 0, "already_applied": true}`. Without that column a write must be `at_most_once` (publishing
-    refuses it otherwise), and the engine hands an unknown outcome to a person instead of repeating it.
+    itself can recognise it: the statement is one INSERT (plain, or ON CONFLICT … DO NOTHING) whose inserted row
+    stores `:idempotency_key` (the step's key, the same on every attempt) in a unique column, so the repeat fails
+    with a duplicate of exactly that key, which the step reports as `{"row_count": 0, "already_applied": true}`
+    (or, with DO NOTHING, inserts nothing). Any other write (an UPDATE, a DELETE, an upsert, an INSERT that
+    merely mentions the key) must be `at_most_once` (publishing refuses it otherwise, `retry_unsafe_reason`), and
+    the engine hands an unknown outcome to a person instead of repeating it.
 
     Errors carry the server's message (never a secret): timeouts, lost connections and deadlocks are retryable;
     syntax, permission and constraint errors are not.
@@ -188,7 +274,7 @@ class SqlQuery(StepType):
         if classification is None:
             problems.append(f"statement: {error}")
             return problems
-        problems.extend(_statement_problems(config, classification, placeholders))
+        problems.extend(_statement_problems(config, classification, placeholders, list(DIALECTS)))
         return problems
 
     def _parameters(self, config: SqlQueryConfig, context: StepContext) -> dict[str, Any]:
@@ -231,7 +317,7 @@ class SqlQuery(StepType):
             placeholders = statement_placeholders(config.statement, dialect)
         except SqlError as error:
             raise StepError(f"{label}: {error.message}") from None
-        problems = _statement_problems(config, classification, placeholders)
+        problems = _statement_problems(config, classification, placeholders, [dialect])
         if problems:
             raise StepError(f"{label}: {problems[0]}")
         parameters = self._parameters(config, context)
