@@ -9,3 +9,11 @@ class ConnectorsConfig(AppConfig):
 
     name = "apps.connectors"
     label = "connectors"
+
+    def ready(self) -> None:
+        from apps.core.secrets import register_encrypted_field
+
+        # Rotation (manage.py credentials_rotate) re-encrypts every registered column.
+        register_encrypted_field(
+            "connectors.Connection", "secrets_encrypted", name="connections", description="connection secret"
+        )

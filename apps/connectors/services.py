@@ -23,7 +23,7 @@ from apps.connectors.models import Connection
 from apps.connectors.probes import ProbeResult
 from apps.connectors.rules import USE, user_creates_connections, user_manages_connection
 from apps.core.exceptions import Conflict, Forbidden, ValidationFailed
-from apps.core.secrets import secret_rotate
+from apps.core.secrets import encrypted_fields, secret_rotate
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Words the connection pages use in their addresses (/connections/new/, /connections/teams/...).
@@ -304,18 +304,20 @@ def connection_test_unsaved(
 
 
 def credentials_rotate() -> dict[str, int]:
-    """Re-encrypt every stored secret (connections and model endpoint tokens) with the first configured key.
-    Each row is rewritten in its own short transaction, so a large installation is never locked at once.
-    Returns counts: {"connections": n, "model_endpoints": n, "failed": n}."""
-    counts = {"connections": 0, "model_endpoints": 0, "failed": 0}
-    endpoint_model = django_apps.get_model("inference", "ModelEndpoint")
-    for model, column, label in (
-        (Connection, "secrets_encrypted", "connections"),
-        (endpoint_model, "token_encrypted", "model_endpoints"),
-    ):
-        for pk in model._default_manager.exclude(**{column: ""}).values_list("pk", flat=True):
+    """Re-encrypt every stored secret with the first configured key: every column registered with
+    apps.core.secrets.register_encrypted_field (connection secrets, model endpoint tokens, webhook signing
+    secrets, and whatever an app adds later). Each row is rewritten in its own short transaction, so a large
+    installation is never locked at once. Returns counts per registered column's name ({"connections": n,
+    "model_endpoints": n, "webhook_secrets": n, ...}) and "failed" (rows no configured key could read; they keep
+    their old form)."""
+    counts = {column.name: 0 for column in encrypted_fields()}
+    counts["failed"] = 0
+    for column in encrypted_fields():
+        model = django_apps.get_model(column.model)
+        manager = model._default_manager
+        for pk in manager.exclude(**{column.field: ""}).values_list("pk", flat=True):
             with transaction.atomic():
-                stored = model._default_manager.select_for_update().filter(pk=pk).values_list(column, flat=True).first()
+                stored = manager.select_for_update().filter(pk=pk).values_list(column.field, flat=True).first()
                 if not stored:
                     continue
                 try:
@@ -324,8 +326,8 @@ def credentials_rotate() -> dict[str, int]:
                     counts["failed"] += 1
                     continue
                 # A plain UPDATE: the row's other fields, history and updated_at are not what changed.
-                model._default_manager.filter(pk=pk).update(**{column: rotated})
-                counts[label] += 1
-    if counts["connections"] or counts["model_endpoints"]:
+                manager.filter(pk=pk).update(**{column.field: rotated})
+                counts[column.name] += 1
+    if any(count for name, count in counts.items() if name != "failed"):
         audit_record(actor=None, verb="credentials.rotated", data=counts)
     return counts

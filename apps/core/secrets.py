@@ -6,12 +6,17 @@ empty. Each key is any string, stretched to a Fernet key. The first key encrypts
 (`cryptography.fernet.MultiFernet`), so rotation is: put the new key first, keep the old ones after it, run
 `manage.py credentials_rotate` (which re-encrypts every stored credential with the first key), then drop the
 old keys. A database dump alone therefore never reveals a credential.
+
+Every column that holds `secret_encrypt` output is registered here with `register_encrypted_field`, from its app's
+`AppConfig.ready` (this module sits below every app, so the apps add themselves): rotation walks the registry, and a
+column left out of it would stop decrypting the day the old key is dropped.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -19,6 +24,32 @@ from django.conf import settings
 from apps.core.exceptions import ApplicationError
 
 _PREFIX = "fernet:"
+
+
+@dataclass(frozen=True)
+class EncryptedField:
+    """A model column holding `secret_encrypt` output: `model` is its "app_label.ModelName", `name` what rotation
+    counts it as ("connections", "webhook_secrets"), `description` how its report names one ("connection
+    secret")."""
+
+    model: str
+    field: str
+    name: str
+    description: str
+
+
+_ENCRYPTED_FIELDS: dict[tuple[str, str], EncryptedField] = {}
+
+
+def register_encrypted_field(model: str, field: str, *, name: str, description: str) -> None:
+    """Declare that `model`.`field` stores encrypted credentials, so `credentials_rotate` re-encrypts it.
+    Idempotent (AppConfig.ready may run more than once in tests)."""
+    _ENCRYPTED_FIELDS[(model.lower(), field)] = EncryptedField(model, field, name, description)
+
+
+def encrypted_fields() -> list[EncryptedField]:
+    """Every registered encrypted column, in registration order."""
+    return list(_ENCRYPTED_FIELDS.values())
 
 
 def credentials_keys() -> list[str]:

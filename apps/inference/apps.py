@@ -8,3 +8,11 @@ class InferenceConfig(AppConfig):
 
     name = "apps.inference"
     label = "inference"
+
+    def ready(self) -> None:
+        from apps.core.secrets import register_encrypted_field
+
+        # Rotation (manage.py credentials_rotate) re-encrypts every registered column.
+        register_encrypted_field(
+            "inference.ModelEndpoint", "token_encrypted", name="model_endpoints", description="model endpoint token"
+        )

@@ -543,8 +543,21 @@ def webhook_receive(request: WebhookRequest, *, now: float | None = None) -> tup
     with transaction.atomic():
         if request.too_large:
             return trigger, _refuse(trigger, f"The body is larger than {WEBHOOK_MAX_BYTES // 1024} KB.", 413, now=at)
+        try:
+            secret = secret_decrypt(trigger.secret)
+        except ApplicationError:
+            # The key the secret was saved with is gone (dropped before `credentials_rotate` ran): no request can
+            # be checked, so none is accepted, and the owner sees why in the history instead of a server error.
+            logger.error(
+                "webhook trigger %s: its signing secret cannot be decrypted with the configured keys", trigger.pk
+            )
+            detail = (
+                "This webhook's signing secret cannot be read with the server's current credentials keys, so no "
+                "request can be checked; its owner must rotate the secret (or an administrator restore the key)."
+            )
+            return trigger, _refuse(trigger, detail, 503, now=at)
         problem = webhook_signature_problem(
-            secret=secret_decrypt(trigger.secret),
+            secret=secret,
             timestamp=request.timestamp,
             signature=request.signature,
             body=request.body,

@@ -13,7 +13,7 @@ from django.db import connection as db
 
 from apps.connectors.models import Connection
 from apps.core.exceptions import ApplicationError
-from apps.core.secrets import secret_decrypt, secret_encrypt, secret_rotate
+from apps.core.secrets import encrypted_fields, secret_decrypt, secret_encrypt, secret_rotate
 from apps.inference.models import ModelEndpoint
 from tests.connectors.helpers import make_connection
 
@@ -70,7 +70,10 @@ def test_rotation_re_encrypts_connections_and_endpoint_tokens(settings, team):
     settings.AIOS_CREDENTIALS_KEYS = [NEW, OLD]
     out = StringIO()
     call_command("credentials_rotate", stdout=out)
-    assert "Re-encrypted 2 connection secret(s) and 1 model endpoint token(s)" in out.getvalue()
+    report = out.getvalue()
+    assert report.startswith("Re-encrypted ") and report.rstrip().endswith("with the first key.")
+    for part in ("2 connection secret(s)", "1 model endpoint token(s)", "0 webhook signing secret(s)"):
+        assert part in report
     assert all(_raw_secrets(c) != before[c.pk] for c in (http, mailbox))
 
     settings.AIOS_CREDENTIALS_KEYS = [NEW]  # the old key is gone: everything still reads
@@ -115,3 +118,18 @@ def test_secrets_are_one_encrypted_token_of_a_json_object(settings, team):
     with db.cursor() as cursor:
         cursor.execute("SELECT row_to_json(h)::text FROM connectors_historicalconnection h")
         assert all("cs-0001" not in row[0] and "fernet:" not in row[0] for row in cursor.fetchall())
+
+
+def test_every_column_that_stores_encrypted_secrets_is_registered_for_rotation():
+    """A column holding `secret_encrypt` output that rotation does not know would stop decrypting the day the old
+    key is dropped: each app registers its columns, and each registered column exists."""
+    from django.apps import apps
+
+    registered = {(column.model.lower(), column.field) for column in encrypted_fields()}
+    assert {
+        ("connectors.connection", "secrets_encrypted"),
+        ("inference.modelendpoint", "token_encrypted"),
+        ("workflows.trigger", "secret"),
+    } <= registered
+    for column in encrypted_fields():
+        apps.get_model(column.model)._meta.get_field(column.field)

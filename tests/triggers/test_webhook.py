@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import time
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
@@ -194,3 +196,48 @@ def test_the_webhook_needs_no_csrf_token_and_no_sign_in(hook):
         HTTP_X_AIOS_SIGNATURE=webhook_signature(secret, stamp, body),
     )
     assert response.status_code == 202
+
+
+OLD_KEY, NEW_KEY = "old-credentials-key-0123456789", "new-credentials-key-9876543210"
+
+
+def test_key_rotation_re_encrypts_webhook_secrets_and_signed_requests_still_start_runs(
+    settings, analyst, ticket_workflow
+):
+    # The documented rotation: new key first, `credentials_rotate`, then drop the old key.
+    settings.AIOS_CREDENTIALS_KEYS = [OLD_KEY]
+    trigger, secret = trigger_create(actor=analyst, workflow=ticket_workflow, kind="webhook", name="Rotated")
+    stored_before = trigger.secret
+    settings.AIOS_CREDENTIALS_KEYS = [NEW_KEY, OLD_KEY]
+    out = StringIO()
+    call_command("credentials_rotate", stdout=out)
+    assert "1 webhook signing secret(s)" in out.getvalue()
+    settings.AIOS_CREDENTIALS_KEYS = [NEW_KEY]
+    trigger.refresh_from_db()
+    assert trigger.secret != stored_before and secret_decrypt(trigger.secret) == secret
+    response = post(trigger, secret, {"subject": "After the rotation"}, key="rot-1")
+    assert response.status_code == 202, response.content
+    assert Run.objects.filter(workflow=ticket_workflow).count() == 1
+
+
+def test_a_secret_no_key_can_read_is_a_recorded_503_not_a_server_error(settings, analyst, ticket_workflow):
+    settings.AIOS_CREDENTIALS_KEYS = ["a-key-that-will-be-lost-000000"]
+    trigger, secret = trigger_create(actor=analyst, workflow=ticket_workflow, kind="webhook", name="Orphaned")
+    settings.AIOS_CREDENTIALS_KEYS = [NEW_KEY]  # the old key dropped without rotating
+    client = Client(raise_request_exception=True)
+    body = json.dumps({"subject": "Nobody can check me"}).encode()
+    stamp = str(int(time.time()))
+    response = client.post(
+        reverse("hooks:receive", args=[trigger.token]),
+        body,
+        content_type="application/json",
+        HTTP_X_AIOS_TIMESTAMP=stamp,
+        HTTP_X_AIOS_SIGNATURE=webhook_signature(secret, stamp, body),
+    )
+    assert response.status_code == 503
+    assert "signing secret cannot be read" in response.json()["detail"]
+    assert not Run.objects.exists()
+    [detail] = refused(trigger)
+    assert "rotate the secret" in detail
+    event = AuditEvent.objects.get(verb="trigger.refused", target_id=str(trigger.pk))
+    assert "cannot be read" in json.loads(event.data)["detail"] and secret not in event.data
