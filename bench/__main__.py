@@ -1,4 +1,4 @@
-"""`python -m bench [B1 B2 B3 B6 B8 B9 B10]`: start the services, a fresh bench database and workers, run, tear down."""
+"""`python -m bench [B1 B2 B3 B6 B7 B8 B9 B10]`: start the services, a fresh bench database, workers; run; stop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from bench import stack
 from bench.common import eager_env
 
-ALL = ("B1", "B2", "B3", "B6", "B8", "B9", "B10")
+ALL = ("B1", "B2", "B3", "B6", "B7", "B8", "B9", "B10")
 
 
 def main(argv: list[str]) -> int:
@@ -98,6 +98,13 @@ def main(argv: list[str]) -> int:
 
             # B10 claims and lists approval items in this process; the runs stay parked, so no workers.
             lines += [g.line() for g in b10.run(svc)]
+        # --- B7 (retrieval on pgvector) ---
+        if "B7" in selected:
+            from bench import b7
+
+            # B7 loads 100,000 passages and queries them in this process; its ingest starts the engine worker.
+            lines += [g.line() for g in b7.run(svc)]
+        # --- end B7 ---
         print(f"\n=== summary ({time.monotonic() - began:.0f} s) ===")
         for line in lines:
             print(line)
