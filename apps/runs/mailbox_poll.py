@@ -38,7 +38,7 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -382,11 +382,28 @@ def _handle(trigger: Trigger, client: imaplib.IMAP4, uids: list[int], token: int
             )
             outcome.refused += 1
         else:
-            reply = email_receive(trigger_id=trigger.pk, raw=raw, mail_from="")  # committed when it returns
-            if reply.code == 550 and "paused" in reply.text:
+            try:
+                reply = email_receive(trigger_id=trigger.pk, raw=raw, mail_from="")  # committed when it returns
+            except DatabaseError:
+                raise  # the database is away: the message stays unread for the next poll
+            except Exception as error:
+                # One message the product cannot take (a bug, a part nothing can decode) must not stop every
+                # later one: it is recorded, marked read and passed, like a refused one.
+                logger.exception("mailbox trigger %s: message %s could not be taken", trigger.pk, uid)
+                trigger_history_record(
+                    trigger,
+                    Outcome.REFUSED,
+                    f"Message {uid} in “{folder}” could not be read ({type(error).__name__}): marked read and "
+                    "passed over; see the worker's log.",
+                )
+                outcome.refused += 1
+                reply = None
+            if reply is None:
+                pass
+            elif reply.code == 550 and "paused" in reply.text:
                 outcome.message = "Paused during the poll."
                 return outcome
-            if reply.code != 250:
+            elif reply.code != 250:
                 outcome.refused += 1
             elif reply.text.startswith("2.0.0 Already"):
                 outcome.duplicates += 1

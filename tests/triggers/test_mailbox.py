@@ -295,6 +295,21 @@ def test_an_oversized_message_is_refused_without_downloading_it(imap, trigger):
     assert imap.flags(big) == {"\\Seen"} and imap.flags(small) == {"\\Seen"}
 
 
+def test_a_message_nothing_can_decode_does_not_stop_the_mail_after_it(imap, trigger):
+    broken = imap.deliver(
+        b"Subject: Claim 13\r\nMessage-ID: <c13@example.com>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: text/plain; charset="x-unknown-cs"\r\n\r\nStorm damage.\r\n'
+    )
+    after = imap.deliver(mail("Claim 14", "Hail.", "<c14@example.com>"))
+    outcome = mailbox_poll(trigger_id=trigger.pk)
+    assert outcome is not None and outcome.ok and outcome.started >= 1
+    # The later message ran; the broken one is read and accounted for (a run or a refusal), not retried forever.
+    assert imap.flags(broken) == {"\\Seen"} and imap.flags(after) == {"\\Seen"}
+    assert len(history(trigger)) == 2
+    again = mailbox_poll(trigger_id=trigger.pk, force=True)
+    assert again is not None and again.started == again.refused == 0
+
+
 def test_two_polls_at_once_poll_once(imap, trigger):
     for number in range(3):
         imap.deliver(mail(f"Claim {number}", "Text.", f"<p{number}@example.com>"))
