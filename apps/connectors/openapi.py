@@ -909,11 +909,11 @@ def openapi_document_fetch(
     resolved = resolve(connection)
     try:
         url = join_url(str(connection.config["base_url"]), path)
-        headers = {
-            "Accept": "application/json, application/yaml;q=0.9, */*;q=0.5",
-            **connection.config.get("headers", {}),
-            **http_auth_headers(resolved),
-        }
+        headers = http.merge_headers(
+            {"Accept": "application/json, application/yaml;q=0.9, */*;q=0.5"},
+            connection.config.get("headers", {}),
+            http_auth_headers(resolved),
+        )
     except (ConnectionUnavailable, ConnectionFailed) as error:
         raise ValidationFailed(error.message, fields={"path": [error.message]}) from None
     timeout = min(float(connection.config.get("timeout_seconds", 30)), 30.0)

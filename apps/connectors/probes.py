@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
-import socket
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from apps.connectors import kinds
+from apps.connectors import imap, kinds
 from apps.connectors.runtime import (
     ConnectionFailed,
     ResolvedConnection,
@@ -46,21 +44,12 @@ class ProbeResult:
 
 
 def checked_address(host: str, port: int) -> str:
-    """The address to connect to for `host`, after every address it resolves to passed the outbound policy.
-    Raises ApplicationError with the reason."""
+    """The address to connect to for `host`, after every address it resolves to passed the outbound policy
+    (apps.core.http.resolve_checked). Raises ApplicationError with the reason."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        raise ApplicationError(f'The host "{host}" could not be resolved ({error.strerror}).') from None
-    addresses = [str(info[4][0]) for info in infos]
-    for address in addresses:
-        refusal = http.address_refusal(address)
-        if refusal:
-            raise ApplicationError(
-                f'"{host}" resolves to {address}, {refusal}; connections there are not allowed '
-                "(an administrator can allow it with AIOS_HTTP_ALLOWLIST)."
-            )
-    return addresses[0]
+        return http.resolve_checked(host, port)
+    except http.OutboundError as error:
+        raise ApplicationError(error.message) from None
 
 
 def probe(kind: str, config: dict[str, Any], secrets: dict[str, str]) -> ProbeResult:
@@ -84,7 +73,7 @@ def _http(resolved: ResolvedConnection) -> str:
     config = resolved.config
     url = join_url(str(config["base_url"]), str(config.get("test_path") or ""))
     try:
-        headers = {**config.get("headers", {}), **http_auth_headers(resolved)}
+        headers = http.merge_headers(config.get("headers", {}), http_auth_headers(resolved))
     except ConnectionFailed as error:
         raise ApplicationError(error.message) from None
     timeout = min(float(config.get("timeout_seconds", 30)), TEST_TIMEOUT_SECONDS)
@@ -115,65 +104,26 @@ def _smtp(resolved: ResolvedConnection) -> str:
     return f"Connected, greeted{signed_in} and said goodbye: {server}."
 
 
-class _PinnedIMAP4(imaplib.IMAP4):
-    """IMAP over plain TCP to an address already checked against the outbound policy."""
-
-    def __init__(self, address: str, port: int, timeout: float) -> None:
-        self._address = address
-        super().__init__(address, port, timeout=timeout)
-
-
-class _PinnedIMAP4SSL(imaplib.IMAP4_SSL):
-    """IMAP over TLS to the checked address, verifying the certificate for the host's name."""
-
-    def __init__(self, hostname: str, address: str, port: int, timeout: float) -> None:
-        self._address = address
-        super().__init__(hostname, port, ssl_context=ssl.create_default_context(), timeout=timeout)
-
-    def _create_socket(self, timeout: float | None) -> socket.socket:
-        sock = socket.create_connection((self._address, self.port), timeout)
-        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
-
-
-def _imap_reason(error: Exception) -> str:
-    text = error.args[0] if error.args else error
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    return str(text)
-
-
 def _mailbox(resolved: ResolvedConnection) -> str:
     config, password = resolved.config, resolved.secrets.get("password", "")
     host, port = str(config["host"]), int(config["port"])
-    address = checked_address(host, port)
-    client: imaplib.IMAP4
-    try:
-        if config.get("ssl", True):
-            client = _PinnedIMAP4SSL(host, address, port, TEST_TIMEOUT_SECONDS)
-        else:
-            client = _PinnedIMAP4(address, port, TEST_TIMEOUT_SECONDS)
-    except (OSError, imaplib.IMAP4.error) as error:
-        raise ApplicationError(f"{host}:{port} is not reachable over IMAP ({_imap_reason(error)}).") from None
+    folder = str(config.get("folder") or "INBOX")
+    quoted = imap.imap_quote(folder)
+    address = imap.imap_address(host, port)
+    client = imap.imap_connect(host, address, port, ssl_on=bool(config.get("ssl", True)), timeout=TEST_TIMEOUT_SECONDS)
     try:
         try:
             client.login(str(config["username"]), password)
         except imaplib.IMAP4.error as error:
-            raise ApplicationError(f"The server refused the login: {_imap_reason(error)}") from None
-        folder = str(config.get("folder") or "INBOX")
-        status, data = client.select(_imap_quote(folder), readonly=True)
+            raise ApplicationError(f"The server refused the login: {imap.imap_reason(error)}") from None
+        status, data = client.select(quoted, readonly=True)
         if status != "OK":
-            reason = data[0].decode("utf-8", errors="replace") if data and isinstance(data[0], bytes) else status
-            raise ApplicationError(f'The server refused the folder "{folder}": {reason}')
+            raise ApplicationError(f'The server refused the folder "{folder}": {imap.imap_reason_data(data, status)}')
         count = data[0].decode() if data and isinstance(data[0], bytes) else "?"
         return f'Signed in to {host} and opened "{folder}" ({count} messages).'
     except (OSError, imaplib.IMAP4.abort) as error:
-        raise ApplicationError(f"{host}:{port} closed the IMAP session ({_imap_reason(error)}).") from None
+        raise ApplicationError(f"{host}:{port} closed the IMAP session ({imap.imap_reason(error)}).") from None
     finally:
         # The outcome is known: a failed goodbye changes nothing.
         with contextlib.suppress(Exception):
             client.logout()
-
-
-def _imap_quote(folder: str) -> str:
-    """A folder name as an IMAP quoted string (RFC 3501 section 4.3)."""
-    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -31,7 +31,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from apps.core.exceptions import ApplicationError
-from apps.core.http import address_refusal
+from apps.core.http import HostUnresolved, OutboundError, resolve_checked
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
@@ -56,21 +56,14 @@ class SmtpError(ApplicationError):
 
 
 def _resolve(host: str, port: int) -> str:
-    if not host:
-        raise SmtpError("The connection has no host.")
+    """The one address to connect to (apps.core.http.resolve_checked); a name that does not resolve may
+    resolve later (retryable), a refused address will not."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        raise SmtpError(f'The host "{host}" could not be resolved ({error.strerror}).', retryable=True) from None
-    addresses = [str(info[4][0]) for info in infos]
-    for address in addresses:
-        refusal = address_refusal(address)
-        if refusal:
-            raise SmtpError(
-                f'"{host}" resolves to {address}, {refusal}; connections there are not allowed '
-                "(an administrator can allow it with AIOS_HTTP_ALLOWLIST)."
-            )
-    return addresses[0]
+        return resolve_checked(host, port)
+    except HostUnresolved as error:
+        raise SmtpError(error.message, retryable=True) from None
+    except OutboundError as error:
+        raise SmtpError(error.message) from None
 
 
 class _PinnedSMTP(smtplib.SMTP):

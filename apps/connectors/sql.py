@@ -30,7 +30,6 @@ import ipaddress
 import itertools
 import logging
 import math
-import socket
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
 from apps.core.exceptions import ApplicationError
-from apps.core.http import address_refusal
+from apps.core.http import HostUnresolved, OutboundError, resolve_checked
 
 logger = logging.getLogger(__name__)
 
@@ -302,22 +301,14 @@ def json_safe(value: Any) -> Any:
 
 
 def _resolve(host: str, port: int) -> str:
-    """The one address to connect to, after every address the host resolves to passed the outbound policy."""
-    if not host:
-        raise SqlError("The connection has no host.")
+    """The one address to connect to (apps.core.http.resolve_checked); a name that does not resolve may
+    resolve later (retryable), a refused address will not."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        raise SqlError(f'The host "{host}" could not be resolved ({error.strerror}).', retryable=True) from None
-    addresses = [str(info[4][0]) for info in infos]
-    for address in addresses:
-        refusal = address_refusal(address)
-        if refusal:
-            raise SqlError(
-                f'"{host}" resolves to {address}, {refusal}; connections there are not allowed '
-                "(an administrator can allow it with AIOS_HTTP_ALLOWLIST)."
-            )
-    return addresses[0]
+        return resolve_checked(host, port)
+    except HostUnresolved as error:
+        raise SqlError(error.message, retryable=True) from None
+    except OutboundError as error:
+        raise SqlError(error.message) from None
 
 
 def _scrub(text: str, secrets: Mapping[str, str]) -> str:

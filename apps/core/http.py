@@ -13,6 +13,7 @@ import http.client
 import ipaddress
 import json
 import logging
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -56,10 +57,36 @@ def _allowlist() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(item, strict=False) for item in settings.AIOS_HTTP_ALLOWLIST]
 
 
+# IPv6 ranges that carry or reach another network: not public destinations in themselves. 6to4 (2002::/16) and
+# the well-known NAT64 prefix (64:ff9b::/96) wrap an IPv4 address and are judged by it (see `_unwrapped`).
+_NOT_PUBLIC_V6 = [
+    ipaddress.ip_network("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215)
+    ipaddress.ip_network("fec0::/10"),  # site-local (deprecated, still routed inside some networks)
+]
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _unwrapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IPv4 address an IPv6 address carries and reaches (IPv4-mapped, 6to4, NAT64), else `ip` itself: a
+    packet to 2002:a9fe:a9fe:: or 64:ff9b::a9fe:a9fe ends up at 169.254.169.254."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+        if ip in _NAT64:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
 def address_refusal(address: str) -> str | None:
-    """Why `address` may not be contacted, or None when it may."""
-    ip = ipaddress.ip_address(address)
-    if any(ip in network for network in _allowlist()):
+    """Why `address` may not be contacted, or None when it may: only public internet addresses are allowed
+    (`is_global`, judged on the IPv4 address an IPv6 one wraps), unless an administrator allowlisted the
+    address (AIOS_HTTP_ALLOWLIST)."""
+    original = ipaddress.ip_address(address.split("%", 1)[0])
+    ip = _unwrapped(original)
+    allowlist = _allowlist()
+    if any(candidate in network for candidate in {original, ip} for network in allowlist):
         return None
     if ip.is_loopback:
         return "a loopback address"
@@ -69,20 +96,77 @@ def address_refusal(address: str) -> str | None:
         return "a private network address"
     if ip.is_multicast or ip.is_reserved or ip.is_unspecified:
         return "a reserved address"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10"):
+        return "a shared (carrier-grade NAT) address (some cloud metadata lives there)"
+    if not ip.is_global or (isinstance(ip, ipaddress.IPv6Address) and any(ip in net for net in _NOT_PUBLIC_V6)):
+        return "an address that is not on the public internet"
     return None
 
 
-def _resolve(host: str, port: int) -> str:
+class HostUnresolved(OutboundError):
+    """The host name did not resolve (perhaps for now: DNS answers can come back)."""
+
+
+def resolve_checked(host: str, port: int, *, attempts: str = "connections") -> str:
+    """The one address to connect to for `host`: every address it resolves to must pass `address_refusal`
+    (one bad answer refuses the host, so a DNS server cannot slip a private address in beside a public one).
+    The caller connects to exactly this address (pinning). Raises OutboundError with the reason; nothing was
+    sent (HostUnresolved when the name did not resolve). Used by every connector (HTTP, SMTP, SQL, IMAP);
+    `attempts` names what is refused in the message ("connections", "requests")."""
+    if not host:
+        raise OutboundError("The connection has no host.")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
-        raise OutboundError(f'The host "{host}" could not be resolved ({error.strerror}).') from None
+        raise HostUnresolved(f'The host "{host}" could not be resolved ({error.strerror}).') from None
+    except (UnicodeError, ValueError):
+        raise OutboundError(f'"{host[:200]}" is not a host name.') from None
     addresses = [str(info[4][0]) for info in infos]
     for address in addresses:
         refusal = address_refusal(address)
         if refusal:
-            raise OutboundError(f'"{host}" resolves to {address}, {refusal}; requests there are not allowed.')
+            raise OutboundError(
+                f'"{host}" resolves to {address}, {refusal}; {attempts} there are not allowed '
+                "(an administrator can allow it with AIOS_HTTP_ALLOWLIST)."
+            )
     return addresses[0]
+
+
+# Headers that frame the message or address it: the door sets them from the URL and the body; a caller's would
+# let data smuggle a second request or send the connection's credentials under another host's name.
+FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def merge_headers(*layers: dict[str, str]) -> dict[str, str]:
+    """The layers' headers merged by name regardless of case, a later layer winning (so a connection's
+    authentication given last replaces an "authorization" a step set); the later layer's spelling is kept."""
+    merged: dict[str, tuple[str, str]] = {}
+    for layer in layers:
+        for name, value in layer.items():
+            merged[name.lower()] = (name, value)
+    return dict(merged.values())
+
+
+def _caller_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The caller's headers after the checks that keep a request one request: no framing header, no name twice
+    (in any case: which one a server reads is its choice), no control character in a value. Raises
+    OutboundError naming the header, never its value (it may be a secret)."""
+    seen: set[str] = set()
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in FRAMING_HEADERS:
+            raise OutboundError(f'The header "{name}" is set by the platform and cannot be given; nothing was sent.')
+        if lowered in seen:
+            raise OutboundError(f'The header "{name}" is given twice; nothing was sent.')
+        seen.add(lowered)
+        if _CONTROL.search(str(value)) or _CONTROL.search(name):
+            raise OutboundError(
+                f'The value of the header "{name[:100]}" has a line break or control character; nothing was sent.'
+            )
+    if "user-agent" not in seen:
+        return {"User-Agent": "AIOS", **headers}
+    return dict(headers)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
@@ -112,7 +196,7 @@ def request(
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise OutboundError(f"Only http:// and https:// URLs can be called (got {url[:200]!r}).")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    address = _resolve(parts.hostname, port)
+    address = resolve_checked(parts.hostname, port, attempts="requests")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
@@ -122,7 +206,7 @@ def request(
     else:
         connection = http.client.HTTPConnection(address, port=port, timeout=timeout)
     host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-    all_headers = {"Host": host_header, "User-Agent": "AIOS", **(headers or {})}
+    all_headers = {"Host": host_header, **_caller_headers(headers or {})}
     try:
         connection.connect()
     except OSError as error:
@@ -131,6 +215,10 @@ def request(
         connection.request(method.upper(), path, body=body, headers=all_headers)
         response = connection.getresponse()
         data = response.read(MAX_RESPONSE_BYTES + 1)
+    except ValueError:
+        # http.client refuses a header or path it cannot send, before anything leaves, with the value in its
+        # message; the value may be a secret, so only the kind of problem is told.
+        raise OutboundError("The request has a header or path that cannot be sent; nothing was sent.") from None
     except (TimeoutError, OSError, http.client.HTTPException) as error:
         # The request may have been received and acted on: the caller must treat the effect as uncertain.
         raise OutboundError(

@@ -1,0 +1,87 @@
+"""IMAP client helpers for mailbox connections, shared by the connection test and the mailbox poll: the
+address check, a client connected to exactly the checked address, folder quoting and the server's reason.
+
+The host is resolved once and every address it resolves to must pass the outbound policy
+(apps.core.http.resolve_checked); the client then connects to that address, so DNS cannot be switched between
+check and use. Over TLS the certificate is verified for the host's name, not the address.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import socket
+import ssl
+from typing import Any
+
+from apps.core import http
+from apps.core.exceptions import ApplicationError
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class MailboxAddressRefused(ApplicationError):
+    """The mailbox's host may not be contacted (the outbound address policy) or does not resolve; nothing was
+    sent."""
+
+
+class MailboxUnreachable(ApplicationError):
+    """No IMAP session could be opened (refused, timed out, TLS failed); the message says why."""
+
+
+class PinnedIMAP4(imaplib.IMAP4):
+    """IMAP over plain TCP to an address already checked against the outbound policy."""
+
+
+class PinnedIMAP4SSL(imaplib.IMAP4_SSL):
+    """IMAP over TLS to the checked address, verifying the certificate for the host's name (connecting by name
+    would resolve it again, perhaps elsewhere)."""
+
+    def __init__(self, hostname: str, address: str, port: int, timeout: float) -> None:
+        self._address = address
+        super().__init__(hostname, port, ssl_context=ssl.create_default_context(), timeout=timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        sock = socket.create_connection((self._address, self.port), timeout)
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def imap_address(host: str, port: int) -> str:
+    """The checked address to connect to for `host`; MailboxAddressRefused with the reason otherwise."""
+    try:
+        return http.resolve_checked(host, port)
+    except http.OutboundError as error:
+        raise MailboxAddressRefused(error.message) from None
+
+
+def imap_connect(host: str, address: str, port: int, *, ssl_on: bool, timeout: float) -> imaplib.IMAP4:
+    """An IMAP session to `address` (checked by `imap_address`) for `host`, TLS from the start when `ssl_on`.
+    Raises MailboxUnreachable with the reason."""
+    try:
+        if ssl_on:
+            return PinnedIMAP4SSL(host, address, port, timeout)
+        return PinnedIMAP4(address, port, timeout=timeout)
+    except (OSError, imaplib.IMAP4.error) as error:
+        raise MailboxUnreachable(f"{host}:{port} is not reachable over IMAP ({imap_reason(error)}).") from None
+
+
+def imap_quote(folder: str) -> str:
+    """A folder name as an IMAP quoted string (RFC 3501 section 4.3). A quoted string cannot hold a line break
+    or a control character (one would end the command and start another): ApplicationError."""
+    if _CONTROL.search(folder):
+        raise ApplicationError("A folder name cannot contain a line break or control character.")
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def imap_reason(error: BaseException) -> str:
+    """What the server (or the socket) said, as text."""
+    text = error.args[0] if error.args else error
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return str(text) or type(error).__name__
+
+
+def imap_reason_data(data: list[Any], status: str) -> str:
+    """The server's words in a tagged answer's data, else its status."""
+    last = data[-1] if data else None
+    return last.decode("utf-8", errors="replace") if isinstance(last, bytes) else status
