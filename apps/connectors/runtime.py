@@ -9,7 +9,9 @@ through `redact` first, so a secret an outside server echoes back never lands in
 from __future__ import annotations
 
 import base64
+import json
 import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -103,7 +105,7 @@ def connection_for_step(name: str, *, kind: str, workflow_id: int | None) -> Res
 def redact(value: Any, needles: Iterable[str]) -> Any:
     """`value` (a string, or JSON-like data) with every occurrence of each needle replaced by "[secret]".
     Needles shorter than 4 characters are left alone: they would blank out ordinary text."""
-    words = sorted({needle for needle in needles if needle and len(needle) >= 4}, key=len, reverse=True)
+    words = sorted({form for needle in needles for form in _needle_forms(needle)}, key=len, reverse=True)
     if not words:
         return value
     if isinstance(value, str):
@@ -115,6 +117,23 @@ def redact(value: Any, needles: Iterable[str]) -> Any:
     if isinstance(value, list):
         return [redact(item, words) for item in value]
     return value
+
+
+def _needle_forms(needle: str) -> set[str]:
+    """`needle` as it can appear in a message: itself, escaped as Python's repr and a bytes repr write it, as
+    JSON writes it, and each line of a secret with line breaks (a library quoting the value escapes it; one
+    printing it splits it). Forms shorter than 4 characters are left out."""
+    if not needle:
+        return set()
+    forms = {
+        needle,
+        repr(needle)[1:-1],
+        repr(needle.encode("utf-8", errors="backslashreplace"))[2:-1],
+        json.dumps(needle)[1:-1],
+        json.dumps(needle, ensure_ascii=False)[1:-1],
+        *re.split(r"[\x00-\x1f\x7f]+", needle),
+    }
+    return {form for form in forms if len(form) >= 4}
 
 
 def secret_needles(resolved: ResolvedConnection, headers: dict[str, str] | None = None) -> list[str]:

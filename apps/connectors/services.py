@@ -28,6 +28,7 @@ from apps.core.secrets import encrypted_fields, secret_rotate
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Words the connection pages use in their addresses (/connections/new/, /connections/teams/...).
 RESERVED_NAMES = {"new", "teams"}
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _require_manager(actor: User | None, connection: Connection) -> None:
@@ -41,6 +42,7 @@ def secrets_merge(kind: str, current: dict[str, str], changes: dict[str, str | N
     allowed = set(kinds.secret_keys(kind))
     merged = dict(current)
     unknown = []
+    broken: dict[str, list[str]] = {}
     for key, value in changes.items():
         base, _, remove = key.partition(":")
         if base not in allowed or (remove and remove != "remove"):
@@ -49,11 +51,17 @@ def secrets_merge(kind: str, current: dict[str, str], changes: dict[str, str | N
             if value:
                 merged.pop(base, None)
         elif value:
+            if _CONTROL_CHARACTER.search(str(value)):
+                # A line break would end a header or a protocol command early; the libraries that refuse it
+                # quote the value in their error, so it is refused here, before it is stored or sent.
+                broken[f"secrets.{base}"] = ["Must be one line without control characters (a pasted line break?)."]
             merged[base] = str(value)
     if unknown:
         raise ValidationFailed(
             "Unknown secrets.", fields={"secrets": [f"{kind} connections keep only: {', '.join(sorted(allowed))}."]}
         )
+    if broken:
+        raise ValidationFailed("A secret is not valid.", fields=broken)
     return merged
 
 
