@@ -11,21 +11,36 @@ import hashlib
 from django.db import transaction
 from django.db.models import F
 
-from apps.runs.models import EffectRecord, StepRun
+from apps.runs.models import EffectRecord, Run, StepRun
 
 
-def effect_key(run_id: int, step_key: str) -> str:
-    """The idempotency key of a step's side effect: stable across attempts, unique per run and step."""
-    return hashlib.sha256(f"aios:{run_id}:{step_key}".encode()).hexdigest()
+def effect_key(run: Run, step_key: str) -> str:
+    """The idempotency key of a step's side effect: the same on every attempt and in every process, and never
+    the same for two runs, whichever installation or database they live in.
+
+    Outside systems remember keys (an email's Message-ID, a posting's unique column, an API's Idempotency-Key)
+    longer than a run number is unique: a database reset or a restore from backup hands out run #5 again, and a
+    staging and a production installation sharing an ERP or a mailbox both have a run #5. So the key also holds
+    the run's creation time in microseconds, which the database stores exactly (the same value read back in any
+    process) and which two distinct runs share only by coincidence of the same microsecond. A per-installation id
+    was not chosen: a restore brings the old id back with the old data, so a run created after the restore under a
+    lost run's number would reuse that run's key.
+
+    The key a step used is kept in its ledger row (`effect_intent_record` returns it): a run whose step first
+    called out before this rule existed keeps the key that call used.
+    """
+    created = round(run.created_at.timestamp() * 1_000_000)
+    return hashlib.sha256(f"aios:{run.pk}:{created}:{step_key}".encode()).hexdigest()
 
 
 class StepLost(Exception):
     """The step is no longer this executor's (taken over, cancelled or timed out): stop without acting."""
 
 
-def effect_intent_record(*, step_run: StepRun) -> str | None:
+def effect_intent_record(*, step_run: StepRun) -> tuple[str | None, str]:
     """Commit the intent to call the outside world, before the call; returns the state an earlier attempt
-    left ("intent": it died mid-call, outcome unknown; "applied"; "failed") or None for the first try.
+    left ("intent": it died mid-call, outcome unknown; "applied"; "failed") or None for the first try, and the
+    idempotency key the call must use: the one the ledger row holds, so every attempt sends the first one's.
 
     Raises StepLost when, by the time the ledger row is ours, the step no longer is: an executor that
     waited here past its lease must not make the call its successor is making. This transaction locks
@@ -35,9 +50,13 @@ def effect_intent_record(*, step_run: StepRun) -> str | None:
         still_ours = StepRun.objects.filter(
             pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
         )
+        # Found by run and step, not by recomputing the key: a row written under an earlier rule for the key
+        # still answers (and its key is the one the outside world has seen). Two first attempts insert the same
+        # key, so the unique key makes the later one wait for, then find, the earlier one's row.
         record, created = EffectRecord.objects.select_for_update().get_or_create(
-            idempotency_key=effect_key(step_run.run_id, step_run.step_key),
-            defaults={"run_id": step_run.run_id, "step_key": step_run.step_key, "attempts": 1},
+            run_id=step_run.run_id,
+            step_key=step_run.step_key,
+            defaults={"idempotency_key": effect_key(step_run.run, step_run.step_key), "attempts": 1},
         )
         # Checked after the ledger row is locked: the successor that took the step over holds it while calling.
         if not still_ours.exists():
@@ -47,11 +66,11 @@ def effect_intent_record(*, step_run: StepRun) -> str | None:
             EffectRecord.objects.filter(pk=record.pk).update(
                 state=EffectRecord.State.INTENT, attempts=F("attempts") + 1
             )
-    return previous
+    return previous, record.idempotency_key
 
 
 def effect_outcome_record(*, step_run: StepRun, applied: bool, outcome: str = "") -> None:
     """Record what the call did (inside the result's transaction when it succeeded)."""
-    EffectRecord.objects.filter(idempotency_key=effect_key(step_run.run_id, step_run.step_key)).update(
+    EffectRecord.objects.filter(run_id=step_run.run_id, step_key=step_run.step_key).update(
         state=EffectRecord.State.APPLIED if applied else EffectRecord.State.FAILED, outcome=outcome[:2000]
     )

@@ -123,6 +123,8 @@ class Attempt:
     stream: TokenStream
     params: dict[str, Any] | None = None
     calls: list[Any] = field(default_factory=list)  # its model calls' records, stored with its outcome
+    # The idempotency key its effect-ledger row holds (a side-effecting step that calls out); else computed.
+    effect_key: str | None = None
 
 
 @dataclass
@@ -187,9 +189,10 @@ def _step_run_begin(step_run: StepRun) -> Attempt | None:
     definition = run_plan(run).steps[step_run.step_key].definition
     at_most_once = _at_most_once(step_run.step_type, definition)
     calls_out = not (run.is_test and test_stands_in(run, step_run.step_key, step_run.step_type))
+    key = None
     if step_type_get(step_run.step_type).side_effects and _original_run_id(run) is None and calls_out:
         try:
-            previous = effect_intent_record(step_run=step_run)
+            previous, key = effect_intent_record(step_run=step_run)
         except StepLost:
             logger.info("step run %s was taken over before its outside call; not calling", step_run.pk)
             return None
@@ -205,7 +208,7 @@ def _step_run_begin(step_run: StepRun) -> Attempt | None:
     # Renewed from here on, not while the intent above waits for the effect ledger: an executor stuck there
     # past its lease must lose the step to the sweeper, not make the call its successor is making.
     renewer.register(step_run)
-    return Attempt(stream=TokenStream(step_run))
+    return Attempt(stream=TokenStream(step_run), effect_key=key)
 
 
 def _step_run_finish(
@@ -358,7 +361,7 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
         step_key=step_run.step_key,
         input=run.inputs,
         steps=_outputs(step_run, chain),
-        idempotency_key=effect_key(run.pk, step_run.step_key),
+        idempotency_key=attempt.effect_key or effect_key(run, step_run.step_key),
         emit_tokens=attempt.stream.add,
         attempt=step_run.attempt,
         step_run_id=step_run.pk,

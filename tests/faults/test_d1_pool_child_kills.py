@@ -55,7 +55,7 @@ def test_d1_killed_pool_children_complete_every_run_without_duplicate_effects(an
     killed_runs = sorted({step.run_id for step in killed_steps})
     kills = fleet.kills_observed()
     ledger = sink.ledger()
-    keys = {effect_key(pk, "send") for pk in ids}
+    keys = {effect_key(run, "send") for run in Run.objects.filter(pk__in=ids)}
     duplicates = sink.duplicate_effects()
     unapplied = [key for key in keys if ledger.get(key) is None or ledger[key].effective_applies != 1]
     raw_repeats = sum(row.raw_deliveries - 1 for row in ledger.values())

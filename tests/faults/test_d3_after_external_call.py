@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 
 from apps.runs.effects import effect_key
-from apps.runs.models import EffectRecord, Incident, StepRun
+from apps.runs.models import EffectRecord, Incident, Run, StepRun
 from apps.runs.services import run_start
 from tests.faults.harness import check_invariants, describe_runs, sized, wait_runs, wait_until
 from tests.faults.workflows import EFFECT_INPUT, effect_step, publish
@@ -49,7 +49,7 @@ def test_d3_retry_after_external_call_resends_the_same_key_and_applies_once(anal
     )
     dying = fleet.worker(concurrency=4, AIOS_FAULTS="after_external_call:1.0")
     ids = [run_start(actor=analyst, workflow=workflow, inputs={"n": n})[0].pk for n in range(N)]
-    keys = {pk: effect_key(pk, "send") for pk in ids}
+    keys = {run.pk: effect_key(run, "send") for run in Run.objects.filter(pk__in=ids)}
     at_most_once = [run_start(actor=analyst, workflow=careful, inputs={"n": n})[0].pk for n in range(AT_MOST_ONCE)]
 
     def every_key_delivered() -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from apps.runs.effects import effect_key
-from apps.runs.models import StepRun
+from apps.runs.models import Run, StepRun
 from apps.runs.services import run_start
 from tests.faults.harness import FAULT_SEED, check_invariants, engine_env, sized, wait_runs
 from tests.faults.pgproxy import AmbiguousCommitProxy
@@ -54,7 +54,11 @@ def test_d4_ambiguous_result_commits_are_never_recorded_or_executed_twice(analys
         StepRun.objects.filter(run_id__in=ids, attempt__gt=1).values_list("run_id", "step_key", "attempt", "restarts")
     )
     ledger = sink.ledger()
-    redelivered = [key for key in (effect_key(pk, "send") for pk in ids) if ledger[key].raw_deliveries != 1]
+    redelivered = [
+        key
+        for key in (effect_key(run, "send") for run in Run.objects.filter(pk__in=ids))
+        if ledger[key].raw_deliveries != 1
+    ]
     ok = (
         injected > 0
         and invariants.succeeded == N

@@ -30,7 +30,7 @@ from django.db import connection, transaction
 
 from apps.runs.effects import effect_key
 from apps.runs.lifecycle import step_run_claim
-from apps.runs.models import EffectRecord, StepResult, StepRun
+from apps.runs.models import EffectRecord, Run, StepResult, StepRun
 from apps.runs.services import run_start
 from apps.steps.registry import step_type_get
 from tests.faults.harness import (
@@ -123,7 +123,9 @@ class LedgerLock(threading.Thread):
             with transaction.atomic():
                 for run_id, step_key in self.steps:
                     EffectRecord.objects.create(
-                        idempotency_key=effect_key(run_id, step_key), run_id=run_id, step_key=step_key
+                        idempotency_key=effect_key(Run.objects.get(pk=run_id), step_key),
+                        run_id=run_id,
+                        step_key=step_key,
                     )
                 self.holding.set()
                 self.release.wait(120)
@@ -185,7 +187,7 @@ def test_d8_at_most_one_execution_per_step_and_no_stale_commit(analyst, fleet, s
     stopped: dict[int, tuple[int, int]] = {}  # step run id -> (pid, fencing token of the stalled executor)
     try:
         # 3. Stalled mid-call: SIGSTOP each executor while its call is open at the sink.
-        keys = {pk: effect_key(pk, "send") for pk in mid_runs}
+        keys = {run.pk: effect_key(run, "send") for run in Run.objects.filter(pk__in=mid_runs)}
 
         def stop_callers() -> bool:
             open_keys = {d.key for d in sink.deliveries() if d.ended_at is None}
@@ -260,7 +262,7 @@ def test_d8_at_most_one_execution_per_step_and_no_stale_commit(analyst, fleet, s
     ]
     # Every claim after the first is a takeover by the sweeper; any other extra claim is a duplicate executor.
     extra_claims = [(s.run_id, s.step_key, s.attempt, s.restarts) for s in steps.values() if s.attempt > s.restarts + 1]
-    stalled_keys = [effect_key(pk, "send") for pk in before_runs + mid_runs]
+    stalled_keys = [effect_key(run, "send") for run in Run.objects.filter(pk__in=before_runs + mid_runs)]
     # The stalled executors' tasks ran longer than a lease, to the end: they did try to commit (and were refused).
     stale_finished = sum(seconds >= LEASE_SECONDS for seconds in fleet.task_seconds())
     stale_results = [
