@@ -413,6 +413,28 @@ class ScheduleTimer(models.Model):
         return f"schedule {self.trigger_id} at {self.fire_at:%Y-%m-%d %H:%M}"
 
 
+class WebhookReceipt(models.Model):
+    """A signed webhook request that passed its signature check, kept while its timestamp is inside the replay
+    window (`expires_at`; the sweeper deletes it after).
+
+    `digest` identifies the exact request: the SHA-256 of its signature, which covers the timestamp, the
+    Idempotency-Key and the body. `unique(trigger, digest)` makes a repeat of a captured request meet the first
+    one's row, whatever else changed, so it is answered with the run the first one started and starts no other.
+    """
+
+    trigger = models.ForeignKey("workflows.Trigger", on_delete=models.CASCADE, related_name="webhook_receipts")
+    digest = models.CharField(max_length=64)
+    received_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    run = models.ForeignKey(Run, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["trigger", "digest"], name="webhook_receipt_unique")]
+
+    def __str__(self) -> str:
+        return f"webhook {self.trigger_id} request {self.digest[:12]}"
+
+
 # --- email triggers that read a mailbox (apps/runs/mailbox_poll.py) ---------------------------------------------
 class MailboxPoll(models.Model):
     """Where polling an email trigger's mailbox stands: one row per email trigger that names a mailbox

@@ -26,7 +26,7 @@ from apps.runs.lifecycle import (
 from apps.runs.models import Run, StepRun, Timer
 from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_relay, outbox_task
 from apps.runs.trigger_events import run_finished_notify
-from apps.runs.triggers import schedules_fire_due
+from apps.runs.triggers import schedules_fire_due, webhook_receipts_prune
 from apps.workflows.graph import step_options
 
 
@@ -38,7 +38,8 @@ def sweep(*, now: Any = None) -> dict[str, int]:
        which the step becomes an incident a person resolves;
     3. re-send steps queued so long ago that their message was probably lost (Redis without persistence);
     4. fire due timers;
-    5. fire due schedule triggers.
+    5. fire due schedule triggers;
+    6. forget webhook requests whose timestamp has left the replay window.
     """
     now = now or timezone.now()
     report = {"relayed": outbox_relay(older_than_seconds=settings.AIOS_OUTBOX_RELAY_AFTER_SECONDS)}
@@ -47,6 +48,7 @@ def sweep(*, now: Any = None) -> dict[str, int]:
     report["timers"] = timers_fire_due(now)
     # --- triggers: schedules due now (apps/runs/triggers.py) ---
     report["schedules"] = schedules_fire_due(now)
+    report["webhook_receipts_pruned"] = webhook_receipts_prune(now)
     return report
 
 

@@ -481,9 +481,11 @@ def trigger_form(request: HttpRequest, trigger_id: int) -> HttpResponse:
 def webhook(request: HttpRequest, token: str) -> HttpResponse:
     """POST /hooks/<token>/: a signed JSON request starts a run (202), a repeat answers with its run (200).
 
-    No sign-in and no CSRF token: the HMAC signature over the timestamp and the raw body is the authentication.
-    Refusals are short JSON reasons: 401 bad or old signature, 409 paused, 413 too large, 415 not JSON, 400 the
-    input does not fit (with field errors), 422 an Idempotency-Key reused for another body, 404 no such webhook."""
+    No sign-in and no CSRF token: the HMAC signature over the timestamp, the Idempotency-Key and the raw body is
+    the authentication; the exact same signed request sent again is answered 200 with its first run. Refusals are
+    short JSON reasons: 401 bad or old signature, 409 paused, 413 too large, 415 not JSON, 400 the input does not
+    fit (with field errors), 422 an Idempotency-Key reused for another body, 404 no such webhook, 503 the signing
+    secret cannot be read with the server's keys."""
     if request.method != "POST":
         response = JsonResponse({"detail": "Send a POST request with a JSON body."}, status=405)
         response["Allow"] = "POST"

@@ -44,7 +44,7 @@ from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unproces
 from apps.core.permissions import has_object_perm, restrict
 from apps.core.secrets import secret_decrypt, secret_encrypt
 from apps.runs.documents import document_input_value, document_store
-from apps.runs.models import MailboxPoll, Run, ScheduleTimer, TriggerFiring
+from apps.runs.models import MailboxPoll, Run, ScheduleTimer, TriggerFiring, WebhookReceipt
 from apps.runs.services import run_start
 from apps.workflows.input_schema import document_field_names
 from apps.workflows.models import Trigger, Workflow
@@ -55,6 +55,7 @@ from apps.workflows.selectors import (
     workflow_version_published_latest,
 )
 from apps.workflows.triggers import (
+    REPLAY_WINDOW_SECONDS,
     WEBHOOK_MAX_BYTES,
     MappingFailed,
     email_mailbox_name,
@@ -561,10 +562,18 @@ def webhook_receive(request: WebhookRequest, *, now: float | None = None) -> tup
             timestamp=request.timestamp,
             signature=request.signature,
             body=request.body,
+            idempotency_key=request.idempotency_key,
             now=clock,
         )
         if problem:
             return trigger, _refuse(trigger, problem, 401, now=at)
+        receipt, first_time = _webhook_receipt(trigger, request, at=at)
+        if not first_time and receipt.run is not None:
+            # This exact signed request was already received: the same answer as run start's idempotency gives a
+            # repeat (200, the first run), whatever Idempotency-Key rules would say, and no second run.
+            detail = f"Already received: this exact request started run #{receipt.run.pk}."
+            _record(trigger, Outcome.DUPLICATE, detail, run=receipt.run, key=f"receipt:{receipt.digest[:40]}", now=at)
+            return trigger, Firing(Outcome.DUPLICATE, detail, run=receipt.run, status=200)
         if not Trigger.objects.filter(pk=trigger.pk, enabled=True).exists():
             return trigger, _refuse(trigger, "This webhook is paused: it does not start runs for now.", 409, now=at)
         if request.content_type.split(";")[0].strip().lower() != "application/json":
@@ -584,7 +593,29 @@ def webhook_receive(request: WebhookRequest, *, now: float | None = None) -> tup
             if request.idempotency_key
             else f"signature:{hashlib.sha256(request.signature.encode()).hexdigest()[:40]}"
         )
-        return trigger, _fire(trigger, payload=payload, source_key=source, passthrough=True, now=at)
+        firing = _fire(trigger, payload=payload, source_key=source, passthrough=True, now=at)
+        if firing.run is not None:
+            WebhookReceipt.objects.filter(pk=receipt.pk).update(run=firing.run)
+        return trigger, firing
+
+
+def _webhook_receipt(trigger: Trigger, request: WebhookRequest, *, at: datetime) -> tuple[WebhookReceipt, bool]:
+    """The receipt row of a correctly signed request: (row, made now). A concurrent twin waits on the unique
+    index until the first commits, then reads its row. Kept until the request's timestamp leaves the window."""
+    digest = hashlib.sha256(request.signature.strip().encode()).hexdigest()
+    expires = datetime.fromtimestamp(int(request.timestamp) + REPLAY_WINDOW_SECONDS + 1, tz=UTC)
+    return WebhookReceipt.objects.select_related("run").get_or_create(
+        trigger=trigger, digest=digest, defaults={"received_at": at, "expires_at": max(expires, at)}
+    )
+
+
+def webhook_receipts_prune(now: datetime, *, batch: int = 5000) -> int:
+    """Delete receipts whose request could no longer pass the timestamp check (the sweeper's job); returns how
+    many. In batches, so a backlog never becomes one long delete."""
+    expired = list(WebhookReceipt.objects.filter(expires_at__lt=now).values_list("pk", flat=True)[:batch])
+    if not expired:
+        return 0
+    return WebhookReceipt.objects.filter(pk__in=expired).delete()[0]
 
 
 # --- email -----------------------------------------------------------------------------------------------------

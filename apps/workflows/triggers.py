@@ -203,14 +203,25 @@ def schedule_describe(expression: str) -> str:
 # --- webhooks ------------------------------------------------------------------------------------------------
 
 
-def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
-    """The signature a sender puts in X-AIOS-Signature: "sha256=" + hex HMAC-SHA256 of "<timestamp>.<body>"."""
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return SIGNATURE_PREFIX + digest
+def webhook_signature(secret: str, timestamp: str, body: bytes, *, idempotency_key: str = "") -> str:
+    """The signature a sender puts in X-AIOS-Signature: "sha256=" + hex HMAC-SHA256 of
+    "<timestamp>.<idempotency key>.<body>" (the key as sent in the Idempotency-Key header, "" when none is sent).
+
+    The key is signed because it decides which run a request gets: were it outside the signature, anyone holding
+    a captured request could resend it with a fresh key, inside the replay window, and start a run each time."""
+    material = timestamp.encode() + b"." + idempotency_key.encode() + b"." + body
+    return SIGNATURE_PREFIX + hmac.new(secret.encode(), material, hashlib.sha256).hexdigest()
 
 
 def webhook_signature_problem(
-    *, secret: str, timestamp: str, signature: str, body: bytes, now: float, window: int = REPLAY_WINDOW_SECONDS
+    *,
+    secret: str,
+    timestamp: str,
+    signature: str,
+    body: bytes,
+    now: float,
+    idempotency_key: str = "",
+    window: int = REPLAY_WINDOW_SECONDS,
 ) -> str | None:
     """None when the request is signed with `secret` and its timestamp is within `window` seconds of `now`
     (unix seconds); else a short reason for the sender. The comparison takes constant time."""
@@ -218,9 +229,9 @@ def webhook_signature_problem(
         return "The X-AIOS-Timestamp and X-AIOS-Signature headers are required."
     if not timestamp.isdigit() or len(timestamp) > 12:
         return "X-AIOS-Timestamp must be the time in whole unix seconds."
-    expected = webhook_signature(secret, timestamp, body)
+    expected = webhook_signature(secret, timestamp, body, idempotency_key=idempotency_key)
     if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
-        return "The signature does not match the body and timestamp."
+        return "The signature does not match the timestamp, Idempotency-Key and body."
     skew = now - int(timestamp)
     if skew > window:
         return f"The timestamp is {int(skew)} s old; requests older than {window} s are refused."

@@ -64,7 +64,7 @@ def test_trigger_pages_in_a_browser(asgi_server, celery_worker_process, analyst,
         stamp = str(int(time.time()))
         request = urllib.request.Request(url, data=body, method="POST", headers={
             "Content-Type": "application/json", "X-AIOS-Timestamp": stamp, "Idempotency-Key": key,
-            "X-AIOS-Signature": webhook_signature(signing_secret, stamp, body),
+            "X-AIOS-Signature": webhook_signature(signing_secret, stamp, body, idempotency_key=key),
         })  # fmt: skip
         try:
             urllib.request.urlopen(request, timeout=10)

@@ -15,8 +15,9 @@ from django.urls import reverse
 
 from apps.audit.models import AuditEvent
 from apps.core.secrets import secret_decrypt
-from apps.runs.models import Run, TriggerFiring
+from apps.runs.models import Run, TriggerFiring, WebhookReceipt
 from apps.runs.triggers import trigger_create, trigger_pause, trigger_secret_rotate
+from apps.workflows.models import Trigger
 from apps.workflows.triggers import webhook_signature
 
 pytestmark = pytest.mark.django_db
@@ -35,7 +36,7 @@ def post(
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     headers = {
         "HTTP_X_AIOS_TIMESTAMP": stamp,
-        "HTTP_X_AIOS_SIGNATURE": signature or webhook_signature(secret, stamp, body),
+        "HTTP_X_AIOS_SIGNATURE": signature or webhook_signature(secret, stamp, body, idempotency_key=key),
     }
     if key:
         headers["HTTP_IDEMPOTENCY_KEY"] = key
@@ -92,7 +93,7 @@ def test_a_replayed_request_without_a_key_starts_nothing_new(hook, ticket_workfl
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
-        ("bad_signature", "The signature does not match the body and timestamp."),
+        ("bad_signature", "The signature does not match the timestamp, Idempotency-Key and body."),
         ("old", "s old; requests older than 300 s are refused."),
         ("future", "s in the future"),
         ("missing", "headers are required"),
@@ -241,3 +242,99 @@ def test_a_secret_no_key_can_read_is_a_recorded_503_not_a_server_error(settings,
     assert "rotate the secret" in detail
     event = AuditEvent.objects.get(verb="trigger.refused", target_id=str(trigger.pk))
     assert "cannot be read" in json.loads(event.data)["detail"] and secret not in event.data
+
+
+def test_a_captured_request_resent_with_other_idempotency_keys_starts_no_second_run(hook, ticket_workflow):
+    """The Idempotency-Key is signed: a captured request (same body, same timestamp, same signature) resent inside
+    the replay window with a fresh key each time is refused, so it cannot start a run per key."""
+    trigger, secret = hook
+    body = json.dumps({"subject": "Pay invoice 88"}).encode()
+    stamp = str(int(time.time()))
+    captured = webhook_signature(secret, stamp, body, idempotency_key="inv-88")
+    first = post(trigger, secret, None, raw=body, timestamp=stamp, key="inv-88", signature=captured)
+    assert first.status_code == 202, first.content
+    for fresh in ("inv-88-a", "inv-88-b", "x" * 40):
+        replay = post(trigger, secret, None, raw=body, timestamp=stamp, key=fresh, signature=captured)
+        assert replay.status_code == 401 and "does not match" in replay.json()["detail"]
+    # Dropping the key does not help either: the signature covered it.
+    assert post(trigger, secret, None, raw=body, timestamp=stamp, signature=captured).status_code == 401
+    assert Run.objects.filter(workflow=ticket_workflow).count() == 1
+
+
+def test_the_exact_same_signed_request_twice_is_answered_with_its_first_run(hook, ticket_workflow, settings):
+    from apps.runs.sweeper import sweep
+
+    trigger, secret = hook
+    body = json.dumps({"subject": "Door stuck"}).encode()
+    stamp = int(time.time())
+    first = post(trigger, secret, None, raw=body, timestamp=stamp, key="door-1")
+    again = post(trigger, secret, None, raw=body, timestamp=stamp, key="door-1")
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["run"] == first.json()["run"] and again.json()["duplicate"] is True
+    assert "this exact request" in again.json()["detail"]
+    [receipt] = WebhookReceipt.objects.filter(trigger=trigger)
+    assert receipt.run_id == first.json()["run"] and len(receipt.digest) == 64
+    assert Run.objects.filter(workflow=ticket_workflow).count() == 1
+    # Once the timestamp has left the replay window the receipt is forgotten (the request would be 401 anyway).
+    from datetime import UTC, datetime
+
+    assert sweep(now=datetime.fromtimestamp(stamp + 200, tz=UTC))["webhook_receipts_pruned"] == 0
+    assert sweep(now=datetime.fromtimestamp(stamp + 400, tz=UTC))["webhook_receipts_pruned"] == 1
+    assert not WebhookReceipt.objects.exists()
+
+
+def _example(page: str, element_id: str) -> str:
+    import html
+    import re
+
+    match = re.search(rf'<pre id="{element_id}">(.*?)</pre>', page, re.S)
+    assert match, element_id
+    return html.unescape(match.group(1))
+
+
+def test_the_signing_examples_on_the_trigger_page_produce_accepted_requests(analyst, ticket_workflow):
+    """The curl and Python examples the page shows, run as written (up to the request itself), sign requests
+    this server accepts."""
+    import subprocess
+
+    client = Client()
+    client.force_login(analyst)
+    page = client.post(
+        reverse("runs:trigger-new", args=[ticket_workflow.slug, "webhook"]), {"name": "Documented"}
+    ).content.decode()
+    trigger = Trigger.objects.get(name="Documented")
+
+    shell = _example(page, "example-curl").split("curl -X POST")[0]
+    out = subprocess.run(
+        ["bash", "-c", shell + 'printf "%s\\n%s\\n%s\\n%s" "$TS" "$SIG" "$KEY" "$BODY"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n", 3)
+    stamp, signature, key, body = out
+    curl = post(trigger, "", None, raw=body.encode(), timestamp=stamp, key=key, signature="sha256=" + signature)
+    assert curl.status_code == 202, curl.content
+
+    python = _example(page, "example-python").split("request = urllib.request.Request")[0]
+    names: dict = {}
+    exec(compile(python, "example-python", "exec"), names)  # the page's own code, stopped before it sends
+    answer = post(
+        trigger,
+        "",
+        None,
+        raw=names["body"],
+        timestamp=names["timestamp"],
+        key=names["key"] + "-python",
+        signature="sha256=" + names["signature"],
+    )
+    assert answer.status_code == 401  # another key than the one signed is refused
+    answer = post(
+        trigger,
+        "",
+        None,
+        raw=names["body"],
+        timestamp=names["timestamp"],
+        key=names["key"],
+        signature="sha256=" + names["signature"],
+    )
+    assert answer.status_code == 200 and answer.json()["duplicate"] is True  # the same key as the curl example
