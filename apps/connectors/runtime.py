@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 from django.core.cache import cache
 
@@ -244,16 +244,44 @@ def _fetch_token(resolved: ResolvedConnection) -> tuple[str, float]:
 
 def join_url(base_url: str, url: str) -> str:
     """`url` under the connection's `base_url`: a path is joined to it; an absolute URL must have the same
-    origin (scheme, host and port). Raises ConnectionUnavailable for a URL that leaves the origin."""
+    origin (scheme, host and port). "." segments are dropped; a ".." segment, written or percent-encoded, is
+    refused: run data in a URL template must not steer a request carrying the connection's credentials to
+    another endpoint. Raises ConnectionUnavailable for a URL that leaves the origin or climbs."""
     base = urlsplit(base_url)
-    if "://" in url.split("?", 1)[0] or url.startswith("//"):
+    absolute = "://" in url.split("?", 1)[0] or url.startswith("//")
+    if absolute:
         target = urlsplit(url)
-        joined = url
+        if (target.scheme, target.hostname, target.port) != (base.scheme, base.hostname, base.port):
+            raise ConnectionUnavailable(
+                f"The URL {url[:200]!r} leaves the connection's address ({base.scheme}://{base.netloc}): give a path."
+            )
+        path, query, fragment = target.path, target.query, target.fragment
+        prefix = f"{target.scheme}://{target.netloc}"
     else:
-        joined = base_url.rstrip("/") + "/" + url.lstrip("/") if url else base_url
-        target = urlsplit(joined)
-    if (target.scheme, target.hostname, target.port) != (base.scheme, base.hostname, base.port):
-        raise ConnectionUnavailable(
-            f"The URL {url[:200]!r} leaves the connection's address ({base.scheme}://{base.netloc}): give a path."
-        )
+        relative = urlsplit(url)
+        if relative.scheme or relative.netloc:
+            raise ConnectionUnavailable(f"The URL {url[:200]!r} is not a path under the connection's address.")
+        path = base.path.rstrip("/") + "/" + relative.path.lstrip("/") if url else base.path
+        query, fragment = relative.query, relative.fragment
+        prefix = f"{base.scheme}://{base.netloc}"
+    segments = []
+    for segment in path.split("/"):
+        decoded = segment
+        for _ in range(3):  # a server or proxy may decode more than once: %252e%252e is ".." to it
+            decoded = unquote(decoded)
+        parts = re.split(r"[/\\]", decoded)
+        if ".." in parts:
+            raise ConnectionUnavailable(
+                f'The URL {url[:200]!r} has a ".." segment: give a path under the connection\'s address '
+                f"({base_url}), without climbing out of it."
+            )
+        if decoded != ".":
+            segments.append(segment)
+    joined = prefix + "/".join(segments)
+    if path.endswith("/.") or (path.endswith("/") and not joined.endswith("/")):
+        joined += "/"
+    if query:
+        joined += "?" + query
+    if fragment:
+        joined += "#" + fragment
     return joined

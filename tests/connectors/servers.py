@@ -30,6 +30,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    header_list: list[tuple[str, str]] = field(default_factory=list)  # as received, repeats included
 
 
 @dataclass
@@ -129,7 +130,7 @@ def _handler_for(server: ApiServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {name.lower(): value for name, value in self.headers.items()}
-            received = Received(self.command, self.path, headers, body)
+            received = Received(self.command, self.path, headers, body, list(self.headers.items()))
             path = urlsplit(self.path).path
             if path == "/oauth/token":
                 self._token(received)

@@ -220,3 +220,53 @@ def test_a_refused_client_secret_fails_the_step_without_showing_it(api, team, wo
     assert "answered HTTP 401" in failed.value.message and "invalid_client" in failed.value.message
     assert "cs-wrong-0006" not in failed.value.message
     assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    "invoice",
+    ["../admin/delete?all=1", "..%2Fadmin", "%2e%2e/admin", "INV-1/../../admin", "%252e%252e/admin", "..\\admin"],
+)
+def test_run_data_cannot_climb_out_of_the_base_path(api, team, workflow, invoice):
+    """A value from the run inside the URL template cannot steer the connection's credentials elsewhere."""
+    api.static_tokens.add("tok-bearer-0001")
+    make_connection(
+        team, config={"base_url": f"{api.url}/api/v2/", "auth": "bearer"}, secrets={"token": "tok-bearer-0001"}
+    )
+    with pytest.raises(StepError, match=r'a "\.\." segment'):
+        _run({"connection": "erp", "url": "invoices/{{ input.invoice }}"}, workflow, inputs={"invoice": invoice})
+    assert api.requests == []
+
+
+def test_dot_segments_that_stay_under_the_base_path_are_normalised(api, team, workflow):
+    make_connection(team, config={"base_url": f"{api.url}/api/v2/"})
+    outcome = _run({"connection": "erp", "url": "./invoices/./{{ input.invoice }}", "method": "GET"}, workflow)
+    assert outcome.output["body"]["path"] == "/api/v2/invoices/INV-1"
+
+
+@pytest.mark.parametrize("name", ["Host", "content-length", "Transfer-Encoding", "CONNECTION"])
+def test_framing_headers_are_refused_at_publish_and_at_run_time(api, team, workflow, name):
+    make_connection(team, config={"base_url": f"{api.url}/api/"})
+    config = {"connection": "erp", "url": "x", "headers": {name: "evil.example.com"}}
+    step_type = step_type_find("http.request")
+    problems = step_type.check_config(step_config_parse("http.request", config))
+    assert any(name in problem and "set by the platform" in problem for problem in problems), problems
+    with pytest.raises(StepError, match="set by the platform"):
+        _run(config, workflow)
+    assert api.requests == []
+
+
+def test_the_steps_idempotency_key_and_the_connections_auth_win_whatever_the_case(api, team, workflow):
+    api.static_tokens.add("tok-bearer-0001")
+    make_connection(
+        team,
+        config={"base_url": f"{api.url}/api/", "auth": "bearer", "headers": {"x-tenant": "acme"}},
+        secrets={"token": "tok-bearer-0001"},
+    )
+    headers = {"idempotency-key": "graph-key", "authorization": "Bearer forged", "X-TENANT": "graph"}
+    assert _run({"connection": "erp", "url": "x", "headers": headers}, workflow).output["status"] == 200
+    [received] = api.requests
+    names = [name.lower() for name, _ in received.header_list]
+    assert names.count("idempotency-key") == 1 and names.count("authorization") == 1 and names.count("x-tenant") == 1
+    assert received.headers["idempotency-key"] == "run-1-post"
+    assert received.headers["authorization"] == "Bearer tok-bearer-0001"
+    assert received.headers["x-tenant"] == "graph"

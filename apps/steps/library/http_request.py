@@ -118,6 +118,9 @@ class HttpRequest(StepType):
             *((f"parameters.{key}", value) for key, value in config.parameters.items()),
             *((f"body_fields.{key}", value) for key, value in config.body_fields.items()),
         ]
+        for name in config.headers:
+            if name.lower() in http.FRAMING_HEADERS:
+                problems.append(f'headers: "{name}" is set by the platform from the URL and the body; remove it')
         for label, template in templates:
             problem = template_check(template)
             if problem:
@@ -192,14 +195,21 @@ class HttpRequest(StepType):
                     method, url, operation_headers, body = self._operation_request(
                         config, context, parameters, body_fields, body
                     )
-                    headers = {**headers, **operation_headers}
+                    headers = http.merge_headers(headers, operation_headers)
                 url = join_url(str(resolved.config["base_url"]), url)
             except ConnectionUnavailable as error:
                 raise StepError(f'Step "{context.step_key}": {error.message}') from None
             # The connection's headers first, so the step may add to them; its authentication comes last.
-            headers = {**resolved.config.get("headers", {}), **headers}
+            headers = http.merge_headers(resolved.config.get("headers", {}), headers)
             timeout = min(float(resolved.config.get("timeout_seconds", timeout)), settings.AIOS_STEP_LEASE_SECONDS / 2)
-        headers["Idempotency-Key"] = context.idempotency_key
+        refused = sorted(name for name in headers if name.lower() in http.FRAMING_HEADERS)
+        if refused:
+            # Publishing refuses these too (check_config); a graph published before that is refused here.
+            raise StepError(
+                f'Step "{context.step_key}": the header "{refused[0]}" is set by the platform and cannot be given.'
+            )
+        # Names compared case-insensitively: a graph's "idempotency-key" must not travel beside the step's own.
+        headers = http.merge_headers(headers, {"Idempotency-Key": context.idempotency_key})
         if body and "content-type" not in {name.lower() for name in headers}:
             headers["Content-Type"] = "application/json" if _is_json(body) else "text/plain; charset=utf-8"
         response, sent = self._send(method, context, resolved, url, headers, body, timeout)
@@ -270,9 +280,7 @@ class HttpRequest(StepType):
                 # No request left: certain that nothing happened; a token endpoint may recover later.
                 raise StepError(f'Step "{context.step_key}": {error.message}', retryable=True) from None
             # Whatever the graph set, the connection's authentication wins (names compared case-insensitively).
-            auth_names = {name.lower() for name in auth}
-            sent = {name: value for name, value in sent.items() if name.lower() not in auth_names}
-            sent.update(auth)
+            sent = http.merge_headers(sent, auth)
         try:
             response = http.request(method, url, headers=sent, body=body.encode() if body else None, timeout=timeout)
         except http.OutboundError as error:
