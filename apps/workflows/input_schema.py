@@ -17,7 +17,9 @@ from datetime import date
 from typing import Any
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
+from django.core.validators import validate_email
 
 from apps.knowledge.parsing import accept_attribute, supported_formats_sentence
 
@@ -85,6 +87,29 @@ def input_schema_errors(schema: Any) -> list[str]:
     return problems
 
 
+EMAIL_FORMAT = "email"
+ONE_ADDRESS_MESSAGE = "Enter one email address, such as ana@example.com."
+
+
+def validate_one_email(value: str) -> None:
+    """One plain address: a field with `format: email` names one person. Steps address mail with such a value
+    (`to: {{ input.customer_email }}`), so a list typed or sent into it ("a@x.com, b@y.com") must not pass as one,
+    and neither may a display name or a quoted local part that could hide a separator."""
+    if any(character in value for character in ',;<>"\r\n\t ') or value.count("@") != 1:
+        raise ValidationError(ONE_ADDRESS_MESSAGE, code="invalid")
+    try:
+        validate_email(value)
+    except ValidationError:
+        raise ValidationError(ONE_ADDRESS_MESSAGE, code="invalid") from None
+
+
+class OneEmailField(forms.EmailField):
+    """An email address field that accepts exactly one plain address (see `validate_one_email`)."""
+
+    default_validators = [validate_one_email]
+    default_error_messages = {"invalid": ONE_ADDRESS_MESSAGE}
+
+
 class TextListField(forms.CharField):
     """A list of short texts, typed one per line (an API client sends a JSON list)."""
 
@@ -123,6 +148,11 @@ def _default_problem(spec: dict[str, Any]) -> str | None:
             date.fromisoformat(value)
         except ValueError:
             return f"{value!r} is not a date like 2026-12-31"
+    if spec.get("format") == EMAIL_FORMAT and isinstance(value, str):
+        try:
+            validate_one_email(value)
+        except ValidationError:
+            return f"{value!r} is not one email address"
     return None
 
 
@@ -205,6 +235,8 @@ def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
         return field_class(
             choices=([("", "—")] if not required else []) + choices, coerce=_COERCE.get(kind, str), **common
         )
+    if kind == "string" and spec.get("format") == EMAIL_FORMAT:
+        return OneEmailField(max_length=spec.get("maxLength") or 254, **common)
     if kind == "string":
         widget = forms.Textarea(attrs={"rows": 8}) if spec.get("format") == "textarea" else forms.TextInput
         return forms.CharField(
