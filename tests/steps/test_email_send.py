@@ -214,6 +214,46 @@ def test_bad_addresses_are_refused_by_name(
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("field", "template", "value"),
+    [
+        ("to", "{{ input.customer_email }}", "a@example.com, b@example.com, c@example.com"),
+        ("to", "{{ input.customer_email }}", "a@example.com;b@example.com"),
+        ("cc", "{{ input.customer_email }}", "a@example.com\nb@example.com"),
+        ("bcc", "claims@example.com, {{ input.customer_email }}", "Ana <ana@example.com>, b@example.com"),
+        ("reply_to", "{{ input.customer_email }}", ["a@example.com", "b@example.com"]),
+    ],
+)
+def test_a_value_holding_several_addresses_is_refused_not_split(
+    mail_workflow: Any, mail_server: FussyServer, field: str, template: str, value: Any
+) -> None:
+    """One run input must not address the message to everyone it lists: only separators written in the field
+    itself separate recipients."""
+    config = {"to": "ana@example.com", "subject": "Hi", "body_text": "x", field: template}
+    with pytest.raises(StepError) as refused:
+        send(mail_workflow, step_context(mail_workflow, customer_email=value), **config)
+    assert f"{field}: a value gives several addresses" in refused.value.message and not refused.value.retryable
+    assert mail_server.messages() == []
+
+
+@pytest.mark.django_db
+def test_separators_written_in_the_field_and_one_named_address_per_value_are_kept(
+    mail_workflow: Any, mail_server: FussyServer
+) -> None:
+    context = step_context(mail_workflow, customer_email='"Doe, Jane" <jane@example.com>', team=["ana@example.com"])
+    output = send(
+        mail_workflow,
+        context,
+        to="{{ input.customer_email }}, claims@example.com",
+        cc="{% for person in input.team %}{{ person }};{% endfor %}",
+        subject="Hi",
+        body_text="x",
+    )
+    assert output["accepted"] == ["jane@example.com", "claims@example.com", "ana@example.com"]
+    assert mail_server.messages()[0]["To"] == '"Doe, Jane" <jane@example.com>, claims@example.com'
+
+
+@pytest.mark.django_db
 def test_server_refusals_carry_the_servers_reason(mail_workflow: Any, mail_server: FussyServer) -> None:
     with pytest.raises(StepError, match="User unknown") as unknown:
         send(mail_workflow, to="nobody@example.com", subject="Hi", body_text="x")

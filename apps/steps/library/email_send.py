@@ -6,6 +6,7 @@ import base64
 import binascii
 import email.message
 import email.utils
+import functools
 import html
 import re
 from typing import Any, Literal
@@ -13,8 +14,7 @@ from typing import Any, Literal
 import nh3
 from django.conf import settings
 from django.utils import timezone
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import StrictUndefined, Template, TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 
 from apps.connectors.smtp import WIRE_POLICY, SmtpError, smtp_open, smtp_quit, smtp_send
@@ -22,6 +22,7 @@ from apps.steps.base import StepConfig, StepContext, StepError, StepOutcome, Ste
 from apps.steps.expressions import (
     MAX_TEMPLATE_OUTPUT,
     ExpressionError,
+    _DataFirstEnvironment,
     cel_check,
     cel_evaluate,
     template_check,
@@ -51,17 +52,33 @@ _ADDRESS = re.compile(
 )
 
 
-class _HtmlTemplates(ImmutableSandboxedEnvironment):
-    """The HTML body's templates: the same sandbox and data-first lookups as every text template, with values
-    HTML-escaped, so run data shows as text (a "<b>" in a customer's name is shown, not obeyed)."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, dict) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
+# The HTML body's templates: the same sandbox and data-first lookups as every text template, with values
+# HTML-escaped, so run data shows as text (a "<b>" in a customer's name is shown, not obeyed).
+_html_templates = _DataFirstEnvironment(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
 
 
-_html_templates = _HtmlTemplates(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
+class _SeveralAddresses(TemplateError):
+    """A value rendered into an address field that holds more than one address."""
+
+
+def _one_address_value(value: Any) -> Any:
+    """Each `{{ … }}` of an address field gives at most one address: the separators between recipients must be
+    written in the field itself. Otherwise one run input ("a@x.com, b@y.com" in a customer's email field, filled
+    by a trigger from outside) could address the message to anyone it lists."""
+    if len(_split_addresses(str(value))) > 1:
+        raise _SeveralAddresses(str(value))
+    return value
+
+
+# Address fields' templates: as every text template, with each rendered value checked by `_one_address_value`.
+_address_templates = _DataFirstEnvironment(
+    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_one_address_value
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _address_template(template: str) -> Template:
+    return _address_templates.from_string(template)
 
 
 class AttachmentConfig(BaseModel):
@@ -101,10 +118,13 @@ class EmailSendConfig(StepConfig):
         json_schema_extra={"x-widget": "connection-smtp"},
     )
     to: str = _template_field(
-        "To", "Recipients, separated by commas, e.g. {{ input.customer_email }}, claims@example.com", required=True
+        "To",
+        "Recipients, separated by commas, e.g. {{ input.customer_email }}, claims@example.com. Each value filled in "
+        "must be one address: a value holding a list is refused.",
+        required=True,
     )
-    cc: str = _template_field("Cc", "Copy recipients, separated by commas (optional).")
-    bcc: str = _template_field("Bcc", "Hidden copy recipients, separated by commas (optional).")
+    cc: str = _template_field("Cc", "Copy recipients, separated by commas (optional; one address per value).")
+    bcc: str = _template_field("Bcc", "Hidden copy recipients, separated by commas (optional; one address per value).")
     reply_to: str = _template_field("Reply to", "Where replies go, if not to the sender (optional).")
     subject: str = _template_field("Subject", "A text template, e.g. Your claim {{ input.claim_id }}", required=True)
     body_text: str = _template_field(
@@ -137,6 +157,23 @@ def _render(template: str, variables: dict[str, Any], label: str, field: str) ->
         return template_render(template, variables)
     except ExpressionError as error:
         raise StepError(f"{label}, {field}: the template failed: {error}") from None
+
+
+def _render_addresses(template: str, variables: dict[str, Any], label: str, field: str) -> list[tuple[str, str]]:
+    """The (display name, address) pairs an address field gives; a value that holds several addresses is refused,
+    not split."""
+    try:
+        text = _address_template(template).render(**variables)
+    except _SeveralAddresses as several:
+        raise StepError(
+            f'{label}, {field}: a value gives several addresses ("{str(several)[:200]}"); each value may give one. '
+            "Write the separators in the field itself, e.g. {{ input.customer_email }}, claims@example.com."
+        ) from None
+    except TemplateError as error:
+        raise StepError(f"{label}, {field}: the template failed: {error}") from None
+    if len(text) > MAX_TEMPLATE_OUTPUT:
+        raise StepError(f"{label}, {field}: the rendered text is longer than {MAX_TEMPLATE_OUTPUT} characters.")
+    return parse_addresses(text, field, label)
 
 
 def _render_html(template: str, variables: dict[str, Any], label: str) -> str:
@@ -333,14 +370,10 @@ class EmailSend(StepType):
         """The message as sent, and its envelope recipients (To, Cc and Bcc)."""
         label = f'Step "{context.step_key}"'
         variables = context.expression_variables()
-        to = parse_addresses(_render(config.to, variables, label, "to"), "to", label)
-        cc = parse_addresses(_render(config.cc, variables, label, "cc"), "cc", label) if config.cc else []
-        bcc = parse_addresses(_render(config.bcc, variables, label, "bcc"), "bcc", label) if config.bcc else []
-        reply_to = (
-            parse_addresses(_render(config.reply_to, variables, label, "reply_to"), "reply_to", label)
-            if config.reply_to
-            else []
-        )
+        to = _render_addresses(config.to, variables, label, "to")
+        cc = _render_addresses(config.cc, variables, label, "cc") if config.cc else []
+        bcc = _render_addresses(config.bcc, variables, label, "bcc") if config.bcc else []
+        reply_to = _render_addresses(config.reply_to, variables, label, "reply_to") if config.reply_to else []
         if not to:
             raise StepError(f"{label}, to: the message has no recipient.")
         recipients = list(dict.fromkeys(address for _, address in [*to, *cc, *bcc]))
