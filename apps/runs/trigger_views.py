@@ -73,7 +73,7 @@ PAYLOAD_FIELDS = {
     "form": [],
     "schedule": ["scheduled_at (UTC)", "scheduled_at_local", "trigger"],
     "webhook": ["the fields of the JSON body"],
-    "email": ["subject", "sender", "to", "text", "message_id", "date", "attachments", "documents"],
+    "email": ["subject", "sender", "to", "text", "message_id", "date", "attachments", "documents", "notes"],
     "event": ["run", "workflow", "status", "output", "inputs", "error", "and each field of the output"],
 }
 COMMON_ZONES = (

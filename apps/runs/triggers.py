@@ -25,6 +25,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.message import MIMEPart
 from email.parser import BytesParser
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -642,38 +643,92 @@ def _html_text(html: str) -> str:
         return ""
 
 
+class MailUnreadable(Exception):
+    """A message that is not an email message at all (no header fields): refused for good, never retried."""
+
+
+def _header(message: MIMEPart, name: str) -> str:
+    # A malformed header (an unclosed "Message-ID: <") makes the header parser raise: it reads as absent.
+    try:
+        return str(message.get(name, "")).strip()
+    except Exception:  # the parser's own errors vary (IndexError, ValueError, ...); any of them means unreadable
+        return ""
+
+
+def _text_of(part: MIMEPart, notes: list[str]) -> str:
+    """A text part's content; bytes no character set can read become U+FFFD instead of an error."""
+    try:
+        return str(part.get_content())
+    except (LookupError, UnicodeError, ValueError) as error:
+        data = part.get_payload(decode=True)
+        data = data if isinstance(data, bytes) else b""
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            text = data.decode(charset, errors="replace")
+        except LookupError:
+            text = data.decode("utf-8", errors="replace")
+            notes.append(f"The text's character set “{charset[:40]}” is unknown; it was read as UTF-8.")
+        else:
+            notes.append(
+                f"The text could not be decoded cleanly ({type(error).__name__}); unreadable bytes were replaced."
+            )
+        return text
+
+
 def mail_payload(raw: bytes, *, mail_from: str) -> tuple[dict[str, Any], list[tuple[str, str, bytes]], str]:
     """A message as a trigger payload: (payload, attachments as (name, type, bytes), source key).
 
     The payload holds `subject`, `sender` (the From address, else the envelope's), `to`, `text` (the plain
-    part, else the HTML part's text), `message_id`, `date` and `attachments` (name, type and size of each).
-    The source key derives from the Message-ID, or from the raw message's hash when it has none."""
+    part, else the HTML part's text), `message_id`, `date`, `attachments` (name, type and size of each) and, when
+    something could not be read, `notes` saying what. The source key derives from the Message-ID, or from the raw
+    message's hash when it has none.
+
+    What a sender wrote never makes this raise: an unknown character set or bytes that do not decode become
+    replacement characters, a malformed header reads as empty, an attachment that cannot be read is left out
+    with a note. The one refusal is MailUnreadable, for bytes with no header fields at all."""
     message = BytesParser(policy=email.policy.default).parsebytes(raw)
-    body = message.get_body(preferencelist=("plain", "html"))
+    if not message.keys():
+        raise MailUnreadable("The message has no header fields: it is not an email message.")
+    notes: list[str] = []
     text = ""
+    try:
+        body = message.get_body(preferencelist=("plain", "html"))
+    except Exception:  # a multipart structure the parser cannot walk
+        body = None
+        notes.append("The message's structure could not be read; its text is left empty.")
     if body is not None:
-        content = body.get_content()
-        text = _html_text(content) if body.get_content_type() == "text/html" else str(content)
+        content = _text_of(body, notes)
+        text = _html_text(content) if body.get_content_type() == "text/html" else content
     attachments: list[tuple[str, str, bytes]] = []
-    for part in message.iter_attachments():
-        data = part.get_payload(decode=True) or b""
-        attachments.append((part.get_filename() or "attachment", part.get_content_type(), bytes(data)))
-    sender = email.utils.parseaddr(str(message.get("from", "")))[1] or mail_from
-    message_id = str(message.get("message-id", "")).strip()
+    try:
+        parts = list(message.iter_attachments())
+    except Exception:
+        parts = []
+        notes.append("The message's attachments could not be listed; none were taken.")
+    for number, part in enumerate(parts, 1):
+        try:
+            data = part.get_payload(decode=True) or b""
+            attachments.append((part.get_filename() or "attachment", part.get_content_type(), bytes(data)))
+        except Exception as error:  # one unreadable attachment must not lose the message
+            notes.append(f"Attachment {number} could not be read ({type(error).__name__}) and was left out.")
+    sender = email.utils.parseaddr(_header(message, "from"))[1] or mail_from
+    message_id = _header(message, "message-id")
     source = (
         f"mail:{hashlib.sha256(message_id.encode()).hexdigest()[:40]}"
         if message_id
         else f"raw:{hashlib.sha256(raw).hexdigest()[:40]}"
     )
-    payload = {
-        "subject": str(message.get("subject", "")).strip(),
+    payload: dict[str, Any] = {
+        "subject": _header(message, "subject"),
         "sender": sender,
-        "to": str(message.get("to", "")).strip(),
+        "to": _header(message, "to"),
         "text": text.strip(),
         "message_id": message_id,
-        "date": str(message.get("date", "")).strip(),
+        "date": _header(message, "date"),
         "attachments": [{"name": name, "content_type": kind, "size": len(data)} for name, kind, data in attachments],
     }
+    if notes:
+        payload["notes"] = notes
     return payload, attachments, source
 
 
@@ -692,7 +747,20 @@ def email_receive(*, trigger_id: int, raw: bytes, mail_from: str) -> MailReply:
         if not trigger.enabled:
             _record(trigger, Outcome.REFUSED, f"A mail from {mail_from or 'an unknown sender'} arrived while paused.")
             return MailReply(550, "5.2.1 This address is paused")
-        payload, attachments, source = mail_payload(raw, mail_from=mail_from)
+        try:
+            payload, attachments, source = mail_payload(raw, mail_from=mail_from)
+        except Exception as error:
+            # mail_payload touches nothing but the bytes, so whatever it raises is about this message, and sending
+            # it again will not help: a permanent refusal, recorded, instead of a 451 the sender would retry for
+            # days. (Errors of the database and the rest still escape: the inbound server answers those 451.)
+            if not isinstance(error, MailUnreadable):
+                logger.exception("email trigger %s: a message could not be parsed", trigger.pk)
+            reason = (
+                str(error) if isinstance(error, MailUnreadable) else f"it could not be parsed ({type(error).__name__})"
+            )
+            detail = f"A mail from {mail_from or 'an unknown sender'} was refused: {reason}"
+            _record(trigger, Outcome.REFUSED, detail, key=f"raw:{hashlib.sha256(raw).hexdigest()[:40]}")
+            return MailReply(554, f"5.6.0 {reason}"[:400])
         version = workflow_version_published_latest(trigger.workflow)
         document_fields = document_field_names(version.input_schema) if version is not None else []
         documents: dict[str, Any] = {}

@@ -157,3 +157,49 @@ def test_html_only_mail_gives_its_text():
     payload, attachments, source = mail_payload(mail.as_bytes(), mail_from="x@example.com")
     assert "Two chairs & a table" in payload["text"] and "<b>" not in payload["text"]
     assert attachments == [] and source.startswith("mail:")
+
+
+def _raw_send(port: int, to: str, raw: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.sendmail("carla@example.com", [to], raw)
+
+
+def test_a_mail_in_an_unknown_character_set_still_starts_a_run(inbound, mail_trigger):
+    """A charset Python does not know (the parser raises LookupError for it) used to make every delivery a 451,
+    retried for days and never recorded: the text is read with replacement characters and a note instead."""
+    to = email_address_for(mail_trigger)
+    raw = (
+        f"From: Carla Client <carla@example.com>\r\nTo: {to}\r\nSubject: Odd charset\r\n"
+        "Message-ID: <odd-cs@example.com>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        '--B\r\nContent-Type: text/plain; charset="x-unknown-cs"\r\n\r\nThe roof leaks \xe9verywhere.\r\n'
+        '--B\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="scan.bin"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n!!!not base64###\r\n--B--\r\n"
+    ).encode("latin-1")
+    _raw_send(inbound, to, raw)
+    [run] = Run.objects.filter(workflow=mail_trigger.workflow)
+    assert run.inputs["subject"] == "Odd charset"
+    assert run.inputs["text"].startswith("The roof leaks ") and run.inputs["text"].endswith("verywhere.")
+    [firing] = TriggerFiring.objects.filter(trigger=mail_trigger)
+    assert firing.outcome == "started"
+    payload, attachments, _ = mail_payload(raw, mail_from="")
+    assert any("x-unknown-cs" in note for note in payload["notes"])
+    assert [name for name, _, _ in attachments] == ["scan.bin"]
+
+
+def test_bytes_that_are_not_an_email_message_are_a_recorded_permanent_refusal(inbound, mail_trigger):
+    to = email_address_for(mail_trigger)
+    with pytest.raises(smtplib.SMTPDataError) as refusal:
+        _raw_send(inbound, to, b"\x00\x01 this is not a mail at all\r\n")
+    assert refusal.value.smtp_code == 554  # permanent: the sender does not retry it for days
+    assert b"no header fields" in refusal.value.smtp_error
+    [firing] = TriggerFiring.objects.filter(trigger=mail_trigger)
+    assert firing.outcome == "refused" and "not an email message" in firing.detail
+    assert not Run.objects.filter(workflow=mail_trigger.workflow).exists()
+
+
+def test_a_malformed_header_reads_as_empty_instead_of_failing():
+    # "Message-ID: <" makes the header parser raise IndexError.
+    raw = b"From: carla@example.com\r\nSubject: Hi\r\nMessage-ID: <\r\n\r\nBody text\r\n"
+    payload, _, source = mail_payload(raw, mail_from="")
+    assert payload["message_id"] == "" and payload["text"] == "Body text" and source.startswith("raw:")
