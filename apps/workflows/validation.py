@@ -7,6 +7,7 @@ can both use it without importing each other.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from apps.steps.registry import step_type_get
@@ -45,8 +46,46 @@ def sub_workflows_pinned(graph: dict[str, Any], *, own_workflow: Workflow) -> tu
     return pinned, problems
 
 
+CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie"}
+_TEMPLATE_PART = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+
+
+def _literal_credential(name: str, value: str) -> bool:
+    """Whether a credential header's value carries a secret written in the step itself: what is left once its
+    template parts (values from earlier steps, e.g. a token a login step fetched) are taken out, beside the
+    scheme word of Authorization ("Bearer", "Basic") and the names of cookies ("session=")."""
+    rest = _TEMPLATE_PART.sub(" ", value)
+    if name == "cookie":
+        rest = " ".join(pair.partition("=")[2] for pair in rest.split(";"))
+    else:
+        rest = re.sub(r"^\s*[A-Za-z][\w-]*\s+", " ", rest, count=1)
+    return bool(rest.strip())
+
+
+def inline_credential_problems(graph: dict[str, Any]) -> list[str]:
+    """A step whose config sends Authorization, Proxy-Authorization or Cookie with a literal value: a secret in
+    the graph is shown to everyone who may read the workflow, kept in every version, export and audit record, and
+    never rotated with the system it opens. Only new publishes are refused; versions already published run on."""
+    problems = []
+    for step in graph.get("steps", []) if isinstance(graph.get("steps"), list) else []:
+        config = step.get("config") if isinstance(step, dict) else None
+        headers = config.get("headers") if isinstance(config, dict) else None
+        if not isinstance(headers, dict):
+            continue
+        for name, value in headers.items():
+            lowered = str(name).strip().lower()
+            if lowered in CREDENTIAL_HEADERS and isinstance(value, str) and _literal_credential(lowered, value):
+                problems.append(
+                    f'step "{step.get("key")}": headers.{name}: a credential written in the step is visible to '
+                    "everyone who can read the workflow and is copied into every version and export; put "
+                    "credentials in a connection (Connections, then choose it in the step's Connection field)."
+                )
+    return problems
+
+
 def version_problems(version: WorkflowVersion) -> list[str]:
     """Every reason `version` cannot be published, each naming its step (empty when it can)."""
     problems = input_schema_errors(version.input_schema) + graph_errors(version.graph)
+    problems += inline_credential_problems(version.graph)
     _, pin_problems = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     return problems + pin_problems
