@@ -47,8 +47,7 @@ class SqlQueryConfig(StepConfig):
         description="Exactly one statement. Put values in named placeholders, never in the text: "
         "SELECT net_amount FROM purchase_orders WHERE po_number = :po_number. Each placeholder needs a parameter. "
         "In write mode, :idempotency_key stands for this step's key, stable across retries: an INSERT that stores it "
-        "in a column with a unique constraint is recognised as already applied when repeated. For reads, give the "
-        "connection a database user that may only read.",
+        "in a column with a unique constraint is recognised as already applied when repeated.",
         json_schema_extra={"x-rows": 6},
     )
     parameters: dict[str, str] = Field(
@@ -62,8 +61,9 @@ class SqlQueryConfig(StepConfig):
     mode: Literal["read", "write"] = Field(
         "read",
         title="Mode",
-        description="read: a read-only transaction (anything that would change data is refused). write: "
-        "INSERT, UPDATE, DELETE or MERGE, committed once the statement succeeds.",
+        description="read: a read-only transaction (a change to this database's tables is refused; for full "
+        "safety give the connection a database user that may only read). write: INSERT, UPDATE, DELETE or MERGE, "
+        "committed once the statement succeeds.",
     )
     row_cap: int | None = Field(
         None,
