@@ -19,10 +19,11 @@ from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 from apps.accounts.models import Team, User
 from apps.audit.services import audit_record
 from apps.connectors import kinds
+from apps.connectors.forms import LABELS
 from apps.connectors.models import Connection
 from apps.connectors.probes import ProbeResult
 from apps.connectors.rules import USE, user_creates_connections, user_manages_connection
-from apps.core.exceptions import Conflict, Forbidden, ValidationFailed
+from apps.core.exceptions import Conflict, Forbidden, Unprocessable, ValidationFailed
 from apps.core.secrets import encrypted_fields, secret_rotate
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -75,6 +76,66 @@ def _check_secrets(kind: str, config: dict[str, Any], secrets: dict[str, str]) -
         )
 
 
+# The settings that say where a connection's secrets are sent (and whether over TLS). When one changes, the
+# stored secrets are not kept: a person who may manage the connection but never saw its password must not be able
+# to point it at a server of theirs and have the stored password delivered there.
+ADDRESS_SETTINGS: dict[str, tuple[str, ...]] = {
+    kinds.HTTP: ("base_url", "token_url"),
+    kinds.SMTP: ("host", "port", "security"),
+    kinds.SQL: ("host", "port", "dialect"),
+    kinds.MAILBOX: ("host", "port", "ssl"),
+}
+
+
+def address_changes(kind: str, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The address settings that differ between `before` and `after` (both validated settings)."""
+    return [key for key in ADDRESS_SETTINGS[kind] if before.get(key) != after.get(key)]
+
+
+def _secrets_used(kind: str, config: dict[str, Any]) -> set[str]:
+    if kind == kinds.HTTP:
+        used = kinds.HTTP_AUTH_SECRET.get(str(config.get("auth")))
+        return {used} if used else set()
+    return set(kinds.secret_keys(kind))
+
+
+def secrets_for_settings(
+    kind: str,
+    *,
+    stored_config: dict[str, Any] | None,
+    stored_secrets: dict[str, str],
+    config: dict[str, Any],
+    changes: dict[str, str | None],
+) -> dict[str, str]:
+    """The secrets to use with settings `config`: the stored ones with `changes` applied (secrets_merge), unless
+    an address setting differs from `stored_config` (None: a new connection). Then no stored secret is kept, and
+    each one the new settings use that was stored (and not removed) or is required must be entered again:
+    ValidationFailed per secret field, saying why. Used for both the test and the save."""
+    moved = address_changes(kind, stored_config, config) if stored_config is not None else []
+    if not moved:
+        return secrets_merge(kind, stored_secrets, changes)
+    merged = secrets_merge(kind, {}, changes)
+    removed = {key.partition(":")[0] for key, value in changes.items() if key.endswith(":remove") and value}
+    again = set(kinds.secrets_missing(kind, config, merged)) | {
+        key for key in _secrets_used(kind, config) if key in stored_secrets and key not in removed
+    }
+    again -= set(merged)
+    if again:
+        labels = {spec.key: spec.label for spec in kinds.SECRETS[kind]}
+        where = ", ".join(LABELS.get(key, key) for key in moved)
+        raise ValidationFailed(
+            "Enter the secrets again: the address changed.",
+            fields={
+                f"secrets.{key}": [
+                    f"Enter the {labels[key].lower()} again: the {where} changed, and a stored secret is only sent "
+                    "to the address it was entered for."
+                ]
+                for key in sorted(again)
+            },
+        )
+    return merged
+
+
 def _secrets_diff(before: dict[str, str], after: dict[str, str]) -> dict[str, list[str]]:
     """Which secrets were set, replaced or removed: names only."""
     diff = {
@@ -91,6 +152,21 @@ def _record_test(connection: Connection, result: ProbeResult | None) -> None:
     connection.last_tested_at = timezone.now()
     connection.last_test_ok = result.ok
     connection.last_test_message = result.message[:2000]
+
+
+def _check_new(name: str, label: str) -> None:
+    """A new connection's name and label, refused per field."""
+    fields: dict[str, list[str]] = {}
+    if name in RESERVED_NAMES:
+        fields["name"] = [f'"{name}" is a word the pages use in addresses; choose another name.']
+    elif not _NAME.match(name or ""):
+        fields["name"] = ["Lower-case letters, digits, - and _ only, starting with a letter or digit (at most 64)."]
+    elif Connection.objects.filter(name=name).exists():
+        fields["name"] = [f'A connection named "{name}" already exists.']
+    if not (label or "").strip():
+        fields["label"] = ["Give the connection a label people recognise."]
+    if fields:
+        raise ValidationFailed("The connection cannot be saved.", fields=fields)
 
 
 @transaction.atomic
@@ -112,17 +188,7 @@ def connection_create(
     result of testing these settings before saving, recorded as the connection's last test. Admins only."""
     if actor is not None and not user_creates_connections(actor):
         raise Forbidden("Only admins create connections.")
-    fields: dict[str, list[str]] = {}
-    if name in RESERVED_NAMES:
-        fields["name"] = [f'"{name}" is a word the pages use in addresses; choose another name.']
-    elif not _NAME.match(name or ""):
-        fields["name"] = ["Lower-case letters, digits, - and _ only, starting with a letter or digit (at most 64)."]
-    elif Connection.objects.filter(name=name).exists():
-        fields["name"] = [f'A connection named "{name}" already exists.']
-    if not (label or "").strip():
-        fields["label"] = ["Give the connection a label people recognise."]
-    if fields:
-        raise ValidationFailed("The connection cannot be saved.", fields=fields)
+    _check_new(name, label)
     valid = kinds.settings_validate(kind, config)
     merged = secrets_merge(kind, {}, secrets or {})
     _check_secrets(kind, valid, merged)
@@ -182,6 +248,7 @@ def connection_update(
             changed["label"] = locked.label = label.strip()
     if description is not None and description != locked.description:
         changed["description"] = locked.description = description
+    stored_config = dict(locked.config)
     if config is not None:
         valid = kinds.settings_validate(locked.kind, config)
         config_changes = {key: value for key, value in valid.items() if locked.config.get(key) != value}
@@ -189,7 +256,9 @@ def connection_update(
             changed["config"] = config_changes
             locked.config = valid
     before = locked.secrets
-    after = secrets_merge(locked.kind, before, secrets or {})
+    after = secrets_for_settings(
+        locked.kind, stored_config=stored_config, stored_secrets=before, config=locked.config, changes=secrets or {}
+    )
     _check_secrets(locked.kind, locked.config, after)
     secret_changes = _secrets_diff(before, after)
     if secret_changes:
@@ -213,6 +282,96 @@ def connection_update(
             data={"fields": changed, **secret_changes, **({"test_ok": test.ok} if test else {})},
         )
     return locked
+
+
+class ConnectionTestFailed(Unprocessable):
+    """Testing the settings before saving failed and saving anyway was not asked for: nothing was saved.
+    `result` is the test's outcome (the server's reason in its message)."""
+
+    def __init__(self, result: ProbeResult) -> None:
+        super().__init__(
+            f"Nothing was saved because the test failed: {result.message}",
+            extra={"test": {"ok": result.ok, "message": result.message, "seconds": result.seconds}},
+        )
+        self.result = result
+
+
+def connection_save(
+    *,
+    actor: User | None,
+    connection: Connection | None,
+    kind: str,
+    config: dict[str, Any] | None,
+    secrets: dict[str, str | None] | None,
+    name: str = "",
+    label: str | None = None,
+    description: str | None = None,
+    team: Team | None = None,
+    enabled: bool = True,
+    test: bool = True,
+    save_even_if_test_fails: bool = False,
+) -> tuple[Connection, ProbeResult | None]:
+    """Create (`connection` None) or change a connection, testing the resulting settings for real first when
+    `test`: a failed test saves nothing (ConnectionTestFailed, 422, with the server's reason; the attempt is
+    audited) unless `save_even_if_test_fails`. The test runs outside any transaction; the result is recorded as
+    the connection's last test. Changing where the connection goes requires its secrets again
+    (`secrets_for_settings`), for the test as for the save. Used by the pages and the API alike."""
+    from apps.connectors.probes import probe
+
+    if connection is None:
+        if actor is not None and not user_creates_connections(actor):
+            raise Forbidden("Only admins create connections.")
+        _check_new(name, label or "")
+        if team is None:
+            raise ValidationFailed("The connection cannot be saved.", fields={"team": ["Choose the owning team."]})
+    else:
+        _require_manager(actor, connection)
+        kind = connection.kind
+    valid = kinds.settings_validate(kind, config if config is not None else connection.config if connection else {})
+    candidate = secrets_for_settings(
+        kind,
+        stored_config=connection.config if connection is not None else None,
+        stored_secrets=connection.secrets if connection is not None else {},
+        config=valid,
+        changes=secrets or {},
+    )
+    _check_secrets(kind, valid, candidate)
+    result = probe(kind, valid, candidate) if test else None
+    if result is not None and not result.ok and not save_even_if_test_fails:
+        with transaction.atomic():
+            audit_record(
+                actor=actor,
+                verb="connection.tested",
+                target=connection,
+                data={"ok": False, "message": result.message[:500], "unsaved": True, "kind": kind},
+            )
+        raise ConnectionTestFailed(result)
+    if connection is None:
+        assert team is not None
+        saved = connection_create(
+            actor=actor,
+            name=name,
+            label=label or "",
+            description=description or "",
+            kind=kind,
+            team=team,
+            config=valid,
+            secrets=secrets,
+            enabled=enabled,
+            test=result,
+        )
+    else:
+        saved = connection_update(
+            actor=actor,
+            connection=connection,
+            label=label,
+            description=description,
+            team=team,
+            config=valid if config is not None else None,
+            secrets=secrets,
+            test=result,
+        )
+    return saved, result
 
 
 @transaction.atomic

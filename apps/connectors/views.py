@@ -27,7 +27,7 @@ from apps.connectors.openapi import (
     openapi_document_remove,
     operations_of,
 )
-from apps.connectors.probes import ProbeResult, probe
+from apps.connectors.probes import ProbeResult
 from apps.connectors.rules import user_creates_connections, user_manages_connection
 from apps.connectors.selectors import (
     connection_get_for_user,
@@ -37,13 +37,13 @@ from apps.connectors.selectors import (
     teams_for_filter,
 )
 from apps.connectors.services import (
-    connection_create,
+    ConnectionTestFailed,
     connection_delete,
+    connection_save,
     connection_set_enabled,
     connection_test,
     connection_test_unsaved,
-    connection_update,
-    secrets_merge,
+    secrets_for_settings,
     workflows_naming,
 )
 from apps.core.exceptions import ApplicationError, ValidationFailed
@@ -103,51 +103,33 @@ def team_connections(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _test_then_save(request: HttpRequest, form: ConnectionForm, connection: Connection | None) -> HttpResponse | None:
-    """Validate, test the entered settings for real, and save when the test passed or the person ticked "save
-    even though the test failed". Returns the redirect after a save, or None to show the form again."""
+    """Validate, then `connection_save`: test the entered settings for real, and save when the test passed or
+    the person ticked "save even though the test failed". Returns the redirect after a save, or None to show
+    the form again (with the test's result and the reasons under the fields)."""
     if not form.is_valid():
         return None
     config, secret_changes = form.settings_and_secrets()
     try:
-        valid = kinds.settings_validate(form.kind, config)
-        current = connection.secrets if connection is not None else {}
-        candidate = secrets_merge(form.kind, current, secret_changes)
-    except ValidationFailed as refusal:
-        form.add_refusal(refusal)
-        return None
-    result = probe(form.kind, valid, candidate)
-    form.test_result = result  # type: ignore[attr-defined]
-    if not result.ok and not form.cleaned_data.get("save_anyway"):
+        saved, result = connection_save(
+            actor=_user(request),
+            connection=connection,
+            kind=form.kind,
+            name=form.cleaned_data["name"],
+            label=form.cleaned_data["label"],
+            description=form.cleaned_data["description"],
+            team=form.cleaned_data["team"],
+            config=config,
+            secrets=secret_changes,
+            save_even_if_test_fails=bool(form.cleaned_data.get("save_anyway")),
+        )
+    except ConnectionTestFailed as failed:
+        form.test_result = failed.result  # type: ignore[attr-defined]
         form.add_error(None, "Nothing was saved because the test failed. Fix the settings, or tick the box below.")
         return None
-    try:
-        if connection is None:
-            saved = connection_create(
-                actor=_user(request),
-                name=form.cleaned_data["name"],
-                label=form.cleaned_data["label"],
-                description=form.cleaned_data["description"],
-                kind=form.kind,
-                team=form.cleaned_data["team"],
-                config=valid,
-                secrets=secret_changes,
-                test=result,
-            )
-        else:
-            saved = connection_update(
-                actor=_user(request),
-                connection=connection,
-                label=form.cleaned_data["label"],
-                description=form.cleaned_data["description"],
-                team=form.cleaned_data["team"],
-                config=valid,
-                secrets=secret_changes,
-                test=result,
-            )
     except ValidationFailed as refusal:
         form.add_refusal(refusal)
         return None
-    note = "the test passed" if result.ok else "the test failed, saved as asked"
+    note = "the test passed" if result is not None and result.ok else "the test failed, saved as asked"
     messages.success(request, f'Saved "{saved.label}" ({note}).')
     return redirect("connectors:detail", name=saved.name)
 
@@ -301,7 +283,13 @@ def connection_test_view(request: HttpRequest, name: str | None = None) -> HttpR
             config, secret_changes = form.settings_and_secrets()
             try:
                 valid = kinds.settings_validate(kind, config)
-                secrets = secrets_merge(kind, connection.secrets if connection else {}, secret_changes)
+                secrets = secrets_for_settings(
+                    kind,
+                    stored_config=connection.config if connection is not None else None,
+                    stored_secrets=connection.secrets if connection is not None else {},
+                    config=valid,
+                    changes=secret_changes,
+                )
             except ValidationFailed as refusal:
                 text = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in refusal.fields.items())
                 result = ProbeResult(ok=False, message=f"Fix the settings first. {text}")

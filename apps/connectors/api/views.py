@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
@@ -18,11 +17,10 @@ from apps.connectors.models import Connection
 from apps.connectors.rules import user_manages_connection
 from apps.connectors.selectors import connection_get_for_user, connection_list_for_user
 from apps.connectors.services import (
-    connection_create,
     connection_delete,
+    connection_save,
     connection_set_enabled,
     connection_test,
-    connection_update,
 )
 from apps.core.exceptions import Forbidden, ValidationFailed
 
@@ -69,6 +67,12 @@ class ConnectionWriteSerializer(serializers.Serializer):
     config = serializers.DictField(required=False)
     secrets = serializers.DictField(child=serializers.CharField(allow_blank=True, allow_null=True), required=False)
     enabled = serializers.BooleanField(required=False)
+    save_even_if_test_fails = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Settings and secrets are tested before saving; a failed test saves nothing (422 with the "
+        "server's reason under `test`) unless this is true.",
+    )
 
 
 class TestResultSerializer(serializers.Serializer):
@@ -105,17 +109,20 @@ class ConnectionViewSet(viewsets.ModelViewSet):
         body.is_valid(raise_exception=True)
         return dict(body.validated_data)
 
-    @extend_schema(request=ConnectionWriteSerializer, responses={201: ConnectionSerializer})
+    @extend_schema(request=ConnectionWriteSerializer, responses={201: ConnectionSerializer, 422: None})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Create a connection (admins): name, label, kind, team, config and the secrets its settings need."""
+        """Create a connection (admins): name, label, kind, team, config and the secrets its settings need. The
+        settings are tested first: a failed test saves nothing (422, the reason under `test`) unless
+        `save_even_if_test_fails`."""
         body = self._body(request)
         missing = [name for name in ("name", "label", "kind", "team") if name not in body]
         if missing:
             raise ValidationFailed(
                 "Some fields are missing.", fields={name: ["This field is required."] for name in missing}
             )
-        connection = connection_create(
+        connection, _ = connection_save(
             actor=_user(request),
+            connection=None,
             name=body["name"],
             label=body["label"],
             description=body.get("description", ""),
@@ -124,6 +131,7 @@ class ConnectionViewSet(viewsets.ModelViewSet):
             config=body.get("config", {}),
             secrets=body.get("secrets", {}),
             enabled=body.get("enabled", True),
+            save_even_if_test_fails=body.get("save_even_if_test_fails", False),
         )
         return Response(ConnectionSerializer(connection).data, status=status.HTTP_201_CREATED)
 
@@ -140,20 +148,22 @@ class ConnectionViewSet(viewsets.ModelViewSet):
             raise ValidationFailed(
                 "These cannot change.", fields={name: ["Steps rely on it; it cannot change."] for name in fixed}
             )
-        with transaction.atomic():
-            connection = connection_update(
-                actor=_user(request),
-                connection=connection,
-                label=body.get("label"),
-                description=body.get("description"),
-                team=body.get("team"),
-                config=body.get("config"),
-                secrets=body.get("secrets"),
-            )
-            if "enabled" in body:
-                connection = connection_set_enabled(
-                    actor=_user(request), connection=connection, enabled=body["enabled"]
-                )
+        # Settings and secrets are tested before they are saved (a failed test: 422, nothing saved, unless
+        # save_even_if_test_fails); a change of label, team or `enabled` alone is not about reaching the server.
+        connection, _ = connection_save(
+            actor=_user(request),
+            connection=connection,
+            kind=connection.kind,
+            label=body.get("label"),
+            description=body.get("description"),
+            team=body.get("team"),
+            config=body.get("config"),
+            secrets=body.get("secrets"),
+            test="config" in body or bool(body.get("secrets")),
+            save_even_if_test_fails=body.get("save_even_if_test_fails", False),
+        )
+        if "enabled" in body:
+            connection = connection_set_enabled(actor=_user(request), connection=connection, enabled=body["enabled"])
         return Response(ConnectionSerializer(connection).data)
 
     @extend_schema(request=ConnectionWriteSerializer, responses={200: ConnectionSerializer})
