@@ -27,6 +27,7 @@ from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.runs.documents import documents_from_form
 from apps.runs.mailbox_poll import mailbox_choices_for, mailbox_poll_request, mailbox_state_for
 from apps.runs.triggers import (
+    CATCH_UP_LIMIT,
     Outcome,
     WebhookRequest,
     email_address_for,
@@ -328,6 +329,7 @@ def trigger_detail(request: HttpRequest, trigger_id: int) -> HttpResponse:
         "preview": preview,
         "can_edit": workflow_can_edit(request.user, trigger.workflow),
         "window": REPLAY_WINDOW_SECONDS,
+        "catch_up_limit": CATCH_UP_LIMIT,
         "max_kb": WEBHOOK_MAX_BYTES // 1024,
         "mapping": inputs_mapping_text(trigger.inputs),
         "example_body": _example_body(trigger) if trigger.kind == Trigger.Kind.WEBHOOK else "",

@@ -63,6 +63,7 @@ from apps.workflows.triggers import (
     inputs_from_payload,
     schedule_next,
     schedule_slots_between,
+    schedule_slots_latest,
     secret_new,
     token_new,
     trigger_config_clean,
@@ -791,12 +792,19 @@ def email_receive(*, trigger_id: int, raw: bytes, mail_from: str) -> MailReply:
 
 
 def schedule_arm(trigger: Trigger, *, after: datetime) -> ScheduleTimer | None:
-    """The row for a schedule's next time after `after` (the existing one if that slot is already armed)."""
-    slots = schedule_next(trigger.config["cron"], trigger.config["timezone"], after)
-    if not slots:
-        return None
-    timer, _ = ScheduleTimer.objects.get_or_create(trigger=trigger, fire_at=slots[0].astimezone(UTC))
-    return timer
+    """The unfired row for a schedule's next time after `after` (the existing one if that slot is already armed).
+
+    A slot whose row already fired is passed over (a schedule changed back and forth, or caught up across a
+    resume, can meet its own past rows): arming it again would leave the schedule with no unfired row at all."""
+    for _ in range(100):
+        slots = schedule_next(trigger.config["cron"], trigger.config["timezone"], after)
+        if not slots:
+            return None
+        timer, _ = ScheduleTimer.objects.get_or_create(trigger=trigger, fire_at=slots[0].astimezone(UTC))
+        if timer.fired_at is None:
+            return timer
+        after = slots[0]
+    return None
 
 
 def schedules_fire_due(now: datetime) -> int:
@@ -804,7 +812,12 @@ def schedules_fire_due(now: datetime) -> int:
 
     Each row is claimed (SKIP LOCKED, then a conditional update on `fired_at`) in the transaction that starts
     the run, writes the history and arms the next row: a crash before the commit leaves the row due for the next
-    sweep, a commit leaves it fired, so restarting beat or workers never fires a slot twice nor loses one."""
+    sweep, a commit leaves it fired, so restarting beat or workers never fires a slot twice nor loses one. A slot
+    armed while catching up is itself due, so the same pass takes it next, oldest first.
+
+    A row whose firing raises (a time zone gone from the machine's tz database, a bug) is not allowed to stop the
+    pass or every later sweep: its claim stands, a "failed" history row says why, and the schedule's next time is
+    armed, or the trigger is paused with the reason when no next time can be computed."""
     taken = 0
     while True:
         with transaction.atomic():
@@ -819,53 +832,115 @@ def schedules_fire_due(now: datetime) -> int:
             if not ScheduleTimer.objects.filter(pk=timer.pk, fired_at__isnull=True).update(fired_at=now):
                 continue
             taken += 1
-            schedule_fire(timer, now=now)
+            try:
+                with transaction.atomic():
+                    schedule_fire(timer, now=now)
+            except Exception as error:
+                logger.exception("schedule timer %s failed", timer.pk)
+                _schedule_broken(timer, now=now, error=error)
+
+
+def _schedule_broken(timer: ScheduleTimer, *, now: datetime, error: Exception) -> None:
+    """Record a firing that raised, and keep the schedule going if it can (the caller's transaction)."""
+    trigger = Trigger.objects.select_related("workflow").filter(pk=timer.trigger_id).first()
+    if trigger is None:
+        return
+    reason = f"{type(error).__name__}: {error}"[:300]
+    try:
+        with transaction.atomic():
+            armed = schedule_arm(trigger, after=max(timer.fire_at, now))
+    except Exception as arm_error:
+        armed = None
+        reason = f"{reason}; no next time either ({type(arm_error).__name__})"[:400]
+    if armed is not None:
+        _record(trigger, Outcome.FAILED, f"The scheduled time failed ({reason}); the next time is armed.", now=now)
+        return
+    Trigger.objects.filter(pk=trigger.pk).update(enabled=False, paused_at=now, updated_at=now)
+    _audit(None, "trigger.paused", trigger, {"reason": reason})
+    _record(
+        trigger,
+        Outcome.FAILED,
+        f"The schedule cannot compute its times ({reason}); it was paused. Check its time zone and cron, "
+        "then resume it.",
+        now=now,
+    )
+
+
+# After downtime, missed times are caught up oldest first, each with its own scheduled time, but at most this many:
+# beyond it the older ones are recorded as skipped (with a count). A minute schedule after a day's outage would
+# otherwise start 1,440 stale runs at once, swamping the workers and every person waiting on them; a day of an
+# hourly schedule, or half a year of a weekly one, still runs in full.
+CATCH_UP_LIMIT = 24
 
 
 def schedule_fire(timer: ScheduleTimer, *, now: datetime) -> None:
     """Act on one claimed schedule row (the caller's transaction holds it).
 
-    After downtime, only the latest of the missed times runs (a digest or a report wants the newest data once,
-    not a burst of stale runs); the others are one "skipped" history row that counts them. With `skip_missed`,
-    a time more than SCHEDULE_GRACE late does not run at all. The run's input gets the scheduled time (not the
-    time it ran) as `scheduled_at`, in UTC, and `scheduled_at_local`, in the schedule's zone."""
+    A missed time still runs when the scheduler comes back (late, with its own scheduled time), and the next
+    row is armed right after it, so each missed time after downtime runs once, oldest first, in this same sweep;
+    more than CATCH_UP_LIMIT missed: the older ones are one "skipped" history row that counts them. With
+    `skip_missed`, a time more than SCHEDULE_GRACE late does not run at all. The run's input gets the scheduled
+    time (not the time it ran) as `scheduled_at`, in UTC, and `scheduled_at_local`, in the schedule's zone."""
     trigger = Trigger.objects.select_related("workflow", "created_by").filter(pk=timer.trigger_id).first()
     if trigger is None or not trigger.enabled or trigger.kind != Trigger.Kind.SCHEDULE:
         return
     cron, zone = trigger.config["cron"], trigger.config["timezone"]
-    later = schedule_slots_between(cron, zone, timer.fire_at, now)
-    latest = later[-1] if later else timer.fire_at
-    missed = len(later)  # the timer's own slot and all but the last of the later ones
-    late = now - latest > SCHEDULE_GRACE
-    if trigger.config.get("skip_missed") and late:
-        _record(
-            trigger,
-            Outcome.SKIPPED,
-            f"{_times(missed + 1)} missed while the scheduler was down; none ran (the trigger skips missed times).",
-            now=now,
-        )
-    else:
-        if missed:
+    if trigger.config.get("skip_missed"):
+        later = schedule_slots_between(cron, zone, timer.fire_at, now)
+        latest = later[-1] if later else timer.fire_at
+        missed = len(later)  # the timer's own slot and all but the last of the later ones
+        if now - latest > SCHEDULE_GRACE:
             _record(
                 trigger,
                 Outcome.SKIPPED,
-                f"{_times(missed)} missed while the scheduler was down; only the "
-                f"latest ({latest.astimezone(UTC):%Y-%m-%d %H:%M} UTC) runs.",
+                f"{_times(missed + 1)} missed while the scheduler was down; none ran (the trigger skips missed times).",
                 now=now,
             )
-        slot = latest.astimezone(UTC)
-        payload = {
-            "scheduled_at": slot.isoformat().replace("+00:00", "Z"),
-            "scheduled_at_local": latest.astimezone(ZoneInfo(zone)).isoformat(),
-            "trigger": trigger.name,
-        }
-        try:
-            with transaction.atomic():
-                _fire(trigger, payload=payload, source_key=f"slot:{payload['scheduled_at']}", now=now)
-        except Exception as error:  # a bug must not wedge the schedule: record it and arm the next time
-            logger.exception("schedule trigger %s failed", trigger.pk)
-            _record(trigger, Outcome.FAILED, f"{type(error).__name__}: {error}"[:500], now=now)
-    schedule_arm(trigger, after=max(latest, now))
+        else:
+            if missed:
+                _record(
+                    trigger,
+                    Outcome.SKIPPED,
+                    f"{_times(missed)} missed while the scheduler was down; none ran (the trigger skips missed "
+                    f"times); the one due now ({latest.astimezone(UTC):%Y-%m-%d %H:%M} UTC) runs.",
+                    now=now,
+                )
+            _schedule_run(trigger, latest, zone, now=now)
+        schedule_arm(trigger, after=max(latest, now))
+        return
+    slot = timer.fire_at
+    if len(schedule_slots_between(cron, zone, slot, now, cap=CATCH_UP_LIMIT)) >= CATCH_UP_LIMIT:
+        kept = schedule_slots_latest(cron, zone, slot, now, CATCH_UP_LIMIT)
+        if kept and kept[0] > slot:
+            before = schedule_slots_between(cron, zone, slot, kept[0] - timedelta(microseconds=1), cap=10_000)
+            count = f"More than {len(before):,}" if len(before) >= 10_000 else _times(len(before) + 1)
+            _record(
+                trigger,
+                Outcome.SKIPPED,
+                f"{count} missed while the scheduler was down did not run: after downtime at most the "
+                f"{CATCH_UP_LIMIT} most recent run, from {kept[0].astimezone(UTC):%Y-%m-%d %H:%M} UTC.",
+                now=now,
+            )
+            slot = kept[0]
+    _schedule_run(trigger, slot, zone, now=now)
+    # Armed right after this slot, not after now: a missed next time is due at once and the sweep takes it next.
+    schedule_arm(trigger, after=slot)
+
+
+def _schedule_run(trigger: Trigger, slot: datetime, zone: str, *, now: datetime) -> None:
+    """Start the run of one scheduled time; a failure is recorded, not raised (the caller arms the next time)."""
+    at = slot.astimezone(UTC)
+    payload = {
+        "scheduled_at": at.isoformat().replace("+00:00", "Z"),
+        "scheduled_at_local": slot.astimezone(ZoneInfo(zone)).isoformat(),
+        "trigger": trigger.name,
+    }
+    try:
+        with transaction.atomic():
+            _fire(trigger, payload=payload, source_key=f"slot:{payload['scheduled_at']}", now=now)
+    except Exception as error:  # a bug must not wedge the schedule: record it and arm the next time
+        logger.exception("schedule trigger %s failed", trigger.pk)
+        _record(trigger, Outcome.FAILED, f"{type(error).__name__}: {error}"[:500], now=now)
 
 
 # --- events ----------------------------------------------------------------------------------------------------

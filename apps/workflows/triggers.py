@@ -145,6 +145,21 @@ def schedule_slots_between(
     return found
 
 
+def schedule_slots_latest(
+    expression: str, timezone_name: str, start: datetime, end: datetime, count: int
+) -> list[datetime]:
+    """The newest `count` firing times t with start < t <= end, oldest first.
+
+    Searched backwards in growing windows from `end`, so a long gap (a minute schedule after a month's downtime)
+    costs about as many slots as are returned, not every slot since `start`."""
+    for span in (timedelta(hours=1), timedelta(days=1), timedelta(days=7), timedelta(days=62), timedelta(days=732)):
+        low = max(start, end - span)
+        found = schedule_slots_between(expression, timezone_name, low, end, cap=100_000)
+        if len(found) >= count or low == start:
+            return found[-count:]
+    return schedule_slots_between(expression, timezone_name, start, end, cap=1_000_000)[-count:]
+
+
 def _list_words(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 

@@ -177,3 +177,15 @@ def test_the_api_lists_creates_pauses_and_reads_history(analyst, reviewer, diges
     history = teammate.get(reverse("api:trigger-history", args=[trigger_id])).json()
     assert history["count"] == 0 and history["results"] == []
     assert api.delete(reverse("api:trigger-detail", args=[trigger_id])).status_code == 204
+
+
+def test_a_schedule_page_says_what_happens_to_missed_times(analyst, digest_workflow):
+    trigger, _ = trigger_create(
+        actor=analyst,
+        workflow=digest_workflow,
+        kind="schedule",
+        name="Digest",
+        config={"cron": "0 8 * * 1", "timezone": "Europe/Berlin"},
+    )
+    page = client_for(analyst).get(reverse("runs:trigger-detail", args=[trigger.pk])).content.decode()
+    assert "After downtime, each missed time runs once, oldest first (at most the 24 most recent)." in page

@@ -1,5 +1,6 @@
 """Schedule triggers from a frozen clock: each slot fires once from its timer row, DST-correct, with the missed-time
-policy (only the latest missed time runs; `skip_missed` runs none), pause and resume, and field errors."""
+policy (after downtime each missed time runs once, oldest first, up to a cap; `skip_missed` runs none), pause and
+resume, a schedule that can no longer compute its times, and field errors."""
 
 from __future__ import annotations
 
@@ -112,18 +113,99 @@ def test_the_same_slot_swept_twice_starts_one_run(analyst, digest_workflow):
     assert ScheduleTimer.objects.filter(trigger=trigger).count() == 2  # the fired row and the next Monday's
 
 
-def test_after_downtime_only_the_latest_missed_time_runs(analyst, digest_workflow):
+def test_after_downtime_every_missed_time_runs_once_oldest_first(analyst, digest_workflow):
     start = utc(2025, 12, 1, 12)
     trigger = _monday_trigger(analyst, digest_workflow, start)
     # The scheduler was down for three Mondays (8, 15 and 22 December); it comes back on Tuesday the 23rd.
     back = utc(2025, 12, 23, 9)
-    assert schedules_fire_due(back) == 1
-    [run] = Run.objects.filter(workflow=digest_workflow)
-    assert run.inputs["scheduled_at"] == "2025-12-22T07:00:00Z"
-    outcomes = list(TriggerFiring.objects.filter(trigger=trigger).order_by("pk").values_list("outcome", "detail"))
-    assert outcomes[0][0] == "skipped" and outcomes[0][1].startswith("2 scheduled times missed")
-    assert outcomes[1] == ("started", f"Run #{run.pk} started.")
+    assert schedules_fire_due(back) == 3
+    runs = list(Run.objects.filter(workflow=digest_workflow).order_by("pk"))
+    assert [run.inputs["scheduled_at"] for run in runs] == [
+        "2025-12-08T07:00:00Z",
+        "2025-12-15T07:00:00Z",
+        "2025-12-22T07:00:00Z",
+    ]
+    outcomes = list(TriggerFiring.objects.filter(trigger=trigger).order_by("pk").values_list("outcome", "run"))
+    assert outcomes == [("started", run.pk) for run in runs]
     assert ScheduleTimer.objects.get(trigger=trigger, fired_at__isnull=True).fire_at == utc(2025, 12, 29, 7)
+    # Swept again (another beat, a restart): nothing more runs.
+    assert schedules_fire_due(back) == 0 and sweep(now=back)["schedules"] == 0
+    assert Run.objects.filter(workflow=digest_workflow).count() == 3
+
+
+def test_catch_up_is_capped_and_the_older_missed_times_are_counted_as_skipped(analyst, digest_workflow):
+    from apps.runs.triggers import CATCH_UP_LIMIT
+
+    trigger, _ = trigger_create(
+        actor=analyst,
+        workflow=digest_workflow,
+        kind="schedule",
+        name="Hourly",
+        config={"cron": "0 * * * *", "timezone": "Europe/Berlin"},
+        now=utc(2025, 12, 1, 0, 30),
+    )
+    # Down from 01:00 UTC on the 1st to 02:10 UTC on the 3rd: 50 hourly times missed (01:00 ... 02:00).
+    back = utc(2025, 12, 3, 2, 10)
+    assert schedules_fire_due(back) == CATCH_UP_LIMIT == 24
+    runs = list(Run.objects.filter(workflow=digest_workflow).order_by("pk"))
+    assert [run.inputs["scheduled_at"] for run in runs] == [
+        (utc(2025, 12, 2, 3) + timedelta(hours=hour)).isoformat().replace("+00:00", "Z") for hour in range(24)
+    ]
+    [skipped] = TriggerFiring.objects.filter(trigger=trigger, outcome="skipped")
+    assert skipped.detail.startswith("26 scheduled times missed") and "at most the 24 most recent" in skipped.detail
+    assert TriggerFiring.objects.filter(trigger=trigger, outcome="started").count() == 24
+    assert ScheduleTimer.objects.get(trigger=trigger, fired_at__isnull=True).fire_at == utc(2025, 12, 3, 3)
+
+
+def test_catch_up_keeps_wall_times_across_a_dst_change(analyst, digest_workflow):
+    # Daily 08:00 Berlin, down from Saturday 24 to Tuesday 27 October 2026 (clocks went back on the 25th).
+    trigger, _ = trigger_create(
+        actor=analyst,
+        workflow=digest_workflow,
+        kind="schedule",
+        name="Daily",
+        config={"cron": "0 8 * * *", "timezone": "Europe/Berlin"},
+        now=utc(2026, 10, 24, 5),
+    )
+    assert schedules_fire_due(utc(2026, 10, 27, 9)) == 4
+    local = list(
+        Run.objects.filter(workflow=digest_workflow).order_by("pk").values_list("inputs__scheduled_at_local", flat=True)
+    )
+    assert local == [
+        "2026-10-24T08:00:00+02:00",
+        "2026-10-25T08:00:00+01:00",
+        "2026-10-26T08:00:00+01:00",
+        "2026-10-27T08:00:00+01:00",
+    ]
+    assert TriggerFiring.objects.filter(trigger=trigger).exclude(outcome="started").count() == 0
+
+
+def test_a_schedule_that_cannot_compute_its_times_is_recorded_paused_and_does_not_block_others(
+    analyst, digest_workflow
+):
+    from apps.workflows.models import Trigger
+
+    broken = _monday_trigger(analyst, digest_workflow, utc(2025, 12, 7, 12))
+    healthy, _ = trigger_create(
+        actor=analyst,
+        workflow=digest_workflow,
+        kind="schedule",
+        name="Monday UTC",
+        config={"cron": "0 8 * * 1", "timezone": "UTC"},
+        now=utc(2025, 12, 7, 12),
+    )
+    # A time zone the machine's tz database no longer has (an upgrade removed it): every computation raises.
+    Trigger.objects.filter(pk=broken.pk).update(config={**MONDAY_8_BERLIN, "timezone": "Europe/Gone"})
+    report = sweep(now=utc(2025, 12, 8, 8, 0, 5))
+    assert report["schedules"] == 2
+    [failed] = TriggerFiring.objects.filter(trigger=broken)
+    assert failed.outcome == "failed" and "it was paused" in failed.detail and "Europe/Gone" in failed.detail
+    broken.refresh_from_db()
+    assert not broken.enabled and broken.paused_at is not None
+    assert AuditEvent.objects.filter(verb="trigger.paused", target_id=str(broken.pk)).exists()
+    assert [f.outcome for f in TriggerFiring.objects.filter(trigger=healthy)] == ["started"]
+    # The next sweeps pass over it quietly.
+    assert sweep(now=utc(2025, 12, 8, 8, 1))["schedules"] == 0
 
 
 def test_a_due_time_missed_once_still_runs_late(analyst, digest_workflow):
