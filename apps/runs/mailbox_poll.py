@@ -30,8 +30,6 @@ import contextlib
 import imaplib
 import logging
 import re
-import socket
-import ssl
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,8 +42,15 @@ from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.services import audit_record
+from apps.connectors.imap import (
+    MailboxUnreachable,
+    imap_address,
+    imap_connect,
+    imap_quote,
+    imap_reason,
+    imap_reason_data,
+)
 from apps.connectors.models import Connection
-from apps.connectors.probes import checked_address
 from apps.connectors.rules import workflow_uses_connection
 from apps.connectors.runtime import ConnectionUnavailable, ResolvedConnection, connection_for_step, redact
 from apps.connectors.selectors import connections_usable_by
@@ -280,18 +285,25 @@ def _poll_mailbox(trigger: Trigger, resolved: ResolvedConnection, poll: MailboxP
     host, port, folder = str(config["host"]), int(config["port"]), str(config.get("folder") or "INBOX")
     source = f"{resolved.name}|{host}|{port}|{config.get('username', '')}|{folder}"[:400]
     try:
-        address = checked_address(host, port)
+        address = imap_address(host, port)
     except ApplicationError as refusal:
         raise _PollStopped(f"Not polled: {refusal.message}", Outcome.REFUSED) from None
-    client = _connect(host, address, port, ssl_on=bool(config.get("ssl", True)))
+    try:
+        client = imap_connect(host, address, port, ssl_on=bool(config.get("ssl", True)), timeout=IMAP_TIMEOUT_SECONDS)
+    except MailboxUnreachable as error:
+        raise _PollStopped(error.message) from None
     try:
         try:
             client.login(str(config["username"]), resolved.secrets.get("password", ""))
         except imaplib.IMAP4.error as error:
-            raise _PollStopped(f"{host} refused the login: {_reason(error)}") from None
-        status, data = client.select(_quote(folder))
+            raise _PollStopped(f"{host} refused the login: {imap_reason(error)}") from None
+        try:
+            quoted = imap_quote(folder)
+        except ApplicationError as refusal:
+            raise _PollStopped(f"The folder “{folder}” cannot be opened: {refusal.message}", Outcome.REFUSED) from None
+        status, data = client.select(quoted)
         if status != "OK":
-            raise _PollStopped(f"{host} refused the folder “{folder}”: {_reason_data(data, status)}")
+            raise _PollStopped(f"{host} refused the folder “{folder}”: {imap_reason_data(data, status)}")
         uidvalidity = _number(client.response("UIDVALIDITY")[1])
         last_uid, note = poll.last_uid, ""
         if poll.source != source or uidvalidity is None or uidvalidity != poll.uidvalidity:
@@ -305,9 +317,9 @@ def _poll_mailbox(trigger: Trigger, resolved: ResolvedConnection, poll: MailboxP
         outcome.message = _summary(outcome, folder) + note
         return outcome
     except (OSError, imaplib.IMAP4.abort) as error:
-        raise _PollStopped(f"{host}:{port} closed the IMAP session: {_reason(error)}") from None
+        raise _PollStopped(f"{host}:{port} closed the IMAP session: {imap_reason(error)}") from None
     except imaplib.IMAP4.error as error:
-        raise _PollStopped(f"{host} answered with an error: {_reason(error)}") from None
+        raise _PollStopped(f"{host} answered with an error: {imap_reason(error)}") from None
     finally:
         with contextlib.suppress(Exception):  # the outcome is known: a failed goodbye changes nothing
             client.logout()
@@ -319,7 +331,7 @@ def _search(client: imaplib.IMAP4, last_uid: int) -> list[int]:
     criteria = ("UNSEEN", "UID", f"{last_uid + 1}:*") if last_uid else ("UNSEEN",)
     status, data = client.uid("SEARCH", *criteria)
     if status != "OK":
-        raise _PollStopped(f"The server refused the search: {_reason_data(data, status)}")
+        raise _PollStopped(f"The server refused the search: {imap_reason_data(data, status)}")
     found = {int(part) for line in data if isinstance(line, bytes) for part in line.split() if part.isdigit()}
     return sorted(uid for uid in found if uid > last_uid)
 
@@ -329,7 +341,7 @@ def _sizes(client: imaplib.IMAP4, uids: list[int]) -> dict[int, int]:
         return {}
     status, data = client.uid("FETCH", ",".join(map(str, uids)), "(RFC822.SIZE)")
     if status != "OK":
-        raise _PollStopped(f"The server refused to list the messages: {_reason_data(data, status)}")
+        raise _PollStopped(f"The server refused to list the messages: {imap_reason_data(data, status)}")
     sizes: dict[int, int] = {}
     for line in data:
         text = line[0] if isinstance(line, tuple) else line
@@ -348,7 +360,7 @@ def _fetch(client: imaplib.IMAP4, uid: int) -> bytes | None:
     """The whole message, without setting \\Seen (BODY.PEEK[]); None when the server no longer has it."""
     status, data = client.uid("FETCH", str(uid), "(BODY.PEEK[])")
     if status != "OK":
-        raise _PollStopped(f"The server refused to send message {uid}: {_reason_data(data, status)}")
+        raise _PollStopped(f"The server refused to send message {uid}: {imap_reason_data(data, status)}")
     for part in data:
         if isinstance(part, tuple) and len(part) == 2 and b"BODY[]" in part[0].upper():
             return bytes(part[1])
@@ -416,7 +428,7 @@ def _handle(trigger: Trigger, client: imaplib.IMAP4, uids: list[int], token: int
         # connection here leaves both as they were, and the next poll reads this message again (a duplicate).
         status, data = client.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Seen)")
         if status != "OK":
-            raise _PollStopped(f"The server refused to mark message {uid} as read: {_reason_data(data, status)}")
+            raise _PollStopped(f"The server refused to mark message {uid} as read: {imap_reason_data(data, status)}")
         _held(trigger.pk, token).filter(last_uid__lt=uid).update(last_uid=uid)
     return outcome
 
@@ -436,52 +448,6 @@ def _summary(outcome: PollOutcome, folder: str) -> str:
         parts.append(f"{outcome.refused} refused (see the history)")
     more = " More are waiting: the next poll goes on." if outcome.more else ""
     return f"{total} new message{'s' if total != 1 else ''} in “{folder}”: {', '.join(parts)}.{more}"
-
-
-# --- IMAP over the checked address ---------------------------------------------------------------------------------
-
-
-class _PinnedIMAP4(imaplib.IMAP4):
-    """IMAP over plain TCP to an address already checked against the outbound policy."""
-
-
-class _PinnedIMAP4SSL(imaplib.IMAP4_SSL):
-    """IMAP over TLS to the checked address, verifying the certificate for the host's name (the address was
-    resolved once and checked; connecting by name would resolve it again, perhaps elsewhere)."""
-
-    def __init__(self, hostname: str, address: str, port: int, timeout: float) -> None:
-        self._address = address
-        super().__init__(hostname, port, ssl_context=ssl.create_default_context(), timeout=timeout)
-
-    def _create_socket(self, timeout: float | None) -> socket.socket:
-        sock = socket.create_connection((self._address, self.port), timeout)
-        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
-
-
-def _connect(host: str, address: str, port: int, *, ssl_on: bool) -> imaplib.IMAP4:
-    try:
-        if ssl_on:
-            return _PinnedIMAP4SSL(host, address, port, IMAP_TIMEOUT_SECONDS)
-        return _PinnedIMAP4(address, port, timeout=IMAP_TIMEOUT_SECONDS)
-    except (OSError, imaplib.IMAP4.error) as error:
-        raise _PollStopped(f"{host}:{port} is not reachable over IMAP: {_reason(error)}") from None
-
-
-def _quote(folder: str) -> str:
-    """A folder name as an IMAP quoted string (RFC 3501 section 4.3)."""
-    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _reason(error: BaseException) -> str:
-    text = error.args[0] if error.args else error
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    return str(text) or type(error).__name__
-
-
-def _reason_data(data: list[Any], status: str) -> str:
-    last = data[-1] if data else None
-    return last.decode("utf-8", errors="replace") if isinstance(last, bytes) else status
 
 
 def _number(data: list[Any]) -> int | None:
