@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -167,6 +168,17 @@ def _from_gallery(slug: str, analyst: User, team: Team) -> Workflow:
     workflow = workflow_create_from_template(actor=analyst, template=slug, team=team)
     _publish(analyst, workflow)
     return workflow
+
+
+def _settled(run: Run, done: Callable[[Run], bool], *, seconds: float = 60) -> Run:
+    """Drive `run` here until `done(run)`: in a transactional test, committed steps are visible to the session's
+    Celery worker too, which may be running one of them when `drive` looks, so look again until it is done."""
+    deadline = time.monotonic() + seconds
+    while True:
+        run = drive(run)
+        if done(run) or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
 
 
 def _decide(run: Run, actor: User, decision: str, reason: str = "") -> Run:
@@ -643,7 +655,9 @@ def test_weekly_assistant_fires_monday_at_eight_and_emails_the_digest_of_waiting
     # Something waiting in Rita's queue: a claim for the adjuster.
     claims = _from_gallery("claims-triage", analyst, team)
     inputs = _claim_inputs(analyst, "Kitchen water leak")
-    waiting = drive(run_start(actor=analyst, workflow=claims, inputs=inputs)[0])
+    waiting = _settled(
+        run_start(actor=analyst, workflow=claims, inputs=inputs)[0], lambda r: states(r)["adjuster"] == WAITING
+    )
     assert states(waiting)["adjuster"] == WAITING
     # The assistant reads the product's own API as Rita, over HTTP, with her API token in a connection.
     token = Token.objects.create(user=reviewer)
@@ -672,7 +686,7 @@ def test_weekly_assistant_fires_monday_at_eight_and_emails_the_digest_of_waiting
     assert [(firing.outcome, firing.run_id) for firing in trigger.firings.all()] == [("started", run.pk)]
     assert (run.trigger, run.inputs["recipient"]) == ("schedule", "rita@example.com")
     assert run.inputs["scheduled_for"] == "2026-12-07T08:00:00+01:00"
-    run = drive(run)
+    run = _settled(run, lambda r: r.status == Run.Status.SUCCEEDED)
     assert run.status == Run.Status.SUCCEEDED, run.error
     pending = run.step_runs.get(step_key="pending").output["body"]
     assert pending["count"] == 1 and pending["results"][0]["queue"] == "team:claims"
