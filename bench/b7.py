@@ -4,7 +4,7 @@ Data. CHUNKS (100,000) passages of 384 dimensions in one collection. The texts a
 chain over the demo support articles (apps/knowledge/demo/articles), about PASSAGE_WORDS words each. REAL of
 them (20,000 by default, BENCH_B7_REAL to change) are embedded with the real all-MiniLM-L6-v2, in this process,
 through the model backend the development inference server uses (devserver.embeddings); on this 2-core machine
-that runs at about 70 to 150 passages a second, so all 100,000 would take 12 to 25 minutes. The others are derived
+that runs at 28 to 90 passages a second, so all 100,000 would take 20 to 60 minutes. The others are derived
 from them: each is the unit-length mix of one real vector (weight 1), a second random real vector (weight 0.2 to
 0.6) and Gaussian noise (norm about 0.15), with the first passage's text followed by the second's first sentence,
 so the corpus has the near-duplicate neighbourhoods of real chunked documents. The real vectors are cached in
@@ -238,10 +238,17 @@ def corpus_make() -> Corpus:
         ).encode()
     ).hexdigest()[:16]
     cache = CACHE_DIR / f"minilm-{key}-{REAL}.npy"
+    # The passages are drawn in order from one seeded generator, so a cache of more of them holds these first.
+    larger = sorted(
+        (path for path in CACHE_DIR.glob(f"minilm-{key}-*.npy") if path.stem.rsplit("-", 1)[-1].isdigit()),
+        key=lambda path: int(path.stem.rsplit("-", 1)[-1]),
+    )
+    found = next((path for path in larger if int(path.stem.rsplit("-", 1)[-1]) >= REAL), None)
     texts = [" ".join(sentences) for sentences in base]
     embedded_now, seconds, tokens = False, 0.0, 0.0
-    if cache.exists():
-        real = np.load(cache)
+    if found is not None:
+        cache = found
+        real = np.load(cache)[:REAL]
         if real.shape != (REAL, DIMENSIONS):
             raise RuntimeError(f"{cache} holds {real.shape}, expected {(REAL, DIMENSIONS)}: delete it")
         print(f"B7: {REAL:,} real MiniLM vectors read from the cache {cache.relative_to(stack.REPO_ROOT)}", flush=True)
@@ -501,20 +508,7 @@ def embed_queries(world: World, texts: Sequence[str]) -> tuple[list[Query], list
 def plans(svc: Services, world: World, query: Query) -> tuple[str, str, str, str]:
     """EXPLAIN of the product's vector statement (captured as it ran, under the settings it set) and the peer's;
     and the ef_search the product set."""
-    from django.db import connection, transaction
-    from django.test.utils import CaptureQueriesContext
-
-    with CaptureQueriesContext(connection) as captured:
-        product_retrieve(world.workflow.pk, query)
-    statements = [q["sql"] for q in captured.captured_queries]
-    settings = [s for s in statements if "set_config" in s]
-    search = next(s for s in statements if "<=>" in s)
-    ef = next((re.search(r"'hnsw\.ef_search',\s*'(\d+)'", s) for s in settings if "ef_search" in s), None)
-    with transaction.atomic(), connection.cursor() as cursor:
-        for statement in settings:
-            cursor.execute(statement)
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + search)
-        product_plan = "\n".join(row[0] for row in cursor.fetchall())
+    product_plan, ef = explain_product(lambda: product_retrieve(world.workflow.pk, query), analyse=True)
     peer = Peer(svc, ef_search())
     try:
         rows = peer.connection.execute(
@@ -527,7 +521,27 @@ def plans(svc: Services, world: World, query: Query) -> tuple[str, str, str, str
         register_vector(exact)
         exact.execute("SET LOCAL enable_indexscan = off")
         exact_plan = "\n".join(r[0] for r in exact.execute("EXPLAIN (COSTS OFF) " + EXACT_SQL, {"q": query.array}))
-    return product_plan, peer_plan, exact_plan, ef.group(1) if ef else "?"
+    return product_plan, peer_plan, exact_plan, ef
+
+
+def explain_product(search_call: Callable[[], object], *, analyse: bool) -> tuple[str, str]:
+    """EXPLAIN of the vector statement `search_call` makes, captured as it ran and explained under the settings its
+    transaction set; and the ef_search it set."""
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        search_call()
+    statements = [q["sql"] for q in captured.captured_queries]
+    settings = [s for s in statements if "set_config" in s]
+    search = next(s for s in statements if "<=>" in s)
+    ef = next((re.search(r"'hnsw\.ef_search',\s*'(\d+)'", s) for s in settings if "ef_search" in s), None)
+    with transaction.atomic(), connection.cursor() as cursor:
+        for statement in settings:
+            cursor.execute(statement)
+        cursor.execute(("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " if analyse else "EXPLAIN (COSTS OFF) ") + search)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    return plan, ef.group(1) if ef else "?"
 
 
 # --- timing --------------------------------------------------------------------------------------------------
@@ -810,7 +824,8 @@ def run(svc: Services) -> list[Goal | Info]:
 
     from apps.knowledge.demo import demo_questions
     from apps.knowledge.evaluation import hit_rate_at_k
-    from apps.knowledge.search import MODES
+    from apps.knowledge.models import Chunk
+    from apps.knowledge.search import MODES, collections_search
 
     url = inference_url(svc)
     corpus = corpus_make()
@@ -888,6 +903,12 @@ def run(svc: Services) -> list[Goal | Info]:
     questions = demo_questions()
     with override_settings(AIOS_KNOWLEDGE_EMBEDDINGS_URL=url):
         rates = hit_rate_at_k([support], questions, k=5)
+        support_plan, _ = explain_product(
+            lambda: collections_search([support], questions[0]["question"], mode="vector", top_k=5), analyse=False
+        )
+    support_chunks = Chunk.objects.filter(collection_id=support.pk).count()
+    print(f"\nB7 EXPLAIN, the product's vector statement on {support.name} ({support_chunks} passages):")
+    print(_indent(support_plan))
 
     # --- report ---
     table(
