@@ -121,6 +121,8 @@ def test_a_killed_worker_of_a_running_stack_is_restarted_and_nothing_else_stops(
         CELERY_BROKER_URL=redis_url,
         AIOS_DATA_DIR=str(data_dir),
         AIOS_WEB_PORT=str(port),
+        AIOS_OUTSIDE_PORT=str(free_port()),
+        AIOS_INBOUND_SMTP_PORT=str(free_port()),
         AIOS_INFERENCE_WORKERS="2",
         AIOS_INFERENCE_CONCURRENCY="2",
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
