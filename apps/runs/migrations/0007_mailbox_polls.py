@@ -5,31 +5,35 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('runs', '0006_trigger_firings_schedule_timers'),
-        ('workflows', '0005_triggers'),
+        ("runs", "0006_trigger_firings_schedule_timers"),
+        ("workflows", "0005_triggers"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='MailboxPoll',
+            name="MailboxPoll",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source', models.CharField(blank=True, max_length=400)),
-                ('uidvalidity', models.BigIntegerField(blank=True, null=True)),
-                ('last_uid', models.BigIntegerField(default=0)),
-                ('due_at', models.DateTimeField()),
-                ('polling_until', models.DateTimeField(blank=True, null=True)),
-                ('lease_token', models.BigIntegerField(default=0)),
-                ('polled_at', models.DateTimeField(blank=True, null=True)),
-                ('ok', models.BooleanField(blank=True, null=True)),
-                ('message', models.CharField(blank=True, max_length=500)),
-                ('failures', models.PositiveIntegerField(default=0)),
-                ('trigger', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='mailbox_poll', to='workflows.trigger')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("source", models.CharField(blank=True, max_length=400)),
+                ("uidvalidity", models.BigIntegerField(blank=True, null=True)),
+                ("last_uid", models.BigIntegerField(default=0)),
+                ("due_at", models.DateTimeField()),
+                ("polling_until", models.DateTimeField(blank=True, null=True)),
+                ("lease_token", models.BigIntegerField(default=0)),
+                ("polled_at", models.DateTimeField(blank=True, null=True)),
+                ("ok", models.BooleanField(blank=True, null=True)),
+                ("message", models.CharField(blank=True, max_length=500)),
+                ("failures", models.PositiveIntegerField(default=0)),
+                (
+                    "trigger",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="mailbox_poll", to="workflows.trigger"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['due_at'], name='mailbox_poll_due_idx')],
+                "indexes": [models.Index(fields=["due_at"], name="mailbox_poll_due_idx")],
             },
         ),
     ]
