@@ -55,7 +55,7 @@ def test_analyst_builds_tests_publishes_runs_and_compares_a_claims_triage(
     page.get_by_role("link", name="New workflow").click()
     page.get_by_label("Blank workflow").check()
     page.get_by_label("Name", exact=True).fill("Claims intake")
-    page.get_by_label("Team").select_option(label="Claims")
+    page.get_by_label("Team", exact=True).select_option(label="Claims")
     page.get_by_role("button", name="Create and open the builder").click()
     expect(page.get_by_role("heading", name="Edit Claims intake")).to_be_visible()
     expect(page.get_by_text("This workflow has no steps yet.")).to_be_visible()

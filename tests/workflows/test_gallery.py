@@ -646,11 +646,18 @@ def test_support_triage_answers_from_the_knowledge_base_and_asks_support_when_un
 
 @pytest.mark.django_db(transaction=True)
 def test_weekly_assistant_fires_monday_at_eight_and_emails_the_digest_of_waiting_approvals(
-    analyst, reviewer, team, systems, asgi_server
+    analyst, reviewer, team, systems, asgi_server, monkeypatch
 ):
     from rest_framework.authtoken.models import Token
 
+    from apps.runs import outbox
     from apps.runs.triggers import schedules_fire_due, trigger_create
+
+    # This test commits (the API server must see its data) and drives the runs here; the session's Celery worker,
+    # started by other tests, would otherwise take their steps from the broker and run them without this test's
+    # outbound allowlist. The doorbell is silenced for this test only: the steps wait in the database, where the
+    # driver finds them, as the sweeper would.
+    monkeypatch.setattr(outbox, "_outbox_send_committed", lambda rows: None)
 
     # Something waiting in Rita's queue: a claim for the adjuster.
     claims = _from_gallery("claims-triage", analyst, team)
