@@ -270,7 +270,8 @@ def join_url(base_url: str, url: str) -> str:
         for _ in range(3):  # a server or proxy may decode more than once: %252e%252e is ".." to it
             decoded = unquote(decoded)
         parts = re.split(r"[/\\]", decoded)
-        if ".." in parts:
+        # "..;x" is ".." to Java servers (Tomcat, Jetty, Spring drop a segment's ";" parameters).
+        if any(part.split(";", 1)[0] == ".." for part in parts):
             raise ConnectionUnavailable(
                 f'The URL {url[:200]!r} has a ".." segment: give a path under the connection\'s address '
                 f"({base_url}), without climbing out of it."

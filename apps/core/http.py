@@ -98,6 +98,10 @@ def address_refusal(address: str) -> str | None:
         return "a reserved address"
     if isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10"):
         return "a shared (carrier-grade NAT) address (some cloud metadata lives there)"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("192.0.0.0/24"):
+        # Protocol assignments (RFC 6890); Python releases disagree on which of them are "global", and some
+        # clouds have served metadata from this block.
+        return "a protocol-assignment address that is not on the public internet"
     if not ip.is_global or (isinstance(ip, ipaddress.IPv6Address) and any(ip in net for net in _NOT_PUBLIC_V6)):
         return "an address that is not on the public internet"
     return None

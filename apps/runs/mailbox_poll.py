@@ -396,8 +396,8 @@ def _handle(trigger: Trigger, client: imaplib.IMAP4, uids: list[int], token: int
         else:
             try:
                 reply = email_receive(trigger_id=trigger.pk, raw=raw, mail_from="")  # committed when it returns
-            except DatabaseError:
-                raise  # the database is away: the message stays unread for the next poll
+            except (DatabaseError, OSError):
+                raise  # the database or the document store is away: the message stays unread for the next poll
             except Exception as error:
                 # One message the product cannot take (a bug, a part nothing can decode) must not stop every
                 # later one: it is recorded, marked read and passed, like a refused one.

@@ -12,6 +12,7 @@ from apps.core import http
 REFUSED = [
     ("100.100.100.200", "shared"),  # 100.64.0.0/10, Alibaba Cloud's metadata service
     ("100.64.0.1", "shared"),
+    ("192.0.0.192", "protocol-assignment"),  # RFC 6890's block, "global" to some Python releases
     ("2002:a9fe:a9fe::", "link-local"),  # 6to4 wrapping 169.254.169.254
     ("2002:0a00:0001::1", "private"),  # 6to4 wrapping 10.0.0.1
     ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 wrapping 169.254.169.254

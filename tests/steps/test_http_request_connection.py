@@ -224,7 +224,16 @@ def test_a_refused_client_secret_fails_the_step_without_showing_it(api, team, wo
 
 @pytest.mark.parametrize(
     "invoice",
-    ["../admin/delete?all=1", "..%2Fadmin", "%2e%2e/admin", "INV-1/../../admin", "%252e%252e/admin", "..\\admin"],
+    [
+        "../admin/delete?all=1",
+        "..%2Fadmin",
+        "%2e%2e/admin",
+        "INV-1/../../admin",
+        "%252e%252e/admin",
+        "..\\admin",
+        "orders/..;/..;/admin",  # ".." to Java servers, which drop a segment's ";" parameters
+        "orders/%2e%2e%3b/admin",
+    ],
 )
 def test_run_data_cannot_climb_out_of_the_base_path(api, team, workflow, invoice):
     """A value from the run inside the URL template cannot steer the connection's credentials elsewhere."""
