@@ -178,6 +178,22 @@ def documents_from_form(
     return values, errors
 
 
+def input_form_posted(
+    *, actor: User, schema: dict[str, Any], form_class: type[Any], files: Any, data: Any
+) -> tuple[Any, bool]:
+    """A run form bound to a POST (uploads stored first, see `documents_from_form`) and whether it is valid,
+    with each upload's refusal under its field: the Run page and a form trigger's page take input alike."""
+    documents, upload_errors = documents_from_form(actor=actor, schema=schema, files=files, data=data)
+    # Stored documents stand in for their uploads: the field's value is the run input's dict.
+    form = form_class(data=data, files=documents)
+    valid = form.is_valid()
+    for name, problems in upload_errors.items():
+        form.errors.pop(name, None)
+        for problem in problems:
+            form.add_error(name, problem)
+    return form, valid and not upload_errors
+
+
 def input_document_for_run(user: AnyUser, *, run: Run, field_name: str) -> InputDocument | None:
     """The PDF `run`'s input `field_name` names, if `user` may view the run; None otherwise.
 

@@ -24,7 +24,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
-from apps.runs.documents import documents_from_form
+from apps.runs.documents import input_form_posted
 from apps.runs.mailbox_poll import mailbox_choices_for, mailbox_poll_request, mailbox_state_for
 from apps.runs.triggers import (
     CATCH_UP_LIMIT,
@@ -448,19 +448,14 @@ def trigger_form(request: HttpRequest, trigger_id: int) -> HttpResponse:
     form_class = input_form_class(version.input_schema)
     error = ""
     if request.method == "POST":
-        documents, upload_errors = documents_from_form(
+        form, valid = input_form_posted(
             actor=request.user,  # type: ignore[arg-type]
             schema=version.input_schema,
+            form_class=form_class,
             files=request.FILES,
             data=request.POST,
         )
-        form = form_class(data=request.POST, files=documents)  # type: ignore[arg-type]
-        valid = form.is_valid()
-        for name, problems in upload_errors.items():
-            form.errors.pop(name, None)
-            for problem in problems:
-                form.add_error(name, problem)
-        if valid and not upload_errors:
+        if valid:
             firing = form_submit(actor=request.user, trigger=trigger, inputs=form.cleaned_data)  # type: ignore[arg-type]
             if firing.run is not None:
                 done = {**context, "run": firing.run, "next_steps": trigger.config.get("next_steps", "")}

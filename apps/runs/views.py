@@ -16,7 +16,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.core.htmx import HtmxHttpRequest
-from apps.runs.documents import documents_from_form
+from apps.runs.documents import input_form_posted
 from apps.runs.draft_tests import run_test_start
 from apps.runs.selectors import (
     incident_get_for_user,
@@ -64,20 +64,14 @@ def run_create(request: HttpRequest, slug: str) -> HttpResponse:
     samples = _samples(version.input_schema)
     error = ""
     if request.method == "POST":
-        documents, upload_errors = documents_from_form(
+        form, valid = input_form_posted(
             actor=request.user,  # type: ignore[arg-type]
             schema=version.input_schema,
+            form_class=form_class,
             files=request.FILES,
             data=request.POST,
         )
-        # Stored documents stand in for their uploads: the field's value is the run input's dict.
-        form = form_class(data=request.POST, files=documents)  # type: ignore[arg-type]
-        valid = form.is_valid()
-        for field, field_messages in upload_errors.items():
-            form.errors.pop(field, None)
-            for message in field_messages:
-                form.add_error(field, message)
-        if valid and not upload_errors:
+        if valid:
             try:
                 run, _ = run_start(actor=request.user, workflow=workflow, inputs=form.cleaned_data)  # type: ignore[arg-type]
             except ValidationFailed as refusal:
