@@ -98,6 +98,8 @@ INSTALLED_APPS = [
     "apps.workflows",
     "apps.runs",
     "apps.approvals",
+    "apps.evaluations",
+    "apps.dashboards",
 ]
 
 MIDDLEWARE = [

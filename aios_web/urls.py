@@ -17,6 +17,9 @@ urlpatterns = [
     path("models/", include("apps.inference.urls")),
     path("connections/", include("apps.connectors.urls")),
     path("knowledge/", include("apps.knowledge.urls")),
+    path("dashboards/", include("apps.dashboards.urls")),
+    path("evaluations/", include("apps.evaluations.urls")),
+    path("audit/", include("apps.audit.urls")),
     path("api/", include(("aios_web.api_urls", "api"))),
     path("hooks/", include("apps.runs.hook_urls")),  # triggers: signed webhooks, no sign-in
     path("admin/", admin.site.urls),
