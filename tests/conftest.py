@@ -54,6 +54,14 @@ def outsider(db: Any) -> Any:
 
 
 @pytest.fixture
+def auditor(db: Any) -> Any:
+    """Aude, holding the auditor role: reads the audit trail and what it refers to, changes nothing."""
+    from apps.accounts.services import user_create
+
+    return user_create(username="aude", password=PASSWORD, roles=["auditor"], first_name="Aude")
+
+
+@pytest.fixture
 def admin_user_role(db: Any) -> Any:
     """Adam, holding the admin role (not a Django superuser)."""
     from apps.accounts.services import user_create

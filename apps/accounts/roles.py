@@ -12,21 +12,35 @@ ANALYST = "analyst"
 REVIEWER = "reviewer"
 MANAGER = "manager"
 ADMIN = "admin"
-ROLES = (ANALYST, REVIEWER, MANAGER, ADMIN)
+AUDITOR = "auditor"
+ROLES = (ANALYST, REVIEWER, MANAGER, ADMIN, AUDITOR)
 
 ROLE_DESCRIPTIONS = {
     ANALYST: "Builds workflows, tests them, publishes versions and watches runs live.",
     REVIEWER: "Works the approval inbox for their team's queues.",
     MANAGER: "Reads every workflow and run, and the KPI dashboards.",
     ADMIN: "Manages users, roles, model endpoints and connectors, and reads the audit trail.",
+    AUDITOR: "Reads the audit trail, workflows, runs, evaluations and dashboards, and changes nothing.",
 }
 
 
 # Model-level permissions per role, as "app_label.codename". Object permissions are granted by services.
 ROLE_PERMISSIONS: dict[str, list[str]] = {
-    ANALYST: ["workflows.add_workflow", "inference.view_modelendpoint", "connectors.view_connection"],
+    ANALYST: [
+        "workflows.add_workflow",
+        "inference.view_modelendpoint",
+        "connectors.view_connection",
+        "dashboards.view_dashboards",
+    ],
     REVIEWER: [],
-    MANAGER: ["workflows.view_workflow", "workflows.view_workflowversion", "runs.view_run"],
+    MANAGER: [
+        "workflows.view_workflow",
+        "workflows.view_workflowversion",
+        "runs.view_run",
+        "inference.view_modelendpoint",
+        "dashboards.view_dashboards",
+        "dashboards.change_kpi_inputs",
+    ],
     ADMIN: [
         "accounts.view_user",
         "accounts.view_team",
@@ -42,6 +56,18 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "connectors.view_connection",
         "inference.add_modelendpoint",
         "inference.change_modelendpoint",
+        "dashboards.view_dashboards",
+        "dashboards.change_kpi_inputs",
+    ],
+    # Reads what an auditor must see and holds no add/change/delete permission on anything.
+    AUDITOR: [
+        "audit.view_auditevent",
+        "workflows.view_workflow",
+        "workflows.view_workflowversion",
+        "runs.view_run",
+        "inference.view_modelendpoint",
+        "connectors.view_connection",
+        "dashboards.view_dashboards",
     ],
 }
 
