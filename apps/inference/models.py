@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.db import models
 from simple_history.models import HistoricalRecords
@@ -156,3 +157,37 @@ class InferenceCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.purpose} call {self.sequence} of {self.step_key} in run {self.run_id}"
+
+
+class EndpointObservation(models.Model):
+    """What one endpoint's server reported about itself over a stretch of probes: the revision history that
+    a model card shows.
+
+    `endpoint_probe` writes it: a new row when the model, revision, server or limits differ from the
+    newest row, else that row's `last_seen_at` and `probe_count` move on. A failed probe observes nothing,
+    so a server that was down for a while does not split one revision's stretch in two. Rows are never
+    edited otherwise; the probe's audit event says which row it wrote.
+    """
+
+    endpoint = models.ForeignKey(ModelEndpoint, on_delete=models.CASCADE, related_name="observations")
+    model_id = models.CharField(max_length=200, blank=True)
+    revision = models.CharField(max_length=100, blank=True)
+    server_label = models.CharField(max_length=100, blank=True)
+    max_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    max_total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    probe_count = models.PositiveIntegerField(default=1)
+
+    # The fields whose change starts a new row.
+    REPORTED = ("model_id", "revision", "server_label", "max_input_tokens", "max_total_tokens")
+
+    class Meta:
+        ordering = ["endpoint", "-first_seen_at", "-id"]
+        indexes = [models.Index(fields=["endpoint", "-first_seen_at"], name="inference_observation_newest")]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint_id}: {self.model_id}@{self.revision[:12]} since {self.first_seen_at:%Y-%m-%d}"
+
+    def reported(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.REPORTED}

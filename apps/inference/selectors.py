@@ -7,6 +7,7 @@ import time
 from django.conf import settings
 
 from apps.inference import client
+from apps.inference.models import EndpointObservation, ModelEndpoint
 
 # What AIOS's development inference server (`devserver/`, a process of its own) reports as /info's
 # `docker_label`. The product recognises the server by this word on the wire and never imports it;
@@ -48,3 +49,10 @@ def endpoint_names_for_steps() -> list[str]:
         .order_by("name")
         .values_list("name", flat=True)
     )
+
+
+def endpoint_observations(endpoint: ModelEndpoint) -> list[EndpointObservation]:
+    """What the endpoint's server has reported about itself, newest first: one row per model, revision,
+    server and limits in a row of probes (the revision history a model card shows). The caller has already
+    checked that the person may see the endpoint."""
+    return list(EndpointObservation.objects.filter(endpoint=endpoint).order_by("-first_seen_at", "-id"))

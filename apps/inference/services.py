@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict
 from apps.inference import client
-from apps.inference.models import ModelEndpoint
+from apps.inference.models import EndpointObservation, ModelEndpoint
 
 
 def _snapshot(endpoint: ModelEndpoint) -> dict[str, Any]:
@@ -104,9 +106,12 @@ def endpoint_probe(*, actor: User | None, endpoint: ModelEndpoint) -> ModelEndpo
             server_label=str(info.get("docker_label") or info.get("version") or "")[:100],
         )
     with transaction.atomic():
+        # The UPDATE takes the endpoint's row lock first, so two probes of one endpoint record their
+        # observations one after the other and never both start a new row for the same revision.
         ModelEndpoint.objects.filter(pk=endpoint.pk).update(**fields)
         for name, value in fields.items():
             setattr(endpoint, name, value)
+        observation = None if endpoint.probe_error else _observation_record(endpoint, fields["probed_at"])
         audit_record(
             actor=actor,
             verb="model_endpoint.probed",
@@ -118,6 +123,22 @@ def endpoint_probe(*, actor: User | None, endpoint: ModelEndpoint) -> ModelEndpo
                 "max_input_tokens": endpoint.max_input_tokens,
                 "max_total_tokens": endpoint.max_total_tokens,
                 "error": endpoint.probe_error[:500],
+                "observation": observation.pk if observation else None,
+                "new_observation": bool(observation and observation.probe_count == 1),
             },
         )
     return endpoint
+
+
+def _observation_record(endpoint: ModelEndpoint, seen_at: datetime) -> EndpointObservation:
+    """Extend the newest observation when the server reports what it reported then, else start a new one.
+    Called under the endpoint's row lock (see `endpoint_probe`)."""
+    reported = {name: getattr(endpoint, name) for name in EndpointObservation.REPORTED}
+    newest = EndpointObservation.objects.filter(endpoint=endpoint).order_by("-first_seen_at", "-id").first()
+    if newest is not None and newest.reported() == reported:
+        EndpointObservation.objects.filter(pk=newest.pk).update(last_seen_at=seen_at, probe_count=F("probe_count") + 1)
+        newest.refresh_from_db(fields=["last_seen_at", "probe_count"])
+        return newest
+    return EndpointObservation.objects.create(
+        endpoint=endpoint, first_seen_at=seen_at, last_seen_at=seen_at, probe_count=1, **reported
+    )
