@@ -31,8 +31,9 @@ app.conf.task_routes = {
     # Email triggers that read a mailbox: the tick is quick bookkeeping; a poll waits on an outside IMAP server.
     "runs.mailboxes_poll": {"queue": "default"},
     "runs.mailbox_poll": {"queue": "connectors"},
+    "evaluations.reports_score": {"queue": "default"},
 }
-app.autodiscover_tasks(["apps.runs", "apps.audit", "apps.approvals", "apps.knowledge"])
+app.autodiscover_tasks(["apps.runs", "apps.audit", "apps.approvals", "apps.knowledge", "apps.evaluations"])
 
 
 @app.on_after_configure.connect
@@ -75,6 +76,11 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
     mailbox_every = settings.AIOS_MAILBOX_POLL_SECONDS
     sender.add_periodic_task(
         mailbox_every, sender.signature("runs.mailboxes_poll", expires=mailbox_every * 2), name="mailbox-polls"
+    )
+    # Evaluation reports are scored once their case runs have finished, on the sweeper's rhythm; each report is
+    # claimed by a conditional update, so overlapping ticks score it once.
+    sender.add_periodic_task(
+        interval, sender.signature("evaluations.reports_score", expires=interval * 2), name="evaluation-reports"
     )
     digest_every = settings.AIOS_DIGEST_INTERVAL_SECONDS
     sender.add_periodic_task(

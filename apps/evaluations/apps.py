@@ -9,3 +9,13 @@ class EvaluationsConfig(AppConfig):
 
     name = "apps.evaluations"
     label = "evaluations"
+
+    def ready(self) -> None:
+        from apps.evaluations.services import evaluation_publish_gate, evaluation_publish_route
+        from apps.workflows import services as workflow_services
+
+        # Filled once per process (ready() may run twice under some test runners).
+        if evaluation_publish_gate not in workflow_services.PUBLISH_GATES:
+            workflow_services.PUBLISH_GATES.append(evaluation_publish_gate)
+        if evaluation_publish_route not in workflow_services.PUBLISH_ROUTES:
+            workflow_services.PUBLISH_ROUTES.append(evaluation_publish_route)

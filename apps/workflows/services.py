@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -335,14 +336,58 @@ def workflow_archive(*, actor: User, workflow: Workflow, archived: bool = True) 
 PUBLISH_CHECKS: list[Callable[[User, dict[str, Any]], list[str]]] = []
 
 
+@dataclass(frozen=True)
+class GateVerdict:
+    """What a publish gate says about a draft: `problems` refuse it; `overridden` (when an admin's override
+    reason let it through) is the sentence the version's note records; `details` go into the refusal as
+    they are (the evaluations app: the summary of the newest report)."""
+
+    problems: list[str] = field(default_factory=list)
+    overridden: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PublishRoute:
+    """Where the draft's publish form posts instead of the plain publish, and what to tell the publisher."""
+
+    action: str
+    explanation: str
+
+
+# Filled by upper apps: gates a draft passes after its own problems are fixed (the evaluations app: the
+# workflow's evaluation suite passed on exactly this content). Called inside the publish transaction with the
+# draft locked and the publisher's override reason ("" for none); a gate may refuse an override (Forbidden).
+PUBLISH_GATES: list[Callable[[User, WorkflowVersion, str], GateVerdict]] = []
+# Filled by upper apps that put a step between "Publish" and the version (the evaluations app: a suite runs
+# first, and publishes when it passes). The first route returned is the one the builder's form uses.
+PUBLISH_ROUTES: list[Callable[[Workflow], PublishRoute | None]] = []
+
+
+class PublishGated(Conflict):
+    """A gate refused the draft (its own problems are fixed); `extra` has the gates' problems and details."""
+
+
+def workflow_publish_route(workflow: Workflow) -> PublishRoute | None:
+    """The route an upper app gives the draft's publish form, if any (see PUBLISH_ROUTES)."""
+    return next((route for hook in PUBLISH_ROUTES if (route := hook(workflow)) is not None), None)
+
+
 @transaction.atomic
 def workflow_version_publish(
-    *, actor: User, version: WorkflowVersion, note: str = "", expected_revision: int | None = None
+    *,
+    actor: User,
+    version: WorkflowVersion,
+    note: str = "",
+    expected_revision: int | None = None,
+    override_reason: str = "",
 ) -> WorkflowVersion:
     """Freeze a draft: validate everything, stamp its checksum, and make it immutable, with a change note.
 
     Refuses with every problem found (each naming its step), so the analyst fixes them in one pass; with
-    `expected_revision`, refuses a draft that changed since the publisher looked at it.
+    `expected_revision`, refuses a draft that changed since the publisher looked at it. A draft free of
+    problems then passes the PUBLISH_GATES, or is refused with `PublishGated`; `override_reason` is what an
+    admin gives to publish over a gate (the gate decides who may, and audits it).
     """
     _require_edit(actor, version.workflow)
     # The lock order of every draft write: the workflow row, then the version row.
@@ -361,12 +406,19 @@ def workflow_version_publish(
     graph, _ = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     if problems:
         raise ApplicationError("The version cannot be published.", extra={"problems": problems})
+    verdicts = [gate(actor, version, override_reason.strip()) for gate in PUBLISH_GATES]
+    refused = [problem for verdict in verdicts for problem in verdict.problems]
+    if refused:
+        details = {key: value for verdict in verdicts for key, value in verdict.details.items()}
+        raise PublishGated(refused[0], extra={"problems": refused, **details})
+    overridden = [verdict.overridden for verdict in verdicts if verdict.overridden]
     version.graph = graph
     version.checksum = graph_checksum(version.graph, version.input_schema)
     version.state = WorkflowVersion.State.PUBLISHED
     version.published_by = actor
     version.published_at = timezone.now()
-    version.note = note.strip()[:5000]
+    # The version itself says it went out over a gate, wherever its note is read.
+    version.note = "\n\n".join([note.strip()[:5000], *overridden]).strip()
     version.undo = None
     version.save(update_fields=["graph", "checksum", "state", "published_by", "published_at", "note", "undo"])
     audit_record(
@@ -378,6 +430,7 @@ def workflow_version_publish(
             "number": version.number,
             "checksum": version.checksum,
             "note": version.note,
+            **({"gates_overridden": overridden} if overridden else {}),
         },
     )
     return version

@@ -68,12 +68,14 @@ from apps.workflows.selectors import (
 )
 from apps.workflows.services import (
     DraftConflict,
+    PublishGated,
     pinned_output_clear,
     pinned_output_set,
     workflow_archive,
     workflow_create,
     workflow_draft_get_or_create,
     workflow_draft_save,
+    workflow_publish_route,
     workflow_update,
     workflow_version_publish,
     workflow_version_restore_as_draft,
@@ -559,6 +561,7 @@ def _builder_context(
         "focus": params.get("focus", ""),
         "diagram": diagram_for_graph(draft.graph) if read_only_reason else None,
         "published": workflow_version_published_latest(workflow),
+        "publish_route": workflow_publish_route(workflow),
         "error_modes": blocks.ERROR_MODES,
         "sortable_available": (settings.SORTABLE_DIR / "Sortable.min.js").is_file(),
         "pinned_keys": set(pinned),
@@ -744,6 +747,9 @@ def workflow_publish(request: HttpRequest, slug: str) -> HttpResponse:
         )
     except DraftConflict as error:
         return _conflict(request, workflow, error)
+    except PublishGated as error:
+        messages.error(request, " ".join(error.extra.get("problems", [error.message])))
+        return _back(request, workflow)
     except ApplicationError as error:
         count = len(error.extra.get("problems", []))
         messages.error(request, f"{error.message} Fix the {count} problem{'s' if count != 1 else ''} listed first.")

@@ -176,6 +176,13 @@ class DraftEditSerializer(serializers.Serializer):
 class DraftPublishSerializer(serializers.Serializer):
     note = serializers.CharField(required=False, allow_blank=True, default="", help_text="What this version changes.")
     revision = _revision_field()
+    override_reason = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=2000,
+        help_text="Admins only: why this draft is published although its evaluation suite did not pass (audited).",
+    )
 
 
 class VersionDiffQuerySerializer(serializers.Serializer):

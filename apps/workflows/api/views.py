@@ -371,7 +371,9 @@ def workflow_draft_validate_view(request: Request, slug: str) -> Response:
         403: FORBIDDEN,
         404: NOT_FOUND,
         409: OpenApiResponse(
-            DraftConflictSerializer, description="The draft changed since `revision`, or there is no draft."
+            DraftConflictSerializer,
+            description="The draft changed since `revision`, there is no draft, or its evaluation suite has not "
+            "passed on this content (`problems` say why, `evaluation` summarises the newest report).",
         ),
         428: NO_REVISION,
     },
@@ -387,7 +389,11 @@ def workflow_draft_publish_view(request: Request, slug: str) -> Response:
         raise Conflict("There is no draft to publish.")
     with _refusals_for_api(workflow):
         version = workflow_version_publish(
-            actor=_actor(request), version=draft, note=body["note"], expected_revision=expected_revision
+            actor=_actor(request),
+            version=draft,
+            note=body["note"],
+            expected_revision=expected_revision,
+            override_reason=body["override_reason"],
         )
     return Response(VersionDetailSerializer(version).data, status=status.HTTP_201_CREATED)
 

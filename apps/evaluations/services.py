@@ -1,0 +1,774 @@
+"""Writes of evaluation suites: the suite and its cases, running it on a workflow's draft, scoring a report when
+its case runs have finished, and the publish gate (with an admin's audited override).
+
+A report runs one test run per case through `run_test_start` (model steps call the configured endpoint for real;
+steps that reach the outside world or ask a person are simulated), and is scored by `evaluation_report_score`
+once every case run has finished: the periodic task calls it for every running report, and so may anyone
+else, since scoring claims the report by a conditional update and happens once.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from apps.accounts.models import User
+from apps.accounts.selectors import user_roles
+from apps.approvals.models import ApprovalDecision
+from apps.audit.services import audit_record
+from apps.core.exceptions import ApplicationError, Conflict, Forbidden, ValidationFailed
+from apps.evaluations.models import (
+    EvaluationCase,
+    EvaluationGateOverride,
+    EvaluationReport,
+    EvaluationResult,
+    EvaluationSuite,
+)
+from apps.evaluations.outputs import checkable_steps, expected_problems, reader_for, values_match
+from apps.evaluations.selectors import (
+    content_checksum,
+    report_passing_for,
+    suite_checksum,
+    suite_criteria,
+    suite_fields,
+    suite_for,
+    suite_graph,
+)
+from apps.inference.models import InferenceCall
+from apps.runs.draft_tests import run_test_start
+from apps.runs.models import Run, StepRun
+from apps.workflows.input_schema import input_validate
+from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.selectors import workflow_can_edit, workflow_draft_for
+from apps.workflows.services import GateVerdict, PublishRoute, workflow_version_publish
+from apps.workflows.validation import version_problems
+
+MAX_CASES = 200
+MAX_NAME_LENGTH = 120
+# A case run still unfinished this long after its report started will not finish by itself: the report is
+# closed as "could not finish" rather than waiting for ever (the gate stays shut).
+REPORT_TIMEOUT = timedelta(minutes=30)
+ACCURACY_PLACES = Decimal("0.01")
+
+
+def _require_edit(actor: User, workflow: Workflow) -> None:
+    if not workflow_can_edit(actor, workflow):
+        raise Forbidden("You may read this workflow's evaluation suite but not change or run it.")
+
+
+def _percent(value: Any, field: str) -> Decimal:
+    try:
+        number = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise ValidationFailed("Check the criteria.", fields={field: ["Give a percentage from 0 to 100."]}) from None
+    if not number.is_finite() or number < 0 or number > 100:
+        raise ValidationFailed("Check the criteria.", fields={field: ["Give a percentage from 0 to 100."]})
+    return number.quantize(ACCURACY_PLACES)
+
+
+def _limit(value: Any, field: str, unit: str) -> Decimal | None:
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        number = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise ValidationFailed("Check the criteria.", fields={field: [f"Give {unit}, or leave it empty."]}) from None
+    if not number.is_finite() or number <= 0 or number >= Decimal("1000000"):
+        raise ValidationFailed("Check the criteria.", fields={field: [f"Give {unit} above 0, or leave it empty."]})
+    return number
+
+
+# --- the suite and its cases -------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def evaluation_suite_save(
+    *,
+    actor: User,
+    workflow: Workflow,
+    step_key: str,
+    min_accuracy: Any,
+    field_min_accuracy: dict[str, Any] | None = None,
+    require_schema_valid: bool = True,
+    max_cost_per_case: Any = None,
+    max_latency_p95_seconds: Any = None,
+    enabled: bool = True,
+) -> EvaluationSuite:
+    """Create or change the workflow's suite: the checked step ("" for the run's output) and the criteria.
+
+    The step must be one whose output has named fields (extraction, classification, generation, a transform) in
+    the draft (or the newest version); per-field minimums must name its fields. Cases whose expected fields the
+    new step does not output are refused (change or delete them first), so no case silently stops checking.
+    """
+    _require_edit(actor, workflow)
+    step_key = step_key.strip()
+    graph = suite_graph(workflow)
+    found = reader_for(graph, step_key)
+    if found is None:
+        names = ", ".join(f'"{step.get("key")}"' for step in checkable_steps(graph)) or "none"
+        raise ValidationFailed(
+            "Choose the step whose output is checked.",
+            fields={"step_key": [f'"{step_key}" is not a step whose output has fields (those that do: {names}).']},
+        )
+    reader, step = found
+    fields = reader.fields(step)
+    minimum = _percent(min_accuracy, "min_accuracy")
+    per_field: dict[str, str] = {}
+    errors: dict[str, list[str]] = {}
+    for name, value in (field_min_accuracy or {}).items():
+        if value is None or str(value).strip() == "":
+            continue
+        if fields is not None and name not in {f.name for f in fields}:
+            errors[f"field_min_accuracy.{name}"] = [f'"{name}" is not a field of the checked output.']
+            continue
+        try:
+            per_field[name] = str(_percent(value, f"field_min_accuracy.{name}"))
+        except ValidationFailed as error:
+            errors.update(error.fields)
+    cost = _limit(max_cost_per_case, "max_cost_per_case", "a cost")
+    latency = _limit(max_latency_p95_seconds, "max_latency_p95_seconds", "a number of seconds")
+    if errors:
+        raise ValidationFailed("Check the criteria.", fields=errors)
+    suite = EvaluationSuite.objects.select_for_update().filter(workflow=workflow).first()
+    created = suite is None
+    if suite is None:
+        suite = EvaluationSuite(workflow=workflow, created_by=actor)
+    elif step_key != suite.step_key:
+        stranded = [case.name for case in suite.cases.all() if expected_problems(fields, case.expected)]
+        if stranded:
+            raise ValidationFailed(
+                "The checked step cannot change yet.",
+                fields={
+                    "step_key": [f"These cases expect fields the new step does not output: {', '.join(stranded)}."]
+                },
+            )
+    before = suite_criteria(suite) if not created else {}
+    suite.step_key = step_key
+    suite.min_accuracy = minimum
+    suite.field_min_accuracy = per_field
+    suite.require_schema_valid = bool(require_schema_valid)
+    suite.max_cost_per_case = cost
+    suite.max_latency_p95_seconds = latency
+    suite.enabled = bool(enabled)
+    suite.updated_by = actor
+    suite.save()
+    audit_record(
+        actor=actor,
+        verb="evaluation.suite_created" if created else "evaluation.suite_changed",
+        target=suite,
+        data={
+            "workflow": workflow.slug,
+            "step": step_key,
+            "enabled": suite.enabled,
+            "criteria": suite_criteria(suite),
+            **({"before": before} if before else {}),
+        },
+    )
+    return suite
+
+
+def _case_checked(suite: EvaluationSuite, *, name: str, inputs: Any, expected: Any) -> tuple[str, dict[str, Any]]:
+    """The trimmed name and cleaned inputs of a case, or ValidationFailed naming every field that is wrong."""
+    errors: dict[str, list[str]] = {}
+    name = name.strip()
+    if not name:
+        errors["name"] = ["Give the case a name."]
+    elif len(name) > MAX_NAME_LENGTH:
+        errors["name"] = [f"At most {MAX_NAME_LENGTH} characters."]
+    version = workflow_draft_for(suite.workflow) or suite.workflow.versions.order_by("-number").first()
+    cleaned: dict[str, Any] = {}
+    if version is not None:
+        cleaned, input_errors = input_validate(version.input_schema, inputs)
+        errors.update({f"inputs.{field}": messages for field, messages in input_errors.items()})
+    for field, messages in expected_problems(suite_fields(suite), expected).items():
+        errors[field if field == "expected" else f"expected.{field}"] = messages
+    if errors:
+        first = next(iter(errors.values()))[0]
+        raise ValidationFailed(f"The case was not saved: {first}", fields=errors)
+    return name, cleaned
+
+
+@transaction.atomic
+def evaluation_case_save(
+    *,
+    actor: User,
+    suite: EvaluationSuite,
+    name: str,
+    inputs: Any,
+    expected: Any,
+    case: EvaluationCase | None = None,
+    source: str = EvaluationCase.Source.MANUAL,
+    source_reference: str = "",
+) -> EvaluationCase:
+    """Add a case (or change `case`): its inputs must fit the workflow's run form, and its expected output the
+    checked step's fields and types; refused otherwise with a message naming each wrong field."""
+    _require_edit(actor, suite.workflow)
+    name, cleaned = _case_checked(suite, name=name, inputs=inputs, expected=expected)
+    taken = suite.cases.filter(name=name).exclude(pk=case.pk if case else None)
+    if taken.exists():
+        raise ValidationFailed("The case was not saved.", fields={"name": [f'A case named "{name}" exists.']})
+    if case is None:
+        if suite.cases.count() >= MAX_CASES:
+            raise Conflict(f"A suite holds at most {MAX_CASES} cases.")
+        case = EvaluationCase.objects.create(
+            suite=suite,
+            name=name,
+            inputs=cleaned,
+            expected=expected,
+            source=source,
+            source_reference=source_reference,
+            created_by=actor,
+        )
+        verb = "evaluation.case_added"
+    else:
+        if case.suite_id != suite.pk:
+            raise ApplicationError("That case belongs to another suite.")
+        case.name, case.inputs, case.expected = name, cleaned, expected
+        case.save(update_fields=["name", "inputs", "expected", "updated_at"])
+        verb = "evaluation.case_changed"
+    audit_record(
+        actor=actor,
+        verb=verb,
+        target=suite,
+        data={"case": case.pk, "name": name, "source": case.source, "fields": sorted(expected)},
+    )
+    return case
+
+
+@transaction.atomic
+def evaluation_case_delete(*, actor: User, case: EvaluationCase) -> None:
+    """Remove a case (reports keep what they ran with)."""
+    suite = case.suite
+    _require_edit(actor, suite.workflow)
+    audit_record(actor=actor, verb="evaluation.case_deleted", target=suite, data={"case": case.pk, "name": case.name})
+    case.delete()
+
+
+@transaction.atomic
+def evaluation_cases_import_corrections(*, actor: User, suite: EvaluationSuite) -> tuple[int, list[str]]:
+    """Add a case per reviewer's decision on this workflow's checked step that kept or corrected its data: the
+    run's inputs, and the data as the reviewer left it (only the fields the step outputs). Decisions already
+    imported are skipped. Returns (cases added, one line per decision skipped and why)."""
+    _require_edit(actor, suite.workflow)
+    fields = suite_fields(suite)
+    known = None if fields is None else {field.name for field in fields}
+    done = set(suite.cases.filter(source=EvaluationCase.Source.CORRECTIONS).values_list("source_reference", flat=True))
+    decisions = (
+        ApprovalDecision.objects.filter(request__run__workflow=suite.workflow, decision="approved")
+        .select_related("request", "request__run")
+        .order_by("created_at", "pk")
+    )
+    added, skipped = 0, []
+    for decision in decisions:
+        request = decision.request
+        reference = f"decision {decision.pk}"
+        if reference in done:
+            continue
+        if suite.step_key and request.review_step_key and request.review_step_key != suite.step_key:
+            continue  # a decision about another step's output says nothing about this one
+        data = decision.data_after if isinstance(decision.data_after, dict) else {}
+        expected = {name: value for name, value in data.items() if known is None or name in known}
+        expected = {name: value for name, value in expected.items() if not expected_problems(fields, {name: value})}
+        if not expected:
+            skipped.append(f"Decision {decision.pk}: no field of the checked output in the reviewed data.")
+            continue
+        try:
+            evaluation_case_save(
+                actor=actor,
+                suite=suite,
+                name=f"Correction {decision.pk} (run {request.run_id})",
+                inputs=request.run.inputs,
+                expected=expected,
+                source=EvaluationCase.Source.CORRECTIONS,
+                source_reference=reference,
+            )
+        except ApplicationError as error:
+            skipped.append(f"Decision {decision.pk}: {error.message}")
+            continue
+        added += 1
+    return added, skipped
+
+
+@transaction.atomic
+def evaluation_case_from_run(*, actor: User, suite: EvaluationSuite, run: Run, name: str = "") -> EvaluationCase:
+    """A case from a recorded run of this workflow the actor may see: its inputs, and as the expected output the
+    checked output as that run produced it (review it: a case only helps when its expectation is right)."""
+    if run.workflow_id != suite.workflow_id:
+        raise ApplicationError("That run belongs to another workflow.")
+    if run.status != Run.Status.SUCCEEDED:
+        raise ApplicationError(f"Run {run.pk} did not succeed; choose a run that finished.")
+    found = reader_for(run.graph_snapshot or run.version.graph, suite.step_key)
+    if found is None:
+        raise ApplicationError(f'Run {run.pk} has no step "{suite.step_key}" to take the expected output from.')
+    reader, step = found
+    output = _checked_output(run, suite.step_key)
+    actual = reader.actual(step, output)
+    fields = suite_fields(suite)
+    expected = {key: value for key, value in actual.items() if not expected_problems(fields, {key: value})}
+    return evaluation_case_save(
+        actor=actor,
+        suite=suite,
+        name=name or f"Run {run.pk}",
+        inputs=run.inputs,
+        expected=expected,
+        source=EvaluationCase.Source.RECORDED_RUN,
+        source_reference=f"run {run.pk}",
+    )
+
+
+# --- running a suite on the draft ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def evaluation_report_start(
+    *, actor: User, workflow: Workflow, publish: bool = False, publish_note: str = ""
+) -> EvaluationReport:
+    """Run the suite on the workflow's draft: one test run per case, and a report that is scored when they have
+    all finished. With `publish`, the draft is published as `actor` with `publish_note` when the report passes.
+
+    A report already running on the same content and suite is returned instead of starting a second one (a
+    double click, two tabs), taking over the publish request when one is made.
+    """
+    _require_edit(actor, workflow)
+    suite = suite_for(workflow)
+    if suite is None:
+        raise ApplicationError("This workflow has no evaluation suite yet.")
+    # The lock order of every draft write: the workflow row, then the version row.
+    Workflow.objects.select_for_update().filter(pk=workflow.pk).first()
+    draft = WorkflowVersion.objects.select_for_update().filter(workflow=workflow, state="draft").first()
+    if draft is None:
+        raise ApplicationError("This workflow has no draft to evaluate.")
+    cases = list(suite.cases.order_by("name", "pk"))
+    if not cases:
+        raise ApplicationError("The suite has no cases: add at least one before running it.")
+    if reader_for(draft.graph, suite.step_key) is None:
+        raise ApplicationError(
+            f'The draft has no step "{suite.step_key}" whose output can be checked: choose the step again.'
+        )
+    checksum, suite_digest = content_checksum(draft), suite_checksum(suite)
+    running = EvaluationReport.objects.filter(
+        suite=suite, content_checksum=checksum, suite_checksum=suite_digest, state=EvaluationReport.State.RUNNING
+    ).first()
+    if running is not None:
+        if publish:
+            running.publish_requested, running.publish_note = True, publish_note.strip()[:5000]
+            running.publish_requested_by = actor
+            running.save(update_fields=["publish_requested", "publish_note", "publish_requested_by"])
+        return running
+    report = EvaluationReport.objects.create(
+        suite=suite,
+        workflow=workflow,
+        version=draft,
+        version_number=draft.number,
+        draft_revision=draft.revision,
+        content_checksum=checksum,
+        suite_checksum=suite_digest,
+        step_key=suite.step_key,
+        criteria=suite_criteria(suite),
+        started_by=actor,
+        publish_requested=publish,
+        publish_requested_by=actor if publish else None,
+        publish_note=publish_note.strip()[:5000],
+    )
+    for case in cases:
+        try:
+            run = run_test_start(actor=actor, workflow=workflow, inputs=case.inputs)
+        except ApplicationError as error:
+            raise ApplicationError(
+                f'Case "{case.name}" cannot run on this draft: {error.message}', extra=error.extra
+            ) from error
+        EvaluationResult.objects.create(
+            report=report, case=case, case_name=case.name, inputs=case.inputs, expected=case.expected, run=run
+        )
+    audit_record(
+        actor=actor,
+        verb="evaluation.report_started",
+        target=report,
+        data={
+            "workflow": workflow.slug,
+            "version": draft.number,
+            "revision": draft.revision,
+            "checksum": checksum,
+            "cases": len(cases),
+            "publish": publish,
+        },
+    )
+    return report
+
+
+def _checked_output(run: Run, step_key: str) -> Any:
+    if not step_key:
+        return run.output
+    step_run = StepRun.objects.filter(run=run, step_key=step_key, state=StepRun.State.SUCCEEDED).order_by("-pk").first()
+    return step_run.output if step_run is not None else None
+
+
+def _step_failure(run: Run, step_key: str) -> str:
+    """Why the checked output is missing, in words."""
+    if not step_key:
+        return f"The test run {run.get_status_display().lower()}" + (f": {run.error}" if run.error else ".")
+    step_run = StepRun.objects.filter(run=run, step_key=step_key).order_by("-pk").first()
+    if step_run is None:
+        return f'The step "{step_key}" never ran (the run took another path).'
+    return f'The step "{step_key}" {step_run.state}' + (f": {step_run.error}" if step_run.error else ".")
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "nothing"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _percentile(values: list[float], share: float) -> float | None:
+    """Nearest-rank percentile (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def _score_result(result: EvaluationResult, criteria: dict[str, Any], step_key: str) -> None:
+    run = result.run
+    found = reader_for(run.graph_snapshot or run.version.graph, step_key)
+    output = _checked_output(run, step_key)
+    result.cost = InferenceCall.objects.filter(run_id=run.pk).aggregate(total=Sum("cost"))["total"] or Decimal("0")
+    started = run.started_at or run.created_at
+    result.latency_ms = (run.finished_at - started).total_seconds() * 1000 if run.finished_at else None
+    reasons: list[str] = []
+    if found is None or (output is None and (step_key or run.status != Run.Status.SUCCEEDED)):
+        result.output, result.schema_valid = None, None
+        result.fields = [
+            {"field": name, "expected": value, "actual": None, "match": False}
+            for name, value in result.expected.items()
+        ]
+        reasons.append(_step_failure(run, step_key))
+    else:
+        reader, step = found
+        actual = reader.actual(step, output)
+        result.output = actual
+        result.fields = [
+            {
+                "field": name,
+                "expected": value,
+                "actual": actual.get(name),
+                "match": values_match(value, actual.get(name)),
+            }
+            for name, value in result.expected.items()
+        ]
+        problems = reader.schema_problems(step, output)
+        result.schema_valid = None if problems is None else not problems
+        wrong = [row for row in result.fields if not row["match"]]
+        if wrong:
+            reasons.append(
+                "; ".join(
+                    f"{row['field']}: expected {_format(row['expected'])}, got {_format(row['actual'])}"
+                    for row in wrong
+                )
+                + "."
+            )
+        if problems and criteria.get("require_schema_valid"):
+            reasons.append("The output does not match the step's schema: " + "; ".join(problems) + ".")
+    limit = criteria.get("max_cost_per_case")
+    if limit is not None and result.cost > Decimal(limit):
+        reasons.append(f"It cost {result.cost.normalize()}, above the limit of {Decimal(limit).normalize()} per case.")
+    result.passed = not reasons
+    checked = len(result.fields)
+    result.reason = " ".join(reasons) if reasons else f"All {checked} checked field{'s' if checked != 1 else ''} match."
+    result.save(update_fields=["output", "fields", "schema_valid", "cost", "latency_ms", "passed", "reason"])
+
+
+def _outcome(key: str, label: str, limit: str, actual: str, passed: bool) -> dict[str, Any]:
+    return {"key": key, "label": label, "limit": limit, "actual": actual, "passed": passed}
+
+
+def _score(report: EvaluationReport, results: list[EvaluationResult]) -> None:
+    """Totals and per-criterion outcomes of a report whose case runs have all finished."""
+    criteria = report.criteria
+    for result in results:
+        _score_result(result, criteria, report.step_key)
+    rows = [row for result in results for row in result.fields]
+    per_field: dict[str, list[bool]] = {}
+    for row in rows:
+        per_field.setdefault(row["field"], []).append(bool(row["match"]))
+    matched = sum(1 for row in rows if row["match"])
+    accuracy = (Decimal(matched * 100) / len(rows)).quantize(ACCURACY_PLACES) if rows else Decimal("0")
+    field_accuracy = {
+        name: str((Decimal(sum(values) * 100) / len(values)).quantize(ACCURACY_PLACES))
+        for name, values in sorted(per_field.items())
+    }
+    latencies = [result.latency_ms for result in results if result.latency_ms is not None]
+    costs = [result.cost for result in results]
+    p95 = _percentile(latencies, 0.95)
+    invalid = [result.case_name for result in results if result.schema_valid is False]
+    unfinished = [result.case_name for result in results if result.output is None]
+    report.totals = {
+        "cases": len(results),
+        "cases_passed": sum(1 for result in results if result.passed),
+        "fields_checked": len(rows),
+        "fields_matched": matched,
+        "accuracy": str(accuracy),
+        "field_accuracy": field_accuracy,
+        "schema_invalid": len(invalid),
+        "cost_total": str(sum(costs, Decimal("0"))),
+        "cost_max": str(max(costs, default=Decimal("0"))),
+        "latency_p50_ms": _percentile(latencies, 0.5),
+        "latency_p95_ms": p95,
+    }
+    minimum = Decimal(criteria["min_accuracy"])
+    outcomes = [
+        _outcome(
+            "accuracy",
+            "Accuracy over every checked field",
+            f"at least {minimum} %",
+            f"{accuracy} % ({matched} of {len(rows)})",
+            accuracy >= minimum,
+        ),
+        _outcome(
+            "finished",
+            "Every case produced the checked output",
+            "all cases",
+            "all cases" if not unfinished else f"{len(unfinished)} did not: {', '.join(unfinished)}",
+            not unfinished,
+        ),
+    ]
+    for name, value in (criteria.get("field_min_accuracy") or {}).items():
+        actual = Decimal(field_accuracy.get(name, "0"))
+        outcomes.append(
+            _outcome(
+                f"field:{name}",
+                f'Accuracy of "{name}"',
+                f"at least {value} %",
+                f"{actual} %" if name in field_accuracy else "not checked by any case",
+                name in field_accuracy and actual >= Decimal(value),
+            )
+        )
+    if criteria.get("require_schema_valid"):
+        outcomes.append(
+            _outcome(
+                "schema",
+                "Output matches the step's schema",
+                "every case",
+                "every case" if not invalid else f"{len(invalid)} did not: {', '.join(invalid)}",
+                not invalid,
+            )
+        )
+    if criteria.get("max_cost_per_case") is not None:
+        limit = Decimal(criteria["max_cost_per_case"])
+        highest = max(costs, default=Decimal("0"))
+        outcomes.append(
+            _outcome(
+                "cost",
+                "Cost per case",
+                f"at most {limit.normalize()}",
+                f"highest {highest.normalize()}",
+                highest <= limit,
+            )
+        )
+    if criteria.get("max_latency_p95_seconds") is not None:
+        limit_seconds = Decimal(criteria["max_latency_p95_seconds"])
+        outcomes.append(
+            _outcome(
+                "latency",
+                "Time per case (95th percentile)",
+                f"at most {limit_seconds.normalize()} s",
+                "no timings" if p95 is None else f"{p95 / 1000:.2f} s",
+                p95 is not None and Decimal(str(p95)) <= limit_seconds * 1000,
+            )
+        )
+    report.outcomes = outcomes
+    report.state = (
+        EvaluationReport.State.PASSED if all(o["passed"] for o in outcomes) else EvaluationReport.State.FAILED
+    )
+
+
+@transaction.atomic
+def evaluation_report_score(*, report_id: int, now: Any = None) -> EvaluationReport | None:
+    """Score a running report once every case run has finished (or close it as "could not finish" when they
+    have not after REPORT_TIMEOUT), then publish the draft when the report passed and publishing was asked for.
+
+    Safe to call any number of times, from anywhere: the report is claimed by a conditional update of its
+    state, so exactly one caller scores it. Returns the report when this call finished it, else None.
+    """
+    now = now or timezone.now()
+    report = EvaluationReport.objects.filter(pk=report_id, state=EvaluationReport.State.RUNNING).first()
+    if report is None:
+        return None
+    results = list(report.results.select_related("run", "run__version").order_by("case_name", "pk"))
+    unfinished = [result for result in results if not result.run.is_finished]
+    timed_out = bool(unfinished) and now - report.created_at > REPORT_TIMEOUT
+    if unfinished and not timed_out:
+        return None
+    # The claim: whoever moves the report out of "running" scores it; a second caller changes nothing.
+    claimed = EvaluationReport.objects.filter(pk=report.pk, state=EvaluationReport.State.RUNNING).update(
+        state=EvaluationReport.State.ERROR, finished_at=now
+    )
+    if not claimed:
+        return None
+    report.finished_at = now
+    if timed_out:
+        report.state = EvaluationReport.State.ERROR
+        report.error = (
+            f"{len(unfinished)} case run{'s' if len(unfinished) != 1 else ''} did not finish within "
+            f"{int(REPORT_TIMEOUT.total_seconds() // 60)} minutes: {', '.join(r.case_name for r in unfinished)}."
+        )
+        report.totals = {"cases": len(results), "cases_passed": 0}
+    else:
+        _score(report, results)
+    report.save(update_fields=["state", "totals", "outcomes", "error", "finished_at"])
+    audit_record(
+        actor=None,
+        verb="evaluation.report_finished",
+        target=report,
+        data={
+            "workflow": report.workflow.slug,
+            "version": report.version_number,
+            "state": report.state,
+            "accuracy": report.totals.get("accuracy"),
+            "cases_passed": report.totals.get("cases_passed"),
+            "cases": report.totals.get("cases"),
+            "failed": [o["key"] for o in report.outcomes if not o["passed"]],
+        },
+    )
+    if report.publish_requested:
+        _publish_after(report)
+    return report
+
+
+def _publish_after(report: EvaluationReport) -> None:
+    """Publish the report's draft as the person who asked, when it passed and is still the draft it ran on."""
+    if report.state != EvaluationReport.State.PASSED:
+        report.publish_outcome = "Not published: the suite did not pass."
+    else:
+        draft = workflow_draft_for(report.workflow)
+        if draft is None or draft.pk != report.version_id:
+            report.publish_outcome = "Not published: the draft was published or replaced meanwhile."
+        else:
+            try:
+                # A savepoint: a refusal (the draft changed, a right was lost) leaves the scores committed.
+                with transaction.atomic():
+                    version = workflow_version_publish(
+                        actor=report.publish_requested_by or report.started_by, version=draft, note=report.publish_note
+                    )
+            except ApplicationError as error:
+                problems = error.extra.get("problems") or []
+                report.publish_outcome = f"Not published: {error.message}" + (
+                    " " + " ".join(str(p) for p in problems) if problems and problems[0] != error.message else ""
+                )
+            else:
+                report.published_version = version
+                report.publish_outcome = f"Published as version {version.number}."
+    report.save(update_fields=["publish_outcome", "published_version"])
+
+
+def evaluation_reports_score_due() -> int:
+    """Score every running report whose case runs have finished (the periodic task); returns how many finished."""
+    finished = 0
+    for report_id in EvaluationReport.objects.filter(state=EvaluationReport.State.RUNNING).values_list("pk", flat=True):
+        if evaluation_report_score(report_id=report_id) is not None:
+            finished += 1
+    return finished
+
+
+# --- the gate ---------------------------------------------------------------------------------------------------
+
+
+def evaluation_publish_gate(actor: User, version: WorkflowVersion, override_reason: str) -> GateVerdict:
+    """The publish gate (filled into apps.workflows.services.PUBLISH_GATES): a workflow with an enabled suite
+    publishes only when the newest finished report on exactly this content, with the suite as it is, passed.
+
+    Otherwise an admin may publish anyway by giving a reason: the override is recorded (a row and the audit
+    event "evaluation.gate_overridden", in the publish transaction) and the version's note says so. Anyone else
+    who gives a reason is refused (Forbidden).
+    """
+    suite = suite_for(version.workflow)
+    if suite is None or not suite.enabled:
+        return GateVerdict()
+    if report_passing_for(suite, version) is not None:
+        return GateVerdict()
+    checksum = content_checksum(version)
+    newest = (
+        EvaluationReport.objects.filter(suite=suite, content_checksum=checksum).order_by("-created_at", "-pk").first()
+    )
+    if override_reason:
+        if "admin" not in user_roles(actor):
+            raise Forbidden("Only an admin may publish over an evaluation suite that has not passed.")
+        EvaluationGateOverride.objects.create(version=version, report=newest, actor=actor, reason=override_reason)
+        audit_record(
+            actor=actor,
+            verb="evaluation.gate_overridden",
+            target=version,
+            data={
+                "workflow": version.workflow.slug,
+                "number": version.number,
+                "report": newest.pk if newest else None,
+                "report_state": newest.state if newest else None,
+                "reason": override_reason,
+            },
+        )
+        said = f"report {newest.pk}, {newest.get_state_display().lower()}" if newest else "the suite never ran on it"
+        return GateVerdict(
+            overridden=(
+                f"Published over the evaluation suite ({said}) by {actor.display_name}, an admin: {override_reason}"
+            )
+        )
+    from apps.evaluations.selectors import report_summary
+
+    if newest is None:
+        problem = "The evaluation suite has not run on this draft: run it, and publish when it passes."
+    elif newest.state == EvaluationReport.State.RUNNING:
+        problem = f"The evaluation suite is still running on this draft (report {newest.pk})."
+    elif newest.suite_checksum != suite_checksum(suite):
+        problem = f"The evaluation suite changed since report {newest.pk}: run it again on this draft."
+    else:
+        failed = [o["label"] for o in newest.outcomes if not o.get("passed")] or [newest.error or "it did not pass"]
+        problem = (
+            f"The evaluation suite failed on this draft (report {newest.pk}, "
+            f"{newest.totals.get('cases_passed', 0)} of {newest.totals.get('cases', 0)} cases passed): "
+            + "; ".join(failed)
+            + "."
+        )
+    return GateVerdict(problems=[problem], details={"evaluation": report_summary(newest) if newest else None})
+
+
+def evaluation_publish_route(workflow: Workflow) -> PublishRoute | None:
+    """The builder's publish form posts to the suite's publish page when the workflow has an enabled suite (filled
+    into apps.workflows.services.PUBLISH_ROUTES)."""
+    from django.urls import reverse
+
+    if not EvaluationSuite.objects.filter(workflow=workflow, enabled=True).exists():
+        return None
+    return PublishRoute(
+        action=reverse("evaluations:publish", args=[workflow.slug]),
+        explanation=(
+            "This workflow has an evaluation suite: publishing runs it on this draft first (unless it already "
+            "passed on exactly this content) and publishes when it passes."
+        ),
+    )
+
+
+@transaction.atomic
+def evaluation_publish(
+    *, actor: User, workflow: Workflow, note: str
+) -> tuple[WorkflowVersion | None, EvaluationReport | None]:
+    """ "Publish" on a workflow with a suite: publish now when a passing report on exactly this draft exists, else
+    start the suite with a publish request. Returns (the version, None) or (None, the running report)."""
+    _require_edit(actor, workflow)
+    draft = workflow_draft_for(workflow)
+    if draft is None:
+        raise Conflict("There is no draft to publish.")
+    suite = suite_for(workflow)
+    if suite is None or not suite.enabled or report_passing_for(suite, draft) is not None:
+        return workflow_version_publish(actor=actor, version=draft, note=note), None
+    # A draft that could not be published anyway is refused now, not after every case has run.
+    problems = version_problems(draft)
+    if problems:
+        raise ApplicationError("The version cannot be published.", extra={"problems": problems})
+    return None, evaluation_report_start(actor=actor, workflow=workflow, publish=True, publish_note=note)
