@@ -10,6 +10,10 @@ os.environ.setdefault("DJANGO_CONN_MAX_AGE", "0")
 
 from django.core.asgi import get_asgi_application
 
+from apps.core.telemetry.tracing import configure as tracing_configure
+
+# Before Django loads its middleware: with tracing on, the Django instrumentation adds one.
+tracing_configure("web")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

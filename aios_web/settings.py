@@ -23,6 +23,7 @@ from apps.core.env import (
     env_url,
     smtp_server_from_url,
 )
+from apps.core.telemetry.logs import LOG_FORMATS, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -350,14 +351,28 @@ AIOS_MAILBOX_POLL_SECONDS = env_float("AIOS_MAILBOX_POLL_SECONDS", 60.0, minimum
 AIOS_DEMO_OUTSIDE_URL = env_str("AIOS_DEMO_OUTSIDE_URL", "")
 AIOS_DEMO_ERP_URL = env_str("AIOS_DEMO_ERP_URL", "")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("AIOS_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# --- Operations telemetry (docs/operations.md) -----------------------------------------------------------------
+# Logs: one JSON object per line with the request id and run id (the production default), or text lines for a
+# developer's console (the default elsewhere; the embedded launcher's console filters read them).
+AIOS_LOG_FORMAT = env_choice("AIOS_LOG_FORMAT", "json" if PRODUCTION else "text", LOG_FORMATS)
+LOGGING = logging_config(log_format=AIOS_LOG_FORMAT, level=env_str("AIOS_LOG_LEVEL", "INFO"))
+# /metrics: scrapers send `Authorization: Bearer <AIOS_METRICS_TOKEN>`; signed-in admins may read it too. Empty:
+# admins only. The collectors ask the database and Redis at scrape time.
+AIOS_METRICS_TOKEN = env_str("AIOS_METRICS_TOKEN", "")
+AIOS_METRICS_COLLECTORS = ["apps.runs.metrics.EngineCollector", "apps.inference.metrics.InferenceCollector"]
+# Model-call gauges cover the calls of this recent window, reading at most this many of the newest records.
+AIOS_METRICS_INFERENCE_WINDOW_SECONDS = env_int("AIOS_METRICS_INFERENCE_WINDOW_SECONDS", 3600, minimum=60)
+AIOS_METRICS_INFERENCE_SCAN_ROWS = env_int("AIOS_METRICS_INFERENCE_SCAN_ROWS", 100000, minimum=100)
+# Traces: off unless an OTLP endpoint is configured (the standard OTEL_EXPORTER_OTLP_ENDPOINT, read by the
+# exporter) or AIOS_OTEL_ENABLED=1 (then the exporter's default, http://localhost:4318). Each process reports as
+# <AIOS_OTEL_SERVICE_NAME>-<role>: aios-web, aios-worker, aios-beat.
+AIOS_OTEL_ENABLED = env_bool(
+    "AIOS_OTEL_ENABLED",
+    default=bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+)
+AIOS_OTEL_SERVICE_NAME = env_str("AIOS_OTEL_SERVICE_NAME", "aios")
+# Workers write a heartbeat to Redis this often; `manage.py worker_health` fails after three missed beats.
+AIOS_WORKER_HEARTBEAT_SECONDS = env_float("AIOS_WORKER_HEARTBEAT_SECONDS", 10.0, minimum=1.0)
 
 # How long a worker owns a claimed step before another may take it over. Each worker process renews the
 # leases of the steps it runs every third of the shortest lease, so this bounds how long a step of a worker

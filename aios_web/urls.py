@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from apps.accounts.views import home
-from apps.core.views import healthz
+from apps.core.views import healthz, metrics_view, readyz
 
 urlpatterns = [
     path("", home, name="home"),
@@ -24,4 +24,6 @@ urlpatterns = [
     path("hooks/", include("apps.runs.hook_urls")),  # triggers: signed webhooks, no sign-in
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
 ]

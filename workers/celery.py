@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import (
+    beat_init,
+    setup_logging,
+    worker_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aios_web.settings")
@@ -86,3 +95,65 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
     sender.add_periodic_task(
         digest_every, sender.signature("approvals.digests_send", expires=digest_every), name="approval-digests"
     )
+
+
+# --- operations telemetry (docs/operations.md) ---------------------------------------------------------------
+# Logs: Django's LOGGING (apps/core/telemetry/logs.py) rather than Celery's own set-up, so workers and beat write
+# the same lines as web, with the run id on every line a step's execution writes.
+@setup_logging.connect
+def _logging(**kwargs: Any) -> None:
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+
+
+@worker_init.connect
+def _worker_tracing(**kwargs: Any) -> None:
+    from apps.core.telemetry import tracing
+
+    tracing.configure("worker")
+
+
+@beat_init.connect
+def _beat_tracing(**kwargs: Any) -> None:
+    from apps.core.telemetry import tracing
+
+    tracing.configure("beat")
+
+
+_heartbeat: Any = None
+
+
+@worker_ready.connect
+def _heartbeat_start(sender: Any = None, **kwargs: Any) -> None:
+    # From the moment the worker consumes from the broker: `manage.py worker_health` reads it.
+    global _heartbeat
+    from django.conf import settings
+
+    from apps.core.telemetry.health import Heartbeat
+
+    node = getattr(sender, "hostname", None) or "unknown"
+    queues = sorted(getattr(sender.app.amqp.queues, "consume_from", {}) or {}) if sender is not None else []
+    _heartbeat = Heartbeat(
+        node, interval=settings.AIOS_WORKER_HEARTBEAT_SECONDS, details={"pid": os.getpid(), "queues": queues}
+    )
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _heartbeat_stop(**kwargs: Any) -> None:
+    from apps.core.telemetry import tracing
+
+    if _heartbeat is not None:
+        _heartbeat.stop()
+    tracing.flush()
+
+
+@worker_process_shutdown.connect
+def _child_flush(**kwargs: Any) -> None:
+    # A pool child ends without running exit handlers: send the spans it still buffers first.
+    from apps.core.telemetry import tracing
+
+    tracing.flush()

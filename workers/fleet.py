@@ -33,7 +33,10 @@ ENGINE_CONCURRENCY = 2
 # What beat logs for each due task, and what a worker logs for each task it receives and finishes: true, but
 # several lines every few seconds (the sweeper, the audit anchors). A console shows the rest; the log files keep
 # everything.
-ROUTINE_LINES = re.compile(r"Scheduler: Sending due task |\bTask \S+\[[0-9a-f-]+\] (?:received|succeeded in )")
+# The one line per step execution (apps/core/telemetry/tracing.py) is routine in the same way.
+ROUTINE_LINES = re.compile(
+    r"Scheduler: Sending due task |\bTask \S+\[[0-9a-f-]+\] (?:received|succeeded in )|\bstep \S+ of run \d+ ran for "
+)
 
 
 class FleetError(ValueError):

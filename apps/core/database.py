@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -55,7 +55,9 @@ async def db_call(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T
     if executor is None:
         return await sync_to_async(function, thread_sensitive=True)(*args, **kwargs)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, functools.partial(_on_database_thread, function, args, kwargs))
+    # In the caller's context (a copy): the step's run id on log lines and its trace span reach the thread.
+    work = functools.partial(copy_context().run, _on_database_thread, function, args, kwargs)
+    return await loop.run_in_executor(executor, work)
 
 
 def _on_database_thread(function: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:

@@ -30,7 +30,9 @@ from django.utils import timezone
 
 from apps.core.database import db_call
 from apps.core.exceptions import ApplicationError
+from apps.core.telemetry import tracing
 from apps.inference import client, limits, runtime
+from apps.inference import metrics as inference_metrics
 from apps.inference.errors import InferenceError, InferenceValidationError
 from apps.inference.models import InferenceCall, ModelEndpoint
 
@@ -348,25 +350,37 @@ class Gateway:
         label = f"{model_id}@{revision[:12]}" if revision else model_id
         waited: list[float] = [0.0]
         started = timezone.now()
-        try:
-            result = await self._acall(endpoint, token, call, request.stream, label or None, on_token, waited)
-        except InferenceError as error:
-            error = _with_limits(error, endpoint)
-            self._record(
-                request,
-                endpoint,
-                wire,
-                model_id,
-                revision,
-                None,
-                error=error,
-                queue_ms=waited[0] * 1000,
-                started=started,
+        with tracing.model_call_span(endpoint=endpoint.name, model=model_id, protocol=wire["protocol"]) as span:
+            try:
+                result = await self._acall(endpoint, token, call, request.stream, label or None, on_token, waited)
+            except InferenceError as error:
+                error = _with_limits(error, endpoint)
+                self._record(
+                    request,
+                    endpoint,
+                    wire,
+                    model_id,
+                    revision,
+                    None,
+                    error=error,
+                    queue_ms=waited[0] * 1000,
+                    started=started,
+                )
+                await inference_metrics.error_count(endpoint.name, error)
+                span.set_attribute("aios.error_kind", inference_metrics.error_kind(error))
+                raise error from None
+            record = self._record(
+                request, endpoint, wire, model_id, revision, result, queue_ms=waited[0] * 1000, started=started
             )
-            raise error from None
-        record = self._record(
-            request, endpoint, wire, model_id, revision, result, queue_ms=waited[0] * 1000, started=started
-        )
+            span.set_attributes(
+                {
+                    "gen_ai.usage.input_tokens": record.prompt_tokens,
+                    "gen_ai.usage.output_tokens": record.generated_tokens,
+                    "aios.ttft_ms": record.ttft_ms if record.ttft_ms is not None else -1.0,
+                    "aios.latency_ms": record.latency_ms,
+                    "aios.queue_ms": record.queue_ms,
+                }
+            )
         return CallResult(result=result, endpoint=endpoint, record=record)
 
     async def _acall(

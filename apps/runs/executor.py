@@ -23,6 +23,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from pydantic import ValidationError
 
 from apps.core.database import db_call
+from apps.core.telemetry import tracing
 from apps.runs import hooks
 from apps.runs.children import WAIT_STARTERS
 from apps.runs.effects import StepLost, effect_intent_record, effect_key, effect_outcome_record
@@ -138,37 +139,50 @@ class Prepared:
 
 def _step_run_execute_claimed(step_run: StepRun, chain: Chain) -> StepRun | None:
     """Run one claimed step to a recorded outcome; returns the successor claimed for this worker, if any."""
-    attempt = _step_run_begin(step_run)
-    if attempt is None:
-        return None
-    try:
-        prepared = _step_run_prepare(step_run, chain, attempt)
-        outcome = prepared if isinstance(prepared, StepOutcome) else _step_run_call(prepared)
-    except Exception as error:
-        return _step_run_finish(step_run, chain, attempt, error=error)
-    return _step_run_finish(step_run, chain, attempt, outcome=outcome)
+    with _telemetry_scope(step_run):
+        attempt = _step_run_begin(step_run)
+        if attempt is None:
+            return None
+        try:
+            prepared = _step_run_prepare(step_run, chain, attempt)
+            outcome = prepared if isinstance(prepared, StepOutcome) else _step_run_call(prepared)
+        except Exception as error:
+            return _step_run_finish(step_run, chain, attempt, error=error)
+        return _step_run_finish(step_run, chain, attempt, outcome=outcome)
+
+
+def _telemetry_scope(step_run: StepRun) -> contextlib.AbstractContextManager[None]:
+    """The step's log context (run and step ids on every line) and, with tracing on, its span in the run's
+    trace (the run's recorded traceparent, whichever process or delivery brought the step here)."""
+    return tracing.step_scope(
+        run_id=step_run.run_id,
+        step_key=step_run.step_key,
+        traceparent=step_run.run.traceparent,
+        attributes={"aios.step_type": step_run.step_type, "aios.attempt": step_run.attempt},
+    )
 
 
 async def step_run_execute_async(step_run: StepRun, chain: Chain) -> StepRun | None:
     """The same as `_step_run_execute_claimed`, as a coroutine for the asynchronous step executor: the step's
     own work is awaited on the loop when its type has `aexecute`, and every database phase runs through
     `db_call`. Returns the successor claimed for this worker, if any."""
-    attempt = await db_call(_step_run_begin, step_run)
-    if attempt is None:
-        return None
-    try:
-        prepared = await db_call(_step_run_prepare, step_run, chain, attempt)
-        if isinstance(prepared, StepOutcome):
-            outcome = prepared
-        elif prepared.step_type.runs_async():
-            outcome = await prepared.step_type().aexecute(prepared.config, prepared.context)
-            if prepared.step_type.side_effects:
-                crash_point("after_external_call")
-        else:
-            outcome = await db_call(_step_run_call, prepared)
-    except Exception as error:
-        return await db_call(_step_run_finish, step_run, chain, attempt, error=error)
-    return await db_call(_step_run_finish, step_run, chain, attempt, outcome=outcome)
+    with _telemetry_scope(step_run):
+        attempt = await db_call(_step_run_begin, step_run)
+        if attempt is None:
+            return None
+        try:
+            prepared = await db_call(_step_run_prepare, step_run, chain, attempt)
+            if isinstance(prepared, StepOutcome):
+                outcome = prepared
+            elif prepared.step_type.runs_async():
+                outcome = await prepared.step_type().aexecute(prepared.config, prepared.context)
+                if prepared.step_type.side_effects:
+                    crash_point("after_external_call")
+            else:
+                outcome = await db_call(_step_run_call, prepared)
+        except Exception as error:
+            return await db_call(_step_run_finish, step_run, chain, attempt, error=error)
+        return await db_call(_step_run_finish, step_run, chain, attempt, outcome=outcome)
 
 
 def _at_most_once(slug: str, definition: dict[str, Any]) -> bool:

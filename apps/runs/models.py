@@ -7,6 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
+from apps.core.telemetry.tracing import traceparent_for_new_run
+
 
 class Run(models.Model):
     """One execution of a pinned workflow version. Its status is derived from its step runs' states."""
@@ -44,6 +46,10 @@ class Run(models.Model):
     total_prompt_tokens = models.PositiveIntegerField(default=0)
     total_generated_tokens = models.PositiveIntegerField(default=0)
     total_cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    # The W3C trace context the run was created in (empty while tracing is off): every step's span, in whatever
+    # worker and however late it runs, is a child of it, so a run is one trace across processes and the
+    # database hand-off (apps/core/telemetry/tracing.py).
+    traceparent = models.CharField(max_length=55, blank=True, default=traceparent_for_new_run, editable=False)
 
     class Mode(models.TextChoices):
         LIVE = "live", "Live"

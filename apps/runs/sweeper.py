@@ -5,6 +5,7 @@ and repeatedly. Each transaction here follows the lock-order rule of apps/runs/l
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from apps.audit.services import audit_record
+from apps.core.telemetry import store
 from apps.runs import hooks
 from apps.runs.lifecycle import (
     incident_open,
@@ -41,6 +43,7 @@ def sweep(*, now: Any = None) -> dict[str, int]:
     5. fire due schedule triggers;
     6. forget webhook requests whose timestamp has left the replay window.
     """
+    started = time.time()
     now = now or timezone.now()
     report = {"relayed": outbox_relay(older_than_seconds=settings.AIOS_OUTBOX_RELAY_AFTER_SECONDS)}
     report["lease_expired"], report["incidents"] = leases_reclaim(now)
@@ -49,6 +52,14 @@ def sweep(*, now: Any = None) -> dict[str, int]:
     # --- triggers: schedules due now (apps/runs/triggers.py) ---
     report["schedules"] = schedules_fire_due(now)
     report["webhook_receipts_pruned"] = webhook_receipts_prune(now)
+    # For /metrics: when the sweep ran, how long it took, and the lease takeovers it made (a failed sweep records
+    # nothing, so "seconds since the last sweep" grows and says so).
+    store.sweep_record(
+        started=started,
+        finished=time.time(),
+        lease_takeovers=report["lease_expired"],
+        incidents=report["incidents"],
+    )
     return report
 
 

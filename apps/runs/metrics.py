@@ -1,0 +1,150 @@
+"""The engine's Prometheus metrics, read at scrape time from the runs tables and the sweeper's figures in Redis
+(see apps/core/telemetry/metrics.py for why nothing is counted in process memory).
+
+Six queries, each served by an index: runs by status (`status`), step runs by state (the step-run indexes that
+lead with `state`), queued steps and their oldest (`step_run_queued_idx`), unrelayed outbox rows
+(`outbox_unrelayed_idx`, partial), due timers (`timer_due_idx`, partial), and incidents (a small table).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from django.db.models import Count, Min, Q
+from django.utils import timezone
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+
+from apps.core.telemetry import store
+from apps.runs.models import Incident, Outbox, Run, StepRun, Timer
+from apps.steps.registry import step_type_get
+
+logger = logging.getLogger(__name__)
+
+
+def _queue_of(step_type: str) -> str:
+    try:
+        return step_type_get(step_type).queue
+    except Exception:  # a type this release no longer knows: its steps still count, under no queue
+        return "unknown"
+
+
+def _age_seconds(oldest: object, now: object) -> float:
+    return max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0  # type: ignore[operator]
+
+
+class EngineCollector(Collector):
+    """Runs, steps, queues, the outbox, timers, incidents and the sweeper, as the database and Redis say now."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        now = timezone.now()
+        runs = GaugeMetricFamily("aios_runs", "Runs by status (every run recorded).", labels=["status"])
+        counted = dict(Run.objects.order_by().values_list("status").annotate(n=Count("id")))
+        for status in Run.Status.values:
+            runs.add_metric([status], counted.get(status, 0))
+        yield runs
+
+        steps = GaugeMetricFamily("aios_step_runs", "Step runs by state (every step run recorded).", labels=["state"])
+        counted = dict(StepRun.objects.order_by().values_list("state").annotate(n=Count("id")))
+        for state in StepRun.State.values:
+            steps.add_metric([state], counted.get(state, 0))
+        yield steps
+
+        depth = GaugeMetricFamily(
+            "aios_queue_depth",
+            "Steps queued for a worker and not yet claimed, by Celery queue and step type.",
+            labels=["queue", "step_type"],
+        )
+        oldest = GaugeMetricFamily(
+            "aios_queue_oldest_age_seconds",
+            "Age of the oldest step queued and not yet claimed, by Celery queue (0 when none waits).",
+            labels=["queue"],
+        )
+        oldest_by_queue: dict[str, float] = {}
+        queued = (
+            StepRun.objects.filter(state=StepRun.State.QUEUED)
+            .order_by()
+            .values_list("step_type")
+            .annotate(n=Count("id"), oldest=Min("queued_at"))
+        )
+        for step_type, count, first in queued:
+            queue = _queue_of(step_type)
+            depth.add_metric([queue, step_type], count)
+            oldest_by_queue[queue] = max(oldest_by_queue.get(queue, 0.0), _age_seconds(first, now))
+        for queue, age in sorted(oldest_by_queue.items()):
+            oldest.add_metric([queue], age)
+        yield depth
+        yield oldest
+
+        outbox = GaugeMetricFamily(
+            "aios_outbox_unrelayed", "Outbox rows committed and not yet sent to the broker, by queue.", labels=["queue"]
+        )
+        lag = GaugeMetricFamily(
+            "aios_outbox_lag_seconds",
+            "Age of the oldest outbox row not yet sent to the broker, by queue (the outbox lag; 0 when none).",
+            labels=["queue"],
+        )
+        unrelayed = (
+            Outbox.objects.filter(relayed_at__isnull=True)
+            .order_by()
+            .values_list("queue")
+            .annotate(n=Count("id"), oldest=Min("created_at"))
+        )
+        for queue, count, first in unrelayed:
+            outbox.add_metric([queue], count)
+            lag.add_metric([queue], _age_seconds(first, now))
+        yield outbox
+        yield lag
+
+        timers = Timer.objects.filter(fired_at__isnull=True, fire_at__lte=now).aggregate(
+            n=Count("id"), oldest=Min("fire_at")
+        )
+        yield GaugeMetricFamily("aios_timers_due", "Timers due and not yet fired.", value=timers["n"])
+        yield GaugeMetricFamily(
+            "aios_timers_due_oldest_age_seconds",
+            "How long the oldest due timer has been waiting for the sweeper (0 when none).",
+            value=_age_seconds(timers["oldest"], now),
+        )
+
+        incidents = Incident.objects.aggregate(total=Count("id"), open=Count("id", filter=Q(resolved_at__isnull=True)))
+        yield GaugeMetricFamily(
+            "aios_incidents_open", "Incidents waiting for a person to resolve them.", value=incidents["open"]
+        )
+        yield CounterMetricFamily("aios_incidents", "Incidents ever opened.", value=incidents["total"])
+
+        yield from self._sweeper()
+
+    def _sweeper(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        try:
+            figures = store.telemetry_redis().hgetall(store.SWEEPER_KEY)
+        except RedisError:
+            logger.warning("could not read the sweeper's figures from Redis", exc_info=True)
+            return
+        yield CounterMetricFamily(
+            "aios_lease_takeovers",
+            "Steps the sweeper took back from a worker whose lease expired (since Redis last started empty).",
+            value=int(figures.get("lease_takeovers", 0)),
+        )
+        yield CounterMetricFamily(
+            "aios_sweeps", "Sweeps completed (since Redis last started empty).", value=int(figures.get("sweeps", 0))
+        )
+        if "last_finished" in figures:
+            finished = float(figures["last_finished"])
+            yield GaugeMetricFamily(
+                "aios_sweeper_last_duration_seconds",
+                "How long the last sweep took.",
+                value=float(figures.get("last_duration", 0)),
+            )
+            yield GaugeMetricFamily(
+                "aios_sweeper_last_finished_timestamp_seconds",
+                "When the last sweep finished (Unix time).",
+                value=finished,
+            )
+            yield GaugeMetricFamily(
+                "aios_sweeper_seconds_since_last_sweep",
+                "Seconds since the last sweep finished (alert when it exceeds a few sweep intervals).",
+                value=max(time.time() - finished, 0.0),
+            )
