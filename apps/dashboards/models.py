@@ -129,6 +129,10 @@ class RollupState(models.Model):
     SINGLETON_PK = 1
 
     watermark = models.DateTimeField(null=True, blank=True)
+    last_call_id = models.BigIntegerField(default=0)
+    # Days that held open work (runs, approvals) at the last refresh: rebuilt again next time, since their runs
+    # may have finished in between without leaving a recent creation time behind.
+    open_days = models.JSONField(default=list, blank=True)
     rebuild_from = models.DateField(null=True, blank=True)
     last_run_at = models.DateTimeField(null=True, blank=True)
     last_days = models.PositiveIntegerField(default=0)

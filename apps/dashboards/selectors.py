@@ -353,9 +353,10 @@ class _Inputs:
         return f"{value.quantize(Decimal('0.01'))} {self.currency}"
 
 
-def _inputs_for(workflow_ids: list[int]) -> _Inputs:
+def _inputs_for(workflow_ids: list[int], baselines: dict[int, Decimal] | None = None) -> _Inputs:
     settings_row = kpi_settings_get()
-    baselines = dict(Workflow.objects.filter(pk__in=workflow_ids).values_list("pk", "baseline_minutes_per_case"))
+    if baselines is None:
+        baselines = dict(Workflow.objects.filter(pk__in=workflow_ids).values_list("pk", "baseline_minutes_per_case"))
     realisation: dict[int, Decimal] = {pk: HUNDRED for pk in workflow_ids}
     build_cost: dict[int, Decimal] = {}
     for workflow_id, percent, cost in WorkflowKpiInput.objects.filter(workflow_id__in=workflow_ids).values_list(
@@ -656,8 +657,8 @@ def _backlog(
         runs = runs.filter(version_id=flt.version_id)
         approvals = approvals.filter(run__version_id=flt.version_id)
 
-    def buckets(queryset: QuerySet[Any]) -> dict[str, int]:
-        aggregates: dict[str, Any] = {}
+    def buckets(queryset: QuerySet[Any], **extra: Any) -> dict[str, int]:
+        aggregates: dict[str, Any] = dict(extra)
         lower = 0.0
         for index, (_label, upper) in enumerate(BACKLOG_BUCKETS):
             condition = Q(created_at__lte=now - timedelta(seconds=lower))
@@ -666,24 +667,27 @@ def _backlog(
             aggregates[f"bucket_{index}"] = Count("pk", filter=condition)
             lower = upper or lower
         counts = queryset.aggregate(**aggregates)
-        return {label: counts[f"bucket_{index}"] or 0 for index, (label, _upper) in enumerate(BACKLOG_BUCKETS)}
+        return {key: value or 0 for key, value in counts.items()} | {
+            label: counts[f"bucket_{index}"] or 0 for index, (label, _upper) in enumerate(BACKLOG_BUCKETS)
+        }
 
     open_cases = buckets(runs)
-    open_items = buckets(approvals)
     # At risk: open and past 80 % of the time it was given (created → due), overdue ones included.
-    risk = approvals.filter(due_at__isnull=False).aggregate(
-        with_due=Count("pk"),
+    with_due = Q(due_at__isnull=False)
+    open_items = buckets(
+        approvals,
+        with_due=Count("pk", filter=with_due),
         at_risk=Count(
-            "pk",
-            filter=Q(created_at__lte=now - (F("due_at") - F("created_at")) * AT_RISK_FRACTION),
+            "pk", filter=with_due & Q(created_at__lte=now - (F("due_at") - F("created_at")) * AT_RISK_FRACTION)
         ),
-        overdue=Count("pk", filter=Q(due_at__lt=now)),
+        overdue=Count("pk", filter=with_due & Q(due_at__lt=now)),
     )
+    risk = {key: open_items[key] for key in ("with_due", "at_risk", "overdue")}
     rows = [
         BacklogBucket(label=label, open_cases=open_cases[label] or 0, open_approvals=open_items[label] or 0)
         for label, _upper in BACKLOG_BUCKETS
     ]
-    return rows, {key: value or 0 for key, value in risk.items()}
+    return rows, risk
 
 
 def _series(flt: DashboardFilter, by_day: dict[date, dict[int, dict[str, Any]]], inputs: _Inputs) -> list[DayPoint]:
@@ -724,7 +728,8 @@ def overview_for_user(user: AnyUser, flt: DashboardFilter, *, now: datetime | No
     now = now or timezone.now()
     workflow_ids = _visible_workflow_ids(user, flt)
     rows = _workflow_rows(flt, workflow_ids)
-    inputs = _inputs_for(workflow_ids)
+    workflows = list(Workflow.objects.filter(pk__in=workflow_ids).order_by("name"))
+    inputs = _inputs_for(workflow_ids, {workflow.pk: workflow.baseline_minutes_per_case for workflow in workflows})
     by_day: dict[date, dict[int, dict[str, Any]]] = {}
     per_workflow: dict[int, dict[str, Any]] = {}
     totals = _zero_sums()
@@ -756,8 +761,7 @@ def overview_for_user(user: AnyUser, flt: DashboardFilter, *, now: datetime | No
         inputs={"Open items with a due time": str(risk["with_due"]), "Already overdue": str(risk["overdue"])},
     )
     processes = []
-    workflows = {workflow.pk: workflow for workflow in Workflow.objects.filter(pk__in=workflow_ids).order_by("name")}
-    for workflow in workflows.values():
+    for workflow in workflows:
         sums = per_workflow.get(workflow.pk, _zero_sums())
         processes.append(
             ProcessRow(
