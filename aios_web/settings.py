@@ -311,6 +311,8 @@ AIOS_AUDIT_CHECKPOINT_SECONDS = env_float("AIOS_AUDIT_CHECKPOINT_SECONDS", 300.0
 # Approval inbox: how often due escalation steps are fired, and how often each person's email digest goes out.
 AIOS_ESCALATION_INTERVAL_SECONDS = env_float("AIOS_ESCALATION_INTERVAL_SECONDS", 30.0, minimum=0.5)
 AIOS_DIGEST_INTERVAL_SECONDS = env_float("AIOS_DIGEST_INTERVAL_SECONDS", 3600.0, minimum=1.0)
+# KPI dashboards: how often the rollup job rebuilds the days whose runs, approvals or model calls changed.
+AIOS_ROLLUP_INTERVAL_SECONDS = env_float("AIOS_ROLLUP_INTERVAL_SECONDS", 300.0, minimum=5.0)
 # Streamed tokens are coalesced before they reach the browser: a few messages per second per step.
 AIOS_TOKEN_FLUSH_SECONDS = env_float("AIOS_TOKEN_FLUSH_SECONDS", 0.25, minimum=0.0)
 # ...and written to the step's row (for a page loaded mid-stream) at most this often; the rest is written

@@ -40,6 +40,8 @@ app.conf.task_routes = {
     # Email triggers that read a mailbox: the tick is quick bookkeeping; a poll waits on an outside IMAP server.
     "runs.mailboxes_poll": {"queue": "default"},
     "runs.mailbox_poll": {"queue": "connectors"},
+    # KPI rollups: a periodic rebuild of the days that changed; never urgent, and it must not hold up steps.
+    "dashboards.rollups_refresh": {"queue": "default"},
     "evaluations.reports_score": {"queue": "default"},
 }
 app.autodiscover_tasks(["apps.runs", "apps.audit", "apps.approvals", "apps.knowledge", "apps.evaluations"])
@@ -94,6 +96,12 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
     digest_every = settings.AIOS_DIGEST_INTERVAL_SECONDS
     sender.add_periodic_task(
         digest_every, sender.signature("approvals.digests_send", expires=digest_every), name="approval-digests"
+    )
+    # The rollup job locks its state row and rebuilds whole days idempotently, so an overlapping or repeated beat
+    # only waits and finds less to do.
+    rollup_every = settings.AIOS_ROLLUP_INTERVAL_SECONDS
+    sender.add_periodic_task(
+        rollup_every, sender.signature("dashboards.rollups_refresh", expires=rollup_every), name="kpi-rollups"
     )
 
 
