@@ -59,7 +59,9 @@ class ContextFilter(logging.Filter):
     A filter on the handler, not on a logger, so records of every logger that reaches the handler get them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = context.request_id.get()
+        # Django logs a 4xx/5xx response (django.request) after the middleware that set the context has
+        # returned; such records carry the request itself, which carries its id.
+        record.request_id = context.request_id.get() or getattr(getattr(record, "request", None), "request_id", None)
         record.run_id = context.run_id.get()
         record.step_key = context.step_key.get()
         record.service = _service or None
