@@ -118,21 +118,29 @@ def evaluation_suite_save(
         )
     reader, step = found
     fields = reader.fields(step)
-    minimum = _percent(min_accuracy, "min_accuracy")
-    per_field: dict[str, str] = {}
     errors: dict[str, list[str]] = {}
+
+    def collected(parse: Any, *args: Any) -> Any:
+        # Every wrong value is named at once, so the analyst fixes the form in one pass.
+        try:
+            return parse(*args)
+        except ValidationFailed as error:
+            errors.update(error.fields)
+            return None
+
+    minimum = collected(_percent, min_accuracy, "min_accuracy")
+    per_field: dict[str, str] = {}
     for name, value in (field_min_accuracy or {}).items():
         if value is None or str(value).strip() == "":
             continue
         if fields is not None and name not in {f.name for f in fields}:
             errors[f"field_min_accuracy.{name}"] = [f'"{name}" is not a field of the checked output.']
             continue
-        try:
-            per_field[name] = str(_percent(value, f"field_min_accuracy.{name}"))
-        except ValidationFailed as error:
-            errors.update(error.fields)
-    cost = _limit(max_cost_per_case, "max_cost_per_case", "a cost")
-    latency = _limit(max_latency_p95_seconds, "max_latency_p95_seconds", "a number of seconds")
+        percent = collected(_percent, value, f"field_min_accuracy.{name}")
+        if percent is not None:
+            per_field[name] = str(percent)
+    cost = collected(_limit, max_cost_per_case, "max_cost_per_case", "a cost")
+    latency = collected(_limit, max_latency_p95_seconds, "max_latency_p95_seconds", "a number of seconds")
     if errors:
         raise ValidationFailed("Check the criteria.", fields=errors)
     suite = EvaluationSuite.objects.select_for_update().filter(workflow=workflow).first()
@@ -173,8 +181,11 @@ def evaluation_suite_save(
     return suite
 
 
-def _case_checked(suite: EvaluationSuite, *, name: str, inputs: Any, expected: Any) -> tuple[str, dict[str, Any]]:
-    """The trimmed name and cleaned inputs of a case, or ValidationFailed naming every field that is wrong."""
+def evaluation_case_check(
+    suite: EvaluationSuite, *, name: str, inputs: Any, expected: Any
+) -> tuple[str, dict[str, Any]]:
+    """The trimmed name and cleaned inputs of a case, or ValidationFailed naming every field that is wrong (saves
+    nothing)."""
     errors: dict[str, list[str]] = {}
     name = name.strip()
     if not name:
@@ -209,7 +220,7 @@ def evaluation_case_save(
     """Add a case (or change `case`): its inputs must fit the workflow's run form, and its expected output the
     checked step's fields and types; refused otherwise with a message naming each wrong field."""
     _require_edit(actor, suite.workflow)
-    name, cleaned = _case_checked(suite, name=name, inputs=inputs, expected=expected)
+    name, cleaned = evaluation_case_check(suite, name=name, inputs=inputs, expected=expected)
     taken = suite.cases.filter(name=name).exclude(pk=case.pk if case else None)
     if taken.exists():
         raise ValidationFailed("The case was not saved.", fields={"name": [f'A case named "{name}" exists.']})

@@ -1,0 +1,271 @@
+"""The evaluation suite's pages: criteria and case forms (bad input is a form error naming the field, never a 500),
+publishing through the suite with live progress, the report per case in words, the admin's override, the
+comparison across versions, and every POST-only route by persona. Runs are driven in this process; the checked
+step is a transform, so no model is needed here (tests/evaluations/test_gate.py runs models on a real worker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from apps.audit.models import AuditEvent
+from apps.evaluations.models import EvaluationCase, EvaluationReport
+from apps.evaluations.selectors import evaluation_reports_for_endpoint
+from apps.evaluations.services import evaluation_case_save, evaluation_report_score, evaluation_suite_save
+from apps.runs.models import Run
+from apps.runs.services import run_start
+from apps.workflows.models import WorkflowVersion
+from apps.workflows.services import (
+    workflow_create,
+    workflow_draft_save,
+    workflow_version_create,
+    workflow_version_publish,
+)
+from tests.support.engine import drive
+
+pytestmark = pytest.mark.django_db
+
+INPUT_SCHEMA = {
+    "type": "object",
+    "properties": {"amount": {"type": "number", "title": "Amount"}},
+    "required": ["amount"],
+}
+
+
+def graph(limit: float) -> dict[str, Any]:
+    return {
+        "steps": [
+            {
+                "key": "decide",
+                "type": "data.transform",
+                "name": "Decide",
+                "config": {
+                    "fields": {
+                        "route": f'input.amount <= {limit} ? "auto" : "adjuster"',
+                        "double": "input.amount * 2.0",
+                    }
+                },
+            }
+        ]
+    }
+
+
+@pytest.fixture
+def triage(analyst: Any, team: Any) -> Any:
+    workflow = workflow_create(actor=analyst, name="Triage", team=team)
+    version = workflow_version_create(actor=analyst, workflow=workflow, graph=graph(1000.0), input_schema=INPUT_SCHEMA)
+    workflow_version_publish(actor=analyst, version=version, note="v1")
+    return workflow
+
+
+@pytest.fixture
+def suite(analyst: Any, triage: Any) -> Any:
+    suite = evaluation_suite_save(actor=analyst, workflow=triage, step_key="decide", min_accuracy="100")
+    evaluation_case_save(actor=analyst, suite=suite, name="Small", inputs={"amount": 100}, expected={"route": "auto"})
+    evaluation_case_save(
+        actor=analyst,
+        suite=suite,
+        name="Large",
+        inputs={"amount": 5000},
+        expected={"route": "adjuster", "double": 10000},
+    )
+    return suite
+
+
+def client_for(user: Any | None) -> Client:
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def set_draft(analyst: Any, workflow: Any, limit: float) -> WorkflowVersion:
+    return workflow_draft_save(
+        actor=analyst, workflow=workflow, graph=graph(limit), input_schema=INPUT_SCHEMA, expected_revision=None
+    )
+
+
+def drive_report(report: EvaluationReport) -> EvaluationReport:
+    for run in Run.objects.filter(pk__in=report.results.values("run_id")):
+        drive(run)
+    evaluation_report_score(report_id=report.pk)
+    report.refresh_from_db()
+    return report
+
+
+def test_criteria_form_sets_up_the_suite_and_refuses_bad_values_readably(analyst, triage):
+    client = client_for(analyst)
+    url = reverse("evaluations:settings", args=[triage.slug])
+    page = client.get(url)
+    assert page.status_code == 200 and "Set up the evaluation suite" in page.content.decode()
+    bad = client.post(url, {"step_key": "decide", "min_accuracy": "ninety", "max_cost_per_case": "-1"})
+    assert bad.status_code == 400
+    text = bad.content.decode()
+    assert "Give a percentage from 0 to 100." in text and "Give a cost above 0, or leave it empty." in text
+    missing = client.post(url, {"step_key": "nope", "min_accuracy": "90"})
+    assert missing.status_code == 400 and "is not a step whose output has fields" in missing.content.decode()
+    saved = client.post(
+        url,
+        {
+            "step_key": "decide",
+            "min_accuracy": "95",
+            "field-route": "100",
+            "enabled": "on",
+            "require_schema_valid": "on",
+        },
+    )
+    assert saved.status_code == 302
+    suite = triage.evaluation_suite
+    assert (
+        suite.step_key == "decide"
+        and str(suite.min_accuracy) == "95.00"
+        and suite.field_min_accuracy == {"route": "100.00"}
+    )
+    assert AuditEvent.objects.filter(verb="evaluation.suite_created").count() == 1
+
+
+def test_the_case_form_names_each_wrong_field_and_keeps_what_was_typed(analyst, triage):
+    evaluation_suite_save(actor=analyst, workflow=triage, step_key="decide", min_accuracy="90")
+    client = client_for(analyst)
+    url = reverse("evaluations:case-new", args=[triage.slug])
+    page = client.get(url).content.decode()
+    assert 'name="input-amount"' in page and 'name="expected-route"' in page and 'name="expected-double"' in page
+    bad = client.post(url, {"name": "", "input-amount": "lots", "expected-route": "auto"})
+    assert bad.status_code == 400
+    text = bad.content.decode()
+    assert "Give the case a name." in text and "Enter a number." in text and 'value="auto"' in text
+    nothing = client.post(url, {"name": "Empty", "input-amount": "5"})
+    assert nothing.status_code == 400 and "a case that checks nothing cannot fail" in nothing.content.decode()
+    ok = client.post(url, {"name": "Small", "input-amount": "100", "expected-route": "auto", "expected-double": "200"})
+    assert ok.status_code == 302
+    case = EvaluationCase.objects.get()
+    assert case.inputs == {"amount": 100.0} and case.expected == {"route": "auto", "double": 200}
+    # Editing keeps the values in the form.
+    edit = client.get(reverse("evaluations:case-edit", args=[triage.slug, case.pk])).content.decode()
+    assert 'value="auto"' in edit and 'value="200"' in edit
+
+
+def test_publishing_through_the_suite_shows_progress_then_publishes_when_it_passes(analyst, triage, suite):
+    draft = set_draft(analyst, triage, 1000.0)
+    client = client_for(analyst)
+    editor = client.get(reverse("workflows:editor", args=[triage.slug])).content.decode()
+    assert reverse("evaluations:publish", args=[triage.slug]) in editor and "evaluation suite" in editor
+    response = client.post(
+        reverse("evaluations:publish", args=[triage.slug]), {"note": "Same rules", "revision": draft.revision}
+    )
+    report = EvaluationReport.objects.get()
+    assert response.status_code == 302 and response.url == reverse("evaluations:report", args=[triage.slug, report.pk])
+    live = client.get(response.url).content.decode()
+    assert "0 of 2 case runs finished" in live and 'hx-trigger="every 2s"' in live
+    fragment = client.get(response.url, HTTP_HX_REQUEST="true")
+    assert fragment.status_code == 200 and "<html" not in fragment.content.decode()
+    report = drive_report(report)
+    assert report.state == "passed"
+    assert client.get(response.url, HTTP_HX_REQUEST="true").headers["HX-Refresh"] == "true"
+    page = client.get(response.url).content.decode()
+    assert "Passed" in page and "Published as version 2." in page and "All 2 checked fields match." in page
+    assert reverse("runs:detail", args=[report.results.first().run_id]) in page
+    draft.refresh_from_db()
+    assert draft.is_published and draft.note == "Same rules" and draft.published_by == analyst
+    # A draft with the same content as a passing report publishes at once (no second run).
+    set_draft(analyst, triage, 1000.0)
+    again = client.post(reverse("evaluations:publish", args=[triage.slug]), {"note": "again"})
+    assert again.status_code == 302 and again.url == reverse("workflows:versions", args=[triage.slug])
+    assert EvaluationReport.objects.count() == 1
+
+
+def test_a_failing_suite_refuses_with_a_report_per_case_and_only_an_admin_overrides(
+    analyst, admin_user_role, triage, suite
+):
+    draft = set_draft(analyst, triage, 10.0)  # everything above 10 goes to an adjuster: "Small" fails
+    client = client_for(analyst)
+    client.post(reverse("evaluations:publish", args=[triage.slug]), {"note": "Stricter"})
+    report = drive_report(EvaluationReport.objects.get())
+    assert report.state == "failed" and report.publish_outcome == "Not published: the suite did not pass."
+    url = reverse("evaluations:report", args=[triage.slug, report.pk])
+    page = client.get(url).content.decode()
+    assert "Failed" in page and "route: expected &#x27;auto&#x27;, got &#x27;adjuster&#x27;." in page
+    assert "Differs" in page and "Matches" in page and "Not met" in page
+    assert "Publish over the failing suite" not in page  # Ana is not an admin
+    # The builder's plain publish is refused too, naming the report.
+    refused = client.post(reverse("workflows:publish", args=[triage.slug]), {"note": "x"}, follow=True)
+    assert f"report {report.pk}, 1 of 2 cases passed" in refused.content.decode()
+    override_url = reverse("evaluations:override", args=[triage.slug, report.pk])
+    assert client.post(override_url, {"reason": "trust me"}).status_code == 403
+    admin = client_for(admin_user_role)
+    assert "Publish over the failing suite" in admin.get(url).content.decode()
+    empty = admin.post(override_url, {"reason": "  "})
+    assert empty.status_code == 302 and not WorkflowVersion.objects.get(pk=draft.pk).is_published
+    done = admin.post(override_url, {"reason": "Regulator deadline", "note": "Stricter"})
+    assert done.status_code == 302 and done.url == reverse("workflows:versions", args=[triage.slug])
+    published = WorkflowVersion.objects.get(pk=draft.pk)
+    assert published.is_published and "Regulator deadline" in published.note
+    assert AuditEvent.objects.get(verb="evaluation.gate_overridden").data_dict["report"] == report.pk
+    versions = admin.get(reverse("workflows:versions", args=[triage.slug])).content.decode()
+    assert "Published over the evaluation suite" in versions
+
+
+def test_reports_are_compared_across_versions(analyst, manager, triage, suite):
+    for limit in (1000.0, 10.0):
+        set_draft(analyst, triage, limit)
+        client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+        drive_report(EvaluationReport.objects.order_by("-pk").first())
+    page = client_for(manager).get(reverse("evaluations:compare", args=[triage.slug])).content.decode()
+    assert "Accuracy of “route”" in page and "100.00 %" in page and "50.00 %" in page
+    assert "2 of 2" in page and "1 of 2" in page and "Passed" in page and "Failed" in page
+    assert client_for(manager).get(reverse("evaluations:suite", args=[triage.slug])).status_code == 200
+
+
+def test_a_recorded_run_becomes_a_case_with_its_output_as_the_expectation(analyst, triage, suite):
+    run, _ = run_start(actor=analyst, workflow=triage, inputs={"amount": 40.0})
+    run = drive(run)
+    response = client_for(analyst).post(reverse("evaluations:case-from-run", args=[triage.slug]), {"run": run.pk})
+    case = EvaluationCase.objects.get(source="recorded_run")
+    assert response.status_code == 302 and response.url == reverse("evaluations:case-edit", args=[triage.slug, case.pk])
+    assert case.inputs == {"amount": 40.0} and case.expected == {"route": "auto", "double": 80.0}
+    assert case.source_reference == f"run {run.pk}"
+    bad = client_for(analyst).post(reverse("evaluations:case-from-run", args=[triage.slug]), {"run": "x"})
+    assert bad.status_code == 302
+
+
+def test_model_card_selector_finds_no_report_without_model_calls(analyst, outsider, triage, suite):
+    set_draft(analyst, triage, 1000.0)
+    client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+    drive_report(EvaluationReport.objects.get())
+    assert list(evaluation_reports_for_endpoint(analyst, "main")) == []
+
+
+# --- POST-only routes by persona ------------------------------------------------------------------------------------
+
+POSTS = ["case-delete", "cases-import", "case-from-run", "run", "publish", "override"]
+WHO = {"reviewer": 403, "manager": 403, "auditor": 403, "outsider": 404}
+
+
+@pytest.mark.parametrize("route", POSTS)
+def test_post_routes_by_persona_change_nothing_for_those_who_may_not(
+    route, analyst, reviewer, manager, auditor, outsider, triage, suite
+):
+    set_draft(analyst, triage, 10.0)
+    client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+    report = drive_report(EvaluationReport.objects.get())
+    case = suite.cases.first()
+    args = {
+        "case-delete": [triage.slug, case.pk],
+        "override": [triage.slug, report.pk],
+    }.get(route, [triage.slug])
+    url = reverse(f"evaluations:{route}", args=args)
+    body = {"run": report.results.first().run_id, "reason": "because", "note": "n"}
+    before = (EvaluationCase.objects.count(), EvaluationReport.objects.count(), AuditEvent.objects.count())
+    people = {"reviewer": reviewer, "manager": manager, "auditor": auditor, "outsider": outsider}
+    for persona, status in WHO.items():
+        assert client_for(people[persona]).post(url, body).status_code == status, persona
+    anonymous = client_for(None).post(url, body)
+    assert anonymous.status_code == 302 and "/accounts/login/" in anonymous.url
+    assert (EvaluationCase.objects.count(), EvaluationReport.objects.count(), AuditEvent.objects.count()) == before
+    # The owner may (the override only as an admin: 403 for her, tested above); GET is not allowed.
+    owner = client_for(analyst).post(url, body)
+    assert owner.status_code == (403 if route == "override" else 302)
+    assert client_for(analyst).get(url).status_code == 405
