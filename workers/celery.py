@@ -43,8 +43,13 @@ app.conf.task_routes = {
     # KPI rollups: a periodic rebuild of the days that changed; never urgent, and it must not hold up steps.
     "dashboards.rollups_refresh": {"queue": "default"},
     "evaluations.reports_score": {"queue": "default"},
+    "dashboards.kpi_digests_send": {"queue": "default"},
 }
-app.autodiscover_tasks(["apps.runs", "apps.audit", "apps.approvals", "apps.knowledge", "apps.evaluations"])
+app.autodiscover_tasks(
+    ["apps.runs", "apps.audit", "apps.approvals", "apps.knowledge", "apps.evaluations", "apps.dashboards"]
+)
+# The weekly KPI digest's task lives beside the rollups' tasks module, in a module of its own.
+app.autodiscover_tasks(["apps.dashboards"], related_name="tasks_digest")
 
 
 @app.on_after_configure.connect
@@ -102,6 +107,11 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
     rollup_every = settings.AIOS_ROLLUP_INTERVAL_SECONDS
     sender.add_periodic_task(
         rollup_every, sender.signature("dashboards.rollups_refresh", expires=rollup_every), name="kpi-rollups"
+    )
+    # The KPI digest is looked for as often as the inbox digest; each subscription is claimed by a conditional
+    # update on its last-sent time, so a person gets one digest per week however often the beat fires.
+    sender.add_periodic_task(
+        digest_every, sender.signature("dashboards.kpi_digests_send", expires=digest_every), name="kpi-digests"
     )
 
 
