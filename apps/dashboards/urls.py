@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.dashboards import views
+from apps.dashboards import inputs_views, views
 
 app_name = "dashboards"
 
@@ -22,4 +22,8 @@ urlpatterns = [
     path("endpoints/<slug:name>/", views.endpoint, name="endpoint"),
     path("endpoints/<slug:name>/widgets/<slug:widget>/", views.endpoint_widget, name="endpoint-widget"),
     path("endpoints/<slug:name>/widgets/<slug:widget>.csv", views.endpoint_widget_csv, name="endpoint-widget-csv"),
+    path("inputs/", inputs_views.inputs, name="inputs"),
+    path("inputs/rates/", inputs_views.inputs_rates, name="inputs-rates"),
+    path("inputs/processes/<slug:slug>/", inputs_views.inputs_workflow, name="inputs-workflow"),
+    path("inputs/endpoints/<slug:name>/", inputs_views.inputs_endpoint, name="inputs-endpoint"),
 ]
