@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import timedelta
+from typing import cast
 
 from django.conf import settings
 from django.db.models import Count, Q, Subquery, Sum
@@ -64,7 +65,7 @@ async def error_count(endpoint_name: str, error: BaseException) -> None:
     a count that cannot be written is logged, and the call's own failure is what the step reports."""
     field = f"{endpoint_name}{store.FIELD_SEPARATOR}{error_kind(error)}"
     try:
-        await limits._redis().hincrby(store.INFERENCE_ERRORS_KEY, field, 1)
+        await cast(Awaitable[int], limits._redis().hincrby(store.INFERENCE_ERRORS_KEY, field, 1))
     except RedisError:
         logger.warning("could not count a failed call of %s", endpoint_name, exc_info=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import cast
 
 from django.db.models import Count, Min, Q
 from django.utils import timezone
@@ -119,7 +120,7 @@ class EngineCollector(Collector):
 
     def _sweeper(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         try:
-            figures = store.telemetry_redis().hgetall(store.SWEEPER_KEY)
+            figures = cast(dict[str, str], store.telemetry_redis().hgetall(store.SWEEPER_KEY))
         except RedisError:
             logger.warning("could not read the sweeper's figures from Redis", exc_info=True)
             return

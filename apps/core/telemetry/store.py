@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.conf import settings
@@ -81,7 +81,7 @@ def heartbeats(pattern_node: str = "*") -> dict[str, dict[str, Any]]:
     client = telemetry_redis()
     found: dict[str, dict[str, Any]] = {}
     for key in client.scan_iter(match=heartbeat_key(pattern_node), count=100):
-        raw = client.get(key)
+        raw = cast(str | None, client.get(key))
         if raw:
             data = json.loads(raw)
             found[str(data.get("node") or key.removeprefix(HEARTBEAT_PREFIX))] = data
