@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.db.models import Q
 
@@ -69,6 +70,10 @@ class AuditEvent(models.Model):
         indexes = [
             models.Index(fields=["target_type", "target_id"]),
             models.Index(fields=["txid"], name="audit_event_txid", condition=Q(txid__isnull=False)),
+            # The viewer's filters: who did it (newest first), and a time range. BRIN because rows arrive in
+            # time order and are never updated: a few pages of index for millions of rows, nothing per insert.
+            models.Index(fields=["actor_label", "id"], name="audit_event_actor"),
+            BrinIndex(fields=["created_at"], name="audit_event_created_brin"),
         ]
         constraints = [
             # The safety net of run streams, which take no lock of their own: two writers that both read
@@ -185,6 +190,8 @@ class AuditAnchor(models.Model):
 
     class Meta:
         ordering = ["seq"]
+        # Which anchor first covers an event: the viewer looks from the event's time onwards.
+        indexes = [models.Index(fields=["created_at"], name="audit_anchor_created")]
 
     def __str__(self) -> str:
         return f"anchor #{self.seq}"
@@ -216,3 +223,52 @@ def anchor_hash(*, seq: int, created_at: datetime, merkle_root: str, snapshot: s
         "prev_hash": prev_hash,
     }
     return sha256_hex(canonical_json(content))
+
+
+class AuditVerification(models.Model):
+    """One "Verify now" request and its outcome: a job as a row, so the page that polls it and a worker that
+    runs it agree on its state, and a reload always shows the truth.
+
+    `requested_by_id` is a plain integer, like `AuditEvent.actor_id`: the audit app sits below accounts and
+    no cascade may touch what was verified by whom. The outcome fields are written once, when the worker
+    finishes; the same transaction records the `audit.verified` event.
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Waiting for a worker"
+        RUNNING = "running", "Verifying"
+        DONE = "done", "Finished"
+        FAILED = "failed", "Could not run"
+
+    requested_by_id = models.BigIntegerField(null=True, blank=True)
+    requested_by_label = models.CharField(max_length=150, blank=True)
+    requested_at = models.DateTimeField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    intact = models.BooleanField(null=True, blank=True)
+    events_checked = models.BigIntegerField(default=0)
+    streams_checked = models.BigIntegerField(default=0)
+    anchors_checked = models.BigIntegerField(default=0)
+    legacy_events = models.BigIntegerField(default=0)
+    # [{"where": ..., "reason": ...}], at most apps.audit.selectors.MAX_PROBLEMS of them.
+    problems = models.JSONField(default=list, blank=True)
+    warnings = models.JSONField(default=list, blank=True)
+    checkpoint = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"verification #{self.pk} ({self.state})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in (self.State.DONE, self.State.FAILED)
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()

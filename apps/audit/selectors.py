@@ -25,9 +25,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.db import connection, transaction
 from django.db.models import QuerySet
 
@@ -37,10 +39,12 @@ from apps.audit.models import (
     LEGACY_STREAM,
     AuditAnchor,
     AuditEvent,
+    AuditVerification,
     event_hash,
     iso_utc,
 )
 from apps.audit.services import CHECKPOINT_FORMAT, checkpoint_directory
+from apps.core.permissions import restrict
 
 PAGE_SIZE = 5000
 # Anchors carry their heads (hundreds after a busy interval): fewer per page keeps memory flat.
@@ -414,3 +418,127 @@ def _verify_checkpoint(report: AuditReport, directory: Path, path: Path | None, 
 def audit_public_key() -> dict[str, str]:
     """The checkpoint key's public half and id, for anyone who verifies checkpoints independently."""
     return {"key_id": crypto.key_id(), "public_key": crypto.public_key_hex(), "algorithm": "Ed25519"}
+
+
+# --- the viewer -----------------------------------------------------------------------------------------------
+
+VIEW_PERMISSION = "audit.view_auditevent"
+
+# Distinct values of an indexed column by a loose index scan: one index probe per distinct value, instead of
+# reading every row (there are a few dozen verbs and target types, and millions of events).
+_DISTINCT_SQL = """
+WITH RECURSIVE walk(value) AS (
+    (SELECT {column} FROM audit_auditevent ORDER BY {column} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT {column} FROM audit_auditevent WHERE {column} > walk.value ORDER BY {column} LIMIT 1)
+    FROM walk WHERE walk.value IS NOT NULL
+)
+SELECT value FROM walk WHERE value IS NOT NULL AND value <> ''
+"""
+
+
+def audit_may_view(user: AbstractUser | AnonymousUser) -> bool:
+    """Whether `user` may read the audit trail (admins and auditors): everyone else is shown a 404."""
+    return bool(user.is_authenticated and user.is_active and user.has_perm(VIEW_PERMISSION))
+
+
+def audit_events_for_user(user: AbstractUser | AnonymousUser) -> QuerySet[AuditEvent]:
+    """The events `user` may read: all of them for holders of the role permission, none otherwise."""
+    return restrict(AuditEvent.objects.all(), user, VIEW_PERMISSION)
+
+
+def audit_event_values(column: str) -> list[str]:
+    """The distinct non-empty values of `verb` or `target_type`, sorted (the viewer's filter choices)."""
+    if column not in ("verb", "target_type"):
+        raise ValueError(column)
+    with connection.cursor() as cursor:
+        cursor.execute(_DISTINCT_SQL.format(column=column))
+        return [row[0] for row in cursor.fetchall()]
+
+
+def audit_event_neighbours(event: AuditEvent) -> tuple[AuditEvent | None, AuditEvent | None]:
+    """The events just before and after `event` in its stream."""
+    column = "sequence" if event.is_legacy else "stream_seq"
+    position = event.position or 0
+    around = {
+        row.position: row
+        for row in AuditEvent.objects.filter(stream=event.stream, **{f"{column}__in": [position - 1, position + 1]})
+    }
+    return around.get(position - 1), around.get(position + 1)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The first anchor that records `event`'s stream at or past its position, and the newest checkpoint's
+    anchor: the event is provable outside the database once `signed` is true."""
+
+    anchor_seq: int
+    anchor_created_at: Any
+    signed: bool
+
+
+def audit_event_coverage(event: AuditEvent, newest_signed_anchor: int | None) -> Coverage | None:
+    """Which anchor first covers `event`, or None while none does yet (anchors come every few seconds).
+
+    Looks from a little before the event's time onwards, through the anchors' time index: the anchor that
+    covers an event is written after it commits, give or take the clocks of the hosts involved.
+    """
+    key = LEGACY_STREAM if event.is_legacy else event.stream
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT seq, created_at FROM audit_auditanchor WHERE created_at >= %s AND heads ? %s "
+            "AND ((heads -> %s) ->> 0)::bigint >= %s ORDER BY created_at, seq LIMIT 1",
+            [event.created_at - timedelta(minutes=5), key, key, event.position or 0],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return Coverage(
+        anchor_seq=row[0],
+        anchor_created_at=row[1],
+        signed=newest_signed_anchor is not None and row[0] <= newest_signed_anchor,
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """The newest signed checkpoint on disk, as the viewer shows it."""
+
+    file: str
+    anchor_seq: int | None
+    anchor_created_at: str
+    signed_at: str
+    key_id: str
+    signature_valid: bool
+    problem: str = ""
+
+
+def audit_newest_checkpoint() -> CheckpointSummary | None:
+    """The newest checkpoint file of this database, read and its signature checked; None when there is none."""
+    files = checkpoint_files(checkpoint_directory())
+    if not files:
+        return None
+    try:
+        checkpoint = checkpoint_read(files[-1])
+    except ValueError as error:
+        return CheckpointSummary(files[-1].name, None, "", "", "", False, problem=str(error))
+    payload = checkpoint.payload
+    valid = crypto.signature_valid(crypto.canonical_json(payload), checkpoint.signature)
+    try:
+        anchor_seq: int | None = int(payload.get("anchor_seq"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        anchor_seq = None
+    return CheckpointSummary(
+        file=files[-1].name,
+        anchor_seq=anchor_seq,
+        anchor_created_at=str(payload.get("anchor_created_at") or ""),
+        signed_at=str(payload.get("signed_at") or ""),
+        key_id=str(payload.get("key_id") or ""),
+        signature_valid=valid,
+        problem="" if valid else "its signature does not verify under this installation's key",
+    )
+
+
+def audit_verifications(limit: int = 10) -> list[AuditVerification]:
+    """The newest "Verify now" requests with their outcomes."""
+    return list(AuditVerification.objects.order_by("-requested_at", "-id")[:limit])
