@@ -489,11 +489,20 @@ def _score_result(result: EvaluationResult, criteria: dict[str, Any], step_key: 
             reasons.append("The output does not match the step's schema: " + "; ".join(problems) + ".")
     limit = criteria.get("max_cost_per_case")
     if limit is not None and result.cost > Decimal(limit):
-        reasons.append(f"It cost {result.cost.normalize()}, above the limit of {Decimal(limit).normalize()} per case.")
+        reasons.append(f"It cost {_plain(result.cost)}, above the limit of {_plain(Decimal(limit))} per case.")
     result.passed = not reasons
     checked = len(result.fields)
-    result.reason = " ".join(reasons) if reasons else f"All {checked} checked field{'s' if checked != 1 else ''} match."
+    result.reason = (
+        " ".join(reasons)
+        if reasons
+        else ("The checked field matches." if checked == 1 else f"All {checked} checked fields match.")
+    )
     result.save(update_fields=["output", "fields", "schema_valid", "cost", "latency_ms", "passed", "reason"])
+
+
+def _plain(number: Decimal) -> str:
+    """A decimal as people write it: 30, 0.015 (never 3E+1)."""
+    return f"{number.normalize():f}"
 
 
 def _outcome(key: str, label: str, limit: str, actual: str, passed: bool) -> dict[str, Any]:
@@ -561,7 +570,8 @@ def _score(report: EvaluationReport, results: list[EvaluationResult]) -> None:
                 name in field_accuracy and actual >= Decimal(value),
             )
         )
-    if criteria.get("require_schema_valid"):
+    # A step that declares no schema (a transform, the run's output) has nothing to be valid against.
+    if criteria.get("require_schema_valid") and any(result.schema_valid is not None for result in results):
         outcomes.append(
             _outcome(
                 "schema",
@@ -578,8 +588,8 @@ def _score(report: EvaluationReport, results: list[EvaluationResult]) -> None:
             _outcome(
                 "cost",
                 "Cost per case",
-                f"at most {limit.normalize()}",
-                f"highest {highest.normalize()}",
+                f"at most {_plain(limit)}",
+                f"highest {_plain(highest)}",
                 highest <= limit,
             )
         )
@@ -589,7 +599,7 @@ def _score(report: EvaluationReport, results: list[EvaluationResult]) -> None:
             _outcome(
                 "latency",
                 "Time per case (95th percentile)",
-                f"at most {limit_seconds.normalize()} s",
+                f"at most {_plain(limit_seconds)} s",
                 "no timings" if p95 is None else f"{p95 / 1000:.2f} s",
                 p95 is not None and Decimal(str(p95)) <= limit_seconds * 1000,
             )
