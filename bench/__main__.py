@@ -1,4 +1,4 @@
-"""`python -m bench [B1 B2 B3 B6 B7 B8 B9 B10]`: start the services, a fresh bench database, workers; run; stop."""
+"""`python -m bench [B1 B2 B3 B6 B7 B8 B9 B10 B11]`: start the services, a fresh bench database, workers; run; stop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from bench import stack
 from bench.common import eager_env
 
-ALL = ("B1", "B2", "B3", "B6", "B7", "B8", "B9", "B10")
+ALL = ("B1", "B2", "B3", "B6", "B7", "B8", "B9", "B10", "B11")
 
 
 def main(argv: list[str]) -> int:
@@ -98,6 +98,11 @@ def main(argv: list[str]) -> int:
 
             # B10 claims and lists approval items in this process; the runs stay parked, so no workers.
             lines += [g.line() for g in b10.run(svc)]
+        if "B11" in selected:
+            from bench import b11
+
+            # B11 reads the rollups and rebuilds raw days in this process; it starts no runs, so no workers.
+            lines += [g.line() for g in b11.run(svc)]
         # --- B7 (retrieval on pgvector) ---
         if "B7" in selected:
             from bench import b7
