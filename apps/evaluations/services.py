@@ -221,7 +221,9 @@ def evaluation_case_save(
     checked step's fields and types; refused otherwise with a message naming each wrong field."""
     _require_edit(actor, suite.workflow)
     name, cleaned = evaluation_case_check(suite, name=name, inputs=inputs, expected=expected)
-    taken = suite.cases.filter(name=name).exclude(pk=case.pk if case else None)
+    taken = suite.cases.filter(name=name)
+    if case is not None:
+        taken = taken.exclude(pk=case.pk)
     if taken.exists():
         raise ValidationFailed("The case was not saved.", fields={"name": [f'A case named "{name}" exists.']})
     if case is None:

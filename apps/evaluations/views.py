@@ -21,6 +21,7 @@ from django_htmx.http import HttpResponseClientRefresh
 from apps.accounts.models import User
 from apps.accounts.selectors import user_roles
 from apps.core.exceptions import ApplicationError, Forbidden, ValidationFailed
+from apps.core.htmx import HtmxHttpRequest
 from apps.evaluations.forms import (
     EXPECTED_JSON,
     expected_from_post,
@@ -144,9 +145,9 @@ def suite_settings(request: HttpRequest, slug: str) -> HttpResponse:
             "step_key": post.get("step_key", ""),
             "min_accuracy": post.get("min_accuracy", ""),
             "field_min_accuracy": {
-                key.removeprefix("field-"): value.strip()
-                for key, value in post.items()
-                if key.startswith("field-") and value.strip()
+                key.removeprefix("field-"): str(post.get(key, "")).strip()
+                for key in post
+                if key.startswith("field-") and str(post.get(key, "")).strip()
             },
             "require_schema_valid": post.get("require_schema_valid") == "on",
             "max_cost_per_case": post.get("max_cost_per_case", ""),
@@ -345,7 +346,7 @@ def publish(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
-def report_page(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
+def report_page(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     """A report: live progress while its case runs go (htmx polls the progress fragment, and the page reloads
     when the report is scored), then each criterion and each case, field by field."""
     report = report_get_for_user(request.user, slug=slug, pk=pk)
