@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 from apps.audit.models import AuditEvent
 from apps.core.exceptions import ApplicationError, Forbidden, ValidationFailed
 from apps.evaluations.models import EvaluationGateOverride, EvaluationReport
+from apps.evaluations.selectors import evaluation_reports_for_endpoint
 from apps.evaluations.services import (
     evaluation_case_save,
     evaluation_publish,
@@ -208,7 +209,7 @@ def api(user: Any) -> APIClient:
 
 
 def test_a_good_prompt_change_passes_and_publishes_as_the_person_who_asked(
-    celery_worker_process, analyst, claims_workflow, suite
+    celery_worker_process, analyst, outsider, claims_workflow, suite
 ):
     changed = draft(analyst, claims_workflow, GOOD)
     version, report = evaluation_publish(actor=analyst, workflow=claims_workflow, note="Shorter prompt")
@@ -238,6 +239,10 @@ def test_a_good_prompt_change_passes_and_publishes_as_the_person_who_asked(
     assert report.published_version is not None and report.publish_outcome.startswith("Published as version 2")
     published = WorkflowVersion.objects.get(pk=changed.pk)
     assert published.is_published and published.published_by == analyst and published.note == "Shorter prompt"
+    # The model card of the endpoint lists the report to those who may see the workflow.
+    assert list(evaluation_reports_for_endpoint(analyst, "claims-model")) == [report]
+    assert list(evaluation_reports_for_endpoint(outsider, "claims-model")) == []
+    assert list(evaluation_reports_for_endpoint(analyst, "another-model")) == []
     # Scoring twice changes nothing: the report is claimed once.
     assert evaluation_report_score(report_id=report.pk) is None
     verbs = list(AuditEvent.objects.filter(verb__startswith="evaluation.report").values_list("verb", flat=True))

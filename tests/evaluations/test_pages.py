@@ -269,3 +269,51 @@ def test_post_routes_by_persona_change_nothing_for_those_who_may_not(
     owner = client_for(analyst).post(url, body)
     assert owner.status_code == (403 if route == "override" else 302)
     assert client_for(analyst).get(url).status_code == 405
+
+
+def test_reviewers_corrections_become_cases_once(analyst, reviewer, team):
+    """An extraction reviewed in the team's queue (the model is the test stack's development server, answering the
+    demo claim): the reviewer corrects the amount, and the import makes a case of the corrected data."""
+    from apps.approvals.models import ApprovalRequest
+    from apps.workflows.demo import CLAIM_FIELDS_SCHEMA, CLAIMS_TRIAGE_INPUT_SCHEMA, SAMPLE_CLAIMS
+    from tests.approvals.items import decide
+
+    steps = [
+        {
+            "key": "extract",
+            "type": "llm.extract",
+            "config": {"prompt": "Extract the claim: {{ input.claim_text }}", "json_schema": CLAIM_FIELDS_SCHEMA},
+        },
+        {"key": "review", "type": "human.approval", "config": {"queue": "team:claims", "review_step": "extract"}},
+    ]
+    workflow = workflow_create(actor=analyst, name="Reviewed claims", team=team)
+    version = workflow_version_create(
+        actor=analyst, workflow=workflow, graph={"steps": steps}, input_schema=CLAIMS_TRIAGE_INPUT_SCHEMA
+    )
+    workflow_version_publish(actor=analyst, version=version)
+    run, _ = run_start(actor=analyst, workflow=workflow, inputs={"claim_text": SAMPLE_CLAIMS[0]["claim_text"]})
+    drive(run)
+    item = ApprovalRequest.objects.get(run=run)
+    decided = decide(reviewer, item, decision="approved", edits={"amount": 900.0}, reason="The quote says 900.")
+    assert decided.status_code == 200, decided.content
+    suite = evaluation_suite_save(actor=analyst, workflow=workflow, step_key="extract", min_accuracy="90")
+    url = reverse("evaluations:cases-import", args=[workflow.slug])
+    client = client_for(analyst)
+    response = client.post(url, follow=True)
+    assert "Added 1 case from reviewers&#x27; corrections." in response.content.decode()
+    case = suite.cases.get()
+    assert case.source == "corrections" and case.inputs == run.inputs
+    assert case.expected["amount"] == 900.0 and case.expected["claimant"] == "Maria Lopez"
+    assert set(case.expected) <= set(CLAIM_FIELDS_SCHEMA["properties"])
+    client.post(url)  # a second import adds nothing
+    assert suite.cases.count() == 1
+
+
+def test_a_draft_changed_while_its_suite_ran_is_not_published(analyst, triage, suite):
+    set_draft(analyst, triage, 1000.0)
+    client_for(analyst).post(reverse("evaluations:publish", args=[triage.slug]), {"note": "v2"})
+    changed = set_draft(analyst, triage, 2000.0)  # saved while the cases run: the report proves nothing about it
+    report = drive_report(EvaluationReport.objects.get())
+    assert report.state == "passed" and report.published_version is None
+    assert report.publish_outcome.startswith("Not published: The evaluation suite has not run on this draft")
+    assert not WorkflowVersion.objects.get(pk=changed.pk).is_published
