@@ -106,6 +106,17 @@ def test_publish_runs_the_suite_and_the_report_page_follows_it(
         workflow.refresh_from_db()
         assert workflow.versions.get(number=2).is_published
 
+        # A stricter draft: run the suite from its page; the report fails and says why, case by case.
+        workflow_draft_save(
+            actor=analyst, workflow=workflow, graph=graph(100.0), input_schema=INPUT_SCHEMA, expected_revision=None
+        )
+        page.goto(f"{asgi_server}/evaluations/{workflow.slug}/")
+        page.get_by_role("button", name="Run the suite on the draft (version 3)").click()
+        page.wait_for_url(re.compile(r"/reports/\d+/$"))
+        score_when_runs_finish(EvaluationReport.objects.order_by("-pk").first())
+        expect(page.get_by_role("heading", name=re.compile("Report"))).to_contain_text("Failed", timeout=15000)
+        expect(page.get_by_text("route: expected 'auto_approve', got 'adjuster_queue'.")).to_be_visible()
+        shoot(page, "report-failed")
         page.goto(f"{asgi_server}/evaluations/{workflow.slug}/")
         expect(page.get_by_role("heading", name="Cases")).to_be_visible()
         shoot(page, "suite")
