@@ -18,6 +18,8 @@ EVERYONE_SIGNED_IN = {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": 
 # The owner edits; her teammate and the manager may see the workflow but not change it; others may not know it.
 EDIT_ONLY_OWNER = {"analyst": OK, "reviewer": FORBIDDEN, "manager": FORBIDDEN, "outsider": HIDDEN, "anonymous": LOGIN}
 
+# The auditor reads what the manager reads and changes nothing, so a row without an "auditor" key expects the
+# manager's status for her (see `expected`); rows where she differs say so.
 MATRIX: dict[str, dict[str, int]] = {
     "home": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
     "workflows:list": {**EVERYONE_SIGNED_IN, "anonymous": LOGIN},
@@ -91,11 +93,13 @@ MATRIX: dict[str, dict[str, int]] = {
     "api:schema": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     "api:docs": {**EVERYONE_SIGNED_IN, "anonymous": UNAUTHENTICATED},
     # Model endpoints are the admin role's (tests/inference/test_endpoint_pages.py covers admins).
-    # Analysts read the list (the names their steps may use); only admins change anything.
+    # Analysts read the list (the names their steps may use), managers and auditors read it too (what each
+    # endpoint serves and costs); only admins change anything.
     "inference:endpoints": {
         "analyst": OK,
         "reviewer": FORBIDDEN,
-        "manager": FORBIDDEN,
+        "manager": OK,
+        "auditor": OK,
         "outsider": FORBIDDEN,
         "anonymous": LOGIN,
     },
@@ -239,7 +243,7 @@ EXEMPT = {
     "api:workflow-draft-publish",
     "api:workflow-version-restore",
 }
-PERSONAS = ["analyst", "reviewer", "manager", "outsider", "anonymous"]
+PERSONAS = ["analyst", "reviewer", "manager", "auditor", "outsider", "anonymous"]
 
 # Areas keep their rows beside this file (tests/security/routes_<area>.py): each module has MATRIX, EXEMPT and
 # `world_args(world) -> {route: args}`, which may create the objects its routes need.
@@ -250,6 +254,14 @@ for area in AREAS:
     assert not set(area.MATRIX) & set(MATRIX), f"{area.__name__} repeats routes of the main table"
     MATRIX.update(area.MATRIX)
     EXEMPT |= area.EXEMPT
+
+
+def expected(route: str, persona: str) -> int:
+    """The status `persona` must get on `route`: the row's, and for the auditor without one, the manager's."""
+    row = MATRIX[route]
+    if persona == "auditor" and "auditor" not in row:
+        return row["manager"]
+    return row[persona]
 
 
 def _route_names(resolver: URLResolver | None = None, namespace: str = "") -> set[str]:
@@ -271,14 +283,20 @@ def test_every_route_has_a_rule():
 
 
 @pytest.fixture
-def world(analyst, reviewer, manager, outsider, claims_workflow, sample_claim):
+def world(analyst, reviewer, manager, auditor, outsider, claims_workflow, sample_claim):
     from apps.inference.models import ModelEndpoint
 
     run, _ = run_start(actor=analyst, workflow=claims_workflow, inputs={"claim_text": sample_claim})
     endpoint = ModelEndpoint.objects.create(name="matrix", url="http://127.0.0.1:9")
     item = _parked_approval(analyst, claims_workflow.team)
     world = {
-        "personas": {"analyst": analyst, "reviewer": reviewer, "manager": manager, "outsider": outsider},
+        "personas": {
+            "analyst": analyst,
+            "reviewer": reviewer,
+            "manager": manager,
+            "auditor": auditor,
+            "outsider": outsider,
+        },
         "workflow": claims_workflow,
         "run": run,
         "args": {
@@ -343,7 +361,7 @@ def test_route_by_persona(world, route, persona):
         client.force_login(world["personas"][persona])
     url = reverse(route, args=world["args"].get(route, []))
     response = client.get(url)
-    assert response.status_code == MATRIX[route][persona], f"{persona} GET {url}"
+    assert response.status_code == expected(route, persona), f"{persona} GET {url}"
 
 
 def _client(world, persona: str) -> APIClient:
@@ -354,7 +372,7 @@ def _client(world, persona: str) -> APIClient:
 
 
 # Who may see the demo workflow and its run: its owner, her team, and the manager's read-everything role.
-SEES_THE_DEMO = {"analyst": True, "reviewer": True, "manager": True, "outsider": False}
+SEES_THE_DEMO = {"analyst": True, "reviewer": True, "manager": True, "auditor": True, "outsider": False}
 
 
 @pytest.mark.parametrize("route", ["workflows:list", "runs:list"])
@@ -393,7 +411,14 @@ def test_api_lists_show_only_what_the_persona_may_see(world, persona):
 
 # The run table of one workflow, as the workflow page loads it (an htmx fragment): those who may not see
 # the workflow get 404, not an empty table that would confirm it exists.
-RUN_TABLE_OF_WORKFLOW = {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN, "anonymous": LOGIN}
+RUN_TABLE_OF_WORKFLOW = {
+    "analyst": OK,
+    "reviewer": OK,
+    "manager": OK,
+    "auditor": OK,
+    "outsider": HIDDEN,
+    "anonymous": LOGIN,
+}
 
 
 @pytest.mark.parametrize("persona", PERSONAS)
@@ -442,7 +467,7 @@ def test_replay_what_if_by_persona(analyst, reviewer, manager, outsider, claims_
 # The builder's writes: the owner changes the draft (a redirect back to the builder); her teammate and the manager
 # see the workflow but may not change it (403); the outsider may not know it exists (404); nobody else's change
 # reaches the draft.
-BUILDER_WRITES = {"analyst": 302, "reviewer": 403, "manager": 403, "outsider": 404, "anonymous": 302}
+BUILDER_WRITES = {"analyst": 302, "reviewer": 403, "manager": 403, "auditor": 403, "outsider": 404, "anonymous": 302}
 
 
 @pytest.mark.parametrize("persona", PERSONAS)
@@ -474,3 +499,65 @@ def test_builder_writes_by_persona(world, persona):
     draft.refresh_from_db()
     changed = draft.revision > started or not WorkflowVersion.objects.filter(pk=draft.pk, state="draft").exists()
     assert changed == (persona == "analyst")
+
+
+def test_the_auditor_changes_nothing_anywhere(world):
+    """Aude reads everything an auditor must and may change nothing: each main write, by page and by API, is
+    refused (403 where she may see the object, 404 where she may not), and no row or audit event appears."""
+    from django.urls import reverse
+
+    from apps.approvals.models import ApprovalRequest
+    from apps.audit.models import AuditEvent
+    from apps.connectors.models import Connection
+    from apps.inference.models import ModelEndpoint
+    from apps.runs.models import Run
+    from apps.workflows.models import Workflow, WorkflowVersion
+
+    workflow = world["workflow"]
+    slug = workflow.slug
+    item_id = world["args"]["approvals:item"][0]
+    endpoint_id = world["args"]["inference:endpoint-edit"][0]
+
+    def state() -> tuple[object, ...]:
+        return (
+            AuditEvent.objects.count(),
+            Workflow.objects.count(),
+            WorkflowVersion.objects.count(),
+            Run.objects.count(),
+            list(ApprovalRequest.objects.order_by("pk").values_list("pk", "state")),
+            list(ModelEndpoint.objects.order_by("pk").values_list("pk", "name", "url", "enabled")),
+            Connection.objects.count(),
+        )
+
+    before = state()
+    client = _client(world, "auditor")
+    posts = [
+        (reverse("workflows:create"), {"name": "Audit trap", "team": workflow.team_id}),
+        (reverse("workflows:publish", args=[slug]), {"note": "by the auditor"}),
+        (reverse("workflows:settings", args=[slug]), {"action": "archive"}),
+        (reverse("runs:create", args=[slug]), {"claim_text": "A claim"}),
+        (reverse("inference:endpoint-edit", args=[endpoint_id]), {"name": "renamed", "url": "http://127.0.0.1:8"}),
+        (reverse("inference:endpoint-create"), {"name": "new-one", "url": "http://127.0.0.1:8"}),
+        (reverse("inference:endpoint-toggle", args=[endpoint_id]), {}),
+        (reverse("connectors:create"), {"name": "erp", "kind": "http", "team": workflow.team_id}),
+    ]
+    for url, body in posts:
+        response = client.post(url, body)
+        assert response.status_code in (403, 404), f"auditor POST {url}: {response.status_code}"
+    api_posts = [
+        (reverse("api:workflow-run-start", args=[slug]), {"inputs": {"claim_text": "A claim"}}),
+        (reverse("api:workflow-draft-publish", args=[slug]), {"note": "x"}),
+        (reverse("api:approval-decide", args=[item_id]), {"decision": "approved", "reason": "x"}),
+    ]
+    for url, body in api_posts:
+        response = client.post(url, body, format="json")
+        assert response.status_code in (403, 404), f"auditor POST {url}: {response.status_code}"
+    # The inbox page answers a refused decision as it answers every refusal there: back to the item with the
+    # reason as a message (its "review" stage changes nothing for anyone, so the submit stage is what counts).
+    decide = reverse("approvals:decide", args=[item_id])
+    response = client.post(decide, {"decision": "approved", "stage": "submit", "reason": "x"})
+    assert response.status_code in (302, 403, 404), f"auditor POST {decide}: {response.status_code}"
+    if response.status_code == 302:
+        followed = client.get(response["Location"]).content.decode()
+        assert "Approved:" not in followed and "recorded" not in followed
+    assert state() == before
