@@ -8,3 +8,10 @@ class DashboardsConfig(AppConfig):
 
     name = "apps.dashboards"
     label = "dashboards"
+
+    def ready(self) -> None:
+        from apps.dashboards.demo import seed_dashboard_demo
+        from apps.workflows import demo
+
+        # After the other apps' parts (dashboards is installed last), so the demo's workflows and queues exist.
+        demo.demo_extensions.append(seed_dashboard_demo)

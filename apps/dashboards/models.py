@@ -43,7 +43,7 @@ class KpiSettings(models.Model):
     class Meta:
         verbose_name = "KPI settings"
         verbose_name_plural = "KPI settings"
-        default_permissions: tuple[str, ...] = ()
+        default_permissions = ()
         permissions = [
             ("view_dashboards", "Can read the KPI dashboards"),
             ("change_kpi_inputs", "Can change the KPI inputs (rates, baselines, factors)"),

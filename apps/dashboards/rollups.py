@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django.db import transaction
 from django.db.models import Q
@@ -185,8 +185,9 @@ def _workflow_rows(day: date, gpu_prices: dict[int, Decimal]) -> tuple[list[Work
         version__state=WorkflowVersion.State.PUBLISHED,
     ).values("id", "workflow_id", "version_id", "status", "created_at", "finished_at")
     cases: dict[int, _Case] = {}
+    run: dict[str, Any]
     case_of: dict[int, int] = {}
-    for run in roots:
+    for run in cast(list[dict[str, Any]], list(roots)):
         case = _Case(run["id"], run["workflow_id"], run["version_id"], run["created_at"], chain=[run], runs={run["id"]})
         cases[run["id"]] = case
         case_of[run["id"]] = run["id"]
@@ -202,7 +203,7 @@ def _workflow_rows(day: date, gpu_prices: dict[int, Decimal]) -> tuple[list[Work
             | Q(parent_step_run__run_id__in=frontier)
         ).values("id", "restarted_from_id", "parent_step_run__run_id", "status", "created_at", "finished_at")
         frontier = []
-        for run in found:
+        for run in cast(list[dict[str, Any]], list(found)):
             if run["id"] in case_of:
                 continue
             parent = run["parent_step_run__run_id"] or run["restarted_from_id"]
@@ -226,16 +227,19 @@ def _workflow_rows(day: date, gpu_prices: dict[int, Decimal]) -> tuple[list[Work
         cases[case_of[run_id]].incident = True
 
     counters: dict[tuple[int, int], _Counters] = defaultdict(_Counters)
-    approvals = list(
-        ApprovalRequest.objects.filter(run_id__in=run_ids).values(
-            "id", "run_id", "state", "created_at", "claimed_at", "decided_at", "due_at", "audit_sample"
-        )
+    approvals = cast(
+        list[dict[str, Any]],
+        list(
+            ApprovalRequest.objects.filter(run_id__in=run_ids).values(
+                "id", "run_id", "state", "created_at", "claimed_at", "decided_at", "due_at", "audit_sample"
+            )
+        ),
     )
     decisions_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for decision in ApprovalDecision.objects.filter(request_id__in=[a["id"] for a in approvals]).values(
         "request_id", "decision", "changes", "time_spent_seconds"
     ):
-        decisions_of[decision["request_id"]].append(decision)
+        decisions_of[decision["request_id"]].append(cast(dict[str, Any], decision))
     for approval in approvals:
         case = cases[case_of[approval["run_id"]]]
         bucket = counters[(case.workflow_id, case.version_id)]
@@ -253,9 +257,10 @@ def _workflow_rows(day: date, gpu_prices: dict[int, Decimal]) -> tuple[list[Work
         bucket.sla_due += due
         bucket.sla_breached += breached
 
-    for call in InferenceCall.objects.filter(run_id__in=run_ids).values(
+    calls_of_cases = InferenceCall.objects.filter(run_id__in=run_ids).values(
         "run_id", "endpoint_id", "prompt_tokens", "generated_tokens", "latency_ms", "cost"
-    ):
+    )
+    for call in cast(list[dict[str, Any]], list(calls_of_cases)):
         case = cases[case_of[call["run_id"]]]
         bucket = counters[(case.workflow_id, case.version_id)]
         bucket.model_calls += 1
@@ -336,24 +341,27 @@ def _queue_rows(day: date) -> list[QueueDayRollup]:
     """The day's queue × reviewer × workflow rows: items of live runs (child runs included: a queue's load is
     its load) that opened on `day`. The reviewer is whoever made the final decision; undecided items have none."""
     start, end = day_bounds(day)
-    approvals = list(
-        ApprovalRequest.objects.filter(created_at__gte=start, created_at__lt=end, run__mode=Run.Mode.LIVE).values(
-            "id",
-            "queue_id",
-            "run__workflow_id",
-            "state",
-            "decided_by_id",
-            "created_at",
-            "claimed_at",
-            "decided_at",
-            "due_at",
-        )
+    approvals = cast(
+        list[dict[str, Any]],
+        list(
+            ApprovalRequest.objects.filter(created_at__gte=start, created_at__lt=end, run__mode=Run.Mode.LIVE).values(
+                "id",
+                "queue_id",
+                "run__workflow_id",
+                "state",
+                "decided_by_id",
+                "created_at",
+                "claimed_at",
+                "decided_at",
+                "due_at",
+            )
+        ),
     )
     decisions_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for decision in ApprovalDecision.objects.filter(request_id__in=[a["id"] for a in approvals]).values(
         "request_id", "decision", "changes", "time_spent_seconds"
     ):
-        decisions_of[decision["request_id"]].append(decision)
+        decisions_of[decision["request_id"]].append(cast(dict[str, Any], decision))
     groups: dict[tuple[int, int | None, int], dict[str, Any]] = {}
     for approval in approvals:
         decided = approval["state"] in DECIDED
@@ -400,7 +408,7 @@ def _queue_rows(day: date) -> list[QueueDayRollup]:
 def _endpoint_rows(day: date, gpu_prices: dict[int, Decimal]) -> list[EndpointDayRollup]:
     """The day's endpoint × workflow rows: every call that began on `day` (whatever kind of run made it)."""
     start, end = day_bounds(day)
-    calls = list(
+    calls = cast(list[dict[str, Any]], list(
         InferenceCall.objects.filter(
             Q(started_at__gte=start, started_at__lt=end)
             | Q(started_at__isnull=True, created_at__gte=start, created_at__lt=end),
@@ -409,7 +417,7 @@ def _endpoint_rows(day: date, gpu_prices: dict[int, Decimal]) -> list[EndpointDa
             "endpoint_id", "run_id", "status", "error", "prompt_tokens", "generated_tokens", "latency_ms", "ttft_ms",
             "cost",
         )
-    )  # fmt: skip
+    ))  # fmt: skip
     workflow_of = dict(
         Run.objects.filter(pk__in={call["run_id"] for call in calls if call["run_id"]}).values_list("pk", "workflow_id")
     )

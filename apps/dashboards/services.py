@@ -51,7 +51,8 @@ def kpi_settings_update(*, actor: AbstractUser, reviewer_hourly_rate: Decimal, c
     after = {"reviewer_hourly_rate": reviewer_hourly_rate, "currency": currency}
     changes = _changes(before, after)
     if changes:
-        row.reviewer_hourly_rate, row.currency, row.updated_by = reviewer_hourly_rate, currency, actor
+        row.reviewer_hourly_rate, row.currency = reviewer_hourly_rate, currency
+        row.updated_by = actor  # type: ignore[assignment]
         row.save()
         audit_record(actor=actor, verb="kpi_settings.changed", target=row, data={"changes": changes})
     return row
