@@ -629,6 +629,9 @@ def evaluation_report_score(*, report_id: int, now: Any = None) -> EvaluationRep
     timed_out = bool(unfinished) and now - report.created_at > REPORT_TIMEOUT
     if unfinished and not timed_out:
         return None
+    # The lock order of every draft write, workflow row first: publishing below, and a publish request joining
+    # this report (evaluation_report_start), take the same order, so the two cannot deadlock.
+    Workflow.objects.select_for_update().filter(pk=report.workflow_id).first()
     # The claim: whoever moves the report out of "running" scores it; a second caller changes nothing.
     claimed = EvaluationReport.objects.filter(pk=report.pk, state=EvaluationReport.State.RUNNING).update(
         state=EvaluationReport.State.ERROR, finished_at=now

@@ -317,3 +317,22 @@ def test_a_draft_changed_while_its_suite_ran_is_not_published(analyst, triage, s
     assert report.state == "passed" and report.published_version is None
     assert report.publish_outcome.startswith("Not published: The evaluation suite has not run on this draft")
     assert not WorkflowVersion.objects.get(pk=changed.pk).is_published
+
+
+def test_a_report_whose_runs_never_finish_is_closed_and_keeps_the_gate_shut(analyst, triage, suite):
+    from datetime import timedelta
+
+    from apps.core.exceptions import ApplicationError
+    from apps.evaluations.services import REPORT_TIMEOUT, evaluation_report_start
+
+    draft = set_draft(analyst, triage, 1000.0)
+    report = evaluation_report_start(actor=analyst, workflow=triage)  # nobody executes its runs
+    assert evaluation_report_score(report_id=report.pk) is None  # not finished, not yet too late
+    late = report.created_at + REPORT_TIMEOUT + timedelta(seconds=1)
+    assert evaluation_report_score(report_id=report.pk, now=late) is not None
+    report.refresh_from_db()
+    assert report.state == "error" and report.error.startswith("2 case runs did not finish within 30 minutes")
+    with pytest.raises(ApplicationError, match=f"report {report.pk}, 0 of 2 cases passed"):
+        workflow_version_publish(actor=analyst, version=draft)
+    page = client_for(analyst).get(reverse("evaluations:report", args=[triage.slug, report.pk])).content.decode()
+    assert "Could not finish" in page and "did not finish within 30 minutes" in page
