@@ -206,5 +206,5 @@ def export(request: HttpRequest) -> HttpResponseBase:
                 response["X-Audit-Events"] = str(summary.events_in_range)
                 return response
         status = 400
-    context = {"form": form, "max_events": MAX_EXPORT_EVENTS, "checkpoint": audit_newest_checkpoint()}
+    context = {"form": form, "max_events": f"{MAX_EXPORT_EVENTS:,}", "checkpoint": audit_newest_checkpoint()}
     return render(request, "audit/export.html", context, status=status)

@@ -91,4 +91,7 @@ def test_audit_pages_in_a_browser(asgi_server, celery_worker_process, auditor, a
             shoot(page, "export", label)
             context.close()
         browser.close()
-    assert not errors, errors
+    # The run filter that matches nothing is answered 400 on purpose (and shown in place); Chromium logs that.
+    unexpected = [error for error in errors if "status of 400 (Bad Request)" not in error]
+    assert len(errors) - len(unexpected) == len(WIDTHS), errors
+    assert not unexpected, unexpected
