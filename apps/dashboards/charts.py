@@ -76,6 +76,35 @@ def nice_ticks(low: float, high: float, *, count: int = 5, integer: bool = False
     return [round(start + index * step, digits) for index in range(steps + 1)]
 
 
+# Steps a duration axis reads well in: round milliseconds and seconds, then 1, 2, 5, 10, 15 and 30 minutes, then
+# 1, 2, 3, 6 and 12 hours, then days and weeks (beyond that, nice multiples of a week).
+DURATION_STEPS = [
+    *(value / 1000 for value in (1, 2, 5, 10, 20, 50, 100, 200, 500)),
+    1, 2, 5, 10, 15, 30,
+    60, 120, 300, 600, 900, 1800,
+    3600, 7200, 10800, 21600, 43200,
+    86400, 172800, 604800,
+]  # fmt: skip
+
+
+def duration_ticks(low: float, high: float, *, count: int = 5) -> list[float]:
+    """Like nice_ticks, for seconds: the step is a round duration (15 min, 6 h, 2 days), never 16.7 min."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("ticks need finite bounds")
+    if low > high:
+        low, high = high, low
+    if low == high:
+        low, high = (0.0, high or 1.0) if high >= 0 else (low, 0.0)
+    wanted = (high - low) / max(count - 1, 1)
+    step = next((candidate for candidate in DURATION_STEPS if candidate >= wanted), None)
+    if step is None:
+        step = nice_number(wanted / 604800, round_to_nearest=False) * 604800
+    start = math.floor(low / step) * step
+    stop = math.ceil(high / step) * step
+    steps = round((stop - start) / step)
+    return [round(start + index * step, 6) for index in range(steps + 1)]
+
+
 @dataclass(frozen=True)
 class LinearScale:
     """Maps the domain [d0, d1] onto the range [r0, r1] (pixels; r0 > r1 for a y axis that grows upwards)."""
@@ -162,6 +191,7 @@ class Tick:
     value: float
     position: float
     label: str
+    minor: bool = False  # a label a narrow screen hides (every other one), so the rest do not overlap
 
 
 @dataclass(frozen=True)
@@ -264,10 +294,10 @@ class Chart:
 
 @dataclass(frozen=True)
 class Frame:
-    width: int = 640
-    height: int = 260
-    left: float = 60
-    right: float = 16
+    width: int = 560
+    height: int = 250
+    left: float = 78
+    right: float = 18
     top: float = 16
     bottom: float = 36
 
@@ -292,7 +322,7 @@ def _value_ticks(values: list[float], frame: Frame, unit: Unit, *, integer: bool
     high = max([0.0, *values])
     if unit == "percent" and low >= 0 and high <= 100 and high > 0:
         high = max(high, 1.0)
-    ticks = nice_ticks(low, high, integer=integer)
+    ticks = duration_ticks(low, high) if unit == "seconds" else nice_ticks(low, high, integer=integer)
     scale = LinearScale(ticks[0], ticks[-1], frame.height - frame.bottom, frame.top)
     return scale, [Tick(value, scale(value), format_value(value, unit, compact=True)) for value in ticks]
 
@@ -347,13 +377,13 @@ def _empty(kind: str, chart_id: str, title: str, unit: Unit, frame: Frame, heade
 
 def _category_ticks(labels: Sequence[str], centres: list[float]) -> list[Tick]:
     """Category labels for the x axis; with many categories every k-th, counted back from the last (the most
-    recent day), which is the one a reader looks for."""
+    recent day), which is the one a reader looks for. Every other kept label is minor (hidden on phones)."""
     every = _label_every(len(labels))
     last = len(labels) - 1
+    kept = [index for index in range(len(labels)) if (last - index) % every == 0]
     return [
-        Tick(index, round(centres[index], 2), labels[index])
-        for index in range(len(labels))
-        if (last - index) % every == 0
+        Tick(index, round(centres[index], 2), labels[index], minor=len(kept) > 4 and (last - index) // every % 2 == 1)
+        for index in kept
     ]
 
 
@@ -435,19 +465,20 @@ def horizontal_bar_chart(
     values: Sequence[Number | None],
     unit: Unit = "count",
     series_name: str = "",
-    width: int = 640,
+    width: int = 560,
 ) -> Chart:
     """Horizontal bars, for categories with long names (reviewers, processes, error kinds): the names stay
     readable on the left, one row each, and the value is written at the end of each bar."""
     name = series_name or title
     numbers = _floats(values)
     row = 28
-    frame = Frame(width=width, height=max(80, row * len(labels) + 40), left=170, right=70, top=8, bottom=28)
+    frame = Frame(width=width, height=max(80, row * len(labels) + 40), left=200, right=72, top=8, bottom=28)
     if not labels or all(value is None for value in numbers):
         return _empty("hbar", chart_id, title, unit, Frame(width=width, height=80), ["", name])
     present = [value for value in numbers if value is not None]
     integer = unit == "count" and all(value == int(value) for value in present)
-    ticks = nice_ticks(min([0.0, *present]), max([0.0, *present]), count=4, integer=integer)
+    low, high = min([0.0, *present]), max([0.0, *present])
+    ticks = duration_ticks(low, high, count=4) if unit == "seconds" else nice_ticks(low, high, count=4, integer=integer)
     scale = LinearScale(ticks[0], ticks[-1], frame.left, frame.width - frame.right)
     zero = scale(0)
     bars = []
@@ -455,7 +486,7 @@ def horizontal_bar_chart(
     y_ticks = []
     for index, value in enumerate(numbers):
         centre = frame.top + row * (index + 0.5)
-        label = labels[index] if len(labels[index]) <= 24 else labels[index][:23] + "…"
+        label = labels[index] if len(labels[index]) <= 20 else labels[index][:19] + "…"
         y_ticks.append(Tick(index, round(centre, 2), label))
         if value is None:
             continue
@@ -744,10 +775,15 @@ def histogram(
         if count
     ]
     every = _label_every(len(edges))
+    kept = [index for index in range(len(edges)) if index % every == 0]
     x_ticks = [
-        Tick(edges[index], round(frame.left + slot * index, 2), format_value(edges[index], edge_unit))
-        for index in range(len(edges))
-        if index % every == 0
+        Tick(
+            edges[index],
+            round(frame.left + slot * index, 2),
+            format_value(edges[index], edge_unit),
+            minor=len(kept) > 4 and index // every % 2 == 1,
+        )
+        for index in kept
     ]
     total = sum(counts)
     busiest = max(range(len(counts)), key=lambda index: counts[index])

@@ -68,9 +68,14 @@ def _endpoint(user: User, name: str) -> Any:
     return endpoint
 
 
-def _inputs_url() -> str | None:
-    """The KPI inputs page, where the inputs app provides one (its route is another module's)."""
+def _inputs_url(scope: str = OVERVIEW, obj: str = "") -> str | None:
+    """The KPI inputs page for what the page shows (a process's or an endpoint's own inputs, else all of them);
+    None if the inputs pages are not installed."""
     try:
+        if scope == PROCESS and obj:
+            return reverse("dashboards:inputs-workflow", args=[obj])
+        if scope == ENDPOINT and obj:
+            return reverse("dashboards:inputs-endpoint", args=[obj])
         return reverse("dashboards:inputs")
     except NoReverseMatch:
         return None
@@ -101,7 +106,7 @@ def _box(widget: Widget, page: PageData, scope: str, query: str, obj: str) -> di
         "data": widget.data(page),
         "url": _widget_url(scope, widget.slug, obj=obj) + suffix,
         "csv_url": _widget_url(scope, widget.slug, obj=obj, csv_file=True) + suffix,
-        "inputs_url": _inputs_url() if can_change_kpi_inputs(page.user) else None,
+        "inputs_url": _inputs_url(scope, obj) if can_change_kpi_inputs(page.user) else None,
     }
 
 

@@ -163,7 +163,18 @@ class Tile:
 
 def tiles(kpis: list[Kpi], currency: str, sparklines: dict[str, charts.Chart] | None = None) -> list[Tile]:
     sparklines = sparklines or {}
-    editable = {"hours_saved", "time_saved_per_case", "value", "roi", "payback", "run_cost", "cost_per_case"}
+    # The figures that depend on inputs a manager sets (rates, baselines, realisation, build cost, GPU price).
+    editable = {
+        "hours_saved",
+        "time_saved_per_case",
+        "value",
+        "roi",
+        "payback",
+        "run_cost",
+        "cost_per_case",
+        "handling_cost",
+        "cost",
+    }
     return [
         Tile(
             kpi=kpi,
@@ -690,7 +701,7 @@ class TimePerItem(Widget):
 @register
 class EndpointTiles(Widget):
     slug = "endpoint-kpis"
-    title = "Usage"
+    title = "Key figures"
     template = "dashboards/_widget_kpis.html"
     scopes = frozenset({ENDPOINT})
     wide = True
@@ -756,15 +767,15 @@ class EndpointTokens(Widget):
 class EndpointLatency(Widget):
     slug = "endpoint-latency"
     title = "Latency"
-    lead = "Whole-call time and time to first token (streaming calls), at the median, 95th and 99th percentile."
+    lead = "Whole-call time and time to first token (streaming calls): median (p50), 95th and 99th percentile."
     scopes = frozenset({ENDPOINT})
 
     def _values(self, page: PageData) -> list[tuple[str, float | None]]:
         view = page.endpoint_view
         return [
-            (f"{label}, {name.lower()}", getattr(getattr(view, part), attribute))
+            (f"{label} {attribute}", getattr(getattr(view, part), attribute))
             for label, part in (("Latency", "latency"), ("First token", "ttft"))
-            for name, attribute in PERCENTILES
+            for _, attribute in PERCENTILES
         ]
 
     def data(self, page: PageData) -> dict[str, Any]:

@@ -72,6 +72,16 @@ def test_ticks_carry_no_float_noise() -> None:
             assert len(repr(tick)) <= 6, tick
 
 
+def test_duration_axes_step_in_round_durations() -> None:
+    assert charts.duration_ticks(0, 3000) == [0, 900, 1800, 2700, 3600]  # quarter hours, not 16.7 min
+    assert charts.duration_ticks(0, 95000)[1] == 43200  # half days
+    assert charts.duration_ticks(0, 0.9) == [0, 0.5, 1]
+    assert charts.duration_ticks(0, 0) == [0, 0.5, 1]
+    assert charts.duration_ticks(0, 1e7)[1] % 604800 == 0  # whole weeks beyond the table
+    chart = bar_chart(chart_id="c", title="Wait", labels=["a", "b"], values=[100, 2950], unit="seconds")
+    assert [tick.label for tick in chart.y_ticks] == ["0 s", "15 min", "30 min", "45 min", "1 h"]
+
+
 def test_nice_number() -> None:
     assert nice_number(7, round_to_nearest=False) == 10
     assert nice_number(7, round_to_nearest=True) == 10
