@@ -23,7 +23,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.core.exceptions import EmptyResultSet
 from django.db import connection
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Case, Count, DecimalField, F, Q, QuerySet, Sum, Value, When
 from django.http import Http404
 from django.utils import timezone
 
@@ -692,29 +692,57 @@ def _backlog(
     return rows, risk
 
 
-def _series(flt: DashboardFilter, by_day: dict[date, dict[int, dict[str, Any]]], inputs: _Inputs) -> list[DayPoint]:
+SERIES_SUMS = ("cases", "completed", "escalated_completed", "failed_or_incident", "cost_model", "cost_gpu")
+
+
+def _series(flt: DashboardFilter, rows: QuerySet[WorkflowDayRollup], inputs: _Inputs) -> list[DayPoint]:
+    """One point per day of the period (zeros on days without cases), summed by day in PostgreSQL: the baseline ×
+    realisation of each workflow enters the sum as a per-workflow factor, so a year across many processes is one
+    row per day, not one per day and process."""
+    factor = Case(
+        *[
+            When(workflow_id=pk, then=Value(inputs.baseline_minutes.get(pk, Decimal(0)) * percent / HUNDRED))
+            for pk, percent in inputs.realisation.items()
+        ],
+        default=Value(Decimal(0)),
+        output_field=DecimalField(max_digits=20, decimal_places=6),
+    )
+    # Annotation names differ from the columns: an aggregate over F("completed") must see the column, not a sum.
+    per_day = {
+        row["day"]: {name.removeprefix("total_"): value for name, value in row.items()}
+        for row in rows.order_by()
+        .values("day")
+        .annotate(
+            **{f"total_{name}": Sum(name) for name in SERIES_SUMS},
+            total_human_seconds=Sum("human_seconds"),
+            total_human_seconds_completed=Sum("human_seconds_completed"),
+            total_baseline_minutes=Sum(
+                F("completed") * factor, output_field=DecimalField(max_digits=20, decimal_places=6)
+            ),
+        )
+    }
     points = []
     day = flt.start
     while day <= flt.end:
-        per_workflow = by_day.get(day, {})
-        sums = _zero_sums()
-        saved = Decimal(0)
-        for workflow_id, workflow_sums in per_workflow.items():
-            _add(sums, workflow_sums)
-            saved += _saved_minutes(workflow_sums, workflow_id, inputs)
+        row = per_day.get(day)
+        if row is None:
+            points.append(DayPoint(day, 0, 0, 0, 0, 0, Decimal("0.00"), Decimal("0.00")))
+            day += timedelta(days=1)
+            continue
         cost = (
-            Decimal(sums["cost_model"])
-            + Decimal(sums["cost_gpu"])
-            + Decimal(str(sums["human_seconds"])) / SECONDS_PER_HOUR * inputs.rate
+            Decimal(row["cost_model"] or 0)
+            + Decimal(row["cost_gpu"] or 0)
+            + Decimal(str(row["human_seconds"] or 0)) / SECONDS_PER_HOUR * inputs.rate
         )
+        saved = Decimal(row["baseline_minutes"] or 0) - Decimal(str(row["human_seconds_completed"] or 0)) / 60
         points.append(
             DayPoint(
                 day=day,
-                cases=sums["cases"],
-                completed=sums["completed"],
-                straight_through=sums["completed"] - sums["escalated_completed"],
-                escalated=sums["escalated_completed"],
-                failed=sums["failed_or_incident"],
+                cases=row["cases"] or 0,
+                completed=row["completed"] or 0,
+                straight_through=(row["completed"] or 0) - (row["escalated_completed"] or 0),
+                escalated=row["escalated_completed"] or 0,
+                failed=row["failed_or_incident"] or 0,
                 cost=cost.quantize(Decimal("0.01")),
                 hours_saved=(saved / 60).quantize(Decimal("0.01")),
             )
@@ -732,11 +760,9 @@ def overview_for_user(user: AnyUser, flt: DashboardFilter, *, now: datetime | No
     rows = _workflow_rows(flt, workflow_ids)
     workflows = list(Workflow.objects.filter(pk__in=workflow_ids).order_by("name"))
     inputs = _inputs_for(workflow_ids, {workflow.pk: workflow.baseline_minutes_per_case for workflow in workflows})
-    by_day: dict[date, dict[int, dict[str, Any]]] = {}
     per_workflow: dict[int, dict[str, Any]] = {}
     totals = _zero_sums()
-    for row in _workflow_sums(rows, ("day", "workflow_id")):
-        by_day.setdefault(row["day"], {})[row["workflow_id"]] = row
+    for row in _workflow_sums(rows, ("workflow_id",)):
         _add(per_workflow.setdefault(row["workflow_id"], _zero_sums()), row)
         _add(totals, row)
     histograms_by_workflow = _merged_histograms(rows, CYCLE_HISTOGRAMS, group_by="workflow_id")
@@ -786,7 +812,7 @@ def overview_for_user(user: AnyUser, flt: DashboardFilter, *, now: datetime | No
         has_data=totals["cases"] > 0,
         kpis=list(figures.values()),
         cycle_time=cycle,
-        series=_series(flt, by_day, inputs),
+        series=_series(flt, rows, inputs),
         backlog=backlog,
         processes=processes,
     )

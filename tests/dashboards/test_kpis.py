@@ -194,7 +194,7 @@ def test_the_overview_reads_rollups_not_raw_tables_in_pinned_queries(data: Datas
     # (by their state index) joined to their runs.
     for query in (s for s in sql if '"runs_run"' in s):
         assert '"runs_run"."status" IN' in query or '"approvals_approvalrequest"."state" = \'pending\'' in query, query
-    assert len(sql) == 8, "\n".join(sql)
+    assert len(sql) == 9, "\n".join(sql)
 
 
 def test_filters_name_only_what_the_user_may_read(data: Dataset, outsider: Any, reviewer: Any, analyst: Any) -> None:
