@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from celery import Celery
+from celery import Celery, current_app
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -161,16 +161,20 @@ def test_one_trace_holds_the_web_request_the_worker_and_the_model_call(analyst, 
         spans = wait_for(lambda: _complete(otlp_receiver, trace_id), timeout=90, what="the run's trace")
         assert wait_for(lambda: Run.objects.get(pk=run.pk).status == "succeeded", timeout=30, what="the run")
 
-        # 2. Started where no span is active, and its first step sent only by the sweeper's relay of the outbox
-        # (as after a crash between the commit and the send): the step still joins the run's own trace.
+        # 2. Started where no span is active, while the broker is unreachable from the process that started it
+        # (a real dead address, not a stand-in): its first step reaches the worker only through the sweeper's
+        # relay of the outbox, in another trace's task, yet the step joins the run's own trace.
         settings.AIOS_OTEL_ENABLED = True  # this process only records the trace context; it exports nothing
-        relayed, _ = run_start(actor=analyst, workflow=workflow, inputs={})
         assert tracing.traceparent_of_current_span() == ""
-        Outbox.objects.filter(task="runs.execute_step", args=[relayed.step_runs.get(step_key="prepare").pk]).update(
-            relayed_at=None
-        )
-        broker = Celery(broker=redis_url_with_db(settings.REDIS_URL, REDIS_DB))
-        wait_for(lambda: _relayed_or_sweep(broker), timeout=60, what="the sweeper to relay the outbox row")
+        default_app = current_app._get_current_object()
+        Celery(broker=f"redis://127.0.0.1:{free_port()}/0").set_current()
+        try:
+            relayed, _ = run_start(actor=analyst, workflow=workflow, inputs={})
+        finally:
+            default_app.set_current()
+        assert Outbox.objects.filter(relayed_at__isnull=True, task="runs.execute_step").exists()
+        stack_broker = Celery(broker=redis_url_with_db(settings.REDIS_URL, REDIS_DB), set_as_current=False)
+        wait_for(lambda: _relayed_or_sweep(stack_broker), timeout=60, what="the sweeper to relay the outbox row")
         relayed_trace = _trace_id(relayed)
         relayed_spans = wait_for(lambda: _complete(otlp_receiver, relayed_trace), timeout=90, what="the relayed trace")
 
