@@ -6,7 +6,7 @@ a hidden workflow exists)."""
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django import forms
@@ -65,11 +65,11 @@ class FilterForm(forms.Form):
         # A workflow may belong to no team (a personal one): it is offered as a process, not under a team.
         teams = {workflow.team.slug: workflow.team for workflow in workflows if workflow.team is not None}
         self.team_choices = dict(sorted(teams.items(), key=lambda item: item[1].name))
-        self.fields["team"].choices = [("", "All teams")] + [
+        cast(forms.ChoiceField, self.fields["team"]).choices = [("", "All teams")] + [
             (slug, team.name) for slug, team in self.team_choices.items()
         ]
         self.workflow_choices = {workflow.slug: workflow for workflow in workflows}
-        self.fields["process"].choices = [("", "All processes")] + [
+        cast(forms.ChoiceField, self.fields["process"]).choices = [("", "All processes")] + [
             (workflow.slug, workflow.name) for workflow in workflows
         ]
         chosen = workflow or self.workflow_choices.get(str((data or {}).get("process", "")))
@@ -77,7 +77,7 @@ class FilterForm(forms.Form):
         if chosen is not None:
             versions = WorkflowVersion.objects.filter(workflow=chosen, state=WorkflowVersion.State.PUBLISHED)
             self.version_choices = {str(version.number): version for version in versions.order_by("-number")}
-        self.fields["version"].choices = [("", "All versions")] + [
+        cast(forms.ChoiceField, self.fields["version"]).choices = [("", "All versions")] + [
             (number, f"Version {number}") for number in self.version_choices
         ]
         if workflow is not None:

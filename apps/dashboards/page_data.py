@@ -20,7 +20,9 @@ from apps.approvals.models import ApprovalQueue
 from apps.dashboards import histograms
 from apps.dashboards.models import QueueDayRollup, WorkflowDayRollup
 from apps.dashboards.selectors import DashboardFilter, dashboard_workflows_for_user, kpi_settings_get
+from apps.evaluations.selectors import evaluation_reports_for_endpoint
 from apps.inference.models import ModelEndpoint
+from apps.inference.selectors import endpoint_observations
 from apps.workflows.models import Workflow, WorkflowVersion
 
 SECONDS_PER_HOUR = Decimal(3600)
@@ -200,32 +202,26 @@ class Revision:
 
 
 def endpoint_revisions(endpoint: ModelEndpoint) -> list[Revision]:
-    """The endpoint's revision history, newest first: the probes' observations when the inference app keeps them,
-    else the distinct model / revision pairs of the endpoint's change history."""
-    try:
-        from apps.inference.selectors import endpoint_observations
-    except ImportError:  # an inference app without observations: fall back to the model's own history
-        endpoint_observations = None
-    if endpoint_observations is not None:
-        return [
-            Revision(
-                model_id=row.model_id,
-                revision=row.revision,
-                server_label=row.server_label,
-                max_input_tokens=row.max_input_tokens,
-                max_total_tokens=row.max_total_tokens,
-                since=row.first_seen_at,
-                until=row.last_seen_at,
-                probes=row.probe_count,
-            )
-            for row in endpoint_observations(endpoint)
-        ]
+    """The endpoint's revision history, newest first: the probes' observations, or for an endpoint not probed
+    since observations began, the distinct model / revision pairs of its change history."""
+    observed = [
+        Revision(
+            model_id=row.model_id,
+            revision=row.revision,
+            server_label=row.server_label,
+            max_input_tokens=row.max_input_tokens,
+            max_total_tokens=row.max_total_tokens,
+            since=row.first_seen_at,
+            until=row.last_seen_at,
+            probes=row.probe_count,
+        )
+        for row in endpoint_observations(endpoint)
+    ]
+    if observed:
+        return observed
     revisions: list[Revision] = []
-    history = getattr(endpoint, "history", None)
-    if history is None:
-        return revisions
     seen: tuple[str, str] | None = None
-    for row in history.order_by("history_date"):
+    for row in endpoint.history.order_by("history_date", "history_id"):
         key = (row.model_id, row.revision)
         if key == seen or not any(key):
             continue
@@ -246,10 +242,5 @@ def endpoint_revisions(endpoint: ModelEndpoint) -> list[Revision]:
 
 
 def endpoint_evaluations(user: Any, endpoint: ModelEndpoint, *, limit: int = 10) -> list[Any]:
-    """The newest finished evaluation reports whose checked steps called `endpoint`, of workflows `user` may read
-    ([] when the evaluations app offers no such selector)."""
-    try:
-        from apps.evaluations.selectors import evaluation_reports_for_endpoint
-    except ImportError:
-        return []
+    """The newest finished evaluation reports whose checked steps called `endpoint`, of workflows `user` may read."""
     return list(evaluation_reports_for_endpoint(user, endpoint.name)[:limit])

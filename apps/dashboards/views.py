@@ -232,7 +232,7 @@ def _widget_response(
     form = FilterForm(request.GET, user=user, workflow=workflow)
     if not form.is_valid():
         errors = "; ".join(
-            f"{form.fields[name].label if name in form.fields else name}: {' '.join(text)}"
+            f"{form.fields[name].label if name in form.fields else name}: {' '.join(str(item) for item in text)}"
             for name, text in form.errors.items()
         )
         return HttpResponse(f"The filter is not valid: {errors}", status=400, content_type="text/plain; charset=utf-8")

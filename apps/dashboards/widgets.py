@@ -244,7 +244,7 @@ class KpiTiles(Widget):
     def data(self, page: PageData) -> dict[str, Any]:
         overview = page.overview
         labels = [day_label(point.day) for point in overview.series]
-        series = {
+        series: dict[str, list[Any]] = {
             "cases": [point.cases for point in overview.series],
             "throughput": [point.completed for point in overview.series],
             "run_cost": [point.cost for point in overview.series],

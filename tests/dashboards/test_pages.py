@@ -16,6 +16,7 @@ from django.urls import reverse
 from apps.dashboards.charts import format_value
 from apps.dashboards.widgets import ENDPOINT, OVERVIEW, PROCESS, QUEUE, widgets_for
 from tests.dashboards.dataset import EXPECTED, dataset_build
+from tests.support import devserver
 
 pytestmark = pytest.mark.django_db
 
@@ -192,3 +193,75 @@ def test_csv_cells_that_look_like_formulas_are_defused(manager: Any, data: Any) 
     names = [row[0] for row in rows[1:]]
     assert '\'=HYPERLINK("http://x")' in names
     assert not any(name.startswith("=") for name in names)
+
+
+@pytest.fixture
+def model_server() -> Any:
+    """Extra development inference servers reporting a model of our choosing (tests/support/devserver.py)."""
+    return devserver.make_server.__wrapped__()  # type: ignore[attr-defined]
+
+
+def test_the_model_card(analyst: Any, manager: Any, data: Any, model_server: Any) -> None:
+    from apps.accounts.services import user_create
+    from apps.inference.models import ModelEndpoint
+    from apps.inference.services import endpoint_probe
+    from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
+
+    endpoint = data.cloud
+    for model_id in ("acme/claims-7b", "acme/claims-8b"):
+        with model_server(model_id=model_id, max_total_tokens=8192) as url:
+            ModelEndpoint.objects.filter(pk=endpoint.pk).update(url=url)
+            endpoint.refresh_from_db()
+            endpoint_probe(actor=None, endpoint=endpoint)
+    workflow = workflow_create(actor=analyst, name="Reply drafting", team=None)
+    graph = {
+        "steps": [
+            {
+                "key": "draft",
+                "type": "llm.generate",
+                "config": {"prompt": "Reply to {{ input.x }}", "model": endpoint.name},
+            }
+        ]
+    }
+    schema = {"type": "object", "properties": {"x": {"type": "string"}}}
+    version = workflow_version_create(actor=analyst, workflow=workflow, graph=graph, input_schema=schema)
+    workflow_version_publish(actor=analyst, version=version)
+
+    page = _page(_client(manager), reverse("dashboards:endpoint", args=[endpoint.name]))
+    _no_inline_code(page)
+    history = page[page.index("Revision history") : page.index("Evaluation results")]
+    assert history.index("acme/claims-8b") < history.index("acme/claims-7b")  # newest first
+    assert "current" in history and "8192" in history
+    uses = page[page.index("Workflows that use it") : page.index("Revision history")]
+    assert "Reply drafting" in uses and "draft" in uses
+    # Someone who may not read the workflow sees the endpoint's card without it.
+    other = user_create(username="olga", password="x" * 20, roles=["analyst"], first_name="Olga")
+    page = _page(_client(other), reverse("dashboards:endpoint", args=[endpoint.name]))
+    assert "Reply drafting" not in page and "acme/claims-8b" in page
+
+
+def test_which_steps_call_an_endpoint() -> None:
+    from apps.dashboards.page_data import graph_uses_endpoint
+    from apps.inference.models import ModelEndpoint
+
+    big = ModelEndpoint(name="big", is_default=False)
+    default = ModelEndpoint(name="small", is_default=True)
+    graph = {
+        "steps": [
+            {"key": "a", "type": "llm.generate", "config": {"prompt": "x", "model": ""}},
+            {"key": "b", "type": "llm.extract", "config": {"model": "other", "fallbacks": ["big"]}},
+            {
+                "key": "each",
+                "type": "flow.foreach",
+                "config": {},
+                "lanes": {
+                    "body": [
+                        {"key": "c", "type": "llm.classify", "config": {"routing": {"small": "small", "large": "big"}}}
+                    ]
+                },
+            },
+            {"key": "d", "type": "http.request", "config": {"url": "https://big.example"}},
+        ]
+    }
+    assert graph_uses_endpoint(graph, big) == ["b", "c"]
+    assert graph_uses_endpoint(graph, default) == ["a", "c"]
