@@ -99,7 +99,9 @@ def test_web_and_worker_lines_are_json_with_the_request_and_run_ids(analyst, tea
     workflow_version_publish(actor=analyst, version=version)
     token = Token.objects.create(user=analyst).key
     request_id = f"logs-{uuid.uuid4().hex[:12]}"
-    with telemetry_stack("logs", redis_db=10, AIOS_LOG_FORMAT="json") as stack:
+    # DEBUG shows the one line per step execution; the model call's HTTP line (another library's, at INFO) is
+    # written inside the step too.
+    with telemetry_stack("logs", redis_db=10, AIOS_LOG_FORMAT="json", AIOS_LOG_LEVEL="DEBUG") as stack:
         status, _ = stack.request("GET", "/no-such-page/", headers={"X-Request-ID": request_id})
         assert status == 404
         status, answer = stack.request(
@@ -121,6 +123,13 @@ def test_web_and_worker_lines_are_json_with_the_request_and_run_ids(analyst, tea
         assert entry["service"] == "worker"
         assert entry["logger"] == "apps.core.telemetry.tracing"
         assert entry["message"].startswith(f"step {entry['step_key']} of run {run_id} ran for ")
+    model_calls = [
+        entry
+        for entry in _json_lines(worker_text)
+        if entry["logger"] == "httpx2" and entry["message"].startswith("HTTP Request: POST")
+    ]
+    assert model_calls and all(entry.get("run_id") == run_id for entry in model_calls), model_calls
+    assert {entry["step_key"] for entry in model_calls} == {"write"}
     web_entries = [entry for entry in _json_lines(web_text) if entry.get("request_id") == request_id]
     assert web_entries, web_text[-2000:]
     assert any(entry["logger"] == "django.request" and "Not Found" in entry["message"] for entry in web_entries)
