@@ -36,8 +36,10 @@ class FilterForm(forms.Form):
     valid. Empty fields mean "all" (every team, every process she may read, every version)."""
 
     period = forms.ChoiceField(choices=PERIODS, required=False, label="Period")
-    start = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    end = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    start = forms.DateField(
+        required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
+    )
+    end = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"))
     team = forms.ChoiceField(
         required=False, label="Team", error_messages={"invalid_choice": "There is no team %(value)s among yours."}
     )
@@ -56,6 +58,14 @@ class FilterForm(forms.Form):
         self, data: Any = None, *, user: Any, workflow: Workflow | None = None, today: date | None = None
     ) -> None:
         """`workflow` fixes the process (a process page names it in its path, so the form offers no choice)."""
+        if data is not None:
+            data = data.copy()
+            # No period means the default one; dates typed into From and To mean a custom period, whatever the
+            # period list still says (someone who typed dates wants those dates).
+            if data.get("start") and data.get("end"):
+                data["period"] = "custom"
+            elif not data.get("period"):
+                data["period"] = DEFAULT_PERIOD
         super().__init__(data)
         self.user = user
         self.fixed_workflow = workflow

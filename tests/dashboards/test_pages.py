@@ -265,3 +265,12 @@ def test_which_steps_call_an_endpoint() -> None:
     }
     assert graph_uses_endpoint(graph, big) == ["b", "c"]
     assert graph_uses_endpoint(graph, default) == ["a", "c"]
+
+
+def test_dates_typed_mean_a_custom_period_and_no_period_means_30_days(manager: Any, data: Any) -> None:
+    client = _client(manager)
+    page = _page(client, reverse("dashboards:overview") + "?period=7&start=2026-11-01&end=2026-11-10")
+    assert "01 Nov 2026 to 10 Nov 2026 (10 days)" in page
+    assert '<option value="custom" selected>' in page
+    page = _page(client, reverse("dashboards:overview") + "?team=")
+    assert "(30 days)" in page and '<option value="30" selected>' in page
