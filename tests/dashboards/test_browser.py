@@ -103,6 +103,18 @@ def test_a_manager_reads_one_process_and_downloads_a_chart(asgi_server: str, man
         assert rows[0] == ["Day", "Cases", "Completed", "Failed"]
         assert sum(int(row[1]) for row in rows[1:]) == EXPECTED["cases"]
         assert sum(int(row[2]) for row in rows[1:]) == EXPECTED["throughput"]
+        # The widget refreshes itself as an htmx fragment with the page's filter (every minute; here at once).
+        refresher = widget.locator("[hx-get]")
+        assert "process=claims-triage" in (refresher.get_attribute("hx-get") or "")
+        assert refresher.get_attribute("hx-trigger") == "every 60s"
+        with page.expect_response(lambda response: "/widgets/cases-over-time/" in response.url) as fragment:
+            page.evaluate(
+                "element => htmx.ajax('GET', element.getAttribute('hx-get'), {target: element, swap: 'innerHTML'})",
+                refresher.element_handle(),
+            )
+        assert fragment.value.status == 200
+        expect(widget.locator("svg[role=img] desc")).to_contain_text("Started from")
+        expect(widget.get_by_role("heading", name="Cases over time")).to_have_count(1)
         context.close()
 
         for label, width in WIDTHS.items():
