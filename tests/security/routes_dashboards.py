@@ -11,7 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 OK, HIDDEN, FORBIDDEN, LOGIN = 200, 404, 403, 302
-READERS = {"analyst": OK, "manager": OK, "auditor": OK, "reviewer": FORBIDDEN, "outsider": FORBIDDEN, "anonymous": LOGIN}
+READERS = {
+    "analyst": OK,
+    "manager": OK,
+    "auditor": OK,
+    "reviewer": FORBIDDEN,
+    "outsider": FORBIDDEN,
+    "anonymous": LOGIN,
+}
 # A queue's figures: those who work or lead it, and those who read every run (manager, auditor). Ana builds the
 # workflows that send items there but neither works nor leads the queue.
 QUEUE_READERS = {**READERS, "analyst": HIDDEN}
