@@ -22,21 +22,21 @@ pytestmark = pytest.mark.django_db
 # Queries per widget fragment, the request's own included (session, user, roles, the filter form's choices). A
 # change here is a change in what a widget costs: make it on purpose.
 PINNED: dict[tuple[str, str], int] = {
-    ("overview", "kpis"): 15,
-    ("overview", "cases-over-time"): 14,
-    ("overview", "automation-over-time"): 14,
-    ("overview", "cycle-time"): 14,
-    ("overview", "backlog"): 14,
+    ("overview", "kpis"): 16,
+    ("overview", "cases-over-time"): 15,
+    ("overview", "automation-over-time"): 15,
+    ("overview", "cycle-time"): 15,
+    ("overview", "backlog"): 15,
     ("overview", "cost-per-case"): 9,
-    ("overview", "hours-saved"): 15,
-    ("overview", "processes"): 15,
-    ("process", "kpis"): 18,
-    ("process", "cases-over-time"): 17,
-    ("process", "automation-over-time"): 17,
-    ("process", "cycle-time"): 17,
-    ("process", "backlog"): 17,
+    ("overview", "hours-saved"): 16,
+    ("overview", "processes"): 16,
+    ("process", "kpis"): 19,
+    ("process", "cases-over-time"): 18,
+    ("process", "automation-over-time"): 18,
+    ("process", "cycle-time"): 18,
+    ("process", "backlog"): 18,
     ("process", "cost-per-case"): 12,
-    ("process", "hours-saved"): 18,
+    ("process", "hours-saved"): 19,
     ("process", "versions"): 18,
     ("queue", "queue-kpis"): 14,
     ("queue", "queue-over-time"): 13,
@@ -142,4 +142,5 @@ def test_each_fragment_costs_a_pinned_number_of_queries_whatever_the_period(mana
             assert month == quarter, f"{scope}/{widget.slug}: {month} queries for 30 days, {quarter} for 90"
             measured[(scope, widget.slug)] = quarter
     print("queries per widget fragment:", measured)
-    assert measured == PINNED
+    changed = {key: (PINNED.get(key), count) for key, count in measured.items() if PINNED.get(key) != count}
+    assert not changed, f"queries per fragment changed (pinned, now): {changed}; update PINNED if on purpose"
