@@ -134,6 +134,9 @@ def format_compact(value: Number) -> str:
     for threshold, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if magnitude >= threshold:
             return _plain(number / threshold, 1) + suffix
+    if 0 < magnitude < 0.01:
+        # Two significant digits for the very small (a cost per case of a tenth of a cent is not "0").
+        return _plain(number, 1 - math.floor(math.log10(magnitude)))
     return _plain(number, 0 if magnitude >= 100 else 1 if magnitude >= 10 else 2)
 
 
@@ -172,10 +175,17 @@ def format_value(value: Number | None, unit: Unit, *, compact: bool = False, cur
     if unit == "hours":
         return f"{format_compact(number) if compact else _plain(number, 1)} h"
     if unit == "money":
-        text = format_compact(number) if compact else f"{number:,.2f}"
+        if compact:
+            text = format_compact(number)
+        elif 0 < abs(number) < 0.01:
+            text = f"{number:,.4f}"  # a fraction of a cent: 0.0012, not a misleading 0.00
+        else:
+            text = f"{number:,.2f}"
         return f"{currency} {text}".strip()
     if unit == "ratio":
-        return f"{_plain(number * 100, 0)} %" if compact else f"{_plain(number * 100, 1)} %"
+        # Shown as a percentage; past 1,000 % a decimal says nothing a reader can use.
+        percent = number * 100
+        return f"{_plain(percent, 0 if compact or abs(percent) >= 1000 else 1)} %"
     if unit == "months":
         return f"{_plain(number, 1)} month{'' if number == 1 else 's'}"
     if compact or abs(number) >= 1e6:

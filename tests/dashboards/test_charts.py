@@ -124,6 +124,9 @@ def test_values_by_unit() -> None:
     assert format_compact(1200) == "1.2k"
     assert format_compact(-3_400_000) == "-3.4M"
     assert format_compact(5.6e12) == "5.6T"
+    assert format_compact(0.0005) == "0.0005" and format_compact(0.00123) == "0.0012"
+    assert format_value(Decimal("0.0012"), "money", currency="EUR") == "EUR 0.0012"
+    assert format_value(Decimal("1667903.6") / 100, "ratio") == "1,667,904 %"
 
 
 # Charts --------------------------------------------------------------------------------------------------------
