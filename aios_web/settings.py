@@ -362,9 +362,10 @@ LOGGING = logging_config(log_format=AIOS_LOG_FORMAT, level=env_str("AIOS_LOG_LEV
 # admins only. The collectors ask the database and Redis at scrape time.
 AIOS_METRICS_TOKEN = env_str("AIOS_METRICS_TOKEN", "")
 AIOS_METRICS_COLLECTORS = ["apps.runs.metrics.EngineCollector", "apps.inference.metrics.InferenceCollector"]
-# Model-call gauges cover the calls of this recent window, reading at most this many of the newest records.
-AIOS_METRICS_INFERENCE_WINDOW_SECONDS = env_int("AIOS_METRICS_INFERENCE_WINDOW_SECONDS", 3600, minimum=60)
-AIOS_METRICS_INFERENCE_SCAN_ROWS = env_int("AIOS_METRICS_INFERENCE_SCAN_ROWS", 100000, minimum=100)
+# The history gauges of /metrics (runs and model calls) cover this recent window, reading at most this many of the
+# newest runs and of the newest call records, so a scrape costs the same however long the history.
+AIOS_METRICS_WINDOW_SECONDS = env_int("AIOS_METRICS_WINDOW_SECONDS", 3600, minimum=60)
+AIOS_METRICS_SCAN_ROWS = env_int("AIOS_METRICS_SCAN_ROWS", 100000, minimum=100)
 # Traces: off unless an OTLP endpoint is configured (the standard OTEL_EXPORTER_OTLP_ENDPOINT, read by the
 # exporter) or AIOS_OTEL_ENABLED=1 (then the exporter's default, http://localhost:4318). Each process reports as
 # <AIOS_OTEL_SERVICE_NAME>-<role>: aios-web, aios-worker, aios-beat.

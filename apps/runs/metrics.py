@@ -1,7 +1,8 @@
 """The engine's Prometheus metrics, read at scrape time from the runs tables and the sweeper's figures in Redis
 (see apps/core/telemetry/metrics.py for why nothing is counted in process memory).
 
-Six queries, each served by an index: runs by status (`status`), step runs by state (the step-run indexes that
+Seven queries, each bounded by an index: runs not finished (`status`), runs of the recent window (the primary key
+and `created_at`, at most AIOS_METRICS_SCAN_ROWS of the newest), step runs not finished (the step-run indexes that
 lead with `state`), queued steps and their oldest (`step_run_queued_idx`), unrelayed outbox rows
 (`outbox_unrelayed_idx`, partial), due timers (`timer_due_idx`, partial), and incidents (a small table).
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import cast
 
-from django.db.models import Count, Min, Q
+from django.conf import settings
+from django.db.models import Count, Min, Q, Subquery
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -24,6 +27,10 @@ from apps.runs.models import Incident, Outbox, Run, StepRun, Timer
 from apps.steps.registry import step_type_get
 
 logger = logging.getLogger(__name__)
+
+
+ACTIVE_RUN_STATUSES = (Run.Status.PENDING, Run.Status.RUNNING)
+ACTIVE_STEP_STATES = (StepRun.State.PENDING, StepRun.State.QUEUED, StepRun.State.RUNNING, StepRun.State.WAITING)
 
 
 def _queue_of(step_type: str) -> str:
@@ -42,17 +49,42 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = timezone.now()
-        runs = GaugeMetricFamily("aios_runs", "Runs by status (every run recorded).", labels=["status"])
-        counted = dict(Run.objects.order_by().values_list("status").annotate(n=Count("id")))
-        for status in Run.Status.values:
-            runs.add_metric([status], counted.get(status, 0))
-        yield runs
+        window = settings.AIOS_METRICS_WINDOW_SECONDS
+        since = now - timedelta(seconds=window)
+        # Live work is counted exactly (few rows, found through the status and state indexes); history only over
+        # the recent window and the newest AIOS_METRICS_SCAN_ROWS runs, so a scrape costs the same on a table of
+        # a hundred million runs. Totals over all time are the dashboards' rollups' business.
+        active = GaugeMetricFamily("aios_runs_active", "Runs not finished, by status.", labels=["status"])
+        counted = dict(
+            Run.objects.filter(status__in=ACTIVE_RUN_STATUSES).order_by().values_list("status").annotate(n=Count("id"))
+        )
+        for status in ACTIVE_RUN_STATUSES:
+            active.add_metric([status], counted.get(status, 0))
+        yield active
+        newest = Subquery(Run.objects.order_by("-id").values("id")[:1])
+        recent_runs = Run.objects.filter(id__gt=newest - settings.AIOS_METRICS_SCAN_ROWS, created_at__gte=since)
+        recent = GaugeMetricFamily(
+            "aios_runs_recent",
+            "Runs created in the window (aios_metrics_window_seconds), by status now.",
+            labels=["status"],
+        )
+        counted = dict(recent_runs.order_by().values_list("status").annotate(n=Count("id")))
+        for value in Run.Status.values:
+            recent.add_metric([value], counted.get(value, 0))
+        yield recent
 
-        steps = GaugeMetricFamily("aios_step_runs", "Step runs by state (every step run recorded).", labels=["state"])
-        counted = dict(StepRun.objects.order_by().values_list("state").annotate(n=Count("id")))
-        for state in StepRun.State.values:
+        steps = GaugeMetricFamily("aios_step_runs_active", "Step runs not finished, by state.", labels=["state"])
+        counted = dict(
+            StepRun.objects.filter(state__in=ACTIVE_STEP_STATES).order_by().values_list("state").annotate(n=Count("id"))
+        )
+        for state in ACTIVE_STEP_STATES:
             steps.add_metric([state], counted.get(state, 0))
         yield steps
+        yield GaugeMetricFamily(
+            "aios_metrics_window_seconds",
+            "The window aios_runs_recent and the aios_inference_* gauges cover.",
+            value=window,
+        )
 
         depth = GaugeMetricFamily(
             "aios_queue_depth",

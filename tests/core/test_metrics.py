@@ -34,8 +34,8 @@ from tests.support.engine import drive
 NUMBER = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 # One step: 10 / n succeeds for n != 0 and fails the run for n = 0 (division by zero).
 DIVIDE = {"steps": [{"key": "divide", "type": "data.transform", "config": {"fields": {"q": "10 / input.n"}}}]}
-# What one scrape may ask the database: six engine queries, the model-call window, the endpoints' names.
-SCRAPE_QUERIES = 8
+# What one scrape may ask the database: seven engine queries, the model-call window, the endpoints' names.
+SCRAPE_QUERIES = 9
 
 
 def scrape() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -105,13 +105,15 @@ def test_engine_and_inference_series_match_the_seeded_state(seeded):
         samples = scrape()
     assert len(queries) == SCRAPE_QUERIES, [q["sql"] for q in queries]
 
-    assert value(samples, "aios_runs", status="succeeded") == 2
-    assert value(samples, "aios_runs", status="failed") == 1
-    assert value(samples, "aios_runs", status="running") == 1
-    assert value(samples, "aios_runs", status="cancelled") == 0
-    assert value(samples, "aios_step_runs", state="succeeded") == 2
-    assert value(samples, "aios_step_runs", state="failed") == 1
-    assert value(samples, "aios_step_runs", state="queued") == 1
+    assert value(samples, "aios_runs_recent", status="succeeded") == 2
+    assert value(samples, "aios_runs_recent", status="failed") == 1
+    assert value(samples, "aios_runs_recent", status="running") == 1
+    assert value(samples, "aios_runs_recent", status="cancelled") == 0
+    assert value(samples, "aios_runs_active", status="running") == 1
+    assert value(samples, "aios_runs_active", status="pending") == 0
+    assert value(samples, "aios_step_runs_active", state="queued") == 1
+    assert value(samples, "aios_step_runs_active", state="running") == 0
+    assert value(samples, "aios_metrics_window_seconds") == 3600
     assert value(samples, "aios_queue_depth", queue="engine", step_type="data.transform") == 1
     assert 0 <= value(samples, "aios_queue_oldest_age_seconds", queue="engine") < 60
     assert value(samples, "aios_outbox_unrelayed", queue="connectors") == 1
@@ -137,16 +139,17 @@ def test_engine_and_inference_series_match_the_seeded_state(seeded):
     assert value(samples, "aios_inference_latency_seconds_bucket", endpoint="metrics-ep", le="1") == 1
     assert value(samples, "aios_inference_latency_seconds_bucket", endpoint="metrics-ep", le="2.5") == 2
     assert value(samples, "aios_inference_latency_seconds_gcount", endpoint="metrics-ep") == 2
-    assert value(samples, "aios_inference_window_seconds") == 3600
     assert value(samples, "aios_inference_window_truncated") == 0
     # The serving process's own metrics come along.
     assert "process_cpu_seconds_total" in samples
 
 
 def test_a_scrape_reads_no_more_than_its_bound(seeded, settings):
-    """With a scan bound of one record, only the newest call counts, and the truncation is reported."""
-    settings.AIOS_METRICS_INFERENCE_SCAN_ROWS = 1
+    """With a scan bound of one row, only the newest run and the newest call count, and the truncation is reported."""
+    settings.AIOS_METRICS_SCAN_ROWS = 1
     samples = scrape()
+    assert sum(samples["aios_runs_recent"].values()) == 1
+    assert value(samples, "aios_runs_recent", status="running") == 1  # the queued run is the newest
     calls = {labels: count for labels, count in samples["aios_inference_calls"].items()}
     assert sum(calls.values()) == 1
     assert value(samples, "aios_inference_calls", endpoint="metrics-ep", status="error") == 1
@@ -219,9 +222,7 @@ def test_the_admin_role_name_is_the_accounts_one():
 
 
 @pytest.mark.django_db
-def test_admins_and_the_token_read_metrics_everyone_else_gets_404(
-    settings, admin_user_role, analyst, manager, auditor
-):
+def test_admins_and_the_token_read_metrics_everyone_else_gets_404(settings, admin_user_role, analyst, manager, auditor):
     settings.AIOS_METRICS_TOKEN = "scrape-token-0123456789"
     anonymous = APIClient()
     assert anonymous.get("/metrics").status_code == 404
@@ -230,7 +231,7 @@ def test_admins_and_the_token_read_metrics_everyone_else_gets_404(
     response = anonymous.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-0123456789")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
-    assert b"# HELP aios_runs " in response.content
+    assert b"# HELP aios_runs_active " in response.content
     for person in (analyst, manager, auditor):
         client = APIClient()
         client.force_login(person)
@@ -256,5 +257,5 @@ def test_sweeper_figures_survive_redis_being_away(db, settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     store.sweep_record(started=time.time(), finished=time.time(), lease_takeovers=1, incidents=0)
     samples = scrape()
-    assert "aios_runs" in samples
+    assert "aios_runs_active" in samples
     assert "aios_lease_takeovers_total" not in samples

@@ -89,7 +89,7 @@ def _instrument() -> None:
 
     # Health probes and scrapes every few seconds would drown the traces that matter.
     for instrumentor, options in (
-        (DjangoInstrumentor(), {"excluded_urls": "healthz,readyz,metrics,static/"}),
+        (DjangoInstrumentor(), {"excluded_urls": "/healthz$,/readyz$,/metrics$,/static/"}),
         (CeleryInstrumentor(), {}),
         (PsycopgInstrumentor(), {"enable_commenter": False}),
     ):
