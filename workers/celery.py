@@ -119,12 +119,19 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
 # Logs: Django's LOGGING (apps/core/telemetry/logs.py) rather than Celery's own set-up, so workers and beat write
 # the same lines as web, with the run id on every line a step's execution writes.
 @setup_logging.connect
-def _logging(**kwargs: Any) -> None:
+def _logging(loglevel: int | str | None = None, **kwargs: Any) -> None:
     import logging.config
 
     from django.conf import settings
 
     logging.config.dictConfig(settings.LOGGING)
+    if loglevel:
+        # `--loglevel` set the root level before (the launcher and the benchmarks wait for the INFO "ready." line);
+        # AIOS_LOG_LEVEL may ask for more, never for less.
+        root = logging.getLogger()
+        wanted = loglevel if isinstance(loglevel, int) else logging.getLevelName(str(loglevel).upper())
+        if isinstance(wanted, int):
+            root.setLevel(min(root.level, wanted))
 
 
 @worker_init.connect
