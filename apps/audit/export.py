@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,6 +47,8 @@ from apps.audit.models import LEGACY_STREAM, AuditAnchor, AuditEvent, iso_utc
 from apps.audit.selectors import audit_public_key, checkpoint_files, checkpoint_read
 from apps.audit.services import audit_checkpoint_write, audit_record, checkpoint_directory
 from apps.core.exceptions import ApplicationError
+
+logger = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "aios-audit-export/1"
 MANIFEST_FORMAT = "aios-audit-export-manifest/1"
@@ -255,7 +258,12 @@ def audit_export_write(
     the moment of the export. Raises ApplicationError when the range holds more than MAX_EXPORT_EVENTS
     events, or when no signed checkpoint can be read.
     """
-    audit_checkpoint_write()
+    try:
+        audit_checkpoint_write()
+    except OSError as error:
+        # A web process that may not write the checkpoint volume still exports, against the newest checkpoint
+        # the scheduler wrote; events after it are left out and counted.
+        logger.warning("audit export: could not write a fresh checkpoint (%s); using the newest on disk", error)
     files = checkpoint_files(checkpoint_directory())
     summary = ExportSummary()
     checkpoint = None

@@ -240,6 +240,8 @@ def test_the_event_page_shows_its_place_in_the_stream_and_its_anchor(events, aud
     table = client.get(f"/audit/events/{decided.pk}/").content.decode()
     assert re.search(r"<th scope=\"row\">decision</th><td>approve</td>", table)
     assert client.get("/audit/events/999999999/").status_code == 404
+    assert client.get(f"/audit/events/{10**30}/").status_code == 404  # past bigint: still a 404, not a 500
+    assert client.get(f"/audit/verify/{10**30}/").status_code == 404
 
 
 # --- verify now -----------------------------------------------------------------------------------------------
