@@ -91,7 +91,9 @@ class FilterForm(forms.Form):
             (number, f"Version {number}") for number in self.version_choices
         ]
         if workflow is not None:
+            # A process page names its process in the path, and a process has one team: neither is a choice.
             del self.fields["process"]
+            del self.fields["team"]
 
     def clean_team(self) -> Team | None:
         value = self.cleaned_data.get("team") or ""
@@ -118,6 +120,9 @@ class FilterForm(forms.Form):
                     self.add_error("end", f"Choose at most {MAX_DAYS} days.")
                 elif start < EARLIEST:
                     self.add_error("start", f"Choose a day from {EARLIEST:%d %b %Y} on.")
+        team, process = cleaned.get("team"), cleaned.get("process")
+        if team is not None and process is not None and process.team_id != team.pk:
+            self.add_error("process", f"{process.name} belongs to another team than {team.name}.")
         version = cleaned.get("version")
         if version and not self.version_choices and "version" not in self.errors:
             self.add_error("version", "Choose a process first, then one of its versions.")

@@ -629,6 +629,31 @@ class QueueOverTime(Widget):
 
 
 @register
+class TimePerItem(Widget):
+    slug = "time-per-item"
+    title = "Time per item"
+    lead = "How long reviewers spent on each decided item; each bar covers twice the time of the one before it."
+    scopes = frozenset({QUEUE})
+
+    def data(self, page: PageData) -> dict[str, Any]:
+        edges, counts = page.time_per_item
+        view = page.queue_view
+        chart = charts.histogram(
+            chart_id=chart_id(self), title="Items by time spent", edges=edges or [1.0], counts=counts
+        )
+        facts = [
+            (name, format_value(getattr(view.time_per_item, attribute), "seconds")) for name, attribute in PERCENTILES
+        ]
+        return {"chart": chart, "facts": facts}
+
+    def rows(self, page: PageData) -> list[list[Any]]:
+        edges, counts = page.time_per_item
+        rows: list[list[Any]] = [["From (s)", "To (s)", "Items"]]
+        rows += [[number(edges[i]), number(edges[i + 1]), count] for i, count in enumerate(counts)]
+        return rows
+
+
+@register
 class ReviewerLoad(Widget):
     slug = "reviewers"
     title = "Load per reviewer"
@@ -667,31 +692,6 @@ class ReviewerLoad(Widget):
                     number(row["time_per_item_p50"]),
                 ]
             )
-        return rows
-
-
-@register
-class TimePerItem(Widget):
-    slug = "time-per-item"
-    title = "Time per item"
-    lead = "How long reviewers spent on each decided item; each bar covers twice the time of the one before it."
-    scopes = frozenset({QUEUE})
-
-    def data(self, page: PageData) -> dict[str, Any]:
-        edges, counts = page.time_per_item
-        view = page.queue_view
-        chart = charts.histogram(
-            chart_id=chart_id(self), title="Items by time spent", edges=edges or [1.0], counts=counts
-        )
-        facts = [
-            (name, format_value(getattr(view.time_per_item, attribute), "seconds")) for name, attribute in PERCENTILES
-        ]
-        return {"chart": chart, "facts": facts}
-
-    def rows(self, page: PageData) -> list[list[Any]]:
-        edges, counts = page.time_per_item
-        rows: list[list[Any]] = [["From (s)", "To (s)", "Items"]]
-        rows += [[number(edges[i]), number(edges[i + 1]), count] for i, count in enumerate(counts)]
         return rows
 
 

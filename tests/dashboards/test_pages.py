@@ -274,3 +274,18 @@ def test_dates_typed_mean_a_custom_period_and_no_period_means_30_days(manager: A
     assert '<option value="custom" selected>' in page
     page = _page(client, reverse("dashboards:overview") + "?team=")
     assert "(30 days)" in page and '<option value="30" selected>' in page
+
+
+def test_a_process_of_another_team_is_a_form_error(manager: Any, analyst: Any, claims_workflow: Any) -> None:
+    from apps.accounts.services import team_create
+    from apps.workflows.models import Workflow
+
+    billing = team_create(name="Billing", members=[], actor=None)
+    Workflow.objects.create(name="Invoice review", slug="invoice-review", owner=analyst, team=billing)
+    client = _client(manager)
+    url = reverse("dashboards:overview") + f"?team={claims_workflow.team.slug}&process=invoice-review"
+    page = _page(client, url, status=400)
+    assert "Invoice review belongs to another team than" in page
+    # A process page has neither a team nor a process to choose.
+    page = _page(client, reverse("dashboards:process", args=[claims_workflow.slug]) + "?team=billing")
+    assert 'name="team"' not in page and 'name="process"' not in page
