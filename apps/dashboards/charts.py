@@ -407,6 +407,7 @@ def bar_chart(
     series_name: str = "",
     over_time: bool = False,
     frame: Frame | None = None,
+    category: str = "",
 ) -> Chart:
     """Vertical bars, one per category (a missing value draws no bar); zero is always on the axis so a negative
     value (a loss, a negative ROI) hangs below it. Values are written above the bars when there are few."""
@@ -414,7 +415,7 @@ def bar_chart(
     name = series_name or title
     numbers = _floats(values)
     if not labels or all(value is None for value in numbers):
-        return _empty("bar", chart_id, title, unit, frame, ["", name])
+        return _empty("bar", chart_id, title, unit, frame, [category, name])
     present = [value for value in numbers if value is not None]
     integer = unit == "count" and all(value == int(value) for value in present)
     scale, y_ticks = _value_ticks(present, frame, unit, integer=integer)
@@ -462,7 +463,7 @@ def bar_chart(
         y_ticks=y_ticks,
         bars=bars,
         table=Table(
-            ["", name], [[label, format_value(value, unit)] for label, value in zip(labels, numbers, strict=True)]
+            [category, name], [[label, format_value(value, unit)] for label, value in zip(labels, numbers, strict=True)]
         ),
     )
 
@@ -476,6 +477,7 @@ def horizontal_bar_chart(
     unit: Unit = "count",
     series_name: str = "",
     width: int = 560,
+    category: str = "",
 ) -> Chart:
     """Horizontal bars, for categories with long names (reviewers, processes, error kinds): the names stay
     readable on the left, one row each, and the value is written at the end of each bar."""
@@ -484,7 +486,7 @@ def horizontal_bar_chart(
     row = 28
     frame = Frame(width=width, height=max(80, row * len(labels) + 40), left=200, right=72, top=8, bottom=28)
     if not labels or all(value is None for value in numbers):
-        return _empty("hbar", chart_id, title, unit, Frame(width=width, height=80), ["", name])
+        return _empty("hbar", chart_id, title, unit, Frame(width=width, height=80), [category, name])
     present = [value for value in numbers if value is not None]
     integer = unit == "count" and all(value == int(value) for value in present)
     low, high = min([0.0, *present]), max([0.0, *present])
@@ -533,7 +535,7 @@ def horizontal_bar_chart(
         y_ticks=y_ticks,
         bars=bars,
         table=Table(
-            ["", name], [[label, format_value(value, unit)] for label, value in zip(labels, numbers, strict=True)]
+            [category, name], [[label, format_value(value, unit)] for label, value in zip(labels, numbers, strict=True)]
         ),
     )
 
@@ -548,11 +550,12 @@ def stacked_bar_chart(
     over_time: bool = False,
     note: str = "",
     frame: Frame | None = None,
+    category: str = "",
 ) -> Chart:
     """Bars of stacked segments, one segment per series (non-negative parts of a whole: machine, queue and
     human time; open cases and open approvals). Each segment has its series' pattern, and the legend names them."""
     frame = frame or Frame()
-    headers = ["", *[name for name, _ in series], "Total"]
+    headers = [category, *[name for name, _ in series], "Total"]
     columns = [_floats(values) for _, values in series]
     if not labels or not columns or all(value is None for column in columns for value in column):
         return _empty("stacked", chart_id, title, unit, frame, headers)
@@ -624,11 +627,12 @@ def line_chart(
     series: Sequence[tuple[str, Sequence[Number | None]]],
     unit: Unit = "count",
     frame: Frame | None = None,
+    category: str = "",
 ) -> Chart:
     """One line per series over the categories (days), with a marker per point; a missing value breaks the line
     rather than drawing a false zero. Series differ by dash and marker shape as well as colour."""
     frame = frame or Frame()
-    headers = ["", *[name for name, _ in series]]
+    headers = [category, *[name for name, _ in series]]
     columns = [_floats(values) for _, values in series]
     present = [value for column in columns for value in column if value is not None]
     if not labels or not present:

@@ -284,6 +284,7 @@ class CasesOverTime(Widget):
                 ("Completed", [point.completed for point in points]),
                 ("Failed", [point.failed for point in points]),
             ],
+            category="Day",
         )
         return {"chart": chart}
 
@@ -310,6 +311,7 @@ class AutomationOverTime(Widget):
                 ("Escalated", [_rate(point.escalated, point.completed) for point in points]),
             ],
             unit="percent",
+            category="Day",
         )
         return {"chart": chart}
 
@@ -363,6 +365,7 @@ class CycleTimeSplit(Widget):
             unit="seconds",
             note=f"Each part is its own percentile over the cases, so the parts need not add up to the whole case's: "
             f"{totals} ({cycle.total.count} completed cases).",
+            category="Percentile",
         )
         return {"chart": chart}
 
@@ -395,6 +398,7 @@ class Backlog(Widget):
                 ("Open cases", [bucket.open_cases for bucket in buckets]),
                 ("Open approval items", [bucket.open_approvals for bucket in buckets]),
             ],
+            category="Age",
         )
         return {"chart": chart}
 
@@ -420,6 +424,7 @@ class CostPerCase(Widget):
             values=[costs.per_case(total) for _, total, _ in parts] if costs.cases else [],
             unit="money",
             series_name=f"Per case ({costs.currency})",
+            category="Part",
         )
         return {
             "chart": chart,
@@ -463,6 +468,7 @@ class HoursSavedAndRoi(Widget):
             values=[point.hours_saved for point in overview.series],
             unit="hours",
             over_time=True,
+            category="Day",
         )
         kpis = {kpi.key: kpi for kpi in overview.kpis}
         facts = [
@@ -557,6 +563,7 @@ class VersionComparison(Widget):
             labels=[f"Version {row.version_number}" for row in versions],
             values=[row.kpis["straight_through_rate"].value for row in versions],
             unit="percent",
+            category="Version",
         )
         return context
 
@@ -619,6 +626,7 @@ class QueueOverTime(Widget):
                 ("Decided", [row["decided"] for row in series]),
                 ("Breached SLA", [row["sla_breached"] for row in series]),
             ],
+            category="Day",
         )
         return {"chart": chart}
 
@@ -670,6 +678,7 @@ class ReviewerLoad(Widget):
             title="Items decided per reviewer",
             labels=[row["name"] for row in decided],
             values=[row["decided"] for row in decided],
+            category="Reviewer",
         )
         return {
             "chart": chart,
@@ -727,6 +736,7 @@ class EndpointCalls(Widget):
             title="Calls per day",
             labels=[day_label(row["day"]) for row in series],
             series=[("Calls", [row["calls"] for row in series]), ("Errors", [row["errors"] for row in series])],
+            category="Day",
         )
         return {"chart": chart}
 
@@ -754,6 +764,7 @@ class EndpointTokens(Widget):
                 ("Generated", [row["generated_tokens"] for row in series]),
             ],
             over_time=True,
+            category="Day",
         )
         return {"chart": chart}
 
@@ -786,6 +797,7 @@ class EndpointLatency(Widget):
             labels=[label for label, _ in values],
             values=[value for _, value in values],
             unit="seconds",
+            category="Measure",
         )
         return {"chart": chart}
 
@@ -807,6 +819,7 @@ class EndpointErrors(Widget):
             title="Failed calls by kind",
             labels=[kind.replace("_", " ") for kind in errors],
             values=list(errors.values()),
+            category="Kind",
         )
         return {"chart": chart, "empty_text": "No call failed in this period."}
 
@@ -830,6 +843,7 @@ class EndpointCost(Widget):
             values=[row["cost"] for row in series],
             unit="money",
             over_time=True,
+            category="Day",
         )
         return {"chart": chart}
 
