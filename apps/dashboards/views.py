@@ -11,6 +11,7 @@ a 500.
 from __future__ import annotations
 
 import csv
+from functools import wraps
 from typing import Any
 
 from django.contrib import messages
@@ -242,6 +243,20 @@ def _widget_response(
     return render(request, "dashboards/_widget_body.html", {"box": _box(widget, page, scope, form.query(), obj)})
 
 
+def fragment_login_required(view: Any) -> Any:
+    """login_required for a widget's htmx refresh: a session that ended answers 204 (htmx swaps nothing), since
+    the browser would follow the redirect and swap the sign-in page into the widget. A plain GET is redirected."""
+    guarded = login_required(view)
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated and request.headers.get("HX-Request") == "true":
+            return HttpResponse(status=204)
+        return guarded(request, *args, **kwargs)
+
+    return wrapper
+
+
 def _cell(value: Any) -> Any:
     """A CSV cell that a spreadsheet will not run: text starting like a formula gets a leading quote. Numbers
     stay numbers (a negative ROI is a number, not a formula)."""
@@ -260,7 +275,7 @@ def _csv(widget: Widget, page: PageData, name: str) -> HttpResponse:
     return response
 
 
-@login_required
+@fragment_login_required
 def overview_widget(request: HttpRequest, slug: str) -> HttpResponse:
     return _widget_response(request, scope=OVERVIEW, slug=slug, csv_file=False)
 
@@ -270,7 +285,7 @@ def overview_widget_csv(request: HttpRequest, slug: str) -> HttpResponse:
     return _widget_response(request, scope=OVERVIEW, slug=slug, csv_file=True, obj="overview")
 
 
-@login_required
+@fragment_login_required
 def process_widget(request: HttpRequest, slug: str, widget: str) -> HttpResponse:
     user = _user(request)
     workflow = _workflow(user, slug)
@@ -284,7 +299,7 @@ def process_widget_csv(request: HttpRequest, slug: str, widget: str) -> HttpResp
     return _widget_response(request, scope=PROCESS, slug=widget, csv_file=True, workflow=workflow, obj=slug)
 
 
-@login_required
+@fragment_login_required
 def queue_widget(request: HttpRequest, key: str, widget: str) -> HttpResponse:
     found = _queue(_user(request), key)
     return _widget_response(request, scope=QUEUE, slug=widget, csv_file=False, queue=found, obj=key)
@@ -296,7 +311,7 @@ def queue_widget_csv(request: HttpRequest, key: str, widget: str) -> HttpRespons
     return _widget_response(request, scope=QUEUE, slug=widget, csv_file=True, queue=found, obj=key)
 
 
-@login_required
+@fragment_login_required
 def endpoint_widget(request: HttpRequest, name: str, widget: str) -> HttpResponse:
     found = _endpoint(_user(request), name)
     return _widget_response(request, scope=ENDPOINT, slug=widget, csv_file=False, endpoint=found, obj=name)

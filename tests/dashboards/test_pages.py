@@ -289,3 +289,12 @@ def test_a_process_of_another_team_is_a_form_error(manager: Any, analyst: Any, c
     # A process page has neither a team nor a process to choose.
     page = _page(client, reverse("dashboards:process", args=[claims_workflow.slug]) + "?team=billing")
     assert 'name="team"' not in page and 'name="process"' not in page
+
+
+def test_a_refresh_after_the_session_ended_swaps_nothing(manager: Any, data: Any) -> None:
+    anonymous = Client()
+    url = reverse("dashboards:widget", args=["kpis"]) + "?period=30"
+    assert anonymous.get(url, HTTP_HX_REQUEST="true").status_code == 204
+    assert anonymous.get(url).status_code == 302
+    fragment = _client(manager).get(url, HTTP_HX_REQUEST="true")
+    assert fragment.status_code == 200 and "Key figures" in fragment.content.decode()
