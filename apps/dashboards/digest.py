@@ -56,6 +56,23 @@ def digest_subscription_get(user: User) -> DigestSubscription | None:
     return DigestSubscription.objects.filter(user=user).first()
 
 
+def digest_covers(subscription: DigestSubscription | None) -> str:
+    """What a subscription covers, in words: "all processes you may read", a process's name or a team's."""
+    from apps.accounts.models import Team
+    from apps.workflows.models import Workflow
+
+    wanted = (subscription.filter if subscription else None) or {}
+    if wanted.get("workflow"):
+        workflow = Workflow.objects.filter(pk=wanted["workflow"]).first()
+        if workflow is not None:
+            return workflow.name
+    if wanted.get("team"):
+        team = Team.objects.filter(pk=wanted["team"]).first()
+        if team is not None:
+            return f"the {team.name} team's processes"
+    return "all processes you may read"
+
+
 @transaction.atomic
 def digest_subscription_set(*, actor: User, weekly: bool, covered: dict[str, int] | None = None) -> DigestSubscription:
     """Turn `actor`'s weekly digest on (covering the team and workflow ids in `covered`, all she may read when

@@ -23,7 +23,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
 from apps.accounts.models import User
-from apps.dashboards.digest import digest_subscription_get, digest_subscription_set
+from apps.dashboards.digest import digest_covers, digest_subscription_get, digest_subscription_set
 from apps.dashboards.forms import FilterForm
 from apps.dashboards.page_data import endpoint_evaluations, endpoint_revisions, endpoint_workflows
 from apps.dashboards.selectors import (
@@ -162,6 +162,7 @@ def _page(
     )
     if scope == OVERVIEW:
         context["digest"] = digest_subscription_get(user)
+        context["digest_covers"] = digest_covers(context["digest"]) if context["digest"] else ""
     return render(request, template, context)
 
 

@@ -61,7 +61,7 @@ def test_the_toggle_needs_csrf_and_is_audited(manager: Any, analyst: Any, review
     subscription = DigestSubscription.objects.get(user=manager)
     assert subscription.weekly and subscription.filter == {"workflow": data.claims.pk}
     page = client.get(response["Location"]).content.decode()
-    assert "Weekly email digest is on" in page and "Turn off" in page
+    assert "Weekly email digest is on" in page and "Turn off" in page and "(Claims triage)" in page
 
     client.post(reverse("dashboards:digest"), {"weekly": "off"})
     subscription.refresh_from_db()
