@@ -14,8 +14,13 @@ the check does not rest on the code that wrote the trail. It checks, and prints 
    root, and that anchor being one of the chain in 2;
 4. the manifest: its signature, the digest of every line before it, and the streams and counts it lists.
 
-Exit status 0 when everything verifies, 1 when anything does not (each problem named), 2 when the file
-cannot be read at all. MACs are not checked: they need the installation's secret, which exports never hold.
+Every signature is checked against the public key the export carries, so a file forged end to end with another
+key is self-consistent: only a key you obtained independently proves who signed it. Pin it with --public-key (or
+its id with --key-id); without a pin a self-consistent file is reported UNVERIFIED, never OK.
+
+Exit status 0 when everything verifies under a pinned key, 1 when anything does not (each problem named), 2 when
+the file cannot be read at all, 3 when it is consistent but its signer was not pinned. MACs are not checked: they
+need the installation's secret, which exports never hold.
 """
 
 from __future__ import annotations
@@ -171,13 +176,17 @@ def verify(path: Path, *, expected_key_id: str = "", expected_public_key: str = 
         result.problems.append(f"the export's key id is {header_key_id}, not {expected_key_id} as given with --key-id")
     result.checked.append(f"public key {header_key_id} (compare it with `manage.py audit_checkpoint --public-key`)")
 
-    by_type: dict[str, list[dict[str, Any]]] = {}
+    by_type: dict[str, list[dict[str, Any]]] = {"_all": records}
     for record in records[1:]:
         by_type.setdefault(str(record["type"]), []).append(record)
 
-    anchors = _verify_checkpoint_and_anchors(result, by_type, public_key)
-    streams = _verify_streams(result, records, anchors, by_type)
-    _verify_manifest(result, by_type, lines, public_key, streams)
+    try:
+        anchors = _verify_checkpoint_and_anchors(result, by_type, public_key)
+        streams = _verify_streams(result, records, anchors, by_type)
+        _verify_manifest(result, by_type, lines, public_key, streams)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        # A field of the wrong type or missing (a hand-edited file): a broken export, named, not a traceback.
+        result.problems.append(f"a record is malformed ({type(error).__name__}: {error})")
     return result
 
 
@@ -377,6 +386,9 @@ def _verify_manifest(
         result.problems.append("manifest: the export must end with exactly one signed manifest")
         return
     manifest = manifests[0]
+    if manifest is not by_type["_all"][-1]:
+        # The manifest's digest covers only the lines before it: anything after it would be unsigned.
+        result.problems.append("manifest: records follow the manifest, outside what it signs")
     payload, signature = manifest.get("payload"), manifest.get("signature")
     if not isinstance(payload, dict) or payload.get("format") != MANIFEST_FORMAT or not isinstance(signature, str):
         result.problems.append("manifest: not an export manifest")
@@ -415,7 +427,10 @@ def _verify_manifest(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m apps.audit.offline_verify",
-        description="Verify an AIOS audit export without the database. Exit 0: intact; 1: broken; 2: unreadable.",
+        description=(
+            "Verify an AIOS audit export without the database. Exit 0: intact under the pinned key; 1: broken; "
+            "2: unreadable; 3: consistent, but no --public-key or --key-id was given to say whose signature it is."
+        ),
     )
     parser.add_argument("export", type=Path, help="the .jsonl file downloaded from Audit → Export")
     parser.add_argument("--key-id", default="", help="the checkpoint key id you trust (16 hex digits)")
@@ -430,6 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in result.checked:
         print(f"checked: {line}")
     seconds = (datetime.now(UTC) - started).total_seconds()
+    if result.intact and not (options.key_id or options.public_key):
+        print(
+            "UNVERIFIED: the export is self-consistent, but its signer is not pinned: anyone can sign a file with a "
+            "key of their own. Run again with --public-key (or --key-id) as the administrator gave it to you "
+            "(`python manage.py audit_checkpoint --public-key`)."
+        )
+        return 3
     if result.intact:
         print(f"OK: the export verifies ({seconds:.2f} s).")
         return 0

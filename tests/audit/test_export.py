@@ -34,9 +34,13 @@ def _checkpoints_in_tmp(settings, tmp_path):
     settings.AIOS_AUDIT_CHECKPOINT_DIR = tmp_path / "checkpoints"
 
 
-def offline_verify(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """`python -m apps.audit.offline_verify` as its own process, with no Django settings in its environment."""
+def offline_verify(path: Path, *extra: str, pin: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m apps.audit.offline_verify` as its own process, with no Django settings in its environment,
+    pinning the installation's public key as an auditor who obtained it from the administrator would (unless
+    `pin` is False or `extra` pins something itself)."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    if pin and not {"--key-id", "--public-key"} & set(extra):
+        extra = (*extra, "--public-key", crypto.public_key_hex())
     return subprocess.run(
         [sys.executable, "-m", "apps.audit.offline_verify", str(path), *extra],
         capture_output=True,
@@ -131,12 +135,13 @@ def test_the_verifier_needs_no_django(trail, auditor, tmp_path):
     path = tmp_path / "export.jsonl"
     export_to(path, actor=auditor, stream=RUN)
     program = (
-        "import sys; from apps.audit import offline_verify as v; code = v.main([sys.argv[1]]); "
+        "import sys; from apps.audit import offline_verify as v; "
+        "code = v.main([sys.argv[1], '--public-key', sys.argv[2]]); "
         "assert not any(name == 'django' or name.startswith('django.') for name in sys.modules), 'django imported'; "
         "sys.exit(code)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", program, str(path)],
+        [sys.executable, "-c", program, str(path), crypto.public_key_hex()],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -253,3 +258,46 @@ def test_merkle_audit_paths_lead_to_the_root_for_every_leaf_of_every_size():
                 assert merkle_root_from_path(index, size, leaves[(index + 1) % size], path).hex() != root
                 other = merkle_root_from_path(index, size * 2, leaves[index], path)
                 assert other is None or other.hex() != root
+
+
+def test_an_export_is_only_ok_under_a_key_the_auditor_pinned(trail, auditor, tmp_path):
+    """Every signature is checked under the key the file carries, so a file re-signed with another key would be
+    self-consistent: without a pinned key the verdict is UNVERIFIED (exit 3), and a file carrying another key
+    fails against the pinned one."""
+    path = tmp_path / "export.jsonl"
+    export_to(path, actor=auditor, since=trail["since"], until=trail["until"])
+    unpinned = offline_verify(path, pin=False)
+    assert unpinned.returncode == 3 and "UNVERIFIED" in unpinned.stdout, unpinned.stdout
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    other = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+    def swap_key(record: dict[str, Any]) -> dict[str, Any]:
+        if record["type"] == "export":
+            record["key"]["public_key"] = other
+        return record
+
+    swapped = offline_verify(rewrite(path, tmp_path / "swapped.jsonl", swap_key))
+    assert swapped.returncode == 1 and "not the one given with --public-key" in swapped.stdout, swapped.stdout
+
+    # A record appended after the manifest lies outside what it signs.
+    appended = tmp_path / "appended.jsonl"
+    appended.write_bytes(path.read_bytes() + b'{"type":"event","stream":"run:9"}\n')
+    result = offline_verify(appended)
+    assert result.returncode == 1 and "records follow the manifest" in result.stdout, result.stdout
+
+
+def test_a_malformed_field_is_a_named_problem_not_a_traceback(trail, auditor, tmp_path):
+    path = tmp_path / "export.jsonl"
+    export_to(path, actor=auditor, since=trail["since"], until=trail["until"])
+
+    def break_position(record: dict[str, Any]) -> dict[str, Any]:
+        if record["type"] == "stream":
+            record["first"] = "four"
+        return record
+
+    result = offline_verify(rewrite(path, tmp_path / "malformed.jsonl", break_position))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
