@@ -185,9 +185,15 @@ def test_one_trace_holds_the_web_request_the_worker_and_the_model_call(analyst, 
     assert any("POST" in span.name for span in by_service["aios-web"]), [s.name for s in by_service["aios-web"]]
     steps = {span.name: span for span in spans if span.name.startswith("step ")}
     recorded_parent = run.traceparent.split("-")[2]
-    assert steps["step prepare"].service == "aios-worker"
-    assert steps["step prepare"].parent_span_id == recorded_parent
     assert recorded_parent in {span.span_id for span in by_service["aios-web"]}  # a span of the web process
+    # Delivered by Celery from within the run, each step nests under the task that brought it, and the chain of
+    # parents leads back to the web request: web → publish → worker task → step → publish → task → step → call.
+    by_id = {span.span_id: span for span in spans}
+    for key in ("step prepare", "step write"):
+        assert steps[key].service == "aios-worker"
+        task = by_id[steps[key].parent_span_id]
+        assert task.name == "run/runs.execute_step" and task.service == "aios-worker", task
+        assert recorded_parent in _ancestors(by_id, steps[key]), key
     assert steps["step write"].attributes["aios.run_id"] == run.pk
     (model_call,) = [span for span in spans if span.name.startswith("model call")]
     assert model_call.service == "aios-worker"
@@ -199,8 +205,20 @@ def test_one_trace_holds_the_web_request_the_worker_and_the_model_call(analyst, 
 
     assert "aios-web" not in {span.service for span in relayed_spans}  # no web request took part
     relayed_steps = {span.name: span for span in relayed_spans if span.name.startswith("step ")}
+    # The sweeper's task that sent it belongs to another trace: the step's parent is what the run recorded.
     assert relayed_steps["step prepare"].parent_span_id == relayed.traceparent.split("-")[2]
+    assert "runs.sweep" not in " ".join(span.name for span in relayed_spans)
     assert any(span.name.startswith("model call") for span in relayed_spans)
+
+
+def _ancestors(by_id: dict[str, ReceivedSpan], span: ReceivedSpan) -> list[str]:
+    chain = []
+    while span.parent_span_id:
+        chain.append(span.parent_span_id)
+        if span.parent_span_id not in by_id:
+            break
+        span = by_id[span.parent_span_id]
+    return chain
 
 
 def _relayed_or_sweep(broker: Celery) -> bool:

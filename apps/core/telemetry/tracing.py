@@ -5,10 +5,11 @@ OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is); exported 
 How a run's trace survives the database hand-off: a run records the W3C `traceparent` of the context it was
 created in (`Run.traceparent`, filled by `traceparent_for_new_run`: the web request's span, or the step that
 started a child run). Whichever worker executes one of its steps, however the step reached it (sent right after
-commit, relayed by the sweeper minutes later, taken back from a dead worker), `step_scope` opens the step's span
-as a child of that recorded context, and the model calls inside it are children of the step's span. Celery's own
-instrumentation adds the publish and task spans it sees (in the sender's trace); the run's trace does not depend
-on them, which is what lets a relayed step still join its run.
+commit, relayed by the sweeper minutes later, taken back from a dead worker), `step_scope` opens the step's span in
+that trace: under the Celery task span that delivered it when that task was sent from within the run (Celery's
+instrumentation carries the context in the message), else directly under the recorded context. The model calls
+inside a step are children of its span. The run's trace never depends on the message, which is what lets a
+relayed step still join its run.
 
 Every process calls `configure(role)` once at start-up (web: aios_web/asgi.py; worker and beat: the Celery
 signals in workers/celery.py), which names it `aios-<role>` to the trace backend.
@@ -134,9 +135,16 @@ def traceparent_for_new_run() -> str:
 
 
 def _parent_context(traceparent: str) -> otel_context.Context | None:
+    """The context a step's span starts in: the span in context when it belongs to the run's trace already (the
+    Celery task that delivered the step, sent from within the run), so the trace shows each hop; else the run's
+    recorded context (a step relayed by the sweeper arrives in the sweep's trace, or in none)."""
     if not traceparent:
         return None
-    return _propagator.extract({"traceparent": traceparent})
+    recorded = _propagator.extract({"traceparent": traceparent})
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid and current.trace_id == trace.get_current_span(recorded).get_span_context().trace_id:
+        return None
+    return recorded
 
 
 @contextlib.contextmanager
