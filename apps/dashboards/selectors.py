@@ -346,6 +346,7 @@ class _Inputs:
     rate: Decimal
     currency: str
     baseline_minutes: dict[int, Decimal]
+    names: dict[int, str]
     realisation: dict[int, Decimal]
     build_cost: dict[int, Decimal]
 
@@ -353,10 +354,11 @@ class _Inputs:
         return f"{value.quantize(Decimal('0.01'))} {self.currency}"
 
 
-def _inputs_for(workflow_ids: list[int], baselines: dict[int, Decimal] | None = None) -> _Inputs:
+def _inputs_for(workflow_ids: list[int], workflows: list[Workflow] | None = None) -> _Inputs:
     settings_row = kpi_settings_get()
-    if baselines is None:
-        baselines = dict(Workflow.objects.filter(pk__in=workflow_ids).values_list("pk", "baseline_minutes_per_case"))
+    if workflows is None:
+        workflows = list(Workflow.objects.filter(pk__in=workflow_ids).only("pk", "name", "baseline_minutes_per_case"))
+    baselines = {workflow.pk: workflow.baseline_minutes_per_case for workflow in workflows}
     realisation: dict[int, Decimal] = {pk: HUNDRED for pk in workflow_ids}
     build_cost: dict[int, Decimal] = {}
     for workflow_id, percent, cost in WorkflowKpiInput.objects.filter(workflow_id__in=workflow_ids).values_list(
@@ -369,6 +371,7 @@ def _inputs_for(workflow_ids: list[int], baselines: dict[int, Decimal] | None = 
         rate=settings_row.reviewer_hourly_rate,
         currency=settings_row.currency,
         baseline_minutes=baselines,
+        names={workflow.pk: workflow.name for workflow in workflows},
         realisation=realisation,
         build_cost=build_cost,
     )
@@ -427,15 +430,20 @@ def _figures(
         "Reviewer cost": f"{(Decimal(str(sums['human_seconds'])) / 60).quantize(Decimal('0.1'))} min × "
         f"{inputs.money(inputs.rate)} per hour = {inputs.money(reviewer_cost)}",
     }
-    baselines = {
-        f"Baseline, workflow {workflow_id}": f"{inputs.baseline_minutes.get(workflow_id, Decimal(0)).normalize():f} "
-        f"min × {_percent_text(inputs.realisation.get(workflow_id, HUNDRED))} realisation"
-        for workflow_id in per_workflow
-    }
-    if len(baselines) == 1:
+
+    def minutes(workflow_id: int) -> str:
+        return f"{inputs.baseline_minutes.get(workflow_id, Decimal(0)).normalize():f} min"
+
+    def realisation(workflow_id: int) -> str:
+        return _percent_text(inputs.realisation.get(workflow_id, HUNDRED))
+
+    if len(per_workflow) == 1:
+        only = next(iter(per_workflow))
+        baselines = {"Baseline minutes per case": minutes(only), "Realisation factor": realisation(only)}
+    else:
         baselines = {
-            "Baseline minutes per case": next(iter(baselines.values())).split(" × ")[0],
-            "Realisation factor": next(iter(baselines.values())).split(" × ")[1].removesuffix(" realisation"),
+            f"Baseline of {inputs.names.get(pk, str(pk))}": f"{minutes(pk)} × {realisation(pk)} realisation"
+            for pk in per_workflow
         }
     build_ids = [pk for pk in per_workflow if pk in inputs.build_cost]
     payback: Decimal | None = None
@@ -759,7 +767,7 @@ def overview_for_user(user: AnyUser, flt: DashboardFilter, *, now: datetime | No
     workflow_ids = _visible_workflow_ids(user, flt)
     rows = _workflow_rows(flt, workflow_ids)
     workflows = list(Workflow.objects.filter(pk__in=workflow_ids).order_by("name"))
-    inputs = _inputs_for(workflow_ids, {workflow.pk: workflow.baseline_minutes_per_case for workflow in workflows})
+    inputs = _inputs_for(workflow_ids, workflows)
     per_workflow: dict[int, dict[str, Any]] = {}
     totals = _zero_sums()
     for row in _workflow_sums(rows, ("workflow_id",)):
