@@ -158,3 +158,14 @@ class EvaluationGateOverride(models.Model):
 
     def __str__(self) -> str:
         return f"Override of the evaluation gate for version {self.version_id}"
+
+
+class EvaluationGatePass(models.Model):
+    """A version went through the gate on a passing report: the evidence an auditor reads beside the version."""
+
+    version = models.OneToOneField("workflows.WorkflowVersion", on_delete=models.CASCADE, related_name="+")
+    report = models.ForeignKey(EvaluationReport, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Version {self.version_id} passed the evaluation gate on report {self.report_id}"

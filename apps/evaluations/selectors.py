@@ -11,7 +11,14 @@ from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 
-from apps.evaluations.models import EvaluationCase, EvaluationReport, EvaluationResult, EvaluationSuite
+from apps.evaluations.models import (
+    EvaluationCase,
+    EvaluationGateOverride,
+    EvaluationGatePass,
+    EvaluationReport,
+    EvaluationResult,
+    EvaluationSuite,
+)
 from apps.evaluations.outputs import OutputField, reader_for
 from apps.inference.models import InferenceCall
 from apps.workflows.graph import graph_checksum
@@ -172,3 +179,31 @@ def evaluation_reports_for_endpoint(user: AnyUser, endpoint_name: str) -> QueryS
         .select_related("workflow", "started_by")
         .order_by("-created_at", "-pk")
     )
+
+
+def version_evidence(workflow: Workflow, suite: EvaluationSuite | None) -> list[dict[str, Any]]:
+    """Each published version of the workflow, newest first, with what let it out: the passing report, an admin's
+    override (who and why), or nothing (published before the suite existed, or while its gate was off)."""
+    versions = list(
+        workflow.versions.filter(state=WorkflowVersion.State.PUBLISHED)
+        .select_related("published_by")
+        .order_by("-number")
+    )
+    ids = [version.pk for version in versions]
+    passes = {row.version_id: row for row in EvaluationGatePass.objects.filter(version_id__in=ids)}
+    overrides = {
+        row.version_id: row
+        for row in EvaluationGateOverride.objects.filter(version_id__in=ids).select_related("actor", "report")
+    }
+    rows = []
+    for version in versions:
+        row: dict[str, Any] = {"version": version, "kind": "none", "report_id": None}
+        if version.pk in passes:
+            row.update(kind="passed", report_id=passes[version.pk].report_id)
+        elif version.pk in overrides:
+            override = overrides[version.pk]
+            row.update(kind="overridden", report_id=override.report_id, override=override)
+        elif suite is None or (version.published_at and version.published_at < suite.created_at):
+            row["kind"] = "before"
+        rows.append(row)
+    return rows

@@ -26,6 +26,7 @@ from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Validati
 from apps.evaluations.models import (
     EvaluationCase,
     EvaluationGateOverride,
+    EvaluationGatePass,
     EvaluationReport,
     EvaluationResult,
     EvaluationSuite,
@@ -717,7 +718,16 @@ def evaluation_publish_gate(actor: User, version: WorkflowVersion, override_reas
     suite = suite_for(version.workflow)
     if suite is None or not suite.enabled:
         return GateVerdict()
-    if report_passing_for(suite, version) is not None:
+    passing = report_passing_for(suite, version)
+    if passing is not None:
+        # The evidence, kept with the version and in the audit chain, in the publish transaction.
+        EvaluationGatePass.objects.create(version=version, report=passing)
+        audit_record(
+            actor=actor,
+            verb="evaluation.gate_passed",
+            target=version,
+            data={"workflow": version.workflow.slug, "number": version.number, "report": passing.pk},
+        )
         return GateVerdict()
     checksum = content_checksum(version)
     newest = (

@@ -42,6 +42,7 @@ from apps.evaluations.selectors import (
     suite_fields,
     suite_for,
     suite_graph,
+    version_evidence,
 )
 from apps.evaluations.services import (
     evaluation_case_check,
@@ -99,6 +100,7 @@ def suite_page(request: HttpRequest, slug: str) -> HttpResponse:
     context: dict[str, Any] = {
         "workflow": workflow,
         "suite": suite,
+        "evidence": version_evidence(workflow, suite),
         "can_edit": can_edit,
         "draft": draft,
         "checkable": checkable_steps(graph),

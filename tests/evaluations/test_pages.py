@@ -170,6 +170,12 @@ def test_publishing_through_the_suite_shows_progress_then_publishes_when_it_pass
     assert reverse("runs:detail", args=[report.results.first().run_id]) in page
     draft.refresh_from_db()
     assert draft.is_published and draft.note == "Same rules" and draft.published_by == analyst
+    # The suite page shows each published version's evidence; the audit chain has it too.
+    suite_page = client.get(reverse("evaluations:suite", args=[triage.slug])).content.decode()
+    assert "Passed the suite" in suite_page and f"report {report.pk}</a>" in suite_page
+    assert "Published before the suite existed" in suite_page  # version 1
+    passed = AuditEvent.objects.get(verb="evaluation.gate_passed")
+    assert passed.data_dict == {"workflow": triage.slug, "number": 2, "report": report.pk}
     # A draft with the same content as a passing report publishes at once (no second run).
     set_draft(analyst, triage, 1000.0)
     again = client.post(reverse("evaluations:publish", args=[triage.slug]), {"note": "again"})
@@ -206,6 +212,9 @@ def test_a_failing_suite_refuses_with_a_report_per_case_and_only_an_admin_overri
     assert AuditEvent.objects.get(verb="evaluation.gate_overridden").data_dict["report"] == report.pk
     versions = admin.get(reverse("workflows:versions", args=[triage.slug])).content.decode()
     assert "Published over the evaluation suite" in versions
+    evidence = client.get(reverse("evaluations:suite", args=[triage.slug])).content.decode()
+    assert "Published over the suite" in evidence and "Regulator deadline" in evidence
+    assert not AuditEvent.objects.filter(verb="evaluation.gate_passed").exists()
 
 
 def test_reports_are_compared_across_versions(analyst, manager, triage, suite):
