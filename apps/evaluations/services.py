@@ -392,7 +392,9 @@ def evaluation_report_start(
     )
     for case in cases:
         try:
-            run = run_test_start(actor=actor, workflow=workflow, inputs=case.inputs)
+            # Without the pinned test data: pins are not part of the content the gate is keyed on, so a step
+            # pinned to the expected values would pass a draft that gets them wrong.
+            run = run_test_start(actor=actor, workflow=workflow, inputs=case.inputs, use_pinned=False)
         except ApplicationError as error:
             raise ApplicationError(
                 f'Case "{case.name}" cannot run on this draft: {error.message}', extra=error.extra

@@ -50,11 +50,14 @@ def run_test_start(
     step_key: str | None = None,
     allow_calls: list[str] | None = None,
     recorded_run: Run | None = None,
+    use_pinned: bool = True,
 ) -> Run:
     """Start a test run of the draft (see the module docstring); refused with every reason it cannot run.
 
     `recorded_run` (a run of this workflow the caller may see) supplies the inputs when `inputs` is None and,
-    for a step test, the outputs of the steps before it that have no pinned data.
+    for a step test, the outputs of the steps before it that have no pinned data. `use_pinned=False` ignores the
+    workflow's pinned data (an evaluation run: pins are not part of the draft's content, so a pinned step would
+    prove nothing about it).
     """
     if not workflow_can_edit(actor, workflow):
         raise Forbidden("Testing a draft needs the right to change the workflow.")
@@ -83,7 +86,7 @@ def run_test_start(
     refused = uses_problems(actor, graph, workflow=workflow, only=step_key)
     if refused:
         raise ApplicationError("The draft cannot be tested: it names what it may not use.", extra={"problems": refused})
-    pinned = _pinned(workflow)
+    pinned = _pinned(workflow) if use_pinned else {}
     settings: dict[str, Any] = {"allow_calls": allowed, "target": step_key}
     prior: dict[str, Any] = {}
     if step_key is None:

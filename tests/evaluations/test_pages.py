@@ -345,3 +345,23 @@ def test_a_report_whose_runs_never_finish_is_closed_and_keeps_the_gate_shut(anal
         workflow_version_publish(actor=analyst, version=draft)
     page = client_for(analyst).get(reverse("evaluations:report", args=[triage.slug, report.pk])).content.decode()
     assert "Could not finish" in page and "did not finish within 30 minutes" in page
+
+
+# --- what a review found: ways around the gate ----------------------------------------------------------------------
+
+
+def test_pinned_test_data_does_not_make_a_bad_draft_pass(analyst, triage):
+    """Pins are not part of the draft's content: a checked step pinned to the expected values still runs for real
+    in an evaluation run, so the bad rule is caught."""
+    from apps.workflows.services import pinned_output_set
+
+    suite = evaluation_suite_save(actor=analyst, workflow=triage, step_key="decide", min_accuracy="100")
+    evaluation_case_save(actor=analyst, suite=suite, name="Small", inputs={"amount": 100}, expected={"route": "auto"})
+    set_draft(analyst, triage, 10.0)  # "Small" goes to an adjuster
+    pinned_output_set(actor=analyst, workflow=triage, step_key="decide", output={"route": "auto", "double": 200.0})
+    client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+    report = drive_report(EvaluationReport.objects.get())
+    assert report.state == "failed", report.outcomes
+    result = report.results.get()
+    assert result.output == {"route": "adjuster", "double": 200.0}
+    assert result.run.test_settings["pinned"] == {}
