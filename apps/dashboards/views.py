@@ -11,6 +11,7 @@ a 500.
 from __future__ import annotations
 
 import csv
+import re
 from functools import wraps
 from typing import Any
 
@@ -269,7 +270,9 @@ def _cell(value: Any) -> Any:
 def _csv(widget: Widget, page: PageData, name: str) -> HttpResponse:
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     stamp = f"{page.filter.start:%Y%m%d}-{page.filter.end:%Y%m%d}"
-    response["Content-Disposition"] = f'attachment; filename="{name}-{widget.slug}-{stamp}.csv"'
+    # A queue key may hold any character (team:claims); the file name keeps only the safe ones.
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "dashboard"
+    response["Content-Disposition"] = f'attachment; filename="{safe}-{widget.slug}-{stamp}.csv"'
     writer = csv.writer(response)
     for row in widget.rows(page):
         writer.writerow([_cell(value) for value in row])

@@ -298,3 +298,10 @@ def test_a_refresh_after_the_session_ended_swaps_nothing(manager: Any, data: Any
     assert anonymous.get(url).status_code == 302
     fragment = _client(manager).get(url, HTTP_HX_REQUEST="true")
     assert fragment.status_code == 200 and "Key figures" in fragment.content.decode()
+
+
+def test_a_csv_file_name_keeps_only_safe_characters(manager: Any, data: Any) -> None:
+    url = reverse("dashboards:queue-widget-csv", args=[data.queue.key, "reviewers"]) + "?period=custom"
+    url += "&start=2026-11-01&end=2026-11-30"
+    response = _client(manager).get(url)
+    assert response["Content-Disposition"] == 'attachment; filename="claims-adjusters-reviewers-20261101-20261130.csv"'
