@@ -64,6 +64,27 @@ def fits(page: Page) -> None:
     assert overflow <= 1, f"the page is {overflow} px wider than the window"
 
 
+# What every dashboard page must hold, checked in the browser's own DOM: a label for every control, a title and a
+# description for every chart, ids that are unique (the charts' aria-labelledby and patterns point at them).
+ACCESSIBILITY_PROBLEMS = """() => {
+  const problems = [];
+  for (const control of document.querySelectorAll("main select, main input:not([type=hidden]), main textarea")) {
+    if (!control.labels || control.labels.length === 0) problems.push("no label: " + (control.name || control.id));
+  }
+  for (const svg of document.querySelectorAll("svg[role=img]")) {
+    const ids = (svg.getAttribute("aria-labelledby") || "").split(" ").filter(Boolean);
+    if (ids.length < 2 || !ids.every((id) => document.getElementById(id))) problems.push("chart unlabelled");
+    if (!svg.querySelector("title") || !svg.querySelector("desc")) problems.push("chart without title or desc");
+  }
+  const seen = new Set();
+  for (const element of document.querySelectorAll("[id]")) {
+    if (seen.has(element.id)) problems.push("duplicate id: " + element.id);
+    seen.add(element.id);
+  }
+  return problems;
+}"""
+
+
 def test_a_manager_reads_one_process_and_downloads_a_chart(asgi_server: str, manager: Any, analyst: Any, reviewer: Any):
     data = dataset_build(owner=analyst, reviewer=reviewer)
     errors: list[str] = []
@@ -138,6 +159,7 @@ def test_a_manager_reads_one_process_and_downloads_a_chart(asgi_server: str, man
                 expect(page.locator("h1")).to_be_visible()
                 shoot(page, f"{name}-{label}")
                 fits(page)
+                assert page.evaluate(ACCESSIBILITY_PROBLEMS) == [], f"{name} at {label} width"
                 if name == "invalid":  # a bad filter is answered 400 on purpose; Chromium logs that as an error
                     errors[:] = [error for error in errors if "status of 400" not in error]
             # The print layout: no navigation, no filter, no buttons; charts and their data tables in full.
