@@ -305,3 +305,21 @@ def test_a_csv_file_name_keeps_only_safe_characters(manager: Any, data: Any) -> 
     url += "&start=2026-11-01&end=2026-11-30"
     response = _client(manager).get(url)
     assert response["Content-Disposition"] == 'attachment; filename="claims-adjusters-reviewers-20261101-20261130.csv"'
+
+
+def test_one_version_of_one_process(manager: Any, data: Any) -> None:
+    page = _page(_client(manager), reverse("dashboards:overview") + "?period=30&process=claims-triage&version=1")
+    expected = EXPECTED["versions"][1]
+    assert re.search(rf'id="kpi-cases".*?<p class="kpi-value">{expected["cases"]}</p>', page, re.S)
+    assert re.search(rf'id="kpi-throughput".*?<p class="kpi-value">{expected["throughput"]}</p>', page, re.S)
+
+
+def test_queue_and_endpoint_pages_with_an_empty_period(manager: Any, data: Any) -> None:
+    client = _client(manager)
+    query = "?period=custom&start=2024-01-01&end=2024-01-31"
+    page = _page(client, reverse("dashboards:queue", args=[data.queue.key]) + query)
+    assert "No data for this period" in page and "No approval item of this queue arrived" in page
+    assert 'role="img"' not in page
+    page = _page(client, reverse("dashboards:endpoint", args=[data.cloud.name]) + query)
+    assert "No data for this period" in page and "No call reached this endpoint" in page
+    assert "What it serves" in page  # the model card does not depend on the period
