@@ -70,19 +70,87 @@ def _percent(value: Any, field: str) -> Decimal:
         raise ValidationFailed("Check the criteria.", fields={field: ["Give a percentage from 0 to 100."]}) from None
     if not number.is_finite() or number < 0 or number > 100:
         raise ValidationFailed("Check the criteria.", fields={field: ["Give a percentage from 0 to 100."]})
-    return number.quantize(ACCURACY_PLACES)
+    # copy_abs: "-0" is stored and shown as 0.
+    return number.quantize(ACCURACY_PLACES).copy_abs()
 
 
-def _limit(value: Any, field: str, unit: str) -> Decimal | None:
+def _limit(value: Any, field: str, unit: str, places: Decimal) -> Decimal | None:
+    """A positive limit below a million, rounded to the column's `places` (so what is stored is what was checked:
+    999999.9999999 rounds to a million and is refused, never a database error)."""
     if value is None or str(value).strip() == "":
         return None
     try:
         number = Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
         raise ValidationFailed("Check the criteria.", fields={field: [f"Give {unit}, or leave it empty."]}) from None
-    if not number.is_finite() or number <= 0 or number >= Decimal("1000000"):
-        raise ValidationFailed("Check the criteria.", fields={field: [f"Give {unit} above 0, or leave it empty."]})
+    refused = ValidationFailed(
+        "Check the criteria.", fields={field: [f"Give {unit} above 0 and below 1000000, or leave it empty."]}
+    )
+    # The range first: quantizing 1e309 would overflow the decimal context.
+    if not number.is_finite() or number <= 0 or number >= LIMIT_CEILING:
+        raise refused
+    number = number.quantize(places)
+    if number <= 0 or number >= LIMIT_CEILING:
+        raise refused
     return number
+
+
+LIMIT_CEILING = Decimal("1000000")
+COST_PLACES = Decimal("0.000001")  # EvaluationSuite.max_cost_per_case: 12 digits, 6 places
+LATENCY_PLACES = Decimal("0.01")  # EvaluationSuite.max_latency_p95_seconds: 9 digits, 2 places
+
+
+def _suite_state(suite: EvaluationSuite) -> dict[str, Any]:
+    """Everything that decides what the gate lets through, as plain values (an audit event's before and after)."""
+    return {"step": suite.step_key, "enabled": suite.enabled, **suite_criteria(suite)}
+
+
+def _loosenings(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What a change of an enabled suite's settings lets through that it did not before, one sentence each
+    (empty when the change only tightens or keeps the criteria)."""
+    found: list[str] = []
+    if before["enabled"] and not after["enabled"]:
+        found.append("switching the gate off")
+    if before["step"] != after["step"]:
+        found.append("changing the output checked")
+    if Decimal(after["min_accuracy"]) < Decimal(before["min_accuracy"]):
+        found.append("lowering the minimum accuracy")
+    for name, value in before["field_min_accuracy"].items():
+        now = after["field_min_accuracy"].get(name)
+        if now is None:
+            found.append(f'removing the minimum accuracy of "{name}"')
+        elif Decimal(now) < Decimal(value):
+            found.append(f'lowering the minimum accuracy of "{name}"')
+    if before["require_schema_valid"] and not after["require_schema_valid"]:
+        found.append("no longer requiring outputs to match the step's schema")
+    for key, words in (("max_cost_per_case", "cost"), ("max_latency_p95_seconds", "time")):
+        if before[key] is None:
+            continue
+        if after[key] is None:
+            found.append(f"removing the highest {words} per case")
+        elif Decimal(after[key]) > Decimal(before[key]):
+            found.append(f"raising the highest {words} per case")
+    return found
+
+
+def _is_admin(actor: User) -> bool:
+    return "admin" in user_roles(actor)
+
+
+class SuiteLoosening(Forbidden):
+    """A change that would let through what an enabled suite refuses: only an admin may make it. `extra` has
+    "loosened", one sentence per loosening."""
+
+
+def _refuse_loosening(actor: User, loosened: list[str], what: str) -> None:
+    # The analyst the gate constrains must not be able to switch it off, publish, and switch it back.
+    if loosened and not _is_admin(actor):
+        raise SuiteLoosening(
+            f"Only an admin may {what}: it loosens the evaluation suite that gates publishing "
+            f"({'; '.join(loosened)}). Ask an admin to make this change; tightening the criteria and adding cases "
+            "stay open to you.",
+            extra={"loosened": loosened},
+        )
 
 
 # --- the suite and its cases -------------------------------------------------------------------------------------
@@ -140,8 +208,10 @@ def evaluation_suite_save(
         percent = collected(_percent, value, f"field_min_accuracy.{name}")
         if percent is not None:
             per_field[name] = str(percent)
-    cost = collected(_limit, max_cost_per_case, "max_cost_per_case", "a cost")
-    latency = collected(_limit, max_latency_p95_seconds, "max_latency_p95_seconds", "a number of seconds")
+    cost = collected(_limit, max_cost_per_case, "max_cost_per_case", "a cost", COST_PLACES)
+    latency = collected(
+        _limit, max_latency_p95_seconds, "max_latency_p95_seconds", "a number of seconds", LATENCY_PLACES
+    )
     if errors:
         raise ValidationFailed("Check the criteria.", fields=errors)
     suite = EvaluationSuite.objects.select_for_update().filter(workflow=workflow).first()
@@ -157,7 +227,7 @@ def evaluation_suite_save(
                     "step_key": [f"These cases expect fields the new step does not output: {', '.join(stranded)}."]
                 },
             )
-    before = suite_criteria(suite) if not created else {}
+    before = _suite_state(suite) if not created else {}
     suite.step_key = step_key
     suite.min_accuracy = minimum
     suite.field_min_accuracy = per_field
@@ -165,6 +235,9 @@ def evaluation_suite_save(
     suite.max_cost_per_case = cost
     suite.max_latency_p95_seconds = latency
     suite.enabled = bool(enabled)
+    after = _suite_state(suite)
+    loosened = _loosenings(before, after) if before and before["enabled"] else []
+    _refuse_loosening(actor, loosened, "make this change")
     suite.updated_by = actor
     suite.save()
     audit_record(
@@ -176,7 +249,8 @@ def evaluation_suite_save(
             "step": step_key,
             "enabled": suite.enabled,
             "criteria": suite_criteria(suite),
-            **({"before": before} if before else {}),
+            "after": after,
+            **({"before": before, "loosened": loosened} if before else {}),
         },
     )
     return suite
@@ -243,6 +317,18 @@ def evaluation_case_save(
     else:
         if case.suite_id != suite.pk:
             raise ApplicationError("That case belongs to another suite.")
+        if suite.enabled:
+            # Changing what a case expects (or feeds in) is removing a check and adding another; adding expected
+            # fields, or renaming, only tightens.
+            kept = case.inputs == cleaned and all(
+                name in expected and expected[name] == value for name, value in case.expected.items()
+            )
+            if not kept:
+                _refuse_loosening(
+                    actor,
+                    [f'changing the inputs or expected values of the case "{case.name}"'],
+                    "change what a case checks",
+                )
         case.name, case.inputs, case.expected = name, cleaned, expected
         case.save(update_fields=["name", "inputs", "expected", "updated_at"])
         verb = "evaluation.case_changed"
@@ -260,6 +346,8 @@ def evaluation_case_delete(*, actor: User, case: EvaluationCase) -> None:
     """Remove a case (reports keep what they ran with)."""
     suite = case.suite
     _require_edit(actor, suite.workflow)
+    if suite.enabled:
+        _refuse_loosening(actor, [f'removing the case "{case.name}"'], "remove a case")
     audit_record(actor=actor, verb="evaluation.case_deleted", target=suite, data={"case": case.pk, "name": case.name})
     case.delete()
 
@@ -718,8 +806,11 @@ def evaluation_publish_gate(actor: User, version: WorkflowVersion, override_reas
     who gives a reason is refused (Forbidden).
     """
     suite = suite_for(version.workflow)
-    if suite is None or not suite.enabled:
-        return GateVerdict()
+    if suite is None:
+        return GateVerdict(evidence={"evaluation": {"gate": "no suite"}})
+    digest = suite_checksum(suite)
+    if not suite.enabled:
+        return GateVerdict(evidence={"evaluation": {"gate": "suite disabled", "suite_checksum": digest}})
     passing = report_passing_for(suite, version)
     if passing is not None:
         # The evidence, kept with the version and in the audit chain, in the publish transaction.
@@ -730,7 +821,16 @@ def evaluation_publish_gate(actor: User, version: WorkflowVersion, override_reas
             target=version,
             data={"workflow": version.workflow.slug, "number": version.number, "report": passing.pk},
         )
-        return GateVerdict()
+        return GateVerdict(
+            evidence={
+                "evaluation": {
+                    "gate": "passed",
+                    "report": passing.pk,
+                    "suite_checksum": digest,
+                    "content_checksum": passing.content_checksum,
+                }
+            }
+        )
     checksum = content_checksum(version)
     newest = (
         EvaluationReport.objects.filter(suite=suite, content_checksum=checksum).order_by("-created_at", "-pk").first()
@@ -755,7 +855,15 @@ def evaluation_publish_gate(actor: User, version: WorkflowVersion, override_reas
         return GateVerdict(
             overridden=(
                 f"Published over the evaluation suite ({said}) by {actor.display_name}, an admin: {override_reason}"
-            )
+            ),
+            evidence={
+                "evaluation": {
+                    "gate": "overridden",
+                    "report": newest.pk if newest else None,
+                    "suite_checksum": digest,
+                    "content_checksum": checksum,
+                }
+            },
         )
     from apps.evaluations.selectors import report_summary
 
@@ -763,7 +871,7 @@ def evaluation_publish_gate(actor: User, version: WorkflowVersion, override_reas
         problem = "The evaluation suite has not run on this draft: run it, and publish when it passes."
     elif newest.state == EvaluationReport.State.RUNNING:
         problem = f"The evaluation suite is still running on this draft (report {newest.pk})."
-    elif newest.suite_checksum != suite_checksum(suite):
+    elif newest.suite_checksum != digest:
         problem = f"The evaluation suite changed since report {newest.pk}: run it again on this draft."
     else:
         failed = [o["label"] for o in newest.outcomes if not o.get("passed")] or [newest.error or "it did not pass"]

@@ -45,6 +45,7 @@ from apps.evaluations.selectors import (
     version_evidence,
 )
 from apps.evaluations.services import (
+    SuiteLoosening,
     evaluation_case_check,
     evaluation_case_delete,
     evaluation_case_from_run,
@@ -130,6 +131,7 @@ def suite_settings(request: HttpRequest, slug: str) -> HttpResponse:
     suite = suite_for(workflow)
     graph = suite_graph(workflow)
     errors: dict[str, list[str]] = {}
+    refusal = ""
     values: dict[str, Any] = {
         "step_key": suite.step_key if suite else (checkable_steps(graph) or [{}])[0].get("key", ""),
         "min_accuracy": str(suite.min_accuracy) if suite else "90",
@@ -160,6 +162,9 @@ def suite_settings(request: HttpRequest, slug: str) -> HttpResponse:
             evaluation_suite_save(actor=_user(request), workflow=workflow, **values)
         except ValidationFailed as error:
             errors = error.fields
+        except SuiteLoosening as error:
+            # The form comes back as typed, saying who may make the change.
+            refusal = error.message
         except Forbidden as error:
             raise PermissionDenied(error.message) from error
         else:
@@ -180,8 +185,9 @@ def suite_settings(request: HttpRequest, slug: str) -> HttpResponse:
                 {"name": item.name, "value": values["field_min_accuracy"].get(item.name, "")} for item in fields_of_step
             ],
             "field_errors": {key.removeprefix("field_min_accuracy."): v for key, v in errors.items()},
+            "refusal": refusal,
         },
-        status=400 if errors else 200,
+        status=403 if refusal else 400 if errors else 200,
     )
 
 
@@ -202,6 +208,7 @@ def case_edit(request: HttpRequest, slug: str, pk: int | None = None) -> HttpRes
     name = case.name if case else ""
     errors: dict[str, list[str]] = {}
     general: list[str] = []
+    status = 400
     expected_values: dict[str, Any] = dict(case.expected) if case else {}
     if request.method == "POST":
         name = request.POST.get("name", "")
@@ -232,6 +239,8 @@ def case_edit(request: HttpRequest, slug: str, pk: int | None = None) -> HttpRes
                     errors.setdefault(key.removeprefix("expected."), found)
         except ApplicationError as error:
             general.append(error.message)
+            if isinstance(error, SuiteLoosening):
+                status = 403
         else:
             messages.success(request, f'Saved the case "{name.strip()}".')
             return redirect("evaluations:suite", slug=slug)
@@ -257,7 +266,7 @@ def case_edit(request: HttpRequest, slug: str, pk: int | None = None) -> HttpRes
             "general": general,
             "samples": [s for s in schema.get("examples", []) if isinstance(s, dict)],
         },
-        status=400 if request.method == "POST" else 200,
+        status=status if request.method == "POST" else 200,
     )
 
 
@@ -268,7 +277,11 @@ def case_delete(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     case = EvaluationCase.objects.filter(suite=_suite_or_404(workflow), pk=pk).first()
     if case is None:
         raise Http404("No such case.")
-    evaluation_case_delete(actor=_user(request), case=case)
+    try:
+        evaluation_case_delete(actor=_user(request), case=case)
+    except SuiteLoosening as error:
+        messages.error(request, error.message)
+        return redirect("evaluations:suite", slug=slug)
     messages.success(request, f'Removed the case "{case.name}".')
     return redirect("evaluations:suite", slug=slug)
 

@@ -340,11 +340,13 @@ PUBLISH_CHECKS: list[Callable[[User, dict[str, Any]], list[str]]] = []
 class GateVerdict:
     """What a publish gate says about a draft: `problems` refuse it; `overridden` (when an admin's override
     reason let it through) is the sentence the version's note records; `details` go into the refusal as
-    they are (the evaluations app: the summary of the newest report)."""
+    they are (the evaluations app: the summary of the newest report); `evidence` is what the gate saw when it
+    let the draft through, kept in the "workflow.published" audit event under "gates"."""
 
     problems: list[str] = field(default_factory=list)
     overridden: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -412,6 +414,7 @@ def workflow_version_publish(
         details = {key: value for verdict in verdicts for key, value in verdict.details.items()}
         raise PublishGated(refused[0], extra={"problems": refused, **details})
     overridden = [verdict.overridden for verdict in verdicts if verdict.overridden]
+    evidence = {key: value for verdict in verdicts for key, value in verdict.evidence.items()}
     version.graph = graph
     version.checksum = graph_checksum(version.graph, version.input_schema)
     version.state = WorkflowVersion.State.PUBLISHED
@@ -431,6 +434,7 @@ def workflow_version_publish(
             "checksum": version.checksum,
             "note": version.note,
             **({"gates_overridden": overridden} if overridden else {}),
+            **({"gates": evidence} if evidence else {}),
         },
     )
     return version

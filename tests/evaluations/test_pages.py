@@ -365,3 +365,143 @@ def test_pinned_test_data_does_not_make_a_bad_draft_pass(analyst, triage):
     result = report.results.get()
     assert result.output == {"route": "adjuster", "double": 200.0}
     assert result.run.test_settings["pinned"] == {}
+
+
+def test_the_analyst_may_tighten_an_enabled_suite_but_only_an_admin_may_loosen_it(
+    analyst, admin_user_role, triage, suite
+):
+    from apps.evaluations.services import SuiteLoosening, evaluation_case_delete
+
+    criteria = {
+        "step_key": "decide",
+        "min_accuracy": "100",
+        "field_min_accuracy": {"route": "100"},
+        "require_schema_valid": True,
+        "max_cost_per_case": "1",
+        "max_latency_p95_seconds": "30",
+    }
+    # Tightening (criteria where there were none) is open to the analyst.
+    evaluation_suite_save(actor=analyst, workflow=triage, **criteria)
+    loosenings = {
+        "switching the gate off": {"enabled": False},
+        "lowering the minimum accuracy": {"min_accuracy": "99.99"},
+        'removing the minimum accuracy of "route"': {"field_min_accuracy": {}},
+        'lowering the minimum accuracy of "route"': {"field_min_accuracy": {"route": "50"}},
+        "no longer requiring outputs to match the step's schema": {"require_schema_valid": False},
+        "raising the highest cost per case": {"max_cost_per_case": "1.000001"},
+        "removing the highest cost per case": {"max_cost_per_case": ""},
+        "raising the highest time per case": {"max_latency_p95_seconds": "31"},
+        "removing the highest time per case": {"max_latency_p95_seconds": None},
+    }
+    events = AuditEvent.objects.count()
+    for words, change in loosenings.items():
+        with pytest.raises(SuiteLoosening) as refused:
+            evaluation_suite_save(actor=analyst, workflow=triage, **{**criteria, **change})
+        assert refused.value.extra["loosened"] == [words]
+        assert "Only an admin may" in refused.value.message and words in refused.value.message
+    suite.refresh_from_db()
+    assert suite.enabled and suite.min_accuracy == 100 and suite.max_cost_per_case == 1
+    assert AuditEvent.objects.count() == events
+    # The form says so, keeps what was typed, and changes nothing.
+    client = client_for(analyst)
+    url = reverse("evaluations:settings", args=[triage.slug])
+    form = {"step_key": "decide", "min_accuracy": "100", "field-route": "100", "require_schema_valid": "on"}
+    page = client.post(url, {**form, "max_cost_per_case": "1", "max_latency_p95_seconds": "30"})
+    assert page.status_code == 403
+    text = page.content.decode()
+    assert "Only an admin may make this change" in text and "switching the gate off" in text
+    suite.refresh_from_db()
+    assert suite.enabled
+    # Removing a case, or changing what one expects, is loosening too; adding a case and adding a field are not.
+    small = suite.cases.get(name="Small")
+    with pytest.raises(SuiteLoosening, match='removing the case "Small"'):
+        evaluation_case_delete(actor=analyst, case=small)
+    deleted = client.post(reverse("evaluations:case-delete", args=[triage.slug, small.pk]), follow=True)
+    assert "Only an admin may remove a case" in deleted.content.decode()
+    changed = client.post(
+        reverse("evaluations:case-edit", args=[triage.slug, small.pk]),
+        {"name": "Small", "input-amount": "100", "expected-route": "adjuster"},
+    )
+    assert changed.status_code == 403 and "Only an admin may change what a case checks" in changed.content.decode()
+    small.refresh_from_db()
+    assert small.expected == {"route": "auto"}
+    more = client.post(
+        reverse("evaluations:case-edit", args=[triage.slug, small.pk]),
+        {"name": "Small one", "input-amount": "100", "expected-route": "auto", "expected-double": "200"},
+    )
+    assert more.status_code == 302
+    evaluation_case_save(actor=analyst, suite=suite, name="Tiny", inputs={"amount": 1}, expected={"route": "auto"})
+    evaluation_suite_save(
+        actor=analyst, workflow=triage, **{**criteria, "min_accuracy": "100", "max_cost_per_case": "0.5"}
+    )
+    # An admin may loosen; the audit event has the whole state before and after, the gate's switch included.
+    evaluation_suite_save(actor=admin_user_role, workflow=triage, **{**criteria, "enabled": False})
+    event = AuditEvent.objects.filter(verb="evaluation.suite_changed").latest("pk")
+    assert event.actor_id == admin_user_role.pk
+    assert event.data_dict["before"]["enabled"] is True and event.data_dict["after"]["enabled"] is False
+    assert event.data_dict["before"]["max_cost_per_case"] == "0.500000"
+    assert event.data_dict["after"]["max_cost_per_case"] == "1.000000"
+    assert event.data_dict["loosened"] == ["switching the gate off", "raising the highest cost per case"]
+    # A disabled suite gates nothing, so changing it is open again (switching it back on tightens).
+    evaluation_case_delete(actor=analyst, case=EvaluationCase.objects.get(name="Tiny"))
+    evaluation_suite_save(actor=analyst, workflow=triage, **criteria)
+    assert triage.evaluation_suite.enabled
+
+
+def test_the_published_event_records_what_the_gate_saw(analyst, admin_user_role, triage, suite):
+    def gate_of(version: WorkflowVersion) -> Any:
+        event = AuditEvent.objects.get(verb="workflow.published", target_id=str(version.pk))
+        return event.data_dict["gates"]["evaluation"]
+
+    first = triage.versions.get(number=1)
+    assert gate_of(first) == {"gate": "no suite"}  # published before the suite existed
+    draft = set_draft(analyst, triage, 1000.0)
+    client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+    report = drive_report(EvaluationReport.objects.get())
+    workflow_version_publish(actor=analyst, version=draft)
+    assert gate_of(draft) == {
+        "gate": "passed",
+        "report": report.pk,
+        "suite_checksum": report.suite_checksum,
+        "content_checksum": report.content_checksum,
+    }
+    evaluation_suite_save(actor=admin_user_role, workflow=triage, step_key="decide", min_accuracy="100", enabled=False)
+    off = set_draft(analyst, triage, 10.0)
+    workflow_version_publish(actor=analyst, version=off)
+    assert gate_of(off)["gate"] == "suite disabled"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_cost_per_case", "999999.9999999"),
+        ("max_cost_per_case", "1000000"),
+        ("max_cost_per_case", "0.0000001"),
+        ("max_latency_p95_seconds", "999999.999"),
+        ("max_latency_p95_seconds", "0.001"),
+        *[
+            (name, value)
+            for name in ("max_cost_per_case", "max_latency_p95_seconds", "min_accuracy", "field-route")
+            for value in ("NaN", "sNaN", "Infinity", "-Infinity", "-0", "1e309", "9" * 400, "-1", "1e-400")
+        ],
+    ],
+)
+def test_numeric_extremes_in_the_criteria_are_form_errors(analyst, triage, suite, field, value):
+    form = {
+        "step_key": "decide",
+        "min_accuracy": "100",
+        "enabled": "on",
+        "require_schema_valid": "on",
+        field: value,
+    }
+    before = AuditEvent.objects.count()
+    response = client_for(analyst).post(reverse("evaluations:settings", args=[triage.slug]), form)
+    if field in ("min_accuracy", "field-route") and value in ("-0", "1e-400"):
+        # Zero percent is a valid (if lax) minimum; a field minimum of 0 is no loosening of "none".
+        assert response.status_code in (302, 403), response.status_code
+        suite.refresh_from_db()
+        assert str(suite.min_accuracy) in ("100.00", "0.00") and not str(suite.min_accuracy).startswith("-")
+        return
+    assert response.status_code == 400, (field, value, response.status_code)
+    assert "field-error" in response.content.decode()
+    assert AuditEvent.objects.count() == before
