@@ -323,3 +323,31 @@ def test_queue_and_endpoint_pages_with_an_empty_period(manager: Any, data: Any) 
     page = _page(client, reverse("dashboards:endpoint", args=[data.cloud.name]) + query)
     assert "No data for this period" in page and "No call reached this endpoint" in page
     assert "What it serves" in page  # the model card does not depend on the period
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?period=custom&start=9999-99-99&end=2026-01-01",
+        "?period=custom&start=0001-01-01&end=9999-12-31",
+        "?version=abc&process=claims-triage",
+        "?team=%3Cscript%3E&process=%00",
+        "?period=" + "9" * 500,
+        "?start=2026-11-01",
+        "?period=7&period=90",
+    ],
+)
+def test_odd_filters_never_fail(manager: Any, data: Any, query: str) -> None:
+    client = _client(manager)
+    urls = [
+        reverse("dashboards:overview"),
+        reverse("dashboards:process", args=[data.claims.slug]),
+        reverse("dashboards:queue", args=[data.queue.key]),
+        reverse("dashboards:endpoint", args=[data.cloud.name]),
+        reverse("dashboards:widget", args=["kpis"]),
+        reverse("dashboards:widget-csv", args=["processes"]),
+    ]
+    for url in urls:
+        response = client.get(url + query)
+        assert response.status_code in (200, 400), (url + query, response.status_code)
+        assert "<script>" not in response.content.decode()
