@@ -233,6 +233,14 @@ def _ordered(kpis: list[Kpi]) -> list[Kpi]:
     return sorted(kpis, key=lambda kpi: rank.get(kpi.key, len(rank)))
 
 
+SPARKLINE_TITLES = {
+    "cases": "Cases per day",
+    "throughput": "Completed cases per day",
+    "run_cost": "Run cost per day",
+    "hours_saved": "Hours saved per day",
+}
+
+
 @register
 class KpiTiles(Widget):
     slug = "kpis"
@@ -253,7 +261,7 @@ class KpiTiles(Widget):
         sparklines = {
             key: charts.sparkline(
                 chart_id=chart_id(self, key),
-                title=f"{key.replace('_', ' ').capitalize()} per day",
+                title=SPARKLINE_TITLES[key],
                 labels=labels,
                 values=values,
                 unit="money" if key == "run_cost" else "hours" if key == "hours_saved" else "count",
