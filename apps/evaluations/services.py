@@ -47,7 +47,7 @@ from apps.runs.models import Run, StepRun
 from apps.workflows.input_schema import input_validate
 from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_can_edit, workflow_draft_for
-from apps.workflows.services import GateVerdict, PublishRoute, workflow_version_publish
+from apps.workflows.services import DraftConflict, GateVerdict, PublishRoute, workflow_version_publish
 from apps.workflows.validation import version_problems
 
 MAX_CASES = 200
@@ -424,18 +424,32 @@ def evaluation_case_from_run(*, actor: User, suite: EvaluationSuite, run: Run, n
     )
 
 
+def _require_revision(draft: WorkflowVersion, expected_revision: int | None) -> None:
+    if expected_revision is not None and expected_revision != draft.revision:
+        raise DraftConflict(
+            "The draft changed since you looked at it; review the changes, then publish again.",
+            extra={"revision": draft.revision},
+        )
+
+
 # --- running a suite on the draft ----------------------------------------------------------------------------------
 
 
 @transaction.atomic
 def evaluation_report_start(
-    *, actor: User, workflow: Workflow, publish: bool = False, publish_note: str = ""
+    *,
+    actor: User,
+    workflow: Workflow,
+    publish: bool = False,
+    publish_note: str = "",
+    expected_revision: int | None = None,
 ) -> EvaluationReport:
     """Run the suite on the workflow's draft: one test run per case, and a report that is scored when they have
     all finished. With `publish`, the draft is published as `actor` with `publish_note` when the report passes.
 
     A report already running on the same content and suite is returned instead of starting a second one (a
-    double click, two tabs), taking over the publish request when one is made.
+    double click, two tabs), taking over the publish request when one is made. With `expected_revision`, a draft
+    that changed since the caller looked at it is refused (DraftConflict).
     """
     _require_edit(actor, workflow)
     suite = suite_for(workflow)
@@ -446,6 +460,7 @@ def evaluation_report_start(
     draft = WorkflowVersion.objects.select_for_update().filter(workflow=workflow, state="draft").first()
     if draft is None:
         raise ApplicationError("This workflow has no draft to evaluate.")
+    _require_revision(draft, expected_revision)
     cases = list(suite.cases.order_by("name", "pk"))
     if not cases:
         raise ApplicationError("The suite has no cases: add at least one before running it.")
@@ -771,9 +786,19 @@ def _publish_after(report: EvaluationReport) -> None:
             try:
                 # A savepoint: a refusal (the draft changed, a right was lost) leaves the scores committed.
                 with transaction.atomic():
+                    # The revision the report ran on: an edit since (even one back to the same content, or to
+                    # content another report passed) was not what the requester asked to publish.
                     version = workflow_version_publish(
-                        actor=report.publish_requested_by or report.started_by, version=draft, note=report.publish_note
+                        actor=report.publish_requested_by or report.started_by,
+                        version=draft,
+                        note=report.publish_note,
+                        expected_revision=report.draft_revision,
                     )
+            except DraftConflict:
+                report.publish_outcome = (
+                    "Not published: the draft changed after the suite started on it, so this report says nothing "
+                    "about it. Run the suite on the draft as it is now."
+                )
             except ApplicationError as error:
                 problems = error.extra.get("problems") or []
                 report.publish_outcome = f"Not published: {error.message}" + (
@@ -902,19 +927,30 @@ def evaluation_publish_route(workflow: Workflow) -> PublishRoute | None:
 
 @transaction.atomic
 def evaluation_publish(
-    *, actor: User, workflow: Workflow, note: str
+    *, actor: User, workflow: Workflow, note: str, expected_revision: int | None = None
 ) -> tuple[WorkflowVersion | None, EvaluationReport | None]:
     """ "Publish" on a workflow with a suite: publish now when a passing report on exactly this draft exists, else
-    start the suite with a publish request. Returns (the version, None) or (None, the running report)."""
+    start the suite with a publish request. Returns (the version, None) or (None, the running report).
+
+    With `expected_revision` (the revision the publisher looked at), a draft that changed since is refused
+    (DraftConflict), checked with the draft locked and again by the publish itself.
+    """
     _require_edit(actor, workflow)
-    draft = workflow_draft_for(workflow)
+    # The lock order of every draft write: the workflow row, then the version row.
+    Workflow.objects.select_for_update().filter(pk=workflow.pk).first()
+    draft = WorkflowVersion.objects.select_for_update().filter(workflow=workflow, state="draft").first()
     if draft is None:
         raise Conflict("There is no draft to publish.")
+    _require_revision(draft, expected_revision)
     suite = suite_for(workflow)
     if suite is None or not suite.enabled or report_passing_for(suite, draft) is not None:
-        return workflow_version_publish(actor=actor, version=draft, note=note), None
+        return workflow_version_publish(
+            actor=actor, version=draft, note=note, expected_revision=expected_revision
+        ), None
     # A draft that could not be published anyway is refused now, not after every case has run.
     problems = version_problems(draft)
     if problems:
         raise ApplicationError("The version cannot be published.", extra={"problems": problems})
-    return None, evaluation_report_start(actor=actor, workflow=workflow, publish=True, publish_note=note)
+    return None, evaluation_report_start(
+        actor=actor, workflow=workflow, publish=True, publish_note=note, expected_revision=expected_revision
+    )

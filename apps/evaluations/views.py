@@ -32,6 +32,7 @@ from apps.evaluations.forms import (
 from apps.evaluations.models import EvaluationCase, EvaluationReport, EvaluationSuite
 from apps.evaluations.outputs import checkable_steps, reader_for
 from apps.evaluations.selectors import (
+    content_checksum,
     report_get_for_user,
     report_list,
     report_passing_for,
@@ -341,13 +342,15 @@ def publish(request: HttpRequest, slug: str) -> HttpResponse:
     """The builder's "Publish" for a workflow with a suite: publish now when the suite already passed on exactly
     this draft, else run it and publish when it passes (the report page shows its progress)."""
     workflow = _editable(request, slug)
-    draft = workflow_draft_for(workflow)
     revision = request.POST.get("revision", "")
-    if draft is not None and revision.isdigit() and int(revision) != draft.revision:
-        messages.error(request, "The draft changed since you looked at it; review the changes, then publish again.")
-        return redirect("workflows:editor", slug=slug)
     try:
-        version, report = evaluation_publish(actor=_user(request), workflow=workflow, note=request.POST.get("note", ""))
+        # The revision check happens in the publish transaction, with the draft locked.
+        version, report = evaluation_publish(
+            actor=_user(request),
+            workflow=workflow,
+            note=request.POST.get("note", ""),
+            expected_revision=int(revision) if revision.isdigit() else None,
+        )
     except ApplicationError as error:
         problems = error.extra.get("problems") or []
         messages.error(request, " ".join([error.message, *[str(p) for p in problems]]))
@@ -372,7 +375,12 @@ def report_page(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     workflow = report.workflow
     draft = workflow_draft_for(workflow)
     can_edit = workflow_can_edit(request.user, workflow)
-    still_draft = draft is not None and draft.pk == report.version_id and report.content_checksum
+    still_draft = (
+        draft is not None
+        and draft.pk == report.version_id
+        and draft.revision == report.draft_revision
+        and content_checksum(draft) == report.content_checksum
+    )
     return render(
         request,
         "evaluations/report.html",
@@ -405,9 +413,22 @@ def override(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     if draft is None or draft.pk != report.version_id:
         messages.error(request, "This report's draft has been published or replaced; nothing was published.")
         return redirect("evaluations:report", slug=slug, pk=report.pk)
+    # The override is over this report: the draft must still hold the content it ran on, at the revision it ran
+    # on (checked again with the draft locked by the publish), or the admin would publish what nobody evaluated.
+    if content_checksum(draft) != report.content_checksum or draft.revision != report.draft_revision:
+        messages.error(
+            request,
+            "The draft changed after this report ran, so the report says nothing about it; nothing was published. "
+            "Run the suite on the draft as it is now.",
+        )
+        return redirect("evaluations:report", slug=slug, pk=report.pk)
     try:
         version = workflow_version_publish(
-            actor=_user(request), version=draft, note=request.POST.get("note", ""), override_reason=reason
+            actor=_user(request),
+            version=draft,
+            note=request.POST.get("note", ""),
+            override_reason=reason,
+            expected_revision=report.draft_revision,
         )
     except Forbidden as error:
         raise PermissionDenied(error.message) from error

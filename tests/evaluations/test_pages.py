@@ -104,7 +104,7 @@ def test_criteria_form_sets_up_the_suite_and_refuses_bad_values_readably(analyst
     bad = client.post(url, {"step_key": "decide", "min_accuracy": "ninety", "max_cost_per_case": "-1"})
     assert bad.status_code == 400
     text = bad.content.decode()
-    assert "Give a percentage from 0 to 100." in text and "Give a cost above 0, or leave it empty." in text
+    assert "Give a percentage from 0 to 100." in text and "Give a cost above 0 and below 1000000, or leave it empty." in text
     missing = client.post(url, {"step_key": "nope", "min_accuracy": "90"})
     assert missing.status_code == 400 and "is not a step whose output has fields" in missing.content.decode()
     saved = client.post(
@@ -324,7 +324,7 @@ def test_a_draft_changed_while_its_suite_ran_is_not_published(analyst, triage, s
     changed = set_draft(analyst, triage, 2000.0)  # saved while the cases run: the report proves nothing about it
     report = drive_report(EvaluationReport.objects.get())
     assert report.state == "passed" and report.published_version is None
-    assert report.publish_outcome.startswith("Not published: The evaluation suite has not run on this draft")
+    assert report.publish_outcome.startswith("Not published: the draft changed after the suite started on it")
     assert not WorkflowVersion.objects.get(pk=changed.pk).is_published
 
 
@@ -505,3 +505,52 @@ def test_numeric_extremes_in_the_criteria_are_form_errors(analyst, triage, suite
     assert response.status_code == 400, (field, value, response.status_code)
     assert "field-error" in response.content.decode()
     assert AuditEvent.objects.count() == before
+
+
+def test_an_override_over_a_report_refuses_a_draft_edited_since(analyst, admin_user_role, triage, suite):
+    draft = set_draft(analyst, triage, 10.0)
+    client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+    report = drive_report(EvaluationReport.objects.get())
+    assert report.state == "failed"
+    admin = client_for(admin_user_role)
+    url = reverse("evaluations:report", args=[triage.slug, report.pk])
+    assert "Publish over the failing suite" in admin.get(url).content.decode()
+    set_draft(analyst, triage, 5.0)  # the same draft row, new content nobody evaluated
+    assert "Publish over the failing suite" not in admin.get(url).content.decode()
+    response = admin.post(
+        reverse("evaluations:override", args=[triage.slug, report.pk]), {"reason": "Deadline"}, follow=True
+    )
+    assert "The draft changed after this report ran" in response.content.decode()
+    assert not WorkflowVersion.objects.get(pk=draft.pk).is_published
+    assert (
+        not AuditEvent.objects.filter(verb__in=["evaluation.gate_overridden", "workflow.published"])
+        .exclude(target_id=str(triage.versions.get(number=1).pk))
+        .exists()
+    )
+
+
+def test_the_auto_publish_refuses_a_draft_edited_since_even_when_another_report_passed_it(analyst, triage, suite):
+    draft = set_draft(analyst, triage, 1000.0)
+    client_for(analyst).post(
+        reverse("evaluations:publish", args=[triage.slug]), {"note": "As it was", "revision": draft.revision}
+    )
+    asked = EvaluationReport.objects.get()
+    set_draft(analyst, triage, 2000.0)  # passes too, on its own report, but nobody asked to publish it
+    client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+    other = drive_report(EvaluationReport.objects.exclude(pk=asked.pk).get())
+    assert other.state == "passed" and not other.publish_requested
+    asked = drive_report(asked)
+    assert asked.state == "passed" and asked.published_version is None
+    assert asked.publish_outcome.startswith("Not published: the draft changed after the suite started on it")
+    assert not WorkflowVersion.objects.get(pk=draft.pk).is_published
+
+
+def test_publishing_through_the_suite_refuses_a_stale_revision(analyst, triage, suite):
+    draft = set_draft(analyst, triage, 1000.0)
+    stale = draft.revision
+    set_draft(analyst, triage, 1000.0)
+    response = client_for(analyst).post(
+        reverse("evaluations:publish", args=[triage.slug]), {"note": "x", "revision": stale}, follow=True
+    )
+    assert "The draft changed since you looked at it" in response.content.decode()
+    assert not EvaluationReport.objects.exists()
