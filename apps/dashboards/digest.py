@@ -126,7 +126,12 @@ def digest_context(user: User, subscription: DigestSubscription, now: datetime) 
     currency = kpi_settings_get().currency
     kpis = {kpi.key: kpi for kpi in overview.kpis}
     figures = [
-        {"label": kpis[key].label, "text": format_value(kpis[key].value, kpis[key].unit, currency=currency)}
+        {
+            "label": kpis[key].label,
+            "text": "no data"
+            if kpis[key].value is None
+            else format_value(kpis[key].value, kpis[key].unit, currency=currency),
+        }
         for key in DIGEST_KPIS
         if key in kpis
     ]
