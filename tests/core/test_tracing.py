@@ -5,6 +5,9 @@ whose step reached the worker only through the sweeper's relay of the outbox sti
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,12 +22,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from rest_framework.authtoken.models import Token
 
-from apps.core.telemetry import tracing
+from apps.core.telemetry import logs, tracing
 from apps.runs.models import Outbox, Run
 from apps.runs.services import run_start
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
 from tests.core.telemetry_stack import telemetry_stack, wait_for
-from tests.support.processes import free_port, redis_url_with_db
+from tests.support.processes import REPO, free_port, redis_url_with_db
 
 
 @dataclass(frozen=True)
@@ -227,3 +230,39 @@ def _relayed_or_sweep(broker: Celery) -> bool:
         return True
     broker.send_task("runs.sweep", queue="default")
     return False
+
+
+# --- off by default ---------------------------------------------------------------------------------------------
+
+
+def _settings_value(name: str, **env: str) -> str:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("AIOS_", "OTEL_"))}
+    environment.update(env, DJANGO_SETTINGS_MODULE="aios_web.settings")
+    code = f"from django.conf import settings; print(settings.{name})"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_tracing_is_off_unless_an_endpoint_or_the_switch_says_so():
+    assert _settings_value("AIOS_OTEL_ENABLED") == "False"
+    assert _settings_value("AIOS_OTEL_ENABLED", OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318") == "True"
+    assert _settings_value("AIOS_OTEL_ENABLED", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://c:4318/v1/traces") == "True"
+    assert _settings_value("AIOS_OTEL_ENABLED", AIOS_OTEL_ENABLED="1") == "True"
+    assert (
+        _settings_value("AIOS_OTEL_ENABLED", OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318", AIOS_OTEL_ENABLED="0")
+        == "False"
+    )
+
+
+def test_with_tracing_off_a_run_records_no_trace_and_nothing_is_configured(settings):
+    settings.AIOS_OTEL_ENABLED = False
+    assert tracing.traceparent_for_new_run() == ""
+    try:
+        assert tracing.configure("web") is False
+    finally:
+        logs.service_set("")  # configure() names the process's role on log lines; this one is pytest
+    with tracing.model_call_span(endpoint="default", model="m", protocol="chat") as span:
+        assert not span.is_recording()
