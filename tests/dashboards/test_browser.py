@@ -135,6 +135,7 @@ def test_a_manager_reads_one_process_and_downloads_a_chart(asgi_server: str, man
             )
         assert fragment.value.status == 200
         expect(widget.locator("svg[role=img] desc")).to_contain_text("Started from")
+        expect(widget.locator(".chart-table")).to_be_visible()  # the data table the reader opened stays open
         expect(widget.get_by_role("heading", name="Cases over time")).to_have_count(1)
         context.close()
 
