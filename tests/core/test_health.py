@@ -110,3 +110,20 @@ def test_a_stale_heartbeat_fails_the_check(db):
     time.sleep(0.05)
     stale = health.heartbeat_check("stale-test@here", max_age_seconds=0.01)
     assert not stale.ok and "older than" in stale.error
+
+
+def test_readiness_checks_run_once_a_second_however_many_ask(monkeypatch):
+    """/readyz needs no sign-in: a burst of requests shares one round of checks instead of opening a connection
+    to each dependency per request."""
+    calls: list[float] = []
+
+    def counted() -> None:
+        calls.append(time.monotonic())
+
+    monkeypatch.setattr(health, "CHECKS", {"counted": counted})
+    first = health.readiness()
+    assert all(health.readiness() is first for _ in range(20))
+    assert len(calls) == 1
+    time.sleep(health.READINESS_CACHE_SECONDS + 0.05)
+    health.readiness()
+    assert len(calls) == 2

@@ -92,9 +92,28 @@ def _broker() -> None:
 CHECKS: dict[str, Callable[[], None]] = {"database": _database, "redis": _redis, "broker": _broker}
 
 
+# `/readyz` answers without sign-in, and each check opens connections with multi-second timeouts: a flood of
+# requests would open a flood of connections to the database, Redis and the broker. One process answers from
+# its last result for this long (probes come every few seconds; a second of staleness changes nothing). Keyed
+# by the addresses checked, so a process whose settings change (tests) never sees another setup's answer.
+READINESS_CACHE_SECONDS = 1.0
+_readiness_lock = threading.Lock()
+_readiness_cache: dict[tuple[str, ...], tuple[float, list[CheckResult]]] = {}
+
+
 def readiness() -> list[CheckResult]:
-    """Every dependency's check, in order; the process is ready when all are ok."""
-    return [_timed(name, probe) for name, probe in CHECKS.items()]
+    """Every dependency's check, in order; the process is ready when all are ok. Concurrent callers share one
+    round of checks per READINESS_CACHE_SECONDS."""
+    key = (str(settings.DATABASES["default"].get("HOST")), settings.REDIS_URL, settings.CELERY_BROKER_URL)
+    key += tuple(f"{name}:{id(probe)}" for name, probe in CHECKS.items())
+    with _readiness_lock:
+        cached = _readiness_cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < READINESS_CACHE_SECONDS:
+            return cached[1]
+        results = [_timed(name, probe) for name, probe in CHECKS.items()]
+        _readiness_cache.clear()
+        _readiness_cache[key] = (time.monotonic(), results)
+        return results
 
 
 def heartbeat_check(node_pattern: str, *, max_age_seconds: float) -> CheckResult:
