@@ -130,7 +130,8 @@ def _page(
     extra: dict[str, Any] | None = None,
 ) -> HttpResponse:
     user = _user(request)
-    form = FilterForm(request.GET or None, user=user, workflow=workflow)
+    # Always bound: no period means the last 30 days (see FilterForm), so a bare URL is a valid filter.
+    form = FilterForm(request.GET, user=user, workflow=workflow)
     context: dict[str, Any] = {
         "form": form,
         "scope": scope,
@@ -141,12 +142,8 @@ def _page(
         "inputs_url": _inputs_url(),
         **(extra or {}),
     }
-    if request.GET and not form.is_valid():
+    if not form.is_valid():
         return render(request, template, {**context, "boxes": [], "invalid": True}, status=400)
-    if not request.GET:
-        form = FilterForm({"period": "30"}, user=user, workflow=workflow)
-        form.is_valid()
-        context["form"] = form
     flt = form.dashboard_filter()
     if workflow is None and flt.workflow_id is not None and scope == OVERVIEW:
         context["workflow"] = form.chosen_workflow()
