@@ -129,7 +129,10 @@ class EvaluationResult(models.Model):
     case_name = models.CharField(max_length=120)
     inputs = models.JSONField(default=dict)
     expected = models.JSONField(default=dict)
-    run = models.ForeignKey("runs.Run", on_delete=models.PROTECT, related_name="+")
+    # Set once, by a conditional update, when the case's run starts (after the report's transaction commits);
+    # empty while it has not started, and for good when it could not (`start_error` says why).
+    run = models.ForeignKey("runs.Run", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    start_error = models.TextField(blank=True)
     output = models.JSONField(null=True, blank=True)
     # [{"field", "expected", "actual", "match"}]
     fields = models.JSONField(default=list, blank=True)

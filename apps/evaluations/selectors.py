@@ -131,7 +131,9 @@ def report_results(report: EvaluationReport) -> QuerySet[EvaluationResult]:
 def report_progress(report: EvaluationReport) -> dict[str, int]:
     """How many of the report's case runs have finished, of how many."""
     counts = report.results.aggregate(
-        total=Count("pk"), finished=Count("pk", filter=Q(run__status__in=["succeeded", "failed", "cancelled"]))
+        total=Count("pk"),
+        # A case whose run could not start is done too (it failed); one not started yet is not.
+        finished=Count("pk", filter=Q(run__status__in=["succeeded", "failed", "cancelled"]) | ~Q(start_error="")),
     )
     return {"total": counts["total"] or 0, "finished": counts["finished"] or 0}
 

@@ -44,10 +44,12 @@ from apps.evaluations.selectors import (
 from apps.inference.models import InferenceCall
 from apps.runs.draft_tests import run_test_start
 from apps.runs.models import Run, StepRun
+from apps.workflows.graph import graph_checksum, graph_errors
 from apps.workflows.input_schema import input_validate
 from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_can_edit, workflow_draft_for
 from apps.workflows.services import DraftConflict, GateVerdict, PublishRoute, workflow_version_publish
+from apps.workflows.uses import uses_problems
 from apps.workflows.validation import version_problems
 
 MAX_CASES = 200
@@ -478,6 +480,19 @@ def evaluation_report_start(
             running.publish_requested_by = actor
             running.save(update_fields=["publish_requested", "publish_note", "publish_requested_by"])
         return running
+    # What would stop every case's run is refused now, with the reason, rather than after the commit.
+    refused = graph_errors(draft.graph) or uses_problems(actor, draft.graph, workflow=workflow, only=None)
+    if refused:
+        raise ApplicationError(
+            "The suite cannot run on this draft: fix its problems first.", extra={"problems": refused}
+        )
+    for case in cases:
+        _, errors = input_validate(draft.input_schema, case.inputs)
+        if errors:
+            raise ApplicationError(
+                f'Case "{case.name}" cannot run on this draft: its inputs do not fit the draft\'s run form.',
+                extra={"fields": errors},
+            )
     report = EvaluationReport.objects.create(
         suite=suite,
         workflow=workflow,
@@ -493,18 +508,10 @@ def evaluation_report_start(
         publish_requested_by=actor if publish else None,
         publish_note=publish_note.strip()[:5000],
     )
-    for case in cases:
-        try:
-            # Without the pinned test data: pins are not part of the content the gate is keyed on, so a step
-            # pinned to the expected values would pass a draft that gets them wrong.
-            run = run_test_start(actor=actor, workflow=workflow, inputs=case.inputs, use_pinned=False)
-        except ApplicationError as error:
-            raise ApplicationError(
-                f'Case "{case.name}" cannot run on this draft: {error.message}', extra=error.extra
-            ) from error
-        EvaluationResult.objects.create(
-            report=report, case=case, case_name=case.name, inputs=case.inputs, expected=case.expected, run=run
-        )
+    EvaluationResult.objects.bulk_create(
+        EvaluationResult(report=report, case=case, case_name=case.name, inputs=case.inputs, expected=case.expected)
+        for case in cases
+    )
     audit_record(
         actor=actor,
         verb="evaluation.report_started",
@@ -518,7 +525,91 @@ def evaluation_report_start(
             "publish": publish,
         },
     )
+    # Each case's run starts after this commits, one transaction per run: a transaction locks at most one run,
+    # and this one already holds the workflow and draft locks. Should this process die first, the periodic
+    # scoring task starts what is left (see evaluation_reports_score_due).
+    report_id = report.pk
+    transaction.on_commit(lambda: evaluation_report_runs_start(report_id=report_id), robust=True)
     return report
+
+
+# A report's case runs normally start right after it commits; the periodic task starts those still waiting this
+# long after (the process that should have started them died).
+RUN_START_GRACE = timedelta(seconds=60)
+
+
+class _NotStarted(Exception):
+    """A case's run was started by someone else (`reason` empty), or must not start (`reason` says why)."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def evaluation_report_runs_start(*, report_id: int) -> int:
+    """Start the test run of each case of a running report that has none yet, each in its own transaction;
+    returns how many this call started. Safe to repeat and to run alongside itself: a result's run is set once, by
+    a conditional update, and a run whose claim lost is rolled back with it."""
+    started = 0
+    pending = EvaluationResult.objects.filter(
+        report_id=report_id, report__state=EvaluationReport.State.RUNNING, run__isnull=True, start_error=""
+    )
+    for result_id in pending.order_by("case_name", "pk").values_list("pk", flat=True):
+        if evaluation_result_run_start(result_id=result_id):
+            started += 1
+    return started
+
+
+def evaluation_result_run_start(*, result_id: int) -> bool:
+    """Start one case's test run, on the content its report is keyed on and without pinned test data, as the
+    person who started the report; a case that cannot start is recorded as failed, with the reason. Returns
+    whether this call started the run."""
+    result = (
+        EvaluationResult.objects.select_related("report", "report__workflow", "report__started_by")
+        .filter(pk=result_id, run__isnull=True, start_error="")
+        .first()
+    )
+    if result is None or result.report.state != EvaluationReport.State.RUNNING:
+        return False
+    report = result.report
+    try:
+        with transaction.atomic():
+            try:
+                # Without the pinned test data: pins are not part of the content the gate is keyed on, so a step
+                # pinned to the expected values would pass a draft that gets them wrong.
+                run = run_test_start(
+                    actor=report.started_by, workflow=report.workflow, inputs=result.inputs, use_pinned=False
+                )
+            except ApplicationError as error:
+                raise _NotStarted(f"The case's run could not start: {error.message}") from error
+            # The draft is edited in place: the run must execute the content the report is about, or the case
+            # proves nothing (and the report is failed rather than silently about other content).
+            draft = WorkflowVersion.objects.get(pk=report.version_id)
+            if draft.pk != run.version_id or graph_checksum(run.graph_snapshot or {}, draft.input_schema) != (
+                report.content_checksum
+            ):
+                raise _NotStarted("The draft changed before the case's run started, so it was not run.")
+            if not EvaluationResult.objects.filter(pk=result.pk, run__isnull=True, start_error="").update(run=run):
+                raise _NotStarted()  # started meanwhile by another caller: this run is rolled back
+    except _NotStarted as refusal:
+        if refusal.reason:
+            _result_not_started(result, refusal.reason)
+        return False
+    return True
+
+
+@transaction.atomic
+def _result_not_started(result: EvaluationResult, reason: str) -> None:
+    claimed = EvaluationResult.objects.filter(pk=result.pk, run__isnull=True, start_error="").update(
+        start_error=reason, passed=False, reason=reason
+    )
+    if claimed:
+        audit_record(
+            actor=None,
+            verb="evaluation.case_not_started",
+            target=result.report,
+            data={"case": result.case_name, "reason": reason},
+        )
 
 
 def _checked_output(run: Run, step_key: str) -> Any:
@@ -556,6 +647,17 @@ def _percentile(values: list[float], share: float) -> float | None:
 
 def _score_result(result: EvaluationResult, criteria: dict[str, Any], step_key: str) -> None:
     run = result.run
+    if run is None:
+        # Never ran (it could not start): nothing matched, nothing was spent.
+        result.output, result.schema_valid, result.cost, result.latency_ms = None, None, Decimal("0"), None
+        result.fields = [
+            {"field": name, "expected": value, "actual": None, "match": False}
+            for name, value in result.expected.items()
+        ]
+        result.passed = False
+        result.reason = result.start_error or "The case's run never started."
+        result.save(update_fields=["output", "fields", "schema_valid", "cost", "latency_ms", "passed", "reason"])
+        return
     found = reader_for(run.graph_snapshot or run.version.graph, step_key)
     output = _checked_output(run, step_key)
     result.cost = InferenceCall.objects.filter(run_id=run.pk).aggregate(total=Sum("cost"))["total"] or Decimal("0")
@@ -731,7 +833,12 @@ def evaluation_report_score(*, report_id: int, now: Any = None) -> EvaluationRep
     if report is None:
         return None
     results = list(report.results.select_related("run", "run__version").order_by("case_name", "pk"))
-    unfinished = [result for result in results if not result.run.is_finished]
+    # A case whose run could not start is finished (and failed); one whose run has not started yet is not.
+    unfinished = [
+        result
+        for result in results
+        if (result.run is None and not result.start_error) or (result.run is not None and not result.run.is_finished)
+    ]
     timed_out = bool(unfinished) and now - report.created_at > REPORT_TIMEOUT
     if unfinished and not timed_out:
         return None
@@ -813,6 +920,15 @@ def _publish_after(report: EvaluationReport) -> None:
 def evaluation_reports_score_due() -> int:
     """Score every running report whose case runs have finished (the periodic task); returns how many finished."""
     finished = 0
+    # First the case runs that should have started right after their report committed and did not.
+    stalled = EvaluationResult.objects.filter(
+        report__state=EvaluationReport.State.RUNNING,
+        report__created_at__lt=timezone.now() - RUN_START_GRACE,
+        run__isnull=True,
+        start_error="",
+    )
+    for report_id in stalled.values_list("report_id", flat=True).distinct():
+        evaluation_report_runs_start(report_id=report_id)
     for report_id in EvaluationReport.objects.filter(state=EvaluationReport.State.RUNNING).values_list("pk", flat=True):
         if evaluation_report_score(report_id=report_id) is not None:
             finished += 1

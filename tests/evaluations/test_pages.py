@@ -14,7 +14,12 @@ from django.urls import reverse
 from apps.audit.models import AuditEvent
 from apps.evaluations.models import EvaluationCase, EvaluationReport
 from apps.evaluations.selectors import evaluation_reports_for_endpoint
-from apps.evaluations.services import evaluation_case_save, evaluation_report_score, evaluation_suite_save
+from apps.evaluations.services import (
+    evaluation_case_save,
+    evaluation_report_runs_start,
+    evaluation_report_score,
+    evaluation_suite_save,
+)
 from apps.runs.models import Run
 from apps.runs.services import run_start
 from apps.workflows.models import WorkflowVersion
@@ -89,6 +94,9 @@ def set_draft(analyst: Any, workflow: Any, limit: float) -> WorkflowVersion:
 
 
 def drive_report(report: EvaluationReport) -> EvaluationReport:
+    """Start the report's case runs (what its commit does in a real transaction; this test's transaction never
+    commits), execute them here, and score the report."""
+    evaluation_report_runs_start(report_id=report.pk)
     for run in Run.objects.filter(pk__in=report.results.values("run_id")):
         drive(run)
     evaluation_report_score(report_id=report.pk)
@@ -104,7 +112,10 @@ def test_criteria_form_sets_up_the_suite_and_refuses_bad_values_readably(analyst
     bad = client.post(url, {"step_key": "decide", "min_accuracy": "ninety", "max_cost_per_case": "-1"})
     assert bad.status_code == 400
     text = bad.content.decode()
-    assert "Give a percentage from 0 to 100." in text and "Give a cost above 0 and below 1000000, or leave it empty." in text
+    assert (
+        "Give a percentage from 0 to 100." in text
+        and "Give a cost above 0 and below 1000000, or leave it empty." in text
+    )
     missing = client.post(url, {"step_key": "nope", "min_accuracy": "90"})
     assert missing.status_code == 400 and "is not a step whose output has fields" in missing.content.decode()
     saved = client.post(
@@ -210,6 +221,13 @@ def test_a_failing_suite_refuses_with_a_report_per_case_and_only_an_admin_overri
     published = WorkflowVersion.objects.get(pk=draft.pk)
     assert published.is_published and "Regulator deadline" in published.note
     assert AuditEvent.objects.get(verb="evaluation.gate_overridden").data_dict["report"] == report.pk
+    gate = AuditEvent.objects.get(verb="workflow.published", target_id=str(published.pk)).data_dict["gates"]
+    assert gate["evaluation"] == {
+        "gate": "overridden",
+        "report": report.pk,
+        "suite_checksum": report.suite_checksum,
+        "content_checksum": report.content_checksum,
+    }
     versions = admin.get(reverse("workflows:versions", args=[triage.slug])).content.decode()
     assert "Published over the evaluation suite" in versions
     evidence = client.get(reverse("evaluations:suite", args=[triage.slug])).content.decode()
@@ -321,6 +339,7 @@ def test_reviewers_corrections_become_cases_once(analyst, reviewer, team):
 def test_a_draft_changed_while_its_suite_ran_is_not_published(analyst, triage, suite):
     set_draft(analyst, triage, 1000.0)
     client_for(analyst).post(reverse("evaluations:publish", args=[triage.slug]), {"note": "v2"})
+    evaluation_report_runs_start(report_id=EvaluationReport.objects.get().pk)  # as its commit does
     changed = set_draft(analyst, triage, 2000.0)  # saved while the cases run: the report proves nothing about it
     report = drive_report(EvaluationReport.objects.get())
     assert report.state == "passed" and report.published_version is None
@@ -535,6 +554,7 @@ def test_the_auto_publish_refuses_a_draft_edited_since_even_when_another_report_
         reverse("evaluations:publish", args=[triage.slug]), {"note": "As it was", "revision": draft.revision}
     )
     asked = EvaluationReport.objects.get()
+    evaluation_report_runs_start(report_id=asked.pk)  # as its commit does
     set_draft(analyst, triage, 2000.0)  # passes too, on its own report, but nobody asked to publish it
     client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
     other = drive_report(EvaluationReport.objects.exclude(pk=asked.pk).get())
@@ -554,3 +574,62 @@ def test_publishing_through_the_suite_refuses_a_stale_revision(analyst, triage, 
     )
     assert "The draft changed since you looked at it" in response.content.decode()
     assert not EvaluationReport.objects.exists()
+
+
+def test_case_runs_start_after_the_report_commits_each_once(analyst, triage, suite, django_capture_on_commit_callbacks):
+    from apps.evaluations.services import evaluation_report_start, evaluation_result_run_start
+
+    set_draft(analyst, triage, 1000.0)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        report = evaluation_report_start(actor=analyst, workflow=triage)
+        # Inside the report's transaction no run exists yet: it holds the workflow and draft locks, not runs.
+        assert not Run.objects.filter(mode="test").exists()
+        assert list(report.results.values_list("run_id", flat=True)) == [None, None]
+    page = client_for(analyst).get(reverse("evaluations:report", args=[triage.slug, report.pk])).content.decode()
+    assert "Waiting to start" in page and "0 of 2 case runs finished" in page
+    for callback in callbacks:
+        callback()
+    assert Run.objects.filter(mode="test").count() == 2
+    assert not report.results.filter(run__isnull=True).exists()
+    # Starting again (a second delivery, the periodic task) starts nothing more.
+    assert evaluation_report_runs_start(report_id=report.pk) == 0
+    assert not any(evaluation_result_run_start(result_id=pk) for pk in report.results.values_list("pk", flat=True))
+    assert Run.objects.filter(mode="test").count() == 2
+    assert AuditEvent.objects.filter(verb="run.test_started").count() == 2
+    assert drive_report(report).state == "passed"
+
+
+def test_a_case_whose_draft_changed_before_its_run_started_fails_the_report(analyst, triage, suite):
+    from apps.evaluations.services import evaluation_report_start
+
+    set_draft(analyst, triage, 1000.0)
+    report = evaluation_report_start(actor=analyst, workflow=triage)  # its runs start after the commit...
+    set_draft(analyst, triage, 2000.0)  # ...and the draft is edited first
+    report = drive_report(report)
+    assert report.state == "failed"
+    assert not Run.objects.filter(mode="test").exists()
+    for result in report.results.all():
+        assert result.run_id is None and not result.passed
+        assert result.reason == "The draft changed before the case's run started, so it was not run."
+    assert AuditEvent.objects.filter(verb="evaluation.case_not_started").count() == 2
+    unfinished = next(outcome for outcome in report.outcomes if outcome["key"] == "finished")
+    assert not unfinished["passed"]
+
+
+def test_the_periodic_task_starts_case_runs_a_dead_process_left_unstarted(analyst, triage, suite):
+    from django.utils import timezone
+
+    from apps.evaluations.services import RUN_START_GRACE, evaluation_report_start, evaluation_reports_score_due
+
+    set_draft(analyst, triage, 1000.0)
+    report = evaluation_report_start(actor=analyst, workflow=triage)  # the commit's callback never runs here
+    assert evaluation_reports_score_due() == 0
+    assert report.results.filter(run__isnull=True).count() == 2  # within the grace: the callback may still come
+    EvaluationReport.objects.filter(pk=report.pk).update(created_at=timezone.now() - RUN_START_GRACE * 2)
+    assert evaluation_reports_score_due() == 0  # started, not finished
+    assert not report.results.filter(run__isnull=True).exists()
+    for run in Run.objects.filter(pk__in=report.results.values("run_id")):
+        drive(run)
+    assert evaluation_reports_score_due() == 1
+    report.refresh_from_db()
+    assert report.state == "passed"
