@@ -84,6 +84,13 @@ def suite_criteria(suite: EvaluationSuite) -> dict[str, Any]:
 
 def content_checksum(version: WorkflowVersion) -> str:
     """The checksum of a draft's content as the gate compares it (graph and input schema)."""
+    # The draft's graph as saved, not as published: publishing pins each sub-workflow step without a version to
+    # the child's newest published version (apps.workflows.validation.sub_workflows_pinned), so a version's own
+    # checksum can differ from this one, and a child published after the report is not re-evaluated. That is
+    # sound because an evaluation run never runs a child: sub-workflow steps are simulated in test runs
+    # (apps.runs.executor test_stands_in), so the report says nothing about any child version either way. The
+    # case runs compare their own snapshot against this checksum (services.evaluation_result_run_start), which
+    # is why it stays on the unpinned graph.
     return graph_checksum(version.graph, version.input_schema)
 
 
