@@ -144,3 +144,28 @@ def test_each_fragment_costs_a_pinned_number_of_queries_whatever_the_period(mana
     print("queries per widget fragment:", measured)
     changed = {key: (PINNED.get(key), count) for key, count in measured.items() if PINNED.get(key) != count}
     assert not changed, f"queries per fragment changed (pinned, now): {changed}; update PINNED if on purpose"
+
+
+# Queries per whole page: its widgets share one load of the figures (PageData), so a page costs about one widget
+# plus the extras of the page (the digest toggle, the model card).
+PAGE_PINNED: dict[str, int] = {"overview": 20, "process": 30, "queue": 15, "endpoint": 18}
+
+
+def test_each_page_costs_a_pinned_number_of_queries_whatever_the_period(manager: Any, data: Any) -> None:
+    client = Client()
+    client.force_login(manager)
+    pages = {
+        "overview": reverse("dashboards:overview"),
+        "process": reverse("dashboards:process", args=[data.claims.slug]),
+        "queue": reverse("dashboards:queue", args=[data.queue.key]),
+        "endpoint": reverse("dashboards:endpoint", args=[data.cloud.name]),
+    }
+    measured = {}
+    for name, url in pages.items():
+        client.get(url + "?period=30")
+        month = _fragment_queries(client, url + "?period=30")
+        quarter = _fragment_queries(client, url + "?period=90")
+        assert month == quarter, f"{name}: {month} queries for 30 days, {quarter} for 90"
+        measured[name] = quarter
+    print("queries per page:", measured)
+    assert measured == PAGE_PINNED, "queries per page changed; update PAGE_PINNED if on purpose"
