@@ -480,7 +480,12 @@ class HoursSavedAndRoi(Widget):
         )
         kpis = {kpi.key: kpi for kpi in overview.kpis}
         facts = [
-            (kpis[key].label, format_value(kpis[key].value, kpis[key].unit, currency=page.currency))
+            (
+                kpis[key].label,
+                "no data"
+                if kpis[key].value is None
+                else format_value(kpis[key].value, kpis[key].unit, currency=page.currency),
+            )
             for key in ("hours_saved", "value", "run_cost", "roi", "payback")
             if key in kpis
         ]
