@@ -11,7 +11,11 @@ class EvaluationsConfig(AppConfig):
     label = "evaluations"
 
     def ready(self) -> None:
-        from apps.evaluations.services import evaluation_publish_gate, evaluation_publish_route
+        from apps.evaluations.services import (
+            evaluation_publish_gate,
+            evaluation_publish_gate_preview,
+            evaluation_publish_route,
+        )
         from apps.workflows import services as workflow_services
 
         # Filled once per process (ready() may run twice under some test runners).
@@ -19,3 +23,5 @@ class EvaluationsConfig(AppConfig):
             workflow_services.PUBLISH_GATES.append(evaluation_publish_gate)
         if evaluation_publish_route not in workflow_services.PUBLISH_ROUTES:
             workflow_services.PUBLISH_ROUTES.append(evaluation_publish_route)
+        if evaluation_publish_gate_preview not in workflow_services.PUBLISH_GATE_PREVIEWS:
+            workflow_services.PUBLISH_GATE_PREVIEWS.append(evaluation_publish_gate_preview)

@@ -34,6 +34,7 @@ from apps.evaluations.models import (
 from apps.evaluations.outputs import checkable_steps, expected_problems, reader_for, values_match
 from apps.evaluations.selectors import (
     content_checksum,
+    report_newest_for_content,
     report_passing_for,
     suite_checksum,
     suite_criteria,
@@ -1008,21 +1009,37 @@ def evaluation_publish_gate(actor: User, version: WorkflowVersion, override_reas
         )
     from apps.evaluations.selectors import report_summary
 
+    return GateVerdict(
+        problems=[_gate_problem(newest, digest)],
+        details={"evaluation": report_summary(newest) if newest else None},
+    )
+
+
+def _gate_problem(newest: EvaluationReport | None, digest: str) -> str:
+    """Why the gate is shut, given the newest report on the draft's content and the suite's current checksum."""
     if newest is None:
-        problem = "The evaluation suite has not run on this draft: run it, and publish when it passes."
-    elif newest.state == EvaluationReport.State.RUNNING:
-        problem = f"The evaluation suite is still running on this draft (report {newest.pk})."
-    elif newest.suite_checksum != digest:
-        problem = f"The evaluation suite changed since report {newest.pk}: run it again on this draft."
-    else:
-        failed = [o["label"] for o in newest.outcomes if not o.get("passed")] or [newest.error or "it did not pass"]
-        problem = (
-            f"The evaluation suite failed on this draft (report {newest.pk}, "
-            f"{newest.totals.get('cases_passed', 0)} of {newest.totals.get('cases', 0)} cases passed): "
-            + "; ".join(failed)
-            + "."
-        )
-    return GateVerdict(problems=[problem], details={"evaluation": report_summary(newest) if newest else None})
+        return "The evaluation suite has not run on this draft: run it, and publish when it passes."
+    if newest.state == EvaluationReport.State.RUNNING:
+        return f"The evaluation suite is still running on this draft (report {newest.pk})."
+    if newest.suite_checksum != digest:
+        return f"The evaluation suite changed since report {newest.pk}: run it again on this draft."
+    failed = [o["label"] for o in newest.outcomes if not o.get("passed")] or [newest.error or "it did not pass"]
+    return (
+        f"The evaluation suite failed on this draft (report {newest.pk}, "
+        f"{newest.totals.get('cases_passed', 0)} of {newest.totals.get('cases', 0)} cases passed): "
+        + "; ".join(failed)
+        + "."
+    )
+
+
+def evaluation_publish_gate_preview(version: WorkflowVersion) -> list[str]:
+    """What the gate would refuse `version` for now, saving nothing (filled into
+    apps.workflows.services.PUBLISH_GATE_PREVIEWS: the builder's "can publish" says it needs a passing suite)."""
+    suite = suite_for(version.workflow)
+    if suite is None or not suite.enabled or report_passing_for(suite, version) is not None:
+        return []
+    newest = report_newest_for_content(suite, content_checksum(version))
+    return [_gate_problem(newest, suite_checksum(suite))]
 
 
 def evaluation_publish_route(workflow: Workflow) -> PublishRoute | None:

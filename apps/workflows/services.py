@@ -366,6 +366,16 @@ PUBLISH_GATES: list[Callable[[User, WorkflowVersion, str], GateVerdict]] = []
 PUBLISH_ROUTES: list[Callable[[Workflow], PublishRoute | None]] = []
 
 
+# Filled by upper apps beside PUBLISH_GATES: what their gate would refuse a draft for, read only (no evidence
+# recorded, no override), so the builder can say before a publish that one will be refused.
+PUBLISH_GATE_PREVIEWS: list[Callable[[WorkflowVersion], list[str]]] = []
+
+
+def workflow_publish_gate_problems(version: WorkflowVersion) -> list[str]:
+    """What the PUBLISH_GATES would refuse `version` for now (without an override), saving nothing."""
+    return [problem for preview in PUBLISH_GATE_PREVIEWS for problem in preview(version)]
+
+
 class PublishGated(Conflict):
     """A gate refused the draft (its own problems are fixed); `extra` has the gates' problems and details."""
 

@@ -633,3 +633,33 @@ def test_the_periodic_task_starts_case_runs_a_dead_process_left_unstarted(analys
     assert evaluation_reports_score_due() == 1
     report.refresh_from_db()
     assert report.state == "passed"
+
+
+def test_the_builder_api_says_a_draft_needs_a_passing_suite(analyst, admin_user_role, triage, suite):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_login(analyst)
+    set_draft(analyst, triage, 1000.0)
+    draft = client.get(f"/api/workflows/{triage.slug}/draft/").json()
+    assert draft["problems"] == [] and draft["can_publish"] is False
+    assert draft["gate_problems"] == [
+        "The evaluation suite has not run on this draft: run it, and publish when it passes."
+    ]
+    validate = client.post(f"/api/workflows/{triage.slug}/draft/validate/", {}, format="json").json()
+    assert validate["problems"] == [] and validate["can_publish"] is False
+    client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+    report = drive_report(EvaluationReport.objects.get())
+    assert report.state == "passed"
+    draft = client.get(f"/api/workflows/{triage.slug}/draft/").json()
+    assert draft["can_publish"] is True and draft["gate_problems"] == []
+    # The preview records nothing: no evidence before an actual publish.
+    assert not AuditEvent.objects.filter(verb="evaluation.gate_passed").exists()
+    # A failing draft says why, naming the report; with the suite switched off, nothing stands in the way.
+    set_draft(analyst, triage, 10.0)
+    client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+    failed = drive_report(EvaluationReport.objects.latest("pk"))
+    draft = client.get(f"/api/workflows/{triage.slug}/draft/").json()
+    assert draft["can_publish"] is False and f"report {failed.pk}, 1 of 2 cases passed" in draft["gate_problems"][0]
+    evaluation_suite_save(actor=admin_user_role, workflow=triage, step_key="decide", min_accuracy="100", enabled=False)
+    assert client.get(f"/api/workflows/{triage.slug}/draft/").json()["can_publish"] is True

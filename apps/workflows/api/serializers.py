@@ -21,6 +21,7 @@ from apps.workflows.selectors import (
     workflow_version_problems,
     workflow_version_published_latest,
 )
+from apps.workflows.services import workflow_publish_gate_problems
 
 # A version's state is a plain string in the schema: another "state" enum (a run's) would collide with it.
 VERSION_STATE_HELP = '"draft" or "published".'
@@ -281,6 +282,7 @@ class DraftSerializer(serializers.ModelSerializer):
     updated_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(slug_field="username", read_only=True)
     problems = serializers.SerializerMethodField()
     can_publish = serializers.SerializerMethodField()
+    gate_problems = serializers.SerializerMethodField()
     outline = serializers.SerializerMethodField()
     read_only_reason = serializers.SerializerMethodField()
     undo_label = serializers.SerializerMethodField()
@@ -296,6 +298,7 @@ class DraftSerializer(serializers.ModelSerializer):
             "input_schema",
             "problems",
             "can_publish",
+            "gate_problems",
             "outline",
             "read_only_reason",
             "undo_label",
@@ -304,6 +307,7 @@ class DraftSerializer(serializers.ModelSerializer):
     def to_representation(self, instance: WorkflowVersion) -> dict[str, Any]:
         # Problems and the tree are each worked out once per draft, then read by several fields.
         self._problems = workflow_version_problems(instance)
+        self._gate_problems = workflow_publish_gate_problems(instance)
         try:
             self._tree: blocks.Tree | None = blocks.tree_from_graph(instance.graph)
             self._read_only_reason = ""
@@ -316,7 +320,17 @@ class DraftSerializer(serializers.ModelSerializer):
         return problems_json(self._problems)
 
     def get_can_publish(self, draft: WorkflowVersion) -> bool:
-        return not self._problems
+        return not self._problems and not self._gate_problems
+
+    @extend_schema_field(
+        serializers.ListField(
+            child=serializers.CharField(),
+            help_text="Why a publish gate would refuse the draft as it is (e.g. its evaluation suite has not passed "
+            "on exactly this content); empty when none would.",
+        )
+    )
+    def get_gate_problems(self, draft: WorkflowVersion) -> list[str]:
+        return self._gate_problems
 
     @extend_schema_field(OutlineBlockSerializer(many=True, allow_null=True))
     def get_outline(self, draft: WorkflowVersion) -> list[dict[str, Any]] | None:

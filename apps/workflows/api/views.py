@@ -71,6 +71,7 @@ from apps.workflows.services import (
     workflow_create,
     workflow_draft_get_or_create,
     workflow_draft_save,
+    workflow_publish_gate_problems,
     workflow_update,
     workflow_version_publish,
     workflow_version_restore_as_draft,
@@ -358,7 +359,8 @@ def workflow_draft_validate_view(request: Request, slug: str) -> Response:
         input_schema=body.get("input_schema", draft.input_schema),
     )
     problems = workflow_version_problems(candidate)
-    return Response({"revision": draft.revision, "problems": problems_json(problems), "can_publish": not problems})
+    can_publish = not problems and not workflow_publish_gate_problems(candidate)
+    return Response({"revision": draft.revision, "problems": problems_json(problems), "can_publish": can_publish})
 
 
 @extend_schema(
