@@ -27,7 +27,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -460,14 +460,30 @@ def _endpoint_rows(day: date, gpu_prices: dict[int, Decimal]) -> list[EndpointDa
     ]
 
 
+# The first key of the per-day advisory locks: marks them as the rollups' (the second key is the day's ordinal).
+ROLLUP_DAY_LOCK = 0x524F4C4C
+
+
+def _day_lock(day: date) -> None:
+    """Wait for, and hold until the transaction ends, the lock of `day`'s rollup rows. Transaction-level, so it
+    holds behind a transaction-mode connection pooler and can never leak past a failed rebuild."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ROLLUP_DAY_LOCK, day.toordinal()])
+
+
 def rollup_day_rebuild(*, day: date) -> int:
     """Replace `day`'s rows of every rollup table with rows built from the raw records, in one transaction.
-    Idempotent. Returns the number of runs read (cases and the runs in them)."""
-    gpu_prices = _gpu_prices()
-    workflow_rows, runs = _workflow_rows(day, gpu_prices)
-    queue_rows = _queue_rows(day)
-    endpoint_rows = _endpoint_rows(day, gpu_prices)
+    Idempotent. Returns the number of runs read (cases and the runs in them).
+
+    Two rebuilds of the same day (the periodic job and `dashboards_rebuild`, or two overlapping jobs) take turns on
+    the day's advisory lock, taken before the raw rows are read: the second reads what was committed before it got
+    the lock, so it neither collides with the first's inserts nor replaces newer rows with older ones."""
     with transaction.atomic():
+        _day_lock(day)
+        gpu_prices = _gpu_prices()
+        workflow_rows, runs = _workflow_rows(day, gpu_prices)
+        queue_rows = _queue_rows(day)
+        endpoint_rows = _endpoint_rows(day, gpu_prices)
         WorkflowDayRollup.objects.filter(day=day).delete()
         QueueDayRollup.objects.filter(day=day).delete()
         EndpointDayRollup.objects.filter(day=day).delete()
