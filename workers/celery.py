@@ -102,8 +102,8 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
     sender.add_periodic_task(
         digest_every, sender.signature("approvals.digests_send", expires=digest_every), name="approval-digests"
     )
-    # The rollup job locks its state row and rebuilds whole days idempotently, so an overlapping or repeated beat
-    # only waits and finds less to do.
+    # The rollup job claims a lease on its state row and rebuilds whole days idempotently, so an overlapping beat
+    # returns at once and a repeated one finds less to do.
     rollup_every = settings.AIOS_ROLLUP_INTERVAL_SECONDS
     sender.add_periodic_task(
         rollup_every, sender.signature("dashboards.rollups_refresh", expires=rollup_every), name="kpi-rollups"
