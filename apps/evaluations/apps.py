@@ -25,3 +25,8 @@ class EvaluationsConfig(AppConfig):
             workflow_services.PUBLISH_ROUTES.append(evaluation_publish_route)
         if evaluation_publish_gate_preview not in workflow_services.PUBLISH_GATE_PREVIEWS:
             workflow_services.PUBLISH_GATE_PREVIEWS.append(evaluation_publish_gate_preview)
+        from apps.evaluations.demo import seed_evaluation_demo
+        from apps.workflows import demo
+
+        if seed_evaluation_demo not in demo.demo_extensions:
+            demo.demo_extensions.append(seed_evaluation_demo)
