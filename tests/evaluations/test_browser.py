@@ -129,3 +129,16 @@ def test_publish_runs_the_suite_and_the_report_page_follows_it(
         page.goto(f"{asgi_server}/evaluations/{workflow.slug}/compare/")
         expect(page.get_by_role("table")).to_contain_text("Accuracy of “route”")
         shoot(page, "compare")
+
+        # Switching the gate off is an admin's decision: the form says so and keeps what was typed.
+        page.goto(f"{asgi_server}/evaluations/{workflow.slug}/settings/")
+        page.get_by_label("Gate publishing: a new version is published only when the suite passes on it").uncheck()
+        page.get_by_role("button", name="Save criteria").click()
+        expect(page.get_by_role("alert")).to_contain_text("Only an admin may make this change")
+        expect(page.get_by_role("alert")).to_contain_text("switching the gate off")
+        expect(
+            page.get_by_label("Gate publishing: a new version is published only when the suite passes on it")
+        ).not_to_be_checked()
+        shoot(page, "settings-refused")
+        suite.refresh_from_db()
+        assert suite.enabled
