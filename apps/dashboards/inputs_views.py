@@ -139,7 +139,9 @@ def inputs_endpoint(request: HttpRequest, name: str) -> HttpResponse:
         except ValidationFailed as refusal:
             _apply_refusal(form, refusal)
         else:
-            messages.success(request, f'Saved the KPI inputs of "{endpoint.name}".')
+            messages.success(
+                request, f'Saved the KPI inputs of "{endpoint.name}". The cost figures update within a few minutes.'
+            )
             return redirect("dashboards:inputs")
     status = 400 if request.method == "POST" else 200
     return render(request, "dashboards/inputs_endpoint.html", {"form": form, "endpoint": endpoint}, status=status)

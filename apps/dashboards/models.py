@@ -123,8 +123,11 @@ class DigestSubscription(models.Model):
 
 class RollupState(models.Model):
     """The rollup job's bookkeeping, one row (pk 1): the watermark up to which raw changes are rolled up, and a
-    day from which everything must be rebuilt (set when an input that is folded into stored rows changes, e.g. an
-    endpoint's GPU price)."""
+    day from which everything must still be rebuilt (the first backfill, or a rebuild asked for through
+    RollupRebuildRequest; the job moves it forward as each day commits, so a crash redoes only the days left).
+
+    Only the job writes this row, and only in short transactions: a job claims it by a conditional update of
+    `lease_until`, so two overlapping beats never rebuild at once, and nothing else ever waits on the job."""
 
     SINGLETON_PK = 1
 
@@ -138,9 +141,24 @@ class RollupState(models.Model):
     last_days = models.PositiveIntegerField(default=0)
     last_runs = models.PositiveIntegerField(default=0)
     last_seconds = models.FloatField(default=0)
+    # Set while a job runs and renewed after every day it rebuilds; a job that died leaves it to run out.
+    lease_until = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"Rollups up to {self.watermark}"
+
+
+class RollupRebuildRequest(models.Model):
+    """ "Rebuild every day from `from_day`": written when an input folded into stored rows changes (an endpoint's GPU
+    price). A plain insert, so the web request that changes the input never waits on a running rollup job; the
+    next job takes the requests that exist when it starts and deletes them once it has folded them in."""
+
+    from_day = models.DateField()
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Rebuild the rollups from {self.from_day}"
 
 
 class WorkflowDayRollup(models.Model):

@@ -37,6 +37,7 @@ from apps.dashboards.models import (
     EndpointDayRollup,
     EndpointKpiInput,
     QueueDayRollup,
+    RollupRebuildRequest,
     RollupState,
     WorkflowDayRollup,
 )
@@ -550,32 +551,62 @@ def touched_days(*, since: datetime, after_call_id: int) -> tuple[set[date], set
     return days | open_days, open_days
 
 
+def _claim(state_pk: int) -> bool:
+    """Take the job's lease if no live job holds it: a conditional update that never waits on a running job."""
+    now = timezone.now()
+    return bool(
+        RollupState.objects.filter(pk=state_pk)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .update(lease_until=now + JOB_LEASE)
+    )
+
+
 def rollups_refresh(*, now: datetime | None = None) -> RollupState:
     """The periodic job: rebuild the days touched since the watermark, the days that held open work at the last
-    refresh (their runs may have finished since), and every day from `rebuild_from` when an input folded into the
-    rows changed; then move the watermark. The state row is locked for the whole job, so two overlapping beats never
-    rebuild at once. The watermark looks back REFRESH_MARGIN (and CALL_ID_MARGIN ids) for rows written by
-    transactions that began before the last refresh and committed after it."""
+    refresh (their runs may have finished since), and every day from `rebuild_from` (the first backfill, or a
+    RollupRebuildRequest); then move the watermark. Returns the state row; when another job holds the lease it
+    returns at once, rebuilding nothing.
+
+    No transaction spans the job, and no lock outlives a day: each day commits on its own (rollup_day_rebuild),
+    and `rebuild_from` moves past a day once it and the days before it are rebuilt, so a job that dies half way
+    through a long first backfill leaves its progress behind and the next one redoes only the days left. The
+    watermark moves only at the end, so a crash makes the next job look at the same recent changes again. The
+    watermark looks back REFRESH_MARGIN (and CALL_ID_MARGIN ids) for rows written by transactions that began before
+    the last refresh and committed after it."""
     started = clock.monotonic()
     now = now or timezone.now()
-    with transaction.atomic():
-        state, _ = RollupState.objects.select_for_update().get_or_create(pk=RollupState.SINGLETON_PK)
-        last_call_id = InferenceCall.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
-        days: set[date] = set()
-        if state.watermark is None:
-            first = Run.objects.order_by("created_at").values_list("created_at", flat=True).first()
-            rebuild_from = local_day(first) if first else None
-            calls_from = InferenceCall.objects.order_by("pk").values_list("started_at", "created_at").first()
-            if calls_from:
-                call_day = local_day(calls_from[0] or calls_from[1])
-                rebuild_from = min(rebuild_from, call_day) if rebuild_from else call_day
-            state.rebuild_from = rebuild_from
-            open_days: set[date] = set()
-        else:
-            days, open_days = touched_days(
-                since=state.watermark - REFRESH_MARGIN, after_call_id=max(0, state.last_call_id - CALL_ID_MARGIN)
-            )
+    RollupState.objects.get_or_create(pk=RollupState.SINGLETON_PK)
+    if not _claim(RollupState.SINGLETON_PK):
+        return RollupState.objects.get(pk=RollupState.SINGLETON_PK)
+    try:
+        with transaction.atomic():
+            state = RollupState.objects.select_for_update().get(pk=RollupState.SINGLETON_PK)
+            last_call_id = InferenceCall.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+            # Requests stored from here on wait for the next job: this one may already be past their days.
+            requests = list(RollupRebuildRequest.objects.values_list("pk", "from_day"))
+            asked = [day for _, day in requests]
+            if state.watermark is None:
+                first = Run.objects.order_by("created_at").values_list("created_at", flat=True).first()
+                if first:
+                    asked.append(local_day(first))
+                calls_from = InferenceCall.objects.order_by("pk").values_list("started_at", "created_at").first()
+                if calls_from:
+                    asked.append(local_day(calls_from[0] or calls_from[1]))
+                # Everything before now is covered by the backfill from the first day; from here on, the watermark.
+                state.watermark, state.last_call_id = now, last_call_id
+                days, open_days = touched_days(since=now, after_call_id=last_call_id)
+            else:
+                days, open_days = touched_days(
+                    since=state.watermark - REFRESH_MARGIN, after_call_id=max(0, state.last_call_id - CALL_ID_MARGIN)
+                )
             days |= {date.fromisoformat(day) for day in state.open_days}
+            if state.rebuild_from is not None:
+                asked.append(state.rebuild_from)
+            state.rebuild_from = min(asked) if asked else None
+            # Kept until the end, so a crash does not forget the days that held open work.
+            state.open_days = sorted({*state.open_days, *(day.isoformat() for day in open_days)})
+            state.save()
+            RollupRebuildRequest.objects.filter(pk__in=[pk for pk, _ in requests]).delete()
         if state.rebuild_from is not None:
             day = state.rebuild_from
             while day <= local_day(now):
@@ -584,6 +615,10 @@ def rollups_refresh(*, now: datetime | None = None) -> RollupState:
         runs = 0
         for day in sorted(days):
             runs += rollup_day_rebuild(day=day)
+            progress: dict[str, Any] = {"lease_until": timezone.now() + JOB_LEASE}
+            if state.rebuild_from is not None and day >= state.rebuild_from:
+                progress["rebuild_from"] = state.rebuild_from = day + timedelta(days=1)
+            RollupState.objects.filter(pk=state.pk).update(**progress)
         state.watermark = now
         state.last_call_id = last_call_id
         state.open_days = sorted(day.isoformat() for day in open_days)
@@ -592,7 +627,12 @@ def rollups_refresh(*, now: datetime | None = None) -> RollupState:
         state.last_days = len(days)
         state.last_runs = runs
         state.last_seconds = clock.monotonic() - started
+        state.lease_until = None
         state.save()
+    except BaseException:
+        # Free the lease so the next beat tries again; the progress made (rebuild_from) stays.
+        RollupState.objects.filter(pk=RollupState.SINGLETON_PK).update(lease_until=None)
+        raise
     return state
 
 
@@ -600,3 +640,6 @@ def rollups_refresh(*, now: datetime | None = None) -> RollupState:
 # this far. A step's transaction lasts well under a minute (the lease is seconds), so five minutes is ample.
 REFRESH_MARGIN = timedelta(minutes=5)
 CALL_ID_MARGIN = 1000
+# How long a job's claim lasts without news: renewed after every day, so it only runs out for a job that died (or
+# one day that took longer, in which case a second job may start; the per-day locks keep both correct).
+JOB_LEASE = timedelta(minutes=10)

@@ -9,11 +9,16 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractUser
 from django.db import transaction
-from django.db.models import Q
 
 from apps.audit.services import audit_record
 from apps.core.exceptions import Forbidden, ValidationFailed
-from apps.dashboards.models import EndpointDayRollup, EndpointKpiInput, KpiSettings, RollupState, WorkflowKpiInput
+from apps.dashboards.models import (
+    EndpointDayRollup,
+    EndpointKpiInput,
+    KpiSettings,
+    RollupRebuildRequest,
+    WorkflowKpiInput,
+)
 from apps.dashboards.selectors import can_change_kpi_inputs
 from apps.inference.models import ModelEndpoint
 from apps.workflows.models import Workflow
@@ -107,7 +112,8 @@ def endpoint_kpi_inputs_update(
     *, actor: AbstractUser, endpoint: ModelEndpoint, self_hosted: bool, gpu_hourly_price: Decimal | None
 ) -> EndpointKpiInput:
     """Say whether an endpoint runs on our own GPU and what an hour of it costs. The rollups fold GPU cost into
-    their rows, so a change asks the next rollup run to rebuild every day since the endpoint's first call."""
+    their rows, so a change asks the next rollup run to rebuild every day since the endpoint's first call; the
+    figures follow within a few minutes, and this request never waits on a running rollup job."""
     _require(actor)
     if self_hosted and gpu_hourly_price is None:
         raise ValidationFailed(
@@ -129,11 +135,10 @@ def endpoint_kpi_inputs_update(
 
 
 def _rebuild_from_first_call(endpoint: ModelEndpoint) -> None:
+    """Ask the rollup job to rebuild every day since the endpoint's first rolled-up call. A plain insert: a running
+    job (a first backfill can take minutes) never holds this request up, and it takes the request on its next run
+    (within AIOS_ROLLUP_INTERVAL_SECONDS, a few minutes)."""
     first = EndpointDayRollup.objects.filter(endpoint=endpoint).order_by("day").values_list("day", flat=True).first()
     if first is None:
         return
-    # A conditional update, not a read-modify-write: if the rollup job holds the row, this waits for it and then
-    # applies to what it left, so the request is never lost to the job's own reset of rebuild_from.
-    RollupState.objects.filter(pk=RollupState.SINGLETON_PK).filter(
-        Q(rebuild_from__isnull=True) | Q(rebuild_from__gt=first)
-    ).update(rebuild_from=first)
+    RollupRebuildRequest.objects.create(from_day=first, reason=f"The KPI inputs of endpoint {endpoint.name} changed.")

@@ -12,5 +12,6 @@ ROLLUP_TASK = "dashboards.rollups_refresh"
 @shared_task(name=ROLLUP_TASK, acks_late=False, ignore_result=True)
 def refresh_rollups() -> int:
     """Rebuild the rollup days touched since the last run (apps.dashboards.rollups.rollups_refresh); returns how
-    many days were rebuilt. The job locks its state row, so an overlapping beat waits and then finds little to do."""
+    many days were rebuilt. A job claims a lease on its state row, so an overlapping beat finds it running and
+    returns at once."""
     return rollups_refresh().last_days

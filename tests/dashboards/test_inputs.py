@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from apps.approvals.models import ApprovalDecision, ApprovalRequest
 from apps.audit.models import AuditEvent
-from apps.dashboards.models import EndpointKpiInput, KpiSettings, RollupState, WorkflowKpiInput
+from apps.dashboards.models import EndpointKpiInput, KpiSettings, RollupRebuildRequest, RollupState, WorkflowKpiInput
 from apps.dashboards.rollups import rollups_refresh
 from apps.dashboards.selectors import overview_for_user
 from apps.runs.models import Run
@@ -140,9 +140,11 @@ def test_endpoint_inputs_need_a_price_when_self_hosted_and_ask_for_a_rebuild(dat
     assert response.status_code == 302
     event = _last_event("model_endpoint.kpi_inputs_changed")
     assert event["data"]["changes"]["self_hosted"] == {"before": False, "after": True}
-    state = RollupState.objects.get()
-    assert state.rebuild_from is not None and state.rebuild_from <= data.today - timedelta(days=20)
+    asked = RollupRebuildRequest.objects.get()
+    assert asked.from_day <= data.today - timedelta(days=20)
+    assert b"update within a few minutes" in _client(manager).get(url).content
     rollups_refresh(now=data.now)
+    assert not RollupRebuildRequest.objects.exists() and RollupState.objects.get().rebuild_from is None
     cloud = {k.key: k.value for k in overview_for_user(manager, data.filter_x(), now=data.now).kpis}
     # The cloud calls of process X now cost their latency (1 s each, 7 calls) at 3.60 an hour: 0.007, not 4.25.
     assert cloud["run_cost"] == Decimal("35.02")
