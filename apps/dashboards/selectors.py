@@ -23,7 +23,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.core.exceptions import EmptyResultSet
 from django.db import connection
-from django.db.models import Case, Count, DecimalField, F, Q, QuerySet, Sum, Value, When
+from django.db.models import Case, Count, DecimalField, Exists, F, OuterRef, Q, QuerySet, Sum, Value, When
+from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
@@ -183,6 +184,9 @@ HUNDRED = Decimal(100)
 SECONDS_PER_HOUR = Decimal(3600)
 DAYS_PER_MONTH = Decimal("30.4375")  # 365.25 / 12
 AT_RISK_FRACTION = 0.8
+# How many restarts back the backlog follows a case to its first run for its age (one join per step; chains
+# longer than this are rare and then age from the run this many steps back).
+MAX_RESTART_DEPTH = 3
 BACKLOG_BUCKETS: list[tuple[str, float | None]] = [
     ("< 1 h", 3600.0),
     ("1–4 h", 4 * 3600.0),
@@ -653,13 +657,26 @@ def _backlog(
     workflow_ids: list[int], flt: DashboardFilter, now: datetime
 ) -> tuple[list[BacklogBucket], dict[str, int]]:
     """Open cases and open approval items by age, now, with the approvals at risk of breaching their SLA. Reads
-    only open rows, through the runs' status index and the approvals' state index."""
-    runs = Run.objects.filter(
-        workflow_id__in=workflow_ids,
-        status__in=[Run.Status.PENDING, Run.Status.RUNNING],
-        mode=Run.Mode.LIVE,
-        parent_step_run__isnull=True,
-        restarted_from__isnull=True,
+    only open rows, through the runs' status index and the approvals' state index.
+
+    An open case is an open live top-level run that no later live run restarts: a restart still running is its
+    case's open run, so the case counts once, by the newest run of its chain. Its age is the case's, from the
+    first run of the chain (followed up to MAX_RESTART_DEPTH restarts back; a longer chain ages from there)."""
+    restarted = Run.objects.filter(restarted_from=OuterRef("pk"), mode=Run.Mode.LIVE, parent_step_run__isnull=True)
+    back = "restarted_from__"
+    runs = (
+        Run.objects.filter(
+            workflow_id__in=workflow_ids,
+            status__in=[Run.Status.PENDING, Run.Status.RUNNING],
+            mode=Run.Mode.LIVE,
+            parent_step_run__isnull=True,
+        )
+        .filter(~Exists(restarted))
+        .annotate(
+            case_created_at=Coalesce(
+                *[F(back * depth + "created_at") for depth in range(MAX_RESTART_DEPTH, 0, -1)], F("created_at")
+            )
+        )
     )
     approvals = ApprovalRequest.objects.filter(
         state=ApprovalRequest.State.PENDING, run__workflow_id__in=workflow_ids, run__mode=Run.Mode.LIVE
@@ -668,13 +685,13 @@ def _backlog(
         runs = runs.filter(version_id=flt.version_id)
         approvals = approvals.filter(run__version_id=flt.version_id)
 
-    def buckets(queryset: QuerySet[Any], **extra: Any) -> dict[str, int]:
+    def buckets(queryset: QuerySet[Any], since: str = "created_at", **extra: Any) -> dict[str, int]:
         aggregates: dict[str, Any] = dict(extra)
         lower = 0.0
         for index, (_label, upper) in enumerate(BACKLOG_BUCKETS):
-            condition = Q(created_at__lte=now - timedelta(seconds=lower))
+            condition = Q(**{f"{since}__lte": now - timedelta(seconds=lower)})
             if upper is not None:
-                condition &= Q(created_at__gt=now - timedelta(seconds=upper))
+                condition &= Q(**{f"{since}__gt": now - timedelta(seconds=upper)})
             aggregates[f"bucket_{index}"] = Count("pk", filter=condition)
             lower = upper or lower
         counts = queryset.aggregate(**aggregates)
@@ -682,7 +699,7 @@ def _backlog(
             label: counts[f"bucket_{index}"] or 0 for index, (label, _upper) in enumerate(BACKLOG_BUCKETS)
         }
 
-    open_cases = buckets(runs)
+    open_cases = buckets(runs, since="case_created_at")
     # At risk: open and past 80 % of the time it was given (created → due), overdue ones included.
     with_due = Q(due_at__isnull=False)
     open_items = buckets(
@@ -787,7 +804,8 @@ def overview_for_user(user: AnyUser, flt: DashboardFilter, *, now: datetime | No
         label="Open now",
         value=sum(bucket.open_cases for bucket in backlog),
         unit="count",
-        how="Cases still running or waiting, and approval items still open, right now, whatever the period.",
+        how="Cases still running or waiting (a restarted case once, by its newest run), and approval items still "
+        "open, right now, whatever the period.",
         inputs={"Open approval items": str(sum(bucket.open_approvals for bucket in backlog))},
     )
     figures["sla_at_risk"] = Kpi(

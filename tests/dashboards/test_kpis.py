@@ -98,6 +98,31 @@ def test_backlog_counts_open_cases_and_items_by_age(data: Dataset, manager: Any)
     assert {b.label: (b.open_cases, b.open_approvals) for b in backlog} == EXPECTED["backlog_buckets"]
 
 
+def test_a_case_whose_restart_is_still_running_is_open_once_and_ages_from_its_first_run(
+    data: Dataset, manager: Any
+) -> None:
+    """A case failed two days ago and was restarted twice, the last restart still running (and a what-if of it,
+    which is no case): the backlog counts it once, as open since two days ago."""
+    first = Run.objects.create(workflow=data.claims, version=data.claims_v2, status="failed", trigger="manual")
+    again = Run.objects.create(
+        workflow=data.claims, version=data.claims_v2, status="failed", trigger="manual", restarted_from=first
+    )
+    running = Run.objects.create(
+        workflow=data.claims, version=data.claims_v2, status="running", trigger="manual", restarted_from=again
+    )
+    Run.objects.create(
+        workflow=data.claims, version=data.claims_v2, status="running", mode=Run.Mode.WHAT_IF, restarted_from=running
+    )
+    Run.objects.filter(pk=first.pk).update(created_at=data.now - timedelta(days=2))
+    Run.objects.filter(pk=again.pk).update(created_at=data.now - timedelta(days=1))
+    Run.objects.filter(pk=running.pk).update(created_at=data.now - timedelta(minutes=10))
+    overview = overview_for_user(manager, data.filter_x(), now=data.now)
+    buckets = {b.label: b.open_cases for b in overview.backlog}
+    expected = {label: cases for label, (cases, _items) in EXPECTED["backlog_buckets"].items()}
+    assert buckets == expected | {"1–3 days": expected["1–3 days"] + 1}
+    assert _kpis(overview.kpis)["backlog"] == EXPECTED["backlog"] + 1
+
+
 def test_versions_are_compared_side_by_side(data: Dataset, manager: Any) -> None:
     rows = versions_for_user(manager, data.filter_x())
     by_number = {row.version_number: _kpis(row.kpis) for row in rows}
