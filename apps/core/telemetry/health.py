@@ -104,7 +104,11 @@ _readiness_cache: dict[tuple[str, ...], tuple[float, list[CheckResult]]] = {}
 def readiness() -> list[CheckResult]:
     """Every dependency's check, in order; the process is ready when all are ok. Concurrent callers share one
     round of checks per READINESS_CACHE_SECONDS."""
-    key = (str(settings.DATABASES["default"].get("HOST")), settings.REDIS_URL, settings.CELERY_BROKER_URL)
+    key: tuple[str, ...] = (
+        str(settings.DATABASES["default"].get("HOST")),
+        settings.REDIS_URL,
+        settings.CELERY_BROKER_URL,
+    )
     key += tuple(f"{name}:{id(probe)}" for name, probe in CHECKS.items())
     with _readiness_lock:
         cached = _readiness_cache.get(key)
