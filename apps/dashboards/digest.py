@@ -8,6 +8,7 @@ twice and a failed send is retried by the next beat.
 
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -25,6 +26,8 @@ from apps.audit.services import audit_record
 from apps.dashboards.charts import format_value
 from apps.dashboards.models import DigestSubscription
 from apps.dashboards.selectors import DashboardFilter, can_view_dashboards, kpi_settings_get, overview_for_user
+
+logger = logging.getLogger(__name__)
 
 # The figures a digest shows, in this order: what a manager reads on a Monday morning.
 DIGEST_KPIS = [
@@ -160,6 +163,33 @@ def digest_context(user: User, subscription: DigestSubscription, now: datetime) 
     }
 
 
+@transaction.atomic
+def _digest_send_one(subscription_id: int, *, now: datetime, monday: datetime) -> int:
+    """Claim one subscription for this week and mail its digest, in one transaction; 1 if a mail went out."""
+    # The claim: only one sender's update matches (the other waits for the row, then sees it sent).
+    claimed = (
+        DigestSubscription.objects.filter(pk=subscription_id, weekly=True)
+        .filter(Q(last_sent_at__isnull=True) | Q(last_sent_at__lt=monday))
+        .update(last_sent_at=now)
+    )
+    if not claimed:
+        return 0
+    subscription = DigestSubscription.objects.select_related("user").get(pk=subscription_id)
+    user = subscription.user
+    # Someone who lost the right to read dashboards, or has no address, is marked and skipped.
+    if not user.is_active or not user.email or not can_view_dashboards(user):
+        return 0
+    context = digest_context(user, subscription, now)
+    message = EmailMultiAlternatives(
+        subject=f"AIOS: your week in figures, {context['start']:%d %b} to {context['end']:%d %b}",
+        body=render_to_string("dashboards/email/digest.txt", context),
+        to=[user.email],
+    )
+    message.attach_alternative(render_to_string("dashboards/email/digest.html", context), "text/html")
+    message.send(fail_silently=False)
+    return 1
+
+
 def digests_send(*, now: datetime | None = None) -> int:
     """Mail every subscribed person who has not had this week's digest; returns how many mails went out."""
     now = now or timezone.now()
@@ -169,27 +199,12 @@ def digests_send(*, now: datetime | None = None) -> int:
     )
     sent = 0
     for subscription_id in list(due.values_list("pk", flat=True)):
-        with transaction.atomic():
-            # The claim: only one sender's update matches (the other waits for the row, then sees it sent).
-            claimed = (
-                DigestSubscription.objects.filter(pk=subscription_id, weekly=True)
-                .filter(Q(last_sent_at__isnull=True) | Q(last_sent_at__lt=monday))
-                .update(last_sent_at=now)
+        try:
+            sent += _digest_send_one(subscription_id, now=now, monday=monday)
+        except Exception:
+            # One person's digest that cannot be made or sent (a mail server refusing her address) must not stop
+            # everyone else's: its claim rolled back with it, so the next beat tries her again.
+            logger.exception(
+                "The KPI digest of subscription %s was not sent; the next beat retries it.", subscription_id
             )
-            if not claimed:
-                continue
-            subscription = DigestSubscription.objects.select_related("user").get(pk=subscription_id)
-            user = subscription.user
-            # Someone who lost the right to read dashboards, or has no address, is marked and skipped.
-            if not user.is_active or not user.email or not can_view_dashboards(user):
-                continue
-            context = digest_context(user, subscription, now)
-            message = EmailMultiAlternatives(
-                subject=f"AIOS: your week in figures, {context['start']:%d %b} to {context['end']:%d %b}",
-                body=render_to_string("dashboards/email/digest.txt", context),
-                to=[user.email],
-            )
-            message.attach_alternative(render_to_string("dashboards/email/digest.html", context), "text/html")
-            message.send(fail_silently=False)
-            sent += 1
     return sent

@@ -147,3 +147,22 @@ def test_the_periodic_task_mails_from_a_real_worker(celery_worker_process: Any, 
     assert "your week in figures" in message["Subject"]
     subscription = DigestSubscription.objects.get(user=manager)
     assert subscription.last_sent_at is not None and subscription.last_sent_at <= timezone.now()
+
+
+@pytest.mark.django_db
+def test_one_digest_that_cannot_be_sent_does_not_stop_the_others(settings: Any, manager: Any, auditor: Any) -> None:
+    # An address with a line break (stored around the forms) makes the mail itself fail to build.
+    manager.email = "max@example.com\nBcc: everyone@example.com"
+    manager.save(update_fields=["email"])
+    auditor.email = "aude@example.com"
+    auditor.save(update_fields=["email"])
+    digest_subscription_set(actor=manager, weekly=True)
+    digest_subscription_set(actor=auditor, weekly=True)
+    with private_smtp_server() as server:
+        use_real_smtp(settings, server)
+        assert digests_send() == 1
+        assert len(server.messages(to="aude@example.com")) == 1
+        assert server.messages(to="everyone@example.com") == []
+    # Its claim rolled back with it: the next beat tries again.
+    assert DigestSubscription.objects.get(user=manager).last_sent_at is None
+    assert DigestSubscription.objects.get(user=auditor).last_sent_at is not None
