@@ -4,8 +4,11 @@ first look at `make run` shows a real dashboard instead of an empty one.
 These are DEMO FIGURES, generated, not runs anyone made: every generated run has the trigger "demo-history" and the
 input {"demo_history": true}, so run lists show where they come from and they can be told apart (or deleted) at any
 time. Registered in `apps.workflows.demo.demo_extensions`, so `seed_demo` runs it; safe to run again: when any
-demo-history run exists it writes nothing. It also sets demo KPI inputs that are still unset (a reviewer rate,
-baselines), through the audited services, in the demo manager's name.
+demo-history run exists it writes nothing. It also sets the KPI inputs a real team would enter where they are still
+unset, through the audited services, in the demo manager's name: a reviewer rate, each workflow's baseline, a
+cautious realisation factor and a build cost, and the demo model endpoint as self-hosted on a rented GPU. The model
+calls take as long as a self-hosted model needs for their tokens, so cost per case and return land where a real
+team's would: cents of GPU time per case, and the reviewers' minutes as the main cost.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from apps.approvals.models import ApprovalDecision, ApprovalQueue, ApprovalRequest
-from apps.dashboards.models import KpiSettings
+from apps.dashboards.models import EndpointKpiInput, KpiSettings, WorkflowKpiInput
 from apps.dashboards.rollups import rollups_rebuild
-from apps.dashboards.services import kpi_settings_update, workflow_kpi_inputs_update
+from apps.dashboards.services import endpoint_kpi_inputs_update, kpi_settings_update, workflow_kpi_inputs_update
 from apps.inference.models import InferenceCall, ModelEndpoint
 from apps.runs.models import Run, StepRun
 from apps.workflows.models import Workflow, WorkflowVersion
@@ -35,6 +38,16 @@ DAYS = 60
 BASELINES = [("claim", 25), ("invoice", 12), ("ticket", 8), ("support", 8), ("copy", 30), ("marketing", 30)]
 DEFAULT_BASELINE = 10
 REVIEWER_RATE = Decimal("55")
+# A cautious share of the baseline a team would claim (people still glance at what AIOS did), and what building
+# one automation cost (a few person-weeks).
+REALISATION_PERCENT = Decimal("70")
+BUILD_COST = Decimal("6000")
+# The demo endpoint as a self-hosted model on one rented data-centre GPU.
+GPU_HOURLY_PRICE = Decimal("2.40")
+# How fast such a model reads a prompt and writes its answer (tokens per second), and its fixed overhead per call.
+PREFILL_TOKENS_PER_SECOND = 2000.0
+DECODE_TOKENS_PER_SECOND = 30.0
+CALL_OVERHEAD_SECONDS = 0.15
 # Cases per weekday for a workflow of "volume" 1; Saturday and Sunday are quiet.
 WEEKDAY_SHAPE = (1.0, 1.1, 1.0, 0.95, 0.85, 0.2, 0.1)
 LLM_STEP_PREFIX = "llm."
@@ -69,6 +82,10 @@ def seed_dashboard_demo(analyst: Any, team: Any) -> None:
     if settings_row is None or settings_row.reviewer_hourly_rate == 0:
         kpi_settings_update(actor=manager, reviewer_hourly_rate=REVIEWER_RATE, currency="EUR")
     endpoint = ModelEndpoint.objects.filter(is_default=True).first() or ModelEndpoint.objects.first()
+    if endpoint is not None and not EndpointKpiInput.objects.filter(endpoint=endpoint).exists():
+        endpoint_kpi_inputs_update(
+            actor=manager, endpoint=endpoint, self_hosted=True, gpu_hourly_price=GPU_HOURLY_PRICE
+        )
     now = timezone.now()
     today = timezone.localdate(now)
     rng = random.Random(2026)  # noqa: S311  (demo figures, not secrets)
@@ -84,15 +101,16 @@ def seed_dashboard_demo(analyst: Any, team: Any) -> None:
         if version.workflow_id in latest:
             previous[version.workflow_id] = latest[version.workflow_id]
         latest[version.workflow_id] = version
-    for workflow in Workflow.objects.filter(pk__in=list(latest)):
-        if workflow.baseline_minutes_per_case == 0:
-            workflow_kpi_inputs_update(
-                actor=manager,
-                workflow=workflow,
-                baseline_minutes_per_case=Decimal(_baseline(workflow.name)),
-                realisation_percent=Decimal("85"),
-                build_cost=None,
-            )
+    # Inputs a manager already entered are kept; a workflow without any gets a team's plausible ones.
+    entered = set(WorkflowKpiInput.objects.values_list("workflow_id", flat=True))
+    for workflow in Workflow.objects.filter(pk__in=list(latest)).exclude(pk__in=entered):
+        workflow_kpi_inputs_update(
+            actor=manager,
+            workflow=workflow,
+            baseline_minutes_per_case=workflow.baseline_minutes_per_case or Decimal(_baseline(workflow.name)),
+            realisation_percent=REALISATION_PERCENT,
+            build_cost=BUILD_COST,
+        )
     written = 0
     for workflow_id, version in latest.items():
         volume = rng.uniform(3, 9)
@@ -143,7 +161,7 @@ def _demo_case(
         started = clock + timedelta(seconds=wait)
         if kind == "human.approval" and queue is not None:
             claim_after = rng.lognormvariate(6.5, 1.0)  # minutes to an hour or more before someone takes it
-            handling = rng.lognormvariate(5.0, 0.6)  # a few minutes of reading and checking
+            handling = rng.lognormvariate(5.7, 0.5)  # about five minutes of reading and checking a case
             finished = started + timedelta(seconds=claim_after + handling)
             step_run = StepRun.objects.create(
                 run=run, step_key=step["key"], step_type=kind, position=position, state="succeeded",
@@ -165,19 +183,23 @@ def _demo_case(
             )  # fmt: skip
             clock = finished
             continue
-        work = rng.lognormvariate(1.2, 0.5) if kind.startswith(LLM_STEP_PREFIX) else rng.uniform(0.02, 0.4)
+        calls_model = kind.startswith(LLM_STEP_PREFIX) and endpoint is not None
+        prompt, generated = rng.randint(600, 2400), rng.randint(80, 600)
+        # A model step lasts as long as its call: reading the prompt, then writing the answer token by token.
+        first_token = CALL_OVERHEAD_SECONDS + prompt / PREFILL_TOKENS_PER_SECOND * rng.uniform(0.9, 1.3)
+        latency = first_token + generated / DECODE_TOKENS_PER_SECOND * rng.uniform(0.85, 1.25)
+        work = latency + rng.uniform(0.02, 0.2) if calls_model else rng.uniform(0.02, 0.4)
         finished = started + timedelta(seconds=work)
         last = failed and position == len(steps) - 1
         StepRun.objects.create(
             run=run, step_key=step["key"], step_type=kind, position=position,
             state="failed" if last else "succeeded", queued_at=clock, started_at=started, finished_at=finished,
         )  # fmt: skip
-        if kind.startswith(LLM_STEP_PREFIX) and endpoint is not None:
-            prompt, generated = rng.randint(600, 2400), rng.randint(80, 600)
+        if calls_model and endpoint is not None:
             InferenceCall.objects.create(
                 run_id=run.pk, step_key=step["key"], endpoint=endpoint, endpoint_name=endpoint.name,
                 endpoint_url=endpoint.url, protocol="chat", input_sha256="0" * 64, prompt_tokens=prompt,
-                generated_tokens=generated, latency_ms=work * 1000, ttft_ms=rng.uniform(40, 250),
+                generated_tokens=generated, latency_ms=latency * 1000, ttft_ms=first_token * 1000,
                 cost=endpoint.cost(prompt, generated), status=InferenceCall.Status.OK, started_at=started,
                 purpose="demo-history",
             )  # fmt: skip
