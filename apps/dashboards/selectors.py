@@ -496,7 +496,9 @@ def _figures(
             completed,
             "count",
             "Cases that started in the period and have finished successfully (a restarted case counts by its last "
-            "run).",
+            "run). Counted by the day a case started, like every figure here, so the rates and costs beside it "
+            "describe the same cases: a case that started before the period and finished in it counts in the "
+            "period it started in.",
             {"Per day": f"{completed / days:.1f}", "Cases": str(cases)},
         ),
         kpi(
