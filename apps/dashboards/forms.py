@@ -120,6 +120,10 @@ class FilterForm(forms.Form):
                     self.add_error("end", f"Choose at most {MAX_DAYS} days.")
                 elif start < EARLIEST:
                     self.add_error("start", f"Choose a day from {EARLIEST:%d %b %Y} on.")
+                elif end > self.today:
+                    # Nothing has happened after today; and the day-by-day series must never step past the
+                    # calendar's last day (9999-12-31 overflowed).
+                    self.add_error("end", f"Choose a last day up to today ({self.today:%d %b %Y}).")
         team, process = cleaned.get("team"), cleaned.get("process")
         if team is not None and process is not None and process.team_id != team.pk:
             self.add_error("process", f"{process.name} belongs to another team than {team.name}.")

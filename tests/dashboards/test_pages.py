@@ -135,6 +135,8 @@ def test_queue_and_endpoint_pages(manager: Any, data: Any) -> None:
         "?period=custom&start=2026-12-01&end=2026-11-01",
         "?period=custom&start=not-a-date&end=2026-11-01",
         "?period=custom&start=1990-01-01&end=1990-02-01",
+        "?period=custom&start=9999-01-01&end=9999-12-31",
+        "?period=custom&start=2099-01-01&end=2099-06-01",
         "?team=no-such-team",
         "?process=no-such-process",
         "?process=claims-triage&version=99",
