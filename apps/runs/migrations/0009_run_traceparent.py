@@ -1,7 +1,8 @@
 """Runs record the W3C trace context they were created in, so their steps join one trace across processes."""
 
-import apps.core.telemetry.tracing
 from django.db import migrations, models
+
+import apps.core.telemetry.tracing
 
 
 class Migration(migrations.Migration):
