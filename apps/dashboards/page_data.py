@@ -54,10 +54,13 @@ class CostBreakdown:
     reviewer_hours: Decimal
     rate: Decimal
     currency: str
+    # The parts above are rounded to cents for display; the total is rounded once from the exact sum, so it
+    # equals the "Run cost" tile (the sum of rounded parts could be a cent off).
+    exact_total: Decimal = Decimal(0)
 
     @property
     def total(self) -> Decimal:
-        return self.model + self.gpu + self.reviewer
+        return self.exact_total.quantize(Decimal("0.01"))
 
     def per_case(self, part: Decimal) -> Decimal | None:
         return (part / self.cases).quantize(Decimal("0.0001")) if self.cases else None
@@ -73,6 +76,7 @@ def cost_breakdown(user: Any, flt: DashboardFilter) -> CostBreakdown:
     sums = rows.aggregate(cases=Sum("cases"), model=Sum("cost_model"), gpu=Sum("cost_gpu"), human=Sum("human_seconds"))
     settings_row = kpi_settings_get()
     hours = Decimal(str(sums["human"] or 0)) / SECONDS_PER_HOUR
+    exact = Decimal(sums["model"] or 0) + Decimal(sums["gpu"] or 0) + hours * settings_row.reviewer_hourly_rate
     return CostBreakdown(
         cases=int(sums["cases"] or 0),
         model=Decimal(sums["model"] or 0).quantize(Decimal("0.01")),
@@ -81,6 +85,7 @@ def cost_breakdown(user: Any, flt: DashboardFilter) -> CostBreakdown:
         reviewer_hours=hours.quantize(Decimal("0.01")),
         rate=settings_row.reviewer_hourly_rate,
         currency=settings_row.currency,
+        exact_total=exact,
     )
 
 

@@ -38,6 +38,11 @@ def test_docs_screenshots(asgi_server: str) -> None:
     user_set_password(user=User.objects.get(username="max"), password=PASSWORD)
     queue = ApprovalQueue.objects.order_by("pk").first()
     endpoint = ModelEndpoint.objects.filter(is_default=True).first() or ModelEndpoint.objects.first()
+    from apps.workflows.models import Workflow
+
+    process = Workflow.objects.filter(name="Support ticket triage").first() or Workflow.objects.order_by("pk").first()
+    assert process is not None
+    process_slug = process.slug
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
@@ -50,7 +55,8 @@ def test_docs_screenshots(asgi_server: str) -> None:
             page.wait_for_url(f"{asgi_server}/")
             shots: dict[str, Any] = {
                 "overview": "/dashboards/?period=30",
-                "process": "/dashboards/processes/claims-triage/?period=30",
+                # A process with reviewers in it, so its page shows every part of a case's cost and time.
+                "process": f"/dashboards/processes/{process_slug}/?period=30",
             }
             if queue is not None:
                 shots["queue"] = f"/dashboards/queues/{queue.key}/?period=30"
