@@ -25,7 +25,13 @@ from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.dashboards.charts import format_value
 from apps.dashboards.models import DigestSubscription
-from apps.dashboards.selectors import DashboardFilter, can_view_dashboards, kpi_settings_get, overview_for_user
+from apps.dashboards.selectors import (
+    DashboardFilter,
+    can_view_dashboards,
+    dashboard_workflows_for_user,
+    kpi_settings_get,
+    overview_for_user,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +72,10 @@ def digest_covers(subscription: DigestSubscription | None) -> str:
 
     wanted = (subscription.filter if subscription else None) or {}
     if wanted.get("workflow"):
-        workflow = Workflow.objects.filter(pk=wanted["workflow"]).first()
+        # Only a process she may still read is named (she may have lost access since she subscribed).
+        owner = subscription.user if subscription else None
+        visible = dashboard_workflows_for_user(owner) if owner is not None else Workflow.objects.none()
+        workflow = visible.filter(pk=wanted["workflow"]).first()
         if workflow is not None:
             return workflow.name
     if wanted.get("team"):

@@ -188,9 +188,6 @@ def test_excluded_runs_never_count(data: Dataset, manager: Any) -> None:
     Run.objects.filter(pk=what_if.pk).update(created_at=at, finished_at=at)
     rollups_rebuild(start=day, end=day)
     assert _rows(WorkflowDayRollup) == before
-    assert set(data.excluded_run_ids).isdisjoint(
-        WorkflowDayRollup.objects.values_list("pk", flat=True)
-    )  # ids differ in kind; the counts above are what matter
     assert WorkflowDayRollup.objects.filter(version=data.claims_draft).count() == 0
 
 
