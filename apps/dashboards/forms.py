@@ -103,6 +103,15 @@ class FilterForm(forms.Form):
         value = self.cleaned_data.get("process") or ""
         return self.workflow_choices.get(value) if value else None
 
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        # A field in error names its message for screen readers (the template gives it this id).
+        for name in self.errors:
+            if name in self.fields:
+                self.fields[name].widget.attrs.update(
+                    {"aria-invalid": "true", "aria-describedby": f"{self[name].auto_id}-error"}
+                )
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         period = cleaned.get("period") or DEFAULT_PERIOD

@@ -127,7 +127,7 @@ def test_a_manager_reads_one_process_and_downloads_a_chart(asgi_server: str, man
         # The widget refreshes itself as an htmx fragment with the page's filter (every minute; here at once).
         refresher = widget.locator("[hx-get]")
         assert "process=claims-triage" in (refresher.get_attribute("hx-get") or "")
-        assert refresher.get_attribute("hx-trigger") == "every 60s"
+        assert refresher.get_attribute("hx-trigger") == "every 300s"
         with page.expect_response(lambda response: "/widgets/cases-over-time/" in response.url) as fragment:
             page.evaluate(
                 "element => htmx.ajax('GET', element.getAttribute('hx-get'), {target: element, swap: 'innerHTML'})",

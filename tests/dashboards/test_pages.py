@@ -147,6 +147,7 @@ def test_a_filter_value_that_does_not_exist_is_a_form_error(manager: Any, data: 
     client = _client(manager)
     page = _page(client, reverse("dashboards:overview") + query, status=400)
     assert 'class="field-error"' in page and "The figures are not shown" in page
+    assert 'aria-invalid="true"' in page and 'aria-describedby="id_' in page  # the error is the field's description
     fragment = client.get(reverse("dashboards:widget", args=["kpis"]) + query)
     assert fragment.status_code == 400 and "not valid" in fragment.content.decode()
 
