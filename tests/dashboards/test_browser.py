@@ -16,6 +16,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from apps.dashboards.charts import format_value
+from apps.dashboards.histograms import bucket_of, representative
 from tests.conftest import PASSWORD
 from tests.dashboards.dataset import EXPECTED, dataset_build
 from tests.e2e.conftest import CHROMIUM_FLAGS, SCREENSHOT_DIR, chromium_path
@@ -106,6 +107,19 @@ def test_a_manager_reads_one_process_and_downloads_a_chart(asgi_server: str, man
             expect(page.locator(f"#kpi-{key} .kpi-value")).to_have_text(
                 format_value(EXPECTED[key], unit, currency="EUR")
             )
+        # Cycle time: each tile is the middle of the log-scale bucket the hand-computed percentile falls in (the
+        # rollups keep buckets, so that is what a merged percentile can say; within ±9 %).
+        for q in ("p50", "p95", "p99"):
+            raw = EXPECTED["cycle_total_raw"][q]
+            shown = format_value(representative(bucket_of(raw)), "seconds")
+            expect(page.locator(f"#kpi-cycle_time_{q} .kpi-value")).to_have_text(shown)
+        # Backlog by age: the data table holds the hand-counted open cases and items per bucket.
+        backlog = page.locator("#widget-backlog")
+        backlog.get_by_text("Data table").click()
+        for label, (cases, items) in EXPECTED["backlog_buckets"].items():
+            row = backlog.locator(".chart-table tbody tr", has_text=label)
+            expect(row.locator("td").nth(0)).to_have_text(str(cases))
+            expect(row.locator("td").nth(1)).to_have_text(str(items))
         # "How this is computed" opens to the formula and its inputs.
         tile = page.locator("#kpi-cost_per_case")
         tile.get_by_text("How this is computed").click()
