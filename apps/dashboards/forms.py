@@ -55,9 +55,17 @@ class FilterForm(forms.Form):
     )
 
     def __init__(
-        self, data: Any = None, *, user: Any, workflow: Workflow | None = None, today: date | None = None
+        self,
+        data: Any = None,
+        *,
+        user: Any,
+        workflow: Workflow | None = None,
+        today: date | None = None,
+        with_version: bool = True,
     ) -> None:
-        """`workflow` fixes the process (a process page names it in its path, so the form offers no choice)."""
+        """`workflow` fixes the process (a process page names it in its path, so the form offers no choice).
+        `with_version` False drops the version field: a queue's and an endpoint's figures are kept per process,
+        not per version, so offering it would filter nothing while seeming to."""
         if data is not None:
             data = data.copy()
             # No period means the default one; dates typed into From and To mean a custom period, whatever the
@@ -90,6 +98,8 @@ class FilterForm(forms.Form):
         cast(forms.ChoiceField, self.fields["version"]).choices = [("", "All versions")] + [
             (number, f"Version {number}") for number in self.version_choices
         ]
+        if not with_version:
+            del self.fields["version"]
         if workflow is not None:
             # A process page names its process in the path, and a process has one team: neither is a choice.
             del self.fields["process"]
@@ -103,8 +113,8 @@ class FilterForm(forms.Form):
         value = self.cleaned_data.get("process") or ""
         return self.workflow_choices.get(value) if value else None
 
-    def _post_clean(self) -> None:
-        super()._post_clean()
+    def full_clean(self) -> None:
+        super().full_clean()
         # A field in error names its message for screen readers (the template gives it this id).
         for name in self.errors:
             if name in self.fields:

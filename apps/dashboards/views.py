@@ -131,7 +131,7 @@ def _page(
 ) -> HttpResponse:
     user = _user(request)
     # Always bound: no period means the last 30 days (see FilterForm), so a bare URL is a valid filter.
-    form = FilterForm(request.GET, user=user, workflow=workflow)
+    form = FilterForm(request.GET, user=user, workflow=workflow, with_version=scope not in (QUEUE, ENDPOINT))
     context: dict[str, Any] = {
         "form": form,
         "scope": scope,
@@ -229,7 +229,7 @@ def _widget_response(
     widget = widget_get(scope, slug)
     if widget is None:
         raise Http404("No such widget.")
-    form = FilterForm(request.GET, user=user, workflow=workflow)
+    form = FilterForm(request.GET, user=user, workflow=workflow, with_version=scope not in (QUEUE, ENDPOINT))
     if not form.is_valid():
         errors = "; ".join(
             f"{form.fields[name].label if name in form.fields else name}: {' '.join(str(item) for item in text)}"
