@@ -27,6 +27,9 @@ class EvaluationSuite(models.Model):
     # The 95th percentile of the cases' run times (a single slow case in twenty is tolerated).
     max_latency_p95_seconds = models.DecimalField(max_digits=9, decimal_places=2, null=True, blank=True)
     enabled = models.BooleanField(default=True)
+    # When an admin last saved the settings: the cases that existed then are the suite's established cases while
+    # no report let the published version through (see apps.evaluations.selectors.suite_baseline).
+    admin_reviewed_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")

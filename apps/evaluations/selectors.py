@@ -10,6 +10,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from apps.evaluations.models import (
     EvaluationCase,
@@ -120,6 +121,38 @@ def report_passing_for(suite: EvaluationSuite, version: WorkflowVersion) -> Eval
         .first()
     )
     return newest if newest is not None and newest.state == EvaluationReport.State.PASSED else None
+
+
+def suite_baseline(suite: EvaluationSuite) -> tuple[list[int], str]:
+    """The suite's established cases (ids of cases it still has, oldest first) and where they come from, in
+    words; ([], "") when it has none.
+
+    The rule: accuracy, per-field accuracy and the 95th percentile of time are pooled over cases, so cases that
+    are easy to pass, added in numbers, would lift a bad draft over the bar. A report is therefore also scored
+    over the cases an admin, or the gate itself, already stood behind: the cases of the report that let the
+    published version through; or, when that version went out through an admin's override (or before the
+    suite), the cases that existed when an admin last saved the suite's settings. Cases added since can make a
+    report fail, never make it pass."""
+    published = workflow_version_published_latest(suite.workflow)
+    gate_pass = (
+        EvaluationGatePass.objects.filter(version=published, report__suite=suite).select_related("report").first()
+        if published is not None
+        else None
+    )
+    current = suite.cases.order_by("created_at", "pk")
+    if gate_pass is not None and published is not None:
+        ids = current.filter(
+            pk__in=EvaluationResult.objects.filter(report_id=gate_pass.report_id, case__isnull=False).values("case_id")
+        ).values_list("pk", flat=True)
+        words = f"the cases of report {gate_pass.report_id}, which let version {published.number} through"
+    elif suite.admin_reviewed_at is not None:
+        ids = current.filter(created_at__lte=suite.admin_reviewed_at).values_list("pk", flat=True)
+        when = timezone.localtime(suite.admin_reviewed_at)
+        words = f"the cases the suite had when an admin last saved its settings ({when:%Y-%m-%d %H:%M})"
+    else:
+        return [], ""
+    found = list(ids)
+    return (found, words) if found else ([], "")
 
 
 def report_get_for_user(user: AnyUser, *, slug: str, pk: int) -> EvaluationReport:

@@ -36,6 +36,7 @@ from apps.evaluations.selectors import (
     content_checksum,
     report_newest_for_content,
     report_passing_for,
+    suite_baseline,
     suite_checksum,
     suite_criteria,
     suite_fields,
@@ -241,6 +242,10 @@ def evaluation_suite_save(
     after = _suite_state(suite)
     loosened = _loosenings(before, after) if before and before["enabled"] else []
     _refuse_loosening(actor, loosened, "make this change")
+    if _is_admin(actor):
+        # An admin saving the settings stands behind the cases the suite has now: they become its established
+        # cases while no passing report let the published version through (selectors.suite_baseline).
+        suite.admin_reviewed_at = timezone.now()
     suite.updated_by = actor
     suite.save()
     audit_record(
@@ -406,6 +411,13 @@ def evaluation_case_from_run(*, actor: User, suite: EvaluationSuite, run: Run, n
     checked output as that run produced it (review it: a case only helps when its expectation is right)."""
     if run.workflow_id != suite.workflow_id:
         raise ApplicationError("That run belongs to another workflow.")
+    if run.mode != Run.Mode.LIVE:
+        # A test, replay or what-if run shows what a draft or a changed input would do, not what the process
+        # should produce: taken as the expectation, a bad draft's own output would vouch for it.
+        raise ApplicationError(
+            f"Run {run.pk} is not a live run ({run.get_mode_display().lower()}): only a live run's output can "
+            "become a case's expectation."
+        )
     if run.status != Run.Status.SUCCEEDED:
         raise ApplicationError(f"Run {run.pk} did not succeed; choose a run that finished.")
     found = reader_for(run.graph_snapshot or run.version.graph, suite.step_key)
@@ -503,7 +515,7 @@ def evaluation_report_start(
         content_checksum=checksum,
         suite_checksum=suite_digest,
         step_key=suite.step_key,
-        criteria=suite_criteria(suite),
+        criteria=_report_criteria(suite, cases),
         started_by=actor,
         publish_requested=publish,
         publish_requested_by=actor if publish else None,
@@ -532,6 +544,19 @@ def evaluation_report_start(
     report_id = report.pk
     transaction.on_commit(lambda: evaluation_report_runs_start(report_id=report_id), robust=True)
     return report
+
+
+def _report_criteria(suite: EvaluationSuite, cases: list[EvaluationCase]) -> dict[str, Any]:
+    """The criteria a report keeps, with the suite's established cases ("baseline": their ids and where they come
+    from, in words) when they are some but not all of its cases: the report is then scored over them as well as
+    over every case (see selectors.suite_baseline for the rule)."""
+    criteria = suite_criteria(suite)
+    ids, words = suite_baseline(suite)
+    present = {case.pk for case in cases}
+    established = [pk for pk in ids if pk in present]
+    if established and len(established) < len(present):
+        criteria["baseline"] = {"cases": established, "source": words}
+    return criteria
 
 
 # A report's case runs normally start right after it commits; the periodic task starts those still waiting this
@@ -720,11 +745,53 @@ def _outcome(key: str, label: str, limit: str, actual: str, passed: bool) -> dic
     return {"key": key, "label": label, "limit": limit, "actual": actual, "passed": passed}
 
 
+ALL_CASES = "all cases"
+ESTABLISHED_CASES = "the suite's established cases"
+
+
 def _score(report: EvaluationReport, results: list[EvaluationResult]) -> None:
-    """Totals and per-criterion outcomes of a report whose case runs have all finished."""
+    """Totals and per-criterion outcomes of a report whose case runs have all finished.
+
+    With established cases (criteria["baseline"]), the pooled criteria (accuracy, per-field accuracy, the 95th
+    percentile of time) are judged twice, over every case and over the established ones, and the report passes
+    only when both do: easy cases added in numbers can make a report fail, never make it pass. The per-case
+    criteria (finished, schema, cost) hold for every case already, so once is enough. Each outcome says over
+    which cases it was judged ("scope": ALL_CASES or ESTABLISHED_CASES)."""
     criteria = report.criteria
     for result in results:
         _score_result(result, criteria, report.step_key)
+    report.totals, report.outcomes = _judge(results, criteria)
+    baseline = criteria.get("baseline") or {}
+    established_ids = set(baseline.get("cases") or [])
+    established = [result for result in results if result.case_id in established_ids]
+    for outcome in report.outcomes:
+        outcome["scope"] = ALL_CASES
+    if established and len(established) < len(results):
+        totals, outcomes = _judge(established, criteria)
+        report.totals["established"] = {
+            **{key: totals[key] for key in ("cases", "cases_passed", "fields_checked", "fields_matched", "accuracy")},
+            "source": baseline.get("source", ""),
+        }
+        for outcome in report.outcomes:
+            outcome["label"] = f"{outcome['label']}, over {ALL_CASES}"
+        for outcome in outcomes:
+            # A field minimum the established cases do not check says nothing about them (all cases judge it).
+            pooled = outcome["key"] in ("accuracy", "latency") or outcome["key"].startswith("field:")
+            if not pooled or outcome["actual"] == "not checked by any case":
+                continue
+            outcome.update(
+                key=f"established:{outcome['key']}",
+                label=f"{outcome['label']}, over {ESTABLISHED_CASES}",
+                scope=ESTABLISHED_CASES,
+            )
+            report.outcomes.append(outcome)
+    report.state = (
+        EvaluationReport.State.PASSED if all(o["passed"] for o in report.outcomes) else EvaluationReport.State.FAILED
+    )
+
+
+def _judge(results: list[EvaluationResult], criteria: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Totals and per-criterion outcomes over `results` (already scored one by one)."""
     rows = [row for result in results for row in result.fields]
     per_field: dict[str, list[bool]] = {}
     for row in rows:
@@ -740,7 +807,7 @@ def _score(report: EvaluationReport, results: list[EvaluationResult]) -> None:
     p95 = _percentile(latencies, 0.95)
     invalid = [result.case_name for result in results if result.schema_valid is False]
     unfinished = [result.case_name for result in results if result.output is None]
-    report.totals = {
+    totals = {
         "cases": len(results),
         "cases_passed": sum(1 for result in results if result.passed),
         "fields_checked": len(rows),
@@ -815,10 +882,7 @@ def _score(report: EvaluationReport, results: list[EvaluationResult]) -> None:
                 p95 is not None and Decimal(str(p95)) <= limit_seconds * 1000,
             )
         )
-    report.outcomes = outcomes
-    report.state = (
-        EvaluationReport.State.PASSED if all(o["passed"] for o in outcomes) else EvaluationReport.State.FAILED
-    )
+    return totals, outcomes
 
 
 @transaction.atomic

@@ -115,8 +115,7 @@ def suite_page(request: HttpRequest, slug: str) -> HttpResponse:
             reports=report_list(workflow)[:REPORTS_SHOWN],
             passing=report_passing_for(suite, draft) if draft is not None else None,
             recent_runs=run_list_for_user(request.user)
-            .filter(workflow=workflow, status="succeeded")
-            .exclude(mode="test")
+            .filter(workflow=workflow, status="succeeded", mode="live")
             .order_by("-created_at")[:RECENT_RUNS]
             if can_edit
             else [],
@@ -395,6 +394,13 @@ def report_page(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
             and report.state in (EvaluationReport.State.FAILED, EvaluationReport.State.ERROR)
             and bool(still_draft),
             "step_label": _step_label(report.version.graph, report.step_key),
+            # Which sets of cases failed, in words: the established cases first, they are what the gate trusts.
+            "failed_scopes": [
+                scope
+                for scope in ("the suite's established cases", "all cases")
+                if any(o.get("scope", "all cases") == scope and not o.get("passed") for o in report.outcomes)
+            ],
+            "established_ids": set((report.criteria.get("baseline") or {}).get("cases") or []),
         },
     )
 

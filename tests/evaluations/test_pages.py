@@ -663,3 +663,95 @@ def test_the_builder_api_says_a_draft_needs_a_passing_suite(analyst, admin_user_
     assert draft["can_publish"] is False and f"report {failed.pk}, 1 of 2 cases passed" in draft["gate_problems"][0]
     evaluation_suite_save(actor=admin_user_role, workflow=triage, step_key="decide", min_accuracy="100", enabled=False)
     assert client.get(f"/api/workflows/{triage.slug}/draft/").json()["can_publish"] is True
+
+
+def pad_with_easy_cases(analyst: Any, suite: Any, count: int) -> None:
+    """Cases any draft with a low threshold passes: large amounts go to an adjuster."""
+    for index in range(count):
+        evaluation_case_save(
+            actor=analyst,
+            suite=suite,
+            name=f"Easy {index:02}",
+            inputs={"amount": 5000 + index},
+            expected={"route": "adjuster"},
+        )
+
+
+def test_padding_an_enabled_suite_with_easy_cases_does_not_let_a_bad_draft_through(
+    analyst, admin_user_role, triage, suite
+):
+    # An admin set the bar at 90 %; version 2 went through the gate on the suite's two cases.
+    evaluation_suite_save(actor=admin_user_role, workflow=triage, step_key="decide", min_accuracy="90")
+    set_draft(analyst, triage, 1000.0)
+    client = client_for(analyst)
+    client.post(reverse("evaluations:publish", args=[triage.slug]), {"note": "Same rules"})
+    passed = drive_report(EvaluationReport.objects.get())
+    assert passed.state == "passed" and passed.published_version is not None
+    # A bad draft (everything above 10 to an adjuster: "Small" fails, 2 of 3 fields, 66.67 %) padded with twenty
+    # easy cases: 22 of 23 fields (95.65 %) over all cases, above the bar.
+    draft = set_draft(analyst, triage, 10.0)
+    pad_with_easy_cases(analyst, suite, 20)
+    client.post(reverse("evaluations:publish", args=[triage.slug]), {"note": "Stricter"})
+    report = drive_report(EvaluationReport.objects.order_by("-pk").first())
+    assert report.criteria["baseline"]["cases"] == sorted(
+        suite.cases.filter(name__in=["Small", "Large"]).values_list("pk", flat=True)
+    )
+    outcomes = {o["key"]: o for o in report.outcomes}
+    assert outcomes["accuracy"]["passed"] and outcomes["accuracy"]["actual"] == "95.65 % (22 of 23)"
+    assert outcomes["accuracy"]["scope"] == "all cases"
+    established = outcomes["established:accuracy"]
+    assert not established["passed"] and established["actual"] == "66.67 % (2 of 3)"
+    assert established["scope"] == "the suite's established cases"
+    assert report.state == "failed" and report.publish_outcome == "Not published: the suite did not pass."
+    draft.refresh_from_db()
+    assert not draft.is_published
+    assert report.totals["established"]["cases"] == 2
+    assert f"report {passed.pk}" in report.totals["established"]["source"]
+    page = client.get(reverse("evaluations:report", args=[triage.slug, report.pk])).content.decode()
+    assert "Not met over the suite&#x27;s established cases." in page
+    assert "over all 22 cases, and over the suite's 2 established cases" in page
+    # The builder's plain publish names the set that failed.
+    refused = client.post(reverse("workflows:publish", args=[triage.slug]), {"note": "x"}, follow=True)
+    assert "over the suite&#x27;s established cases" in refused.content.decode()
+    # A good draft with the same padding passes both ways.
+    set_draft(analyst, triage, 1000.0)
+    client.post(reverse("evaluations:publish", args=[triage.slug]), {"note": "Back"})
+    good = drive_report(EvaluationReport.objects.order_by("-pk").first())
+    assert good.state == "passed", good.outcomes
+    assert {o["scope"] for o in good.outcomes} == {"all cases", "the suite's established cases"}
+
+
+def test_without_a_passing_report_the_established_cases_are_those_an_admin_last_saw(
+    analyst, admin_user_role, triage, suite
+):
+    # Version 1 went out before the suite; the admin's save of the settings establishes "Small" and "Large".
+    evaluation_suite_save(actor=admin_user_role, workflow=triage, step_key="decide", min_accuracy="90")
+    pad_with_easy_cases(analyst, suite, 20)
+    set_draft(analyst, triage, 10.0)
+    client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+    report = drive_report(EvaluationReport.objects.get())
+    assert report.state == "failed"
+    failed = [o["key"] for o in report.outcomes if not o["passed"]]
+    assert failed == ["established:accuracy"] and "an admin last saved" in report.totals["established"]["source"]
+    # A suite no admin has saved and no report let through has no established cases: all cases only.
+    suite.admin_reviewed_at = None
+    suite.save(update_fields=["admin_reviewed_at"])
+    client_for(analyst).post(reverse("evaluations:run", args=[triage.slug]))
+    pooled = drive_report(EvaluationReport.objects.order_by("-pk").first())
+    assert "baseline" not in pooled.criteria and pooled.state == "passed"
+
+
+def test_a_test_run_cannot_become_a_case(analyst, triage, suite):
+    from apps.runs.draft_tests import run_test_start
+
+    set_draft(analyst, triage, 10.0)
+    run = drive(run_test_start(actor=analyst, workflow=triage, inputs={"amount": 40.0}))
+    assert run.mode == "test" and run.status == "succeeded"
+    suite_url = reverse("evaluations:suite", args=[triage.slug])
+    assert f'<option value="{run.pk}">' not in client_for(analyst).get(suite_url).content.decode()
+    response = client_for(analyst).post(
+        reverse("evaluations:case-from-run", args=[triage.slug]), {"run": run.pk}, follow=True
+    )
+    text = response.content.decode()
+    assert f"Run {run.pk} is not a live run (test of a draft): only a live run&#x27;s output" in text
+    assert not EvaluationCase.objects.filter(source="recorded_run").exists()
