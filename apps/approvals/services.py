@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
@@ -64,6 +65,8 @@ ESCALATION_ACTIONS = {choice.value for choice in EscalationTimer.Action}
 # when other reviewers took them all first.
 NEXT_CANDIDATES = 20
 NEXT_ROUNDS = 10
+
+QUEUE_KEY = re.compile(r"[A-Za-z0-9:_-]+")
 
 
 # --- who may do what --------------------------------------------------------------------------------------
@@ -222,7 +225,9 @@ def approval_queue_create(
     """Create a queue; `workers` may work its items, `users` may name it in approval steps (a team's queue
     grants both to the team's group). Refused when `key` is taken or a setting is not valid."""
     key = key.strip()
-    if not key or len(key) > 150 or any(ch.isspace() for ch in key):
+    # Keys go into URLs (/inbox/queues/<key>/, the dashboards' queue pages): a "/" or any other character
+    # outside these would make every page that links the queue fail to build its address.
+    if not key or len(key) > 150 or not QUEUE_KEY.fullmatch(key):
         raise ValidationFailed("The queue needs a key.", fields={"key": ["Letters, digits and : - _ without spaces."]})
     if ApprovalQueue.objects.filter(key=key).exists():
         raise ValidationFailed("That key is taken.", fields={"key": [f'A queue "{key}" already exists.']})
