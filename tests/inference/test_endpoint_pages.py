@@ -127,6 +127,8 @@ def test_analysts_read_the_list_of_names_but_manage_nothing(analyst):
     page = client.get("/models/endpoints/")
     assert page.status_code == 200 and b"gpu-large" in page.content
     assert b"Add an endpoint" not in page.content and b"Probe" not in page.content
+    # Each endpoint links its model card (what it serves, its revisions, who uses it, its costs).
+    assert b'href="/dashboards/endpoints/gpu-large/"' in page.content
 
 
 @pytest.mark.django_db
