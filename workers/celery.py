@@ -93,11 +93,8 @@ def _beat_schedule(sender: Celery, **kwargs: object) -> None:
     sender.add_periodic_task(
         mailbox_every, sender.signature("runs.mailboxes_poll", expires=mailbox_every * 2), name="mailbox-polls"
     )
-    # Evaluation reports are scored once their case runs have finished, on the sweeper's rhythm; each report is
-    # claimed by a conditional update, so overlapping ticks score it once.
-    sender.add_periodic_task(
-        interval, sender.signature("evaluations.reports_score", expires=interval * 2), name="evaluation-reports"
-    )
+    # Evaluation reports are scored at the end of every sweep (apps.runs.hooks.after_sweep), not by a task of their
+    # own on the same interval, which made the sweep wait behind it on the default queue.
     digest_every = settings.AIOS_DIGEST_INTERVAL_SECONDS
     sender.add_periodic_task(
         digest_every, sender.signature("approvals.digests_send", expires=digest_every), name="approval-digests"

@@ -25,6 +25,10 @@ class EvaluationsConfig(AppConfig):
             workflow_services.PUBLISH_ROUTES.append(evaluation_publish_route)
         if evaluation_publish_gate_preview not in workflow_services.PUBLISH_GATE_PREVIEWS:
             workflow_services.PUBLISH_GATE_PREVIEWS.append(evaluation_publish_gate_preview)
+        from apps.evaluations.services import evaluation_reports_score_due
+        from apps.runs import hooks as run_hooks
+
+        run_hooks.after_sweep["evaluation_reports_finished"] = evaluation_reports_score_due
         from apps.evaluations.demo import seed_evaluation_demo
         from apps.workflows import demo
 

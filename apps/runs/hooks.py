@@ -41,3 +41,11 @@ def run_cancelled(run: Run) -> None:
 # page, for `user` (the approvals app: an approval's state, who holds it, its due time, and a link to decide).
 # A note is {"text": str, "link": str, "link_label": str}; called once per render, for all steps at once.
 step_notes: list[Callable[[Any, Run, list[StepRun]], dict[int, dict[str, str]]]] = []
+
+
+# Called at the end of every sweep, outside its transactions: periodic bookkeeping of upper apps that must follow
+# the sweeper's rhythm (the evaluations app scores reports whose case runs have finished). Riding the sweep costs
+# no message of its own: a second task on the sweep's interval doubled the default queue's traffic and made the
+# sweep itself wait behind it, slowing the recovery of steps whose worker died (fault test D2: 5 s became 14 s).
+# Each returns a count for the sweep's report; one that raises is logged and the sweep goes on.
+after_sweep: dict[str, Callable[[], int]] = {}

@@ -5,6 +5,7 @@ and repeatedly. Each transaction here follows the lock-order rule of apps/runs/l
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 from typing import Any
@@ -31,6 +32,8 @@ from apps.runs.trigger_events import run_finished_notify
 from apps.runs.triggers import schedules_fire_due, webhook_receipts_prune
 from apps.workflows.graph import step_options
 
+logger = logging.getLogger(__name__)
+
 
 def sweep(*, now: Any = None) -> dict[str, int]:
     """One pass of the repair loop; returns what it did.
@@ -52,6 +55,11 @@ def sweep(*, now: Any = None) -> dict[str, int]:
     # --- triggers: schedules due now (apps/runs/triggers.py) ---
     report["schedules"] = schedules_fire_due(now)
     report["webhook_receipts_pruned"] = webhook_receipts_prune(now)
+    for name, hook in hooks.after_sweep.items():
+        try:
+            report[name] = hook()
+        except Exception:
+            logger.exception("the sweep's %s hook failed; the sweep goes on", name)
     # For /metrics: when the sweep ran, how long it took, and the lease takeovers it made (a failed sweep records
     # nothing, so "seconds since the last sweep" grows and says so).
     store.sweep_record(
