@@ -14,6 +14,7 @@ be added; the names below are what the pages rely on. The functions (implemented
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -222,6 +223,12 @@ WORKFLOW_SUMS = (
     "human_seconds_completed",
 )
 CYCLE_HISTOGRAMS = ("hist_total", "hist_machine", "hist_queue", "hist_human")
+
+
+def _days(flt: DashboardFilter) -> Iterator[date]:
+    """Every day of the filter's period, first to last (a series has a point for each, data or not)."""
+    for offset in range((flt.end - flt.start).days + 1):
+        yield flt.start + timedelta(days=offset)
 
 
 def can_view_dashboards(user: AnyUser) -> bool:
@@ -752,12 +759,10 @@ def _series(flt: DashboardFilter, rows: QuerySet[WorkflowDayRollup], inputs: _In
         )
     }
     points = []
-    day = flt.start
-    while day <= flt.end:
+    for day in _days(flt):
         row = per_day.get(day)
         if row is None:
             points.append(DayPoint(day, 0, 0, 0, 0, 0, Decimal("0.00"), Decimal("0.00")))
-            day += timedelta(days=1)
             continue
         cost = (
             Decimal(row["cost_model"] or 0)
@@ -777,7 +782,6 @@ def _series(flt: DashboardFilter, rows: QuerySet[WorkflowDayRollup], inputs: _In
                 hours_saved=(saved / 60).quantize(Decimal("0.01")),
             )
         )
-        day += timedelta(days=1)
     return points
 
 
@@ -936,8 +940,7 @@ def queue_view_for_user(user: AnyUser, flt: DashboardFilter, *, queue_id: int) -
             }
         )
     series = []
-    day = flt.start
-    while day <= flt.end:
+    for day in _days(flt):
         row = per_day.get(day, {})
         series.append(
             {
@@ -947,7 +950,6 @@ def queue_view_for_user(user: AnyUser, flt: DashboardFilter, *, queue_id: int) -
                 "sla_breached": row.get("sla_breached") or 0,
             }
         )
-        day += timedelta(days=1)
     handling_cost = Decimal(str(totals["human_seconds"])) / SECONDS_PER_HOUR * settings_row.reviewer_hourly_rate
     kpis = [
         Kpi("opened", "Items opened", totals["opened"], "count", "Approval items that arrived in the period.", {}),
@@ -1090,8 +1092,7 @@ def endpoint_view_for_user(user: AnyUser, flt: DashboardFilter, *, endpoint_id: 
         ),
     ]
     series = []
-    day = flt.start
-    while day <= flt.end:
+    for day in _days(flt):
         row = per_day.get(day, {})
         series.append(
             {
@@ -1105,7 +1106,6 @@ def endpoint_view_for_user(user: AnyUser, flt: DashboardFilter, *, endpoint_id: 
                 ),
             }
         )
-        day += timedelta(days=1)
     return EndpointView(
         endpoint_id=endpoint.pk,
         name=endpoint.name,
