@@ -72,6 +72,24 @@ def audit_stream_for(target: models.Model | None) -> str:
     return f"{target._meta.label_lower}:{target.pk}"
 
 
+def _stream_lock(stream: str) -> None:
+    if not stream.startswith(RUN_STREAM_PREFIX):  # a run's stream is guarded by the run's row lock
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_STREAM_LOCK_CLASS, stream])
+
+
+def audit_stream_lock(target: models.Model) -> None:
+    """Take the lock `audit_record` takes for `target`'s stream now, in the caller's transaction (it is held
+    to the commit). For a change that locks `target`'s row FOR UPDATE (a delete) and then audits it: another
+    transaction may have added a row that refers to `target` and audited on its stream, and PostgreSQL checks
+    that reference only at its commit, where it waits for the row lock. Taking the stream's lock before the
+    row's keeps the order every writer of the stream follows. (A change that keeps the row locks it FOR NO KEY
+    UPDATE instead, which such a check does not wait for.)"""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("audit_stream_lock holds its lock to the commit: call it inside a transaction.")
+    _stream_lock(audit_stream_for(target))
+
+
 def audit_record(
     *,
     actor: AbstractBaseUser | AnonymousUser | None,
@@ -93,11 +111,9 @@ def audit_record(
     if stream == LEGACY_STREAM:
         raise ValueError("The legacy audit stream is closed: new events go to streams of their own.")
     with transaction.atomic(savepoint=False):
-        if not stream.startswith(RUN_STREAM_PREFIX):
-            with connection.cursor() as cursor:
-                # A separate statement from the head read below: under READ COMMITTED a statement sees the
-                # data as of its start, so a head read in the same statement as the lock wait would be stale.
-                cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_STREAM_LOCK_CLASS, stream])
+        # A separate statement from the head read below: under READ COMMITTED a statement sees the data as of
+        # its start, so a head read in the same statement as the lock wait would be stale.
+        _stream_lock(stream)
         # One probe of the unique (stream, stream_seq) index, backwards.
         head = AuditEvent.objects.filter(stream=stream).order_by("-stream_seq").values_list("stream_seq", "hash")[:1]
         last = next(iter(head), None)

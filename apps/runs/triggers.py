@@ -37,7 +37,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.audit.services import audit_record
+from apps.audit.services import audit_record, audit_stream_lock
 from apps.connectors.models import Connection
 from apps.connectors.rules import workflow_uses_connection
 from apps.connectors.selectors import connection_use_problem
@@ -145,6 +145,14 @@ def _require_edit(actor: User, workflow: Workflow) -> None:
         raise Forbidden("Only those who may change this workflow manage its triggers.")
 
 
+def _locked(trigger: Trigger) -> Trigger:
+    """The trigger's row locked for a change that keeps it: FOR NO KEY UPDATE of the trigger alone. Not FOR
+    UPDATE, which also blocks the check PostgreSQL makes at commit of a transaction that added a history row
+    for this trigger: a poll that recorded its outcome (and so holds the trigger's audit stream) would wait
+    for this lock while this change waits for that stream, a deadlock."""
+    return Trigger.objects.select_for_update(no_key=True, of=("self",)).select_related("workflow").get(pk=trigger.pk)
+
+
 def _audit(actor: User | None, verb: str, trigger: Trigger, data: dict[str, Any] | None = None) -> None:
     audit_record(
         actor=actor,
@@ -246,7 +254,7 @@ def trigger_update(
     """Change a trigger's name, settings or input mapping (its kind, token and source stay). A schedule whose
     times changed is armed again from now."""
     _require_edit(actor, trigger.workflow)
-    locked = Trigger.objects.select_for_update().select_related("workflow").get(pk=trigger.pk)
+    locked = _locked(trigger)
     new_config = locked.config if config is None else config
     new_inputs = locked.inputs if inputs is None else inputs
     settings_, errors = trigger_config_clean(locked.kind, new_config, new_inputs)
@@ -285,7 +293,7 @@ def trigger_pause(*, actor: User, trigger: Trigger, now: datetime | None = None)
     # The schedule's rows first, then the trigger: the sweeper holds a due row while it fires, so a pause waits
     # for a firing in progress to commit instead of both waiting on each other.
     ScheduleTimer.objects.filter(trigger_id=trigger.pk, fired_at__isnull=True).delete()
-    locked = Trigger.objects.select_for_update().select_related("workflow").get(pk=trigger.pk)
+    locked = _locked(trigger)
     if not locked.enabled:
         raise Conflict(f"“{locked.name}” is already paused.")
     locked.enabled, locked.paused_at = False, now or timezone.now()
@@ -300,7 +308,7 @@ def trigger_resume(*, actor: User, trigger: Trigger, now: datetime | None = None
     while it was paused (none of them run; a history row says how many), and its next time counts from now."""
     _require_edit(actor, trigger.workflow)
     now = now or timezone.now()
-    locked = Trigger.objects.select_for_update().select_related("workflow").get(pk=trigger.pk)
+    locked = _locked(trigger)
     if locked.enabled:
         raise Conflict(f"“{locked.name}” is not paused.")
     skipped = 0
@@ -324,7 +332,8 @@ def trigger_delete(*, actor: User, trigger: Trigger) -> None:
     """Remove a trigger and its history (the runs it started stay, with their own audit trail)."""
     _require_edit(actor, trigger.workflow)
     ScheduleTimer.objects.filter(trigger_id=trigger.pk, fired_at__isnull=True).delete()
-    locked = Trigger.objects.select_for_update().select_related("workflow").get(pk=trigger.pk)
+    audit_stream_lock(trigger)  # before the row: see audit_stream_lock
+    locked = Trigger.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=trigger.pk)
     _audit(actor, "trigger.deleted", locked, {"firings": locked.firings.count()})
     locked.delete()
 
