@@ -101,6 +101,7 @@ INSTALLED_APPS = [
     "apps.approvals",
     "apps.evaluations",
     "apps.dashboards",
+    "apps.assistants",
 ]
 
 MIDDLEWARE = [
@@ -348,6 +349,9 @@ AIOS_INBOUND_MAIL_DOMAIN = env_str("AIOS_INBOUND_MAIL_DOMAIN", "aios.localhost")
 AIOS_INBOUND_SMTP_PORT = env_int("AIOS_INBOUND_SMTP_PORT", 2525, minimum=1, maximum=65535)
 # Email triggers that read a mailbox over IMAP: seconds between polls of each (failed polls wait longer).
 AIOS_MAILBOX_POLL_SECONDS = env_float("AIOS_MAILBOX_POLL_SECONDS", 60.0, minimum=5.0)
+# MCP endpoint (/mcp, apps/assistants/mcp_server.py): how long a tool call waits for its run before answering that
+# the run is still running (with its address); the run goes on either way.
+AIOS_MCP_CALL_TIMEOUT_SECONDS = env_float("AIOS_MCP_CALL_TIMEOUT_SECONDS", 120.0, minimum=1.0)
 # The demo's outside systems, set by `make run` for the demo seed only (empty: the demo seeds no connections to
 # them): the stand-in ERP and CMS, and the demo ERP's database.
 AIOS_DEMO_OUTSIDE_URL = env_str("AIOS_DEMO_OUTSIDE_URL", "")

@@ -20,6 +20,7 @@ urlpatterns = [
     path("dashboards/", include("apps.dashboards.urls")),
     path("evaluations/", include("apps.evaluations.urls")),
     path("audit/", include("apps.audit.urls")),
+    path("mcp-tools/", include("apps.assistants.urls")),  # the MCP endpoint itself is /mcp, in aios_web/asgi.py
     path("api/", include(("aios_web.api_urls", "api"))),
     path("hooks/", include("apps.runs.hook_urls")),  # triggers: signed webhooks, no sign-in
     path("admin/", admin.site.urls),

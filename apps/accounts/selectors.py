@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.contrib.auth.models import AbstractUser, AnonymousUser
+from rest_framework.authtoken.models import Token
 
 from apps.accounts.models import Team
 from apps.accounts.roles import ROLES
@@ -23,3 +26,10 @@ def user_teams(user: AbstractUser | AnonymousUser) -> list[Team]:
     if not user.is_authenticated:
         return []
     return list(Team.objects.filter(group__user__pk=user.pk).order_by("name"))
+
+
+def api_token_created_at(user: AbstractUser | AnonymousUser) -> datetime | None:
+    """When `user`'s API token was made, or None without one (its key is shown only when it is made)."""
+    if not user.is_authenticated:
+        return None
+    return Token.objects.filter(user_id=user.pk).values_list("created", flat=True).first()

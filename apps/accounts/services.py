@@ -11,6 +11,7 @@ from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.db import transaction
 from django.utils.text import slugify
+from rest_framework.authtoken.models import Token
 
 from apps.accounts.models import Team, User
 from apps.accounts.roles import ADMIN, ROLES
@@ -144,3 +145,25 @@ def login_attempt_succeeded(*, user: User, client_ip: str) -> None:
 def login_success_record(*, user: User, client_ip: str) -> None:
     """Audit a sign-in through the web form."""
     audit_record(actor=user, verb="user.logged_in", target=user, data={"client_ip": client_ip})
+
+
+# --- API tokens (the REST API's and the MCP endpoint's `Authorization: Bearer <token>`) ---------------------------
+
+
+@transaction.atomic
+def api_token_issue(*, user: User) -> str:
+    """A new API token for `user`, replacing the one they had (which stops working at once); returns the key, for
+    showing this once. Audited as created or rotated; the key itself is never recorded."""
+    replaced = Token.objects.filter(user=user).delete()[0] > 0
+    token = Token.objects.create(user=user)
+    audit_record(actor=user, verb="api_token.rotated" if replaced else "api_token.created", target=user)
+    return str(token.key)
+
+
+@transaction.atomic
+def api_token_revoke(*, user: User) -> bool:
+    """Delete `user`'s API token, so whatever holds it is refused from now on; False when they had none."""
+    revoked = Token.objects.filter(user=user).delete()[0] > 0
+    if revoked:
+        audit_record(actor=user, verb="api_token.revoked", target=user)
+    return revoked
