@@ -1,4 +1,8 @@
-"""OpenAI-compatible chat completions (`/v1/chat/completions`), mapped onto a generation as TGI maps them."""
+"""OpenAI-compatible chat completions (`/v1/chat/completions`), mapped onto a generation as TGI maps them.
+
+Requests that offer `tools` are answered as `tools.py` describes (scripted calls, a plain message, or TGI's
+schema-shaped call of one tool).
+"""
 
 from __future__ import annotations
 
@@ -27,11 +31,12 @@ from .responses import (
     stream_headers,
     unavailable_response,
 )
+from .scripts import Rule, wrong_tool_call_rule
 from .state import DevServerState, state_of
+from .tools import ToolCallReply, call_text, calls_in, not_enabled_body
 
 
-def _message_text(message: dict[str, Any]) -> str:
-    content = message.get("content")
+def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -42,9 +47,14 @@ def _message_text(message: dict[str, Any]) -> str:
             elif chunk.get("type") == "image_url":
                 parts.append(f"![]({chunk['image_url']['url']})")
         return "".join(parts)
-    if message.get("tool_calls"):
-        return json.dumps(message["tool_calls"], ensure_ascii=False)
     return ""
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    """A message as the "model" reads it and rules match it: its content, then one line per tool call."""
+    lines = [call_text(call) for call in message.get("tool_calls") or ()]
+    content = _content_text(message.get("content"))
+    return "\n".join([content, *lines]) if content and lines else content or "\n".join(lines)
 
 
 def _chat_template(messages: list[dict[str, Any]]) -> str:
@@ -60,23 +70,46 @@ class _ChatSetup:
     match_text: str
     tail_source: str
     model: str
-    tool: dict[str, Any] | None
+    # Set when the reply is tool calls (scripted, or TGI's schema-shaped call of one tool).
+    tool_reply: ToolCallReply | None
+
+
+def _scripted_calls(
+    state: DevServerState, rule: Rule, tools: list[dict[str, Any]], wanted: str | None, first_number: int
+) -> ToolCallReply:
+    """A rule's tool calls as the reply, once its names are checked against the offered tools."""
+    assert rule.tool_calls is not None
+    names = [tool["function"]["name"] for tool in tools]
+    where = f"rule {json.dumps(rule.name, ensure_ascii=False)} of {rule.origin}"
+    for call in rule.tool_calls:
+        if call.name not in names:
+            raise InferError.tool(f"Tool '{call.name}' not found in tool names (called by {where})")
+        if wanted is not None and call.name != wanted:
+            raise InferError.tool(f"Tool choice '{wanted}' is not the tool '{call.name}' that {where} calls")
+    return ToolCallReply.from_script(state.config.tool_call_style, rule.response, rule.tool_calls, first_number)
 
 
 def _chat_setup(state: DevServerState, body: dict[str, Any]) -> _ChatSetup:
     """Map a ChatRequest onto a generate request the way TGI's `try_into_generate` does."""
     messages = body["messages"]
     for message in messages:
-        if "content" not in message and "tool_calls" not in message:
+        if message.get("content") is None and message.get("tool_calls") is None:
             raise InferError("template_error", "Template error: message has neither `content` nor `tool_calls`")
+    match_text = "\n".join(_message_text(m) for m in messages)
     tools = body.get("tools")
     tool_choice = body.get("tool_choice")
     response_format = body.get("response_format")
     if tools is not None and response_format is not None:
         raise InferError.tool("Grammar and tools are mutually exclusive")
-    tool = None
+    tool_reply = None
     grammar = response_format
-    if tools and tool_choice != "none":
+    rule = state.script.find(match_text, "chat")
+    offered = bool(tools) and tool_choice != "none"
+    if rule is not None and rule.tool_calls is not None and not offered:
+        raise wrong_tool_call_rule(
+            rule, 'the request\'s tool_choice is "none"' if tools else "the request offers no tools"
+        )
+    if tools and offered:
         wanted = None
         if isinstance(tool_choice, dict):
             wanted = (tool_choice.get("function") or {}).get("name")
@@ -85,14 +118,28 @@ def _chat_setup(state: DevServerState, body: dict[str, Any]) -> _ChatSetup:
         candidates = [t for t in tools if wanted is None or t["function"]["name"] == wanted]
         if not candidates:
             raise InferError.tool(f"Tool choice '{wanted}' not found in tool names")
-        tool = candidates[0]
-        arguments = tool["function"].get("arguments")
-        schema = (
-            arguments
-            if isinstance(arguments, dict) and "properties" in arguments
-            else {"type": "object", "properties": {}}
-        )
-        grammar = {"type": "json", "value": schema}
+        plain_reply = rule is not None and (rule.has_json or rule.response is not None)
+        if rule is not None and rule.tool_calls is not None:
+            tool_reply = _scripted_calls(state, rule, tools, wanted, calls_in(messages))
+            grammar = None
+        elif plain_reply and tool_choice in (None, "auto"):
+            # The "model" chose to answer instead of calling a tool: an ordinary message.
+            grammar = None
+        else:
+            tool = candidates[0]
+            tool_reply = ToolCallReply(
+                style=state.config.tool_call_style,
+                names=(tool["function"]["name"],),
+                scripted=False,
+                first_number=calls_in(messages),
+            )
+            arguments = tool["function"].get("arguments")
+            schema = (
+                arguments
+                if isinstance(arguments, dict) and "properties" in arguments
+                else {"type": "object", "properties": {}}
+            )
+            grammar = {"type": "json", "value": schema}
 
     temperature = body.get("temperature")
     # TGI: temperature 0 means greedy decoding; anything else samples.
@@ -118,10 +165,10 @@ def _chat_setup(state: DevServerState, body: dict[str, Any]) -> _ChatSetup:
     return _ChatSetup(
         inputs=_chat_template(messages),
         params=params,
-        match_text="\n".join(_message_text(m) for m in messages),
+        match_text=match_text,
         tail_source=_message_text(user_messages[-1] if user_messages else (messages[-1] if messages else {})),
         model=str(model) if model not in (None, "tgi") else state.config.model_id,
-        tool=tool,
+        tool_reply=tool_reply,
     )
 
 
@@ -140,6 +187,9 @@ def _chat_logprobs(token: engine.GenToken, top: list[engine.GenToken] | None) ->
 async def chat_completions(request: Request, body: dict[str, Any]) -> Response:
     """`POST /v1/chat/completions`, streamed or not."""
     state = state_of(request)
+    if state.config.no_tools and body.get("tools"):
+        # Refused up front, as vLLM's OpenAI server validates the request before it reaches the engine.
+        return json_response(not_enabled_body(), status=400)
     start = time.perf_counter()
     state.metrics.count("tgi_request_count")
     try:
@@ -161,6 +211,7 @@ async def chat_completions(request: Request, body: dict[str, Any]) -> Response:
             match_text=setup.match_text,
             tail_source=setup.tail_source,
             start=start,
+            tool_calls_allowed=setup.tool_reply is not None and setup.tool_reply.scripted,
         )
     except InferError as err:
         return error_response(err)
@@ -170,21 +221,13 @@ async def chat_completions(request: Request, body: dict[str, Any]) -> Response:
         return await drop_connection(request)
     plan = job.plan
     message: dict[str, Any]
-    if setup.tool is not None:
+    finish_reason = engine.chat_finish_reason(plan.finish_reason)
+    if setup.tool_reply is not None:
         try:
-            arguments = json.loads(plan.generated_text)
-        except json.JSONDecodeError:
-            return error_response(InferError.tool(f"Failed to parse generated text: {plan.generated_text!r}"))
-        message = {
-            "role": "assistant",
-            "tool_calls": [
-                {
-                    "id": "0",
-                    "type": "function",
-                    "function": {"name": setup.tool["function"]["name"], "arguments": arguments},
-                }
-            ],
-        }
+            message = setup.tool_reply.message(plan.generated_text)
+        except InferError as err:
+            return error_response(err)
+        finish_reason = setup.tool_reply.finish_reason(plan.finish_reason)
     else:
         message = {"role": "assistant", "content": plan.generated_text}
     logprobs = None
@@ -206,7 +249,7 @@ async def chat_completions(request: Request, body: dict[str, Any]) -> Response:
                 "index": 0,
                 "message": message,
                 "logprobs": logprobs,
-                "finish_reason": engine.chat_finish_reason(plan.finish_reason),
+                "finish_reason": finish_reason,
             }
         ],
         "usage": openai_usage(plan),
@@ -255,31 +298,26 @@ def _chat_stream(request: Request, body: dict[str, Any], setup: _ChatSetup, star
                 tail_source=setup.tail_source,
                 streaming=True,
                 start=start,
+                tool_calls_allowed=setup.tool_reply is not None and setup.tool_reply.scripted,
             )
             plan = job.plan
+            calls = setup.tool_reply.stream() if setup.tool_reply is not None else None
             async for item in token_events(job, pacer, state.scheduler):
                 if isinstance(item, bytes):
                     yield item
                     continue
                 index, token = item
                 is_last = index == plan.generated_tokens
-                finish = engine.chat_finish_reason(plan.finish_reason) if is_last else None
+                finish = None
+                if is_last:
+                    finish = (
+                        setup.tool_reply.finish_reason(plan.finish_reason)
+                        if setup.tool_reply is not None
+                        else engine.chat_finish_reason(plan.finish_reason)
+                    )
                 delta: dict[str, Any]
-                if setup.tool is not None:
-                    delta = {
-                        "role": "assistant",
-                        "tool_calls": [
-                            {
-                                "index": 0,
-                                "id": "0",
-                                "type": "function",
-                                "function": {
-                                    "name": setup.tool["function"]["name"] if index == 1 else None,
-                                    "arguments": "" if token.special else token.text,
-                                },
-                            }
-                        ],
-                    }
+                if calls is not None:
+                    delta = calls.delta(token)
                 else:
                     delta = {"role": "assistant", "content": "" if token.special else token.text}
                 logprobs = None

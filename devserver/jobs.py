@@ -55,17 +55,26 @@ def prepare(
     tail_source: str,
     streaming: bool,
     start: float,
+    tool_calls_allowed: bool = False,
 ) -> Job:
-    """Validate and plan one generation (the caller holds a permit). Raises InferError."""
+    """Validate and plan one generation (the caller holds a permit). Raises InferError.
+
+    `tool_calls_allowed`: a rule's tool calls may be the reply (the chat route, with tools offered).
+    """
     state = state_of(request)
     valid = engine.validate(inputs, params, state.config, streaming=streaming)
     queued = time.perf_counter()
     reply = choose_reply(
-        state.script, route=route, match_text=match_text, tail_source=tail_source, constraint=valid.constraint
+        state.script,
+        route=route,
+        match_text=match_text,
+        tail_source=tail_source,
+        constraint=valid.constraint,
+        tool_calls_allowed=tool_calls_allowed,
     )
     if reply.rule:
         logger.debug("scripted reply from %s (%s)", reply.rule, reply.source)
-    plan = engine.build_plan(reply.text, valid, reply.logprobs)
+    plan = engine.build_plan(reply.text, valid, reply.logprobs, reply.pieces)
     prefix = inputs if params.return_full_text else ""
     fault = request_fault(request, reply.fault, reply.fault_after_tokens)
     state.metrics.observe("tgi_request_input_length", valid.input_length)
@@ -229,6 +238,7 @@ async def generate_once(
     match_text: str,
     tail_source: str,
     start: float,
+    tool_calls_allowed: bool = False,
 ) -> Job:
     """A whole non-stream generation under a permit; raises InferError or ClientGone."""
     state = state_of(request)
@@ -247,6 +257,7 @@ async def generate_once(
                 tail_source=tail_source,
                 streaming=False,
                 start=start,
+                tool_calls_allowed=tool_calls_allowed,
             )
             await _run_to_completion(request, job)
         except InferError as err:

@@ -442,8 +442,9 @@ _MESSAGE = Struct(
     "Message",
     {
         "role": Str(),
-        "content": Untagged("MessageContent", (Str(), Seq(_MESSAGE_CHUNK))),
-        "tool_calls": Seq(AnyValue()),
+        # Null content is what OpenAI clients send beside an assistant's `tool_calls`.
+        "content": Opt(Untagged("MessageContent", (Str(), Seq(_MESSAGE_CHUNK)))),
+        "tool_calls": Opt(Seq(AnyValue())),
         "name": Opt(Str()),
         "tool_call_id": Opt(Str()),
     },

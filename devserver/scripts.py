@@ -8,7 +8,7 @@ A script is a JSON file:
                    "regex": "collision|accident",       # Python regex, searched (DOTALL)
                    "ignore_case": false},
          "route": ["chat", "generate"],                 # optional: chat | generate | completions
-         "response": {"json": {...}},                   # or a plain string
+         "response": {"json": {...}},                   # or a plain string, or tool calls (below)
          "fault": "overloaded",                         # optional, one of FAULTS (below)
          "fault_after_tokens": 3,                       # optional, for midstream, server_error, disconnect
          "confidence": {"amount": 0.62},                # optional: how sure the "model" is of a field
@@ -40,6 +40,44 @@ token keeps its usual value. Each token's top alternatives then share what the c
 sure token has unlikely alternatives. A reply replaced by a schema-valid value (below) is not the scripted
 one, so its tokens keep the usual noise.
 
+Tool calls. On the chat route, a rule may answer as a model that calls tools (OpenAI's `tools` API):
+
+    "response": {"tool_calls": [{"name": "lookup", "arguments": {"claim_id": "C-7"}},
+                                {"name": "notify", "arguments": {}}],     # one or more, in this order
+                 "content": "Looking that up."}                          # optional text beside the calls
+
+A request that offers `tools` gets an assistant message with exactly those calls and `finish_reason`
+"tool_calls"; each call's arguments are the object given (`{}` when left out), and the tokens counted are
+those of the content and of the arguments as JSON. A name that is not among the request's tools is TGI's
+422 `tool_error`; so is a `tool_choice` naming a function the rule does not call. Such a rule matching a
+request without `tools` (or with `tool_choice` "none"), or a /generate or /v1/completions request, is a
+422 `script_error` naming the rule: the script is wrong, not the request. When the offered tools meet a
+rule with a plain reply (text or json) and `tool_choice` is "auto" (or left out), the model chose not to
+call a tool: an ordinary content message, `finish_reason` "stop". With `tool_choice` "required" or a named
+function, or when no rule matches, the (first or named) tool is called with schema-shaped arguments (the
+matching rule's JSON, when it fits the tool's parameters). The server's `--tool-call-style` decides the
+wire shape: `tgi` (arguments as an object, ids "0", "1", ...) or `openai` (arguments as a JSON string, ids
+`call_<n>` numbered on from the calls already in the conversation, as vLLM sends them); `--no-tools`
+refuses every request with `tools` as vLLM does without `--enable-auto-tool-choice` (HTTP 400).
+
+What a rule matches. On the chat route the text matched is every message of the conversation, one per
+line: its content (text parts of a list content), and for an assistant message with `tool_calls` one line
+per call, the tool's name, a space and the arguments as JSON (`lookup {"claim_id": "C-7"}`: an arguments
+string the client sends is parsed and written again that way, so it reads as the script wrote it). A tool
+result (a "tool" message) is matched by its content. An agent's loop is therefore scripted by ordering its
+rules latest turn first, since the first matching rule wins and every turn repeats the earlier ones:
+
+    {"rules": [
+        {"match": {"contains": ["Triage claim C-7", "RESULT-B"]}, "response": "Done: C-7 is covered."},
+        {"match": {"contains": ["Triage claim C-7", "RESULT-A"]},
+         "response": {"tool_calls": [{"name": "policy", "arguments": {"claim_id": "C-7"}}]}},
+        {"match": {"contains": "Triage claim C-7"},
+         "response": {"tool_calls": [{"name": "lookup", "arguments": {"claim_id": "C-7"}}]}}
+    ]}
+
+where the `lookup` tool's result contains RESULT-A and the `policy` tool's RESULT-B: the first turn calls
+`lookup`, the second (which holds RESULT-A) calls `policy`, the third answers.
+
 A bare list of rules is accepted too. Each rule has an implicit `"kind": "scripted"`; the field is
 reserved so that recorded exchanges can join the same file later without a format change.
 
@@ -61,7 +99,7 @@ from typing import Any
 
 from . import schema as json_schema
 from . import tokenizer
-from .engine import Constraint
+from .engine import Constraint, InferError
 
 ROUTES = ("chat", "generate", "completions")
 FAULTS = ("overloaded", "generation", "timeout", "midstream", "unavailable", "server_error", "disconnect")
@@ -75,6 +113,19 @@ JITTER = 0.5
 
 class ScriptError(ValueError):
     """The script file is unusable; the message names the file and the rule."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One scripted tool call: the tool's name and its arguments (a JSON object)."""
+
+    name: str
+    arguments: Mapping[str, Any]
+
+    @property
+    def arguments_text(self) -> str:
+        """The arguments as the "model" writes them: JSON with the default separators, UTF-8 kept."""
+        return json.dumps(self.arguments, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -93,6 +144,9 @@ class Rule:
     fault_after_tokens: int | None
     confidence: Mapping[str, float] | None = None
     default_confidence: float | None = None
+    # The calls of a tool-call response; `response` then holds its optional content.
+    tool_calls: tuple[ToolCall, ...] | None = None
+    origin: str = "<inline>"
 
     @property
     def scripts_confidence(self) -> bool:
@@ -119,6 +173,10 @@ class Reply:
     fault_after_tokens: int | None = None
     # One log-probability per piece of `text` (`tokenizer.split`) when the rule scripts its confidence.
     logprobs: tuple[float, ...] | None = None
+    # A tool-call reply: its calls, and `text` cut into pieces segment by segment (content, then each
+    # call's arguments), so that no token straddles two of them and a stream can tell whose token it is.
+    tool_calls: tuple[ToolCall, ...] | None = None
+    pieces: tuple[str, ...] | None = None
 
 
 class Script:
@@ -197,7 +255,15 @@ def _parse_rule(raw: Any, index: int, origin: str) -> Rule:
     text: str | None = None
     json_value: Any = None
     has_json = False
-    if isinstance(response, str):
+    tool_calls: tuple[ToolCall, ...] | None = None
+    if isinstance(response, dict) and "tool_calls" in response:
+        tool_calls, text = _parse_tool_calls(response, where)
+        if routes and "chat" not in routes:
+            raise ScriptError(f"{where}: tool calls are answered on the chat route only, but 'route' leaves it out")
+        for key in ("confidence", "default_confidence"):
+            if raw.get(key) is not None:
+                raise ScriptError(f"{where}: '{key}' cannot be scripted for a tool-call response")
+    elif isinstance(response, str):
         text = response
     elif isinstance(response, dict) and "json" in response:
         json_value = response["json"]
@@ -207,7 +273,9 @@ def _parse_rule(raw: Any, index: int, origin: str) -> Rule:
     elif response is None and fault is not None:
         text = None
     else:
-        raise ScriptError(f'{where}: \'response\' must be a string, {{"text": ...}} or {{"json": ...}}')
+        raise ScriptError(
+            f'{where}: \'response\' must be a string, {{"text": ...}}, {{"json": ...}} or {{"tool_calls": [...]}}'
+        )
     confidence = _parse_confidence(raw.get("confidence"), json_value if has_json else None, where)
     default_confidence = raw.get("default_confidence")
     if default_confidence is not None:
@@ -225,7 +293,41 @@ def _parse_rule(raw: Any, index: int, origin: str) -> Rule:
         fault_after_tokens=fault_after,
         confidence=confidence,
         default_confidence=default_confidence,
+        tool_calls=tool_calls,
+        origin=origin,
     )
+
+
+def _parse_tool_calls(response: dict[str, Any], where: str) -> tuple[tuple[ToolCall, ...], str | None]:
+    """The calls and optional content of `{"tool_calls": [...], "content": "..."}`, checked."""
+    unknown = sorted(set(response) - {"tool_calls", "content"})
+    if unknown:
+        raise ScriptError(
+            f"{where}: a tool-call response has 'tool_calls' and an optional 'content', not "
+            + ", ".join(repr(key) for key in unknown)
+        )
+    content = response.get("content")
+    if content is not None and not isinstance(content, str):
+        raise ScriptError(f"{where}: 'response.content' must be a string")
+    raw_calls = response["tool_calls"]
+    if not isinstance(raw_calls, list) or not raw_calls:
+        raise ScriptError(f"{where}: 'response.tool_calls' must be a non-empty list of calls")
+    calls = []
+    for number, raw_call in enumerate(raw_calls, start=1):
+        label = f"{where}: tool call {number}"
+        if not isinstance(raw_call, dict):
+            raise ScriptError(f'{label} must be an object {{"name": ..., "arguments": {{...}}}}')
+        extra = sorted(set(raw_call) - {"name", "arguments"})
+        if extra:
+            raise ScriptError(f"{label} has 'name' and 'arguments', not " + ", ".join(repr(key) for key in extra))
+        name = raw_call.get("name")
+        if not isinstance(name, str) or not name:
+            raise ScriptError(f"{label} needs a 'name' (the tool's name, a non-empty string)")
+        arguments = raw_call.get("arguments", {})
+        if not isinstance(arguments, dict):
+            raise ScriptError(f"{label} ({name}): 'arguments' must be a JSON object")
+        calls.append(ToolCall(name=name, arguments=arguments))
+    return tuple(calls), content
 
 
 def _parse_confidence(raw: Any, response_json: Any, where: str) -> dict[str, float] | None:
@@ -348,6 +450,19 @@ def fallback_text(prompt_tail_source: str) -> str:
     return FALLBACK_PREFIX + f'This is a deterministic placeholder reply to a {words}-word prompt ending with: "{last}"'
 
 
+def tool_call_pieces(content: str | None, calls: tuple[ToolCall, ...]) -> tuple[str, ...]:
+    """The tokens of a tool-call reply: its content's, then each call's arguments', never merged."""
+    segments = [content or "", *(call.arguments_text for call in calls)]
+    return tuple(piece for segment in segments for piece in tokenizer.split(segment))
+
+
+def wrong_tool_call_rule(rule: Rule, why: str) -> InferError:
+    """The error for a tool-call rule that matched a request it cannot answer."""
+    return InferError.script(
+        f"rule {json.dumps(rule.name, ensure_ascii=False)} of {rule.origin} answers with tool calls, but {why}"
+    )
+
+
 def choose_reply(
     script: Script,
     *,
@@ -355,10 +470,31 @@ def choose_reply(
     match_text: str,
     tail_source: str,
     constraint: Constraint | None,
+    tool_calls_allowed: bool = False,
 ) -> Reply:
-    """Pick the reply for one request (see the module docstring for the order)."""
+    """Pick the reply for one request (see the module docstring for the order).
+
+    A rule's tool calls are the reply only where the caller allows them (the chat route with `tools`);
+    anywhere else such a rule raises InferError (`script_error`).
+    """
     rule = script.find(match_text, route)
     fallback = fallback_text(tail_source)
+    if rule is not None and rule.tool_calls is not None:
+        if not tool_calls_allowed:
+            where = {"generate": "TGI's generate routes", "completions": "/v1/completions"}.get(route, route)
+            if route == "chat":
+                raise wrong_tool_call_rule(rule, "the request offers no tools")
+            raise wrong_tool_call_rule(rule, f"tool calls are answered on /v1/chat/completions only, not on {where}")
+        pieces = tool_call_pieces(rule.response, rule.tool_calls)
+        return Reply(
+            "".join(pieces),
+            "script",
+            rule.name,
+            rule.fault,
+            rule.fault_after_tokens,
+            tool_calls=rule.tool_calls,
+            pieces=pieces,
+        )
     if rule is not None:
         if rule.has_json:
             text = json.dumps(rule.response_json, ensure_ascii=False)
