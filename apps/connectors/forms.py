@@ -3,6 +3,7 @@ secrets write-only ("set" / "not set", a replace input, a remove box; blank keep
 
 from __future__ import annotations
 
+import json
 import typing
 from typing import Any
 
@@ -36,6 +37,10 @@ LABELS = {
     "row_cap": "Row limit",
     "ssl": "TLS from the start (IMAPS)",
     "folder": "Folder",
+    "transport": "Transport",
+    "url": "Server URL",
+    "command": "Program",
+    "args": "Arguments",
 }
 CHOICE_LABELS = {
     "none": "None",
@@ -49,6 +54,8 @@ CHOICE_LABELS = {
     "ssl": "TLS from the start (usually port 465)",
     "postgresql": "PostgreSQL",
     "mysql": "MySQL or MariaDB",
+    "http": "Streamable HTTP (a server at a URL)",
+    "stdio": "A program on the workers (stdio, admins only)",
 }
 # HTTP settings that belong to one authentication method: the page groups them, and its script shows only the
 # chosen method's group (without the script every group shows, and the unused ones are simply ignored).
@@ -61,6 +68,11 @@ HTTP_AUTH_GROUPS = {
     "audience": "oauth2_client_credentials",
     "token_auth_method": "oauth2_client_credentials",
 }
+
+
+# MCP settings and secrets that belong to one transport: grouped like the HTTP authentication methods, and the
+# same script shows only the chosen transport's group.
+MCP_TRANSPORT_GROUPS = {"url": "http", "command": "stdio", "args": "stdio", "token": "http", "headers": "http"}
 
 
 def _headers_text(headers: dict[str, str]) -> str:
@@ -93,6 +105,13 @@ def _setting_field(name: str, info: Any) -> forms.Field:
         return forms.IntegerField(label=label, required=required, help_text=help_text)
     if annotation is float:
         return forms.FloatField(label=label, required=required, help_text=help_text)
+    if name == "args":
+        return forms.CharField(
+            label=label,
+            required=False,
+            widget=forms.Textarea(attrs={"rows": 3, "placeholder": "--read-only"}),
+            help_text="One argument per line, passed as they are (no shell).",
+        )
     if name == "headers":
         return forms.CharField(
             label=label,
@@ -152,6 +171,8 @@ class ConnectionForm(forms.Form):
             self.fields[f"config_{name}"] = _setting_field(name, info)
             if name in initial and not (name == "port" and initial[name] == 0):
                 value = initial[name]
+                if isinstance(value, list):
+                    value = "\n".join(str(item) for item in value)
                 # 30.0 reads as 30 in a form.
                 self.initial[f"config_{name}"] = (
                     int(value) if isinstance(value, float) and value.is_integer() else value
@@ -167,6 +188,11 @@ class ConnectionForm(forms.Form):
                 widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
                 help_text=spec.help + (" Leave empty to keep the stored value." if self.secret_state[spec.key] else ""),
             )
+            if kind == kinds.MCP and spec.key == "headers":
+                # Several headers, one per line: a password input holds one line only.
+                self.fields["secret_headers"].widget = forms.Textarea(
+                    attrs={"rows": 2, "autocomplete": "off", "spellcheck": "false", "placeholder": "X-API-Key: …"}
+                )
             if self.secret_state[spec.key]:
                 self.fields[f"secret_{spec.key}_remove"] = forms.BooleanField(
                     required=False, label=f"Remove the stored {spec.label.lower()}"
@@ -174,6 +200,19 @@ class ConnectionForm(forms.Form):
 
     def clean_config_headers(self) -> dict[str, str]:
         return _headers_parse(self.cleaned_data.get("config_headers") or "")
+
+    def clean_config_args(self) -> list[str]:
+        return [line.strip() for line in (self.cleaned_data.get("config_args") or "").splitlines() if line.strip()]
+
+    def clean_secret_headers(self) -> str:
+        """An MCP connection's extra headers, stored as one line of JSON (a secret holds no line breaks)."""
+        text = self.cleaned_data.get("secret_headers") or ""
+        if self.kind != kinds.MCP or not text.strip():
+            return text
+        try:
+            return json.dumps(kinds.mcp_headers_parse(text), separators=(",", ":"))
+        except ValueError as error:
+            raise forms.ValidationError(str(error)) from None
 
     def settings_and_secrets(self) -> tuple[dict[str, Any], dict[str, str | None]]:
         """The settings (as the kind's model names them) and the secret changes (blank: keep; remove boxes)."""
@@ -203,6 +242,8 @@ class ConnectionForm(forms.Form):
         result = []
         for name in kinds.SETTINGS[self.kind].model_fields:
             group = HTTP_AUTH_GROUPS.get(name, "") if self.kind == kinds.HTTP else ""
+            if self.kind == kinds.MCP:
+                group = MCP_TRANSPORT_GROUPS.get(name, "")
             result.append((self[f"config_{name}"], group))
         return result
 
@@ -215,7 +256,11 @@ class ConnectionForm(forms.Form):
                 "field": self[f"secret_{spec.key}"],
                 "is_set": self.secret_state[spec.key],
                 "remove": self[f"secret_{spec.key}_remove"] if self.secret_state[spec.key] else None,
-                "group": groups.get(spec.key, "") if self.kind == kinds.HTTP else "",
+                "group": groups.get(spec.key, "")
+                if self.kind == kinds.HTTP
+                else MCP_TRANSPORT_GROUPS.get(spec.key, "")
+                if self.kind == kinds.MCP
+                else "",
             }
             for spec in self.secret_specs
         ]

@@ -1,4 +1,4 @@
-"""The four kinds of connection: their non-secret settings (pydantic models, validated on every write) and the
+"""The kinds of connection: their non-secret settings (pydantic models, validated on every write) and the
 secrets each kind keeps encrypted.
 
 A kind's settings are what analysts may read (they pick connections by them); anything that opens a door (a
@@ -8,6 +8,8 @@ never shown, exported, logged or audited.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,13 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from apps.core.exceptions import ValidationFailed
 
-HTTP, SMTP, SQL, MAILBOX = "http", "smtp", "sql", "mailbox"
-KINDS = (HTTP, SMTP, SQL, MAILBOX)
+HTTP, SMTP, SQL, MAILBOX, MCP = "http", "smtp", "sql", "mailbox", "mcp"
+KINDS = (HTTP, SMTP, SQL, MAILBOX, MCP)
 KIND_LABELS = {
     HTTP: "HTTP API",
     SMTP: "SMTP (email out)",
     SQL: "SQL database",
     MAILBOX: "Mailbox (email in, IMAP)",
+    MCP: "MCP server (tools for agents)",
 }
 
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
@@ -171,6 +174,111 @@ class MailboxSettings(KindSettings):
         return _check_host(value)
 
 
+# Headers the MCP transport sets itself (framing, content negotiation, the session): a connection's extra headers
+# must not replace them. Authorization comes from the bearer token when one is set.
+MCP_RESERVED_HEADERS = {
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+}
+MCP_MAX_ARGS = 64
+
+
+class McpSettings(KindSettings):
+    """An MCP server whose tools steps and agents call: over Streamable HTTP (`url`), or a program on the workers
+    that speaks MCP on its standard input and output (`command` and `args`; only admins set these up)."""
+
+    transport: Literal["http", "stdio"] = Field(
+        "http", description="http: a server at a URL (Streamable HTTP). stdio: a program the workers start."
+    )
+    url: str = Field("", description="Streamable HTTP: the server's endpoint, e.g. https://tools.example.com/mcp")
+    command: str = Field(
+        "", description="stdio: the program's absolute path on the workers, e.g. /opt/mcp/bin/inventory-server"
+    )
+    args: list[str] = Field(default_factory=list, description="stdio: the program's arguments, one per line.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("Give a URL starting with http:// or https://.")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("No user name, password, query or fragment here: put credentials in the secrets.")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: list[str]) -> list[str]:
+        if len(value) > MCP_MAX_ARGS:
+            raise ValueError(f"At most {MCP_MAX_ARGS} arguments.")
+        for argument in value:
+            if "\x00" in argument or "\n" in argument or "\r" in argument or len(argument) > 1000:
+                raise ValueError("Each argument is one line of at most 1000 characters.")
+        return value
+
+    @model_validator(mode="after")
+    def _transport_settings(self) -> McpSettings:
+        if self.transport == "http":
+            if not self.url:
+                raise ValueError("url: Streamable HTTP needs the server's URL.")
+            if self.command or self.args:
+                raise ValueError("command: a Streamable HTTP server is reached by its URL; leave the program empty.")
+            return self
+        if self.url:
+            raise ValueError("url: a stdio server is a program on the workers; leave the URL empty.")
+        if not self.command:
+            raise ValueError("command: stdio needs the absolute path of the program to start.")
+        if not os.path.isabs(self.command):
+            raise ValueError("command: give the program's absolute path, e.g. /opt/mcp/bin/server (no search path).")
+        if not os.path.isfile(self.command):
+            raise ValueError(f"command: there is no program at {self.command} on this machine.")
+        if not os.access(self.command, os.X_OK):
+            raise ValueError(f"command: {self.command} is not executable.")
+        return self
+
+
+def mcp_headers_parse(text: str) -> dict[str, str]:
+    """An MCP connection's extra-headers secret as a dict: a JSON object of header names to values (what the
+    form stores), or "Name: value" lines. Raises ValueError naming the header, never its value."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    headers: dict[str, str] = {}
+    if text.startswith("{"):
+        try:
+            loaded = json.loads(text)
+        except ValueError:
+            raise ValueError("Write the headers as a JSON object or as Name: value lines.") from None
+        if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+            raise ValueError("Write the headers as a JSON object of names to text values.")
+        headers = {str(name): value for name, value in loaded.items()}
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            name, colon, value = line.partition(":")
+            if not colon or not name.strip():
+                raise ValueError(f'Line {number}: write each header as "Name: value".')
+            headers[name.strip()] = value.strip()
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f'"{name[:100]}" is not a valid header name.')
+        if name.lower() in MCP_RESERVED_HEADERS:
+            raise ValueError(f'"{name}" is set by the MCP transport and cannot be given.')
+        if any(ord(character) < 32 or ord(character) == 127 for character in value):
+            raise ValueError(f'The value of "{name}" must be one line.')
+    return headers
+
+
 @dataclass(frozen=True)
 class SecretSpec:
     """One secret a kind keeps: its key in the encrypted object, its label, and when it is needed."""
@@ -185,6 +293,7 @@ SETTINGS: dict[str, type[KindSettings]] = {
     SMTP: SmtpSettings,
     SQL: SqlSettings,
     MAILBOX: MailboxSettings,
+    MCP: McpSettings,
 }
 
 SECRETS: dict[str, tuple[SecretSpec, ...]] = {
@@ -197,6 +306,15 @@ SECRETS: dict[str, tuple[SecretSpec, ...]] = {
     SMTP: (SecretSpec("password", "Password", "For the user name above."),),
     SQL: (SecretSpec("password", "Password", "For the user name above."),),
     MAILBOX: (SecretSpec("password", "Password", "For the user name above."),),
+    MCP: (
+        SecretSpec("token", "Bearer token", "Streamable HTTP: sent as Authorization: Bearer … (optional)."),
+        SecretSpec(
+            "headers",
+            "Extra headers",
+            "Streamable HTTP: headers sent with every request and kept secret, e.g. X-API-Key: … (optional). "
+            "One per line, as Name: value.",
+        ),
+    ),
 }
 
 # Which secret each HTTP authentication method needs.
@@ -248,6 +366,16 @@ def secrets_missing(kind: str, config: dict[str, Any], secrets: dict[str, str]) 
     return []
 
 
+def secrets_problems(kind: str, secrets: dict[str, str]) -> dict[str, list[str]]:
+    """Secrets that are present but not usable, per secret field ("secrets.<key>"); empty when all are fine."""
+    if kind == MCP and secrets.get("headers"):
+        try:
+            mcp_headers_parse(secrets["headers"])
+        except ValueError as error:
+            return {"secrets.headers": [str(error)]}
+    return {}
+
+
 def summary(kind: str, config: dict[str, Any]) -> str:
     """One line that says where a connection goes, for lists (never a secret)."""
     get = config.get
@@ -261,4 +389,8 @@ def summary(kind: str, config: dict[str, Any]) -> str:
         return f"{get('host')}:{get('port')} ({get('security')}), from {get('from_address')}"
     if kind == MAILBOX:
         return f"{get('username')}@{get('host')}:{get('port')} / {get('folder')}"
+    if kind == MCP:
+        if get("transport") == "stdio":
+            return f"stdio: {' '.join([str(get('command', '')), *map(str, get('args') or [])])}"[:300]
+        return f"Streamable HTTP: {get('url', '')}"
     return ""

@@ -1,5 +1,5 @@
 """Connections: named, team-owned ways to reach an outside system (an HTTP API, an SMTP server, a SQL database,
-a mailbox), with their secrets encrypted at rest.
+a mailbox, an MCP server), with their secrets encrypted at rest.
 
 Who may do what is a matter of object permissions (django-guardian), never of names: the owning team's group
 holds `use_connection` (steps of the team's workflows may name it); `manage_connection` lets someone change it;
@@ -32,6 +32,7 @@ class Connection(models.Model):
         SMTP = "smtp", KIND_LABELS["smtp"]
         SQL = "sql", KIND_LABELS["sql"]
         MAILBOX = "mailbox", KIND_LABELS["mailbox"]
+        MCP = "mcp", KIND_LABELS["mcp"]
 
     name = models.SlugField(max_length=64, unique=True, help_text="What steps name; it cannot change.")
     label = models.CharField(max_length=150)

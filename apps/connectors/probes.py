@@ -3,7 +3,8 @@
 - http: GET the base URL (or the test path) with the authentication applied, an OAuth2 token fetched first;
 - smtp: connect, EHLO, STARTTLS or TLS, AUTH when there is a user name, QUIT (apps.connectors.smtp);
 - sql: connect, SELECT 1 in a read-only transaction, the server's version (apps.connectors.sql);
-- mailbox: IMAP login, select the folder, logout.
+- mailbox: IMAP login, select the folder, logout;
+- mcp: open a session (Streamable HTTP or the stdio program) and list the server's tools (apps.connectors.mcp).
 
 Hosts pass the same address policy as outbound HTTP (loopback and private addresses refused unless
 allowlisted in AIOS_HTTP_ALLOWLIST), and the connection goes to exactly the address that was checked. Nothing
@@ -41,6 +42,8 @@ class ProbeResult:
     ok: bool
     message: str
     seconds: float = 0.0
+    # What the server offers, as (name, description) pairs: an MCP server's tools, listed on the test's result.
+    tools: tuple[tuple[str, str], ...] = ()
 
 
 def checked_address(host: str, port: int) -> str:
@@ -56,17 +59,31 @@ def probe(kind: str, config: dict[str, Any], secrets: dict[str, str]) -> ProbeRe
     """Test settings `config` with `secrets` for a connection of `kind`; never raises for a failed attempt."""
     started = time.monotonic()
     resolved = ResolvedConnection(name="(test)", kind=kind, config=config, secrets=secrets)
+    tools: list[tuple[str, str]] = []
     try:
         valid = kinds.settings_validate(kind, config)
         resolved = ResolvedConnection(name="(test)", kind=kind, config=valid, secrets=secrets)
-        message = {"http": _http, "smtp": _smtp, "sql": _sql, "mailbox": _mailbox}[kind](resolved)
+        if kind == kinds.MCP:
+            message, tools = _mcp(resolved)
+        else:
+            message = {"http": _http, "smtp": _smtp, "sql": _sql, "mailbox": _mailbox}[kind](resolved)
         ok = True
     except ApplicationError as error:
         ok, message = False, error.message
     except Exception as error:  # a test reports every failure as a reason, never as a crash
         ok, message = False, f"{type(error).__name__}: {error}"
     message = redact(message, secret_needles(resolved))
-    return ProbeResult(ok=ok, message=str(message)[:2000], seconds=round(time.monotonic() - started, 3))
+    return ProbeResult(
+        ok=ok,
+        message=str(message)[:2000],
+        seconds=round(time.monotonic() - started, 3),
+        tools=tuple(
+            (str(redact(name, secret_needles(resolved))), str(redact(text, secret_needles(resolved))))
+            for name, text in tools
+        )
+        if ok
+        else (),
+    )
 
 
 def _http(resolved: ResolvedConnection) -> str:
@@ -87,6 +104,19 @@ def _http(resolved: ResolvedConnection) -> str:
         raise ApplicationError(f"GET {url} answered HTTP {response.status}: {reason or '(no body)'}")
     token_note = " with a fresh OAuth2 token" if config.get("auth") == "oauth2_client_credentials" else ""
     return f"GET {url}{token_note} answered HTTP {response.status}."
+
+
+def _mcp(resolved: ResolvedConnection) -> tuple[str, list[tuple[str, str]]]:
+    from apps.connectors import mcp
+
+    try:
+        listed = mcp.mcp_tools_list(resolved, timeout=TEST_TIMEOUT_SECONDS)
+    except (mcp.McpUnavailable, mcp.McpToolError) as error:
+        raise ApplicationError(error.message) from None
+    names = ", ".join(tool.name for tool in listed[:20]) + (", …" if len(listed) > 20 else "")
+    count = f"{len(listed)} tool{'s' if len(listed) != 1 else ''}"
+    message = f"Connected and listed {count}: {names}." if listed else "Connected, but the server offers no tools."
+    return message, [(tool.name, tool.description) for tool in listed]
 
 
 def _sql(resolved: ResolvedConnection) -> str:

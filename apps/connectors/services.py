@@ -22,7 +22,7 @@ from apps.connectors import kinds
 from apps.connectors.forms import LABELS
 from apps.connectors.models import Connection
 from apps.connectors.probes import ProbeResult
-from apps.connectors.rules import USE, user_creates_connections, user_manages_connection
+from apps.connectors.rules import USE, user_creates_connections, user_is_admin, user_manages_connection
 from apps.core.exceptions import Conflict, Forbidden, Unprocessable, ValidationFailed
 from apps.core.secrets import encrypted_fields, secret_rotate
 
@@ -67,6 +67,9 @@ def secrets_merge(kind: str, current: dict[str, str], changes: dict[str, str | N
 
 
 def _check_secrets(kind: str, config: dict[str, Any], secrets: dict[str, str]) -> None:
+    problems = kinds.secrets_problems(kind, secrets)
+    if problems:
+        raise ValidationFailed("A secret is not valid.", fields=problems)
     missing = kinds.secrets_missing(kind, config, secrets)
     if missing:
         labels = {spec.key: spec.label for spec in kinds.SECRETS[kind]}
@@ -84,7 +87,33 @@ ADDRESS_SETTINGS: dict[str, tuple[str, ...]] = {
     kinds.SMTP: ("host", "port", "security"),
     kinds.SQL: ("host", "port", "dialect"),
     kinds.MAILBOX: ("host", "port", "ssl"),
+    kinds.MCP: ("transport", "url", "command"),
 }
+
+
+def _starts_a_program(kind: str, config: dict[str, Any] | None) -> bool:
+    return kind == kinds.MCP and bool(config) and (config or {}).get("transport") == "stdio"
+
+
+def _check_program_rights(
+    actor: User | None, kind: str, *, config: dict[str, Any] | None, stored_config: dict[str, Any] | None
+) -> None:
+    """Only admins set up, change or try out an MCP connection that starts a program (stdio): the program runs on
+    the workers (and, when tested, on the web server) with their rights. Others are refused under the transport
+    field. Testing a stored stdio connection unchanged stays with its managers: the program is the admin's."""
+    if actor is None or user_is_admin(actor):
+        return
+    if not (_starts_a_program(kind, config) or _starts_a_program(kind, stored_config)):
+        return
+    raise ValidationFailed(
+        "Only admins set up connections that start a program.",
+        fields={
+            "transport": [
+                "Only admins may create or change an MCP connection that starts a program (stdio): it runs on the "
+                "workers with their rights. Ask an admin, or use a Streamable HTTP server."
+            ]
+        },
+    )
 
 
 def address_changes(kind: str, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -240,6 +269,7 @@ def connection_update(
     and the names of the changed secrets."""
     _require_manager(actor, connection)
     locked = Connection.objects.select_for_update().get(pk=connection.pk)
+    _check_program_rights(actor, locked.kind, config=config, stored_config=locked.config)
     changed: dict[str, Any] = {}
     if label is not None:
         if not label.strip():
@@ -327,6 +357,9 @@ def connection_save(
     else:
         _require_manager(actor, connection)
         kind = connection.kind
+    _check_program_rights(
+        actor, kind, config=config, stored_config=connection.config if connection is not None else None
+    )
     valid = kinds.settings_validate(kind, config if config is not None else connection.config if connection else {})
     candidate = secrets_for_settings(
         kind,
@@ -460,6 +493,14 @@ def connection_test_unsaved(
         _require_manager(actor, connection)
     elif actor is not None and not user_creates_connections(actor):
         raise Forbidden("Only admins create connections.")
+    try:
+        if connection is None or config != connection.config:
+            _check_program_rights(
+                actor, kind, config=config, stored_config=connection.config if connection is not None else None
+            )
+    except ValidationFailed as refusal:
+        # Nothing is started: the refusal is the test's answer, under the button like any other.
+        return ProbeResult(ok=False, message=" ".join(refusal.fields["transport"]))
     result = probe(kind, config, secrets)
     audit_record(
         actor=actor,

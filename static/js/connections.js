@@ -1,10 +1,10 @@
-// Connection form: show only the settings and the secret of the chosen HTTP authentication method. Without this
-// script every group shows, and the server ignores the ones the method does not use.
+// Connection form: show only the settings and the secret of the chosen HTTP authentication method (or MCP
+// transport). Without this script every group shows, and the server ignores the ones the choice does not use.
 (function () {
   "use strict";
 
   function sync(form) {
-    var select = form.querySelector('select[name="config_auth"]');
+    var select = form.querySelector('select[name="config_auth"], select[name="config_transport"]');
     if (!select) return;
     var groups = form.querySelectorAll("[data-auth-group]");
     for (var i = 0; i < groups.length; i++) {
@@ -18,7 +18,8 @@
       (function (form) {
         sync(form);
         form.addEventListener("change", function (event) {
-          if (event.target && event.target.name === "config_auth") sync(form);
+          var name = event.target && event.target.name;
+          if (name === "config_auth" || name === "config_transport") sync(form);
         });
       })(forms[i]);
     }
