@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from apps.steps.registry import step_type_get
+from apps.workflows.agent_tools import agent_config_problems
 from apps.workflows.graph import graph_errors
 from apps.workflows.input_schema import input_schema_errors
 from apps.workflows.models import Workflow, WorkflowVersion
@@ -88,4 +89,9 @@ def version_problems(version: WorkflowVersion) -> list[str]:
     problems = input_schema_errors(version.input_schema) + graph_errors(version.graph)
     problems += inline_credential_problems(version.graph)
     _, pin_problems = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
-    return problems + pin_problems
+    problems += pin_problems
+    # The agent steps' tools: what the step library cannot check without the database (its own check_config
+    # may say some of the same, e.g. duplicate tool names, so each message is said once).
+    return problems + [
+        p for p in agent_config_problems(version.graph, own_slug=version.workflow.slug) if p not in problems
+    ]

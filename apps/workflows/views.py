@@ -30,7 +30,7 @@ from apps.inference.selectors import endpoint_names_for_steps
 from apps.knowledge.selectors import collection_choices_for
 from apps.steps.expressions import cel_check, template_check
 from apps.steps.registry import step_type_find, step_types
-from apps.workflows import blocks
+from apps.workflows import agent_tools, blocks
 from apps.workflows.blocks import NotBlockStructured
 from apps.workflows.config_form import SCHEMA_TYPES, attach_errors, config_from_post, form_fields
 from apps.workflows.diagram import diagram_for_graph, diagram_outline
@@ -424,13 +424,29 @@ def _step_panel(
     step_type = step_types().get(str(step.get("type")))
     config = step.get("config") if isinstance(step.get("config"), dict) else {}
     assert isinstance(config, dict)
-    fields = form_fields(step_type.config_schema(), config, _choices(user)) if step_type else []
+    choices = _choices(user)
+    fields = form_fields(step_type.config_schema(), config, choices) if step_type else []
+    tools: list[agent_tools.ToolForm] | None = None
+    if step.get("type") == agent_tools.AGENT_STEP_TYPE:
+        # The agent's tools have an editor of their own: each is edited with its step type's form.
+        fields = [item for item in fields if item.name != agent_tools.TOOLS_FIELD]
+        tools = agent_tools.tool_forms(
+            config,
+            choices,
+            user=user,
+            workflow_choices=agent_tools.workflow_tool_choices(user, own_slug=draft.workflow.slug),
+        )
     problems = [p for p in (workflow_version_problems(draft) if problems is None else problems) if p.step == key]
-    unplaced = attach_errors(fields, [(p.field, p.message) for p in problems if not p.field.startswith("@")])
+    unplaced = attach_errors(
+        [*fields, *agent_tools.tool_fields_for_errors(tools or [])],
+        [(p.field, p.message) for p in problems if not p.field.startswith("@")],
+    )
     option_problems = {p.field[1:].split(".")[0]: p.message for p in problems if p.field.startswith("@")}
     references = references_for_step(draft.graph, draft.input_schema, key, sample=sample)
     last_output = ((sample or {}).get("steps") or {}).get(key)
     _decorate(fields, draft)
+    for tool in tools or []:
+        _decorate(tool.settings, draft)
     retry = step.get("retry") if isinstance(step.get("retry"), dict) else {}
     assert isinstance(retry, dict)
 
@@ -455,6 +471,8 @@ def _step_panel(
         "pin_text": json.dumps(pinned.output if pinned else last_output or {}, indent=2, ensure_ascii=False),
         "sample_run": (sample or {}).get("run"),
         "calls_out": bool(step_type and step_type.side_effects),
+        "tools": tools,
+        "tool_kinds": agent_tools.TOOL_KINDS,
         **_block_options(tree, key),
     }
 
@@ -677,11 +695,16 @@ def workflow_editor_step(request: HttpRequest, slug: str, key: str) -> HttpRespo
     step_type = step_types().get(str(step.get("type")))
     current = step.get("config") if isinstance(step.get("config"), dict) else {}
     assert isinstance(current, dict)
-    config = (
-        config_from_post(form_fields(step_type.config_schema(), current, _choices(request.user)), request.POST, current)
-        if step_type
-        else current
-    )
+    choices = _choices(request.user)
+    fields = form_fields(step_type.config_schema(), current, choices) if step_type else []
+    tool_action = request.POST.get("tool_action", "")
+    if step.get("type") == agent_tools.AGENT_STEP_TYPE:
+        fields = [item for item in fields if item.name != agent_tools.TOOLS_FIELD]
+    config = config_from_post(fields, request.POST, current) if step_type else dict(current)
+    if step.get("type") == agent_tools.AGENT_STEP_TYPE:
+        forms = agent_tools.tool_forms(current, choices, user=request.user)
+        tools = current.get("tools") if isinstance(current.get("tools"), list) else []
+        config["tools"] = agent_tools.tools_from_post(forms, request.POST, tools or [], user=request.user)
     new_step: dict[str, Any] = {"config": config, "name": request.POST.get("name", "").strip()[:120]}
     attempts, backoff, timeout = (
         request.POST.get(n, "").strip() for n in ("retry_attempts", "retry_backoff", "timeout_seconds")
@@ -719,7 +742,9 @@ def workflow_editor_step(request: HttpRequest, slug: str, key: str) -> HttpRespo
         messages.error(request, error.message)
         return _back(request, workflow, focus=key, step=key)
     problems = [p for p in workflow_version_problems(result.draft) if p.step == result.focus]
-    if problems:
+    if tool_action:
+        messages.success(request, agent_tools.tool_action_message(tool_action, request.POST.get("tool_kind", "")))
+    elif problems:
         messages.warning(
             request,
             f"Saved, with {len(problems)} problem{'s' if len(problems) != 1 else ''} to fix (shown under the fields).",
