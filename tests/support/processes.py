@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -105,8 +105,13 @@ def asgi_server_argv(port: int) -> list[str]:
     return fleet.web_argv(port, log_level="warning")
 
 
-def inference_server_argv(port: int, *, ttft_ms: int, tpot_ms: int) -> list[str]:
-    return inference_argv(port, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
+def inference_server_argv(
+    port: int, *, ttft_ms: int, tpot_ms: int, script: Path | None = None, extra_args: Sequence[str] = ()
+) -> list[str]:
+    """The development inference server's command line: the demo script unless `script` names another
+    (`tests.support.devserver.write_script` writes one), then `extra_args` (`--tool-call-style openai`)."""
+    argv = inference_argv(port, ttft_ms=ttft_ms, tpot_ms=tpot_ms, **({"script": script} if script else {}))
+    return [*argv, *extra_args]
 
 
 def redis_url_with_db(url: str, db: int) -> str:
