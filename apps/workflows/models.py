@@ -154,3 +154,40 @@ class Trigger(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} trigger “{self.name}”"
+
+
+class DraftProposal(models.Model):
+    """A workflow a model drafted from an analyst's description, waiting for her review (apps/workflows/drafting.py).
+
+    `document` is an aios/v1 document in draft form (no version block) that passed the import and publish checks
+    when it was proposed; `explanations` maps each step key to the model's one or two sentences about it, and
+    `problems_repaired` lists what was wrong with the model's first answer when one repair call fixed it. `calls`
+    holds the provenance of the model calls made for it (their InferenceCall ids, endpoint, model and usage).
+    Accepting imports the document as a new workflow's draft (`workflow`); discarding keeps the row, marked. Only
+    its author, and admins, ever see it.
+    """
+
+    class State(models.TextChoices):
+        PROPOSED = "proposed", "Proposed"
+        ACCEPTED = "accepted", "Accepted"
+        DISCARDED = "discarded", "Discarded"
+
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="draft_proposals")
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    description = models.TextField()
+    document = models.JSONField()
+    explanations = models.JSONField(default=dict)
+    summary = models.TextField(blank=True)
+    problems_repaired = models.JSONField(default=list, blank=True)
+    calls = models.JSONField(default=list, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PROPOSED)
+    workflow = models.ForeignKey(Workflow, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["author", "-created_at"], name="draft_proposal_author_idx")]
+
+    def __str__(self) -> str:
+        return f"draft proposal {self.pk} by {self.author_id}"

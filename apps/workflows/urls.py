@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.workflows import views
+from apps.workflows import drafting_views, views
 
 app_name = "workflows"
 
@@ -10,6 +10,10 @@ urlpatterns = [
     path("", views.workflow_list, name="list"),
     path("new/", views.workflow_create_view, name="create"),
     path("new/samples/<str:name>", views.gallery_sample_download, name="gallery-sample"),  # gallery sample files
+    path("new/draft/", drafting_views.draft_propose_view, name="draft-propose"),  # describe it, get a draft
+    path("new/drafts/<int:pk>/", drafting_views.draft_proposal_view, name="draft-proposal"),
+    path("new/drafts/<int:pk>/accept/", drafting_views.draft_proposal_accept_view, name="draft-accept"),
+    path("new/drafts/<int:pk>/discard/", drafting_views.draft_proposal_discard_view, name="draft-discard"),
     path("<slug:slug>/", views.workflow_detail, name="detail"),
     path("<slug:slug>/settings/", views.workflow_settings, name="settings"),
     path("<slug:slug>/edit/", views.workflow_editor, name="editor"),
