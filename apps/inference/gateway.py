@@ -85,6 +85,11 @@ class CallRequest:
     purpose: str = "generate"
     template_sha256: str = ""
     stream: bool = True
+    # A conversation instead of `system` + `prompt` (an agent's turns, tool results included), always sent
+    # over the chat protocol, with the OpenAI function `tools` it may call and the `tool_choice`.
+    messages: tuple[dict[str, Any], ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | None = None
 
     def parameters(self) -> dict[str, Any]:
         """The generation parameters, as provenance records them."""
@@ -196,8 +201,9 @@ ModelRequest = client.GenerateRequest | client.ChatRequest
 
 
 def _model_request(endpoint: ModelEndpoint, request: CallRequest) -> ModelRequest:
-    """The step's request in the endpoint's protocol: TGI's native one, or OpenAI-compatible chat."""
-    if endpoint.kind == ModelEndpoint.Kind.TGI:
+    """The step's request in the endpoint's protocol: TGI's native one, or OpenAI-compatible chat. A
+    conversation (`messages`) always goes over chat, which TGI serves too, with its tools."""
+    if endpoint.kind == ModelEndpoint.Kind.TGI and not request.messages:
         grammar = None
         if request.json_schema:
             grammar = {"type": "json", "value": request.json_schema}
@@ -212,9 +218,10 @@ def _model_request(endpoint: ModelEndpoint, request: CallRequest) -> ModelReques
             grammar=grammar,
             logprobs=request.logprobs,
         )
-    messages = ([{"role": "system", "content": request.system}] if request.system else []) + [
-        {"role": "user", "content": request.prompt}
-    ]
+    messages = list(request.messages) or (
+        ([{"role": "system", "content": request.system}] if request.system else [])
+        + [{"role": "user", "content": request.prompt}]
+    )
     response_format = None
     if request.json_schema:
         response_format = {"type": "json_schema", "json_schema": {"name": "output", "schema": request.json_schema}}
@@ -228,6 +235,8 @@ def _model_request(endpoint: ModelEndpoint, request: CallRequest) -> ModelReques
         response_format=response_format,
         model=endpoint.served_model or None,
         logprobs=request.logprobs,
+        tools=request.tools,
+        tool_choice=request.tool_choice if request.tools else None,
     )
 
 
@@ -251,6 +260,9 @@ def _wire_record(call: ModelRequest) -> dict[str, Any]:
             "response_format": call.response_format,
             "max_new_tokens": call.max_tokens,
         }
+        if call.tools:  # only then: the records of calls without tools keep their hash
+            head["tools"] = list(call.tools)
+            head["tool_choice"] = call.tool_choice
         constrained = "json_schema" if call.response_format else None
     return {
         **head,

@@ -16,6 +16,7 @@ from apps.audit.services import audit_record
 from apps.runs.lifecycle import run_advance, run_create, run_lock, step_run_resume
 from apps.runs.models import Run, StepRun
 from apps.runs.outbox import CANCEL_RUN_TASK, outbox_task
+from apps.runs.plans import step_plan
 from apps.steps.base import Wait
 from apps.steps.library.flow import ForeachConfig, SubworkflowConfig
 from apps.workflows.input_schema import input_validate
@@ -62,7 +63,8 @@ def _version_or_fail(step_run: StepRun, config: SubworkflowConfig | ForeachConfi
 
 
 def subworkflow_start(step_run: StepRun, wait: Wait) -> None:
-    config = SubworkflowConfig.model_validate(step_run.run.step_definition(step_run.step_key)["config"])
+    # An agent's workflow tool is a sub-workflow step too, defined by its call rather than the graph.
+    config = SubworkflowConfig.model_validate(step_plan(step_run.run, step_run).definition["config"])
     version = _version_or_fail(step_run, config)
     if version is None:
         return

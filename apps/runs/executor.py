@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from apps.core.database import db_call
 from apps.core.telemetry import tracing
 from apps.runs import hooks
+from apps.runs.agent import agent_history, agent_tools_start
 from apps.runs.children import WAIT_STARTERS
 from apps.runs.effects import StepLost, effect_intent_record, effect_key, effect_outcome_record
 from apps.runs.events import TokenStream
@@ -40,8 +41,9 @@ from apps.runs.lifecycle import (
     step_run_wait,
 )
 from apps.runs.models import Run, StepRun
-from apps.runs.plans import run_plan
-from apps.steps.base import StepContext, StepError, StepOutcome, StepType
+from apps.runs.plans import step_plan
+from apps.steps.agent_keys import AGENT_WAIT
+from apps.steps.base import AgentHistory, StepContext, StepError, StepOutcome, StepType
 from apps.steps.expressions import ExpressionError, cel_evaluate, template_render
 from apps.steps.registry import step_config_parse, step_type_get
 from apps.workflows.graph import StepOptions, TemplateMapping
@@ -126,6 +128,14 @@ class Attempt:
     calls: list[Any] = field(default_factory=list)  # its model calls' records, stored with its outcome
     # The idempotency key its effect-ledger row holds (a side-effecting step that calls out); else computed.
     effect_key: str | None = None
+    # An agent step's loop so far; the turns it adds are written with its outcome.
+    agent: AgentHistory | None = None
+
+    def transcript(self) -> list[dict[str, Any]] | None:
+        """The agent's turns to record with this execution's outcome (None: nothing to record)."""
+        if self.agent is None or not self.agent.new_turns:
+            return None
+        return self.agent.all_turns
 
 
 @dataclass
@@ -200,7 +210,7 @@ def _step_run_begin(step_run: StepRun) -> Attempt | None:
     earlier attempt's outcome is unknown and the step cannot be repeated). None when it must not run."""
     crash_point("after_claim")
     run = step_run.run
-    definition = run_plan(run).steps[step_run.step_key].definition
+    definition = step_plan(run, step_run).definition
     at_most_once = _at_most_once(step_run.step_type, definition)
     calls_out = not (run.is_test and test_stands_in(run, step_run.step_key, step_run.step_type))
     key = None
@@ -247,7 +257,7 @@ def _step_run_finish(
         return None
     assert outcome is not None
     if outcome.wait is not None:
-        _park(step_run, outcome, attempt.params)
+        _park(step_run, outcome, attempt)
         return None
     crash_point("before_result_commit")
     eager = chain.offer()
@@ -260,6 +270,7 @@ def _step_run_finish(
             params=attempt.params,
             calls=attempt.calls,
             eager=eager,
+            transcript=attempt.transcript(),
         ),
         eager,
     )
@@ -283,7 +294,7 @@ def _step_run_record_error(step_run: StepRun, attempt: Attempt, error: Exception
     stream = attempt.stream
     if isinstance(error, StepError):
         crash_point("before_result_commit")
-        definition = run_plan(step_run.run).steps[step_run.step_key].definition
+        definition = step_plan(step_run.run, step_run).definition
         if error.uncertain and _at_most_once(step_run.step_type, definition):
             step_run_incident_open(step_run=step_run, reason=f"The outcome is unknown: {error.message}")
             return
@@ -307,6 +318,7 @@ def _step_run_record_error(step_run: StepRun, attempt: Attempt, error: Exception
             streamed_text=stream.text,
             params=attempt.params,
             calls=attempt.calls,
+            transcript=attempt.transcript(),
         )
     )
 
@@ -348,7 +360,7 @@ def _still_ours(step_run: StepRun) -> bool:
 def _outputs(step_run: StepRun, chain: Chain) -> dict[str, dict[str, Any]]:
     """The earlier outputs the step's expressions read: from the chain where it recorded them, the rest from the
     database (every succeeded step's when the step's reads cannot be told from its text)."""
-    reads = run_plan(step_run.run).steps[step_run.step_key].reads
+    reads = step_plan(step_run.run, step_run).reads
     known = chain.outputs if chain.run_id == step_run.run_id else {}
     if reads is None:
         wanted = StepRun.objects.filter(run_id=step_run.run_id, state=StepRun.State.SUCCEEDED)
@@ -366,7 +378,7 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
     """The step's type, config and context (its inputs mapped), or the outcome that stands in for running it (a
     test run's pinned or simulated output, a replay's recorded one)."""
     run = step_run.run
-    plan = run_plan(run).steps[step_run.step_key]
+    plan = step_plan(run, step_run)
     options = plan.options
     step_type = step_type_get(step_run.step_type)
     config = step_config_parse(step_run.step_type, options.config)
@@ -384,8 +396,14 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
         budget=run.graph.get("budget") or {},
     )
     attempt.calls = context.model_calls
-    context.params = _map_inputs(options, context.expression_variables(), step_run.step_key)
-    attempt.params = context.params or None
+    if step_run.is_tool_call:
+        # An agent's tool call: its params are the model's arguments, stored when the call was made.
+        context.params = dict(step_run.input or {})
+    else:
+        context.params = _map_inputs(options, context.expression_variables(), step_run.step_key)
+        attempt.params = context.params or None
+    if step_type.runs_agent_loop:
+        context.agent = attempt.agent = agent_history(step_run, config)
     crash_point("mid_step")
     if run.is_test and test_stands_in(run, step_run.step_key, step_run.step_type):
         return _test_outcome(run, step_run.step_key, step_type, config, context)
@@ -454,14 +472,21 @@ def _recorded_outcome(original_run_id: int, step_key: str) -> StepOutcome:
     return StepOutcome(output=original.output or {}, usage={"replayed_from_step_run": original.pk})
 
 
-def _park(step_run: StepRun, outcome: StepOutcome, params: dict[str, Any] | None) -> None:
+def _park(step_run: StepRun, outcome: StepOutcome, attempt: Attempt) -> None:
     wait = outcome.wait
     assert wait is not None
     with transaction.atomic():
         if step_run_wait(
-            step_run=step_run, for_what=wait.for_what, fire_at=wait.fire_at, details=wait.details, params=params
+            step_run=step_run,
+            for_what=wait.for_what,
+            fire_at=wait.fire_at,
+            details=wait.details,
+            params=attempt.params,
+            calls=attempt.calls,
         ):
             # Child runs start here; an approval is the approvals app's, reached through the hook it fills.
-            starter = WAIT_STARTERS.get(wait.for_what) or hooks.on_wait.get(wait.for_what)
+            starter = (
+                agent_tools_start if wait.for_what == AGENT_WAIT else WAIT_STARTERS.get(wait.for_what)
+            ) or hooks.on_wait.get(wait.for_what)
             if starter is not None:
                 starter(step_run, wait)

@@ -46,8 +46,9 @@ from apps.runs.effects import effect_outcome_record
 from apps.runs.events import publish_run_changed
 from apps.runs.models import Incident, Run, StepResult, StepRun, Timer
 from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
-from apps.runs.plans import run_plan, version_get
+from apps.runs.plans import run_plan, step_plan, version_get
 from apps.runs.trigger_events import run_finished_notify
+from apps.steps.agent_keys import AGENT_WAIT, TOOL_CALL_MARK
 from apps.steps.registry import step_type_get
 from apps.workflows.models import WorkflowVersion
 
@@ -197,7 +198,11 @@ class _StepRow(NamedTuple):
 def run_advance(run: Run, *, changed: Iterable[str] = (), eager: EagerClaim | None = None) -> None:
     """Apply the engine's decision to the run. Callers hold the run row lock (or just created the run)."""
     # Only what the decision needs: outputs and streamed text can be large and are read at the end only.
-    rows = [_StepRow(*values) for values in StepRun.objects.filter(run=run).values_list(*_StepRow._fields)]
+    # An agent's tool calls are not graph steps: their outcome is their agent's to read, not the decision's.
+    rows = [
+        _StepRow(*values)
+        for values in StepRun.objects.filter(run=run, parent__isnull=True).values_list(*_StepRow._fields)
+    ]
     records = {row.step_key: engine.StepRecord(row.state, row.branch or None) for row in rows}
     decision = engine.decide(run_plan(run).graph, records)
     by_key = {row.step_key: row for row in rows}
@@ -223,9 +228,33 @@ def run_advance(run: Run, *, changed: Iterable[str] = (), eager: EagerClaim | No
         )
     ]
     outbox_dispatch(queued)
+    woken = agents_wake(run, [key for key in changed if TOOL_CALL_MARK in key])
     if decision.run_status is not None and run.status not in Run.FINISHED:
         _run_finish(run, decision, rows)
-    publish_on_commit(run.pk, [*changed, *decision.start, *decision.skip])
+    publish_on_commit(run.pk, [*changed, *decision.start, *decision.skip, *woken])
+
+
+def agents_wake(run: Run, tool_call_keys: Sequence[str]) -> list[str]:
+    """Send back to work each agent step whose tool calls have all finished, now that those of `tool_call_keys`
+    changed: it is queued again and its next execution reads every call's outcome. The run lock is held, so no
+    call can finish between the check and the wake. Returns the keys of the agents woken."""
+    if not tool_call_keys:
+        return []
+    parents = set(
+        StepRun.objects.filter(run=run, step_key__in=tool_call_keys, parent__isnull=False).values_list(
+            "parent_id", flat=True
+        )
+    )
+    woken = []
+    for parent_id in sorted(parents):
+        if StepRun.objects.filter(parent_id=parent_id).exclude(state__in=StepRun.FINISHED).exists():
+            continue
+        agent = StepRun.objects.filter(pk=parent_id, state=StepRun.State.WAITING, waiting_for=AGENT_WAIT)
+        if agent.update(state=StepRun.State.QUEUED, waiting_for="", queued_at=timezone.now()):
+            step_run = StepRun.objects.get(pk=parent_id)
+            outbox_dispatch([step_run])
+            woken.append(step_run.step_key)
+    return woken
 
 
 def _claim_eagerly(run: Run, step_run: StepRun, eager: EagerClaim, now: Any) -> bool:
@@ -257,7 +286,7 @@ def _claim_eagerly(run: Run, step_run: StepRun, eager: EagerClaim, now: Any) -> 
 
 def _step_timeout_arm(run: Run, step_run: StepRun, now: Any) -> None:
     """A claimed step with a time limit gets its timer, bound to this attempt's fencing token."""
-    timeout = run_plan(run).steps[step_run.step_key].options.timeout_seconds
+    timeout = step_plan(run, step_run).options.timeout_seconds
     if timeout:
         Timer.objects.create(
             kind=Timer.Kind.STEP_TIMEOUT,
@@ -388,6 +417,11 @@ def _params(params: dict[str, Any] | None) -> dict[str, Any]:
     return {} if params is None else {"input": jsonable(params)}
 
 
+def _transcript(transcript: list[dict[str, Any]] | None) -> dict[str, Any]:
+    # An agent's turns, written with what became of the execution that took them.
+    return {} if transcript is None else {"transcript": jsonable(transcript)}
+
+
 def jsonable(value: Any) -> Any:
     """`value` as later steps will read it: round-tripped through JSON, so what is stored is what is read."""
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
@@ -403,6 +437,7 @@ def step_run_succeed(
     params: dict[str, Any] | None = None,
     calls: Sequence[Any] = (),
     eager: EagerClaim | None = None,
+    transcript: list[dict[str, Any]] | None = None,
 ) -> bool:
     """Record a step's result if its fencing token is still current, then advance the run; with `eager`, claim
     a successor for this worker in the same transaction (one synchronous commit for both).
@@ -424,6 +459,7 @@ def step_run_succeed(
         finished_at=timezone.now(),
         lease_expires_at=None,
         **_params(params),
+        **_transcript(transcript),
     )
     if not updated:
         return False
@@ -501,11 +537,12 @@ def step_run_fail(
     streamed_text: str | None = None,
     params: dict[str, Any] | None = None,
     calls: Sequence[Any] = (),
+    transcript: list[dict[str, Any]] | None = None,
 ) -> bool:
     """Record a failed attempt if the fencing token is current: schedule a retry when the step's policy
     allows one, else fail the step (and the run, unless an error branch handles it)."""
     run = run_lock(step_run.run_id)
-    policy = run_plan(run).steps[step_run.step_key].options.retry
+    policy = step_plan(run, step_run).options.retry
     fresh = StepRun.objects.get(pk=step_run.pk)
     if fresh.state != StepRun.State.RUNNING or fresh.fencing_token != step_run.fencing_token:
         return False
@@ -513,7 +550,9 @@ def step_run_fail(
     will_retry = fresh.attempt < policy.max_attempts and (retryable or policy.retry_on == "any")
     now = timezone.now()
     # None (a timeout decided elsewhere): keep what the attempt streamed so far.
-    text = ({} if streamed_text is None else {"streamed_text": streamed_text}) | _params(params)
+    text = (
+        ({} if streamed_text is None else {"streamed_text": streamed_text}) | _params(params) | _transcript(transcript)
+    )
     if will_retry:
         delay = policy.delay_for(fresh.attempt, random.random())  # noqa: S311 - jitter, not security
         StepRun.objects.filter(pk=step_run.pk).update(
@@ -565,14 +604,17 @@ def step_run_wait(
     fire_at: Any = None,
     details: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
+    calls: Sequence[Any] = (),
 ) -> bool:
-    """Park a running step (this worker owned it) until a timer or another service resumes it."""
+    """Park a running step (this worker owned it) until a timer or another service resumes it. `calls` are the
+    model calls it made before parking (an agent's turn), stored with the wait."""
     run = run_lock(step_run.run_id)
     updated = StepRun.objects.filter(
         pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
     ).update(state=StepRun.State.WAITING, waiting_for=for_what[:16], lease_expires_at=None, **_params(params))
     if not updated:
         return False
+    model_calls_store(run, calls)
     if fire_at is not None:
         kind = Timer.Kind.DELAY if for_what == "timer" else Timer.Kind.APPROVAL_DUE
         Timer.objects.create(

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models
 
 from apps.core.telemetry.tracing import traceparent_for_new_run
+from apps.steps.agent_keys import TOOL_CALL_MARK
 
 
 class Run(models.Model):
@@ -177,6 +178,12 @@ class StepRun(models.Model):
         related_name="+",
         help_text="The step run whose recorded output a restarted run reused instead of executing.",
     )
+    # A tool call an agent step made: the agent's step run, and the step definition the call runs (the graph
+    # does not hold it). Its key is "<agent key>~<n>"; graph keys are identifiers, so the two never meet.
+    parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="tool_calls")
+    definition = models.JSONField(null=True, blank=True)
+    # An agent step's turns so far: [{"turn", "text", "calls": [tool call keys], "finish", "at"}].
+    transcript = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["run", "position"]
@@ -192,6 +199,10 @@ class StepRun(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.state in self.FINISHED
+
+    @property
+    def is_tool_call(self) -> bool:
+        return TOOL_CALL_MARK in self.step_key
 
     @property
     def duration_seconds(self) -> float | None:

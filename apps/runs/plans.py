@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from apps.runs.models import Run
+from apps.runs.models import Run, StepRun
 from apps.workflows.graph import Graph, StepOptions, step_options, step_references
 from apps.workflows.models import WorkflowVersion
 
@@ -80,6 +80,20 @@ def run_plan(run: Run) -> RunPlan:
     with _lock:
         _remember(_plans, key, plan)
     return plan
+
+
+def step_plan(run: Run, step_run: StepRun) -> StepPlan:
+    """The plan of one step run: its graph step's, or, for a tool call an agent made, one built from the
+    definition the call carries (it reads no earlier outputs: its params are the model's arguments)."""
+    if not step_run.is_tool_call:
+        return run_plan(run).steps[step_run.step_key]
+    definition = step_run.definition
+    if definition is None:  # an instance built without the column
+        definition = StepRun.objects.values_list("definition", flat=True).get(pk=step_run.pk)
+    definition = dict(definition or {})
+    # The call's own keys (its tool, call id, turn) are not options of a graph step.
+    as_step = {key: definition[key] for key in ("key", "type", "name", "config") if key in definition}
+    return StepPlan(definition, step_options(as_step), frozenset())
 
 
 def version_get(version_id: int, checksum: str) -> WorkflowVersion:

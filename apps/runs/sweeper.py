@@ -28,9 +28,9 @@ from apps.runs.lifecycle import (
 )
 from apps.runs.models import Run, StepRun, Timer
 from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_relay, outbox_task
+from apps.runs.plans import step_plan
 from apps.runs.trigger_events import run_finished_notify
 from apps.runs.triggers import schedules_fire_due, webhook_receipts_prune
-from apps.workflows.graph import step_options
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def _timer_fire(timer: Timer) -> None:
         # Bump the token first: the worker may still finish, and its result must be refused.
         StepRun.objects.filter(pk=step_run.pk).update(fencing_token=F("fencing_token") + 1)
         step_run.fencing_token += 1
-        limit = step_options(run.step_definition(step_run.step_key)).timeout_seconds or 0
+        limit = step_plan(run, step_run).options.timeout_seconds or 0
         step_run_fail(step_run=step_run, error=f"The step took longer than its {limit:g} s time limit.", retryable=True)
     elif timer.kind == Timer.Kind.APPROVAL_DUE and step_run.state == StepRun.State.WAITING:
         hooks.approval_due(step_run)

@@ -39,6 +39,40 @@ class StepError(Exception):
         return self.message
 
 
+@dataclass(frozen=True)
+class ToolCallRecord:
+    """One tool call an agent step made, as the run recorded it: the call's step key, the tool, the model's
+    call id and arguments, and what became of it (a step run's state, output and error)."""
+
+    key: str
+    tool: str
+    call_id: str
+    arguments: Any
+    state: str
+    output: Any = None
+    error: str = ""
+
+
+@dataclass
+class AgentHistory:
+    """What an agent step has done so far, read by the engine from the run's records: its turns (the
+    transcript: `{"turn", "text", "calls", "errors", "finish", "asked_at", "at"}`), its tool calls by key, and
+    the tokens and cost of its model calls. `new_turns` are the turns this execution adds; the engine writes
+    them with the step's outcome (or its wait)."""
+
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    calls: dict[str, ToolCallRecord] = field(default_factory=dict)
+    tokens: int = 0
+    cost: str = "0"
+    new_turns: list[dict[str, Any]] = field(default_factory=list)
+    # The argument schemas the engine resolved for tools that declare none (a workflow tool: its input schema).
+    tool_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def all_turns(self) -> list[dict[str, Any]]:
+        return [*self.turns, *self.new_turns]
+
+
 @dataclass
 class StepContext:
     """What a step sees: the run's input, earlier steps' outputs by key, and a token sink."""
@@ -62,6 +96,8 @@ class StepContext:
     # The model calls the step made, recorded but not yet stored: the engine stores them with the step's
     # outcome, in the transaction that records it (InferenceCall rows).
     model_calls: list[Any] = field(default_factory=list)
+    # An agent step's loop so far (None for every other step).
+    agent: AgentHistory | None = None
 
     def expression_variables(self) -> dict[str, Any]:
         """The names expressions and templates may use: `input`, `steps` and the step's `params`."""
@@ -130,6 +166,8 @@ class StepType:
     fans_out: ClassVar[bool] = False
     # The palette's group: "AI", "Data", "Logic", "Flow", "People" or "Connectors".
     category: ClassVar[str] = "Data"
+    # An agent step: the engine hands it its loop so far (`context.agent`) and runs its tool calls.
+    runs_agent_loop: ClassVar[bool] = False
 
     @classmethod
     def branch_labels(cls, config: Any) -> tuple[str, ...]:

@@ -1,0 +1,362 @@
+"""`llm.agent` end to end against a real development inference server: the loop over recorded tool calls (a
+pure tool, an HTTP tool whose side effects a sink counts, a workflow tool), argument errors and limits, refusals
+of tools the initiator may not use, replay byte for byte, and both tool-calling protocols.
+
+The executor runs in this process (`drive`): each turn is an execution of the agent step, each tool call a
+child step run of the run, so the test sees every record the engine writes between turns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apps.audit.models import AuditEvent
+from apps.inference.models import InferenceCall, ModelEndpoint
+from apps.runs.models import Run, StepRun
+from apps.runs.selectors import canonical_json
+from apps.runs.services import run_replay, run_start
+from apps.steps.agent_config import LlmAgentConfig
+from apps.steps.library.llm_agent import LlmAgent
+from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
+from tests.support.engine import drive
+from tests.support.processes import free_port, http_ok, inference_server_argv, running
+from tests.support.recorder import RecordingProxy
+from tests.support.sink import Sink
+
+GOAL_INPUT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+# Scripted turns for the JSON protocol: the rules match the whole conversation, so a later turn's rule (it sees
+# the earlier tools' results) comes first.
+SCRIPT = {
+    "rules": [
+        # --- AGENT-A: look the ticket up, post a note, answer ---
+        {
+            "name": "a: answer",
+            "match": {"contains": ["AGENT-A", "] post_note: "]},
+            "response": {"json": {"answer": "Ticket 42 is open; the note is posted."}},
+        },
+        {
+            "name": "a: post",
+            "match": {"contains": ["AGENT-A", "open-LOOKED-UP"]},
+            "response": {"json": {"tool_calls": [{"name": "post_note", "arguments": {"note": "Ticket 42 is open"}}]}},
+        },
+        {
+            "name": "a: look up",
+            "match": {"contains": "AGENT-A"},
+            "response": {"json": {"tool_calls": [{"name": "lookup", "arguments": {"ticket": 42}}]}},
+        },
+        # --- AGENT-B: arguments that never fit ---
+        {
+            "name": "b: bad arguments",
+            "match": {"contains": "AGENT-B"},
+            "response": {"json": {"tool_calls": [{"name": "lookup", "arguments": {"ticket": "forty-two"}}]}},
+        },
+        # --- AGENT-C: never finishes ---
+        {
+            "name": "c: loops",
+            "match": {"contains": "AGENT-C"},
+            "response": {"json": {"tool_calls": [{"name": "lookup", "arguments": {"ticket": 7}}]}},
+        },
+        # --- AGENT-D: a workflow tool the initiator may not run; the refusal is the answer ---
+        {
+            "name": "d: answer",
+            "match": {"contains": ["AGENT-D", "Refused:"]},
+            "response": {"json": {"answer": "I may not use the payroll workflow."}},
+        },
+        {
+            "name": "d: call payroll",
+            "match": {"contains": "AGENT-D"},
+            "response": {"json": {"tool_calls": [{"name": "payroll", "arguments": {"text": "raise"}}]}},
+        },
+        # --- AGENT-E: a workflow tool ---
+        {
+            "name": "e: answer",
+            "match": {"contains": ["AGENT-E", "SHOUTED"]},
+            "response": {"json": {"answer": "Done: the child said so."}},
+        },
+        {
+            "name": "e: call child",
+            "match": {"contains": "AGENT-E"},
+            "response": {"json": {"tool_calls": [{"name": "shout", "arguments": {"text": "hello"}}]}},
+        },
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def agent_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    script = tmp_path_factory.mktemp("agent") / "script.json"
+    script.write_text(json.dumps(SCRIPT), encoding="utf-8")
+    port = free_port()
+    argv = inference_server_argv(port, ttft_ms=2, tpot_ms=1)
+    argv[argv.index("--script") + 1] = str(script)
+    with running(
+        "agent-server",
+        argv,
+        ready=lambda log: http_ok(f"http://127.0.0.1:{port}/health"),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ):
+        yield port
+
+
+@pytest.fixture(scope="module")
+def wire(agent_server: int) -> Iterator[RecordingProxy]:
+    proxy = RecordingProxy(agent_server)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(params=["tgi", "openai-compatible"])
+def endpoint(request: pytest.FixtureRequest, db: Any, wire: RecordingProxy, settings: Any) -> ModelEndpoint:
+    settings.AIOS_INFERENCE_RETRIES = 0
+    wire.clear()
+    return ModelEndpoint.objects.create(
+        name="main",
+        kind=request.param,
+        url=wire.url,
+        is_default=True,
+        price_input_per_1k=Decimal("0.5"),
+        price_output_per_1k=Decimal("1.5"),
+        timeout_seconds=10,
+    )
+
+
+@pytest.fixture
+def sink(tmp_path: Path, settings: Any) -> Iterator[Sink]:
+    settings.AIOS_HTTP_ALLOWLIST = ["127.0.0.1/32"]
+    with Sink(tmp_path / "sink.sqlite3") as running_sink:
+        yield running_sink
+
+
+LOOKUP: dict[str, Any] = {
+    "name": "lookup",
+    "description": "Look a ticket up by its number.",
+    "step": {"type": "data.transform", "config": {"fields": {"ticket": "params.ticket", "state": "'open-LOOKED-UP'"}}},
+    "parameters": {"type": "object", "properties": {"ticket": {"type": "integer"}}, "required": ["ticket"]},
+}
+
+
+def post_note(sink: Sink) -> dict[str, Any]:
+    return {
+        "name": "post_note",
+        "description": "Post a note on the ticket.",
+        "step": {
+            "type": "http.request",
+            "config": {"method": "POST", "url": f"{sink.url}/effect/note", "body": '{"note": "{{ params.note }}"}'},
+        },
+        "parameters": {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]},
+    }
+
+
+def agent_step(tools: list[dict[str, Any]], **config: Any) -> dict[str, Any]:
+    return {
+        "key": "agent",
+        "type": "llm.agent",
+        "config": {
+            "prompt": "{{ input.text }}",
+            "system": "You help the support team.",
+            "tools": tools,
+            "tool_protocol": "json",
+            **config,
+        },
+    }
+
+
+def publish(analyst: Any, team: Any, steps: list[dict[str, Any]], name: str = "") -> Any:
+    workflow = workflow_create(actor=analyst, name=name or f"Agent {Run.objects.count()}", team=team)
+    version = workflow_version_create(actor=analyst, workflow=workflow, graph={"steps": steps}, input_schema=GOAL_INPUT)
+    workflow_version_publish(actor=analyst, version=version)
+    return workflow
+
+
+def run_to_end(analyst: Any, workflow: Any, text: str) -> Run:
+    run, _ = run_start(actor=analyst, workflow=workflow, inputs={"text": text})
+    return drive(run)
+
+
+def tool_calls(run: Run) -> list[StepRun]:
+    return list(StepRun.objects.filter(run=run, parent__isnull=False).order_by("position"))
+
+
+@pytest.mark.django_db
+def test_the_loop_calls_each_tool_as_a_recorded_child_step_and_answers(endpoint, analyst, team, sink):
+    workflow = publish(analyst, team, [agent_step([LOOKUP, post_note(sink)])])
+    run = run_to_end(analyst, workflow, "AGENT-A: look up ticket 42 and post a note")
+
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    agent = StepRun.objects.get(run=run, step_key="agent")
+    assert agent.output == {"text": "Ticket 42 is open; the note is posted.", "turns": 3, "tool_calls": 2}
+    calls = tool_calls(run)
+    assert [(c.step_key, c.name, c.step_type, c.state) for c in calls] == [
+        ("agent~1", "lookup", "data.transform", "succeeded"),
+        ("agent~2", "post_note", "http.request", "succeeded"),
+    ]
+    assert calls[0].input == {"ticket": 42} and calls[0].output["state"] == "open-LOOKED-UP"
+    assert calls[1].input == {"note": "Ticket 42 is open"} and calls[1].parent_id == agent.pk
+    # The side effect happened once, under the call's own idempotency key.
+    ledger = sink.ledger()
+    assert len(ledger) == 1 and next(iter(ledger.values())).effective_applies == 1
+    assert [turn["finish"] for turn in agent.transcript] == ["tool_calls", "tool_calls", "stop"]
+    assert agent.transcript[0]["calls"] == ["agent~1"] and agent.transcript[1]["calls"] == ["agent~2"]
+    # One model call per turn, each under its own key (what a replay answers it from).
+    keys = list(InferenceCall.objects.filter(run_id=run.pk).order_by("pk").values_list("step_key", flat=True))
+    assert keys == ["agent~m1j", "agent~m2j", "agent~m3j"]
+    assert agent.usage["tool_calls"] == 2 and agent.usage["turns"] == 3
+    verbs = list(AuditEvent.objects.filter(stream=f"run:{run.pk}").values_list("verb", flat=True))
+    assert verbs.count("agent.tool_called") == 2 and verbs.count("step.waiting") == 2
+    # The run's output is the graph's: the agent's answer, not its tool calls.
+    assert run.output["text"] == "Ticket 42 is open; the note is posted."
+
+
+@pytest.mark.django_db
+def test_arguments_that_do_not_fit_go_back_to_the_model_until_the_limit(endpoint, analyst, team):
+    workflow = publish(analyst, team, [agent_step([LOOKUP], limits={"max_argument_errors": 2})])
+    run = run_to_end(analyst, workflow, "AGENT-B: look up ticket forty-two")
+
+    assert run.status == Run.Status.FAILED
+    agent = StepRun.objects.get(run=run, step_key="agent")
+    assert "did not fit their tools 3 times, its limit is 2" in agent.error
+    assert "ticket: 'forty-two' is not of type 'integer'" in agent.error
+    assert tool_calls(run) == []  # nothing ran
+    assert [len(turn["errors"]) for turn in agent.transcript] == [1, 1, 1]
+    # The model saw each error as the call's answer.
+    second = InferenceCall.objects.filter(run_id=run.pk, step_key="agent~m2j").get()
+    assert "Error: the arguments do not fit lookup" in json.dumps(second.request)
+
+
+@pytest.mark.django_db
+def test_the_turn_limit_stops_the_loop_and_keeps_the_run(endpoint, analyst, team):
+    workflow = publish(analyst, team, [agent_step([LOOKUP], limits={"max_turns": 3})])
+    run = run_to_end(analyst, workflow, "AGENT-C: keep looking")
+
+    assert run.status == Run.Status.FAILED
+    agent = StepRun.objects.get(run=run, step_key="agent")
+    assert "reached its limit of 3 turns without a final answer" in agent.error
+    assert len(tool_calls(run)) == 3 and len(agent.transcript) == 3
+
+
+@pytest.mark.django_db
+def test_the_tool_call_limit(endpoint, analyst, team):
+    workflow = publish(analyst, team, [agent_step([LOOKUP], limits={"max_tool_calls": 2})])
+    run = run_to_end(analyst, workflow, "AGENT-C: keep looking")
+
+    agent = StepRun.objects.get(run=run, step_key="agent")
+    assert run.status == Run.Status.FAILED and "asked for its 3th tool call, its limit is 2" in agent.error
+    assert len(tool_calls(run)) == 2
+
+
+@pytest.mark.django_db
+def test_a_workflow_tool_runs_a_child_run_with_the_arguments_as_input(endpoint, analyst, team):
+    child = publish(
+        analyst,
+        team,
+        [{"key": "loud", "type": "data.transform", "config": {"fields": {"said": "input.text + ' SHOUTED'"}}}],
+        name="Shout",
+    )
+    shout = {
+        "name": "shout",
+        "description": "Say it loudly.",
+        "step": {"type": "flow.subworkflow", "config": {"workflow": child.slug}},
+    }
+    workflow = publish(analyst, team, [agent_step([shout])])
+    run = run_to_end(analyst, workflow, "AGENT-E: shout hello")
+
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    (call,) = tool_calls(run)
+    assert call.state == "succeeded" and call.output["output"] == {"said": "hello SHOUTED"}
+    child_run = Run.objects.get(parent_step_run=call)
+    assert child_run.inputs == {"text": "hello"} and child_run.initiator == analyst
+    # The tool's parameters were the child's input schema.
+    first = InferenceCall.objects.filter(run_id=run.pk, step_key="agent~m1j").get()
+    assert '\\"required\\": [\\"text\\"]' in json.dumps(first.request) or '"required": ["text"]' in json.dumps(
+        first.request
+    )
+
+
+@pytest.mark.django_db
+def test_a_tool_the_initiator_may_not_use_is_refused_audited_and_never_run(
+    endpoint, analyst, team, admin_user_role, outsider
+):
+    payroll = workflow_create(actor=outsider, name="Payroll", team=None)
+    version = workflow_version_create(
+        actor=outsider,
+        workflow=payroll,
+        graph={"steps": [{"key": "pay", "type": "data.transform", "config": {"fields": {"x": "1"}}}]},
+        input_schema=GOAL_INPUT,
+    )
+    workflow_version_publish(actor=outsider, version=version)
+    tool = {
+        "name": "payroll",
+        "description": "Change pay.",
+        "step": {"type": "flow.subworkflow", "config": {"workflow": payroll.slug}},
+    }
+    # An admin may use every workflow, so publishing passes; the analyst who starts the run may not run payroll.
+    workflow = workflow_create(actor=analyst, name="Raises", team=team)
+    draft = workflow_version_create(
+        actor=analyst, workflow=workflow, graph={"steps": [agent_step([tool])]}, input_schema=GOAL_INPUT
+    )
+    workflow_version_publish(actor=admin_user_role, version=draft)
+    run = run_to_end(analyst, workflow, "AGENT-D: give everyone a raise")
+
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    (call,) = tool_calls(run)
+    assert call.state == "failed" and call.error.startswith("Refused: ") and "may not run the workflow" in call.error
+    assert not Run.objects.filter(parent_step_run=call).exists()
+    refused = AuditEvent.objects.get(stream=f"run:{run.pk}", verb="agent.tool_refused")
+    assert json.loads(refused.data)["tool"] == "payroll"
+    assert StepRun.objects.get(run=run, step_key="agent").output["text"] == "I may not use the payroll workflow."
+
+
+@pytest.mark.django_db
+def test_replay_reproduces_the_agent_byte_for_byte_without_calling_anything(endpoint, analyst, team, sink, wire):
+    workflow = publish(analyst, team, [agent_step([LOOKUP, post_note(sink)])])
+    original = run_to_end(analyst, workflow, "AGENT-A: look up ticket 42 and post a note")
+    assert original.status == Run.Status.SUCCEEDED
+    wire.clear()
+    before = {key: row.raw_deliveries for key, row in sink.ledger().items()}
+
+    replay = drive(run_replay(run=original, actor=analyst))
+
+    assert replay.status == Run.Status.SUCCEEDED, replay.error
+    assert wire.sent == b""  # not one byte to the model server
+    assert {key: row.raw_deliveries for key, row in sink.ledger().items()} == before  # nor to the sink
+    for step in original.step_runs.all():
+        replayed = replay.step_runs.get(step_key=step.step_key)
+        assert canonical_json(replayed.output) == canonical_json(step.output), step.step_key
+    assert canonical_json(replay.output) == canonical_json(original.output)
+    statuses = set(InferenceCall.objects.filter(run_id=replay.pk).values_list("status", flat=True))
+    assert statuses == {"replayed"}
+
+
+def test_check_config_names_what_is_wrong_with_each_tool():
+    config = LlmAgentConfig.model_validate(
+        {
+            "prompt": "x",
+            "tools": [
+                {"name": "a", "description": "d", "step": {"type": "human.approval", "config": {}}},
+                {"name": "a", "description": "d", "step": {"type": "data.transform", "config": {"fields": {}}}},
+                {
+                    "name": "b",
+                    "description": "d",
+                    "step": {"type": "data.transform", "config": {"fields": {"x": "1"}}},
+                    "parameters": {"type": "object"},
+                    "approval": "ask",
+                },
+            ],
+            "output": "data",
+        }
+    )
+    problems = LlmAgent.check_config(config)
+    text = "\n".join(problems)
+    assert 'tools[0] "a": a tool cannot be a human.approval step' in text
+    assert 'tools[1] "a": another tool has this name' in text
+    assert 'tools[1] "a": parameters: required' in text
+    assert 'tools[2] "b": approval_queue: required' in text
+    assert "json_schema: required when output is data" in text
