@@ -86,6 +86,9 @@ class RunConsumer(WebsocketConsumer):
                 self.shown[step.step_key] = (step.fencing_token, len(step.streamed_text))
             self.shown_states, self.shown_result = context["diagram_states"], result
             return
+        if keys is not None:
+            # A tool call ("triage~2") is shown inside its agent's step: the agent's fragment is the one to send.
+            keys = [key.partition("~")[0] for key in keys]
         steps = [step for step in context["steps"] if keys is None or step.step_key in keys]
         for step in steps:
             self.shown[step.step_key] = (step.fencing_token, len(step.streamed_text))

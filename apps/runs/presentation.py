@@ -471,3 +471,186 @@ def run_result_display(
             )
         return sections
     return [Section("", present_value(output))]
+
+
+# --- an agent step's turns (llm.agent) ---------------------------------------------------------------------
+
+
+@presenter("llm.agent")
+def _llm_agent(config: Mapping[str, Any], output: Mapping[str, Any]) -> Value | None:
+    """The agent's final answer: its data as fields (output "data"), else its text."""
+    if "data" in output and output["data"] is not None:
+        return _llm_extract(config, output)
+    text = output.get("text")
+    if not isinstance(text, str):
+        return None
+    return Text(_text(text).text, long=True) if text.strip() else Text("The agent gave no answer text.", muted=True)
+
+
+TOOL_STATE_WORDS = {
+    "pending": "queued",
+    "queued": "queued",
+    "running": "running",
+    "waiting": "waiting",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "skipped": "skipped",
+    "cancelled": "cancelled",
+}
+REJECTED_PREFIX = "Rejected by"
+_LEADING_DIGITS = re.compile(r"^\d+")
+
+
+@dataclass(frozen=True)
+class ToolCallView:
+    """One tool call of an agent turn, for people: its tool, arguments, state in words, result and error.
+
+    `state` is the CSS/badge state ("rejected" for a call a person refused); `note` is what an upper app says
+    about it (the approvals app: who decides, and the inbox link)."""
+
+    key: str
+    tool: str
+    step_type: str
+    state: str
+    state_words: str
+    arguments: Value
+    arguments_raw: Any
+    result: Value | None
+    result_raw: Any
+    error: str
+    note: Mapping[str, Any] | None
+    duration_seconds: float | None
+
+
+@dataclass(frozen=True)
+class AgentTurn:
+    """One model reply of an agent: its text, the tool calls it asked for, and the model call's provenance."""
+
+    number: int
+    text: str
+    finish: str
+    calls: tuple[ToolCallView, ...]
+    provenance: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """An agent step's turns in order, the calls no turn names yet, and its totals."""
+
+    turns: tuple[AgentTurn, ...]
+    unlisted: tuple[ToolCallView, ...]
+    totals: Mapping[str, Any]
+    thinking: bool  # the step runs and its next reply is being written (the live stream belongs to it)
+
+
+def tool_call_view(call: Any, note: Mapping[str, Any] | None = None) -> ToolCallView:
+    """A tool call's StepRun as people read it."""
+    definition = call.definition if isinstance(call.definition, Mapping) else {}
+    state = str(call.state)
+    words = TOOL_STATE_WORDS.get(state, state)
+    if state == "waiting" and call.waiting_for == "approval":
+        words = "waiting for approval"
+    elif state == "waiting" and call.waiting_for:
+        words = f"waiting for {call.waiting_for}"
+    if state == "failed" and str(call.error or "").startswith(REJECTED_PREFIX):
+        state, words = "rejected", "rejected"
+    arguments = call.input if call.input is not None else {}
+    shows_result = state == "succeeded" and call.output not in (None, {}, [], "")
+    return ToolCallView(
+        key=str(call.step_key),
+        tool=str(definition.get("tool") or call.name or call.step_key),
+        step_type=str(call.step_type),
+        state=state,
+        state_words=words,
+        arguments=present_value(arguments) if arguments != {} else Text("No arguments.", muted=True),
+        arguments_raw=arguments,
+        result=step_output_display(call.step_type, definition.get("config") or {}, call.output)
+        if shows_result
+        else None,
+        result_raw=call.output,
+        error=str(call.error or ""),
+        note=note,
+        duration_seconds=call.duration_seconds,
+    )
+
+
+def model_call_provenance(call: Any) -> dict[str, Any]:
+    """An InferenceCall in the shape of an LLM step's usage, for the shared provenance partial."""
+    return {
+        "calls": 1,
+        "endpoint": call.endpoint_name,
+        "model_id": call.model_id,
+        "revision": call.revision,
+        "prompt_version": call.template_sha256[:12],
+        "parameters": call.parameters if isinstance(call.parameters, Mapping) else {},
+        "seed": call.seed,
+        "prompt_tokens": call.prompt_tokens,
+        "generated_tokens": call.generated_tokens,
+        "cost": call.cost,
+        "ttft_ms": call.ttft_ms,
+        "latency_ms": call.latency_ms,
+        "input_sha256": call.input_sha256,
+        "output_sha256": call.output_sha256,
+        "replayed": call.status == "replayed",
+        "status": call.status,
+        "error": call.error,
+    }
+
+
+def agent_view(
+    step: Any,
+    tool_calls: list[Any],
+    model_calls: list[Any],
+    notes: Mapping[int, Mapping[str, Any]],
+) -> AgentView:
+    """An agent step's transcript with its tool calls (StepRuns whose parent is `step`) and its model calls
+    (InferenceCalls keyed "<agent key>~m<turn>", perhaps with a protocol mark after the number; a retried turn's
+    last call is the one shown)."""
+    calls = {call.step_key: tool_call_view(call, notes.get(call.pk)) for call in tool_calls}
+    by_turn: dict[int, Any] = {}
+    prefix = f"{step.step_key}~m"
+    for call in model_calls:
+        # "agent~m3", or with the protocol's mark after the number ("agent~m3j").
+        turn = _LEADING_DIGITS.match(str(call.step_key).removeprefix(prefix))
+        if str(call.step_key).startswith(prefix) and turn:
+            by_turn[int(turn[0])] = call  # ordered by attempt and sequence: the last one wins
+    turns = []
+    listed: set[str] = set()
+    transcript = step.transcript if isinstance(step.transcript, list) else []
+    for position, entry in enumerate(transcript, start=1):
+        if not isinstance(entry, Mapping):
+            continue
+        turn_number = entry.get("turn")
+        number = turn_number if isinstance(turn_number, int) else position
+        keys = [str(key) for key in entry.get("calls") or [] if isinstance(key, str | int)]
+        listed.update(keys)
+        model_call = by_turn.get(number)
+        turns.append(
+            AgentTurn(
+                number=number,
+                text=str(entry.get("text") or ""),
+                finish=str(entry.get("finish") or ""),
+                calls=tuple(calls[key] for key in keys if key in calls),
+                provenance=model_call_provenance(model_call) if model_call is not None else None,
+            )
+        )
+    usage = step.usage if isinstance(step.usage, Mapping) else {}
+    output = step.output if isinstance(step.output, Mapping) else {}
+    totals = {
+        "turns": output.get("turns", len(turns)),
+        "tool_calls": usage.get("tool_calls", output.get("tool_calls", len(calls))),
+        "argument_errors": usage.get("argument_errors", 0),
+        "prompt_tokens": usage.get("prompt_tokens", sum(call.prompt_tokens for call in model_calls)),
+        "generated_tokens": usage.get("generated_tokens", sum(call.generated_tokens for call in model_calls)),
+        "cost": usage.get("cost", sum((call.cost for call in model_calls), 0)),
+        "seconds": step.duration_seconds,
+    }
+    thinking = str(step.state) == "running" and not any(
+        call.state in ("queued", "running", "waiting") for call in calls.values()
+    )
+    return AgentView(
+        turns=tuple(turns),
+        unlisted=tuple(view for key, view in calls.items() if key not in listed),
+        totals=totals,
+        thinking=thinking,
+    )

@@ -24,6 +24,7 @@ from apps.runs.models import Incident, Run, StepRun
 from apps.runs.presentation import (
     StepFacts,
     Value,
+    agent_view,
     run_inputs_display,
     run_result_display,
     step_output_display,
@@ -163,7 +164,9 @@ def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
     result as labelled fields (apps/runs/presentation.py). No query per step: the diagram and the steps'
     configurations come from the graph the run already carries (its version's, or a test run's snapshot)."""
     incidents = {incident.step_run_id: incident for incident in incident_list_open(run)}
-    steps = list(step_run_list(run))
+    every_step = list(step_run_list(run))
+    # An agent's tool calls are shown inside its step, in its turns, not as steps of their own.
+    steps = [step for step in every_step if step.parent_id is None]
     facts = run_graph_facts(run)
     for step in steps:
         step.open_incident = incidents.get(step.pk)  # type: ignore[attr-defined]
@@ -174,9 +177,10 @@ def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
         step.output_display = display  # type: ignore[attr-defined]
     notes: dict[int, dict[str, str]] = {}
     for hook in hooks.step_notes:
-        notes.update(hook(user, run, steps))
+        notes.update(hook(user, run, every_step))
     for step in steps:
         step.note = notes.get(step.pk)  # type: ignore[attr-defined]
+    _attach_agent_turns(run, steps, every_step, notes)
     result = []
     if run.status == Run.Status.SUCCEEDED:
         result = run_result_display(
@@ -190,12 +194,39 @@ def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
         "steps": steps,
         "model_calls": run_model_call_totals(run),
         "can_operate": run_can_operate(user, run),
-        "signature": run_signature(run, steps, incidents.values()),
+        "signature": run_signature(run, every_step, incidents.values()),
         "diagram": facts.diagram,
         "diagram_states": {step.step_key: step.state for step in steps},
         "inputs_display": run_inputs_display(run.version.input_schema, run.inputs),
         "result_sections": result,
     }
+
+
+def _attach_agent_turns(
+    run: Run, steps: list[StepRun], every_step: list[StepRun], notes: dict[int, dict[str, str]]
+) -> None:
+    """Give each agent step (`llm.agent`) its turns as `step.agent`: its tool calls and model calls, read in
+    one query for all of the run's agents."""
+    agents = [step for step in steps if step.step_type == "llm.agent"]
+    if not agents:
+        return
+    calls: dict[int, list[StepRun]] = {}
+    for step in every_step:
+        if step.parent_id is not None:
+            calls.setdefault(step.parent_id, []).append(step)
+    model_calls: dict[int | None, list[InferenceCall]] = {}
+    for call in InferenceCall.objects.filter(run_id=run.pk, step_run_id__in=[a.pk for a in agents]).order_by(
+        "attempt", "sequence", "pk"
+    ):
+        model_calls.setdefault(call.step_run_id, []).append(call)
+    for agent in agents:
+        tool_calls = sorted(calls.get(agent.pk, []), key=lambda call: _call_number(call.step_key))
+        agent.agent = agent_view(agent, tool_calls, model_calls.get(agent.pk, []), notes)  # type: ignore[attr-defined]
+
+
+def _call_number(step_key: str) -> int:
+    number = step_key.rpartition("~")[2]
+    return int(number) if number.isdigit() else 0
 
 
 def run_signature(run: Run, steps: list[StepRun], incidents: Any) -> str:
