@@ -117,7 +117,8 @@ def _schema_fields(schema: Any) -> list[dict[str, Any]]:
     """An extraction's or a reply's JSON Schema as rows: name, type, required, description."""
     if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
         return []
-    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    listed = schema.get("required")
+    required: list[Any] = listed if isinstance(listed, list) else []
     return [
         {
             "name": name,
@@ -144,12 +145,17 @@ def _settings(step: dict[str, Any]) -> list[dict[str, Any]]:
         label = spec.get("title") or name.replace("_", " ").capitalize()
         value = config[name]
         fields = _schema_fields(value) if spec.get("x-widget") == "schema-table" else []
+        # A mapping of names to expressions or templates (a transform's fields, headers) reads as "name ← value".
+        pairs = sorted(value.items()) if isinstance(value, dict) and value and not fields else []
+        if not all(isinstance(item, str) for _, item in pairs):
+            pairs = []
         rows.append(
             {
                 "name": name,
                 "label": label,
-                "text": "" if fields else _value_text(value),
+                "text": "" if fields or pairs else _value_text(value),
                 "fields": fields,
+                "pairs": pairs,
                 "long": not isinstance(value, str) or "\n" in value or len(value) > 80,
             }
         )

@@ -80,7 +80,7 @@ def test_the_proposal_page_explains_every_step_as_a_diff(analyst, team):
     for type_name in ("Extract data", "If", "Human approval", "Transform data"):
         assert f'<span class="tag">{type_name}</span>' in page
     assert "on the &quot;false&quot; branch of &quot;small_amount&quot;" in page or "branch of" in page
-    assert "<caption class=\"visually-hidden\">Fields to extract</caption>" in page
+    assert '<caption class="visually-hidden">Fields to extract</caption>' in page
     assert "Accept and open the builder" in page and ">Edit description</a>" in page and ">Discard</button>" in page
     assert 'class="diagram' in page
 
