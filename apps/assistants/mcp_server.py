@@ -39,6 +39,7 @@ from django.urls import reverse
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from rest_framework.exceptions import AuthenticationFailed
 
 from apps.accounts.models import User
 from apps.assistants.selectors import tool_get_by_name, tools_offered_to
@@ -255,13 +256,11 @@ def _authenticate(header: str) -> User | None:
     key = key.strip()
     if keyword.lower() != "bearer" or not key or " " in key:
         return None
-    from rest_framework.exceptions import AuthenticationFailed
-
     try:
         user, _token = BearerTokenAuthentication().authenticate_credentials(key)
     except AuthenticationFailed:
         return None
-    return user  # type: ignore[no-any-return]
+    return user
 
 
 async def _respond(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
@@ -324,8 +323,13 @@ class McpEndpoint:
 
         # An empty context: the manager outlives this request, whose request id must not follow it around.
         self._task = loop.create_task(serve(), context=contextvars.Context())
-        self._manager = await asyncio.shield(starting)
-        return self._manager
+        try:
+            ready = await asyncio.shield(starting)
+        except BaseException:
+            self._starting = None  # the next request tries again
+            raise
+        self._manager = ready
+        return ready
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
