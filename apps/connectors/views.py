@@ -227,15 +227,20 @@ def _history_row(event: Any) -> dict[str, Any]:
 def _readable_settings(connection: Connection) -> list[tuple[str, str]]:
     """The settings as people read them, in the form's order, leaving out what the chosen authentication
     method does not use; then whether each secret the settings use is set (never its value)."""
-    from apps.connectors.forms import CHOICE_LABELS, HTTP_AUTH_GROUPS, LABELS
+    from apps.connectors.forms import CHOICE_LABELS, HTTP_AUTH_GROUPS, LABELS, MCP_TRANSPORT_GROUPS
 
     auth = connection.config.get("auth", "")
+    transport = connection.config.get("transport", "")
     rows = []
     for key in kinds.SETTINGS[connection.kind].model_fields:
         if connection.kind == kinds.HTTP and HTTP_AUTH_GROUPS.get(key, auth) != auth:
             continue
+        if connection.kind == kinds.MCP and MCP_TRANSPORT_GROUPS.get(key, transport) != transport:
+            continue
         value = connection.config.get(key)
-        if key == "headers":
+        if isinstance(value, list):
+            text = " ".join(str(item) for item in value) or "none"
+        elif key == "headers":
             text = ", ".join(f"{name}: {header}" for name, header in (value or {}).items()) or "none"
         elif isinstance(value, bool):
             text = "yes" if value else "no"
@@ -248,6 +253,8 @@ def _readable_settings(connection: Connection) -> list[tuple[str, str]]:
     used = (
         {kinds.HTTP_AUTH_SECRET.get(auth)} if connection.kind == kinds.HTTP else set(kinds.secret_keys(connection.kind))
     )
+    if connection.kind == kinds.MCP and transport == "stdio":
+        used = set()  # a program gets no secrets
     for spec in kinds.SECRETS[connection.kind]:
         if spec.key in used:
             rows.append((spec.label, "set" if spec.key in stored else "not set"))
