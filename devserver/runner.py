@@ -50,11 +50,13 @@ def url_of(sock: socket.socket) -> str:
 def startup_line(url: str, config: DevServerConfig) -> str:
     """The one line logged at start: what this is, and where."""
     script = config.script or "none (schema values and deterministic fallback only)"
+    tools = "refused (--no-tools)" if config.no_tools else f"{config.tool_call_style} style"
     return (
         f"AIOS development inference server (not a language model) listening on {url} "
         f"- TGI, TEI and OpenAI-compatible routes; model {config.model_id}; script {script}; "
         f"ttft {config.ttft_ms:g} ms, tpot {config.tpot_ms:g} ms; batch {config.max_batch_size} "
-        f"(+{config.batch_overhead:g} per sequence per step); embeddings {config.embedding_backend}"
+        f"(+{config.batch_overhead:g} per sequence per step); embeddings {config.embedding_backend}; "
+        f"tool calls {tools}"
     )
 
 

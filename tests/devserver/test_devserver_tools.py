@@ -615,7 +615,8 @@ def test_a_server_process_with_its_own_script_and_style(tmp_path: Path) -> None:
         port, ttft_ms=1, tpot_ms=0, script=path, extra_args=["--tool-call-style", "openai", "--log-level", "warning"]
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    with running("devserver-tools", argv, ready=lambda log: http_ok(f"{url}/health"), env=env):
+    with running("devserver-tools", argv, ready=lambda log: http_ok(f"{url}/health"), env=env) as log_path:
         message = chat(url, user("NO-ARGS"), tools=TOOLS).json()["choices"][0]["message"]
+        assert "tool calls openai style" in log_path.read_text(), "the start-up line says how tools are answered"
     assert message["tool_calls"][0]["id"] == "call_0"
     assert message["tool_calls"][0]["function"]["arguments"] == "{}"
