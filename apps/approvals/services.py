@@ -288,6 +288,20 @@ def _jsonable(value: Any) -> Any:
 # --- opening an item (the engine's hook) -------------------------------------------------------------------
 
 
+def _approval_config(run: Run, step_run: StepRun) -> ApprovalConfig:
+    """The approval's settings: the `human.approval` step's config, or, for an agent's tool call that asks a
+    person first, the tool's queue (the item shows the call and its arguments, which the reviewer may correct)."""
+    if not step_run.is_tool_call:
+        return ApprovalConfig.model_validate(run.step_definition(step_run.step_key).get("config", {}))
+    definition = step_run.definition or {}
+    # A tool saved without a queue finds none, and the call fails with that reason (the queue decides about
+    # separation of duties, as for any item).
+    return ApprovalConfig(
+        queue=str(definition.get("approval_queue") or "(no queue)"),
+        title=f"An agent asks to use “{definition.get('tool', step_run.name)}”"[:200],
+    )
+
+
 def approval_request_open(step_run: StepRun, wait: Wait) -> None:
     """The engine's hook for a parked `human.approval` step (runs in the parking transaction, run locked).
 
@@ -295,7 +309,7 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
     data, confidence, evidence and source text), else the step's params. A queue that does not exist fails
     the step with that reason, rather than parking it where no one can see it."""
     run = step_run.run
-    config = ApprovalConfig.model_validate(run.step_definition(step_run.step_key).get("config", {}))
+    config = _approval_config(run, step_run)
     # The first queue, then any later ones of a sequential policy, read in one query.
     keys = [config.queue, *config.then_queues]
     found = {queue.key: queue for queue in ApprovalQueue.objects.filter(key__in=keys)}
@@ -309,6 +323,8 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
     queue = found[config.queue]
     stages = [found[key].pk for key in keys]
     review = _review_material(run, config, wait.payload.get("params", {}))
+    if step_run.is_tool_call:  # the reviewer checks the call's arguments, typed by the tool's schema
+        review["schema"] = (step_run.definition or {}).get("parameters") or {}
     policy = config.policy or queue.policy
     if policy == DecisionPolicy.SEQUENTIAL:
         required = len(stages)

@@ -129,6 +129,7 @@ def agent_tools_start(step_run: StepRun, wait: Wait) -> None:
             "turn": call["turn"],
             "approval": call.get("approval", "run"),
             "approval_queue": call.get("approval_queue", ""),
+            "parameters": call.get("parameters") or {},
         }
         refusal = tool_refusal(run, definition)
         state = StepRun.State.QUEUED
@@ -190,7 +191,7 @@ def agent_tools_start(step_run: StepRun, wait: Wait) -> None:
         if child.state == StepRun.State.WAITING:
             ask = hooks.on_wait.get(APPROVAL_WAIT)
             if ask is not None:
-                ask(child, Wait(APPROVAL_WAIT, details={"tool": child.name}))
+                ask(child, Wait(APPROVAL_WAIT, details={"tool": child.name}, payload={"params": child.input or {}}))
     keys = [child.step_key for child in made]
     # Every call refused (or none made): the agent goes on at once with the refusals as the tools' answers.
     woken = agents_wake(run, keys) if made else []

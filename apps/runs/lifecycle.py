@@ -417,6 +417,30 @@ def _params(params: dict[str, Any] | None) -> dict[str, Any]:
     return {} if params is None else {"input": jsonable(params)}
 
 
+def _tool_call_approved(run: Run, step_run: StepRun, output: dict[str, Any], actor: User | None, now: Any) -> bool:
+    """A person allowed an agent's tool call: it is queued to run, with the arguments as approved (a reviewer
+    may correct them)."""
+    arguments = output.get("data")
+    changes: dict[str, Any] = {"input": arguments} if isinstance(arguments, dict) and arguments else {}
+    if not StepRun.objects.filter(pk=step_run.pk, state=StepRun.State.WAITING, waiting_for="approval").update(
+        state=StepRun.State.QUEUED, waiting_for="", queued_at=now, **changes
+    ):
+        return False
+    audit_record(
+        actor=actor,
+        verb="agent.tool_approved",
+        target=run,
+        data={
+            "step": step_run.step_key,
+            "decided_by": output.get("decided_by", ""),
+            "edited": output.get("changed_fields", []),
+        },
+    )
+    outbox_dispatch([StepRun.objects.get(pk=step_run.pk)])
+    publish_on_commit(run.pk, [step_run.step_key])
+    return True
+
+
 def _transcript(transcript: list[dict[str, Any]] | None) -> dict[str, Any]:
     # An agent's turns, written with what became of the execution that took them.
     return {} if transcript is None else {"transcript": jsonable(transcript)}
@@ -634,11 +658,27 @@ def step_run_wait(
 def step_run_resume(
     *, step_run: StepRun, output: dict[str, Any] | None = None, error: str = "", actor: User | None = None
 ) -> bool:
-    """Finish a waiting step with `output` (or fail it with `error`); False if it was no longer waiting."""
+    """Finish a waiting step with `output` (or fail it with `error`); False if it was no longer waiting.
+
+    An agent's tool call that waited for a person is not finished by the decision: approved, it runs (with the
+    arguments as the reviewer left them); rejected or expired, it fails with that as the tool's answer."""
     run = run_lock(step_run.run_id)
     now = timezone.now()
-    state = StepRun.State.FAILED if error else StepRun.State.SUCCEEDED
     output = jsonable(output or {})
+    if TOOL_CALL_MARK in step_run.step_key and not error:
+        waiting_for = StepRun.objects.filter(pk=step_run.pk).values_list("waiting_for", flat=True).first()
+        if waiting_for == "approval":
+            decision = str(output.get("decision", ""))
+            if decision == "approved":
+                return _tool_call_approved(run, step_run, output, actor, now)
+            who = output.get("decided_by") or "nobody"
+            reason = f": {output['reason']}" if output.get("reason") else ""
+            error = (
+                f"Rejected by {who}{reason}"
+                if decision == "rejected"
+                else f"Not approved ({decision or 'no decision'}): no one allowed the call in time."
+            )
+    state = StepRun.State.FAILED if error else StepRun.State.SUCCEEDED
     updated = StepRun.objects.filter(pk=step_run.pk, state=StepRun.State.WAITING).update(
         state=state,
         output=None if error else output,

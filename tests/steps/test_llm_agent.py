@@ -75,6 +75,22 @@ SCRIPT = {
             "match": {"contains": "AGENT-D"},
             "response": {"json": {"tool_calls": [{"name": "payroll", "arguments": {"text": "raise"}}]}},
         },
+        # --- AGENT-F: a risky tool a person approves first ---
+        {
+            "name": "f: rejected",
+            "match": {"contains": ["AGENT-F", "Rejected by"]},
+            "response": {"json": {"answer": "The note was not posted: a reviewer rejected it."}},
+        },
+        {
+            "name": "f: posted",
+            "match": {"contains": ["AGENT-F", "] post_note: {"]},
+            "response": {"json": {"answer": "The note is posted."}},
+        },
+        {
+            "name": "f: post",
+            "match": {"contains": "AGENT-F"},
+            "response": {"json": {"tool_calls": [{"name": "post_note", "arguments": {"note": "Refund approved"}}]}},
+        },
         # --- AGENT-E: a workflow tool ---
         {
             "name": "e: answer",
@@ -333,6 +349,49 @@ def test_replay_reproduces_the_agent_byte_for_byte_without_calling_anything(endp
     assert canonical_json(replay.output) == canonical_json(original.output)
     statuses = set(InferenceCall.objects.filter(run_id=replay.pk).values_list("status", flat=True))
     assert statuses == {"replayed"}
+
+
+@pytest.mark.parametrize("decision", ["approved", "rejected"])
+@pytest.mark.django_db
+def test_a_tool_that_asks_first_waits_in_the_inbox_and_runs_only_when_approved(
+    endpoint, analyst, team, reviewer, sink, decision
+):
+    from apps.approvals.models import ApprovalRequest
+    from apps.approvals.services import approval_decide
+
+    risky = {**post_note(sink), "approval": "ask", "approval_queue": f"team:{team.slug}"}
+    workflow = publish(analyst, team, [agent_step([risky])])
+    run = run_to_end(analyst, workflow, "AGENT-F: post the refund note")
+
+    (call,) = tool_calls(run)
+    assert run.status == Run.Status.RUNNING and call.state == "waiting" and call.waiting_for == "approval"
+    agent = StepRun.objects.get(run=run, step_key="agent")
+    assert agent.state == "waiting" and agent.waiting_for == "agent"
+    item = ApprovalRequest.objects.get(step_run=call)
+    assert item.payload == {"note": "Refund approved"} and "post_note" in item.title
+    assert sink.ledger() == {}  # nothing sent before a person allowed it
+
+    assert item.schema["properties"] == {"note": {"type": "string"}}
+    code = next((c["code"] for c in item.queue.reason_codes), "")
+    if decision == "approved":
+        edits = {"note": "Refund approved (checked)"}
+        approval_decide(
+            request=item, actor=reviewer, decision="approved", edits=edits, reason="Clearer", reason_code=code
+        )
+    else:
+        approval_decide(request=item, actor=reviewer, decision="rejected", reason="Wrong customer", reason_code=code)
+    run = drive(run)
+
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    call.refresh_from_db()
+    answer = StepRun.objects.get(run=run, step_key="agent").output["text"]
+    if decision == "approved":
+        assert call.state == "succeeded" and call.input == {"note": "Refund approved (checked)"}
+        assert len(sink.ledger()) == 1 and answer == "The note is posted."
+        assert AuditEvent.objects.filter(stream=f"run:{run.pk}", verb="agent.tool_approved").count() == 1
+    else:
+        assert call.state == "failed" and call.error == f"Rejected by {reviewer.get_username()}: Wrong customer"
+        assert sink.ledger() == {} and answer == "The note was not posted: a reviewer rejected it."
 
 
 def test_check_config_names_what_is_wrong_with_each_tool():

@@ -7,6 +7,7 @@ use both without importing each other in a circle.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import socket
@@ -84,12 +85,25 @@ def _reason_for_connect_error(exc: BaseException) -> str:
 
 def _server_words(exc: hf_errors.HfHubHTTPError) -> str | None:
     if exc.server_message:
-        return exc.server_message.strip()
+        return _error_message(exc.server_message.strip())
     try:
         text = exc.response.text.strip()
     except (httpx2.ResponseNotRead, httpx2.StreamError, AttributeError):
         return None
     return text or None
+
+
+def _error_message(text: str) -> str:
+    """The sentence inside an OpenAI-style error object that huggingface_hub passed on as its text (vLLM's
+    400 for tools it does not serve reads "{'message': ..., 'type': ...}"); other text as it is."""
+    if text.startswith("{") and "message" in text:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return text
+        if isinstance(value, dict) and isinstance(value.get("message"), str):
+            return value["message"].strip()
+    return text
 
 
 def _classify_server_message(message: str) -> type[InferenceError]:

@@ -433,6 +433,7 @@ class AgentLoop:
                     "arguments": arguments,
                     "approval": tool.approval,
                     "approval_queue": tool.approval_queue,
+                    "parameters": self._tool_schema(tool),
                 }
             )
         if errors > limits.max_argument_errors:
