@@ -54,8 +54,8 @@ CHOICE_LABELS = {
     "ssl": "TLS from the start (usually port 465)",
     "postgresql": "PostgreSQL",
     "mysql": "MySQL or MariaDB",
-    "http": "Streamable HTTP (a server at a URL)",
-    "stdio": "A program on the workers (stdio, admins only)",
+    "http": "Streamable HTTP (a URL)",
+    "stdio": "stdio (a program; admins only)",
 }
 # HTTP settings that belong to one authentication method: the page groups them, and its script shows only the
 # chosen method's group (without the script every group shows, and the unused ones are simply ignored).

@@ -26,7 +26,7 @@ KIND_LABELS = {
     SMTP: "SMTP (email out)",
     SQL: "SQL database",
     MAILBOX: "Mailbox (email in, IMAP)",
-    MCP: "MCP server (tools for agents)",
+    MCP: "MCP server",
 }
 
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")

@@ -52,9 +52,9 @@ class McpCallConfig(StepConfig):
 class McpCall(StepType):
     """Calls `tool` on the connection's MCP server with `context.params` as its arguments.
     Output: `{"text": str, "data": structured content or None, "is_error": False}`: the tool's text content, and
-    its structured content (None when it has none). A tool that reports an error fails the step with the tool's text (not retried: the same
-    arguments would fail the same way); an unreachable server, a timeout or a broken answer fails it retryably.
-    A tool the server does not have, or arguments it refuses, fail it without a retry."""
+    its structured content (None when it has none). A tool that reports an error fails the step with the tool's
+    text, not retried (the same arguments would fail the same way); an unreachable server, a timeout or a broken
+    answer fails it retryably. A tool the server does not have, or arguments it refuses, fail it without a retry."""
 
     slug = "mcp.call"
     name = "MCP tool"
