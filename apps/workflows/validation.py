@@ -84,14 +84,17 @@ def inline_credential_problems(graph: dict[str, Any]) -> list[str]:
     return problems
 
 
+_LIBRARY_TOOL_PROBLEM = re.compile(r'^step "[^"]+": tools\[\d+\] "')
+
+
 def version_problems(version: WorkflowVersion) -> list[str]:
     """Every reason `version` cannot be published, each naming its step (empty when it can)."""
     problems = input_schema_errors(version.input_schema) + graph_errors(version.graph)
     problems += inline_credential_problems(version.graph)
     _, pin_problems = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     problems += pin_problems
-    # The agent steps' tools: what the step library cannot check without the database (its own check_config
-    # may say some of the same, e.g. duplicate tool names, so each message is said once).
-    return problems + [
-        p for p in agent_config_problems(version.graph, own_slug=version.workflow.slug) if p not in problems
-    ]
+    # The agent steps' tools: agent_config_problems says all that the step's own check_config says of a tool
+    # ('tools[1] "lookup": ...'), and more, each under the tool's field ("tools.1.approval_queue: ..."), so the
+    # builder shows it on the tool; the step's own words for the same problems are left out, not said twice.
+    problems = [p for p in problems if not _LIBRARY_TOOL_PROBLEM.match(p)]
+    return problems + agent_config_problems(version.graph, own_slug=version.workflow.slug)

@@ -33,6 +33,7 @@ AGENT = {
     "name": "Resolve the ticket",
     "config": {"prompt": "Resolve {{ input.ticket }}", "tools": []},
 }
+STATEMENT = "SELECT status FROM orders WHERE id = :order_id AND tenant = :tenant"
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_each_kind_of_tool_is_added_filled_saved_and_reloaded(analyst, team, wor
             "config.tools.2.step.config.connection": "erp",
             "config.tools.2.step.config.url": "/orders/{{ params.order_id }}",
             "config.tools.3.step.config.connection": "warehouse",
-            "config.tools.3.step.config.statement": "SELECT status FROM orders WHERE id = :order_id AND tenant = :tenant",
+            "config.tools.3.step.config.statement": STATEMENT,
             "config.tools.4.step.config.connection": "mailer",
             "config.tools.4.name": "notify_customer",
         },
@@ -183,7 +184,7 @@ def test_each_kind_of_tool_is_added_filled_saved_and_reloaded(analyst, team, wor
     # Reloaded, the panel shows what was saved.
     page = panel(client, workflow)
     [statement] = page.xpath('//*[@name="config.tools.3.step.config.statement"]')
-    assert statement.get("value") == "SELECT status FROM orders WHERE id = :order_id AND tenant = :tenant"
+    assert statement.get("value") == STATEMENT
     assert page.xpath('//input[@name="config.tools.2.parameters.0.name"]')[0].get("value") == "order_id"
     assert "notify_customer" in tool_box(page, 4).xpath("./legend")[0].text_content()
 
@@ -225,6 +226,8 @@ def test_problems_are_shown_on_the_tool_and_block_publishing(analyst, team, work
     problems = version_problems(draft)
     assert any(p.startswith('step "agent": tools.0.step.config.statement') for p in problems)
     assert 'step "agent": tools.1.approval_queue: choose the queue that decides the calls' in problems
+    # Each said once, under the tool's field: not again in the step library's own words.
+    assert not [p for p in problems if "tools[" in p]
 
     config = save(
         client,
