@@ -27,6 +27,7 @@ from typing import Any
 import jsonschema
 from django.utils import timezone
 
+from apps.core.database import db_call
 from apps.inference.errors import InferenceError, InferenceValidationError
 from apps.inference.gateway import NoRecording
 from apps.steps.agent_config import TOOL_STEP_TYPES, AgentTool, LlmAgentConfig
@@ -364,7 +365,8 @@ class AgentLoop:
     async def _acall_raw(self, request: Any) -> Any:
         """A model call whose validation errors reach `_ask` (which may fall back to JSON replies)."""
         session = self.session
-        endpoints = session.endpoints(prompt_chars=sum(len(str(m.get("content", ""))) for m in request.messages))
+        chars = sum(len(str(m.get("content", ""))) for m in request.messages)
+        endpoints = await db_call(session.endpoints, prompt_chars=chars)
         try:
             return await session.gateway.acall(request, endpoints)
         except (InferenceValidationError, NoRecording):
