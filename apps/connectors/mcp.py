@@ -344,7 +344,9 @@ async def _with_session(
         if tail:
             detail += f"; the program said: {tail}"
         message = f"{where} could not be used: {detail}"
-        raise McpUnavailable(str(redact(message, _needles(resolved)))[:1000], uncertain=calling) from None
+        # A connection that could not even be opened carried no call.
+        sent = calling and not isinstance(error, httpx2.ConnectError | httpx2.ConnectTimeout)
+        raise McpUnavailable(str(redact(message, _needles(resolved)))[:1000], uncertain=sent) from None
     finally:
         if stderr is not None:
             stderr.close()

@@ -1,7 +1,8 @@
 """A small MCP server for the MCP client tests, built on the SDK: `echo` answers with what it received (its
 arguments, the idempotency key from the request's `_meta`, and the Authorization and X-API-Key headers, so a
-test can see they arrived, redacted), `fail` always reports a tool error, and `total` returns structured
-content. Run as `python mcp_tool_server.py http PORT` (Streamable HTTP on 127.0.0.1) or `... stdio`."""
+test can see they arrived, redacted), `fail` always reports a tool error, `total` returns structured content,
+and `wait` answers after a while. Run as `python mcp_tool_server.py http PORT` (Streamable HTTP on 127.0.0.1)
+or `... stdio`."""
 
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def fail(reason: str) -> str:
 @server.tool(description="Add up the amounts.", structured_output=True)
 def total(amounts: list[float]) -> Total:
     return Total(total=sum(amounts), count=len(amounts))
+
+
+@server.tool(description="Wait, then answer.")
+async def wait(seconds: float) -> str:
+    import anyio
+
+    await anyio.sleep(seconds)
+    return f"waited {seconds} s"
 
 
 if __name__ == "__main__":

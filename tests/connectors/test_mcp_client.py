@@ -137,7 +137,7 @@ def test_tools_are_listed_and_called_over_streamable_http(settings: Any, mcp_url
     allow_loopback(settings)
     resolved = _http(mcp_url, token=TOKEN, headers=json.dumps({"X-API-Key": API_KEY}))
     tools = {tool.name: tool for tool in mcp_tools_list(resolved)}
-    assert set(tools) == {"echo", "fail", "total"}
+    assert set(tools) == {"echo", "fail", "total", "wait"}
     assert tools["echo"].description == "Answer with the arguments and what the request carried."
     # The input schema is what an agent's tool `parameters` can be: a JSON Schema object.
     assert tools["echo"].input_schema["properties"]["text"]["type"] == "string"
@@ -165,14 +165,14 @@ def test_a_tool_the_server_does_not_have_is_a_tool_error(settings: Any, mcp_url:
     with pytest.raises(McpToolError) as refused:
         mcp_tool_call(_http(mcp_url), "delete_everything", {})
     assert refused.value.message == (
-        'The MCP server of connection "tools" has no tool "delete_everything" (its tools: echo, fail, total).'
+        'The MCP server of connection "tools" has no tool "delete_everything" (its tools: echo, fail, total, wait).'
     )
 
 
 def test_a_host_name_is_resolved_checked_and_pinned(settings: Any, mcp_url: str):
     allow_loopback(settings)
     by_name = mcp_url.replace("127.0.0.1", "localhost")
-    assert {tool.name for tool in mcp_tools_list(_http(by_name))} == {"echo", "fail", "total"}
+    assert {tool.name for tool in mcp_tools_list(_http(by_name))} == {"echo", "fail", "total", "wait"}
 
     async def elsewhere() -> None:
         await _PinnedBackend("tools.example.com", 443, "127.0.0.1").connect_tcp("other.example.com", 443)
@@ -221,10 +221,21 @@ def test_a_server_that_never_answers_is_cut_off_at_the_time_limit():
     assert slow.value.message == 'The MCP server of connection "tools" did not finish the session within 1.5 seconds.'
 
 
+def test_a_tool_call_past_its_time_limit_has_an_unknown_outcome(settings: Any, mcp_url: str):
+    allow_loopback(settings)
+    started = time.monotonic()
+    with pytest.raises(McpUnavailable) as slow:
+        mcp_tool_call(_http(mcp_url), "wait", {"seconds": 30}, timeout=2)
+    assert time.monotonic() - started < 10
+    assert slow.value.message == 'The MCP server of connection "tools" did not finish the tool call within 2 seconds.'
+    assert slow.value.uncertain  # the tool may have run: at-most-once steps go to a person
+    assert mcp_tool_call(_http(mcp_url), "wait", {"seconds": 0.1}).text == "waited 0.1 s"
+
+
 def test_stdio_round_trip_with_a_minimal_environment(monkeypatch: Any):
     monkeypatch.setenv("AIOS_TEST_SECRET_MARKER", "must-not-reach-the-program")
     resolved = _stdio()
-    assert {tool.name for tool in mcp_tools_list(resolved)} == {"echo", "fail", "total"}
+    assert {tool.name for tool in mcp_tools_list(resolved)} == {"echo", "fail", "total", "wait"}
     result = mcp_tool_call(resolved, "echo", {"text": "over stdio"}, idempotency_key="run-8-x")
     echoed = json.loads(result.text)
     assert echoed["arguments"]["text"] == "over stdio" and echoed["idempotency_key"] == "run-8-x"
@@ -331,7 +342,7 @@ def test_the_test_lists_the_tools_and_nothing_secret_reaches_the_audit(
     )
     result = connection_test(actor=admin_user_role, connection=connection)
     assert result.ok, result.message
-    assert result.message == "Connected and listed 3 tools: echo, fail, total."
+    assert result.message == "Connected and listed 4 tools: echo, fail, total, wait."
     assert ("fail", "Always refuses, with the reason given.") in result.tools
     connection.refresh_from_db()
     assert connection.last_test_ok and "echo" in connection.last_test_message
@@ -377,7 +388,7 @@ def test_the_builder_lists_tools_only_for_those_who_may_use_the_connection(
 ):
     allow_loopback(settings)
     make_connection(team, name="tools", kind="mcp", config={"transport": "http", "url": mcp_url})
-    assert [tool.name for tool in mcp_tools_for_user(analyst, "tools")] == ["echo", "fail", "total"]
+    assert [tool.name for tool in mcp_tools_for_user(analyst, "tools")] == ["echo", "fail", "total", "wait"]
     with pytest.raises(McpUnavailable, match=r'The connection "tools" is not one you may use\.'):
         mcp_tools_for_user(manager, "tools")
     with pytest.raises(McpUnavailable, match=r'There is no connection "nope"\.'):
