@@ -653,6 +653,9 @@ def workflow_draft_propose(
         checked = answer_check(
             actor=actor, text=ask(repair_user_prompt(text, first.shown, repaired), "draft-repair"), team=team
         )
+        if checked.problems and not first.problems:
+            # The repair was asked only for missing explanations and broke the workflow: the first answer stands.
+            checked, repaired = first, []
     if checked.problems or checked.document is None:
         _calls_store(gateway.scope.calls)
         raise DraftRefused(checked.problems, checked.shown)
@@ -734,8 +737,11 @@ def draft_proposal_accept(*, actor: User, proposal: DraftProposal, name: str = "
     if len(chosen) > 120:
         raise ValidationFailed("The name is too long.", fields={"name": ["At most 120 characters."]})
     document["metadata"]["name"] = chosen
+    team = proposal.team
+    if team is not None and not team_list_assignable(actor).filter(pk=team.pk).exists():
+        raise Conflict(f'You are no longer on the team "{team.name}": draft again, for another team or none.')
     document["metadata"]["slug"] = _free_slug(chosen)
-    result = workflow_import(actor=actor, text=document_dump(document), team=proposal.team, create_only=True)
+    result = workflow_import(actor=actor, text=document_dump(document), team=team, create_only=True)
     assert result.workflow is not None
     proposal.state, proposal.workflow, proposal.decided_at = (
         DraftProposal.State.ACCEPTED,
