@@ -1,4 +1,5 @@
-"""`python -m bench [B1 B2 B3 B6 B7 B8 B9 B10 B11]`: start the services, a fresh bench database, workers; run; stop."""
+"""`python -m bench [B1 B2 B3 B6 B7 B8 B9 B10 B11 B12]`: start the services, a fresh bench database, workers; run;
+stop."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from bench import stack
 from bench.common import eager_env
 
-ALL = ("B1", "B2", "B3", "B6", "B7", "B8", "B9", "B10", "B11")
+ALL = ("B1", "B2", "B3", "B6", "B7", "B8", "B9", "B10", "B11", "B12")
 
 
 def main(argv: list[str]) -> int:
@@ -103,6 +104,11 @@ def main(argv: list[str]) -> int:
 
             # B11 reads the rollups and rebuilds raw days in this process; it starts no runs, so no workers.
             lines += [g.line() for g in b11.run(svc)]
+        if "B12" in selected:
+            from bench import b12
+
+            # B12 starts its own scripted inference server and, pointed at it, the default deployment's workers.
+            lines += [g.line() for g in b12.run(svc)]
         # --- B7 (retrieval on pgvector) ---
         if "B7" in selected:
             from bench import b7
