@@ -58,6 +58,7 @@ LIST_TIMEOUT_SECONDS = 10.0
 MAX_TEXT_CHARS = 200_000
 MAX_TOOLS = 500
 _TOOLS_CACHE_SECONDS = 30
+_FAILURE_CACHE_SECONDS = 10
 _TOOLS_CACHE_PREFIX = "connectors:mcp-tools"
 # JSON-RPC codes with which a server refuses a call itself (no such method or tool, bad arguments), as
 # opposed to failing to answer it.
@@ -463,7 +464,8 @@ def mcp_tools_for_user(user: Any, connection_name: str) -> list[McpTool]:
     """The tools of MCP connection `connection_name` for the builder, when `user` may name it in a step
     (`connection_use_problem`): otherwise McpUnavailable with the reason, and no server is contacted. Listed
     tools are cached for a short while per connection and secrets version, so a form that renders twice does
-    not start a program twice. Raises McpUnavailable when the server cannot be listed."""
+    not start a program twice; a failure is remembered for a few seconds, so a server that is down does not hold
+    every render for the listing's time limit. Raises McpUnavailable when the server cannot be listed."""
     from apps.connectors.models import Connection
     from apps.connectors.selectors import connection_use_problem
 
@@ -481,6 +483,13 @@ def mcp_tools_for_user(user: Any, connection_name: str) -> list[McpTool]:
     cached = cache.get(key)
     if isinstance(cached, list):
         return [McpTool(**item) for item in cached]
-    tools = mcp_tools_list(resolved)
+    if isinstance(cached, str):
+        # A server that just failed is not waited for again on every render of the builder.
+        raise McpUnavailable(cached)
+    try:
+        tools = mcp_tools_list(resolved)
+    except (McpUnavailable, McpToolError) as error:
+        cache.set(key, error.message, timeout=_FAILURE_CACHE_SECONDS)
+        raise McpUnavailable(error.message) from None
     cache.set(key, [tool.as_dict() for tool in tools], timeout=_TOOLS_CACHE_SECONDS)
     return tools

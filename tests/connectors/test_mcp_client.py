@@ -393,6 +393,16 @@ def test_the_builder_lists_tools_only_for_those_who_may_use_the_connection(
         mcp_tools_for_user(manager, "tools")
     with pytest.raises(McpUnavailable, match=r'There is no connection "nope"\.'):
         mcp_tools_for_user(analyst, "nope")
+    # A server that is down is remembered for a few seconds: the builder does not wait for it on every render.
+    make_connection(
+        team, name="down", kind="mcp", config={"transport": "http", "url": f"http://127.0.0.1:{_free_port()}/mcp"}
+    )
+    with pytest.raises(McpUnavailable, match="could not connect"):
+        mcp_tools_for_user(analyst, "down")
+    started = time.monotonic()
+    with pytest.raises(McpUnavailable, match="could not connect"):
+        mcp_tools_for_user(analyst, "down")
+    assert time.monotonic() - started < 0.5
 
 
 # --- the mcp.call step -------------------------------------------------------------------------------------------
