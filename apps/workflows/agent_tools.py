@@ -142,6 +142,7 @@ class ToolForm:
     note: str = ""  # where the arguments come from, in words
     first: bool = False
     last: bool = False
+    focused: bool = False  # its name field takes the keyboard's focus (the tool a button just added or moved)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -521,6 +522,17 @@ def tool_action(tools: list[dict[str, Any]], action: str, kind: str) -> list[dic
     elif verb == "down" and index < len(tools) - 1:
         tools[index + 1], tools[index] = tools[index], tools[index + 1]
     return tools
+
+
+def tool_focus(action: str, count: int) -> int | None:
+    """The tool that keeps the focus after `action` (the one added or moved), given the tools' `count` after it."""
+    verb, _, argument = action.partition(":")
+    if verb == "add":
+        return count - 1 if count else None
+    if not argument.isdigit():
+        return None
+    index = int(argument) + {"up": -1, "down": 1}.get(verb, 0)
+    return index if verb in ("up", "down") and 0 <= index < count else None
 
 
 def tool_action_message(action: str, kind: str) -> str:

@@ -416,6 +416,7 @@ def _step_panel(
     problems: list[Problem] | None = None,
     tree: blocks.Tree | None = None,
     user: Any = None,
+    focus_tool: str = "",
 ) -> dict[str, Any] | None:
     """The side panel of one step: its generated form with errors under each field, and the data picker."""
     step = next((s for s in draft.graph.get("steps", []) if isinstance(s, dict) and s.get("key") == key), None)
@@ -436,6 +437,8 @@ def _step_panel(
             user=user,
             workflow_choices=agent_tools.workflow_tool_choices(user, own_slug=draft.workflow.slug),
         )
+        for tool in tools:
+            tool.focused = str(tool.index) == focus_tool
     problems = [p for p in (workflow_version_problems(draft) if problems is None else problems) if p.step == key]
     unplaced = attach_errors(
         [*fields, *agent_tools.tool_fields_for_errors(tools or [])],
@@ -472,6 +475,7 @@ def _step_panel(
         "sample_run": (sample or {}).get("run"),
         "calls_out": bool(step_type and step_type.side_effects),
         "tools": tools,
+        "focus_tool": any(tool.focused for tool in tools or []),
         "tool_kinds": agent_tools.TOOL_KINDS,
         **_block_options(tree, key),
     }
@@ -539,6 +543,7 @@ def _builder_context(
             problems=problems,
             tree=tree,
             user=request.user,
+            focus_tool=params.get("tool", ""),
         )
         if step_panel is not None:
             panel = {"kind": "step", **step_panel}
@@ -751,7 +756,17 @@ def workflow_editor_step(request: HttpRequest, slug: str, key: str) -> HttpRespo
         )
     else:
         messages.success(request, result.message)
-    return _back(request, workflow, result.draft, focus=result.focus or key, step=result.focus or key)
+    # After a tool button, the tool it moved or added keeps the keyboard's focus (its name field).
+    tools_now = (config.get("tools") if isinstance(config.get("tools"), list) else None) or []
+    tool = agent_tools.tool_focus(tool_action, len(tools_now)) if tool_action else None
+    return _back(
+        request,
+        workflow,
+        result.draft,
+        focus=result.focus or key,
+        step=result.focus or key,
+        tool="" if tool is None else str(tool),
+    )
 
 
 @login_required

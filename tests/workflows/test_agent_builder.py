@@ -340,3 +340,55 @@ def test_a_valid_agent_with_tools_publishes(analyst, team, workflow, lookup):
     assert version_problems(draft) == []
     published = workflow_version_publish(actor=analyst, version=draft)
     assert published.graph["steps"][0]["config"]["tools"][0]["step"]["config"]["workflow"] == lookup.slug
+
+
+def test_the_tool_a_button_added_or_moved_keeps_the_keyboard_focus(analyst, workflow):
+    client = Client()
+    client.force_login(analyst)
+    save(client, workflow, tool_action="add", tool_kind="knowledge")
+    data = {**form_data(panel(client, workflow)), "tool_action": "add", "tool_kind": "sql"}
+    response = client.post(f"/workflows/{workflow.slug}/edit/steps/agent/", data)
+    assert response.status_code == 302 and "tool=1" in response["Location"]
+    page = html.fromstring(client.get(response["Location"]).content.decode())
+    assert page.xpath("//input[@autofocus]/@name") == ["config.tools.1.name"]
+    data = {**form_data(page), "tool_action": "up:1"}
+    response = client.post(f"/workflows/{workflow.slug}/edit/steps/agent/", data)
+    assert "tool=0" in response["Location"]
+    page = html.fromstring(client.get(response["Location"]).content.decode())
+    assert page.xpath("//input[@autofocus]/@name") == ["config.tools.0.name"]
+    assert page.xpath("//input[@autofocus]/@value") == ["query_database"]
+    # A plain save focuses the step's name, as for every step.
+    assert panel(client, workflow).xpath("//input[@autofocus]/@name") == ["name"]
+
+
+def test_an_http_tool_takes_its_arguments_from_the_openapi_operation(analyst, team, workflow):
+    from apps.connectors.openapi import openapi_document_load
+    from tests.connectors.openapi_erp import ERP_YAML
+
+    connection = make_connection(team, label="ERP API")
+    openapi_document_load(actor=None, connection=connection, data=ERP_YAML, source_kind="file", source="erp.yaml")
+    client = Client()
+    client.force_login(analyst)
+    save(client, workflow, tool_action="add", tool_kind="http")
+    save(client, workflow, **{"config.tools.0.step.config.connection": "erp"})
+    page = panel(client, workflow)
+    options = [o.get("value") for o in page.xpath('//select[@name="config.tools.0.step.config.operation"]/option')]
+    assert "getPurchaseOrder" in options
+    config = save(client, workflow, **{"config.tools.0.step.config.operation": "getPurchaseOrder"})
+    tool = config["tools"][0]
+    # Each parameter of the operation reads the argument of its name; the arguments carry its types.
+    assert tool["step"]["config"]["parameters"]["po_number"] == "{{ params.po_number }}"
+    assert "po_number" in tool["parameters"]["properties"] and "po_number" in tool["parameters"]["required"]
+    page = panel(client, workflow)
+    assert (
+        page.xpath('//*[@name="config.tools.0.step.config.parameters.po_number"]')[0].text == "{{ params.po_number }}"
+    )
+    # A value the person writes instead is kept, and is then no argument the model gives.
+    config = save(
+        client,
+        workflow,
+        **{"config.tools.0.step.config.parameters.po_number": "PO-1", "config.tools.0.parameters.count": "0"},
+    )
+    tool = config["tools"][0]
+    assert tool["step"]["config"]["parameters"]["po_number"] == "PO-1"
+    assert "po_number" not in tool["parameters"]["properties"]
