@@ -189,6 +189,32 @@ def test_loopback_is_refused_without_the_allowlist(settings: Any, mcp_url: str):
     assert refused.value.message.startswith('The MCP server of connection "tools" is out of reach:')
 
 
+class _RedirectsToMetadata(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.send_response(307)
+        self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_DELETE = do_POST
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_redirect_off_the_server_is_not_followed(settings: Any):
+    allow_loopback(settings)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RedirectsToMetadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(McpUnavailable) as refused:
+            mcp_tools_list(_http(f"http://127.0.0.1:{server.server_address[1]}/mcp"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Redirect to http://169.254.169.254/latest/meta-data/ not followed" in refused.value.message
+
+
 def test_a_server_that_is_down_is_unavailable_in_one_line(settings: Any):
     allow_loopback(settings)
     started = time.monotonic()
