@@ -46,7 +46,7 @@ from apps.assistants.selectors import tool_get_by_name, tools_offered_to
 from apps.assistants.services import tool_call_refused_record, tool_call_start
 from apps.core import context
 from apps.core.authentication import BearerTokenAuthentication
-from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.exceptions import ApplicationError, Forbidden, ValidationFailed
 from apps.runs.documents import document_inputs_expand
 from apps.runs.models import Run
 from apps.workflows.input_schema import input_validate
@@ -148,6 +148,10 @@ def _call_start(user: User, name: str, arguments: dict[str, Any], idempotency_ke
         run, _created = tool_call_start(actor=user, tool=tool, inputs=inputs, idempotency_key=idempotency_key)
     except ValidationFailed as refusal:
         return _CallStart(result=_fields_result("The arguments do not fit the tool's input.", refusal.fields))
+    except Forbidden:
+        # The right to run was withdrawn since the listing above: an unknown tool, as for anyone without it.
+        tool_call_refused_record(actor=user, name=name, reason="the caller may not run the workflow")
+        return _CallStart(unknown=True)
     except ApplicationError as refusal:
         # Archived or unpublished between the listing and the call, an idempotency key reused for other arguments.
         return _CallStart(result=types.CallToolResult(content=[types.TextContent(text=refusal.message)], is_error=True))

@@ -270,6 +270,13 @@ def test_get_and_delete_are_answered_as_the_sdk_does_statelessly(asgi_server, an
         assert get.status_code == 200 and get.headers["content-type"].startswith("text/event-stream")
     delete = httpx2.delete(f"{asgi_server}/mcp", headers=headers)
     assert delete.status_code == 405 and "Session termination not supported" in delete.text
+    # A page on another site may not use a token it holds; a host the product does not serve is refused.
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    post = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+    elsewhere = httpx2.post(f"{asgi_server}/mcp", json=body, headers={**post, "Origin": "https://elsewhere.example"})
+    assert elsewhere.status_code == 403 and "Origin not allowed" in elsewhere.text
+    other_host = httpx2.post(f"{asgi_server}/mcp", json=body, headers={**post, "Host": "aios.elsewhere.example"})
+    assert other_host.status_code == 400 and "Invalid Host header" in other_host.text
     # Django's pages are untouched by the mount: /mcp-tools/ is a page, not the endpoint.
     assert httpx2.get(f"{asgi_server}/mcp-tools/").status_code == 302
 
