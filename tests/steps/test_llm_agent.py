@@ -91,6 +91,17 @@ SCRIPT = {
             "match": {"contains": "AGENT-F"},
             "response": {"json": {"tool_calls": [{"name": "post_note", "arguments": {"note": "Refund approved"}}]}},
         },
+        # --- AGENT-G: a what-if whose model asks for another call than the original made ---
+        {
+            "name": "g: answer",
+            "match": {"contains": ["AGENT-G", "other arguments than run"]},
+            "response": {"json": {"answer": "A what-if cannot post a new note."}},
+        },
+        {
+            "name": "g: post",
+            "match": {"contains": "AGENT-G"},
+            "response": {"json": {"tool_calls": [{"name": "post_note", "arguments": {"note": "Another note"}}]}},
+        },
         # --- AGENT-E: a workflow tool ---
         {
             "name": "e: answer",
@@ -392,6 +403,28 @@ def test_a_tool_that_asks_first_waits_in_the_inbox_and_runs_only_when_approved(
     else:
         assert call.state == "failed" and call.error == f"Rejected by {reviewer.get_username()}: Wrong customer"
         assert sink.ledger() == {} and answer == "The note was not posted: a reviewer rejected it."
+
+
+@pytest.mark.django_db
+def test_a_what_if_reuses_only_the_calls_the_original_made(endpoint, analyst, team, sink):
+    from apps.runs.services import run_restart
+
+    workflow = publish(analyst, team, [agent_step([post_note(sink), LOOKUP])])
+    original = run_to_end(analyst, workflow, "AGENT-A: look up ticket 42 and post a note")
+    assert original.status == Run.Status.SUCCEEDED
+    deliveries = sum(row.raw_deliveries for row in sink.ledger().values())
+
+    what_if = drive(
+        run_restart(
+            run=original, step_key="agent", actor=analyst, overrides={"agent": {"prompt": "AGENT-G: post a note"}}
+        )
+    )
+
+    assert what_if.status == Run.Status.SUCCEEDED, what_if.error
+    (call,) = tool_calls(what_if)
+    assert call.state == "failed" and "asks for post_note with other arguments than run" in call.error
+    assert sum(row.raw_deliveries for row in sink.ledger().values()) == deliveries  # nothing sent
+    assert StepRun.objects.get(run=what_if, step_key="agent").output["text"] == "A what-if cannot post a new note."
 
 
 def test_check_config_names_what_is_wrong_with_each_tool():
