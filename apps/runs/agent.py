@@ -19,13 +19,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Max, Sum
 from django.utils import timezone
 
+from apps.accounts.models import User
 from apps.audit.services import audit_record
+from apps.core.exceptions import Conflict, Forbidden
 from apps.inference.models import InferenceCall
 from apps.runs import hooks
-from apps.runs.lifecycle import agents_wake, output_digest, publish_on_commit
+from apps.runs.lifecycle import agents_wake, output_digest, publish_on_commit, run_advance, run_lock
 from apps.runs.models import Run, StepResult, StepRun
 from apps.runs.outbox import outbox_dispatch
 from apps.steps.base import AgentHistory, ToolCallRecord, Wait
@@ -34,6 +37,8 @@ from apps.workflows.selectors import workflow_can_run
 from apps.workflows.uses import uses_problems
 
 APPROVAL_WAIT = "approval"
+# A call the person who started the run confirms herself (a chat assistant's "send this reply?").
+CONFIRM_WAIT = "confirm"
 
 
 def agent_history(step_run: StepRun, config: Any) -> AgentHistory:
@@ -135,7 +140,7 @@ def agent_tools_start(step_run: StepRun, wait: Wait) -> None:
         state = StepRun.State.QUEUED
         if refusal:
             state = StepRun.State.FAILED
-        elif definition["approval"] == "ask":
+        elif definition["approval"] in ("ask", "confirm"):
             state = StepRun.State.WAITING
         child = StepRun(
             run=run,
@@ -147,7 +152,9 @@ def agent_tools_start(step_run: StepRun, wait: Wait) -> None:
             definition=definition,
             input=call["arguments"],
             state=state,
-            waiting_for=APPROVAL_WAIT if state == StepRun.State.WAITING else "",
+            waiting_for=(CONFIRM_WAIT if definition["approval"] == "confirm" else APPROVAL_WAIT)
+            if state == StepRun.State.WAITING
+            else "",
             queued_at=now,
             error=f"Refused: {refusal}." if refusal else "",
             finished_at=now if refusal else None,
@@ -188,7 +195,7 @@ def agent_tools_start(step_run: StepRun, wait: Wait) -> None:
         )
     outbox_dispatch([child for child in made if child.state == StepRun.State.QUEUED])
     for child in made:
-        if child.state == StepRun.State.WAITING:
+        if child.state == StepRun.State.WAITING and child.waiting_for == APPROVAL_WAIT:
             ask = hooks.on_wait.get(APPROVAL_WAIT)
             if ask is not None:
                 ask(child, Wait(APPROVAL_WAIT, details={"tool": child.name}, payload={"params": child.input or {}}))
@@ -196,3 +203,50 @@ def agent_tools_start(step_run: StepRun, wait: Wait) -> None:
     # Every call refused (or none made): the agent goes on at once with the refusals as the tools' answers.
     woken = agents_wake(run, keys) if made else []
     publish_on_commit(run.pk, [step_run.step_key, *keys, *woken])
+
+
+@transaction.atomic
+def tool_call_confirm(*, step_run: StepRun, actor: User, confirmed: bool) -> StepRun:
+    """The person who started the run answers an agent's call that waits for her confirmation: confirmed, it
+    runs; declined, it fails with that as the tool's answer (and the agent goes on). Only she may answer
+    (Forbidden for anyone else); a call no longer waiting is a Conflict."""
+    run = run_lock(step_run.run_id)
+    if run.initiator_id != actor.pk:
+        raise Forbidden("Only the person who started this conversation confirms its actions.")
+    current = StepRun.objects.filter(pk=step_run.pk, state=StepRun.State.WAITING, waiting_for=CONFIRM_WAIT).first()
+    if current is None or not current.is_tool_call:
+        raise Conflict("This action was already answered.")
+    now = timezone.now()
+    if confirmed:
+        StepRun.objects.filter(pk=current.pk).update(state=StepRun.State.QUEUED, waiting_for="", queued_at=now)
+        current.state = StepRun.State.QUEUED
+        audit_record(actor=actor, verb="agent.tool_confirmed", target=run, data={"call": current.step_key})
+        outbox_dispatch([current])
+        publish_on_commit(run.pk, [current.step_key])
+    else:
+        error = f"Not done: {actor.get_username()} declined it."
+        StepRun.objects.filter(pk=current.pk).update(
+            state=StepRun.State.FAILED, waiting_for="", error=error, finished_at=now
+        )
+        StepResult.objects.create(
+            run=run,
+            step_key=current.step_key,
+            step_run=current,
+            outcome="failed",
+            error=error,
+            attempt=0,
+            fencing_token=0,
+        )
+        audit_record(actor=actor, verb="agent.tool_declined", target=run, data={"call": current.step_key})
+        run_advance(run, changed=[current.step_key])
+    current.refresh_from_db()
+    return current
+
+
+def tool_calls_awaiting_confirmation(run: Run) -> list[StepRun]:
+    """The calls of `run`'s agents that wait for the confirmation of the person who started it."""
+    return list(
+        StepRun.objects.filter(
+            run=run, state=StepRun.State.WAITING, waiting_for=CONFIRM_WAIT, parent__isnull=False
+        ).order_by("position")
+    )

@@ -53,8 +53,10 @@ class AgentTool(BaseModel):
         description="The JSON Schema of the arguments. Empty for a workflow tool: its input schema is used.",
         json_schema_extra={"x-widget": "schema-table"},
     )
-    approval: Literal["run", "ask"] = Field(
-        "run", description="run: call it at once; ask: a person approves each call first, in the inbox."
+    approval: Literal["run", "ask", "confirm"] = Field(
+        "run",
+        description="run: call it at once; ask: a person approves each call first, in the inbox; confirm: the "
+        "person who started the run confirms each call (a chat assistant asks in the conversation).",
     )
     approval_queue: str = Field("", description="The approval queue that decides calls when approval is ask.")
 

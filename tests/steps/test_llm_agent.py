@@ -102,6 +102,22 @@ SCRIPT = {
             "match": {"contains": "AGENT-G"},
             "response": {"json": {"tool_calls": [{"name": "post_note", "arguments": {"note": "Another note"}}]}},
         },
+        # --- AGENT-H: an action the person who started the run confirms herself ---
+        {
+            "name": "h: declined",
+            "match": {"contains": ["AGENT-H", "declined it"]},
+            "response": {"json": {"answer": "Nothing was sent."}},
+        },
+        {
+            "name": "h: sent",
+            "match": {"contains": ["AGENT-H", "] post_note: {"]},
+            "response": {"json": {"answer": "Sent."}},
+        },
+        {
+            "name": "h: post",
+            "match": {"contains": "AGENT-H"},
+            "response": {"json": {"tool_calls": [{"name": "post_note", "arguments": {"note": "See you Monday"}}]}},
+        },
         # --- AGENT-E: a workflow tool ---
         {
             "name": "e: answer",
@@ -425,6 +441,31 @@ def test_a_what_if_reuses_only_the_calls_the_original_made(endpoint, analyst, te
     assert call.state == "failed" and "asks for post_note with other arguments than run" in call.error
     assert sum(row.raw_deliveries for row in sink.ledger().values()) == deliveries  # nothing sent
     assert StepRun.objects.get(run=what_if, step_key="agent").output["text"] == "A what-if cannot post a new note."
+
+
+@pytest.mark.parametrize("confirmed", [True, False])
+@pytest.mark.django_db
+def test_an_action_the_initiator_confirms_herself(endpoint, analyst, team, reviewer, sink, confirmed):
+    from apps.core.exceptions import Forbidden
+    from apps.runs.agent import tool_call_confirm, tool_calls_awaiting_confirmation
+
+    workflow = publish(analyst, team, [agent_step([{**post_note(sink), "approval": "confirm"}])])
+    run = run_to_end(analyst, workflow, "AGENT-H: reply to Bob")
+
+    (call,) = tool_calls_awaiting_confirmation(run)
+    assert call.input == {"note": "See you Monday"} and sink.ledger() == {}
+    with pytest.raises(Forbidden):
+        tool_call_confirm(step_run=call, actor=reviewer, confirmed=True)
+    tool_call_confirm(step_run=call, actor=analyst, confirmed=confirmed)
+    run = drive(run)
+
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    assert StepRun.objects.get(run=run, step_key="agent").output["text"] == (
+        "Sent." if confirmed else "Nothing was sent."
+    )
+    assert len(sink.ledger()) == (1 if confirmed else 0)
+    verb = "agent.tool_confirmed" if confirmed else "agent.tool_declined"
+    assert AuditEvent.objects.filter(stream=f"run:{run.pk}", verb=verb).count() == 1
 
 
 def test_check_config_names_what_is_wrong_with_each_tool():
