@@ -395,6 +395,7 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
         workflow_id=run.workflow_id,
         replay_of=recording_run_id(run.replay_of_id, step_run.step_key) if run.replay_of_id else None,
         budget=run.graph.get("budget") or {},
+        initiator_id=run.initiator_id,
     )
     attempt.calls = context.model_calls
     if step_run.is_tool_call:

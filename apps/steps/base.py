@@ -98,6 +98,8 @@ class StepContext:
     model_calls: list[Any] = field(default_factory=list)
     # An agent step's loop so far (None for every other step).
     agent: AgentHistory | None = None
+    # Who started the run (None for a run nobody started): what a step that reads on someone's behalf reads as.
+    initiator_id: int | None = None
 
     def expression_variables(self) -> dict[str, Any]:
         """The names expressions and templates may use: `input`, `steps` and the step's `params`."""
