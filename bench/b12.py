@@ -46,8 +46,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import stack
+from bench.b6 import ROLES, cpu_snapshot, cpu_used
 from bench.common import POLL_SECONDS, REPETITIONS, RUN_TIMEOUT_SECONDS, Goal, bench_user, median, table
 from bench.stack import Services
+
+# B6's CPU roles, less its inference server (which it finds by B6's script name); B12's server is in "machine".
+CPU_ROLES = tuple(role for role in ROLES if role != "inference server")
 
 CALLS = 10
 CONCURRENT = 16
@@ -133,19 +137,20 @@ class Server:
 
 
 @contextmanager
-def inference_server() -> Iterator[Server]:
-    """B12's own development inference server (port chosen by the OS), stopped afterwards."""
+def inference_server(name: str = "b12") -> Iterator[Server]:
+    """B12's own development inference server (port chosen by the OS), stopped afterwards; `name` names its
+    script and log files under .data/bench."""
     from devserver.runner import ServerProcess
 
     data = stack.REPO_ROOT / ".data" / "bench"
     (data / "logs").mkdir(parents=True, exist_ok=True)
-    script = data / "b12-script.json"
+    script = data / f"{name}-script.json"
     script.write_text(json.dumps({"rules": script_rules()}, indent=2))
     args = ["--script", str(script), "--log-level", "warning"]
     for name, value in PACE.items():
         args += [f"--{name.replace('_', '-')}", f"{value:g}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIOS_DEVSERVER_")}
-    server = ServerProcess(args, env=env).start(data / "logs" / "b12-inference.log")
+    server = ServerProcess(args, env=env).start(data / "logs" / f"{name}-inference.log")
     try:
         yield Server(server.base_url, ", ".join(f"{k} {v:g}" for k, v in PACE.items()))
     finally:
@@ -215,6 +220,7 @@ class ProductRound:
     model_ms: list[float]  # per run: the model calls' latency, summed
     tool_ms: list[float]  # per run: the tool calls' own execution (child step started -> finished), summed
     failures: list[str]
+    phases: dict[str, list[float]]  # per tool call, ms: where a call's time goes (see `call_phases`)
 
 
 def product_round(actor: Any, workflow: Any, k: int) -> ProductRound:
@@ -248,6 +254,7 @@ def product_round(actor: Any, workflow: Any, k: int) -> ProductRound:
     for run_id, latency in InferenceCall.objects.filter(run_id__in=run_ids).values_list("run_id", "latency_ms"):
         model_ms[run_id] += float(latency or 0)
     return ProductRound(
+        phases=call_phases(run_ids),
         seconds=[(r["finished_at"] - r["started_at"]).total_seconds() for r in runs],
         window=(max(r["finished_at"] for r in runs) - min(r["started_at"] for r in runs)).total_seconds(),
         calls=done,
@@ -255,6 +262,47 @@ def product_round(actor: Any, workflow: Any, k: int) -> ProductRound:
         tool_ms=list(tool_ms.values()),
         failures=failures,
     )
+
+
+PHASES = (
+    "model call",
+    "model reply -> tool call queued",
+    "queued -> tool call starts",
+    "tool call runs",
+    "tool call done -> next model call",
+)
+
+
+def call_phases(run_ids: list[int]) -> dict[str, list[float]]:
+    """Each tool call's time from the records, in PHASES: the model call that asked for it (its latency), the
+    agent parking and recording the call (reply to the call's `queued_at`), the hop to the engine worker and its
+    claim (`queued_at` to `started_at`), the call itself (`started_at` to `finished_at`: for a workflow tool the
+    child run and the `runs.child_finished` task that resumes the call), and waking the agent (the call's
+    `finished_at` to the next model call's start: the agent queued again, claimed, its history rebuilt)."""
+    from apps.inference.models import InferenceCall
+    from apps.runs.models import StepRun
+
+    phases: dict[str, list[float]] = {name: [] for name in PHASES}
+    for run_id in run_ids:
+        models = list(
+            InferenceCall.objects.filter(run_id=run_id).order_by("started_at").values_list("started_at", "latency_ms")
+        )
+        calls = list(
+            StepRun.objects.filter(run_id=run_id, parent__isnull=False)
+            .order_by("position")
+            .values_list("queued_at", "started_at", "finished_at")
+        )
+        if len(models) != len(calls) + 1 or any(None in row for row in calls) or any(m[0] is None for m in models):
+            continue
+        for index, (queued, started, finished) in enumerate(calls):
+            asked, latency = models[index]
+            replied = asked.timestamp() * 1000 + float(latency)
+            phases[PHASES[0]].append(float(latency))
+            phases[PHASES[1]].append(queued.timestamp() * 1000 - replied)
+            phases[PHASES[2]].append((started - queued).total_seconds() * 1000)
+            phases[PHASES[3]].append((finished - started).total_seconds() * 1000)
+            phases[PHASES[4]].append((models[index + 1][0] - finished).total_seconds() * 1000)
+    return phases
 
 
 # --- the peer: a raw client loop --------------------------------------------------------------------------------
@@ -421,6 +469,7 @@ def _measure(svc: Services, server: Server) -> list[Goal | Info]:
     peer = Peer(server.url, svc.database_url)
     product: dict[tuple[str, int], list[ProductRound]] = {}
     theirs: dict[int, list[PeerRound]] = {}
+    cpu: dict[tuple[str, int], list[dict[str, float]]] = {}
     try:
         # Warm-up: every worker process's connections and imports, the peer's HTTP pool and connections.
         for variant in VARIANTS:
@@ -436,6 +485,7 @@ def _measure(svc: Services, server: Server) -> list[Goal | Info]:
                 if rep % 2:
                     sides.reverse()
                 for side in sides:
+                    before, began = cpu_snapshot(), time.monotonic()
                     if side == "peer":
                         theirs.setdefault(k, []).append(peer.round(k))
                     else:
@@ -443,10 +493,12 @@ def _measure(svc: Services, server: Server) -> list[Goal | Info]:
                         if result.failures:
                             raise RuntimeError(f"B12 {side} tool, {k} agents: {result.failures[:2]}")
                         product.setdefault((side, k), []).append(result)
+                    spent, wall = cpu_used(before, cpu_snapshot()), time.monotonic() - began
+                    cpu.setdefault((side, k), []).append({role: v / wall for role, v in spent.items()})
             print(f"  repetition {rep + 1}/{REPETITIONS} done", flush=True)
     finally:
         peer.close()
-    return _report(product, theirs)
+    return _report(product, theirs, cpu)
 
 
 def _per_call_ms(seconds: list[float]) -> float:
@@ -454,7 +506,9 @@ def _per_call_ms(seconds: list[float]) -> float:
 
 
 def _report(
-    product: dict[tuple[str, int], list[ProductRound]], theirs: dict[int, list[PeerRound]]
+    product: dict[tuple[str, int], list[ProductRound]],
+    theirs: dict[int, list[PeerRound]],
+    cpu: dict[tuple[str, int], list[dict[str, float]]],
 ) -> list[Goal | Info]:
     rows = []
     per_call: dict[str, float] = {}
@@ -503,6 +557,28 @@ def _report(
         ],
         rows,
     )
+    cpu_rows = []
+    for k in (1, CONCURRENT):
+        for side in (*VARIANTS, "peer"):
+            rounds = cpu[(side, k)]
+            cpu_rows.append([f"{k} {side}", *(median([r[role] for r in rounds]) for role in (*CPU_ROLES, "machine"))])
+    table(
+        "B12 CPU: cores busy during each round (CPU seconds / the round's wall time, medians; 'machine' counts every "
+        f"process on the box, other people's too; {os.cpu_count()} cores)",
+        ["agents side", *CPU_ROLES, "machine"],
+        cpu_rows,
+    )
+    phase_rows = []
+    for variant, label in (("workflow", "workflow tool"), ("direct", "data.transform tool")):
+        pooled = {name: [v for r in product[(variant, 1)] for v in r.phases[name]] for name in PHASES}
+        if all(pooled.values()):
+            phase_rows.append([label, *(median(pooled[name]) for name in PHASES)])
+    if phase_rows:
+        table(
+            "B12 where one tool call's time goes, 1 agent (ms, medians over every call of every repetition)",
+            ["tool", *PHASES],
+            phase_rows,
+        )
     wf, direct, raw = "AIOS, workflow tool (child run)", "AIOS, data.transform tool", "peer: raw client loop"
     goals: list[Goal | Info] = [
         Goal("B12", "ratio_to_peer_per_call", per_call[f"{wf}@1"] / per_call[f"{raw}@1"], "<=", 2),

@@ -26,7 +26,7 @@ def main() -> int:
     from bench import b12
 
     variant = os.environ.get("BENCH_B12_VARIANT", "workflow")
-    with stack.services() as svc, b12.inference_server() as server:
+    with stack.services() as svc, b12.inference_server("profile-b12") as server:
         stack.database_recreate(svc)
         os.environ.update(svc.env())
         os.environ.update(AIOS_INFERENCE_URL=server.url, AIOS_INFERENCE_KIND="tgi")
@@ -34,6 +34,7 @@ def main() -> int:
 
         django.setup()
         import redis
+        from django.db import connection
 
         from apps.runs import tasks
         from apps.runs.executor import step_run_execute
@@ -45,11 +46,18 @@ def main() -> int:
         actor = bench_user()
         workflow = b12.agent_workflows(actor)[variant]
         profiler = cProfile.Profile()
+        done: set[int] = set(Outbox.objects.filter(task=CHILD_FINISHED_TASK).values_list("pk", flat=True))
         for repetition in range(PASSES):
             run, _ = run_start(actor=actor, workflow=workflow, inputs={})
             spent: dict[str, float] = defaultdict(float)
             counts: dict[str, int] = defaultdict(int)
-            done: set[int] = set()
+            statements: dict[str, int] = defaultdict(int)
+            current = ["driver"]
+
+            def count(execute, sql, params, many, context, current=current, statements=statements):  # type: ignore[no-untyped-def]
+                statements[current[0]] += 1
+                return execute(sql, params, many, context)
+
             began = time.perf_counter()
             if repetition:
                 profiler.enable()
@@ -64,9 +72,11 @@ def main() -> int:
                 if queued is not None:
                     pk, key, run_id = queued
                     kind = "agent turn" if key == "agent" else ("tool call" if run_id == run.pk else "child run's step")
-                    started = time.perf_counter()
-                    step_run_execute(step_run_id=pk)
+                    started, current[0] = time.perf_counter(), kind
+                    with connection.execute_wrapper(count):
+                        step_run_execute(step_run_id=pk)
                     spent[kind] += time.perf_counter() - started
+                    current[0] = "driver"
                     counts[kind] += 1
                     continue
                 row = (
@@ -79,9 +89,11 @@ def main() -> int:
                 if row is None:
                     break
                 done.add(row[0])
-                started = time.perf_counter()
-                tasks.child_finished(*row[1])
+                started, current[0] = time.perf_counter(), "child_finished task"
+                with connection.execute_wrapper(count):
+                    tasks.child_finished(*row[1])
                 spent["child_finished task"] += time.perf_counter() - started
+                current[0] = "driver"
                 counts["child_finished task"] += 1
             profiler.disable()
             elapsed = time.perf_counter() - began
@@ -90,7 +102,9 @@ def main() -> int:
             for kind, seconds in spent.items():
                 print(
                     f"  {kind:22} x{counts[kind]:3}  {seconds * 1000:8.1f} ms  "
-                    f"{seconds * 1000 / b12.CALLS:7.1f} ms per tool call  {seconds * 1000 / counts[kind]:6.1f} ms each"
+                    f"{seconds * 1000 / b12.CALLS:7.1f} ms per tool call  "
+                    f"{seconds * 1000 / counts[kind]:6.1f} ms each  "
+                    f"{statements[kind] / counts[kind]:5.1f} SQL statements each"
                 )
             print(f"  {'all':22}       {elapsed * 1000:8.1f} ms  {elapsed * 1000 / b12.CALLS:7.1f} ms per tool call")
         redis.Redis.from_url(svc.redis_url).flushdb()  # the relayed messages nobody consumed
