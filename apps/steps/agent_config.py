@@ -97,6 +97,18 @@ class LlmAgentConfig(LlmStepConfig):
         description="Required when output is data: the fields of the final answer.",
         json_schema_extra={"x-widget": "schema-table"},
     )
+    suspicious_tool_output: Literal["continue", "ask", "stop"] = Field(
+        "ask",
+        description="When a tool's output looks like instructions aimed at the model (a prompt injection): "
+        "continue (only flag it), ask (every later tool call waits for a person: in review_queue, or, without "
+        "one, the person who started the run confirms), or stop the step.",
+        json_schema_extra={"x-advanced": True},
+    )
+    review_queue: str = Field(
+        "",
+        description="The approval queue that decides tool calls after a suspicious tool output.",
+        json_schema_extra={"x-advanced": True, "x-widget": "approval-queue"},
+    )
     tool_protocol: Literal["auto", "tools", "json"] = Field(
         "auto",
         description="tools: the server's tool-calling API; json: a JSON-constrained reply naming the tool; "

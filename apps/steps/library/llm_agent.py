@@ -407,6 +407,7 @@ class AgentLoop:
         limits = self.config.limits
         made, errors = self._counts()
         calls = []
+        guard = self._guard()
         for index, request in enumerate(requests, start=1):
             call_id = str(request.get("id") or f"call_{entry['turn']}_{index}")
             name, arguments = request.get("name"), request.get("arguments")
@@ -433,8 +434,8 @@ class AgentLoop:
                     "call_id": call_id,
                     "turn": entry["turn"],
                     "arguments": arguments,
-                    "approval": tool.approval,
-                    "approval_queue": tool.approval_queue,
+                    "approval": guard[0] if guard and tool.approval == "run" else tool.approval,
+                    "approval_queue": guard[1] if guard and tool.approval == "run" else tool.approval_queue,
                     "parameters": self._tool_schema(tool),
                 }
             )
@@ -450,6 +451,21 @@ class AgentLoop:
                 f"{limits.max_tool_calls}."
             )
         return calls
+
+    def _guard(self) -> tuple[str, str] | None:
+        """After a tool output that looks like instructions aimed at the model: the approval every later call
+        needs (ask: the review queue, or the initiator's confirmation without one), or a stop."""
+        if not self.flags or self.config.suspicious_tool_output == "continue":
+            return None
+        flags = ", ".join(sorted(self.flags))
+        if self.config.suspicious_tool_output == "stop":
+            raise StepError(
+                f'Step "{self.context.step_key}": a tool\'s output looks like instructions aimed at the model '
+                f"({flags}); the agent stopped before acting on it."
+            )
+        if self.config.review_queue:
+            return "ask", self.config.review_queue
+        return "confirm", ""
 
     def _argument_problem(self, name: Any, arguments: Any) -> str | None:
         if not isinstance(name, str) or name not in self.tools:
