@@ -13,6 +13,7 @@ from lxml import html
 
 from apps.approvals.services import approval_queue_create
 from apps.knowledge.services import collection_create
+from apps.steps.registry import step_config_parse
 from apps.workflows.agent_tools import agent_config_problems
 from apps.workflows.services import (
     version_problems,
@@ -392,3 +393,67 @@ def test_an_http_tool_takes_its_arguments_from_the_openapi_operation(analyst, te
     tool = config["tools"][0]
     assert tool["step"]["config"]["parameters"]["po_number"] == "PO-1"
     assert "po_number" not in tool["parameters"]["properties"]
+
+
+def test_saving_the_panel_unchanged_changes_no_tool(analyst, workflow, lookup):
+    """Tools written elsewhere (an import, the API), of kinds Add does not offer too, survive the form."""
+    tools = [
+        {
+            "name": "lookup",
+            "description": "Look a ticket up by its number.",
+            "step": {"type": "data.transform", "config": {"fields": {"ticket": "params.ticket", "state": "'open'"}}},
+            "parameters": {"type": "object", "properties": {"ticket": {"type": "integer"}}, "required": ["ticket"]},
+            "approval": "run",
+            "approval_queue": "",
+        },
+        {
+            "name": "post_note",
+            "description": "Post a note.",
+            "step": {
+                "type": "http.request",
+                "config": {
+                    "method": "POST",
+                    "url": "https://erp.example.com/notes",
+                    "body": '{"note": "{{ params.note }}"}',
+                },
+            },
+            "parameters": {
+                "type": "object",
+                "properties": {"note": {"type": "string", "format": "markdown"}},
+                "required": ["note"],
+            },
+            "approval": "run",
+            "approval_queue": "",
+        },
+        {
+            "name": "order",
+            "description": "Looks an order up.",
+            "step": {"type": "flow.subworkflow", "config": {"workflow": lookup.slug}},
+            "parameters": None,
+            "approval": "run",
+            "approval_queue": "",
+        },
+    ]
+    draft = workflow.versions.get(state="draft")
+    graph = {"steps": [{**AGENT, "config": {**AGENT["config"], "tools": tools}}]}
+    workflow_draft_save(
+        actor=analyst, workflow=workflow, graph=graph, input_schema=draft.input_schema, expected_revision=None
+    )
+    client = Client()
+    client.force_login(analyst)
+    page = panel(client, workflow)
+    assert "data.transform" in tool_box(page, 0).xpath("./legend")[0].text_content()
+    # A schema the field table cannot show exactly (a format) is edited as JSON Schema, so it is never rewritten.
+    assert tool_box(page, 1).xpath('.//textarea[@name="config.tools.1.parameters"]')
+    saved = save(client, workflow)["tools"]
+
+    def without_order(tool: dict) -> dict:
+        """The tool as it means: its config as its step type reads it (the form writes defaults out, as for any
+        step), its arguments without the field order the table keeps."""
+        parameters = tool["parameters"]
+        if isinstance(parameters, dict):
+            parameters = {k: v for k, v in parameters.items() if k != "x-order"}
+        config = step_config_parse(tool["step"]["type"], tool["step"]["config"]).model_dump()
+        return {**tool, "parameters": parameters, "step": {**tool["step"], "config": config}}
+
+    assert [without_order(tool) for tool in saved] == [without_order(tool) for tool in tools]
