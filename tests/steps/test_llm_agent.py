@@ -521,13 +521,22 @@ def test_check_config_names_what_is_wrong_with_each_tool():
             "prompt": "x",
             "tools": [
                 {"name": "a", "description": "d", "step": {"type": "human.approval", "config": {}}},
-                {"name": "a", "description": "d", "step": {"type": "data.transform", "config": {"fields": {}}}},
+                {"name": "a", "description": "d", "step": {"type": "data.transform", "config": {"fields": {"x": "1"}}}},
                 {
                     "name": "b",
                     "description": "d",
                     "step": {"type": "data.transform", "config": {"fields": {"x": "1"}}},
                     "parameters": {"type": "object"},
                     "approval": "ask",
+                },
+                {
+                    "name": "c",
+                    "description": "d",
+                    "step": {
+                        "type": "sql.query",
+                        "config": {"connection": "erp", "statement": "DELETE FROM t", "mode": "write"},
+                    },
+                    "parameters": {"type": "object"},
                 },
             ],
             "output": "data",
@@ -540,3 +549,4 @@ def test_check_config_names_what_is_wrong_with_each_tool():
     assert 'tools[1] "a": parameters: required' in text
     assert 'tools[2] "b": approval_queue: required' in text
     assert "json_schema: required when output is data" in text
+    assert 'tools[3] "c": a SQL tool only reads' in text

@@ -136,6 +136,8 @@ def tool_problems(tool: AgentTool) -> list[str]:
     except ValueError as error:
         return [f"its {tool.step.type} settings are not valid: {error}"]
     problems += [f"its {tool.step.type} settings: {p}" for p in step_type.check_config(parsed)]
+    if tool.step.type == "sql.query" and getattr(parsed, "mode", "read") != "read":
+        problems.append("a SQL tool only reads: set its mode to read (a model never writes to a database)")
     if tool.parameters is None:
         if tool.step.type != "flow.subworkflow":
             problems.append("parameters: required (the JSON Schema of the arguments the model gives)")
