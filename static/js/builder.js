@@ -122,4 +122,21 @@
       event.returnValue = "";
     }
   });
+
+  // An agent tool's approval queue matters only when each call is asked first: it is shown then, and always
+  // while a problem is on it (without this script it is always shown).
+  function syncApprovalQueues() {
+    document.querySelectorAll(".agent-tool-approval").forEach(function (box) {
+      var policy = box.querySelector("select[name$='.approval']");
+      var queue = box.querySelector("select[name$='.approval_queue']");
+      var field = queue && queue.closest(".field");
+      if (!policy || !field) return;
+      field.hidden = policy.value !== "ask" && !field.classList.contains("field--invalid");
+    });
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target.matches(".agent-tool-approval select")) syncApprovalQueues();
+  });
+  document.addEventListener("DOMContentLoaded", syncApprovalQueues);
+  document.addEventListener("htmx:afterSwap", syncApprovalQueues);
 })();

@@ -76,15 +76,20 @@ def test_tools_are_added_with_the_keyboard_and_an_agent_run_reads_as_turns(asgi_
     page.get_by_label("Support handbook (handbook)").check()
     page.locator("#tool-1").get_by_label("Connection").select_option("warehouse")
     page.locator("#tool-1").get_by_label("SQL statement").fill("SELECT status FROM orders WHERE id = :order_id")
+    # The approval queue is asked for only when each call is asked first.
+    expect(page.locator("#tool-1").get_by_label("Approval queue")).to_be_hidden()
     page.locator("#tool-1").get_by_label("Each call").select_option("ask")
+    expect(page.locator("#tool-1").get_by_label("Approval queue")).to_be_visible()
     # Enter in a text field saves the step (not the first tool button of the form).
     page.locator("#tool-0").get_by_label("What it does").press("Enter")
     page.wait_for_load_state("networkidle")
     # The SQL tool asks first without a queue: the problem is on the tool; its argument came from the statement.
     expect(page.locator("#tool-1")).to_contain_text("choose the queue that decides the calls")
+    expect(page.locator("#tool-0").get_by_label("Approval queue")).to_be_hidden()
     expect(page.locator("#tool-1 input[name='config.tools.1.parameters.0.name']")).to_have_value("order_id")
     assert page.locator("fieldset.agent-tool").count() == 2
     shoot(page, "agent-builder", scroll_to="#agent-tools-title")
+    shoot(page, "agent-builder-tool", scroll_to="#tool-1")
 
     from apps.approvals.models import ApprovalRequest
     from apps.runs.models import StepRun
