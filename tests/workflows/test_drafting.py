@@ -236,3 +236,12 @@ def test_the_constraint_schema_is_valid_and_the_library_names_every_step_type():
     # The constraint leaves out what constrained decoders cannot take.
     dumped = json.dumps(draft_reply_schema())
     assert '"if"' not in dumped and "$ref" not in dumped
+
+
+def test_accepting_after_leaving_the_team_is_refused(analyst, team):
+    proposal = workflow_draft_propose(actor=analyst, description=EXPENSES, team=team)
+    team.group.user_set.remove(analyst)
+    with pytest.raises(Conflict, match="no longer on the team"):
+        draft_proposal_accept(actor=analyst, proposal=proposal)
+    proposal.refresh_from_db()
+    assert proposal.state == DraftProposal.State.PROPOSED and not Workflow.objects.exists()
