@@ -77,6 +77,7 @@ urlpatterns = [
     path("incidents/<int:incident_id>/resolve/", incident_resolve_view, name="incident-resolve"),
     path("documents/", document_upload_view, name="document-upload"),
     path("", include("apps.runs.api.trigger_urls")),  # triggers
+    path("", include("apps.assistants.api.urls")),  # chat assistants
     # Knowledge collections (apps.knowledge.api).
     path("collections/", collection_list_view, name="collection-list"),
     path("collections/<slug:name>/", collection_detail_view, name="collection-detail"),

@@ -26,6 +26,7 @@ from django.conf import settings  # noqa: E402
 from apps.approvals.routing import websocket_urlpatterns as inbox_websockets  # noqa: E402
 from apps.assistants.mcp_server import endpoint as mcp_endpoint  # noqa: E402
 from apps.assistants.mcp_server import is_mcp_path  # noqa: E402
+from apps.assistants.routing import websocket_urlpatterns as chat_websockets  # noqa: E402
 from apps.runs.routing import websocket_urlpatterns  # noqa: E402
 
 protocol_router = ProtocolTypeRouter(
@@ -33,7 +34,7 @@ protocol_router = ProtocolTypeRouter(
         "http": django_asgi_app,
         # Exact origins, scheme and port included: a page on another port of the same host is another site.
         "websocket": OriginValidator(
-            AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, *inbox_websockets])),
+            AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, *inbox_websockets, *chat_websockets])),
             [url.rstrip("/") for url in settings.AIOS_PUBLIC_URLS],
         ),
     }

@@ -21,6 +21,7 @@ urlpatterns = [
     path("evaluations/", include("apps.evaluations.urls")),
     path("audit/", include("apps.audit.urls")),
     path("mcp-tools/", include("apps.assistants.urls")),  # the MCP endpoint itself is /mcp, in aios_web/asgi.py
+    path("assistant/", include("apps.assistants.chat_urls")),  # chat assistants (answers stream over /ws/assistant/)
     path("api/", include(("aios_web.api_urls", "api"))),
     path("hooks/", include("apps.runs.hook_urls")),  # triggers: signed webhooks, no sign-in
     path("admin/", admin.site.urls),

@@ -34,3 +34,46 @@ class PublishedTool(models.Model):
 
     def __str__(self) -> str:
         return f"MCP tool {self.name}"
+
+
+class ChatSession(models.Model):
+    """One person's conversation with a chat assistant (a workflow's chat trigger). Only its owner ever sees it;
+    each of her messages is a run of the trigger's workflow started as her, so the assistant's tools can do only
+    what she may."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions")
+    trigger = models.ForeignKey("workflows.Trigger", on_delete=models.CASCADE, related_name="chat_sessions")
+    workflow = models.ForeignKey("workflows.Workflow", on_delete=models.CASCADE, related_name="chat_sessions")
+    title = models.CharField(max_length=120)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-pk"]
+        indexes = [models.Index(fields=["user", "-updated_at"], name="chat_session_user_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"Conversation “{self.title}”"
+
+
+class ChatMessage(models.Model):
+    """A message of a conversation: the person's (`user`) or the assistant's answer to it (`assistant`). An
+    answer is bound to the run that produces it; its `text` is filled from the run's output once the run has
+    finished (apps/assistants/chat_selectors.py reads it then), empty until then."""
+
+    class Role(models.TextChoices):
+        USER = "user", "You"
+        ASSISTANT = "assistant", "Assistant"
+
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    text = models.TextField(blank=True)
+    run = models.ForeignKey("runs.Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [models.Index(fields=["session", "created_at"], name="chat_message_session_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_role_display()}: {self.text[:40]}"

@@ -68,6 +68,8 @@ KIND_HELP = {
     "email": "Mail to an address of its own, or arriving in a mailbox it reads, starts a run with its subject, text "
     "and attachments.",
     "event": "Runs when another workflow finishes, with that run's output as input.",
+    "chat": "A conversation page under Assistant: colleagues who may run the workflow chat with it, each message a "
+    "run with the message and the conversation so far.",
 }
 # What each kind's payload holds, for the input mapping's help text.
 PAYLOAD_FIELDS = {
@@ -76,6 +78,7 @@ PAYLOAD_FIELDS = {
     "webhook": ["the fields of the JSON body"],
     "email": ["subject", "sender", "to", "text", "message_id", "date", "attachments", "documents", "notes"],
     "event": ["run", "workflow", "status", "output", "inputs", "error", "and each field of the output"],
+    "chat": [],
 }
 COMMON_ZONES = (
     "UTC",
@@ -155,6 +158,8 @@ def _settings_from_post(kind: str, data: QueryDict) -> tuple[dict[str, Any], str
         }
     elif kind == "event":
         config = {"outcomes": data.getlist("outcomes") or ["succeeded"]}
+    elif kind == "chat":  # --- the assistant's title and greeting ---
+        config = {"title": data.get("title", ""), "greeting": data.get("greeting", "")}
     elif kind == "email":  # --- the inbound address, or a mailbox to read ---
         config = {"receive": data.get("receive", "address"), "connection": data.get("connection", "").strip()}
     return config, data.get("inputs", "")

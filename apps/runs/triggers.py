@@ -59,6 +59,7 @@ from apps.workflows.triggers import (
     REPLAY_WINDOW_SECONDS,
     WEBHOOK_MAX_BYTES,
     MappingFailed,
+    chat_input_schema_problem,
     email_mailbox_name,
     inputs_from_payload,
     schedule_next,
@@ -192,6 +193,15 @@ def _source_workflow(actor: User, workflow: Workflow, slug: str) -> Workflow:
     return source
 
 
+def chat_workflow_problem(workflow: Workflow) -> str | None:
+    """Why `workflow` cannot back a chat assistant now (nothing published, or its input does not take a message),
+    or None."""
+    version = workflow_version_published_latest(workflow)
+    if version is None:
+        return f"Publish “{workflow.name}” first: a chat assistant runs its published version."
+    return chat_input_schema_problem(version.input_schema)
+
+
 @transaction.atomic
 def trigger_create(
     *,
@@ -216,6 +226,11 @@ def trigger_create(
     mailbox_problem = mailbox_use_problem(actor, workflow, email_mailbox_name(settings_.config))
     if kind == Trigger.Kind.EMAIL and mailbox_problem:
         errors["connection"] = [mailbox_problem]
+    # --- chat: only a workflow that takes a message (and the history) can answer one ---
+    if kind == Trigger.Kind.CHAT:
+        chat_problem = chat_workflow_problem(workflow)
+        if chat_problem:
+            errors["workflow"] = [chat_problem]
     if not name:
         errors["name"] = ["Give the trigger a name."]
     elif Trigger.objects.filter(workflow=workflow, name=name).exists():

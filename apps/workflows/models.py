@@ -114,7 +114,7 @@ class Trigger(models.Model):
 
     `config` holds what the kind needs, checked by apps.workflows.triggers.trigger_config_clean: a form's intro
     and what-happens-next text; a schedule's `cron` (5 fields), `timezone` (IANA) and `skip_missed`; an event's
-    `outcomes`. `inputs` maps run input fields to CEL expressions over the firing's `payload` (empty: the
+    `outcomes`; a chat assistant's `title` and `greeting`. `inputs` maps run input fields to CEL expressions over the firing's `payload` (empty: the
     payload's fields of the same names). `token` is the unguessable part of a webhook's URL and of an email
     trigger's address; `secret` is the webhook's signing secret, encrypted (apps.core.secrets), never shown
     after it is made. A paused trigger (`enabled` false) fires nothing; firing and its history belong to the
@@ -127,6 +127,7 @@ class Trigger(models.Model):
         WEBHOOK = "webhook", "Webhook"
         EMAIL = "email", "Email"
         EVENT = "event", "Another workflow finishes"
+        CHAT = "chat", "Chat assistant"
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="triggers")
     kind = models.CharField(max_length=16, choices=Kind.choices)

@@ -21,7 +21,9 @@ from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyp
 
 from apps.steps.expressions import ExpressionError, cel_check, cel_evaluate
 
-KINDS = ("form", "schedule", "webhook", "email", "event")
+KINDS = ("form", "schedule", "webhook", "email", "event", "chat")
+CHAT_TITLE_MAX = 120
+CHAT_GREETING_MAX = 1000
 EVENT_OUTCOMES = ("succeeded", "failed", "cancelled")
 
 # Webhook requests: the signed timestamp may be this far from the server's clock, either way.
@@ -273,7 +275,8 @@ def trigger_config_clean(kind: str, config: Any, inputs: Any) -> tuple[TriggerSe
     `timezone`, `skip_missed`. event: `outcomes` (some of succeeded, failed, cancelled; default succeeded); the
     source workflow itself is checked by the service, which can read it. webhook: nothing. email: `connection`,
     the name of a mailbox connection to poll, or nothing for the inbound address (whether the connection exists
-    and the workflow may use it is the service's check, which can read them).
+    and the workflow may use it is the service's check, which can read them). chat: `title` (required) and
+    `greeting`; that the workflow takes a `message` is the service's check (chat_input_schema_problem).
     `inputs` maps run input field names to CEL expressions over `payload`.
     """
     errors: dict[str, list[str]] = {}
@@ -311,10 +314,38 @@ def trigger_config_clean(kind: str, config: Any, inputs: Any) -> tuple[TriggerSe
     elif kind == "email":
         clean, email_errors = _email_config_clean(config)
         errors.update(email_errors)
+    # --- chat: the assistant's page (apps/assistants/chat_views.py); the input schema is the service's check ---
+    elif kind == "chat":
+        title = " ".join(str(config.get("title") or "").split())
+        greeting = str(config.get("greeting") or "").strip()
+        if not title:
+            errors["title"] = ["Give the assistant a title, such as “Remote-work assistant”."]
+        elif len(title) > CHAT_TITLE_MAX:
+            errors["title"] = [f"At most {CHAT_TITLE_MAX} characters."]
+        if len(greeting) > CHAT_GREETING_MAX:
+            errors["greeting"] = [f"At most {CHAT_GREETING_MAX} characters."]
+        clean.update(title=title[:CHAT_TITLE_MAX], greeting=greeting[:CHAT_GREETING_MAX])
     mapping, mapping_errors = inputs_mapping_clean(inputs)
     if mapping_errors:
         errors["inputs"] = mapping_errors
     return TriggerSettings(config=clean, inputs=mapping), errors
+
+
+def chat_input_schema_problem(schema: Any) -> str | None:
+    """None when a workflow with this published input schema can back a chat assistant: a string `message` field
+    and, if it has one, an array `history` (the conversation so far), and no other required field; else why not."""
+    schema = schema if isinstance(schema, dict) else {}
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    message = properties.get("message")
+    if not isinstance(message, dict) or message.get("type") != "string":
+        return "A chat assistant needs a workflow whose published input has a text field called “message”."
+    history = properties.get("history")
+    if history is not None and (not isinstance(history, dict) or history.get("type") != "array"):
+        return "The workflow's “history” input must be a list (the conversation so far) for a chat assistant."
+    others = [name for name in schema.get("required") or [] if name not in ("message", "history")]
+    if others:
+        return f"A chat sends only “message” and “history”; the workflow also requires {', '.join(others)}."
+    return None
 
 
 # --- email triggers: where mail arrives ---------------------------------------------------------------------
