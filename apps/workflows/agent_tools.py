@@ -355,6 +355,16 @@ def tool_forms(
     return forms
 
 
+_LIBRARY_TOOL_MESSAGE = re.compile(r'^tools\[(\d+)\] "[^"]*": (.*)$', re.DOTALL)
+
+
+def problem_place(field: str, message: str) -> tuple[str, str]:
+    """Where a step problem goes in the panel: the step library's words about a tool ('tools[1] "lookup": ...')
+    go on that tool; everything else where it says."""
+    match = _LIBRARY_TOOL_MESSAGE.match(message) if not field else None
+    return (f"tools.{match[1]}", match[2]) if match else (field, message)
+
+
 def tool_fields_for_errors(forms: list[ToolForm]) -> list[FormField]:
     """One group per tool holding all its controls, so `attach_errors` places "tools.<n>..." problems; a
     problem about the tool as a whole lands on the group."""

@@ -84,7 +84,8 @@ def inline_credential_problems(graph: dict[str, Any]) -> list[str]:
     return problems
 
 
-_LIBRARY_TOOL_PROBLEM = re.compile(r'^step "[^"]+": tools\[\d+\] "')
+_LIBRARY_TOOL_PROBLEM = re.compile(r'^step "([^"]+)": tools\[(\d+)\] "')
+_TOOL_PROBLEM = re.compile(r'^step "([^"]+)": tools\.(\d+)\.')
 
 
 def version_problems(version: WorkflowVersion) -> list[str]:
@@ -93,8 +94,11 @@ def version_problems(version: WorkflowVersion) -> list[str]:
     problems += inline_credential_problems(version.graph)
     _, pin_problems = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     problems += pin_problems
-    # The agent steps' tools: agent_config_problems says all that the step's own check_config says of a tool
-    # ('tools[1] "lookup": ...'), and more, each under the tool's field ("tools.1.approval_queue: ..."), so the
-    # builder shows it on the tool; the step's own words for the same problems are left out, not said twice.
-    problems = [p for p in problems if not _LIBRARY_TOOL_PROBLEM.match(p)]
-    return problems + agent_config_problems(version.graph, own_slug=version.workflow.slug)
+    # The agent steps' tools: agent_config_problems says what the step's own check_config says of a tool
+    # ('tools[1] "lookup": ...') and more, each under the tool's field ("tools.1.approval_queue: ..."), so the
+    # builder shows it on the tool. For a tool it finds fault with, the step's own words are left out rather than
+    # said twice; of a tool it passes, they stay (a check only the step library makes is never lost).
+    tool_problems = agent_config_problems(version.graph, own_slug=version.workflow.slug)
+    faulted = {match.groups() for p in tool_problems if (match := _TOOL_PROBLEM.match(p))}
+    problems = [p for p in problems if not ((match := _LIBRARY_TOOL_PROBLEM.match(p)) and match.groups() in faulted)]
+    return problems + tool_problems

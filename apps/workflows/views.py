@@ -442,7 +442,7 @@ def _step_panel(
     problems = [p for p in (workflow_version_problems(draft) if problems is None else problems) if p.step == key]
     unplaced = attach_errors(
         [*fields, *agent_tools.tool_fields_for_errors(tools or [])],
-        [(p.field, p.message) for p in problems if not p.field.startswith("@")],
+        [agent_tools.problem_place(p.field, p.message) for p in problems if not p.field.startswith("@")],
     )
     option_problems = {p.field[1:].split(".")[0]: p.message for p in problems if p.field.startswith("@")}
     references = references_for_step(draft.graph, draft.input_schema, key, sample=sample)

@@ -457,3 +457,14 @@ def test_saving_the_panel_unchanged_changes_no_tool(analyst, workflow, lookup):
         return {**tool, "parameters": parameters, "step": {**tool["step"], "config": config}}
 
     assert [without_order(tool) for tool in saved] == [without_order(tool) for tool in tools]
+
+
+def test_the_step_librarys_words_about_a_tool_are_placed_on_that_tool():
+    from apps.workflows.agent_tools import problem_place
+
+    assert problem_place("", 'tools[2] "lookup": parameters: must be an object schema') == (
+        "tools.2",
+        "parameters: must be an object schema",
+    )
+    assert problem_place("prompt", "required") == ("prompt", "required")
+    assert problem_place("", "a problem of the whole step") == ("", "a problem of the whole step")
