@@ -235,14 +235,18 @@ def product_round(actor: Any, workflow: Any, k: int) -> ProductRound:
         if time.monotonic() > deadline:
             raise RuntimeError(f"B12: {pending.count()} of {k} runs did not finish within {RUN_TIMEOUT_SECONDS:g} s")
         time.sleep(POLL_SECONDS)
-    runs = list(Run.objects.filter(pk__in=run_ids).values("pk", "status", "started_at", "finished_at", "error"))
+    runs: list[Any] = list(
+        Run.objects.filter(pk__in=run_ids).values("pk", "status", "started_at", "finished_at", "error")
+    )
     failures = [f"run #{r['pk']} {r['status']}: {r['error'] or '-'}" for r in runs if r["status"] != "succeeded"]
     if failures:
         agent = StepRun.objects.filter(run_id__in=run_ids, step_key="agent").exclude(error="").first()
         if agent is not None:
             failures.append(f"agent step: {agent.error}")
-    calls = StepRun.objects.filter(run_id__in=run_ids, parent__isnull=False, state=StepRun.State.SUCCEEDED).values_list(
-        "run_id", "started_at", "finished_at"
+    calls: list[Any] = list(
+        StepRun.objects.filter(run_id__in=run_ids, parent__isnull=False, state=StepRun.State.SUCCEEDED).values_list(
+            "run_id", "started_at", "finished_at"
+        )
     )
     tool_ms: dict[int, float] = dict.fromkeys(run_ids, 0.0)
     done = 0
@@ -251,7 +255,8 @@ def product_round(actor: Any, workflow: Any, k: int) -> ProductRound:
         if started is not None and finished is not None:
             tool_ms[run_id] += (finished - started).total_seconds() * 1000
     model_ms: dict[int, float] = dict.fromkeys(run_ids, 0.0)
-    for run_id, latency in InferenceCall.objects.filter(run_id__in=run_ids).values_list("run_id", "latency_ms"):
+    latencies: list[Any] = list(InferenceCall.objects.filter(run_id__in=run_ids).values_list("run_id", "latency_ms"))
+    for run_id, latency in latencies:
         model_ms[run_id] += float(latency or 0)
     return ProductRound(
         phases=call_phases(run_ids),
@@ -284,10 +289,10 @@ def call_phases(run_ids: list[int]) -> dict[str, list[float]]:
 
     phases: dict[str, list[float]] = {name: [] for name in PHASES}
     for run_id in run_ids:
-        models = list(
+        models: list[Any] = list(
             InferenceCall.objects.filter(run_id=run_id).order_by("started_at").values_list("started_at", "latency_ms")
         )
-        calls = list(
+        calls: list[Any] = list(
             StepRun.objects.filter(run_id=run_id, parent__isnull=False)
             .order_by("position")
             .values_list("queued_at", "started_at", "finished_at")
@@ -379,7 +384,7 @@ class Peer:
                 if result.text != ANSWER:
                     raise RuntimeError(f"B12 peer: the model answered {result.text!r} after {made} calls")
                 return time.perf_counter() - began, made, model_ms, tool_ms
-            requests = []
+            requests: list[tuple[str, Any, Any]] = []
             for index, call in enumerate(result.tool_calls, start=1):
                 call_id = str(call.get("id") or f"call_{made + index}")
                 requests.append((call_id, call.get("name"), call.get("arguments")))
