@@ -3,7 +3,11 @@
 Everyone signed in reads the tools list (it shows only the tools of workflows they may see) and manages their own
 API token; a workflow's tool page and its withdrawal are for whoever may change the workflow (its owner): those
 who may only see it are told no (403), others may not know it exists (404). The MCP endpoint itself (/mcp) is not
-a Django route: tests/assistants/test_mcp_endpoint.py covers it by persona over the SDK's own client."""
+a Django route: tests/assistants/test_mcp_endpoint.py covers it by persona over the SDK's own client.
+
+Chat assistants (apps/assistants/chat_views.py, apps/assistants/api/chat.py): everyone signed in has the Assistant
+page and lists (showing only the assistants of workflows she may run, and her own conversations); a conversation
+is its owner's alone (the analyst's here): everyone else, admins and auditors included, gets 404."""
 
 from __future__ import annotations
 
@@ -12,23 +16,44 @@ from typing import Any
 OK, HIDDEN, FORBIDDEN, LOGIN = 200, 404, 403, 302
 EVERYONE = {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": OK, "auditor": OK, "anonymous": LOGIN}
 EDIT = {"analyst": OK, "reviewer": FORBIDDEN, "manager": FORBIDDEN, "outsider": HIDDEN, "anonymous": LOGIN}
+UNAUTHENTICATED = 403
+OWNER = {"analyst": OK, "reviewer": HIDDEN, "manager": HIDDEN, "outsider": HIDDEN, "auditor": HIDDEN, "anonymous": LOGIN}
 
 MATRIX: dict[str, dict[str, int]] = {
     "assistants:tools": EVERYONE,
     "assistants:workflow-tool": EDIT,
     "assistants:workflow-tool-withdraw": EDIT,
     "accounts:api-token": EVERYONE,
+    "chat:index": EVERYONE,
+    "chat:session": OWNER,
+    "api:chat-assistant-list": {**EVERYONE, "anonymous": UNAUTHENTICATED},
+    "api:chat-session-list": {**EVERYONE, "anonymous": UNAUTHENTICATED},
+    "api:chat-session-detail": {**OWNER, "anonymous": UNAUTHENTICATED},
+    "api:chat-message-list": {**OWNER, "anonymous": UNAUTHENTICATED},
 }
 
-EXEMPT: set[str] = set()
+EXEMPT: set[str] = {
+    # POST only: tests/assistants/test_chat.py covers them by persona (start: 404 for whoever may not run the
+    # workflow; a call: 404 for anyone but the conversation's owner).
+    "chat:start",
+    "chat:call",
+    "api:chat-call-answer",
+}
 
 
 def world_args(world: dict[str, Any]) -> dict[str, list[Any]]:
+    from apps.assistants.chat_services import chat_session_start
     from apps.assistants.services import workflow_tool_publish
 
     analyst, workflow = world["personas"]["analyst"], world["workflow"]
     workflow_tool_publish(actor=analyst, workflow=workflow, name="matrix_tool", description="For the matrix.")
+    from tests.assistants.test_chat import chat_workflow
+
+    session = chat_session_start(actor=analyst, trigger=chat_workflow(analyst, workflow.team)[1])
     return {
+        "chat:session": [session.pk],
+        "api:chat-session-detail": [session.pk],
+        "api:chat-message-list": [session.pk],
         "assistants:workflow-tool": [workflow.slug],
         "assistants:workflow-tool-withdraw": [workflow.slug],
     }
