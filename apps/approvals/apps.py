@@ -11,9 +11,10 @@ class ApprovalsConfig(AppConfig):
 
     def ready(self) -> None:
         from apps.accounts import services as accounts
-        from apps.approvals import selectors, services
+        from apps.approvals import readers, selectors, services
         from apps.approvals.demo import seed_review_demo
         from apps.runs import hooks
+        from apps.steps import readers as step_readers
         from apps.steps.library import human
         from apps.workflows import demo
         from apps.workflows import services as workflow_services
@@ -30,3 +31,6 @@ class ApprovalsConfig(AppConfig):
         demo.demo_extensions.append(seed_review_demo)
         builder.CHOICE_PROVIDERS["approval-queue"] = selectors.queue_choices_for
         workflow_services.PUBLISH_CHECKS.append(selectors.queue_use_problems)
+        # The assistant's lookups (assistant.lookup) read a person's items and week through this app.
+        step_readers.READERS["my_approvals"] = readers.my_approvals
+        step_readers.READERS["weekly_summary"] = readers.weekly_summary

@@ -40,6 +40,7 @@ DEMO_TEMPLATES = {
     "marketing-copy": ("marketing", ""),
     "support-ticket-triage": ("support", ""),
     "weekly-approvals-assistant": ("claims", ""),
+    "remote-work-assistant": ("claims", ""),
 }
 DIGEST_RECIPIENT = "rita@aios.localhost"
 

@@ -26,6 +26,7 @@ TOOL_STEP_TYPES = (
     "rag.retrieve",
     "mcp.call",
     "data.transform",
+    "assistant.lookup",
 )
 
 

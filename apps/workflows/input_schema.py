@@ -1,7 +1,8 @@
 """A workflow's input schema (a small JSON Schema subset) as a Django form: one definition drives the
 "Run" form's fields, its inline errors, and the API's 400 field errors.
 
-Supported per property: `type` string / integer / number / boolean / array (of strings), `title`,
+Supported per property: `type` string / integer / number / boolean / array (of strings, or of records whose
+fields are all text, such as a conversation's `{"role", "text"}` messages), `title`,
 `description`, `enum`, `default`, `minLength`, `maxLength`, `minimum`, `maximum`, `format: "textarea"` or
 `"date"` (an ISO date, kept as text in the run's input); `required` at the top. A property
 `{"type": "object", "format": "document"}` is a document (a PDF, Word, HTML, Markdown, text or CSV file; see
@@ -70,7 +71,11 @@ def input_schema_errors(schema: Any) -> list[str]:
         elif spec["type"] == "object" and spec.get("format") != DOCUMENT_FORMAT:
             problems.append(f'input schema: field "{name}" is an object, and only documents (files) are supported')
         elif spec["type"] == "array" and (spec.get("items") or {}).get("type") != "string":
-            problems.append(f'input schema: field "{name}" is a list, and only lists of text are supported')
+            if not is_record_list(spec):
+                problems.append(
+                    f'input schema: field "{name}" is a list, and only lists of text, or of records whose fields '
+                    "are all text, are supported"
+                )
         elif "enum" in spec and (not isinstance(spec["enum"], list) or not spec["enum"]):
             problems.append(f'input schema: field "{name}" is a choice without options')
     for name in schema.get("required", []):
@@ -125,6 +130,85 @@ class TextListField(forms.CharField):
     def validate(self, value: Any) -> None:
         if self.required and not value:
             raise forms.ValidationError(self.error_messages["required"], code="required")
+
+
+def is_record_list(spec: Any) -> bool:
+    """Whether `spec` is a list of records whose fields are all text (`{"type": "array", "items": {"type":
+    "object", "properties": {name: {"type": "string"}, ...}}}`), such as a conversation's messages."""
+    if not isinstance(spec, dict) or spec.get("type") != "array" or not isinstance(spec.get("items"), dict):
+        return False
+    items = spec["items"]
+    properties = items.get("properties")
+    return (
+        items.get("type") == "object"
+        and isinstance(properties, dict)
+        and bool(properties)
+        and all(str(key).isidentifier() for key in properties)
+        and all(isinstance(field, dict) and field.get("type") == "string" for field in properties.values())
+    )
+
+
+class RecordListField(forms.CharField):
+    """A list of records of text fields. An API client sends a JSON list of objects; the Run form takes one
+    record per line, its fields in order separated by ": " (a conversation reads `user: What is waiting?`),
+    the last field taking the rest of the line."""
+
+    def __init__(self, *, item_schema: dict[str, Any], max_items: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.item_schema = item_schema
+        self.names = list(item_schema["properties"])
+        self.max_items = max_items
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return value
+        text = super().to_python(value) or ""
+        records = []
+        for number, line in enumerate((line for line in text.splitlines() if line.strip()), start=1):
+            parts = line.split(": ", len(self.names) - 1)
+            if len(parts) != len(self.names):
+                raise forms.ValidationError(
+                    f"Line {number}: write {': '.join(self.names)}, separated by a colon and a space.", code="invalid"
+                )
+            records.append(dict(zip(self.names, (part.strip() for part in parts), strict=True)))
+        return records
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return "\n".join(
+                ": ".join(str(record.get(name, "")) for name in self.names) if isinstance(record, dict) else str(record)
+                for record in value
+            )
+        return value
+
+    def validate(self, value: Any) -> None:
+        if self.required and not value:
+            raise forms.ValidationError(self.error_messages["required"], code="required")
+        if self.max_items is not None and len(value) > self.max_items:
+            raise forms.ValidationError(f"At most {self.max_items} entries.", code="max_items")
+        properties: dict[str, Any] = self.item_schema["properties"]
+        required = set(self.item_schema.get("required", []))
+        for number, record in enumerate(value, start=1):
+            if not isinstance(record, dict):
+                raise forms.ValidationError(f"Entry {number}: must be an object of {', '.join(self.names)}.")
+            unknown = sorted(set(record) - set(properties))
+            if unknown:
+                raise forms.ValidationError(f'Entry {number}: "{unknown[0]}" is not one of {", ".join(self.names)}.')
+            missing = [name for name in self.names if name in required and not record.get(name)]
+            if missing:
+                raise forms.ValidationError(f"Entry {number}: {missing[0]} is required.")
+            for name, text in record.items():
+                field = properties[name]
+                if not isinstance(text, str):
+                    raise forms.ValidationError(f"Entry {number}: {name} must be text.")
+                if "enum" in field and text not in field["enum"]:
+                    raise forms.ValidationError(
+                        f"Entry {number}: {name} must be one of {', '.join(map(str, field['enum']))}."
+                    )
+                if field.get("maxLength") is not None and len(text) > field["maxLength"]:
+                    raise forms.ValidationError(
+                        f"Entry {number}: {name} is longer than {field['maxLength']} characters."
+                    )
 
 
 def _default_problem(spec: dict[str, Any]) -> str | None:
@@ -223,6 +307,14 @@ def _field_for(name: str, spec: dict[str, Any], required: bool) -> forms.Field:
         limits = f"A {supported_formats_sentence()} file with text (not a scan), up to 20 MB; a PDF up to 200 pages."
         common["help_text"] = f"{common['help_text']} {limits}".strip()
         return DocumentField(**common)
+    if is_record_list(spec):
+        names = ", ".join(spec["items"]["properties"])
+        return RecordListField(
+            item_schema=spec["items"],
+            max_items=spec.get("maxItems"),
+            widget=forms.Textarea(attrs={"rows": 4}),
+            **{**common, "help_text": common["help_text"] or f"One per line: {names}, separated by a colon."},
+        )
     if kind == "array":
         return TextListField(
             widget=forms.Textarea(attrs={"rows": 4}), **{**common, "help_text": common["help_text"] or "One per line."}

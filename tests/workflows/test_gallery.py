@@ -63,7 +63,14 @@ from tests.support.smtp import PrivateSmtpServer, private_smtp_server
 pytestmark = pytest.mark.django_db
 erp_postgresql = erp_support.erp_postgresql  # the ERP database fixture
 
-TEMPLATES = ("claims-triage", "invoice-review", "marketing-copy", "support-ticket-triage", "weekly-approvals-assistant")
+TEMPLATES = (
+    "claims-triage",
+    "invoice-review",
+    "marketing-copy",
+    "remote-work-assistant",
+    "support-ticket-triage",
+    "weekly-approvals-assistant",
+)
 SKIPPED, SUCCEEDED, WAITING = "skipped", "succeeded", "waiting"
 
 
