@@ -550,10 +550,14 @@ def tool_call_view(call: Any, note: Mapping[str, Any] | None = None) -> ToolCall
     words = TOOL_STATE_WORDS.get(state, state)
     if state == "waiting" and call.waiting_for == "approval":
         words = "waiting for approval"
+    elif state == "waiting" and call.waiting_for == "confirm":
+        words = "waiting for the person who started the run to confirm"
     elif state == "waiting" and call.waiting_for:
         words = f"waiting for {call.waiting_for}"
     if state == "failed" and str(call.error or "").startswith(REJECTED_PREFIX):
         state, words = "rejected", "rejected"
+    elif state == "failed" and str(call.error or "").startswith("Not done: ") and "declined it" in str(call.error):
+        state, words = "rejected", "declined"
     arguments = call.input if call.input is not None else {}
     shows_result = state == "succeeded" and call.output not in (None, {}, [], "")
     return ToolCallView(

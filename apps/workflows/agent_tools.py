@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from django.http import QueryDict
 from jsonschema import Draft202012Validator
@@ -24,7 +24,7 @@ from jsonschema.exceptions import SchemaError
 from sqlglot.errors import TokenError
 
 from apps.core.exceptions import ApplicationError
-from apps.steps.agent_config import TOOL_STEP_TYPES
+from apps.steps.agent_config import TOOL_STEP_TYPES, AgentTool
 from apps.steps.registry import step_config_errors, step_type_find
 from apps.workflows.config_form import (
     FormField,
@@ -49,7 +49,11 @@ TOOL_KINDS: dict[str, tuple[str, str]] = {
     "mcp": ("MCP server tool", "mcp.call"),
 }
 KIND_OF_STEP_TYPE = {step_type: kind for kind, (_, step_type) in TOOL_KINDS.items()}
-APPROVALS = [("run", "Run it at once"), ("ask", "Ask a person first, in the inbox")]
+APPROVAL_LABELS = {
+    "run": "Run it at once",
+    "ask": "Ask a person first, in the inbox",
+    "confirm": "Ask the person who started the run to confirm it",
+}
 # Settings a kind fixes: a tool's SQL is read-only; a workflow tool runs the latest published version.
 FIXED: dict[str, dict[str, Any]] = {"sql.query": {"mode": "read"}}
 HIDDEN = {"flow.subworkflow": {"version"}, "sql.query": {"mode", "delivery"}}
@@ -283,6 +287,15 @@ def _parameters_field(tool: dict[str, Any], index: int) -> FormField:
     return form_field
 
 
+def _approval_choices(current: Any) -> list[tuple[str, str]]:
+    """The policies the config allows (in its order), and a value it does not know kept as it is."""
+    values = [str(value) for value in get_args(AgentTool.model_fields["approval"].annotation)]
+    choices = [(value, APPROVAL_LABELS.get(value, value)) for value in values]
+    if current and current not in values:
+        choices.append((str(current), f"{current} (unknown)"))
+    return choices
+
+
 def _json(value: Any) -> str:
     import json
 
@@ -337,7 +350,7 @@ def tool_forms(
                 label="Each call",
                 widget="select",
                 value=tool.get("approval", "run"),
-                choices=APPROVALS,
+                choices=_approval_choices(tool.get("approval")),
             ),
             approval_queue=FormField(
                 name=f"{prefix}.approval_queue",

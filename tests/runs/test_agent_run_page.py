@@ -17,7 +17,7 @@ from lxml import html
 
 from apps.inference.models import InferenceCall
 from apps.runs.models import Run, StepRun
-from apps.runs.presentation import agent_view
+from apps.runs.presentation import agent_view, tool_call_view
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
 from tests.steps.test_llm_agent import (  # noqa: F401  (fixtures: the scripted server, its proxy, the endpoint)
     LOOKUP,
@@ -234,6 +234,32 @@ def test_a_thinking_agent_has_a_live_stream_for_its_next_turn(analyst, team, que
     [stream] = page.xpath('//pre[@id="step-agent-stream"]')
     assert stream.text == "Let me "
     assert "Turn 3 · being written" in stream.getparent().text_content()
+
+
+def test_a_call_for_the_initiator_to_confirm_and_a_declined_one_say_so_in_words():
+    class Row:
+        def __init__(self, **fields: Any) -> None:
+            self.__dict__.update(
+                {
+                    "pk": 1,
+                    "step_key": "agent~1",
+                    "step_type": "email.send",
+                    "input": {},
+                    "output": None,
+                    "duration_seconds": None,
+                    "definition": {"tool": "reply"},
+                    "name": "reply",
+                    "error": "",
+                    **fields,
+                }
+            )
+
+    waiting = tool_call_view(Row(state="waiting", waiting_for="confirm"))
+    assert (waiting.state, waiting.state_words) == ("waiting", "waiting for the person who started the run to confirm")
+    declined = tool_call_view(Row(state="failed", waiting_for="", error="Not done: ana declined it."))
+    assert (declined.state, declined.state_words) == ("rejected", "declined")
+    failed = tool_call_view(Row(state="failed", waiting_for="", error="The server answered 500."))
+    assert (failed.state, failed.state_words) == ("failed", "failed")
 
 
 def test_agent_view_keeps_calls_no_turn_names_yet():

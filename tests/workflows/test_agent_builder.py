@@ -468,3 +468,16 @@ def test_the_step_librarys_words_about_a_tool_are_placed_on_that_tool():
     )
     assert problem_place("prompt", "required") == ("prompt", "required")
     assert problem_place("", "a problem of the whole step") == ("", "a problem of the whole step")
+
+
+def test_every_approval_policy_is_offered_and_a_confirm_tool_keeps_its_policy(analyst, workflow):
+    client = Client()
+    client.force_login(analyst)
+    save(client, workflow, tool_action="add", tool_kind="email")
+    config = save(client, workflow, **{"config.tools.0.approval": "confirm"})
+    assert config["tools"][0]["approval"] == "confirm"
+    page = panel(client, workflow)
+    options = page.xpath('//select[@name="config.tools.0.approval"]/option')
+    assert [o.get("value") for o in options] == ["run", "ask", "confirm"]
+    assert [o.get("value") for o in options if o.get("selected") is not None] == ["confirm"]
+    assert save(client, workflow)["tools"][0]["approval"] == "confirm"  # an unchanged save keeps it
