@@ -231,7 +231,8 @@ def test_bad_messages_are_refused_and_nothing_is_kept(chat, reviewer):
     _, trigger = chat
     session = chat_session_start(actor=reviewer, trigger=trigger)
     runs = Run.objects.count()
-    for text, words in (("   ", "Write a message first."), ("x" * 4001, "At most 4000 characters (this one has 4001).")):
+    too_long = "At most 4000 characters (this one has 4001)."
+    for text, words in (("   ", "Write a message first."), ("x" * 4001, too_long)):
         with pytest.raises(ValidationFailed) as refused:
             chat_message_send(actor=reviewer, session=session, text=text)
         assert refused.value.fields == {"text": [words]}

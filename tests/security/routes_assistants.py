@@ -17,7 +17,9 @@ OK, HIDDEN, FORBIDDEN, LOGIN = 200, 404, 403, 302
 EVERYONE = {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": OK, "auditor": OK, "anonymous": LOGIN}
 EDIT = {"analyst": OK, "reviewer": FORBIDDEN, "manager": FORBIDDEN, "outsider": HIDDEN, "anonymous": LOGIN}
 UNAUTHENTICATED = 403
-OWNER = {"analyst": OK, "reviewer": HIDDEN, "manager": HIDDEN, "outsider": HIDDEN, "auditor": HIDDEN, "anonymous": LOGIN}
+# A conversation: its owner (the analyst's here) alone.
+OWNER = {"analyst": OK, "reviewer": HIDDEN, "manager": HIDDEN, "outsider": HIDDEN, "auditor": HIDDEN}
+OWNER = {**OWNER, "anonymous": LOGIN}
 
 MATRIX: dict[str, dict[str, int]] = {
     "assistants:tools": EVERYONE,
