@@ -69,8 +69,27 @@ def agent_history(step_run: StepRun, config: Any) -> AgentHistory:
         calls=calls,
         tokens=int(usage["prompt"] or 0) + int(usage["generated"] or 0),
         cost=str(Decimal(usage["cost"] or 0)),
-        tool_parameters=_workflow_tool_schemas(config),
+        tool_parameters=_tool_parameters(step_run, transcript, config),
     )
+
+
+def _tool_parameters(step_run: StepRun, transcript: list[dict[str, Any]], config: Any) -> dict[str, dict[str, Any]]:
+    """The argument schemas of the agent's workflow tools, fixed at its first turn (kept in the transcript), so
+    a version of a tool workflow published mid-loop, or after the run, changes neither the later turns nor a
+    replay; a replay or what-if takes the original's."""
+    if transcript:
+        return dict(transcript[0].get("tool_parameters") or {})
+    run = step_run.run
+    original = run.replay_of_id or (run.restarted_from_id if run.mode == Run.Mode.WHAT_IF else None)
+    if original is not None:
+        first = (
+            StepRun.objects.filter(run_id=original, step_key=step_run.step_key)
+            .values_list("transcript", flat=True)
+            .first()
+        )
+        if first:
+            return dict(first[0].get("tool_parameters") or {})
+    return _workflow_tool_schemas(config)
 
 
 def _workflow_tool_schemas(config: Any) -> dict[str, dict[str, Any]]:
@@ -123,6 +142,10 @@ def agent_tools_start(step_run: StepRun, wait: Wait) -> None:
     now = timezone.now()
     made: list[StepRun] = []
     refused: list[tuple[StepRun, str]] = []
+    # A replay or what-if reuses the original calls' outcomes (refusals and decisions included) and a test run
+    # simulates what would reach the outside: none of them asks a person again.
+    reenacted = run.replay_of_id is not None or run.mode == Run.Mode.WHAT_IF
+    asks_people = not (reenacted or run.is_test)
     for offset, call in enumerate(requested):
         definition = {
             "key": call["key"],
@@ -135,12 +158,16 @@ def agent_tools_start(step_run: StepRun, wait: Wait) -> None:
             "approval": call.get("approval", "run"),
             "approval_queue": call.get("approval_queue", ""),
             "parameters": call.get("parameters") or {},
+            # As the model asked: a reviewer may correct the call's input, which a replay must still match.
+            "arguments": call["arguments"],
         }
-        refusal = tool_refusal(run, definition)
+        refusal = None if run.replay_of_id is not None else tool_refusal(run, definition)
+        if refusal is None and asks_people and definition["approval"] == "confirm" and run.initiator_id is None:
+            refusal = "nobody started this run, so nobody can confirm the call"
         state = StepRun.State.QUEUED
         if refusal:
             state = StepRun.State.FAILED
-        elif definition["approval"] in ("ask", "confirm"):
+        elif asks_people and definition["approval"] in ("ask", "confirm"):
             state = StepRun.State.WAITING
         child = StepRun(
             run=run,

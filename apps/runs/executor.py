@@ -43,7 +43,7 @@ from apps.runs.lifecycle import (
 )
 from apps.runs.models import Run, StepRun
 from apps.runs.plans import step_plan
-from apps.steps.agent_keys import AGENT_WAIT
+from apps.steps.agent_keys import AGENT_WAIT, TOOL_CALL_MARK
 from apps.steps.base import AgentHistory, StepContext, StepError, StepOutcome, StepType
 from apps.steps.expressions import ExpressionError, cel_evaluate, template_render
 from apps.steps.registry import step_config_parse, step_type_get
@@ -364,7 +364,7 @@ def _outputs(step_run: StepRun, chain: Chain) -> dict[str, dict[str, Any]]:
     reads = step_plan(step_run.run, step_run).reads
     known = chain.outputs if chain.run_id == step_run.run_id else {}
     if reads is None:
-        wanted = StepRun.objects.filter(run_id=step_run.run_id, state=StepRun.State.SUCCEEDED)
+        wanted = StepRun.objects.filter(run_id=step_run.run_id, state=StepRun.State.SUCCEEDED, parent__isnull=True)
     else:
         missing = reads - known.keys()
         if not missing:
@@ -410,7 +410,11 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
     if run.is_test and test_stands_in(run, step_run.step_key, step_run.step_type):
         return _test_outcome(run, step_run.step_key, step_type, config, context)
     original = _original_run_id(run)
-    if original is not None and (step_type.side_effects or step_type.replay_reuses_output):
+    if original is not None and step_run.is_tool_call:
+        recorded = _recorded_tool_call(run, original, step_run, step_type)
+        if recorded is not None:
+            return recorded
+    elif original is not None and (step_type.side_effects or step_type.replay_reuses_output):
         # Replays and what-if runs never touch the outside world or ask people again: the original run's
         # result stands in (a what-if compares model outputs; it must not re-post an invoice).
         return _recorded_outcome(original, step_run.step_key, tool_call=step_run if step_run.is_tool_call else None)
@@ -452,14 +456,45 @@ def recording_run_id(run_id: int, step_key: str) -> int:
     """The run whose model calls answer `step_key` when replaying `run_id`: the run itself, or, where it
     reused the step from an earlier run (a restart, a what-if), the run that actually executed it."""
     seen = set()
+    # A tool call is where its agent was executed: a restart that reused the agent has no row of the call.
+    owner_key = step_key.split(TOOL_CALL_MARK, 1)[0]
     while run_id not in seen:
         seen.add(run_id)
-        steps = StepRun.objects.filter(run_id=run_id, step_key=step_key)
+        steps = StepRun.objects.filter(run_id=run_id, step_key=owner_key)
         reused_from = steps.values_list("reused_from__run_id", flat=True).first()
         if reused_from is None:
             return run_id
         run_id = reused_from
     return run_id
+
+
+def _recorded_tool_call(run: Run, original_run_id: int, step_run: StepRun, step_type: Any) -> StepOutcome | None:
+    """An agent's tool call in a replay or what-if: the original call's outcome, whatever it was (a failure,
+    a refusal and a rejection are answers the model read too), when the original made the same call under
+    this number. A what-if whose model asks for something else executes a call that touches nothing outside
+    (None: run it) and refuses any other."""
+    original = (
+        StepRun.objects.filter(run_id=recording_run_id(original_run_id, step_run.step_key), step_key=step_run.step_key)
+        .only("state", "output", "error", "definition", "input")
+        .first()
+    )
+    asked = (step_run.definition or {}).get("arguments", step_run.input)
+    same = (
+        original is not None
+        and (original.definition or {}).get("tool") == (step_run.definition or {}).get("tool")
+        and output_digest((original.definition or {}).get("arguments", original.input)) == output_digest(asked)
+    )
+    if not same or original is None:
+        if run.mode == Run.Mode.WHAT_IF and not (step_type.side_effects or step_type.replay_reuses_output):
+            return None
+        raise StepError(
+            f'Tool call "{step_run.step_key}" asks for {(step_run.definition or {}).get("tool")} with other '
+            f"arguments than run #{original_run_id} did, so there is no result to reuse (replays and what-if "
+            "runs never call outside systems or ask people again)."
+        )
+    if original.state == StepRun.State.SUCCEEDED:
+        return StepOutcome(output=original.output or {}, usage={"replayed_from_step_run": original.pk})
+    raise StepError(original.error or f"The call {original.state} in run #{original_run_id}.")
 
 
 def _recorded_outcome(original_run_id: int, step_key: str, *, tool_call: StepRun | None = None) -> StepOutcome:

@@ -250,7 +250,9 @@ def agents_wake(run: Run, tool_call_keys: Sequence[str]) -> list[str]:
         if StepRun.objects.filter(parent_id=parent_id).exclude(state__in=StepRun.FINISHED).exists():
             continue
         agent = StepRun.objects.filter(pk=parent_id, state=StepRun.State.WAITING, waiting_for=AGENT_WAIT)
-        if agent.update(state=StepRun.State.QUEUED, waiting_for="", queued_at=timezone.now()):
+        # Each turn is a new execution: its retry budget and restart cap count from zero, not across the loop
+        # (each turn's model calls are recorded under a key of their own, so replay still finds them).
+        if agent.update(state=StepRun.State.QUEUED, waiting_for="", queued_at=timezone.now(), attempt=0, restarts=0):
             step_run = StepRun.objects.get(pk=parent_id)
             outbox_dispatch([step_run])
             woken.append(step_run.step_key)

@@ -158,7 +158,8 @@ def run_restart(*, run: Run, step_key: str, actor: User, overrides: dict[str, di
         raise Forbidden("You may view this run but not operate it.")
     if overrides and not workflow_can_edit(actor, original.workflow):
         raise Forbidden("Trying other step settings needs the right to change this workflow.")
-    old_steps = {s.step_key: s for s in StepRun.objects.filter(run=original)}
+    # Graph steps only: an agent's tool calls belong to their agent, whose transcript is copied with it.
+    old_steps = {s.step_key: s for s in StepRun.objects.filter(run=original, parent__isnull=True)}
     succeeded = [key for key, step in old_steps.items() if step.state == StepRun.State.SUCCEEDED]
     reused = engine.reusable_before(original.version.graph, step_key, succeeded)
     overrides = _overrides_validate(original, overrides or {}, reused=set(reused))
@@ -182,6 +183,7 @@ def run_restart(*, run: Run, step_key: str, actor: User, overrides: dict[str, di
             usage=old.usage,
             branch=old.branch,
             streamed_text=old.streamed_text,
+            transcript=old.transcript,
             reused_from=old,
             started_at=now,
             finished_at=now,

@@ -134,6 +134,17 @@ SCRIPT = {
             "match": {"contains": "AGENT-I"},
             "response": {"json": {"tool_calls": [{"name": "read_mail", "arguments": {}}]}},
         },
+        # --- AGENT-J: personal data masked for the model, real for the tool ---
+        {
+            "name": "j: done",
+            "match": {"contains": ["AGENT-J", "] post_note: {"]},
+            "response": {"json": {"answer": "Noted."}},
+        },
+        {
+            "name": "j: post",
+            "match": {"contains": "AGENT-J"},
+            "response": {"json": {"tool_calls": [{"name": "post_note", "arguments": {"note": "[EMAIL_1]"}}]}},
+        },
         # --- AGENT-E: a workflow tool ---
         {
             "name": "e: answer",
@@ -371,6 +382,11 @@ def test_a_tool_the_initiator_may_not_use_is_refused_audited_and_never_run(
     refused = AuditEvent.objects.get(stream=f"run:{run.pk}", verb="agent.tool_refused")
     assert json.loads(refused.data)["tool"] == "payroll"
     assert StepRun.objects.get(run=run, step_key="agent").output["text"] == "I may not use the payroll workflow."
+    # A replay reproduces the refusal the model read (not a refusal of its own, nor a missing result).
+    replay = drive(run_replay(run=run, actor=analyst))
+    assert replay.status == Run.Status.SUCCEEDED, replay.error
+    (again,) = tool_calls(replay)
+    assert again.state == "failed" and again.error == call.error
 
 
 @pytest.mark.django_db
@@ -435,6 +451,12 @@ def test_a_tool_that_asks_first_waits_in_the_inbox_and_runs_only_when_approved(
     else:
         assert call.state == "failed" and call.error == f"Rejected by {reviewer.get_username()}: Wrong customer"
         assert sink.ledger() == {} and answer == "The note was not posted: a reviewer rejected it."
+    # A replay asks nobody again: the decision and what followed come from the record.
+    items = ApprovalRequest.objects.count()
+    replay = drive(run_replay(run=run, actor=analyst))
+    assert replay.status == Run.Status.SUCCEEDED, replay.error
+    assert ApprovalRequest.objects.count() == items
+    assert StepRun.objects.get(run=replay, step_key="agent").output["text"] == answer
 
 
 @pytest.mark.django_db
@@ -513,6 +535,18 @@ def test_a_suspicious_tool_output_routes_later_calls_to_a_person_or_stops(endpoi
     else:
         assert run.status == Run.Status.SUCCEEDED and len(sink.ledger()) == 1
         assert agent.usage["tool_output_flags"] == ["override_instructions"]
+
+
+@pytest.mark.django_db
+def test_personal_data_is_masked_for_the_model_and_real_for_the_tool(endpoint, analyst, team, sink, wire):
+    masked = agent_step([post_note(sink)], guardrails={"mask_pii": True})
+    workflow = publish(analyst, team, [masked])
+    run = run_to_end(analyst, workflow, "AGENT-J: note that bob.miller@example.com called")
+
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    (call,) = tool_calls(run)
+    assert call.input == {"note": "bob.miller@example.com"}
+    assert b"bob.miller@example.com" not in wire.sent  # the model never saw it
 
 
 def test_check_config_names_what_is_wrong_with_each_tool():

@@ -189,6 +189,8 @@ class AgentLoop:
                 "asked_at": asked_at,
                 "at": timezone.now().isoformat(),
             }
+            if turn == 1:
+                entry["tool_parameters"] = history.tool_parameters
             history.new_turns.append(entry)
             if not requests:
                 return await self._finish(entry, system, goal, protocol)
@@ -213,9 +215,9 @@ class AgentLoop:
 
     # -- limits --
 
-    def _check_limits(self, turn: int) -> None:
+    def _check_limits(self, turn: int, *, counts_turn: bool = True) -> None:
         limits, history = self.config.limits, self.history
-        if turn > limits.max_turns:
+        if counts_turn and turn > limits.max_turns:
             raise StepError(
                 f'Step "{self.context.step_key}": the agent reached its limit of {limits.max_turns} turns without a '
                 "final answer."
@@ -422,6 +424,8 @@ class AgentLoop:
                 errors += 1
                 continue
             tool = self.tools[str(name)]
+            if self.session.vault is not None:  # the model saw placeholders; the tool gets the real values
+                arguments = self.session.vault.restore_value(arguments)
             made += 1
             key = tool_call_key(self.context.step_key, made)
             record["key"] = key
@@ -467,6 +471,12 @@ class AgentLoop:
             )
         if self.config.review_queue:
             return "ask", self.config.review_queue
+        if self.context.initiator_id is None:  # nobody could confirm: stopping is the safe answer
+            raise StepError(
+                f'Step "{self.context.step_key}": a tool\'s output looks like instructions aimed at the model '
+                f"({flags}), and with no review queue and nobody who started the run, nobody can approve its next "
+                "calls; the agent stopped."
+            )
         return "confirm", ""
 
     def _argument_problem(self, name: Any, arguments: Any) -> str | None:
@@ -489,7 +499,7 @@ class AgentLoop:
         output: dict[str, Any] = {"text": entry["text"], "turns": len(self.history.all_turns), "tool_calls": made}
         if config.output == "data" and config.json_schema:
             turn = len(self.history.all_turns) + 1
-            self._check_limits(turn)
+            self._check_limits(turn, counts_turn=False)  # the answer is given; this only shapes it
             messages = self._messages(system, goal, protocol)
             messages.append({"role": "user", "content": "Give the final answer now as JSON for the requested fields."})
             scope = self.session.gateway.scope
@@ -539,7 +549,9 @@ def _refuses_tools(error: InferenceError) -> bool:
     """Whether the server said it has no tool calling (vLLM without --enable-auto-tool-choice answers 400), or,
     replaying, the original run's agent had found so (its turn was recorded as a JSON reply)."""
     if isinstance(error, NoRecording):
-        return True
+        # Replaying: the original asked this turn in JSON only if its tools call has no recording at all (a
+        # recording that answers another request is a real difference, reported as such).
+        return "there is no recording of" in error.message
     words = f"{error.server_message or ''} {error.message}".lower()
     return "tool" in words
 
