@@ -520,6 +520,9 @@ class ToolCallView:
     error: str
     note: Mapping[str, Any] | None
     duration_seconds: float | None
+    # A call that waits for the person who started the run to confirm or decline it (the page offers both).
+    awaits_confirmation: bool = False
+    run_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -575,6 +578,8 @@ def tool_call_view(call: Any, note: Mapping[str, Any] | None = None) -> ToolCall
         error=str(call.error or ""),
         note=note,
         duration_seconds=call.duration_seconds,
+        awaits_confirmation=str(call.state) == "waiting" and call.waiting_for == "confirm",
+        run_id=int(call.run_id or 0),
     )
 
 

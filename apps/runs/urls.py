@@ -16,6 +16,7 @@ urlpatterns = [
     path("<int:run_id>/replay/", views.run_replay_view, name="replay"),
     path("<int:run_id>/what-if/", views.run_what_if_view, name="what-if"),
     path("<int:run_id>/diff/", views.run_diff_view, name="diff"),
+    path("<int:run_id>/calls/<str:key>/confirm/", views.tool_call_confirm_view, name="tool-call-confirm"),
     path("incidents/<int:incident_id>/resolve/", views.incident_resolve_view, name="incident-resolve"),
     # --- triggers (apps/runs/trigger_views.py) ---
     path("triggers/<slug:slug>/", trigger_views.trigger_list, name="triggers"),

@@ -16,8 +16,10 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.core.htmx import HtmxHttpRequest
+from apps.runs.agent import tool_call_confirm
 from apps.runs.documents import input_form_posted
 from apps.runs.draft_tests import run_test_start
+from apps.runs.models import StepRun
 from apps.runs.selectors import (
     incident_get_for_user,
     run_can_operate,
@@ -205,6 +207,28 @@ def incident_resolve_view(request: HttpRequest, incident_id: int) -> HttpRespons
         messages.error(request, f"{refusal.message} {detail}".strip())
         return _to_run_page(request, run.pk)
     messages.success(request, f"Incident #{incident.pk} resolved: {action}.")
+    return _to_run_page(request, run.pk)
+
+
+@login_required
+@require_POST
+def tool_call_confirm_view(request: HttpRequest, run_id: int, key: str) -> HttpResponse:
+    """The person who started the run confirms or declines an agent's call that waits for her."""
+    run = run_get_for_user(request.user, run_id=run_id)
+    call = StepRun.objects.filter(run=run, step_key=key, parent__isnull=False).first()
+    if call is None:
+        raise Http404("No such tool call.")
+    confirmed = request.POST.get("answer") == "confirm"
+    try:
+        tool_call_confirm(step_run=call, actor=request.user, confirmed=confirmed)  # type: ignore[arg-type]
+    except ApplicationError as refusal:
+        messages.error(request, refusal.message)
+    else:
+        tool = call.name or key
+        messages.success(
+            request,
+            f"Confirmed: the agent's call of {tool} runs now." if confirmed else f"Declined: {tool} is not done.",
+        )
     return _to_run_page(request, run.pk)
 
 

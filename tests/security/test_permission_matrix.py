@@ -179,6 +179,8 @@ EXEMPT = {
     "runs:cancel",
     "runs:restart",
     "runs:incident-resolve",
+    # An agent's call the run's starter confirms (POST): tests/steps/test_llm_agent.py covers it by persona.
+    "runs:tool-call-confirm",
     # Replay and what-if (POST) and the diff of such runs need a finished run: test_replay_what_if_by_persona
     # below covers them.
     "runs:replay",

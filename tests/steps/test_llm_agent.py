@@ -549,6 +549,36 @@ def test_personal_data_is_masked_for_the_model_and_real_for_the_tool(endpoint, a
     assert b"bob.miller@example.com" not in wire.sent  # the model never saw it
 
 
+@pytest.mark.django_db
+def test_the_run_page_lets_only_the_starter_confirm_a_call(endpoint, analyst, team, reviewer, outsider, sink):
+    from django.test import Client
+    from django.urls import reverse
+
+    workflow = publish(analyst, team, [agent_step([{**post_note(sink), "approval": "confirm"}])])
+    run = run_to_end(analyst, workflow, "AGENT-H: reply to Bob")
+    (call,) = tool_calls(run)
+    url = reverse("runs:tool-call-confirm", kwargs={"run_id": run.pk, "key": call.step_key})
+    page = reverse("runs:detail", kwargs={"run_id": run.pk})
+
+    starter = Client()
+    starter.force_login(analyst)
+    assert f'action="{url}"' in starter.get(page).content.decode()
+    outside = Client()
+    outside.force_login(outsider)
+    assert outside.post(url, {"answer": "confirm"}).status_code == 404
+    other = Client()
+    other.force_login(reviewer)
+    refused = other.post(url, {"answer": "confirm"}, follow=True).content.decode()
+    assert "Only the person who started this conversation confirms its actions." in refused
+    call.refresh_from_db()
+    assert call.state == "waiting"
+    assert starter.get(url).status_code == 405
+    assert starter.post(url, {"answer": "confirm"}).status_code == 302
+    call.refresh_from_db()
+    assert call.state == "queued"
+    assert drive(run).status == Run.Status.SUCCEEDED and len(sink.ledger()) == 1
+
+
 def test_check_config_names_what_is_wrong_with_each_tool():
     config = LlmAgentConfig.model_validate(
         {
