@@ -17,7 +17,7 @@ help:
 	@echo "  make test        run the full test suite against real services; narrow it with PYTEST_ARGS='-k name'"
 	@echo "  make services    start only PostgreSQL, Redis and the inference server, to run the app yourself"
 	@echo "  make lint        ruff check, ruff format --check, mypy"
-	@echo "  make bench       run the benchmarks (bench/README.md); one of them with B=B1 (B1 B2 B3 B6 B7 B8 B9 B10 B11)"
+	@echo "  make bench       run the benchmarks (bench/README.md); one of them with B=B1 (B1 B2 B3 B6 B7 B8 B9 B10 B11 B12)"
 	@echo "  make clean-data  delete $(DATA_DIR)/ (every local database and log) without asking; stops nothing,"
 	@echo "                   and refuses while a stack started by make run/test is still using it"
 
