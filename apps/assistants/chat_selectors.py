@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.db.models import QuerySet
@@ -138,15 +139,55 @@ def chat_history(session: ChatSession, *, before: ChatMessage | None = None) -> 
 
 
 @dataclass
+class ItemRow:
+    cells: list[str]
+    link: str = ""
+
+
+@dataclass
+class ItemsTable:
+    """A lookup's items as a small table: a few readable columns, the first cell linked to the item's page."""
+
+    columns: list[str]
+    rows: list[ItemRow]
+
+
+@dataclass
 class ToolUse:
     """One tool call of an answer, as the conversation shows it."""
 
     call: StepRun
     state_words: str
     result: Value | None = None
+    items: ItemsTable | None = None
     summary: str = ""
     arguments: Value | None = None
     awaiting: bool = False
+
+
+# The columns a lookup's items show first, by key; ids, raw timestamps and machine states stay in the run's page.
+_ITEM_COLUMNS = ("title", "name", "workflow", "queue", "status", "age", "sla", "when", "value")
+_ITEM_COLUMNS_MAX = 4
+
+
+def items_table(items: list[Any]) -> ItemsTable | None:
+    """`items` (a list of records) as a small table, or None when they are not records."""
+    records = [item for item in items if isinstance(item, dict)]
+    if not records or len(records) != len(items):
+        return None
+    keys: list[str] = []
+    for key in _ITEM_COLUMNS:
+        if any(key in record for record in records):
+            keys.append(key)
+    if not keys:  # records of another shape: their first text fields
+        keys = [key for key, value in records[0].items() if isinstance(value, str | int | float) and key != "link"]
+    keys = keys[:_ITEM_COLUMNS_MAX]
+    rows = []
+    for record in records:
+        cells = ["" if record.get(key) is None else str(record.get(key)) for key in keys]
+        link = str(record.get("link") or "")
+        rows.append(ItemRow(cells=cells, link=link if link.startswith("/") and not link.startswith("//") else ""))
+    return ItemsTable(columns=[key.replace("_", " ").capitalize() for key in keys], rows=rows)
 
 
 @dataclass
@@ -193,7 +234,9 @@ def _tool_use(call: StepRun, awaiting_ids: set[int]) -> ToolUse:
         if isinstance(output, dict) and isinstance(output.get("items"), list):
             # assistant.lookup (and any tool answering with items): the items as a table, its summary above it.
             use.summary = str(output.get("summary") or "")
-            use.result = present_value(output["items"]) if output["items"] else None
+            use.items = items_table(output["items"])
+            if use.items is None and output["items"]:
+                use.result = present_value(output["items"])
             if not output["items"] and not use.summary:
                 use.summary = "Nothing found."
         else:

@@ -273,7 +273,11 @@ def test_an_answer_shows_its_tools_and_waits_for_her_confirmation(endpoint, chat
     assert answer.state == "answered" and listed.text == "Two items wait for you: A-17 and B-4."
     (use,) = answer.tools
     assert use.call.name == "my_items" and use.summary == "2 items wait for you (ITEMS-LISTED)"
-    assert use.result is not None and use.result.kind == "table"
+    assert use.items is not None and use.items.columns == ["Title", "Queue"]
+    assert [row.cells for row in use.items.rows] == [
+        ["Claim A-17 water damage", "Adjusters"],
+        ["Claim B-4 stolen bike", "Adjusters"],
+    ]
 
     sending = answered(chat_message_send(actor=reviewer, session=session, text="CHAT-SEND reply to the customer"))
     answer = chat_answer(sending)
