@@ -168,7 +168,9 @@ class RecordListField(forms.CharField):
             parts = line.split(": ", len(self.names) - 1)
             if len(parts) != len(self.names):
                 raise forms.ValidationError(
-                    f"Line {number}: write {': '.join(self.names)}, separated by a colon and a space.", code="invalid"
+                    f"Line {number}: write {' and '.join(self.names)} separated by a colon, as in "
+                    f'"{": ".join(self.names)}".',
+                    code="invalid",
                 )
             records.append(dict(zip(self.names, (part.strip() for part in parts), strict=True)))
         return records

@@ -379,3 +379,49 @@ def test_the_demo_rules_parse_and_answer_the_latest_message_only():
     assert [call.name for call in runs.tool_calls] == ["runs_needing_attention"]
     other = reply("The person asks now: thanks!")
     assert not other.tool_calls and "What is waiting for me?" in other.text
+
+
+# --- the conversation as a run input ------------------------------------------------------------------------
+
+
+def test_the_conversation_input_is_checked_entry_by_entry_and_typed_one_message_per_line():
+    from apps.workflows.input_schema import input_form_class, input_schema_errors, input_validate
+
+    schema = gallery_template_get(ASSISTANT).documents[-1]["spec"]["input_schema"]
+    assert input_schema_errors(schema) == []
+    history = [{"role": "user", "text": "What is waiting for me?"}, {"role": "assistant", "text": "Two items."}]
+    assert input_validate(schema, {"message": "And now?", "history": history}) == (
+        {"message": "And now?", "history": history},
+        {},
+    )
+    for bad, message in [
+        ([{"role": "bot", "text": "x"}], "Entry 1: role must be one of user, assistant."),
+        ([{"role": "user"}], "Entry 1: text is required."),
+        ([{"role": "user", "text": "x", "at": "noon"}], 'Entry 1: "at" is not one of role, text.'),
+        ([{"role": "user", "text": 7}], "Entry 1: text must be text."),
+        (["user: hi"], "Entry 1: must be an object of role, text."),
+        ([{"role": "user", "text": "x"}] * 41, "At most 40 entries."),
+    ]:
+        assert input_validate(schema, {"message": "hi", "history": bad}) == ({}, {"history": [message]})
+    # The Run form: one message per line, the text keeping its own colons.
+    form = input_form_class(schema)(data={"message": "hi", "history": "user: Hi: there\nassistant: Hello.\n"})
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data["history"] == [
+        {"role": "user", "text": "Hi: there"},
+        {"role": "assistant", "text": "Hello."},
+    ]
+    assert form["history"].value() == "user: Hi: there\nassistant: Hello.\n"
+    refused = input_form_class(schema)(data={"message": "hi", "history": "just text"})
+    assert not refused.is_valid()
+    assert refused.errors["history"] == ['Line 1: write role and text separated by a colon, as in "role: text".']
+    # Lists of anything but text records stay refused.
+    numbers = {
+        "type": "object",
+        "properties": {
+            "rows": {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer"}}}}
+        },
+    }
+    assert input_schema_errors(numbers) == [
+        'input schema: field "rows" is a list, and only lists of text, or of records whose fields are all text, '
+        "are supported"
+    ]
