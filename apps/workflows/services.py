@@ -18,6 +18,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from apps.accounts.models import Team, User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden, ValidationFailed
+from apps.workflows.agent_tools import agent_config_problems
 from apps.workflows.graph import graph_checksum
 from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_can_edit
@@ -414,6 +415,13 @@ def workflow_version_publish(
         )
     problems = version_problems(version)
     problems += uses_problems(actor, version.graph, workflow=version.workflow)
+    # An agent's tools name workflows too: the publisher must be able to run them (connections and collections
+    # are in uses_problems above; everything else in version_problems).
+    problems += [
+        problem
+        for problem in agent_config_problems(version.graph, own_slug=version.workflow.slug, user=actor)
+        if ".step.config.workflow:" in problem and problem not in problems
+    ]
     problems += [problem for check in PUBLISH_CHECKS for problem in check(actor, version.graph)]
     graph, _ = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     if problems:

@@ -372,6 +372,12 @@ def test_a_tool_the_initiator_may_not_use_is_refused_audited_and_never_run(
     draft = workflow_version_create(
         actor=analyst, workflow=workflow, graph={"steps": [agent_step([tool])]}, input_schema=GOAL_INPUT
     )
+    # The analyst herself may not publish it: she may not run the tool's workflow.
+    from apps.core.exceptions import ApplicationError
+
+    with pytest.raises(ApplicationError) as refused_publish:
+        workflow_version_publish(actor=analyst, version=draft)
+    assert any("tools.0.step.config.workflow" in p for p in refused_publish.value.extra["problems"])
     workflow_version_publish(actor=admin_user_role, version=draft)
     run = run_to_end(analyst, workflow, "AGENT-D: give everyone a raise")
 
