@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRefresh
 
 from apps.assistants.chat_selectors import (
     chat_call_get_for_user,
@@ -101,5 +101,6 @@ def chat_call(request: HttpRequest, call_id: int) -> HttpResponse:
             done = "confirmed: it runs now" if answer == "confirm" else "declined: the assistant is told so"
             messages.success(request, f"{call.name or 'The action'} {done}.")
     url = reverse("chat:session", args=[message.session_id]) + f"#chat-message-{message.pk}"
-    # The buttons of an answer pushed over the WebSocket post with htmx (the CSRF header from <body>).
-    return HttpResponseClientRedirect(url) if getattr(request, "htmx", False) else redirect(url)
+    # The buttons of an answer pushed over the WebSocket post with htmx (the CSRF header from <body>); they are on
+    # this conversation's page, so it reloads (a redirect to the same page and another #fragment would not).
+    return HttpResponseClientRefresh() if getattr(request, "htmx", False) else redirect(url)
