@@ -112,7 +112,7 @@ def weekly_summary(user_id: int, params: dict[str, Any]) -> Reading:
         ("runs_failed", "Runs failed", started["failed"]),
         ("runs_in_progress", "Runs still in progress", started["going"]),
     ]
-    items = [{"key": key, "measure": label, "value": value} for key, label, value in numbers]
+    items = [{"key": key, "name": label, "value": value} for key, label, value in numbers]
     summary = (
         f"In the last 7 days you decided {_plural(decisions['decided'], 'item', 'items')} "
         f"({decisions['approved']} approved, {decisions['rejected']} rejected) and started "

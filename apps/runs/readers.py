@@ -52,12 +52,12 @@ def runs_needing_attention(user_id: int, params: dict[str, Any]) -> Reading:
         since = since or run.created_at
         found[run.pk] = {
             "run_id": run.pk,
-            "run": f"#{run.pk}",
+            "name": f"Run #{run.pk}",
             "workflow": run.workflow.name,
             "reason": reason,
-            "state": state,
+            "status": state,
             "since": since.isoformat(),
-            "since_text": f"{timesince(since, now, depth=2)} ago",
+            "when": f"{timesince(since, now, depth=2)} ago",
             "link": reverse("runs:detail", args=[run.pk]),
         }
 

@@ -189,11 +189,11 @@ def test_runs_needing_attention_by_persona(work, analyst, reviewer, outsider, fi
         (long_wait.run_id, "waiting_on_people"),
     ]
     incident, failure, waiting = reading["items"]
-    assert incident["state"] == 'stopped on an incident at "review": Restart cap reached.'
-    assert failure["state"].startswith("failed: ") and failure["workflow"] == "Nightly export"
-    assert failure["run"] == f"#{failed.pk}" and failure["link"] == reverse("runs:detail", args=[failed.pk])
-    assert waiting["state"].startswith('waiting for a decision at "review" for 2\xa0days')
-    assert waiting["since_text"].endswith(" ago")
+    assert incident["status"] == 'stopped on an incident at "review": Restart cap reached.'
+    assert failure["status"].startswith("failed: ") and failure["workflow"] == "Nightly export"
+    assert failure["name"] == f"Run #{failed.pk}" and failure["link"] == reverse("runs:detail", args=[failed.pk])
+    assert waiting["status"].startswith('waiting for a decision at "review" for 2\xa0days')
+    assert waiting["when"].endswith(" ago") and waiting["since"]
     assert reading["summary"] == (
         "3 runs need attention: 1 stopped on an incident, 1 failed, 1 waiting on people for more than a day."
     )
@@ -223,6 +223,7 @@ def test_the_weekly_summary_counts_her_own_decisions_and_runs(work, analyst, rev
         drive(Run.objects.get(pk=decided.run_id))
     rita = weekly_summary(reviewer.pk, PARAMS)
     numbers = {item["key"]: item["value"] for item in rita["items"]}
+    assert [item["name"] for item in rita["items"]][:2] == ["Items decided", "Items approved"]
     assert numbers["items_decided"] == 2 and numbers["items_approved"] == 1 and numbers["items_rejected"] == 1
     assert numbers["runs_started"] == 0
     assert rita["summary"] == (
@@ -288,6 +289,21 @@ def test_the_template_imports_publishes_and_offers_the_four_tools(analyst, revie
     assert list(tools) == ["pending_approvals", "runs_needing_attention", "weekly_summary", "draft_reply"]
     assert tools["draft_reply"]["approval"] == "confirm" and tools["draft_reply"]["step"]["type"] == "email.send"
     assert {tools[name]["step"]["config"]["what"] for name in list(tools)[:3]} == set(LOOKUPS)
+
+
+def test_the_builder_and_the_run_form_show_the_assistant(analyst, reviewer, team, mail):
+    from django.test import Client
+
+    workflow = _assistant(analyst, reviewer, team)
+    client = Client()
+    client.force_login(analyst)
+    editor = client.get(reverse("workflows:editor", args=[workflow.slug]))
+    assert editor.status_code == 200
+    step = client.get(reverse("workflows:editor", args=[workflow.slug]), {"step": "assistant"})
+    assert step.status_code == 200 and "pending_approvals" in step.content.decode()
+    assert "assistant.lookup" in step.content.decode()  # the tools editor names a kind it has no label for by type
+    form = client.get(reverse("runs:create", args=[workflow.slug]))
+    assert form.status_code == 200 and "Conversation so far" in form.content.decode()
 
 
 def _ask(workflow: Workflow, person: User, message: str, history: list[dict[str, str]] | None = None) -> Run:
