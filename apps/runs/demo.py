@@ -150,6 +150,19 @@ def _workflow(analyst: User, template: str, team: Team, name: str) -> None:
             config={"cron": "0 8 * * 1", "timezone": _local_time_zone()},
             inputs={"recipient": f'"{DIGEST_RECIPIENT}"', "scheduled_for": "payload.scheduled_at_local"},
         )
+    if template == "remote-work-assistant":
+        # The team talks to it on the Assistant page: each message is a run, as the person who sent it.
+        trigger_create(
+            actor=analyst,
+            workflow=workflow,
+            kind="chat",
+            name="Chat",
+            config={
+                "title": "Remote-work assistant",
+                "greeting": "Ask me what is waiting for you, which runs need attention or how your week went. "
+                "I can draft a reply too; nothing is sent until you confirm it.",
+            },
+        )
 
 
 def _all_graphs(template: str) -> list[dict[str, Any]]:

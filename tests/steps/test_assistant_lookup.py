@@ -36,6 +36,7 @@ from apps.steps.readers import LOOKUPS, READERS
 from apps.steps.registry import step_config_errors
 from apps.workflows.gallery import gallery_template_get, workflow_create_from_template
 from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.selectors import workflow_can_run
 from apps.workflows.services import (
     version_problems,
     workflow_create,
@@ -272,8 +273,7 @@ def _assistant(analyst: User, reviewer: User, team: Team) -> Workflow:
     draft = workflow_draft_get_or_create(actor=analyst, workflow=workflow)
     assert version_problems(draft) == []
     workflow_version_publish(actor=analyst, version=draft, note="Published from the gallery.")
-    # The chat pages decide who talks to it; here Rita may run it.
-    assign_perm("workflows.run_workflow", reviewer, workflow)
+    assert workflow_can_run(reviewer, workflow)  # as a member of the team
     return workflow
 
 
@@ -441,3 +441,27 @@ def test_the_conversation_input_is_checked_entry_by_entry_and_typed_one_message_
         'input schema: field "rows" is a list, and only lists of text, or of records whose fields are all text, '
         "are supported"
     ]
+
+
+# --- the demo ------------------------------------------------------------------------------------------------
+
+
+def test_the_demo_publishes_the_assistant_for_the_claims_team_on_a_chat(settings, tmp_path):
+    from django.core.management import call_command
+
+    from apps.workflows.models import Trigger
+
+    settings.AIOS_DATA_DIR = tmp_path
+    settings.AIOS_DEMO_OUTSIDE_URL = ""
+    settings.AIOS_DEMO_ERP_URL = ""
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_HOST_USER = "127.0.0.1", 2525, ""
+    call_command("seed_demo")
+
+    workflow = Workflow.objects.get(slug=ASSISTANT)
+    assert workflow.team is not None and workflow.team.slug == "claims"
+    assert workflow.versions.filter(state=WorkflowVersion.State.PUBLISHED).count() == 1
+    [chat] = Trigger.objects.filter(workflow=workflow)
+    assert chat.kind == "chat" and chat.enabled and chat.config["title"] == "Remote-work assistant"
+    assert workflow_can_run(User.objects.get(username="rita"), workflow)
+    call_command("seed_demo")  # again: nothing new
+    assert Trigger.objects.filter(workflow__slug=ASSISTANT).count() == 1
