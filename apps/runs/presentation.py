@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -645,13 +646,21 @@ def agent_view(
         )
     usage = step.usage if isinstance(step.usage, Mapping) else {}
     output = step.output if isinstance(step.output, Mapping) else {}
+    # Tokens and cost over every turn: the step's usage holds only its latest execution's (one turn, once the
+    # agent has woken up after its tool calls), so the recorded model calls are summed where there are any.
     totals = {
         "turns": output.get("turns", len(turns)),
         "tool_calls": usage.get("tool_calls", output.get("tool_calls", len(calls))),
         "argument_errors": usage.get("argument_errors", 0),
-        "prompt_tokens": usage.get("prompt_tokens", sum(call.prompt_tokens for call in model_calls)),
-        "generated_tokens": usage.get("generated_tokens", sum(call.generated_tokens for call in model_calls)),
-        "cost": usage.get("cost", sum((call.cost for call in model_calls), 0)),
+        "prompt_tokens": sum(call.prompt_tokens for call in model_calls)
+        if model_calls
+        else usage.get("prompt_tokens", 0),
+        "generated_tokens": sum(call.generated_tokens for call in model_calls)
+        if model_calls
+        else usage.get("generated_tokens", 0),
+        "cost": format(sum((call.cost for call in model_calls), Decimal(0)).normalize(), "f")
+        if model_calls
+        else usage.get("cost", 0),
         "seconds": step.duration_seconds,
     }
     thinking = str(step.state) == "running" and not any(
