@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
+from apps.inference.models import InferenceCall
 from apps.runs.models import Run, StepRun
 from apps.runs.selectors import canonical_json
 from apps.workflows.services import (
@@ -292,8 +293,16 @@ def test_agent_with_an_approved_tool_call_runs_shows_its_turns_and_replays_byte_
     expect(second).to_have_class(re.compile("tool-call--succeeded"))
     expect(second).to_contain_text(NOTE)
     expect(second).to_contain_text(re.compile(r"Applied\s*Yes"))  # the sink's answer: the effect happened
+    expect(second).to_contain_text("Approved by Rita")
     expect(turns.nth(2).locator("h5")).to_have_text("Turn 3 · final answer")
     expect(turns.nth(2)).to_contain_text(ANSWER)
+    # The step's totals are over its three turns (what the run's header counts), not its last turn's alone.
+    calls = InferenceCall.objects.filter(run_id=run.pk)
+    assert calls.count() == 3
+    prompt, generated = sum(c.prompt_tokens for c in calls), sum(c.generated_tokens for c in calls)
+    expect(page.locator(".agent-totals")).to_contain_text(
+        f"3 turns · 2 tool calls · {prompt} tokens in, {generated} out"
+    )
     shoot(page, "agent-flow-run")
     deliveries = sink.deliveries()
     assert len(deliveries) == 1 and deliveries[0].applied and deliveries[0].path == "/effect/refund-note"
