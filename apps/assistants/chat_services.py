@@ -86,7 +86,12 @@ def chat_message_send(*, actor: User, session: ChatSession, text: str) -> ChatMe
         inputs["history"] = history
     run, _ = run_start(actor=actor, workflow=session.workflow, inputs=inputs, trigger="chat")
     answer = ChatMessage.objects.create(session=session, role=ChatMessage.Role.ASSISTANT, run=run)
-    session.save(update_fields=["updated_at"])
+    fields = ["updated_at"]
+    if not history and not session.messages.exclude(pk__in=[question.pk, answer.pk]).exists():
+        # A conversation is named by its first question, so her list tells them apart.
+        session.title = _title_from(text)
+        fields.append("title")
+    session.save(update_fields=fields)
     audit_record(
         actor=actor,
         verb="chat.message_sent",
@@ -94,6 +99,11 @@ def chat_message_send(*, actor: User, session: ChatSession, text: str) -> ChatMe
         data={"message": question.pk, "run": run.pk, "characters": len(text), "history": len(history)},
     )
     return answer
+
+
+def _title_from(text: str) -> str:
+    words = " ".join(text.split())
+    return words if len(words) <= 80 else words[:79].rstrip() + "…"
 
 
 def chat_call_answer(*, actor: User, message: ChatMessage, call: StepRun, confirmed: bool) -> StepRun:

@@ -209,6 +209,8 @@ def test_a_message_runs_the_workflow_as_the_person_with_the_history(endpoint, ch
         {"role": "assistant", "text": "Hello, how can I help today?"},
     ]
     assert [(m.role, m.text) for m in session.messages.all()][2] == ("user", "CHAT-HELLO again")
+    session.refresh_from_db()
+    assert session.title == "CHAT-HELLO there"  # named by its first question
     verbs = list(AuditEvent.objects.filter(verb__startswith="chat.").values_list("verb", flat=True))
     assert verbs == ["chat.session_started", "chat.message_sent", "chat.message_sent"]
 

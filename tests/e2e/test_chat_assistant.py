@@ -203,6 +203,6 @@ def test_the_reviewer_asks_what_is_waiting_and_sees_her_items_stream_in(
     expect(page.locator(".chat-message--answered").last).to_contain_text("Nothing was sent.")
 
     page.get_by_label("Main").get_by_role("link", name="Assistant", exact=True).click()
-    expect(page.get_by_role("link", name="Remote-work assistant").first).to_be_visible()
+    expect(page.get_by_role("link", name="what is waiting for me?")).to_be_visible()
     shoot(page, "chat-index")
     assert not [e for e in errors if e.startswith(("pageerror", "error"))], errors
