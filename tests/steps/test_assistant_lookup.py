@@ -304,6 +304,9 @@ def test_the_builder_and_the_run_form_show_the_assistant(analyst, reviewer, team
     assert "assistant.lookup" in step.content.decode()  # the tools editor names a kind it has no label for by type
     form = client.get(reverse("runs:create", args=[workflow.slug]))
     assert form.status_code == 200 and "Conversation so far" in form.content.decode()
+    # The second sample fills the conversation in one message per line.
+    sample = client.get(reverse("runs:create", args=[workflow.slug]), {"sample": 2}).content.decode()
+    assert "user: What is waiting for me?\nassistant: Here is what is waiting for you to decide" in sample
 
 
 def _ask(workflow: Workflow, person: User, message: str, history: list[dict[str, str]] | None = None) -> Run:
