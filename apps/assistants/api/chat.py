@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
@@ -124,7 +125,7 @@ def session_detail_view(request: Request, session_id: int) -> Response:
     return Response(SessionSerializer(chat_session_get_for_user(request.user, session_id=session_id)).data)
 
 
-@extend_schema(request=MessageCreateSerializer, responses={200: dict, 201: dict})
+@extend_schema(request=MessageCreateSerializer, responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT})
 @api_view(["GET", "POST"])
 def message_list_view(request: Request, session_id: int) -> Response:
     """A conversation's messages in order (answers with their state, run and tools); POST sends a message and
@@ -138,7 +139,7 @@ def message_list_view(request: Request, session_id: int) -> Response:
     return Response([message_data(item) for item in chat_conversation(session)])
 
 
-@extend_schema(request=CallAnswerSerializer, responses={200: dict})
+@extend_schema(request=CallAnswerSerializer, responses={200: OpenApiTypes.OBJECT})
 @api_view(["POST"])
 def call_answer_view(request: Request, call_id: int) -> Response:
     """Confirm or decline an action the assistant waits on in one of the caller's conversations (409 when it was
