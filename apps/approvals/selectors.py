@@ -141,12 +141,18 @@ def queue_use_problems(user: AnyUser, graph: dict[str, Any]) -> list[str]:
     usable = set(queues_usable_by(user).values_list("key", flat=True))
     problems = []
     for step in graph.get("steps", []):
-        if not isinstance(step, dict) or step.get("type") != "human.approval":
+        if not isinstance(step, dict) or step.get("type") not in ("human.approval", "llm.agent"):
             continue
         config = step.get("config")
         if not isinstance(config, dict):
             continue
-        named = [config.get("queue"), *(config.get("then_queues") or [])]
+        if step.get("type") == "human.approval":
+            named = [config.get("queue"), *(config.get("then_queues") or [])]
+        else:  # an agent's tools that ask a person first, and the queue that reviews after a suspicious output
+            tools = config.get("tools") if isinstance(config.get("tools"), list) else []
+            named = [config.get("review_queue")] + [
+                tool.get("approval_queue") for tool in tools if isinstance(tool, dict) and tool.get("approval") == "ask"
+            ]
         for key in named:
             if isinstance(key, str) and key and key not in usable and ApprovalQueue.objects.filter(key=key).exists():
                 problems.append(f'step "{step.get("key")}": you may not send items to the approval queue "{key}"')

@@ -585,6 +585,22 @@ def test_the_run_page_lets_only_the_starter_confirm_a_call(endpoint, analyst, te
     assert drive(run).status == Run.Status.SUCCEEDED and len(sink.ledger()) == 1
 
 
+@pytest.mark.django_db
+def test_an_agent_may_not_send_its_approvals_to_another_teams_queue(analyst, team, sink):
+    from apps.accounts.services import team_create, user_create
+    from apps.core.exceptions import ApplicationError
+
+    fay = user_create(username="fay", password="a-long-passphrase-for-fay", roles=["reviewer"], first_name="Fay")
+    team_create(name="Finance", members=[fay])
+    risky = {**post_note(sink), "approval": "ask", "approval_queue": "team:finance"}
+    for index, step in enumerate((agent_step([risky]), agent_step([post_note(sink)], review_queue="team:finance"))):
+        with pytest.raises(ApplicationError) as refused:
+            publish(analyst, team, [step], name=f"Queue test {index}")
+        assert any(
+            'may not send items to the approval queue "team:finance"' in p for p in refused.value.extra["problems"]
+        )
+
+
 def test_check_config_names_what_is_wrong_with_each_tool():
     config = LlmAgentConfig.model_validate(
         {
