@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connections
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from apps.inference.models import InferenceCall
@@ -187,13 +188,22 @@ def blank_refund_desk(analyst: Any, team: Any) -> Any:
     return workflow
 
 
+@pytest.fixture
+def own_connections() -> Iterator[None]:
+    """Close, at the end of the test, the database connections its body opened. Playwright's sync API keeps an
+    event loop running in this thread, so Django keeps those connections per context, where pytest-django's
+    teardown does not see them: left open, they stop the test database from being dropped."""
+    yield
+    connections.close_all()
+
+
 def outputs(run: Run) -> dict[str, str]:
     """Every step run's output as canonical JSON, by step key (the agent and each of its tool calls)."""
     return {step.step_key: canonical_json(step.output) for step in StepRun.objects.filter(run=run)}
 
 
 def test_agent_with_an_approved_tool_call_runs_shows_its_turns_and_replays_byte_for_byte(
-    agent_stack, sink, analyst, reviewer, team, browser: Browser
+    agent_stack, sink, analyst, reviewer, team, browser: Browser, own_connections
 ):
     base, proxy = agent_stack
     lookup = customer_lookup_workflow(analyst, team)
