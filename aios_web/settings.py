@@ -352,6 +352,8 @@ AIOS_MAILBOX_POLL_SECONDS = env_float("AIOS_MAILBOX_POLL_SECONDS", 60.0, minimum
 # MCP endpoint (/mcp, apps/assistants/mcp_server.py): how long a tool call waits for its run before answering that
 # the run is still running (with its address); the run goes on either way.
 AIOS_MCP_CALL_TIMEOUT_SECONDS = env_float("AIOS_MCP_CALL_TIMEOUT_SECONDS", 120.0, minimum=1.0)
+# The largest answer an MCP server may send to an agent's call (read into memory by the client): 8 MB.
+AIOS_MCP_MAX_RESPONSE_BYTES = env_int("AIOS_MCP_MAX_RESPONSE_BYTES", 8 * 1024 * 1024, minimum=1024)
 # The demo's outside systems, set by `make run` for the demo seed only (empty: the demo seeds no connections to
 # them): the stand-in ERP and CMS, and the demo ERP's database.
 AIOS_DEMO_OUTSIDE_URL = env_str("AIOS_DEMO_OUTSIDE_URL", "")

@@ -39,6 +39,7 @@ import anyio.to_thread
 import httpcore2
 import httpx2
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.core.cache import cache
 from pydantic import ValidationError
 
@@ -163,8 +164,35 @@ class _PinnedBackend(httpcore2.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+class McpResponseTooLarge(httpx2.HTTPError):
+    """An MCP server's answer grew past AIOS_MCP_MAX_RESPONSE_BYTES: it is cut off, not read into memory."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the server's answer is larger than {limit // 1048576 or 1} MB (the limit)")
+
+
+class _CappedStream(httpx2.AsyncByteStream):
+    """A response body that raises once it has brought more than `limit` bytes: the SDK reads a whole JSON
+    answer into memory, and a hostile or broken server must not be able to fill a worker's."""
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self._inner, self._limit = inner, limit
+
+    async def __aiter__(self) -> Any:
+        total = 0
+        async for chunk in self._inner:
+            total += len(chunk)
+            if total > self._limit:
+                raise McpResponseTooLarge(self._limit)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class _PinnedTransport(httpx2.AsyncHTTPTransport):
-    """httpx2's transport over a connection pool whose every connection goes to the checked address."""
+    """httpx2's transport over a connection pool whose every connection goes to the checked address, with
+    every answer's size capped."""
 
     def __init__(self, backend: _PinnedBackend) -> None:
         super().__init__(trust_env=False)
@@ -175,6 +203,11 @@ class _PinnedTransport(httpx2.AsyncHTTPTransport):
             network_backend=backend,
             max_connections=4,
         )
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await super().handle_async_request(request)
+        response.stream = _CappedStream(response.stream, settings.AIOS_MCP_MAX_RESPONSE_BYTES)
+        return response
 
 
 def _endpoint(url: str) -> tuple[str, int]:
@@ -263,6 +296,8 @@ def _describe(error: BaseException) -> str:
         return f"could not connect ({str(error) or 'connection refused'})"
     if isinstance(error, httpx2.TimeoutException):
         return "the server stopped answering (timed out)"
+    if isinstance(error, McpResponseTooLarge):
+        return str(error)
     if isinstance(error, httpx2.HTTPStatusError):
         return f"HTTP {error.response.status_code}"
     if isinstance(error, httpx2.HTTPError):

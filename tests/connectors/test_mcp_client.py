@@ -541,3 +541,15 @@ def test_a_run_without_the_right_to_the_connection_cannot_call_it(settings: Any,
         step_type().execute(config, context)
     assert refused.value.message == 'Step "lookup": This workflow may not use the connection "tools".'
     assert not refused.value.retryable
+
+
+def test_an_answer_larger_than_the_limit_is_cut_off_not_read(mcp_url, settings):
+    """A server that answers with more than AIOS_MCP_MAX_RESPONSE_BYTES is refused while its answer streams in:
+    the client never holds it whole (a hostile server could otherwise fill the worker's memory)."""
+    settings.AIOS_HTTP_ALLOWLIST = ["127.0.0.1/32"]
+    settings.AIOS_MCP_MAX_RESPONSE_BYTES = 4096
+    with pytest.raises(McpUnavailable) as failure:
+        mcp_tool_call(_http(mcp_url), "echo", {"text": "x" * 20_000})
+    assert "larger than" in failure.value.message and "the limit" in failure.value.message
+    settings.AIOS_MCP_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+    assert mcp_tool_call(_http(mcp_url), "echo", {"text": "x" * 20_000}).data["arguments"]["text"] == "x" * 20_000
