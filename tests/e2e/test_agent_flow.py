@@ -255,7 +255,11 @@ def test_agent_with_an_approved_tool_call_runs_shows_its_turns_and_replays_byte_
 
     page.get_by_label("What changed (shown in the version list)").fill("An agent that looks up and refunds")
     page.get_by_role("button", name="Publish version 1").click()
-    expect(page.get_by_role("heading", name="Versions")).to_be_visible()
+    try:
+        expect(page.get_by_role("heading", name="Versions")).to_be_visible(timeout=20_000)  # a busy machine
+    except AssertionError:
+        alerts = page.locator("[role=alert], .callout--error, .field-error").all_inner_texts()
+        raise AssertionError(f"version 1 was not published: {alerts}") from None
     page.goto(f"{base}/runs/start/{workflow.slug}/")
     page.get_by_label("Customer request").fill(REQUEST)
     page.get_by_role("button", name="Start run").click()
@@ -278,14 +282,14 @@ def test_agent_with_an_approved_tool_call_runs_shows_its_turns_and_replays_byte_
     review = inbox.locator(".review")
     expect(review).to_contain_text("C-1042")
     expect(review).to_contain_text(NOTE)
-    if inbox.get_by_role("button", name=re.compile("^Claim")).count():
-        inbox.get_by_role("button", name=re.compile("^Claim")).click()
+    inbox.get_by_role("button", name=re.compile("^Claim")).click()
+    expect(inbox.get_by_text("It is yours.")).to_be_visible()
     shoot(inbox, "agent-flow-inbox-item")
     inbox.get_by_label("Comment").fill("The double charge is on the statement.")
     inbox.get_by_role("button", name=re.compile("^Approve")).click()
-    submit = inbox.get_by_role("button", name="Submit approval", exact=True)
-    if submit.count():
-        submit.click()
+    # What she is about to do, before it is done: the arguments unchanged.
+    expect(inbox.get_by_role("heading", name="You changed 0 of 2 fields")).to_be_visible()
+    inbox.get_by_role("button", name="Submit approval", exact=True).click()
     expect(inbox.locator(".item-state")).to_contain_text("Approved")
     reviewer_context.close()
 
