@@ -52,7 +52,7 @@ def test_mcp_pages_in_a_browser(asgi_server, analyst, team, browser: Browser):  
         sign_in(page, asgi_server, "ana")
         page.goto(f"{asgi_server}/workflows/{workflow.slug}/")
         if label == "desktop":
-            page.get_by_role("link", name="MCP tool").click()
+            page.get_by_role("link", name="MCP tool", exact=True).click()
             expect(page.get_by_role("heading", name="MCP tool", exact=True)).to_be_visible()
             # A name agents cannot use is refused in place, with what was typed kept.
             page.get_by_label("Tool name").fill("1st try")
