@@ -76,8 +76,9 @@ def agent_stack(
     django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, RecordingProxy]]:
     """A worker and an ASGI server of their own (on a Redis database of their own) whose model server is a
-    development server answering by RULES, reached through a recording proxy. Loopback is allowlisted for
-    outbound HTTP, so the HTTP tool reaches the sink. Yields the web base URL and the proxy."""
+    development server answering by RULES, reached through a recording proxy (the worker's model calls; the web
+    server asks it directly). Loopback is allowlisted for outbound HTTP, so the HTTP tool reaches the sink.
+    Yields the web base URL and the proxy."""
     import redis
     from django.conf import settings
 
@@ -106,7 +107,12 @@ def agent_stack(
             ),
             running("agent-flow-worker", celery_worker_argv(), ready=lambda log: " ready." in log, env=env),
             running(
-                "agent-flow-asgi", asgi_server_argv(web_port), ready=lambda log: http_ok(f"{base}/healthz"), env=env
+                "agent-flow-asgi",
+                asgi_server_argv(web_port),
+                ready=lambda log: http_ok(f"{base}/healthz"),
+                # Pages ask the model server's /info (at most once a minute) for the development server's
+                # banner: straight to it, so the proxy holds only what the worker sent.
+                env={**env, "AIOS_INFERENCE_URL": f"http://127.0.0.1:{inference_port}"},
             ),
         ):
             yield base, proxy
@@ -325,6 +331,7 @@ def test_agent_with_an_approved_tool_call_runs_shows_its_turns_and_replays_byte_
     run.refresh_from_db()
     original = outputs(run)
     assert set(original) >= {"agent", "agent~1", "agent~2"}, original
+    assert REQUEST.encode() in proxy.sent  # the original's model calls went through the proxy
     proxy.clear()
     page.get_by_role("button", name="Replay from recordings").click()
     expect(page.get_by_text(re.compile(rf"replays run #{run.pk} from its recordings"))).to_be_visible()
