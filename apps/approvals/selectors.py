@@ -149,7 +149,7 @@ def queue_use_problems(user: AnyUser, graph: dict[str, Any]) -> list[str]:
         if step.get("type") == "human.approval":
             named = [config.get("queue"), *(config.get("then_queues") or [])]
         else:  # an agent's tools that ask a person first, and the queue that reviews after a suspicious output
-            tools = config.get("tools") if isinstance(config.get("tools"), list) else []
+            tools: list[Any] = config["tools"] if isinstance(config.get("tools"), list) else []
             named = [config.get("review_queue")] + [
                 tool.get("approval_queue") for tool in tools if isinstance(tool, dict) and tool.get("approval") == "ask"
             ]

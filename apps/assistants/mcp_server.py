@@ -147,6 +147,9 @@ def _call_start(user: User, name: str, arguments: dict[str, Any], idempotency_ke
             raise ValidationFailed("The arguments do not fit the tool's input.", fields=errors)
         run, _created = tool_call_start(actor=user, tool=tool, inputs=inputs, idempotency_key=idempotency_key)
     except ValidationFailed as refusal:
+        # Audited by field name only: the values may be anything the caller sent.
+        fields = ", ".join(sorted(refusal.fields)) or "the input"
+        tool_call_refused_record(actor=user, name=name, reason=f"the arguments do not fit ({fields})")
         return _CallStart(result=_fields_result("The arguments do not fit the tool's input.", refusal.fields))
     except Forbidden:
         # The right to run was withdrawn since the listing above: an unknown tool, as for anyone without it.
@@ -154,8 +157,13 @@ def _call_start(user: User, name: str, arguments: dict[str, Any], idempotency_ke
         return _CallStart(unknown=True)
     except ApplicationError as refusal:
         # Archived or unpublished between the listing and the call, an idempotency key reused for other arguments.
+        tool_call_refused_record(actor=user, name=name, reason=refusal.message[:300])
         return _CallStart(result=types.CallToolResult(content=[types.TextContent(text=refusal.message)], is_error=True))
     return _CallStart(run_id=run.pk)
+
+
+def _run_status(run_id: int) -> str:
+    return str(Run.objects.values_list("status", flat=True).get(pk=run_id))
 
 
 def _run_state(run_id: int) -> tuple[str, Any, str]:
@@ -220,13 +228,17 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
     assert started.run_id is not None
     run_id = started.run_id
     deadline = time.monotonic() + settings.AIOS_MCP_CALL_TIMEOUT_SECONDS
+    pause = POLL_SECONDS
     while True:
-        status, output, error = await _db(request_id, _run_state, run_id)
-        if status in Run.FINISHED:
+        # The status only (a run's output can be large), more slowly as the wait grows: a long wait for a
+        # person costs a query every few seconds, not five a second.
+        if await _db(request_id, _run_status, run_id) in Run.FINISHED:
+            status, output, error = await _db(request_id, _run_state, run_id)
             return _finished_result(run_id, status, output, error)
         if time.monotonic() >= deadline:
             break
-        await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, 2.0)
     url = _run_url(run_id)
     text = (
         f"Run #{run_id} is still running (it may be waiting for a person's approval). "
@@ -234,7 +246,7 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
         "waits for the same run instead of starting another."
     )
     return types.CallToolResult(
-        content=[types.TextContent(text=text)], meta={RUN_META_KEY: {"id": run_id, "status": status, "url": url}}
+        content=[types.TextContent(text=text)], meta={RUN_META_KEY: {"id": run_id, "status": "running", "url": url}}
     )
 
 

@@ -163,6 +163,9 @@ def test_arguments_that_do_not_fit_name_each_field_and_start_nothing(asgi_server
         assert line in text
     assert set(result.structured_content["fields"]) == {"n", "label", "extra"}
     assert not Run.objects.exists() and not AuditEvent.objects.filter(verb="mcp.tool_called").exists()
+    refused = json.loads(AuditEvent.objects.get(verb="mcp.call_refused").data)
+    # The refusal is audited by field name only, never with the values sent.
+    assert refused["reason"] == "the arguments do not fit (extra, label, n)" and "far too long" not in str(refused)
 
 
 def test_without_a_valid_token_the_answer_is_401_and_never_a_tool_list(asgi_server, doubling, analyst):
