@@ -143,10 +143,14 @@ def shoot(page: Page, name: str) -> None:
 
 
 def press(page: Page, button: Locator) -> None:
-    """Press a button of the step panel and wait for the builder's answer (htmx) to settle."""
+    """Press a button of the step panel and wait until the builder the save answers with is on the page: the
+    draft's revision has moved on (htmx swaps the page in after the response, so until then a field typed in or
+    a publish would land on the page before the save, with its old revision)."""
+    revision = page.locator("form.step-form input[name=revision]")
+    before = revision.input_value()
     with page.expect_response(lambda response: "/edit/steps/" in response.url):
         button.click()
-    page.wait_for_load_state("networkidle")
+    expect(revision).not_to_have_value(before)
 
 
 def save_step(page: Page) -> None:
