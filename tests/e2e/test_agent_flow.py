@@ -200,9 +200,9 @@ def blank_refund_desk(analyst: Any, team: Any) -> Any:
 
 @pytest.fixture
 def own_connections() -> Iterator[None]:
-    """Close, at the end of the test, the database connections its body opened. Playwright's sync API keeps an
-    event loop running in this thread, so Django keeps those connections per context, where pytest-django's
-    teardown does not see them: left open, they stop the test database from being dropped."""
+    """Close, at the end of the test, the database connections its body opened. Without this one stays open
+    after the session (the test thread runs Playwright's event loop, and Django keeps connections per async
+    context there), and dropping the test database fails with "being accessed by other users"."""
     yield
     connections.close_all()
 
