@@ -41,7 +41,9 @@ def shoot(page: Page, name: str, *, scroll_to: str = "") -> None:
 def test_tools_are_added_with_the_keyboard_and_an_agent_run_reads_as_turns(asgi_server, analyst, team, browser_page):
     from apps.approvals.services import approval_queue_create
 
-    queue = approval_queue_create(actor=None, key="support", name="Support leads", team=team, workers=[analyst])
+    queue = approval_queue_create(
+        actor=None, key="support", name="Support leads", team=team, workers=[analyst], users=[analyst]
+    )
     make_connection(team, name="warehouse", kind="sql", label="Warehouse")
     collection_create(actor=analyst, name="handbook", title="Support handbook", team=team)
     workflow = workflow_create(actor=analyst, name="Support agent", team=team)

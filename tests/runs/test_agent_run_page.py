@@ -47,7 +47,9 @@ NOTE_TOOL = {
 def queue(analyst: Any, team: Any) -> Any:
     from apps.approvals.services import approval_queue_create
 
-    return approval_queue_create(actor=None, key="support", name="Support leads", team=team, workers=[analyst])
+    return approval_queue_create(
+        actor=None, key="support", name="Support leads", team=team, workers=[analyst], users=[analyst]
+    )
 
 
 def agent_run(analyst: Any, team: Any, *, calls: int = 3) -> Run:
@@ -242,6 +244,7 @@ def test_a_call_for_the_initiator_to_confirm_and_a_declined_one_say_so_in_words(
             self.__dict__.update(
                 {
                     "pk": 1,
+                    "run_id": 1,
                     "step_key": "agent~1",
                     "step_type": "email.send",
                     "input": {},
@@ -270,6 +273,7 @@ def test_agent_view_keeps_calls_no_turn_names_yet():
             self.__dict__.update(
                 {
                     "pk": 1,
+                    "run_id": 1,
                     "state": "running",
                     "waiting_for": "",
                     "error": "",
