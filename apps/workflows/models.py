@@ -110,15 +110,15 @@ class PinnedOutput(models.Model):
 
 class Trigger(models.Model):
     """One way work arrives for a workflow: a form page, a schedule, a signed webhook, an inbound mail address,
-    or another workflow's run finishing (an event).
+    another workflow's run finishing (an event), or a person's message to a chat assistant.
 
     `config` holds what the kind needs, checked by apps.workflows.triggers.trigger_config_clean: a form's intro
     and what-happens-next text; a schedule's `cron` (5 fields), `timezone` (IANA) and `skip_missed`; an event's
-    `outcomes`; a chat assistant's `title` and `greeting`. `inputs` maps run input fields to CEL expressions over the firing's `payload` (empty: the
-    payload's fields of the same names). `token` is the unguessable part of a webhook's URL and of an email
-    trigger's address; `secret` is the webhook's signing secret, encrypted (apps.core.secrets), never shown
-    after it is made. A paused trigger (`enabled` false) fires nothing; firing and its history belong to the
-    runs app (apps.runs.triggers), which sits above this one.
+    `outcomes`; a chat assistant's `title` and `greeting`. `inputs` maps run input fields to CEL expressions over
+    the firing's `payload` (empty: the payload's fields of the same names). `token` is the unguessable part of a
+    webhook's URL and of an email trigger's address; `secret` is the webhook's signing secret, encrypted
+    (apps.core.secrets), never shown after it is made. A paused trigger (`enabled` false) fires nothing; firing
+    and its history belong to the runs app (apps.runs.triggers), which sits above this one.
     """
 
     class Kind(models.TextChoices):

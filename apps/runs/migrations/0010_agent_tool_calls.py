@@ -5,25 +5,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('runs', '0009_run_traceparent'),
+        ("runs", "0009_run_traceparent"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='steprun',
-            name='definition',
+            model_name="steprun",
+            name="definition",
             field=models.JSONField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='steprun',
-            name='parent',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='tool_calls', to='runs.steprun'),
+            model_name="steprun",
+            name="parent",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="tool_calls",
+                to="runs.steprun",
+            ),
         ),
         migrations.AddField(
-            model_name='steprun',
-            name='transcript',
+            model_name="steprun",
+            name="transcript",
             field=models.JSONField(blank=True, null=True),
         ),
     ]

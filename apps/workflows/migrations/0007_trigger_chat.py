@@ -4,15 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('workflows', '0006_draft_proposals'),
+        ("workflows", "0006_draft_proposals"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='trigger',
-            name='kind',
-            field=models.CharField(choices=[('form', 'Form'), ('schedule', 'Schedule'), ('webhook', 'Webhook'), ('email', 'Email'), ('event', 'Another workflow finishes'), ('chat', 'Chat assistant')], max_length=16),
+            model_name="trigger",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("form", "Form"),
+                    ("schedule", "Schedule"),
+                    ("webhook", "Webhook"),
+                    ("email", "Email"),
+                    ("event", "Another workflow finishes"),
+                    ("chat", "Chat assistant"),
+                ],
+                max_length=16,
+            ),
         ),
     ]
