@@ -28,7 +28,7 @@ from apps.dashboards.rollups import rollups_rebuild
 from apps.dashboards.services import endpoint_kpi_inputs_update, kpi_settings_update, workflow_kpi_inputs_update
 from apps.inference.models import InferenceCall, ModelEndpoint
 from apps.runs.models import Run, StepRun
-from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.models import Trigger, Workflow, WorkflowVersion
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,9 @@ def seed_dashboard_demo(analyst: Any, team: Any) -> None:
     )
     latest: dict[int, WorkflowVersion] = {}
     previous: dict[int, WorkflowVersion] = {}
+    # A chat assistant's conversations are not cases of a business process: no history, no ROI inputs.
+    assistants = set(Trigger.objects.filter(kind=Trigger.Kind.CHAT).values_list("workflow_id", flat=True))
+    versions = [version for version in versions if version.workflow_id not in assistants]
     for version in versions:
         if version.workflow_id in latest:
             previous[version.workflow_id] = latest[version.workflow_id]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 import pytest
@@ -79,8 +79,16 @@ def test_a_bad_filter_does_not_turn_the_digest_on(manager: Any) -> None:
 
 
 @pytest.mark.django_db
+def last_wednesday_noon() -> datetime:
+    """Noon of the latest Wednesday before today: a time whose week neither began nor ends within hours, whatever
+    day the suite runs (run on a Sunday night, "three hours later" was already next week)."""
+    today = timezone.localdate()
+    wednesday = today - timedelta(days=(today.weekday() - 2) % 7 or 7)
+    return timezone.make_aware(datetime.combine(wednesday, time(12)))
+
+
 def test_the_digest_goes_out_once_a_week_over_smtp(settings: Any, manager: Any, analyst: Any, reviewer: Any) -> None:
-    data = dataset_build(owner=analyst, reviewer=reviewer)
+    data = dataset_build(owner=analyst, reviewer=reviewer, now=last_wednesday_noon())
     manager.email = "max@example.com"
     manager.save(update_fields=["email"])
     digest_subscription_set(actor=manager, weekly=True, covered={"workflow": data.claims.pk})
