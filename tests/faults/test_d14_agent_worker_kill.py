@@ -1,16 +1,18 @@
-"""D12: an agent's loop survives its worker dying mid-loop without repeating a side effect.
+"""D14: an agent's loop survives its worker dying mid-loop without repeating a side effect.
 
 Each run's agent posts a note to the sink (an HTTP tool, a child step with its own idempotency key), then looks
 the ticket up (a pure tool), then answers. Phase 1: a worker runs with `after_external_call:1.0`, so every
 tool call that reaches the sink is followed by a SIGKILL of the pool child before the call's result commits.
-When the sink has seen every run's note, that worker is killed; a plain worker and beat (the sweeper) start.
-The sweeper takes the interrupted calls back when their leases lapse, the retry resends the same key, and the
-agents go on from their recorded turns: every note is applied exactly once, every loop finishes with the same
-turns, and no tool call is made twice as a step.
+While notes keep arriving, that worker is left to die again and again (a kill also takes down any agent turn
+that shared its process); then it is killed for good, and a plain worker and beat (the sweeper) start. The
+sweeper takes the interrupted calls and turns back when their leases lapse, a retried call resends the same
+key, and the agents go on from their recorded turns: every note is applied exactly once, every loop finishes
+with the same turns, and no tool call is made twice as a step.
 """
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -30,13 +32,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 N = sized(6, 60)
 
 RULES: list[dict[str, Any]] = [
-    {"match": {"contains": ["AGENT-D12", "open-LOOKED-UP"]}, "response": "The note is posted and the ticket is open."},
+    {"match": {"contains": ["AGENT-D14", "open-LOOKED-UP"]}, "response": "The note is posted and the ticket is open."},
     {
-        "match": {"contains": ["AGENT-D12", '"applied"']},
+        "match": {"contains": ["AGENT-D14", '"applied"']},
         "response": {"tool_calls": [{"name": "lookup", "arguments": {"ticket": 1}}]},
     },
     {
-        "match": {"contains": "AGENT-D12"},
+        "match": {"contains": "AGENT-D14"},
         "response": {"tool_calls": [{"name": "post_note", "arguments": {"note": "Customer called back"}}]},
     },
 ]
@@ -69,32 +71,35 @@ def agent_graph(sink_url: str) -> dict[str, Any]:
             {
                 "key": "agent",
                 "type": "llm.agent",
-                "config": {"prompt": "AGENT-D12: note ticket {{ input.n }}", "tools": tools},
+                "config": {"prompt": "AGENT-D14: note ticket {{ input.n }}", "tools": tools},
             }
         ]
     }
 
 
 @pytest.mark.timeout(sized(180, 900))
-def test_d12_an_agent_killed_mid_loop_resumes_without_repeating_a_side_effect(analyst, fleet, sink):
+def test_d14_an_agent_killed_mid_loop_resumes_without_repeating_a_side_effect(analyst, fleet, sink):
     with scripted_server(RULES) as url:
         ModelEndpoint.objects.create(
             name="main", kind="tgi", url=url, is_default=True, price_input_per_1k=Decimal("0.5"), timeout_seconds=10
         )
-        workflow = publish(analyst, "D12 agent", agent_graph(sink.url), input_schema=N_INPUT)
+        workflow = publish(analyst, "D14 agent", agent_graph(sink.url), input_schema=N_INPUT)
         dying = fleet.worker(concurrency=4, AIOS_FAULTS="after_external_call:1.0")
         ids = [run_start(actor=analyst, workflow=workflow, inputs={"n": n})[0].pk for n in range(N)]
 
-        def every_note_sent() -> bool:
-            ledger = sink.ledger()
-            return len(ledger) == N and all(row.effective_applies == 1 for row in ledger.values())
-
+        # Phase 1 goes on while it makes progress: a kill also takes down the agents' turns that shared the dying
+        # process, and without a sweeper those wait for phase 2, so not every note need arrive here.
         wait_until(
-            every_note_sent,
+            lambda: len(sink.ledger()) >= 1,
             timeout=sized(90, 400),
-            what="the sink to see every agent's note",
-            detail=lambda: f"{len(sink.ledger())} of {N} notes seen; {describe_runs(ids)}",
+            what="the sink to see an agent's note",
+            detail=lambda: describe_runs(ids),
         )
+        seen, quiet_since = len(sink.ledger()), time.monotonic()
+        while seen < N and time.monotonic() - quiet_since < 10:
+            time.sleep(0.5)
+            if len(sink.ledger()) != seen:
+                seen, quiet_since = len(sink.ledger()), time.monotonic()
         dying.kill_group()
         fleet.worker(concurrency=4, wait=False)
         fleet.beat(wait=False)
@@ -118,14 +123,14 @@ def test_d12_an_agent_killed_mid_loop_resumes_without_repeating_a_side_effect(an
         and [t["calls"] for t in agents[pk].transcript or []] == [["agent~1"], ["agent~2"], []]
         and calls_per_run[pk] == 2
     ]
-    ok = len(once) == N and len(resent) == N and len(succeeded) == N and len(same_loop) == N
+    ok = len(once) == N and resent and len(succeeded) == N and len(same_loop) == N
     record_figure(
-        f"D12 agents_completed {len(succeeded)}/{N} notes_applied_once {len(once)}/{N} "
+        f"D14 agents_completed {len(succeeded)}/{N} notes_applied_once {len(once)}/{N} "
         f"resent_after_kill {len(resent)}/{N} loops_unchanged {len(same_loop)}/{N} "
         f"tool_call_steps {sum(calls_per_run.values())}/{2 * N} {'ok' if ok and not invariants.problems else 'miss'}"
     )
     assert not invariants.problems, "\n".join(invariants.problems)
     assert len(succeeded) == N, describe_runs(ids)
     assert len(once) == N, f"notes not applied exactly once: {[(pk, ledger.get(keys[pk])) for pk in ids]}"
-    assert len(resent) == N, "a kill did not interrupt every note: the path was not exercised"
+    assert resent, "no kill interrupted a note: the path was not exercised"
     assert len(same_loop) == N, {pk: (agents[pk].output, agents[pk].transcript) for pk in ids}
