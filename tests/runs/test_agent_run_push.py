@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 def test_a_tool_call_change_pushes_its_agents_fragment(asgi_server, analyst, team):
     from apps.approvals.services import approval_queue_create
 
-    approval_queue_create(actor=None, key="support", name="Support leads", team=team, workers=[analyst])
+    approval_queue_create(
+        actor=None, key="support", name="Support leads", team=team, workers=[analyst], users=[analyst]
+    )
     run = agent_run(analyst, team)
     cookie = session_cookie(analyst)
 
