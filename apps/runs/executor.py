@@ -417,7 +417,7 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
     elif original is not None and (step_type.side_effects or step_type.replay_reuses_output):
         # Replays and what-if runs never touch the outside world or ask people again: the original run's
         # result stands in (a what-if compares model outputs; it must not re-post an invoice).
-        return _recorded_outcome(original, step_run.step_key, tool_call=step_run if step_run.is_tool_call else None)
+        return _recorded_outcome(original, step_run.step_key)
     return Prepared(step_type, config, context)
 
 
@@ -497,7 +497,7 @@ def _recorded_tool_call(run: Run, original_run_id: int, step_run: StepRun, step_
     raise StepError(original.error or f"The call {original.state} in run #{original_run_id}.")
 
 
-def _recorded_outcome(original_run_id: int, step_key: str, *, tool_call: StepRun | None = None) -> StepOutcome:
+def _recorded_outcome(original_run_id: int, step_key: str) -> StepOutcome:
     original = StepRun.objects.filter(
         run_id=recording_run_id(original_run_id, step_key), step_key=step_key, state=StepRun.State.SUCCEEDED
     ).first()
@@ -505,17 +505,6 @@ def _recorded_outcome(original_run_id: int, step_key: str, *, tool_call: StepRun
         raise StepError(
             f'Step "{step_key}" did not succeed in run #{original_run_id}, so there is no result to reuse '
             "(replays and what-if runs never call outside systems or ask people again)."
-        )
-    if tool_call is not None and (
-        (original.definition or {}).get("tool") != (tool_call.definition or {}).get("tool")
-        or output_digest(original.input) != output_digest(tool_call.input)
-    ):
-        # An agent's calls are numbered in order: a what-if whose model asks for another call under the same
-        # number must not be answered with the original call's result.
-        raise StepError(
-            f'Tool call "{step_key}" asks for {(tool_call.definition or {}).get("tool")} with other arguments than '
-            f"run #{original_run_id} did, so there is no result to reuse (replays and what-if runs never call "
-            "outside systems or ask people again)."
         )
     return StepOutcome(output=original.output or {}, usage={"replayed_from_step_run": original.pk})
 
