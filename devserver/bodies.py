@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,8 +19,10 @@ async def read_body(request: Request, shape: protocol.Type) -> dict[str, Any]:
     state = state_of(request)
     api_key = state.config.api_key
     if api_key:
-        supplied = request.headers.get("authorization")
-        if supplied is None or supplied.lower() != f"bearer {api_key}".lower():
+        # TGI compares the whole header with "Bearer <key>" ignoring case; the stand-in does
+        # the same, in constant time.
+        supplied = (request.headers.get("authorization") or "").lower().encode()
+        if not hmac.compare_digest(supplied, f"bearer {api_key}".lower().encode()):
             raise protocol.Rejection(401, "")
     protocol.check_content_type(request.headers.get("content-type"))
     limit = state.config.payload_limit

@@ -29,9 +29,10 @@ from apps.runs.presentation import (
     run_result_display,
     step_output_display,
 )
+from apps.steps.registry import step_type_find
 from apps.workflows.diagram import Diagram, diagram_for_graph
 from apps.workflows.graph import Graph
-from apps.workflows.selectors import workflow_list_for_user
+from apps.workflows.selectors import workflow_can_edit, workflow_list_for_user
 
 AnyUser = AbstractUser | AnonymousUser
 
@@ -194,6 +195,12 @@ def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
         "steps": steps,
         "model_calls": run_model_call_totals(run),
         "can_operate": run_can_operate(user, run),
+        # Skipping a step with a supplied output is the workflow's editors' call (apps.runs.services.incident_skip).
+        "can_supply_output": bool(incidents) and workflow_can_edit(user, run.workflow),
+        # Restarting may make its side-effecting steps act again: the restart form then asks to confirm that.
+        "acts_outside": any(
+            (step_type := step_type_find(step.step_type)) is not None and step_type.side_effects for step in steps
+        ),
         "signature": run_signature(run, every_step, incidents.values()),
         "diagram": facts.diagram,
         "diagram_states": {step.step_key: step.state for step in steps},

@@ -28,11 +28,11 @@ from apps.runs.lifecycle import (
     step_run_resume,
     steps_cancel,
 )
-from apps.runs.models import Incident, Run, StepResult, StepRun
+from apps.runs.models import EffectRecord, Incident, Run, StepResult, StepRun
 from apps.runs.outbox import CANCEL_RUN_TASK, CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
 from apps.runs.selectors import run_can_operate
 from apps.runs.trigger_events import run_finished_notify
-from apps.steps.registry import step_config_errors
+from apps.steps.registry import step_config_errors, step_type_find
 from apps.workflows.input_schema import input_validate
 from apps.workflows.models import Workflow
 from apps.workflows.selectors import workflow_can_edit, workflow_can_run, workflow_version_published_latest
@@ -138,14 +138,34 @@ def run_cancel(*, run: Run, actor: User | None, reason: str = "") -> Run:
     return locked
 
 
+def _effects_sent(run: Run, *, exclude: set[str]) -> list[str]:
+    """The steps of `run` (outside `exclude`) whose side effect reached, or may have reached, the outside world."""
+    keys = EffectRecord.objects.filter(
+        run=run, state__in=(EffectRecord.State.APPLIED, EffectRecord.State.INTENT)
+    ).values_list("step_key", flat=True)
+    return sorted({key for key in keys if key not in exclude})
+
+
 @transaction.atomic
-def run_restart(*, run: Run, step_key: str, actor: User, overrides: dict[str, dict[str, Any]] | None = None) -> Run:
+def run_restart(
+    *,
+    run: Run,
+    step_key: str,
+    actor: User,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    send_again: bool = False,
+) -> Run:
     """Start a new run of the same version and inputs, linked to `run`, that reuses the recorded outputs
     of every step that does not depend on `step_key` and executes `step_key` and what follows it.
 
     With `overrides` ({step key: {config field: value}}) it is a what-if run: those steps execute with
     the given config values (another prompt, another model) over the pinned version's; refused with
     field errors when a merged config is not valid.
+
+    The new run's side-effecting steps act under new idempotency keys: restarting after a posting or an email
+    does them again. When the original run already reached outside systems from a step the restart executes
+    again, the restart is refused (409, the steps named in `extra["send_again"]`) unless the person confirmed
+    with `send_again`; the confirmation and the steps are audited.
     """
     original = run_lock(run.pk)
     if not original.is_finished:
@@ -163,6 +183,14 @@ def run_restart(*, run: Run, step_key: str, actor: User, overrides: dict[str, di
     succeeded = [key for key, step in old_steps.items() if step.state == StepRun.State.SUCCEEDED]
     reused = engine.reusable_before(original.version.graph, step_key, succeeded)
     overrides = _overrides_validate(original, overrides or {}, reused=set(reused))
+    # A what-if run answers side-effecting steps from the original's records (executor), so it sends nothing.
+    sent = [] if overrides else _effects_sent(original, exclude=set(reused))
+    if sent and not send_again:
+        raise Conflict(
+            f"Run #{original.pk} already reached outside systems from {', '.join(sent)}: restarting from "
+            f'"{step_key}" does that again. Confirm "send again" to go ahead.',
+            extra={"send_again": sent},
+        )
     new = run_create(
         version=original.version,
         inputs=original.inputs,
@@ -205,6 +233,7 @@ def run_restart(*, run: Run, step_key: str, actor: User, overrides: dict[str, di
             "from_run": original.pk,
             "from_step": step_key,
             "reused_steps": sorted(reused),
+            **({"sent_again": sent} if sent else {}),
             **({"overrides": overrides} if overrides else {}),
         },
     )
@@ -294,11 +323,40 @@ def incident_retry(*, incident: Incident, actor: User) -> Incident:
     return incident
 
 
+def _supplied_output_problems(step_run: StepRun, output: dict[str, Any]) -> list[str]:
+    """What is wrong with `output` as the output of `step_run`'s step (its definition as the run executes it,
+    or the tool call's own definition)."""
+    if step_run.definition is not None:
+        definition = step_run.definition
+    else:
+        try:
+            definition = step_run.run.step_definition(step_run.step_key)
+        except KeyError:
+            return []
+    step_type = step_type_find(str(definition.get("type", "")))
+    config = definition.get("config")
+    if step_type is None or not isinstance(config, dict):
+        return []
+    return step_type.supplied_output_problems(config, output)
+
+
 @transaction.atomic
 def incident_skip(*, incident: Incident, actor: User, output: dict[str, Any]) -> Incident:
-    """Treat the step as done with an output the person supplies; the run continues from there."""
+    """Treat the step as done with an output the person supplies; the run continues from there.
+
+    A supplied output drives everything after the step (an approval's routing, a posting), so it is the
+    workflow's editors' call, not every operator's, and it must fit what the step promises later steps (its
+    output schema, its labels): otherwise a skip could route a run where the workflow never would.
+    """
     if not isinstance(output, dict):
         raise ValidationFailed("The output must be a JSON object.", fields={"output": ["Must be a JSON object."]})
+    if not workflow_can_edit(actor, incident.run.workflow):
+        raise Forbidden("Skipping a step with an output you supply needs the right to change this workflow.")
+    problems = _supplied_output_problems(incident.step_run, output)
+    if problems:
+        raise ValidationFailed(
+            "The output does not fit what this step promises the steps after it.", fields={"output": problems}
+        )
     run = run_lock(incident.run_id)
     incident = _incident_close(incident, actor=actor, resolution=Incident.Resolution.SKIP)
     audit_record(

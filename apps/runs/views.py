@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.exceptions import ApplicationError, Forbidden, ValidationFailed
 from apps.core.htmx import HtmxHttpRequest
 from apps.runs.agent import tool_call_confirm
 from apps.runs.documents import input_form_posted
@@ -106,6 +106,12 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     return render(request, "runs/run_detail.html", run_page_context(request.user, run))
 
 
+def _forbidden_is_403(refusal: ApplicationError) -> None:
+    """A refusal because of rights answers 403 on pages as in the API, not a redirect with a message."""
+    if isinstance(refusal, Forbidden):
+        raise PermissionDenied(refusal.message)
+
+
 def _operate(request: HttpRequest, run_id: int) -> Any:
     run = run_get_for_user(request.user, run_id=run_id)
     if not run_can_operate(request.user, run):
@@ -121,6 +127,7 @@ def run_cancel_view(request: HttpRequest, run_id: int) -> HttpResponse:
     try:
         run_cancel(run=run, actor=request.user, reason=request.POST.get("reason", "")[:500])  # type: ignore[arg-type]
     except ApplicationError as refusal:
+        _forbidden_is_403(refusal)
         messages.error(request, refusal.message)
         return _to_run_page(request, run.pk)
     messages.success(request, f"Run #{run.pk} was cancelled.")
@@ -133,8 +140,14 @@ def run_restart_view(request: HttpRequest, run_id: int) -> HttpResponse:
     """Start a new run from the chosen step, reusing the recorded outputs before it."""
     run = _operate(request, run_id)
     try:
-        new = run_restart(run=run, step_key=request.POST.get("step_key", ""), actor=request.user)  # type: ignore[arg-type]
+        new = run_restart(
+            run=run,
+            step_key=request.POST.get("step_key", ""),
+            actor=request.user,  # type: ignore[arg-type]
+            send_again=request.POST.get("send_again") == "on",
+        )
     except ApplicationError as refusal:
+        _forbidden_is_403(refusal)
         messages.error(request, refusal.message)
         return _to_run_page(request, run.pk)
     messages.success(request, f'Run #{new.pk} restarts run #{run.pk} from step "{new.restart_step_key}".')
@@ -149,6 +162,7 @@ def run_replay_view(request: HttpRequest, run_id: int) -> HttpResponse:
     try:
         new = run_replay(run=run, actor=request.user)  # type: ignore[arg-type]
     except ApplicationError as refusal:
+        _forbidden_is_403(refusal)
         messages.error(request, refusal.message)
         return _to_run_page(request, run.pk)
     messages.success(request, f"Run #{new.pk} replays run #{run.pk} from its recordings.")
@@ -167,6 +181,7 @@ def run_what_if_view(request: HttpRequest, run_id: int) -> HttpResponse:
             raise ValidationFailed("Change the prompt or the model for a what-if run.", fields={"prompt": ["Empty."]})
         new = run_restart(run=run, step_key=step_key, actor=request.user, overrides={step_key: changes})  # type: ignore[arg-type]
     except ApplicationError as refusal:
+        _forbidden_is_403(refusal)
         detail = "; ".join(m for messages_ in refusal.extra.get("fields", {}).values() for m in messages_)
         messages.error(request, f"{refusal.message} {detail}".strip())
         return _to_run_page(request, run.pk)
@@ -203,6 +218,7 @@ def incident_resolve_view(request: HttpRequest, incident_id: int) -> HttpRespons
                 ) from None
         incident_resolve(incident=incident, actor=request.user, action=action, output=output)  # type: ignore[arg-type]
     except ApplicationError as refusal:
+        _forbidden_is_403(refusal)
         detail = "; ".join(m for messages_ in getattr(refusal, "fields", {}).values() for m in messages_)
         messages.error(request, f"{refusal.message} {detail}".strip())
         return _to_run_page(request, run.pk)

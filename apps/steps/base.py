@@ -200,6 +200,13 @@ class StepType:
         return {"simulated": True}
 
     @classmethod
+    def supplied_output_problems(cls, config: dict[str, Any], output: dict[str, Any]) -> list[str]:
+        """What is wrong with an output a person supplies in the step's place (an incident skipped with an
+        output), judged against what the step's settings promise later steps; empty when it fits. Steps that
+        promise no shape accept any object."""
+        return []
+
+    @classmethod
     def uses(cls, config: Any) -> list[Uses]:
         """The connections and collections this (valid) config names."""
         return []

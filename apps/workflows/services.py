@@ -23,7 +23,7 @@ from apps.workflows.graph import graph_checksum
 from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_can_edit
 from apps.workflows.uses import uses_problems
-from apps.workflows.validation import sub_workflows_pinned, version_problems
+from apps.workflows.validation import sub_workflow_rights_problems, sub_workflows_pinned, version_problems
 
 EMPTY_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
 MAX_NAME_LENGTH = 120
@@ -423,6 +423,7 @@ def workflow_version_publish(
         if ".step.config.workflow:" in problem and problem not in problems
     ]
     problems += [problem for check in PUBLISH_CHECKS for problem in check(actor, version.graph)]
+    problems += sub_workflow_rights_problems(actor, version.graph)
     graph, _ = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     if problems:
         raise ApplicationError("The version cannot be published.", extra={"problems": problems})

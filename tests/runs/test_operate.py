@@ -110,3 +110,90 @@ def test_viewers_who_may_not_run_the_workflow_cannot_operate(manager, outsider, 
         client.force_authenticate(user)
         assert client.post(f"/api/runs/{run.pk}/cancel/", {}, format="json").status_code == status
     assert StepRun.objects.filter(run=run, state="cancelled").count() == 0
+
+
+def test_reviewers_read_runs_but_do_not_operate_them(reviewer, analyst, workflow):
+    run, _ = run_start(actor=analyst, workflow=workflow, inputs={"n": 1})
+    client = APIClient()
+    client.force_authenticate(reviewer)
+    assert client.get(f"/api/runs/{run.pk}/").status_code == 200
+    assert client.post(f"/api/runs/{run.pk}/cancel/", {}, format="json").status_code == 403
+    finished = drive(run_start(actor=analyst, workflow=workflow, inputs={"n": 2})[0])
+    assert client.post(f"/api/runs/{finished.pk}/restart/", {"step_key": "b"}, format="json").status_code == 403
+    assert not Run.objects.filter(restarted_from=finished).exists()
+
+
+@override_settings(AIOS_STEP_RESTART_CAP=0)
+def test_skipping_with_an_output_needs_edit_rights_and_an_output_that_fits(analyst, team, workflow):
+    from apps.accounts.services import user_create
+    from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
+
+    # Bea builds workflows too and may run her team's, but this one is Ana's: she may retry or abort it,
+    # not decide what its step produced.
+    bea = user_create(username="bea", password="correct-horse-battery-staple", roles=["analyst"])
+    bea.groups.add(team.group)
+    extract = workflow_create(actor=analyst, name="Extract", team=team)
+    graph = {
+        "steps": [
+            {
+                "key": "x",
+                "type": "llm.extract",
+                "config": {
+                    "prompt": "Extract the claim: {{ input.text }}",
+                    "json_schema": {
+                        "type": "object",
+                        "properties": {"amount": {"type": "number"}},
+                        "required": ["amount"],
+                    },
+                },
+            },
+            {"key": "route", "type": "data.transform", "config": {"fields": {"big": "steps.x.data.amount > 100.0"}}},
+        ]
+    }
+    version = workflow_version_create(
+        actor=analyst,
+        workflow=extract,
+        graph=graph,
+        input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+    )
+    workflow_version_publish(actor=analyst, version=version)
+    run = run_start(actor=analyst, workflow=extract, inputs={"text": "claim"})[0]
+    step = run.step_runs.get(step_key="x")
+    step_run_claim(step_run_id=step.pk, worker="doomed")
+    leases_reclaim(timezone.now() + timedelta(hours=1))
+    incident = Incident.objects.get(step_run=step, resolved_at__isnull=True)
+    url = f"/api/incidents/{incident.pk}/resolve/"
+
+    bea_client = APIClient()
+    bea_client.force_authenticate(bea)
+    fits = {"action": "skip", "output": {"data": {"amount": 5}}}
+    assert bea_client.post(url, fits, format="json").status_code == 403
+    ana_client = APIClient()
+    ana_client.force_authenticate(analyst)
+    for bad in ({"amount": "lots"}, {}, None):
+        output = {} if bad is None else {"data": bad}
+        refused = ana_client.post(url, {"action": "skip", "output": output}, format="json")
+        assert refused.status_code == 400, refused.json()
+        assert refused.json()["fields"]["output"]
+    incident.refresh_from_db()
+    assert incident.resolved_at is None
+    assert ana_client.post(url, fits, format="json").status_code == 200
+    assert drive(run).output == {"big": False}
+    # Bea may still retry or abort what she may operate.
+    assert bea_client.post(url, {"action": "retry"}, format="json").status_code == 409  # already resolved
+
+
+def test_restart_asks_before_sending_again_what_already_reached_outside(api, analyst, workflow):
+    from apps.runs.models import EffectRecord
+
+    run = drive(run_start(actor=analyst, workflow=workflow, inputs={"n": 1})[0])
+    # Step c reached an outside system in the original run (the ledger row its effect left).
+    EffectRecord.objects.create(run=run, step_key="c", idempotency_key="k" * 64, state="applied", attempts=1)
+    refused = api.post(f"/api/runs/{run.pk}/restart/", {"step_key": "b"}, format="json")
+    assert refused.status_code == 409 and refused.json()["send_again"] == ["c"]
+    assert not Run.objects.filter(restarted_from=run).exists()
+    # Confirmed, it goes ahead, and the audit trail says what was sent again.
+    confirmed = api.post(f"/api/runs/{run.pk}/restart/", {"step_key": "b", "send_again": True}, format="json")
+    assert confirmed.status_code == 201
+    event = AuditEvent.objects.get(verb="run.restarted", target_id=str(confirmed.json()["id"]))
+    assert event.data_dict["sent_again"] == ["c"]

@@ -71,3 +71,41 @@ def test_a_thousand_sequential_steps_validate_and_a_long_cycle_is_named():
     assert graph_errors({"steps": steps, "edges": edges}) == []
     looped = graph_errors({"steps": steps, "edges": [*edges, {"from": "s999", "to": "s0"}]})
     assert len(looped) == 1 and "s0" in looped[0] and "s999" in looped[0]
+
+
+def test_a_sub_workflow_the_publisher_may_not_run_is_refused(analyst, outsider, team):
+    """A child run starts with its parent's initiator, who then sees it: publishing must not reach a workflow
+    the publisher could not start herself (one of another team reads as missing, not as forbidden)."""
+    from apps.accounts.services import team_create, user_create
+
+    other_analyst = user_create(username="olga", password="correct-horse-battery-staple", roles=["analyst"])
+    other_team = team_create(name="Payroll", members=[other_analyst])
+    graph_child = {"steps": [{"key": "a", "type": "data.transform", "config": {"fields": {"x": "1"}}}]}
+    payroll = workflow_create(actor=other_analyst, name="Payroll run", team=other_team)
+    workflow_version_publish(
+        actor=other_analyst,
+        version=workflow_version_create(
+            actor=other_analyst, workflow=payroll, graph=graph_child, input_schema={"type": "object"}
+        ),
+    )
+    mine = workflow_create(actor=analyst, name="Mine", team=team)
+    workflow_version_publish(
+        actor=analyst,
+        version=workflow_version_create(
+            actor=analyst, workflow=mine, graph=graph_child, input_schema={"type": "object"}
+        ),
+    )
+    parent = workflow_create(actor=analyst, name="Parent", team=team)
+    for slug, refused in ((payroll.slug, True), (mine.slug, False)):
+        for step_type in ("flow.subworkflow", "flow.foreach"):
+            config = {"workflow": slug} if step_type == "flow.subworkflow" else {"workflow": slug, "items": "[1, 2]"}
+            graph = {"steps": [{"key": "call", "type": step_type, "config": config}]}
+            version = workflow_version_create(
+                actor=analyst, workflow=parent, graph=graph, input_schema={"type": "object"}
+            )
+            if refused:
+                with pytest.raises(ApplicationError) as refusal:
+                    workflow_version_publish(actor=analyst, version=version)
+                assert f'step "call": there is no published workflow "{slug}"' in refusal.value.extra["problems"]
+            else:
+                workflow_version_publish(actor=analyst, version=version)

@@ -82,6 +82,11 @@ class CancelSerializer(serializers.Serializer):
 
 class RestartSerializer(serializers.Serializer):
     step_key = serializers.CharField(max_length=64)
+    send_again = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Confirm that steps which already reached outside systems in the original run act again.",
+    )
     overrides = serializers.DictField(
         child=serializers.DictField(),
         required=False,

@@ -85,6 +85,7 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
             step_key=body.validated_data["step_key"],
             actor=request.user,  # type: ignore[arg-type]
             overrides=body.validated_data["overrides"] or None,
+            send_again=body.validated_data["send_again"],
         )
         return Response(RunSerializer(new).data, status=status.HTTP_201_CREATED)
 

@@ -90,6 +90,14 @@ class LlmClassify(StepType):
     streams_tokens = True
     branches = (CONFIDENT, LOW_CONFIDENCE)
 
+    @classmethod
+    def supplied_output_problems(cls, config: dict[str, Any], output: dict[str, Any]) -> list[str]:
+        labels = config.get("labels") or []
+        label = output.get("label")
+        if label in labels:
+            return []
+        return [f"label: {label!r} is not one of the step's labels ({', '.join(map(str, labels))})"]
+
     @staticmethod
     def check_config(config: LlmClassifyConfig) -> list[str]:
         return llm_config_problems(config)

@@ -19,7 +19,13 @@ from apps.inference.client import InferenceResult
 from apps.inference.gateway import CallResult
 from apps.steps.base import StepContext, StepError, StepOutcome, StepType
 from apps.steps.expressions import ExpressionError, template_check, template_render
-from apps.steps.library.llm_generate import json_reply_errors, schema_errors, schema_for_model, schema_problems
+from apps.steps.library.llm_generate import (
+    json_reply_errors,
+    schema_errors,
+    schema_for_model,
+    schema_problems,
+    supplied_data_problems,
+)
 from apps.steps.llm import LlmSession, LlmStepConfig, llm_config_problems
 from apps.steps.registry import register
 
@@ -347,6 +353,11 @@ class LlmExtract(StepType):
     Config = LlmExtractConfig
     queue = "inference"
     streams_tokens = True
+
+    @classmethod
+    def supplied_output_problems(cls, config: dict[str, Any], output: dict[str, Any]) -> list[str]:
+        schema = config.get("json_schema")
+        return supplied_data_problems(schema, output) if isinstance(schema, dict) else []
 
     @staticmethod
     def check_config(config: LlmExtractConfig) -> list[str]:

@@ -36,6 +36,13 @@ def schema_for_model(schema: Any) -> Any:
     return schema
 
 
+def supplied_data_problems(schema: Any, output: dict[str, Any]) -> list[str]:
+    """What is wrong with a supplied `{"data": ...}` output against the step's output schema."""
+    if "data" not in output:
+        return ['data: missing (the step outputs its fields under "data")']
+    return [f"data/{problem}" for problem in schema_errors(output["data"], schema_for_model(schema))]
+
+
 def schema_problems(schema: dict[str, Any] | None, field: str = "json_schema") -> list[str]:
     """Why `schema` cannot be used as an output schema (empty when it can)."""
     if not schema:
@@ -66,6 +73,12 @@ class LlmGenerate(StepType):
     Config = LlmGenerateConfig
     queue = "inference"
     streams_tokens = True
+
+    @classmethod
+    def supplied_output_problems(cls, config: dict[str, Any], output: dict[str, Any]) -> list[str]:
+        if config.get("output") == "json" and isinstance(config.get("json_schema"), dict):
+            return supplied_data_problems(config["json_schema"], output)
+        return [] if isinstance(output.get("text"), str) else ["text: missing or not text"]
 
     @staticmethod
     def check_config(config: LlmGenerateConfig) -> list[str]:

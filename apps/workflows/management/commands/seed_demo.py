@@ -52,8 +52,13 @@ class Command(BaseCommand):
                 extension(analyst, team)
         if passwords != stored:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(passwords, indent=2))
-            os.chmod(path, 0o600)
+            # Written to a new file that is private from its creation (no window in which it is world-readable),
+            # then moved over the old one.
+            fresh = path.with_name(f".{path.name}.{os.getpid()}")
+            descriptor = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(json.dumps(passwords, indent=2))
+            os.replace(fresh, path)
         self._print(passwords)
 
     def _users(self, stored: dict[str, str]) -> dict[str, str]:
