@@ -197,3 +197,17 @@ def test_restart_asks_before_sending_again_what_already_reached_outside(api, ana
     assert confirmed.status_code == 201
     event = AuditEvent.objects.get(verb="run.restarted", target_id=str(confirmed.json()["id"]))
     assert event.data_dict["sent_again"] == ["c"]
+
+
+def test_page_refusals_for_rights_answer_403(client, analyst, team, workflow):
+    """An operator who may not change the workflow tries other settings from the run page: 403, as the API says,
+    not a redirect with a message (review L3)."""
+    from apps.accounts.services import user_create
+
+    bea = user_create(username="bea", password="correct-horse-battery-staple", roles=["analyst"])
+    bea.groups.add(team.group)
+    run = drive(run_start(actor=analyst, workflow=workflow, inputs={"n": 1})[0])
+    client.force_login(bea)
+    response = client.post(f"/runs/{run.pk}/what-if/", {"step_key": "b", "prompt": "Other words"})
+    assert response.status_code == 403
+    assert not Run.objects.filter(restarted_from=run).exists()
