@@ -6,7 +6,7 @@ from __future__ import annotations
 from apps.accounts.models import User
 from apps.accounts.roles import ADMIN, REVIEWER, user_roles
 from apps.approvals.models import ApprovalQueue, ApprovalRequest
-from apps.runs.models import Run, StepRun
+from apps.runs.models import Incident, Run, StepRun
 
 WORK = "approvals.work_approvalqueue"
 USE = "approvals.use_approvalqueue"
@@ -36,8 +36,9 @@ def user_manages_queue(user: User, queue: ApprovalQueue) -> bool:
 
 
 def run_initiator_ids(run: Run) -> set[int]:
-    """Everyone who started this run or a run it descends from: a restart or replay is started by someone
-    else, but the person who started the original still may not approve its outcome."""
+    """Everyone who started this run or a run it descends from, or supplied a step's output in it: a restart
+    or replay is started by someone else, but the person who started the original still may not approve its
+    outcome, and whoever skipped a failed step with an output of her own made data the approval judges."""
     ids: set[int] = set()
     seen: set[int] = set()
     current: Run | None = run
@@ -45,6 +46,11 @@ def run_initiator_ids(run: Run) -> set[int]:
         seen.add(current.pk)
         if current.initiator_id:
             ids.add(current.initiator_id)
+        ids.update(
+            Incident.objects.filter(
+                run=current, resolution=Incident.Resolution.SKIP, resolved_by__isnull=False
+            ).values_list("resolved_by_id", flat=True)
+        )
         parent_id = current.restarted_from_id or current.replay_of_id
         if parent_id is None and current.parent_step_run_id:
             parent_id = StepRun.objects.filter(pk=current.parent_step_run_id).values_list("run_id", flat=True).first()

@@ -204,3 +204,32 @@ def test_a_restart_of_a_replay_is_not_decided_by_the_original_starter(analyst, t
     assert decide(reviewer, again, decision="approved").status_code == 200
     assert Run.objects.get(pk=restart.pk).initiator_id == admin_user_role.pk
     assert AuditEvent.objects.filter(verb="approval.approved", target_id=str(again.pk), actor_id=reviewer.pk).exists()
+
+
+def test_whoever_skipped_a_step_with_her_own_output_may_not_decide_the_run(analyst, team, reviewer, rosa):
+    """Rosa owns the workflow and reviews; Ana starts a run whose extraction fails for good, and Rosa skips it
+    with an output of her own: the approval then judges data Rosa made, so she may not decide it."""
+    from django.test import override_settings
+
+    from apps.runs.lifecycle import step_run_claim
+    from apps.runs.models import Incident
+    from apps.runs.services import incident_skip, run_start
+    from apps.runs.sweeper import leases_reclaim
+
+    workflow = claim_workflow(rosa, team)
+    # Without a skip, Rosa decides the runs Ana starts.
+    plain = parked_item(analyst, workflow)
+    assert decide(rosa, plain, decision="approved").status_code == 200
+
+    run, _ = run_start(actor=analyst, workflow=workflow, inputs={"amount": 120.0, "name": "Bo Berg"})
+    step = run.step_runs.get(step_key="extract")
+    with override_settings(AIOS_STEP_RESTART_CAP=0):
+        step_run_claim(step_run_id=step.pk, worker="doomed")
+        leases_reclaim(timezone.now() + timedelta(hours=1))
+    incident = Incident.objects.get(step_run=step, resolved_at__isnull=True)
+    output = {"data": {"amount": 99.0, "claimant": "Bo Berg"}, "confidence": {"amount": 1.0, "claimant": 1.0}}
+    incident_skip(incident=incident, actor=rosa, output=output)
+    drive(run)
+    item = ApprovalRequest.objects.get(run=run)
+    _refused_everywhere(rosa, item)
+    assert decide(reviewer, item, decision="approved").status_code == 200
