@@ -18,12 +18,13 @@ from guardian.shortcuts import assign_perm, remove_perm
 from apps.accounts.models import Team, User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden, ValidationFailed
+from apps.steps.registry import step_type_get
 from apps.workflows.agent_tools import agent_config_problems
 from apps.workflows.graph import graph_checksum
 from apps.workflows.models import PinnedOutput, Workflow, WorkflowVersion
-from apps.workflows.selectors import workflow_can_edit
+from apps.workflows.selectors import workflow_can_edit, workflow_can_run, workflow_list_for_user
 from apps.workflows.uses import uses_problems
-from apps.workflows.validation import sub_workflow_rights_problems, sub_workflows_pinned, version_problems
+from apps.workflows.validation import sub_workflows_pinned, version_problems
 
 EMPTY_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
 MAX_NAME_LENGTH = 120
@@ -386,6 +387,31 @@ def workflow_publish_route(workflow: Workflow) -> PublishRoute | None:
     return next((route for hook in PUBLISH_ROUTES if (route := hook(workflow)) is not None), None)
 
 
+def _sub_workflow_rights_problems(user: Any, graph: dict[str, Any]) -> list[str]:
+    """The sub-workflow and for-each references in `graph` that `user`, the publisher, may not run: a child run
+    starts with its parent's initiator and is visible to her, so publishing must not let anyone run (and read
+    the outputs of) a workflow she could not start herself. A workflow she cannot see reads as not found."""
+    problems = []
+    for step in graph.get("steps", []) if isinstance(graph.get("steps"), list) else []:
+        if not isinstance(step, dict) or not isinstance(step.get("config"), dict):
+            continue
+        try:
+            if not step_type_get(str(step.get("type"))).pins_workflow_version:
+                continue
+        except KeyError:
+            continue
+        slug = step["config"].get("workflow")
+        if not isinstance(slug, str) or not Workflow.objects.filter(slug=slug).exists():
+            continue  # reported by sub_workflows_pinned
+        workflow = workflow_list_for_user(user).filter(slug=slug).first()
+        if workflow is None:
+            # Worded as sub_workflows_pinned words a missing one: a workflow she cannot see does not exist for her.
+            problems.append(f'step "{step.get("key")}": there is no published workflow "{slug}"')
+        elif not workflow_can_run(user, workflow):
+            problems.append(f'step "{step.get("key")}": you may not run the workflow "{slug}"')
+    return problems
+
+
 @transaction.atomic
 def workflow_version_publish(
     *,
@@ -423,7 +449,7 @@ def workflow_version_publish(
         if ".step.config.workflow:" in problem and problem not in problems
     ]
     problems += [problem for check in PUBLISH_CHECKS for problem in check(actor, version.graph)]
-    problems += sub_workflow_rights_problems(actor, version.graph)
+    problems += _sub_workflow_rights_problems(actor, version.graph)
     graph, _ = sub_workflows_pinned(version.graph, own_workflow=version.workflow)
     if problems:
         raise ApplicationError("The version cannot be published.", extra={"problems": problems})

@@ -47,33 +47,6 @@ def sub_workflows_pinned(graph: dict[str, Any], *, own_workflow: Workflow) -> tu
     return pinned, problems
 
 
-def sub_workflow_rights_problems(user: Any, graph: dict[str, Any]) -> list[str]:
-    """The sub-workflow and for-each references in `graph` that `user`, the publisher, may not run: a child run
-    starts with its parent's initiator and is visible to her, so publishing must not let anyone run (and read
-    the outputs of) a workflow she could not start herself. A workflow she cannot see reads as not found."""
-    from apps.workflows.selectors import workflow_can_run, workflow_list_for_user
-
-    problems = []
-    for step in graph.get("steps", []) if isinstance(graph.get("steps"), list) else []:
-        if not isinstance(step, dict) or not isinstance(step.get("config"), dict):
-            continue
-        try:
-            if not step_type_get(str(step.get("type"))).pins_workflow_version:
-                continue
-        except KeyError:
-            continue
-        slug = step["config"].get("workflow")
-        if not isinstance(slug, str) or not Workflow.objects.filter(slug=slug).exists():
-            continue  # reported by sub_workflows_pinned
-        workflow = workflow_list_for_user(user).filter(slug=slug).first()
-        if workflow is None:
-            # Worded as sub_workflows_pinned words a missing one: a workflow she cannot see does not exist for her.
-            problems.append(f'step "{step.get("key")}": there is no published workflow "{slug}"')
-        elif not workflow_can_run(user, workflow):
-            problems.append(f'step "{step.get("key")}": you may not run the workflow "{slug}"')
-    return problems
-
-
 CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie"}
 _TEMPLATE_PART = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
