@@ -150,7 +150,9 @@ class RedisServer:
     def start(self) -> RedisServer:
         argv = redis_argv(redis_server_binary(), self.port, self.workdir, loglevel="warning")
         if self.also_bind:
-            argv[argv.index("--bind") + 1] += " " + " ".join(self.also_bind)
+            # redis-server joins the words after an option into its value: `--bind 127.0.0.1 10.0.0.1`.
+            at = argv.index("--bind") + 2
+            argv[at:at] = self.also_bind
         self.process = ServiceProcess(self.name, argv, dict(os.environ)).start()
         deadline = time.monotonic() + 20
         while not self.ping():

@@ -13,6 +13,7 @@ next one (their names carry the dead session's pid).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -101,10 +102,8 @@ def remove_stale() -> None:
 def _delete(namespace: str, host_link: str) -> None:
     result = _ip("netns", "pids", namespace, check=False)
     for pid in result.stdout.split():
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
     _ip("link", "del", host_link, check=False)  # takes its peer inside the namespace with it
     _ip("netns", "del", namespace, check=False)
 

@@ -116,7 +116,9 @@ class PgBouncer:
         )
 
     def userlist_text(self) -> str:
-        return "".join(f"{_quoted(str(role['USER']))} {_quoted(str(role.get('PASSWORD') or ''))}\n" for role in self.roles)
+        return "".join(
+            f"{_quoted(str(role['USER']))} {_quoted(str(role.get('PASSWORD') or ''))}\n" for role in self.roles
+        )
 
     def url_for(self, role: Mapping[str, Any], *, database: str, host: str | None = None) -> str:
         """A postgres:// URL that reaches `database` as `role` through this PgBouncer (on `host`, by default the
@@ -150,7 +152,9 @@ class PgBouncer:
         deadline = time.monotonic() + timeout
         while not self._accepts():
             if not self.process.alive() or time.monotonic() > deadline:
-                log = self.process.log_path.read_text(errors="replace")[-2000:] if self.process.log_path.exists() else ""
+                log = (
+                    self.process.log_path.read_text(errors="replace")[-2000:] if self.process.log_path.exists() else ""
+                )
                 self.stop()
                 raise AssertionError(f"PgBouncer did not start on {self.listen}:{self.port}:\n{log}")
             time.sleep(0.05)
