@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 DATA_DIR := $(or $(AIOS_DATA_DIR),.data)
 CHROMIUM := /usr/bin/chromium
+PGBOUNCER := /usr/sbin/pgbouncer
 
-.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium bench static-packages
+.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium pgbouncer bench static-packages
 
 help:
 	@echo "AIOS — make targets"
@@ -30,7 +31,7 @@ services: requirements
 # Lint first (ruff and mypy are part of "done"), then the suite. pytest's exit code passes through
 # deploy.devstack, which turns 5 (no test ran) into a failure with a message. The figures file is removed
 # first so that what is printed comes from this run only.
-test: requirements-dev static-packages chromium lint
+test: requirements-dev static-packages chromium pgbouncer lint
 	@rm -f reports/figures.txt
 	@status=0; \
 	$(PY) -m deploy.devstack test -- $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
@@ -47,7 +48,7 @@ bench: requirements-dev
 # The fault tests alone (tests/faults, reliability-anchors part B) on the embedded test stack. `make test` runs
 # them at CI size with the rest of the suite; SIZE=extended runs the larger sizes (N = 10x, slower).
 .PHONY: faults
-faults: requirements-dev
+faults: requirements-dev pgbouncer
 	@rm -f reports/figures.txt
 	@status=0; \
 	AIOS_FAULTS_SIZE=$(or $(SIZE),ci) $(PY) -m deploy.devstack test -- $(PY) -m pytest tests/faults $(PYTEST_ARGS) \
@@ -123,6 +124,20 @@ static-packages:
 		fi; \
 	else \
 		echo "note: npm is not installed; the builder works without drag and drop (install Node.js for it)."; \
+	fi
+
+# The scale-out and pooling tests put PgBouncer (transaction mode) between the workers and PostgreSQL, as a
+# production deployment does; they fail with a message naming the package when it is missing.
+pgbouncer:
+	@if [ ! -x $(PGBOUNCER) ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing PgBouncer from Debian's packages for the scale-out tests ..."; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update -q && apt-get install -y -q --no-install-recommends pgbouncer; \
+		else \
+			echo "warning: $(PGBOUNCER) is missing and cannot be installed here (needs root and apt-get);"; \
+			echo "         install Debian's pgbouncer package for the scale-out tests."; \
+		fi; \
 	fi
 
 # The browser tests drive Debian's Chromium: Playwright's own browser download is not reachable from CI.

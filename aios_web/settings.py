@@ -425,6 +425,21 @@ CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env_float("CELERY_WORKER_SOFT_SHUTDOWN_TIM
 CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 10000, minimum=1)
 
+# --- Connection pooling and the sweeper's lease (deploy/README.md, "PgBouncer") -----------------------------------
+# AIOS_DATABASE_POOLER=transaction when DATABASE_URL points at PgBouncer in transaction mode: each transaction may
+# then run on another server connection, so nothing may live on a connection between transactions. Server-side
+# cursors (QuerySet.iterator() opens a WITH HOLD cursor outside a transaction) are turned off; prepared
+# statements are already off (Django 5.2 binds parameters on the client and sets psycopg's prepare_threshold to
+# None unless OPTIONS asks otherwise); the sweeper's one-at-a-time rule is a lease row, not an advisory lock, and
+# every advisory lock the code takes is transaction-scoped.
+AIOS_DATABASE_POOLER = env_choice("AIOS_DATABASE_POOLER", "none", ("none", "session", "transaction"))
+if AIOS_DATABASE_POOLER == "transaction":
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+# How long a sweeper holds its duty without renewing it (it renews between phases): a sweeper that dies lets
+# another sweep this long after its last renewal. The default is the step lease, so steps of a worker that died
+# with the sweeper in it are taken back as soon as they would be without that.
+AIOS_SWEEP_LEASE_SECONDS = env_int("AIOS_SWEEP_LEASE_SECONDS", AIOS_STEP_LEASE_SECONDS, minimum=2)
+
 # Addresses (CIDRs) that steps may call although they are loopback or private: an administrator's decision.
 AIOS_HTTP_ALLOWLIST = env_list("AIOS_HTTP_ALLOWLIST", [])
 

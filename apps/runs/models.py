@@ -482,3 +482,22 @@ class MailboxPoll(models.Model):
 
     def __str__(self) -> str:
         return f"mailbox poll of trigger {self.trigger_id}"
+
+
+class SingletonLease(models.Model):
+    """A duty that one process at a time performs for the whole fleet (the sweep), and who performs it now.
+
+    A process takes the duty by a conditional update that succeeds only when no one holds it or the holder's
+    lease has run out (`expires_at`, on the database's clock, which every host shares), renews it while it
+    works, and gives it back when done. A holder that dies keeps the duty only until its lease runs out. No
+    connection-level state is involved, so it holds behind PgBouncer in transaction mode, where a
+    session-level advisory lock stays with whichever server connection took it (apps/runs/singleton.py).
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=200, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"lease {self.name} held by {self.holder or 'no one'}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -35,7 +36,7 @@ from apps.runs.triggers import schedules_fire_due, webhook_receipts_prune
 logger = logging.getLogger(__name__)
 
 
-def sweep(*, now: Any = None) -> dict[str, int]:
+def sweep(*, now: Any = None, renew: Callable[[], bool] = lambda: True) -> dict[str, int]:
     """One pass of the repair loop; returns what it did.
 
     1. relay outbox rows a crash or a broker outage left unsent;
@@ -45,17 +46,31 @@ def sweep(*, now: Any = None) -> dict[str, int]:
     4. fire due timers;
     5. fire due schedule triggers;
     6. forget webhook requests whose timestamp has left the replay window.
+
+    `renew` is called between phases (the sweep task renews its lease there); when it answers False another
+    sweeper may have taken over, and this pass stops, its report saying `lease_lost`.
     """
     started = time.time()
     now = now or timezone.now()
-    report = {"relayed": outbox_relay(older_than_seconds=settings.AIOS_OUTBOX_RELAY_AFTER_SECONDS)}
-    report["lease_expired"], report["incidents"] = leases_reclaim(now)
-    report["requeued"] = queued_resend_stale(now)
-    report["timers"] = timers_fire_due(now)
-    # --- triggers: schedules due now (apps/runs/triggers.py) ---
-    report["schedules"] = schedules_fire_due(now)
-    report["webhook_receipts_pruned"] = webhook_receipts_prune(now)
+    phases: list[Callable[[], dict[str, int]]] = [
+        lambda: {"relayed": outbox_relay(older_than_seconds=settings.AIOS_OUTBOX_RELAY_AFTER_SECONDS)},
+        lambda: dict(zip(("lease_expired", "incidents"), leases_reclaim(now), strict=True)),
+        lambda: {"requeued": queued_resend_stale(now)},
+        lambda: {"timers": timers_fire_due(now)},
+        # --- triggers: schedules due now (apps/runs/triggers.py) ---
+        lambda: {"schedules": schedules_fire_due(now)},
+        lambda: {"webhook_receipts_pruned": webhook_receipts_prune(now)},
+    ]
+    report: dict[str, int] = {}
+    for index, phase in enumerate(phases):
+        if index and not renew():
+            report["lease_lost"] = 1
+            return report
+        report.update(phase())
     for name, hook in hooks.after_sweep.items():
+        if not renew():
+            report["lease_lost"] = 1
+            return report
         try:
             report[name] = hook()
         except Exception:

@@ -7,7 +7,6 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import connection
 
 from apps.core.exceptions import Conflict
 from apps.runs.async_engine import async_engine
@@ -17,12 +16,13 @@ from apps.runs.mailbox_poll import MAILBOX_POLL_TASK, MAILBOXES_POLL_TASK, mailb
 from apps.runs.models import Run
 from apps.runs.outbox import CANCEL_RUN_TASK, CHILD_FINISHED_TASK, EXECUTE_STEP_TASK
 from apps.runs.services import run_cancel
+from apps.runs.singleton import lease_claim, lease_holder_name, lease_release, lease_renew
 from apps.runs.sweeper import sweep
 from apps.runs.trigger_events import TRIGGER_EVENT_TASK
 from apps.runs.triggers import event_relay
 
-# Only one sweep at a time across all workers; a sweep that finds the lock taken simply returns.
-_SWEEP_LOCK_KEY = 0x53574550  # "SWEP"
+# Only one sweep at a time across all workers; a sweep that finds the duty taken simply returns.
+SWEEP_LEASE = "sweep"
 
 
 # Steps from these queues run on the asynchronous executor (apps.runs.async_engine), not in the task's thread.
@@ -81,13 +81,19 @@ def mailbox_poll_task(trigger_id: int) -> None:
 
 @shared_task(name="runs.sweep", acks_late=False, ignore_result=True)
 def sweep_task() -> dict[str, Any]:
-    """The periodic repair loop (see apps.runs.sweeper.sweep)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_SWEEP_LOCK_KEY])
-        if not cursor.fetchone()[0]:
-            return {"skipped": True}
+    """The periodic repair loop (see apps.runs.sweeper.sweep), one at a time across the fleet.
+
+    The duty is a lease row (apps.runs.singleton), renewed between the sweep's phases; a sweep whose lease ran
+    out stops at the next phase. Each phase is safe to run concurrently anyway (conditional updates), so the
+    lease saves duplicate work and keeps sweeps from crowding each other, and a sweeper that dies mid-sweep
+    holds the duty only until its lease runs out (AIOS_SWEEP_LEASE_SECONDS, by default the step lease, so the
+    steps of a worker that died with the sweeper are taken back no later than they would have been).
+    """
+    holder = lease_holder_name()
+    seconds = settings.AIOS_SWEEP_LEASE_SECONDS
+    if not lease_claim(name=SWEEP_LEASE, holder=holder, seconds=seconds):
+        return {"skipped": True}
     try:
-        return sweep()
+        return sweep(renew=lambda: lease_renew(name=SWEEP_LEASE, holder=holder, seconds=seconds))
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [_SWEEP_LOCK_KEY])
+        lease_release(name=SWEEP_LEASE, holder=holder)

@@ -33,7 +33,7 @@ from tests.support.sink import Sink
 def figure_or_miss(request: pytest.FixtureRequest) -> Iterator[None]:
     """A fault test that fails before it measured anything still leaves its line in reports/figures.txt,
     as a miss, so the figures never silently lack a test."""
-    found = re.match(r"test_([dc]\d+)_", request.node.module.__name__.rsplit(".", 1)[-1])
+    found = re.match(r"test_((?:[dc]|so)\d+)_", request.node.module.__name__.rsplit(".", 1)[-1])
     before = FIGURES.read_text().splitlines() if FIGURES.exists() else []
     yield
     if found is None:

@@ -134,8 +134,10 @@ class ServiceProcess(ManagedProcess):
 class RedisServer:
     """A private, memory-only redis-server (no RDB, no AOF) on a free loopback port."""
 
-    def __init__(self, name: str, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, name: str, workdir: Path, port: int | None = None, also_bind: Sequence[str] = ()) -> None:
         self.name = name
+        # Addresses besides loopback it listens on (the scale-out test's hosts reach it through their links).
+        self.also_bind = list(also_bind)
         self.port = port or free_port()
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -147,6 +149,10 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         argv = redis_argv(redis_server_binary(), self.port, self.workdir, loglevel="warning")
+        if self.also_bind:
+            # redis-server joins the words after an option into its value: `--bind 127.0.0.1 10.0.0.1`.
+            at = argv.index("--bind") + 2
+            argv[at:at] = self.also_bind
         self.process = ServiceProcess(self.name, argv, dict(os.environ)).start()
         deadline = time.monotonic() + 20
         while not self.ping():
@@ -224,13 +230,14 @@ class Fleet:
         concurrency: int = 2,
         queues: str = "",
         wait: bool = True,
+        prefix: Sequence[str] = (),
         **env: str,
     ) -> ServiceProcess:
         """Start a worker (prefork, `concurrency` children) on `queues` (default: every queue the app declares).
-        `env` overrides apply to it only (AIOS_FAULTS)."""
+        `env` overrides apply to it only (AIOS_FAULTS); `prefix` goes before its command line (`ip netns exec`)."""
         self._count += 1
         label = f"{self.name}-worker{self._count}"
-        argv = celery_worker_argv(queues or all_queues(), concurrency, node=f"{label}-{os.getpid()}")
+        argv = [*prefix, *celery_worker_argv(queues or all_queues(), concurrency, node=f"{label}-{os.getpid()}")]
         return self._start(ServiceProcess(label, argv, {**self.env, **env}), WORKER_READY, wait)
 
     def beat(self, *, wait: bool = True, **env: str) -> ServiceProcess:

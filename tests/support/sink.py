@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     started_at REAL NOT NULL,
     ended_at REAL,
     status INTEGER,
-    applied INTEGER NOT NULL DEFAULT 0
+    applied INTEGER NOT NULL DEFAULT 0,
+    peer TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries (key);
 """
@@ -79,12 +80,13 @@ class Delivery:
     ended_at: float | None  # None while the request is still being handled
     status: int | None
     applied: bool
+    peer: str = ""  # the caller's address (the scale-out test tells its hosts apart by it)
 
 
 class Sink:
     """A side-effect sink with its own SQLite ledger; see the module docstring."""
 
-    def __init__(self, ledger_path: Path | str, *, dedupe: bool = True) -> None:
+    def __init__(self, ledger_path: Path | str, *, dedupe: bool = True, host: str = "127.0.0.1") -> None:
         self.ledger_path = Path(ledger_path)
         self.dedupe = dedupe
         self.default_delay = 0.0
@@ -94,7 +96,7 @@ class Sink:
         self._db.executescript(_SCHEMA)
         self._in_flight = 0
         self._stopped = False
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = ThreadingHTTPServer((host, 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="sink", daemon=True)
 
@@ -106,7 +108,7 @@ class Sink:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self._server.server_address[0]}:{self.port}"
 
     def start(self) -> Sink:
         self._thread.start()
@@ -152,13 +154,13 @@ class Sink:
 
     def deliveries(self, key: str | None = None) -> list[Delivery]:
         """Deliveries in arrival order (of one key, or all)."""
-        query = "SELECT id, key, path, started_at, ended_at, status, applied FROM deliveries"
+        query = "SELECT id, key, path, started_at, ended_at, status, applied, peer FROM deliveries"
         args: tuple[Any, ...] = ()
         if key is not None:
             query, args = query + " WHERE key = ?", (key,)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id", args).fetchall()
-        return [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+        return [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in rows]
 
     def in_flight(self) -> int:
         """Requests being handled right now (held open by a delay, or applying)."""
@@ -189,14 +191,14 @@ class Sink:
 
     # handling one request (called from the server's threads) -----------------------------------------------
 
-    def _arrive(self, key: str, path: str, body_hash: str) -> int:
+    def _arrive(self, key: str, path: str, body_hash: str, peer: str = "") -> int:
         now = time.time()
         with self._lock:
             self._in_flight += 1
             self._db.execute("BEGIN IMMEDIATE")
             cursor = self._db.execute(
-                "INSERT INTO deliveries (key, path, body_hash, started_at) VALUES (?, ?, ?, ?)",
-                (key, path, body_hash, now),
+                "INSERT INTO deliveries (key, path, body_hash, started_at, peer) VALUES (?, ?, ?, ?, ?)",
+                (key, path, body_hash, now, peer),
             )
             self._db.execute(
                 "INSERT INTO ledger (key, body_hash, raw_deliveries, effective_applies, first_at, last_at) "
@@ -281,7 +283,7 @@ def _handler_for(sink: Sink) -> type[BaseHTTPRequestHandler]:
                 body: Any = json.loads(raw_body) if raw_body else None
             except ValueError:
                 body = raw_body.decode("utf-8", errors="replace")
-            delivery_id = sink._arrive(key, parts.path, body_hash)
+            delivery_id = sink._arrive(key, parts.path, body_hash, str(self.client_address[0]))
             delay = sink._delay_for(key, query)
             if delay > 0:
                 time.sleep(delay)
