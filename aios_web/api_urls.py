@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
+from apps.accounts.api.views import api_token_sign_in_view
 from apps.approvals.api.views import (
     AbsenceViewSet,
     ApprovalQueueViewSet,
@@ -85,7 +85,7 @@ urlpatterns = [
     path("collections/<slug:name>/documents/", document_list_view, name="collection-documents"),
     path("collections/<slug:name>/documents/<int:document_id>/", document_detail_view, name="collection-document"),
     path("collections/<slug:name>/search/", collection_search_view, name="collection-search"),
-    path("auth/token/", obtain_auth_token, name="auth-token"),
+    path("auth/token/", api_token_sign_in_view, name="auth-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
     path("", include(router.urls)),

@@ -6,6 +6,7 @@ With no variables set, the defaults point at the embedded stack that `make run` 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,6 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "guardian",
@@ -102,6 +102,8 @@ INSTALLED_APPS = [
     "apps.evaluations",
     "apps.dashboards",
     "apps.assistants",
+    # Sign-in throttling (apps/accounts/throttling.py): its attempt records, checks and lockout signal.
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -119,6 +121,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    "apps.accounts.middleware.SessionIdleTimeoutMiddleware",
+    # Last, as django-axes requires: it turns a locked (username, address) pair's refusal into a 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "aios_web.urls"
@@ -163,6 +168,8 @@ CACHES = {
 
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked (username, address) pair before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
     "apps.accounts.backends.ThrottledModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -178,8 +185,83 @@ LOGOUT_REDIRECT_URL = "accounts:login"
 ANONYMOUS_USER_NAME = None  # guardian: anonymous users get no object permissions
 GUARDIAN_RAISE_403 = False
 
+# --- Sign-in throttling (apps/accounts/throttling.py has the whole scheme) ------------------------------------------
+# django-axes locks a (username, address) pair after AIOS_LOGIN_MAX_FAILURES failures for AIOS_LOGIN_LOCKOUT_SECONDS;
+# never an account as such. The address is REMOTE_ADDR (IPv6 by /64): behind a reverse proxy, set uvicorn's
+# FORWARDED_ALLOW_IPS to the proxy's address so that it, and only it, may say who the client is.
 AIOS_LOGIN_MAX_FAILURES = env_int("AIOS_LOGIN_MAX_FAILURES", 5, minimum=1)
 AIOS_LOGIN_LOCKOUT_SECONDS = env_int("AIOS_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+# Past this many failures for one name from anywhere (within the lockout window), each attempt at the name waits a
+# doubling delay up to the maximum; addresses the person signed in from in the last AIOS_LOGIN_KNOWN_ADDRESS_DAYS
+# (0: none) never wait.
+AIOS_LOGIN_USER_FREE_FAILURES = env_int("AIOS_LOGIN_USER_FREE_FAILURES", 10, minimum=1)
+AIOS_LOGIN_USER_MAX_DELAY_SECONDS = env_int("AIOS_LOGIN_USER_MAX_DELAY_SECONDS", 60, minimum=1)
+AIOS_LOGIN_KNOWN_ADDRESS_DAYS = env_int("AIOS_LOGIN_KNOWN_ADDRESS_DAYS", 30, minimum=0)
+AXES_FAILURE_LIMIT = AIOS_LOGIN_MAX_FAILURES
+AXES_COOLOFF_TIME = timedelta(seconds=AIOS_LOGIN_LOCKOUT_SECONDS)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "apps.accounts.throttling.client_address"
+AXES_USERNAME_CALLABLE = "apps.accounts.throttling.normalised_username"
+AXES_LOCKOUT_CALLABLE = "apps.accounts.views.lockout_response"
+AXES_RESET_ON_SUCCESS = True
+# A refused attempt during a lock neither extends it nor is recorded again (the lock's end stays predictable).
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Sign-ins are in the audit trail; axes' own access log would keep a second, mutable copy.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_SENSITIVE_PARAMETERS = ["username", "password", "ip_address", "csrfmiddlewaretoken"]
+
+# --- Single sign-on: OpenID Connect (apps/accounts/oidc.py; deploy/README.md, "Single sign-on") ------------------
+# Off unless AIOS_OIDC_ISSUER and AIOS_OIDC_CLIENT_ID are set; then the provider's endpoints are required too
+# (`manage.py oidc_discover <issuer>` prints them from the provider's discovery document). The client secret may come
+# from a file (AIOS_OIDC_CLIENT_SECRET_FILE, e.g. a mounted secret): read here, in this block, on its own.
+AIOS_OIDC_ISSUER = env_str("AIOS_OIDC_ISSUER", "").rstrip("/")
+AIOS_OIDC_CLIENT_ID = env_str("AIOS_OIDC_CLIENT_ID", "")
+AIOS_OIDC_ENABLED = bool(AIOS_OIDC_ISSUER and AIOS_OIDC_CLIENT_ID)
+_oidc_secret_file = env_str("AIOS_OIDC_CLIENT_SECRET_FILE", "")
+if _oidc_secret_file:
+    try:
+        AIOS_OIDC_CLIENT_SECRET = Path(_oidc_secret_file).read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ImproperlyConfigured(f"AIOS_OIDC_CLIENT_SECRET_FILE cannot be read: {error}") from None
+else:
+    AIOS_OIDC_CLIENT_SECRET = env_str("AIOS_OIDC_CLIENT_SECRET", "")
+# The name on the sign-in page's button: "Sign in with <name>".
+AIOS_OIDC_PROVIDER_NAME = env_str("AIOS_OIDC_PROVIDER_NAME", "single sign-on")
+# Claims to roles and teams: the claim holding the person's groups; per role, the provider groups that give it
+# (comma-separated; default aios-<role>); and the prefix of groups that make one a member of an existing team
+# (aios-team-claims: the team whose slug is "claims"). Every sign-in sets roles and teams to exactly these.
+AIOS_OIDC_GROUPS_CLAIM = env_str("AIOS_OIDC_GROUPS_CLAIM", "groups")
+AIOS_OIDC_ROLE_GROUPS = {
+    role: env_list(f"AIOS_OIDC_ROLE_{role.upper()}", [f"aios-{role}"])
+    for role in ("analyst", "reviewer", "manager", "admin", "auditor")
+}
+AIOS_OIDC_TEAM_PREFIX = env_str("AIOS_OIDC_TEAM_PREFIX", "aios-team-")
+# The password form beside single sign-on. Off, only the provider signs people in (the admin site's login stays, for
+# administrators to get in when the provider is down).
+AIOS_PASSWORD_LOGIN = env_bool("AIOS_PASSWORD_LOGIN", True)
+if AIOS_OIDC_ENABLED:
+    OIDC_RP_CLIENT_ID = AIOS_OIDC_CLIENT_ID
+    OIDC_RP_CLIENT_SECRET = AIOS_OIDC_CLIENT_SECRET
+    OIDC_OP_AUTHORIZATION_ENDPOINT = env_url("AIOS_OIDC_AUTHORIZATION_ENDPOINT", "", schemes=("https", "http"))
+    OIDC_OP_TOKEN_ENDPOINT = env_url("AIOS_OIDC_TOKEN_ENDPOINT", "", schemes=("https", "http"))
+    OIDC_OP_USER_ENDPOINT = env_url("AIOS_OIDC_USERINFO_ENDPOINT", "", schemes=("https", "http"))
+    OIDC_OP_JWKS_ENDPOINT = env_url("AIOS_OIDC_JWKS_URI", "", schemes=("https", "http"))
+    OIDC_RP_SIGN_ALGO = env_choice(
+        "AIOS_OIDC_SIGN_ALGO", "RS256", ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
+    )
+    OIDC_RP_SCOPES = env_str("AIOS_OIDC_SCOPES", "openid email profile")
+    OIDC_USE_NONCE = True
+    OIDC_USE_PKCE = True
+    OIDC_TIMEOUT = env_float("AIOS_OIDC_TIMEOUT", 10.0, minimum=1.0)
+    OIDC_CALLBACK_CLASS = "apps.accounts.views.OidcCallbackView"
+    OIDC_AUTHENTICATE_CLASS = "apps.accounts.views.OidcStartView"
+    OIDC_AUTHENTICATION_CALLBACK_URL = "accounts:oidc-callback"
+    if PRODUCTION and not OIDC_OP_TOKEN_ENDPOINT.startswith("https://"):
+        raise ImproperlyConfigured("AIOS_OIDC_TOKEN_ENDPOINT must be https in production.")
+    AUTHENTICATION_BACKENDS.insert(-1, "apps.accounts.oidc.AiosOidcBackend")
+
+# Sessions: signed out after AIOS_SESSION_IDLE_MINUTES without a request (apps/accounts/middleware.py).
+AIOS_SESSION_IDLE_MINUTES = env_int("AIOS_SESSION_IDLE_MINUTES", 30, minimum=1)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -233,8 +315,7 @@ if PRODUCTION:
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
-        "apps.core.authentication.BearerTokenAuthentication",
+        "apps.accounts.authentication.ApiTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

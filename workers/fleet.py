@@ -136,6 +136,11 @@ def web_argv(
     """The ASGI application under uvicorn on `host:port` (no lifespan: the app has no start-up hooks)."""
     argv = [python, "-m", "uvicorn", "aios_web.asgi:application", "--host", host, "--port", str(port)]
     argv += ["--lifespan", "off"]
+    # uvicorn trusts X-Forwarded-For from loopback by default, which would let any local client (or a proxy on the
+    # same host that passes the header through) choose the address sign-in throttling counts. Proxy headers are
+    # read only from the proxies FORWARDED_ALLOW_IPS names (deploy/README.md), never by default.
+    forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "").strip()
+    argv += ["--forwarded-allow-ips", forwarded_allow_ips] if forwarded_allow_ips else ["--no-proxy-headers"]
     if log_level is not None:
         argv += ["--log-level", log_level]
     return argv

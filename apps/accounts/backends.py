@@ -1,28 +1,24 @@
-"""Authentication with sign-in throttling for every door that checks a password (the sign-in page, the
-admin's login, the API's token endpoint): they all go through `authenticate()`, so through here."""
+"""Password authentication, behind django-axes' (username, address) lock (`axes.backends.AxesStandaloneBackend`
+comes first in AUTHENTICATION_BACKENDS) and feeding the per-name slowdown (apps/accounts/throttling.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib.auth.backends import ModelBackend
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 
 from apps.accounts.models import User
-from apps.accounts.services import login_attempt_reserve, login_attempt_succeeded
+from apps.accounts.throttling import login_failure_count, login_success_remember
 
-
-def client_ip(request: HttpRequest | None) -> str:
-    """The address the request came from: the direct peer. No proxy header is trusted, so a client cannot
-    pick the address it is throttled under."""
-    if request is None:
-        return "unknown"
-    return str(request.META.get("REMOTE_ADDR") or "unknown")
+# Set on a request whose password this backend checked: a failure signal without it is a refusal that checked
+# nothing (a locked pair), which the audit trail records once per lock rather than once per attempt.
+PASSWORD_CHECKED = "aios_password_checked"  # noqa: S105 (a request attribute name)
 
 
 class ThrottledModelBackend(ModelBackend):
-    """Django's username/password backend behind the attempt counter of `login_attempt_reserve`."""
+    """Django's username/password check, counting failures per name and remembering the addresses a person
+    signs in from (the slowdown spares them)."""
 
     def authenticate(
         self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kwargs: Any
@@ -30,10 +26,11 @@ class ThrottledModelBackend(ModelBackend):
         username = username or kwargs.get(User.USERNAME_FIELD) or ""
         if not username or password is None:
             return None
-        ip = client_ip(request)
-        if not login_attempt_reserve(username=username, client_ip=ip):
-            raise PermissionDenied("locked out")  # stops authenticate() from trying any other backend
+        if request is not None:
+            setattr(request, PASSWORD_CHECKED, True)
         user = super().authenticate(request, username=username, password=password, **kwargs)
-        if user is not None:
-            login_attempt_succeeded(user=user, client_ip=ip)
+        if user is None:
+            login_failure_count(username=username)
+        else:
+            login_success_remember(username=username, request=request)
         return user

@@ -30,3 +30,47 @@ class Team(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ApiToken(models.Model):
+    """A personal API token for the REST API and the MCP endpoint (`Authorization: Bearer <token>`).
+
+    Only the SHA-256 of the token is kept (`digest`): a token is 32 random bytes, so an unsalted fast hash is
+    enough (nothing to brute-force), and a read of the database gives no usable token. `prefix` (the token's first
+    characters) is what pages show to tell tokens apart. A token stops working at `expires_at` or when revoked;
+    revoked and expired rows stay, so the token page and the audit trail can still name them.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class ExternalIdentity(models.Model):
+    """The single sign-on account (`issuer`, `subject`: the provider's `iss` and `sub` claims) a user signs in
+    with. Matched on these, never on an email address or a name, which the provider's users may be able to
+    change."""
+
+    user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="external_identity")
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="accounts_identity_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer}"

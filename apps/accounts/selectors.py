@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from django.contrib.auth.models import AbstractUser, AnonymousUser
-from rest_framework.authtoken.models import Token
+from django.db.models import QuerySet
 
-from apps.accounts.models import Team
+from apps.accounts.models import ApiToken, Team
 from apps.accounts.roles import ROLES
 
 
@@ -28,8 +26,13 @@ def user_teams(user: AbstractUser | AnonymousUser) -> list[Team]:
     return list(Team.objects.filter(group__user__pk=user.pk).order_by("name"))
 
 
-def api_token_created_at(user: AbstractUser | AnonymousUser) -> datetime | None:
-    """When `user`'s API token was made, or None without one (its key is shown only when it is made)."""
+def api_token_list_for_user(user: AbstractUser | AnonymousUser) -> QuerySet[ApiToken]:
+    """`user`'s own API tokens, newest first, live or not (the page shows which are expired or revoked)."""
     if not user.is_authenticated:
-        return None
-    return Token.objects.filter(user_id=user.pk).values_list("created", flat=True).first()
+        return ApiToken.objects.none()
+    return ApiToken.objects.filter(user_id=user.pk).order_by("-created_at", "-id")
+
+
+def api_token_get_for_user(user: AbstractUser | AnonymousUser, token_id: int) -> ApiToken | None:
+    """One of `user`'s own tokens, or None (another person's token is as unknown as a missing one)."""
+    return api_token_list_for_user(user).filter(pk=token_id).first()

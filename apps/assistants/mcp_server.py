@@ -39,13 +39,12 @@ from django.urls import reverse
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
-from rest_framework.exceptions import AuthenticationFailed
 
 from apps.accounts.models import User
+from apps.accounts.services import api_token_authenticate
 from apps.assistants.selectors import tool_get_by_name, tools_offered_to
 from apps.assistants.services import tool_call_refused_record, tool_call_start
 from apps.core import context
-from apps.core.authentication import BearerTokenAuthentication
 from apps.core.exceptions import ApplicationError, Forbidden, ValidationFailed
 from apps.runs.documents import document_inputs_expand
 from apps.runs.models import Run
@@ -267,16 +266,14 @@ SERVER: Server[Any] = Server(
 
 
 def _authenticate(header: str) -> User | None:
-    """The active user whose API token `header` carries as `Bearer <token>`, else None."""
+    """The active user whose live API token (not expired, not revoked) `header` carries as `Bearer <token>`, else
+    None."""
     keyword, _, key = header.strip().partition(" ")
     key = key.strip()
     if keyword.lower() != "bearer" or not key or " " in key:
         return None
-    try:
-        user, _token = BearerTokenAuthentication().authenticate_credentials(key)
-    except AuthenticationFailed:
-        return None
-    return user
+    token = api_token_authenticate(key=key)
+    return token.user if token is not None else None
 
 
 async def _respond(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
@@ -366,9 +363,9 @@ class McpEndpoint:
         if user is None:
             error = ', error="invalid_token"' if authorization else ""
             challenge = f'Bearer realm="AIOS MCP"{error}'.encode()
-            message = (
-                "Invalid or revoked API token." if authorization else "Send your AIOS API token: Authorization: Bearer"
-            )
+            message = "Send your AIOS API token: Authorization: Bearer"
+            if authorization:
+                message = "Invalid, expired or revoked API token."
             await _respond(send, 401, _error_body(types.INVALID_REQUEST, message), [(b"www-authenticate", challenge)])
             return
         manager = await self._running()

@@ -9,14 +9,17 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
-    """`Authorization: Bearer <key>`, beside DRF's `Token <key>` scheme."""
+    """`Authorization: Bearer <key>`, (`Token <key>` is accepted too)."""
 
-    target_class = "apps.core.authentication.BearerTokenAuthentication"
+    target_class = "apps.accounts.authentication.ApiTokenAuthentication"
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
         return {
             "type": "http",
             "scheme": "bearer",
-            "description": "The API token of POST /api/auth/token/, sent as `Authorization: Bearer <key>`.",
+            "description": (
+                "A personal API token (the API token page, or POST /api/auth/token/), sent as "
+                "`Authorization: Bearer <token>`."
+            ),
         }

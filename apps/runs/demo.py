@@ -16,10 +16,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
-from rest_framework.authtoken.models import Token
 
 from apps.accounts.models import Team, User
-from apps.accounts.services import team_create
+from apps.accounts.services import api_token_issue, team_create
 from apps.connectors.models import Connection
 from apps.connectors.services import connection_create
 from apps.knowledge.demo import DEMO_COLLECTION, seed_knowledge_demo
@@ -107,7 +106,9 @@ def _connections(reviewer: User | None) -> list[tuple[str, str, str, str, dict[s
         )
     if reviewer is not None and settings.AIOS_PUBLIC_URLS:
         # The weekly assistant reads the approvals waiting in Rita's queues as Rita, through the public API.
-        token, _ = Token.objects.get_or_create(user=reviewer)
+        _token, key = api_token_issue(
+            user=reviewer, name="Weekly approvals assistant (demo)", lifetime_days=365, via="demo"
+        )
         base = settings.AIOS_PUBLIC_URLS[0].rstrip("/")
         found.append(
             (
@@ -116,7 +117,7 @@ def _connections(reviewer: User | None) -> list[tuple[str, str, str, str, dict[s
                 "http",
                 "claims",
                 {"base_url": f"{base}/api/", "auth": "bearer"},
-                {"token": token.key},
+                {"token": key},
             )
         )
     return found

@@ -13,8 +13,8 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from rest_framework.authtoken.models import Token
 
+from apps.accounts.services import api_token_issue, api_token_revoke
 from apps.assistants.services import workflow_tool_change, workflow_tool_publish, workflow_tool_withdraw
 from apps.audit.models import AuditEvent
 from apps.runs.models import Run
@@ -51,7 +51,7 @@ def publish(analyst, team, name, graph=DOUBLE, schema=SCHEMA):
 
 
 def token_for(user) -> str:
-    return Token.objects.create(user=user).key
+    return api_token_issue(user=user, name="mcp", lifetime_days=7)[1]
 
 
 def with_session(base: str, token: str | None, work: Callable[[ClientSession], Awaitable[Any]]) -> Any:
@@ -176,9 +176,10 @@ def test_without_a_valid_token_the_answer_is_401_and_never_a_tool_list(asgi_serv
         assert response.status_code == 401, headers
         assert response.headers["WWW-Authenticate"].startswith('Bearer realm="AIOS MCP"')
         assert "double_it" not in response.text and "tools" not in response.json()
-    revoked = Token.objects.create(user=analyst.__class__.objects.get(username="rita")).key
-    Token.objects.filter(key=revoked).delete()
-    with pytest.raises(MCPError, match="Invalid or revoked API token"):
+    rita = analyst.__class__.objects.get(username="rita")
+    token, revoked = api_token_issue(user=rita, name="mcp", lifetime_days=7)
+    api_token_revoke(token=token, actor=rita)
+    with pytest.raises(MCPError, match="Invalid, expired or revoked API token"):
         with_session(asgi_server, revoked, names)
     with pytest.raises(MCPError, match="Send your AIOS API token"):
         with_session(asgi_server, None, names)

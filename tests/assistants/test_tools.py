@@ -3,11 +3,16 @@ offered (the selectors the endpoint serves), the pages, and one's API token."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from datetime import timedelta
+
 import pytest
 from django.test import Client
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
+from apps.accounts.models import ApiToken
 from apps.accounts.services import api_token_issue, api_token_revoke
 from apps.assistants.models import PublishedTool
 from apps.assistants.selectors import mcp_input_schema, tool_list_for_user, tools_offered_to
@@ -239,22 +244,50 @@ def test_teammates_see_the_tool_on_the_list_but_cannot_manage_it(analyst, review
 # --- API tokens ---------------------------------------------------------------------------------------------------
 
 
-def test_an_api_token_is_shown_once_rotated_and_revoked_each_audited(analyst):
+def test_api_tokens_are_shown_once_stored_hashed_listed_and_revoked_each_audited(analyst, reviewer):
     client = client_for(analyst)
     assert "You have no API token." in client.get("/accounts/api-token/").content.decode()
-    created = client.post("/accounts/api-token/", {"action": "issue"})
-    key = Token.objects.get(user=analyst).key
-    assert key in created.content.decode() and created["Cache-Control"] == "no-store"
-    assert key not in client.get("/accounts/api-token/").content.decode()  # shown once
+    created = client.post("/accounts/api-token/", {"name": "Nightly export", "lifetime_days": "7"})
+    token = ApiToken.objects.get(user=analyst)
+    key = created.content.decode().split('id="token-key">')[1].split("<")[0]
+    assert key.startswith(token.prefix) and created["Cache-Control"] == "no-store"
+    # Only the SHA-256 is kept: nothing in the row is the token.
+    assert token.digest == hashlib.sha256(key.encode()).hexdigest() and key not in str(vars(token))
+    listed = client.get("/accounts/api-token/").content.decode()
+    assert key not in listed and "Nightly export" in listed and f"{token.prefix}…" in listed  # shown once
+    assert (token.expires_at - token.created_at).days == 7
 
-    client.post("/accounts/api-token/", {"action": "issue"})
-    new_key = Token.objects.get(user=analyst).key
-    assert new_key != key and not Token.objects.filter(key=key).exists()
-    client.post("/accounts/api-token/", {"action": "revoke"})
-    assert not Token.objects.filter(user=analyst).exists()
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert api.get("/api/workflows/").status_code == 200
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+
+    # Someone else's token cannot be revoked through one's own page.
+    assert client_for(reviewer).post(f"/accounts/api-token/{token.pk}/revoke/").status_code == 404
+    client.post(f"/accounts/api-token/{token.pk}/revoke/")
+    assert api.get("/api/workflows/").status_code == 401
+    assert "Revoked" in client.get("/accounts/api-token/").content.decode()
     verbs = list(AuditEvent.objects.filter(verb__startswith="api_token.").order_by("id").values_list("verb", "data"))
-    assert [verb for verb, _ in verbs] == ["api_token.created", "api_token.rotated", "api_token.revoked"]
-    assert all(key not in data and new_key not in data for _, data in verbs)
-    assert api_token_revoke(user=analyst) is False  # nothing left to revoke: nothing recorded
+    assert [verb for verb, _ in verbs] == ["api_token.created", "api_token.revoked"]
+    assert all(key not in json.dumps(data) and token.digest not in json.dumps(data) for _, data in verbs)
+    token.refresh_from_db()
+    assert api_token_revoke(token=token, actor=analyst) is False  # nothing left to revoke: nothing recorded
     assert AuditEvent.objects.filter(verb="api_token.revoked").count() == 1
-    assert len(api_token_issue(user=analyst)) == 40
+
+
+def test_an_expired_api_token_is_refused(analyst):
+    token, key = api_token_issue(user=analyst, name="short", lifetime_days=1)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert api.get("/api/workflows/").status_code == 200
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert api.get("/api/workflows/").status_code == 401
+
+
+def test_a_token_page_form_with_bad_input_says_why_and_keeps_nothing(analyst):
+    client = client_for(analyst)
+    response = client.post("/accounts/api-token/", {"name": "  ", "lifetime_days": "100000"})
+    assert response.status_code == 400 and not ApiToken.objects.exists()
+    page = response.content.decode()
+    assert "This field is required." in page and "Select a valid choice." in page

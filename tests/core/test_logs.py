@@ -10,8 +10,8 @@ import uuid
 from typing import Any
 
 import pytest
-from rest_framework.authtoken.models import Token
 
+from apps.accounts.services import api_token_issue
 from apps.core import context
 from apps.core.telemetry.logs import ContextFilter, JsonFormatter, TextFormatter, logging_config
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
@@ -97,7 +97,7 @@ def test_web_and_worker_lines_are_json_with_the_request_and_run_ids(analyst, tea
     workflow = workflow_create(actor=analyst, name="Logged workflow", team=team)
     version = workflow_version_create(actor=analyst, workflow=workflow, graph=GRAPH, input_schema=NUMBER)
     workflow_version_publish(actor=analyst, version=version)
-    token = Token.objects.create(user=analyst).key
+    token = api_token_issue(user=analyst, name="t", lifetime_days=7)[1]
     request_id = f"logs-{uuid.uuid4().hex[:12]}"
     # DEBUG shows the one line per step execution; the model call's HTTP line (another library's, at INFO) is
     # written inside the step too.

@@ -20,8 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from rest_framework.authtoken.models import Token
 
+from apps.accounts.services import api_token_issue
 from apps.core.telemetry import logs, tracing
 from apps.runs.models import Outbox, Run
 from apps.runs.services import run_start
@@ -148,7 +148,7 @@ def test_one_trace_holds_the_web_request_the_worker_and_the_model_call(analyst, 
     workflow = workflow_create(actor=analyst, name="Traced workflow", team=team)
     version = workflow_version_create(actor=analyst, workflow=workflow, graph=GRAPH, input_schema=EMPTY)
     workflow_version_publish(actor=analyst, version=version)
-    token = Token.objects.create(user=analyst).key
+    token = api_token_issue(user=analyst, name="t", lifetime_days=7)[1]
     otel = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url,
         "OTEL_BSP_SCHEDULE_DELAY": "200",  # milliseconds between exports, so the test need not wait long

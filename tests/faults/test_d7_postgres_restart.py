@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rest_framework.authtoken.models import Token
 
+from apps.accounts.services import api_token_issue
 from tests.faults.harness import ServiceProcess, engine_env, sized, wait_until
 from tests.faults.workflows import N_INPUT, publish
 from tests.support.figures import record_figure
@@ -70,8 +70,8 @@ def test_d7_no_acknowledged_decision_is_lost_across_postgres_restarts(
     analyst, reviewer, team, fleet, redis_server, private_pg
 ):
     publish(analyst, "D7 gates", GRAPH, team=team, input_schema=N_INPUT)
-    analyst_token = Token.objects.create(user=analyst).key
-    reviewer_token = Token.objects.create(user=reviewer).key
+    analyst_token = api_token_issue(user=analyst, name="d7", lifetime_days=7)[1]
+    reviewer_token = api_token_issue(user=reviewer, name="d7", lifetime_days=7)[1]
     source_url = engine_env(redis_server.url)["DATABASE_URL"]
     database = private_pg.copy_database(source_url, "aios_d7")
     port = free_port()

@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from apps.accounts.services import team_create, user_create
+from apps.accounts.services import api_token_issue, team_create, user_create
 from apps.audit.models import AuditEvent
 from apps.workflows import blocks
 from apps.workflows.models import Workflow, WorkflowVersion
@@ -165,7 +164,7 @@ def test_writes_by_persona_change_nothing(request, persona, analyst, claims_work
 
 def test_a_token_works_like_a_session(analyst, claims_workflow):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=analyst).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_issue(user=analyst, name='t', lifetime_days=7)[1]}")
     assert client.get(f"/api/workflows/{claims_workflow.slug}/draft/").status_code == 200
 
 

@@ -655,8 +655,7 @@ def test_support_triage_answers_from_the_knowledge_base_and_asks_support_when_un
 def test_weekly_assistant_fires_monday_at_eight_and_emails_the_digest_of_waiting_approvals(
     analyst, reviewer, team, systems, asgi_server, monkeypatch
 ):
-    from rest_framework.authtoken.models import Token
-
+    from apps.accounts.services import api_token_issue
     from apps.runs import outbox
     from apps.runs.triggers import schedules_fire_due, trigger_create
 
@@ -674,12 +673,12 @@ def test_weekly_assistant_fires_monday_at_eight_and_emails_the_digest_of_waiting
     )
     assert states(waiting)["adjuster"] == WAITING
     # The assistant reads the product's own API as Rita, over HTTP, with her API token in a connection.
-    token = Token.objects.create(user=reviewer)
+    _token, key = api_token_issue(user=reviewer, name="weekly assistant", lifetime_days=7)
     connection_update(
         actor=None,
         connection=Connection.objects.get(name="aios-api"),
         config={"base_url": f"{asgi_server}/api/", "auth": "bearer"},
-        secrets={"token": token.key},
+        secrets={"token": key},
     )
     workflow = _from_gallery("weekly-approvals-assistant", analyst, team)
     monday = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)  # 08:00 in Berlin (winter time)
