@@ -1,4 +1,5 @@
-"""Routes × personas for MCP tools (apps/assistants/views.py) and one's API token (apps/accounts/views.py).
+"""Routes × personas for MCP tools (apps/assistants/views.py) and one's API tokens and password
+(apps/accounts/views.py).
 
 Everyone signed in reads the tools list (it shows only the tools of workflows they may see) and manages their own
 API token; a workflow's tool page and its withdrawal are for whoever may change the workflow (its owner): those
@@ -26,6 +27,8 @@ MATRIX: dict[str, dict[str, int]] = {
     "assistants:workflow-tool": EDIT,
     "assistants:workflow-tool-withdraw": EDIT,
     "accounts:api-token": EVERYONE,
+    # One's own password (people who sign in through the provider are told it is managed there).
+    "accounts:password-change": EVERYONE,
     "chat:index": EVERYONE,
     "chat:session": OWNER,
     "api:chat-assistant-list": {**EVERYONE, "anonymous": UNAUTHENTICATED},
@@ -35,6 +38,12 @@ MATRIX: dict[str, dict[str, int]] = {
 }
 
 EXEMPT: set[str] = {
+    # Revoking one of one's tokens (POST only): tests/assistants/test_tools.py covers it (another person's: 404).
+    "accounts:api-token-revoke",
+    # Single sign-on's start and callback: 404 unless a provider is configured; tests/accounts/test_oidc.py drives
+    # them against a provider.
+    "accounts:oidc-start",
+    "accounts:oidc-callback",
     # POST only: tests/assistants/test_chat.py covers them by persona (start: 404 for whoever may not run the
     # workflow; a call: 404 for anyone but the conversation's owner).
     "chat:start",
