@@ -203,11 +203,13 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_CLIENT_IP_CALLABLE = "apps.accounts.throttling.client_address"
 AXES_USERNAME_CALLABLE = "apps.accounts.throttling.normalised_username"
 AXES_LOCKOUT_CALLABLE = "apps.accounts.views.lockout_response"
+AXES_WHITELIST_CALLABLE = "apps.accounts.throttling.throttle_exempt"
 AXES_RESET_ON_SUCCESS = True
 # A refused attempt during a lock neither extends it nor is recorded again (the lock's end stays predictable).
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 # Sign-ins are in the audit trail; axes' own access log would keep a second, mutable copy.
 AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False  # no start-up banner in every process's log
 AXES_SENSITIVE_PARAMETERS = ["username", "password", "ip_address", "csrfmiddlewaretoken"]
 
 # --- Single sign-on: OpenID Connect (apps/accounts/oidc.py; deploy/README.md, "Single sign-on") ------------------

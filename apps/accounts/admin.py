@@ -5,7 +5,8 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from simple_history.admin import SimpleHistoryAdmin
 
 from apps.accounts.forms import ThrottledAdminLoginForm
@@ -13,8 +14,16 @@ from apps.accounts.models import ApiToken, Team, User
 from apps.accounts.services import api_token_revoke
 
 admin.site.register(User, UserAdmin)
-# The admin's login goes through the same throttling and sign-in audit as the sign-in page.
+# The admin's login goes through the same throttling and sign-in audit as the sign-in page, and its "change
+# password" link leads to ours (audited, and telling single sign-on users where their password lives).
 admin.site.login_form = ThrottledAdminLoginForm
+
+
+def _password_change(request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+    return redirect("accounts:password-change")
+
+
+admin.site.password_change = _password_change  # type: ignore[assignment,method-assign]
 
 
 @admin.register(Team)

@@ -43,6 +43,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
     ],
     ADMIN: [
         "accounts.view_user",
+        "accounts.view_apitoken",  # to find and revoke a leaked token in the admin site
         "accounts.view_team",
         "accounts.add_team",
         "accounts.change_team",

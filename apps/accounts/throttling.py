@@ -132,3 +132,10 @@ def lockout_minutes(request: HttpRequest, username: str) -> int:
     )
     ends = (last or timezone.now()) + timedelta(seconds=settings.AIOS_LOGIN_LOCKOUT_SECONDS)
     return max(1, math.ceil((ends - timezone.now()).total_seconds() / 60))
+
+
+def throttle_exempt(request: HttpRequest | None, credentials: dict[str, Any] | None = None) -> bool:
+    """django-axes' AXES_WHITELIST_CALLABLE: attempts that check no password are not counted. A single sign-on
+    callback carries no name to pair with the address, so counting it would lock every sign-on from a shared
+    office address after a few refused ones (people without a role, say); the provider throttles its own login."""
+    return bool(credentials is not None and not credentials.get("username") and not credentials.get("password"))

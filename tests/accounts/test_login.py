@@ -151,12 +151,30 @@ def test_an_idle_session_is_signed_out_with_a_message(client, analyst):
     assert client.get(reverse("home")).status_code == 302
 
 
+def test_timer_refreshes_do_not_keep_a_session_alive_and_an_idle_fragment_sends_the_page_to_sign_in(client, analyst):
+    client.force_login(analyst)
+    session = client.session
+    stale = int(time.time()) - 20 * 60
+    session[LAST_SEEN_KEY] = stale
+    session.save()
+    background = {"HX-Request": "true", "X-AIOS-Background": "1"}
+    assert client.get(reverse("home"), headers=background).status_code == 200
+    assert client.session[LAST_SEEN_KEY] == stale  # a poll is not activity
+    session = client.session
+    session[LAST_SEEN_KEY] = int(time.time()) - 31 * 60
+    session.save()
+    response = client.get(reverse("home"), headers=background)
+    assert response.status_code == 204 and response["HX-Redirect"] == reverse("accounts:login")
+    assert "_auth_user_id" not in client.session
+
+
 def test_an_active_session_stays_signed_in(client, analyst):
     client.force_login(analyst)
     session = client.session
     session[LAST_SEEN_KEY] = int(time.time()) - 29 * 60
     session.save()
     assert client.get(reverse("home")).status_code == 200
+    assert client.session[LAST_SEEN_KEY] >= int(time.time()) - 5  # a person's request is activity
 
 
 def test_changing_ones_password_signs_out_other_devices_and_is_audited(analyst):

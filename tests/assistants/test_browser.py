@@ -82,9 +82,9 @@ def test_mcp_pages_in_a_browser(asgi_server, analyst, team, browser: Browser):  
         assert no_sideways_scroll(page), f"tools list scrolls sideways at {width}px"
 
         page.get_by_role("link", name="your API token page").click()
-        page.get_by_role(
-            "button", name="Create a token" if label == "desktop" else "Replace it with a new token"
-        ).click()
+        page.get_by_label("Name").fill(f"Agent on the {label}")
+        page.get_by_label("Expires after").select_option("90")
+        page.get_by_role("button", name="Create a token").click()
         expect(page.get_by_text("Copy it now: it is not shown again.")).to_be_visible()
         shoot(page, f"token-{label}")
         assert no_sideways_scroll(page), f"token page scrolls sideways at {width}px"

@@ -294,3 +294,23 @@ def test_a_token_page_form_with_bad_input_says_why_and_keeps_nothing(analyst):
     assert response.status_code == 400 and not ApiToken.objects.exists()
     page = response.content.decode()
     assert "This field is required." in page and "Select a valid choice." in page
+
+
+def test_administrators_list_tokens_without_their_secrets_and_revoke_a_leaked_one(analyst, admin_user_role):
+    token, key = api_token_issue(user=analyst, name="Leaked one", lifetime_days=30)
+    admin_client = client_for(admin_user_role)
+    listing = admin_client.get("/admin/accounts/apitoken/")
+    assert listing.status_code == 200
+    page = listing.content.decode()
+    assert "Leaked one" in page and token.prefix in page and token.digest not in page and key not in page
+    assert admin_client.get("/admin/authtoken/").status_code == 404  # DRF's clear-text token admin is gone
+    response = admin_client.post(
+        "/admin/accounts/apitoken/", {"action": "revoke", "_selected_action": [str(token.pk)]}, follow=True
+    )
+    assert "1 token(s) revoked." in response.content.decode()
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    event = AuditEvent.objects.get(verb="api_token.revoked")
+    assert event.actor_id == admin_user_role.pk
+    # The admin's own "change password" link is the audited page.
+    assert admin_client.get("/admin/password_change/").url == "/accounts/password/"
