@@ -119,6 +119,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    "apps.audit.denials.DeniedRequestAuditMiddleware",
 ]
 
 ROOT_URLCONF = "aios_web.urls"
@@ -216,8 +217,16 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
+# No page uses a device or payment API: every response denies them to itself and to any frame.
+PERMISSIONS_POLICY = (
+    "accelerometer=(), autoplay=(), camera=(), display-capture=(), encrypted-media=(), "
+    "fullscreen=(), geolocation=(), gyroscope=(), hid=(), idle-detection=(), "
+    "magnetometer=(), microphone=(), midi=(), payment=(), publickey-credentials-get=(), "
+    "screen-wake-lock=(), serial=(), usb=(), xr-spatial-tracking=()"
+)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from <body hx-headers>, not the cookie
@@ -255,6 +264,9 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# An open WebSocket re-checks its user's session and access before a push at most this often (seconds); sign-out,
+# deactivation and role changes are sent to the user's sockets at once (apps/accounts/sockets.py).
+AIOS_SOCKET_RECHECK_SECONDS = env_float("AIOS_SOCKET_RECHECK_SECONDS", 2.0, minimum=0.0)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -309,6 +321,11 @@ AIOS_AUDIT_CHECKPOINT_DIR = Path(env_str("AIOS_AUDIT_CHECKPOINT_DIR", str(AIOS_D
 # How often the anchor writer chains the stream heads, and how often the newest anchor is signed outside.
 AIOS_AUDIT_ANCHOR_SECONDS = env_float("AIOS_AUDIT_ANCHOR_SECONDS", 5.0, minimum=0.5)
 AIOS_AUDIT_CHECKPOINT_SECONDS = env_float("AIOS_AUDIT_CHECKPOINT_SECONDS", 300.0, minimum=1.0)
+# Strings in audit data longer than this many characters are recorded as their size and SHA-256 only.
+AIOS_AUDIT_TEXT_LIMIT = env_int("AIOS_AUDIT_TEXT_LIMIT", 1000, minimum=64, maximum=100000)
+# 404s of a signed-in user on an existing route are audited up to this many per user and hour (0: none);
+# every 403 is audited (apps/audit/denials.py says why).
+AIOS_AUDIT_NOT_FOUND_PER_HOUR = env_int("AIOS_AUDIT_NOT_FOUND_PER_HOUR", 20, minimum=0)
 # Approval inbox: how often due escalation steps are fired, and how often each person's email digest goes out.
 AIOS_ESCALATION_INTERVAL_SECONDS = env_float("AIOS_ESCALATION_INTERVAL_SECONDS", 30.0, minimum=0.5)
 AIOS_DIGEST_INTERVAL_SECONDS = env_float("AIOS_DIGEST_INTERVAL_SECONDS", 3600.0, minimum=1.0)

@@ -15,3 +15,8 @@ class AccountsConfig(AppConfig):
         from apps.accounts.roles import roles_sync
 
         post_migrate.connect(roles_sync, dispatch_uid="aios-roles-sync")
+
+        from apps.accounts import audit_receivers, sockets
+
+        audit_receivers.connect()
+        sockets.connect()
