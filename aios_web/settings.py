@@ -247,10 +247,18 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 20,
+    # Per user (or, signed out, per address) and minute, counted in the Redis cache: apps/core/throttling.py.
+    "DEFAULT_THROTTLE_CLASSES": ["apps.core.throttling.PerUserThrottle", "apps.core.throttling.PerAddressAnonThrottle"],
     "EXCEPTION_HANDLER": "apps.core.api.exception_handler",
 }
+# Consumption limits (OWASP LLM10). API calls per signed-in user and per anonymous address each minute; runs a
+# person may start by hand (page or API) each minute (0: no limit); the largest `?limit=` of any API list.
+AIOS_API_REQUESTS_PER_MINUTE = env_int("AIOS_API_REQUESTS_PER_MINUTE", 600, minimum=1)
+AIOS_API_ANON_REQUESTS_PER_MINUTE = env_int("AIOS_API_ANON_REQUESTS_PER_MINUTE", 60, minimum=1)
+AIOS_RUN_STARTS_PER_MINUTE = env_int("AIOS_RUN_STARTS_PER_MINUTE", 30, minimum=0)
+AIOS_API_MAX_PAGE_SIZE = env_int("AIOS_API_MAX_PAGE_SIZE", 100, minimum=1, maximum=1000)
 SPECTACULAR_SETTINGS = {
     "TITLE": "AIOS API",
     "DESCRIPTION": "Workflows, runs and their audit trail. Every endpoint applies the caller's permissions.",
