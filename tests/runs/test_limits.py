@@ -26,9 +26,7 @@ def api(user) -> APIClient:
     return client
 
 
-def test_run_starts_per_user_are_limited_on_the_api_and_the_page(
-    settings, analyst, claims_workflow, sample_claim
-):
+def test_run_starts_per_user_are_limited_on_the_api_and_the_page(settings, analyst, claims_workflow, sample_claim):
     settings.AIOS_RUN_STARTS_PER_MINUTE = 3
     client = api(analyst)
     url = f"/api/workflows/{claims_workflow.slug}/runs/"
@@ -43,7 +41,9 @@ def test_run_starts_per_user_are_limited_on_the_api_and_the_page(
     # The page's run form shares the same count, answers 429 with the message, and keeps what was typed.
     browser = Client()
     browser.force_login(analyst)
-    page = browser.post(f"/runs/start/{claims_workflow.slug}/", {"claim_text": "typed by hand"})
+    page = browser.post(
+        f"/runs/start/{claims_workflow.slug}/", {"claim_text": "typed by hand: a claim of EUR 500 for a broken window"}
+    )
     assert page.status_code == 429 and page["Retry-After"]
     body = page.content.decode()
     assert "runs in the last minute" in body and "typed by hand" in body
