@@ -46,3 +46,43 @@ def test_conditions_read_the_flags_an_earlier_model_step_raised(endpoint, analys
     assert clean.step_runs.get(step_key="summary").usage["injection_flags"] == []
     assert clean.step_runs.get(step_key="check").output == {"flagged": False, "why": []}
     assert clean.step_runs.get(step_key="route").output["branch"] == "false"
+
+
+@pytest.mark.parametrize("endpoint", ["tgi"], indirect=True)
+def test_a_flagged_item_waits_for_a_person_and_a_clean_one_goes_straight_through(endpoint, analyst, team):  # noqa: F811
+    from apps.approvals.models import ApprovalRequest
+
+    review = {
+        "key": "review",
+        "type": "human.approval",
+        "config": {"queue": team.group.name, "straight_through_when": "size(flags.summary) == 0"},
+    }
+    workflow = publish(analyst, team, [steps()[0], review])
+
+    flagged = run_to_end(analyst, workflow, ATTACK)
+    assert flagged.step_runs.get(step_key="review").state == "waiting"
+    assert ApprovalRequest.objects.filter(run=flagged).count() == 1
+
+    clean = run_to_end(analyst, workflow, HARMLESS)
+    assert clean.step_runs.get(step_key="review").state == "succeeded"
+    assert not ApprovalRequest.objects.filter(run=clean).exists()
+
+
+@pytest.mark.parametrize("endpoint", ["tgi"], indirect=True)
+def test_on_injection_stop_refuses_before_any_model_call(endpoint, analyst, team):  # noqa: F811
+    from apps.inference.models import InferenceCall
+
+    stop = {
+        "key": "summary",
+        "type": "llm.generate",
+        "config": {"prompt": "Summarise: {{ input.text }}", "guardrails": {"on_injection": "stop"}},
+    }
+    workflow = publish(analyst, team, [stop])
+    flagged = run_to_end(analyst, workflow, ATTACK)
+    step = flagged.step_runs.get(step_key="summary")
+    assert step.state == "failed" and "prompt injection" in step.error and "on_injection stop" in step.error
+    assert not InferenceCall.objects.filter(run_id=flagged.pk).exists()
+
+    clean = run_to_end(analyst, workflow, HARMLESS)
+    assert clean.step_runs.get(step_key="summary").state == "succeeded"
+    assert InferenceCall.objects.filter(run_id=clean.pk).exists()
