@@ -122,6 +122,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
     "apps.accounts.middleware.SessionIdleTimeoutMiddleware",
+    "apps.audit.denials.DeniedRequestAuditMiddleware",
     # Last, as django-axes requires: it turns a locked (username, address) pair's refusal into a 429 page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -300,8 +301,16 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
+# No page uses a device or payment API: every response denies them to itself and to any frame.
+PERMISSIONS_POLICY = (
+    "accelerometer=(), autoplay=(), camera=(), display-capture=(), encrypted-media=(), "
+    "fullscreen=(), geolocation=(), gyroscope=(), hid=(), idle-detection=(), "
+    "magnetometer=(), microphone=(), midi=(), payment=(), publickey-credentials-get=(), "
+    "screen-wake-lock=(), serial=(), usb=(), xr-spatial-tracking=()"
+)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from <body hx-headers>, not the cookie
@@ -321,10 +330,18 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 20,
+    # Per user (or, signed out, per address) and minute, counted in the Redis cache: apps/core/throttling.py.
+    "DEFAULT_THROTTLE_CLASSES": ["apps.core.throttling.PerUserThrottle", "apps.core.throttling.PerAddressAnonThrottle"],
     "EXCEPTION_HANDLER": "apps.core.api.exception_handler",
 }
+# Consumption limits (OWASP LLM10). API calls per signed-in user and per anonymous address each minute; runs a
+# person may start by hand (page or API) each minute (0: no limit); the largest `?limit=` of any API list.
+AIOS_API_REQUESTS_PER_MINUTE = env_int("AIOS_API_REQUESTS_PER_MINUTE", 600, minimum=1)
+AIOS_API_ANON_REQUESTS_PER_MINUTE = env_int("AIOS_API_ANON_REQUESTS_PER_MINUTE", 60, minimum=1)
+AIOS_RUN_STARTS_PER_MINUTE = env_int("AIOS_RUN_STARTS_PER_MINUTE", 30, minimum=0)
+AIOS_API_MAX_PAGE_SIZE = env_int("AIOS_API_MAX_PAGE_SIZE", 100, minimum=1, maximum=1000)
 SPECTACULAR_SETTINGS = {
     "TITLE": "AIOS API",
     "DESCRIPTION": "Workflows, runs and their audit trail. Every endpoint applies the caller's permissions.",
@@ -338,6 +355,9 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# An open WebSocket re-checks its user's session and access before a push at most this often (seconds); sign-out,
+# deactivation and role changes are sent to the user's sockets at once (apps/accounts/sockets.py).
+AIOS_SOCKET_RECHECK_SECONDS = env_float("AIOS_SOCKET_RECHECK_SECONDS", 2.0, minimum=0.0)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -392,6 +412,11 @@ AIOS_AUDIT_CHECKPOINT_DIR = Path(env_str("AIOS_AUDIT_CHECKPOINT_DIR", str(AIOS_D
 # How often the anchor writer chains the stream heads, and how often the newest anchor is signed outside.
 AIOS_AUDIT_ANCHOR_SECONDS = env_float("AIOS_AUDIT_ANCHOR_SECONDS", 5.0, minimum=0.5)
 AIOS_AUDIT_CHECKPOINT_SECONDS = env_float("AIOS_AUDIT_CHECKPOINT_SECONDS", 300.0, minimum=1.0)
+# Strings in audit data longer than this many characters are recorded as their size and SHA-256 only.
+AIOS_AUDIT_TEXT_LIMIT = env_int("AIOS_AUDIT_TEXT_LIMIT", 1000, minimum=64, maximum=100000)
+# 404s of a signed-in user on an existing route are audited up to this many per user and hour (0: none);
+# every 403 is audited (apps/audit/denials.py says why).
+AIOS_AUDIT_NOT_FOUND_PER_HOUR = env_int("AIOS_AUDIT_NOT_FOUND_PER_HOUR", 20, minimum=0)
 # Approval inbox: how often due escalation steps are fired, and how often each person's email digest goes out.
 AIOS_ESCALATION_INTERVAL_SECONDS = env_float("AIOS_ESCALATION_INTERVAL_SECONDS", 30.0, minimum=0.5)
 AIOS_DIGEST_INTERVAL_SECONDS = env_float("AIOS_DIGEST_INTERVAL_SECONDS", 3600.0, minimum=1.0)

@@ -9,6 +9,10 @@ os.environ.setdefault("AIOS_ENV", "test")
 # of which takes the owner role. The service processes that tests start set AIOS_DATABASE_ROLE=application and
 # connect as the product does (tests/support/processes.service_env).
 os.environ.setdefault("AIOS_DATABASE_ROLE", "owner")
+# The suite drives the API and starts runs far faster than a person; tests of the limits lower these.
+os.environ.setdefault("AIOS_API_REQUESTS_PER_MINUTE", "1000000")
+os.environ.setdefault("AIOS_API_ANON_REQUESTS_PER_MINUTE", "1000000")
+os.environ.setdefault("AIOS_RUN_STARTS_PER_MINUTE", "1000000")
 
 from aios_web.settings import *  # noqa: F403
 

@@ -20,3 +20,8 @@ class AccountsConfig(AppConfig):
         post_migrate.connect(roles_sync, dispatch_uid="aios-roles-sync")
         user_login_failed.connect(on_login_failed, dispatch_uid="aios-login-failed")
         user_locked_out.connect(on_locked_out, dispatch_uid="aios-login-locked")
+
+        from apps.accounts import audit_receivers, sockets
+
+        audit_receivers.connect()
+        sockets.connect()

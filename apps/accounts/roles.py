@@ -82,15 +82,18 @@ def roles_sync(**kwargs: Any) -> None:
     """
     from django.contrib.auth.models import Group, Permission
 
-    for role, names in ROLE_PERMISSIONS.items():
-        group, _ = Group.objects.get_or_create(name=role)
-        wanted = []
-        for name in names:
-            app_label, codename = name.split(".")
-            permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
-            if permission is not None:
-                wanted.append(permission)
-        group.permissions.set(wanted)
+    from apps.accounts.audit_receivers import privilege_audit_suppressed
+
+    with privilege_audit_suppressed():
+        for role, names in ROLE_PERMISSIONS.items():
+            group, _ = Group.objects.get_or_create(name=role)
+            wanted = []
+            for name in names:
+                app_label, codename = name.split(".")
+                permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
+                if permission is not None:
+                    wanted.append(permission)
+            group.permissions.set(wanted)
 
 
 def user_roles(user: Any) -> frozenset[str]:

@@ -17,6 +17,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.text import slugify
 
+from apps.accounts.audit_receivers import privilege_audit_suppressed
 from apps.accounts.models import ApiToken, ExternalIdentity, Team, User
 from apps.accounts.roles import ADMIN, ROLES
 from apps.accounts.throttling import client_address, username_fingerprint
@@ -41,15 +42,17 @@ def user_create(
         raise ApplicationError(f"Unknown roles: {', '.join(sorted(unknown))}.")
     if User.objects.filter(username__iexact=username).exists():
         raise ApplicationError(f'A user named "{username}" already exists.')
-    user = User.objects.create_user(
-        username=username,
-        password=password,
-        first_name=first_name,
-        last_name=last_name,
-        email=email,
-        is_staff=ADMIN in roles,  # the admin site is the administrators' console
-    )
-    user.groups.add(*Group.objects.filter(name__in=roles))
+    # One event says it all (`user.created` with the roles); the receivers for changes made elsewhere stay quiet.
+    with privilege_audit_suppressed():
+        user = User.objects.create_user(
+            username=username,
+            password=password,
+            first_name=first_name,
+            last_name=last_name,
+            email=email,
+            is_staff=ADMIN in roles,  # the admin site is the administrators' console
+        )
+        user.groups.add(*Group.objects.filter(name__in=roles))
     audit_record(actor=actor, verb="user.created", target=user, data={"roles": sorted(roles)})
     return user
 
@@ -73,8 +76,9 @@ def team_create(*, name: str, members: list[User], actor: User | None = None) ->
         raise ApplicationError(f'A team named "{name}" already exists.')
     group = Group.objects.create(name=f"team:{slug}")
     team = Team.objects.create(name=name, slug=slug, group=group)
-    for member in members:
-        member.groups.add(group)
+    with privilege_audit_suppressed():  # `team.created` names the members
+        for member in members:
+            member.groups.add(group)
     audit_record(actor=actor, verb="team.created", target=team, data={"members": sorted(m.username for m in members)})
     for hook in on_team_created:
         hook(team, actor)
@@ -142,7 +146,8 @@ def oidc_user_sync(*, issuer: str, claims: dict[str, Any], roles: list[str], tea
     user.save(update_fields=["first_name", "last_name", "email", "is_staff"])
     before = _roles_and_teams_of(user)
     keep = user.groups.exclude(name__in=ROLES).exclude(team__isnull=False)  # groups that are neither (none today)
-    user.groups.set([*keep, *Group.objects.filter(name__in=roles), *(team.group for team in teams)])
+    with privilege_audit_suppressed():  # recorded below as one event with the sign-in's before and after
+        user.groups.set([*keep, *Group.objects.filter(name__in=roles), *(team.group for team in teams)])
     after = _roles_and_teams_of(user)
     if before != after:
         audit_record(

@@ -10,14 +10,23 @@ from asgiref.sync import async_to_sync
 from channels.generic.websocket import WebsocketConsumer
 from django.template.loader import render_to_string
 
+from apps.accounts.models import User
+from apps.accounts.sockets import RevocableSocketMixin
 from apps.approvals.events import inbox_group
 from apps.approvals.selectors import new_items_since, queues_worked_by
 
 CLOSE_SIGN_IN = 4401
 
 
-class InboxConsumer(WebsocketConsumer):
-    """One reviewer's inbox page. It listens to the queues she works, as they are when she connects."""
+class InboxConsumer(RevocableSocketMixin, WebsocketConsumer):
+    """One reviewer's inbox page. It listens to the queues she works, as they are when she connects; before
+    each push it checks that she is still signed in and active (RevocableSocketMixin), and the count it
+    pushes is computed for her as she is then (`new_items_since` applies her current rights)."""
+
+    socket_route = "approvals:inbox-socket"
+
+    def access_allowed(self, user: User) -> bool:
+        return True  # nothing object-specific: what she sees is filtered per push
 
     def connect(self) -> None:
         user = self.scope["user"]
@@ -34,18 +43,22 @@ class InboxConsumer(WebsocketConsumer):
         self.groups_joined = [inbox_group(pk) for pk in queues_worked_by(user).values_list("pk", flat=True)]
         for group in self.groups_joined:
             async_to_sync(self.channel_layer.group_add)(group, self.channel_name)
+        self.revocable_join()
         self.accept()
         self._send_bar()  # whatever arrived between the page render and this connection
 
     def disconnect(self, code: int) -> None:
         for group in getattr(self, "groups_joined", []):
             async_to_sync(self.channel_layer.group_discard)(group, self.channel_name)
+        if hasattr(self, "groups_joined"):
+            self.revocable_leave()
 
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """The page only listens."""
 
     def inbox_item(self, event: dict[str, Any]) -> None:
-        self._send_bar()
+        if self.still_allowed():
+            self._send_bar()
 
     def _send_bar(self) -> None:
         count = new_items_since(self.scope["user"], self.after)

@@ -14,8 +14,11 @@ from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
+from apps.accounts.models import User
+from apps.accounts.sockets import RevocableSocketMixin
 from apps.assistants.chat_selectors import chat_answer, chat_message_get_for_user
 from apps.assistants.models import ChatMessage
+from apps.audit.denials import audit_socket_denial
 from apps.runs.events import run_group
 from apps.runs.selectors import run_get_for_user
 
@@ -23,26 +26,35 @@ from apps.runs.selectors import run_get_for_user
 CLOSE_NOT_FOUND = 4404
 
 
-class ChatAnswerConsumer(WebsocketConsumer):
-    """One open conversation page's view of one answer. Permission is checked at connect, as the page checks it."""
+class ChatAnswerConsumer(RevocableSocketMixin, WebsocketConsumer):
+    """One open conversation page's view of one answer. Permission is checked at connect, as the page checks it,
+    and again before pushes (RevocableSocketMixin)."""
 
-    def connect(self) -> None:
-        self.message_id = int(self.scope["url_route"]["kwargs"]["message_id"])
-        user = self.scope["user"]
+    socket_route = "assistants:answer-socket"
+
+    def access_allowed(self, user: User) -> bool:
         try:
             message = chat_message_get_for_user(user, message_id=self.message_id)
             if message.role != ChatMessage.Role.ASSISTANT or message.run_id is None:
                 raise Http404
             run_get_for_user(user, run_id=message.run_id)
         except Http404:
+            return False
+        self.run_id = message.run_id
+        return True
+
+    def connect(self) -> None:
+        self.message_id = int(self.scope["url_route"]["kwargs"]["message_id"])
+        if not self.access_allowed(self.scope["user"]):
             self.accept()
+            audit_socket_denial(self.scope, route=self.socket_route, code=CLOSE_NOT_FOUND)
             self.close(code=CLOSE_NOT_FOUND)
             return
-        self.run_id = message.run_id
         # The streaming step's (fencing token, characters of streamed text) the viewer's page shows.
         self.shown: tuple[int, int] | None = None
         self.stream_key = ""
         async_to_sync(self.channel_layer.group_add)(run_group(self.run_id), self.channel_name)
+        self.revocable_join()
         self.accept()
         # Whatever happened between the page's render and this connection.
         self._send_answer()
@@ -50,14 +62,18 @@ class ChatAnswerConsumer(WebsocketConsumer):
     def disconnect(self, code: int) -> None:
         if hasattr(self, "run_id"):
             async_to_sync(self.channel_layer.group_discard)(run_group(self.run_id), self.channel_name)
+            self.revocable_leave()
 
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """The page only listens."""
 
     def run_changed(self, event: dict[str, Any]) -> None:
-        self._send_answer()
+        if self.still_allowed():
+            self._send_answer()
 
     def step_tokens(self, event: dict[str, Any]) -> None:
+        if not self.still_allowed():
+            return
         key, offset, text = str(event["step_key"]), int(event["offset"]), str(event["text"])
         token = int(event.get("token", 0))
         if self.stream_key and key != self.stream_key:

@@ -12,6 +12,7 @@ Ordering without a global lock. Each stream has its own order:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -39,6 +40,7 @@ __all__ = [
     "GENESIS_HASH",
     "audit_anchor_write",
     "audit_checkpoint_write",
+    "audit_condense",
     "audit_record",
     "audit_stream_for",
 ]
@@ -90,6 +92,28 @@ def audit_stream_lock(target: models.Model) -> None:
     _stream_lock(audit_stream_for(target))
 
 
+def audit_condense(value: Any, *, limit: int | None = None) -> Any:
+    """`value` with every string longer than `limit` characters (settings.AIOS_AUDIT_TEXT_LIMIT) replaced by
+    `{"size": <UTF-8 bytes>, "sha256": <hex>}`, recursively through dicts, lists and tuples.
+
+    Why: the chain is append-only and kept for years, and some of what it records is text a user chose (a
+    what-if prompt up to the request body cap, a comment, an edited field). A copy of megabytes of it per
+    event would let anyone with a form grow the chain at will, and would put personal data where it can
+    never be erased. The size and hash still prove what the text was to whoever holds it.
+    """
+    limit = settings.AIOS_AUDIT_TEXT_LIMIT if limit is None else limit
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return value
+        encoded = value.encode("utf-8", "surrogatepass")
+        return {"size": len(encoded), "sha256": hashlib.sha256(encoded).hexdigest()}
+    if isinstance(value, dict):
+        return {key: audit_condense(item, limit=limit) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [audit_condense(item, limit=limit) for item in value]
+    return value
+
+
 def audit_record(
     *,
     actor: AbstractBaseUser | AnonymousUser | None,
@@ -101,7 +125,8 @@ def audit_record(
     """Append one event to its stream, inside the caller's transaction (so it commits with the change).
 
     `verb` is `<entity>.<past-tense action>` ("workflow.published"); `data` must be JSON-serialisable and
-    must never hold secrets. The stream is `stream` when given, else derived from `target` (see
+    must never hold secrets; strings in it longer than settings.AIOS_AUDIT_TEXT_LIMIT are stored as their
+    size and SHA-256 (`audit_condense`). The stream is `stream` when given, else derived from `target` (see
     `audit_stream_for`). For a run stream the caller must hold the run's row lock or have created the run
     in this transaction; breaking that rule raises IntegrityError under concurrency, never forks the
     stream. Called outside a transaction it opens its own; inside one it adds no savepoint, so a failure
@@ -129,7 +154,7 @@ def audit_record(
             target_type=target._meta.label_lower if target is not None else "",
             target_id=str(target.pk) if target is not None else "",
             target_label=str(target)[:200] if target is not None else "",
-            data=json.dumps(data or {}, cls=DjangoJSONEncoder, sort_keys=True, separators=(",", ":")),
+            data=json.dumps(audit_condense(data or {}), cls=DjangoJSONEncoder, sort_keys=True, separators=(",", ":")),
             request_id=request_id.get() or "",
             prev_hash=prev_hash,
         )

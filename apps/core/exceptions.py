@@ -42,3 +42,13 @@ class Unprocessable(ApplicationError):
     """Well-formed but contradicting an earlier request (e.g. an idempotency key reused with another body)."""
 
     status_code = 422
+
+
+class RateLimited(ApplicationError):
+    """Too many requests of one kind from one user; `retry_after` is the seconds until the next is accepted."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, extra={"retry_after": retry_after})
+        self.retry_after = retry_after

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import uuid
@@ -17,15 +18,27 @@ logger = logging.getLogger(__name__)
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+def request_id_for(incoming: str) -> str:
+    """The id a request gets: always our own random part, so no client chooses what the audit chain records.
+
+    A well-formed X-Request-ID from the caller (a proxy's or a client's trace id) is kept only as a short hash
+    after ours (`<16 hex>.<12 hex of sha256(incoming)>`): whoever holds the original can find its events by
+    hashing it, but nothing the client wrote is copied into the append-only chain, and two requests that send
+    the same id still get different ids."""
+    ours = uuid.uuid4().hex[:16]
+    if incoming and _SAFE_REQUEST_ID.match(incoming):
+        return f"{ours}.{hashlib.sha256(incoming.encode()).hexdigest()[:12]}"
+    return uuid.uuid4().hex
+
+
 class RequestIdMiddleware:
-    """Gives every request an id (the caller's X-Request-ID when well-formed) that audit events carry."""
+    """Gives every request an id that audit events carry and the response echoes (see `request_id_for`)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        incoming = request.headers.get("X-Request-ID", "")
-        value = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        value = request_id_for(request.headers.get("X-Request-ID", ""))
         request.request_id = value  # type: ignore[attr-defined]
         token = request_id.set(value)
         try:
@@ -37,7 +50,9 @@ class RequestIdMiddleware:
 
 
 class ContentSecurityPolicyMiddleware:
-    """Sends the strict CSP of settings.CONTENT_SECURITY_POLICY on every response (no inline script)."""
+    """Sends the strict CSP of settings.CONTENT_SECURITY_POLICY (no inline script or style) and the
+    Permissions-Policy of settings.PERMISSIONS_POLICY (no camera, microphone, location, payment, USB...) on
+    every response; a view that needs a looser policy sets its own header first."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -45,6 +60,7 @@ class ContentSecurityPolicyMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
+        response.setdefault("Permissions-Policy", settings.PERMISSIONS_POLICY)
         return response
 
 

@@ -11,6 +11,9 @@ from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
+from apps.accounts.models import User
+from apps.accounts.sockets import RevocableSocketMixin
+from apps.audit.denials import audit_socket_denial
 from apps.runs.events import run_group
 from apps.runs.models import Run
 from apps.runs.selectors import run_get_for_user, run_page_context
@@ -19,21 +22,30 @@ from apps.runs.selectors import run_get_for_user, run_page_context
 CLOSE_NOT_FOUND = 4404
 
 
-class RunConsumer(WebsocketConsumer):
-    """One viewer of one run. Permission is checked once at connect, exactly as the page checks it.
+class RunConsumer(RevocableSocketMixin, WebsocketConsumer):
+    """One viewer of one run. Permission is checked at connect exactly as the page checks it, and again before
+    pushes (RevocableSocketMixin: at most every few seconds, and at once on sign-out or a role change).
 
     It tracks which attempt and how much streamed text each step's fragment shows, so token chunks that
     overlap a re-render are trimmed, and a gap or another attempt's tokens trigger a re-render instead.
     """
 
+    socket_route = "runs:socket"
+
+    def access_allowed(self, user: User) -> bool:
+        try:
+            run_get_for_user(user, run_id=self.run_id)
+        except Http404:
+            return False
+        return True
+
     def connect(self) -> None:
         self.run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
-        try:
-            run_get_for_user(self.scope["user"], run_id=self.run_id)
-        except Http404:
+        if not self.access_allowed(self.scope["user"]):
             # Accept, then close with 4404: the socket's equivalent of the page's 404, the same answer for
             # a run that does not exist and one the user may not see.
             self.accept()
+            audit_socket_denial(self.scope, route=self.socket_route, code=CLOSE_NOT_FOUND)
             self.close(code=CLOSE_NOT_FOUND)
             return
         # step key → (fencing token, characters of streamed text) that the viewer's page shows.
@@ -43,6 +55,7 @@ class RunConsumer(WebsocketConsumer):
         self.shown_states: dict[str, str] | None = None
         self.shown_result: tuple[str, str] | None = None
         async_to_sync(self.channel_layer.group_add)(run_group(self.run_id), self.channel_name)
+        self.revocable_join()
         self.accept()
         # Whatever happened between the page render and this connection is sent now (and only then).
         query = parse_qs(self.scope.get("query_string", b"").decode())
@@ -51,14 +64,18 @@ class RunConsumer(WebsocketConsumer):
     def disconnect(self, code: int) -> None:
         if hasattr(self, "shown"):
             async_to_sync(self.channel_layer.group_discard)(run_group(self.run_id), self.channel_name)
+            self.revocable_leave()
 
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Viewers only listen; anything they send is ignored."""
 
     def run_changed(self, event: dict[str, Any]) -> None:
-        self._send_fragments(list(event.get("step_keys") or []))
+        if self.still_allowed():
+            self._send_fragments(list(event.get("step_keys") or []))
 
     def step_tokens(self, event: dict[str, Any]) -> None:
+        if not self.still_allowed():
+            return
         key, offset, text = str(event["step_key"]), int(event["offset"]), str(event["text"])
         token = int(event.get("token", 0))
         shown_token, shown = self.shown.get(key, (None, None))

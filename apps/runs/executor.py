@@ -9,6 +9,7 @@ comes back is refused by the fencing token, never recorded twice.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -375,6 +376,19 @@ def _outputs(step_run: StepRun, chain: Chain) -> dict[str, dict[str, Any]]:
     return outputs
 
 
+def _flags(step_run: StepRun, definition: dict[str, Any]) -> dict[str, list[str]]:
+    """The injection flags of every earlier succeeded step of the run, by key ([] for one without), for a step
+    whose definition mentions `flags`; {} (and no query) for every other step, so the engine's query count
+    does not grow for workflows that never route on flags."""
+    if "flags" not in json.dumps(definition.get("config") or {}):
+        return {}
+    rows = StepRun.objects.filter(run_id=step_run.run_id, state=StepRun.State.SUCCEEDED, parent__isnull=True)
+    return {
+        key: [str(flag) for flag in ((usage or {}).get("injection_flags") or [])]
+        for key, usage in rows.exclude(pk=step_run.pk).values_list("step_key", "usage")
+    }
+
+
 def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prepared | StepOutcome:
     """The step's type, config and context (its inputs mapped), or the outcome that stands in for running it (a
     test run's pinned or simulated output, a replay's recorded one)."""
@@ -388,6 +402,7 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
         step_key=step_run.step_key,
         input=run.inputs,
         steps=_outputs(step_run, chain),
+        flags=_flags(step_run, plan.definition),
         idempotency_key=attempt.effect_key or effect_key(run, step_run.step_key),
         emit_tokens=attempt.stream.add,
         attempt=step_run.attempt,

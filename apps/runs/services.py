@@ -11,13 +11,22 @@ import hashlib
 import json
 from typing import Any
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.services import audit_record
-from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unprocessable, ValidationFailed
+from apps.core.exceptions import (
+    ApplicationError,
+    Conflict,
+    Forbidden,
+    RateLimited,
+    Unprocessable,
+    ValidationFailed,
+)
+from apps.core.throttling import rate_limit_wait
 from apps.runs import engine
 from apps.runs.lifecycle import (
     output_digest,
@@ -41,6 +50,24 @@ from apps.workflows.selectors import workflow_can_edit, workflow_can_run, workfl
 
 
 @transaction.atomic
+def run_start_rate_check(*, actor: User) -> None:
+    """Refuse with RateLimited (429, Retry-After) when `actor` started more than
+    settings.AIOS_RUN_STARTS_PER_MINUTE runs by hand (page or API) in the current minute.
+
+    Called by the interfaces a person drives, before `run_start`: each run may spend model time and money
+    (OWASP LLM10), and one script or stuck key must not queue thousands. Triggers, schedules and the
+    engine's own children are not people and have limits of their own."""
+    limit = settings.AIOS_RUN_STARTS_PER_MINUTE
+    if limit <= 0:
+        return
+    wait = rate_limit_wait(scope="run-start", key=str(actor.pk), limit=limit, period=60)
+    if wait:
+        raise RateLimited(
+            f"You have started {limit} runs in the last minute, the most allowed; try again in {wait} s.",
+            retry_after=wait,
+        )
+
+
 def run_start(
     *,
     actor: User,

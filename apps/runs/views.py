@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from apps.core.exceptions import ApplicationError, Forbidden, ValidationFailed
+from apps.core.exceptions import ApplicationError, Forbidden, RateLimited, ValidationFailed
 from apps.core.htmx import HtmxHttpRequest
 from apps.runs.agent import tool_call_confirm
 from apps.runs.documents import input_form_posted
@@ -34,6 +34,7 @@ from apps.runs.services import (
     run_replay,
     run_restart,
     run_start,
+    run_start_rate_check,
 )
 from apps.workflows.input_schema import input_form_class
 from apps.workflows.selectors import (
@@ -75,7 +76,23 @@ def run_create(request: HttpRequest, slug: str) -> HttpResponse:
         )
         if valid:
             try:
+                run_start_rate_check(actor=request.user)  # type: ignore[arg-type]
                 run, _ = run_start(actor=request.user, workflow=workflow, inputs=form.cleaned_data)  # type: ignore[arg-type]
+            except RateLimited as refusal:
+                response = render(
+                    request,
+                    "runs/run_create.html",
+                    {
+                        "workflow": workflow,
+                        "version": version,
+                        "form": form,
+                        "samples": samples,
+                        "error": refusal.message,
+                    },
+                    status=429,
+                )
+                response["Retry-After"] = str(refusal.retry_after)
+                return response
             except ValidationFailed as refusal:
                 for field, messages in refusal.fields.items():
                     for message in messages:

@@ -100,10 +100,16 @@ class StepContext:
     agent: AgentHistory | None = None
     # Who started the run (None for a run nobody started): what a step that reads on someone's behalf reads as.
     initiator_id: int | None = None
+    # The prompt-injection flags each earlier model step raised (`usage["injection_flags"]`), by step key: what
+    # lets a condition send a flagged item to a person (`size(flags.extract) > 0`). Outputs keep their shape:
+    # the flags are a name of their own, not a field added to every output. Loaded only for a step whose
+    # definition mentions `flags` (apps/runs/executor.py:_flags).
+    flags: dict[str, list[str]] = field(default_factory=dict)
 
     def expression_variables(self) -> dict[str, Any]:
-        """The names expressions and templates may use: `input`, `steps` and the step's `params`."""
-        return {"input": self.input, "steps": self.steps, "params": self.params}
+        """The names expressions and templates may use: `input`, `steps`, the step's `params`, and `flags`
+        (earlier steps' prompt-injection flags by step key, an empty list for a step that raised none)."""
+        return {"input": self.input, "steps": self.steps, "params": self.params, "flags": self.flags}
 
 
 @dataclass(frozen=True)

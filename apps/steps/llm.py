@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,13 @@ class Guardrails(BaseModel):
     restore_pii: bool = Field(True, description="Put the masked values back into the step's output.")
     sanitise_output: bool = Field(True, description="Strip control and invisible characters from the reply.")
     flag_injection: bool = Field(True, description="Flag text from inputs and earlier steps that looks like an attack.")
+    on_injection: Literal["continue", "stop"] = Field(
+        "continue",
+        description=(
+            "When text is flagged: continue (the flags are in flags.<step key> for conditions, e.g. a review "
+            "step's straight_through_when) or stop the step before anything is sent to a model."
+        ),
+    )
 
 
 class Routing(BaseModel):
@@ -157,6 +164,12 @@ class LlmSession:
             # Text that came from outside (run input, connector and document outputs) is what an attacker
             # controls; the prompt template is the analyst's own.
             self.flags = injection_flags_in({"input": context.input, "steps": context.steps, "params": context.params})
+            if self.flags and config.guardrails.on_injection == "stop":
+                # Before any model call: the point is that the flagged text never reaches a model.
+                raise StepError(
+                    f'Step "{context.step_key}": the input looks like a prompt injection '
+                    f"({', '.join(self.flags)}); stopped before calling a model (guardrails: on_injection stop)."
+                )
 
     # -- prompt --
 

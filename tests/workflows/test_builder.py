@@ -649,3 +649,13 @@ def test_a_conflict_in_an_htmx_edit_is_shown_not_dropped(analyst, blank):
     assert response.status_code == 200 and response["HX-Replace-Url"] == f"/workflows/{blank.slug}/edit/"
     assert "Not saved: someone else changed this draft." in response.content.decode()
     assert steps(blank) == ["wait"]
+
+
+def test_the_step_form_offers_the_on_injection_guardrail(analyst, blank):
+    """M6: an LLM step's guardrails include what to do with flagged input, edited like the other options."""
+    client = signed_in(analyst)
+    client.get(f"/workflows/{blank.slug}/edit/")
+    edit(client, blank, operation="insert", type="llm.generate", lane="root", index=0)
+    page = client.get(f"/workflows/{blank.slug}/edit/?step=generate").content.decode()
+    assert 'name="config.guardrails.on_injection"' in page
+    assert '<option value="stop"' in page and '<option value="continue"' in page

@@ -40,6 +40,7 @@ from apps.runs.services import (
     run_replay,
     run_restart,
     run_start,
+    run_start_rate_check,
 )
 from apps.workflows.selectors import draft_sample_inputs, workflow_get_for_user, workflow_version_published_latest
 
@@ -111,9 +112,11 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(responses={200: InferenceCallSerializer(many=True)})
     @action(detail=True, methods=["get"])
     def calls(self, request: Request, pk: str) -> Response:
-        """Every model call the run made (or replayed), in order, with provenance, tokens, cost and timings."""
+        """The model calls the run made (or replayed), in order, with provenance, tokens, cost and timings;
+        paged like every list (`limit`, `offset`): an agent's run can make thousands."""
         run = self.get_object()
-        return Response(InferenceCallSerializer(inference_call_list_for_run(run), many=True).data)
+        page = self.paginate_queryset(inference_call_list_for_run(run))
+        return self.get_paginated_response(InferenceCallSerializer(page, many=True).data)
 
 
 @extend_schema(request=IncidentResolveSerializer, responses={200: IncidentSerializer})
@@ -152,6 +155,7 @@ def run_start_view(request: Request, slug: str) -> Response:
     """Start a run of the workflow's published version. 400 with field errors when the input is invalid.
     A document field takes `{"document": <id>}` of a PDF the caller uploaded with `POST /api/documents/`."""
     workflow = workflow_get_for_user(request.user, slug=slug)
+    run_start_rate_check(actor=request.user)  # type: ignore[arg-type]
     body = RunStartSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     key = request.headers.get("Idempotency-Key", "")
