@@ -57,15 +57,26 @@ class Routing(BaseModel):
     )
 
 
+# The longest prompt or system template (before rendering): far above any prompt a process needs, and a bound
+# on what a what-if run's author can hand the template engine (and the audit chain) in one request.
+MAX_PROMPT_TEMPLATE_LENGTH = 20_000
+
+
 class LlmStepConfig(StepConfig):
     """Fields shared by llm.generate, llm.extract and llm.classify."""
 
     prompt: str = Field(
         min_length=1,
+        max_length=MAX_PROMPT_TEMPLATE_LENGTH,
         description="Text template; may use {{ input.x }} and {{ steps.key.field }}.",
         json_schema_extra={"x-widget": "template", "x-rows": 8},
     )
-    system: str = Field("", description="Optional system instruction.", json_schema_extra={"x-widget": "template"})
+    system: str = Field(
+        "",
+        max_length=MAX_PROMPT_TEMPLATE_LENGTH,
+        description="Optional system instruction.",
+        json_schema_extra={"x-widget": "template"},
+    )
     model: str = Field(
         "",
         description="The model endpoint that answers; empty for the default endpoint.",

@@ -282,7 +282,14 @@ class HttpRequest(StepType):
             # Whatever the graph set, the connection's authentication wins (names compared case-insensitively).
             sent = http.merge_headers(sent, auth)
         try:
-            response = http.request(method, url, headers=sent, body=body.encode() if body else None, timeout=timeout)
+            response = http.request(
+                method,
+                url,
+                headers=sent,
+                body=body.encode() if body else None,
+                timeout=timeout,
+                destinations=resolved.destinations if resolved is not None else None,
+            )
         except http.OutboundError as error:
             message = f'Step "{context.step_key}": {error}'
             if resolved is not None:
