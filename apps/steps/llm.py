@@ -9,6 +9,7 @@ the step's provenance (`usage`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from decimal import Decimal
 from typing import Any
@@ -177,6 +178,11 @@ class LlmSession:
         except ExpressionError as error:
             raise StepError(f'Step "{self.context.step_key}": the prompt template failed: {error}') from None
         return self.mask(text)
+
+    async def arender(self, template: str) -> str:
+        """`render` for steps on the asynchronous executor: off the event loop, which every step in flight in
+        the process shares (a template takes its budget of up to seconds in the sandbox)."""
+        return await asyncio.to_thread(self.render, template)
 
     def mask(self, text: str) -> str:
         return self.vault.mask(text) if self.vault else text

@@ -124,7 +124,7 @@ def test_a_stored_token_never_follows_the_url_to_another_server(admin_client, ad
         assert collector.requests and all("authorization" not in r.headers for r in collector.requests)
 
     # The service, for callers without the form: a new origin and no new token clears the stored one.
-    endpoint.token = SECRET
+    endpoint.token, endpoint.url = SECRET, settings.AIOS_INFERENCE_URL
     endpoint.save()
     endpoint.url = settings.AIOS_INFERENCE_URL.rstrip("/") + "/v1"  # same scheme, host and port
     endpoint_save(actor=admin_user_role, endpoint=endpoint)
