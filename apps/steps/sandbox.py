@@ -163,6 +163,24 @@ _pool: _Pool | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_after_fork() -> None:
+    """In a forked process (Celery's prefork pool): close the inherited pipes of the parent's children without
+    touching the children, so a child sees EOF and exits when its own parent does, not when every fork has."""
+    global _pool, _pool_lock
+    inherited, _pool = _pool, None
+    _pool_lock = threading.Lock()  # another thread may have held it at the fork
+    if inherited is None:
+        return
+    for child in inherited.idle:
+        for stream in (child.process.stdin, child.process.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _current_pool() -> _Pool:
     global _pool
     with _pool_lock:

@@ -85,6 +85,10 @@ def test_an_llm_step_past_its_time_limit_is_stopped_and_frees_its_slot(analyst, 
         actor=None,
         endpoint=ModelEndpoint(name="silent", kind="tgi", url=slow_url, timeout_seconds=900, max_in_flight=4),
     )
+    endpoint_save(
+        actor=None,
+        endpoint=ModelEndpoint(name="quick", kind="tgi", url=settings.AIOS_INFERENCE_URL, is_default=True),
+    )
     silent = _publish(
         analyst,
         team,

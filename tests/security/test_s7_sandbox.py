@@ -271,7 +271,7 @@ def _on_real_workers(analyst: Any, team: Any) -> tuple[list[tuple[str, str]], li
                 stalls.append((label, f"{run.status}: {step.error[:300]}"))
             elif ran >= 2.5 * LEASE_SECONDS / 3 and renewals == 0:
                 stalls.append((label, f"ran {ran:.1f} s and its lease was never renewed: the worker was starved"))
-        control_run, _ = _watch(_start(env, analyst.pk, control.pk), timeout=90)
+        _, control_run = _watch(_start(env, analyst.pk, control.pk), timeout=90)
         if control_run.status != Run.Status.SUCCEEDED:
             stalls.append(("control run after the bombs", f"{control_run.status}: {control_run.error[:300]}"))
     runs_judged = len(WORKER_BOMBS) + 1
