@@ -550,6 +550,9 @@ AIOS_SWEEP_LEASE_SECONDS = env_int("AIOS_SWEEP_LEASE_SECONDS", AIOS_STEP_LEASE_S
 
 # Addresses (CIDRs) that steps may call although they are loopback or private: an administrator's decision.
 AIOS_HTTP_ALLOWLIST = env_list("AIOS_HTTP_ALLOWLIST", [])
+# Ports HTTP steps and connectors may call besides 80 and 443, for every destination (a connection's administrator
+# can allow more for that connection alone). A port that is not a number stops the start-up.
+AIOS_HTTP_ALLOWED_PORTS = [int(port) for port in env_list("AIOS_HTTP_ALLOWED_PORTS", [])]
 
 # --- Knowledge (apps.knowledge) ---------------------------------------------------------------------------------
 # The embeddings server of collections that name no endpoint: TEI's /embed (the development server has one).

@@ -143,6 +143,7 @@ class ConnectionForm(forms.Form):
         kind: str,
         connection: Connection | None = None,
         initial: dict[str, Any] | None = None,
+        admin: bool = False,
     ) -> None:
         self.kind = kind
         self.connection = connection
@@ -177,6 +178,8 @@ class ConnectionForm(forms.Form):
                 self.initial[f"config_{name}"] = (
                     int(value) if isinstance(value, float) and value.is_integer() else value
                 )
+        if kind == kinds.HTTP:
+            self._add_allowlist_fields(connection, admin=admin)
         self.secret_specs = kinds.SECRETS[kind]
         stored = connection.secret_keys_set() if connection is not None else set()
         self.secret_state = {spec.key: spec.key in stored for spec in self.secret_specs}
@@ -197,6 +200,40 @@ class ConnectionForm(forms.Form):
                 self.fields[f"secret_{spec.key}_remove"] = forms.BooleanField(
                     required=False, label=f"Remove the stored {spec.label.lower()}"
                 )
+
+    def _add_allowlist_fields(self, connection: Connection | None, *, admin: bool) -> None:
+        """Where an HTTP connection may go: admins edit it; for a manager the fields are shown disabled (a
+        disabled field keeps its stored value whatever is posted)."""
+        self.fields["allowed_hosts"] = forms.CharField(
+            label="Allowed destinations",
+            required=False,
+            widget=forms.Textarea(attrs={"rows": 3, "placeholder": "erp.example.com\n*.example.com\n10.1.2.0/24"}),
+            help_text="One per line: host names (*.example.com for every name under it), or addresses and networks "
+            "that are not on the public internet (an internal ERP). Empty: any public address. Admins only.",
+        )
+        self.fields["allowed_ports"] = forms.CharField(
+            label="Allowed ports",
+            required=False,
+            max_length=400,
+            help_text="Ports besides 80 and 443, separated by commas, e.g. 8443. Admins only.",
+        )
+        if connection is not None:
+            self.initial["allowed_hosts"] = "\n".join(connection.allowed_hosts or [])
+            self.initial["allowed_ports"] = ", ".join(str(port) for port in connection.allowed_ports or [])
+        if not admin:
+            self.fields["allowed_hosts"].disabled = True
+            self.fields["allowed_ports"].disabled = True
+
+    def allowlists(self) -> tuple[list[str] | None, list[str] | None]:
+        """The allowlists as the services take them (None for a kind without them)."""
+        if "allowed_hosts" not in self.fields:
+            return None, None
+        hosts = [line.strip() for line in (self.cleaned_data.get("allowed_hosts") or "").splitlines()]
+        ports = [part.strip() for part in (self.cleaned_data.get("allowed_ports") or "").split(",")]
+        return [host for host in hosts if host], [port for port in ports if port]
+
+    def allowlist_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in ("allowed_hosts", "allowed_ports") if name in self.fields]
 
     def clean_config_headers(self) -> dict[str, str]:
         return _headers_parse(self.cleaned_data.get("config_headers") or "")

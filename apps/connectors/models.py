@@ -17,6 +17,7 @@ from django.db import models
 from simple_history.models import HistoricalRecords
 
 from apps.connectors.kinds import KIND_LABELS, KINDS, summary
+from apps.core.http import Destinations, destinations_parse
 from apps.core.secrets import secret_decrypt, secret_encrypt
 
 
@@ -42,6 +43,11 @@ class Connection(models.Model):
     config = models.JSONField(default=dict)
     secrets_encrypted = models.TextField(blank=True)
     enabled = models.BooleanField(default=True)
+    # Where the connection may go, set by administrators only (apps.core.http.Destinations): host names and
+    # networks (empty: any public address), and ports besides 80 and 443. Managers of the connection see them but
+    # cannot change them: they bound what the connection's templates and settings can reach.
+    allowed_hosts = models.JSONField(default=list, blank=True)
+    allowed_ports = models.JSONField(default=list, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -78,6 +84,10 @@ class Connection(models.Model):
     def secrets(self, value: dict[str, str]) -> None:
         kept = {key: item for key, item in value.items() if item}
         self.secrets_encrypted = secret_encrypt(json.dumps(kept, sort_keys=True)) if kept else ""
+
+    def destinations(self) -> Destinations:
+        """The administrator's allowlists as the outbound door applies them (stored entries were validated)."""
+        return destinations_parse(self.allowed_hosts or [], self.allowed_ports or [])[0]
 
     def secret_keys_set(self) -> set[str]:
         """Which secrets are set (for "set" / "not set"), never their values."""

@@ -918,7 +918,7 @@ def openapi_document_fetch(
         raise ValidationFailed(error.message, fields={"path": [error.message]}) from None
     timeout = min(float(connection.config.get("timeout_seconds", 30)), 30.0)
     try:
-        response = http.request("GET", url, headers=headers, timeout=timeout)
+        response = http.request("GET", url, headers=headers, timeout=timeout, destinations=resolved.destinations)
     except http.OutboundError as error:
         message = redact(f"The document could not be fetched: {error}", secret_needles(resolved, headers))
         raise ValidationFailed(message, fields={"path": [message]}) from None

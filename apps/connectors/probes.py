@@ -55,14 +55,19 @@ def checked_address(host: str, port: int) -> str:
         raise ApplicationError(error.message) from None
 
 
-def probe(kind: str, config: dict[str, Any], secrets: dict[str, str]) -> ProbeResult:
-    """Test settings `config` with `secrets` for a connection of `kind`; never raises for a failed attempt."""
+def probe(
+    kind: str, config: dict[str, Any], secrets: dict[str, str], *, destinations: http.Destinations | None = None
+) -> ProbeResult:
+    """Test settings `config` with `secrets` for a connection of `kind` (HTTP requests within `destinations`,
+    the connection's allowlists); never raises for a failed attempt."""
     started = time.monotonic()
     resolved = ResolvedConnection(name="(test)", kind=kind, config=config, secrets=secrets)
     tools: list[tuple[str, str]] = []
     try:
         valid = kinds.settings_validate(kind, config)
-        resolved = ResolvedConnection(name="(test)", kind=kind, config=valid, secrets=secrets)
+        resolved = ResolvedConnection(
+            name="(test)", kind=kind, config=valid, secrets=secrets, destinations=destinations
+        )
         if kind == kinds.MCP:
             message, tools = _mcp(resolved)
         else:
@@ -95,7 +100,7 @@ def _http(resolved: ResolvedConnection) -> str:
         raise ApplicationError(error.message) from None
     timeout = min(float(config.get("timeout_seconds", 30)), TEST_TIMEOUT_SECONDS)
     try:
-        response = http.request("GET", url, headers=headers, timeout=timeout)
+        response = http.request("GET", url, headers=headers, timeout=timeout, destinations=resolved.destinations)
     except http.OutboundError as error:
         raise ApplicationError(str(error)) from None
     if response.status >= 400:

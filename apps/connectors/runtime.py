@@ -51,13 +51,15 @@ class ConnectionFailed(ApplicationError):
 class ResolvedConnection:
     """A connection as a step sees it: `config` (the kind's settings) and `secrets` (decrypted). The repr and
     str name only the connection, so a traceback or a log line never shows a secret. `cache_key` keys what is
-    derived from the secrets (an access token); empty: nothing is cached (an unsaved connection being tested)."""
+    derived from the secrets (an access token); empty: nothing is cached (an unsaved connection being tested).
+    `destinations`: the administrator's allowlists, which every request of the connection goes through."""
 
     name: str
     kind: str
     config: dict[str, Any]
     secrets: dict[str, str] = field(repr=False)
     cache_key: str = field(default="", repr=False)
+    destinations: http.Destinations | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"ResolvedConnection(name={self.name!r}, kind={self.kind!r})"
@@ -77,6 +79,7 @@ def resolve(connection: Connection) -> ResolvedConnection:
         config=dict(connection.config),
         secrets=connection.secrets,
         cache_key=f"{connection.pk}:{connection.secrets_version}",
+        destinations=connection.destinations(),
     )
 
 
@@ -216,7 +219,14 @@ def _fetch_token(resolved: ResolvedConnection) -> tuple[str, float]:
     timeout = min(float(config.get("timeout_seconds", 30)), 30.0)
     started = time.monotonic()
     try:
-        response = http.request("POST", token_url, headers=headers, body=urlencode(form).encode(), timeout=timeout)
+        response = http.request(
+            "POST",
+            token_url,
+            headers=headers,
+            body=urlencode(form).encode(),
+            timeout=timeout,
+            destinations=resolved.destinations,
+        )
     except http.OutboundError as error:
         raise ConnectionFailed(
             f'The token endpoint of connection "{resolved.name}" could not be reached: {error}', uncertain=False

@@ -6,6 +6,7 @@ which secret was set, replaced or removed, never its value.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from django.apps import apps as django_apps
@@ -24,6 +25,7 @@ from apps.connectors.models import Connection
 from apps.connectors.probes import ProbeResult
 from apps.connectors.rules import USE, user_creates_connections, user_is_admin, user_manages_connection
 from apps.core.exceptions import Conflict, Forbidden, Unprocessable, ValidationFailed
+from apps.core.http import Destinations, destinations_parse
 from apps.core.secrets import encrypted_fields, secret_rotate
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -165,6 +167,36 @@ def secrets_for_settings(
     return merged
 
 
+def allowlists_clean(
+    actor: User | None,
+    *,
+    hosts: list[str] | None,
+    ports: Sequence[int | str] | None,
+    stored: tuple[list[str], list[int]] = ([], []),
+) -> tuple[list[str], list[int], Destinations] | None:
+    """The allowlists an administrator entered (None when neither was given, or they equal `stored`): validated
+    (ValidationFailed per field) and normalised. Only admins change them (Forbidden otherwise, a field error):
+    they bound where a connection's settings and steps' templates can send requests, so a manager of the
+    connection, who chooses those, must not also widen them."""
+    if hosts is None and ports is None:
+        return None
+    destinations, problems = destinations_parse(
+        hosts if hosts is not None else stored[0], ports if ports is not None else stored[1]
+    )
+    if problems:
+        raise ValidationFailed("The allowed destinations are not valid.", fields=problems)
+    clean_hosts = [*destinations.hosts, *(str(network) for network in destinations.networks)]
+    clean_ports = sorted(destinations.ports)
+    if (clean_hosts, clean_ports) == (list(stored[0]), list(stored[1])):
+        return None
+    if actor is not None and not user_is_admin(actor):
+        raise ValidationFailed(
+            "Only admins change where a connection may go.",
+            fields={"allowed_hosts": ["Only admins change the allowed destinations and ports of a connection."]},
+        )
+    return clean_hosts, clean_ports, destinations
+
+
 def _secrets_diff(before: dict[str, str], after: dict[str, str]) -> dict[str, list[str]]:
     """Which secrets were set, replaced or removed: names only."""
     diff = {
@@ -211,13 +243,17 @@ def connection_create(
     description: str = "",
     enabled: bool = True,
     test: ProbeResult | None = None,
+    allowed_hosts: list[str] | None = None,
+    allowed_ports: Sequence[int | str] | None = None,
 ) -> Connection:
     """Create a connection owned by `team`, whose group gets `use_connection` on it. `config` is validated for
     `kind`; `secrets` must hold what the settings need (e.g. the password of a SQL connection). `test` is the
-    result of testing these settings before saving, recorded as the connection's last test. Admins only."""
+    result of testing these settings before saving, recorded as the connection's last test. `allowed_hosts` and
+    `allowed_ports` limit and widen where it may go (apps.core.http.Destinations). Admins only."""
     if actor is not None and not user_creates_connections(actor):
         raise Forbidden("Only admins create connections.")
     _check_new(name, label)
+    allowlists = allowlists_clean(actor, hosts=allowed_hosts, ports=allowed_ports)
     valid = kinds.settings_validate(kind, config)
     merged = secrets_merge(kind, {}, secrets or {})
     _check_secrets(kind, valid, merged)
@@ -231,6 +267,8 @@ def connection_create(
         enabled=enabled,
         created_by=actor if actor is not None and actor.is_authenticated else None,
     )
+    if allowlists is not None:
+        connection.allowed_hosts, connection.allowed_ports = allowlists[0], allowlists[1]
     connection.secrets = merged
     _record_test(connection, test)
     connection.save()
@@ -245,6 +283,11 @@ def connection_create(
             "label": connection.label,
             "config": valid,
             "enabled": enabled,
+            **(
+                {"allowed_hosts": connection.allowed_hosts, "allowed_ports": connection.allowed_ports}
+                if allowlists is not None
+                else {}
+            ),
             "secrets_set": sorted(merged),
             **({"test_ok": test.ok} if test else {}),
         },
@@ -263,14 +306,29 @@ def connection_update(
     config: dict[str, Any] | None = None,
     secrets: dict[str, str | None] | None = None,
     test: ProbeResult | None = None,
+    allowed_hosts: list[str] | None = None,
+    allowed_ports: Sequence[int | str] | None = None,
 ) -> Connection:
-    """Change a connection's settings, team or secrets (None: unchanged; a blank secret keeps the stored
-    one). Moving it to another team moves the team's use permission with it. Audited with the changed settings
-    and the names of the changed secrets."""
+    """Change a connection's settings, team, secrets or (admins only) allowed destinations and ports (None:
+    unchanged; a blank secret keeps the stored one). Moving it to another team moves the team's use permission
+    with it. Audited with the changed settings, the allowlists before and after, and the names of the changed
+    secrets."""
     _require_manager(actor, connection)
     locked = Connection.objects.select_for_update().get(pk=connection.pk)
     _check_program_rights(actor, locked.kind, config=config, stored_config=locked.config)
     changed: dict[str, Any] = {}
+    allowlists = allowlists_clean(
+        actor,
+        hosts=allowed_hosts,
+        ports=allowed_ports,
+        stored=(list(locked.allowed_hosts or []), list(locked.allowed_ports or [])),
+    )
+    if allowlists is not None:
+        changed["allowlists"] = {
+            "before": {"hosts": locked.allowed_hosts, "ports": locked.allowed_ports},
+            "after": {"hosts": allowlists[0], "ports": allowlists[1]},
+        }
+        locked.allowed_hosts, locked.allowed_ports = allowlists[0], allowlists[1]
     if label is not None:
         if not label.strip():
             raise ValidationFailed("The connection cannot be saved.", fields={"label": ["A label is needed."]})
@@ -340,6 +398,8 @@ def connection_save(
     enabled: bool = True,
     test: bool = True,
     save_even_if_test_fails: bool = False,
+    allowed_hosts: list[str] | None = None,
+    allowed_ports: Sequence[int | str] | None = None,
 ) -> tuple[Connection, ProbeResult | None]:
     """Create (`connection` None) or change a connection, testing the resulting settings for real first when
     `test`: a failed test saves nothing (ConnectionTestFailed, 422, with the server's reason; the attempt is
@@ -369,7 +429,11 @@ def connection_save(
         changes=secrets or {},
     )
     _check_secrets(kind, valid, candidate)
-    result = probe(kind, valid, candidate) if test else None
+    stored = (list(connection.allowed_hosts or []), list(connection.allowed_ports or [])) if connection else ([], [])
+    allowlists = allowlists_clean(actor, hosts=allowed_hosts, ports=allowed_ports, stored=stored)
+    # The test goes where the saved connection would: within the allowlists being saved, or the stored ones.
+    destinations = allowlists[2] if allowlists is not None else connection.destinations() if connection else None
+    result = probe(kind, valid, candidate, destinations=destinations) if test else None
     if result is not None and not result.ok and not save_even_if_test_fails:
         with transaction.atomic():
             audit_record(
@@ -392,6 +456,8 @@ def connection_save(
             secrets=secrets,
             enabled=enabled,
             test=result,
+            allowed_hosts=allowed_hosts,
+            allowed_ports=allowed_ports,
         )
     else:
         saved = connection_update(
@@ -403,6 +469,8 @@ def connection_save(
             config=valid if config is not None else None,
             secrets=secrets,
             test=result,
+            allowed_hosts=allowed_hosts,
+            allowed_ports=allowed_ports,
         )
     return saved, result
 
@@ -463,7 +531,7 @@ def connection_test(*, actor: User | None, connection: Connection) -> ProbeResul
     from apps.connectors.probes import probe
 
     _require_manager(actor, connection)
-    result = probe(connection.kind, connection.config, connection.secrets)
+    result = probe(connection.kind, connection.config, connection.secrets, destinations=connection.destinations())
     with transaction.atomic():
         fields = {
             "last_tested_at": timezone.now(),
@@ -501,7 +569,7 @@ def connection_test_unsaved(
     except ValidationFailed as refusal:
         # Nothing is started: the refusal is the test's answer, under the button like any other.
         return ProbeResult(ok=False, message=" ".join(refusal.fields["transport"]))
-    result = probe(kind, config, secrets)
+    result = probe(kind, config, secrets, destinations=connection.destinations() if connection is not None else None)
     audit_record(
         actor=actor,
         verb="connection.tested",

@@ -28,7 +28,7 @@ from apps.connectors.openapi import (
     operations_of,
 )
 from apps.connectors.probes import ProbeResult
-from apps.connectors.rules import user_creates_connections, user_manages_connection
+from apps.connectors.rules import user_creates_connections, user_is_admin, user_manages_connection
 from apps.connectors.selectors import (
     connection_get_for_user,
     connection_history,
@@ -109,6 +109,7 @@ def _test_then_save(request: HttpRequest, form: ConnectionForm, connection: Conn
     if not form.is_valid():
         return None
     config, secret_changes = form.settings_and_secrets()
+    allowed_hosts, allowed_ports = form.allowlists()
     try:
         saved, result = connection_save(
             actor=_user(request),
@@ -121,6 +122,8 @@ def _test_then_save(request: HttpRequest, form: ConnectionForm, connection: Conn
             config=config,
             secrets=secret_changes,
             save_even_if_test_fails=bool(form.cleaned_data.get("save_anyway")),
+            allowed_hosts=allowed_hosts,
+            allowed_ports=allowed_ports,
         )
     except ConnectionTestFailed as failed:
         form.test_result = failed.result  # type: ignore[attr-defined]
@@ -143,7 +146,9 @@ def connection_new(request: HttpRequest) -> HttpResponse:
     if "kind" not in request.GET:
         return render(request, "connectors/connection_kind.html", {"kinds": kinds.KIND_LABELS})
     kind = _kind(request)
-    form = ConnectionForm(request.POST or None, kind=kind, initial={"team": request.GET.get("team")})
+    form = ConnectionForm(
+        request.POST or None, kind=kind, initial={"team": request.GET.get("team")}, admin=user_is_admin(request.user)
+    )
     if request.method == "POST":
         saved = _test_then_save(request, form, None)
         if saved is not None:
@@ -165,7 +170,9 @@ def connection_detail(request: HttpRequest, name: str) -> HttpResponse:
     can_manage = user_manages_connection(request.user, connection)
     form = None
     if can_manage:
-        form = ConnectionForm(request.POST or None, kind=connection.kind, connection=connection)
+        form = ConnectionForm(
+            request.POST or None, kind=connection.kind, connection=connection, admin=user_is_admin(request.user)
+        )
         if request.method == "POST":
             saved = _test_then_save(request, form, connection)
             if saved is not None:

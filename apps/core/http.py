@@ -1,10 +1,12 @@
 """The one door for outbound HTTP from steps and connectors: timeouts, an SSRF guard, no redirects,
 redacted logging.
 
-The guard resolves the host once, refuses loopback, private, link-local, multicast, reserved and
-metadata addresses unless an administrator allowlisted them (AIOS_HTTP_ALLOWLIST, CIDRs), and then
-connects to exactly the address it checked (pinning), so DNS cannot be switched between check and use.
-Redirects are never followed: a 3xx is returned to the caller as it is.
+The guard resolves the host once and allows only public internet addresses (judged on the IPv4 address an
+IPv4-mapped, 6to4, NAT64 or Teredo IPv6 address carries), unless an administrator allowlisted them
+(AIOS_HTTP_ALLOWLIST for every caller, or a connection's own `Destinations`); then it connects to exactly the
+address it checked (pinning), so DNS cannot be switched between check and use. HTTP goes to ports 80 and 443
+only, unless an administrator allowed another port (AIOS_HTTP_ALLOWED_PORTS, a connection's ports, or an
+allowlisted network). Redirects are never followed: a 3xx is returned to the caller as it is.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import logging
 import re
 import socket
 import ssl
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -67,16 +70,100 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def _unwrapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The IPv4 address an IPv6 address carries and reaches (IPv4-mapped, 6to4, NAT64), else `ip` itself: a
-    packet to 2002:a9fe:a9fe:: or 64:ff9b::a9fe:a9fe ends up at 169.254.169.254."""
+    """The IPv4 address an IPv6 address carries and reaches (IPv4-mapped, 6to4, NAT64, Teredo's client), else
+    `ip` itself: a packet to 2002:a9fe:a9fe:: or 64:ff9b::a9fe:a9fe ends up at 169.254.169.254."""
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return ip.ipv4_mapped
         if ip.sixtofour is not None:
             return ip.sixtofour
+        if ip.teredo is not None:
+            return ip.teredo[1]
         if ip in _NAT64:
             return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
+
+
+DEFAULT_PORTS = frozenset({80, 443})
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """Where one connection may go, as its administrator set it (`Connection.allowed_hosts` / `allowed_ports`).
+
+    `hosts`: host names (lower case; "*.example.com" also matches every name under it). `networks`: CIDRs whose
+    addresses the connection may reach although they are not public (an ERP on 10.1.2.3), at any port. When
+    either is given, the connection reaches only those hosts and networks. `ports`: ports besides 80 and 443.
+    A host name entry limits where the connection goes; it never admits a non-public address (a name can be
+    made to resolve anywhere), only a network entry does."""
+
+    hosts: tuple[str, ...] = ()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    ports: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def restricts(self) -> bool:
+        return bool(self.hosts or self.networks)
+
+    def names_host(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        return any(host == entry or (entry.startswith("*.") and host.endswith(entry[1:])) for entry in self.hosts)
+
+    def covers(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        return any(candidate in network for candidate in {ip, _unwrapped(ip)} for network in self.networks)
+
+
+_HOST_ENTRY = re.compile(r"^(\*\.)?([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+MAX_DESTINATION_ENTRIES = 50
+
+
+def destinations_parse(hosts: Iterable[str], ports: Iterable[int | str]) -> tuple[Destinations, dict[str, list[str]]]:
+    """A connection's allowlists from what an administrator entered: host names ("erp.example.com",
+    "*.example.com") and CIDRs or addresses ("10.1.2.0/24", "fd00::5") in `hosts`, port numbers in `ports`.
+    Returns the Destinations and the problems per field ("allowed_hosts", "allowed_ports"), in words."""
+    names: list[str] = []
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    problems: dict[str, list[str]] = {}
+    host_list = [str(entry).strip() for entry in hosts if str(entry).strip()]
+    port_list = [str(entry).strip() for entry in ports if str(entry).strip()]
+    if len(host_list) > MAX_DESTINATION_ENTRIES or len(port_list) > MAX_DESTINATION_ENTRIES:
+        problems.setdefault("allowed_hosts", []).append(f"At most {MAX_DESTINATION_ENTRIES} entries each.")
+    for entry in host_list[:MAX_DESTINATION_ENTRIES]:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+            continue
+        except ValueError:
+            pass
+        lowered = entry.lower().rstrip(".")
+        if len(lowered) <= 253 and _HOST_ENTRY.match(lowered):
+            names.append(lowered)
+        else:
+            problems.setdefault("allowed_hosts", []).append(
+                f'"{entry[:100]}" is neither a host name (erp.example.com, *.example.com) nor an address or '
+                "network (10.1.2.3, 10.1.2.0/24)."
+            )
+    port_numbers: set[int] = set()
+    for entry in port_list[:MAX_DESTINATION_ENTRIES]:
+        if entry.isdigit() and 1 <= int(entry) <= 65535:
+            port_numbers.add(int(entry))
+        else:
+            problems.setdefault("allowed_ports", []).append(f'"{entry[:20]}" is not a port number (1 to 65535).')
+    return Destinations(tuple(names), tuple(networks), frozenset(port_numbers)), problems
+
+
+def port_refusal(port: int, address: str, destinations: Destinations | None = None) -> str | None:
+    """Why HTTP may not go to `port` at `address`, or None: 80 and 443 always may; other ports when an
+    administrator allowed them (AIOS_HTTP_ALLOWED_PORTS, the connection's ports) or allowlisted the address's
+    network (AIOS_HTTP_ALLOWLIST, the connection's networks: an internal service on its own port)."""
+    if port in DEFAULT_PORTS or port in settings.AIOS_HTTP_ALLOWED_PORTS:
+        return None
+    if destinations is not None and (port in destinations.ports or destinations.covers(address)):
+        return None
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if any(candidate in network for candidate in {ip, _unwrapped(ip)} for network in _allowlist()):
+        return None
+    return f"port {port} is not allowed (only 80 and 443 are; an administrator can allow another port for a connection)"
 
 
 def address_refusal(address: str) -> str | None:
@@ -111,14 +198,19 @@ class HostUnresolved(OutboundError):
     """The host name did not resolve (perhaps for now: DNS answers can come back)."""
 
 
-def resolve_checked(host: str, port: int, *, attempts: str = "connections") -> str:
+def resolve_checked(
+    host: str, port: int, *, attempts: str = "connections", destinations: Destinations | None = None
+) -> str:
     """The one address to connect to for `host`: every address it resolves to must pass `address_refusal`
-    (one bad answer refuses the host, so a DNS server cannot slip a private address in beside a public one).
-    The caller connects to exactly this address (pinning). Raises OutboundError with the reason; nothing was
-    sent (HostUnresolved when the name did not resolve). Used by every connector (HTTP, SMTP, SQL, IMAP);
-    `attempts` names what is refused in the message ("connections", "requests")."""
+    (one bad answer refuses the host, so a DNS server cannot slip a private address in beside a public one),
+    or lie in one of the connection's allowed networks (`destinations`); when `destinations` restricts, the host
+    must also be one it names or resolve into its networks. The caller connects to exactly this address
+    (pinning). Raises OutboundError with the reason; nothing was sent (HostUnresolved when the name did not
+    resolve). Used by every connector (HTTP, SMTP, SQL, IMAP); `attempts` names what is refused in the message
+    ("connections", "requests")."""
     if not host:
         raise OutboundError("The connection has no host.")
+    named = destinations is not None and destinations.names_host(host)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
@@ -127,6 +219,13 @@ def resolve_checked(host: str, port: int, *, attempts: str = "connections") -> s
         raise OutboundError(f'"{host[:200]}" is not a host name.') from None
     addresses = [str(info[4][0]) for info in infos]
     for address in addresses:
+        if destinations is not None and destinations.covers(address):
+            continue
+        if destinations is not None and destinations.restricts and not named:
+            raise OutboundError(
+                f'"{host[:200]}" is not among the destinations an administrator allowed for this connection; '
+                f"{attempts} there are not allowed."
+            )
         refusal = address_refusal(address)
         if refusal:
             raise OutboundError(
@@ -193,14 +292,23 @@ def request(
     headers: dict[str, str] | None = None,
     body: bytes | None = None,
     timeout: float = 30.0,
+    destinations: Destinations | None = None,
 ) -> OutboundResponse:
-    """Send one request through the guard. Raises OutboundError before sending (refused, unresolvable,
-    unreachable: certain nothing happened) or after (a timeout or a dropped connection: uncertain)."""
-    parts = urlsplit(url)
+    """Send one request through the guard (`destinations`: the connection's allowlists, if any). Raises
+    OutboundError before sending (refused, unresolvable, unreachable: certain nothing happened) or after (a
+    timeout or a dropped connection: uncertain)."""
+    try:
+        parts = urlsplit(url)
+        explicit_port = parts.port
+    except ValueError:
+        raise OutboundError(f"{url[:200]!r} is not a URL that can be called.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise OutboundError(f"Only http:// and https:// URLs can be called (got {url[:200]!r}).")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    address = resolve_checked(parts.hostname, port, attempts="requests")
+    port = explicit_port or (443 if parts.scheme == "https" else 80)
+    address = resolve_checked(parts.hostname, port, attempts="requests", destinations=destinations)
+    refusal = port_refusal(port, address, destinations)
+    if refusal:
+        raise OutboundError(f"{parts.hostname}:{port}: {refusal}; nothing was sent.")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
@@ -209,7 +317,9 @@ def request(
         connection = _PinnedHTTPSConnection(address, parts.hostname, port=port, timeout=timeout)
     else:
         connection = http.client.HTTPConnection(address, port=port, timeout=timeout)
-    host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    # An IPv6 literal goes back in brackets (RFC 7230 section 5.4).
+    host_name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host_header = host_name if explicit_port is None else f"{host_name}:{explicit_port}"
     all_headers = {"Host": host_header, **_caller_headers(headers or {})}
     try:
         connection.connect()

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from django import forms
 
-from apps.inference.models import ModelEndpoint
+from apps.inference.models import ModelEndpoint, url_origin
 
 
 class ModelEndpointForm(forms.ModelForm):
@@ -36,6 +36,9 @@ class ModelEndpointForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # What is stored, before cleaning copies the posted values onto the instance.
+        self.stored_url = self.instance.url if self.instance.pk else ""
+        self.stored_token = bool(self.instance.pk and self.instance.has_token)
         if self.instance.pk:
             # Steps refer to endpoints by name: renaming one would break every published version using it.
             self.fields["name"].disabled = True
@@ -65,6 +68,21 @@ class ModelEndpointForm(forms.ModelForm):
             self.add_error("enabled", "The default endpoint must be enabled.")
         if cleaned.get("is_default") and cleaned.get("kind") == ModelEndpoint.Kind.TEI:
             self.add_error("is_default", "The default endpoint answers LLM steps: an embeddings server cannot be it.")
+        url = cleaned.get("url")
+        if (
+            self.stored_token
+            and url
+            and url_origin(url) != url_origin(self.stored_url)
+            and not cleaned.get("token")
+            and not cleaned.get("remove_token")
+        ):
+            # The stored token was entered for the old server; saving would send it to the new one at once (the
+            # page probes after saving).
+            self.add_error(
+                "token",
+                "Enter the token again: the URL's scheme, host or port changed, and a stored token is only sent to "
+                'the server it was entered for. Or tick "Remove the stored token".',
+            )
         return cleaned
 
     def token_change(self) -> str | None:

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import models
 from simple_history.models import HistoricalRecords
 
 from apps.core.secrets import secret_decrypt, secret_encrypt
+
+
+def url_origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL, the port filled in from the scheme: where a request with it goes."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower().rstrip("."), port or (443 if scheme == "https" else 80)
 
 
 class ModelEndpoint(models.Model):

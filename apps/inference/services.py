@@ -13,7 +13,7 @@ from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Conflict
 from apps.inference import client
-from apps.inference.models import EndpointObservation, ModelEndpoint
+from apps.inference.models import EndpointObservation, ModelEndpoint, url_origin
 
 
 def _snapshot(endpoint: ModelEndpoint) -> dict[str, Any]:
@@ -27,11 +27,19 @@ def _snapshot(endpoint: ModelEndpoint) -> dict[str, Any]:
 def endpoint_save(*, actor: User | None, endpoint: ModelEndpoint, token: str | None = None) -> ModelEndpoint:
     """Create or change an endpoint (a validated, unsaved-or-changed instance, e.g. from the form).
 
-    `token`: None keeps the stored one, "" removes it, anything else replaces it. Making an endpoint the
-    default takes the mark from the previous default. Audited with the changed fields (never the token).
+    `token`: None keeps the stored one, "" removes it, anything else replaces it. A stored token is only ever
+    sent to the origin (scheme, host, port) it was entered for: when the URL's origin changes and no new token
+    is given, the stored one is removed (audited as `token_cleared`). Making an endpoint the default takes the
+    mark from the previous default. Audited with the changed fields (never the token).
     """
     creating = endpoint.pk is None
-    before = None if creating else _snapshot(ModelEndpoint.objects.get(pk=endpoint.pk))
+    stored = None if creating else ModelEndpoint.objects.get(pk=endpoint.pk)
+    before = None if stored is None else _snapshot(stored)
+    token_cleared = (
+        stored is not None and token is None and stored.has_token and url_origin(stored.url) != url_origin(endpoint.url)
+    )
+    if token_cleared:
+        token = ""
     if token is not None:
         endpoint.token = token
     if endpoint.is_default:
@@ -41,6 +49,8 @@ def endpoint_save(*, actor: User | None, endpoint: ModelEndpoint, token: str | N
     changed = after if before is None else {k: v for k, v in after.items() if before.get(k) != v}
     if token is not None and not creating:
         changed["token_changed"] = True  # replaced or removed; never its value
+    if token_cleared:
+        changed["token_cleared"] = "the URL's origin changed"  # noqa: S105 - a reason, not a credential
     audit_record(
         actor=actor,
         verb="model_endpoint.created" if creating else "model_endpoint.changed",

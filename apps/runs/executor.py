@@ -8,6 +8,7 @@ comes back is refused by the fencing token, never recorded twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -15,12 +16,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.utils import timezone
 from pydantic import ValidationError
 
 from apps.core.database import db_call
@@ -51,6 +54,9 @@ from apps.steps.registry import step_config_parse, step_type_get
 from apps.workflows.graph import StepOptions, TemplateMapping
 
 logger = logging.getLogger(__name__)
+
+# How often the watchdog of a step on the asynchronous executor looks at its time limit and its lease.
+WATCHDOG_INTERVAL_SECONDS = 0.5
 
 
 def worker_identity() -> str:
@@ -142,11 +148,14 @@ class Attempt:
 
 @dataclass
 class Prepared:
-    """A step ready to run: its type, parsed config and context."""
+    """A step ready to run: its type, parsed config and context; `deadline` is when its time limit (the step's
+    `timeout_seconds`, counted from its claim) runs out, None without one."""
 
     step_type: type[StepType]
     config: Any
     context: StepContext
+    time_limit: float | None = None
+    deadline: datetime | None = None
 
 
 def _step_run_execute_claimed(step_run: StepRun, chain: Chain) -> StepRun | None:
@@ -187,7 +196,9 @@ async def step_run_execute_async(step_run: StepRun, chain: Chain) -> StepRun | N
             if isinstance(prepared, StepOutcome):
                 outcome = prepared
             elif prepared.step_type.runs_async():
-                outcome = await prepared.step_type().aexecute(prepared.config, prepared.context)
+                outcome = await _watched(
+                    prepared.step_type().aexecute(prepared.config, prepared.context), step_run, prepared
+                )
                 if prepared.step_type.side_effects:
                     crash_point("after_external_call")
             else:
@@ -433,7 +444,39 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
         # Replays and what-if runs never touch the outside world or ask people again: the original run's
         # result stands in (a what-if compares model outputs; it must not re-post an invoice).
         return _recorded_outcome(original, step_run.step_key)
-    return Prepared(step_type, config, context)
+    limit = options.timeout_seconds
+    deadline = (step_run.started_at or timezone.now()) + timedelta(seconds=limit) if limit else None
+    return Prepared(step_type, config, context, time_limit=limit, deadline=deadline)
+
+
+async def _watched(work: Coroutine[Any, Any, StepOutcome], step_run: StepRun, prepared: Prepared) -> StepOutcome:
+    """Await a step's work on the asynchronous executor under a watchdog. Celery's time limits do not reach a
+    coroutine, and the step-timeout timer only fails the step in the database (bumping its token), leaving the
+    coroutine to hold its executor slot and the model endpoint's in-flight slot until the model answers. The
+    watchdog cancels the work when the step's time limit passes (a StepError saying so, recorded like the
+    timer's) or when the lease renewer found the step no longer this process's (cancelled, timed out, taken
+    over: the StepError's record is then refused by the fencing token), so the slots are freed at once."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            wait = WATCHDOG_INTERVAL_SECONDS
+            if prepared.deadline is not None:
+                remaining = (prepared.deadline - timezone.now()).total_seconds()
+                if remaining <= 0:
+                    raise StepError(
+                        f"The step took longer than its {prepared.time_limit:g} s time limit.", retryable=True
+                    )
+                wait = min(wait, remaining)
+            done, _ = await asyncio.wait({task}, timeout=wait)
+            if task in done:
+                return task.result()
+            if renewer.lost(step_run):
+                raise StepError("The step was stopped: it timed out, was cancelled or was taken over elsewhere.")
+    finally:
+        if not task.done():
+            task.cancel()
+            # Let the work's own clean-up run (closing the model's stream gives the in-flight slot back).
+            await asyncio.wait({task}, timeout=5)
 
 
 def _step_run_call(prepared: Prepared) -> StepOutcome:

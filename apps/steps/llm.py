@@ -9,6 +9,7 @@ the step's provenance (`usage`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from decimal import Decimal
 from typing import Any, Literal
@@ -64,15 +65,26 @@ class Routing(BaseModel):
     )
 
 
+# The longest prompt or system template (before rendering): far above any prompt a process needs, and a bound
+# on what a what-if run's author can hand the template engine (and the audit chain) in one request.
+MAX_PROMPT_TEMPLATE_LENGTH = 20_000
+
+
 class LlmStepConfig(StepConfig):
     """Fields shared by llm.generate, llm.extract and llm.classify."""
 
     prompt: str = Field(
         min_length=1,
+        max_length=MAX_PROMPT_TEMPLATE_LENGTH,
         description="Text template; may use {{ input.x }} and {{ steps.key.field }}.",
         json_schema_extra={"x-widget": "template", "x-rows": 8},
     )
-    system: str = Field("", description="Optional system instruction.", json_schema_extra={"x-widget": "template"})
+    system: str = Field(
+        "",
+        max_length=MAX_PROMPT_TEMPLATE_LENGTH,
+        description="Optional system instruction.",
+        json_schema_extra={"x-widget": "template"},
+    )
     model: str = Field(
         "",
         description="The model endpoint that answers; empty for the default endpoint.",
@@ -179,6 +191,11 @@ class LlmSession:
         except ExpressionError as error:
             raise StepError(f'Step "{self.context.step_key}": the prompt template failed: {error}') from None
         return self.mask(text)
+
+    async def arender(self, template: str) -> str:
+        """`render` for steps on the asynchronous executor: off the event loop, which every step in flight in
+        the process shares (a template takes its budget of up to seconds in the sandbox)."""
+        return await asyncio.to_thread(self.render, template)
 
     def mask(self, text: str) -> str:
         return self.vault.mask(text) if self.vault else text

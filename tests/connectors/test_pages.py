@@ -5,6 +5,7 @@ builder offers the connections a person may use."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -206,3 +207,42 @@ def test_the_builder_offers_the_connections_the_person_may_use(api, analyst, tea
     make_connection(team, config={"base_url": api.url})
     assert ("erp", "ERP (erp)") in _choices(analyst)["connection-http"]
     assert _choices(analyst)["connection-http"][0] == ("", "No connection")
+
+
+def test_only_admins_change_where_a_connection_may_go_and_each_change_is_audited(api, admin_user_role, analyst, team):
+    """Review M4: per-connection destination and port allowlists, edited by admins on the connection's form;
+    a manager of the connection sees them but cannot change them (the page's fields are disabled, and the service
+    refuses); every change is in the audit chain with before and after."""
+    from guardian.shortcuts import assign_perm
+
+    from apps.connectors.services import connection_update
+    from apps.core.exceptions import ValidationFailed
+
+    connection = make_connection(
+        team, config={"base_url": f"{api.url}/api/", "auth": "bearer"}, secrets={"token": SECRET}
+    )
+    admin = _client(admin_user_role)
+    form = _form(api, team, secret_token="", allowed_hosts="127.0.0.1/32\nerp.example.com", allowed_ports="8443, 9443")
+    assert admin.post("/connections/erp/", form).status_code == 302
+    connection.refresh_from_db()
+    assert connection.allowed_hosts == ["erp.example.com", "127.0.0.1/32"] and connection.allowed_ports == [8443, 9443]
+    event = AuditEvent.objects.filter(verb="connection.changed", target_id=str(connection.pk)).latest("id")
+    assert json.loads(event.data)["fields"]["allowlists"] == {
+        "before": {"hosts": [], "ports": []},
+        "after": {"hosts": ["erp.example.com", "127.0.0.1/32"], "ports": [8443, 9443]},
+    }
+    bad = admin.post("/connections/erp/", {**form, "allowed_hosts": "not a host!", "allowed_ports": "http"})
+    assert bad.status_code == 400
+    assert "is neither a host name" in bad.content.decode() and "is not a port number" in bad.content.decode()
+
+    assign_perm("connectors.manage_connection", analyst, connection)
+    manager = _client(analyst)
+    page = manager.get("/connections/erp/").content.decode()
+    tags = re.findall(r"<(?:textarea|input)[^>]*name=\"allowed_(?:hosts|ports)\"[^>]*>", page)
+    assert len(tags) == 2 and all("disabled" in tag for tag in tags), tags
+    assert manager.post("/connections/erp/", {**form, "allowed_hosts": "", "allowed_ports": ""}).status_code == 302
+    connection.refresh_from_db()
+    assert connection.allowed_hosts == ["erp.example.com", "127.0.0.1/32"]  # the disabled fields kept the values
+    with pytest.raises(ValidationFailed) as refused:
+        connection_update(actor=analyst, connection=connection, allowed_hosts=[], allowed_ports=[])
+    assert "Only admins" in refused.value.fields["allowed_hosts"][0]

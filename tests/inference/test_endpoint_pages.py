@@ -97,6 +97,50 @@ def test_changing_an_endpoint_keeps_the_token_unless_replaced_and_audits_the_cha
 
 
 @pytest.mark.django_db
+def test_a_stored_token_never_follows_the_url_to_another_server(admin_client, admin_user_role):
+    """Review M8: re-pointing an endpoint at another scheme, host or port with the token field blank does not
+    send the stored token there. The form asks for the token again; the service clears it for any other caller;
+    both are audited; a change within the same origin keeps it."""
+    from apps.inference.services import endpoint_save
+    from tests.connectors.servers import ApiServer
+
+    admin_client.post("/models/endpoints/new/", form_data())
+    endpoint = ModelEndpoint.objects.get(name="gpu-small")
+    assert endpoint.token == SECRET
+    with ApiServer() as collector:
+        refused = admin_client.post(f"/models/endpoints/{endpoint.pk}/", form_data(token="", url=collector.url))
+        assert refused.status_code == 400
+        assert "Enter the token again" in refused.content.decode()
+        endpoint.refresh_from_db()
+        assert endpoint.url == settings.AIOS_INFERENCE_URL and endpoint.token == SECRET
+        assert collector.requests == []  # nothing was sent to the new server
+        # Removing the token moves the endpoint; the probe goes out without the old token.
+        moved = admin_client.post(
+            f"/models/endpoints/{endpoint.pk}/", form_data(token="", remove_token="on", url=collector.url)
+        )
+        assert moved.status_code == 302
+        endpoint.refresh_from_db()
+        assert endpoint.url == collector.url and not endpoint.has_token
+        assert collector.requests and all("authorization" not in r.headers for r in collector.requests)
+
+    # The service, for callers without the form: a new origin and no new token clears the stored one.
+    endpoint.token, endpoint.url = SECRET, settings.AIOS_INFERENCE_URL
+    endpoint.save()
+    endpoint.url = settings.AIOS_INFERENCE_URL.rstrip("/") + "/v1"  # same scheme, host and port
+    endpoint_save(actor=admin_user_role, endpoint=endpoint)
+    endpoint.refresh_from_db()
+    assert endpoint.token == SECRET
+    endpoint.url = "https://collector.example"
+    endpoint_save(actor=admin_user_role, endpoint=endpoint)
+    endpoint.refresh_from_db()
+    assert endpoint.token == "" and not endpoint.has_token
+    cleared = AuditEvent.objects.filter(verb="model_endpoint.changed", target_id=str(endpoint.pk)).last()
+    fields = json.loads(cleared.data)["fields"]
+    assert fields["token_cleared"] == "the URL's origin changed" and fields["has_token"] is False
+    assert SECRET not in cleared.data
+
+
+@pytest.mark.django_db
 def test_bad_input_is_refused_field_by_field_and_saves_nothing(admin_client):
     response = admin_client.post(
         "/models/endpoints/new/",

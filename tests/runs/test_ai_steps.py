@@ -401,6 +401,31 @@ def test_what_if_refuses_invalid_overrides_with_field_errors(endpoint, analyst, 
         run_restart(run=original, step_key="extract", actor=analyst, overrides={"nope": {"prompt": "x"}})
 
 
+@pytest.mark.django_db
+def test_what_if_refuses_an_over_long_prompt_and_a_loop_bomb_fails_its_step_readably(endpoint, analyst, team):
+    """Review M2: a what-if prompt is bounded in length, and a prompt that loops 10**10 times fails its step
+    with the budget it passed instead of holding a worker."""
+    from apps.steps.llm import MAX_PROMPT_TEMPLATE_LENGTH
+
+    steps = [{"key": "note", "type": "llm.generate", "config": {"prompt": "Summarise {{ input.text }}"}}]
+    workflow = publish(analyst, team, steps)
+    original = run_to_end(analyst, workflow, "the claim")
+    with pytest.raises(ValidationFailed) as refused:
+        run_restart(
+            run=original,
+            step_key="note",
+            actor=analyst,
+            overrides={"note": {"prompt": "x" * (MAX_PROMPT_TEMPLATE_LENGTH + 1)}},
+        )
+    assert "at most 20000 characters" in str(refused.value.extra["fields"]["note"])
+    with pytest.raises(ValidationFailed):
+        run_restart(run=original, step_key="note", actor=analyst, overrides={"note": {"system": "y" * 20001}})
+    bomb = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    what_if = drive(run_restart(run=original, step_key="note", actor=analyst, overrides={"note": {"prompt": bomb}}))
+    assert what_if.status == Run.Status.FAILED
+    assert "loops ran more than 1,000,000 times" in what_if.step_runs.get(step_key="note").error
+
+
 # --- the API mirrors the pages ---------------------------------------------------------------------------
 
 

@@ -182,13 +182,19 @@ def test_template_render_is_strict_about_undefined_names():
         "{{ ''.__class__.__mro__ }}",
         "{{ ''.__class__.__base__.__subclasses__() }}",
         "{{ cycler.__init__.__globals__ }}",
-        "{{ lipsum.__globals__ }}",
+        "{{ joiner.__call__.__globals__ }}",
         "{{ input.__class__ }}",
     ],
 )
 def test_template_sandbox_refuses_python_internals(template):
     with pytest.raises(ExpressionError, match="unsafe"):
         template_render(template, {"input": {}})
+
+
+def test_lipsum_is_gone_from_templates():
+    # It built text as large as its arguments asked in one call, and no business template needs it.
+    with pytest.raises(ExpressionError, match="'lipsum' is undefined"):
+        template_render("{{ lipsum.__globals__ }}", {"input": {}})
 
 
 def test_template_sandbox_is_immutable():
@@ -199,8 +205,12 @@ def test_template_sandbox_is_immutable():
 
 
 def test_template_output_is_bounded():
-    with pytest.raises(ExpressionError, match="longer than 200000 characters"):
+    # One value that large is refused before it is built; output assembled from smaller pieces is refused as
+    # soon as the running length passes the bound.
+    with pytest.raises(ExpressionError, match="would build a value of 200,001 characters"):
         template_render("{{ 'x' * 200001 }}", {})
+    with pytest.raises(ExpressionError, match="longer than 200000 characters"):
+        template_render("{% for i in range(3) %}{{ 'x' * 100000 }}{% endfor %}", {})
 
 
 # --- data.transform --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ empty required parameters.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from django.conf import settings
@@ -35,6 +36,23 @@ from apps.core import http
 from apps.steps.base import StepConfig, StepContext, StepError, StepOutcome, StepType, Uses
 from apps.steps.expressions import ExpressionError, template_check, template_render
 from apps.steps.registry import register
+
+# The scheme and authority (user, host, port) at the start of an absolute URL template.
+_URL_ORIGIN = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*")
+TEMPLATED_ORIGIN_PROBLEM = (
+    "url: the scheme and host cannot come from a template (run data could send the request, and its headers, "
+    "anywhere); write them out, or use a connection"
+)
+
+
+def url_origin_templated(template: str) -> bool:
+    """Whether a URL template lets data choose where the request goes: a template in its scheme, host or port,
+    or a template that starts the URL (review L8). Paths and queries may be templated."""
+    text = template.strip()
+    if text.startswith(("{{", "{%", "{#")):
+        return True
+    origin = _URL_ORIGIN.match(text)
+    return bool(origin and "{" in origin.group(0))
 
 
 class HttpRequestConfig(StepConfig):
@@ -128,6 +146,8 @@ class HttpRequest(StepType):
         if not config.operation:
             if not config.url.strip():
                 problems.append("url: give the URL, or choose an operation of the connection's OpenAPI document")
+            if not config.connection and url_origin_templated(config.url):
+                problems.append(TEMPLATED_ORIGIN_PROBLEM)
             if config.parameters or config.body_fields:
                 problems.append("operation: parameters and body fields need an operation; choose one")
             return problems
@@ -174,6 +194,9 @@ class HttpRequest(StepType):
         return {"status": 200, "body": None, "simulated": True, "request": request}
 
     def execute(self, config: HttpRequestConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
+        if not config.connection and not config.operation and url_origin_templated(config.url):
+            # Publishing refuses it (check_config); a graph published before that is refused here.
+            raise StepError(f'Step "{context.step_key}": {TEMPLATED_ORIGIN_PROBLEM}; nothing was sent.')
         variables = context.expression_variables()
         method: str = config.method
         try:
@@ -282,7 +305,14 @@ class HttpRequest(StepType):
             # Whatever the graph set, the connection's authentication wins (names compared case-insensitively).
             sent = http.merge_headers(sent, auth)
         try:
-            response = http.request(method, url, headers=sent, body=body.encode() if body else None, timeout=timeout)
+            response = http.request(
+                method,
+                url,
+                headers=sent,
+                body=body.encode() if body else None,
+                timeout=timeout,
+                destinations=resolved.destinations if resolved is not None else None,
+            )
         except http.OutboundError as error:
             message = f'Step "{context.step_key}": {error}'
             if resolved is not None:

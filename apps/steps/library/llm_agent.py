@@ -168,8 +168,8 @@ class AgentLoop:
 
     async def run(self) -> StepOutcome:
         config, history = self.config, self.history
-        system = self.session.render(config.system)
-        goal = self.session.render(config.prompt)
+        system = await self.session.arender(config.system)
+        goal = await self.session.arender(config.prompt)
         protocol = self._protocol()
         while True:
             turn = len(history.all_turns) + 1

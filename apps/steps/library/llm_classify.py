@@ -105,8 +105,8 @@ class LlmClassify(StepType):
     async def aexecute(self, config: LlmClassifyConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         session = LlmSession(config, context, template_extra=("\x1f".join(config.labels), config.method))
         labels_text = ", ".join(config.labels)
-        prompt = session.render(config.prompt) + f"\n\nAnswer with exactly one of: {labels_text}."
-        system = session.render(config.system)
+        prompt = await session.arender(config.prompt) + f"\n\nAnswer with exactly one of: {labels_text}."
+        system = await session.arender(config.system)
         label, confidence, scores, method = await self._classify(session, config, prompt, system, large=False)
         routing = config.routing
         escalated = False

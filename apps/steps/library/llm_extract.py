@@ -6,6 +6,7 @@ value stands, so a reviewer can check a proposal against the text instead of re-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -369,14 +370,14 @@ class LlmExtract(StepType):
 
     async def aexecute(self, config: LlmExtractConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         session = LlmSession(config, context, template_extra=(json.dumps(config.json_schema, sort_keys=True),))
-        prompt = session.render(config.prompt) + (
+        prompt = await session.arender(config.prompt) + (
             "\n\nReply with only a JSON object that fits this JSON Schema:\n"
             + json.dumps(config.json_schema, sort_keys=True)
         )
-        system = session.render(config.system)
+        system = await session.arender(config.system)
         # Rendered after the prompt, so the placeholders the model sees are numbered as they always were, and
         # before any call, so a broken source costs no tokens.
-        source = self._render_source(session, config, context)
+        source = await asyncio.to_thread(self._render_source, session, config, context)
         schema = config.json_schema if config.constrained else None
         call = await session.acall(session.request(prompt, system, json_schema=schema, logprobs=True))
         data, problems = json_reply_errors(call.result.text, config.json_schema)

@@ -91,7 +91,7 @@ class LlmGenerate(StepType):
 
     async def aexecute(self, config: LlmGenerateConfig, context: StepContext) -> StepOutcome:  # type: ignore[override]
         session = LlmSession(config, context)
-        prompt, system = session.render(config.prompt), session.render(config.system)
+        prompt, system = await session.arender(config.prompt), await session.arender(config.system)
         schema = config.json_schema if config.output == "json" else None
         call = await session.acall(session.request(prompt, system, json_schema=schema))
         output: dict[str, Any] = {"text": session.finish_text(call.result.text)}
