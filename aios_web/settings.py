@@ -63,7 +63,7 @@ DATABASE_URL = env_url(
 )
 DATABASE_OWNER_URL = env_url(
     "DATABASE_OWNER_URL",
-    DATABASE_URL if os.environ.get("DATABASE_URL") else f"postgres://postgres@127.0.0.1:{AIOS_PG_PORT}/aios",
+    DATABASE_URL if os.environ.get("DATABASE_URL") else f"postgres://aios_owner@127.0.0.1:{AIOS_PG_PORT}/aios",
     schemes=("postgres", "postgresql"),
 )
 # Which of the two this process connects as. manage.py picks "owner" for `migrate`, and the test settings for
