@@ -323,8 +323,12 @@ class EmbeddedPostgres:
                     f"{self.pgdata} holds PostgreSQL {found} data, but this stack runs PostgreSQL {self.version}. "
                     "Run `make clean-data` (deletes all local data) or set DATABASE_URL."
                 )
-            if self.owner is not None and self.pgdata.stat().st_uid != self.owner.pw_uid:
-                self._chown_to_owner(self.pgdata, recursive=True)
+            if self.owner is not None:
+                if self.pgdata.stat().st_uid != self.owner.pw_uid:
+                    self._chown_to_owner(self.pgdata, recursive=True)
+                # A data directory moved or restored here: the system user must reach it before single-user mode
+                # (_secure_cluster) runs, which is before the socket directory's prefix is opened.
+                self.utils.ensure_prefix_permissions(self.pgdata)
             return False
         if self.pgdata.exists():
             self.console.say(f"{self.pgdata} has no PG_VERSION (an earlier initdb was interrupted): recreating it.")
