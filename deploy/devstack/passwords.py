@@ -25,6 +25,9 @@ def secrets_dir(data_dir: Path) -> Path:
     """`<data dir>/secrets`, made 0700 if missing."""
     directory = data_dir / SECRETS_DIR
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # As root the launcher opens the data directory's prefix to the PostgreSQL system user (o+rx): this one
+    # stays closed whatever made it.
+    directory.chmod(0o700)
     return directory
 
 
