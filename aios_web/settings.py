@@ -63,7 +63,7 @@ DATABASE_URL = env_url(
 )
 DATABASE_OWNER_URL = env_url(
     "DATABASE_OWNER_URL",
-    DATABASE_URL if os.environ.get("DATABASE_URL") else f"postgres://postgres@127.0.0.1:{AIOS_PG_PORT}/aios",
+    DATABASE_URL if os.environ.get("DATABASE_URL") else f"postgres://aios_owner@127.0.0.1:{AIOS_PG_PORT}/aios",
     schemes=("postgres", "postgresql"),
 )
 # Which of the two this process connects as. manage.py picks "owner" for `migrate`, and the test settings for
@@ -510,6 +510,10 @@ AIOS_TASK_TIME_LIMIT_SECONDS = env_int("AIOS_TASK_TIME_LIMIT_SECONDS", 3600, min
 # The sweeper: how often it runs, when it relays outbox rows and re-sends queued steps, and how many times
 # it takes a step back from a dead worker before opening an incident.
 AIOS_SWEEP_INTERVAL_SECONDS = env_float("AIOS_SWEEP_INTERVAL_SECONDS", 2.0, minimum=0.2)
+# Beat's single-instance rule (workers/beat.py): a beat sends the schedule only while it holds a lease in Redis of
+# this length, renewed every third of it; when its holder dies, a standing-by beat takes over within about
+# 1.3 times this.
+AIOS_BEAT_LEASE_SECONDS = env_float("AIOS_BEAT_LEASE_SECONDS", 10.0, minimum=1.0)
 AIOS_OUTBOX_RELAY_AFTER_SECONDS = env_float("AIOS_OUTBOX_RELAY_AFTER_SECONDS", 2.0, minimum=0.0)
 AIOS_REQUEUE_AFTER_SECONDS = env_float("AIOS_REQUEUE_AFTER_SECONDS", 60.0, minimum=1.0)
 AIOS_STEP_RESTART_CAP = env_int("AIOS_STEP_RESTART_CAP", 3, minimum=0)

@@ -21,6 +21,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aios_web.settings")
 app = Celery("aios")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue(name) for name in ("engine", "inference", "connectors", "default")]
+# One beat sends the schedule however many run (workers/beat.py): the others stand by and take over.
+app.conf.beat_scheduler = "workers.beat:SingleBeatScheduler"
 # Step tasks are sent to the queue their step type names (see apps.steps.base.StepType.queue).
 # The sweeper goes to "default", not behind a backlog of steps on "engine": it is what repairs that backlog.
 app.conf.task_routes = {

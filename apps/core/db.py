@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.postgres.operations import CreateExtension
 from django.db import router
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.operations.base import Operation
@@ -171,3 +172,36 @@ class AppendOnly(Operation):
 def append_only(table: str) -> AppendOnly:
     """A migration operation making `table` append-only (see `AppendOnly`)."""
     return AppendOnly(table)
+
+
+class SuperuserExtension(CreateExtension):
+    """CREATE EXTENSION for an extension only a superuser may create, such as `vector` (pgvector does not mark
+    itself trusted): a no-op where it is installed already, and a clear refusal naming the statement to run where
+    it is not and the migrating role is no superuser.
+
+    Migrations run as the owner role, which is no superuser (deploy/README.md, "Database roles"), so the extension
+    is created beforehand by whoever administers the server: the embedded stack's launcher does it as the
+    cluster's superuser, in `aios` and in template1 (so test databases have it too); managed services let their
+    admin role run CREATE EXTENSION vector.
+    """
+
+    def database_forwards(
+        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: Any, to_state: Any
+    ) -> None:
+        connection = schema_editor.connection
+        if connection.vendor == "postgresql" and router.allow_migrate(connection.alias, app_label):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = %s), current_database(), current_user, "
+                    "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+                    [self.name],
+                )
+                installed, database, role, superuser = cursor.fetchone()
+            if not installed and not superuser:
+                raise RuntimeError(
+                    f'The "{self.name}" extension is not installed in the database "{database}", and "{role}", '
+                    f"the role running migrations, may not create it (only a superuser may). As a superuser, run "
+                    f'CREATE EXTENSION IF NOT EXISTS {self.name}; in "{database}" (and in template1 if test '
+                    'databases are made from it), then migrate again. See deploy/README.md, "Database roles".'
+                )
+        super().database_forwards(app_label, schema_editor, from_state, to_state)

@@ -13,10 +13,13 @@ from .erp import ERP_DATABASE, ERP_READER_PASSWORD, ERP_READER_ROLE
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 DATABASE_NAME = "aios"
-# The two roles of the embedded PostgreSQL (deploy/README.md, "Database roles"): migrations run as the cluster's
-# superuser, which owns every table; every product process connects as the application role, which owns nothing
-# and so cannot switch the audit tables' append-only triggers off. Both use trust on loopback.
-DATABASE_OWNER = "postgres"
+# The roles of the embedded PostgreSQL (deploy/README.md, "Database roles"). The cluster's superuser is the
+# launcher's alone (it creates the roles, the databases and the `vector` extension, which needs it); migrations run
+# as the owner, which owns the database and every table but is no superuser; every product process connects as the
+# application role, which owns nothing and so cannot switch the audit tables' append-only triggers off. Each has a
+# generated password (deploy/devstack/passwords.py); the server asks for it on every connection (scram-sha-256).
+DATABASE_SUPERUSER = "postgres"
+DATABASE_OWNER = "aios_owner"
 DATABASE_APPLICATION_ROLE = "aios_app"
 # Every child carries this variable (value: the stack's data directory). A launcher that was SIGKILLed may leave
 # children behind if the kernel's parent-death signal did not stop them (a stopped or slow-to-exit process); the
@@ -214,6 +217,24 @@ def build_config(mode: str) -> StackConfig:
     return config
 
 
+def service_urls(config: StackConfig) -> dict[str, str]:
+    """DATABASE_URL, DATABASE_OWNER_URL and REDIS_URL of the embedded services this mode starts, passwords included
+    (generated on first use), so every child and every printed `export` line reaches them as they are secured."""
+    # Imported here: passwords.py raises this module's DevstackError, so it imports this module.
+    from .passwords import ensure_password
+
+    urls = {}
+    if config.postgres_port is not None:
+        server = f"{LOOPBACK}:{config.postgres_port}/{DATABASE_NAME}"
+        for variable, role in (("DATABASE_URL", DATABASE_APPLICATION_ROLE), ("DATABASE_OWNER_URL", DATABASE_OWNER)):
+            password = ensure_password(config.data_dir, f"postgres-{role}")
+            urls[variable] = f"postgres://{role}:{password}@{server}"
+    if config.redis_port is not None:
+        password = ensure_password(config.data_dir, "redis")
+        urls["REDIS_URL"] = f"redis://:{password}@{LOOPBACK}:{config.redis_port}/0"
+    return urls
+
+
 def child_environment(config: StackConfig) -> dict[str, str]:
     """The environment every child starts from: ours (with `.env` applied) plus the service URLs of this stack."""
     env = dict(os.environ)
@@ -225,12 +246,7 @@ def child_environment(config: StackConfig) -> dict[str, str]:
     for name in ("NO_PROXY", "no_proxy"):
         parts = [part for part in env.get(name, "").split(",") if part]
         env[name] = ",".join(parts + [host for host in ("127.0.0.1", "localhost", "::1") if host not in parts])
-    if config.postgres_port is not None:
-        server = f"{LOOPBACK}:{config.postgres_port}/{DATABASE_NAME}"
-        env["DATABASE_URL"] = f"postgres://{DATABASE_APPLICATION_ROLE}@{server}"
-        env["DATABASE_OWNER_URL"] = f"postgres://{DATABASE_OWNER}@{server}"
-    if config.redis_port is not None:
-        env["REDIS_URL"] = f"redis://{LOOPBACK}:{config.redis_port}/0"
+    env.update(service_urls(config))
     if config.inference_port is not None:
         env["AIOS_INFERENCE_URL"] = f"http://{LOOPBACK}:{config.inference_port}"
     if config.smtp_port is not None:

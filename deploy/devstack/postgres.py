@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from .config import (
     DATABASE_APPLICATION_ROLE,
     DATABASE_NAME,
     DATABASE_OWNER,
+    DATABASE_SUPERUSER,
     LOOPBACK,
     POSTGRES_READY_SECONDS,
     STOP_TIMEOUT_SECONDS,
@@ -36,6 +37,7 @@ from .config import (
 )
 from .console import Console
 from .erp import ERP_DATABASE, ERP_READER_PASSWORD, ERP_READER_ROLE, ERP_SCHEMA_SQL, erp_grants_sql
+from .passwords import ensure_password
 from .processes import ManagedProcess
 
 if TYPE_CHECKING:
@@ -43,6 +45,17 @@ if TYPE_CHECKING:
 
 # PostgreSQL refuses to run as root, so as root its processes run as this system user.
 POSTGRES_SYSTEM_USER = "aios-postgres"
+
+# Every connection, over TCP or the private socket, gives its role's password. The server listens on 127.0.0.1
+# only (`command`), but every account on the machine shares loopback. Rewritten at every start, so a cluster made
+# by an older launcher with `trust` is upgraded in place (`EmbeddedPostgres._secure_cluster`).
+HBA_CONF = """\
+# Written by the AIOS launcher (deploy/devstack/postgres.py) at every start; edits are overwritten.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 scram-sha-256
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+"""
 
 
 def pgserver_utils() -> Any:
@@ -116,10 +129,18 @@ def run_as_options(owner: pwd.struct_passwd | None) -> dict[str, Any]:
     return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
 
 
-def initdb_options(directory: Path, *, sync: bool = True) -> list[str]:
-    """initdb's options for a cluster in `directory`: trust authentication (the server listens on loopback
-    only), superuser `postgres`, UTF-8."""
-    options = ["-D", str(directory), "--auth=trust", "-U", "postgres", "--encoding=utf8"]
+def initdb_options(directory: Path, *, sync: bool = True, password_file: Path | None = None) -> list[str]:
+    """initdb's options for a cluster in `directory`: superuser `postgres`, UTF-8, and scram-sha-256 with the
+    superuser's password read from `password_file`.
+
+    Without `password_file` the cluster trusts every local connection: only for the fault tests' throwaway
+    clusters (tests/faults/private_pg.py), on a free port for one test and deleted after it.
+    """
+    options = ["-D", str(directory), "-U", DATABASE_SUPERUSER, "--encoding=utf8"]
+    if password_file is None:
+        options.append("--auth=trust")
+    else:
+        options += ["--auth=scram-sha-256", f"--pwfile={password_file}"]
     # C collation: the same sort order on every machine, and no dependency on installed locales.
     options.append("--no-locale")
     if not sync:
@@ -132,12 +153,87 @@ def server_env(base: Mapping[str, str]) -> dict[str, str]:
     return {**base, "LC_ALL": "C", "LANG": "C"}
 
 
-def client_env() -> dict[str, str]:
-    """Environment for psql, pg_isready and friends: ours without the PG* variables."""
+def client_env(password: str | None = None) -> dict[str, str]:
+    """Environment for psql, pg_isready and friends: ours without the PG* variables, plus PGPASSWORD when given
+    (in the environment, not on a command line that `ps` shows to every account)."""
     # libpq reads PG* variables (PGSSLMODE=require, PGSERVICE, ...) that describe some other server; drop them.
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
     env["PGCONNECT_TIMEOUT"] = "5"
+    if password is not None:
+        env["PGPASSWORD"] = password
     return env
+
+
+def roles_sql(*, owner_password: str, application_password: str, owner_creates_roles: bool) -> str:
+    """The launcher's setup of the product's roles and database, as the superuser, run at every start (idempotent):
+    the owner and the application role with their current passwords and no elevated attribute, `vector` in
+    template1 (so databases the owner creates, such as pytest's, have it without a superuser) and in `aios`, and
+    an `aios` database owned by the owner. A database that an older launcher made as `postgres` is handed over.
+
+    The owner may create databases (pytest's test database, the benchmarks' own) and signal the backends of
+    non-superusers (DROP DATABASE ... WITH (FORCE) on them); in the test stack it may also create roles (the ERP
+    fixtures' login roles), which since PostgreSQL 16 lets it manage only the roles it created.
+    """
+    owner, application, database = DATABASE_OWNER, DATABASE_APPLICATION_ROLE, DATABASE_NAME
+    create_roles = "CREATEROLE" if owner_creates_roles else "NOCREATEROLE"
+    # Old clusters ran migrations as `postgres`: its default privileges gave new tables to the application role.
+    # The owner runs them from now on, so it gets the same default privileges (apps/core/db.py).
+    from apps.core.db import SEQUENCE_PRIVILEGES, TABLE_PRIVILEGES
+
+    return f"""
+\\set ON_ERROR_STOP on
+SET client_min_messages = warning;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{owner}') THEN CREATE ROLE {owner}; END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{application}') THEN CREATE ROLE {application}; END IF;
+END $$;
+ALTER ROLE {owner} WITH LOGIN NOSUPERUSER CREATEDB {create_roles} NOREPLICATION NOBYPASSRLS
+    PASSWORD '{owner_password}';
+ALTER ROLE {application} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+    PASSWORD '{application_password}';
+GRANT pg_signal_backend TO {owner};
+\\connect template1
+CREATE EXTENSION IF NOT EXISTS vector;
+SELECT format('CREATE DATABASE %I OWNER %I', '{database}', '{owner}')
+    WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{database}') \\gexec
+\\connect {database}
+CREATE EXTENSION IF NOT EXISTS vector;
+DO $$
+DECLARE
+    item record;
+BEGIN
+    IF (SELECT datdba FROM pg_database WHERE datname = current_database()) <> '{DATABASE_SUPERUSER}'::regrole THEN
+        RETURN;
+    END IF;
+    RAISE WARNING 'handing the {database} database made by an older launcher over to {owner}';
+    FOR item IN SELECT datname FROM pg_database
+            WHERE datdba = '{DATABASE_SUPERUSER}'::regrole
+            AND datname NOT IN ('postgres', 'template0', 'template1', '{ERP_DATABASE}') LOOP
+        EXECUTE format('ALTER DATABASE %I OWNER TO {owner}', item.datname);
+    END LOOP;
+    -- Tables, views and foreign tables carry their indexes and their columns' sequences with them.
+    FOR item IN SELECT c.oid::regclass AS name FROM pg_class c
+            WHERE c.relnamespace = 'public'::regnamespace AND c.relowner = '{DATABASE_SUPERUSER}'::regrole
+            AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e') LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO {owner}', item.name);
+    END LOOP;
+    FOR item IN SELECT c.oid::regclass AS name FROM pg_class c
+            WHERE c.relnamespace = 'public'::regnamespace AND c.relowner = '{DATABASE_SUPERUSER}'::regrole
+            AND c.relkind = 'S'
+            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('e', 'a', 'i')) LOOP
+        EXECUTE format('ALTER SEQUENCE %s OWNER TO {owner}', item.name);
+    END LOOP;
+    FOR item IN SELECT p.oid::regprocedure AS name FROM pg_proc p
+            WHERE p.pronamespace = 'public'::regnamespace AND p.proowner = '{DATABASE_SUPERUSER}'::regrole
+            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') LOOP
+        EXECUTE format('ALTER ROUTINE %s OWNER TO {owner}', item.name);
+    END LOOP;
+    ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT {TABLE_PRIVILEGES} ON TABLES TO {application};
+    ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public
+        GRANT {SEQUENCE_PRIVILEGES} ON SEQUENCES TO {application};
+END $$;
+"""
 
 
 class EmbeddedPostgres:
@@ -158,6 +254,8 @@ class EmbeddedPostgres:
         self.partial = config.data_dir / "postgres.initdb-partial"
         self.socket_dir = self._choose_socket_dir()
         self.owner: pwd.struct_passwd | None = None
+        # The superuser's password is the launcher's alone: no child gets it (config.service_urls).
+        self.superuser_password = ensure_password(config.data_dir, f"postgres-{DATABASE_SUPERUSER}")
 
     def _choose_socket_dir(self) -> Path:
         # A Unix socket path is limited to 107 bytes; a deep checkout would overflow it, so fall back to /tmp
@@ -201,7 +299,8 @@ class EmbeddedPostgres:
     def prepare(self, supervisor: Supervisor, env: Mapping[str, str]) -> None:
         """Make the cluster ready to start: the system user (as root), initdb on first start, a clean socket dir."""
         self.owner = postgres_owner(self.binaries)
-        self._ensure_initialised(supervisor, env)
+        fresh = self._ensure_initialised(supervisor, env)
+        self._secure_cluster(env, fresh=fresh)
         self._prepare_socket_dir()
 
     def _chown_to_owner(self, path: Path, *, recursive: bool) -> None:
@@ -214,7 +313,8 @@ class EmbeddedPostgres:
                 for entry in dirs + files:
                     os.chown(os.path.join(root, entry), uid, gid, follow_symlinks=False)
 
-    def _ensure_initialised(self, supervisor: Supervisor, env: Mapping[str, str]) -> None:
+    def _ensure_initialised(self, supervisor: Supervisor, env: Mapping[str, str]) -> bool:
+        """initdb unless the cluster exists; True when it was made now."""
         version_file = self.pgdata / "PG_VERSION"
         if version_file.is_file():
             found = version_file.read_text().strip()
@@ -223,9 +323,13 @@ class EmbeddedPostgres:
                     f"{self.pgdata} holds PostgreSQL {found} data, but this stack runs PostgreSQL {self.version}. "
                     "Run `make clean-data` (deletes all local data) or set DATABASE_URL."
                 )
-            if self.owner is not None and self.pgdata.stat().st_uid != self.owner.pw_uid:
-                self._chown_to_owner(self.pgdata, recursive=True)
-            return
+            if self.owner is not None:
+                if self.pgdata.stat().st_uid != self.owner.pw_uid:
+                    self._chown_to_owner(self.pgdata, recursive=True)
+                # A data directory moved or restored here: the system user must reach it before single-user mode
+                # (_secure_cluster) runs, which is before the socket directory's prefix is opened.
+                self.utils.ensure_prefix_permissions(self.pgdata)
+            return False
         if self.pgdata.exists():
             self.console.say(f"{self.pgdata} has no PG_VERSION (an earlier initdb was interrupted): recreating it.")
             shutil.rmtree(self.pgdata)
@@ -237,15 +341,77 @@ class EmbeddedPostgres:
         if self.owner is not None:
             self._chown_to_owner(self.partial, recursive=False)
             self.utils.ensure_prefix_permissions(self.partial)
-        supervisor.run_once(
-            "initdb",
-            [self.binaries.tool("initdb"), *initdb_options(self.partial)],
-            env=server_env(env),
-            cwd=self.config.data_dir,
-            run_as=self.owner,
-            echo=False,
-        )
+        with self._password_file_for_initdb() as password_file:
+            supervisor.run_once(
+                "initdb",
+                [self.binaries.tool("initdb"), *initdb_options(self.partial, password_file=password_file)],
+                env=server_env(env),
+                cwd=self.config.data_dir,
+                run_as=self.owner,
+                echo=False,
+            )
         self.partial.rename(self.pgdata)
+        return True
+
+    @contextlib.contextmanager
+    def _password_file_for_initdb(self) -> Iterator[Path]:
+        """The superuser's password in a file initdb can read (it runs as the PostgreSQL system user under root,
+        and the kept file is root's), mode 0600 from its creation, deleted as soon as initdb is done."""
+        scratch = Path(tempfile.mkdtemp(prefix="aios-initdb-"))
+        try:
+            path = scratch / "password"
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+                handle.write(self.superuser_password + "\n")
+            if self.owner is not None:
+                os.chown(scratch, self.owner.pw_uid, self.owner.pw_gid)
+                os.chown(path, self.owner.pw_uid, self.owner.pw_gid)
+            yield path
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _secure_cluster(self, env: Mapping[str, str], *, fresh: bool) -> None:
+        """Make sure the server asks every connection for a password before it starts.
+
+        A cluster made now already does (initdb --auth=scram-sha-256 with the kept password); its pg_hba.conf is
+        replaced by ours only to keep one form. Any other cluster whose pg_hba.conf is not ours (one made by an
+        older launcher, which trusted loopback and whose superuser has no password) first gets the kept password
+        in single-user mode (no server runs, nothing can connect meanwhile). Interrupted in between, the next
+        start finds the old pg_hba.conf and does both again.
+        """
+        hba = self.pgdata / "pg_hba.conf"
+        if hba.is_file() and hba.read_text() == HBA_CONF:
+            return
+        if not fresh:
+            self.console.say(f"Securing {self.pgdata} (made with trust authentication): setting passwords.")
+            statement = f"ALTER ROLE {DATABASE_SUPERUSER} WITH PASSWORD '{self.superuser_password}';\n"
+            argv = [self.binaries.tool("postgres"), "--single", "-D", str(self.pgdata)]
+            single = subprocess.run(
+                [*argv, "-c", "password_encryption=scram-sha-256", DATABASE_SUPERUSER],
+                input=statement,
+                env=server_env(env),
+                cwd=self.config.data_dir,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                **run_as_options(self.owner),
+            )
+            if single.returncode != 0 or "ERROR" in single.stdout + single.stderr:
+                said = (single.stderr or single.stdout).strip()
+                raise DevstackError(
+                    f"could not set the superuser's password in {self.pgdata}: {said} "
+                    "Run `make clean-data` (deletes all local data) to start afresh."
+                )
+        # Written as the PostgreSQL system user would (same owner, mode 0600), and replaced atomically.
+        scratch = hba.with_name("pg_hba.conf.aios-new")
+        scratch.unlink(missing_ok=True)
+        descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(HBA_CONF)
+        if self.owner is not None:
+            os.chown(scratch, self.owner.pw_uid, self.owner.pw_gid)
+        scratch.replace(hba)
 
     def _prepare_socket_dir(self) -> None:
         # Socket and socket-lock files of a killed server would make postgres refuse the socket (same pid-reuse
@@ -301,8 +467,7 @@ class EmbeddedPostgres:
         supervisor.wait_ready(
             process, self._accepts_connections, what=f"PostgreSQL on port {self.port}", timeout=POSTGRES_READY_SECONDS
         )
-        self._ensure_database()
-        self._ensure_application_role()
+        self._ensure_roles_and_database()
         return process
 
     def ensure_demo_erp(self) -> None:
@@ -325,35 +490,36 @@ class EmbeddedPostgres:
         if prepared.returncode != 0:
             raise DevstackError(f"could not prepare the demo ERP database: {prepared.stderr.strip()}")
 
-    def _client(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [self.binaries.tool(tool), "-h", LOOPBACK, "-p", str(self.port), "-U", DATABASE_OWNER, *args]
-        return subprocess.run(argv, env=client_env(), capture_output=True, text=True, timeout=30, check=False)
+    def _client(self, tool: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [self.binaries.tool(tool), "-h", LOOPBACK, "-p", str(self.port), "-U", DATABASE_SUPERUSER, *args]
+        return subprocess.run(
+            argv,
+            input=stdin,
+            env=client_env(self.superuser_password),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     def _accepts_connections(self) -> bool:
         return self._client("pg_isready", "-d", "postgres", "-q", "-t", "2").returncode == 0
 
-    def _ensure_database(self) -> None:
-        query = f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}'"
-        found = self._client("psql", "-X", "-d", "postgres", "-tAc", query)
-        if found.returncode != 0:
-            raise DevstackError(f"could not query PostgreSQL for the {DATABASE_NAME} database: {found.stderr.strip()}")
-        if found.stdout.strip() == "1":
-            return
-        created = self._client("createdb", DATABASE_NAME)
-        if created.returncode != 0:
-            raise DevstackError(f"could not create the {DATABASE_NAME} database: {created.stderr.strip()}")
-        self.console.say(f"Created the {DATABASE_NAME} database.")
-
-    def _ensure_application_role(self) -> None:
-        # A login role with no attribute and no privilege of its own: migrations (run as the owner) grant it
-        # what the product needs. Checked at every start, so a cluster made before the role existed gets it too.
-        role = DATABASE_APPLICATION_ROLE
-        found = self._client("psql", "-X", "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'")
-        if found.returncode != 0:
-            raise DevstackError(f"could not look up the {role} role: {found.stderr.strip()}")
-        if found.stdout.strip() == "1":
-            return
-        created = self._client("psql", "-X", "-d", "postgres", "-c", f"CREATE ROLE {role} LOGIN")
-        if created.returncode != 0:
-            raise DevstackError(f"could not create the {role} role: {created.stderr.strip()}")
-        self.console.say(f"Created the {role} role, which every process but migrate connects as.")
+    def _ensure_roles_and_database(self) -> None:
+        # One psql for the whole setup (each psql costs a process start), its script on stdin: it holds the
+        # roles' passwords, which a command line would show to every account on the machine.
+        script = roles_sql(
+            owner_password=ensure_password(self.config.data_dir, f"postgres-{DATABASE_OWNER}"),
+            application_password=ensure_password(self.config.data_dir, f"postgres-{DATABASE_APPLICATION_ROLE}"),
+            owner_creates_roles=self.config.is_test,
+        )
+        result = self._client("psql", "-X", "-q", "-d", "postgres", "-f", "-", stdin=script)
+        if result.returncode != 0:
+            raise DevstackError(
+                f"could not prepare the {DATABASE_OWNER} and {DATABASE_APPLICATION_ROLE} roles and the "
+                f"{DATABASE_NAME} database: {result.stderr.strip()}"
+            )
+        if "handing the" in result.stderr:
+            self.console.say(
+                f"Handed the {DATABASE_NAME} database made by an older launcher over to the {DATABASE_OWNER} role."
+            )

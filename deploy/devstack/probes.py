@@ -25,10 +25,14 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def redis_pong(port: int) -> bool:
-    """True if a Redis server on 127.0.0.1:`port` answers PING with PONG."""
+def redis_pong(port: int, password: str | None = None) -> bool:
+    """True if a Redis server on 127.0.0.1:`port` answers PING with PONG (after AUTH with `password` if given)."""
     try:
         with socket.create_connection((LOOPBACK, port), timeout=2) as conn:
+            if password is not None:
+                conn.sendall(b"AUTH " + password.encode() + b"\r\n")
+                if not conn.recv(64).startswith(b"+OK"):
+                    return False
             conn.sendall(b"PING\r\n")
             return conn.recv(64).startswith(b"+PONG")
     except OSError:

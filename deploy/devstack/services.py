@@ -4,6 +4,7 @@ SMTP server that keeps the mail the product sends."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from .config import (
     DevstackError,
     StackConfig,
 )
+from .passwords import ensure_password
 from .postgres import EmbeddedPostgres
 from .probes import check_ports, http_ok, redis_pong, smtp_greets
 from .supervisor import Supervisor
@@ -42,9 +44,13 @@ def redis_server_binary() -> str:
     )
 
 
-def redis_argv(binary: str, port: int, directory: Path, *, loglevel: str | None = None) -> list[str]:
-    """A memory-only redis-server on 127.0.0.1:`port`, in the foreground."""
-    argv = [binary, "--port", str(port), "--bind", LOOPBACK, "--dir", str(directory)]
+def redis_argv(
+    binary: str, port: int, directory: Path, *, loglevel: str | None = None, config_file: Path | None = None
+) -> list[str]:
+    """A memory-only redis-server on 127.0.0.1:`port`, in the foreground, reading `config_file` first if given
+    (where the stack keeps its password: an argument would show it to every account through `ps`)."""
+    argv = [binary] if config_file is None else [binary, str(config_file)]
+    argv += ["--port", str(port), "--bind", LOOPBACK, "--dir", str(directory)]
     # Redis is only a doorbell and a cache here (Postgres is the truth), so nothing is persisted.
     argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
     if loglevel is not None:
@@ -52,12 +58,30 @@ def redis_argv(binary: str, port: int, directory: Path, *, loglevel: str | None 
     return argv
 
 
+def write_redis_config(directory: Path, password: str) -> Path:
+    """`directory`/redis.conf asking every client for `password` (AUTH), mode 0600 from its creation, replaced
+    atomically at every start so it always holds the kept password."""
+    path = directory / "redis.conf"
+    scratch = directory / f".redis.conf.{os.getpid()}"
+    scratch.unlink(missing_ok=True)
+    descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write("# Written by the AIOS launcher (deploy/devstack/services.py) at every start.\n")
+        handle.write(f"requirepass {password}\n")
+    scratch.replace(path)
+    return path
+
+
 def start_redis(supervisor: Supervisor, config: StackConfig, port: int, binary: str, env: Mapping[str, str]) -> None:
-    """Start a memory-only Redis on 127.0.0.1:`port` and wait for PONG."""
+    """Start a memory-only Redis on 127.0.0.1:`port` that requires the stack's password, and wait for PONG."""
     redis_dir = config.data_dir / "redis"
-    redis_dir.mkdir(parents=True, exist_ok=True)
-    process = supervisor.spawn("redis", redis_argv(binary, port, redis_dir), env=env, echo=not config.is_test)
-    supervisor.wait_ready(process, lambda: redis_pong(port), what=f"Redis on port {port}", timeout=REDIS_READY_SECONDS)
+    redis_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    password = ensure_password(config.data_dir, "redis")
+    argv = redis_argv(binary, port, redis_dir, config_file=write_redis_config(redis_dir, password))
+    process = supervisor.spawn("redis", argv, env=env, echo=not config.is_test)
+    supervisor.wait_ready(
+        process, lambda: redis_pong(port, password), what=f"Redis on port {port}", timeout=REDIS_READY_SECONDS
+    )
 
 
 def check_inference_package() -> None:

@@ -220,7 +220,7 @@ def test_migrate_alone_connects_as_the_owner(monkeypatch):
     [
         # The embedded stack's defaults: two roles.
         ({}, "aios_app", "aios_app"),
-        ({"AIOS_DATABASE_ROLE": "owner"}, "postgres", "aios_app"),
+        ({"AIOS_DATABASE_ROLE": "owner"}, "aios_owner", "aios_app"),
         # One URL: one role for everything.
         ({"DATABASE_URL": "postgres://aios@db/aios", "AIOS_DATABASE_ROLE": "owner"}, "aios", "aios"),
         (

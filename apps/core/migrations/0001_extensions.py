@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from django.contrib.postgres.operations import CreateExtension
 from django.db import migrations
 
-from apps.core.db import REFUSE_FUNCTION_SQL
+from apps.core.db import REFUSE_FUNCTION_SQL, SuperuserExtension
 
 
 class Migration(migrations.Migration):
@@ -13,6 +12,7 @@ class Migration(migrations.Migration):
     dependencies: list[tuple[str, str]] = []
 
     operations = [
-        CreateExtension("vector"),
+        # Created by the server's administrator beforehand: migrations run as the owner, no superuser.
+        SuperuserExtension("vector"),
         migrations.RunSQL(REFUSE_FUNCTION_SQL, reverse_sql="DROP FUNCTION IF EXISTS aios_refuse_change();"),
     ]
