@@ -238,6 +238,9 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DJANGO_CONN_MAX_AGE", 60, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# libpq waits for the operating system's TCP timeout (minutes) by default: a database that does not answer is
+# reported after this many seconds instead (a `connect_timeout` in the URL's query wins).
+DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env_int("AIOS_DATABASE_CONNECT_TIMEOUT", 10, minimum=1))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {
@@ -308,13 +311,27 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from <body hx-headers>, not the cookie
+# --- Sessions (h2: lifetime and cookie names; the idle timeout is the accounts middleware's) ---------------------
+# A working day, not Django's two weeks: a stolen or forgotten session ends with it (security-review L5).
+SESSION_COOKIE_AGE = env_int("AIOS_SESSION_COOKIE_AGE_SECONDS", 8 * 3600, minimum=300)
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+# --- Production transport security --------------------------------------------------------------------------------
 if PRODUCTION:
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+    # __Host- cookies are refused by browsers unless Secure, Path=/ and without Domain: no subdomain and no plain
+    # HTTP page can set or overwrite them (cookie tossing).
+    SESSION_COOKIE_NAME = "__Host-sessionid"
+    CSRF_COOKIE_NAME = "__Host-csrftoken"
     SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000, minimum=0)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
+# Trust X-Forwarded-Proto only when the operator says a proxy that sets it (and strips a client's) is the only way
+# in: otherwise any client reaching the app directly could claim https and skip SECURE_SSL_REDIRECT (review L10).
+AIOS_TRUST_PROXY_SSL_HEADER = env_bool("AIOS_TRUST_PROXY_SSL_HEADER", False)
+if AIOS_TRUST_PROXY_SSL_HEADER:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 REST_FRAMEWORK = {
@@ -340,6 +357,9 @@ SPECTACULAR_SETTINGS = {
     # No badge from the public validator: it would leak the schema URL and break the CSP.
     "SWAGGER_UI_SETTINGS": {"validatorUrl": None},
     "COMPONENT_SPLIT_REQUEST": True,
+    # Choice sets whose field names ("mode", "status") other components also use: named here, so the schema's
+    # names are stable and `check --deploy` has no drf_spectacular warning (S9).
+    "ENUM_NAME_OVERRIDES": {"RunModeEnum": "apps.runs.models.Run.Mode", "RunStatusEnum": "apps.runs.models.Run.Status"},
 }
 
 CHANNEL_LAYERS = {

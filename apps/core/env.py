@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import dj_database_url
@@ -164,7 +165,7 @@ def env_secret_url(name: str, default: str | None, *, schemes: tuple[str, ...]) 
     return _checked_url(name, env_secret(name, default), schemes)
 
 
-def database_from_url(name: str, url: str) -> dict[str, object]:
+def database_from_url(name: str, url: str) -> dict[str, Any]:
     """Django's DATABASES entry for a postgres:// URL (validated by `env_url`), parsed by dj-database-url: query
     options such as `sslmode`, `sslrootcert` or `connect_timeout` become connection OPTIONS, and a
     percent-escaped user name or password is decoded (`p%40ss` is the password `p@ss`)."""
