@@ -14,13 +14,22 @@ import os
 import sys
 
 OWNER_COMMANDS = frozenset({"migrate"})
+# Commands that serve or change the database for good: in production they stop at once, with one line, when the
+# database cannot be reached (apps/core/startup.py).
+SERVING_COMMANDS = frozenset({"migrate", "runserver", "mail_inbound"})
 
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aios_web.settings")
-    if len(sys.argv) > 1 and sys.argv[1] in OWNER_COMMANDS:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command in OWNER_COMMANDS:
         os.environ["AIOS_DATABASE_ROLE"] = "owner"
     from django.core.management import execute_from_command_line
+
+    from apps.core.startup import settings_or_exit
+
+    # A refused configuration is one line, not a traceback (and not hidden behind `help`, as Django would).
+    settings_or_exit(serving=command in SERVING_COMMANDS)
 
     execute_from_command_line(sys.argv)
 

@@ -12,7 +12,11 @@ os.environ.setdefault("DJANGO_CONN_MAX_AGE", "0")
 
 from django.core.asgi import get_asgi_application
 
+from apps.core.startup import settings_or_exit
 from apps.core.telemetry.tracing import configure as tracing_configure
+
+# A refused configuration or (in production) an unreachable database stops the server with one line.
+settings_or_exit(serving=True)
 
 # Before Django loads its middleware: with tracing on, the Django instrumentation adds one.
 tracing_configure("web")

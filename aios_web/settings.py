@@ -1,11 +1,15 @@
 """AIOS settings: one module, driven by the environment (see deploy/.env.example for every variable).
 
-With no variables set, the defaults point at the embedded stack that `make run` starts.
+With no variables set this is production, which refuses to start until it is given its keys, database and mail
+server. The embedded stack (`make run`, `make services`, `make test`: deploy/devstack) sets AIOS_ENV=development
+or test itself, with keys it generates per machine. Every refusal is one line naming the variable to set
+(apps/core/env.py; the entry points print it without a traceback: apps/core/startup.py).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,28 +23,105 @@ from apps.core.env import (
     env_choice,
     env_float,
     env_int,
+    env_is_set,
     env_list,
+    env_secret,
+    env_secret_url,
     env_str,
     env_url,
     smtp_server_from_url,
+)
+from apps.core.keyfiles import (
+    CREDENTIALS_KEY_FILE_NAME,
+    SECRET_KEY_FILE_NAME,
+    fernet_key_valid,
+    generate_credentials_key,
+    generate_secret_key,
+    key_file_ensure,
 )
 from apps.core.telemetry.logs import LOG_FORMATS, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-AIOS_ENV = env_choice("AIOS_ENV", "development", ("development", "production", "test"))
+# Production unless told otherwise: a deployment that forgot AIOS_ENV gets the strict checks, never a debug
+# server with a public key. Only the embedded stack and the test settings say development or test.
+AIOS_ENV = env_choice("AIOS_ENV", "production", ("development", "production", "test"))
 PRODUCTION = AIOS_ENV == "production"
 
+AIOS_DATA_DIR = Path(env_str("AIOS_DATA_DIR", str(BASE_DIR / ".data")))
+
 DEBUG = env_bool("DJANGO_DEBUG", default=AIOS_ENV == "development")
+
+# --- Keys (deploy/README.md, "Keys") ----------------------------------------------------------------------------
+# The key the repository once shipped for development: refused outside development and test, wherever it comes
+# from (an old .env, a copied compose file).
+KNOWN_DEVELOPMENT_SECRET_KEYS = frozenset({"development-only-insecure-key-change-me-in-production-0123456789"})
 if PRODUCTION:
-    # No default: a production deployment that forgot its key must not start with a public one.
-    SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+    if not env_is_set("DJANGO_SECRET_KEY"):
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set (or DJANGO_SECRET_KEY_FILE): production needs its own random key, e.g. "
+            "the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
+    SECRET_KEY = env_secret("DJANGO_SECRET_KEY")
 else:
-    SECRET_KEY = env_str("DJANGO_SECRET_KEY", "development-only-insecure-key-change-me-in-production-0123456789")
-if PRODUCTION and len(SECRET_KEY) < 50:
-    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be at least 50 characters in production.")
+    # Development and test without a key of their own: one generated for this machine (the embedded stack has
+    # already made it and passes DJANGO_SECRET_KEY_FILE), so no installation signs with a published key.
+    SECRET_KEY = env_secret("DJANGO_SECRET_KEY", "") or key_file_ensure(
+        AIOS_DATA_DIR / SECRET_KEY_FILE_NAME, generate_secret_key
+    )
+if AIOS_ENV not in ("development", "test") and (
+    SECRET_KEY in KNOWN_DEVELOPMENT_SECRET_KEYS
+    or SECRET_KEY.startswith("django-insecure-")
+    or len(SECRET_KEY) < 50
+    or len(set(SECRET_KEY)) < 5
+):
+    # The same bar as Django's security.W009, plus the development key, which passes W009's test.
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is a development or weak key (production needs at least 50 random characters): set a "
+        "new one, e.g. the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
+
+# Encrypts credentials at rest (model endpoint tokens, connection secrets) with Fernet keys that are not
+# SECRET_KEY, so that a leaked or rotated SECRET_KEY says nothing about stored credentials and the reverse.
+# AIOS_CREDENTIALS_KEYS lists keys newest first (the first encrypts, all decrypt: rotation, see
+# apps/core/secrets.py), separated by commas (or lines, in AIOS_CREDENTIALS_KEYS_FILE); AIOS_CREDENTIALS_KEY is the
+# one-key form. The encrypting key must be a Fernet key (32 random bytes, URL-safe base64); older keys after it
+# may still be the free-form strings earlier versions accepted, to decrypt until `credentials_rotate` has run.
+AIOS_CREDENTIALS_KEYS = [
+    key.strip() for key in re.split(r"[,\n]", env_secret("AIOS_CREDENTIALS_KEYS", "")) if key.strip()
+]
+AIOS_CREDENTIALS_KEY = env_secret("AIOS_CREDENTIALS_KEY", "").strip()
+if not (AIOS_CREDENTIALS_KEYS or AIOS_CREDENTIALS_KEY):
+    if PRODUCTION:
+        raise ImproperlyConfigured(
+            "AIOS_CREDENTIALS_KEY must be set (or AIOS_CREDENTIALS_KEY_FILE, or AIOS_CREDENTIALS_KEYS for rotation) "
+            "to a Fernet key, e.g. the output of: "
+            "python3 -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+        )
+    # Development and test: generated once per machine (the embedded stack passes AIOS_CREDENTIALS_KEY_FILE).
+    AIOS_CREDENTIALS_KEY = key_file_ensure(AIOS_DATA_DIR / CREDENTIALS_KEY_FILE_NAME, generate_credentials_key)
+_CREDENTIALS_VARIABLE = "AIOS_CREDENTIALS_KEYS" if AIOS_CREDENTIALS_KEYS else "AIOS_CREDENTIALS_KEY"
+_credentials_keys = AIOS_CREDENTIALS_KEYS or [AIOS_CREDENTIALS_KEY]
+if not fernet_key_valid(_credentials_keys[0]):
+    raise ImproperlyConfigured(
+        f"{_CREDENTIALS_VARIABLE} must start with a Fernet key (32 random bytes, URL-safe base64), e.g. the output "
+        "of: python3 -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+    )
+if SECRET_KEY in _credentials_keys:
+    raise ImproperlyConfigured(
+        f"{_CREDENTIALS_VARIABLE} must not be DJANGO_SECRET_KEY: generate a separate Fernet key for credentials."
+    )
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+# Debug pages show settings, SQL and source to whoever reaches them: only ever on this machine's own addresses.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "testserver"})
+if DEBUG:
+    _public_hosts = [host for host in ALLOWED_HOSTS if host.lower() not in LOOPBACK_HOSTS]
+    if _public_hosts:
+        raise ImproperlyConfigured(
+            f"DJANGO_DEBUG is on while DJANGO_ALLOWED_HOSTS names {', '.join(_public_hosts)}: set DJANGO_DEBUG=false "
+            "(debug pages show settings and source code to anyone who can reach them)."
+        )
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 AIOS_WEB_PORT = env_int("AIOS_WEB_PORT", 8000, minimum=1, maximum=65535)
 # The exact origins (scheme, host and port) whose pages may open the product's WebSockets.
@@ -48,7 +129,6 @@ AIOS_PUBLIC_URLS = env_list(
     "AIOS_PUBLIC_URLS", [f"http://127.0.0.1:{AIOS_WEB_PORT}", f"http://localhost:{AIOS_WEB_PORT}"]
 )
 
-AIOS_DATA_DIR = Path(env_str("AIOS_DATA_DIR", str(BASE_DIR / ".data")))
 AIOS_PG_PORT = env_int("AIOS_PG_PORT", 55432, minimum=1, maximum=65535)
 AIOS_REDIS_PORT = env_int("AIOS_REDIS_PORT", 56379, minimum=1, maximum=65535)
 AIOS_INFERENCE_PORT = env_int("AIOS_INFERENCE_PORT", 58080, minimum=1, maximum=65535)
@@ -58,19 +138,26 @@ AIOS_INFERENCE_PORT = env_int("AIOS_INFERENCE_PORT", 58080, minimum=1, maximum=6
 # and owns nothing, so it cannot switch the append-only triggers off (apps/core/db.py). DATABASE_OWNER_URL owns
 # every table and runs migrations. Unset, it is DATABASE_URL when that is set (one role: it works, without that
 # protection, and `check --deploy` says so), else the embedded stack's owner.
-DATABASE_URL = env_url(
-    "DATABASE_URL", f"postgres://aios_app@127.0.0.1:{AIOS_PG_PORT}/aios", schemes=("postgres", "postgresql")
+# Both are secrets (they may hold passwords) and may come from *_FILE; production has no default for DATABASE_URL.
+DATABASE_URL = env_secret_url(
+    "DATABASE_URL",
+    None if PRODUCTION else f"postgres://aios_app@127.0.0.1:{AIOS_PG_PORT}/aios",
+    schemes=("postgres", "postgresql"),
 )
-DATABASE_OWNER_URL = env_url(
+DATABASE_OWNER_URL = env_secret_url(
     "DATABASE_OWNER_URL",
-    DATABASE_URL if os.environ.get("DATABASE_URL") else f"postgres://aios_owner@127.0.0.1:{AIOS_PG_PORT}/aios",
+    DATABASE_URL if env_is_set("DATABASE_URL") else f"postgres://aios_owner@127.0.0.1:{AIOS_PG_PORT}/aios",
     schemes=("postgres", "postgresql"),
 )
 # Which of the two this process connects as. manage.py picks "owner" for `migrate`, and the test settings for
 # pytest (it creates, migrates and empties the test database); everything else is the application.
 AIOS_DATABASE_ROLE = env_choice("AIOS_DATABASE_ROLE", "application", ("application", "owner"))
 DATABASE_APPLICATION_ROLE = str(database_from_url("DATABASE_URL", DATABASE_URL)["USER"])
-REDIS_URL = env_url("REDIS_URL", f"redis://127.0.0.1:{AIOS_REDIS_PORT}/0", schemes=("redis", "rediss", "unix"))
+REDIS_URL = env_secret_url(
+    "REDIS_URL",
+    None if PRODUCTION else f"redis://127.0.0.1:{AIOS_REDIS_PORT}/0",
+    schemes=("redis", "rediss", "unix"),
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -157,6 +244,9 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DJANGO_CONN_MAX_AGE", 60, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# libpq waits for the operating system's TCP timeout (minutes) by default: a database that does not answer is
+# reported after this many seconds instead (a `connect_timeout` in the URL's query wins).
+DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env_int("AIOS_DATABASE_CONNECT_TIMEOUT", 10, minimum=1))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {
@@ -216,18 +306,11 @@ AXES_SENSITIVE_PARAMETERS = ["username", "password", "ip_address", "csrfmiddlewa
 # --- Single sign-on: OpenID Connect (apps/accounts/oidc.py; deploy/README.md, "Single sign-on") ------------------
 # Off unless AIOS_OIDC_ISSUER and AIOS_OIDC_CLIENT_ID are set; then the provider's endpoints are required too
 # (`manage.py oidc_discover <issuer>` prints them from the provider's discovery document). The client secret may come
-# from a file (AIOS_OIDC_CLIENT_SECRET_FILE, e.g. a mounted secret): read here, in this block, on its own.
+# from a file (AIOS_OIDC_CLIENT_SECRET_FILE, e.g. a mounted secret), as every secret may.
 AIOS_OIDC_ISSUER = env_str("AIOS_OIDC_ISSUER", "").rstrip("/")
 AIOS_OIDC_CLIENT_ID = env_str("AIOS_OIDC_CLIENT_ID", "")
 AIOS_OIDC_ENABLED = bool(AIOS_OIDC_ISSUER and AIOS_OIDC_CLIENT_ID)
-_oidc_secret_file = env_str("AIOS_OIDC_CLIENT_SECRET_FILE", "")
-if _oidc_secret_file:
-    try:
-        AIOS_OIDC_CLIENT_SECRET = Path(_oidc_secret_file).read_text(encoding="utf-8").strip()
-    except OSError as error:
-        raise ImproperlyConfigured(f"AIOS_OIDC_CLIENT_SECRET_FILE cannot be read: {error}") from None
-else:
-    AIOS_OIDC_CLIENT_SECRET = env_str("AIOS_OIDC_CLIENT_SECRET", "")
+AIOS_OIDC_CLIENT_SECRET = env_secret("AIOS_OIDC_CLIENT_SECRET", "")
 # The name on the sign-in page's button: "Sign in with <name>".
 AIOS_OIDC_PROVIDER_NAME = env_str("AIOS_OIDC_PROVIDER_NAME", "single sign-on")
 # Claims to roles and teams: the claim holding the person's groups; per role, the provider groups that give it
@@ -314,13 +397,27 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from <body hx-headers>, not the cookie
+# --- Sessions (h2: lifetime and cookie names; the idle timeout is the accounts middleware's) ---------------------
+# A working day, not Django's two weeks: a stolen or forgotten session ends with it (security-review L5).
+SESSION_COOKIE_AGE = env_int("AIOS_SESSION_COOKIE_AGE_SECONDS", 8 * 3600, minimum=300)
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+# --- Production transport security --------------------------------------------------------------------------------
 if PRODUCTION:
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+    # __Host- cookies are refused by browsers unless Secure, Path=/ and without Domain: no subdomain and no plain
+    # HTTP page can set or overwrite them (cookie tossing).
+    SESSION_COOKIE_NAME = "__Host-sessionid"
+    CSRF_COOKIE_NAME = "__Host-csrftoken"
     SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000, minimum=0)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
+# Trust X-Forwarded-Proto only when the operator says a proxy that sets it (and strips a client's) is the only way
+# in: otherwise any client reaching the app directly could claim https and skip SECURE_SSL_REDIRECT (review L10).
+AIOS_TRUST_PROXY_SSL_HEADER = env_bool("AIOS_TRUST_PROXY_SSL_HEADER", False)
+if AIOS_TRUST_PROXY_SSL_HEADER:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 REST_FRAMEWORK = {
@@ -353,6 +450,9 @@ SPECTACULAR_SETTINGS = {
     # No badge from the public validator: it would leak the schema URL and break the CSP.
     "SWAGGER_UI_SETTINGS": {"validatorUrl": None},
     "COMPONENT_SPLIT_REQUEST": True,
+    # Choice sets whose field names ("mode", "status") other components also use: named here, so the schema's
+    # names are stable and `check --deploy` has no drf_spectacular warning (S9).
+    "ENUM_NAME_OVERRIDES": {"RunModeEnum": "apps.runs.models.Run.Mode", "RunStatusEnum": "apps.runs.models.Run.Status"},
 }
 
 # An open WebSocket re-checks its user's session and access before a push at most this often (seconds); sign-out,
@@ -366,7 +466,7 @@ CHANNEL_LAYERS = {
 }
 
 # Celery: Postgres is the source of truth and the broker only rings the bell.
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -379,7 +479,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 AIOS_INFERENCE_URL = env_url("AIOS_INFERENCE_URL", f"http://127.0.0.1:{AIOS_INFERENCE_PORT}", schemes=("http", "https"))
-AIOS_INFERENCE_TOKEN = env_str("AIOS_INFERENCE_TOKEN", "")
+AIOS_INFERENCE_TOKEN = env_secret("AIOS_INFERENCE_TOKEN", "")
 AIOS_INFERENCE_KIND = env_choice("AIOS_INFERENCE_KIND", "tgi", ("tgi", "openai-compatible"))
 # The model name OpenAI-compatible servers (vLLM, SGLang, llama.cpp) require in every chat request.
 AIOS_INFERENCE_MODEL = env_str("AIOS_INFERENCE_MODEL", "")
@@ -392,18 +492,10 @@ AIOS_INFERENCE_RETRIES = env_int("AIOS_INFERENCE_RETRIES", 2, minimum=0, maximum
 AIOS_ASYNC_STEPS = env_bool("AIOS_ASYNC_STEPS", True)
 AIOS_INFERENCE_CONCURRENCY = env_int("AIOS_INFERENCE_CONCURRENCY", 64, minimum=1, maximum=1024)
 AIOS_INFERENCE_DB_THREADS = env_int("AIOS_INFERENCE_DB_THREADS", 8, minimum=1, maximum=64)
-# Encrypts credentials at rest (model endpoint tokens, connection secrets). AIOS_CREDENTIALS_KEYS lists keys
-# newest first (the first encrypts, all decrypt: rotation, see apps/core/secrets.py); AIOS_CREDENTIALS_KEY is
-# the one-key form. One of them is required in production, so that rotating SECRET_KEY never makes every stored
-# token unreadable; SECRET_KEY stands in elsewhere.
-AIOS_CREDENTIALS_KEYS = env_list("AIOS_CREDENTIALS_KEYS", [])
-AIOS_CREDENTIALS_KEY = env_str("AIOS_CREDENTIALS_KEY", "")
-if PRODUCTION and not (AIOS_CREDENTIALS_KEYS or AIOS_CREDENTIALS_KEY):
-    raise ImproperlyConfigured("AIOS_CREDENTIALS_KEYS or AIOS_CREDENTIALS_KEY must be set.")
 # Seals audit events and anchors (HMAC) and signs audit checkpoints (Ed25519); both keys are derived from this
 # one secret, which the database must never hold. Required in production; elsewhere an empty value means a
 # random secret kept in AIOS_DATA_DIR/audit-signing.key (see apps/audit/crypto.py).
-AIOS_AUDIT_SIGNING_KEY = env_str("AIOS_AUDIT_SIGNING_KEY") if PRODUCTION else env_str("AIOS_AUDIT_SIGNING_KEY", "")
+AIOS_AUDIT_SIGNING_KEY = env_secret("AIOS_AUDIT_SIGNING_KEY", None if PRODUCTION else "")
 if PRODUCTION and len(AIOS_AUDIT_SIGNING_KEY) < 32:
     raise ImproperlyConfigured("AIOS_AUDIT_SIGNING_KEY must be at least 32 characters in production.")
 # Signed audit checkpoints are files outside the database, one directory per database under this one. Put it
@@ -434,17 +526,19 @@ AIOS_TOKEN_PERSIST_SECONDS = env_float("AIOS_TOKEN_PERSIST_SECONDS", 1.0, minimu
 # pytest-django switches the test process itself to the locmem backend (tests/support/smtp.py).
 AIOS_SMTP_PORT = env_int("AIOS_SMTP_PORT", 8025, minimum=1, maximum=65535)
 if PRODUCTION:
-    EMAIL_URL = env_url("EMAIL_URL", env_str("EMAIL_URL"), schemes=SMTP_SCHEMES)
+    EMAIL_URL = env_secret_url("EMAIL_URL", None, schemes=SMTP_SCHEMES)
     DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL")
 else:
-    EMAIL_URL = env_url("EMAIL_URL", f"smtp://127.0.0.1:{AIOS_SMTP_PORT}", schemes=SMTP_SCHEMES)
+    EMAIL_URL = env_secret_url("EMAIL_URL", f"smtp://127.0.0.1:{AIOS_SMTP_PORT}", schemes=SMTP_SCHEMES)
     DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "AIOS <aios@localhost>")
 _smtp_server = smtp_server_from_url("EMAIL_URL", EMAIL_URL)
 EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 EMAIL_HOST = _smtp_server.host
 EMAIL_PORT = _smtp_server.port
 EMAIL_HOST_USER = _smtp_server.user
-EMAIL_HOST_PASSWORD = _smtp_server.password
+# The password may also come apart from the URL (EMAIL_HOST_PASSWORD or EMAIL_HOST_PASSWORD_FILE), so the URL
+# itself need not be a secret.
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD", _smtp_server.password)
 EMAIL_USE_TLS = _smtp_server.use_tls
 EMAIL_USE_SSL = _smtp_server.use_ssl
 # Django's own default is no timeout at all: one relay that stops answering would hang a worker for good.
@@ -474,7 +568,7 @@ AIOS_LOG_FORMAT = env_choice("AIOS_LOG_FORMAT", "json" if PRODUCTION else "text"
 LOGGING = logging_config(log_format=AIOS_LOG_FORMAT, level=env_str("AIOS_LOG_LEVEL", "INFO"))
 # /metrics: scrapers send `Authorization: Bearer <AIOS_METRICS_TOKEN>`; signed-in admins may read it too. Empty:
 # admins only. The collectors ask the database and Redis at scrape time.
-AIOS_METRICS_TOKEN = env_str("AIOS_METRICS_TOKEN", "")
+AIOS_METRICS_TOKEN = env_secret("AIOS_METRICS_TOKEN", "")
 AIOS_METRICS_COLLECTORS = ["apps.runs.metrics.EngineCollector", "apps.inference.metrics.InferenceCollector"]
 # The history gauges of /metrics (runs and model calls) cover this recent window, reading at most this many of the
 # newest runs and of the newest call records, so a scrape costs the same however long the history.

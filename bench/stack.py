@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,10 +51,16 @@ class Services:
     admin_url: str  # the maintenance database on the same server, for CREATE/DROP DATABASE
     redis_url: str
     launched: bool  # True when this run started its own stack
+    # What the launched stack's banner exports besides the URLs: AIOS_ENV and its generated key files.
+    stack_env: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         """The environment for every Django process of the bench (this one, migrate, the workers)."""
         env = dict(os.environ)
+        # The settings default to production; the bench is a development tool on a development stack (with
+        # caller-given services too, where the settings then make a key file per machine).
+        env.setdefault("AIOS_ENV", "development")
+        env.update(self.stack_env)
         env.update(
             DATABASE_URL=self.database_url,
             DATABASE_OWNER_URL=self.owner_url,
@@ -111,7 +117,7 @@ class _Launcher:
             self.lines.append(line.rstrip())
             found = re.search(r"export (\w+)=(\S+)", line)
             if found:
-                self.exports[found.group(1)] = found.group(2)
+                self.exports[found.group(1)] = found.group(2).strip("'")  # shlex-quoted in the banner
             if "Ctrl-C stops everything" in line:
                 self.ready.set()
 
@@ -158,6 +164,11 @@ def services() -> Iterator[Services]:
             admin_url=_with_database(owner, "postgres"),
             redis_url=launcher.exports["REDIS_URL"],
             launched=True,
+            stack_env={
+                name: launcher.exports[name]
+                for name in ("AIOS_ENV", "DJANGO_SECRET_KEY_FILE", "AIOS_CREDENTIALS_KEY_FILE")
+                if name in launcher.exports
+            },
         )
     finally:
         launcher.stop()

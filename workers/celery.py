@@ -16,6 +16,8 @@ from celery.signals import (
 )
 from kombu import Queue
 
+from apps.core.startup import settings_or_exit
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aios_web.settings")
 
 app = Celery("aios")
@@ -134,6 +136,17 @@ def _logging(loglevel: int | str | None = None, **kwargs: Any) -> None:
 
 
 @worker_init.connect
+def _worker_database(**kwargs: Any) -> None:
+    # Production workers and beat stop at start-up, with one line naming DATABASE_URL, when it does not answer.
+    settings_or_exit(serving=True)
+
+
+@beat_init.connect
+def _beat_database(**kwargs: Any) -> None:
+    settings_or_exit(serving=True)
+
+
+@worker_init.connect
 def _worker_tracing(**kwargs: Any) -> None:
     from apps.core.telemetry import tracing
 
@@ -181,3 +194,8 @@ def _child_flush(**kwargs: Any) -> None:
     from apps.core.telemetry import tracing
 
     tracing.flush()
+
+
+# A refused configuration stops `celery -A workers.celery ...` with one line, before Celery reads its settings.
+# Last in the module: the settings package (aios_web/__init__.py) imports `app` from here.
+settings_or_exit()

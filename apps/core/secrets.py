@@ -1,11 +1,13 @@
 """Credentials at rest: encrypted with keys that live outside the database, and rotatable.
 
 The keys come from `AIOS_CREDENTIALS_KEYS` (comma-separated, newest first) or `AIOS_CREDENTIALS_KEY` (one key);
-one of them is required in production, and outside production Django's SECRET_KEY stands in when both are
-empty. Each key is any string, stretched to a Fernet key. The first key encrypts; every key decrypts
-(`cryptography.fernet.MultiFernet`), so rotation is: put the new key first, keep the old ones after it, run
-`manage.py credentials_rotate` (which re-encrypts every stored credential with the first key), then drop the
-old keys. A database dump alone therefore never reveals a credential.
+one of them is required in production, and development and test generate one per machine (aios_web/settings.py).
+They are never derived from SECRET_KEY. The encrypting key is a Fernet key (the settings refuse anything else);
+older keys may be the free-form strings earlier versions accepted, which were stretched with SHA-256 into Fernet
+keys, and a Fernet key also decrypts what its stretched form encrypted back then, so nothing stored before is lost.
+The first key encrypts; every key decrypts (`cryptography.fernet.MultiFernet`), so rotation is: put the new
+key first, keep the old ones after it, run `manage.py credentials_rotate` (which re-encrypts every stored
+credential with the first key), then drop the old keys. A database dump alone therefore never reveals a credential.
 
 Every column that holds `secret_encrypt` output is registered here with `register_encrypted_field`, from its app's
 `AppConfig.ready` (this module sits below every app, so the apps add themselves): rotation walks the registry, and a
@@ -20,8 +22,10 @@ from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from apps.core.exceptions import ApplicationError
+from apps.core.keyfiles import fernet_key_valid
 
 _PREFIX = "fernet:"
 
@@ -53,22 +57,32 @@ def encrypted_fields() -> list[EncryptedField]:
 
 
 def credentials_keys() -> list[str]:
-    """The configured key strings, the encrypting one first (SECRET_KEY when none is configured)."""
+    """The configured key strings, the encrypting one first. Never SECRET_KEY: with none configured (which the
+    settings do not allow) this raises ImproperlyConfigured rather than fall back to a key with another job."""
     keys = [key for key in getattr(settings, "AIOS_CREDENTIALS_KEYS", []) if key]
     single = getattr(settings, "AIOS_CREDENTIALS_KEY", "")
     if not keys and single:
         keys = [single]
-    return keys or [settings.SECRET_KEY]
+    if not keys:
+        raise ImproperlyConfigured("AIOS_CREDENTIALS_KEY must be set.")
+    return keys
 
 
 def _stretch(material: str) -> Fernet:
+    # How earlier versions turned any string into a Fernet key: kept to decrypt what they stored.
     key = base64.urlsafe_b64encode(hashlib.sha256(b"aios-credentials\x00" + material.encode()).digest())
     return Fernet(key)
 
 
+def _fernets(material: str) -> list[Fernet]:
+    if fernet_key_valid(material):
+        return [Fernet(material.encode()), _stretch(material)]
+    return [_stretch(material)]
+
+
 def _fernet() -> MultiFernet:
     # Built per call: settings change under tests (and a rotation), and a Fernet costs microseconds.
-    return MultiFernet([_stretch(key) for key in credentials_keys()])
+    return MultiFernet([fernet for key in credentials_keys() for fernet in _fernets(key)])
 
 
 def secret_encrypt(plaintext: str) -> str:

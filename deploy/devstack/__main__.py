@@ -52,9 +52,19 @@ def supervise(supervisor: Supervisor) -> int:
 
 
 def service_lines(env: Mapping[str, str]) -> list[str]:
-    """`export` lines for the service URLs in use, for the banners."""
-    names = ("DATABASE_URL", "DATABASE_OWNER_URL", "REDIS_URL", "AIOS_INFERENCE_URL", "EMAIL_URL")
-    return [f"    export {name}={env[name]}" for name in names if name in env]
+    """`export` lines for the service URLs in use, the mode and the key files, for the banners: what a shell
+    needs to run manage.py against this stack (the settings default to production otherwise)."""
+    names = (
+        "AIOS_ENV",
+        "DATABASE_URL",
+        "DATABASE_OWNER_URL",
+        "REDIS_URL",
+        "AIOS_INFERENCE_URL",
+        "EMAIL_URL",
+        "DJANGO_SECRET_KEY_FILE",
+        "AIOS_CREDENTIALS_KEY_FILE",
+    )
+    return [f"    export {name}={shlex.quote(env[name])}" for name in names if name in env]
 
 
 def mail_lines(config: StackConfig) -> list[str]:

@@ -8,6 +8,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from apps.core.keyfiles import (
+    CREDENTIALS_KEY_FILE_NAME,
+    SECRET_KEY_FILE_NAME,
+    generate_credentials_key,
+    generate_secret_key,
+    key_file_ensure,
+)
+
 from .erp import ERP_DATABASE, ERP_READER_PASSWORD, ERP_READER_ROLE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,11 +102,12 @@ def load_dotenv_into_environ(path: Path) -> None:
 
 
 def external_url(name: str) -> str | None:
-    """The value of a service-switch variable such as DATABASE_URL, or None when unset or empty.
+    """The value of a service-switch variable such as DATABASE_URL, or None when unset or empty; a `NAME_FILE`
+    variable (the secret-file form the settings read) counts as set, and its value is the file's path.
 
     An empty value counts as unset so that `DATABASE_URL=` copied from an example file keeps the embedded service.
     """
-    value = os.environ.get(name, "").strip()
+    value = os.environ.get(name, "").strip() or os.environ.get(f"{name}_FILE", "").strip()
     return value or None
 
 
@@ -162,6 +171,23 @@ class StackConfig:
     @property
     def is_test(self) -> bool:
         return self.mode == "test"
+
+    @property
+    def aios_env(self) -> str:
+        """The product's AIOS_ENV for this mode's children: the settings default to production, so the stack
+        says what it is explicitly."""
+        return "test" if self.is_test else "development"
+
+    @property
+    def secret_key_file(self) -> Path:
+        """This stack's generated DJANGO_SECRET_KEY (one per machine and data directory, mode 0600)."""
+        return self.data_dir / SECRET_KEY_FILE_NAME
+
+    @property
+    def credentials_key_file(self) -> Path:
+        """This stack's generated AIOS_CREDENTIALS_KEY (a Fernet key, mode 0600): never derived from the secret
+        key, so a leaked SECRET_KEY does not decrypt stored credentials."""
+        return self.data_dir / CREDENTIALS_KEY_FILE_NAME
 
     def port_claims(self) -> list[PortClaim]:
         """The ports this mode binds on 127.0.0.1, in start order."""
@@ -235,9 +261,32 @@ def service_urls(config: StackConfig) -> dict[str, str]:
     return urls
 
 
+def ensure_key_files(config: StackConfig) -> None:
+    """Generate the stack's secret key and credentials key on first start (kept afterwards: the credentials
+    stored in this stack's database stay readable across restarts). Files are created mode 0600 atomically."""
+    key_file_ensure(config.secret_key_file, generate_secret_key)
+    key_file_ensure(config.credentials_key_file, generate_credentials_key)
+
+
 def child_environment(config: StackConfig) -> dict[str, str]:
-    """The environment every child starts from: ours (with `.env` applied) plus the service URLs of this stack."""
+    """The environment every child starts from: ours (with `.env` applied) plus the service URLs of this stack,
+    AIOS_ENV for the mode, and the stack's key files (generated here on first use) unless the developer set keys
+    of his own."""
     env = dict(os.environ)
+    env["AIOS_ENV"] = config.aios_env
+    ensure_key_files(config)
+    if not (env.get("DJANGO_SECRET_KEY") or env.get("DJANGO_SECRET_KEY_FILE")):
+        env["DJANGO_SECRET_KEY_FILE"] = str(config.secret_key_file)
+    if not any(
+        env.get(name)
+        for name in (
+            "AIOS_CREDENTIALS_KEY",
+            "AIOS_CREDENTIALS_KEY_FILE",
+            "AIOS_CREDENTIALS_KEYS",
+            "AIOS_CREDENTIALS_KEYS_FILE",
+        )
+    ):
+        env["AIOS_CREDENTIALS_KEY_FILE"] = str(config.credentials_key_file)
     env["PYTHONUNBUFFERED"] = "1"  # children write to pipes; unbuffered keeps their lines in time order
     venv_bin = str(Path(sys.executable).parent)
     if venv_bin not in env.get("PATH", "").split(os.pathsep):

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
-from tests.support.processes import REPO
-
-
-def django_check(**env: str) -> subprocess.CompletedProcess[str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("AIOS_", "DJANGO_"))}
-    environment.update(env)
-    return subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=REPO, env=environment, capture_output=True, text=True, timeout=60
-    )
+from tests.support.startup import manage, production_env
 
 
 @pytest.mark.parametrize(
@@ -30,26 +20,24 @@ def django_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("AIOS_INFERENCE_TIMEOUT", "0", "AIOS_INFERENCE_TIMEOUT must be at least 1.0"),
     ],
 )
-def test_broken_value_names_its_variable(variable, value, message):
-    result = django_check(**{variable: value})
+def test_broken_value_names_its_variable(variable, value, message, tmp_path: Path):
+    result = manage("check", env={"AIOS_ENV": "development", variable: value}, data_dir=tmp_path)
     assert result.returncode != 0
     assert message in result.stderr
 
 
-def test_production_refuses_to_start_without_a_secret_key():
-    result = django_check(AIOS_ENV="production")
-    assert result.returncode != 0 and "DJANGO_SECRET_KEY must be set." in result.stderr
+def test_production_refuses_to_start_without_a_secret_key(tmp_path: Path):
+    result = manage("check", env=production_env(DJANGO_SECRET_KEY=None), data_dir=tmp_path)
+    assert result.returncode != 0 and "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
-def test_production_refuses_to_start_without_a_credentials_key():
-    result = django_check(AIOS_ENV="production", DJANGO_SECRET_KEY="k" * 60)
-    assert result.returncode != 0 and "AIOS_CREDENTIALS_KEY must be set." in result.stderr
+def test_production_refuses_to_start_without_a_credentials_key(tmp_path: Path):
+    result = manage("check", env=production_env(AIOS_CREDENTIALS_KEY=None), data_dir=tmp_path)
+    assert result.returncode != 0 and "AIOS_CREDENTIALS_KEY must be set" in result.stderr
 
 
-def test_production_refuses_to_start_without_an_audit_signing_key():
-    result = django_check(AIOS_ENV="production", DJANGO_SECRET_KEY="k" * 60, AIOS_CREDENTIALS_KEY="c" * 40)
-    assert result.returncode != 0 and "AIOS_AUDIT_SIGNING_KEY must be set." in result.stderr
-    short = django_check(
-        AIOS_ENV="production", DJANGO_SECRET_KEY="k" * 60, AIOS_CREDENTIALS_KEY="c" * 40, AIOS_AUDIT_SIGNING_KEY="x"
-    )
+def test_production_refuses_to_start_without_an_audit_signing_key(tmp_path: Path):
+    result = manage("check", env=production_env(AIOS_AUDIT_SIGNING_KEY=None), data_dir=tmp_path)
+    assert result.returncode != 0 and "AIOS_AUDIT_SIGNING_KEY must be set" in result.stderr
+    short = manage("check", env=production_env(AIOS_AUDIT_SIGNING_KEY="x"), data_dir=tmp_path)
     assert short.returncode != 0 and "AIOS_AUDIT_SIGNING_KEY must be at least 32 characters" in short.stderr

@@ -5,11 +5,8 @@ client throws at it; the launcher starts, probes, logs and stops it like its oth
 
 from __future__ import annotations
 
-import os
 import smtplib
 import socket
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from deploy.devstack.config import DevstackError, StackConfig, build_config, chi
 from deploy.devstack.console import Console
 from deploy.devstack.services import start_mailcatcher
 from deploy.devstack.supervisor import Supervisor
-from tests.support.processes import REPO, free_port, redis_url_with_db, running, service_env
+from tests.support.processes import free_port, redis_url_with_db, running, service_env
 from tests.support.smtp import (
     caught_messages,
     envelope_recipients,
@@ -35,6 +32,7 @@ from tests.support.smtp import (
     use_real_smtp,
     wait_for_caught,
 )
+from tests.support.startup import manage, production_env
 from workers import fleet
 
 
@@ -324,25 +322,15 @@ def test_an_email_url_of_another_kind_is_refused() -> None:
         smtp_server_from_url("EMAIL_URL", "submission://relay.example.com")
 
 
-def manage_check(**env: str) -> subprocess.CompletedProcess[str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("AIOS_", "DJANGO_"))}
-    environment.pop("EMAIL_URL", None)
-    environment.update(env)
-    return subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=REPO, env=environment, capture_output=True, text=True, timeout=60
-    )
-
-
-def test_production_refuses_to_start_without_its_mail_server_and_sender() -> None:
-    keys = {
-        "AIOS_ENV": "production",
-        "DJANGO_SECRET_KEY": "k" * 60,
-        "AIOS_CREDENTIALS_KEY": "c" * 40,
-        "AIOS_AUDIT_SIGNING_KEY": "a" * 40,
-    }
-    result = manage_check(**keys)
-    assert result.returncode != 0 and "EMAIL_URL must be set." in result.stderr
-    result = manage_check(**keys, EMAIL_URL="smtp+starttls://relay.example.com")
+def test_production_refuses_to_start_without_its_mail_server_and_sender(tmp_path: Path) -> None:
+    keys = production_env(EMAIL_URL=None, DJANGO_DEFAULT_FROM_EMAIL=None)
+    result = manage("check", env=keys, data_dir=tmp_path)
+    assert result.returncode != 0 and "EMAIL_URL must be set" in result.stderr
+    result = manage("check", env={**keys, "EMAIL_URL": "smtp+starttls://relay.example.com"}, data_dir=tmp_path)
     assert result.returncode != 0 and "DJANGO_DEFAULT_FROM_EMAIL must be set." in result.stderr
-    result = manage_check(**keys, EMAIL_URL="relay.example.com:25", DJANGO_DEFAULT_FROM_EMAIL="aios@example.com")
+    result = manage(
+        "check",
+        env={**keys, "EMAIL_URL": "relay.example.com:25", "DJANGO_DEFAULT_FROM_EMAIL": "aios@example.com"},
+        data_dir=tmp_path,
+    )
     assert result.returncode != 0 and "EMAIL_URL must be a URL starting with smtp://" in result.stderr

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import connection
@@ -51,7 +51,9 @@ def free_port() -> int:
 def database_url_as(role: Mapping[str, Any]) -> str:
     """The test database's URL, connecting as `role` (a DATABASES entry: its USER, PASSWORD, HOST and PORT)."""
     name = connection.settings_dict["NAME"]
-    return f"postgres://{role['USER']}:{role['PASSWORD']}@{role['HOST']}:{role['PORT']}/{name}"
+    # Percent-escaped: a generated password may hold any character (the settings decode it, dj-database-url).
+    user, password = quote(str(role["USER"]), safe=""), quote(str(role["PASSWORD"]), safe="")
+    return f"postgres://{user}:{password}@{role['HOST']}:{role['PORT']}/{name}"
 
 
 def service_env(**extra: str) -> dict[str, str]:

@@ -250,7 +250,8 @@ def document_list_view(request: Request, name: str) -> Response:
     )
 
 
-@extend_schema(responses=DocumentSerializer)
+@extend_schema(responses=DocumentSerializer, operation_id="collections_document_retrieve", methods=["GET"])
+@extend_schema(responses={204: None}, operation_id="collections_document_destroy", methods=["DELETE"])
 @api_view(["GET", "DELETE"])
 def document_detail_view(request: Request, name: str, document_id: int) -> Response:
     """GET: one document with its progress. DELETE: it and its passages (managers)."""

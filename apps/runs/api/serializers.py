@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from apps.accounts.models import User
@@ -135,6 +136,8 @@ class RunStartSerializer(serializers.Serializer):
     inputs = serializers.DictField(help_text="Field values for the workflow's input schema.")
 
 
+# Named apart from the knowledge API's document components (same class names, other fields).
+@extend_schema_serializer(component_name="RunDocumentUpload")
 class DocumentUploadSerializer(serializers.Serializer):
     """A document to use as a run input (multipart/form-data)."""
 
@@ -144,6 +147,7 @@ class DocumentUploadSerializer(serializers.Serializer):
     )
 
 
+@extend_schema_serializer(component_name="RunDocument")
 class DocumentSerializer(serializers.Serializer):
     """A stored document: name it in a run's input as `{"document": <id>}`."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
 from rest_framework.exceptions import PermissionDenied
@@ -188,7 +188,14 @@ def trigger_history_view(request: Request, trigger_id: int) -> Response:
     return paginator.get_paginated_response(TriggerFiringSerializer(page, many=True).data)
 
 
-@extend_schema(request=None, responses={200: serializers.DictField()})
+@extend_schema(
+    request=None,
+    responses={
+        200: inline_serializer(
+            "TriggerSecretRotated", {"id": serializers.IntegerField(), "secret": serializers.CharField()}
+        )
+    },
+)
 @api_view(["POST"])
 def trigger_rotate_view(request: Request, trigger_id: int) -> Response:
     """A webhook's new signing secret, in this answer only; the old one stops working at once."""
