@@ -10,7 +10,8 @@ DATA_DIR := $(or $(AIOS_DATA_DIR),.data)
 CHROMIUM := /usr/bin/chromium
 PGBOUNCER := /usr/sbin/pgbouncer
 
-.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium pgbouncer bench static-packages
+.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium pgbouncer docker-compose bench \
+	static-packages
 
 help:
 	@echo "AIOS — make targets"
@@ -31,7 +32,7 @@ services: requirements
 # Lint first (ruff and mypy are part of "done"), then the suite. pytest's exit code passes through
 # deploy.devstack, which turns 5 (no test ran) into a failure with a message. The figures file is removed
 # first so that what is printed comes from this run only.
-test: requirements-dev static-packages chromium pgbouncer lint
+test: requirements-dev static-packages chromium pgbouncer docker-compose lint
 	@rm -f reports/figures.txt
 	@status=0; \
 	$(PY) -m deploy.devstack test -- $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
@@ -150,5 +151,20 @@ chromium:
 		else \
 			echo "warning: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get);"; \
 			echo "         install Debian's chromium package for the browser tests."; \
+		fi; \
+	fi
+
+# tests/deploy validates deploy/compose.yaml with `docker-compose config` (it needs no Docker daemon). Debian's
+# docker-compose package is the compose file checker installable from the registries here; the test fails, naming
+# the package, where it is missing.
+docker-compose:
+	@if ! command -v docker-compose >/dev/null; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing docker-compose from Debian's packages for the deployment tests ..."; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update -q && apt-get install -y -q --no-install-recommends docker-compose; \
+		else \
+			echo "warning: docker-compose is missing and cannot be installed here (needs root and apt-get);"; \
+			echo "         install the docker-compose package for the deployment tests."; \
 		fi; \
 	fi
