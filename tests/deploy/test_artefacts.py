@@ -161,9 +161,7 @@ def test_compose_health_checks_and_stateful_services(resolved: dict[str, Any]) -
     assert "postgres:5432" in (Path(resolved["secrets"]["database_owner_url"]["file"])).read_text()
 
 
-def test_compose_config_refuses_a_broken_file_and_a_missing_host(
-    compose_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_compose_config_refuses_a_broken_file_and_a_missing_host(compose_env: dict[str, str], tmp_path: Path) -> None:
     without_host = {key: value for key, value in compose_env.items() if key != "AIOS_HOST"}
     result = compose_config(without_host)
     assert result.returncode != 0
