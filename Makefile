@@ -1,4 +1,5 @@
-# AIOS developer commands. `make help` lists them; deploy/README.md explains the embedded stack.
+# AIOS developer commands. `make help` lists them; docs/embedded-stack.md explains the embedded stack and
+# deploy/README.md production.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -116,9 +117,10 @@ requirements-dev: venv
 
 # Front-end packages (package.json, locked by package-lock.json) go into node_modules/ with `npm ci`, again only
 # when the lock file changed. Without npm the builder works without drag and drop (its move buttons remain).
-static-packages:
+# The checksum comes from the venv's Python, not sha256sum, which macOS lacks.
+static-packages: venv
 	@if command -v npm >/dev/null; then \
-		sum=$$(cat package-lock.json | sha256sum | cut -d' ' -f1); \
+		sum=$$(cat package-lock.json | $(PY) -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'); \
 		if [ "$$sum" != "$$(cat node_modules/.lock.stamp 2>/dev/null)" ]; then \
 			echo "Installing front-end packages (npm ci) ..."; \
 			npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && echo "$$sum" > node_modules/.lock.stamp; \
