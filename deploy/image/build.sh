@@ -30,7 +30,8 @@ wheels() {
 }
 
 # A throwaway production environment for collectstatic only: production settings refuse to load without their
-# secrets, and these are random per build and never written into the image.
+# secrets and service URLs. These are random per build (the URLs name nothing: collectstatic connects to nothing)
+# and never written into the image.
 build_time_env() {
     local python=$1
     "$python" - <<'EOF'
@@ -75,6 +76,7 @@ install() {
         env -i PATH="$prefix/venv/bin:/usr/bin:/bin" HOME="${TMPDIR:-/tmp}" LANG=C.UTF-8 \
             DJANGO_SETTINGS_MODULE=aios_web.settings AIOS_ENV=production AIOS_DATA_DIR="$prefix/build-data" \
             EMAIL_URL=smtp://localhost:25 DJANGO_DEFAULT_FROM_EMAIL=build@localhost \
+            DATABASE_URL=postgres://build@localhost/build REDIS_URL=redis://localhost:6379/0 \
             "${secrets_env[@]}" \
             "$venv_python" manage.py collectstatic --noinput --verbosity 1
     )

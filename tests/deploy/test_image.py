@@ -42,7 +42,9 @@ HOST = "aios.test"
 # A broker database of its own, so the session's test worker never takes this module's tasks.
 REDIS_DB = 12
 
-pytestmark = pytest.mark.integration
+# The module fixture builds the prefix (about a minute) inside the first test's set-up, which pytest-django runs
+# first (it needs the database): more than the suite's per-test limit allows.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env["PYTHON"] = sys._base_executable  # type: ignore[attr-defined]
     for step in (["wheels", str(root / "wheels")], ["install", str(root / "opt"), str(root / "wheels")]):
         result = subprocess.run([str(BUILD), *step], env=env, capture_output=True, text=True, timeout=900, check=False)
-        assert result.returncode == 0, f"build.sh {step[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        assert result.returncode == 0, f"build.sh {step[0]} failed:\n{result.stderr[-3000:]}\n{result.stdout[-1000:]}"
     return root / "opt"
 
 
@@ -85,8 +87,11 @@ def _write(directory: Path, name: str, value: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def production_env(prefix: Path, tmp_path_factory: pytest.TempPathFactory, django_db_blocker: Any) -> dict[str, str]:
-    """What an operator sets: production, the public host, and every secret as a file named by NAME_FILE."""
+def production_env(
+    prefix: Path, tmp_path_factory: pytest.TempPathFactory, django_db_setup: Any, django_db_blocker: Any
+) -> dict[str, str]:
+    """What an operator sets: production, the public host, and every secret as a file named by NAME_FILE; the
+    databases are the test database (set up first, so its name is the test one) as its owner and application roles."""
     from apps.audit.crypto import _root_secret
 
     root = tmp_path_factory.mktemp("production")
@@ -170,9 +175,9 @@ def get(port: str, path: str, host: str = HOST) -> tuple[int, dict[str, str], by
     request = urllib.request.Request(f"http://127.0.0.1:{port}/{path}", headers={"Host": host})
     try:
         with opener.open(request, timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
 
 
 def answers(port: str) -> bool:
@@ -215,7 +220,7 @@ def test_web_and_worker_start_from_the_entrypoint_and_serve(
     # Production settings are the ones in force: plain HTTP elsewhere is sent to HTTPS, and a Host header that is
     # not allowed is refused.
     status, headers, _ = get(port, "accounts/login/")
-    assert status == 301 and headers["Location"].startswith(f"https://{HOST}/")
+    assert status == 301 and headers["location"].startswith(f"https://{HOST}/")
     assert get(port, "healthz", host="evil.example")[0] == 400
     # The web container's health check.
     probe = run_role(prefix, production_env, "probe", "readyz")
