@@ -1,4 +1,5 @@
-# AIOS developer commands. `make help` lists them; deploy/README.md explains the embedded stack.
+# AIOS developer commands. `make help` lists them; docs/embedded-stack.md explains the embedded stack and
+# deploy/README.md production.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -10,7 +11,8 @@ DATA_DIR := $(or $(AIOS_DATA_DIR),.data)
 CHROMIUM := /usr/bin/chromium
 PGBOUNCER := /usr/sbin/pgbouncer
 
-.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium pgbouncer bench static-packages
+.PHONY: help run services test lint clean-data venv requirements requirements-dev chromium pgbouncer docker-compose bench \
+	static-packages
 
 help:
 	@echo "AIOS — make targets"
@@ -31,7 +33,7 @@ services: requirements
 # Lint first (ruff and mypy are part of "done"), then the suite. pytest's exit code passes through
 # deploy.devstack, which turns 5 (no test ran) into a failure with a message. The figures file is removed
 # first so that what is printed comes from this run only.
-test: requirements-dev static-packages chromium pgbouncer lint
+test: requirements-dev static-packages chromium pgbouncer docker-compose lint
 	@rm -f reports/figures.txt
 	@status=0; \
 	$(PY) -m deploy.devstack test -- $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
@@ -115,9 +117,10 @@ requirements-dev: venv
 
 # Front-end packages (package.json, locked by package-lock.json) go into node_modules/ with `npm ci`, again only
 # when the lock file changed. Without npm the builder works without drag and drop (its move buttons remain).
-static-packages:
+# The checksum comes from the venv's Python, not sha256sum, which macOS lacks.
+static-packages: venv
 	@if command -v npm >/dev/null; then \
-		sum=$$(cat package-lock.json | sha256sum | cut -d' ' -f1); \
+		sum=$$(cat package-lock.json | $(PY) -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'); \
 		if [ "$$sum" != "$$(cat node_modules/.lock.stamp 2>/dev/null)" ]; then \
 			echo "Installing front-end packages (npm ci) ..."; \
 			npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && echo "$$sum" > node_modules/.lock.stamp; \
@@ -150,5 +153,20 @@ chromium:
 		else \
 			echo "warning: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get);"; \
 			echo "         install Debian's chromium package for the browser tests."; \
+		fi; \
+	fi
+
+# tests/deploy validates deploy/compose.yaml with `docker-compose config` (it needs no Docker daemon). Debian's
+# docker-compose package is the compose file checker installable from the registries here; the test fails, naming
+# the package, where it is missing.
+docker-compose:
+	@if ! command -v docker-compose >/dev/null; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing docker-compose from Debian's packages for the deployment tests ..."; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update -q && apt-get install -y -q --no-install-recommends docker-compose; \
+		else \
+			echo "warning: docker-compose is missing and cannot be installed here (needs root and apt-get);"; \
+			echo "         install the docker-compose package for the deployment tests."; \
 		fi; \
 	fi

@@ -419,6 +419,9 @@ if PRODUCTION:
 AIOS_TRUST_PROXY_SSL_HEADER = env_bool("AIOS_TRUST_PROXY_SSL_HEADER", False)
 if AIOS_TRUST_PROXY_SSL_HEADER:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Probes and scrapers reach a web process on its plain-HTTP port from inside the cluster (kubelet, Docker's health
+# check, Prometheus): a redirect to HTTPS would fail them. These paths carry no session and set no cookie.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

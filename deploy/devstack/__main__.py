@@ -246,7 +246,7 @@ def print_tail(console: Console, process: ManagedProcess) -> None:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.devstack",
-        description="Run the embedded AIOS stack (see deploy/README.md).",
+        description="Run the embedded AIOS stack (see docs/embedded-stack.md).",
     )
     modes = parser.add_subparsers(dest="mode", required=True, metavar="{run,services,test}")
     modes.add_parser("run", help="start everything and serve the app on http://127.0.0.1:8000")
