@@ -3,17 +3,18 @@
 1. The escape corpus (the review's list and more) through the product's evaluation path (`template_render`,
    `cel_evaluate`): an escape is a template or expression that evaluates and shows Python internals.
 2. Resource bombs through the same path: each must be refused or stopped with a message naming the budget.
-3. On real workers (the fleet's engine worker, prefork, and its inference worker, asynchronous executor): runs
-   whose steps carry the bombs, on a lease of 3 s (renewed every second). A worker stall is a bomb run that does
-   not fail with a clear error, a bomb step that ran for several renewal intervals while its lease was never
-   renewed (the worker process starved: the CEL binding holds the GIL), or the control run afterwards not
-   completing.
+3. On real workers (the fleet's engine worker, prefork with one pool child, and its inference worker,
+   asynchronous executor): runs whose steps carry the bombs, on a lease of 3 s. A worker stall is a bomb step that
+   does not end, on its first attempt, with the sandbox's clear refusal (it ends by a lease loss, a takeover, a
+   time limit, or never), the same worker process (host and pid) not completing a normal run right after the
+   bomb, or the control run afterwards not completing. Nothing is judged by how long anything took.
 
 Figure: `S7 escapes 0 of N worker_stalls 0 of M ok`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from apps.runs.models import Run, StepRun
+from apps.runs.models import Run
 from apps.steps.expressions import ExpressionError, cel_evaluate, template_render
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
 from tests.support.figures import record_figure
@@ -206,6 +207,12 @@ WORKER_BOMBS: list[tuple[str, dict[str, Any]]] = [
 ]
 WORKER_ESCAPES = ["{{ cycler.__init__.__globals__ }}", "{{ '{0.__class__.__mro__}'.format(input) }}"]
 LEASE_SECONDS = 3  # renewed every second (a third of the lease)
+RUN_TIMEOUT = 90  # seconds a run may take before it is judged as never ending (not a verdict on speed)
+# Errors that end a step without the sandbox refusing it: a lease lost or taken over, a step time limit.
+NOT_A_REFUSAL = ("taken over", "time limit", "timed out")
+# Normal steps run after each bomb on the worker that ran it.
+FOLLOW_UP_ENGINE: dict[str, Any] = {"type": "data.transform", "config": {"fields": {"n": "[1, 2].map(x, x + 1)"}}}
+FOLLOW_UP_INFERENCE: dict[str, Any] = {"type": "llm.generate", "config": {"prompt": "Say hi", "max_new_tokens": 4}}
 
 
 def _graph(step: dict[str, Any]) -> dict[str, Any]:
@@ -222,14 +229,26 @@ def _publish(actor: Any, team: Any, name: str, graph: dict[str, Any]) -> Any:
 
 
 def _on_real_workers(analyst: Any, team: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int]:
-    """Start the engine and inference workers on a broker of their own with a 3 s lease, run every bomb, then a
-    control run; returns (stalls, escapes seen on a worker, number of runs judged)."""
-    workflows: list[tuple[str, Any, str]] = []  # (label, workflow, kind: bomb / escape / control)
+    """Start the engine worker (one pool child, so "the same process" is well defined) and the inference worker
+    on a broker of their own with a 3 s lease, run every bomb, each followed by a normal run, then a control run;
+    returns (stalls, escapes seen on a worker, number of runs judged).
+
+    A bomb stalls its worker when (a) its step does not end with the sandbox's clear refusal (it ends by a lease
+    loss, a takeover, a time limit, or not at all), (b) the worker process that ran it does not complete a normal
+    follow-up run afterwards (same host and pid: a pool child killed and replaced does not count; with one pool
+    child, a child still held by the bomb cannot run it). No criterion depends on how long the bomb took."""
+    workflows: list[tuple[str, Any, str]] = []  # (label, workflow, kind: bomb / escape)
     for label, step in WORKER_BOMBS:
         workflows.append((label, _publish(analyst, team, f"S7 {label}", _graph(step)), "bomb"))
     for index, template in enumerate(WORKER_ESCAPES):
         step = {"type": "llm.generate", "config": {"prompt": template}}
         workflows.append((template, _publish(analyst, team, f"S7 escape {index}", _graph(step)), "escape"))
+    # The normal runs after each bomb, on the worker that ran it (CEL steps on the engine, LLM on inference).
+    follow_ups = {
+        "data.transform": _publish(analyst, team, "S7 follow-up engine", _graph(FOLLOW_UP_ENGINE)),
+        "logic.if": _publish(analyst, team, "S7 follow-up engine (condition)", _graph(FOLLOW_UP_ENGINE)),
+        "llm.generate": _publish(analyst, team, "S7 follow-up inference", _graph(FOLLOW_UP_INFERENCE)),
+    }
     control_graph = {
         "steps": [
             {"key": "calc", "type": "data.transform", "config": {"fields": {"n": "[1, 2, 3].map(x, x * 2)"}}},
@@ -252,6 +271,7 @@ def _on_real_workers(analyst: Any, team: Any) -> tuple[list[tuple[str, str]], li
         AIOS_EAGER_LEASE_SECONDS=str(LEASE_SECONDS),
     )
     engine, inference = fleet.workers(inference_workers=1, inference_concurrency=4)[:2]
+    engine = dataclasses.replace(engine, concurrency=1)
     extra = ("--without-gossip", "--without-mingle", "--without-heartbeat")
     stalls: list[tuple[str, str]] = []
     escapes: list[tuple[str, str]] = []
@@ -261,22 +281,44 @@ def _on_real_workers(analyst: Any, team: Any) -> tuple[list[tuple[str, str]], li
     ):
         for label, workflow, kind in workflows:
             run = _start(env, analyst.pk, workflow.pk)
-            renewals, run = _watch(run, timeout=90)
-            step = run.step_runs.get(step_key="bomb")
             if kind == "escape":
+                run = _watch(run, timeout=RUN_TIMEOUT)
+                step = run.step_runs.get(step_key="bomb")
                 if run.status != Run.Status.FAILED or "unsafe" not in step.error:
                     escapes.append((label, f"{run.status}: {step.error[:200]} {step.output}"[:300]))
                 continue
-            ran = (step.finished_at - step.started_at).total_seconds() if step.finished_at and step.started_at else 0
-            if run.status != Run.Status.FAILED or not any(words in step.error for words in REFUSAL_WORDS):
-                stalls.append((label, f"{run.status}: {step.error[:300]}"))
-            elif ran >= 2.5 * LEASE_SECONDS / 3 and renewals == 0:
-                stalls.append((label, f"ran {ran:.1f} s and its lease was never renewed: the worker was starved"))
-        _, control_run = _watch(_start(env, analyst.pk, control.pk), timeout=90)
+            step_type = workflow.versions.get().graph["steps"][0]["type"]
+            # (a) the bomb's step ends, on its first attempt, with the sandbox's refusal.
+            run = _watch(run, timeout=RUN_TIMEOUT)
+            step = run.step_runs.get(step_key="bomb")
+            if not run.is_finished:
+                stalls.append((label, f"the bomb run was still {run.status} after {RUN_TIMEOUT} s"))
+                continue
+            clear = (
+                run.status == Run.Status.FAILED
+                and step.attempt == 1
+                and any(words in step.error for words in REFUSAL_WORDS)
+                and not any(words in step.error for words in NOT_A_REFUSAL)
+            )
+            if not clear:
+                stalls.append((label, f"{run.status}, attempt {step.attempt}: {step.error[:300]}"))
+            # (b) the same worker process then completes a normal run.
+            follow_up = _watch(_start(env, analyst.pk, follow_ups[step_type].pk), timeout=RUN_TIMEOUT)
+            after = follow_up.step_runs.filter(step_key="bomb").first()
+            if follow_up.status != Run.Status.SUCCEEDED or after is None:
+                stalls.append((label, f"the follow-up run was {follow_up.status}: {follow_up.error[:300]}"))
+            elif _process(after.lease_owner) != _process(step.lease_owner):
+                stalls.append((label, f"the follow-up ran on {after.lease_owner!r}, the bomb on {step.lease_owner!r}"))
+        control_run = _watch(_start(env, analyst.pk, control.pk), timeout=RUN_TIMEOUT)
         if control_run.status != Run.Status.SUCCEEDED:
             stalls.append(("control run after the bombs", f"{control_run.status}: {control_run.error[:300]}"))
     runs_judged = len(WORKER_BOMBS) + 1
     return stalls, escapes, runs_judged
+
+
+def _process(lease_owner: str) -> str:
+    """host:pid of a lease owner (host:pid:thread); empty when the sweeper took the step back."""
+    return ":".join(lease_owner.split(":")[:2]) if lease_owner else ""
 
 
 def _start(env: dict[str, str], actor_id: int, workflow_id: int) -> Run:
@@ -301,19 +343,14 @@ def _start(env: dict[str, str], actor_id: int, workflow_id: int) -> Run:
     return Run.objects.get(pk=run_id)
 
 
-def _watch(run: Run, *, timeout: float) -> tuple[int, Run]:
-    """Wait for the run to finish, sampling its running step's lease meanwhile; returns how many times the
-    lease was renewed while the step ran, and the finished run."""
+def _watch(run: Run, *, timeout: float) -> Run:
+    """The run once finished, or as it stands when the timeout passes (a run that never ends is judged, not an
+    error of the test)."""
     deadline = time.monotonic() + timeout
-    leases: set[Any] = set()
     while time.monotonic() < deadline:
         run.refresh_from_db()
-        for lease in StepRun.objects.filter(run=run, state=StepRun.State.RUNNING).values_list(
-            "lease_expires_at", flat=True
-        ):
-            if lease is not None:
-                leases.add(lease)
         if run.is_finished:
-            return max(len(leases) - 1, 0), run
+            return run
         time.sleep(0.1)
-    raise AssertionError(f"run {run.pk} ({run.workflow.name}) still {run.status} after {timeout} s")
+    run.refresh_from_db()
+    return run
