@@ -234,8 +234,10 @@ def test_migrate_alone_connects_as_the_owner(monkeypatch):
         ),
     ],
 )
-def test_settings_pick_the_role_the_process_connects_as(env, connects, application):
+def test_settings_pick_the_role_the_process_connects_as(env, connects, application, tmp_path):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIOS_", "DJANGO_", "DATABASE_"))}
+    # The embedded stack's development mode (production needs its keys set; development generates them here).
+    base.update(AIOS_ENV="development", AIOS_DATA_DIR=str(tmp_path))
     script = "import aios_web.settings as s; print(s.DATABASES['default']['USER'], s.DATABASE_APPLICATION_ROLE)"
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, env={**base, **env}, capture_output=True, text=True, timeout=60

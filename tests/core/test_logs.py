@@ -3,6 +3,7 @@ step), from real web and worker processes; and the text format a developer's con
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -130,7 +131,11 @@ def test_web_and_worker_lines_are_json_with_the_request_and_run_ids(analyst, tea
     ]
     assert model_calls and all(entry.get("run_id") == run_id for entry in model_calls), model_calls
     assert {entry["step_key"] for entry in model_calls} == {"write"}
-    web_entries = [entry for entry in _json_lines(web_text) if entry.get("request_id") == request_id]
+    # The request id is ours, with the caller's X-Request-ID kept only as a hash after it (apps/core/middleware.py).
+    caller_hash = hashlib.sha256(request_id.encode()).hexdigest()[:12]
+    web_entries = [
+        entry for entry in _json_lines(web_text) if str(entry.get("request_id", "")).endswith(f".{caller_hash}")
+    ]
     assert web_entries, web_text[-2000:]
     assert any(entry["logger"] == "django.request" and "Not Found" in entry["message"] for entry in web_entries)
     assert all(entry["service"] == "web" for entry in web_entries)

@@ -8,6 +8,7 @@ import gzip
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,7 +238,10 @@ def _relayed_or_sweep(broker: Celery) -> bool:
 
 def _settings_value(name: str, **env: str) -> str:
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("AIOS_", "OTEL_"))}
-    environment.update(env, DJANGO_SETTINGS_MODULE="aios_web.settings")
+    # Development mode, with its keys generated in a directory of the test's own (production needs keys set).
+    environment.update(
+        env, DJANGO_SETTINGS_MODULE="aios_web.settings", AIOS_ENV="development", AIOS_DATA_DIR=tempfile.mkdtemp()
+    )
     code = f"from django.conf import settings; print(settings.{name})"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=environment, capture_output=True, text=True, timeout=60
