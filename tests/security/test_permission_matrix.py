@@ -3,14 +3,12 @@ appear in the table, so a new route without a rule fails this test."""
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from apps.runs.services import run_start
+from tests.security.inventory import AREAS
 
 # Route name → {persona: expected status}. "anonymous" is redirected (pages) or refused (API).
 OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED = 200, 404, 403, 302, 403
@@ -249,9 +247,8 @@ PERSONAS = ["analyst", "reviewer", "manager", "auditor", "outsider", "anonymous"
 
 # Areas keep their rows beside this file (tests/security/routes_<area>.py): each module has MATRIX, EXEMPT and
 # `world_args(world) -> {route: args}`, which may create the objects its routes need.
-AREAS = [
-    importlib.import_module(f"tests.security.{path.stem}") for path in sorted(Path(__file__).parent.glob("routes_*.py"))
-]
+# (The `world` fixture these tables' arguments come from is in tests/security/conftest.py, shared with the
+# broad sweeps beside this file.)
 for area in AREAS:
     assert not set(area.MATRIX) & set(MATRIX), f"{area.__name__} repeats routes of the main table"
     MATRIX.update(area.MATRIX)
@@ -282,75 +279,6 @@ def _route_names(resolver: URLResolver | None = None, namespace: str = "") -> se
 def test_every_route_has_a_rule():
     unknown = {name for name in _route_names() if "format" not in name} - set(MATRIX) - EXEMPT
     assert not unknown, f"routes without a permission rule: {sorted(unknown)}"
-
-
-@pytest.fixture
-def world(analyst, reviewer, manager, auditor, outsider, claims_workflow, sample_claim):
-    from apps.inference.models import ModelEndpoint
-
-    run, _ = run_start(actor=analyst, workflow=claims_workflow, inputs={"claim_text": sample_claim})
-    endpoint = ModelEndpoint.objects.create(name="matrix", url="http://127.0.0.1:9")
-    item = _parked_approval(analyst, claims_workflow.team)
-    world = {
-        "personas": {
-            "analyst": analyst,
-            "reviewer": reviewer,
-            "manager": manager,
-            "auditor": auditor,
-            "outsider": outsider,
-        },
-        "workflow": claims_workflow,
-        "run": run,
-        "args": {
-            "workflows:detail": [claims_workflow.slug],
-            "workflows:settings": [claims_workflow.slug],
-            "workflows:editor": [claims_workflow.slug],
-            "workflows:editor-inputs": [claims_workflow.slug],
-            "workflows:check-expression": [claims_workflow.slug, "extract"],
-            "workflows:versions": [claims_workflow.slug],
-            "workflows:export": [claims_workflow.slug],
-            "workflows:import": [claims_workflow.slug],
-            "workflows:compare": [claims_workflow.slug],
-            "runs:detail": [run.pk],
-            "runs:create": [claims_workflow.slug],
-            "api:workflow-detail": [claims_workflow.slug],
-            "api:workflow-export": [claims_workflow.slug],
-            "api:workflow-draft": [claims_workflow.slug],
-            "api:workflow-version-list": [claims_workflow.slug],
-            "api:workflow-version-detail": [claims_workflow.slug, 1],
-            "api:workflow-version-diff": [claims_workflow.slug],
-            "api:run-detail": [run.pk],
-            "api:run-calls": [run.pk],
-            "inference:endpoint-edit": [endpoint.pk],
-            "approvals:item": [item.pk],
-            "approvals:item-page": [item.pk, 1],
-            "api:approval-detail": [item.pk],
-            "api:approval-queue-detail": [item.queue.key],
-            "approvals:queue": [item.queue.key],
-            "api:approval-queue-members": [item.queue.key],
-            "api:workflow-corrections": [claims_workflow.slug],
-            "approvals:workflow-accuracy": [claims_workflow.slug],
-        },
-    }
-    for area in AREAS:
-        world["args"].update(area.world_args(world))
-    return world
-
-
-def _parked_approval(analyst, team):
-    """An item in the team's queue: a run of a one-step approval workflow, parked."""
-    from apps.approvals.models import ApprovalRequest
-    from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
-    from tests.support.engine import drive
-
-    workflow = workflow_create(actor=analyst, name="Matrix approval", team=team)
-    graph = {"steps": [{"key": "ok", "type": "human.approval", "config": {"queue": team.group.name}}]}
-    schema = {"type": "object", "properties": {}}
-    version = workflow_version_create(actor=analyst, workflow=workflow, graph=graph, input_schema=schema)
-    workflow_version_publish(actor=analyst, version=version)
-    run, _ = run_start(actor=analyst, workflow=workflow, inputs={})
-    drive(run)
-    return ApprovalRequest.objects.get(run=run)
 
 
 @pytest.mark.parametrize("route", sorted(MATRIX))
