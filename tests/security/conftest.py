@@ -8,6 +8,7 @@ import pytest
 
 from apps.runs.services import run_start
 from tests.security.inventory import AREAS
+from tests.security.world import parked_approval
 
 
 @pytest.fixture
@@ -16,7 +17,7 @@ def world(analyst, reviewer, manager, auditor, outsider, claims_workflow, sample
 
     run, _ = run_start(actor=analyst, workflow=claims_workflow, inputs={"claim_text": sample_claim})
     endpoint = ModelEndpoint.objects.create(name="matrix", url="http://127.0.0.1:9")
-    item = _parked_approval(analyst, claims_workflow.team)
+    item = parked_approval(analyst, claims_workflow.team)
     world = {
         "personas": {
             "analyst": analyst,
@@ -61,19 +62,3 @@ def world(analyst, reviewer, manager, auditor, outsider, claims_workflow, sample
     for area in AREAS:
         world["args"].update(area.world_args(world))
     return world
-
-
-def _parked_approval(analyst, team):
-    """An item in the team's queue: a run of a one-step approval workflow, parked."""
-    from apps.approvals.models import ApprovalRequest
-    from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
-    from tests.support.engine import drive
-
-    workflow = workflow_create(actor=analyst, name="Matrix approval", team=team)
-    graph = {"steps": [{"key": "ok", "type": "human.approval", "config": {"queue": team.group.name}}]}
-    schema = {"type": "object", "properties": {}}
-    version = workflow_version_create(actor=analyst, workflow=workflow, graph=graph, input_schema=schema)
-    workflow_version_publish(actor=analyst, version=version)
-    run, _ = run_start(actor=analyst, workflow=workflow, inputs={})
-    drive(run)
-    return ApprovalRequest.objects.get(run=run)
