@@ -439,6 +439,8 @@ class AbsenceViewSet(viewsets.GenericViewSet):
     """The caller's own absences (today and later): while away, items assigned to her go to her delegate."""
 
     serializer_class = AbsenceSerializer
+    # Ids are numbers: anything else in the address is no absence (404), not a failed integer conversion (500).
+    lookup_value_regex = r"[0-9]+"
 
     def get_queryset(self) -> QuerySet[OutOfOffice]:
         return OutOfOffice.objects.filter(user_id=_user(self.request).pk)
