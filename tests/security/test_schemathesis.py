@@ -67,6 +67,7 @@ def _run(base: str, token: str) -> tuple[int, list[str], list[str], float]:
         text=True,
         timeout=840,
         env={**os.environ, "NO_COLOR": "1"},
+        cwd=LOG_DIR,  # its example database (.schemathesis/) stays out of the repository
     )
     elapsed = time.monotonic() - started
     (LOG_DIR / "schemathesis.log").write_text(completed.stdout + completed.stderr)
