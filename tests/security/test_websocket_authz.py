@@ -16,8 +16,6 @@ from apps.runs.services import run_start
 from tests.security.inventory import websocket_paths
 from tests.support.figures import record_figure
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
 OPEN, REFUSED = "open", "refused"
 PERSONAS = ("analyst", "reviewer", "manager", "auditor", "outsider", "anonymous")
 # Socket path → persona → what she gets. A run: whoever may see it (her team, and the roles that read every run).
@@ -42,6 +40,8 @@ def _cookie(user) -> dict[str, str]:
     return {"Cookie": f"sessionid={client.cookies['sessionid'].value}"}
 
 
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(300)
 def test_s1_websocket_leaks(asgi_server, analyst, reviewer, manager, auditor, outsider, claims_workflow, sample_claim):
     from apps.accounts.services import team_create, user_create
