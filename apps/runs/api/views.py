@@ -110,7 +110,8 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
         return Response({"original": original.pk, "run": run.pk, **run_diff(original, run)})
 
     @extend_schema(responses={200: InferenceCallSerializer(many=True)})
-    @action(detail=True, methods=["get"])
+    # Answered whole (a run's calls, in order): no paging, so the schema must not document a page either.
+    @action(detail=True, methods=["get"], pagination_class=None)
     def calls(self, request: Request, pk: str) -> Response:
         """The model calls the run made (or replayed), in order, with provenance, tokens, cost and timings;
         paged like every list (`limit`, `offset`): an agent's run can make thousands."""
