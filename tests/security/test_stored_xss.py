@@ -1,7 +1,8 @@
 """S2: stored XSS. Every payload of tests/security/xss_payloads.py is written through the product's own forms and
 API into the text fields people write (workflow names and descriptions, run inputs, approval reasons, knowledge
-collection titles and document names, connection labels, evaluation case names), then every page that shows them
-is opened in Chromium against the real ASGI server. Two counts, both must be zero:
+collection titles and document names, connection labels, evaluation case names, approval queue names, trigger
+names, workflow step names), then every page that shows them is opened in Chromium against the real ASGI server.
+Two counts, both must be zero:
 
 - executed: payloads whose script ran (the page called `__xss(n)`, which the test exposes, or fetched
   http://xss.invalid/hit/n, which the test intercepts), with the product's CSP in force;
@@ -120,6 +121,75 @@ def _write_everything(analyst, admin, reviewer, claims_workflow, sample_claim) -
         )
         stored += 1
     pages += [reverse("evaluations:suite", args=[claims_workflow.slug])]
+
+    # Step names, through the builder's API (the outline operations its buttons send): one step per payload in
+    # a workflow of its own, inserted then renamed with "configure".
+    from apps.workflows.services import workflow_create, workflow_draft_get_or_create
+
+    steps_workflow = workflow_create(actor=analyst, name="Steps", team=team)
+    workflow_draft_get_or_create(actor=analyst, workflow=steps_workflow)  # the empty draft the builder edits
+    step_names = payloads(first=1001)
+    edits = f"/api/workflows/{steps_workflow.slug}/draft/edits/"
+
+    def revision() -> int:
+        return int(steps_workflow.versions.get(state="draft").revision)
+
+    for index, text in enumerate(step_names.values()):
+        inserted = owner.post(
+            edits,
+            {"operation": "insert", "type": "data.transform", "lane": "root", "index": index, "revision": revision()},
+            content_type="application/json",
+        )
+        if inserted.status_code != 200:
+            continue
+        key = inserted.json()["outline"][index]["key"]
+        owner.post(
+            edits,
+            {"operation": "configure", "key": key, "step": {"name": text[:120]}, "revision": revision()},
+            content_type="application/json",
+        )
+    graph_names = {step.get("name") for step in steps_workflow.versions.get(state="draft").graph["steps"]}
+    named_steps = len(graph_names & {text[:120] for text in step_names.values()})
+    # Each newer surface must hold (nearly) every payload, or it would pass having tested nothing.
+    assert named_steps >= 60, f"the builder stored only {named_steps} step names"
+    stored += named_steps
+    pages += [f"/workflows/{steps_workflow.slug}/edit/"]
+
+    # Approval queue names (150 characters), through the API, by an admin (admins create queues); the claims
+    # team works them, so the analyst sees them in the queue list.
+    from apps.approvals.models import ApprovalQueue
+
+    queue_admin = Client()
+    queue_admin.force_login(admin)
+    queues = payloads(first=801)
+    for number, text in queues.items():
+        queue_admin.post(
+            "/api/approval-queues/",
+            {"key": f"xss-q-{number}", "name": text[:150], "team": team.slug},
+            content_type="application/json",
+        )
+    named_queues = ApprovalQueue.objects.filter(key__startswith="xss-q-").count()
+    assert named_queues >= 60, f"the API stored only {named_queues} queues"
+    stored += named_queues
+    pages += [reverse("approvals:queues"), reverse("approvals:queue", args=["xss-q-801"])]
+
+    # Trigger names (120 characters), through the API, by the workflow's owner: one webhook per payload.
+    from apps.workflows.models import Trigger
+
+    triggers = payloads(first=901)
+    for text in triggers.values():
+        owner.post(
+            f"/api/workflows/{claims_workflow.slug}/triggers/",
+            {"kind": "webhook", "name": text[:120], "config": {}},
+            content_type="application/json",
+        )
+    named = Trigger.objects.filter(workflow=claims_workflow, name__in=[t[:120] for t in triggers.values()])
+    assert named.count() >= 60, f"the API stored only {named.count()} triggers"
+    stored += named.count()
+    first_trigger = named.order_by("pk").first()
+    pages += [reverse("runs:triggers", args=[claims_workflow.slug])]
+    if first_trigger is not None:
+        pages += [reverse("runs:trigger-detail", args=[first_trigger.pk])]
     assert Run.objects.exists()
     return stored, {"analyst": pages, "reviewer": reviewer_pages}
 
