@@ -110,8 +110,7 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
         return Response({"original": original.pk, "run": run.pk, **run_diff(original, run)})
 
     @extend_schema(responses={200: InferenceCallSerializer(many=True)})
-    # Answered whole (a run's calls, in order): no paging, so the schema must not document a page either.
-    @action(detail=True, methods=["get"], pagination_class=None)
+    @action(detail=True, methods=["get"])
     def calls(self, request: Request, pk: str) -> Response:
         """The model calls the run made (or replayed), in order, with provenance, tokens, cost and timings;
         paged like every list (`limit`, `offset`): an agent's run can make thousands."""
