@@ -200,6 +200,7 @@ MIDDLEWARE = [
     "apps.core.middleware.ContentSecurityPolicyMiddleware",
     "apps.core.middleware.DatabaseUnavailableMiddleware",
     "apps.core.middleware.NulCharacterMiddleware",
+    "apps.core.middleware.JsonDepthMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

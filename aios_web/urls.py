@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from apps.accounts.views import home
-from apps.core.views import healthz, metrics_view, readyz
+from apps.core.views import healthz, metrics_view, not_found, readyz
 
 urlpatterns = [
     path("", home, name="home"),
@@ -29,3 +29,6 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
 ]
+
+# JSON for unmatched /api/ addresses, the HTML page elsewhere.
+handler404 = not_found

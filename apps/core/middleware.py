@@ -1,4 +1,4 @@
-"""Request id, Content-Security-Policy, database-outage and NUL-character middleware."""
+"""Request id, Content-Security-Policy, database-outage, NUL-character and JSON-depth middleware."""
 
 from __future__ import annotations
 
@@ -116,6 +116,50 @@ class NulCharacterMiddleware:
         if request.method == "POST" and content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
             return any("\x00" in key or "\x00" in value for key, value in _pairs(request.POST))
         return False
+
+
+# Deeper than any document the product writes (a workflow's lanes nest a few levels); far below the depth at which
+# Python's json module, and everything that walks the parsed value, would exhaust the interpreter's stack.
+MAX_JSON_DEPTH = 100
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+class JsonDepthMiddleware:
+    """A JSON body nested deeper than MAX_JSON_DEPTH answers 400 before any parser sees it.
+
+    DRF's JSONParser (and json.loads wherever a view parses a body itself) turns only ValueError into a bad
+    request; nesting a few thousand levels deep raises RecursionError instead, which became a 500. Measuring the
+    depth without parsing cannot recurse: strings are cut out first (brackets inside them do not count), then the
+    brackets are counted."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        content_type = request.content_type or ""
+        if (content_type == "application/json" or content_type.endswith("+json")) and _json_depth(
+            request.body
+        ) > MAX_JSON_DEPTH:
+            message = f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels; nothing was changed."
+            return JsonResponse({"detail": message}, status=400)
+        return self.get_response(request)
+
+
+def _json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in `body`, read as JSON text (0 for a scalar), counted up to one
+    past MAX_JSON_DEPTH."""
+    brackets = _JSON_STRING.sub(b"", body).translate(None, delete=_NOT_A_BRACKET)
+    depth = deepest = 0
+    for bracket in brackets:
+        if bracket in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+        else:
+            depth -= 1
+    return deepest
 
 
 def _pairs(query: object) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -38,3 +39,11 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     response = HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
     response["Cache-Control"] = "no-store"
     return response
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The 404 handler: under /api/ an address that matches no route (e.g. a slug with characters a slug cannot
+    have) answers JSON like every other API refusal, as the OpenAPI schema documents; pages get the HTML page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)

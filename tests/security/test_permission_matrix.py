@@ -1,16 +1,15 @@
-"""Routes × personas: who gets 200, 403 or 404, and what list pages show to whom. Every named route must
+"""Routes × personas: who gets 200, 403 or 404, and what list pages show to whom (S1). Every named route must
 appear in the table, so a new route without a rule fails this test."""
 
 from __future__ import annotations
-
-import importlib
-from pathlib import Path
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from apps.runs.services import run_start
+from tests.security.inventory import AREAS
+from tests.support.figures import record_figure
 
 # Route name → {persona: expected status}. "anonymous" is redirected (pages) or refused (API).
 OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED = 200, 404, 403, 302, 403
@@ -249,9 +248,8 @@ PERSONAS = ["analyst", "reviewer", "manager", "auditor", "outsider", "anonymous"
 
 # Areas keep their rows beside this file (tests/security/routes_<area>.py): each module has MATRIX, EXEMPT and
 # `world_args(world) -> {route: args}`, which may create the objects its routes need.
-AREAS = [
-    importlib.import_module(f"tests.security.{path.stem}") for path in sorted(Path(__file__).parent.glob("routes_*.py"))
-]
+# (The `world` fixture these tables' arguments come from is in tests/security/conftest.py, shared with the
+# broad sweeps beside this file.)
 for area in AREAS:
     assert not set(area.MATRIX) & set(MATRIX), f"{area.__name__} repeats routes of the main table"
     MATRIX.update(area.MATRIX)
@@ -282,88 +280,6 @@ def _route_names(resolver: URLResolver | None = None, namespace: str = "") -> se
 def test_every_route_has_a_rule():
     unknown = {name for name in _route_names() if "format" not in name} - set(MATRIX) - EXEMPT
     assert not unknown, f"routes without a permission rule: {sorted(unknown)}"
-
-
-@pytest.fixture
-def world(analyst, reviewer, manager, auditor, outsider, claims_workflow, sample_claim):
-    from apps.inference.models import ModelEndpoint
-
-    run, _ = run_start(actor=analyst, workflow=claims_workflow, inputs={"claim_text": sample_claim})
-    endpoint = ModelEndpoint.objects.create(name="matrix", url="http://127.0.0.1:9")
-    item = _parked_approval(analyst, claims_workflow.team)
-    world = {
-        "personas": {
-            "analyst": analyst,
-            "reviewer": reviewer,
-            "manager": manager,
-            "auditor": auditor,
-            "outsider": outsider,
-        },
-        "workflow": claims_workflow,
-        "run": run,
-        "args": {
-            "workflows:detail": [claims_workflow.slug],
-            "workflows:settings": [claims_workflow.slug],
-            "workflows:editor": [claims_workflow.slug],
-            "workflows:editor-inputs": [claims_workflow.slug],
-            "workflows:check-expression": [claims_workflow.slug, "extract"],
-            "workflows:versions": [claims_workflow.slug],
-            "workflows:export": [claims_workflow.slug],
-            "workflows:import": [claims_workflow.slug],
-            "workflows:compare": [claims_workflow.slug],
-            "runs:detail": [run.pk],
-            "runs:create": [claims_workflow.slug],
-            "api:workflow-detail": [claims_workflow.slug],
-            "api:workflow-export": [claims_workflow.slug],
-            "api:workflow-draft": [claims_workflow.slug],
-            "api:workflow-version-list": [claims_workflow.slug],
-            "api:workflow-version-detail": [claims_workflow.slug, 1],
-            "api:workflow-version-diff": [claims_workflow.slug],
-            "api:run-detail": [run.pk],
-            "api:run-calls": [run.pk],
-            "inference:endpoint-edit": [endpoint.pk],
-            "approvals:item": [item.pk],
-            "approvals:item-page": [item.pk, 1],
-            "api:approval-detail": [item.pk],
-            "api:approval-queue-detail": [item.queue.key],
-            "approvals:queue": [item.queue.key],
-            "api:approval-queue-members": [item.queue.key],
-            "api:workflow-corrections": [claims_workflow.slug],
-            "approvals:workflow-accuracy": [claims_workflow.slug],
-        },
-    }
-    for area in AREAS:
-        world["args"].update(area.world_args(world))
-    return world
-
-
-def _parked_approval(analyst, team):
-    """An item in the team's queue: a run of a one-step approval workflow, parked."""
-    from apps.approvals.models import ApprovalRequest
-    from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
-    from tests.support.engine import drive
-
-    workflow = workflow_create(actor=analyst, name="Matrix approval", team=team)
-    graph = {"steps": [{"key": "ok", "type": "human.approval", "config": {"queue": team.group.name}}]}
-    schema = {"type": "object", "properties": {}}
-    version = workflow_version_create(actor=analyst, workflow=workflow, graph=graph, input_schema=schema)
-    workflow_version_publish(actor=analyst, version=version)
-    run, _ = run_start(actor=analyst, workflow=workflow, inputs={})
-    drive(run)
-    return ApprovalRequest.objects.get(run=run)
-
-
-@pytest.mark.parametrize("route", sorted(MATRIX))
-@pytest.mark.parametrize("persona", PERSONAS)
-def test_route_by_persona(world, route, persona):
-    from django.urls import reverse
-
-    client = APIClient()
-    if persona != "anonymous":
-        client.force_login(world["personas"][persona])
-    url = reverse(route, args=world["args"].get(route, []))
-    response = client.get(url)
-    assert response.status_code == expected(route, persona), f"{persona} GET {url}"
 
 
 def _client(world, persona: str) -> APIClient:
@@ -564,3 +480,168 @@ def test_the_auditor_changes_nothing_anywhere(world):
         followed = client.get(response["Location"]).content.decode()
         assert "Approved:" not in followed and "recorded" not in followed
     assert state() == before
+
+
+# --- S1: the whole matrix in one sweep, with unsafe methods and another team's objects, counted as a figure ----
+
+# In every name of the foreign team's objects (and, lower-cased, in their slugs): it must appear on no page a persona
+# outside that team sees. Searches look for a prefix, so a page echoing the search box does not count as a leak.
+CANARY = "Zebracanary"
+SEARCH = CANARY[:8]
+OUTSIDE_THE_FOREIGN_TEAM = ("analyst", "reviewer", "outsider", "anonymous")
+REFUSED = (302, 401, 403, 404, 405)
+
+
+@pytest.fixture
+def foreign_world(db):
+    """A second team's workflow with a run, an approval item, a knowledge collection with a document and a
+    connection, all named with CANARY: none of the matrix's personas but the manager and the auditor (who read
+    everything by role) may see any of it."""
+    from apps.accounts.services import team_create, user_create
+    from apps.knowledge.services import collection_create, document_upload
+    from apps.workflows.demo import CLAIMS_TRIAGE_GRAPH, CLAIMS_TRIAGE_INPUT_SCHEMA, SAMPLE_CLAIMS
+    from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
+    from tests.connectors.helpers import make_connection
+
+    fay = user_create(username="fay", password="a-long-enough-password", roles=["analyst"], first_name="Fay")
+    team = team_create(name=f"{CANARY} team", members=[fay])
+    workflow = workflow_create(actor=fay, name=f"{CANARY} workflow", description=f"{CANARY} secret", team=team)
+    version = workflow_version_create(
+        actor=fay, workflow=workflow, graph=CLAIMS_TRIAGE_GRAPH, input_schema=CLAIMS_TRIAGE_INPUT_SCHEMA
+    )
+    workflow_version_publish(actor=fay, version=version)
+    run, _ = run_start(
+        actor=fay, workflow=workflow, inputs={"claim_text": f"{CANARY} {SAMPLE_CLAIMS[0]['claim_text']}"}
+    )
+    from tests.security.world import parked_approval
+
+    item = parked_approval(fay, team, name=f"{CANARY} approval")
+    collection = collection_create(actor=fay, name="zebracanary-kb", title=f"{CANARY} KB", team=team)
+    document, _ = document_upload(
+        actor=fay, collection=collection, name=f"{CANARY}.md", data=f"# {CANARY}\n\nSecret.".encode()
+    )
+    connection = make_connection(team, name="zebracanary-erp", label=f"{CANARY} ERP")
+    return {
+        # Route → URL arguments that name the foreign team's objects.
+        "workflows:detail": [workflow.slug],
+        "workflows:editor": [workflow.slug],
+        "workflows:settings": [workflow.slug],
+        "workflows:versions": [workflow.slug],
+        "workflows:export": [workflow.slug],
+        "runs:detail": [run.pk],
+        "runs:create": [workflow.slug],
+        "runs:triggers": [workflow.slug],
+        "api:workflow-detail": [workflow.slug],
+        "api:workflow-export": [workflow.slug],
+        "api:workflow-draft": [workflow.slug],
+        "api:workflow-version-list": [workflow.slug],
+        "api:run-detail": [run.pk],
+        "api:run-calls": [run.pk],
+        "approvals:item": [item.pk],
+        "api:approval-detail": [item.pk],
+        "approvals:queue": [item.queue.key],
+        "api:approval-queue-detail": [item.queue.key],
+        "approvals:workflow-accuracy": [workflow.slug],
+        "api:workflow-corrections": [workflow.slug],
+        "knowledge:detail": [collection.name],
+        "knowledge:documents": [collection.name],
+        "knowledge:search": [collection.name],
+        "api:collection-detail": [collection.name],
+        "api:collection-documents": [collection.name],
+        "api:collection-document": [collection.name, document.pk],
+        "connectors:detail": [connection.name],
+        "api:connection-detail": [connection.name],
+        "dashboards:process": [workflow.slug],
+        "evaluations:suite": [workflow.slug],
+        "assistants:workflow-tool": [workflow.slug],
+    }
+
+
+@pytest.mark.timeout(900)
+def test_s1_authorization_leaks(world, foreign_world):
+    """Every route of the table for every persona, by GET and by each unsafe method, plus another team's objects:
+    a leak is a success (2xx, or a redirect other than to sign in) or the other team's canary in a body where the
+    table says the persona must be refused or may not see it, and any row written by a refused request."""
+    from django.urls import reverse
+
+    from apps.dashboards.models import KpiSettings
+    from tests.security.inventory import UNSAFE_METHODS, changed_tables, database_fingerprint
+
+    clients = {persona: _client(world, persona) for persona in PERSONAS}
+    checks, leaks, mismatches = 0, [], []
+
+    def text(response) -> str:
+        if getattr(response, "streaming", False):  # CSV and export downloads
+            return b"".join(response.streaming_content).decode(errors="replace")
+        return response.content.decode(errors="replace")
+
+    def shows_canary(response) -> bool:
+        return CANARY.lower() in text(response).lower()
+
+    def leaked(response) -> bool:
+        if 200 <= response.status_code < 300:
+            return True
+        return 300 <= response.status_code < 400 and "/accounts/login/" not in response.get("Location", "")
+
+    # The dashboards' settings row is made on first read (a default, not a write a refusal could cause).
+    KpiSettings.objects.get_or_create(pk=KpiSettings.SINGLETON_PK)
+    before = database_fingerprint()
+    for route in sorted(MATRIX):
+        url = reverse(route, args=world["args"].get(route, []))
+        for persona in PERSONAS:
+            client, want = clients[persona], expected(route, persona)
+            response = client.get(url)
+            checks += 1
+            if response.status_code != want:
+                mismatches.append(f"{persona} GET {url}: {response.status_code}, the table says {want}")
+                if want in REFUSED and leaked(response):
+                    leaks.append(f"{persona} GET {url}: {response.status_code} where {want} was expected")
+            if persona in OUTSIDE_THE_FOREIGN_TEAM and shows_canary(response):
+                checks += 1
+                leaks.append(f"{persona} GET {url}: shows another team's object")
+            elif persona in OUTSIDE_THE_FOREIGN_TEAM:
+                checks += 1
+            if want not in REFUSED:
+                continue  # what those allowed may change: the write tests named in EXEMPT and the area files
+            for method in UNSAFE_METHODS:
+                response = client.generic(method, url, '{"name": "s1 probe"}', content_type="application/json")
+                checks += 1
+                if leaked(response):
+                    leaks.append(f"{persona} {method} {url}: {response.status_code}, refused by GET with {want}")
+    # The other team's objects, by their own URLs: refused for everyone outside it, whatever the method.
+    for route, args in sorted(foreign_world.items()):
+        url = reverse(route, args=args)
+        for persona in OUTSIDE_THE_FOREIGN_TEAM:
+            for method in ("GET", *UNSAFE_METHODS):
+                response = clients[persona].generic(method, url, "{}", content_type="application/json")
+                checks += 1
+                if leaked(response) or shows_canary(response):
+                    leaks.append(f"{persona} {method} {url}: {response.status_code} on another team's object")
+    # Searches and filters by the canary's name over the lists a persona outside the team can open.
+    for url in (
+        f"{reverse('api:workflow-list')}?search={SEARCH}",
+        f"{reverse('api:run-list')}?search={SEARCH}",
+        f"{reverse('api:approval-list')}?search={SEARCH}",
+        f"{reverse('workflows:list')}?q={SEARCH}",
+        f"{reverse('runs:list')}?q={SEARCH}",
+        f"{reverse('approvals:inbox')}?q={SEARCH}",
+        f"{reverse('knowledge:collections')}?q={SEARCH}",
+    ):
+        for persona in OUTSIDE_THE_FOREIGN_TEAM:
+            response = clients[persona].get(url)
+            checks += 1
+            if shows_canary(response):
+                leaks.append(f"{persona} GET {url}: another team's object in a search")
+    changed = changed_tables(before, database_fingerprint())
+    checks += 1
+    if changed:
+        leaks.append(f"refused requests wrote to {changed}")
+
+    # The manager reads everything: the canary must show where she looks, or the scan above could not fail.
+    manager_sees = clients["manager"].get(reverse("api:workflow-list") + f"?search={SEARCH}").content.decode()
+    assert CANARY in manager_sees, "the foreign workflow is not where the manager should see it: the scan is blind"
+
+    ok = not leaks
+    record_figure(f"S1 authz leaks {len(leaks)} of {checks} {'ok' if ok else 'FAILED'}")
+    assert not leaks, f"{len(leaks)} leaks:\n" + "\n".join(leaks[:60])
+    assert not mismatches, "statuses differ from the table:\n" + "\n".join(mismatches[:60])

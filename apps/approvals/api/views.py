@@ -60,10 +60,15 @@ from apps.core.exceptions import Forbidden, ValidationFailed
 
 
 class QueueSerializer(serializers.ModelSerializer):
-    team: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    lead: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    # allow_null: a queue may have no team, lead or escalation group, and the schema must say they can be null.
+    team: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, allow_null=True
+    )
+    lead: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     escalation_group: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="name", read_only=True
+        slug_field="name", read_only=True, allow_null=True
     )
 
     class Meta:
@@ -267,7 +272,8 @@ class ApprovalRequestViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(ApprovalRequestSerializer(self.get_object()).data)
 
     @extend_schema(request=BulkSerializer, responses={200: ApprovalRequestSerializer(many=True)})
-    @action(detail=False, methods=["post"], url_path="bulk-approve")
+    # The decided items, answered whole: no paging, so the schema must not document a page.
+    @action(detail=False, methods=["post"], url_path="bulk-approve", pagination_class=None)
     def bulk_approve(self, request: Request) -> Response:
         """Approve several items at once: all or nothing, each one qualifying for bulk approval."""
         body = BulkSerializer(data=request.data)
@@ -402,7 +408,8 @@ class ApprovalQueueViewSet(viewsets.ReadOnlyModelViewSet):
         responses={200: QueueMemberSerializer(many=True)},
         description="POST grants `right` (default work); DELETE takes `right` (default: every right given here).",
     )
-    @action(detail=True, methods=["get", "post", "delete"])
+    # The members, answered whole: no paging, so the schema must not document a page.
+    @action(detail=True, methods=["get", "post", "delete"], pagination_class=None)
     def members(self, request: Request, key: str) -> Response:
         """Who works the queue and who may name it in approval steps: people and groups. Those who manage the
         queue list them, add one with a right (POST) and remove one (DELETE); removing the last person who could
@@ -439,6 +446,10 @@ class AbsenceViewSet(viewsets.GenericViewSet):
     """The caller's own absences (today and later): while away, items assigned to her go to her delegate."""
 
     serializer_class = AbsenceSerializer
+    # The list is one person's own absences, answered whole: no paging, and the schema must not promise any.
+    pagination_class = None
+    # Ids are numbers: anything else in the address is no absence (404), not a failed integer conversion (500).
+    lookup_value_regex = r"[0-9]+"
 
     def get_queryset(self) -> QuerySet[OutOfOffice]:
         return OutOfOffice.objects.filter(user_id=_user(self.request).pk)
@@ -473,6 +484,8 @@ class NotificationViewSet(viewsets.GenericViewSet):
     """The caller's notifications, newest first; `read` marks some (or all) read."""
 
     serializer_class = NotificationSerializer
+    # The list is answered whole (the selector bounds it): no paging, and the schema must not promise any.
+    pagination_class = None
 
     def list(self, request: Request) -> Response:
         return Response(NotificationSerializer(notification_list_for_user(request.user), many=True).data)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
 from rest_framework.exceptions import PermissionDenied
@@ -178,7 +178,19 @@ class HistoryPagination(PageNumberPagination):
     page_size = 50
 
 
-@extend_schema(responses={200: TriggerFiringSerializer(many=True)})
+class TriggerHistoryPageSerializer(serializers.Serializer):
+    """One page of the history as HistoryPagination answers it (documented, so the schema matches the body)."""
+
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = TriggerFiringSerializer(many=True)
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("page", int, description="Page number, from 1 (50 firings a page).")],
+    responses={200: TriggerHistoryPageSerializer},
+)
 @api_view(["GET"])
 def trigger_history_view(request: Request, trigger_id: int) -> Response:
     """A trigger's firings, newest first, paged: time, outcome, detail and the run when one started."""

@@ -12,12 +12,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes, renderer_classes
-from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import BaseParser, JSONParser, MultiPartParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.core.exceptions import ValidationFailed
 from apps.workflows.diff import diff_text
 from apps.workflows.exchange import (
     MAX_DOCUMENT_BYTES,
@@ -81,6 +81,14 @@ _REFUSAL = inline_serializer(
                 "message": serializers.CharField(),
             },
             many=True,
+            required=False,
+        ),
+        # A request whose options (`into`, `dry_run`, `document`) are invalid never reaches the file: it is
+        # refused field by field, in the same {detail, fields} shape as the rest of the workflow API.
+        "fields": serializers.DictField(
+            child=serializers.ListField(child=serializers.CharField()),
+            required=False,
+            help_text="Each field's messages.",
         ),
     },
 )
@@ -133,7 +141,11 @@ class ImportResultSerializer(serializers.Serializer):
         OpenApiParameter("version", int, description="A published version; default: the draft, else the newest.")
     ],
     responses={
-        (200, "text/yaml"): OpenApiResponse(OpenApiTypes.STR, description="The workflow file, as a download."),
+        # The body is YAML text, but what it encodes (and what a client that parses it gets) is the document
+        # object: described as an object, not a string, so the schema matches the parsed answer.
+        (200, "text/yaml"): OpenApiResponse(
+            OpenApiTypes.OBJECT, description="The workflow file (apiVersion aios/v1), as a YAML download."
+        ),
         400: OpenApiResponse(_ERROR, description="`version` is not a number."),
         404: OpenApiResponse(_ERROR, description="No such workflow (or not visible to you), or no such version."),
     },
@@ -146,7 +158,8 @@ def workflow_export_view(request: Request, slug: str) -> HttpResponse:
     workflow = workflow_get_for_user(request.user, slug=slug)
     raw = request.query_params.get("version")
     if raw is not None and not (raw.isascii() and raw.isdigit()):
-        raise ValidationError({"version": ["A version number, e.g. 3."]})
+        # {detail, fields}, as the schema documents every refusal of this API (a bare field map has no detail).
+        raise ValidationFailed("A version number, e.g. 3.", fields={"version": ["A version number, e.g. 3."]})
     text = workflow_export(
         actor=request.user,  # type: ignore[arg-type]
         workflow=workflow,
@@ -219,7 +232,8 @@ def _import_request(request: Request) -> tuple[str, dict[str, Any]]:
         return document_text_from_bytes(request.FILES["file"].read(MAX_DOCUMENT_BYTES + 1)), options
     if isinstance(data, dict) and "document" in data:
         body = ImportJsonSerializer(data=data)
-        body.is_valid(raise_exception=True)
+        if not body.is_valid():
+            raise ValidationFailed("Check the fields listed.", fields=dict(body.errors))
         document = body.validated_data["document"]
         if isinstance(document, dict):
             # A document sent as a JSON object is the same document: JSON is YAML.
@@ -243,7 +257,8 @@ def _no_file(message: str) -> Problem:
 
 def _options(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
     body = serializer_class(data=data)
-    body.is_valid(raise_exception=True)
+    if not body.is_valid():
+        raise ValidationFailed("Check the fields listed.", fields=dict(body.errors))
     return {"into": body.validated_data.get("into", ""), "dry_run": body.validated_data["dry_run"]}
 
 

@@ -36,7 +36,10 @@ class WorkflowVersionSerializer(serializers.ModelSerializer):
 
 
 class WorkflowSerializer(serializers.ModelSerializer):
-    team: serializers.SlugRelatedField[Team] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    # allow_null: a workflow without a team (and a draft version nobody published) is null in the response.
+    team: serializers.SlugRelatedField[Team] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, allow_null=True
+    )
     owner: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(slug_field="username", read_only=True)
     published_version = serializers.SerializerMethodField()
 
@@ -370,7 +373,7 @@ class DraftCheckResultSerializer(serializers.Serializer):
 
 class VersionSerializer(serializers.ModelSerializer):
     published_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
-        slug_field="username", read_only=True
+        slug_field="username", read_only=True, allow_null=True
     )
     state = serializers.CharField(read_only=True, help_text=VERSION_STATE_HELP)
     run_count = serializers.SerializerMethodField()
@@ -451,4 +454,11 @@ class DraftConflictSerializer(ErrorSerializer):
 
 
 class PublishRefusalSerializer(ErrorSerializer):
-    problems = ProblemSerializer(many=True)
+    """Either the draft's problems, or (a malformed request) `fields`: the request's own errors by field."""
+
+    problems = ProblemSerializer(many=True, required=False)
+    fields = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Each field's messages, when the request itself was invalid.",
+    )
