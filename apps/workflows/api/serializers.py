@@ -448,9 +448,12 @@ class FieldErrorsSerializer(ErrorSerializer):
 
 
 class DraftConflictSerializer(ErrorSerializer):
-    revision = serializers.IntegerField(help_text="The draft's current revision.")
-    updated_by = serializers.CharField(allow_null=True, help_text="Who saved it last (username).")
-    updated_at = serializers.DateTimeField()
+    """A 409: the draft changed since the caller's revision (then the draft's revision and who saved it last), or
+    another conflict (no draft, nothing to undo, an evaluation gate) that only says why."""
+
+    revision = serializers.IntegerField(required=False, help_text="The draft's current revision.")
+    updated_by = serializers.CharField(required=False, allow_null=True, help_text="Who saved it last (username).")
+    updated_at = serializers.DateTimeField(required=False)
 
 
 class PublishRefusalSerializer(ErrorSerializer):
