@@ -20,7 +20,7 @@ from django.conf import settings
 from django.test import Client
 from django.urls import reverse
 
-from tests.security.test_permission_matrix import MATRIX, OK, expected, world  # noqa: F401
+from tests.security.test_permission_matrix import MATRIX, OK, expected
 from tests.support.figures import record_figure
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -86,7 +86,7 @@ def _seeing_persona(route: str) -> str | None:
     return None
 
 
-def test_s4_headers_on_every_page_and_no_csp_violation_in_chromium(world, asgi_server, tmp_path):  # noqa: F811
+def test_s4_headers_on_every_page_and_no_csp_violation_in_chromium(world, asgi_server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from tests.e2e.conftest import CHROMIUM_FLAGS, chromium_path

@@ -24,7 +24,7 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.runs.test_ai_steps import ai_server, endpoint, wire  # noqa: F401
-from tests.security.test_permission_matrix import MATRIX, world  # noqa: F401
+from tests.security.test_permission_matrix import MATRIX
 from tests.support.figures import record_figure
 
 pytestmark = pytest.mark.django_db
