@@ -6,7 +6,9 @@ another origin.
 Excepted by design, and not swept here: requests authenticated by an API token (`Authorization: Token ...` or
 `Bearer ...`: no cookie is sent, so a third-party page cannot ride on them; DRF checks CSRF for session
 authentication only), the signed webhook receiver `hooks:receive` (its HMAC signature is the authentication:
-tests/triggers/test_webhook.py), and the MCP endpoint /mcp (bearer tokens, not a Django route)."""
+tests/triggers/test_webhook.py), the token sign-in `api:auth-token` (it authenticates by the username and password
+in its body, never by the session, sets no cookie, and answers the new token in its body, which another site's page
+cannot read), and the MCP endpoint /mcp (bearer tokens, not a Django route)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from tests.security.inventory import (
 from tests.support.figures import record_figure
 
 # No cookie session can reach these: see the module's docstring.
-DESIGNED_EXCEPTIONS = {"hooks:receive"}
+DESIGNED_EXCEPTIONS = {"hooks:receive", "api:auth-token"}
 FOREIGN_ORIGIN = "https://attacker.example"
 
 
