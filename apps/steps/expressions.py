@@ -6,6 +6,7 @@ variables the step context provides (`input`, `steps`).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import re
@@ -45,11 +46,13 @@ class _RenderBudget:
 
     def __init__(self) -> None:
         self.iterations = MAX_LOOP_ITERATIONS
-        self.deadline = time.monotonic() + MAX_RENDER_SECONDS
+        # The rendering thread's CPU time, not the wall clock: what a hostile template can take is processor time,
+        # and a wall-clock budget stops ordinary renders on a busy machine (seen in CI).
+        self.deadline = time.thread_time() + MAX_RENDER_SECONDS
 
     def check_time(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise ExpressionError(f"the template ran for more than {MAX_RENDER_SECONDS:g} seconds and was stopped")
+        if time.thread_time() > self.deadline:
+            raise ExpressionError(f"the template used more than {MAX_RENDER_SECONDS:g} seconds of CPU and was stopped")
 
     def count_iteration(self) -> None:
         self.iterations -= 1
@@ -68,10 +71,20 @@ def _current_budget() -> _RenderBudget:
     try:
         return _budget.get()
     except LookupError:
-        # Outside template_render (constant folding while compiling, a check): a fresh budget of its own.
-        budget = _RenderBudget()
-        _budget.set(budget)
-        return budget
+        # Outside a render's budget (constant folding while compiling, a check): a fresh budget for this check only.
+        # Never kept in the context: a budget left there would run out for every later render in this thread.
+        return _RenderBudget()
+
+
+@contextlib.contextmanager
+def render_budget() -> Iterator[None]:
+    """One render's budget (loop iterations, CPU time) for templates rendered outside template_render, such as
+    the email step's own environments."""
+    token = _budget.set(_RenderBudget())
+    try:
+        yield
+    finally:
+        _budget.reset(token)
 
 
 def _too_big(what: str, size: int) -> ExpressionError:

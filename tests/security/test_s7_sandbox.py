@@ -334,11 +334,11 @@ def _start(env: dict[str, str], actor_id: int, workflow_id: int) -> Run:
         [sys.executable, "manage.py", "shell", "-c", code],
         cwd=REPO,
         env=env,
-        check=True,
         timeout=120,
         capture_output=True,
         text=True,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     run_id = int(next(line for line in result.stdout.splitlines() if line.startswith("RUN ")).split()[1])
     return Run.objects.get(pk=run_id)
 

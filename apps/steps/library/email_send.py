@@ -25,6 +25,7 @@ from apps.steps.expressions import (
     _DataFirstEnvironment,
     cel_check,
     cel_evaluate,
+    render_budget,
     template_check,
     template_render,
 )
@@ -163,7 +164,8 @@ def _render_addresses(template: str, variables: dict[str, Any], label: str, fiel
     """The (display name, address) pairs an address field gives; a value that holds several addresses is refused,
     not split."""
     try:
-        text = _address_template(template).render(**variables)
+        with render_budget():
+            text = _address_template(template).render(**variables)
     except _SeveralAddresses as several:
         raise StepError(
             f'{label}, {field}: a value gives several addresses ("{str(several)[:200]}"); each value may give one. '
@@ -178,7 +180,8 @@ def _render_addresses(template: str, variables: dict[str, Any], label: str, fiel
 
 def _render_html(template: str, variables: dict[str, Any], label: str) -> str:
     try:
-        text = _html_templates.from_string(template).render(**variables)
+        with render_budget():
+            text = _html_templates.from_string(template).render(**variables)
     except TemplateError as error:
         raise StepError(f"{label}, body_html: the template failed: {error}") from None
     if len(text) > MAX_TEMPLATE_OUTPUT:
