@@ -104,8 +104,9 @@ def _connections(reviewer: User | None) -> list[tuple[str, str, str, str, dict[s
                 {},
             )
         )
-    if reviewer is not None and settings.AIOS_PUBLIC_URLS:
-        # The weekly assistant reads the approvals waiting in Rita's queues as Rita, through the public API.
+    if reviewer is not None and settings.AIOS_PUBLIC_URLS and not Connection.objects.filter(name="aios-api").exists():
+        # The weekly assistant reads the approvals waiting in Rita's queues as Rita, through the public API. A token
+        # is shown once and stored as a digest, so one is issued only with the connection that keeps it.
         _token, key = api_token_issue(
             user=reviewer, name="Weekly approvals assistant (demo)", lifetime_days=365, via="demo"
         )

@@ -230,10 +230,12 @@ def test_web_and_worker_start_from_the_entrypoint_and_serve(
     # A task on the worker: an audit event written here, anchored by the worker's audit.anchor_write.
     user_create(username="image-test", password="correct-horse-battery-staple", roles=[])
     anchors_before = AuditAnchor.objects.count()
-    from celery import Celery
+    from workers.celery import app
 
-    sender = Celery(broker=redis_url_with_db(settings.REDIS_URL, REDIS_DB))
-    sender.send_task("audit.anchor_write", queue="default")
+    # The test process's own app, with a connection of its own: a second Celery app would make itself the current
+    # app, and every later test's task would go out through it (and fail once it is gone).
+    with app.connection_for_write(redis_url_with_db(settings.REDIS_URL, REDIS_DB)) as broker:
+        app.send_task("audit.anchor_write", queue="default", connection=broker)
     deadline = time.monotonic() + 60
     while AuditAnchor.objects.count() == anchors_before and time.monotonic() < deadline:
         time.sleep(0.2)
