@@ -14,6 +14,7 @@ class ApprovalsConfig(AppConfig):
         from apps.approvals import readers, selectors, services
         from apps.approvals.demo import seed_review_demo
         from apps.runs import hooks
+        from apps.steps import base as step_base
         from apps.steps import readers as step_readers
         from apps.steps.library import human
         from apps.workflows import demo
@@ -25,7 +26,7 @@ class ApprovalsConfig(AppConfig):
         hooks.on_run_cancelled.append(services.approvals_cancel_for_run)
         hooks.run_visibility.append(selectors.runs_visible_through_queues)
         hooks.step_notes.append(selectors.approval_step_notes)
-        human.QUEUE_CHECKS.append(selectors.queue_key_problem)
+        step_base.QUEUE_CHECKS.append(selectors.queue_key_problem)
         human.AUDIT_SAMPLE_RATES.append(services.audit_sample_rate_for)
         accounts.on_team_created.append(services.team_queue_create)
         demo.demo_extensions.append(seed_review_demo)

@@ -55,6 +55,7 @@ from apps.runs.faults import crash_point
 from apps.runs.lifecycle import output_digest, run_lock, run_try_lock, step_run_resume
 from apps.runs.models import Run, StepRun
 from apps.steps.base import Wait
+from apps.steps.guardrails import held_review_proposal
 from apps.steps.library.human import ApprovalConfig
 
 logger = logging.getLogger(__name__)
@@ -288,9 +289,16 @@ def _jsonable(value: Any) -> Any:
 # --- opening an item (the engine's hook) -------------------------------------------------------------------
 
 
-def _approval_config(run: Run, step_run: StepRun) -> ApprovalConfig:
-    """The approval's settings: the `human.approval` step's config, or, for an agent's tool call that asks a
-    person first, the tool's queue (the item shows the call and its arguments, which the reviewer may correct)."""
+def _approval_config(run: Run, step_run: StepRun, wait: Wait) -> ApprovalConfig:
+    """The approval's settings: the `human.approval` step's config; for an agent's tool call that asks a person
+    first, the tool's queue (the item shows the call and its arguments, which the reviewer may correct); for an
+    LLM step that holds a flagged result, its guardrails' review queue."""
+    if wait.held_output is not None:
+        guardrails = run.step_definition(step_run.step_key).get("config", {}).get("guardrails") or {}
+        return ApprovalConfig(
+            queue=str(guardrails.get("review_queue") or "(no queue)"),
+            title=str(wait.details.get("title") or f"Check the result of “{step_run.step_key}”")[:200],
+        )
     if not step_run.is_tool_call:
         return ApprovalConfig.model_validate(run.step_definition(step_run.step_key).get("config", {}))
     definition = step_run.definition or {}
@@ -309,7 +317,7 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
     data, confidence, evidence and source text), else the step's params. A queue that does not exist fails
     the step with that reason, rather than parking it where no one can see it."""
     run = step_run.run
-    config = _approval_config(run, step_run)
+    config = _approval_config(run, step_run, wait)
     # The first queue, then any later ones of a sequential policy, read in one query.
     keys = [config.queue, *config.then_queues]
     found = {queue.key: queue for queue in ApprovalQueue.objects.filter(key__in=keys)}
@@ -322,7 +330,14 @@ def approval_request_open(step_run: StepRun, wait: Wait) -> None:
         return
     queue = found[config.queue]
     stages = [found[key].pk for key in keys]
-    review = _review_material(run, config, wait.payload.get("params", {}))
+    if wait.held_output is not None:  # the reviewer checks the step's own result, typed by what it produces
+        review = _material_from_output(
+            wait.held_output, held_review_proposal(wait.held_output), _held_schema(run, step_run, wait.held_output)
+        )
+        # Without a document of its own, the reviewer compares the result with what the model read.
+        review["source_text"] = review["source_text"] or str(wait.payload.get("source_text") or "")
+    else:
+        review = _review_material(run, config, wait.payload.get("params", {}))
     if step_run.is_tool_call:  # the reviewer checks the call's arguments, typed by the tool's schema
         review["schema"] = (step_run.definition or {}).get("parameters") or {}
     policy = config.policy or queue.policy
@@ -397,32 +412,50 @@ def _escalation_schedule(request: ApprovalRequest, queue: ApprovalQueue, start: 
 
 
 def _review_material(run: Run, config: ApprovalConfig, params: Any) -> dict[str, Any]:
-    material: dict[str, Any] = {
-        "proposal": params if isinstance(params, dict) else {"value": params},
-        "schema": {},
-        "confidence": {},
-        "confidence_source": "none",
-        "evidence": {},
-        "source_text": "",
-    }
+    """What the reviewer of a `human.approval` item checks: the output of its `review_step` (an extraction's data,
+    confidence, evidence and source text), else the step's params."""
+    proposal = params if isinstance(params, dict) else {"value": params}
     if not config.review_step:
-        return material
+        return _material_from_output({}, proposal, {})
     reviewed = (
         StepRun.objects.filter(run=run, step_key=config.review_step, state=StepRun.State.SUCCEEDED)
         .values_list("output", flat=True)
         .first()
     )
     if not isinstance(reviewed, dict):
-        return material
+        return _material_from_output({}, proposal, {})
     data = reviewed.get("data")
-    if isinstance(data, dict):
-        material["proposal"] = data
     try:
         schema = run.step_definition(config.review_step).get("config", {}).get("json_schema")
     except KeyError:
         schema = None
-    if isinstance(schema, dict):
-        material["schema"] = schema
+    return _material_from_output(reviewed, data if isinstance(data, dict) else proposal, schema)
+
+
+def _held_schema(run: Run, step_run: StepRun, held: dict[str, Any]) -> dict[str, Any]:
+    """The shape of a held result's reviewable fields: the step's JSON schema for data, the step's labels for a
+    classification, a text otherwise."""
+    config = run.step_definition(step_run.step_key).get("config", {})
+    if isinstance(held.get("data"), dict):
+        schema = config.get("json_schema")
+        return schema if isinstance(schema, dict) else {}
+    if "label" in held:
+        labels = [str(label) for label in config.get("labels") or []]
+        return {"type": "object", "properties": {"label": {"type": "string", "enum": labels}}, "required": ["label"]}
+    return {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+
+def _material_from_output(reviewed: dict[str, Any], proposal: dict[str, Any], schema: Any) -> dict[str, Any]:
+    """Review material: the proposal and its schema, with an extraction's confidence, evidence and source text
+    where `reviewed` (a step's output) has them."""
+    material: dict[str, Any] = {
+        "proposal": proposal,
+        "schema": schema if isinstance(schema, dict) else {},
+        "confidence": {},
+        "confidence_source": "none",
+        "evidence": {},
+        "source_text": "",
+    }
     confidence = reviewed.get("confidence")
     if isinstance(confidence, dict):
         material["confidence"] = {

@@ -422,6 +422,7 @@ def _step_run_prepare(step_run: StepRun, chain: Chain, attempt: Attempt) -> Prep
         replay_of=recording_run_id(run.replay_of_id, step_run.step_key) if run.replay_of_id else None,
         budget=run.graph.get("budget") or {},
         initiator_id=run.initiator_id,
+        asks_people=not (run.is_test or _original_run_id(run) is not None),
     )
     attempt.calls = context.model_calls
     if step_run.is_tool_call:
@@ -578,6 +579,8 @@ def _park(step_run: StepRun, outcome: StepOutcome, attempt: Attempt) -> None:
             details=wait.details,
             params=attempt.params,
             calls=attempt.calls,
+            held_output=wait.held_output,
+            usage=outcome.usage if wait.held_output is not None else None,
         ):
             # Child runs start here; an approval is the approvals app's, reached through the hook it fills.
             starter = (

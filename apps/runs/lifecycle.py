@@ -49,6 +49,7 @@ from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
 from apps.runs.plans import run_plan, step_plan, version_get
 from apps.runs.trigger_events import run_finished_notify
 from apps.steps.agent_keys import AGENT_WAIT, TOOL_CALL_MARK
+from apps.steps.guardrails import held_output_reviewed
 from apps.steps.registry import step_type_get
 from apps.workflows.models import WorkflowVersion
 
@@ -631,13 +632,21 @@ def step_run_wait(
     details: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
     calls: Sequence[Any] = (),
+    held_output: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> bool:
     """Park a running step (this worker owned it) until a timer or another service resumes it. `calls` are the
-    model calls it made before parking (an agent's turn), stored with the wait."""
+    model calls it made before parking (an agent's turn), stored with the wait. A step that holds its result for
+    a person's review parks with it (`held_output`, and the `usage` that produced it): approved, that result is
+    the step's output (see `step_run_resume`); until then no later step reads it, since they read succeeded steps
+    only."""
     run = run_lock(step_run.run_id)
+    held: dict[str, Any] = (
+        {} if held_output is None else {"output": jsonable(held_output), "usage": jsonable(usage or {})}
+    )
     updated = StepRun.objects.filter(
         pk=step_run.pk, state=StepRun.State.RUNNING, fencing_token=step_run.fencing_token
-    ).update(state=StepRun.State.WAITING, waiting_for=for_what[:16], lease_expires_at=None, **_params(params))
+    ).update(state=StepRun.State.WAITING, waiting_for=for_what[:16], lease_expires_at=None, **_params(params), **held)
     if not updated:
         return False
     model_calls_store(run, calls)
@@ -656,6 +665,15 @@ def step_run_wait(
     return True
 
 
+def _not_approved(decision: dict[str, Any]) -> str:
+    """Why a step that waited for a person's yes fails: who rejected it and why, or that no one decided in time."""
+    answer = str(decision.get("decision", ""))
+    if answer == "rejected":
+        reason = f": {decision['reason']}" if decision.get("reason") else ""
+        return f"Rejected by {decision.get('decided_by') or 'nobody'}{reason}"
+    return f"Not approved ({answer or 'no decision'}): no one decided in time."
+
+
 @transaction.atomic
 def step_run_resume(
     *, step_run: StepRun, output: dict[str, Any] | None = None, error: str = "", actor: User | None = None
@@ -667,19 +685,27 @@ def step_run_resume(
     run = run_lock(step_run.run_id)
     now = timezone.now()
     output = jsonable(output or {})
+    usage: dict[str, Any] = {}
+    waiting = (
+        StepRun.objects.filter(pk=step_run.pk, state=StepRun.State.WAITING)
+        .values("waiting_for", "step_type", "output", "usage")
+        .first()
+    )
+    if waiting is not None and waiting["waiting_for"] == "approval" and waiting["output"] is not None and not error:
+        # A result held for a person's review (an LLM step's injection guardrail): approved, it is the step's
+        # output with the reviewer's corrections and the usage that produced it; otherwise the step fails.
+        held = waiting["output"]
+        if output.get("decision") == "approved":
+            output = held_output_reviewed(held, output)
+            usage = waiting["usage"] or {}
+        else:
+            error = _not_approved(output)
     if TOOL_CALL_MARK in step_run.step_key and not error:
-        waiting_for = StepRun.objects.filter(pk=step_run.pk).values_list("waiting_for", flat=True).first()
+        waiting_for = waiting["waiting_for"] if waiting is not None else ""
         if waiting_for == "approval":
-            decision = str(output.get("decision", ""))
-            if decision == "approved":
+            if output.get("decision") == "approved":
                 return _tool_call_approved(run, step_run, output, actor, now)
-            who = output.get("decided_by") or "nobody"
-            reason = f": {output['reason']}" if output.get("reason") else ""
-            error = (
-                f"Rejected by {who}{reason}"
-                if decision == "rejected"
-                else f"Not approved ({decision or 'no decision'}): no one allowed the call in time."
-            )
+            error = _not_approved(output)
     state = StepRun.State.FAILED if error else StepRun.State.SUCCEEDED
     updated = StepRun.objects.filter(pk=step_run.pk, state=StepRun.State.WAITING).update(
         state=state,
@@ -691,12 +717,14 @@ def step_run_resume(
     )
     if not updated:
         return False
+    if usage:
+        StepRun.objects.filter(pk=step_run.pk).update(usage=usage)
     fresh = StepRun.objects.get(pk=step_run.pk)
     if error:
         _record_result(run, fresh, outcome="failed", error=error)
         audit_record(actor=actor, verb="step.failed", target=run, data={"step": fresh.step_key, "error": error[:2000]})
     else:
-        _record_success(run, fresh, output, {})
-        _audit_success(run, fresh, output, {}, actor)
+        _record_success(run, fresh, output, usage)
+        _audit_success(run, fresh, output, usage, actor)
     run_advance(run, changed=[fresh.step_key])
     return True

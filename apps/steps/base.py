@@ -105,11 +105,19 @@ class StepContext:
     # the flags are a name of their own, not a field added to every output. Loaded only for a step whose
     # definition mentions `flags` (apps/runs/executor.py:_flags).
     flags: dict[str, list[str]] = field(default_factory=dict)
+    # False in test, replay and what-if runs: they never put an item in a person's queue (a step that would
+    # ask someone records that it did not).
+    asks_people: bool = True
 
     def expression_variables(self) -> dict[str, Any]:
         """The names expressions and templates may use: `input`, `steps`, the step's `params`, and `flags`
         (earlier steps' prompt-injection flags by step key, an empty list for a step that raised none)."""
         return {"input": self.input, "steps": self.steps, "params": self.params, "flags": self.flags}
+
+
+# Filled by the approvals app (above the step library): each returns a problem with an approval queue's key, or
+# None. Used by every step that can send something to a queue (`human.approval`, an LLM step's review guardrail).
+QUEUE_CHECKS: list[Callable[[str], str | None]] = []
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,9 @@ class Wait:
     fire_at: datetime | None = None
     details: dict[str, Any] = field(default_factory=dict)  # small, recorded in the audit chain
     payload: dict[str, Any] = field(default_factory=dict)  # for the hook that handles the wait only
+    # A result the step holds back for a person (an LLM step's injection guardrail): stored with the wait, it
+    # becomes the step's output, with the reviewer's corrections, once approved.
+    held_output: dict[str, Any] | None = None
 
 
 @dataclass

@@ -6,7 +6,9 @@
   step records as provenance is `summary()`, counts per kind, never the values.
 - `sanitise_output` makes a model reply safe to store and to hand to later steps as text.
 - `injection_flags` / `injection_flags_in` flag text from documents and connectors that looks like a prompt
-  injection. They are heuristics for a reviewer's attention, not a filter: a flag never blocks a run.
+  injection. They are heuristics for a reviewer's attention, not a filter: a flag alone never blocks a run; the
+  step's `on_injection` option says what a flag does (continue with the flags readable by conditions, stop
+  before any model call, or hold the result for a person: `held_review_proposal` / `held_output_reviewed`).
 
 Every regular expression here must run in linear time, because documents are attacker-controlled and Python's
 `re` backtracks. The rules the patterns follow (and `tests/steps/test_guardrails.py` checks structurally):
@@ -765,3 +767,40 @@ def injection_flags_in(value: Any) -> list[str]:
     for text in _strings_in(value, keys=True):
         found |= _flags(text)
     return [code for code in INJECTION_FLAGS if code in found]
+
+
+# -- results held for a person's review -------------------------------------------------------------------------
+
+
+def held_review_proposal(held: dict[str, Any]) -> dict[str, Any]:
+    """What a reviewer checks, and may correct, in a result an LLM step held back: the extracted (or JSON) data,
+    a classification's label, or the reply's text."""
+    data = held.get("data")
+    if isinstance(data, dict):
+        return data
+    if "label" in held:
+        return {"label": held["label"]}
+    return {"text": held.get("text", "")}
+
+
+def held_output_reviewed(held: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    """The held result as the step outputs it once a person approved it: with the reviewer's corrections (of the
+    fields `held_review_proposal` showed), and `review` saying who decided. A corrected label is a person's
+    answer, so it is certain."""
+    corrected = decision.get("data") if isinstance(decision.get("data"), dict) else None
+    output = dict(held)
+    if corrected is not None:
+        if isinstance(held.get("data"), dict):
+            output["data"] = corrected
+        elif "label" in held:
+            if corrected.get("label") != held.get("label"):
+                output.update(label=corrected.get("label"), confidence=1.0, branch="confident")
+        elif isinstance(corrected.get("text"), str):
+            output["text"] = corrected["text"]
+    output["review"] = {
+        "decision": "approved",
+        "decided_by": str(decision.get("decided_by") or ""),
+        "reason": str(decision.get("reason") or ""),
+        "changed_fields": list(decision.get("changed_fields") or []),
+    }
+    return output

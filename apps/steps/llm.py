@@ -21,7 +21,7 @@ from apps.core.exceptions import ApplicationError
 from apps.inference.errors import InferenceError
 from apps.inference.gateway import Budget, CallRequest, CallResult, CallScope, Gateway, endpoint_resolve
 from apps.inference.models import ModelEndpoint
-from apps.steps.base import StepConfig, StepContext, StepError
+from apps.steps.base import QUEUE_CHECKS, StepConfig, StepContext, StepError, StepOutcome, Wait
 from apps.steps.expressions import ExpressionError, template_check, template_render
 from apps.steps.guardrails import (
     PII_KINDS,
@@ -43,12 +43,21 @@ class Guardrails(BaseModel):
     restore_pii: bool = Field(True, description="Put the masked values back into the step's output.")
     sanitise_output: bool = Field(True, description="Strip control and invisible characters from the reply.")
     flag_injection: bool = Field(True, description="Flag text from inputs and earlier steps that looks like an attack.")
-    on_injection: Literal["continue", "stop"] = Field(
+    on_injection: Literal["continue", "review", "stop"] = Field(
         "continue",
         description=(
             "When text is flagged: continue (the flags are in flags.<step key> for conditions, e.g. a review "
-            "step's straight_through_when) or stop the step before anything is sent to a model."
+            "step's straight_through_when), review (hold the step's result for a person in the review queue, who "
+            "may correct it; later steps wait, and a rejection fails the step), or stop the step before anything "
+            "is sent to a model."
         ),
+    )
+    review_queue: str = Field(
+        "",
+        max_length=150,
+        title="Review queue",
+        description="For review: the approval queue whose reviewers check a flagged result.",
+        json_schema_extra={"x-widget": "approval-queue"},
     )
 
 
@@ -137,6 +146,16 @@ def llm_config_problems(config: LlmStepConfig) -> list[str]:
     unknown_kinds = sorted(set(config.guardrails.pii_kinds) - set(PII_KINDS))
     if unknown_kinds:
         problems.append(f"guardrails.pii_kinds: unknown {', '.join(unknown_kinds)} (known: {', '.join(PII_KINDS)})")
+    guardrails = config.guardrails
+    if guardrails.on_injection == "review":
+        if not guardrails.review_queue:
+            problems.append("guardrails.review_queue: choose the queue whose reviewers check a flagged result")
+        else:
+            problems += [
+                f"guardrails.review_queue: {p}" for check in QUEUE_CHECKS if (p := check(guardrails.review_queue))
+            ]
+        if not guardrails.flag_injection:
+            problems.append("guardrails.on_injection: review needs flag_injection on (nothing would be flagged)")
     return problems
 
 
@@ -171,6 +190,8 @@ class LlmSession:
             )
         )
         self._endpoints: dict[str, ModelEndpoint] = {}
+        # The prompts as rendered, before masking: what a reviewer of a held result compares it with.
+        self.rendered: list[str] = []
         self.flags: list[str] = []
         if config.guardrails.flag_injection:
             # Text that came from outside (run input, connector and document outputs) is what an attacker
@@ -190,6 +211,8 @@ class LlmSession:
             text = template_render(template, self.context.expression_variables()) if template else ""
         except ExpressionError as error:
             raise StepError(f'Step "{self.context.step_key}": the prompt template failed: {error}') from None
+        if text:
+            self.rendered.append(text)
         return self.mask(text)
 
     async def arender(self, template: str) -> str:
@@ -260,6 +283,27 @@ class LlmSession:
         return routing is not None and routing.escalate_below is not None
 
     # -- output --
+
+    def outcome(self, output: dict[str, Any], usage: dict[str, Any]) -> StepOutcome:
+        """The step's outcome. With `on_injection: review` and something flagged, the result is held for a person
+        in the review queue (later steps wait; see `Wait.held_output`); a test, replay or what-if run asks no one
+        and says so in the usage."""
+        guardrails = self.config.guardrails
+        if not (self.flags and guardrails.on_injection == "review"):
+            return StepOutcome(output=output, usage=usage)
+        if not self.context.asks_people:
+            return StepOutcome(output=output, usage={**usage, "injection_review": "not asked (test or replay run)"})
+        title = f"Possible prompt injection ({', '.join(self.flags)}): check the result of “{self.context.step_key}”"
+        return StepOutcome(
+            output={},
+            usage=usage,
+            wait=Wait(
+                "approval",
+                details={"title": title[:200], "injection_flags": self.flags},
+                payload={"params": self.context.params, "source_text": "\n\n".join(self.rendered)},
+                held_output=output,
+            ),
+        )
 
     def finish_text(self, text: str) -> str:
         """The reply as the step outputs it: sanitised, and with masked values restored if asked."""

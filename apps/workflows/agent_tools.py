@@ -632,7 +632,7 @@ def agent_config_problems(graph: dict[str, Any], *, own_slug: str = "", user: An
     unique, step types that may be tools, each tool's config valid for its type, its arguments an object JSON
     Schema (empty only for a workflow tool), an existing approval queue when calls are asked, and (with
     `user`, the publisher) the workflows, connections and collections the tools name usable by that person."""
-    from apps.steps.library.human import QUEUE_CHECKS
+    from apps.steps.base import QUEUE_CHECKS
 
     problems: list[str] = []
     for step in graph.get("steps", []) if isinstance(graph.get("steps"), list) else []:

@@ -46,7 +46,8 @@ from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, Forbidden
 from apps.core.permissions import has_object_perm
 from apps.inference.models import ModelEndpoint
-from apps.steps.library.human import QUEUE_CHECKS, ApprovalConfig
+from apps.steps.base import QUEUE_CHECKS
+from apps.steps.library.human import ApprovalConfig
 from apps.steps.llm import LlmStepConfig
 from apps.steps.registry import step_types
 from apps.workflows.diff import VersionDiff, version_diff

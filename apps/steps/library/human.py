@@ -10,7 +10,7 @@ from typing import Any, Literal
 from django.utils import timezone
 from pydantic import Field
 
-from apps.steps.base import StepConfig, StepContext, StepError, StepOutcome, StepType, Wait
+from apps.steps.base import QUEUE_CHECKS, StepConfig, StepContext, StepError, StepOutcome, StepType, Wait
 from apps.steps.expressions import ExpressionError, cel_check, cel_evaluate, template_check, template_render
 from apps.steps.registry import register
 
@@ -63,8 +63,6 @@ class ApprovalConfig(StepConfig):
     )
 
 
-# Filled by the approvals app (above the step library): each returns a problem with the queue key, or None.
-QUEUE_CHECKS: list[Callable[[str], str | None]] = []
 # Filled by the approvals app: the share of straight-through items a queue routes to review anyway.
 AUDIT_SAMPLE_RATES: list[Callable[[str], float]] = []
 

@@ -86,6 +86,11 @@ class LlmAgent(StepType):
     @staticmethod
     def check_config(config: LlmAgentConfig) -> list[str]:
         problems = llm_config_problems(config)
+        if config.guardrails.on_injection == "review":
+            problems.append(
+                "guardrails.on_injection: an agent cannot hold its result for review; give the tools that act "
+                "an approval (ask a person) or stop on injection"
+            )
         if config.output == "data":
             problems += [
                 p.replace("required", "required when output is data") for p in schema_problems(config.json_schema)

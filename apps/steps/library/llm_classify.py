@@ -119,7 +119,7 @@ class LlmClassify(StepType):
             "scores": {name: round(value, 4) for name, value in scores.items()},
             "branch": CONFIDENT if label is not None and confidence >= config.threshold else LOW_CONFIDENCE,
         }
-        return StepOutcome(output=output, usage=session.usage(method=method, escalated=escalated))
+        return session.outcome(output, session.usage(method=method, escalated=escalated))
 
     async def _classify(
         self, session: LlmSession, config: LlmClassifyConfig, prompt: str, system: str, *, large: bool

@@ -425,7 +425,7 @@ class LlmExtract(StepType):
             "source_text": source,
             "text": session.finish_text(call.result.text),
         }
-        return StepOutcome(output=output, usage=session.usage(repairs=repairs))
+        return session.outcome(output, session.usage(repairs=repairs))
 
     @staticmethod
     def _render_source(session: LlmSession, config: LlmExtractConfig, context: StepContext) -> str:

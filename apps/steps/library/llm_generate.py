@@ -103,7 +103,7 @@ class LlmGenerate(StepType):
                     f'Step "{context.step_key}": the reply no longer matches the schema once the masked personal '
                     f"data is restored: {'; '.join(restored_problems)}."
                 )
-        return StepOutcome(output=output, usage=session.usage(finish_reason=call.result.finish_reason))
+        return session.outcome(output, session.usage(finish_reason=call.result.finish_reason))
 
 
 def json_reply_errors(text: str, schema: dict[str, Any]) -> tuple[Any, list[str]]:
