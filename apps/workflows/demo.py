@@ -97,14 +97,18 @@ CLAIMS_TRIAGE_GRAPH: dict[str, Any] = {
             "name": "Decide the route",
             "config": {
                 "fields": {
+                    # A claim whose text looks like it instructs the model never goes straight through,
+                    # whatever the model extracted from it.
                     "route": (
-                        "steps.extract.data.amount <= 1000.0 && !steps.extract.data.injury_reported "
+                        "size(flags.extract) == 0 && steps.extract.data.amount <= 1000.0 "
+                        "&& !steps.extract.data.injury_reported "
                         '&& steps.extract.data.incident_type != "injury" ? "auto_approve" : "adjuster_queue"'
                     ),
                     "reason": (
-                        'steps.extract.data.injury_reported ? "An injury is reported: an adjuster must review." '
-                        ': steps.extract.data.amount > 1000.0 ? "The amount is above the EUR 1,000 '
-                        'straight-through limit." : "Small claim without injury: approved automatically."'
+                        'size(flags.extract) > 0 ? "The claim text looks like it tries to instruct the model: an '
+                        'adjuster must review." : steps.extract.data.injury_reported ? "An injury is reported: an '
+                        'adjuster must review." : steps.extract.data.amount > 1000.0 ? "The amount is above the '
+                        'EUR 1,000 straight-through limit." : "Small claim without injury: approved automatically."'
                     ),
                     "claimant": "steps.extract.data.claimant",
                     "policy_number": "steps.extract.data.policy_number",
