@@ -55,7 +55,7 @@ from apps.runs.faults import crash_point
 from apps.runs.lifecycle import output_digest, run_lock, run_try_lock, step_run_resume
 from apps.runs.models import Run, StepRun
 from apps.steps.base import Wait
-from apps.steps.guardrails import held_review_proposal
+from apps.steps.guardrails import held_review_proposal, held_review_title
 from apps.steps.library.human import ApprovalConfig
 
 logger = logging.getLogger(__name__)
@@ -294,10 +294,14 @@ def _approval_config(run: Run, step_run: StepRun, wait: Wait) -> ApprovalConfig:
     first, the tool's queue (the item shows the call and its arguments, which the reviewer may correct); for an
     LLM step that holds a flagged result, its guardrails' review queue."""
     if wait.held_output is not None:
-        guardrails = run.step_definition(step_run.step_key).get("config", {}).get("guardrails") or {}
+        definition = run.step_definition(step_run.step_key)
+        guardrails = definition.get("config", {}).get("guardrails") or {}
+        flags = [str(flag) for flag in wait.details.get("injection_flags") or []]
         return ApprovalConfig(
             queue=str(guardrails.get("review_queue") or "(no queue)"),
-            title=str(wait.details.get("title") or f"Check the result of “{step_run.step_key}”")[:200],
+            title=held_review_title(str(definition.get("name") or step_run.name or step_run.step_key), flags),
+            # The item's reviewed step is the step itself: its model calls, evidence and corrections.
+            review_step=step_run.step_key,
         )
     if not step_run.is_tool_call:
         return ApprovalConfig.model_validate(run.step_definition(step_run.step_key).get("config", {}))

@@ -771,6 +771,22 @@ def injection_flags_in(value: Any) -> list[str]:
 
 # -- results held for a person's review -------------------------------------------------------------------------
 
+# What each flag means, in the words a reviewer reads.
+INJECTION_FLAG_LABELS: dict[str, str] = {
+    "override_instructions": "tries to override the model's instructions",
+    "prompt_leak": "asks for the model's instructions",
+    "role_marker": "fakes a turn of the conversation",
+    "exfiltration_link": "holds a link that could carry data out",
+    "hidden_characters": "hides text in invisible characters",
+    "encoded_payload": "hides text in an encoded blob",
+}
+
+
+def held_review_title(step_name: str, flags: list[str]) -> str:
+    """An inbox title for a held result: which step, and what in its input looks like an attack."""
+    what = "; ".join(INJECTION_FLAG_LABELS.get(flag, flag) for flag in flags) or "looks like a prompt injection"
+    return f"Check “{step_name}”: its input {what}"[:200]
+
 
 def held_review_proposal(held: dict[str, Any]) -> dict[str, Any]:
     """What a reviewer checks, and may correct, in a result an LLM step held back: the extracted (or JSON) data,

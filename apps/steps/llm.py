@@ -293,13 +293,12 @@ class LlmSession:
             return StepOutcome(output=output, usage=usage)
         if not self.context.asks_people:
             return StepOutcome(output=output, usage={**usage, "injection_review": "not asked (test or replay run)"})
-        title = f"Possible prompt injection ({', '.join(self.flags)}): check the result of “{self.context.step_key}”"
         return StepOutcome(
             output={},
             usage=usage,
             wait=Wait(
                 "approval",
-                details={"title": title[:200], "injection_flags": self.flags},
+                details={"injection_flags": self.flags},
                 payload={"params": self.context.params, "source_text": "\n\n".join(self.rendered)},
                 held_output=output,
             ),

@@ -70,7 +70,9 @@ def test_a_flagged_result_waits_for_a_person_who_corrects_it_and_the_run_goes_on
     assert run.step_runs.get(step_key="pay").state == "pending"
     item = ApprovalRequest.objects.get(run=run)
     assert item.queue.key == team.group.name and item.step_run_id == extract.pk
-    assert item.title.startswith("Possible prompt injection (") and "extract" in item.title
+    # The step by name and what in its input looks like an attack, in words.
+    assert item.title == "Check “extract”: its input tries to override the model's instructions"
+    assert item.review_step_key == "extract"
     assert item.proposal == {"claimant": "Maria Lopez", "amount": 850.0, "injury_reported": False}
     assert item.schema == CLAIM_SCHEMA and ATTACK in item.source_text
     assert item.separation_of_duties and item.initiators == [analyst.pk]
