@@ -383,8 +383,11 @@ STORAGES = {
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
-    "form-action 'self'; frame-ancestors 'none'"
+    "form-action 'self'; frame-ancestors 'none'; report-uri /csp-report; report-to csp"
 )
+# Where browsers that speak the Reporting API send what the policy blocked (`report-to csp`); older ones use
+# `report-uri`. Both reach apps.core.views.csp_report, which logs them.
+REPORTING_ENDPOINTS = 'csp="/csp-report"'
 # No page uses a device or payment API: every response denies them to itself and to any frame.
 PERMISSIONS_POLICY = (
     "accelerometer=(), autoplay=(), camera=(), display-capture=(), encrypted-media=(), "

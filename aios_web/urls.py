@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from apps.accounts.views import home
-from apps.core.views import healthz, metrics_view, not_found, readyz
+from apps.core.views import csp_report, healthz, metrics_view, not_found, readyz
 
 urlpatterns = [
     path("", home, name="home"),
@@ -26,6 +26,7 @@ urlpatterns = [
     path("hooks/", include("apps.runs.hook_urls")),  # triggers: signed webhooks, no sign-in
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("csp-report", csp_report, name="csp-report"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
 ]

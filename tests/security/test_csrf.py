@@ -8,7 +8,9 @@ Excepted by design, and not swept here: requests authenticated by an API token (
 authentication only), the signed webhook receiver `hooks:receive` (its HMAC signature is the authentication:
 tests/triggers/test_webhook.py), the token sign-in `api:auth-token` (it authenticates by the username and password
 in its body, never by the session, sets no cookie, and answers the new token in its body, which another site's page
-cannot read), and the MCP endpoint /mcp (bearer tokens, not a Django route)."""
+cannot read), browsers' Content-Security-Policy reports `csp-report` (sent without a token by design; a report
+changes nothing but a rate-limited log line: tests/core/test_csp_report.py), and the MCP endpoint /mcp (bearer
+tokens, not a Django route)."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from tests.security.inventory import (
 from tests.support.figures import record_figure
 
 # No cookie session can reach these: see the module's docstring.
-DESIGNED_EXCEPTIONS = {"hooks:receive", "api:auth-token"}
+DESIGNED_EXCEPTIONS = {"hooks:receive", "api:auth-token", "csp-report"}
 FOREIGN_ORIGIN = "https://attacker.example"
 
 

@@ -225,6 +225,8 @@ EXEMPT = {
     "accounts:login",
     "accounts:logout",
     "healthz",
+    # Browsers' CSP reports (POST, anyone: a report changes nothing but a log line): tests/core/test_csp_report.py.
+    "csp-report",
     "api:auth-token",
     "api:workflow-run-start",
     # Uploading a PDF run input (POST only): tests/runs/test_documents.py covers it.

@@ -50,6 +50,8 @@ def header_problems(response: Any) -> list[str]:
             problems.append(f"CSP without {name}")
     if "'unsafe-inline'" in csp or "'unsafe-eval'" in csp:
         problems.append("CSP allows inline code")
+    if "report-to" not in directives or response.get("Reporting-Endpoints") is None:
+        problems.append("CSP violations are not reported")
     if directives.get("frame-ancestors") != "frame-ancestors 'none'":
         problems.append("CSP frame-ancestors is not 'none'")
     if response.get("X-Frame-Options") != "DENY":
