@@ -6,8 +6,7 @@ the permission table (pages, htmx fragments and API) as every persona and an adm
 audit export, every history table, the run recordings (model calls) of a run made through the endpoint with
 the token, and every log record the web and engine code wrote in this process meanwhile.
 
-Not covered here (said plainly, see the helper's report): the log files of separately served web and worker
-processes, and DJANGO_SECRET_KEY / AIOS_CREDENTIALS_KEY given to a served process through its environment.
+The log files of separately served web and worker processes are searched by test_s8_served_logs.py (S8b).
 
 Figure: `S8 canary_found 0 of N places ok`, N the number of places searched (responses, tables, files).
 """
