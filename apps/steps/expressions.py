@@ -376,12 +376,61 @@ def _compiled(template: str) -> Template:
     return _jinja.from_string(template)
 
 
+# Filters whose work and result are bounded by their input's size (none takes a width, a count or a format).
+_BOUNDED_FILTERS = frozenset(
+    {
+        "capitalize", "default", "d", "e", "escape", "first", "float", "int", "last", "length", "count", "lower",
+        "round", "safe", "string", "striptags", "title", "tojson", "trim", "upper", "abs", "list", "urlencode",
+    }
+)  # fmt: skip
+# The nodes a template whose cost is bounded may hold: text, names, field and constant-index lookups, constants,
+# the filters above with constant arguments, conditions and comparisons. No loop, call, operator or slice: nothing
+# repeats and nothing builds a value larger than one piece of run data.
+_BOUNDED_NODES = (
+    nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Const,
+    nodes.If, nodes.CondExpr, nodes.Compare, nodes.Operand, nodes.And, nodes.Or, nodes.Not, nodes.Test,
+    nodes.Filter, nodes.Keyword,
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _bounded(template: str) -> bool:
+    """Whether the template's cost is bounded by its length times the run data's size (see _BOUNDED_NODES). Such
+    a template renders in this process: its output is read chunk by chunk and refused past MAX_TEMPLATE_OUTPUT, so
+    neither its time nor its memory can grow past one piece of run data and the output limit."""
+    try:
+        tree = _jinja.parse(template)
+        found = list(tree.find_all(nodes.Node))
+    except (TemplateError, RecursionError):
+        return False
+    # Deeply nested conditions are cheap to render but not to compile: such a template goes to the child.
+    if sum(isinstance(node, nodes.If | nodes.CondExpr | nodes.And | nodes.Or | nodes.Not) for node in found) > 200:
+        return False
+    for node in found:
+        if not isinstance(node, _BOUNDED_NODES):
+            return False
+        if isinstance(node, nodes.Filter) and (
+            node.name not in _BOUNDED_FILTERS
+            or node.dyn_args is not None
+            or node.dyn_kwargs is not None
+            or not all(isinstance(arg, nodes.Const) for arg in node.args)
+        ):
+            return False
+        if isinstance(node, nodes.Getitem) and not isinstance(node.arg, nodes.Const):
+            return False
+    return True
+
+
 def template_render(template: str, variables: dict[str, Any]) -> str:
     """Render a text template in the sandbox; undefined names, sandbox violations and a passed budget (loop
     iterations, size of any value built, output size, time: see _DataFirstEnvironment) are ExpressionErrors.
-    Rendered in a sandbox child process (apps/steps/sandbox.py), which also bounds memory and CPU."""
+    Rendered in a sandbox child process (apps/steps/sandbox.py), which also bounds memory and CPU, unless its
+    cost is bounded by the data (`_bounded`: substitutions, conditions and size-preserving filters), as most
+    prompts and titles are."""
     if "{" not in template:
         return template  # no tag, no expression: the text is its own rendering, no child needed
+    if _bounded(template):
+        return template_render_here(template, variables)
     try:
         return str(sandbox_evaluate("template", template, variables))
     except SandboxError as error:

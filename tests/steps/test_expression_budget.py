@@ -6,6 +6,7 @@ a sandbox child process; the in-process budget of the Jinja environment gives th
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -151,3 +152,45 @@ def test_cel_within_the_budget_evaluates_in_the_sandbox_and_in_process_alike():
     assert cel_evaluate("size(input.items) > 2", VARIABLES) is True
     with pytest.raises(ExpressionError, match="no such field"):
         cel_evaluate("input.missing.map(x, x)", VARIABLES)
+
+
+def test_templates_bounded_by_their_data_render_in_this_process_and_others_in_the_child(monkeypatch):
+    """Substitutions, conditions and size-preserving filters cost at most the run data's size (most prompts and
+    titles are such): they render in this process. Anything that repeats or builds goes to the child."""
+    from apps.steps import expressions
+
+    asked: list[str] = []
+    real = expressions.sandbox_evaluate
+    monkeypatch.setattr(expressions, "sandbox_evaluate", lambda *args: asked.append(args[1]) or real(*args))
+    here = [
+        "Summarise: {{ input.name }}",
+        "{{ input.missing | default('none') | upper }} {{ input['name'] | length }}",
+        "{% if input.items | length > 2 %}many{% else %}few{% endif %} {{ input.items | tojson }}",
+        "{{ input.name if input.name is defined else 'x' }}",
+    ]
+    child = [
+        "{% for i in input.items %}{{ i }}{% endfor %}",
+        "{{ input.name * 3 }}",
+        "{{ input.name ~ input.name }}",
+        "{{ input.name | center(30) }}",
+        "{{ input.name.upper() }}",
+        "{{ input.items[0:2] }}",
+        "{{ input[input.name] | default('') }}",
+        "{{ '%s' | format(input.name) }}",
+        "{% if input.name %}" * 201 + "x" + "{% endif %}" * 201,
+    ]
+    for template in here:
+        template_render(template, VARIABLES)
+    for template in child:
+        # 201 nested conditions do not compile: refused by the child, which is the point.
+        with contextlib.suppress(ExpressionError):
+            template_render(template, VARIABLES)
+    assert asked == child
+    assert template_render(here[1], VARIABLES) == "NONE 3"
+
+
+def test_a_bounded_template_still_stops_at_the_output_limit_as_it_renders():
+    big = {**VARIABLES, "input": {"text": "x" * (MAX_TEMPLATE_OUTPUT // 4 + 1)}}
+    with pytest.raises(ExpressionError, match=f"longer than {MAX_TEMPLATE_OUTPUT} characters"):
+        template_render("{{ input.text }}" * 5, big)
+    assert template_render("{{ input.text }}" * 3, big) == "x" * (3 * (MAX_TEMPLATE_OUTPUT // 4 + 1))
