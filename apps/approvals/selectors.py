@@ -107,7 +107,7 @@ def queue_list_for_user(user: AnyUser) -> QuerySet[ApprovalQueue]:
             Q(pk__in=worked_queue_ids(user)) | Q(pk__in=queues_usable_by(user).values("pk")) | Q(lead_id=user.pk)
         )
         .select_related("team", "lead")
-        .order_by("name")
+        .order_by("name", "pk")
     )
 
 
@@ -416,17 +416,31 @@ def unread_notifications(user: AnyUser) -> int:
     return Notification.objects.filter(user_id=user.pk, read_at__isnull=True).count()
 
 
-def notification_list_for_user(user: AnyUser, *, limit: int = 50) -> list[Notification]:
+def notifications_for_user(user: AnyUser) -> QuerySet[Notification]:
+    """The user's own notifications, newest first (the id breaks ties, so pages never repeat or skip one)."""
     if not user.is_authenticated:
-        return []
-    return list(Notification.objects.filter(user_id=user.pk).select_related("request")[:limit])
+        return Notification.objects.none()
+    return Notification.objects.filter(user_id=user.pk).select_related("request").order_by("-created_at", "-pk")
+
+
+def notification_list_for_user(user: AnyUser, *, limit: int = 50) -> list[Notification]:
+    return list(notifications_for_user(user)[:limit])
+
+
+def absences_for_user(user: AnyUser) -> QuerySet[OutOfOffice]:
+    """The user's own absences that have not ended, soonest first (the id breaks ties)."""
+    if not user.is_authenticated:
+        return OutOfOffice.objects.none()
+    today = timezone.localdate()
+    return (
+        OutOfOffice.objects.filter(user_id=user.pk, ends_on__gte=today)
+        .select_related("delegate")
+        .order_by("starts_on", "pk")
+    )
 
 
 def absence_list_for_user(user: AnyUser) -> list[OutOfOffice]:
-    if not user.is_authenticated:
-        return []
-    today = timezone.localdate()
-    return list(OutOfOffice.objects.filter(user_id=user.pk, ends_on__gte=today).select_related("delegate"))
+    return list(absences_for_user(user))
 
 
 # --- the decision view ----------------------------------------------------------------------------------------
