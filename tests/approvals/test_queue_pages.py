@@ -363,7 +363,8 @@ def test_members_through_the_api(lena, adam, reviewer, analyst, team, claims_que
     ]
     added = api(adam).post(url, {"user": "rita", "right": "use"}, format="json")
     assert added.status_code == 201
-    assert {row["user"]: row["rights"] for row in added.json()["results"] if row["kind"] == "person"} == {"rita": ["use"]}
+    people = {row["user"]: row["rights"] for row in added.json()["results"] if row["kind"] == "person"}
+    assert people == {"rita": ["use"]}
     assert api(adam).post(url, {"user": "rita", "right": "use"}, format="json").status_code == 200  # no change
     assert api(adam).post(url, {"user": "rita", "group": "team:claims"}, format="json").status_code == 400
     assert api(adam).post(url, {"user": "nobody"}, format="json").status_code == 400

@@ -389,7 +389,8 @@ def test_versions_list_and_detail(analyst, reviewer, two_versions):
     with CaptureQueriesContext(connection) as two:
         response = client.get(base)
     assert response.status_code == 200
-    assert [(v["number"], v["state"], v["note"], v["published_by"], v["run_count"]) for v in response.json()["results"]] == [
+    versions = response.json()["results"]
+    assert [(v["number"], v["state"], v["note"], v["published_by"], v["run_count"]) for v in versions] == [
         (2, "published", "Pause at the end", "ana", 0),
         (1, "published", "", "ana", 0),
     ]
