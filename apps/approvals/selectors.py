@@ -301,9 +301,9 @@ def inbox_counts(user: AnyUser, *, now: datetime | None = None) -> dict[str, int
     return counts
 
 
-def inbox_page(user: AnyUser, query: InboxQuery, *, now: datetime | None = None) -> InboxPage:
-    """One page of an inbox view, with every view's count, the filters' choices and the newest item's id
-    (the live bar counts items newer than that)."""
+def inbox_items(user: AnyUser, query: InboxQuery, *, now: datetime | None = None) -> QuerySet[ApprovalRequest]:
+    """Every item of an inbox view, filtered and sorted as the query says (the id breaks ties): the inbox page
+    shows PAGE_SIZE of them at a time, the API a page of `limit`."""
     now = now or timezone.now()
     items = _view_queryset(user, query.view, now)
     if query.queue:
@@ -339,14 +339,18 @@ def inbox_page(user: AnyUser, query: InboxQuery, *, now: datetime | None = None)
     order = orders[query.sort]
     if query.view == "done" and query.sort == "urgency":
         order = [F("decided_at").desc(nulls_last=True), "-pk"]
+    return items.select_related("run", "run__workflow", "queue", "assignee", "decided_by").order_by(*order)
+
+
+def inbox_page(user: AnyUser, query: InboxQuery, *, now: datetime | None = None) -> InboxPage:
+    """One page of an inbox view, with every view's count, the filters' choices and the newest item's id
+    (the live bar counts items newer than that)."""
+    now = now or timezone.now()
+    items = inbox_items(user, query, now=now)
     total = items.count()
     pages = max(1, -(-total // PAGE_SIZE))
     page = min(query.page, pages)
-    rows = list(
-        items.select_related("run", "run__workflow", "queue", "assignee", "decided_by").order_by(*order)[
-            (page - 1) * PAGE_SIZE : page * PAGE_SIZE
-        ]
-    )
+    rows = list(items[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
     worked = list(ApprovalQueue.objects.filter(pk__in=worked_queue_ids(user)).order_by("name"))
     workflows = sorted(
         {

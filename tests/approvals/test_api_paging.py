@@ -12,7 +12,7 @@ from django.utils import timezone
 from apps.accounts.services import team_create, user_create
 from apps.approvals.membership import queue_member_add
 from apps.approvals.models import ApprovalQueue, Notification, OutOfOffice
-from tests.approvals.items import PASSWORD, api, member
+from tests.approvals.items import PASSWORD, api, claim_workflow, member, parked_item
 from tests.support.paging import assert_paging_refused, walk
 
 pytestmark = pytest.mark.django_db
@@ -107,3 +107,23 @@ def test_a_queues_members_are_paged_and_another_teams_never_appear(admin_user_ro
     assert body["count"] == 7 and len(body["results"]) == 2 and body["next"]
     removed = client.delete(url, {"user": "rita"}, format="json")
     assert removed.status_code == 200 and removed.json()["count"] == 6
+
+
+def test_an_inbox_view_is_paged_like_every_list_and_shows_only_her_queues(analyst, reviewer, team):
+    """With `view`, the list is that inbox view in its sort, paged by limit and offset (it was 25 a page by
+    `page`), with the view and every view's count beside the page."""
+    workflow = claim_workflow(analyst, team)
+    items = [parked_item(analyst, workflow, amount=100.0 + n) for n in range(5)]
+    bill = user_create(username="bill", password=PASSWORD, roles=["analyst"])
+    beth = user_create(username="beth", password=PASSWORD, roles=["reviewer"])
+    ledger = team_create(name="Ledger", members=[bill, beth])
+    theirs = parked_item(bill, claim_workflow(bill, ledger, name="Ledger check", queue="team:ledger"))
+    client = api(reviewer)
+    url = "/api/approvals/?view=unclaimed&sort=oldest"
+
+    assert walk(client, url, limit=2) == [item.pk for item in items]
+    assert theirs.pk not in walk(client, url, limit=100)
+    first = client.get(f"{url}&limit=2").json()
+    assert first["view"] == "unclaimed" and first["counts"]["unclaimed"] == 5 and first["count"] == 5
+    assert_paging_refused(client, url)
+    assert walk(api(beth), url, limit=2) == [theirs.pk]

@@ -35,7 +35,7 @@ from apps.approvals.selectors import (
     approval_list_for_user,
     band,
     inbox_counts,
-    inbox_page,
+    inbox_items,
     low_confidence_fields_for,
     notifications_for_user,
     queue_get_for_user,
@@ -161,6 +161,7 @@ class BulkSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
 
 
+# With `view`, the list is that inbox view (its sort and filters), paged by `limit` and `offset` as every list.
 INBOX_PARAMETERS = [
     OpenApiParameter("view", str, enum=["mine", "unclaimed", "due_soon", "breached", "done"]),
     OpenApiParameter("queue", str),
@@ -169,7 +170,6 @@ INBOX_PARAMETERS = [
     OpenApiParameter("due", str, enum=["overdue", "today", "week", "none"]),
     OpenApiParameter("confidence", str, enum=["low", "medium", "high", "none"]),
     OpenApiParameter("sort", str, enum=["urgency", "due", "oldest", "newest", "confidence"]),
-    OpenApiParameter("page", int),
     OpenApiParameter("state", str, description="Without `view`: only items in this state."),
 ]
 
@@ -197,17 +197,11 @@ class ApprovalRequestViewSet(viewsets.ReadOnlyModelViewSet):
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         if "view" not in request.query_params:
             return super().list(request, *args, **kwargs)
-        page = inbox_page(request.user, InboxQuery.from_query(request.query_params))
-        return Response(
-            {
-                "view": page.query.view,
-                "count": page.total,
-                "page": page.query.page,
-                "pages": page.pages,
-                "counts": page.counts,
-                "results": ApprovalRequestSerializer([row.request for row in page.rows], many=True).data,
-            }
-        )
+        # An inbox view: its items in the view's sort, paged like every list, with the view and every view's count.
+        query = InboxQuery.from_query(request.query_params)
+        page = self.paginate_queryset(inbox_items(request.user, query))
+        paged = self.get_paginated_response(ApprovalRequestSerializer(page, many=True).data)
+        return Response({"view": query.view, "counts": inbox_counts(request.user), **paged.data})
 
     @extend_schema(responses={200: dict})
     @action(detail=False, methods=["get"])
