@@ -137,7 +137,9 @@ def queue_members(queue: ApprovalQueue) -> list[QueueMember]:
         )
     people = User.objects.filter(pk__in=[user.pk for user in users]).prefetch_related("groups")
     by_pk = {user.pk: user for user in people}
-    for user, perms in sorted(users.items(), key=lambda pair: (pair[0].get_full_name() or pair[0].username).lower()):
+    for user, perms in sorted(
+        users.items(), key=lambda pair: ((pair[0].get_full_name() or pair[0].username).lower(), pair[0].pk)
+    ):
         person = by_pk.get(user.pk, user)
         # The prefetched groups answer the role question without a query per row.
         person.__dict__["_role_names"] = frozenset(group.name for group in person.groups.all())

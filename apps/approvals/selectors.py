@@ -107,7 +107,7 @@ def queue_list_for_user(user: AnyUser) -> QuerySet[ApprovalQueue]:
             Q(pk__in=worked_queue_ids(user)) | Q(pk__in=queues_usable_by(user).values("pk")) | Q(lead_id=user.pk)
         )
         .select_related("team", "lead")
-        .order_by("name")
+        .order_by("name", "pk")
     )
 
 
@@ -301,9 +301,9 @@ def inbox_counts(user: AnyUser, *, now: datetime | None = None) -> dict[str, int
     return counts
 
 
-def inbox_page(user: AnyUser, query: InboxQuery, *, now: datetime | None = None) -> InboxPage:
-    """One page of an inbox view, with every view's count, the filters' choices and the newest item's id
-    (the live bar counts items newer than that)."""
+def inbox_items(user: AnyUser, query: InboxQuery, *, now: datetime | None = None) -> QuerySet[ApprovalRequest]:
+    """Every item of an inbox view, filtered and sorted as the query says (the id breaks ties): the inbox page
+    shows PAGE_SIZE of them at a time, the API a page of `limit`."""
     now = now or timezone.now()
     items = _view_queryset(user, query.view, now)
     if query.queue:
@@ -339,14 +339,18 @@ def inbox_page(user: AnyUser, query: InboxQuery, *, now: datetime | None = None)
     order = orders[query.sort]
     if query.view == "done" and query.sort == "urgency":
         order = [F("decided_at").desc(nulls_last=True), "-pk"]
+    return items.select_related("run", "run__workflow", "queue", "assignee", "decided_by").order_by(*order)
+
+
+def inbox_page(user: AnyUser, query: InboxQuery, *, now: datetime | None = None) -> InboxPage:
+    """One page of an inbox view, with every view's count, the filters' choices and the newest item's id
+    (the live bar counts items newer than that)."""
+    now = now or timezone.now()
+    items = inbox_items(user, query, now=now)
     total = items.count()
     pages = max(1, -(-total // PAGE_SIZE))
     page = min(query.page, pages)
-    rows = list(
-        items.select_related("run", "run__workflow", "queue", "assignee", "decided_by").order_by(*order)[
-            (page - 1) * PAGE_SIZE : page * PAGE_SIZE
-        ]
-    )
+    rows = list(items[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
     worked = list(ApprovalQueue.objects.filter(pk__in=worked_queue_ids(user)).order_by("name"))
     workflows = sorted(
         {
@@ -416,17 +420,31 @@ def unread_notifications(user: AnyUser) -> int:
     return Notification.objects.filter(user_id=user.pk, read_at__isnull=True).count()
 
 
-def notification_list_for_user(user: AnyUser, *, limit: int = 50) -> list[Notification]:
+def notifications_for_user(user: AnyUser) -> QuerySet[Notification]:
+    """The user's own notifications, newest first (the id breaks ties, so pages never repeat or skip one)."""
     if not user.is_authenticated:
-        return []
-    return list(Notification.objects.filter(user_id=user.pk).select_related("request")[:limit])
+        return Notification.objects.none()
+    return Notification.objects.filter(user_id=user.pk).select_related("request").order_by("-created_at", "-pk")
+
+
+def notification_list_for_user(user: AnyUser, *, limit: int = 50) -> list[Notification]:
+    return list(notifications_for_user(user)[:limit])
+
+
+def absences_for_user(user: AnyUser) -> QuerySet[OutOfOffice]:
+    """The user's own absences that have not ended, soonest first (the id breaks ties)."""
+    if not user.is_authenticated:
+        return OutOfOffice.objects.none()
+    today = timezone.localdate()
+    return (
+        OutOfOffice.objects.filter(user_id=user.pk, ends_on__gte=today)
+        .select_related("delegate")
+        .order_by("starts_on", "pk")
+    )
 
 
 def absence_list_for_user(user: AnyUser) -> list[OutOfOffice]:
-    if not user.is_authenticated:
-        return []
-    today = timezone.localdate()
-    return list(OutOfOffice.objects.filter(user_id=user.pk, ends_on__gte=today).select_related("delegate"))
+    return list(absences_for_user(user))
 
 
 # --- the decision view ----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ and the calls that wait for her confirmation."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,7 +275,16 @@ def chat_answer(message: ChatMessage) -> Answer:
     return answer
 
 
+def chat_messages(session: ChatSession) -> QuerySet[ChatMessage]:
+    """The session's messages, oldest first (the id breaks ties), for a page of them to go through chat_answers."""
+    return session.messages.select_related("run", "run__workflow").order_by("created_at", "pk")
+
+
+def chat_answers(messages: Iterable[ChatMessage]) -> list[ChatMessage | Answer]:
+    """Messages as a conversation shows them: a person's as the message, an answer as an Answer."""
+    return [chat_answer(m) if m.role == ChatMessage.Role.ASSISTANT else m for m in messages]
+
+
 def chat_conversation(session: ChatSession) -> list[ChatMessage | Answer]:
     """The session's messages in order: a person's as the message, an answer as an Answer."""
-    messages = list(session.messages.select_related("run", "run__workflow"))
-    return [chat_answer(m) if m.role == ChatMessage.Role.ASSISTANT else m for m in messages]
+    return chat_answers(chat_messages(session))

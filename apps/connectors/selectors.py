@@ -47,7 +47,7 @@ def connection_list_for_user(
         queryset = queryset.filter(team__slug=team)
     if kind:
         queryset = queryset.filter(kind=kind)
-    return queryset.select_related("team").order_by("name")
+    return queryset.select_related("team").order_by("name", "pk")
 
 
 def connection_get_for_user(user: AnyUser, name: str) -> Connection:

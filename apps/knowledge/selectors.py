@@ -28,8 +28,8 @@ def collection_list_for_user(user: AnyUser) -> QuerySet[Collection]:
     """The collections `user` may see, with their team and document counts."""
     queryset = Collection.objects.select_related("team", "endpoint").annotate(document_count=Count("documents"))
     if is_knowledge_admin(user):
-        return queryset.order_by("name")
-    return restrict(queryset, user, VIEW).order_by("name")
+        return queryset.order_by("name", "pk")
+    return restrict(queryset, user, VIEW).order_by("name", "pk")
 
 
 def collection_get_for_user(user: AnyUser, name: str) -> Collection:
@@ -45,7 +45,12 @@ def collection_get_for_user(user: AnyUser, name: str) -> Collection:
 
 def document_list(collection: Collection) -> QuerySet[Document]:
     """A visible collection's documents, newest first, without their stored bytes."""
-    return Document.objects.filter(collection=collection).defer("data").select_related("uploaded_by")
+    return (
+        Document.objects.filter(collection=collection)
+        .defer("data")
+        .select_related("uploaded_by")
+        .order_by("-created_at", "-pk")
+    )
 
 
 def document_get(collection: Collection, document_id: int) -> Document:

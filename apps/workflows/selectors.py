@@ -24,7 +24,7 @@ def workflow_list_for_user(user: AnyUser) -> QuerySet[Workflow]:
     return (
         restrict(Workflow.objects.select_related("team", "owner"), user, "workflows.view_workflow")
         .prefetch_related(Prefetch("versions", queryset=published, to_attr="published_versions"))
-        .order_by("name")
+        .order_by("name", "pk")
     )
 
 
@@ -74,7 +74,7 @@ def workflow_version_list(workflow: Workflow) -> QuerySet[WorkflowVersion]:
     return (
         workflow.versions.select_related("published_by", "created_by", "updated_by")
         .annotate(run_count=Count("runs", filter=~Q(runs__mode="test")))
-        .order_by("-number")
+        .order_by("-number", "-pk")
     )
 
 
@@ -151,11 +151,14 @@ def draft_sample_inputs(workflow: Workflow, index: int) -> dict[str, Any] | None
     return {key: value for key, value in samples[index].items() if key != "label"}
 
 
+def pinned_output_list(workflow: Workflow) -> QuerySet[PinnedOutput]:
+    """The test data pinned for the draft's steps, by step key (the id breaks ties)."""
+    return PinnedOutput.objects.filter(workflow=workflow).select_related("pinned_by").order_by("step_key", "pk")
+
+
 def pinned_outputs_for(workflow: Workflow) -> dict[str, PinnedOutput]:
     """The test data pinned for the draft's steps, by step key."""
-    return {
-        pinned.step_key: pinned for pinned in PinnedOutput.objects.filter(workflow=workflow).select_related("pinned_by")
-    }
+    return {pinned.step_key: pinned for pinned in pinned_output_list(workflow)}
 
 
 def recent_runs_for_testing(user: AnyUser, workflow: Workflow, *, limit: int = 10) -> list[Any]:

@@ -234,7 +234,7 @@ def test_an_item_reassigned_to_someone_away_goes_to_her_delegate(item, reviewer,
     data = event.data_dict
     assert (event.actor_id, data["to"], data["delegated_from"]) == (admin_user_role.pk, reviewer.pk, rex.pk)
     # His notification reaches him through the API too.
-    assert [n["kind"] for n in api(rex).get("/api/notifications/").json()] == ["delegated"]
+    assert [n["kind"] for n in api(rex).get("/api/notifications/").json()["results"]] == ["delegated"]
 
 
 def _queue(team, key, **settings):

@@ -16,6 +16,7 @@ from django.http import Http404
 from django.test import Client
 from rest_framework.test import APIClient
 
+from apps.accounts.services import team_create, user_create
 from apps.assistants.chat_selectors import HISTORY_LIMIT, chat_answer, chat_history, chat_trigger_get_for_user
 from apps.assistants.chat_services import chat_call_answer, chat_message_send, chat_session_start
 from apps.assistants.models import ChatMessage, ChatSession
@@ -28,6 +29,7 @@ from apps.workflows.models import Trigger, Workflow
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
 from tests.support.devserver import scripted_server
 from tests.support.engine import drive
+from tests.support.paging import assert_paging_refused, walk
 
 CHAT_INPUT = {
     "type": "object",
@@ -379,11 +381,11 @@ def test_the_api_mirrors_the_pages(endpoint, chat, reviewer, analyst, outsider):
     _, trigger = chat
     api = APIClient()
     api.force_authenticate(reviewer)
-    assert [a["id"] for a in api.get("/api/assistant/").json()] == [trigger.pk]
+    assert [a["id"] for a in api.get("/api/assistant/").json()["results"]] == [trigger.pk]
     created = api.post("/api/assistant/sessions/", {"assistant": trigger.pk}, format="json")
     assert created.status_code == 201, created.json()
     session_id = created.json()["id"]
-    assert api.get("/api/assistant/sessions/").json()[0]["id"] == session_id
+    assert api.get("/api/assistant/sessions/").json()["results"][0]["id"] == session_id
 
     refused = api.post(f"/api/assistant/sessions/{session_id}/messages/", {"text": ""}, format="json")
     assert refused.status_code == 400 and "text" in str(refused.json())
@@ -396,7 +398,7 @@ def test_the_api_mirrors_the_pages(endpoint, chat, reviewer, analyst, outsider):
     run = Run.objects.get(pk=answer["run"])
     assert run.initiator == reviewer and run.inputs["message"] == "CHAT-SEND via the API"
     drive(run)
-    messages = api.get(f"/api/assistant/sessions/{session_id}/messages/").json()
+    messages = api.get(f"/api/assistant/sessions/{session_id}/messages/").json()["results"]
     assert [m["role"] for m in messages] == ["user", "assistant"]
     (tool,) = messages[1]["tools"]
     assert tool["awaiting_confirmation"] and tool["arguments"] == {"note": "See you Monday"}
@@ -408,12 +410,45 @@ def test_the_api_mirrors_the_pages(endpoint, chat, reviewer, analyst, outsider):
     assert other.post(f"/api/assistant/calls/{tool['id']}/", {"confirmed": True}, format="json").status_code == 404
     stranger = APIClient()
     stranger.force_authenticate(outsider)
-    assert stranger.get("/api/assistant/").json() == []
+    assert stranger.get("/api/assistant/").json()["results"] == []
     assert stranger.post("/api/assistant/sessions/", {"assistant": trigger.pk}, format="json").status_code == 404
 
     confirmed = api.post(f"/api/assistant/calls/{tool['id']}/", {"confirmed": True}, format="json")
     assert confirmed.status_code == 200 and confirmed.json()["tools"][0]["state"] == "queued"
     assert api.post(f"/api/assistant/calls/{tool['id']}/", {"confirmed": False}, format="json").status_code == 409
     drive(run)
-    final = api.get(f"/api/assistant/sessions/{session_id}/messages/").json()[1]
+    final = api.get(f"/api/assistant/sessions/{session_id}/messages/").json()["results"][1]
     assert final["state"] == "answered" and final["text"] == "The reply is sent."
+
+
+@pytest.mark.django_db
+def test_the_apis_lists_are_paged_and_show_only_ones_own(analyst, reviewer, team):
+    """L6: assistants, conversations (no longer cut at 200) and a conversation's messages are paged like every
+    list; each walk gives every row once, and another person's conversations and messages appear on no page."""
+    assistants = [chat_workflow(analyst, team, name=f"Chat {n}")[1] for n in range(3)]
+    billing_analyst = user_create(username="bill", password="x-Unused-9", roles=["analyst"])
+    _, other_team_trigger = chat_workflow(billing_analyst, team_create(name="Billing", members=[billing_analyst]))
+    mine = [chat_session_start(actor=reviewer, trigger=assistants[n % 3]) for n in range(5)]
+    theirs = [chat_session_start(actor=analyst, trigger=assistants[0]) for _ in range(2)]
+    for n in range(5):  # messages written straight to the conversation: paging needs no model server
+        ChatMessage.objects.create(session=mine[0], role="user", text=f"question {n}")
+    ChatMessage.objects.create(session=theirs[0], role="user", text="not hers")
+    api = APIClient()
+    api.force_authenticate(reviewer)
+
+    assert walk(api, "/api/assistant/", limit=2) == [t.pk for t in assistants]
+    assert other_team_trigger.pk not in walk(api, "/api/assistant/", limit=100)
+    sessions = walk(api, "/api/assistant/sessions/", limit=2)
+    assert sorted(sessions) == sorted(s.pk for s in mine) and not set(sessions) & {s.pk for s in theirs}
+    url = f"/api/assistant/sessions/{mine[0].pk}/messages/"
+    expected = list(mine[0].messages.order_by("created_at", "pk").values_list("pk", flat=True))
+    assert walk(api, url, limit=2) == expected and len(expected) == 5
+    for address in ("/api/assistant/", "/api/assistant/sessions/", url):
+        assert_paging_refused(api, address)
+    assert api.get(f"/api/assistant/sessions/{theirs[0].pk}/messages/?limit=2").status_code == 404
+    # More than the 200 the list used to stop at.
+    ChatSession.objects.bulk_create(
+        ChatSession(user=reviewer, trigger=assistants[0], workflow=assistants[0].workflow, title=f"old {n}")
+        for n in range(200)
+    )
+    assert len(walk(api, "/api/assistant/sessions/", limit=100)) == 205

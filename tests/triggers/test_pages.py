@@ -172,7 +172,7 @@ def test_the_api_lists_creates_pauses_and_reads_history(analyst, reviewer, diges
     assert resumed.json()["enabled"] is True
     teammate = APIClient()
     teammate.force_authenticate(reviewer)
-    listed = teammate.get(url).json()
+    listed = teammate.get(url).json()["results"]
     assert [t["name"] for t in listed] == ["Digest", "Hook"] and all("secret" not in t for t in listed)
     history = teammate.get(reverse("api:trigger-history", args=[trigger_id])).json()
     assert history["count"] == 0 and history["results"] == []

@@ -231,7 +231,7 @@ def test_test_runs_and_pins_over_the_api(analyst, reviewer, outsider, drafted):
     assert refused.status_code == 400 and "reads the output of" in refused.json()["detail"]
     pinned = api.put(f"/api/workflows/{drafted.slug}/draft/pinned/score/", {"output": {"risk": 5}}, format="json")
     assert pinned.status_code == 200 and pinned.json()["pinned_by"] == "ana"
-    assert api.get(f"/api/workflows/{drafted.slug}/draft/pinned/").json()[0]["step_key"] == "score"
+    assert api.get(f"/api/workflows/{drafted.slug}/draft/pinned/").json()["results"][0]["step_key"] == "score"
     assert (
         api.post(
             f"/api/workflows/{drafted.slug}/draft/tests/", {"step": "post", "inputs": {"amount": 2.0}}, format="json"

@@ -30,14 +30,14 @@ from apps.approvals.models import ApprovalQueue, ApprovalRequest, Notification, 
 from apps.approvals.rules import user_manages_queue
 from apps.approvals.selectors import (
     InboxQuery,
-    absence_list_for_user,
+    absences_for_user,
     approval_get_for_user,
     approval_list_for_user,
     band,
     inbox_counts,
-    inbox_page,
+    inbox_items,
     low_confidence_fields_for,
-    notification_list_for_user,
+    notifications_for_user,
     queue_get_for_user,
     queue_list_for_user,
 )
@@ -56,6 +56,7 @@ from apps.approvals.services import (
     approval_skip,
     notifications_mark_read,
 )
+from apps.core.api import PAGE_PARAMETERS, page_schema, paged_response, paging_check
 from apps.core.exceptions import Forbidden, ValidationFailed
 
 
@@ -160,6 +161,7 @@ class BulkSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
 
 
+# With `view`, the list is that inbox view (its sort and filters), paged by `limit` and `offset` as every list.
 INBOX_PARAMETERS = [
     OpenApiParameter("view", str, enum=["mine", "unclaimed", "due_soon", "breached", "done"]),
     OpenApiParameter("queue", str),
@@ -168,7 +170,6 @@ INBOX_PARAMETERS = [
     OpenApiParameter("due", str, enum=["overdue", "today", "week", "none"]),
     OpenApiParameter("confidence", str, enum=["low", "medium", "high", "none"]),
     OpenApiParameter("sort", str, enum=["urgency", "due", "oldest", "newest", "confidence"]),
-    OpenApiParameter("page", int),
     OpenApiParameter("state", str, description="Without `view`: only items in this state."),
 ]
 
@@ -196,17 +197,11 @@ class ApprovalRequestViewSet(viewsets.ReadOnlyModelViewSet):
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         if "view" not in request.query_params:
             return super().list(request, *args, **kwargs)
-        page = inbox_page(request.user, InboxQuery.from_query(request.query_params))
-        return Response(
-            {
-                "view": page.query.view,
-                "count": page.total,
-                "page": page.query.page,
-                "pages": page.pages,
-                "counts": page.counts,
-                "results": ApprovalRequestSerializer([row.request for row in page.rows], many=True).data,
-            }
-        )
+        # An inbox view: its items in the view's sort, paged like every list, with the view and every view's count.
+        query = InboxQuery.from_query(request.query_params)
+        page = self.paginate_queryset(inbox_items(request.user, query))
+        paged = self.get_paginated_response(ApprovalRequestSerializer(page, many=True).data)
+        return Response({"view": query.view, "counts": inbox_counts(request.user), **paged.data})
 
     @extend_schema(responses={200: dict})
     @action(detail=False, methods=["get"])
@@ -315,6 +310,9 @@ class QueueMemberSerializer(serializers.Serializer):
     reviewers = serializers.IntegerField(help_text="For a group: its active members with the reviewer or admin role.")
 
 
+MEMBER_PAGE = page_schema(QueueMemberSerializer(many=True), "PaginatedQueueMemberList")
+
+
 class MemberChangeSerializer(serializers.Serializer):
     """Name one person (`user`, a username) or one group (`group`, its name), and the right."""
 
@@ -400,26 +398,42 @@ class ApprovalQueueViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(QueueSerializer(queue).data)
 
     @extend_schema(
-        methods=["GET"], request=None, responses={200: QueueMemberSerializer(many=True)}, description="The members."
+        methods=["GET"],
+        operation_id="approval_queues_members_list",
+        request=None,
+        parameters=PAGE_PARAMETERS,
+        responses={200: MEMBER_PAGE},
+        description="The members, a page at a time.",
     )
     @extend_schema(
-        methods=["POST", "DELETE"],
+        methods=["POST"],
         request=MemberChangeSerializer,
-        responses={200: QueueMemberSerializer(many=True)},
-        description="POST grants `right` (default work); DELETE takes `right` (default: every right given here).",
+        parameters=PAGE_PARAMETERS,
+        responses={200: MEMBER_PAGE, 201: MEMBER_PAGE},
+        description="Grant `right` (default work); 201 when it is new. Answers the members after the change, paged "
+        "as GET.",
     )
-    # The members, answered whole: no paging, so the schema must not document a page.
+    @extend_schema(
+        methods=["DELETE"],
+        request=MemberChangeSerializer,
+        parameters=PAGE_PARAMETERS,
+        responses={200: MEMBER_PAGE},
+        description="Take `right` (default: every right given here). Answers the members after the change, paged "
+        "as GET.",
+    )
+    # Paged by hand (a function of the member list, not a queryset): the schema's pages are MEMBER_PAGE.
     @action(detail=True, methods=["get", "post", "delete"], pagination_class=None)
     def members(self, request: Request, key: str) -> Response:
-        """Who works the queue and who may name it in approval steps: people and groups. Those who manage the
-        queue list them, add one with a right (POST) and remove one (DELETE); removing the last person who could
-        work a queue with waiting items is refused (400)."""
+        """Who works the queue and who may name it in approval steps: people and groups, groups first. Those who
+        manage the queue list them, add one with a right (POST) and remove one (DELETE); removing the last
+        person who could work a queue with waiting items is refused (400)."""
         queue = self.get_object()
         user = _user(request)
         if not user_manages_queue(user, queue):
             raise Forbidden(f'Only someone who manages the "{queue.name}" queue can see or change its members.')
+        paging_check(request)
         if request.method == "GET":
-            return Response(QueueMemberSerializer(queue_members(queue), many=True).data)
+            return _member_page(request, queue)
         body = MemberChangeSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         who = {"user": body.validated_data.get("user"), "group": body.validated_data.get("group")}
@@ -429,7 +443,13 @@ class ApprovalQueueViewSet(viewsets.ReadOnlyModelViewSet):
         else:
             queue_member_remove(actor=user, queue=queue, right=body.validated_data.get("right"), **who)
             code = status.HTTP_200_OK
-        return Response(QueueMemberSerializer(queue_members(queue), many=True).data, status=code)
+        return _member_page(request, queue, code=code)
+
+
+def _member_page(request: Request, queue: ApprovalQueue, *, code: int = 200) -> Response:
+    return paged_response(
+        request, queue_members(queue), lambda rows: QueueMemberSerializer(rows, many=True).data, status=code
+    )
 
 
 class AbsenceSerializer(serializers.ModelSerializer):
@@ -446,8 +466,6 @@ class AbsenceViewSet(viewsets.GenericViewSet):
     """The caller's own absences (today and later): while away, items assigned to her go to her delegate."""
 
     serializer_class = AbsenceSerializer
-    # The list is one person's own absences, answered whole: no paging, and the schema must not promise any.
-    pagination_class = None
     # Ids are numbers: anything else in the address is no absence (404), not a failed integer conversion (500).
     lookup_value_regex = r"[0-9]+"
 
@@ -455,7 +473,9 @@ class AbsenceViewSet(viewsets.GenericViewSet):
         return OutOfOffice.objects.filter(user_id=_user(self.request).pk)
 
     def list(self, request: Request) -> Response:
-        return Response(AbsenceSerializer(absence_list_for_user(request.user), many=True).data)
+        """The caller's absences that have not ended, soonest first, a page at a time."""
+        page = self.paginate_queryset(absences_for_user(request.user))
+        return self.get_paginated_response(AbsenceSerializer(page, many=True).data)
 
     def create(self, request: Request) -> Response:
         body = AbsenceSerializer(data=request.data)
@@ -484,11 +504,11 @@ class NotificationViewSet(viewsets.GenericViewSet):
     """The caller's notifications, newest first; `read` marks some (or all) read."""
 
     serializer_class = NotificationSerializer
-    # The list is answered whole (the selector bounds it): no paging, and the schema must not promise any.
-    pagination_class = None
 
     def list(self, request: Request) -> Response:
-        return Response(NotificationSerializer(notification_list_for_user(request.user), many=True).data)
+        """The caller's notifications, newest first, a page at a time."""
+        page = self.paginate_queryset(notifications_for_user(request.user))
+        return self.get_paginated_response(NotificationSerializer(page, many=True).data)
 
     @extend_schema(request=MarkReadSerializer, responses={200: dict})
     @action(detail=False, methods=["post"])

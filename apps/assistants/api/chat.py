@@ -16,8 +16,9 @@ from rest_framework.response import Response
 from apps.assistants.chat_selectors import (
     Answer,
     chat_answer,
+    chat_answers,
     chat_call_get_for_user,
-    chat_conversation,
+    chat_messages,
     chat_session_get_for_user,
     chat_session_list_for_user,
     chat_trigger_get_for_user,
@@ -25,6 +26,7 @@ from apps.assistants.chat_selectors import (
 )
 from apps.assistants.chat_services import MESSAGE_MAX_LENGTH, chat_call_answer, chat_message_send, chat_session_start
 from apps.assistants.models import ChatMessage, ChatSession
+from apps.core.api import PAGE_PARAMETERS, page_schema, paged_response
 from apps.runs.models import StepRun
 
 
@@ -98,24 +100,38 @@ def message_data(item: ChatMessage | Answer) -> dict[str, Any]:
     }
 
 
-@extend_schema(responses={200: AssistantSerializer(many=True)})
+@extend_schema(
+    operation_id="assistant_list",
+    parameters=PAGE_PARAMETERS,
+    responses={200: page_schema(AssistantSerializer(many=True), "PaginatedAssistantList")},
+)
 @api_view(["GET"])
 def assistant_list_view(request: Request) -> Response:
-    """The chat assistants the caller may talk to."""
-    return Response(AssistantSerializer(chat_trigger_list_for_user(request.user), many=True).data)
+    """The chat assistants the caller may talk to, by title, a page at a time."""
+    return paged_response(
+        request, chat_trigger_list_for_user(request.user), lambda rows: AssistantSerializer(rows, many=True).data
+    )
 
 
-@extend_schema(request=SessionCreateSerializer, responses={200: SessionSerializer(many=True), 201: SessionSerializer})
+@extend_schema(
+    methods=["GET"],
+    operation_id="assistant_sessions_list",
+    parameters=PAGE_PARAMETERS,
+    responses={200: page_schema(SessionSerializer(many=True), "PaginatedSessionList")},
+)
+@extend_schema(methods=["POST"], request=SessionCreateSerializer, responses={201: SessionSerializer})
 @api_view(["GET", "POST"])
 def session_list_view(request: Request) -> Response:
-    """The caller's own conversations, most recently active first; POST starts one with an assistant."""
+    """The caller's own conversations, most recently active first, a page at a time; POST starts one with an
+    assistant."""
     if request.method == "POST":
         body = SessionCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         trigger = chat_trigger_get_for_user(request.user, trigger_id=body.validated_data["assistant"])
         session = chat_session_start(actor=request.user, trigger=trigger)  # type: ignore[arg-type]
         return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
-    return Response(SessionSerializer(chat_session_list_for_user(request.user)[:200], many=True).data)
+    sessions = chat_session_list_for_user(request.user).order_by("-updated_at", "-pk")
+    return paged_response(request, sessions, lambda rows: SessionSerializer(rows, many=True).data)
 
 
 @extend_schema(responses={200: SessionSerializer})
@@ -125,18 +141,26 @@ def session_detail_view(request: Request, session_id: int) -> Response:
     return Response(SessionSerializer(chat_session_get_for_user(request.user, session_id=session_id)).data)
 
 
-@extend_schema(request=MessageCreateSerializer, responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT})
+@extend_schema(
+    methods=["GET"],
+    parameters=PAGE_PARAMETERS,
+    responses={
+        200: page_schema(serializers.ListField(child=serializers.DictField()), "PaginatedChatMessageList"),
+    },
+)
+@extend_schema(methods=["POST"], request=MessageCreateSerializer, responses={201: OpenApiTypes.OBJECT})
 @api_view(["GET", "POST"])
 def message_list_view(request: Request, session_id: int) -> Response:
-    """A conversation's messages in order (answers with their state, run and tools); POST sends a message and
-    answers 201 with the assistant's message bound to the run that writes it."""
+    """A conversation's messages in order, oldest first, a page at a time (answers with their state, run and
+    tools); POST sends a message and answers 201 with the assistant's message bound to the run that writes it."""
     session = chat_session_get_for_user(request.user, session_id=session_id)
     if request.method == "POST":
         body = MessageCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         answer = chat_message_send(actor=request.user, session=session, text=body.validated_data["text"])  # type: ignore[arg-type]
         return Response(message_data(chat_answer(answer)), status=status.HTTP_201_CREATED)
-    return Response([message_data(item) for item in chat_conversation(session)])
+    messages = chat_messages(session)
+    return paged_response(request, messages, lambda rows: [message_data(item) for item in chat_answers(rows)])
 
 
 @extend_schema(request=CallAnswerSerializer, responses={200: OpenApiTypes.OBJECT})

@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.accounts.models import Team, User
+from apps.core.api import PAGE_PARAMETERS, page_schema, paged_response
 from apps.core.exceptions import ApplicationError, Forbidden, ValidationFailed
 from apps.inference.errors import InferenceError
 from apps.inference.models import ModelEndpoint
@@ -146,13 +147,22 @@ def _endpoint(name: str) -> ModelEndpoint | None:
     return endpoint
 
 
-@extend_schema(request=CollectionCreateSerializer, responses=CollectionSerializer(many=True))
+@extend_schema(
+    methods=["GET"],
+    operation_id="collections_list",
+    parameters=PAGE_PARAMETERS,
+    responses={200: page_schema(CollectionSerializer(many=True), "PaginatedCollectionList")},
+)
+@extend_schema(methods=["POST"], request=CollectionCreateSerializer, responses={201: CollectionSerializer})
 @api_view(["GET", "POST"])
 def collection_list_view(request: Request) -> Response:
-    """GET: the collections you may see. POST: create one (analysts for their teams, admins for any)."""
+    """GET: the collections you may see, by name, a page at a time. POST: create one (analysts for their teams,
+    admins for any)."""
     user = _user(request)
     if request.method == "GET":
-        return Response(CollectionSerializer(collection_list_for_user(user), many=True).data)
+        return paged_response(
+            request, collection_list_for_user(user), lambda rows: CollectionSerializer(rows, many=True).data
+        )
     body = CollectionCreateSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     data = body.validated_data
@@ -210,17 +220,27 @@ def collection_reindex_view(request: Request, name: str) -> Response:
     return Response({"documents": count}, status=status.HTTP_202_ACCEPTED)
 
 
-@extend_schema(request={"multipart/form-data": DocumentUploadSerializer}, responses=DocumentSerializer)
+@extend_schema(
+    methods=["GET"],
+    parameters=PAGE_PARAMETERS,
+    responses={200: page_schema(DocumentSerializer(many=True), "PaginatedCollectionDocumentList")},
+)
+@extend_schema(
+    methods=["POST"],
+    request={"multipart/form-data": DocumentUploadSerializer},
+    responses={200: DocumentSerializer, 201: DocumentSerializer},
+)
 @api_view(["GET", "POST"])
 @parser_classes([MultiPartParser, FormParser, JSONParser])
 def document_list_view(request: Request, name: str) -> Response:
-    """GET: the collection's documents with status and progress. POST (multipart, `file`, optional `metadata`
-    JSON): upload one; 201 when new, 200 with the existing document for a file already there, 400 with the
-    limit for a format AIOS does not read or a file over the size limit (nothing is stored)."""
+    """GET: the collection's documents with status and progress, newest first, a page at a time. POST
+    (multipart, `file`, optional `metadata` JSON): upload one; 201 when new, 200 with the existing document for
+    a file already there, 400 with the limit for a format AIOS does not read or a file over the size limit
+    (nothing is stored)."""
     user = _user(request)
     collection = collection_get_for_user(user, name)
     if request.method == "GET":
-        return Response(DocumentSerializer(document_list(collection), many=True).data)
+        return paged_response(request, document_list(collection), lambda rows: DocumentSerializer(rows, many=True).data)
     if not user_manages_collection(user, collection):
         raise Forbidden(f'Only the managers of "{collection.name}" upload documents.')
     body = DocumentUploadSerializer(data=request.data)

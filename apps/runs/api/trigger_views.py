@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.core.api import PAGE_PARAMETERS, page_schema, paged_response
 from apps.runs.mailbox_poll import mailbox_state_for
 from apps.runs.models import TriggerFiring
 from apps.runs.triggers import (
@@ -125,14 +125,24 @@ class TriggerFiringSerializer(serializers.ModelSerializer):
         fields = ["id", "at", "outcome", "detail", "run", "key"]
 
 
-@extend_schema(request=TriggerCreateSerializer, responses={200: TriggerSerializer(many=True), 201: TriggerSerializer})
+@extend_schema(
+    methods=["GET"],
+    operation_id="workflows_triggers_list",
+    parameters=PAGE_PARAMETERS,
+    responses={200: page_schema(TriggerSerializer(many=True), "PaginatedTriggerList")},
+)
+@extend_schema(methods=["POST"], request=TriggerCreateSerializer, responses={201: TriggerSerializer})
 @api_view(["GET", "POST"])
 def workflow_trigger_list_view(request: Request, slug: str) -> Response:
-    """GET: the workflow's triggers. POST: add one (a webhook's answer holds its `secret`, this once)."""
+    """GET: the workflow's triggers, by name, a page at a time. POST: add one (a webhook's answer holds its
+    `secret`, this once)."""
     workflow = workflow_get_for_user(request.user, slug=slug)
     if request.method == "GET":
-        triggers = trigger_list_for_workflow(workflow)
-        return Response(TriggerSerializer(triggers, many=True, context={"request": request}).data)
+        return paged_response(
+            request,
+            trigger_list_for_workflow(workflow),
+            lambda rows: TriggerSerializer(rows, many=True, context={"request": request}).data,
+        )
     if not workflow_can_edit(request.user, workflow):
         raise PermissionDenied("Only those who may change this workflow manage its triggers.")
     body = TriggerCreateSerializer(data=request.data)
@@ -174,30 +184,17 @@ def trigger_detail_view(request: Request, trigger_id: int) -> Response:
     return Response(TriggerSerializer(trigger, context={"request": request}).data)
 
 
-class HistoryPagination(PageNumberPagination):
-    page_size = 50
-
-
-class TriggerHistoryPageSerializer(serializers.Serializer):
-    """One page of the history as HistoryPagination answers it (documented, so the schema matches the body)."""
-
-    count = serializers.IntegerField()
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
-    results = TriggerFiringSerializer(many=True)
-
-
 @extend_schema(
-    parameters=[OpenApiParameter("page", int, description="Page number, from 1 (50 firings a page).")],
-    responses={200: TriggerHistoryPageSerializer},
+    parameters=PAGE_PARAMETERS,
+    responses={200: page_schema(TriggerFiringSerializer(many=True), "PaginatedTriggerFiringList")},
 )
 @api_view(["GET"])
 def trigger_history_view(request: Request, trigger_id: int) -> Response:
-    """A trigger's firings, newest first, paged: time, outcome, detail and the run when one started."""
+    """A trigger's firings, newest first, a page at a time: time, outcome, detail and the run when one started."""
     trigger = trigger_get_for_user(request.user, trigger_id=trigger_id)
-    paginator = HistoryPagination()
-    page = paginator.paginate_queryset(trigger_firing_list(trigger), request)
-    return paginator.get_paginated_response(TriggerFiringSerializer(page, many=True).data)
+    return paged_response(
+        request, trigger_firing_list(trigger), lambda rows: TriggerFiringSerializer(rows, many=True).data
+    )
 
 
 @extend_schema(

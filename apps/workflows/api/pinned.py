@@ -16,9 +16,10 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.core.api import PAGE_PARAMETERS, page_schema, paged_response
 from apps.core.exceptions import Forbidden
 from apps.workflows.models import PinnedOutput
-from apps.workflows.selectors import pinned_outputs_for, workflow_can_edit, workflow_get_for_user
+from apps.workflows.selectors import pinned_output_list, pinned_outputs_for, workflow_can_edit, workflow_get_for_user
 from apps.workflows.services import pinned_output_clear, pinned_output_set
 
 
@@ -41,12 +42,22 @@ def _editable(request: Request, slug: str) -> Any:
     return workflow
 
 
-@extend_schema(responses={200: PinnedOutputSerializer(many=True), 403: OpenApiTypes.OBJECT, 404: OpenApiTypes.OBJECT})
+@extend_schema(
+    operation_id="workflows_draft_pinned_list",
+    parameters=PAGE_PARAMETERS,
+    responses={
+        200: page_schema(PinnedOutputSerializer(many=True), "PaginatedPinnedOutputList"),
+        403: OpenApiTypes.OBJECT,
+        404: OpenApiTypes.OBJECT,
+    },
+)
 @api_view(["GET"])
 def pinned_output_list_view(request: Request, slug: str) -> Response:
-    """Every step's pinned test data."""
+    """Every step's pinned test data, by step key, a page at a time."""
     workflow = _editable(request, slug)
-    return Response(PinnedOutputSerializer(list(pinned_outputs_for(workflow).values()), many=True).data)
+    return paged_response(
+        request, pinned_output_list(workflow), lambda rows: PinnedOutputSerializer(rows, many=True).data
+    )
 
 
 @extend_schema(

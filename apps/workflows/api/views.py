@@ -27,6 +27,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.accounts.models import User
+from apps.core.api import PAGE_PARAMETERS, page_schema, paged_response
 from apps.core.exceptions import ApplicationError, Conflict, ValidationFailed
 from apps.workflows.api.serializers import (
     DraftCheckResultSerializer,
@@ -405,13 +406,16 @@ def workflow_draft_publish_view(request: Request, slug: str) -> Response:
 
 @extend_schema(
     operation_id="workflow_version_list",
-    responses={200: VersionSerializer(many=True), 404: NOT_FOUND},
+    parameters=PAGE_PARAMETERS,
+    responses={200: page_schema(VersionSerializer(many=True), "PaginatedVersionList"), 404: NOT_FOUND},
 )
 @api_view(["GET"])
 def workflow_version_list_view(request: Request, slug: str) -> Response:
-    """Every version, newest first (the draft too): who published it, when, its note and its run count."""
+    """Every version, newest first (the draft too), a page at a time: who published it, when, its note and its
+    run count."""
     workflow = workflow_get_for_user(request.user, slug=slug)
-    return Response(VersionSerializer(workflow_version_list(workflow), many=True).data)
+    versions = workflow_version_list(workflow)
+    return paged_response(request, versions, lambda rows: VersionSerializer(rows, many=True).data)
 
 
 @extend_schema(
