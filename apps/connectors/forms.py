@@ -178,8 +178,8 @@ class ConnectionForm(forms.Form):
                 self.initial[f"config_{name}"] = (
                     int(value) if isinstance(value, float) and value.is_integer() else value
                 )
-        if kind == kinds.HTTP:
-            self._add_allowlist_fields(connection, admin=admin)
+        # Every kind reaches a network service (MCP over stdio ignores them): where it may go is the admin's.
+        self._add_allowlist_fields(connection, admin=admin)
         self.secret_specs = kinds.SECRETS[kind]
         stored = connection.secret_keys_set() if connection is not None else set()
         self.secret_state = {spec.key: spec.key in stored for spec in self.secret_specs}
@@ -202,7 +202,7 @@ class ConnectionForm(forms.Form):
                 )
 
     def _add_allowlist_fields(self, connection: Connection | None, *, admin: bool) -> None:
-        """Where an HTTP connection may go: admins edit it; for a manager the fields are shown disabled (a
+        """Where a connection may go: admins edit it; for a manager the fields are shown disabled (a
         disabled field keeps its stored value whatever is posted)."""
         self.fields["allowed_hosts"] = forms.CharField(
             label="Allowed destinations",
@@ -215,7 +215,8 @@ class ConnectionForm(forms.Form):
             label="Allowed ports",
             required=False,
             max_length=400,
-            help_text="Ports besides 80 and 443, separated by commas, e.g. 8443. Admins only.",
+            help_text="Ports besides the protocol's own (HTTP and MCP 80, 443; SMTP 25, 465, 587; IMAP 143, "
+            "993; PostgreSQL 5432; MySQL 3306), separated by commas, e.g. 8443. Admins only.",
         )
         if connection is not None:
             self.initial["allowed_hosts"] = "\n".join(connection.allowed_hosts or [])

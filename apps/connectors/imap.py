@@ -2,7 +2,8 @@
 address check, a client connected to exactly the checked address, folder quoting and the server's reason.
 
 The host is resolved once and every address it resolves to must pass the outbound policy
-(apps.core.http.resolve_checked); the client then connects to that address, so DNS cannot be switched between
+(apps.core.http.connection_address: a public address on port 143 or 993, or one the connection's
+administrator allowed); the client then connects to that address, so DNS cannot be switched between
 check and use. Over TLS the certificate is verified for the host's name, not the address.
 """
 
@@ -46,10 +47,14 @@ class PinnedIMAP4SSL(imaplib.IMAP4_SSL):
         return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
 
 
-def imap_address(host: str, port: int) -> str:
-    """The checked address to connect to for `host`; MailboxAddressRefused with the reason otherwise."""
+IMAP_PORTS = frozenset({143, 993})
+
+
+def imap_address(host: str, port: int, destinations: http.Destinations | None = None) -> str:
+    """The checked address to connect to for `host` (within the connection's allowlists, `destinations`);
+    MailboxAddressRefused with the reason otherwise."""
     try:
-        return http.resolve_checked(host, port)
+        return http.connection_address(host, port, default_ports=IMAP_PORTS, destinations=destinations)
     except http.OutboundError as error:
         raise MailboxAddressRefused(error.message) from None
 

@@ -5,8 +5,9 @@ Every call opens its own session (connect, negotiate, work, close): a session is
 worker keeps no connection to a server between steps, and an address is checked again every time.
 
 - Streamable HTTP goes through the outbound address policy of `apps.core.http`: the host is resolved once per
-  session and every address must pass (`resolve_checked`: loopback, private, link-local and metadata addresses
-  refused unless allowlisted in AIOS_HTTP_ALLOWLIST); the SDK's HTTP client then connects only to that checked
+  session and every address must pass (`connection_address`: loopback, private, link-local and metadata addresses
+  refused unless allowlisted in AIOS_HTTP_ALLOWLIST or the connection's allowed destinations; ports other than
+  80 and 443 only when an administrator allowed them); the SDK's HTTP client then connects only to that checked
   address (`_PinnedBackend`), whatever DNS answers later, and only for the URL's own host and port. The SDK
   follows a redirect only within the endpoint's origin (same scheme, host and port), so a redirect cannot lead
   anywhere the pin does not allow. No proxy from the environment is used.
@@ -23,6 +24,7 @@ redacted. A tool's own error (a result with `isError`) is not an exception: `Mcp
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -263,7 +265,10 @@ async def _session(resolved: ResolvedConnection, timeout: float, stderr: Any) ->
     host, port = _endpoint(url)
     try:
         # DNS may block: in a thread, so the executor's event loop keeps running other steps.
-        address = await anyio.to_thread.run_sync(http.resolve_checked, host, port, abandon_on_cancel=True)
+        address = await anyio.to_thread.run_sync(
+            functools.partial(http.connection_address, host, port, destinations=resolved.destinations),
+            abandon_on_cancel=True,
+        )
     except http.OutboundError as error:
         raise McpUnavailable(
             f'The MCP server of connection "{resolved.name}" is out of reach: {error.message}'

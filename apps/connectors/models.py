@@ -44,8 +44,8 @@ class Connection(models.Model):
     secrets_encrypted = models.TextField(blank=True)
     enabled = models.BooleanField(default=True)
     # Where the connection may go, set by administrators only (apps.core.http.Destinations): host names and
-    # networks (empty: any public address), and ports besides 80 and 443. Managers of the connection see them but
-    # cannot change them: they bound what the connection's templates and settings can reach.
+    # networks (empty: any public address), and ports besides the kind's own (80 and 443 for HTTP). Managers of
+    # the connection see them but cannot change them: they bound what its templates and settings can reach.
     allowed_hosts = models.JSONField(default=list, blank=True)
     allowed_ports = models.JSONField(default=list, blank=True)
     created_by = models.ForeignKey(

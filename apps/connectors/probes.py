@@ -127,14 +127,14 @@ def _mcp(resolved: ResolvedConnection) -> tuple[str, list[tuple[str, str]]]:
 def _sql(resolved: ResolvedConnection) -> str:
     from apps.connectors import sql
 
-    server = sql.sql_test(resolved.config, resolved.secrets)
+    server = sql.sql_test(resolved.config, resolved.secrets, destinations=resolved.destinations)
     return f"Connected and ran SELECT 1: {server}."
 
 
 def _smtp(resolved: ResolvedConnection) -> str:
     from apps.connectors import smtp
 
-    server = smtp.smtp_test(resolved.config, resolved.secrets)
+    server = smtp.smtp_test(resolved.config, resolved.secrets, destinations=resolved.destinations)
     signed_in = ", signed in" if resolved.config.get("username") else ""
     return f"Connected, greeted{signed_in} and said goodbye: {server}."
 
@@ -144,7 +144,7 @@ def _mailbox(resolved: ResolvedConnection) -> str:
     host, port = str(config["host"]), int(config["port"])
     folder = str(config.get("folder") or "INBOX")
     quoted = imap.imap_quote(folder)
-    address = imap.imap_address(host, port)
+    address = imap.imap_address(host, port, resolved.destinations)
     client = imap.imap_connect(host, address, port, ssl_on=bool(config.get("ssl", True)), timeout=TEST_TIMEOUT_SECONDS)
     try:
         try:

@@ -31,10 +31,12 @@ from email.message import EmailMessage
 from typing import Any
 
 from apps.core.exceptions import ApplicationError
-from apps.core.http import HostUnresolved, OutboundError, resolve_checked
+from apps.core.http import Destinations, HostUnresolved, OutboundError, connection_address
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
+# Ports any SMTP connection may use; another needs the connection's allowlist (apps.core.http.port_refusal).
+SUBMISSION_PORTS = frozenset({25, 465, 587})
 
 # How the message is written on the wire: CRLF line ends, no line above 78 characters where it can be helped, and
 # any non-ASCII content transfer-encoded (quoted-printable or base64), so a server without 8BITMIME takes it too.
@@ -55,11 +57,12 @@ class SmtpError(ApplicationError):
         self.uncertain = uncertain
 
 
-def _resolve(host: str, port: int) -> str:
-    """The one address to connect to (apps.core.http.resolve_checked); a name that does not resolve may
-    resolve later (retryable), a refused address will not."""
+def _resolve(host: str, port: int, destinations: Destinations | None) -> str:
+    """The one address to connect to (apps.core.http.connection_address: a public address on a submission
+    port, or one the connection's administrator allowed); a name that does not resolve may resolve later
+    (retryable), a refused address will not."""
     try:
-        return resolve_checked(host, port)
+        return connection_address(host, port, default_ports=SUBMISSION_PORTS, destinations=destinations)
     except HostUnresolved as error:
         raise SmtpError(error.message, retryable=True) from None
     except OutboundError as error:
@@ -101,16 +104,21 @@ def _local_name(config: Mapping[str, Any]) -> str:
 
 
 def smtp_open(
-    config: Mapping[str, Any], secrets: Mapping[str, str], *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    config: Mapping[str, Any],
+    secrets: Mapping[str, str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    destinations: Destinations | None = None,
 ) -> smtplib.SMTP:
     """A connected, greeted and (when the connection has a user name) signed-in session. Close it with `quit()`.
-    Raises SmtpError with the server's reply (or why the connection was refused)."""
+    `destinations`: the connection's allowlists (a private server or another port needs them). Raises SmtpError
+    with the server's reply (or why the connection was refused)."""
     host = str(config.get("host") or "")
     security = str(config.get("security") or "starttls")
     if security not in DEFAULT_PORTS:
         raise SmtpError(f'Unknown security "{security}"; use none, starttls or ssl.')
     port = int(config.get("port") or 0) or DEFAULT_PORTS[security]
-    address = _resolve(host, port)
+    address = _resolve(host, port, destinations)
     username = str(config.get("username") or "")
     password = secrets.get("password", "")
     if username and security == "none" and not ipaddress.ip_address(address).is_loopback:
@@ -254,10 +262,12 @@ def smtp_quit(session: smtplib.SMTP) -> None:
         _close(session)
 
 
-def smtp_test(config: Mapping[str, Any], secrets: Mapping[str, str]) -> str:
+def smtp_test(
+    config: Mapping[str, Any], secrets: Mapping[str, str], *, destinations: Destinations | None = None
+) -> str:
     """The connection test: connect, greet, secure and sign in as configured, then quit. Returns the server's
     greeting name; raises SmtpError with the server's reason."""
-    session = smtp_open(config, secrets, timeout=15)
+    session = smtp_open(config, secrets, timeout=15, destinations=destinations)
     try:
         name = (session.ehlo_resp or b"").decode("utf-8", "replace").splitlines()
         return name[0].strip() if name else str(config.get("host") or "")

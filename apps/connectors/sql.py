@@ -42,7 +42,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
 from apps.core.exceptions import ApplicationError
-from apps.core.http import HostUnresolved, OutboundError, resolve_checked
+from apps.core.http import Destinations, HostUnresolved, OutboundError, connection_address
 
 logger = logging.getLogger(__name__)
 
@@ -300,11 +300,12 @@ def json_safe(value: Any) -> Any:
 # --- connecting ----------------------------------------------------------------------------------------------
 
 
-def _resolve(host: str, port: int) -> str:
-    """The one address to connect to (apps.core.http.resolve_checked); a name that does not resolve may
-    resolve later (retryable), a refused address will not."""
+def _resolve(host: str, port: int, dialect: str, destinations: Destinations | None) -> str:
+    """The one address to connect to (apps.core.http.connection_address: a public address on the dialect's
+    default port, or one the connection's administrator allowed); a name that does not resolve may resolve
+    later (retryable), a refused address will not."""
     try:
-        return resolve_checked(host, port)
+        return connection_address(host, port, default_ports={DEFAULT_PORTS[dialect]}, destinations=destinations)
     except HostUnresolved as error:
         raise SqlError(error.message, retryable=True) from None
     except OutboundError as error:
@@ -352,15 +353,21 @@ class SqlSession:
 
 
 def sql_connect(
-    config: Mapping[str, Any], secrets: Mapping[str, str], *, read_only: bool, timeout_seconds: float
+    config: Mapping[str, Any],
+    secrets: Mapping[str, str],
+    *,
+    read_only: bool,
+    timeout_seconds: float,
+    destinations: Destinations | None = None,
 ) -> SqlSession:
     """Connect as the connection's user and open a transaction, read-only when `read_only`, in which every
-    statement is limited to `timeout_seconds`. Raises SqlError (refused address, unreachable, bad login)."""
+    statement is limited to `timeout_seconds`; `destinations`: the connection's allowlists (a private server or
+    another port needs them). Raises SqlError (refused address, unreachable, bad login)."""
     dialect = str(config.get("dialect") or "postgresql")
     _sqlglot_dialect(dialect)
     host = str(config.get("host") or "")
     port = int(config.get("port") or 0) or DEFAULT_PORTS[dialect]
-    address = _resolve(host, port)
+    address = _resolve(host, port, dialect, destinations)
     password = secrets.get("password", "")
     username = str(config.get("username") or "")
     database = str(config.get("database") or "")
@@ -637,10 +644,17 @@ def _execute_mysql(session: SqlSession, text: str, bound: dict[str, Any], row_ca
 
 @contextmanager
 def sql_session(
-    config: Mapping[str, Any], secrets: Mapping[str, str], *, read_only: bool, timeout_seconds: float
+    config: Mapping[str, Any],
+    secrets: Mapping[str, str],
+    *,
+    read_only: bool,
+    timeout_seconds: float,
+    destinations: Destinations | None = None,
 ) -> Iterator[SqlSession]:
     """`sql_connect` as a block: rolled back (unless committed) and closed at its end."""
-    session = sql_connect(config, secrets, read_only=read_only, timeout_seconds=timeout_seconds)
+    session = sql_connect(
+        config, secrets, read_only=read_only, timeout_seconds=timeout_seconds, destinations=destinations
+    )
     try:
         yield session
     finally:
@@ -648,11 +662,13 @@ def sql_session(
         session.close()
 
 
-def sql_test(config: Mapping[str, Any], secrets: Mapping[str, str]) -> str:
+def sql_test(config: Mapping[str, Any], secrets: Mapping[str, str], *, destinations: Destinations | None = None) -> str:
     """The connection test: connect, run `SELECT 1` in a read-only transaction, and describe the server (e.g.
     "MariaDB 10.11.19"). Raises SqlError with the server's reason."""
     timeout = float(config.get("statement_timeout_seconds") or 10)
-    with sql_session(config, secrets, read_only=True, timeout_seconds=min(timeout, 10)) as session:
+    with sql_session(
+        config, secrets, read_only=True, timeout_seconds=min(timeout, 10), destinations=destinations
+    ) as session:
         sql_execute(session, statement_prepare("SELECT 1", session.dialect), {}, row_cap=1)
         label = {"postgresql": "PostgreSQL", "mariadb": "MariaDB", "mysql": "MySQL"}[session.server]
         return f"{label} {session.version.split('-')[0]}"

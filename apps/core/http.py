@@ -152,18 +152,25 @@ def destinations_parse(hosts: Iterable[str], ports: Iterable[int | str]) -> tupl
     return Destinations(tuple(names), tuple(networks), frozenset(port_numbers)), problems
 
 
-def port_refusal(port: int, address: str, destinations: Destinations | None = None) -> str | None:
-    """Why HTTP may not go to `port` at `address`, or None: 80 and 443 always may; other ports when an
-    administrator allowed them (AIOS_HTTP_ALLOWED_PORTS, the connection's ports) or allowlisted the address's
-    network (AIOS_HTTP_ALLOWLIST, the connection's networks: an internal service on its own port)."""
-    if port in DEFAULT_PORTS or port in settings.AIOS_HTTP_ALLOWED_PORTS:
+def port_refusal(
+    port: int, address: str, destinations: Destinations | None = None, *, default_ports: Iterable[int] | None = None
+) -> str | None:
+    """Why a connection may not go to `port` at `address`, or None. HTTP (`default_ports` None): 80 and 443 always
+    may, other ports when an administrator allowed them (AIOS_HTTP_ALLOWED_PORTS, the connection's ports). Other
+    kinds (SMTP, SQL, IMAP) name their protocol's `default_ports`; AIOS_HTTP_ALLOWED_PORTS, being HTTP's, does
+    not widen them. For every kind an allowlisted network of the address (AIOS_HTTP_ALLOWLIST, the connection's
+    networks: an internal service on its own port) allows any port."""
+    allowed = DEFAULT_PORTS if default_ports is None else frozenset(default_ports)
+    if port in allowed or (default_ports is None and port in settings.AIOS_HTTP_ALLOWED_PORTS):
         return None
     if destinations is not None and (port in destinations.ports or destinations.covers(address)):
         return None
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if any(candidate in network for candidate in {ip, _unwrapped(ip)} for network in _allowlist()):
         return None
-    return f"port {port} is not allowed (only 80 and 443 are; an administrator can allow another port for a connection)"
+    numbers = [str(number) for number in sorted(allowed)]
+    named = ", ".join(numbers[:-1]) + " and " + numbers[-1] if len(numbers) > 1 else "".join(numbers)
+    return f"port {port} is not allowed (only {named} are; an administrator can allow another port for a connection)"
 
 
 def address_refusal(address: str) -> str | None:
@@ -233,6 +240,25 @@ def resolve_checked(
                 "(an administrator can allow it with AIOS_HTTP_ALLOWLIST)."
             )
     return addresses[0]
+
+
+def connection_address(
+    host: str,
+    port: int,
+    *,
+    default_ports: Iterable[int] | None = None,
+    destinations: Destinations | None = None,
+    attempts: str = "connections",
+) -> str:
+    """The checked address a connector (SMTP, SQL, IMAP, MCP over HTTP) connects to for `host`:`port`: the host
+    passes `resolve_checked` within the connection's `destinations`, and the port is one of the protocol's
+    `default_ports` (None: HTTP's) or one an administrator allowed (`port_refusal`). The one guard every
+    connector's socket goes through; raises OutboundError (HostUnresolved) with the reason, nothing sent."""
+    address = resolve_checked(host, port, attempts=attempts, destinations=destinations)
+    refusal = port_refusal(port, address, destinations, default_ports=default_ports)
+    if refusal:
+        raise OutboundError(f"{host[:200]}:{port}: {refusal}; nothing was sent.")
+    return address
 
 
 # Headers that frame the message or address it: the door sets them from the URL and the body; a caller's would

@@ -285,7 +285,7 @@ def _poll_mailbox(trigger: Trigger, resolved: ResolvedConnection, poll: MailboxP
     host, port, folder = str(config["host"]), int(config["port"]), str(config.get("folder") or "INBOX")
     source = f"{resolved.name}|{host}|{port}|{config.get('username', '')}|{folder}"[:400]
     try:
-        address = imap_address(host, port)
+        address = imap_address(host, port, resolved.destinations)
     except ApplicationError as refusal:
         raise _PollStopped(f"Not polled: {refusal.message}", Outcome.REFUSED) from None
     try:

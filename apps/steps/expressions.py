@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import json
 import re
 import string
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import cel
-from jinja2 import StrictUndefined, Template, TemplateError, nodes
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateRuntimeError, Undefined, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -217,6 +219,46 @@ def _sized_concat(text: str) -> str:
     return text
 
 
+def _url_path_value(value: Any) -> str:
+    """A value substituted into a URL's path, percent-encoded as one segment's text ("/", "?", "#" and "%"
+    included), so run data cannot add a segment, a query or a fragment; a value that is only dots is refused (it
+    would climb, "." and ".." are not names)."""
+    text = str(value)
+    if text and not text.strip("."):
+        raise TemplateRuntimeError(f'a value in the URL\'s path is "{text[:10]}", which would climb the path')
+    return quote(text, safe="")
+
+
+def _url_part_value(value: Any) -> str:
+    """A value substituted into a URL's query or fragment, percent-encoded ("&", "=", "#" and "+" included), so
+    run data cannot add a parameter or end the query."""
+    return quote(str(value), safe="")
+
+
+def _json_text_value(value: Any) -> str:
+    """A value substituted into a JSON string literal: its text, escaped for inside the quotes."""
+    return json.dumps(str(value), ensure_ascii=False)[1:-1]
+
+
+def _json_value(value: Any) -> str:
+    """A value substituted where a JSON value goes: the value serialised as JSON (a string in quotes)."""
+    if isinstance(value, Undefined):
+        str(value)  # raises the undefined name's error, as `{{ name }}` would
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        raise TemplateRuntimeError(f"a {type(value).__name__} is not a JSON value") from None
+
+
+# What apps/steps/safe_templates.py puts around every substitution of a URL or JSON-body template.
+CONTEXT_FILTERS: dict[str, Callable[[Any], str]] = {
+    "_aios_url_path": _url_path_value,
+    "_aios_url_part": _url_part_value,
+    "_aios_json_text": _json_text_value,
+    "_aios_json": _json_value,
+}
+
+
 def _guarded_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     """A built-in filter that checks the render's deadline, and for the filters whose output a width, count or
     separator multiplies, the size bound before it runs."""
@@ -286,6 +328,7 @@ class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
         self.filters = {name: _guarded_filter(name, function) for name, function in self.filters.items()}
         self.filters["_aios_counted"] = _counted
         self.filters["_aios_sized"] = _sized_concat
+        self.filters.update(CONTEXT_FILTERS)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)

@@ -246,3 +246,15 @@ def test_only_admins_change_where_a_connection_may_go_and_each_change_is_audited
     with pytest.raises(ValidationFailed) as refused:
         connection_update(actor=analyst, connection=connection, allowed_hosts=[], allowed_ports=[])
     assert "Only admins" in refused.value.fields["allowed_hosts"][0]
+
+
+@pytest.mark.parametrize("kind", ["smtp", "sql", "mailbox", "mcp"])
+def test_every_kind_shows_where_it_may_go_to_admins(admin_user_role, team, kind):
+    """Review M4: SMTP, SQL, IMAP and MCP connections reach a private address or another port only through their
+    allowlists, so their form has the fields too (not only HTTP's)."""
+    config = {"mcp": {"transport": "http", "url": "https://tools.example.com/mcp"}}.get(kind)
+    make_connection(team, name="other", kind=kind, config=config)
+    page = _client(admin_user_role).get("/connections/other/").content.decode()
+    tags = re.findall(r"<(?:textarea|input)[^>]*name=\"allowed_(?:hosts|ports)\"[^>]*>", page)
+    assert len(tags) == 2 and not any("disabled" in tag for tag in tags), tags
+    assert "on the protocol's own ports" in page

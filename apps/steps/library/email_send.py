@@ -443,7 +443,7 @@ class EmailSend(StepType):
         message, recipients = self._message(config, context, email.utils.formataddr((sender_name, sender)))
         timeout = min(60.0, settings.AIOS_STEP_LEASE_SECONDS / 4)
         try:
-            session = smtp_open(resolved.config, resolved.secrets, timeout=timeout)
+            session = smtp_open(resolved.config, resolved.secrets, timeout=timeout, destinations=resolved.destinations)
             try:
                 result = smtp_send(session, message, sender=sender, recipients=recipients)
             finally:

@@ -9,6 +9,16 @@ With an `operation` of the connection's OpenAPI document, the operation gives th
 text templates, typed by the document's schemas and checked against them before anything is sent (or `body`
 holds the whole body, for nested bodies). Publishing refuses an operation the document no longer has and
 empty required parameters.
+
+Run data cannot change a request's structure (review L8): the scheme and host of a URL without a connection are
+written out; every `{{ … }}` in the URL's path is percent-encoded as one segment's text, in its query and
+fragment as a parameter's text (apps/steps/safe_templates.py), so `../admin?x=1#` stays one value. With a
+connection, a URL that is one `{{ expression }}` alone (a next-page link an API returned) is taken as it is:
+the connection keeps it on its base URL's origin and refuses a climbing ".." (join_url). `query` gives query
+parameters as a mapping, URL-encoded. A JSON body is given field by field (`json_body`: a value that is one
+`{{ expression }}` keeps its type, others are text), or as a `body` written as JSON text, whose substitutions
+are then escaped for where they stand (inside a string: as text; elsewhere: as a JSON value), so a value
+cannot add a field; a JSON body with `{% … %}` tags, or not JSON around its values, is refused at publishing.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from django.conf import settings
 from pydantic import Field
@@ -36,6 +47,14 @@ from apps.core import http
 from apps.steps.base import StepConfig, StepContext, StepError, StepOutcome, StepType, Uses
 from apps.steps.expressions import ExpressionError, template_check, template_render
 from apps.steps.registry import register
+from apps.steps.safe_templates import (
+    TemplateUnsafe,
+    json_fields_template,
+    json_shaped,
+    json_template_safe,
+    single_expression,
+    url_template_safe,
+)
 
 # The scheme and authority (user, host, port) at the start of an absolute URL template.
 _URL_ORIGIN = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*")
@@ -84,16 +103,32 @@ class HttpRequestConfig(StepConfig):
     url: str = Field(
         "",
         title="URL",
-        description="Text template: a path under the connection's base URL (e.g. /invoices), or a full URL "
-        "without a connection (e.g. https://erp.example.com/invoices).",
+        description="Text template: a path under the connection's base URL (e.g. /invoices/{{ input.id }}), or a "
+        "full URL without a connection (e.g. https://erp.example.com/invoices). Values in the path, query and "
+        "fragment are percent-encoded; with a connection, a URL that is one {{ expression }} alone is taken as "
+        "it is (kept under the connection's address).",
         json_schema_extra={"x-widget": "template", "x-rows": 1, "x-unless": "operation"},
+    )
+    query: dict[str, str] = Field(
+        default_factory=dict,
+        description="Query parameters: name → text template, URL-encoded and added to the URL.",
+        json_schema_extra={"x-widget": "template", "x-unless": "operation"},
     )
     headers: dict[str, str] = Field(
         default_factory=dict, description="Header name → text template.", json_schema_extra={"x-widget": "template"}
     )
+    json_body: dict[str, str] = Field(
+        default_factory=dict,
+        title="JSON body",
+        description="The JSON body, field by field: name → text template. A value that is one {{ expression }} "
+        "keeps its type (number, list, object); any other value is text. Sent as application/json.",
+        json_schema_extra={"x-widget": "template", "x-unless": "operation"},
+    )
     body: str = Field(
         "",
-        description="Text template for the request body (JSON is sent as application/json).",
+        description="Text template for a raw request body. Written as JSON, each {{ value }} is escaped for where "
+        "it stands (inside quotes as text, elsewhere as a JSON value) and {% %} tags are refused; prefer the "
+        "JSON body fields.",
         json_schema_extra={"x-widget": "template"},
     )
     timeout_seconds: float = Field(
@@ -132,6 +167,8 @@ class HttpRequest(StepType):
         templates = [
             ("url", config.url),
             ("body", config.body),
+            *((f"query.{key}", value) for key, value in config.query.items()),
+            *((f"json_body.{key}", value) for key, value in config.json_body.items()),
             *config.headers.items(),
             *((f"parameters.{key}", value) for key, value in config.parameters.items()),
             *((f"body_fields.{key}", value) for key, value in config.body_fields.items()),
@@ -139,10 +176,16 @@ class HttpRequest(StepType):
         for name in config.headers:
             if name.lower() in http.FRAMING_HEADERS:
                 problems.append(f'headers: "{name}" is set by the platform from the URL and the body; remove it')
+        parsing = []
         for label, template in templates:
             problem = template_check(template)
             if problem:
-                problems.append(f"{label}: the template does not parse: {problem}")
+                parsing.append(f"{label}: the template does not parse: {problem}")
+        problems += parsing
+        if not parsing:
+            problems += _structure_problems(config)
+        if config.json_body and config.body.strip():
+            problems.append("body: give the JSON body's fields or a raw body, not both")
         if not config.operation:
             if not config.url.strip():
                 problems.append("url: give the URL, or choose an operation of the connection's OpenAPI document")
@@ -151,6 +194,11 @@ class HttpRequest(StepType):
             if config.parameters or config.body_fields:
                 problems.append("operation: parameters and body fields need an operation; choose one")
             return problems
+        if config.query or config.json_body:
+            problems.append(
+                "operation: with an operation, its parameters and body fields give the query and the JSON body; "
+                "empty the query and JSON body fields"
+            )
         if not config.connection:
             problems.append("operation: an operation belongs to a connection; choose the connection first")
             return problems
@@ -171,10 +219,12 @@ class HttpRequest(StepType):
         # The request is rendered (so a template error still shows in a test) but never sent.
         variables = context.expression_variables()
         try:
-            url = template_render(config.url, variables).strip()
-            body = template_render(config.body, variables) if config.body else ""
+            url = _url_render(config, variables) if not config.operation else ""
+            body = _body_render(config, variables)
         except ExpressionError as error:
             raise StepError(f'Step "{context.step_key}": a template failed: {error}') from None
+        except TemplateUnsafe as error:
+            raise StepError(f'Step "{context.step_key}": {error.message}; nothing was sent.') from None
         request: dict[str, Any] = {"method": config.method, "url": url, "body": body}
         if config.connection:
             request["connection"] = config.connection
@@ -200,13 +250,16 @@ class HttpRequest(StepType):
         variables = context.expression_variables()
         method: str = config.method
         try:
-            url = template_render(config.url, variables).strip() if not config.operation else ""
+            url = _url_render(config, variables) if not config.operation else ""
             headers = {name: template_render(value, variables) for name, value in config.headers.items()}
-            body = template_render(config.body, variables) if config.body else ""
+            body = _body_render(config, variables)
             parameters = {key: template_render(value, variables) for key, value in config.parameters.items()}
             body_fields = {key: template_render(value, variables) for key, value in config.body_fields.items()}
         except ExpressionError as error:
             raise StepError(f'Step "{context.step_key}": a template failed: {error}') from None
+        except TemplateUnsafe as error:
+            # Publishing refuses it (check_config); a graph published before that is refused here.
+            raise StepError(f'Step "{context.step_key}": {error.message}; nothing was sent.') from None
         if config.operation and not config.connection:
             raise StepError(f'Step "{context.step_key}": an operation needs the connection it belongs to.')
         timeout = min(config.timeout_seconds, settings.AIOS_STEP_LEASE_SECONDS / 2)
@@ -319,6 +372,58 @@ class HttpRequest(StepType):
                 message = redact(message, secret_needles(resolved, sent))
             raise StepError(message, retryable=error.uncertain, uncertain=error.uncertain) from None
         return response, sent
+
+
+def _structure_problems(config: HttpRequestConfig) -> list[str]:
+    """What keeps the URL or the body from being rendered with every value encoded for where it stands."""
+    problems = []
+    try:
+        url_template_safe(config.url)
+    except TemplateUnsafe as error:
+        problems.append(f"url: {error.message}")
+    try:
+        if config.json_body:
+            json_template_safe(json_fields_template(config.json_body))
+    except TemplateUnsafe as error:
+        problems.append(f"json_body: {error.message}")
+    try:
+        if json_shaped(config.body):
+            json_template_safe(config.body)
+    except TemplateUnsafe as error:
+        problems.append(f"body: {error.message}")
+    return problems
+
+
+def _url_render(config: HttpRequestConfig, variables: dict[str, Any]) -> str:
+    """The URL with every substituted value percent-encoded for its component, and the `query` mapping
+    URL-encoded after it (before a fragment). With a connection, a URL that is one expression alone is taken as
+    it is: join_url keeps it on the connection's origin and refuses "..". Raises ExpressionError,
+    TemplateUnsafe."""
+    if config.connection and single_expression(config.url):
+        url = template_render(config.url, variables).strip()
+    else:
+        url = template_render(url_template_safe(config.url), variables).strip()
+    if config.query:
+        pairs = [(name, template_render(value, variables)) for name, value in config.query.items()]
+        url, hash_mark, fragment = url.partition("#")
+        url += ("&" if "?" in url else "?") + urlencode(pairs) + hash_mark + fragment
+    return url
+
+
+def _body_render(config: HttpRequestConfig, variables: dict[str, Any]) -> str:
+    """The request body: the JSON fields serialised, a body written as JSON with each value escaped for where it
+    stands, or the raw text. Raises ExpressionError, TemplateUnsafe (also for a JSON body that the rendering
+    left invalid, e.g. two values side by side)."""
+    if config.json_body:
+        template = json_template_safe(json_fields_template(config.json_body))
+    elif config.body and json_shaped(config.body):
+        template = json_template_safe(config.body)
+    else:
+        return template_render(config.body, variables) if config.body else ""
+    body = template_render(template, variables)
+    if not _is_json(body):
+        raise TemplateUnsafe("the JSON body is not valid JSON with these values")
+    return body
 
 
 def _is_json(text: str) -> bool:

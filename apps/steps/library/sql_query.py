@@ -327,7 +327,13 @@ class SqlQuery(StepType):
         timeout = min(timeout or DEFAULT_TIMEOUT_SECONDS, settings.AIOS_STEP_LEASE_SECONDS / 2)
         write = config.mode == "write"
         try:
-            with sql_session(resolved.config, resolved.secrets, read_only=not write, timeout_seconds=timeout) as db:
+            with sql_session(
+                resolved.config,
+                resolved.secrets,
+                read_only=not write,
+                timeout_seconds=timeout,
+                destinations=resolved.destinations,
+            ) as db:
                 result = sql_execute(db, statement_prepare(config.statement, dialect), parameters, row_cap=row_cap)
                 if write:
                     db.commit()
