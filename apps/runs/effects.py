@@ -74,3 +74,11 @@ def effect_outcome_record(*, step_run: StepRun, applied: bool, outcome: str = ""
     EffectRecord.objects.filter(run_id=step_run.run_id, step_key=step_run.step_key).update(
         state=EffectRecord.State.APPLIED if applied else EffectRecord.State.FAILED, outcome=outcome[:2000]
     )
+
+
+def effects_sent(run: Run, *, exclude: set[str]) -> list[str]:
+    """The steps of `run` (outside `exclude`) whose side effect reached, or may have reached, the outside world."""
+    keys = EffectRecord.objects.filter(
+        run=run, state__in=(EffectRecord.State.APPLIED, EffectRecord.State.INTENT)
+    ).values_list("step_key", flat=True)
+    return sorted({key for key in keys if key not in exclude})

@@ -19,7 +19,8 @@ from django.http import Http404
 
 from apps.core.permissions import restrict
 from apps.inference.models import InferenceCall
-from apps.runs import hooks
+from apps.runs import engine, hooks
+from apps.runs.effects import effects_sent
 from apps.runs.models import Incident, Run, StepRun
 from apps.runs.presentation import (
     StepFacts,
@@ -29,7 +30,6 @@ from apps.runs.presentation import (
     run_result_display,
     step_output_display,
 )
-from apps.steps.registry import step_type_find
 from apps.workflows.diagram import Diagram, diagram_for_graph
 from apps.workflows.graph import Graph
 from apps.workflows.selectors import workflow_can_edit, workflow_list_for_user
@@ -182,6 +182,7 @@ def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
     for step in steps:
         step.note = notes.get(step.pk)  # type: ignore[attr-defined]
     _attach_agent_turns(run, steps, every_step, notes)
+    _attach_sends_again(run, steps)
     result = []
     if run.status == Run.Status.SUCCEEDED:
         result = run_result_display(
@@ -197,16 +198,31 @@ def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
         "can_operate": run_can_operate(user, run),
         # Skipping a step with a supplied output is the workflow's editors' call (apps.runs.services.incident_skip).
         "can_supply_output": bool(incidents) and workflow_can_edit(user, run.workflow),
-        # Restarting may make its side-effecting steps act again: the restart form then asks to confirm that.
-        "acts_outside": any(
-            (step_type := step_type_find(step.step_type)) is not None and step_type.side_effects for step in steps
-        ),
         "signature": run_signature(run, every_step, incidents.values()),
         "diagram": facts.diagram,
         "diagram_states": {step.step_key: step.state for step in steps},
         "inputs_display": run_inputs_display(run.version.input_schema, run.inputs),
         "result_sections": result,
     }
+
+
+def _attach_sends_again(run: Run, steps: list[StepRun]) -> None:
+    """Give each step `sends_again`: the names of the steps that already reached outside systems and that a
+    restart from it would execute again (it and what follows it), so its restart form asks to confirm exactly
+    when the restart service would (apps.runs.services.run_restart)."""
+    names = {step.step_key: f"“{step.name or step.step_key}”" for step in steps}
+    succeeded = [step.step_key for step in steps if step.state == StepRun.State.SUCCEEDED]
+    # The effect ledger, as the restart service reads it: one query, for a run that can be restarted.
+    sent = effects_sent(run, exclude=set()) if run.is_finished and not run.is_test else []
+    for step in steps:
+        if not sent or step.step_key not in names:
+            step.sends_again = []  # type: ignore[attr-defined]
+            continue
+        try:
+            reused = engine.reusable_before(run.version.graph, step.step_key, succeeded)
+        except (KeyError, TypeError, ValueError):
+            reused = set()
+        step.sends_again = [names.get(key, key) for key in sent if key not in reused]  # type: ignore[attr-defined]
 
 
 def _attach_agent_turns(

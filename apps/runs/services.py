@@ -28,6 +28,7 @@ from apps.core.exceptions import (
 )
 from apps.core.throttling import rate_limit_wait
 from apps.runs import engine
+from apps.runs.effects import effects_sent
 from apps.runs.lifecycle import (
     output_digest,
     publish_on_commit,
@@ -37,7 +38,7 @@ from apps.runs.lifecycle import (
     step_run_resume,
     steps_cancel,
 )
-from apps.runs.models import EffectRecord, Incident, Run, StepResult, StepRun
+from apps.runs.models import Incident, Run, StepResult, StepRun
 from apps.runs.outbox import CANCEL_RUN_TASK, CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
 from apps.runs.selectors import run_can_operate
 from apps.runs.trigger_events import run_finished_notify
@@ -165,14 +166,6 @@ def run_cancel(*, run: Run, actor: User | None, reason: str = "") -> Run:
     return locked
 
 
-def _effects_sent(run: Run, *, exclude: set[str]) -> list[str]:
-    """The steps of `run` (outside `exclude`) whose side effect reached, or may have reached, the outside world."""
-    keys = EffectRecord.objects.filter(
-        run=run, state__in=(EffectRecord.State.APPLIED, EffectRecord.State.INTENT)
-    ).values_list("step_key", flat=True)
-    return sorted({key for key in keys if key not in exclude})
-
-
 @transaction.atomic
 def run_restart(
     *,
@@ -211,7 +204,7 @@ def run_restart(
     reused = engine.reusable_before(original.version.graph, step_key, succeeded)
     overrides = _overrides_validate(original, overrides or {}, reused=set(reused))
     # A what-if run answers side-effecting steps from the original's records (executor), so it sends nothing.
-    sent = [] if overrides else _effects_sent(original, exclude=set(reused))
+    sent = [] if overrides else effects_sent(original, exclude=set(reused))
     if sent and not send_again:
         raise Conflict(
             f"Run #{original.pk} already reached outside systems from {', '.join(sent)}: restarting from "

@@ -199,6 +199,24 @@ def test_restart_asks_before_sending_again_what_already_reached_outside(api, ana
     assert event.data_dict["sent_again"] == ["c"]
 
 
+def test_the_run_page_asks_to_send_again_only_on_steps_whose_restart_would(client, analyst, workflow):
+    """Step b reached an outside system: restarting from a or b executes it again, from c does not (it is before c),
+    so only a's and b's restart forms carry the confirmation, naming b."""
+    import re
+
+    from apps.runs.models import EffectRecord
+
+    run = drive(run_start(actor=analyst, workflow=workflow, inputs={"n": 1})[0])
+    EffectRecord.objects.create(run=run, step_key="b", idempotency_key="k" * 64, state="applied", attempts=1)
+    client.force_login(analyst)
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    articles = dict(re.findall(r'<article[^>]*id="step-(\w+)"(.*?)</article>', page, flags=re.S))
+    assert set(articles) == {"a", "b", "c"}
+    asks = {key: 'name="send_again"' in html for key, html in articles.items()}
+    assert asks == {"a": True, "b": True, "c": False}
+    assert "Send again what “b” already sent to outside systems" in articles["a"]
+
+
 def test_page_refusals_for_rights_answer_403(client, analyst, team, workflow):
     """An operator who may not change the workflow tries other settings from the run page: 403, as the API says,
     not a redirect with a message (review L3)."""
