@@ -14,24 +14,10 @@ import pytest
 from apps.connectors.runtime import REDACTED
 from apps.steps.base import StepContext, StepError, Uses
 from apps.steps.registry import step_config_parse, step_type_find
-from tests.connectors.helpers import allow_loopback, make_connection
+from tests.connectors.helpers import make_connection
 from tests.connectors.servers import ApiServer
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def api(settings: Any):
-    allow_loopback(settings)
-    with ApiServer() as server:
-        yield server
-
-
-@pytest.fixture
-def workflow(analyst, team):
-    from apps.workflows.services import workflow_create
-
-    return workflow_create(actor=analyst, name="Invoices", team=team)
 
 
 def _run(config: dict[str, Any], workflow: Any, *, key: str = "post", inputs: dict[str, Any] | None = None):

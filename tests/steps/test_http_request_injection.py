@@ -13,27 +13,12 @@ import pytest
 
 from apps.steps.base import StepContext, StepError
 from apps.steps.registry import step_config_parse, step_type_find
-from tests.connectors.helpers import allow_loopback, make_connection
-from tests.connectors.servers import ApiServer
+from tests.connectors.helpers import make_connection
 
 pytestmark = pytest.mark.django_db
 
 ESCAPE = "../admin?approved=1&x=1#"
 FIELD = 'x","approved":true,"y":"'
-
-
-@pytest.fixture
-def api(settings: Any):
-    allow_loopback(settings)
-    with ApiServer() as server:
-        yield server
-
-
-@pytest.fixture
-def workflow(analyst, team):
-    from apps.workflows.services import workflow_create
-
-    return workflow_create(actor=analyst, name="Invoices", team=team)
 
 
 def _run(config: dict[str, Any], workflow: Any, inputs: dict[str, Any]) -> Any:
