@@ -139,7 +139,8 @@ class JsonDepthMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         content_type = request.content_type or ""
-        if (content_type == "application/json" or content_type.endswith("+json")) and _json_depth(
+        json_types = ("application/json", "application/csp-report")
+        if (content_type in json_types or content_type.endswith("+json")) and _json_depth(
             request.body
         ) > MAX_JSON_DEPTH:
             message = f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels; nothing was changed."

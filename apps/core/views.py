@@ -88,12 +88,20 @@ class _LogBudget:
 csp_log_budget = _LogBudget(per_minute=60)
 
 
+def _printable(value: Any, limit: int) -> str:
+    # What a browser (or anyone) put in a report goes into one log line: no control characters, bounded.
+    return "".join(char if char.isprintable() else "?" for char in str(value or "")[:limit])
+
+
 def _without_query(url: Any) -> str:
     # A page's or resource's query string can carry a token; the path is enough to find the page.
-    text = str(url or "")[:500]
+    text = _printable(url, 500)
     if text in ("inline", "eval", "self", "data", "blob", "wasm-eval", "trusted-types-policy"):
         return text
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "(not a URL)"
     return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else parts.path
 
 
@@ -135,12 +143,12 @@ def csp_report(request: HttpRequest) -> HttpResponse:
     content_type = request.content_type or ""
     if content_type not in CSP_REPORT_TYPES:
         return JsonResponse({"detail": f"A CSP report is sent as {' or '.join(CSP_REPORT_TYPES[:2])}."}, status=415)
-    length = int(request.headers.get("Content-Length") or 0)
-    if length > CSP_REPORT_MAX_BYTES:
+    length = request.headers.get("Content-Length") or "0"
+    if not length.isdigit() or int(length) > CSP_REPORT_MAX_BYTES:
         return JsonResponse({"detail": f"A CSP report is at most {CSP_REPORT_MAX_BYTES} bytes."}, status=413)
     try:
         violations = _csp_violations(json.loads(request.read(CSP_REPORT_MAX_BYTES + 1)))
-    except (ValueError, UnicodeDecodeError, KeyError, AttributeError):
+    except (ValueError, UnicodeDecodeError, KeyError, AttributeError, RecursionError):
         return JsonResponse({"detail": "The body is not a CSP report."}, status=400)
     for violation in violations[:10]:
         if not csp_log_budget.take():
@@ -148,9 +156,9 @@ def csp_report(request: HttpRequest) -> HttpResponse:
         csp_logger.warning(
             "CSP blocked %s (%s) on %s, from %s line %s",
             _without_query(violation["blocked"]),
-            str(violation["directive"] or "")[:100],
+            _printable(violation["directive"], 100),
             _without_query(violation["document"]),
             _without_query(violation["source"]),
-            str(violation["line"] or "")[:10],
+            _printable(violation["line"], 10),
         )
     return HttpResponse(status=204)

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import F
 
 from apps.runs.models import EffectRecord, Run, StepRun
+from apps.steps.agent_keys import TOOL_CALL_MARK
 
 
 def effect_key(run: Run, step_key: str) -> str:
@@ -77,8 +78,10 @@ def effect_outcome_record(*, step_run: StepRun, applied: bool, outcome: str = ""
 
 
 def effects_sent(run: Run, *, exclude: set[str]) -> list[str]:
-    """The steps of `run` (outside `exclude`) whose side effect reached, or may have reached, the outside world."""
+    """The graph steps of `run` (outside `exclude`) whose side effect reached, or may have reached, the outside
+    world; an agent's tool call counts as its agent's (the agent is what a restart executes again or reuses)."""
     keys = EffectRecord.objects.filter(
         run=run, state__in=(EffectRecord.State.APPLIED, EffectRecord.State.INTENT)
     ).values_list("step_key", flat=True)
-    return sorted({key for key in keys if key not in exclude})
+    owners = {key.split(TOOL_CALL_MARK, 1)[0] for key in keys}
+    return sorted(owner for owner in owners if owner not in exclude)

@@ -50,6 +50,8 @@ from apps.runs.plans import step_plan
 from apps.steps.agent_keys import AGENT_WAIT, TOOL_CALL_MARK
 from apps.steps.base import AgentHistory, StepContext, StepError, StepOutcome, StepType
 from apps.steps.expressions import ExpressionError, cel_evaluate, template_render
+from apps.steps.guardrails import held_output_reviewed, held_review_proposal
+from apps.steps.llm import NOT_ASKED
 from apps.steps.registry import step_config_parse, step_type_get
 from apps.workflows.graph import StepOptions, TemplateMapping
 
@@ -248,6 +250,30 @@ def _step_run_begin(step_run: StepRun) -> Attempt | None:
     return Attempt(stream=TokenStream(step_run), effect_key=key)
 
 
+def _replayed_review(step_run: StepRun, outcome: StepOutcome) -> StepOutcome:
+    """A replay re-runs an LLM step whose flagged result a person reviewed in the run it replays: it takes that
+    person's decision rather than asking again, so it reproduces the run (the approved result with its
+    corrections, or the rejection). A what-if run and a test compare what the model says: they keep its reply."""
+    run = step_run.run
+    if not run.replay_of_id:
+        return outcome
+    original = (
+        StepRun.objects.filter(run_id=recording_run_id(run.replay_of_id, step_run.step_key), step_key=step_run.step_key)
+        .only("state", "output", "error")
+        .first()
+    )
+    if original is None:
+        return outcome
+    review = (original.output or {}).get("review") if original.state == StepRun.State.SUCCEEDED else None
+    if isinstance(review, dict):
+        decision = {**review, "data": held_review_proposal(original.output or {})}
+        usage = {**outcome.usage, "injection_review": f"as reviewed in run #{run.replay_of_id}"}
+        return StepOutcome(output=held_output_reviewed(outcome.output, decision), usage=usage)
+    if original.state == StepRun.State.FAILED and original.error.startswith(("Rejected by", "Not approved")):
+        raise StepError(f"{original.error} (in run #{run.replay_of_id}, which this run replays)")
+    return outcome
+
+
 def _step_run_finish(
     step_run: StepRun,
     chain: Chain,
@@ -265,6 +291,11 @@ def _step_run_finish(
         raise error
     stream = attempt.stream
     stream.flush()
+    if error is None and outcome is not None and outcome.usage.get("injection_review") == NOT_ASKED:
+        try:
+            outcome = _replayed_review(step_run, outcome)
+        except StepError as refused:
+            error = refused
     if error is not None:
         _step_run_record_error(step_run, attempt, error)
         return None

@@ -322,10 +322,12 @@ def _run_finish(run: Run, decision: engine.Decision, rows: list[_StepRow]) -> No
 
 
 def steps_cancel(run: Run, *, reason: str) -> list[str]:
-    """Cancel every unfinished step; bumping the fencing token refuses a running worker's late result."""
+    """Cancel every unfinished step; bumping the fencing token refuses a running worker's late result. A result
+    held for a person's review goes with it: no one approved it."""
     keys = list(StepRun.objects.filter(run=run).exclude(state__in=StepRun.FINISHED).values_list("step_key", flat=True))
     StepRun.objects.filter(run=run).exclude(state__in=StepRun.FINISHED).update(
         state=StepRun.State.CANCELLED,
+        output=None,
         fencing_token=F("fencing_token") + 1,
         lease_expires_at=None,
         waiting_for="",

@@ -423,9 +423,12 @@ def _compiled(template: str) -> Template:
 _BOUNDED_FILTERS = frozenset(
     {
         "capitalize", "default", "d", "e", "escape", "first", "float", "int", "last", "length", "count", "lower",
-        "round", "safe", "string", "striptags", "title", "tojson", "trim", "upper", "abs", "list", "urlencode",
+        "round", "safe", "string", "striptags", "title", "tojson", "trim", "upper", "abs", "urlencode",
     }
 )  # fmt: skip
+# Of those, the ones bounded only without arguments: `round`'s precision is a power of ten to compute, and
+# `tojson`'s indent multiplies the document's size.
+_BOUNDED_WITHOUT_ARGUMENTS = frozenset({"round", "tojson"})
 # The nodes a template whose cost is bounded may hold: text, names, field and constant-index lookups, constants,
 # the filters above with constant arguments, conditions and comparisons. No loop, call, operator or slice: nothing
 # repeats and nothing builds a value larger than one piece of run data.
@@ -457,6 +460,8 @@ def _bounded(template: str) -> bool:
             or node.dyn_args is not None
             or node.dyn_kwargs is not None
             or not all(isinstance(arg, nodes.Const) for arg in node.args)
+            or not all(isinstance(keyword.value, nodes.Const) for keyword in node.kwargs)
+            or (node.name in _BOUNDED_WITHOUT_ARGUMENTS and (node.args or node.kwargs))
         ):
             return False
         if isinstance(node, nodes.Getitem) and not isinstance(node.arg, nodes.Const):
@@ -495,5 +500,13 @@ def template_render_here(template: str, variables: dict[str, Any]) -> str:
         return "".join(chunks)
     except TemplateError as error:
         raise ExpressionError(str(error)) from None
+    except (ExpressionError, MemoryError):
+        raise  # the sandbox child answers a MemoryError by being replaced
+    except RecursionError:
+        raise ExpressionError("the evaluation nests too deeply") from None
+    except Exception as error:
+        # What a template's Python raises (a comparison of text with a number, 1/0): the step's error, worded as
+        # the sandbox child words it.
+        raise ExpressionError(f"{type(error).__name__}: {str(error)[:300]}") from None
     finally:
         _budget.reset(token)

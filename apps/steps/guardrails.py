@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import unicodedata
 from bisect import bisect_left, bisect_right
@@ -808,6 +809,9 @@ def held_output_reviewed(held: dict[str, Any], decision: dict[str, Any]) -> dict
     if corrected is not None:
         if isinstance(held.get("data"), dict):
             output["data"] = corrected
+            if "text" in held and corrected != held["data"]:
+                # The reply's text is the model's JSON: later steps that read it read the corrected data too.
+                output["text"] = json.dumps(corrected, ensure_ascii=False)
         elif "label" in held:
             if corrected.get("label") != held.get("label"):
                 output.update(label=corrected.get("label"), confidence=1.0, branch="confident")

@@ -74,6 +74,10 @@ class Routing(BaseModel):
     )
 
 
+# What a test, replay or what-if run records instead of asking a person to review a flagged result (a replay then
+# takes the original run's decision: apps.runs.executor._replayed_review).
+NOT_ASKED = "not asked (test or replay run)"
+
 # The longest prompt or system template (before rendering): far above any prompt a process needs, and a bound
 # on what a what-if run's author can hand the template engine (and the audit chain) in one request.
 MAX_PROMPT_TEMPLATE_LENGTH = 20_000
@@ -292,7 +296,7 @@ class LlmSession:
         if not (self.flags and guardrails.on_injection == "review"):
             return StepOutcome(output=output, usage=usage)
         if not self.context.asks_people:
-            return StepOutcome(output=output, usage={**usage, "injection_review": "not asked (test or replay run)"})
+            return StepOutcome(output=output, usage={**usage, "injection_review": NOT_ASKED})
         return StepOutcome(
             output={},
             usage=usage,

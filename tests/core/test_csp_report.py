@@ -74,6 +74,21 @@ def test_both_report_formats_are_logged_without_query_strings(caplog: Any, budge
     assert "SECRET" not in caplog.text and "rita" not in caplog.text and "private" not in caplog.text
 
 
+def test_a_report_cannot_break_the_log_line_or_the_view(caplog: Any, budget: Any) -> None:
+    hostile = {
+        "csp-report": {
+            "document-uri": "http://[x",
+            "effective-directive": "img-src\nFORGED log line",
+            "blocked-uri": "https://a.example/\r\nFORGED",
+            "line-number": "1\n2",
+        }
+    }
+    with caplog.at_level(logging.WARNING, logger="aios.csp"):
+        assert post(hostile, "application/csp-report").status_code == 204
+    [line] = [record.getMessage() for record in caplog.records if record.name == "aios.csp"]
+    assert "\n" not in line and "\r" not in line and "(not a URL)" in line
+
+
 def test_a_flood_of_reports_is_logged_up_to_the_budget(caplog: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr(views, "csp_log_budget", views._LogBudget(per_minute=3))
     with caplog.at_level(logging.WARNING, logger="aios.csp"):
@@ -91,6 +106,8 @@ def test_a_flood_of_reports_is_logged_up_to_the_budget(caplog: Any, monkeypatch:
         ([1, 2, 3], "application/reports+json", 400),
         (OLD_FORMAT, "text/plain", 415),
         (b"{" + b" " * (20 * 1024) + b"}", "application/csp-report", 413),
+        (b"[" * 5000 + b"]" * 5000, "application/csp-report", 400),
+        (b'{"csp-report": ' * 2000 + b"{}" + b"}" * 2000, "application/csp-report", 400),
     ],
 )
 def test_what_is_not_a_report_gets_a_reason(body: Any, content_type: str, status: int, budget: Any) -> None:

@@ -8,6 +8,7 @@ attacker asked for)."""
 # ruff: noqa: F811
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -89,6 +90,8 @@ def test_a_flagged_result_waits_for_a_person_who_corrects_it_and_the_run_goes_on
     assert run.status == "succeeded"
     extract = run.step_runs.get(step_key="extract")
     assert extract.output["data"]["amount"] == 95000
+    # The reply's text is the model's JSON: it says what the reviewer left, not what the attacker asked for.
+    assert json.loads(extract.output["text"])["amount"] == 95000
     assert extract.output["review"] == {
         "decision": "approved",
         "decided_by": "rita",
@@ -179,4 +182,58 @@ def test_the_demo_never_approves_a_flagged_claim_automatically(analyst, claims_w
     assert flagged.output["route"] == "adjuster_queue"
     assert (
         flagged.output["reason"] == "The claim text looks like it tries to instruct the model: an adjuster must review."
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["tgi"], indirect=True)
+def test_a_held_result_is_no_output_while_it_waits_and_goes_with_a_cancel(endpoint, analyst, team):
+    from rest_framework.test import APIClient
+
+    from apps.runs.services import run_cancel
+
+    workflow = publish(analyst, team, graph(team.group.name))
+    run = run_to_end(analyst, workflow, ATTACK)
+    api = APIClient()
+    api.force_authenticate(analyst)
+    [extract] = [step for step in api.get(f"/api/runs/{run.pk}/").json()["steps"] if step["step_key"] == "extract"]
+    assert extract["state"] == "waiting" and extract["output"] is None
+    run_cancel(run=run, actor=analyst, reason="Not needed")
+    step = run.step_runs.get(step_key="extract")
+    assert step.state == "cancelled" and step.output is None
+    assert ApprovalRequest.objects.get(run=run).state == "cancelled"
+
+
+@pytest.mark.parametrize("endpoint", ["tgi"], indirect=True)
+def test_a_replay_takes_the_original_decision_instead_of_asking_again(endpoint, analyst, reviewer, team):
+    from apps.runs.services import run_replay
+
+    workflow = publish(analyst, team, graph(team.group.name))
+    approved = run_to_end(analyst, workflow, ATTACK)
+    item = ApprovalRequest.objects.get(run=approved)
+    approval_decide(
+        request=item,
+        actor=reviewer,
+        decision="approved",
+        reason="The bills say 95,000",
+        edits={"amount": 95000},
+        confirmed=list(item.proposal),
+    )
+    approved = drive(approved)
+    replay = drive(run_replay(run=approved, actor=analyst))
+    extract = replay.step_runs.get(step_key="extract")
+    assert (
+        replay.status == "succeeded"
+        and extract.output["data"] == approved.step_runs.get(step_key="extract").output["data"]
+    )
+    assert extract.usage["injection_review"] == f"as reviewed in run #{approved.pk}"
+    assert not ApprovalRequest.objects.filter(run=replay).exists()
+
+    rejected = run_to_end(analyst, workflow, ATTACK)
+    approval_decide(request=ApprovalRequest.objects.get(run=rejected), actor=reviewer, decision="rejected", reason="No")
+    rejected = drive(rejected)
+    replay = drive(run_replay(run=rejected, actor=analyst))
+    step = replay.step_runs.get(step_key="extract")
+    assert (
+        replay.status == "failed"
+        and step.error == f"Rejected by rita: No (in run #{rejected.pk}, which this run replays)"
     )

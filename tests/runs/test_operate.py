@@ -199,6 +199,18 @@ def test_restart_asks_before_sending_again_what_already_reached_outside(api, ana
     assert event.data_dict["sent_again"] == ["c"]
 
 
+def test_an_agent_s_tool_call_counts_as_its_agent_for_sending_again(api, analyst, workflow):
+    """The ledger keeps a tool call under "<agent>~<n>"; a restart executes or reuses the agent, so that is the
+    step it names, and a restart after it asks nothing."""
+    from apps.runs.models import EffectRecord
+
+    run = drive(run_start(actor=analyst, workflow=workflow, inputs={"n": 1})[0])
+    EffectRecord.objects.create(run=run, step_key="b~1", idempotency_key="k" * 64, state="applied", attempts=1)
+    refused = api.post(f"/api/runs/{run.pk}/restart/", {"step_key": "b"}, format="json")
+    assert refused.status_code == 409 and refused.json()["send_again"] == ["b"]
+    assert api.post(f"/api/runs/{run.pk}/restart/", {"step_key": "c"}, format="json").status_code == 201
+
+
 def test_the_run_page_asks_to_send_again_only_on_steps_whose_restart_would(client, analyst, workflow):
     """Step b reached an outside system: restarting from a or b executes it again, from c does not (it is before c),
     so only a's and b's restart forms carry the confirmation, naming b."""

@@ -194,3 +194,29 @@ def test_a_bounded_template_still_stops_at_the_output_limit_as_it_renders():
     with pytest.raises(ExpressionError, match=f"longer than {MAX_TEMPLATE_OUTPUT} characters"):
         template_render("{{ input.text }}" * 5, big)
     assert template_render("{{ input.text }}" * 3, big) == "x" * (3 * (MAX_TEMPLATE_OUTPUT // 4 + 1))
+
+
+def test_filters_whose_arguments_set_the_cost_go_to_the_child(monkeypatch):
+    """`round`'s precision is a power of ten to compute and `tojson`'s indent multiplies the output: with any
+    argument, or a keyword argument taken from the data, they are not bounded by the data's size."""
+    from apps.steps.expressions import _bounded
+
+    assert _bounded("{{ input.n | round }} {{ input.d | tojson }} {{ input.x | default('a', true) }}")
+    for template in (
+        "{{ input.n | round(100000000, 'ceil') }}",
+        "{{ input.n | round(precision=input.p) }}",
+        "{{ input.d | tojson(indent=100000) }}",
+        "{{ input.d | tojson(indent=input.n) }}",
+        "{{ input.x | default(input.y) }}",
+        "{{ input.x | list }}",
+    ):
+        assert not _bounded(template), template
+
+
+def test_a_runtime_error_in_a_bounded_template_is_an_expression_error():
+    """Rendered in this process, Python's own errors are worded as the child words them."""
+    variables = {**VARIABLES, "input": {"amount": "lots", "n": 4}}
+    with pytest.raises(ExpressionError, match="TypeError"):
+        template_render("{% if input.amount > 1000 %}big{% endif %}", variables)
+    with pytest.raises(ExpressionError, match="ZeroDivisionError"):
+        template_render("{{ input.n is divisibleby(0) }}", variables)

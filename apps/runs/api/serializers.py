@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
@@ -26,6 +28,12 @@ class StepRunSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         ]
+
+    def to_representation(self, instance: StepRun) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if instance.state == StepRun.State.WAITING:
+            data["output"] = None  # a result held for a person's review is not the step's output until approved
+        return data
 
 
 class RunSerializer(serializers.ModelSerializer):
