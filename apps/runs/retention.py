@@ -17,8 +17,9 @@ step results), or when an upper app says so (an evaluation report still scoring 
 point from newer runs to older ones, so batches go from the newest candidate to the oldest: a replay is
 removed in an earlier batch than its original, which is then free to go.
 
-Each batch is one transaction that locks its runs first (pk order), so a replay or restart that starts
-meanwhile either commits first and is seen, holding its original back, or waits and then finds it gone.
+Each batch is one transaction that locks its runs first, with SKIP LOCKED: a run that a replay or restart is
+starting from right now is skipped (and its family held back); one that starts later waits for the batch and then
+finds its original gone.
 Model-call records and approval decisions are append-only (apps/core/db.py): only the database owner may
 delete them, so the purge runs as the owner role (manage.py selects it; deploy/README.md, "Retention").
 """
@@ -214,11 +215,15 @@ def _batch(
         with transaction.atomic():
             families = _families(roots)
             members = sorted(pk for family in families.values() for pk in family)
+            busy: set[int] = set()
             if not dry_run:
-                # Lock first, then decide: a replay or restart of one of these runs that started meanwhile has
-                # committed by the time the lock is granted, and the check below sees it.
-                list(Run.objects.select_for_update().filter(pk__in=members).order_by("pk").values_list("pk"))
-            kept = _hold_back(families)
+                # Lock first, then decide, with SKIP LOCKED (the lock-order rule's exemption, apps/runs/lifecycle.py:
+                # it never waits, so it closes no cycle). A run someone holds (a replay or restart of it starting,
+                # which locks it, or a row referring to it being inserted, which key-share locks it) is skipped and
+                # its family held back; one that starts later waits for this batch and then finds the run gone.
+                locked = Run.objects.select_for_update(skip_locked=True).filter(pk__in=members).values_list("pk")
+                busy = set(members) - {pk for (pk,) in locked}
+            kept = _hold_back(families, busy=busy)
             run_ids = sorted(pk for root, family in families.items() if root not in kept for pk in family)
             kept_reasons = Counter(kept.values())
             if dry_run:
@@ -267,11 +272,11 @@ def _families(roots: list[int]) -> dict[int, set[int]]:
     return families
 
 
-def _hold_back(families: dict[int, set[int]]) -> dict[int, str]:
+def _hold_back(families: dict[int, set[int]], *, busy: set[int]) -> dict[int, str]:
     """{root: reason} for the families that must stay; the rest may go. Holding one back may hold back another
     (the one a run of it replays), so the check repeats until nothing changes."""
     family_of = {pk: root for root, family in families.items() for pk in family}
-    kept: dict[int, str] = {}
+    kept: dict[int, str] = {family_of[pk]: "in use right now; a later purge takes it" for pk in busy}
     unfinished = (
         Run.objects.filter(pk__in=list(family_of)).exclude(status__in=Run.FINISHED).values_list("pk", flat=True)
     )

@@ -15,6 +15,7 @@ from datetime import timedelta
 from io import StringIO
 from typing import Any
 
+import psycopg
 import pytest
 from django.apps import apps as django_apps
 from django.conf import settings
@@ -276,6 +277,25 @@ def test_a_finished_evaluation_keeps_its_results_and_a_scoring_one_its_runs(anal
     done.refresh_from_db()
     assert done.run is None and done.passed is True
     assert report.kept == {"an evaluation report is still scoring it": 1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_someone_holds_is_skipped_and_taken_by_the_next_purge(analyst: Any, doubling: Any) -> None:
+    """The batch takes its runs with SKIP LOCKED (the lock-order rule's exemption): a run another transaction holds,
+    as a replay or restart starting from it does, waits for a later purge instead of making the purge wait."""
+    held, free = finished(analyst, doubling, days=100, n=1), finished(analyst, doubling, days=100, n=2)
+    owner = connection.settings_dict
+    with psycopg.connect(
+        host=owner["HOST"], port=owner["PORT"], dbname=owner["NAME"], user=owner["USER"], password=owner["PASSWORD"]
+    ) as other:
+        other.execute("SELECT id FROM runs_run WHERE id = %s FOR UPDATE", [held.pk])
+        out = StringIO()
+        call_command("purge_runs", "--older-than", str(DAYS), stdout=out)
+        assert exists(held, free) == [True, False]
+        assert "held back 1 (in use right now; a later purge takes it)" in out.getvalue()
+        other.rollback()
+    runs_purge(older_than_days=DAYS)
+    assert exists(held) == [False]
 
 
 def test_every_link_to_runs_and_step_runs_is_handled_by_the_purge() -> None:

@@ -47,7 +47,7 @@ class Command(BaseCommand):
             if batch.run_ids:
                 line += f" (ids {batch.run_ids[0]}..{batch.run_ids[-1]}): {_kinds(batch.removed)}"
             if batch.kept:
-                line += "; kept " + ", ".join(f"{count} ({reason})" for reason, count in batch.kept.items())
+                line += "; held back " + ", ".join(f"{count} ({reason})" for reason, count in batch.kept.items())
             self.stdout.write(line + ".")
 
         try:
@@ -70,7 +70,7 @@ class Command(BaseCommand):
             summary += f"; with them {_kinds(dict(removed))}"
         kept = report.kept
         if kept:
-            summary += "; kept " + ", ".join(f"{count} ({reason})" for reason, count in kept.items())
+            summary += "; held back " + ", ".join(f"{count} ({reason})" for reason, count in kept.items())
         self.stdout.write(self.style.SUCCESS(summary + "."))
         if dry_run:
             self.stdout.write("Nothing was changed.")
