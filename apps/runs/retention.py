@@ -168,6 +168,7 @@ def runs_purge(
     if workflow is not None:
         candidates = candidates.filter(workflow=workflow)
     below: int | None = None
+    gone: set[int] = set()
     while True:
         page = candidates if below is None else candidates.filter(pk__lt=below)
         roots = list(page.order_by("-pk").values_list("pk", flat=True)[:batch_size])
@@ -182,7 +183,10 @@ def runs_purge(
             cutoff=cutoff,
             older_than_days=older_than_days,
             workflow=workflow,
+            gone=gone,
         )
+        if dry_run:
+            gone.update(batch.run_ids)
         report.batches.append(batch)
         if progress is not None:
             progress(batch)
@@ -210,6 +214,7 @@ def _batch(
     cutoff: datetime,
     older_than_days: int,
     workflow: Workflow | None,
+    gone: set[int],
 ) -> PurgeBatch:
     try:
         with transaction.atomic():
@@ -223,7 +228,7 @@ def _batch(
                 # its family held back; one that starts later waits for this batch and then finds the run gone.
                 locked = Run.objects.select_for_update(skip_locked=True).filter(pk__in=members).values_list("pk")
                 busy = set(members) - {pk for (pk,) in locked}
-            kept = _hold_back(families, busy=busy)
+            kept = _hold_back(families, busy=busy, gone=gone)
             run_ids = sorted(pk for root, family in families.items() if root not in kept for pk in family)
             kept_reasons = Counter(kept.values())
             if dry_run:
@@ -272,9 +277,10 @@ def _families(roots: list[int]) -> dict[int, set[int]]:
     return families
 
 
-def _hold_back(families: dict[int, set[int]], *, busy: set[int]) -> dict[int, str]:
+def _hold_back(families: dict[int, set[int]], *, busy: set[int], gone: set[int]) -> dict[int, str]:
     """{root: reason} for the families that must stay; the rest may go. Holding one back may hold back another
-    (the one a run of it replays), so the check repeats until nothing changes."""
+    (the one a run of it replays), so the check repeats until nothing changes. `gone`: runs an earlier batch of a
+    dry run would have removed (they are still there, but their references would not be)."""
     family_of = {pk: root for root, family in families.items() for pk in family}
     kept: dict[int, str] = {family_of[pk]: "in use right now; a later purge takes it" for pk in busy}
     unfinished = (
@@ -290,19 +296,22 @@ def _hold_back(families: dict[int, set[int]], *, busy: set[int]) -> dict[int, st
         if not leaving:
             return kept
         referenced: list[int] = []
-        for replay_of, restarted_from, parent_run in (
+        for referrer, replay_of, restarted_from, parent_run in (
             Run.objects.filter(
                 Q(replay_of__in=leaving) | Q(restarted_from__in=leaving) | Q(parent_step_run__run__in=leaving)
             )
             .exclude(pk__in=leaving)
-            .values_list("replay_of", "restarted_from", "parent_step_run__run")
+            .values_list("pk", "replay_of", "restarted_from", "parent_step_run__run")
         ):
-            referenced += [pk for pk in (replay_of, restarted_from, parent_run) if pk is not None]
-        referenced += (
+            if referrer not in gone:
+                referenced += [pk for pk in (replay_of, restarted_from, parent_run) if pk is not None]
+        for referrer, reused in (
             StepRun.objects.filter(reused_from__run__in=leaving)
             .exclude(run__in=leaving)
-            .values_list("reused_from__run", flat=True)
-        )
+            .values_list("run", "reused_from__run")
+        ):
+            if referrer not in gone:
+                referenced.append(reused)
         newly = {family_of[pk] for pk in referenced if pk in family_of and family_of[pk] not in kept}
         if not newly:
             return kept
