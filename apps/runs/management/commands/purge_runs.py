@@ -63,7 +63,7 @@ class Command(BaseCommand):
         removed = report.removed
         scope = f" of workflow {options['workflow']}" if options["workflow"] else ""
         summary = (
-            f"{'Dry run: would remove' if dry_run else 'Removed'} {removed['runs']} finished runs{scope} that "
+            f"{'Dry run: would remove' if dry_run else 'Removed'} {removed['runs']} runs{scope} that "
             f"finished before {report.cutoff:%Y-%m-%d %H:%M} UTC, in {len(report.batches)} batch(es)"
         )
         if removed["runs"]:
