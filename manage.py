@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Django's command-line entry point for AIOS.
 
-Commands that change the schema connect as the owner role (DATABASE_OWNER_URL); every other command, like web,
-workers and beat, as the application role (DATABASE_URL). The role is chosen here, before the settings load,
-through AIOS_DATABASE_ROLE: a process holds one connection role for its whole life, so every migration
-operation, RunPython function and post_migrate handler runs as the owner without naming a second database
-alias (which Django would treat as a second database: its own test database, its own transactions).
+Commands that change the schema, and the retention purge, connect as the owner role (DATABASE_OWNER_URL);
+every other command, like web, workers and beat, as the application role (DATABASE_URL). The role is chosen
+here, before the settings load, through AIOS_DATABASE_ROLE: a process holds one connection role for its whole
+life, so every migration operation, RunPython function and post_migrate handler runs as the owner without naming
+a second database alias (which Django would treat as a second database: its own test database, its own transactions).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
-OWNER_COMMANDS = frozenset({"migrate"})
+# purge_runs deletes append-only model-call records and approval decisions of the runs it removes, which only
+# the owner may (apps/core/db.py, append_only_purge).
+OWNER_COMMANDS = frozenset({"migrate", "purge_runs"})
 # Commands that serve or change the database for good: in production they stop at once, with one line, when the
 # database cannot be reached (apps/core/startup.py).
 SERVING_COMMANDS = frozenset({"migrate", "runserver", "mail_inbound"})

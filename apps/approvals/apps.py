@@ -12,8 +12,9 @@ class ApprovalsConfig(AppConfig):
     def ready(self) -> None:
         from apps.accounts import services as accounts
         from apps.approvals import readers, selectors, services
+        from apps.approvals import retention as approval_retention
         from apps.approvals.demo import seed_review_demo
-        from apps.runs import hooks
+        from apps.runs import hooks, retention
         from apps.steps import base as step_base
         from apps.steps import readers as step_readers
         from apps.steps.library import human
@@ -26,6 +27,9 @@ class ApprovalsConfig(AppConfig):
         hooks.on_run_cancelled.append(services.approvals_cancel_for_run)
         hooks.run_visibility.append(selectors.runs_visible_through_queues)
         hooks.step_notes.append(selectors.approval_step_notes)
+        retention.RUN_DEPENDENTS["approvals"] = retention.RunDependents(
+            count=approval_retention.approvals_count_for_runs, remove=approval_retention.approvals_remove_for_runs
+        )
         step_base.QUEUE_CHECKS.append(selectors.queue_key_problem)
         human.AUDIT_SAMPLE_RATES.append(services.audit_sample_rate_for)
         accounts.on_team_created.append(services.team_queue_create)

@@ -9,3 +9,11 @@ class AssistantsConfig(AppConfig):
 
     name = "apps.assistants"
     label = "assistants"
+
+    def ready(self) -> None:
+        from apps.assistants import retention as chat_retention
+        from apps.runs import retention
+
+        retention.RUN_DEPENDENTS["assistants"] = retention.RunDependents(
+            count=chat_retention.chat_messages_count_for_runs, remove=chat_retention.chat_messages_unlink_for_runs
+        )

@@ -7,6 +7,8 @@ Append-only tables (the audit trail, inference call records, every history table
   INSERT on them and owns nothing, so it cannot switch those triggers off either: only a table's owner or a
   superuser may ALTER, DISABLE TRIGGER, TRUNCATE or DROP. Migrations run as the owner
   (settings.DATABASE_OWNER_URL) and grant the application role what it needs.
+The one way past the guard is `append_only_purge`, for the owner only: the retention purge removes the call
+records and approval decisions of runs it removes (apps/runs/retention.py); the audit trail is never purged.
 
 On ordinary tables the application role may SELECT, INSERT, UPDATE and DELETE (and use the sequences). Tables
 that later migrations create get those grants from the owner's default privileges; `append_only` takes
@@ -20,9 +22,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.postgres.operations import CreateExtension
-from django.db import router
+from django.db import connections, router
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.operations.base import Operation
+from django.db.models import QuerySet
 
 REFUSE_FUNCTION_SQL = """
 CREATE OR REPLACE FUNCTION aios_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -167,6 +170,31 @@ class AppendOnly(Operation):
     @property
     def migration_name_fragment(self) -> str:
         return f"append_only_{self.table}"
+
+
+def append_only_purge(queryset: QuerySet[Any]) -> int:
+    """Delete the rows of `queryset`, on an append-only table, inside the caller's transaction; their count.
+
+    The one sanctioned way past the append-only guard: a retention purge of records whose subject is removed
+    (apps/runs/retention.py). Only the table's owner may switch its row trigger off, so the application role
+    fails here ("must be owner of table"). The trigger is off for this transaction only: DDL is transactional
+    in PostgreSQL, and ALTER TABLE holds a SHARE ROW EXCLUSIVE lock to the commit, so no other session writes
+    the table, let alone deletes from it, while the guard is down (writers wait; readers do not).
+    """
+    connection = connections[queryset.db]
+    if not connection.in_atomic_block:
+        raise RuntimeError("append_only_purge switches the guard off until the commit: call it inside a transaction.")
+    table = connection.ops.quote_name(queryset.model._meta.db_table)
+    with connection.cursor() as cursor:
+        # PostgreSQL refuses ALTER TABLE on a table with deferred foreign-key checks still pending in this
+        # transaction (rows inserted or deleted earlier in it): run them now, then defer again (Django's foreign
+        # keys are all DEFERRABLE INITIALLY DEFERRED, and a caller may rely on that until its commit).
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+        cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {APPEND_ONLY_ROW_TRIGGER}")
+        deleted = queryset._raw_delete(queryset.db)
+        cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER {APPEND_ONLY_ROW_TRIGGER}")
+    return int(deleted)
 
 
 def append_only(table: str) -> AppendOnly:

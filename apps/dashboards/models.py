@@ -161,6 +161,22 @@ class RollupRebuildRequest(models.Model):
         return f"Rebuild the rollups from {self.from_day}"
 
 
+class RollupFreeze(models.Model):
+    """The last day whose raw records the retention purge has cut (one row, pk 1; apps/runs/retention.py).
+
+    A rollup day up to `frozen_through` keeps its rows as they stand: rebuilding it would count only what is
+    left of its runs, approvals and calls, and the KPIs of past months would shrink. The purge moves it forward
+    (never back) in each batch's transaction, before the batch's rows go; `rollup_day_rebuild` skips such days.
+    """
+
+    SINGLETON_PK = 1
+
+    frozen_through = models.DateField()
+
+    def __str__(self) -> str:
+        return f"Rollups frozen through {self.frozen_through}"
+
+
 class WorkflowDayRollup(models.Model):
     """Cases of one workflow version that arrived on `day` (their first run's creation day, server zone), and
     everything about them: outcomes, reviewers' decisions, SLA, costs, human time, and duration histograms.

@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Max, Min, Q
 from django.utils import timezone
 
 from apps.approvals.models import ApprovalDecision, ApprovalRequest
@@ -37,6 +37,7 @@ from apps.dashboards.models import (
     EndpointDayRollup,
     EndpointKpiInput,
     QueueDayRollup,
+    RollupFreeze,
     RollupRebuildRequest,
     RollupState,
     WorkflowDayRollup,
@@ -478,9 +479,14 @@ def rollup_day_rebuild(*, day: date) -> int:
 
     Two rebuilds of the same day (the periodic job and `dashboards_rebuild`, or two overlapping jobs) take turns on
     the day's advisory lock, taken before the raw rows are read: the second reads what was committed before it got
-    the lock, so it neither collides with the first's inserts nor replaces newer rows with older ones."""
+    the lock, so it neither collides with the first's inserts nor replaces newer rows with older ones.
+
+    A day up to the retention purge's horizon (RollupFreeze) is not rebuilt: its raw records are partly gone, and
+    its rows stand as the record of what happened; returns 0 for it."""
     with transaction.atomic():
         _day_lock(day)
+        if rollup_day_frozen(day):
+            return 0
         gpu_prices = _gpu_prices()
         workflow_rows, runs = _workflow_rows(day, gpu_prices)
         queue_rows = _queue_rows(day)
@@ -492,6 +498,31 @@ def rollup_day_rebuild(*, day: date) -> int:
         QueueDayRollup.objects.bulk_create(queue_rows)
         EndpointDayRollup.objects.bulk_create(endpoint_rows)
     return runs
+
+
+def rollup_day_frozen(day: date) -> bool:
+    """Whether `day` lies up to the retention purge's horizon, so its rows are kept as they stand."""
+    return RollupFreeze.objects.filter(pk=RollupFreeze.SINGLETON_PK, frozen_through__gte=day).exists()
+
+
+def rollups_freeze_for_purge(run_ids: list[int]) -> dict[str, int]:
+    """Move the horizon to the last day any of `run_ids` touched (their finish, which comes after their creation,
+    approvals and model calls), before the purge removes them in the same transaction. The locks of their days are
+    taken first, so a rebuild of one of them running now finishes before the horizon covers it (counting the runs
+    as they were), and one that starts later skips the day. Days that still hold runs which stay keep their rows
+    as they stand from then on: nightly purges move the horizon a day at a time, a year or so in the past."""
+    bounds = Run.objects.filter(pk__in=run_ids).aggregate(first=Min("created_at"), last=Max("finished_at"))
+    if bounds["last"] is None:
+        return {}
+    day = local_day(bounds["last"])
+    locked = local_day(bounds["first"] or bounds["last"])
+    while locked <= day:
+        _day_lock(locked)
+        locked += timedelta(days=1)
+    freeze, created = RollupFreeze.objects.get_or_create(pk=RollupFreeze.SINGLETON_PK, defaults={"frozen_through": day})
+    if not created:
+        RollupFreeze.objects.filter(pk=freeze.pk, frozen_through__lt=day).update(frozen_through=day)
+    return {}
 
 
 def rollups_rebuild(*, start: date, end: date) -> tuple[int, int]:

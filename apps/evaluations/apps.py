@@ -29,6 +29,15 @@ class EvaluationsConfig(AppConfig):
         from apps.runs import hooks as run_hooks
 
         run_hooks.after_sweep["evaluation_reports_finished"] = evaluation_reports_score_due
+
+        from apps.evaluations import retention as evaluation_retention
+        from apps.runs import retention
+
+        retention.RUN_DEPENDENTS["evaluations"] = retention.RunDependents(
+            count=evaluation_retention.evaluation_results_count_for_runs,
+            remove=evaluation_retention.evaluation_results_unlink_for_runs,
+            keep=evaluation_retention.evaluation_runs_to_keep,
+        )
         from apps.evaluations.demo import seed_evaluation_demo
         from apps.workflows import demo
 

@@ -109,8 +109,9 @@ def child_run_finished(*, child_run_id: int) -> None:
     """A child run finished: resume its parent's step, or, for a foreach, fail fast, start the next item or
     resume with every result in item order. Locks only the parent run; safe to repeat (a parent step that
     no longer waits, or a foreach that already moved past this child, makes it a no-op)."""
-    child = Run.objects.only("pk", "status", "output", "error", "parent_step_run_id").get(pk=child_run_id)
-    if child.parent_step_run_id is None or child.status not in Run.FINISHED:
+    child = Run.objects.only("pk", "status", "output", "error", "parent_step_run_id").filter(pk=child_run_id).first()
+    # Gone: the retention purge removed it with its parent, and this is a late repeat of the message.
+    if child is None or child.parent_step_run_id is None or child.status not in Run.FINISHED:
         return
     parent_run_id = StepRun.objects.values_list("run_id", flat=True).get(pk=child.parent_step_run_id)
     run_lock(parent_run_id)

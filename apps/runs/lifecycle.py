@@ -10,7 +10,7 @@ The lock-order rule. Every transaction of the engine, and of every service that 
 2. It locks that run's row (`run_lock`) before any row that belongs to the run: its step runs, incidents,
    approval requests, timers. Rows taken with SKIP LOCKED (due timers, outbox rows, expired leases) are
    exempt: a SKIP LOCKED never waits, so it cannot close a cycle. The statements that touch rows of many
-   runs at once (a batch of claims, the lease renewer) take them that way.
+   runs at once (a batch of claims, the lease renewer, the retention purge's finished runs) take them that way.
 3. Work that concerns another run (a finished child telling its parent, a parent cancelling its children,
    a foreach failing fast) is an Outbox row (`runs.child_finished`, `runs.cancel`), handled later in a
    transaction of its own that follows rules 1 and 2.

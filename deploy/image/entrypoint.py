@@ -5,6 +5,8 @@
     worker QUEUE[,QUEUE]     a Celery worker on those queues, with the pool workers/fleet.py gives them
     beat                     the one Celery beat (run exactly one)
     migrate                  `manage.py migrate` as the owner role (DATABASE_OWNER_URL)
+    purge-runs ARGS...       `manage.py purge_runs ARGS` (e.g. --older-than 365) as the owner role: the retention
+                             job, run on a schedule (deploy/README.md, "Retention of runs and recordings")
     check                    `manage.py check --deploy --fail-level WARNING`
     worker-health [ARGS]     `manage.py worker_health` (a worker container's probe)
     probe [PATH]             GET http://127.0.0.1:AIOS_WEB_PORT/PATH (default healthz) with an allowed Host
@@ -146,13 +148,17 @@ def command(role: str, arguments: Sequence[str], environ: Mapping[str, str]) -> 
         if arguments:
             raise UsageError("beat takes no arguments.")
         return fleet.beat_argv(data_dir(environ) / "celerybeat-schedule", python=python), {}
-    if role == "migrate":
+    if role in ("migrate", "purge-runs"):
         if not environ.get("DATABASE_OWNER_URL", "").strip() and not environ.get("DATABASE_OWNER_URL_FILE", ""):
             raise UsageError(
-                "migrate runs as the owner role: set DATABASE_OWNER_URL (or DATABASE_OWNER_URL_FILE) to the role "
+                f"{role} runs as the owner role: set DATABASE_OWNER_URL (or DATABASE_OWNER_URL_FILE) to the role "
                 "that owns the tables (deploy/README.md, 'Database roles')."
             )
-        return [python, MANAGE, "migrate", "--noinput", *arguments], {"AIOS_DATABASE_ROLE": "owner"}
+        if role == "migrate":
+            return [python, MANAGE, "migrate", "--noinput", *arguments], {"AIOS_DATABASE_ROLE": "owner"}
+        if not arguments:
+            raise UsageError("purge-runs takes purge_runs' arguments, at least --older-than DAYS.")
+        return [python, MANAGE, "purge_runs", *arguments], {"AIOS_DATABASE_ROLE": "owner"}
     if role == "check":
         return [python, MANAGE, "check", "--deploy", "--fail-level", "WARNING", *arguments], {}
     if role == "worker-health":
@@ -161,7 +167,7 @@ def command(role: str, arguments: Sequence[str], environ: Mapping[str, str]) -> 
         if not arguments:
             raise UsageError("manage takes a manage.py command, e.g. 'manage createsuperuser'.")
         return [python, MANAGE, *arguments], {}
-    roles = "web, websocket, worker QUEUES, beat, migrate, check, worker-health, probe, manage"
+    roles = "web, websocket, worker QUEUES, beat, migrate, purge-runs, check, worker-health, probe, manage"
     raise UsageError(f"unknown role {role!r}: the image runs one of {roles}.")
 
 

@@ -230,7 +230,10 @@ def test_chart_pods_are_non_root_read_only_with_probes_resources_and_file_secret
     documents = render(all_options())
     pods = {name: d["spec"]["template"]["spec"] for name, d in by_kind(documents, "Deployment").items()}
     pods |= {name: d["spec"]["template"]["spec"] for name, d in by_kind(documents, "Job").items()}
-    assert len(pods) == 8
+    pods |= {
+        name: d["spec"]["jobTemplate"]["spec"]["template"]["spec"] for name, d in by_kind(documents, "CronJob").items()
+    }
+    assert len(pods) == 9
     for name, pod in pods.items():
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0, name
         assert pod["automountServiceAccountToken"] is False, name
@@ -247,7 +250,7 @@ def test_chart_pods_are_non_root_read_only_with_probes_resources_and_file_secret
             for setting in SECRET_SETTINGS:
                 assert setting not in env, (name, setting)
                 assert env[f"{setting}_FILE"]["value"] == f"/run/secrets/aios/{setting}", (name, setting)
-            if "Job" not in name and not name.endswith("migrate"):
+            if "Job" not in name and not name.endswith(("migrate", "purge-runs")):
                 assert "livenessProbe" in container, name
     for role in ("aios-web", "aios-websocket"):
         container = pods[role]["containers"][0]
@@ -267,6 +270,12 @@ def test_chart_beat_migration_job_autoscalers_and_ingress() -> None:
     job = by_kind(documents, "Job")["aios-migrate"]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    # The retention purge, when enabled: purge-runs as the owner role, on its schedule, never two at once.
+    purge = by_kind(documents, "CronJob")["aios-purge-runs"]
+    assert purge["spec"]["schedule"] == "30 2 * * *" and purge["spec"]["concurrencyPolicy"] == "Forbid"
+    container = purge["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["purge-runs", "--older-than", "180", "--batch-size", "250"]
+    assert {"name": "DATABASE_OWNER_URL_FILE", "value": "/run/secrets/aios/DATABASE_OWNER_URL"} in container["env"]
     # The HPAs scale each queue's workers on the queue depth /metrics exports (apps/runs/metrics.py).
     metrics_source = (REPO / "apps" / "runs" / "metrics.py").read_text()
     autoscalers = by_kind(documents, "HorizontalPodAutoscaler")
@@ -289,7 +298,7 @@ def test_chart_beat_migration_job_autoscalers_and_ingress() -> None:
 def test_chart_defaults_have_no_autoscaler_ingress_or_policy() -> None:
     documents = render(REQUIRED_VALUES)
     kinds = {d["kind"] for d in documents}
-    assert not kinds & {"HorizontalPodAutoscaler", "Ingress", "NetworkPolicy"}
+    assert not kinds & {"HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "CronJob"}
     assert by_kind(documents, "Deployment")["aios-worker-engine"]["spec"]["replicas"] == 2
 
 

@@ -194,11 +194,19 @@ def test_check_deploy_passes_under_the_production_settings(prefix: Path, product
     assert not re.search(r"\bWARNINGS?\b|\?: \(", output), output
 
 
-def test_migrate_runs_as_the_owner_and_refuses_without_its_url(prefix: Path, production_env: dict[str, str]) -> None:
+def test_migrate_and_purge_run_as_the_owner_and_refuse_without_its_url(
+    prefix: Path, production_env: dict[str, str]
+) -> None:
     result = run_role(prefix, production_env, "migrate")
     assert result.returncode == 0, result.stdout + result.stderr
     without_owner = {k: v for k, v in production_env.items() if not k.startswith("DATABASE_OWNER_URL")}
     refused = run_role(prefix, without_owner, "migrate")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().count("\n") == 0 and "DATABASE_OWNER_URL" in refused.stderr
+    # The retention job runs as the owner too, and says so when it cannot.
+    purge = run_role(prefix, production_env, "purge-runs", "--older-than", "3650", "--dry-run")
+    assert purge.returncode == 0 and "Nothing was changed." in purge.stdout, purge.stdout + purge.stderr
+    refused = run_role(prefix, without_owner, "purge-runs", "--older-than", "365")
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0 and "DATABASE_OWNER_URL" in refused.stderr
 

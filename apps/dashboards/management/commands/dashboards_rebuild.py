@@ -2,7 +2,7 @@
 
 The periodic task keeps the rollups current by itself; run this after importing history, after changing how a figure
 is computed, or to repair a range. Each day is replaced in one transaction, so the dashboards stay readable meanwhile
-and running it twice changes nothing.
+and running it twice changes nothing. Days the retention purge has cut (RollupFreeze) are kept as they stand.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from apps.dashboards.models import RollupFreeze
 from apps.dashboards.rollups import rollups_rebuild
 
 
@@ -41,3 +42,9 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(f"Rebuilt {days} days ({runs} runs read) in {time.monotonic() - began:.1f} s.")
         )
+        freeze = RollupFreeze.objects.filter(frozen_through__gte=start).first()
+        if freeze is not None:
+            self.stdout.write(
+                f"Days up to {freeze.frozen_through} were kept as they stand: the retention purge removed runs of "
+                "them, and recounting would count only what is left (deploy/README.md, 'Retention')."
+            )
