@@ -200,12 +200,29 @@ def _workflow_rows(day: date, gpu_prices: dict[int, Decimal]) -> tuple[list[Work
     frontier = list(cases)
     restarts = 0
     while frontier:
-        found = Run.objects.filter(
-            Q(restarted_from_id__in=frontier, mode=Run.Mode.LIVE, parent_step_run__isnull=True)
-            | Q(parent_step_run__run_id__in=frontier)
-        ).values("id", "restarted_from_id", "parent_step_run__run_id", "status", "created_at", "finished_at")
+        # Two plain index lookups rather than one query joining step runs under an OR: inside the transaction that
+        # just wrote a day's runs (the demo seed, a test), the planner's statistics can say the tables are empty,
+        # and the joined form became a nested loop of sequential scans (minutes for a 60-day seed).
+        found: list[dict[str, Any]] = [
+            {**run, "parent_step_run__run_id": None}
+            for run in Run.objects.filter(
+                restarted_from_id__in=frontier, mode=Run.Mode.LIVE, parent_step_run__isnull=True
+            )
+            .order_by()
+            .values("id", "restarted_from_id", "status", "created_at", "finished_at")
+        ]
+        step_owner = dict(StepRun.objects.filter(run_id__in=frontier).order_by().values_list("pk", "run_id"))
+        if step_owner:
+            for row in (
+                Run.objects.filter(parent_step_run_id__in=list(step_owner))
+                .order_by()
+                .values("id", "restarted_from_id", "parent_step_run_id", "status", "created_at", "finished_at")
+            ):
+                child: dict[str, Any] = dict(row)
+                child["parent_step_run__run_id"] = step_owner[child.pop("parent_step_run_id")]
+                found.append(child)
         frontier = []
-        for run in cast(list[dict[str, Any]], list(found)):
+        for run in found:
             if run["id"] in case_of:
                 continue
             parent = run["parent_step_run__run_id"] or run["restarted_from_id"]
@@ -218,8 +235,10 @@ def _workflow_rows(day: date, gpu_prices: dict[int, Decimal]) -> tuple[list[Work
                 restarts += 1
             frontier.append(run["id"])
     run_ids = list(case_of)
-    for step in StepRun.objects.filter(run_id__in=run_ids, reused_from__isnull=True).values(
-        "run_id", "step_type", "queued_at", "started_at", "finished_at"
+    for step in (
+        StepRun.objects.filter(run_id__in=run_ids, reused_from__isnull=True)
+        .order_by()
+        .values("run_id", "step_type", "queued_at", "started_at", "finished_at")
     ):
         case = cases[case_of[step["run_id"]]]
         case.queue += _seconds(step["started_at"], step["queued_at"]) or 0.0
