@@ -62,8 +62,9 @@ class FormField:
 
 
 def _label(name: str, spec: dict[str, Any]) -> str:
+    # pydantic titles every field from its name ("Json Body"); a title the step type gave ("JSON body") is kept.
     title = spec.get("title")
-    if title and title.replace(" ", "").lower() != name.replace("_", "").lower():
+    if title and title != name.replace("_", " ").title():
         return str(title)
     return name.replace("_", " ").capitalize()
 

@@ -250,7 +250,7 @@ def test_agent_with_an_approved_tool_call_runs_shows_its_turns_and_replays_byte_
     tool.get_by_label("What it does").fill("Sends a refund note to the billing system.")
     tool.get_by_label("Method").select_option("POST")
     tool.get_by_label("URL").fill(f"{sink.url}/effect/refund-note")
-    tool.get_by_label("Body").fill('{"customer": "{{ params.customer_id }}", "note": "{{ params.note }}"}')
+    tool.get_by_label("Body", exact=True).fill('{"customer": "{{ params.customer_id }}", "note": "{{ params.note }}"}')
     tool.get_by_label("Each call").select_option("ask")
     tool.get_by_label("Approval queue").select_option(f"team:{team.slug}")
     save_step(page)
