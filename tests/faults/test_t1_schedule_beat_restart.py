@@ -17,15 +17,14 @@ import pytest
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
-from apps.runs.models import Run, ScheduleTimer, TriggerFiring
+from apps.runs.models import Run, ScheduleTimer, SingletonLease, TriggerFiring
+from apps.runs.tasks import SWEEP_LEASE
 from apps.runs.triggers import trigger_create
 from tests.faults.harness import wait_runs, wait_until
 from tests.support.figures import record_figure
 from tests.triggers.conftest import DIGEST_SCHEMA, publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-DUE_IN_SECONDS = 8.0
 
 
 @pytest.mark.timeout(180)
@@ -38,17 +37,29 @@ def test_t1_a_schedule_fires_once_across_a_beat_restart(analyst, team, fleet):
         name="Monday digest",
         config={"cron": "0 8 * * 1", "timezone": "Europe/Berlin"},
     )
-    # Bring the armed row close: the next Monday is days away, the test has seconds.
-    due = (timezone.now() + timedelta(seconds=DUE_IN_SECONDS)).replace(microsecond=0)
-    ScheduleTimer.objects.filter(trigger=trigger, fired_at__isnull=True).update(fire_at=due)
-
     fleet.worker(concurrency=2, wait=False)
     fleet.worker(concurrency=2, wait=False)
     beat = fleet.beat(wait=False)
     fleet.ready()
-    # Beat dies before the due time and stays down across it.
-    wait_until(lambda: timezone.now() >= due - timedelta(seconds=3), timeout=30, what="3 s before the due time")
+    time.sleep(2.0)  # beat at work: a few sweeps
+    # Beat dies and stays down across the due time. The sweeps it queued before it died would still run (and fire
+    # the schedule, on time, which is right); the window starts once they are gone and the last one has finished.
     beat.kill_group()
+    from workers.celery import app
+
+    app.control.purge()
+
+    def sweep_idle() -> bool:
+        held = SingletonLease.objects.filter(name=SWEEP_LEASE, expires_at__gt=timezone.now()).exclude(holder="")
+        return not held.exists()
+
+    # Idle twice, 1.5 s apart: a sweep a worker had already taken from the queue has started by then.
+    wait_until(sweep_idle, timeout=30, what="the last sweep to give its lease back")
+    time.sleep(1.5)
+    wait_until(sweep_idle, timeout=30, what="the last sweep to give its lease back")
+    # Bring the armed row close: the next Monday is days away, the test has seconds.
+    due = (timezone.now() + timedelta(seconds=2)).replace(microsecond=0) + timedelta(seconds=1)
+    ScheduleTimer.objects.filter(trigger=trigger, fired_at__isnull=True).update(fire_at=due)
     wait_until(lambda: timezone.now() >= due + timedelta(seconds=3), timeout=30, what="3 s after the due time")
     fired_while_down = Run.objects.filter(workflow=workflow).count()
     restarted_at = timezone.now()
