@@ -46,15 +46,6 @@ class ProbeResult:
     tools: tuple[tuple[str, str], ...] = ()
 
 
-def checked_address(host: str, port: int) -> str:
-    """The address to connect to for `host`, after every address it resolves to passed the outbound policy
-    (apps.core.http.resolve_checked). Raises ApplicationError with the reason."""
-    try:
-        return http.resolve_checked(host, port)
-    except http.OutboundError as error:
-        raise ApplicationError(error.message) from None
-
-
 def probe(
     kind: str, config: dict[str, Any], secrets: dict[str, str], *, destinations: http.Destinations | None = None
 ) -> ProbeResult:

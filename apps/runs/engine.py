@@ -95,9 +95,9 @@ def run_output(graph: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
     return {key: outputs[key] for key in sinks}
 
 
-def reusable_before(graph: Mapping[str, Any], restart_key: str, succeeded: Iterable[str]) -> set[str]:
+def reusable_before(graph: Mapping[str, Any] | Graph, restart_key: str, succeeded: Iterable[str]) -> set[str]:
     """Steps whose recorded outputs a restart from `restart_key` reuses: every succeeded step that is
-    neither the restart step nor downstream of it."""
-    parsed = Graph.parse(graph)
+    neither the restart step nor downstream of it. `graph` may be parsed already (one parse for many keys)."""
+    parsed = graph if isinstance(graph, Graph) else Graph.parse(graph)
     redo = parsed.descendants(restart_key) | {restart_key}
     return {key for key in succeeded if key not in redo}

@@ -214,13 +214,17 @@ def _attach_sends_again(run: Run, steps: list[StepRun]) -> None:
     succeeded = [step.step_key for step in steps if step.state == StepRun.State.SUCCEEDED]
     # The effect ledger, as the restart service reads it: one query, for a run that can be restarted.
     sent = effects_sent(run, exclude=set()) if run.is_finished and not run.is_test else []
+    try:
+        graph = Graph.parse(run.version.graph) if sent else None
+    except (KeyError, TypeError, ValueError):
+        graph = None
     for step in steps:
-        if not sent or step.step_key not in names:
+        if not sent:
             step.sends_again = []  # type: ignore[attr-defined]
             continue
         try:
-            reused = engine.reusable_before(run.version.graph, step.step_key, succeeded)
-        except (KeyError, TypeError, ValueError):
+            reused = engine.reusable_before(graph, step.step_key, succeeded) if graph is not None else set()
+        except KeyError:
             reused = set()
         step.sends_again = [names.get(key, key) for key in sent if key not in reused]  # type: ignore[attr-defined]
 

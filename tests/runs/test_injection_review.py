@@ -40,6 +40,18 @@ ATTACK = (
 HARMLESS = "Claimant Maria Lopez, policy POL-10442, EUR 850, nobody hurt."
 
 
+def approve_with_the_bills_amount(item: Any, reviewer: Any) -> None:
+    """The reviewer corrects the amount to what the bills say, confirms every field, and approves."""
+    approval_decide(
+        request=item,
+        actor=reviewer,
+        decision="approved",
+        reason="The bills say 95,000",
+        edits={"amount": 95000},
+        confirmed=list(item.proposal),
+    )
+
+
 def graph(queue: str) -> list[dict[str, Any]]:
     return [
         {
@@ -78,14 +90,7 @@ def test_a_flagged_result_waits_for_a_person_who_corrects_it_and_the_run_goes_on
     assert item.schema == CLAIM_SCHEMA and ATTACK in item.source_text
     assert item.separation_of_duties and item.initiators == [analyst.pk]
 
-    approval_decide(
-        request=item,
-        actor=reviewer,
-        decision="approved",
-        reason="The bills say 95,000",
-        edits={"amount": 95000},
-        confirmed=list(item.proposal),
-    )
+    approve_with_the_bills_amount(item, reviewer)
     run = drive(run)
     assert run.status == "succeeded"
     extract = run.step_runs.get(step_key="extract")
@@ -210,14 +215,7 @@ def test_a_replay_takes_the_original_decision_instead_of_asking_again(endpoint, 
     workflow = publish(analyst, team, graph(team.group.name))
     approved = run_to_end(analyst, workflow, ATTACK)
     item = ApprovalRequest.objects.get(run=approved)
-    approval_decide(
-        request=item,
-        actor=reviewer,
-        decision="approved",
-        reason="The bills say 95,000",
-        edits={"amount": 95000},
-        confirmed=list(item.proposal),
-    )
+    approve_with_the_bills_amount(item, reviewer)
     approved = drive(approved)
     replay = drive(run_replay(run=approved, actor=analyst))
     extract = replay.step_runs.get(step_key="extract")
