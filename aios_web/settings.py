@@ -428,9 +428,13 @@ if AIOS_TRUST_PROXY_SSL_HEADER:
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 REST_FRAMEWORK = {
+    # The token class comes first because DRF takes the WWW-Authenticate challenge from the first class: a request
+    # without valid credentials is then answered 401 with `Bearer realm="api"`, as HTTP clients and integration
+    # tools expect, instead of a 403 that reads like a missing right. A request without an Authorization header
+    # falls through to the session (and its CSRF check) as before.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "apps.accounts.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

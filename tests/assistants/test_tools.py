@@ -266,9 +266,10 @@ def test_api_tokens_are_shown_once_stored_hashed_listed_and_revoked_each_audited
     # Someone else's token cannot be revoked through one's own page.
     assert client_for(reviewer).post(f"/accounts/api-token/{token.pk}/revoke/").status_code == 404
     client.post(f"/accounts/api-token/{token.pk}/revoke/")
-    # Refused, not treated as anonymous (403: the API's first scheme is the session's, which has no challenge).
+    # Refused, not treated as anonymous: 401 with the Bearer challenge, so a client knows to get a new token.
     refused = api.get("/api/workflows/")
-    assert refused.status_code == 403 and refused.json()["detail"] == "Invalid, expired or revoked API token."
+    assert refused.status_code == 401 and refused.json()["detail"] == "Invalid, expired or revoked API token."
+    assert refused["WWW-Authenticate"] == 'Bearer realm="api"'
     assert "Revoked" in client.get("/accounts/api-token/").content.decode()
     verbs = list(AuditEvent.objects.filter(verb__startswith="api_token.").order_by("id").values_list("verb", "data"))
     assert [verb for verb, _ in verbs] == ["api_token.created", "api_token.revoked"]
@@ -285,7 +286,20 @@ def test_an_expired_api_token_is_refused(analyst):
     assert api.get("/api/workflows/").status_code == 200
     ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     refused = api.get("/api/workflows/")
-    assert refused.status_code == 403 and refused.json()["detail"] == "Invalid, expired or revoked API token."
+    assert refused.status_code == 401 and refused.json()["detail"] == "Invalid, expired or revoked API token."
+    assert refused["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+def test_an_api_request_without_credentials_is_challenged_and_a_session_still_works(analyst):
+    """No credentials: 401 with the Bearer challenge (not a 403 that reads like a missing right). A signed-in
+    browser session needs no header and keeps its CSRF check on unsafe methods."""
+    anonymous = APIClient().get("/api/workflows/")
+    assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"] == 'Bearer realm="api"'
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(analyst)
+    assert browser.get("/api/workflows/").status_code == 200
+    refused = browser.post("/api/workflows/", {"name": "No token"}, content_type="application/json")
+    assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
 
 
 def test_a_token_page_form_with_bad_input_says_why_and_keeps_nothing(analyst):

@@ -17,7 +17,7 @@ from typing import Any
 OK, HIDDEN, FORBIDDEN, LOGIN = 200, 404, 403, 302
 EVERYONE = {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": OK, "auditor": OK, "anonymous": LOGIN}
 EDIT = {"analyst": OK, "reviewer": FORBIDDEN, "manager": FORBIDDEN, "outsider": HIDDEN, "anonymous": LOGIN}
-UNAUTHENTICATED = 403
+UNAUTHENTICATED = 401
 # A conversation: its owner (the analyst's here) alone.
 OWNER = {"analyst": OK, "reviewer": HIDDEN, "manager": HIDDEN, "outsider": HIDDEN, "auditor": HIDDEN}
 OWNER = {**OWNER, "anonymous": LOGIN}

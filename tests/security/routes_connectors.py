@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED = 200, 404, 403, 302, 403
+OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED = 200, 404, 403, 302, 401
 SIGNED_IN = ("analyst", "reviewer", "manager", "outsider")
 # Those who may use the team's connection read it; the others get 404.
 USERS_SEE = {"analyst": OK, "reviewer": OK, "manager": HIDDEN, "outsider": HIDDEN}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED, BAD = 200, 404, 403, 302, 403, 400
+OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED, BAD = 200, 404, 403, 302, 401, 400
 SIGNED_IN = ("analyst", "reviewer", "manager", "outsider")
 TEAM_READS = {"analyst": OK, "reviewer": OK, "manager": HIDDEN, "outsider": HIDDEN}
 MANAGER_ONLY = {"analyst": OK, "reviewer": FORBIDDEN, "manager": HIDDEN, "outsider": HIDDEN}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED = 200, 404, 403, 302, 403
+OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED = 200, 404, 403, 302, 401
 SEE = {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": HIDDEN}
 EDIT = {"analyst": OK, "reviewer": FORBIDDEN, "manager": FORBIDDEN, "outsider": HIDDEN}
 RUN = {"analyst": OK, "reviewer": OK, "manager": FORBIDDEN, "outsider": HIDDEN}

@@ -12,7 +12,7 @@ from tests.security.inventory import AREAS
 from tests.support.figures import record_figure
 
 # Route name → {persona: expected status}. "anonymous" is redirected (pages) or refused (API).
-OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED = 200, 404, 403, 302, 403
+OK, HIDDEN, FORBIDDEN, LOGIN, UNAUTHENTICATED = 200, 404, 403, 302, 401
 EVERYONE_SIGNED_IN = {"analyst": OK, "reviewer": OK, "manager": OK, "outsider": OK}
 # The owner edits; her teammate and the manager may see the workflow but not change it; others may not know it.
 EDIT_ONLY_OWNER = {"analyst": OK, "reviewer": FORBIDDEN, "manager": FORBIDDEN, "outsider": HIDDEN, "anonymous": LOGIN}

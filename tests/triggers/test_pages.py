@@ -121,7 +121,7 @@ def test_trigger_writes_by_persona(persona, analyst, reviewer, manager, outsider
     api = APIClient()
     if people[persona] is not None:
         api.force_authenticate(people[persona])
-    api_status = {"analyst": 200, "reviewer": 403, "manager": 403, "outsider": 404, "anonymous": 403}[persona]
+    api_status = {"analyst": 200, "reviewer": 403, "manager": 403, "outsider": 404, "anonymous": 401}[persona]
     assert api.post(reverse("api:trigger-rotate", args=[trigger.pk])).status_code == api_status
     assert (
         api.patch(reverse("api:trigger-detail", args=[trigger.pk]), {"name": "Api"}, format="json").status_code

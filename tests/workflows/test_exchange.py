@@ -559,4 +559,4 @@ def test_api_import_creates_updates_dry_runs_and_refuses(api, claims_workflow, a
 def test_api_serves_the_document_schema_to_signed_in_users(api):
     response = api.get("/api/schema/workflow/v1.json")
     assert response.status_code == 200 and response.json() == document_schema()
-    assert APIClient().get("/api/schema/workflow/v1.json").status_code == 403
+    assert APIClient().get("/api/schema/workflow/v1.json").status_code == 401
