@@ -8,6 +8,7 @@ or test itself, with keys it generates per machine. Every refusal is one line na
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from datetime import timedelta
@@ -653,9 +654,13 @@ AIOS_DATABASE_POOLER = env_choice("AIOS_DATABASE_POOLER", "none", ("none", "sess
 if AIOS_DATABASE_POOLER == "transaction":
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 # How long a sweeper holds its duty without renewing it (it renews between phases): a sweeper that dies lets
-# another sweep this long after its last renewal. The default is the step lease, so steps of a worker that died
-# with the sweeper in it are taken back as soon as they would be without that.
-AIOS_SWEEP_LEASE_SECONDS = env_int("AIOS_SWEEP_LEASE_SECONDS", AIOS_STEP_LEASE_SECONDS, minimum=2)
+# another sweep this long after its last renewal, and until then nothing is relayed or taken back. The duty only
+# saves duplicate work (every phase is safe to run twice at once), so the default is short: two sweep intervals.
+# A sweeper dies where any worker does, e.g. in the dispatch right after a commit when it re-sends a step it took
+# back; with the step lease as its length (20 s) every such death stalled all repairs that long (fault test D5).
+AIOS_SWEEP_LEASE_SECONDS = env_int(
+    "AIOS_SWEEP_LEASE_SECONDS", max(2, math.ceil(2 * AIOS_SWEEP_INTERVAL_SECONDS)), minimum=2
+)
 
 # Addresses (CIDRs) that steps may call although they are loopback or private: an administrator's decision.
 AIOS_HTTP_ALLOWLIST = env_list("AIOS_HTTP_ALLOWLIST", [])

@@ -86,8 +86,7 @@ def sweep_task() -> dict[str, Any]:
     The duty is a lease row (apps.runs.singleton), renewed between the sweep's phases; a sweep whose lease ran
     out stops at the next phase. Each phase is safe to run concurrently anyway (conditional updates), so the
     lease saves duplicate work and keeps sweeps from crowding each other, and a sweeper that dies mid-sweep
-    holds the duty only until its lease runs out (AIOS_SWEEP_LEASE_SECONDS, by default the step lease, so the
-    steps of a worker that died with the sweeper are taken back no later than they would have been).
+    holds the duty only until its lease runs out (AIOS_SWEEP_LEASE_SECONDS, by default two sweep intervals).
     """
     holder = lease_holder_name()
     seconds = settings.AIOS_SWEEP_LEASE_SECONDS

@@ -37,6 +37,8 @@ if SIZE not in ("ci", "extended"):
 # The engine's timing in the fault tests: short, so a lost worker is noticed in seconds.
 LEASE_SECONDS = 6
 SWEEP_SECONDS = 1.0
+# A sweeper killed mid-sweep holds the sweep duty this long (the production default: two sweep intervals).
+SWEEP_LEASE_SECONDS = 2
 BEAT_LEASE_SECONDS = 3.0
 RELAY_AFTER_SECONDS = 1.0
 REQUEUE_AFTER_SECONDS = 3.0
@@ -197,6 +199,7 @@ def engine_env(redis_url: str, **extra: str) -> dict[str, str]:
         # row would be relayed, so D5's bound holds for both ways a step is handed on.
         AIOS_EAGER_LEASE_SECONDS=str(max(1, round(RELAY_AFTER_SECONDS))),
         AIOS_SWEEP_INTERVAL_SECONDS=str(SWEEP_SECONDS),
+        AIOS_SWEEP_LEASE_SECONDS=str(SWEEP_LEASE_SECONDS),
         # A beat killed by a test leaves its lease behind (workers/beat.py): the next one takes over in seconds.
         AIOS_BEAT_LEASE_SECONDS=str(BEAT_LEASE_SECONDS),
         AIOS_OUTBOX_RELAY_AFTER_SECONDS=str(RELAY_AFTER_SECONDS),

@@ -2,7 +2,9 @@
 "commit, then .delay()" gap). The next step was handed on in the result's own transaction, one of two ways:
 an outbox row (a step on another queue, or the chain's budget spent), which the sweeper relays; or an eager
 claim for the dying worker itself (same queue), whose short lease lapses so the sweeper takes it back.
-Nothing depends on Redis or on the dead worker having sent anything.
+Nothing depends on Redis or on the dead worker having sent anything. The sweeper dies at the same point when it
+re-sends a step it took back, so the bound also depends on a dead sweeper's duty passing on quickly (its lease,
+2 s here; it was the 6 s step lease until the p95 gap read 7 s).
 
 Figures: stalled runs (0), and the dispatch gap: from an outbox row's commit to its message being sent,
 p95 and max, against the sweep interval + the outbox relay delay + 2 s. (From a result to the next step's
