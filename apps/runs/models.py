@@ -342,6 +342,12 @@ class EffectRecord(models.Model):
     last_at = models.DateTimeField(auto_now=True)
     outcome = models.TextField(blank=True)
 
+    class Meta:
+        # One row per step, whatever key it holds: workers of two releases side by side in a rolling upgrade may
+        # compute a step's key by different rules, and two first attempts must still end on one row (the later
+        # insert waits for the earlier, fails, and reads its key) rather than send one effect under two keys.
+        constraints = [models.UniqueConstraint(fields=["run", "step_key"], name="effect_one_per_step")]
+
     def __str__(self) -> str:
         return f"{self.step_key} of run {self.run_id}: {self.state}"
 

@@ -5,14 +5,16 @@ row was written under the earlier rule. Driven in-process (tests/support/engine.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
-from apps.runs.effects import effect_key
+from apps.runs.effects import effect_intent_record, effect_key
 from apps.runs.models import EffectRecord, Run, StepRun
 from apps.runs.services import run_start
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
@@ -113,3 +115,51 @@ def test_a_step_whose_ledger_row_has_a_key_of_the_earlier_rule_keeps_it(
     assert sent_message_id(run) == f"<{legacy}@example.com>"
     record = EffectRecord.objects.get(run=run, step_key="send")
     assert (record.idempotency_key, record.state, record.attempts) == (legacy, EffectRecord.State.APPLIED, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_first_attempts_with_keys_of_two_rules_end_on_one_ledger_row(analyst: Any, mail_workflow: Any) -> None:
+    """A rolling upgrade: a worker of the earlier release is inserting its ledger row (its key by the earlier rule)
+    in a transaction not yet committed when a worker of this release makes the step's first attempt. The later
+    insert must wait, fail on the one-row-per-step rule, and take the earlier key, not write a second row and send
+    the same effect under a second key."""
+    run = run_start(actor=analyst, workflow=mail_workflow, inputs={"n": 1})[0]
+    step_run = StepRun.objects.get(run=run, step_key="send")
+    StepRun.objects.filter(pk=step_run.pk).update(state=StepRun.State.RUNNING, fencing_token=7)
+    step_run.refresh_from_db()
+    legacy = hashlib.sha256(f"aios:{run.pk}:send".encode()).hexdigest()
+
+    database = connection.settings_dict
+    earlier = psycopg.connect(
+        host=database["HOST"],
+        port=database["PORT"],
+        dbname=database["NAME"],
+        user=database["USER"],
+        password=database["PASSWORD"],
+    )
+    earlier.execute(
+        "INSERT INTO runs_effectrecord (idempotency_key, run_id, step_key, state, attempts, first_at, last_at, "
+        "outcome) VALUES (%s, %s, 'send', 'intent', 1, now(), now(), '')",
+        [legacy, run.pk],
+    )
+    answer: list[Any] = []
+
+    def this_release() -> None:
+        try:
+            answer.append(effect_intent_record(step_run=step_run))
+        except Exception as error:  # reported to the test below
+            answer.append(error)
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=this_release)
+    worker.start()
+    worker.join(timeout=1.5)
+    waited = worker.is_alive()
+    earlier.commit()
+    earlier.close()
+    worker.join(timeout=30)
+
+    assert waited, f"the second first attempt did not wait for the earlier row: {answer}"
+    assert answer == [("intent", legacy)]
+    assert list(EffectRecord.objects.filter(run=run).values_list("idempotency_key", "attempts")) == [(legacy, 2)]
