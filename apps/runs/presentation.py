@@ -524,6 +524,9 @@ class ToolCallView:
     # A call that waits for the person who started the run to confirm or decline it (the page offers both).
     awaits_confirmation: bool = False
     run_id: int = 0
+    # The call's open incident (an at-most-once call whose outcome is unknown, or the restart cap reached): the
+    # page offers retry, skip with a result, and abort, as it does for a step.
+    incident: Any = None
 
 
 @dataclass(frozen=True)
@@ -547,7 +550,7 @@ class AgentView:
     thinking: bool  # the step runs and its next reply is being written (the live stream belongs to it)
 
 
-def tool_call_view(call: Any, note: Mapping[str, Any] | None = None) -> ToolCallView:
+def tool_call_view(call: Any, note: Mapping[str, Any] | None = None, incident: Any = None) -> ToolCallView:
     """A tool call's StepRun as people read it."""
     definition = call.definition if isinstance(call.definition, Mapping) else {}
     state = str(call.state)
@@ -581,6 +584,7 @@ def tool_call_view(call: Any, note: Mapping[str, Any] | None = None) -> ToolCall
         duration_seconds=call.duration_seconds,
         awaits_confirmation=str(call.state) == "waiting" and call.waiting_for == "confirm",
         run_id=int(call.run_id or 0),
+        incident=incident,
     )
 
 
@@ -612,11 +616,13 @@ def agent_view(
     tool_calls: list[Any],
     model_calls: list[Any],
     notes: Mapping[int, Mapping[str, Any]],
+    incidents: Mapping[int, Any] | None = None,
 ) -> AgentView:
     """An agent step's transcript with its tool calls (StepRuns whose parent is `step`) and its model calls
     (InferenceCalls keyed "<agent key>~m<turn>", perhaps with a protocol mark after the number; a retried turn's
     last call is the one shown)."""
-    calls = {call.step_key: tool_call_view(call, notes.get(call.pk)) for call in tool_calls}
+    incidents = incidents or {}
+    calls = {call.step_key: tool_call_view(call, notes.get(call.pk), incidents.get(call.pk)) for call in tool_calls}
     by_turn: dict[int, Any] = {}
     prefix = f"{step.step_key}~m"
     for call in model_calls:

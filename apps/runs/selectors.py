@@ -181,7 +181,7 @@ def run_page_context(user: AnyUser, run: Run) -> dict[str, Any]:
         notes.update(hook(user, run, every_step))
     for step in steps:
         step.note = notes.get(step.pk)  # type: ignore[attr-defined]
-    _attach_agent_turns(run, steps, every_step, notes)
+    _attach_agent_turns(run, steps, every_step, notes, incidents)
     _attach_sends_again(run, steps)
     result = []
     if run.status == Run.Status.SUCCEEDED:
@@ -230,7 +230,11 @@ def _attach_sends_again(run: Run, steps: list[StepRun]) -> None:
 
 
 def _attach_agent_turns(
-    run: Run, steps: list[StepRun], every_step: list[StepRun], notes: dict[int, dict[str, str]]
+    run: Run,
+    steps: list[StepRun],
+    every_step: list[StepRun],
+    notes: dict[int, dict[str, str]],
+    incidents: dict[int, Incident],
 ) -> None:
     """Give each agent step (`llm.agent`) its turns as `step.agent`: its tool calls and model calls, read in
     one query for all of the run's agents."""
@@ -248,7 +252,9 @@ def _attach_agent_turns(
         model_calls.setdefault(call.step_run_id, []).append(call)
     for agent in agents:
         tool_calls = sorted(calls.get(agent.pk, []), key=lambda call: _call_number(call.step_key))
-        agent.agent = agent_view(agent, tool_calls, model_calls.get(agent.pk, []), notes)  # type: ignore[attr-defined]
+        agent.agent = agent_view(  # type: ignore[attr-defined]
+            agent, tool_calls, model_calls.get(agent.pk, []), notes, incidents
+        )
 
 
 def _call_number(step_key: str) -> int:

@@ -326,3 +326,43 @@ def test_a_real_agent_run_reads_as_its_turns(endpoint, analyst, team, sink):  # 
     assert "Ticket 42 is open; the note is posted." in agent.xpath('.//section[@class="step-output"]')[0].text_content()
     totals = " ".join(agent.xpath('.//p[contains(@class, "agent-totals")]')[0].text_content().split())
     assert totals.startswith("3 turns · 2 tool calls")
+
+
+def test_a_tool_call_held_by_an_incident_offers_retry_skip_and_abort_to_whoever_may_operate(
+    analyst, team, manager, queue
+):
+    """An at-most-once tool call whose outcome is unknown waits on an incident: the page says why inside the call
+    and offers the same choices as for a step, to those who may operate the run; the others read the reason."""
+    from apps.runs.lifecycle import step_run_incident_open
+    from apps.runs.models import Incident
+
+    run = agent_run(analyst, team)
+    call = StepRun.objects.get(run=run, step_key="agent~3")
+    StepRun.objects.filter(pk=call.pk).update(state=StepRun.State.RUNNING, waiting_for="", fencing_token=1)
+    call.refresh_from_db()
+    reason = "The call to erp.example.com may or may not have happened: the worker died during it."
+    assert step_run_incident_open(step_run=call, reason=reason)
+    incident = Incident.objects.get(step_run=call, resolved_at=None)
+
+    client = Client()
+    client.force_login(analyst)
+    [section] = page_of(client, run).xpath('//article[@id="step-agent~3"]//section[@class="incident"]')
+    assert reason in section.text_content()
+    buttons = [" ".join(button.text_content().split()) for button in section.xpath(".//button")]
+    assert buttons == ["Retry tool call", "Skip with this result", "Abort run"]
+    assert section.xpath(".//label[@for=$id]", id=f"skip-output-{incident.pk}")[0].text_content() == (
+        "Result to give the agent instead (JSON)"
+    )
+    [retry] = [form for form in section.xpath(".//form") if form.xpath('.//input[@value="retry"]')]
+
+    # The manager reads every run but operates none: the reason without the choices.
+    reader = Client()
+    reader.force_login(manager)
+    [read_only] = page_of(reader, run).xpath('//article[@id="step-agent~3"]//section[@class="incident"]')
+    assert reason in read_only.text_content() and not read_only.xpath(".//form")
+
+    assert client.post(retry.get("action"), {"action": "retry"}).status_code == 302
+    incident.refresh_from_db()
+    call.refresh_from_db()
+    assert incident.resolved_at is not None and call.state == StepRun.State.QUEUED
+    assert not page_of(client, run).xpath('//section[@class="incident"]')
