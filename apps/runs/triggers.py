@@ -654,9 +654,11 @@ def _refuse_unsigned(trigger: Trigger, detail: str, status: int, *, clock: float
             if count == limit + 1:
                 rate_overflow_note(scope=REFUSAL_SCOPE, member=f"{trigger.pk}:{window}:{limit}", due=window + period)
             wait = max(1, window + period - int(clock))
+            # While the secret cannot be read nothing is accepted, so the 503's reason must not promise otherwise.
+            still = "" if status == 503 else "; correctly signed requests are still accepted"
             detail = (
                 f"{detail} More than {limit} requests to this webhook were refused in this minute, so this one is "
-                "not recorded; correctly signed requests are still accepted."
+                f"not recorded{still}."
             )
             return Firing(Outcome.REFUSED, detail, status=429, retry_after=wait)
     return _refuse(trigger, detail, status, now=datetime.fromtimestamp(clock, tz=UTC))

@@ -242,6 +242,13 @@ def test_a_secret_no_key_can_read_is_a_recorded_503_not_a_server_error(settings,
     assert "rotate the secret" in detail
     event = AuditEvent.objects.get(verb="trigger.refused", target_id=str(trigger.pk))
     assert "cannot be read" in json.loads(event.data)["detail"] and secret not in event.data
+    # Past the limit of recorded refusals the reason stays, and promises nothing it cannot keep.
+    settings.AIOS_WEBHOOK_REFUSALS_PER_MINUTE = 1
+    again = post(trigger, secret, {"subject": "Nobody can check me"})
+    if again.status_code == 503:  # the first refusal fell in the minute before
+        again = post(trigger, secret, {"subject": "Nobody can check me"})
+    assert again.status_code == 429 and "signing secret cannot be read" in again.json()["detail"]
+    assert again.json()["detail"].endswith("so this one is not recorded.")
 
 
 def test_a_captured_request_resent_with_other_idempotency_keys_starts_no_second_run(hook, ticket_workflow):
