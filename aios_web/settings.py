@@ -446,10 +446,15 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "apps.core.api.exception_handler",
 }
 # Consumption limits (OWASP LLM10). API calls per signed-in user and per anonymous address each minute; runs a
-# person may start by hand (page or API) each minute (0: no limit); the largest `?limit=` of any API list.
+# person may start by hand (page or API) each minute (0: no limit); drafts from a description one person may ask
+# for each minute (each holds a web thread for as long as the model takes; 0: no limit); refused requests one
+# webhook records in its history and the audit trail each minute, the rest being answered 429 and counted in one
+# summary (0: record every one); the largest `?limit=` of any API list.
 AIOS_API_REQUESTS_PER_MINUTE = env_int("AIOS_API_REQUESTS_PER_MINUTE", 600, minimum=1)
 AIOS_API_ANON_REQUESTS_PER_MINUTE = env_int("AIOS_API_ANON_REQUESTS_PER_MINUTE", 60, minimum=1)
 AIOS_RUN_STARTS_PER_MINUTE = env_int("AIOS_RUN_STARTS_PER_MINUTE", 30, minimum=0)
+AIOS_DRAFTS_PER_MINUTE = env_int("AIOS_DRAFTS_PER_MINUTE", 5, minimum=0)
+AIOS_WEBHOOK_REFUSALS_PER_MINUTE = env_int("AIOS_WEBHOOK_REFUSALS_PER_MINUTE", 20, minimum=0)
 AIOS_API_MAX_PAGE_SIZE = env_int("AIOS_API_MAX_PAGE_SIZE", 100, minimum=1, maximum=1000)
 SPECTACULAR_SETTINGS = {
     "TITLE": "AIOS API",

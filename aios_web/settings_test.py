@@ -13,6 +13,8 @@ os.environ.setdefault("AIOS_DATABASE_ROLE", "owner")
 os.environ.setdefault("AIOS_API_REQUESTS_PER_MINUTE", "1000000")
 os.environ.setdefault("AIOS_API_ANON_REQUESTS_PER_MINUTE", "1000000")
 os.environ.setdefault("AIOS_RUN_STARTS_PER_MINUTE", "1000000")
+os.environ.setdefault("AIOS_DRAFTS_PER_MINUTE", "1000000")
+os.environ.setdefault("AIOS_WEBHOOK_REFUSALS_PER_MINUTE", "1000000")
 
 from aios_web.settings import *  # noqa: F403
 

@@ -31,7 +31,7 @@ from apps.runs.models import Run, StepRun, Timer
 from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_relay, outbox_task
 from apps.runs.plans import step_plan
 from apps.runs.trigger_events import run_finished_notify
-from apps.runs.triggers import schedules_fire_due, webhook_receipts_prune
+from apps.runs.triggers import schedules_fire_due, webhook_receipts_prune, webhook_refusals_summarize
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def sweep(*, now: Any = None, renew: Callable[[], bool] = lambda: True) -> dict[
     3. re-send steps queued so long ago that their message was probably lost (Redis without persistence);
     4. fire due timers;
     5. fire due schedule triggers;
-    6. forget webhook requests whose timestamp has left the replay window.
+    6. forget webhook requests whose timestamp has left the replay window;
+    7. record how many refused webhook requests went unrecorded in each minute past the limit that has ended.
 
     `renew` is called between phases (the sweep task renews its lease there); when it answers False another
     sweeper may have taken over, and this pass stops, its report saying `lease_lost`.
@@ -60,6 +61,7 @@ def sweep(*, now: Any = None, renew: Callable[[], bool] = lambda: True) -> dict[
         # --- triggers: schedules due now (apps/runs/triggers.py) ---
         lambda: {"schedules": schedules_fire_due(now)},
         lambda: {"webhook_receipts_pruned": webhook_receipts_prune(now)},
+        lambda: {"webhook_refusals_summarized": webhook_refusals_summarize(now)},
     ]
     report: dict[str, int] = {}
     for index, phase in enumerate(phases):

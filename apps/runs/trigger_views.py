@@ -488,7 +488,8 @@ def webhook(request: HttpRequest, token: str) -> HttpResponse:
     the authentication; the exact same signed request sent again is answered 200 with its first run. Refusals are
     short JSON reasons: 401 bad or old signature, 409 paused, 413 too large, 415 not JSON, 400 the input does not
     fit (with field errors), 422 an Idempotency-Key reused for another body, 404 no such webhook, 503 the signing
-    secret cannot be read with the server's keys."""
+    secret cannot be read with the server's keys, 429 (with Retry-After) a bad signature or oversized body past
+    the webhook's limit of recorded refusals in this minute."""
     if request.method != "POST":
         response = JsonResponse({"detail": "Send a POST request with a JSON body."}, status=405)
         response["Allow"] = "POST"
@@ -525,4 +526,7 @@ def webhook(request: HttpRequest, token: str) -> HttpResponse:
             url=_absolute(request, reverse("runs:detail", args=[firing.run.pk])),
             duplicate=firing.outcome == Outcome.DUPLICATE,
         )
-    return JsonResponse(answer, status=firing.status)
+    response = JsonResponse(answer, status=firing.status)
+    if firing.retry_after:
+        response["Retry-After"] = str(firing.retry_after)
+    return response

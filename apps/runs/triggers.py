@@ -44,6 +44,7 @@ from apps.connectors.selectors import connection_use_problem
 from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unprocessable, ValidationFailed
 from apps.core.permissions import has_object_perm, restrict
 from apps.core.secrets import secret_decrypt, secret_encrypt
+from apps.core.throttling import rate_count, rate_count_read, rate_overflow_note, rate_overflows_take
 from apps.runs.documents import document_input_value, document_store
 from apps.runs.models import MailboxPoll, Run, ScheduleTimer, TriggerFiring, WebhookReceipt
 from apps.runs.services import run_start
@@ -78,6 +79,12 @@ Outcome = TriggerFiring.Outcome
 # seconds, so an on-time firing is never this late.
 SCHEDULE_GRACE = timedelta(seconds=60)
 MAIL_MAX_BYTES = 25 * 1024 * 1024
+# A webhook's refusals of requests not shown to come from its secret's holder are recorded up to
+# settings.AIOS_WEBHOOK_REFUSALS_PER_MINUTE in each window of this many seconds; the count of the rest stays
+# readable this long after its window for the sweeper's summary.
+REFUSAL_WINDOW_SECONDS = 60
+REFUSAL_COUNT_KEPT_SECONDS = 3600
+REFUSAL_SCOPE = "webhook-refusal"
 
 
 def inbound_mail_domain() -> str:
@@ -382,6 +389,7 @@ class Firing:
     run: Run | None = None
     status: int = 202
     fields: dict[str, list[str]] = field(default_factory=dict)
+    retry_after: int = 0
 
     @property
     def started(self) -> bool:
@@ -555,7 +563,8 @@ def webhook_receive(request: WebhookRequest, *, now: float | None = None) -> tup
 
     Order matters: the signature is checked before anything else is revealed about the trigger, so a sender
     without the secret learns only that the URL exists. Each refusal is a history row and an audit event in a
-    transaction of its own (no run starts)."""
+    transaction of its own (no run starts), except past the limit on refusals of requests not shown to be signed
+    (`_refuse_unsigned`): those are answered 429 and only counted."""
     clock = now if now is not None else timezone.now().timestamp()
     at = datetime.fromtimestamp(clock, tz=UTC)
     trigger = (
@@ -569,7 +578,8 @@ def webhook_receive(request: WebhookRequest, *, now: float | None = None) -> tup
         return None, Firing(Outcome.REFUSED, "No such webhook.", status=404)
     with transaction.atomic():
         if request.too_large:
-            return trigger, _refuse(trigger, f"The body is larger than {WEBHOOK_MAX_BYTES // 1024} KB.", 413, now=at)
+            detail = f"The body is larger than {WEBHOOK_MAX_BYTES // 1024} KB."
+            return trigger, _refuse_unsigned(trigger, detail, 413, clock=clock)
         try:
             secret = secret_decrypt(trigger.secret)
         except ApplicationError:
@@ -582,7 +592,7 @@ def webhook_receive(request: WebhookRequest, *, now: float | None = None) -> tup
                 "This webhook's signing secret cannot be read with the server's current credentials keys, so no "
                 "request can be checked; its owner must rotate the secret (or an administrator restore the key)."
             )
-            return trigger, _refuse(trigger, detail, 503, now=at)
+            return trigger, _refuse_unsigned(trigger, detail, 503, clock=clock)
         problem = webhook_signature_problem(
             secret=secret,
             timestamp=request.timestamp,
@@ -592,7 +602,7 @@ def webhook_receive(request: WebhookRequest, *, now: float | None = None) -> tup
             now=clock,
         )
         if problem:
-            return trigger, _refuse(trigger, problem, 401, now=at)
+            return trigger, _refuse_unsigned(trigger, problem, 401, clock=clock)
         receipt, first_time = _webhook_receipt(trigger, request, at=at)
         if not first_time and receipt.run is not None:
             # This exact signed request was already received: the same answer as run start's idempotency gives a
@@ -623,6 +633,78 @@ def webhook_receive(request: WebhookRequest, *, now: float | None = None) -> tup
         if firing.run is not None:
             WebhookReceipt.objects.filter(pk=receipt.pk).update(run=firing.run)
         return trigger, firing
+
+
+def _refuse_unsigned(trigger: Trigger, detail: str, status: int, *, clock: float) -> Firing:
+    """Refuse a request that is not shown to come from the holder of the webhook's secret (its signature is wrong,
+    or it could not be checked): recorded like any refusal up to the limit in the current window, then answered
+    429 with nothing written, the first one past the limit noting the window for `webhook_refusals_summarize`.
+
+    The limit is applied after the signature check, not before it: whoever knows the URL can send junk, and a limit
+    on all requests would then shut out the sender who signs correctly. A signed request is never counted here, so
+    it is accepted however much junk arrives; what a junk request costs past the limit is the trigger's lookup, an
+    HMAC and one Redis increment, no row and no audit event."""
+    limit = settings.AIOS_WEBHOOK_REFUSALS_PER_MINUTE
+    if limit > 0:
+        period = REFUSAL_WINDOW_SECONDS
+        count, window = rate_count(
+            scope=REFUSAL_SCOPE, key=str(trigger.pk), period=period, now=clock, keep=REFUSAL_COUNT_KEPT_SECONDS
+        )
+        if count > limit:
+            if count == limit + 1:
+                rate_overflow_note(scope=REFUSAL_SCOPE, member=f"{trigger.pk}:{window}:{limit}", due=window + period)
+            wait = max(1, window + period - int(clock))
+            # While the secret cannot be read nothing is accepted, so the 503's reason must not promise otherwise.
+            still = "" if status == 503 else "; correctly signed requests are still accepted"
+            detail = (
+                f"{detail} More than {limit} requests to this webhook were refused in this minute, so this one is "
+                f"not recorded{still}."
+            )
+            return Firing(Outcome.REFUSED, detail, status=429, retry_after=wait)
+    return _refuse(trigger, detail, status, now=datetime.fromtimestamp(clock, tz=UTC))
+
+
+def webhook_refusals_summarize(now: datetime) -> int:
+    """For each window that has ended in which a webhook refused more unsigned requests than it records, one
+    history row and audit event, dated at the window's end, saying how many were not recorded (the sweeper's job);
+    returns how many it wrote. Each window is taken from the shared set by one sweeper only."""
+    written = 0
+    for member in rate_overflows_take(scope=REFUSAL_SCOPE, now=now.timestamp()):
+        try:
+            trigger_id, window, limit = (int(part) for part in member.split(":"))
+        except ValueError:
+            logger.warning("webhook refusals: dropped a malformed window %r", member)
+            continue
+        trigger = Trigger.objects.select_related("workflow").filter(pk=trigger_id).first()
+        if trigger is None:  # deleted since, with its history
+            continue
+        count = rate_count_read(scope=REFUSAL_SCOPE, key=str(trigger_id), window=window)
+        start = datetime.fromtimestamp(window, tz=UTC)
+        minute = f"the minute from {start:%H:%M} UTC"
+        if count is None:
+            detail = f"More refused requests in {minute} were not recorded (how many was lost with the count)."
+        else:
+            unrecorded = count - limit
+            plural = unrecorded != 1
+            detail = (
+                f"{unrecorded} more refused request{'s' if plural else ''} in {minute} "
+                f"{'were' if plural else 'was'} not recorded."
+            )
+        try:
+            with transaction.atomic():
+                _record(
+                    trigger,
+                    Outcome.REFUSED,
+                    detail,
+                    key=f"unrecorded:{window}",
+                    now=start + timedelta(seconds=REFUSAL_WINDOW_SECONDS),
+                )
+        except Exception:
+            # Back in the set for the next sweep: the summary is late, not lost.
+            rate_overflow_note(scope=REFUSAL_SCOPE, member=member, due=now.timestamp())
+            raise
+        written += 1
+    return written
 
 
 def _webhook_receipt(trigger: Trigger, request: WebhookRequest, *, at: datetime) -> tuple[WebhookReceipt, bool]:

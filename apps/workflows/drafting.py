@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
@@ -39,7 +40,8 @@ from django.utils.text import slugify
 from apps.accounts.models import Team, User
 from apps.accounts.roles import ADMIN, user_roles
 from apps.audit.services import audit_record
-from apps.core.exceptions import ApplicationError, Conflict, Forbidden, ValidationFailed
+from apps.core.exceptions import ApplicationError, Conflict, Forbidden, RateLimited, ValidationFailed
+from apps.core.throttling import rate_limit_wait
 from apps.inference import client
 from apps.inference.errors import InferenceError
 from apps.inference.gateway import CallRequest, CallScope, Gateway, endpoint_resolve
@@ -581,6 +583,22 @@ def _calls_store(calls: list[InferenceCall]) -> list[InferenceCall]:
     return InferenceCall.objects.bulk_create(calls) if calls else []
 
 
+def draft_rate_check(*, actor: User) -> None:
+    """Refuse with RateLimited (429, Retry-After) when `actor` asked for more than settings.AIOS_DRAFTS_PER_MINUTE
+    drafts in the current minute. A draft holds a web thread for as long as the model takes (half a minute or
+    more) and spends model time, so one person clicking again and again, or a script, must not hold them all."""
+    limit = settings.AIOS_DRAFTS_PER_MINUTE
+    if limit <= 0:
+        return
+    wait = rate_limit_wait(scope="draft", key=str(actor.pk), limit=limit, period=60)
+    if wait:
+        raise RateLimited(
+            f"You have asked for {limit} draft{'s' if limit != 1 else ''} in the last minute, the most allowed; "
+            f"your description is kept here, so ask again in {wait} s.",
+            retry_after=wait,
+        )
+
+
 def _description_clean(description: str) -> str:
     text = (description or "").strip()
     if len(text) < MIN_DESCRIPTION_CHARS:
@@ -609,7 +627,9 @@ def workflow_draft_propose(
 
     Refuses (ValidationFailed, naming the field) a description shorter than MIN_DESCRIPTION_CHARS or longer than
     MAX_DESCRIPTION_CHARS, a team the actor may not give workflows to, and an unknown model endpoint; Forbidden
-    when the actor may not create workflows; ApplicationError when the model cannot be reached; `DraftRefused`
+    when the actor may not create workflows; RateLimited past `draft_rate_check`'s limit (counted only once the
+    request is otherwise fine, so a mistyped form costs none of it); ApplicationError when the model cannot be
+    reached; `DraftRefused`
     listing the problems when the answer is still invalid after one repair. Nothing but the model calls' records
     is written unless a proposal is made.
 
@@ -625,6 +645,7 @@ def workflow_draft_propose(
         endpoints = [endpoint_resolve(endpoint or None)]
     except ApplicationError as error:
         raise ValidationFailed("Check the highlighted field.", fields={"model": [error.message]}) from None
+    draft_rate_check(actor=actor)
 
     system = draft_system_prompt(actor)
     template_sha256 = hashlib.sha256((INSTRUCTIONS + json.dumps(EXAMPLE, sort_keys=True)).encode()).hexdigest()

@@ -3,7 +3,8 @@ and its Accept and Discard.
 
 The form sits on the New workflow page (the `draft_describe_form` tag) and posts here: with htmx the section is
 swapped in place (a refusal answers 200 with the section and its errors, since htmx swaps only successful
-answers) and success redirects the browser; without JavaScript the same form is a page of its own.
+answers; a refusal past the drafts limit keeps its Retry-After) and success redirects the browser; without
+JavaScript the same form is a page of its own (a refusal is 400, or 429 past the limit).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.exceptions import ApplicationError, RateLimited, ValidationFailed
 from apps.inference.selectors import endpoint_names_for_steps
 from apps.steps.registry import step_type_find
 from apps.workflows.diagram import diagram_for_graph
@@ -95,6 +96,17 @@ def draft_propose_view(request: HttpRequest) -> HttpResponse:
         context.update(errors=refusal.fields, error=refusal.message, problems=refusal.problems, answer=refusal.answer)
     except ValidationFailed as refusal:
         context.update(errors=refusal.fields, error=refusal.message)
+    except RateLimited as refusal:
+        # Nothing is wrong with the description: the message goes above the form, not on the field.
+        context.update(error=refusal.message)
+        response = render(
+            request,
+            "workflows/draft_form.html" if htmx else "workflows/draft_describe.html",
+            context,
+            status=200 if htmx else 429,
+        )
+        response["Retry-After"] = str(refusal.retry_after)
+        return response
     except ApplicationError as refusal:
         context.update(errors={"description": [refusal.message]}, error=refusal.message)
     else:

@@ -242,6 +242,13 @@ def test_a_secret_no_key_can_read_is_a_recorded_503_not_a_server_error(settings,
     assert "rotate the secret" in detail
     event = AuditEvent.objects.get(verb="trigger.refused", target_id=str(trigger.pk))
     assert "cannot be read" in json.loads(event.data)["detail"] and secret not in event.data
+    # Past the limit of recorded refusals the reason stays, and promises nothing it cannot keep.
+    settings.AIOS_WEBHOOK_REFUSALS_PER_MINUTE = 1
+    again = post(trigger, secret, {"subject": "Nobody can check me"})
+    if again.status_code == 503:  # the first refusal fell in the minute before
+        again = post(trigger, secret, {"subject": "Nobody can check me"})
+    assert again.status_code == 429 and "signing secret cannot be read" in again.json()["detail"]
+    assert again.json()["detail"].endswith("so this one is not recorded.")
 
 
 def test_a_captured_request_resent_with_other_idempotency_keys_starts_no_second_run(hook, ticket_workflow):
@@ -338,3 +345,77 @@ def test_the_signing_examples_on_the_trigger_page_produce_accepted_requests(anal
         signature="sha256=" + names["signature"],
     )
     assert answer.status_code == 200 and answer.json()["duplicate"] is True  # the same key as the curl example
+
+
+def _inside_one_minute(margin: int = 20) -> int:
+    """The start of the current minute, after waiting for the next one when fewer than `margin` seconds are left,
+    so a burst of requests falls in one window of the refusal limit."""
+    now = time.time()
+    if now % 60 > 60 - margin:
+        time.sleep(60 - now % 60 + 0.05)
+    return int(time.time()) // 60 * 60
+
+
+def test_refusals_past_the_limit_are_429_unrecorded_then_summed_up_and_signed_requests_still_start_runs(
+    hook, ticket_workflow, settings
+):
+    """Junk sent to a known URL fills neither the history nor the audit trail: past the limit each refused
+    request is a 429 with Retry-After that writes nothing, one summary says how many when the minute ends, and the
+    sender who signs correctly is not locked out meanwhile."""
+    from datetime import UTC, datetime, timedelta
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.runs.sweeper import sweep
+
+    settings.AIOS_WEBHOOK_REFUSALS_PER_MINUTE = 5
+    trigger, secret = hook
+    window = _inside_one_minute()
+    junk = "sha256=" + "0" * 64
+    answers = [post(trigger, secret, {"subject": "Junk"}, signature=junk) for _ in range(8)]
+    good = post(trigger, secret, {"subject": "Printer on fire"}, key="real-1")
+    with CaptureQueriesContext(connection) as limited:
+        answers.append(post(trigger, secret, {"subject": "Junk"}, signature=junk))
+    big = json.dumps({"subject": "x" * (300 * 1024)}).encode()
+    answers.append(post(trigger, secret, None, raw=big))
+    assert window == int(time.time()) // 60 * 60, "the burst crossed a minute"
+
+    assert [answer.status_code for answer in answers] == [401] * 5 + [429] * 5
+    assert good.status_code == 202 and Run.objects.get(pk=good.json()["run"]).inputs["subject"] == "Printer on fire"
+    detail = answers[-2].json()["detail"]
+    assert "The signature does not match" in detail and "this one is not recorded" in detail
+    assert "correctly signed requests are still accepted" in detail
+    assert all(1 <= int(answer["Retry-After"]) <= 60 for answer in answers[5:])
+    assert "Retry-After" not in answers[0]
+    # Past the limit a refusal reads the trigger and writes nothing.
+    assert not [query for query in limited.captured_queries if query["sql"].lstrip().upper().startswith("INSERT")]
+    assert len(refused(trigger)) == 5
+    refusal_events = AuditEvent.objects.filter(verb="trigger.refused", target_id=str(trigger.pk))
+    assert refusal_events.count() == 5
+
+    # Nothing is summed up before the minute ends; then once, whatever the number of sweeps.
+    assert sweep(now=datetime.fromtimestamp(window + 30, tz=UTC))["webhook_refusals_summarized"] == 0
+    assert sweep(now=datetime.fromtimestamp(window + 61, tz=UTC))["webhook_refusals_summarized"] == 1
+    assert sweep(now=datetime.fromtimestamp(window + 62, tz=UTC))["webhook_refusals_summarized"] == 0
+    start = datetime.fromtimestamp(window, tz=UTC)
+    expected = f"5 more refused requests in the minute from {start:%H:%M} UTC were not recorded."
+    [summary] = TriggerFiring.objects.filter(trigger=trigger, key=f"unrecorded:{window}")
+    assert summary.outcome == "refused" and summary.detail == expected
+    assert summary.at == start + timedelta(seconds=60)
+    assert refusal_events.count() == 6 and refusal_events.filter(data__contains=expected).count() == 1
+    # The trigger's page shows it in the history.
+    client = Client()
+    client.force_login(trigger.created_by)
+    page = client.get(reverse("runs:trigger-detail", args=[trigger.pk])).content.decode()
+    assert expected in page
+
+
+def test_an_unknown_webhook_is_a_404_that_writes_nothing(hook, django_assert_max_num_queries):
+    """Beside a real webhook, a wrong token costs one indexed read at most and records nothing."""
+    firings, events = TriggerFiring.objects.count(), AuditEvent.objects.count()
+    for token in ["a" * 32, "nosuchtoken", "not-alnum!"]:
+        with django_assert_max_num_queries(1):
+            response = Client().post(reverse("hooks:receive", args=[token]), b"{}", content_type="application/json")
+        assert response.status_code == 404 and response.json() == {"detail": "No such webhook."}
+    assert TriggerFiring.objects.count() == firings and AuditEvent.objects.count() == events

@@ -131,3 +131,44 @@ def test_accept_opens_the_builder_and_discard_goes_back(analyst, team):
     response = client.post(reverse("workflows:draft-accept", args=[discarded.pk]), follow=True)
     assert "This draft was discarded already." in response.content.decode()
     assert Workflow.objects.count() == 1
+
+
+def test_drafts_past_the_limit_are_refused_with_retry_after_and_the_text_kept_and_others_go_on(
+    analyst, reviewer, settings
+):
+    """A draft holds a web thread for as long as the model takes: one person gets AIOS_DRAFTS_PER_MINUTE a minute,
+    on the plain page and with htmx alike, a mistyped form costs none of them, and another analyst is unaffected."""
+    import time
+
+    from apps.accounts.services import team_create, user_create
+    from apps.inference.models import InferenceCall
+    from tests.conftest import PASSWORD
+
+    settings.AIOS_DRAFTS_PER_MINUTE = 1
+    alba = user_create(username="alba", password=PASSWORD, roles=["analyst"], first_name="Alba")
+    # The demo's answer sends claims to the queue of the team "claims".
+    claims = team_create(name="Claims", members=[analyst, reviewer, alba])
+    form = {"description": EXPENSES, "team": claims.slug}
+    if time.time() % 60 > 40:  # the requests below fall in one minute of the limit
+        time.sleep(60 - time.time() % 60 + 0.05)
+    url = reverse("workflows:draft-propose")
+    ana = client_for(analyst)
+    assert ana.post(url, {"description": "Approve it"}).status_code == 400
+    assert ana.post(url, form).status_code == 302
+    calls = InferenceCall.objects.count()
+
+    plain = ana.post(url, form)
+    page = plain.content.decode()
+    assert plain.status_code == 429 and 1 <= int(plain["Retry-After"]) <= 60
+    assert re.search(r'callout--error" role="alert"><p><strong>You have asked for 1 draft in the last minute', page)
+    assert "field--invalid" not in page and f">{EXPENSES}</textarea>" in page
+
+    swapped = ana.post(url, form, **HTMX)
+    section = swapped.content.decode()
+    assert swapped.status_code == 200 and 1 <= int(swapped["Retry-After"]) <= 60  # htmx swaps only successes
+    assert section.lstrip().startswith("<section") and "You have asked for 1 draft in the last minute" in section
+    assert f">{EXPENSES}</textarea>" in section
+    assert InferenceCall.objects.count() == calls and DraftProposal.objects.count() == 1
+
+    assert client_for(alba).post(url, form).status_code == 302
+    assert DraftProposal.objects.filter(author=alba).count() == 1
