@@ -3,6 +3,7 @@ secrets write-only ("set" / "not set", a replace input, a remove box; blank keep
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import typing
 from typing import Any
@@ -235,6 +236,22 @@ class ConnectionForm(forms.Form):
 
     def allowlist_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in ("allowed_hosts", "allowed_ports") if name in self.fields]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if self.kind == kinds.MAILBOX and "config_ssl" in cleaned and not cleaned["config_ssl"]:
+            host = str(cleaned.get("config_host") or "")
+            try:
+                literal = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                literal = None  # a name: what it resolves to is checked when connecting
+            if literal is not None and not literal.is_loopback:
+                self.add_error(
+                    "config_ssl",
+                    f"Turn this on: {host} is not this machine, and without TLS the mailbox's password would travel "
+                    "unencrypted.",
+                )
+        return cleaned
 
     def clean_config_headers(self) -> dict[str, str]:
         return _headers_parse(self.cleaned_data.get("config_headers") or "")

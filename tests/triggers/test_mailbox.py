@@ -36,7 +36,7 @@ from apps.runs.triggers import (
     trigger_resume,
 )
 from apps.workflows.models import Trigger
-from tests.connectors.helpers import allow_loopback, finance_team, make_connection
+from tests.connectors.helpers import allow_loopback, finance_team, make_connection, own_addresses
 from tests.support.documents import pdf_of
 from tests.support.figures import record_figure
 from tests.support.imap import ImapServer
@@ -272,6 +272,40 @@ def test_the_address_policy_and_a_missing_folder_stop_the_poll(settings, imap, t
     missing = mailbox_poll(trigger_id=trigger.pk, force=True)
     assert missing is not None and "Mailbox doesn't exist: Claims" in missing.message
     assert history(trigger) == ["refused", "failed"]
+
+
+def test_a_mailbox_without_tls_on_another_machine_is_not_polled(settings, team, analyst, claims):
+    """Without TLS the login would send the password in clear text: a mailbox that is not on this machine is not
+    reached that way, even at an allowed address. The refusal is the poll's outcome and one history row."""
+    [address, *_] = [address for address in own_addresses() if ":" not in address] or [""]
+    assert address, "the machine needs an IPv4 address besides loopback"
+    settings.AIOS_HTTP_ALLOWLIST = [f"{address}/32"]
+    with ImapServer(users={USER: PASSWORD}, host="0.0.0.0") as server:
+        server.deliver(mail("Claim 10", "Hail.", "<c10@example.com>"))
+        make_connection(
+            team,
+            name="remote-inbox",
+            kind="mailbox",
+            config={"host": address, "port": server.port, "ssl": False, "username": USER},
+            secrets={"password": PASSWORD},
+        )
+        remote, _ = trigger_create(
+            actor=analyst,
+            workflow=claims,
+            kind="email",
+            name="Remote mailbox",
+            config={"receive": "mailbox", "connection": "remote-inbox"},
+            inputs=MAPPING,
+        )
+        for _ in range(2):
+            outcome = mailbox_poll(trigger_id=remote.pk, force=True)
+            assert outcome is not None and not outcome.ok
+        assert outcome.message == (
+            f"Not polled: The mailbox at {address} would receive its password unencrypted: turn on TLS from the start "
+            "(IMAPS, usually port 993). Without TLS only a mail server on this machine is reached."
+        )
+        assert server.commands == [] and server.logins == [] and not Run.objects.exists()
+    assert history(remote) == ["refused"]
 
 
 def test_a_paused_trigger_is_not_polled(imap, trigger, analyst):
