@@ -500,17 +500,45 @@ def workflows_naming(name: str) -> list[str]:
     return sorted(set(versions.values_list("workflow__name", flat=True)))
 
 
+def triggers_reading(name: str) -> list[dict[str, str]]:
+    """The email triggers that read mailbox connection `name` and are not paused, as {"trigger", "workflow"} names,
+    by workflow. A paused one reads nothing until it is resumed, and then reports a missing connection itself. The
+    triggers live in the workflows app, above this one: read by model name, not imported."""
+    trigger_model = django_apps.get_model("workflows", "Trigger")
+    triggers: QuerySet[Any] = trigger_model.objects.filter(kind="email", enabled=True, config__connection=name)
+    return [
+        {"trigger": trigger, "workflow": workflow}
+        for trigger, workflow in triggers.order_by("workflow__name", "name").values_list("name", "workflow__name")
+    ]
+
+
+def _triggers_text(triggers: list[dict[str, str]]) -> str:
+    return ", ".join(f'the email trigger "{row["trigger"]}" of workflow "{row["workflow"]}"' for row in triggers)
+
+
 @transaction.atomic
 def connection_delete(*, actor: User | None, connection: Connection) -> None:
-    """Delete a connection, unless a published version names it (refused, naming those workflows: their
-    runs would fail)."""
+    """Delete a connection, unless a published version names it (their runs would fail) or an email trigger that
+    is not paused reads it (its mail would stop arriving): refused, naming those workflows and triggers."""
     _require_manager(actor, connection)
     naming = workflows_naming(connection.name)
-    if naming:
+    reading = triggers_reading(connection.name)
+    if naming or reading:
+        reasons = []
+        if naming:
+            reasons.append(
+                f'The connection "{connection.name}" is named by published versions of: {", ".join(naming)}. '
+                "Disable it instead, or publish versions that do not name it first."
+            )
+        if reading:
+            them = "it" if len(reading) == 1 else "them"
+            reasons.append(
+                f'The connection "{connection.name}" is read by {_triggers_text(reading)}: pause or delete {them} '
+                "first."
+            )
         raise Conflict(
-            f'The connection "{connection.name}" is named by published versions of: {", ".join(naming)}. '
-            "Disable it instead, or publish versions that do not name it first.",
-            extra={"workflows": naming},
+            " ".join(reasons),
+            extra={**({"workflows": naming} if naming else {}), **({"triggers": reading} if reading else {})},
         )
     audit_record(
         actor=actor,

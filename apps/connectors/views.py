@@ -44,6 +44,7 @@ from apps.connectors.services import (
     connection_test,
     connection_test_unsaved,
     secrets_for_settings,
+    triggers_reading,
     workflows_naming,
 )
 from apps.core.exceptions import ApplicationError, ValidationFailed
@@ -333,7 +334,8 @@ def connection_toggle(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def connection_delete_view(request: HttpRequest, name: str) -> HttpResponse:
-    """Confirm, then delete; refused (with the workflows) while a published version names the connection."""
+    """Confirm, then delete; refused (with the workflows) while a published version names the connection or an
+    email trigger that is not paused reads it."""
     connection = connection_get_for_user(request.user, name)
     if not user_manages_connection(request.user, connection):
         raise PermissionDenied("You may use this connection but not delete it.")
@@ -348,7 +350,11 @@ def connection_delete_view(request: HttpRequest, name: str) -> HttpResponse:
     return render(
         request,
         "connectors/connection_delete.html",
-        {"connection": connection, "naming": workflows_naming(connection.name)},
+        {
+            "connection": connection,
+            "naming": workflows_naming(connection.name),
+            "triggers": triggers_reading(connection.name),
+        },
     )
 
 

@@ -308,6 +308,51 @@ def test_a_mailbox_without_tls_on_another_machine_is_not_polled(settings, team, 
     assert history(remote) == ["refused"]
 
 
+def test_a_mailbox_an_email_trigger_reads_cannot_be_deleted_until_the_trigger_is_paused(
+    trigger, mailbox, analyst, admin_user_role
+):
+    """Deleting the mailbox would silently stop the trigger's mail: the service, the API and the page refuse it,
+    naming the trigger and its workflow, until the trigger is paused (a paused trigger reads nothing)."""
+    from rest_framework.test import APIClient
+
+    from apps.connectors.models import Connection
+    from apps.connectors.services import connection_delete
+    from apps.core.exceptions import Conflict
+
+    with pytest.raises(Conflict) as refused:
+        connection_delete(actor=admin_user_role, connection=mailbox)
+    assert refused.value.message == (
+        'The connection "claims-inbox" is read by the email trigger "Claims mailbox" of workflow "Claims by mail": '
+        "pause or delete it first."
+    )
+    assert refused.value.extra == {"triggers": [{"trigger": "Claims mailbox", "workflow": "Claims by mail"}]}
+
+    api = APIClient()
+    api.force_login(admin_user_role)
+    answer = api.delete("/api/connections/claims-inbox/")
+    assert answer.status_code == 409 and answer.json()["triggers"] == refused.value.extra["triggers"]
+    page = Client()
+    page.force_login(admin_user_role)
+    confirm = page.get("/connections/claims-inbox/delete/").content.decode()
+    assert (
+        "this email trigger reads its mailbox" in confirm
+        and "“Claims mailbox” of the workflow Claims by mail" in confirm
+    )
+    assert "Delete the connection" not in confirm
+    posted = page.post("/connections/claims-inbox/delete/", follow=True)
+    assert "pause or delete it first" in posted.content.decode()
+    assert Connection.objects.filter(name="claims-inbox").exists()
+    assert not AuditEvent.objects.filter(verb="connection.deleted").exists()
+
+    trigger_pause(actor=analyst, trigger=trigger)
+    assert api.delete("/api/connections/claims-inbox/").status_code == 204
+    assert not Connection.objects.filter(name="claims-inbox").exists()
+    # The paused trigger, resumed, reports the missing connection itself.
+    trigger_resume(actor=analyst, trigger=trigger)
+    outcome = mailbox_poll(trigger_id=trigger.pk, force=True)
+    assert outcome is not None and not outcome.ok and 'no connection "claims-inbox"' in outcome.message
+
+
 def test_a_paused_trigger_is_not_polled(imap, trigger, analyst):
     uid = imap.deliver(mail("Claim 11", "Snow.", "<c11@example.com>"))
     trigger_pause(actor=analyst, trigger=trigger)

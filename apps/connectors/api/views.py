@@ -171,7 +171,8 @@ class ConnectionViewSet(viewsets.ModelViewSet):
         return self.partial_update(request, *args, **kwargs)
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Delete; 409 with `workflows` while a published version names the connection."""
+        """Delete; 409 with `workflows` while a published version names the connection, and with `triggers`
+        ({"trigger", "workflow"} names) while an email trigger that is not paused reads its mailbox."""
         connection = self.get_object()
         connection_delete(actor=_user(request), connection=connection)
         return Response(status=status.HTTP_204_NO_CONTENT)
