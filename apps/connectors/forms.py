@@ -183,7 +183,9 @@ class ConnectionForm(forms.Form):
         self._add_allowlist_fields(connection, admin=admin)
         self.secret_specs = kinds.SECRETS[kind]
         stored = connection.secret_keys_set() if connection is not None else set()
-        self.secret_state = {spec.key: spec.key in stored for spec in self.secret_specs}
+        # Saved under a key the server no longer has: shown as such, and re-entering them replaces them.
+        self.secrets_unreadable = stored is None
+        self.secret_state = {spec.key: spec.key in (stored or set()) for spec in self.secret_specs}
         for spec in self.secret_specs:
             self.fields[f"secret_{spec.key}"] = forms.CharField(
                 label=spec.label,

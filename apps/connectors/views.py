@@ -18,7 +18,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from apps.accounts.models import User
 from apps.connectors import kinds
 from apps.connectors.forms import ConnectionForm, OpenApiFetchForm, OpenApiUploadForm
-from apps.connectors.models import Connection, OpenApiDocument
+from apps.connectors.models import SECRETS_UNREADABLE, Connection, OpenApiDocument
 from apps.connectors.openapi import (
     MAX_DOCUMENT_BYTES,
     openapi_document_fetch,
@@ -189,9 +189,6 @@ def connection_detail(request: HttpRequest, name: str) -> HttpResponse:
             "form": form,
             "can_manage": can_manage,
             "settings": _readable_settings(connection),
-            "secrets": [
-                (spec.label, spec.key in connection.secret_keys_set()) for spec in kinds.SECRETS[connection.kind]
-            ],
             "history": [_history_row(event) for event in connection_history(connection)] if can_manage else [],
             "openapi_document": openapi_document_for(connection) if connection.kind == kinds.HTTP else None,
         },
@@ -265,7 +262,8 @@ def _readable_settings(connection: Connection) -> list[tuple[str, str]]:
         used = set()  # a program gets no secrets
     for spec in kinds.SECRETS[connection.kind]:
         if spec.key in used:
-            rows.append((spec.label, "set" if spec.key in stored else "not set"))
+            state = SECRETS_UNREADABLE if stored is None else "set" if spec.key in stored else "not set"
+            rows.append((spec.label, state))
     return rows
 
 
@@ -301,7 +299,7 @@ def connection_test_view(request: HttpRequest, name: str | None = None) -> HttpR
                 secrets = secrets_for_settings(
                     kind,
                     stored_config=connection.config if connection is not None else None,
-                    stored_secrets=connection.secrets if connection is not None else {},
+                    stored_secrets=connection.readable_secrets() if connection is not None else {},
                     config=valid,
                     changes=secret_changes,
                 )
