@@ -3,6 +3,7 @@ secrets write-only ("set" / "not set", a replace input, a remove box; blank keep
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import typing
 from typing import Any
@@ -182,7 +183,9 @@ class ConnectionForm(forms.Form):
         self._add_allowlist_fields(connection, admin=admin)
         self.secret_specs = kinds.SECRETS[kind]
         stored = connection.secret_keys_set() if connection is not None else set()
-        self.secret_state = {spec.key: spec.key in stored for spec in self.secret_specs}
+        # Saved under a key the server no longer has: shown as such, and re-entering them replaces them.
+        self.secrets_unreadable = stored is None
+        self.secret_state = {spec.key: spec.key in (stored or set()) for spec in self.secret_specs}
         for spec in self.secret_specs:
             self.fields[f"secret_{spec.key}"] = forms.CharField(
                 label=spec.label,
@@ -235,6 +238,22 @@ class ConnectionForm(forms.Form):
 
     def allowlist_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in ("allowed_hosts", "allowed_ports") if name in self.fields]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if self.kind == kinds.MAILBOX and "config_ssl" in cleaned and not cleaned["config_ssl"]:
+            host = str(cleaned.get("config_host") or "")
+            try:
+                literal = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                literal = None  # a name: what it resolves to is checked when connecting
+            if literal is not None and not literal.is_loopback:
+                self.add_error(
+                    "config_ssl",
+                    f"Turn this on: {host} is not this machine, and without TLS the mailbox's password would travel "
+                    "unencrypted.",
+                )
+        return cleaned
 
     def clean_config_headers(self) -> dict[str, str]:
         return _headers_parse(self.cleaned_data.get("config_headers") or "")

@@ -4,12 +4,15 @@ address check, a client connected to exactly the checked address, folder quoting
 The host is resolved once and every address it resolves to must pass the outbound policy
 (apps.core.http.connection_address: a public address on port 143 or 993, or one the connection's
 administrator allowed); the client then connects to that address, so DNS cannot be switched between
-check and use. Over TLS the certificate is verified for the host's name, not the address.
+check and use. Over TLS the certificate is verified for the host's name, not the address. Without TLS (a mailbox
+with `ssl` off) the password would cross the network in clear text, so only a loopback address is reached that way,
+as for a signed-in SMTP connection (apps.connectors.smtp).
 """
 
 from __future__ import annotations
 
 import imaplib
+import ipaddress
 import re
 import socket
 import ssl
@@ -61,13 +64,24 @@ def imap_address(host: str, port: int, destinations: http.Destinations | None = 
 
 def imap_connect(host: str, address: str, port: int, *, ssl_on: bool, timeout: float) -> imaplib.IMAP4:
     """An IMAP session to `address` (checked by `imap_address`) for `host`, TLS from the start when `ssl_on`.
-    Raises MailboxUnreachable with the reason."""
+    Raises MailboxUnreachable with the reason, or MailboxAddressRefused, before connecting, when the session would
+    be in clear text to anything but this machine (every IMAP session signs in with the password)."""
+    if not ssl_on and not ipaddress.ip_address(address).is_loopback:
+        raise MailboxAddressRefused(plaintext_refusal(host))
     try:
         if ssl_on:
             return PinnedIMAP4SSL(host, address, port, timeout)
         return PinnedIMAP4(address, port, timeout=timeout)
     except (OSError, imaplib.IMAP4.error) as error:
         raise MailboxUnreachable(f"{host}:{port} is not reachable over IMAP ({imap_reason(error)}).") from None
+
+
+def plaintext_refusal(host: str) -> str:
+    """Why a mailbox without TLS is not reached at `host` (a server other than this machine)."""
+    return (
+        f"The mailbox at {host} would receive its password unencrypted: turn on TLS from the start (IMAPS, usually "
+        "port 993). Without TLS only a mail server on this machine is reached."
+    )
 
 
 def imap_quote(folder: str) -> str:

@@ -164,7 +164,11 @@ class MailboxSettings(KindSettings):
 
     host: str
     port: int = Field(993, ge=1, le=65535)
-    ssl: bool = Field(True, description="TLS from the start (port 993); off only for a server on a trusted network.")
+    ssl: bool = Field(
+        True,
+        description="TLS from the start (port 993). Off only for a mail server on this machine: the password would "
+        "travel unencrypted, so any other server is refused when connecting.",
+    )
     username: str = Field(min_length=1)
     folder: str = Field("INBOX", min_length=1, max_length=200)
 

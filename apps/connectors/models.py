@@ -17,8 +17,12 @@ from django.db import models
 from simple_history.models import HistoricalRecords
 
 from apps.connectors.kinds import KIND_LABELS, KINDS, summary
+from apps.core.exceptions import ApplicationError
 from apps.core.http import Destinations, destinations_parse
 from apps.core.secrets import secret_decrypt, secret_encrypt
+
+# How lists and pages describe secrets that were saved under a key the server no longer has.
+SECRETS_UNREADABLE = "cannot be read with the server's keys: re-enter them (or restore the key)"
 
 
 class Connection(models.Model):
@@ -89,9 +93,22 @@ class Connection(models.Model):
         """The administrator's allowlists as the outbound door applies them (stored entries were validated)."""
         return destinations_parse(self.allowed_hosts or [], self.allowed_ports or [])[0]
 
-    def secret_keys_set(self) -> set[str]:
-        """Which secrets are set (for "set" / "not set"), never their values."""
-        return set(self.secrets)
+    def secret_keys_set(self) -> set[str] | None:
+        """Which secrets are set (for "set" / "not set"), never their values. None when no configured key reads
+        them (saved under a key since dropped): lists and pages say so rather than fail, an admin re-enters them,
+        and steps keep failing with the reason (`apps.connectors.runtime.connection_for_step`)."""
+        try:
+            return set(self.secrets)
+        except ApplicationError:
+            return None
+
+    def readable_secrets(self) -> dict[str, str]:
+        """The decrypted secrets, or {} when no configured key reads them: what a change starts from, so entering
+        them again replaces what cannot be read (and a change that enters none leaves it stored as it was)."""
+        try:
+            return self.secrets
+        except ApplicationError:
+            return {}
 
     @property
     def secrets_version(self) -> str:

@@ -21,7 +21,7 @@ from apps.accounts.models import Team, User
 from apps.audit.services import audit_record
 from apps.connectors import kinds
 from apps.connectors.forms import LABELS
-from apps.connectors.models import Connection
+from apps.connectors.models import SECRETS_UNREADABLE, Connection
 from apps.connectors.probes import ProbeResult
 from apps.connectors.rules import USE, user_creates_connections, user_is_admin, user_manages_connection
 from apps.core.exceptions import Conflict, Forbidden, Unprocessable, ValidationFailed
@@ -68,16 +68,19 @@ def secrets_merge(kind: str, current: dict[str, str], changes: dict[str, str | N
     return merged
 
 
-def _check_secrets(kind: str, config: dict[str, Any], secrets: dict[str, str]) -> None:
+def _check_secrets(kind: str, config: dict[str, Any], secrets: dict[str, str], *, unreadable: bool = False) -> None:
+    """Refuse secrets that are malformed or missing for `config`, per field. `unreadable`: the stored ones cannot
+    be read with the server's keys, which is why one is missing, and the message says so."""
     problems = kinds.secrets_problems(kind, secrets)
     if problems:
         raise ValidationFailed("A secret is not valid.", fields=problems)
     missing = kinds.secrets_missing(kind, config, secrets)
     if missing:
         labels = {spec.key: spec.label for spec in kinds.SECRETS[kind]}
+        why = " The stored one cannot be read with the server's keys: enter it again." if unreadable else ""
         raise ValidationFailed(
             "A secret is missing.",
-            fields={f"secrets.{key}": [f"{labels[key]} is needed for these settings."] for key in missing},
+            fields={f"secrets.{key}": [f"{labels[key]} is needed for these settings.{why}"] for key in missing},
         )
 
 
@@ -343,11 +346,13 @@ def connection_update(
         if config_changes:
             changed["config"] = config_changes
             locked.config = valid
-    before = locked.secrets
+    # Secrets saved under a key since dropped start as none: what is entered replaces them, and a change that
+    # enters none leaves them stored as they are (the key may come back).
+    before = locked.readable_secrets()
     after = secrets_for_settings(
         locked.kind, stored_config=stored_config, stored_secrets=before, config=locked.config, changes=secrets or {}
     )
-    _check_secrets(locked.kind, locked.config, after)
+    _check_secrets(locked.kind, locked.config, after, unreadable=locked.secret_keys_set() is None)
     secret_changes = _secrets_diff(before, after)
     if secret_changes:
         locked.secrets = after
@@ -424,11 +429,11 @@ def connection_save(
     candidate = secrets_for_settings(
         kind,
         stored_config=connection.config if connection is not None else None,
-        stored_secrets=connection.secrets if connection is not None else {},
+        stored_secrets=connection.readable_secrets() if connection is not None else {},
         config=valid,
         changes=secrets or {},
     )
-    _check_secrets(kind, valid, candidate)
+    _check_secrets(kind, valid, candidate, unreadable=connection is not None and connection.secret_keys_set() is None)
     stored = (list(connection.allowed_hosts or []), list(connection.allowed_ports or [])) if connection else ([], [])
     allowlists = allowlists_clean(actor, hosts=allowed_hosts, ports=allowed_ports, stored=stored)
     # The test goes where the saved connection would: within the allowlists being saved, or the stored ones.
@@ -500,17 +505,45 @@ def workflows_naming(name: str) -> list[str]:
     return sorted(set(versions.values_list("workflow__name", flat=True)))
 
 
+def triggers_reading(name: str) -> list[dict[str, str]]:
+    """The email triggers that read mailbox connection `name` and are not paused, as {"trigger", "workflow"} names,
+    by workflow. A paused one reads nothing until it is resumed, and then reports a missing connection itself. The
+    triggers live in the workflows app, above this one: read by model name, not imported."""
+    trigger_model = django_apps.get_model("workflows", "Trigger")
+    triggers: QuerySet[Any] = trigger_model.objects.filter(kind="email", enabled=True, config__connection=name)
+    return [
+        {"trigger": trigger, "workflow": workflow}
+        for trigger, workflow in triggers.order_by("workflow__name", "name").values_list("name", "workflow__name")
+    ]
+
+
+def _triggers_text(triggers: list[dict[str, str]]) -> str:
+    return ", ".join(f'the email trigger "{row["trigger"]}" of workflow "{row["workflow"]}"' for row in triggers)
+
+
 @transaction.atomic
 def connection_delete(*, actor: User | None, connection: Connection) -> None:
-    """Delete a connection, unless a published version names it (refused, naming those workflows: their
-    runs would fail)."""
+    """Delete a connection, unless a published version names it (their runs would fail) or an email trigger that
+    is not paused reads it (its mail would stop arriving): refused, naming those workflows and triggers."""
     _require_manager(actor, connection)
     naming = workflows_naming(connection.name)
-    if naming:
+    reading = triggers_reading(connection.name)
+    if naming or reading:
+        reasons = []
+        if naming:
+            reasons.append(
+                f'The connection "{connection.name}" is named by published versions of: {", ".join(naming)}. '
+                "Disable it instead, or publish versions that do not name it first."
+            )
+        if reading:
+            them = "it" if len(reading) == 1 else "them"
+            reasons.append(
+                f'The connection "{connection.name}" is read by {_triggers_text(reading)}: pause or delete {them} '
+                "first."
+            )
         raise Conflict(
-            f'The connection "{connection.name}" is named by published versions of: {", ".join(naming)}. '
-            "Disable it instead, or publish versions that do not name it first.",
-            extra={"workflows": naming},
+            " ".join(reasons),
+            extra={**({"workflows": naming} if naming else {}), **({"triggers": reading} if reading else {})},
         )
     audit_record(
         actor=actor,
@@ -531,7 +564,10 @@ def connection_test(*, actor: User | None, connection: Connection) -> ProbeResul
     from apps.connectors.probes import probe
 
     _require_manager(actor, connection)
-    result = probe(connection.kind, connection.config, connection.secrets, destinations=connection.destinations())
+    if connection.secret_keys_set() is None:
+        result = ProbeResult(ok=False, message=f"Not tested: the stored secrets {SECRETS_UNREADABLE}.")
+    else:
+        result = probe(connection.kind, connection.config, connection.secrets, destinations=connection.destinations())
     with transaction.atomic():
         fields = {
             "last_tested_at": timezone.now(),

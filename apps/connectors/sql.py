@@ -614,7 +614,11 @@ def _execute_postgresql(session: SqlSession, text: str, bound: dict[str, Any], r
                 stream.close()
             return _result(cursor, rows, row_cap)
     with connection.cursor() as cursor:
-        cursor.execute(text, bound)
+        # psycopg sends a statement without parameters over the simple-query protocol, where `a; b` runs both;
+        # in a pipeline every statement goes over the extended protocol, whose one Parse holds one statement,
+        # so the server refuses a second one even if it got past the parser (the stream above is extended too).
+        with connection.pipeline():
+            cursor.execute(text, bound)
         affected = max(cursor.rowcount, 0)
         rows = cursor.fetchmany(row_cap + 1) if cursor.description is not None else []
         return _result(cursor, rows, row_cap, row_count=affected)

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from apps.accounts.models import User
 from apps.connectors import kinds
 from apps.connectors.forms import ConnectionForm, OpenApiFetchForm, OpenApiUploadForm
-from apps.connectors.models import Connection, OpenApiDocument
+from apps.connectors.models import SECRETS_UNREADABLE, Connection, OpenApiDocument
 from apps.connectors.openapi import (
     MAX_DOCUMENT_BYTES,
     openapi_document_fetch,
@@ -44,6 +44,7 @@ from apps.connectors.services import (
     connection_test,
     connection_test_unsaved,
     secrets_for_settings,
+    triggers_reading,
     workflows_naming,
 )
 from apps.core.exceptions import ApplicationError, ValidationFailed
@@ -188,9 +189,6 @@ def connection_detail(request: HttpRequest, name: str) -> HttpResponse:
             "form": form,
             "can_manage": can_manage,
             "settings": _readable_settings(connection),
-            "secrets": [
-                (spec.label, spec.key in connection.secret_keys_set()) for spec in kinds.SECRETS[connection.kind]
-            ],
             "history": [_history_row(event) for event in connection_history(connection)] if can_manage else [],
             "openapi_document": openapi_document_for(connection) if connection.kind == kinds.HTTP else None,
         },
@@ -264,7 +262,8 @@ def _readable_settings(connection: Connection) -> list[tuple[str, str]]:
         used = set()  # a program gets no secrets
     for spec in kinds.SECRETS[connection.kind]:
         if spec.key in used:
-            rows.append((spec.label, "set" if spec.key in stored else "not set"))
+            state = SECRETS_UNREADABLE if stored is None else "set" if spec.key in stored else "not set"
+            rows.append((spec.label, state))
     return rows
 
 
@@ -300,7 +299,7 @@ def connection_test_view(request: HttpRequest, name: str | None = None) -> HttpR
                 secrets = secrets_for_settings(
                     kind,
                     stored_config=connection.config if connection is not None else None,
-                    stored_secrets=connection.secrets if connection is not None else {},
+                    stored_secrets=connection.readable_secrets() if connection is not None else {},
                     config=valid,
                     changes=secret_changes,
                 )
@@ -333,7 +332,8 @@ def connection_toggle(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def connection_delete_view(request: HttpRequest, name: str) -> HttpResponse:
-    """Confirm, then delete; refused (with the workflows) while a published version names the connection."""
+    """Confirm, then delete; refused (with the workflows) while a published version names the connection or an
+    email trigger that is not paused reads it."""
     connection = connection_get_for_user(request.user, name)
     if not user_manages_connection(request.user, connection):
         raise PermissionDenied("You may use this connection but not delete it.")
@@ -348,7 +348,11 @@ def connection_delete_view(request: HttpRequest, name: str) -> HttpResponse:
     return render(
         request,
         "connectors/connection_delete.html",
-        {"connection": connection, "naming": workflows_naming(connection.name)},
+        {
+            "connection": connection,
+            "naming": workflows_naming(connection.name),
+            "triggers": triggers_reading(connection.name),
+        },
     )
 
 

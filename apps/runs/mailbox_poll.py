@@ -43,6 +43,7 @@ from django.utils import timezone
 from apps.accounts.models import User
 from apps.audit.services import audit_record
 from apps.connectors.imap import (
+    MailboxAddressRefused,
     MailboxUnreachable,
     imap_address,
     imap_connect,
@@ -290,6 +291,8 @@ def _poll_mailbox(trigger: Trigger, resolved: ResolvedConnection, poll: MailboxP
         raise _PollStopped(f"Not polled: {refusal.message}", Outcome.REFUSED) from None
     try:
         client = imap_connect(host, address, port, ssl_on=bool(config.get("ssl", True)), timeout=IMAP_TIMEOUT_SECONDS)
+    except MailboxAddressRefused as refusal:
+        raise _PollStopped(f"Not polled: {refusal.message}", Outcome.REFUSED) from None
     except MailboxUnreachable as error:
         raise _PollStopped(error.message) from None
     try:

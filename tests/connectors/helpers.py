@@ -3,6 +3,7 @@ this test reach loopback servers (the outbound address policy refuses them by de
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from apps.accounts.models import Team
@@ -49,3 +50,19 @@ def finance_team(*members: Any) -> Team:
     from apps.accounts.services import team_create
 
     return team_create(name="Finance", members=list(members))
+
+
+def own_addresses() -> list[str]:
+    """This machine's addresses other than loopback (they reach the listener on `::` too)."""
+    found: set[str] = set()
+    try:
+        import fcntl  # noqa: F401 - only to know we are on a POSIX host with interfaces to ask about
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.200", 9))  # no packet is sent for a UDP connect; it picks the source address
+            found.add(probe.getsockname()[0])
+    except OSError:
+        pass
+    for info in socket.getaddrinfo(socket.gethostname(), None):
+        found.add(str(info[4][0]))
+    return sorted(address for address in found if not address.startswith("127.") and address != "::1")

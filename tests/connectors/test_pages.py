@@ -108,6 +108,30 @@ def test_editing_keeps_a_blank_secret_and_the_test_button_answers_inline(api, ad
     assert AuditEvent.objects.filter(verb="connection.tested", target_id=str(connection.pk)).count() == 2
 
 
+def test_the_mailbox_form_refuses_clear_text_to_another_machine(admin_user_role, team):
+    """Without TLS the mailbox's password travels in clear text: the form refuses it for an address that is not
+    this machine, under the TLS box, and saves nothing. A host name is checked when connecting."""
+    client = _client(admin_user_role)
+    form = {
+        "name": "inbox",
+        "label": "Inbox",
+        "team": str(team.pk),
+        "config_host": "10.1.2.3",
+        "config_port": "143",
+        "config_username": "inbox@example.com",
+        "config_folder": "INBOX",
+        "secret_password": "imap-pw-0001",
+        "save_anyway": "on",
+    }
+    response = client.post("/connections/new/?kind=mailbox", form)
+    page = response.content.decode()
+    assert response.status_code == 400 and not Connection.objects.exists()
+    assert "Turn this on: 10.1.2.3 is not this machine" in page and "imap-pw-0001" not in page
+    tested = client.post("/connections/new/test/?kind=mailbox", form, HTTP_HX_REQUEST="true").content.decode()
+    assert "Fix the settings first" in tested and "without TLS the mailbox&#x27;s password" in tested
+    assert "Off only for a mail server on this machine" in client.get("/connections/new/?kind=mailbox").content.decode()
+
+
 def test_delete_is_refused_while_a_published_version_names_it(api, admin_user_role, analyst, team):
     from tests.connectors.test_services import _publish_using
 

@@ -16,7 +16,7 @@ from apps.audit.models import AuditEvent
 from apps.connectors.models import Connection
 from apps.connectors.probes import probe
 from apps.connectors.services import connection_test
-from tests.connectors.helpers import allow_loopback, make_connection
+from tests.connectors.helpers import allow_loopback, make_connection, own_addresses
 from tests.connectors.servers import ApiServer
 from tests.support.erp import erp_mariadb, erp_postgresql  # noqa: F401 (fixtures)
 from tests.support.imap import ImapServer
@@ -134,6 +134,27 @@ def test_mailbox_probe_logs_in_and_selects_the_folder(settings):
         missing = probe("mailbox", {**config, "folder": "Archive"}, {"password": "imap-pw-0001"})
         assert not missing.ok and "Mailbox doesn't exist: Archive" in missing.message
         assert server.logins == [("inbox@example.com", True), ("inbox@example.com", False), ("inbox@example.com", True)]
+
+
+def test_a_mailbox_without_tls_is_reached_only_on_this_machine(settings):
+    """Every IMAP session signs in with the password: without TLS it would cross the network in clear text, so only
+    a loopback address is reached that way (the SMTP rule). The server listens on every address; reached through
+    one that is not loopback, even an allowed one, it receives nothing at all."""
+    [address, *_] = [address for address in own_addresses() if ":" not in address] or [""]
+    assert address, "the machine needs an IPv4 address besides loopback"
+    settings.AIOS_HTTP_ALLOWLIST = ["127.0.0.1/32", f"{address}/32"]
+    users = {"inbox@example.com": "imap-pw-0001"}
+    with ImapServer(users=users, host="0.0.0.0") as server:
+        config = {"host": address, "port": server.port, "ssl": False, "username": "inbox@example.com"}
+        refused = probe("mailbox", config, {"password": "imap-pw-0001"})
+        assert not refused.ok and refused.message == (
+            f"The mailbox at {address} would receive its password unencrypted: turn on TLS from the start (IMAPS, "
+            "usually port 993). Without TLS only a mail server on this machine is reached."
+        )
+        assert server.commands == [] and server.logins == []
+        loopback = probe("mailbox", {**config, "host": "127.0.0.1"}, {"password": "imap-pw-0001"})
+        assert loopback.ok, loopback.message
+        assert server.logins == [("inbox@example.com", True)]
 
 
 @pytest.mark.django_db

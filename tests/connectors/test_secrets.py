@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -24,6 +25,10 @@ def _raw_secrets(connection: Connection) -> str:
     with db.cursor() as cursor:
         cursor.execute("SELECT secrets_encrypted FROM connectors_connection WHERE id = %s", [connection.pk])
         return str(cursor.fetchone()[0])
+
+
+def _text(response: Any) -> str:
+    return str(response.content.decode()).replace("&#x27;", "'")
 
 
 def test_the_single_key_setting_still_encrypts_and_decrypts(settings):
@@ -133,3 +138,76 @@ def test_every_column_that_stores_encrypted_secrets_is_registered_for_rotation()
     } <= registered
     for column in encrypted_fields():
         apps.get_model(column.model)._meta.get_field(column.field)
+
+
+@pytest.mark.django_db
+def test_a_connection_no_key_can_read_is_listed_shown_and_its_secrets_entered_again(
+    settings, team, admin_user_role, analyst
+):
+    """Secrets saved under a key that has since been dropped: the lists, the pages and the API answer (the secrets
+    shown as unreadable, their names unknown), the stored test says why it cannot run, a step keeps failing with
+    the reason, a save without them is refused under the field and changes nothing, and an admin re-enters them."""
+    from rest_framework.test import APIClient
+
+    from apps.connectors.runtime import ConnectionUnavailable, connection_for_step
+    from tests.connectors.helpers import allow_loopback
+    from tests.connectors.servers import ApiServer
+    from tests.connectors.test_services import _publish_using
+
+    allow_loopback(settings)
+    settings.AIOS_CREDENTIALS_KEYS = ["a-key-that-will-be-lost-000000"]
+    with ApiServer(static_tokens={"tok-new-5678"}) as api:
+        lost = make_connection(
+            team, name="lost", config={"base_url": f"{api.url}/api/", "auth": "bearer"}, secrets={"token": "tok-1234"}
+        )
+        workflow = _publish_using(analyst, team, "lost")
+        settings.AIOS_CREDENTIALS_KEYS = [NEW]
+        make_connection(
+            team, name="fine", config={"base_url": f"{api.url}/api/", "auth": "bearer"}, secrets={"token": "tok-5678"}
+        )
+        raw = _raw_secrets(lost)
+        unreadable = "cannot be read with the server's keys: re-enter them (or restore the key)"
+
+        for person in (admin_user_role, analyst):
+            client = APIClient()
+            client.force_login(person)
+            listed = client.get("/api/connections/")
+            assert listed.status_code == 200, listed.content
+            rows = {row["name"]: row for row in listed.json()["results"]}
+            assert (rows["lost"]["secrets_unreadable"], rows["lost"]["secrets_set"]) == (True, None)
+            assert (rows["fine"]["secrets_unreadable"], rows["fine"]["secrets_set"]) == (False, ["token"])
+            assert client.get("/api/connections/lost/").json()["secrets_unreadable"] is True
+            for path in ("/connections/", f"/connections/teams/{team.slug}/", "/connections/lost/"):
+                page = client.get(path)
+                assert page.status_code == 200 and unreadable in _text(page), (person, path)
+
+        admin = APIClient()
+        admin.force_login(admin_user_role)
+        form_page = admin.get("/connections/lost/").content.decode()
+        assert "Cannot be read" in form_page and "re-enter them (or restore the key)" in form_page
+        stored_test = admin.post("/connections/lost/test/", {}, HTTP_HX_REQUEST="true")
+        assert stored_test.status_code == 200 and "Not tested: the stored secrets cannot be read" in _text(stored_test)
+        with pytest.raises(ConnectionUnavailable, match='The secrets of the connection "lost" cannot be read'):
+            connection_for_step("lost", kind="http", workflow_id=workflow.pk)
+
+        form = {
+            "label": "Lost (re-entered)",
+            "team": str(team.pk),
+            "config_base_url": f"{api.url}/api/",
+            "config_timeout_seconds": "10",
+            "config_auth": "bearer",
+            "config_token_auth_method": "client_secret_basic",
+            "secret_token": "",
+        }
+        refused = admin.post("/connections/lost/", form)
+        assert refused.status_code == 400
+        assert "The stored one cannot be read with the server's keys: enter it again." in _text(refused)
+        assert _raw_secrets(lost) == raw and Connection.objects.get(name="lost").label == "LOST"
+
+        saved = admin.post("/connections/lost/", {**form, "secret_token": "tok-new-5678"})
+        assert saved.status_code == 302, saved.content.decode()
+        again = Connection.objects.get(name="lost")
+        assert again.secrets == {"token": "tok-new-5678"} and again.label == "Lost (re-entered)"
+        assert api.requests[-1].headers["authorization"] == "Bearer tok-new-5678"
+        assert connection_for_step("lost", kind="http", workflow_id=workflow.pk).secrets == {"token": "tok-new-5678"}
+        assert admin.get("/api/connections/lost/").json()["secrets_set"] == ["token"]

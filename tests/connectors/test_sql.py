@@ -275,3 +275,20 @@ def test_a_read_cannot_run_a_function_that_writes(erp: list[ErpDatabase]) -> Non
         # The same call in a read-write transaction does write: the refusal above is the transaction's.
         run(database, "SELECT record_lookup(:n) AS done", {"n": "INV-3021"}, read_only=False, commit=True)
         assert database.query("SELECT count(*) FROM postings") == [(1,)], database.dialect
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("read_only", [False, True], ids=["read-write", "read-only"])
+def test_the_driver_refuses_two_statements_in_one_string(erp: list[ErpDatabase], read_only: bool) -> None:
+    """The parser refuses `a; b` at publish and run time; the drivers are the second line. PostgreSQL gets every
+    statement over the extended protocol (one statement per Parse, parameters or not) and MySQL/MariaDB sessions
+    are opened without CLIENT.MULTI_STATEMENTS, so the second statement never runs, even unparsed."""
+    for database in erp:
+        database.query("INSERT INTO postings (invoice_number, amount) VALUES ('INV-3021', 1)")
+        for statement in ("SELECT 1; DELETE FROM postings", "SELECT 1 AS n; DELETE FROM postings WHERE amount = :a"):
+            parameters = {"a": 1} if ":a" in statement else {}
+            with pytest.raises(SqlError) as refused:
+                run(database, statement, parameters, read_only=read_only, commit=True)
+            assert not refused.value.retryable, (database.dialect, statement)
+            assert database.query("SELECT count(*) FROM postings") == [(1,)], (database.dialect, statement)
+        print(f"{database.dialect}: {refused.value.message}")

@@ -26,7 +26,7 @@ from apps.connectors.services import connection_update
 from apps.core import http
 from apps.steps.base import StepContext, StepError
 from apps.steps.registry import step_config_parse, step_type_find
-from tests.connectors.helpers import make_connection
+from tests.connectors.helpers import make_connection, own_addresses
 from tests.support.figures import record_figure
 
 pytestmark = pytest.mark.django_db
@@ -95,22 +95,6 @@ def teredo(client: str) -> str:
     """A Teredo address (server 65.54.227.120) whose client, obfuscated as Teredo does, is `client`."""
     obfuscated = int.from_bytes(socket.inet_aton(client), "big") ^ 0xFFFFFFFF
     return f"2001:0:4136:e378:8000:63bf:{obfuscated >> 16:x}:{obfuscated & 0xFFFF:x}"
-
-
-def own_addresses() -> list[str]:
-    """This machine's addresses other than loopback (they reach the listener on `::` too)."""
-    found: set[str] = set()
-    try:
-        import fcntl  # noqa: F401 - only to know we are on a POSIX host with interfaces to ask about
-
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.200", 9))  # no packet is sent for a UDP connect; it picks the source address
-            found.add(probe.getsockname()[0])
-    except OSError:
-        pass
-    for info in socket.getaddrinfo(socket.gethostname(), None):
-        found.add(str(info[4][0]))
-    return sorted(address for address in found if not address.startswith("127.") and address != "::1")
 
 
 def host_part(address: str) -> str:

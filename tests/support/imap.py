@@ -397,7 +397,8 @@ class _Session:
 
 @dataclass
 class ImapServer:
-    """See the module docstring. `folders` names the folders and how many placeholder messages each starts with."""
+    """See the module docstring. `folders` names the folders and how many placeholder messages each starts with;
+    `host` is the address it listens on ("0.0.0.0": every IPv4 address of the machine, not only loopback)."""
 
     users: dict[str, str] = field(default_factory=dict)
     folders: dict[str, int] = field(default_factory=lambda: {"INBOX": 0})
@@ -407,6 +408,7 @@ class ImapServer:
     logins: list[tuple[str, bool]] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     stores_dropped: int = 0
+    host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         outer = self
@@ -426,7 +428,7 @@ class ImapServer:
             allow_reuse_address = True
             daemon_threads = True
 
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = Server((self.host, 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="imap", daemon=True)
 
     @property

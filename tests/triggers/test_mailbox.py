@@ -36,7 +36,7 @@ from apps.runs.triggers import (
     trigger_resume,
 )
 from apps.workflows.models import Trigger
-from tests.connectors.helpers import allow_loopback, finance_team, make_connection
+from tests.connectors.helpers import allow_loopback, finance_team, make_connection, own_addresses
 from tests.support.documents import pdf_of
 from tests.support.figures import record_figure
 from tests.support.imap import ImapServer
@@ -272,6 +272,85 @@ def test_the_address_policy_and_a_missing_folder_stop_the_poll(settings, imap, t
     missing = mailbox_poll(trigger_id=trigger.pk, force=True)
     assert missing is not None and "Mailbox doesn't exist: Claims" in missing.message
     assert history(trigger) == ["refused", "failed"]
+
+
+def test_a_mailbox_without_tls_on_another_machine_is_not_polled(settings, team, analyst, claims):
+    """Without TLS the login would send the password in clear text: a mailbox that is not on this machine is not
+    reached that way, even at an allowed address. The refusal is the poll's outcome and one history row."""
+    [address, *_] = [address for address in own_addresses() if ":" not in address] or [""]
+    assert address, "the machine needs an IPv4 address besides loopback"
+    settings.AIOS_HTTP_ALLOWLIST = [f"{address}/32"]
+    with ImapServer(users={USER: PASSWORD}, host="0.0.0.0") as server:
+        server.deliver(mail("Claim 10", "Hail.", "<c10@example.com>"))
+        make_connection(
+            team,
+            name="remote-inbox",
+            kind="mailbox",
+            config={"host": address, "port": server.port, "ssl": False, "username": USER},
+            secrets={"password": PASSWORD},
+        )
+        remote, _ = trigger_create(
+            actor=analyst,
+            workflow=claims,
+            kind="email",
+            name="Remote mailbox",
+            config={"receive": "mailbox", "connection": "remote-inbox"},
+            inputs=MAPPING,
+        )
+        for _ in range(2):
+            outcome = mailbox_poll(trigger_id=remote.pk, force=True)
+            assert outcome is not None and not outcome.ok
+        assert outcome.message == (
+            f"Not polled: The mailbox at {address} would receive its password unencrypted: turn on TLS from the start "
+            "(IMAPS, usually port 993). Without TLS only a mail server on this machine is reached."
+        )
+        assert server.commands == [] and server.logins == [] and not Run.objects.exists()
+    assert history(remote) == ["refused"]
+
+
+def test_a_mailbox_an_email_trigger_reads_cannot_be_deleted_until_the_trigger_is_paused(
+    trigger, mailbox, analyst, admin_user_role
+):
+    """Deleting the mailbox would silently stop the trigger's mail: the service, the API and the page refuse it,
+    naming the trigger and its workflow, until the trigger is paused (a paused trigger reads nothing)."""
+    from rest_framework.test import APIClient
+
+    from apps.connectors.models import Connection
+    from apps.connectors.services import connection_delete
+    from apps.core.exceptions import Conflict
+
+    with pytest.raises(Conflict) as refused:
+        connection_delete(actor=admin_user_role, connection=mailbox)
+    assert refused.value.message == (
+        'The connection "claims-inbox" is read by the email trigger "Claims mailbox" of workflow "Claims by mail": '
+        "pause or delete it first."
+    )
+    assert refused.value.extra == {"triggers": [{"trigger": "Claims mailbox", "workflow": "Claims by mail"}]}
+
+    api = APIClient()
+    api.force_login(admin_user_role)
+    answer = api.delete("/api/connections/claims-inbox/")
+    assert answer.status_code == 409 and answer.json()["triggers"] == refused.value.extra["triggers"]
+    page = Client()
+    page.force_login(admin_user_role)
+    confirm = page.get("/connections/claims-inbox/delete/").content.decode()
+    assert (
+        "this email trigger reads its mailbox" in confirm
+        and "“Claims mailbox” of the workflow Claims by mail" in confirm
+    )
+    assert "Delete the connection" not in confirm
+    posted = page.post("/connections/claims-inbox/delete/", follow=True)
+    assert "pause or delete it first" in posted.content.decode()
+    assert Connection.objects.filter(name="claims-inbox").exists()
+    assert not AuditEvent.objects.filter(verb="connection.deleted").exists()
+
+    trigger_pause(actor=analyst, trigger=trigger)
+    assert api.delete("/api/connections/claims-inbox/").status_code == 204
+    assert not Connection.objects.filter(name="claims-inbox").exists()
+    # The paused trigger, resumed, reports the missing connection itself.
+    trigger_resume(actor=analyst, trigger=trigger)
+    outcome = mailbox_poll(trigger_id=trigger.pk, force=True)
+    assert outcome is not None and not outcome.ok and 'no connection "claims-inbox"' in outcome.message
 
 
 def test_a_paused_trigger_is_not_polled(imap, trigger, analyst):

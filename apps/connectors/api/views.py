@@ -26,10 +26,13 @@ from apps.core.exceptions import Forbidden, ValidationFailed
 
 
 class ConnectionSerializer(serializers.ModelSerializer):
-    """A connection as its users may read it: settings, never a secret (`secrets_set` names the stored ones)."""
+    """A connection as its users may read it: settings, never a secret (`secrets_set` names the stored ones).
+    `secrets_unreadable`: the stored secrets cannot be read with the server's keys (saved under a key since
+    dropped), so which are set is unknown (`secrets_set` null) until an admin enters them again."""
 
     team: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     secrets_set = serializers.SerializerMethodField()
+    secrets_unreadable = serializers.SerializerMethodField()
 
     class Meta:
         model = Connection
@@ -42,6 +45,7 @@ class ConnectionSerializer(serializers.ModelSerializer):
             "config",
             "enabled",
             "secrets_set",
+            "secrets_unreadable",
             "last_tested_at",
             "last_test_ok",
             "last_test_message",
@@ -50,8 +54,12 @@ class ConnectionSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def get_secrets_set(self, connection: Connection) -> list[str]:
-        return sorted(connection.secret_keys_set())
+    def get_secrets_set(self, connection: Connection) -> list[str] | None:
+        stored = connection.secret_keys_set()
+        return None if stored is None else sorted(stored)
+
+    def get_secrets_unreadable(self, connection: Connection) -> bool:
+        return connection.secret_keys_set() is None
 
 
 class ConnectionWriteSerializer(serializers.Serializer):
@@ -171,7 +179,8 @@ class ConnectionViewSet(viewsets.ModelViewSet):
         return self.partial_update(request, *args, **kwargs)
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Delete; 409 with `workflows` while a published version names the connection."""
+        """Delete; 409 with `workflows` while a published version names the connection, and with `triggers`
+        ({"trigger", "workflow"} names) while an email trigger that is not paused reads its mailbox."""
         connection = self.get_object()
         connection_delete(actor=_user(request), connection=connection)
         return Response(status=status.HTTP_204_NO_CONTENT)
