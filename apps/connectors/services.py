@@ -12,7 +12,7 @@ from typing import Any
 from django.apps import apps as django_apps
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
@@ -497,11 +497,13 @@ def connection_set_enabled(*, actor: User | None, connection: Connection, enable
 
 def workflows_naming(name: str) -> list[str]:
     """The names of the workflows whose published versions name connection `name` in a step's `connection`
-    setting. The workflows app sits above this one, so its table is read by model name, not imported."""
+    setting, or in the `connection` of the step an agent's tool runs (`config.tools[].step`): every step type names
+    its connection there (StepType.uses). The workflows app sits above this one, so its table is read by model
+    name, not imported."""
     version_model = django_apps.get_model("workflows", "WorkflowVersion")
-    versions: QuerySet[Any] = version_model.objects.filter(
-        state="published", graph__steps__contains=[{"config": {"connection": name}}]
-    )
+    in_step = Q(graph__steps__contains=[{"config": {"connection": name}}])
+    in_tool = Q(graph__steps__contains=[{"config": {"tools": [{"step": {"config": {"connection": name}}}]}}])
+    versions: QuerySet[Any] = version_model.objects.filter(in_step | in_tool, state="published")
     return sorted(set(versions.values_list("workflow__name", flat=True)))
 
 

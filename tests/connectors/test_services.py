@@ -236,6 +236,33 @@ def test_deleting_a_connection_a_published_version_names_is_refused(admin_user_r
     assert AuditEvent.objects.filter(verb="connection.deleted", target_id=str(spare_id)).exists()
 
 
+def test_deleting_a_connection_only_an_agents_tool_names_is_refused(admin_user_role, analyst, team):
+    """An agent's tool runs a step of its own, which names the connection inside the agent's config: deleting the
+    connection would make every tool call of the published agent fail with "There is no connection"."""
+    from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
+
+    connection = make_connection(team, name="erp")
+    tool = {
+        "name": "post_note",
+        "description": "Post a note on the ticket.",
+        "step": {"type": "http.request", "config": {"method": "POST", "connection": "erp", "url": "/notes"}},
+        "parameters": {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]},
+    }
+    agent = {"key": "agent", "type": "llm.agent", "config": {"prompt": "{{ input.text }}", "tools": [tool]}}
+    workflow = workflow_create(actor=analyst, name="Support agent", team=team)
+    version = workflow_version_create(
+        actor=analyst,
+        workflow=workflow,
+        graph={"steps": [agent]},
+        input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+    )
+    workflow_version_publish(actor=analyst, version=version)
+    with pytest.raises(Conflict) as refused:
+        connection_delete(actor=admin_user_role, connection=connection)
+    assert refused.value.extra == {"workflows": ["Support agent"]}
+    assert Connection.objects.filter(name="erp").exists()
+
+
 def test_run_time_use_is_decided_for_the_workflow(admin_user_role, analyst, team, other_team):
     from apps.workflows.services import workflow_create
 
