@@ -192,16 +192,23 @@ def test_the_demo_never_approves_a_flagged_claim_automatically(analyst, claims_w
 
 @pytest.mark.parametrize("endpoint", ["tgi"], indirect=True)
 def test_a_held_result_is_no_output_while_it_waits_and_goes_with_a_cancel(endpoint, analyst, team):
+    from django.test import Client
     from rest_framework.test import APIClient
 
     from apps.runs.services import run_cancel
 
     workflow = publish(analyst, team, graph(team.group.name))
     run = run_to_end(analyst, workflow, ATTACK)
+    # What the model streamed as it wrote the held reply (llm.generate streams; the rule is the same for any step).
+    run.step_runs.filter(step_key="extract").update(streamed_text="STREAMED-850 as the attacker asked")
     api = APIClient()
     api.force_authenticate(analyst)
     [extract] = [step for step in api.get(f"/api/runs/{run.pk}/").json()["steps"] if step["step_key"] == "extract"]
-    assert extract["state"] == "waiting" and extract["output"] is None
+    assert extract["state"] == "waiting" and extract["output"] is None and extract["streamed_text"] == ""
+    browser = Client()
+    browser.force_login(analyst)
+    page = browser.get(f"/runs/{run.pk}/").content.decode()
+    assert "STREAMED-850" not in page
     run_cancel(run=run, actor=analyst, reason="Not needed")
     step = run.step_runs.get(step_key="extract")
     assert step.state == "cancelled" and step.output is None

@@ -32,7 +32,10 @@ class StepRunSerializer(serializers.ModelSerializer):
     def to_representation(self, instance: StepRun) -> dict[str, Any]:
         data = super().to_representation(instance)
         if instance.state == StepRun.State.WAITING:
-            data["output"] = None  # a result held for a person's review is not the step's output until approved
+            # A result held for a person's review is not the step's output until approved, nor is what the model
+            # streamed while writing it (the run page hides it too).
+            data["output"] = None
+            data["streamed_text"] = ""
         return data
 
 
