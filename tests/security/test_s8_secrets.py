@@ -1,7 +1,9 @@
 """S8: a canary secret in each place a secret lives, then searched for everywhere a person or an operator reads.
 
-Secrets planted (each its own canary, so a find names its source): a model endpoint's token, a connection's
-password, a person's API token, the SMTP password, the audit signing key. The places searched: every route of
+Secrets planted (each its own canary, so a find names its source): a model endpoint's token, a secret of every
+kind of connection (a mailbox's, a SQL database's and a mail server's password, an HTTP API's OAuth2 client secret
+and API key, an MCP server's token and secret headers), a person's API token, the SMTP password, the audit signing
+key. The places searched: every route of
 the permission table (pages, htmx fragments and API) as every persona and an admin, the audit table and an
 audit export, every history table, the run recordings (model calls) of a run made through the endpoint with
 the token, and every log record the web and engine code wrote in this process meanwhile.
@@ -31,6 +33,12 @@ pytestmark = pytest.mark.django_db
 CANARIES = {
     "endpoint_token": "s8canary-endpoint-7c1d9e20b4",
     "connection_password": "s8canary-connection-5a8f31c7",
+    "sql_password": "s8canary-sql-3b7e55a912",
+    "smtp_connection_password": "s8canary-smtpconn-61d0c4e8aa",
+    "oauth2_client_secret": "s8canary-oauth2-0e8c1d77f3",
+    "api_key": "s8canary-apikey-92f4b0c6d1",
+    "mcp_token": "s8canary-mcp-token-4c2e9a1b07",
+    "mcp_header": "s8canary-mcp-header-d83f6e215c",
     # The API token is made when the test runs (only its digest is stored, so it cannot be chosen): see below.
     "api_token": "",
     "smtp_password": "s8canary-smtp-9e4b62d0f1",
@@ -63,6 +71,35 @@ def test_s8_canaries_never_leave_their_box(world, endpoint, admin_user_role, set
     connection = make_connection(
         team, name="s8-mail", kind="mailbox", secrets={"password": CANARIES["connection_password"]}
     )
+    # Every other kind of connection, each with its own secrets (their pages and API are searched below).
+    others = [
+        make_connection(team, name="s8-ledger", kind="sql", secrets={"password": CANARIES["sql_password"]}),
+        make_connection(team, name="s8-relay", kind="smtp", secrets={"password": CANARIES["smtp_connection_password"]}),
+        make_connection(
+            team,
+            name="s8-erp-oauth",
+            config={
+                "base_url": "https://erp.example.com/api/",
+                "auth": "oauth2_client_credentials",
+                "token_url": "https://login.example.com/oauth2/token",
+                "client_id": "aios",
+            },
+            secrets={"client_secret": CANARIES["oauth2_client_secret"]},
+        ),
+        make_connection(
+            team,
+            name="s8-erp-key",
+            config={"base_url": "https://erp.example.com/api/", "auth": "api_key_header", "header_name": "X-API-Key"},
+            secrets={"api_key": CANARIES["api_key"]},
+        ),
+        make_connection(
+            team,
+            name="s8-tools",
+            kind="mcp",
+            config={"transport": "http", "url": "https://tools.example.com/mcp"},
+            secrets={"token": CANARIES["mcp_token"], "headers": f"X-Tools-Key: {CANARIES['mcp_header']}"},
+        ),
+    ]
     analyst = world["personas"]["analyst"]
     _, api_token = api_token_issue(user=analyst, name="s8 canary", lifetime_days=30)
     monkeypatch.setitem(CANARIES, "api_token", api_token)
@@ -101,6 +138,14 @@ def test_s8_canaries_never_leave_their_box(world, endpoint, admin_user_role, set
             response = client.get(reverse(route, args=args.get(route, [])))
             if response.status_code == 200 and not getattr(response, "streaming", False):
                 search(f"{route} as {persona}", response.content.decode("utf-8", "replace"))
+    for other in others:
+        for persona in ("analyst", "admin"):
+            client = Client()
+            client.force_login(personas[persona])
+            for route in ("connectors:detail", "api:connection-detail", "connectors:delete"):
+                response = client.get(reverse(route, args=[other.name]))
+                if response.status_code == 200:
+                    search(f"{route} {other.name} as {persona}", response.content.decode("utf-8", "replace"))
     token_client = Client(HTTP_AUTHORIZATION=f"Bearer {CANARIES['api_token']}")
     search("api:workflow-list with the token", token_client.get("/api/workflows/").content.decode())
 
