@@ -44,14 +44,13 @@ from apps.inference.models import InferenceCall
 from apps.runs import engine, hooks
 from apps.runs.effects import effect_outcome_record
 from apps.runs.events import publish_run_changed
-from apps.runs.models import Incident, Run, RunDocument, StepResult, StepRun, Timer
+from apps.runs.models import Incident, Run, StepResult, StepRun, Timer
 from apps.runs.outbox import CHILD_FINISHED_TASK, outbox_dispatch, outbox_task
 from apps.runs.plans import run_plan, step_plan, version_get
 from apps.runs.trigger_events import run_finished_notify
 from apps.steps.agent_keys import AGENT_WAIT, TOOL_CALL_MARK
 from apps.steps.guardrails import held_output_reviewed
 from apps.steps.registry import step_type_get
-from apps.workflows.input_schema import document_field_names
 from apps.workflows.models import WorkflowVersion
 
 
@@ -164,36 +163,10 @@ def run_create(
         StepRun(run=run, step_key=step["key"], step_type=step["type"], name=step.get("name") or step["key"], position=i)
         for i, step in enumerate(run.steps)
     )
-    _run_documents_record(run, version.input_schema)
     timeout = run.graph.get("timeout_seconds")
     if timeout:
         Timer.objects.create(kind=Timer.Kind.RUN_TIMEOUT, run=run, fire_at=now + timedelta(seconds=float(timeout)))
     return run
-
-
-def _run_documents_record(run: Run, input_schema: Any) -> None:
-    """A RunDocument row for each stored document a document field of the run's input names (the retention
-    purge keeps a document while any run names it). An id that names no document gets none: a sub-workflow's
-    input may be typed by an expression, and the step that reads it says what is wrong."""
-    inputs = run.inputs if isinstance(run.inputs, dict) else {}
-    named = {
-        value["document"]
-        for name in document_field_names(input_schema)
-        if isinstance(value := inputs.get(name), dict)
-        and isinstance(value.get("document"), int)
-        and not isinstance(value.get("document"), bool)
-    }
-    if not named:
-        return
-    # FOR KEY SHARE until this run commits: the purge takes documents with SKIP LOCKED, so it passes over one
-    # being named right now instead of deleting it under the new run (the foreign key alone is checked only
-    # at the commit, which would then fail the run's start).
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id FROM runs_inputdocument WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [sorted(named)]
-        )
-        present = [row[0] for row in cursor.fetchall()]
-    RunDocument.objects.bulk_create(RunDocument(run=run, document_id=pk) for pk in present)
 
 
 class _StepRow(NamedTuple):

@@ -390,7 +390,8 @@ class InputDocument(models.Model):
 
 
 class RunDocument(models.Model):
-    """That a document field of a run's input names a stored document; written with the run (run_create).
+    """That a document field of a run's input names a stored document. Written by the database as the run is
+    inserted (a trigger, migration 0012), so no code path that creates runs can leave one out.
 
     The retention purge asks which documents any run still names: this answers through an index instead of
     reading every run's input, and its foreign key stops a named document from being deleted.

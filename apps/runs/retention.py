@@ -10,12 +10,13 @@ lose the link, as their foreign keys say (SET NULL). Dashboard rollups and the a
 rollups are aggregates that outlive the runs they count, and the trail is append-only; instead each batch
 appends one `runs.purged` event naming what it removed (count, id range, a digest of the ids).
 
-Uploaded input documents go too, once no run names them (RunDocument, written with each run): a batch takes the
-documents its runs named that no run staying names and that were uploaded before the cut-off, and a last pass
-takes the documents uploaded before the cut-off that no run names at all (never used, or named only by runs
-removed earlier), in batches with a `documents.purged` event each. A document uploaded since the cut-off and not
-used yet stays: its run is probably being started. Relayed outbox rows older than the cut-off are plumbing
-nobody reads again (the relay and the metrics read unrelayed rows only), so they go as well; unrelayed rows never.
+Uploaded input documents go too, once no run names them (RunDocument, which the database writes with each
+run): a batch takes the documents its runs named that no run staying names and that were uploaded before the
+cut-off, and a last pass takes the documents uploaded before the cut-off that no run names at all (never used,
+or named only by runs removed earlier), in batches with a `documents.purged` event each. A document uploaded
+since the cut-off and not used yet stays: its run is probably being started. Relayed outbox rows older than the
+cut-off are plumbing nobody reads again (the relay and the metrics read unrelayed rows only), so they go as
+well; unrelayed rows never.
 A purge of one workflow (`workflow_slug`) takes only the documents its runs named, and leaves the other two.
 
 What stays, however old: a run that is not finished, and a run that something staying depends on. A run is
@@ -383,7 +384,7 @@ def _documents_leaving(run_ids: list[int], *, cutoff: datetime, lock: bool, gone
     no other run (but the runs in `gone`, which an earlier batch of a dry run would have removed).
 
     Locked first, with SKIP LOCKED, and only then checked: a run being started right now that names one holds
-    it (key share, see lifecycle's `_run_documents_record`), so it is skipped; a run that names it later waits
+    it (key share, see RunDocument's trigger), so it is skipped; a run that names it later waits
     for this batch and finds it gone, like any document id that names nothing."""
     if not run_ids:
         return []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.types.json
 import pytest
 from django.apps import apps as django_apps
 from django.conf import settings
@@ -475,8 +476,38 @@ def test_a_purge_of_one_workflow_takes_only_the_documents_its_runs_named(
     assert "outbox" not in out.getvalue()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_document_a_starting_run_names_is_not_purged_under_it(analyst: Any, contracts: Any) -> None:
+    """Inserting a run that names a document key-share locks the document until the run commits; the purge takes
+    documents with SKIP LOCKED, so it passes over one named by a run that is starting right now."""
+    template = contract_run(analyst, contracts, days=1, contract=uploaded(analyst, "template", days=1))
+    forgotten = uploaded(analyst, "forgotten", days=200)
+    owner = connection.settings_dict
+    with psycopg.connect(
+        host=owner["HOST"], port=owner["PORT"], dbname=owner["NAME"], user=owner["USER"], password=owner["PASSWORD"]
+    ) as other:
+        columns = [
+            field.column
+            for field in Run._meta.concrete_fields
+            if field.column not in {"id", "inputs"} and field.column != "parent_step_run_id"
+        ]
+        listed = ", ".join(columns)
+        other.execute(
+            f"INSERT INTO runs_run (inputs, {listed}) SELECT %s, {listed} FROM runs_run WHERE id = %s",
+            [psycopg.types.json.Jsonb({"contract": document_input_value(forgotten)}), template.pk],
+        )
+        out = StringIO()
+        call_command("purge_runs", "--older-than", str(DAYS), stdout=out)
+        assert present(forgotten) == [True]
+        assert "Removed 0 input documents that no run names" in out.getvalue()
+        other.commit()
+    # Started: the run names it now, so it stays however old.
+    runs_purge(older_than_days=DAYS)
+    assert present(forgotten) == [True]
+
+
 def test_the_migration_records_what_existing_runs_name(analyst: Any, contracts: Any) -> None:
-    """The migration that introduced RunDocument filled it for the runs before it by the rule run_create
+    """The migration that introduced RunDocument filled it for the runs before it by the rule its trigger
     follows: only document fields of the run's version's schema, and only ids of stored documents."""
     contract, annex = uploaded(analyst, "c", days=0), uploaded(analyst, "a", days=0)
     both = contract_run(analyst, contracts, days=0, contract=contract, annex=annex)

@@ -1,8 +1,38 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-# Every existing run's document references, by the rule run_create applies to new runs: a property of the run's
-# version's input schema that is a document field, whose value in the run's input names a stored document.
+# Which stored documents a run names: a property of the run's version's input schema that is a document field
+# (apps.workflows.input_schema.is_document) whose value in the run's input is `{"document": <id>, ...}`. The
+# trigger records it for every new run, whichever code (or release, during a rolling update) inserts the row;
+# the backfill for the runs before it.
+RUN_DOCUMENTS_TRIGGER = """
+CREATE OR REPLACE FUNCTION aios_run_documents_record() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    named bigint[];
+BEGIN
+    SELECT array_agg(DISTINCT (field.value ->> 'document')::bigint) INTO named
+    FROM workflows_workflowversion version, jsonb_each(NEW.inputs) AS field(name, value)
+    WHERE version.id = NEW.version_id
+      AND version.input_schema -> 'properties' -> field.name ->> 'type' = 'object'
+      AND version.input_schema -> 'properties' -> field.name ->> 'format' = 'document'
+      AND jsonb_typeof(field.value) = 'object'
+      AND (field.value ->> 'document') ~ '^[0-9]{1,18}$';
+    IF named IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- Key share until the run commits: the purge takes documents with SKIP LOCKED, so it passes over one a
+    -- starting run names instead of deleting it under the run. An id that names no document is not recorded:
+    -- the step that reads it says what is wrong.
+    INSERT INTO runs_rundocument (run_id, document_id)
+    SELECT NEW.id, document.id
+    FROM (SELECT id FROM runs_inputdocument WHERE id = ANY(named) ORDER BY id FOR KEY SHARE) document;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER aios_run_documents AFTER INSERT ON runs_run FOR EACH ROW
+    WHEN (jsonb_typeof(NEW.inputs) = 'object' AND jsonb_path_exists(NEW.inputs, '$.*.document'))
+    EXECUTE FUNCTION aios_run_documents_record();
+"""
 RUN_DOCUMENTS_BACKFILL = """
 INSERT INTO runs_rundocument (run_id, document_id)
 SELECT DISTINCT run.id, document.id
@@ -48,6 +78,10 @@ class Migration(migrations.Migration):
             options={
                 "constraints": [models.UniqueConstraint(fields=("run", "document"), name="run_document_unique")],
             },
+        ),
+        migrations.RunSQL(
+            RUN_DOCUMENTS_TRIGGER,
+            reverse_sql="DROP TRIGGER aios_run_documents ON runs_run; DROP FUNCTION aios_run_documents_record();",
         ),
         migrations.RunSQL(RUN_DOCUMENTS_BACKFILL, reverse_sql=migrations.RunSQL.noop),
         migrations.AddIndex(
