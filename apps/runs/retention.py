@@ -384,8 +384,8 @@ def _documents_leaving(run_ids: list[int], *, cutoff: datetime, lock: bool, gone
     no other run (but the runs in `gone`, which an earlier batch of a dry run would have removed).
 
     Locked first, with SKIP LOCKED, and only then checked: a run being started right now that names one holds
-    it (key share, see RunDocument's trigger), so it is skipped; a run that names it later waits
-    for this batch and finds it gone, like any document id that names nothing."""
+    it (key share, see RunDocument's trigger), so it is skipped; a run that names it later waits for this batch
+    and finds it gone, like any document id that names nothing."""
     if not run_ids:
         return []
     named = RunDocument.objects.filter(run_id__in=run_ids).values("document_id")
@@ -494,9 +494,9 @@ def _count(run_ids: list[int], document_ids: list[int]) -> dict[str, int]:
 
 def _remove(run_ids: list[int], document_ids: list[int]) -> dict[str, int]:
     """Delete the rows of `run_ids`, and the input documents `document_ids` that go with them, in the batch's
-    transaction. Plain DELETEs in dependency order (the ORM's
-    cascade would refuse the PROTECT links between runs that leave together); the foreign keys are checked at
-    the commit, so anything this missed fails the batch instead of being left dangling."""
+    transaction. Plain DELETEs in dependency order (the ORM's cascade would refuse the PROTECT links between
+    runs that leave together); the foreign keys are checked at the commit, so anything this missed fails the
+    batch instead of being left dangling."""
     if not run_ids:
         return {}
     removed: dict[str, int] = {}
