@@ -15,6 +15,7 @@ import ctypes
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -255,10 +256,22 @@ def run_input_document_for_step(run_id: int, document_id: int) -> StoredDocument
 # --- pages as images, and where text sits on them ----------------------------------------------------------
 
 
+def _cache_folder(sha256: str) -> Path:
+    return Path(settings.AIOS_DATA_DIR) / "page-images" / sha256[:2]
+
+
 def _cache_path(document: InputDocument, page_number: int, width: int) -> Path:
     # Keyed by content, so a cached image never goes stale and two documents with the same bytes share it.
-    folder = Path(settings.AIOS_DATA_DIR) / "page-images" / document.sha256[:2]
-    return folder / f"{document.sha256}-{page_number}-{width}.png"
+    return _cache_folder(document.sha256) / f"{document.sha256}-{page_number}-{width}.png"
+
+
+def document_page_images_forget(sha256s: Iterable[str]) -> None:
+    """Remove this host's cached page images of documents with these contents (the retention purge, once their
+    last stored document is gone): they show the pages, so they must not outlive the document. Another host's
+    cache is its own; a missing file is no matter."""
+    for sha256 in sha256s:
+        for path in _cache_folder(sha256).glob(f"{sha256}-*.png"):
+            path.unlink(missing_ok=True)
 
 
 def document_page_png(document: InputDocument, page_number: int, *, width: int = PAGE_IMAGE_WIDTH) -> bytes:

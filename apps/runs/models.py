@@ -85,7 +85,17 @@ class Run(models.Model):
                 name="run_idempotency_key_unique",
             )
         ]
-        indexes = [models.Index(fields=["workflow", "-created_at"])]
+        indexes = [
+            models.Index(fields=["workflow", "-created_at"]),
+            # The retention purge's candidates (apps/runs/retention.py, `purge_candidates`): a daily purge finds
+            # its few runs here instead of walking back through every newer run. The status list is Run.FINISHED
+            # (the purge's filter must imply this condition for the planner to use the index).
+            models.Index(
+                fields=["finished_at"],
+                condition=models.Q(parent_step_run__isnull=True, status__in=["succeeded", "failed", "cancelled"]),
+                name="run_finished_top_level_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Run {self.pk} of {self.workflow_id}"
@@ -383,6 +393,24 @@ class InputDocument(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.page_count} page{'s' if self.page_count != 1 else ''})"
+
+
+class RunDocument(models.Model):
+    """That a document field of a run's input names a stored document. Written by the database as the run is
+    inserted (a trigger, migration 0012), so no code path that creates runs can leave one out.
+
+    The retention purge asks which documents any run still names: this answers through an index instead of
+    reading every run's input, and its foreign key stops a named document from being deleted.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+", db_index=False)
+    document = models.ForeignKey(InputDocument, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "document"], name="run_document_unique")]
+
+    def __str__(self) -> str:
+        return f"Run {self.run_id} names document {self.document_id}"
 
 
 class TriggerFiring(models.Model):

@@ -8,14 +8,17 @@ batch leaves one audit event, and the audit trail still verifies.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.types.json
 import pytest
 from django.apps import apps as django_apps
 from django.conf import settings
@@ -32,11 +35,21 @@ from apps.dashboards.models import QueueDayRollup, WorkflowDayRollup
 from apps.dashboards.rollups import local_day, rollups_rebuild
 from apps.evaluations.models import EvaluationReport, EvaluationResult, EvaluationSuite
 from apps.inference.models import InferenceCall
-from apps.runs.models import Run, StepResult, StepRun
-from apps.runs.retention import PURGED_VERB, RUN_DEPENDENTS, run_ids_digest, runs_purge
+from apps.runs.documents import document_input_value, document_page_png, document_store
+from apps.runs.models import InputDocument, Outbox, Run, RunDocument, StepResult, StepRun
+from apps.runs.retention import (
+    DEFAULT_BATCH_SIZE,
+    DOCUMENTS_PURGED_VERB,
+    PURGED_VERB,
+    RUN_DEPENDENTS,
+    purge_candidates,
+    run_ids_digest,
+    runs_purge,
+)
 from apps.runs.services import run_replay, run_restart, run_start
 from apps.workflows.services import workflow_create, workflow_version_create, workflow_version_publish
 from tests.approvals.items import claim_workflow, parked_item
+from tests.support.documents import pdf_of
 from tests.support.engine import drive
 from tests.support.processes import REPO, database_url_as, service_env
 
@@ -315,6 +328,7 @@ def test_every_link_to_runs_and_step_runs_is_handled_by_the_purge() -> None:
         "runs.Incident.run": "removed",
         "runs.Incident.step_run": "removed",
         "runs.EffectRecord.run": "removed",
+        "runs.RunDocument.run": "removed (which input documents the run named)",
         "runs.StepRun.parent": "removed (tool calls of a removed step)",
         "runs.StepRun.reused_from": "holds the original back while the reusing run stays",
         "runs.Run.restarted_from": "holds the original back while the restart stays",
@@ -335,6 +349,236 @@ def test_every_link_to_runs_and_step_runs_is_handled_by_the_purge() -> None:
     }
     assert links == set(handled)
     assert {"approvals", "evaluations", "assistants", "dashboards"} <= set(RUN_DEPENDENTS)
+
+
+CONTRACT_INPUT = {
+    "type": "object",
+    "properties": {
+        "contract": {"type": "object", "format": "document"},
+        "annex": {"type": "object", "format": "document"},
+    },
+    "required": ["contract"],
+}
+
+
+@pytest.fixture
+def contracts(analyst: Any, team: Any) -> Any:
+    """A workflow whose input is two documents (a contract and an optional annex)."""
+    workflow = workflow_create(actor=analyst, name="Contracts", team=team)
+    graph = {"steps": [transform("read", pages="input.contract.pages")]}
+    version = workflow_version_create(actor=analyst, workflow=workflow, graph=graph, input_schema=CONTRACT_INPUT)
+    workflow_version_publish(actor=analyst, version=version)
+    return workflow
+
+
+def uploaded(actor: Any, name: str, *, days: float, pdf: bool = False) -> InputDocument:
+    """A stored document (a text file, or a PDF), uploaded `days` ago."""
+    text = f"Contract {name}: Jane Doe, 1 Main St."
+    if pdf:
+        document = document_store(actor=actor, name=f"{name}.pdf", data=pdf_of([text]))
+    else:
+        document = document_store(actor=actor, name=f"{name}.txt", data=text.encode())
+    InputDocument.objects.filter(pk=document.pk).update(created_at=timezone.now() - timedelta(days=days))
+    return document
+
+
+def contract_run(actor: Any, workflow: Any, *, days: float, contract: Any, annex: Any = None) -> Run:
+    inputs = {"contract": document_input_value(contract)}
+    if annex is not None:
+        inputs["annex"] = document_input_value(annex)
+    run = drive(run_start(actor=actor, workflow=workflow, inputs=inputs)[0])
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    return age(run, days)
+
+
+def page_images(document: InputDocument) -> list[Path]:
+    """The page images of `document` this host has cached (rendering them first while it is stored)."""
+    if InputDocument.objects.filter(pk=document.pk).exists():
+        document_page_png(document, 1)
+    return sorted((Path(settings.AIOS_DATA_DIR) / "page-images").glob(f"*/{document.sha256}-*.png"))
+
+
+def present(*documents: InputDocument) -> list[bool]:
+    stored = set(InputDocument.objects.filter(pk__in=[d.pk for d in documents]).values_list("pk", flat=True))
+    return [document.pk in stored for document in documents]
+
+
+def test_input_documents_go_once_no_run_that_stays_names_them(
+    analyst: Any, contracts: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    alone = uploaded(analyst, "alone", days=200, pdf=True)  # named only by an old run: goes with it
+    shared = uploaded(analyst, "shared", days=200, pdf=True)  # named by an old run and a recent one: stays
+    annex = uploaded(analyst, "annex", days=200)  # named by an old run that goes and one that is held back
+    young = uploaded(analyst, "young", days=30)  # its run is old, but it was uploaded after the cut-off
+    forgotten = uploaded(analyst, "forgotten", days=200)  # never used: the last pass takes it
+    fresh = uploaded(analyst, "fresh", days=1)  # uploaded, not used yet: its run is probably about to start
+    old_run = contract_run(analyst, contracts, days=100, contract=alone, annex=annex)
+    contract_run(analyst, contracts, days=120, contract=shared)
+    recent = contract_run(analyst, contracts, days=1, contract=shared)
+    contract_run(analyst, contracts, days=110, contract=young)
+    held = contract_run(analyst, contracts, days=150, contract=annex)
+    live_replay = run_replay(run=held, actor=analyst)  # running: it and its original stay, and so does the annex
+    assert RunDocument.objects.filter(run=live_replay, document=annex).exists()
+    gone, kept = [alone, forgotten], [shared, annex, young, fresh]
+    # A reviewer saw both PDFs' pages: this host cached them as images.
+    images = [page_images(document) for document in (alone, shared)]
+    assert images[0] and images[1]
+
+    dry = runs_purge(older_than_days=DAYS, dry_run=True)
+    assert dry.document_ids == sorted(document.pk for document in gone)
+    assert dry.unused_document_ids == [forgotten.pk]
+    assert present(*gone, *kept) == [True] * 6
+
+    out = StringIO()
+    with django_capture_on_commit_callbacks(execute=True):  # the batches' commits
+        call_command("purge_runs", "--older-than", str(DAYS), stdout=out)
+    assert present(*gone) == [False, False], out.getvalue()
+    assert present(*kept) == [True] * 4, out.getvalue()
+    assert exists(old_run, recent, held) == [False, True, True]
+    assert not RunDocument.objects.filter(run=old_run).exists()
+    assert page_images(alone) == [] and page_images(shared) == images[1]
+    assert "Removed 1 input documents that no run names, uploaded before" in out.getvalue()
+    assert "1 input documents" in out.getvalue().split("Removed 1 input documents that")[0]
+
+    # The batch that removed the old run names the document that went with it; the last pass has its own event.
+    [batch_event] = [
+        data
+        for data in (json.loads(e.data) for e in AuditEvent.objects.filter(verb=PURGED_VERB))
+        if data["first_run_id"] <= old_run.pk <= data["last_run_id"]
+    ]
+    assert batch_event["removed"]["input documents"] == 1
+    assert batch_event["document_ids_sha256"] == run_ids_digest([alone.pk])
+    assert batch_event["first_document_id"] == batch_event["last_document_id"] == alone.pk
+    unused_event = json.loads(AuditEvent.objects.get(verb=DOCUMENTS_PURGED_VERB).data)
+    assert (unused_event["count"], unused_event["first_document_id"]) == (1, forgotten.pk)
+    assert unused_event["document_ids_sha256"] == run_ids_digest([forgotten.pk])
+    assert audit_verify().intact
+
+    # Once the replay has finished and aged too, the annex goes with the last run that named it.
+    drive(live_replay)
+    age(live_replay, 140)
+    report = runs_purge(older_than_days=DAYS)
+    assert exists(held, live_replay) == [False, False]
+    assert report.document_ids == [annex.pk] and present(annex, shared, young, fresh) == [False, True, True, True]
+
+
+def test_a_purge_of_one_workflow_takes_only_the_documents_its_runs_named(
+    analyst: Any, contracts: Any, doubling: Any
+) -> None:
+    named = uploaded(analyst, "named", days=200)
+    forgotten = uploaded(analyst, "forgotten", days=200)
+    contract_run(analyst, contracts, days=100, contract=named)
+    call_command("purge_runs", "--older-than", str(DAYS), "--workflow", doubling.slug, stdout=StringIO())
+    assert present(named, forgotten) == [True, True]
+    out = StringIO()
+    call_command("purge_runs", "--older-than", str(DAYS), "--workflow", contracts.slug, stdout=out)
+    assert present(named, forgotten) == [False, True], out.getvalue()
+    assert "outbox" not in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_document_a_starting_run_names_is_not_purged_under_it(analyst: Any, contracts: Any) -> None:
+    """Inserting a run that names a document key-share locks the document until the run commits; the purge takes
+    documents with SKIP LOCKED, so it passes over one named by a run that is starting right now."""
+    template = contract_run(analyst, contracts, days=1, contract=uploaded(analyst, "template", days=1))
+    forgotten = uploaded(analyst, "forgotten", days=200)
+    owner = connection.settings_dict
+    with psycopg.connect(
+        host=owner["HOST"], port=owner["PORT"], dbname=owner["NAME"], user=owner["USER"], password=owner["PASSWORD"]
+    ) as other:
+        columns = [
+            field.column
+            for field in Run._meta.concrete_fields
+            if field.column not in {"id", "inputs"} and field.column != "parent_step_run_id"
+        ]
+        listed = ", ".join(columns)
+        other.execute(
+            f"INSERT INTO runs_run (inputs, {listed}) SELECT %s, {listed} FROM runs_run WHERE id = %s",
+            [psycopg.types.json.Jsonb({"contract": document_input_value(forgotten)}), template.pk],
+        )
+        out = StringIO()
+        call_command("purge_runs", "--older-than", str(DAYS), stdout=out)
+        assert present(forgotten) == [True]
+        assert "Removed 0 input documents that no run names" in out.getvalue()
+        other.commit()
+    # Started: the run names it now, so it stays however old.
+    runs_purge(older_than_days=DAYS)
+    assert present(forgotten) == [True]
+
+
+def test_the_migration_records_what_existing_runs_name(analyst: Any, contracts: Any) -> None:
+    """The migration that introduced RunDocument filled it for the runs before it by the rule its trigger
+    follows: only document fields of the run's version's schema, and only ids of stored documents."""
+    contract, annex = uploaded(analyst, "c", days=0), uploaded(analyst, "a", days=0)
+    both = contract_run(analyst, contracts, days=0, contract=contract, annex=annex)
+    one = contract_run(analyst, contracts, days=0, contract=contract)
+    recorded = set(RunDocument.objects.values_list("run_id", "document_id"))
+    assert recorded == {(both.pk, contract.pk), (both.pk, annex.pk), (one.pk, contract.pk)}
+    # Neither a field the schema does not call a document nor an id that names no document is a reference.
+    Run.objects.filter(pk=one.pk).update(inputs={**one.inputs, "note": {"document": annex.pk}})
+    stray = contract_run(analyst, contracts, days=0, contract=contract)
+    Run.objects.filter(pk=stray.pk).update(inputs={"contract": {**stray.inputs["contract"], "document": 10**12}})
+    RunDocument.objects.all().delete()
+    migration = importlib.import_module("apps.runs.migrations.0012_run_documents_retention")
+    with connection.cursor() as cursor:
+        cursor.execute(migration.RUN_DOCUMENTS_BACKFILL)
+    assert set(RunDocument.objects.values_list("run_id", "document_id")) == recorded
+
+
+def test_relayed_outbox_rows_older_than_the_cut_off_go_and_unrelayed_ones_stay(analyst: Any, doubling: Any) -> None:
+    long_ago = timezone.now() - timedelta(days=200)
+    rows = {
+        name: Outbox.objects.create(task="runs.execute_step", queue="engine", args=[0])
+        for name in ("relayed long ago", "never relayed", "relayed late", "recent")
+    }
+    Outbox.objects.filter(pk=rows["relayed long ago"].pk).update(created_at=long_ago, relayed_at=long_ago)
+    Outbox.objects.filter(pk=rows["never relayed"].pk).update(created_at=long_ago)
+    Outbox.objects.filter(pk=rows["relayed late"].pk).update(created_at=long_ago, relayed_at=timezone.now())
+    Outbox.objects.filter(pk=rows["recent"].pk).update(relayed_at=timezone.now())
+
+    def left() -> list[str]:
+        pks = set(Outbox.objects.values_list("pk", flat=True))
+        return [name for name, row in rows.items() if row.pk in pks]
+
+    call_command("purge_runs", "--older-than", str(DAYS), "--workflow", doubling.slug, stdout=StringIO())
+    assert left() == list(rows)
+    dry = StringIO()
+    call_command("purge_runs", "--older-than", str(DAYS), "--dry-run", stdout=dry)
+    assert "Would remove 1 outbox rows relayed before" in dry.getvalue() and left() == list(rows)
+    out = StringIO()
+    call_command("purge_runs", "--older-than", str(DAYS), stdout=out)
+    assert "Removed 1 outbox rows relayed before" in out.getvalue()
+    assert left() == ["never relayed", "relayed late", "recent"]
+
+
+def test_a_daily_purge_finds_its_runs_through_an_index(analyst: Any, doubling: Any) -> None:
+    """A purge that runs every day meets a few runs past the cut-off under many newer ones: its selection must
+    reach them through an index, not by walking back through every newer run."""
+    template = finished(analyst, doubling, days=1)
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        # 6,000 top-level runs finished over the last 90 days, and 30 just past the cut-off, oldest first.
+        cursor.execute(
+            """
+            INSERT INTO runs_run (workflow_id, version_id, inputs, status, trigger, initiator_id, idempotency_key,
+                request_hash, error, restart_step_key, total_prompt_tokens, total_generated_tokens, total_cost,
+                traceparent, mode, overrides, test_settings, created_at, started_at, finished_at)
+            SELECT workflow_id, version_id, inputs, status, trigger, initiator_id, '', '', '', '', 0, 0, 0, '', mode,
+                '{}', '{}', finish, finish, finish
+            FROM runs_run, LATERAL (
+                SELECT %s + make_interval(secs => g * 1296.0) AS finish FROM generate_series(1, 6030) g
+            ) times
+            WHERE id = %s
+            """,
+            [now - timedelta(days=DAYS, seconds=30.5 * 1296), template.pk],
+        )
+        cursor.execute("ANALYZE runs_run")
+        cutoff = now - timedelta(days=DAYS)
+        assert purge_candidates(cutoff).count() == 30
+        sql, params = purge_candidates(cutoff).values_list("pk", flat=True)[:DEFAULT_BATCH_SIZE].query.sql_with_params()
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "run_finished_top_level_idx" in plan, plan
 
 
 @pytest.mark.parametrize(

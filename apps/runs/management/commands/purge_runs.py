@@ -23,13 +23,20 @@ def _kinds(counts: dict[str, int]) -> str:
 class Command(BaseCommand):
     help = (
         "Remove finished runs (succeeded, failed, cancelled) that finished more than DAYS days ago, with their "
-        "step runs, child runs, approvals and model-call records, in batches; the audit trail records each batch."
+        "step runs, child runs, approvals and model-call records, in batches; the audit trail records each batch. "
+        "Uploaded input documents older than DAYS days that no remaining run names go too (one uploaded since and "
+        "not used yet stays), and so do outbox rows relayed more than DAYS days ago."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--older-than", type=int, required=True, metavar="DAYS", help="Age cut-off in days.")
         parser.add_argument("--dry-run", action="store_true", help="Count what would be removed; remove nothing.")
-        parser.add_argument("--workflow", metavar="SLUG", help="Only runs of this workflow (and their child runs).")
+        parser.add_argument(
+            "--workflow",
+            metavar="SLUG",
+            help="Only runs of this workflow (and their child runs), and the documents only they named; "
+            "no other documents and no outbox rows.",
+        )
         parser.add_argument(
             "--batch-size",
             type=int,
@@ -72,5 +79,15 @@ class Command(BaseCommand):
         if kept:
             summary += "; held back " + ", ".join(f"{count} ({reason})" for reason, count in kept.items())
         self.stdout.write(self.style.SUCCESS(summary + "."))
+        unused = report.unused_document_ids
+        if not options["workflow"]:
+            before = f"{report.cutoff:%Y-%m-%d %H:%M} UTC"
+            documents = f"{len(unused)} input documents that no run names, uploaded before {before}"
+            if unused:
+                documents += f" (ids {unused[0]}..{unused[-1]})"
+            self.stdout.write(f"{'Would remove' if dry_run else 'Removed'} {documents}.")
+            self.stdout.write(
+                f"{'Would remove' if dry_run else 'Removed'} {report.outbox_rows} outbox rows relayed before {before}."
+            )
         if dry_run:
             self.stdout.write("Nothing was changed.")
