@@ -10,14 +10,14 @@ def refuse_duplicate_rows(apps, schema_editor):
     if twice:
         named = ", ".join(f"run {row['run_id']} step {row['step_key']}" for row in twice)
         raise RuntimeError(
-            f"runs.0012: the effect ledger holds two rows for one step ({named}). Keep the row whose "
+            f"runs.0013: the effect ledger holds two rows for one step ({named}). Keep the row whose "
             "idempotency key the outside system saw, delete the other (runs_effectrecord), and migrate again."
         )
 
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("runs", "0011_singleton_lease"),
+        ("runs", "0012_run_documents_retention"),
     ]
 
     operations = [
