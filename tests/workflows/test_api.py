@@ -127,7 +127,7 @@ def test_archive_and_restore(analyst, claims_workflow):
 # --- who may write what ---------------------------------------------------------------------------------------
 
 # The owner writes; her teammate and the manager see the workflow but may not change it (403); the outsider may
-# not know it exists (404); an anonymous caller is refused (403, no session, no token).
+# not know it exists (404); an anonymous caller is refused (401, no session, no token).
 WRITES_REFUSED = {"reviewer": 403, "manager": 403, "outsider": 404, "anonymous": 401}
 
 
