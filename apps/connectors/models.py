@@ -96,11 +96,19 @@ class Connection(models.Model):
     def secret_keys_set(self) -> set[str] | None:
         """Which secrets are set (for "set" / "not set"), never their values. None when no configured key reads
         them (saved under a key since dropped): lists and pages say so rather than fail, an admin re-enters them,
-        and steps keep failing with the reason (`apps.connectors.runtime.connection_for_step`)."""
+        and steps keep failing with the reason (`apps.connectors.runtime.connection_for_step`).
+
+        Remembered for the stored ciphertext it was read from: a list row, its serializer fields and its form all
+        ask, and only the names are kept, never a value."""
+        remembered = self.__dict__.get("_secret_keys")
+        if remembered is not None and remembered[0] == self.secrets_encrypted:
+            return None if remembered[1] is None else set(remembered[1])
         try:
-            return set(self.secrets)
+            names: frozenset[str] | None = frozenset(self.secrets)
         except ApplicationError:
-            return None
+            names = None
+        self.__dict__["_secret_keys"] = (self.secrets_encrypted, names)
+        return None if names is None else set(names)
 
     def readable_secrets(self) -> dict[str, str]:
         """The decrypted secrets, or {} when no configured key reads them: what a change starts from, so entering

@@ -24,7 +24,7 @@ from apps.connectors.forms import LABELS
 from apps.connectors.models import SECRETS_UNREADABLE, Connection
 from apps.connectors.probes import ProbeResult
 from apps.connectors.rules import USE, user_creates_connections, user_is_admin, user_manages_connection
-from apps.core.exceptions import Conflict, Forbidden, Unprocessable, ValidationFailed
+from apps.core.exceptions import ApplicationError, Conflict, Forbidden, Unprocessable, ValidationFailed
 from apps.core.http import Destinations, destinations_parse
 from apps.core.secrets import encrypted_fields, secret_rotate
 
@@ -566,10 +566,12 @@ def connection_test(*, actor: User | None, connection: Connection) -> ProbeResul
     from apps.connectors.probes import probe
 
     _require_manager(actor, connection)
-    if connection.secret_keys_set() is None:
+    try:
+        secrets = connection.secrets
+    except ApplicationError:
         result = ProbeResult(ok=False, message=f"Not tested: the stored secrets {SECRETS_UNREADABLE}.")
     else:
-        result = probe(connection.kind, connection.config, connection.secrets, destinations=connection.destinations())
+        result = probe(connection.kind, connection.config, secrets, destinations=connection.destinations())
     with transaction.atomic():
         fields = {
             "last_tested_at": timezone.now(),
