@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import cast
 
 import redis
@@ -13,6 +14,7 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 
+from apps.core.exceptions import RateLimited
 from apps.core.telemetry.store import telemetry_redis
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,16 @@ def rate_limit_wait(*, scope: str, key: str, limit: int, period: int) -> int:
     now = int(time.time())
     count, window = rate_count(scope=scope, key=key, period=period, now=now)
     return 0 if count <= limit else max(1, window + period - now)
+
+
+def rate_limit_check(*, scope: str, key: str, limit: int, refusal: Callable[[int], str], period: int = 60) -> None:
+    """Count one event (`rate_limit_wait`) and refuse it with RateLimited (429, Retry-After) past `limit`, in the
+    words `refusal(seconds to wait)` gives; a limit of 0 or less counts nothing and refuses nothing."""
+    if limit <= 0:
+        return
+    wait = rate_limit_wait(scope=scope, key=key, limit=limit, period=period)
+    if wait:
+        raise RateLimited(refusal(wait), retry_after=wait)
 
 
 # --- events past a limit, summed up once their window has ended ----------------------------------------------

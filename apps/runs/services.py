@@ -22,11 +22,10 @@ from apps.core.exceptions import (
     ApplicationError,
     Conflict,
     Forbidden,
-    RateLimited,
     Unprocessable,
     ValidationFailed,
 )
-from apps.core.throttling import rate_limit_wait
+from apps.core.throttling import rate_limit_check
 from apps.runs import engine
 from apps.runs.effects import effects_sent
 from apps.runs.lifecycle import (
@@ -59,14 +58,14 @@ def run_start_rate_check(*, actor: User) -> None:
     (OWASP LLM10), and one script or stuck key must not queue thousands. Triggers, schedules and the
     engine's own children are not people and have limits of their own."""
     limit = settings.AIOS_RUN_STARTS_PER_MINUTE
-    if limit <= 0:
-        return
-    wait = rate_limit_wait(scope="run-start", key=str(actor.pk), limit=limit, period=60)
-    if wait:
-        raise RateLimited(
-            f"You have started {limit} runs in the last minute, the most allowed; try again in {wait} s.",
-            retry_after=wait,
-        )
+    rate_limit_check(
+        scope="run-start",
+        key=str(actor.pk),
+        limit=limit,
+        refusal=lambda wait: (
+            f"You have started {limit} runs in the last minute, the most allowed; try again in {wait} s."
+        ),
+    )
 
 
 def run_start(

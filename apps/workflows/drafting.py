@@ -40,8 +40,8 @@ from django.utils.text import slugify
 from apps.accounts.models import Team, User
 from apps.accounts.roles import ADMIN, user_roles
 from apps.audit.services import audit_record
-from apps.core.exceptions import ApplicationError, Conflict, Forbidden, RateLimited, ValidationFailed
-from apps.core.throttling import rate_limit_wait
+from apps.core.exceptions import ApplicationError, Conflict, Forbidden, ValidationFailed
+from apps.core.throttling import rate_limit_check
 from apps.inference import client
 from apps.inference.errors import InferenceError
 from apps.inference.gateway import CallRequest, CallScope, Gateway, endpoint_resolve
@@ -588,15 +588,15 @@ def draft_rate_check(*, actor: User) -> None:
     drafts in the current minute. A draft holds a web thread for as long as the model takes (half a minute or
     more) and spends model time, so one person clicking again and again, or a script, must not hold them all."""
     limit = settings.AIOS_DRAFTS_PER_MINUTE
-    if limit <= 0:
-        return
-    wait = rate_limit_wait(scope="draft", key=str(actor.pk), limit=limit, period=60)
-    if wait:
-        raise RateLimited(
+    rate_limit_check(
+        scope="draft",
+        key=str(actor.pk),
+        limit=limit,
+        refusal=lambda wait: (
             f"You have asked for {limit} draft{'s' if limit != 1 else ''} in the last minute, the most allowed; "
-            f"your description is kept here, so ask again in {wait} s.",
-            retry_after=wait,
-        )
+            f"your description is kept here, so ask again in {wait} s."
+        ),
+    )
 
 
 def _description_clean(description: str) -> str:
