@@ -289,17 +289,18 @@ def starvation(client: Any, actor: Any, short: Any) -> tuple[list[float], list[f
 
 def run(svc: Services, engine_worker_name: str) -> list[Goal]:
     from django.test.utils import override_settings
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
+
+    from apps.accounts.services import api_token_issue
 
     drain_tasks_per_second = peer_drain(svc, RUNS * STEPS, engine_worker_name)
 
     actor = bench_user()
     workflow = linear_workflow(actor, f"B3 {STEPS} steps {time.time_ns()}", _steps(STEPS))
-    token, _ = Token.objects.get_or_create(user=actor)
+    _, token_key = api_token_issue(user=actor, name=f"B3 {time.time_ns()}", lifetime_days=1)
     client = APIClient(SERVER_NAME="127.0.0.1")
     client.raise_request_exception = False  # a 500 is counted, as an HTTP client would see it
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_key}")
 
     with override_settings(ROOT_URLCONF="bench.urls"):
         peer = peer_durable(client, workflow.slug)

@@ -60,6 +60,10 @@ class Services:
         # The settings default to production; the bench is a development tool on a development stack (with
         # caller-given services too, where the settings then make a key file per machine).
         env.setdefault("AIOS_ENV", "development")
+        # B3 starts thousands of runs through the API as one person: the per-person limits on run starts and API
+        # calls (apps.core.throttling) would refuse most of them, and it measures the engine, not the limits.
+        env.setdefault("AIOS_RUN_STARTS_PER_MINUTE", "0")
+        env.setdefault("AIOS_API_REQUESTS_PER_MINUTE", "1000000")
         env.update(self.stack_env)
         env.update(
             DATABASE_URL=self.database_url,
